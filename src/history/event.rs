@@ -1,0 +1,400 @@
+//! Events of a run's history, named as Temporal names them.
+//!
+//! Every event has an id (1..n without gaps), the service time it was written at,
+//! and typed attributes. Outcome events point at the event that started what they
+//! close (`scheduled_event_id`, `started_event_id`), so a history can be checked
+//! for well-formedness without any other state (see [`super::validate`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::activity::RetryPolicy;
+use crate::types::{Failure, RetryState, TimeoutType, Timestamp};
+
+/// One event of a run's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the history, starting at 1, without gaps.
+    pub event_id: u64,
+    /// Service time at which the event was written.
+    pub event_time: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    /// A new event.
+    pub fn new(event_id: u64, event_time: Timestamp, kind: EventKind) -> Event {
+        Event { event_id, event_time, kind }
+    }
+}
+
+/// The event types. Serialized as `{"event_type": "...", "attributes": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "attributes")]
+#[allow(missing_docs)]
+pub enum EventKind {
+    WorkflowExecutionStarted(WorkflowExecutionStarted),
+    WorkflowTaskScheduled(WorkflowTaskScheduled),
+    WorkflowTaskStarted(WorkflowTaskStarted),
+    WorkflowTaskCompleted(WorkflowTaskCompleted),
+    WorkflowTaskTimedOut(WorkflowTaskTimedOut),
+    WorkflowTaskFailed(WorkflowTaskFailed),
+    ActivityTaskScheduled(ActivityTaskScheduled),
+    ActivityTaskStarted(ActivityTaskStarted),
+    ActivityTaskCompleted(ActivityTaskCompleted),
+    ActivityTaskFailed(ActivityTaskFailed),
+    ActivityTaskTimedOut(ActivityTaskTimedOut),
+    ActivityTaskCancelRequested(ActivityTaskCancelRequested),
+    ActivityTaskCanceled(ActivityTaskCanceled),
+    TimerStarted(TimerStarted),
+    TimerFired(TimerFired),
+    TimerCanceled(TimerCanceled),
+    WorkflowExecutionSignaled(WorkflowExecutionSignaled),
+    MarkerRecorded(MarkerRecorded),
+    WorkflowExecutionCancelRequested(WorkflowExecutionCancelRequested),
+    WorkflowExecutionCompleted(WorkflowExecutionCompleted),
+    WorkflowExecutionFailed(WorkflowExecutionFailed),
+    WorkflowExecutionTimedOut(WorkflowExecutionTimedOut),
+    WorkflowExecutionCanceled(WorkflowExecutionCanceled),
+    WorkflowExecutionTerminated(WorkflowExecutionTerminated),
+}
+
+/// Every event type name, in declaration order (used for clear errors on unknown types).
+pub const EVENT_TYPE_NAMES: [&str; 24] = [
+    "WorkflowExecutionStarted",
+    "WorkflowTaskScheduled",
+    "WorkflowTaskStarted",
+    "WorkflowTaskCompleted",
+    "WorkflowTaskTimedOut",
+    "WorkflowTaskFailed",
+    "ActivityTaskScheduled",
+    "ActivityTaskStarted",
+    "ActivityTaskCompleted",
+    "ActivityTaskFailed",
+    "ActivityTaskTimedOut",
+    "ActivityTaskCancelRequested",
+    "ActivityTaskCanceled",
+    "TimerStarted",
+    "TimerFired",
+    "TimerCanceled",
+    "WorkflowExecutionSignaled",
+    "MarkerRecorded",
+    "WorkflowExecutionCancelRequested",
+    "WorkflowExecutionCompleted",
+    "WorkflowExecutionFailed",
+    "WorkflowExecutionTimedOut",
+    "WorkflowExecutionCanceled",
+    "WorkflowExecutionTerminated",
+];
+
+impl EventKind {
+    /// Temporal's name of this event type.
+    pub fn name(&self) -> &'static str {
+        use EventKind::*;
+        let index = match self {
+            WorkflowExecutionStarted(_) => 0,
+            WorkflowTaskScheduled(_) => 1,
+            WorkflowTaskStarted(_) => 2,
+            WorkflowTaskCompleted(_) => 3,
+            WorkflowTaskTimedOut(_) => 4,
+            WorkflowTaskFailed(_) => 5,
+            ActivityTaskScheduled(_) => 6,
+            ActivityTaskStarted(_) => 7,
+            ActivityTaskCompleted(_) => 8,
+            ActivityTaskFailed(_) => 9,
+            ActivityTaskTimedOut(_) => 10,
+            ActivityTaskCancelRequested(_) => 11,
+            ActivityTaskCanceled(_) => 12,
+            TimerStarted(_) => 13,
+            TimerFired(_) => 14,
+            TimerCanceled(_) => 15,
+            WorkflowExecutionSignaled(_) => 16,
+            MarkerRecorded(_) => 17,
+            WorkflowExecutionCancelRequested(_) => 18,
+            WorkflowExecutionCompleted(_) => 19,
+            WorkflowExecutionFailed(_) => 20,
+            WorkflowExecutionTimedOut(_) => 21,
+            WorkflowExecutionCanceled(_) => 22,
+            WorkflowExecutionTerminated(_) => 23,
+        };
+        EVENT_TYPE_NAMES[index]
+    }
+
+    /// True for the events that close a run: nothing may follow them.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::WorkflowExecutionCompleted(_)
+                | EventKind::WorkflowExecutionFailed(_)
+                | EventKind::WorkflowExecutionTimedOut(_)
+                | EventKind::WorkflowExecutionCanceled(_)
+                | EventKind::WorkflowExecutionTerminated(_)
+        )
+    }
+
+    /// The workflow task completion a command event was produced by, if this event
+    /// records a command (the events a workflow's code emits).
+    pub fn command_of(&self) -> Option<u64> {
+        use EventKind::*;
+        match self {
+            ActivityTaskScheduled(a) => Some(a.workflow_task_completed_event_id),
+            ActivityTaskCancelRequested(a) => Some(a.workflow_task_completed_event_id),
+            TimerStarted(a) => Some(a.workflow_task_completed_event_id),
+            TimerCanceled(a) => Some(a.workflow_task_completed_event_id),
+            MarkerRecorded(a) => Some(a.workflow_task_completed_event_id),
+            WorkflowExecutionCompleted(a) => Some(a.workflow_task_completed_event_id),
+            WorkflowExecutionFailed(a) => Some(a.workflow_task_completed_event_id),
+            WorkflowExecutionCanceled(a) => Some(a.workflow_task_completed_event_id),
+            _ => None,
+        }
+    }
+
+    /// Every payload the event carries (inputs, results, details), for size limits.
+    pub fn payloads(&self) -> Vec<&Value> {
+        use EventKind::*;
+        let mut out: Vec<&Value> = Vec::new();
+        match self {
+            WorkflowExecutionStarted(a) => out.push(&a.input),
+            ActivityTaskScheduled(a) => out.push(&a.input),
+            ActivityTaskCompleted(a) => out.push(&a.result),
+            ActivityTaskTimedOut(a) => out.extend(a.last_heartbeat_details.as_ref()),
+            ActivityTaskCanceled(a) => out.extend(a.details.as_ref()),
+            WorkflowExecutionSignaled(a) => out.push(&a.input),
+            MarkerRecorded(a) => out.push(&a.details),
+            WorkflowExecutionCompleted(a) => out.push(&a.result),
+            WorkflowExecutionCanceled(a) => out.extend(a.details.as_ref()),
+            WorkflowExecutionTerminated(a) => out.extend(a.details.as_ref()),
+            _ => {}
+        }
+        out
+    }
+}
+
+/// The run was started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionStarted {
+    pub workflow_type: String,
+    pub workflow_id: String,
+    pub task_queue: String,
+    pub input: Value,
+    /// Whole-run deadline (Temporal's workflow execution timeout); `None` is unbounded.
+    pub execution_timeout_ms: Option<u64>,
+    /// Start-to-close timeout of each workflow task.
+    pub workflow_task_timeout_ms: u64,
+    pub attempt: u32,
+    pub identity: String,
+    pub request_id: String,
+}
+
+/// A workflow task was put on the task queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowTaskScheduled {
+    pub task_queue: String,
+    pub start_to_close_timeout_ms: u64,
+    pub attempt: u32,
+}
+
+/// A worker took the workflow task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowTaskStarted {
+    pub scheduled_event_id: u64,
+    pub identity: String,
+    pub request_id: String,
+}
+
+/// The worker returned the commands of the workflow task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowTaskCompleted {
+    pub scheduled_event_id: u64,
+    pub started_event_id: u64,
+    pub identity: String,
+}
+
+/// The workflow task was not completed in time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowTaskTimedOut {
+    pub scheduled_event_id: u64,
+    pub started_event_id: u64,
+    pub timeout_type: TimeoutType,
+}
+
+/// Why a workflow task failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkflowTaskFailedCause {
+    /// The workflow code panicked or could not be set up (unknown type, bad input).
+    WorkflowWorkerUnhandledFailure,
+    /// The code did not replay to the recorded history.
+    NonDeterministicError,
+    /// The commands were rejected by the service.
+    BadCommand,
+    /// The worker gave the task back (for example while shutting down).
+    WorkerShutdown,
+}
+
+/// The workflow task failed; a new one is scheduled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowTaskFailed {
+    pub scheduled_event_id: u64,
+    pub started_event_id: u64,
+    pub cause: WorkflowTaskFailedCause,
+    pub failure: Failure,
+    pub identity: String,
+}
+
+/// The workflow scheduled an activity. Timeouts and the retry policy are written
+/// with their defaults filled in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityTaskScheduled {
+    pub activity_id: String,
+    pub activity_type: String,
+    pub task_queue: String,
+    pub input: Value,
+    pub schedule_to_close_timeout_ms: Option<u64>,
+    pub schedule_to_start_timeout_ms: Option<u64>,
+    pub start_to_close_timeout_ms: Option<u64>,
+    pub heartbeat_timeout_ms: Option<u64>,
+    pub retry_policy: RetryPolicy,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The activity's last attempt started. Written when the attempt ends, just before
+/// the outcome, with the attempt number and the previous attempt's failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityTaskStarted {
+    pub scheduled_event_id: u64,
+    pub identity: String,
+    pub attempt: u32,
+    pub last_failure: Option<Failure>,
+}
+
+/// The activity returned a result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityTaskCompleted {
+    pub scheduled_event_id: u64,
+    pub started_event_id: u64,
+    pub result: Value,
+    pub identity: String,
+}
+
+/// The activity failed and will not be retried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityTaskFailed {
+    pub scheduled_event_id: u64,
+    pub started_event_id: u64,
+    pub failure: Failure,
+    pub retry_state: RetryState,
+    pub identity: String,
+}
+
+/// A timeout of the activity fired and it will not be retried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityTaskTimedOut {
+    pub scheduled_event_id: u64,
+    /// `None` when no attempt ever started (a schedule-to-start timeout).
+    pub started_event_id: Option<u64>,
+    pub timeout_type: TimeoutType,
+    pub retry_state: RetryState,
+    pub last_failure: Option<Failure>,
+    pub last_heartbeat_details: Option<Value>,
+}
+
+/// The workflow asked for the activity to be canceled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityTaskCancelRequested {
+    pub scheduled_event_id: u64,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The activity was canceled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityTaskCanceled {
+    pub scheduled_event_id: u64,
+    /// `None` when the activity was canceled before any attempt started.
+    pub started_event_id: Option<u64>,
+    pub latest_cancel_requested_event_id: u64,
+    pub details: Option<Value>,
+    pub identity: String,
+}
+
+/// The workflow started a durable timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimerStarted {
+    pub timer_id: String,
+    pub start_to_fire_timeout_ms: u64,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// A durable timer fired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimerFired {
+    pub timer_id: String,
+    pub started_event_id: u64,
+}
+
+/// The workflow canceled a durable timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimerCanceled {
+    pub timer_id: String,
+    pub started_event_id: u64,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// A signal was delivered to the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionSignaled {
+    pub signal_name: String,
+    pub input: Value,
+    pub identity: String,
+}
+
+/// A marker: a side effect's value, or a patch (`{"id", "deprecated"}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MarkerRecorded {
+    pub marker_name: String,
+    pub details: Value,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// Someone asked for the run to be canceled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionCancelRequested {
+    pub cause: String,
+    pub identity: String,
+}
+
+/// The workflow returned a result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionCompleted {
+    pub result: Value,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The workflow returned an error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionFailed {
+    pub failure: Failure,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The run's execution timeout fired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionTimedOut {
+    pub retry_state: RetryState,
+}
+
+/// The workflow accepted a cancel request and stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionCanceled {
+    pub details: Option<Value>,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The run was terminated from outside; no workflow code ran for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionTerminated {
+    pub reason: String,
+    pub details: Option<Value>,
+    pub identity: String,
+}

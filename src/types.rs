@@ -1,0 +1,186 @@
+//! The small shared vocabulary: timestamps, failures, timeout kinds, retry states.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// A point in time, in milliseconds since the Unix epoch, as written by the service.
+///
+/// Serialized as RFC 3339 with milliseconds (`2024-01-01T00:00:05.000Z`), so
+/// histories read as times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// Milliseconds since the Unix epoch.
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// This time plus a number of milliseconds (saturating).
+    pub fn plus_ms(self, duration_ms: u64) -> Timestamp {
+        Timestamp(self.0.saturating_add(duration_ms))
+    }
+
+    /// Milliseconds from `earlier` to `self`, or 0 if `earlier` is later.
+    pub fn millis_since(self, earlier: Timestamp) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// The same instant as a `SystemTime`.
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    /// A `SystemTime` rounded down to milliseconds (times before 1970 become 0).
+    pub fn from_system_time(time: SystemTime) -> Timestamp {
+        let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Timestamp(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_millis(self.to_system_time()))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let time = humantime::parse_rfc3339_weak(&text).map_err(|error| {
+            serde::de::Error::custom(format!("bad timestamp {text:?}: {error}"))
+        })?;
+        Ok(Timestamp::from_system_time(time))
+    }
+}
+
+/// Which timeout fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TimeoutType {
+    /// The task waited in its queue too long (never retried).
+    ScheduleToStart,
+    /// One attempt ran too long (retried).
+    StartToClose,
+    /// The whole activity, all attempts included, ran too long.
+    ScheduleToClose,
+    /// The activity stopped heartbeating (retried).
+    Heartbeat,
+}
+
+impl fmt::Display for TimeoutType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            TimeoutType::ScheduleToStart => "schedule-to-start",
+            TimeoutType::StartToClose => "start-to-close",
+            TimeoutType::ScheduleToClose => "schedule-to-close",
+            TimeoutType::Heartbeat => "heartbeat",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Why an activity (or run) stopped being retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RetryState {
+    /// The failure was not retryable (its type is listed, or it said so).
+    NonRetryableFailure,
+    /// The schedule-to-close timeout leaves no room for another attempt.
+    Timeout,
+    /// `maximum_attempts` were made.
+    MaximumAttemptsReached,
+    /// The activity was being canceled.
+    CancelRequested,
+    /// Nothing retries this kind of outcome (for example a run's timeout).
+    RetryPolicyNotSet,
+}
+
+/// A failure, as recorded in histories and carried between workers and the service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// What went wrong, for people.
+    pub message: String,
+    /// The error's type name, matched exactly against `non_retryable_error_types`.
+    #[serde(rename = "type")]
+    pub failure_type: String,
+    /// The code said: do not retry this.
+    pub non_retryable: bool,
+    /// Application details, if any.
+    pub details: Option<Value>,
+}
+
+impl Failure {
+    /// A retryable failure of the given type.
+    pub fn new(failure_type: impl Into<String>, message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            failure_type: failure_type.into(),
+            non_retryable: false,
+            details: None,
+        }
+    }
+
+    /// A failure recording that a timeout fired.
+    pub fn timeout(timeout_type: TimeoutType) -> Failure {
+        Failure::new("Timeout", format!("activity {timeout_type} timeout"))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.failure_type, self.message)
+    }
+}
+
+/// Stable 64-bit FNV-1a hash, for digests and input hashes that must not change
+/// between builds or platforms.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// Hash of a JSON value's canonical encoding (object keys sorted).
+pub fn payload_hash(value: &Value) -> u64 {
+    let bytes = serde_json::to_vec(value).expect("a serde_json::Value always encodes");
+    fnv1a64(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_round_trips_through_rfc3339() {
+        let time = Timestamp(1_700_000_000_123);
+        let text = serde_json::to_string(&time).unwrap();
+        assert_eq!(text, "\"2023-11-14T22:13:20.123Z\"");
+        let back: Timestamp = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, time);
+    }
+
+    #[test]
+    fn timestamp_rejects_garbage_with_the_text_in_the_error() {
+        let error = serde_json::from_str::<Timestamp>("\"yesterday\"").unwrap_err();
+        assert!(error.to_string().contains("yesterday"), "{error}");
+    }
+
+    #[test]
+    fn payload_hash_ignores_key_order() {
+        let a: Value = serde_json::from_str(r#"{"a":1,"b":2}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"b":2,"a":1}"#).unwrap();
+        assert_eq!(payload_hash(&a), payload_hash(&b));
+        assert_ne!(payload_hash(&a), payload_hash(&serde_json::json!({"a": 2, "b": 2})));
+    }
+}

@@ -1,0 +1,650 @@
+//! `WorkflowContext`: the only door from workflow code to the world.
+//!
+//! Every operation either reads state the executor restored from history (time,
+//! signals, results) or records a [`Command`]. Futures resolve only when the
+//! executor applies the event that resolves them, so the code's path depends on
+//! the history alone.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::command::{Command, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask, marker_id};
+use super::error::{ActivityError, PayloadError, WorkflowError};
+use crate::activity::{Activity, ActivityCancellationType, ActivityOptions};
+use crate::types::{Timestamp, fnv1a64};
+
+/// Facts about the run, fixed for its lifetime.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowInfo {
+    /// The workflow id.
+    pub workflow_id: String,
+    /// The run id.
+    pub run_id: String,
+    /// The workflow type.
+    pub workflow_type: String,
+    /// The run's task queue (activities go there unless told otherwise).
+    pub task_queue: String,
+    /// When the run started.
+    pub start_time: Timestamp,
+}
+
+/// A query handler: arguments in, answer out.
+pub type QueryFn = dyn Fn(Value) -> Result<Value, String> + Send + Sync;
+
+enum Slot<T> {
+    Pending { waker: Option<Waker> },
+    Resolved(T),
+    Taken,
+}
+
+impl<T> Slot<T> {
+    fn resolve(&mut self, value: T) {
+        if let Slot::Pending { waker } = self {
+            if let Some(waker) = waker.take() {
+                waker.wake();
+            }
+            *self = Slot::Resolved(value);
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        matches!(self, Slot::Pending { .. })
+    }
+
+    fn poll_take(&mut self, waker: &Waker) -> Poll<T> {
+        match std::mem::replace(self, Slot::Taken) {
+            Slot::Resolved(value) => Poll::Ready(value),
+            Slot::Pending { .. } => {
+                *self = Slot::Pending { waker: Some(waker.clone()) };
+                Poll::Pending
+            }
+            Slot::Taken => panic!("a workflow future was polled after it completed"),
+        }
+    }
+}
+
+struct ActivitySlot {
+    slot: Slot<Result<Value, ActivityError>>,
+    cancellation_type: ActivityCancellationType,
+    cancel_requested: bool,
+}
+
+/// The run's deterministic state, shared by the context and its futures.
+pub(crate) struct RunCore {
+    pub(crate) now: Timestamp,
+    pub(crate) replaying: bool,
+    rng_state: u64,
+    pub(crate) commands: Vec<Command>,
+    next_activity_seq: u64,
+    next_timer_seq: u64,
+    next_side_effect_seq: u64,
+    activities: BTreeMap<String, ActivitySlot>,
+    timers: BTreeMap<String, Slot<Result<(), WorkflowError>>>,
+    signals: BTreeMap<String, VecDeque<Value>>,
+    signal_wakers: BTreeMap<String, Vec<Waker>>,
+    cancel_requested: bool,
+    cancel_wakers: Vec<Waker>,
+    patches: BTreeMap<String, bool>,
+    /// Markers of the workflow task being replayed (lookahead for `patched` and
+    /// `side_effect`): (marker name, details).
+    pub(crate) expected_markers: Vec<(String, Value)>,
+    query_handlers: BTreeMap<String, Arc<QueryFn>>,
+}
+
+impl RunCore {
+    pub(crate) fn new(run_id: &str) -> RunCore {
+        RunCore {
+            now: Timestamp(0),
+            replaying: false,
+            rng_state: fnv1a64(run_id.as_bytes()),
+            commands: Vec::new(),
+            next_activity_seq: 1,
+            next_timer_seq: 1,
+            next_side_effect_seq: 1,
+            activities: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            signals: BTreeMap::new(),
+            signal_wakers: BTreeMap::new(),
+            cancel_requested: false,
+            cancel_wakers: Vec::new(),
+            patches: BTreeMap::new(),
+            expected_markers: Vec::new(),
+            query_handlers: BTreeMap::new(),
+        }
+    }
+
+    /// splitmix64: small, fast, and the same on every platform.
+    fn next_random(&mut self) -> u64 {
+        self.rng_state = self.rng_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub(crate) fn resolve_activity(&mut self, activity_id: &str, result: Result<Value, ActivityError>) {
+        if let Some(activity) = self.activities.get_mut(activity_id) {
+            activity.slot.resolve(result);
+        }
+    }
+
+    pub(crate) fn resolve_timer(&mut self, timer_id: &str) {
+        if let Some(slot) = self.timers.get_mut(timer_id) {
+            slot.resolve(Ok(()));
+        }
+    }
+
+    pub(crate) fn deliver_signal(&mut self, name: &str, input: Value) {
+        self.signals.entry(name.to_string()).or_default().push_back(input);
+        for waker in self.signal_wakers.remove(name).unwrap_or_default() {
+            waker.wake();
+        }
+    }
+
+    /// The run was asked to cancel: cancel every pending activity and timer (in
+    /// id order, so the commands are deterministic) and wake whoever waits.
+    pub(crate) fn on_cancel_requested(&mut self) {
+        if self.cancel_requested {
+            return;
+        }
+        self.cancel_requested = true;
+        let pending: Vec<String> = self
+            .activities
+            .iter()
+            .filter(|(_, a)| a.slot.is_pending() && !a.cancel_requested)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for activity_id in pending {
+            self.cancel_activity(&activity_id);
+        }
+        let timers: Vec<String> =
+            self.timers.iter().filter(|(_, t)| t.is_pending()).map(|(id, _)| id.clone()).collect();
+        for timer_id in timers {
+            self.cancel_timer(&timer_id);
+            if let Some(slot) = self.timers.get_mut(&timer_id) {
+                slot.resolve(Err(WorkflowError::Canceled));
+            }
+        }
+        for waker in self.cancel_wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn cancel_activity(&mut self, activity_id: &str) {
+        let Some(activity) = self.activities.get_mut(activity_id) else { return };
+        if !activity.slot.is_pending() || activity.cancel_requested {
+            return;
+        }
+        activity.cancel_requested = true;
+        let cancellation_type = activity.cancellation_type;
+        if cancellation_type != ActivityCancellationType::WaitCancellationCompleted {
+            activity.slot.resolve(Err(ActivityError::Canceled));
+        }
+        if cancellation_type != ActivityCancellationType::Abandon {
+            let activity_id = activity_id.to_string();
+            self.commands.push(Command::RequestCancelActivityTask { activity_id });
+        }
+    }
+
+    fn cancel_timer(&mut self, timer_id: &str) {
+        let pending = self.timers.get(timer_id).is_some_and(Slot::is_pending);
+        if pending {
+            self.commands.push(Command::CancelTimer { timer_id: timer_id.to_string() });
+        }
+    }
+
+    pub(crate) fn is_cancel_requested(&self) -> bool {
+        self.cancel_requested
+    }
+
+    pub(crate) fn query_handler(&self, name: &str) -> Option<Arc<QueryFn>> {
+        self.query_handlers.get(name).cloned()
+    }
+
+    pub(crate) fn query_names(&self) -> Vec<String> {
+        self.query_handlers.keys().cloned().collect()
+    }
+
+    fn expected_marker(&self, marker_name: &str, id: &str) -> Option<&Value> {
+        self.expected_markers
+            .iter()
+            .find(|(name, details)| name == marker_name && marker_id(name, details) == id)
+            .map(|(_, details)| details)
+    }
+}
+
+/// The handle workflow code uses for everything that touches the world.
+/// Cheap to clone; all clones share the run's state.
+#[derive(Clone)]
+pub struct WorkflowContext {
+    core: Arc<Mutex<RunCore>>,
+    info: Arc<WorkflowInfo>,
+}
+
+impl WorkflowContext {
+    pub(crate) fn new(core: Arc<Mutex<RunCore>>, info: WorkflowInfo) -> WorkflowContext {
+        WorkflowContext { core, info: Arc::new(info) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RunCore> {
+        self.core.lock().expect("the run core lock is never held across a panic")
+    }
+
+    /// Facts about the run.
+    pub fn info(&self) -> &WorkflowInfo {
+        &self.info
+    }
+
+    /// The time of the current workflow task (the same on replay).
+    pub fn now(&self) -> Timestamp {
+        self.lock().now
+    }
+
+    /// True while the executor replays recorded history (useful to silence logs).
+    pub fn is_replaying(&self) -> bool {
+        self.lock().replaying
+    }
+
+    /// A random number, seeded from the run id, the same on replay.
+    pub fn random(&self) -> u64 {
+        self.lock().next_random()
+    }
+
+    /// A random UUID (version 4 layout), the same on replay.
+    pub fn uuid(&self) -> String {
+        let (high, low) = {
+            let mut core = self.lock();
+            (core.next_random(), core.next_random())
+        };
+        let high = (high & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
+        let low = (low & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            high >> 32,
+            (high >> 16) & 0xffff,
+            high & 0xffff,
+            low >> 48,
+            low & 0xffff_ffff_ffff
+        )
+    }
+
+    /// Schedules activity `A` with its default options; configure the returned
+    /// future (timeouts, retry policy, queue) before awaiting it.
+    pub fn activity<A: Activity>(&self, input: A::Input) -> ActivityFuture<A::Output> {
+        let what = || format!("input of activity {}", A::NAME);
+        let input = PayloadError::encode(what, &input);
+        ActivityFuture::new(self.clone(), A::NAME.to_string(), input, A::options())
+    }
+
+    /// Schedules an activity by name with a JSON input.
+    pub fn activity_by_name(&self, activity_type: &str, input: Value) -> ActivityFuture<Value> {
+        ActivityFuture::new(self.clone(), activity_type.to_string(), Ok(input), ActivityOptions::default())
+    }
+
+    /// A durable timer: resolves after `duration` of service time, even across
+    /// worker and service restarts. A zero duration resolves at once.
+    pub fn sleep(&self, duration: Duration) -> TimerFuture {
+        let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        TimerFuture { ctx: self.clone(), state: TimerState::Unstarted { duration_ms } }
+    }
+
+    /// The channel of signals named `name`. Signals are buffered from the start
+    /// of the run, delivered in the order they arrived, each once.
+    pub fn signal<T: DeserializeOwned>(&self, name: &str) -> SignalChannel<T> {
+        SignalChannel { ctx: self.clone(), name: name.to_string(), _type: PhantomData }
+    }
+
+    /// True once the run was asked to cancel.
+    pub fn is_cancel_requested(&self) -> bool {
+        self.lock().cancel_requested
+    }
+
+    /// Resolves when the run is asked to cancel.
+    pub fn cancelled(&self) -> CancelledFuture {
+        CancelledFuture { ctx: self.clone() }
+    }
+
+    /// Runs `f` once and records its value; replay returns the recorded value
+    /// without running `f`. For small nondeterministic values (a generated id).
+    pub fn side_effect<T: Serialize + DeserializeOwned>(&self, f: impl FnOnce() -> T) -> Result<T, PayloadError> {
+        let (seq, recorded) = {
+            let mut core = self.lock();
+            let seq = core.next_side_effect_seq;
+            core.next_side_effect_seq += 1;
+            let recorded = if core.replaying {
+                core.expected_marker(SIDE_EFFECT_MARKER_NAME, &seq.to_string()).cloned()
+            } else {
+                None
+            };
+            (seq, recorded)
+        };
+        let value = match recorded {
+            Some(details) => details.get("value").cloned().unwrap_or(Value::Null),
+            None => PayloadError::encode(|| format!("side effect {seq}"), &f())?,
+        };
+        let details = serde_json::json!({ "seq": seq, "value": value });
+        let marker_name = SIDE_EFFECT_MARKER_NAME.to_string();
+        self.lock().commands.push(Command::RecordMarker { marker_name, details });
+        PayloadError::decode(|| format!("side effect {seq}"), value)
+    }
+
+    /// Whether this run takes the code path of patch `patch_id`.
+    ///
+    /// New runs take it (and record a marker); runs whose history was written
+    /// before the patch existed replay without it. The answer is fixed for the
+    /// rest of the run once asked.
+    pub fn patched(&self, patch_id: &str) -> bool {
+        self.patch_marker(patch_id, false)
+    }
+
+    /// Marks a patch as deprecated: every running history has passed it, so
+    /// only the new code path remains. Records a deprecated marker.
+    pub fn deprecate_patch(&self, patch_id: &str) {
+        self.patch_marker(patch_id, true);
+    }
+
+    fn patch_marker(&self, patch_id: &str, deprecated: bool) -> bool {
+        let mut core = self.lock();
+        if let Some(answer) = core.patches.get(patch_id) {
+            return *answer;
+        }
+        let answer = !core.replaying || core.expected_marker(PATCH_MARKER_NAME, patch_id).is_some();
+        core.patches.insert(patch_id.to_string(), answer);
+        if answer {
+            let details = serde_json::json!({ "id": patch_id, "deprecated": deprecated });
+            let marker_name = PATCH_MARKER_NAME.to_string();
+            core.commands.push(Command::RecordMarker { marker_name, details });
+        }
+        answer
+    }
+
+    /// Registers a query handler. Queries are answered from the run's replayed
+    /// state; a handler must only read.
+    pub fn query_handler<A, R>(&self, name: &str, handler: impl Fn(A) -> R + Send + Sync + 'static)
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        let query = name.to_string();
+        let erased = move |args: Value| -> Result<Value, String> {
+            let args: A = serde_json::from_value(args)
+                .map_err(|e| format!("query {query:?}: arguments do not fit: {e}"))?;
+            serde_json::to_value(handler(args)).map_err(|e| format!("query {query:?}: answer does not encode: {e}"))
+        };
+        self.lock().query_handlers.insert(name.to_string(), Arc::new(erased));
+    }
+}
+
+/// An activity: configure it, then await it (alone or in `join!`/`select`).
+/// The command is recorded when the future is first polled; dropping the
+/// future before it resolves cancels the activity.
+#[must_use = "an activity is scheduled only when its future is awaited or polled"]
+pub struct ActivityFuture<T> {
+    ctx: WorkflowContext,
+    state: ActivityState,
+    _type: PhantomData<fn() -> T>,
+}
+
+enum ActivityState {
+    Unscheduled { activity_type: String, input: Result<Value, PayloadError>, options: ActivityOptions },
+    Scheduled { activity_id: String, activity_type: String },
+    Done,
+}
+
+impl<T> ActivityFuture<T> {
+    fn new(ctx: WorkflowContext, activity_type: String, input: Result<Value, PayloadError>, options: ActivityOptions) -> Self {
+        ActivityFuture { ctx, state: ActivityState::Unscheduled { activity_type, input, options }, _type: PhantomData }
+    }
+
+    fn options_mut(&mut self) -> &mut ActivityOptions {
+        match &mut self.state {
+            ActivityState::Unscheduled { options, .. } => options,
+            _ => panic!("activity options must be set before the activity is awaited"),
+        }
+    }
+
+    /// Replaces all options.
+    pub fn options(mut self, options: ActivityOptions) -> Self {
+        *self.options_mut() = options;
+        self
+    }
+
+    /// Sets the start-to-close timeout (each attempt).
+    pub fn start_to_close(mut self, timeout: Duration) -> Self {
+        let options = std::mem::take(self.options_mut());
+        *self.options_mut() = options.start_to_close(timeout);
+        self
+    }
+
+    /// Sets the schedule-to-close timeout (all attempts).
+    pub fn schedule_to_close(mut self, timeout: Duration) -> Self {
+        let options = std::mem::take(self.options_mut());
+        *self.options_mut() = options.schedule_to_close(timeout);
+        self
+    }
+
+    /// Sets the schedule-to-start timeout (each attempt's wait in the queue).
+    pub fn schedule_to_start(mut self, timeout: Duration) -> Self {
+        let options = std::mem::take(self.options_mut());
+        *self.options_mut() = options.schedule_to_start(timeout);
+        self
+    }
+
+    /// Sets the heartbeat timeout.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        let options = std::mem::take(self.options_mut());
+        *self.options_mut() = options.heartbeat_timeout(timeout);
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, policy: crate::activity::RetryPolicy) -> Self {
+        self.options_mut().retry_policy = Some(policy);
+        self
+    }
+
+    /// Sends the activity to another task queue.
+    pub fn task_queue(mut self, task_queue: &str) -> Self {
+        self.options_mut().task_queue = Some(task_queue.to_string());
+        self
+    }
+
+    /// Sets what cancellation does.
+    pub fn cancellation(mut self, cancellation_type: ActivityCancellationType) -> Self {
+        self.options_mut().cancellation_type = cancellation_type;
+        self
+    }
+
+    /// Records the command; returns the activity id, or the error that
+    /// resolves the future at once.
+    fn schedule(&mut self) -> Result<(String, String), ActivityError> {
+        let state = std::mem::replace(&mut self.state, ActivityState::Done);
+        let ActivityState::Unscheduled { activity_type, input, options } = state else {
+            unreachable!("schedule is only called on unscheduled activities")
+        };
+        let input = input?;
+        if let Some(reason) = options.problem() {
+            return Err(ActivityError::InvalidOptions { activity_type, reason });
+        }
+        let mut core = self.ctx.lock();
+        let activity_id = core.next_activity_seq.to_string();
+        core.next_activity_seq += 1;
+        let slot = ActivitySlot {
+            slot: Slot::Pending { waker: None },
+            cancellation_type: options.cancellation_type,
+            cancel_requested: false,
+        };
+        core.activities.insert(activity_id.clone(), slot);
+        core.commands.push(Command::ScheduleActivityTask(ScheduleActivityTask {
+            activity_id: activity_id.clone(),
+            activity_type: activity_type.clone(),
+            task_queue: options.task_queue,
+            input,
+            schedule_to_close_timeout_ms: options.schedule_to_close_timeout_ms,
+            schedule_to_start_timeout_ms: options.schedule_to_start_timeout_ms,
+            start_to_close_timeout_ms: options.start_to_close_timeout_ms,
+            heartbeat_timeout_ms: options.heartbeat_timeout_ms,
+            retry_policy: options.retry_policy,
+        }));
+        Ok((activity_id, activity_type))
+    }
+}
+
+impl<T: DeserializeOwned> Future for ActivityFuture<T> {
+    type Output = Result<T, ActivityError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if matches!(this.state, ActivityState::Unscheduled { .. }) {
+            match this.schedule() {
+                Ok((activity_id, activity_type)) => {
+                    this.state = ActivityState::Scheduled { activity_id, activity_type };
+                }
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+        let ActivityState::Scheduled { activity_id, activity_type } = &this.state else {
+            panic!("an activity future was polled after it completed");
+        };
+        let result = {
+            let mut core = this.ctx.lock();
+            let slot = core.activities.get_mut(activity_id).expect("a scheduled activity has a slot");
+            match slot.slot.poll_take(cx.waker()) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => result,
+            }
+        };
+        let what = || format!("result of activity {activity_type}");
+        let output = result.and_then(|value| PayloadError::decode(what, value).map_err(ActivityError::from));
+        this.state = ActivityState::Done;
+        Poll::Ready(output)
+    }
+}
+
+impl<T> Drop for ActivityFuture<T> {
+    fn drop(&mut self) {
+        if let ActivityState::Scheduled { activity_id, .. } = &self.state
+            && let Ok(mut core) = self.ctx.core.lock()
+        {
+            core.cancel_activity(activity_id);
+        }
+    }
+}
+
+/// A durable timer; dropping it before it fires cancels it.
+#[must_use = "a timer starts only when its future is awaited or polled"]
+pub struct TimerFuture {
+    ctx: WorkflowContext,
+    state: TimerState,
+}
+
+enum TimerState {
+    Unstarted { duration_ms: u64 },
+    Started { timer_id: String },
+    Done,
+}
+
+impl Future for TimerFuture {
+    type Output = Result<(), WorkflowError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut core = this.ctx.lock();
+        if let TimerState::Unstarted { duration_ms } = this.state {
+            if duration_ms == 0 {
+                this.state = TimerState::Done;
+                return Poll::Ready(Ok(()));
+            }
+            let timer_id = core.next_timer_seq.to_string();
+            core.next_timer_seq += 1;
+            core.timers.insert(timer_id.clone(), Slot::Pending { waker: None });
+            let command = Command::StartTimer { timer_id: timer_id.clone(), start_to_fire_timeout_ms: duration_ms };
+            core.commands.push(command);
+            this.state = TimerState::Started { timer_id };
+        }
+        let TimerState::Started { timer_id } = &this.state else {
+            panic!("a timer future was polled after it completed");
+        };
+        let slot = core.timers.get_mut(timer_id).expect("a started timer has a slot");
+        let result = std::task::ready!(slot.poll_take(cx.waker()));
+        drop(core);
+        this.state = TimerState::Done;
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for TimerFuture {
+    fn drop(&mut self) {
+        if let TimerState::Started { timer_id } = &self.state
+            && let Ok(mut core) = self.ctx.core.lock()
+        {
+            core.cancel_timer(timer_id);
+            core.timers.remove(timer_id);
+        }
+    }
+}
+
+/// The signals of one name.
+pub struct SignalChannel<T> {
+    ctx: WorkflowContext,
+    name: String,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> SignalChannel<T> {
+    /// The next signal, waiting for one if none is buffered.
+    pub fn recv(&self) -> SignalFuture<'_, T> {
+        SignalFuture { channel: self }
+    }
+
+    /// The next buffered signal, if there is one.
+    pub fn try_recv(&self) -> Option<Result<T, PayloadError>> {
+        let value = self.ctx.lock().signals.get_mut(&self.name)?.pop_front()?;
+        Some(PayloadError::decode(|| format!("signal {}", self.name), value))
+    }
+}
+
+/// The next signal of a channel.
+pub struct SignalFuture<'a, T> {
+    channel: &'a SignalChannel<T>,
+}
+
+impl<T: DeserializeOwned> Future for SignalFuture<'_, T> {
+    type Output = Result<T, WorkflowError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(result) = self.channel.try_recv() {
+            return Poll::Ready(result.map_err(WorkflowError::from));
+        }
+        let name = self.channel.name.clone();
+        self.channel.ctx.lock().signal_wakers.entry(name).or_default().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Resolves when the run is asked to cancel.
+pub struct CancelledFuture {
+    ctx: WorkflowContext,
+}
+
+impl Future for CancelledFuture {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut core = self.ctx.lock();
+        if core.cancel_requested {
+            return Poll::Ready(());
+        }
+        core.cancel_wakers.push(cx.waker().clone());
+        Poll::Pending
+    }
+}

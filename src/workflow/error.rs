@@ -1,0 +1,130 @@
+//! Errors seen by workflow code.
+
+use serde_json::Value;
+
+use crate::types::{Failure, RetryState, TimeoutType};
+
+/// A payload that does not (de)serialize into the expected type.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("payload for {what} does not fit type {type_name}: {message}")]
+pub struct PayloadError {
+    /// What the payload was for ("input of workflow checkout", "signal approve", ...).
+    pub what: String,
+    /// The Rust type it should fit.
+    pub type_name: &'static str,
+    /// What serde said.
+    pub message: String,
+}
+
+impl PayloadError {
+    /// Decodes `value` into `T`, naming `what` on failure.
+    pub fn decode<T: serde::de::DeserializeOwned>(what: impl FnOnce() -> String, value: Value) -> Result<T, PayloadError> {
+        serde_json::from_value(value).map_err(|error| PayloadError {
+            what: what(),
+            type_name: std::any::type_name::<T>(),
+            message: error.to_string(),
+        })
+    }
+
+    /// Encodes `value`, naming `what` on failure.
+    pub fn encode<T: serde::Serialize>(what: impl FnOnce() -> String, value: &T) -> Result<Value, PayloadError> {
+        serde_json::to_value(value).map_err(|error| PayloadError {
+            what: what(),
+            type_name: std::any::type_name::<T>(),
+            message: error.to_string(),
+        })
+    }
+}
+
+/// How an activity ended, as seen by the workflow that awaited it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ActivityError {
+    /// The activity failed and will not be retried.
+    #[error("activity failed ({retry_state:?}): {failure}")]
+    Failed {
+        /// The last attempt's failure.
+        failure: Failure,
+        /// Why it was not retried.
+        retry_state: RetryState,
+    },
+    /// A timeout fired and the activity will not be retried.
+    #[error("activity timed out ({timeout_type} timeout, {retry_state:?})")]
+    TimedOut {
+        /// Which timeout.
+        timeout_type: TimeoutType,
+        /// Why it was not retried.
+        retry_state: RetryState,
+        /// The failure of the last attempt before the timeout, if any.
+        last_failure: Option<Failure>,
+    },
+    /// The activity was canceled.
+    #[error("activity canceled")]
+    Canceled,
+    /// The activity's options cannot work (for example no start-to-close nor
+    /// schedule-to-close timeout); nothing was scheduled.
+    #[error("activity {activity_type:?} cannot be scheduled: {reason}")]
+    InvalidOptions {
+        /// The activity type.
+        activity_type: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The input or result did not fit its type.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+}
+
+/// The error a workflow returns. `?` converts activity errors and payload errors.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WorkflowError {
+    /// An activity the workflow awaited did not complete.
+    #[error(transparent)]
+    Activity(#[from] ActivityError),
+    /// The run was asked to cancel; returning this closes it as Canceled.
+    #[error("workflow canceled")]
+    Canceled,
+    /// An application failure; closes the run as Failed with this failure.
+    #[error("{0}")]
+    Application(Failure),
+    /// A signal or other payload did not fit its type.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+}
+
+impl WorkflowError {
+    /// An application failure of the given type.
+    pub fn application(failure_type: impl Into<String>, message: impl Into<String>) -> WorkflowError {
+        WorkflowError::Application(Failure::new(failure_type, message))
+    }
+
+    /// True if this error means the run was canceled (directly, or through an
+    /// activity canceled because of the run's cancellation).
+    pub fn is_cancellation(&self) -> bool {
+        matches!(self, WorkflowError::Canceled | WorkflowError::Activity(ActivityError::Canceled))
+    }
+
+    /// The failure recorded when the run fails with this error.
+    pub fn to_failure(&self) -> Failure {
+        match self {
+            WorkflowError::Application(failure) => failure.clone(),
+            WorkflowError::Activity(ActivityError::Failed { failure, .. }) => Failure {
+                message: format!("activity failed: {}", failure.message),
+                failure_type: "ActivityFailure".to_string(),
+                non_retryable: false,
+                details: Some(serde_json::json!({ "cause": failure })),
+            },
+            other => Failure::new(error_type_name(other), other.to_string()),
+        }
+    }
+}
+
+fn error_type_name(error: &WorkflowError) -> &'static str {
+    match error {
+        WorkflowError::Activity(ActivityError::TimedOut { .. }) => "ActivityTimeout",
+        WorkflowError::Activity(ActivityError::Canceled) | WorkflowError::Canceled => "Canceled",
+        WorkflowError::Activity(ActivityError::InvalidOptions { .. }) => "InvalidActivityOptions",
+        WorkflowError::Activity(ActivityError::Payload(_)) | WorkflowError::Payload(_) => "PayloadError",
+        WorkflowError::Activity(ActivityError::Failed { .. }) => "ActivityFailure",
+        WorkflowError::Application(_) => "ApplicationError",
+    }
+}

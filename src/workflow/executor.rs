@@ -1,0 +1,475 @@
+//! The deterministic workflow executor: drives a run's future from its history.
+//!
+//! It is pure: no clock, no I/O, no async runtime. Events go in (a whole history
+//! or a slice of it), commands come out. The same code path serves a worker
+//! (slices ending at a live `WorkflowTaskStarted`) and the [`super::Replayer`]
+//! (whole histories).
+//!
+//! Walking the events in order:
+//!
+//! | event                                   | what the executor does                          |
+//! |-----------------------------------------|-------------------------------------------------|
+//! | `WorkflowExecutionStarted`              | builds the run's future from its input          |
+//! | `WorkflowTaskStarted`, next is Completed | replay activation: polls with the task's markers known |
+//! | `WorkflowTaskStarted`, last of the slice | live activation: polls and returns the commands  |
+//! | `WorkflowTaskStarted`, otherwise         | skipped (the task timed out or failed)          |
+//! | a command event                         | matched against the next unmatched command      |
+//! | any other event, commands unmatched     | non-determinism: the code produced more          |
+//! | activity / timer outcome, signal, cancel | resolves the waiting future                     |
+//!
+//! Every matched command, applied outcome and the result feed a digest of the
+//! run's state, so two executions can be compared with one number.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use serde_json::Value;
+
+use super::command::{Command, CommandKey, PATCH_MARKER_NAME, event_command_key};
+use super::context::{RunCore, WorkflowContext, WorkflowInfo};
+use super::error::{ActivityError, WorkflowError};
+use super::registry::{WorkflowFuture, WorkflowRegistry};
+use super::replay::{NonDeterminism, ReplayError};
+use crate::history::{Event, EventKind};
+use crate::types::{Timestamp, fnv1a64, payload_hash};
+
+/// Polls of the root future per activation before the executor stops: a
+/// workflow that keeps waking itself without waiting on anything is stuck.
+pub const POLLS_PER_ACTIVATION_MAX: u32 = 1_000;
+
+/// How a run ended, as its code decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunResult {
+    /// The workflow returned a value.
+    Completed(Value),
+    /// The workflow returned an error.
+    Failed(crate::types::Failure),
+    /// The workflow accepted cancellation.
+    Canceled,
+}
+
+/// A digest of a run's state: every command, every applied outcome, the result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StateDigest(pub u64);
+
+impl std::fmt::Display for StateDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+struct FlagWaker(AtomicBool);
+
+impl Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one call of [`WorkflowExecutor::apply`] produced.
+#[derive(Debug, Default, PartialEq)]
+pub struct Activation {
+    /// The commands of a live workflow task (the slice ended at its
+    /// `WorkflowTaskStarted`), to send to the service. `None` if the slice
+    /// ended elsewhere.
+    pub commands: Option<Vec<Command>>,
+}
+
+/// Drives one run's workflow code from its history.
+pub struct WorkflowExecutor {
+    registry: WorkflowRegistry,
+    workflow_id: String,
+    run_id: String,
+    core: Arc<Mutex<RunCore>>,
+    future: Option<WorkflowFuture>,
+    info: Option<WorkflowInfo>,
+    next_event_id: u64,
+    /// Commands produced and not yet confirmed by command events.
+    unmatched: VecDeque<Command>,
+    /// The last activation was live (no lookahead): its commands await the service.
+    last_activation_live: bool,
+    last_started_event_id: u64,
+    activity_ids: BTreeMap<u64, String>,
+    result: Option<RunResult>,
+    closed: bool,
+    digest: u64,
+    waker_flag: Arc<FlagWaker>,
+}
+
+impl std::fmt::Debug for WorkflowExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowExecutor")
+            .field("run_id", &self.run_id)
+            .field("next_event_id", &self.next_event_id)
+            .field("result", &self.result)
+            .finish()
+    }
+}
+
+impl WorkflowExecutor {
+    /// An executor for one run; feed it the run's events from event 1.
+    pub fn new(registry: &WorkflowRegistry, workflow_id: &str, run_id: &str) -> WorkflowExecutor {
+        WorkflowExecutor {
+            registry: registry.clone(),
+            workflow_id: workflow_id.to_string(),
+            run_id: run_id.to_string(),
+            core: Arc::new(Mutex::new(RunCore::new(run_id))),
+            future: None,
+            info: None,
+            next_event_id: 1,
+            unmatched: VecDeque::new(),
+            last_activation_live: false,
+            last_started_event_id: 0,
+            activity_ids: BTreeMap::new(),
+            result: None,
+            closed: false,
+            digest: fnv1a64(run_id.as_bytes()),
+            waker_flag: Arc::new(FlagWaker(AtomicBool::new(false))),
+        }
+    }
+
+    /// The id of the next event the executor expects.
+    pub fn next_event_id(&self) -> u64 {
+        self.next_event_id
+    }
+
+    /// The `WorkflowTaskStarted` of the last activation (0 before the first).
+    pub fn last_started_event_id(&self) -> u64 {
+        self.last_started_event_id
+    }
+
+    /// How the code ended the run, once it has.
+    pub fn result(&self) -> Option<&RunResult> {
+        self.result.as_ref()
+    }
+
+    /// True once the history holds a terminal event.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The digest of the run's state so far.
+    pub fn digest(&self) -> StateDigest {
+        StateDigest(self.digest)
+    }
+
+    /// Facts about the run, once its start event was applied.
+    pub fn info(&self) -> Option<&WorkflowInfo> {
+        self.info.as_ref()
+    }
+
+    /// Commands of the last replayed workflow task that the history has not
+    /// (yet) confirmed.
+    pub fn unmatched_commands(&self) -> Vec<Command> {
+        self.unmatched.iter().cloned().collect()
+    }
+
+    /// True if the last activation was replayed (not live) and left commands
+    /// the history does not have.
+    pub fn has_leftover_commands(&self) -> bool {
+        !self.last_activation_live && !self.unmatched.is_empty()
+    }
+
+    fn mix(&mut self, bytes: &[u8]) {
+        let mut data = self.digest.to_le_bytes().to_vec();
+        data.extend_from_slice(bytes);
+        self.digest = fnv1a64(&data);
+    }
+
+    fn mix_key(&mut self, key: &CommandKey) {
+        let text = format!("{}|{}|{}|{:?}", key.kind, key.id, key.type_name, key.input_hash);
+        self.mix(text.as_bytes());
+    }
+
+    /// Applies the next events (which must continue where the last call ended).
+    /// Returns the commands of a live workflow task if the slice ends at one.
+    pub fn apply(&mut self, events: &[Event]) -> Result<Activation, ReplayError> {
+        let mut activation = Activation::default();
+        for (index, event) in events.iter().enumerate() {
+            if event.event_id != self.next_event_id {
+                return Err(ReplayError::EventOutOfSequence { expected: self.next_event_id, found: event.event_id });
+            }
+            self.check_unmatched_before(event)?;
+            if let EventKind::WorkflowTaskStarted(_) = event.kind {
+                activation.commands = self.on_workflow_task_started(event, &events[index + 1..])?;
+            } else if event.kind.command_of().is_some() {
+                self.on_command_event(event)?;
+            } else {
+                self.on_other_event(event)?;
+            }
+            self.next_event_id += 1;
+        }
+        debug_assert!(events.last().is_none_or(|e| e.event_id + 1 == self.next_event_id));
+        Ok(activation)
+    }
+
+    /// Commands left unmatched when a non-command event arrives mean the code
+    /// produced more than the history recorded.
+    fn check_unmatched_before(&self, event: &Event) -> Result<(), ReplayError> {
+        let Some(extra) = self.unmatched.front() else { return Ok(()) };
+        let is_command = event.kind.command_of().is_some();
+        let is_completion = matches!(event.kind, EventKind::WorkflowTaskCompleted(_));
+        if is_command || is_completion {
+            return Ok(());
+        }
+        Err(ReplayError::NonDeterminism(NonDeterminism {
+            event_id: event.event_id,
+            history: format!("{} (no command at this position)", event.kind.name()),
+            code: extra.key().to_string(),
+            compared: "command kind",
+        }))
+    }
+
+    fn on_workflow_task_started(&mut self, event: &Event, rest: &[Event]) -> Result<Option<Vec<Command>>, ReplayError> {
+        match rest.first().map(|e| &e.kind) {
+            None => {
+                let commands = self.activate(event, false, Vec::new())?;
+                self.last_activation_live = true;
+                Ok(Some(commands))
+            }
+            Some(EventKind::WorkflowTaskCompleted(_)) => {
+                let markers = rest[1..]
+                    .iter()
+                    .map_while(|e| match &e.kind {
+                        EventKind::MarkerRecorded(m) => Some(Some((m.marker_name.clone(), m.details.clone()))),
+                        kind if kind.command_of().is_some() => Some(None),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                self.activate(event, true, markers)?;
+                self.last_activation_live = false;
+                Ok(None)
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    /// Polls the workflow at a workflow task; the commands become unmatched
+    /// until command events confirm them.
+    fn activate(&mut self, event: &Event, replaying: bool, markers: Vec<(String, Value)>) -> Result<Vec<Command>, ReplayError> {
+        assert!(self.unmatched.is_empty(), "commands are matched before the next activation");
+        self.last_started_event_id = event.event_id;
+        {
+            let mut core = self.core.lock().expect("run core lock");
+            core.now = event.event_time;
+            core.replaying = replaying;
+            core.expected_markers = markers;
+        }
+        self.poll_workflow(event.event_id)?;
+        let commands = std::mem::take(&mut self.core.lock().expect("run core lock").commands);
+        for command in &commands {
+            self.mix_key(&command.key());
+        }
+        self.unmatched = commands.iter().cloned().collect();
+        Ok(commands)
+    }
+
+    fn poll_workflow(&mut self, event_id: u64) -> Result<(), ReplayError> {
+        let Some(future) = self.future.as_mut() else { return Ok(()) };
+        let waker = Waker::from(self.waker_flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..POLLS_PER_ACTIVATION_MAX {
+            self.waker_flag.0.store(false, Ordering::Relaxed);
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+            match polled {
+                Err(panic) => {
+                    self.future = None;
+                    return Err(ReplayError::Panicked { event_id, message: panic_message(&panic) });
+                }
+                Ok(Poll::Ready(output)) => {
+                    self.future = None;
+                    self.finish(output);
+                    return Ok(());
+                }
+                Ok(Poll::Pending) if self.waker_flag.0.load(Ordering::Relaxed) => continue,
+                Ok(Poll::Pending) => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, output: Result<Value, WorkflowError>) {
+        let mut core = self.core.lock().expect("run core lock");
+        let cancel_requested = core.is_cancel_requested();
+        let (result, command) = match output {
+            Ok(value) => (RunResult::Completed(value.clone()), Command::CompleteWorkflowExecution { result: value }),
+            Err(error) if error.is_cancellation() && cancel_requested => {
+                (RunResult::Canceled, Command::CancelWorkflowExecution { details: None })
+            }
+            Err(error) => {
+                let failure = error.to_failure();
+                (RunResult::Failed(failure.clone()), Command::FailWorkflowExecution { failure })
+            }
+        };
+        core.commands.push(command);
+        drop(core);
+        self.result = Some(result);
+    }
+
+    fn on_command_event(&mut self, event: &Event) -> Result<(), ReplayError> {
+        let activity_ids = &self.activity_ids;
+        let key = event_command_key(&event.kind, |scheduled| activity_ids.get(&scheduled).cloned().unwrap_or_default())
+            .expect("command events have keys");
+        let deprecated_patch = is_deprecated_patch(&event.kind);
+        let matched = match self.unmatched.front() {
+            None if deprecated_patch => return Ok(()),
+            None => {
+                return Err(ReplayError::NonDeterminism(NonDeterminism {
+                    event_id: event.event_id,
+                    history: key.to_string(),
+                    code: "nothing".to_string(),
+                    compared: "command kind",
+                }));
+            }
+            Some(command) => command.key(),
+        };
+        if let Some(compared) = key.first_difference(&matched) {
+            if deprecated_patch {
+                return Ok(());
+            }
+            return Err(ReplayError::NonDeterminism(NonDeterminism {
+                event_id: event.event_id,
+                history: key.to_string(),
+                code: matched.to_string(),
+                compared,
+            }));
+        }
+        self.unmatched.pop_front();
+        match &event.kind {
+            EventKind::ActivityTaskScheduled(a) => {
+                self.activity_ids.insert(event.event_id, a.activity_id.clone());
+            }
+            kind if kind.is_terminal() => self.closed = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_other_event(&mut self, event: &Event) -> Result<(), ReplayError> {
+        use EventKind::*;
+        match &event.kind {
+            WorkflowExecutionStarted(started) => self.on_started(event, started)?,
+            ActivityTaskCompleted(a) => {
+                self.resolve_activity(event, a.scheduled_event_id, Ok(a.result.clone()), payload_hash(&a.result))
+            }
+            ActivityTaskFailed(a) => {
+                let error = ActivityError::Failed { failure: a.failure.clone(), retry_state: a.retry_state };
+                self.resolve_activity(event, a.scheduled_event_id, Err(error), 0);
+            }
+            ActivityTaskTimedOut(a) => {
+                let error = ActivityError::TimedOut {
+                    timeout_type: a.timeout_type,
+                    retry_state: a.retry_state,
+                    last_failure: a.last_failure.clone(),
+                };
+                self.resolve_activity(event, a.scheduled_event_id, Err(error), 0);
+            }
+            ActivityTaskCanceled(a) => self.resolve_activity(event, a.scheduled_event_id, Err(ActivityError::Canceled), 0),
+            TimerFired(a) => {
+                self.mix(format!("TimerFired|{}", a.timer_id).as_bytes());
+                self.core.lock().expect("run core lock").resolve_timer(&a.timer_id);
+            }
+            WorkflowExecutionSignaled(a) => {
+                self.mix(format!("Signaled|{}|{}", a.signal_name, payload_hash(&a.input)).as_bytes());
+                self.core.lock().expect("run core lock").deliver_signal(&a.signal_name, a.input.clone());
+            }
+            WorkflowExecutionCancelRequested(_) => {
+                self.mix(b"CancelRequested");
+                self.core.lock().expect("run core lock").on_cancel_requested();
+            }
+            WorkflowExecutionTerminated(_) | WorkflowExecutionTimedOut(_) => self.closed = true,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_started(&mut self, event: &Event, started: &crate::history::WorkflowExecutionStarted) -> Result<(), ReplayError> {
+        let factory = self.registry.get(&started.workflow_type).ok_or_else(|| ReplayError::UnknownWorkflowType {
+            workflow_type: started.workflow_type.clone(),
+            known: self.registry.names(),
+        })?;
+        let info = WorkflowInfo {
+            workflow_id: self.workflow_id.clone(),
+            run_id: self.run_id.clone(),
+            workflow_type: started.workflow_type.clone(),
+            task_queue: started.task_queue.clone(),
+            start_time: event.event_time,
+        };
+        let ctx = WorkflowContext::new(self.core.clone(), info.clone());
+        self.future = Some(factory(ctx, started.input.clone())?);
+        self.info = Some(info);
+        self.mix(format!("Started|{}|{}", started.workflow_type, payload_hash(&started.input)).as_bytes());
+        Ok(())
+    }
+
+    fn resolve_activity(&mut self, event: &Event, scheduled_event_id: u64, result: Result<Value, ActivityError>, hash: u64) {
+        self.mix(format!("{}|{scheduled_event_id}|{hash}", event.kind.name()).as_bytes());
+        if let Some(activity_id) = self.activity_ids.get(&scheduled_event_id) {
+            self.core.lock().expect("run core lock").resolve_activity(activity_id, result);
+        }
+    }
+
+    /// Answers a query from the run's current state.
+    pub fn query(&self, name: &str, args: Value) -> Result<Value, QueryError> {
+        let (handler, known) = {
+            let core = self.core.lock().expect("run core lock");
+            (core.query_handler(name), core.query_names())
+        };
+        let handler = handler.ok_or_else(|| QueryError::Unknown { name: name.to_string(), known })?;
+        handler(args).map_err(QueryError::Failed)
+    }
+
+    /// The time of the last activation.
+    pub fn now(&self) -> Timestamp {
+        self.core.lock().expect("run core lock").now
+    }
+}
+
+impl Drop for WorkflowExecutor {
+    fn drop(&mut self) {
+        // Drop the future first: its futures lock the core in their own drops.
+        self.future = None;
+    }
+}
+
+/// A query that could not be answered.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueryError {
+    /// No handler of that name is registered (yet) by the run.
+    #[error("unknown query {name:?}; the run answers {known:?}")]
+    Unknown {
+        /// The query asked.
+        name: String,
+        /// The queries the run answers.
+        known: Vec<String>,
+    },
+    /// The handler failed.
+    #[error("query failed: {0}")]
+    Failed(String),
+}
+
+fn is_deprecated_patch(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::MarkerRecorded(m) if m.marker_name == PATCH_MARKER_NAME => {
+            m.details.get("deprecated").and_then(Value::as_bool).unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        text.to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "workflow code panicked".to_string()
+    }
+}
