@@ -1,0 +1,131 @@
+//! Workflows and activities shared by the integration tests: the ones the golden
+//! histories in `fixtures/histories/` were recorded from.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy, retryable};
+use retrace::workflow::{Workflow, WorkflowContext, WorkflowRegistry, WorkflowResult, join};
+use serde::{Deserialize, Serialize};
+
+/// Appends a suffix to its input.
+pub struct Compose;
+impl Activity for Compose {
+    const NAME: &'static str = "compose";
+    type Input = String;
+    type Output = String;
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(10))
+    }
+    async fn run(&self, _ctx: ActivityContext, input: String) -> ActivityResult<String> {
+        Ok(format!("{input}!"))
+    }
+}
+
+/// Always fails (retryably).
+pub struct Flaky;
+impl Activity for Flaky {
+    const NAME: &'static str = "flaky";
+    type Input = String;
+    type Output = String;
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(10))
+    }
+    async fn run(&self, ctx: ActivityContext, _input: String) -> ActivityResult<String> {
+        Err(retryable(format!("attempt {} failed", ctx.attempt())))
+    }
+}
+
+/// One activity.
+pub struct OneActivity;
+impl Workflow for OneActivity {
+    const NAME: &'static str = "one_activity";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, name: String) -> WorkflowResult<String> {
+        Ok(ctx.activity::<Compose>(name).await?)
+    }
+}
+
+/// Three activities in sequence, each fed the previous result.
+pub struct ThreeSequential;
+impl Workflow for ThreeSequential {
+    const NAME: &'static str = "three_sequential";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, text: String) -> WorkflowResult<String> {
+        let a = ctx.activity::<Compose>(text).await?;
+        let b = ctx.activity::<Compose>(a).await?;
+        Ok(ctx.activity::<Compose>(b).await?)
+    }
+}
+
+/// Two activities in parallel.
+pub struct TwoParallel;
+impl Workflow for TwoParallel {
+    const NAME: &'static str = "two_parallel";
+    type Input = (String, String);
+    type Output = Vec<String>;
+    async fn run(ctx: WorkflowContext, (left, right): (String, String)) -> WorkflowResult<Vec<String>> {
+        let (a, b) = join(ctx.activity::<Compose>(left), ctx.activity::<Compose>(right)).await;
+        Ok(vec![a?, b?])
+    }
+}
+
+/// Sleeps, then waits for a signal.
+pub struct TimerThenSignal;
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub by: String,
+}
+impl Workflow for TimerThenSignal {
+    const NAME: &'static str = "timer_then_signal";
+    type Input = u64;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, seconds: u64) -> WorkflowResult<String> {
+        ctx.sleep(Duration::from_secs(seconds)).await?;
+        let approval: Approval = ctx.signal("approve").recv().await?;
+        Ok(format!("approved by {}", approval.by))
+    }
+}
+
+/// An activity that fails every attempt; after three the workflow fails.
+pub struct RetryThenFail;
+impl Workflow for RetryThenFail {
+    const NAME: &'static str = "retry_then_fail";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, input: String) -> WorkflowResult<String> {
+        let policy = RetryPolicy::default().maximum_attempts(3);
+        Ok(ctx.activity::<Flaky>(input).retry(policy).await?)
+    }
+}
+
+/// Takes a new path behind patch "v2".
+pub struct Patched;
+impl Workflow for Patched {
+    const NAME: &'static str = "patched";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, input: String) -> WorkflowResult<String> {
+        if ctx.patched("v2") {
+            let first = ctx.activity::<Compose>(format!("v2 {input}")).await?;
+            Ok(ctx.activity::<Compose>(first).await?)
+        } else {
+            Ok(ctx.activity::<Compose>(input).await?)
+        }
+    }
+}
+
+/// Every fixture workflow.
+pub fn registry() -> WorkflowRegistry {
+    let mut registry = WorkflowRegistry::new();
+    registry
+        .register::<OneActivity>()
+        .register::<ThreeSequential>()
+        .register::<TwoParallel>()
+        .register::<TimerThenSignal>()
+        .register::<RetryThenFail>()
+        .register::<Patched>();
+    registry
+}

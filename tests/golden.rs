@@ -1,0 +1,204 @@
+//! Golden histories: each fixture in `fixtures/histories/` is replayed from
+//! scratch, incrementally, and after a cache eviction, and must give the
+//! recorded result; its canonical JSON is an insta snapshot.
+
+mod common;
+
+use std::path::PathBuf;
+
+use retrace::activity::RetryPolicy;
+use retrace::history::{ActivityTaskScheduled, EventKind, History, HistoryBuilder};
+use retrace::types::{Failure, RetryState};
+use retrace::workflow::{Replayer, RunResult};
+use serde_json::json;
+
+fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/histories").join(format!("{name}.json"))
+}
+
+fn one_activity() -> History {
+    let mut b = HistoryBuilder::new("one_activity", json!("world"));
+    b.add_full_workflow_task();
+    let scheduled = b.add_activity_scheduled("1", "compose", json!("world"));
+    b.advance_ms(12);
+    b.add_activity_completed(scheduled, json!("world!"));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("world!"));
+    b.build()
+}
+
+fn three_sequential() -> History {
+    let mut b = HistoryBuilder::new("three_sequential", json!("a"));
+    let mut text = "a".to_string();
+    for activity_id in ["1", "2", "3"] {
+        b.add_full_workflow_task();
+        let scheduled = b.add_activity_scheduled(activity_id, "compose", json!(text));
+        text.push('!');
+        b.advance_ms(10);
+        b.add_activity_completed(scheduled, json!(text));
+    }
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!(text));
+    b.build()
+}
+
+fn two_parallel() -> History {
+    let mut b = HistoryBuilder::new("two_parallel", json!(["l", "r"]));
+    b.add_full_workflow_task();
+    let left = b.add_activity_scheduled("1", "compose", json!("l"));
+    let right = b.add_activity_scheduled("2", "compose", json!("r"));
+    b.advance_ms(10);
+    b.add_activity_completed(left, json!("l!"));
+    // The second completion lands while the workflow task is scheduled but not
+    // started, so it joins that task.
+    b.add_workflow_task_scheduled();
+    b.add_activity_completed(right, json!("r!"));
+    b.add_workflow_task_started();
+    b.add_workflow_task_completed();
+    b.add_workflow_execution_completed(json!(["l!", "r!"]));
+    b.build()
+}
+
+fn timer_then_signal() -> History {
+    let mut b = HistoryBuilder::new("timer_then_signal", json!(5));
+    b.add_full_workflow_task();
+    let timer = b.add_timer_started("1", 5_000);
+    b.advance_ms(5_000);
+    b.add_timer_fired("1", timer);
+    b.add_full_workflow_task();
+    b.advance_ms(2_000);
+    b.add_signal("approve", json!({"by": "ana"}));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("approved by ana"));
+    b.build()
+}
+
+fn attempt_failure(attempt: u32) -> Failure {
+    Failure::new("ActivityError", format!("attempt {attempt} failed"))
+}
+
+fn retry_then_fail() -> History {
+    let mut b = HistoryBuilder::new("retry_then_fail", json!("x"));
+    let completed = b.add_full_workflow_task();
+    let scheduled = b.add(EventKind::ActivityTaskScheduled(ActivityTaskScheduled {
+        activity_id: "1".to_string(),
+        activity_type: "flaky".to_string(),
+        task_queue: "default".to_string(),
+        input: json!("x"),
+        schedule_to_close_timeout_ms: None,
+        schedule_to_start_timeout_ms: None,
+        start_to_close_timeout_ms: Some(10_000),
+        heartbeat_timeout_ms: None,
+        retry_policy: RetryPolicy::default().maximum_attempts(3).normalized().unwrap(),
+        workflow_task_completed_event_id: completed,
+    }));
+    // Attempts 1 and 2 and their backoffs (1 s, 2 s) leave no events.
+    b.advance_ms(3_000);
+    let started = b.add_activity_started(scheduled, 3, Some(attempt_failure(2)));
+    b.add_activity_failed(scheduled, started, attempt_failure(3), RetryState::MaximumAttemptsReached);
+    b.add_full_workflow_task();
+    b.add_workflow_execution_failed(expected_retry_failure());
+    b.build()
+}
+
+fn expected_retry_failure() -> Failure {
+    Failure {
+        message: "activity failed: attempt 3 failed".to_string(),
+        failure_type: "ActivityFailure".to_string(),
+        non_retryable: false,
+        details: Some(json!({"cause": attempt_failure(3)})),
+    }
+}
+
+fn patched() -> History {
+    let mut b = HistoryBuilder::new("patched", json!("x"));
+    b.add_full_workflow_task();
+    b.add_marker("Patch", json!({"id": "v2", "deprecated": false}));
+    let first = b.add_activity_scheduled("1", "compose", json!("v2 x"));
+    b.add_activity_completed(first, json!("v2 x!"));
+    b.add_full_workflow_task();
+    let second = b.add_activity_scheduled("2", "compose", json!("v2 x!"));
+    b.add_activity_completed(second, json!("v2 x!!"));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("v2 x!!"));
+    b.build()
+}
+
+/// (fixture name, how it was built, the result its replay must give)
+fn fixtures() -> Vec<(&'static str, History, RunResult)> {
+    vec![
+        ("one_activity", one_activity(), RunResult::Completed(json!("world!"))),
+        ("three_sequential", three_sequential(), RunResult::Completed(json!("a!!!"))),
+        ("two_parallel", two_parallel(), RunResult::Completed(json!(["l!", "r!"]))),
+        ("timer_then_signal", timer_then_signal(), RunResult::Completed(json!("approved by ana"))),
+        ("retry_then_fail", retry_then_fail(), RunResult::Failed(expected_retry_failure())),
+        ("patched", patched(), RunResult::Completed(json!("v2 x!!"))),
+    ]
+}
+
+/// The fixture files are exactly the histories above. Set
+/// `RETRACE_WRITE_FIXTURES=1` to rewrite them after an intended change.
+#[test]
+fn fixture_files_hold_the_recorded_histories() {
+    for (name, history, _) in fixtures() {
+        let path = fixture_path(name);
+        if std::env::var_os("RETRACE_WRITE_FIXTURES").is_some() {
+            std::fs::write(&path, history.to_json() + "\n").unwrap();
+        }
+        let on_disk = History::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(on_disk, history, "fixture {name} differs from its recorded history");
+    }
+}
+
+#[test]
+fn golden_histories_replay_three_ways_to_their_results() {
+    let replayer = Replayer::new(common::registry());
+    for (name, _, expected) in fixtures() {
+        let history = History::from_file(fixture_path(name)).unwrap();
+        let outcome = replayer.replay_three_ways(&history).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(outcome.result, Some(expected), "{name}");
+        assert!(outcome.pending_commands.is_empty(), "{name}: a closed run has nothing left to do");
+        insta::assert_snapshot!(name, history.to_json());
+    }
+}
+
+#[test]
+fn patched_workflow_replays_a_history_from_before_the_patch() {
+    let mut b = HistoryBuilder::new("patched", json!("x"));
+    b.add_full_workflow_task();
+    let scheduled = b.add_activity_scheduled("1", "compose", json!("x"));
+    b.add_activity_completed(scheduled, json!("x!"));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("x!"));
+    let outcome = Replayer::new(common::registry()).replay_three_ways(&b.build()).unwrap();
+    assert_eq!(outcome.result, Some(RunResult::Completed(json!("x!"))));
+}
+
+#[test]
+fn digests_differ_between_runs_that_saw_different_results() {
+    let replayer = Replayer::new(common::registry());
+    let a = replayer.replay(&one_activity()).unwrap();
+    let mut b = HistoryBuilder::new("one_activity", json!("world"));
+    b.add_full_workflow_task();
+    let scheduled = b.add_activity_scheduled("1", "compose", json!("world"));
+    b.add_activity_completed(scheduled, json!("other"));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("other"));
+    let b = replayer.replay(&b.build()).unwrap();
+    assert_ne!(a.digest, b.digest);
+}
+
+#[test]
+fn an_open_history_returns_the_commands_of_its_live_workflow_task() {
+    let mut b = HistoryBuilder::new("three_sequential", json!("a"));
+    b.add_full_workflow_task();
+    let scheduled = b.add_activity_scheduled("1", "compose", json!("a"));
+    b.add_activity_completed(scheduled, json!("a!"));
+    b.add_workflow_task_scheduled();
+    b.add_workflow_task_started();
+    let outcome = Replayer::new(common::registry()).replay_three_ways(&b.build()).unwrap();
+    assert_eq!(outcome.result, None);
+    assert_eq!(outcome.pending_commands.len(), 1);
+    let key = outcome.pending_commands[0].key();
+    assert_eq!((key.kind, key.id.as_str(), key.type_name.as_str()), ("ScheduleActivityTask", "2", "compose"));
+}
