@@ -16,6 +16,8 @@
 //! - **Attempt**: one try of an activity; retries make more attempts, never more events.
 
 pub mod activity;
+pub mod api;
+pub mod env;
 pub mod history;
 pub mod types;
 pub mod workflow;

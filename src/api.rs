@@ -1,0 +1,629 @@
+//! The service's protocol: every request a client or worker sends, and every
+//! reply. The same types travel in-process, over HTTP/JSON (one route per
+//! request, `POST /api/v1/<method>`), and over the simulator's network.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::env::RunStatus;
+use crate::history::{Event, WorkflowTaskFailedCause};
+use crate::types::{Failure, Timestamp};
+use crate::workflow::Command;
+
+/// What a closed workflow id may be reused for (Temporal's id reuse policy).
+/// A running workflow id is always refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdReusePolicy {
+    /// A new run may start once the previous one closed, however it closed.
+    #[default]
+    AllowDuplicate,
+    /// Only if the previous run did not complete successfully.
+    AllowDuplicateFailedOnly,
+    /// Never reuse the id.
+    RejectDuplicate,
+}
+
+/// Start a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartWorkflowRequest {
+    /// Business id of the run.
+    pub workflow_id: String,
+    /// Registered workflow type.
+    pub workflow_type: String,
+    /// Queue its workflow tasks go to.
+    pub task_queue: String,
+    /// Input payload.
+    pub input: Value,
+    /// Whole-run deadline.
+    #[serde(default)]
+    pub execution_timeout_ms: Option<u64>,
+    /// Each workflow task's deadline (default 10 s).
+    #[serde(default)]
+    pub workflow_task_timeout_ms: Option<u64>,
+    /// What a closed id may be reused for.
+    #[serde(default)]
+    pub id_reuse_policy: IdReusePolicy,
+    /// Retries of the same request return the same run.
+    pub request_id: String,
+    /// Who asks (shown in history).
+    #[serde(default)]
+    pub identity: String,
+}
+
+/// The run started (or the one an earlier identical request started).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartWorkflowResponse {
+    /// The run id.
+    pub run_id: String,
+}
+
+/// Names a run: the current run of `workflow_id`, or a specific one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRef {
+    /// Business id.
+    pub workflow_id: String,
+    /// A specific run; the current one if `None`.
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+/// Deliver a signal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalWorkflowRequest {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunRef,
+    /// Signal name.
+    pub signal_name: String,
+    /// Payload.
+    pub input: Value,
+    /// Retries of the same request deliver the signal once.
+    pub request_id: String,
+    /// Who asks.
+    #[serde(default)]
+    pub identity: String,
+}
+
+/// Ask a question of the run's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryWorkflowRequest {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunRef,
+    /// Query name.
+    pub query_name: String,
+    /// Arguments.
+    #[serde(default)]
+    pub args: Value,
+}
+
+/// The answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryWorkflowResponse {
+    /// What the handler returned.
+    pub answer: Value,
+}
+
+/// Ask the run to cancel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CancelWorkflowRequest {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunRef,
+    /// Why (shown in history).
+    #[serde(default)]
+    pub reason: String,
+    /// Who asks.
+    #[serde(default)]
+    pub identity: String,
+}
+
+/// Close the run now, without running workflow code.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TerminateWorkflowRequest {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunRef,
+    /// Why (shown in history).
+    #[serde(default)]
+    pub reason: String,
+    /// Details.
+    #[serde(default)]
+    pub details: Option<Value>,
+    /// Who asks.
+    #[serde(default)]
+    pub identity: String,
+}
+
+/// A pending activity, as `describe` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingActivity {
+    /// Id within the run.
+    pub activity_id: String,
+    /// Activity type.
+    pub activity_type: String,
+    /// Scheduled, Started, BackingOff or CancelRequested.
+    pub state: String,
+    /// Current (or next) attempt.
+    pub attempt: u32,
+    /// The last attempt's failure.
+    pub last_failure: Option<Failure>,
+    /// Last heartbeat details.
+    pub heartbeat_details: Option<Value>,
+    /// When the last heartbeat arrived.
+    pub last_heartbeat_time: Option<Timestamp>,
+}
+
+/// A pending timer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingTimer {
+    /// Id within the run.
+    pub timer_id: String,
+    /// When it fires.
+    pub fire_time: Timestamp,
+}
+
+/// A run, as `describe` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunDescription {
+    /// Business id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// Task queue.
+    pub task_queue: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Start time.
+    pub start_time: Timestamp,
+    /// Close time.
+    pub close_time: Option<Timestamp>,
+    /// Events in the history.
+    pub history_length: u64,
+    /// Activities not yet closed.
+    pub pending_activities: Vec<PendingActivity>,
+    /// Timers not yet fired or canceled.
+    pub pending_timers: Vec<PendingTimer>,
+    /// Scheduled, Started, or None.
+    pub workflow_task: Option<String>,
+    /// The last workflow task failure (unknown type, bad input, non-determinism).
+    pub last_workflow_task_failure: Option<Failure>,
+    /// A cancel was requested.
+    pub cancel_requested: bool,
+}
+
+/// List runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListWorkflowsRequest {
+    /// Only runs with this status.
+    #[serde(default)]
+    pub status: Option<RunStatus>,
+    /// Only runs of this type.
+    #[serde(default)]
+    pub workflow_type: Option<String>,
+    /// From the previous page's `next_page_token`.
+    #[serde(default)]
+    pub page_token: Option<String>,
+    /// Page size (capped by the service).
+    #[serde(default)]
+    pub page_size: u32,
+}
+
+/// A run in a listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Business id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Start time.
+    pub start_time: Timestamp,
+    /// Close time.
+    pub close_time: Option<Timestamp>,
+}
+
+/// A page of runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListWorkflowsResponse {
+    /// The runs, by run id.
+    pub runs: Vec<RunSummary>,
+    /// Pass to get the next page; `None` on the last.
+    pub next_page_token: Option<String>,
+}
+
+/// Read a run's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetHistoryRequest {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunRef,
+    /// First event to return.
+    #[serde(default = "first_event_id")]
+    pub from_event_id: u64,
+    /// Page size (capped by the service).
+    #[serde(default)]
+    pub page_size: u32,
+}
+
+fn first_event_id() -> u64 {
+    1
+}
+
+/// A page of events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetHistoryResponse {
+    /// Business id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Events, in order.
+    pub events: Vec<Event>,
+    /// The next page's `from_event_id`; `None` if this page reaches the end.
+    pub next_event_id: Option<u64>,
+}
+
+/// Wait for a run's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetResultRequest {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunRef,
+    /// Wait up to this long for the run to close (capped by the service).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// How a run closed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status")]
+pub enum RunOutcome {
+    /// Returned a value.
+    Completed {
+        /// The value.
+        result: Value,
+    },
+    /// Returned an error.
+    Failed {
+        /// The failure.
+        failure: Failure,
+    },
+    /// Accepted cancellation.
+    Canceled {
+        /// Details.
+        details: Option<Value>,
+    },
+    /// Was terminated.
+    Terminated {
+        /// Why.
+        reason: String,
+    },
+    /// Its execution timeout fired.
+    TimedOut,
+}
+
+/// The result, if the run closed in time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetResultResponse {
+    /// The run.
+    pub run_id: String,
+    /// `None` if the run was still open when the wait ended.
+    pub outcome: Option<RunOutcome>,
+}
+
+/// Identifies a started task; completions must present it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskToken {
+    /// The run.
+    pub run_id: String,
+    /// The task's scheduled event (workflow task) or the activity's scheduled event.
+    pub scheduled_event_id: u64,
+    /// The attempt.
+    pub attempt: u32,
+    /// The `WorkflowTaskStarted` event (workflow tasks; 0 for activities).
+    pub started_event_id: u64,
+}
+
+/// Wait for a task on a queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PollTaskRequest {
+    /// The queue.
+    pub task_queue: String,
+    /// The worker (shown in history).
+    pub identity: String,
+}
+
+/// A workflow task: run the code up to its next wait.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowTask {
+    /// Present when completing.
+    pub task_token: TaskToken,
+    /// Business id.
+    pub workflow_id: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// The `WorkflowTaskStarted` of the last completed workflow task (0 if none):
+    /// a worker that has the run cached exactly there applies `events`; any
+    /// other worker first reads events `1..=previous_started_event_id`.
+    pub previous_started_event_id: u64,
+    /// Events after `previous_started_event_id`, through this task's `WorkflowTaskStarted`.
+    pub events: Vec<Event>,
+}
+
+/// A query to answer from a run's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryTask {
+    /// Answer with this id.
+    pub query_id: String,
+    /// Business id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Workflow type.
+    pub workflow_type: String,
+    /// Query name.
+    pub query_name: String,
+    /// Arguments.
+    pub args: Value,
+}
+
+/// What a workflow-queue poll returns: a workflow task, a query, or nothing
+/// (the long poll expired).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PollWorkflowTaskResponse {
+    /// A workflow task.
+    pub task: Option<WorkflowTask>,
+    /// A query.
+    pub query: Option<QueryTask>,
+}
+
+/// Commands of a completed workflow task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CompleteWorkflowTaskRequest {
+    /// The task.
+    pub task_token: TaskToken,
+    /// The commands, in order.
+    pub commands: Vec<Command>,
+    /// The worker.
+    pub identity: String,
+}
+
+/// A workflow task the worker could not complete.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailWorkflowTaskRequest {
+    /// The task.
+    pub task_token: TaskToken,
+    /// Why.
+    pub cause: WorkflowTaskFailedCause,
+    /// Details.
+    pub failure: Failure,
+    /// The worker.
+    pub identity: String,
+}
+
+/// The answer to a query task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RespondQueryRequest {
+    /// The query.
+    pub query_id: String,
+    /// The answer, or why there is none.
+    pub answer: Result<Value, String>,
+}
+
+/// An activity task: run one attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivityTask {
+    /// Present when completing and heartbeating.
+    pub task_token: TaskToken,
+    /// Business id of the run.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Id within the run.
+    pub activity_id: String,
+    /// Activity type.
+    pub activity_type: String,
+    /// Input payload.
+    pub input: Value,
+    /// Attempt, from 1.
+    pub attempt: u32,
+    /// When the activity was scheduled.
+    pub scheduled_time: Timestamp,
+    /// When this attempt started.
+    pub started_time: Timestamp,
+    /// Each attempt's deadline.
+    pub start_to_close_timeout_ms: Option<u64>,
+    /// Maximum gap between heartbeats.
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// The last heartbeat details of an earlier attempt.
+    pub heartbeat_details: Option<Value>,
+}
+
+/// What an activity-queue poll returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PollActivityTaskResponse {
+    /// The task, or `None` if the long poll expired.
+    pub task: Option<ActivityTask>,
+}
+
+/// How an activity attempt ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ActivityTaskResult {
+    /// It returned a value.
+    Completed(Value),
+    /// It failed (retried per policy).
+    Failed(Failure),
+    /// It acknowledged cancellation.
+    Canceled(Option<Value>),
+}
+
+/// Report an activity attempt's end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RespondActivityTaskRequest {
+    /// The task.
+    pub task_token: TaskToken,
+    /// How it ended.
+    pub result: ActivityTaskResult,
+    /// The worker.
+    pub identity: String,
+}
+
+/// Report progress of an activity attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// The task.
+    pub task_token: TaskToken,
+    /// Progress details, kept for the next attempt.
+    pub details: Option<Value>,
+    /// The worker.
+    pub identity: String,
+}
+
+/// The service's answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// The workflow asked for the activity to be canceled.
+    pub cancel_requested: bool,
+}
+
+/// A request to the service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Request {
+    StartWorkflow(StartWorkflowRequest),
+    SignalWorkflow(SignalWorkflowRequest),
+    QueryWorkflow(QueryWorkflowRequest),
+    CancelWorkflow(CancelWorkflowRequest),
+    TerminateWorkflow(TerminateWorkflowRequest),
+    DescribeWorkflow(RunRef),
+    ListWorkflows(ListWorkflowsRequest),
+    GetHistory(GetHistoryRequest),
+    GetResult(GetResultRequest),
+    PollWorkflowTask(PollTaskRequest),
+    CompleteWorkflowTask(CompleteWorkflowTaskRequest),
+    FailWorkflowTask(FailWorkflowTaskRequest),
+    RespondQuery(RespondQueryRequest),
+    PollActivityTask(PollTaskRequest),
+    RespondActivityTask(RespondActivityTaskRequest),
+    HeartbeatActivityTask(HeartbeatRequest),
+}
+
+impl Request {
+    /// The request's method name (the HTTP route's last segment).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Request::StartWorkflow(_) => "StartWorkflow",
+            Request::SignalWorkflow(_) => "SignalWorkflow",
+            Request::QueryWorkflow(_) => "QueryWorkflow",
+            Request::CancelWorkflow(_) => "CancelWorkflow",
+            Request::TerminateWorkflow(_) => "TerminateWorkflow",
+            Request::DescribeWorkflow(_) => "DescribeWorkflow",
+            Request::ListWorkflows(_) => "ListWorkflows",
+            Request::GetHistory(_) => "GetHistory",
+            Request::GetResult(_) => "GetResult",
+            Request::PollWorkflowTask(_) => "PollWorkflowTask",
+            Request::CompleteWorkflowTask(_) => "CompleteWorkflowTask",
+            Request::FailWorkflowTask(_) => "FailWorkflowTask",
+            Request::RespondQuery(_) => "RespondQuery",
+            Request::PollActivityTask(_) => "PollActivityTask",
+            Request::RespondActivityTask(_) => "RespondActivityTask",
+            Request::HeartbeatActivityTask(_) => "HeartbeatActivityTask",
+        }
+    }
+}
+
+/// A successful reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Response {
+    Empty,
+    StartWorkflow(StartWorkflowResponse),
+    QueryWorkflow(QueryWorkflowResponse),
+    DescribeWorkflow(RunDescription),
+    ListWorkflows(ListWorkflowsResponse),
+    GetHistory(GetHistoryResponse),
+    GetResult(GetResultResponse),
+    PollWorkflowTask(PollWorkflowTaskResponse),
+    PollActivityTask(PollActivityTaskResponse),
+    HeartbeatActivityTask(HeartbeatResponse),
+}
+
+/// Stable error codes (part of the HTTP API).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// A field is missing or wrong.
+    InvalidArgument,
+    /// The body is not valid JSON of the request's shape.
+    MalformedRequest,
+    /// No such run (or workflow id).
+    NotFound,
+    /// A run with this workflow id is running (or the id may not be reused).
+    AlreadyStarted,
+    /// The run is closed.
+    RunClosed,
+    /// No worker serves this workflow type on this queue.
+    UnknownWorkflowType,
+    /// A payload exceeds the size limit.
+    PayloadTooLarge,
+    /// The history would exceed its size limit.
+    HistoryTooLarge,
+    /// A token is required and was missing or wrong.
+    Unauthenticated,
+    /// The task token is stale: the task was completed, timed out, or retried.
+    TaskNotFound,
+    /// The query handler failed or does not exist.
+    QueryFailed,
+    /// No worker answered the query in time.
+    QueryTimeout,
+    /// A limit of the service was reached.
+    ResourceExhausted,
+    /// Storage failed; retry.
+    Unavailable,
+    /// A bug.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status the code maps to.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgument | ErrorCode::MalformedRequest | ErrorCode::UnknownWorkflowType => 400,
+            ErrorCode::QueryFailed => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::NotFound | ErrorCode::TaskNotFound => 404,
+            ErrorCode::AlreadyStarted | ErrorCode::RunClosed => 409,
+            ErrorCode::PayloadTooLarge | ErrorCode::HistoryTooLarge => 413,
+            ErrorCode::ResourceExhausted => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::QueryTimeout => 504,
+        }
+    }
+}
+
+/// An error the service returns: a stable code and a message that says what
+/// was wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ServiceError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What was wrong, for people.
+    pub message: String,
+}
+
+impl ServiceError {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ServiceError {
+        ServiceError { code, message: message.into() }
+    }
+}
+
+/// A reply: a response or a service error.
+pub type Reply = Result<Response, ServiceError>;

@@ -1,0 +1,109 @@
+//! `MemoryStorage`: the in-memory Storage, for tests, embedding and as the
+//! simulator's base. Writes are atomic (one lock) and "durable" as long as the
+//! process lives.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::storage::{ListQuery, RunRecord, Storage, StorageError, WriteBatch, check_batch};
+use super::BoxFuture;
+use crate::history::Event;
+
+#[derive(Clone, Debug, Default)]
+struct Tables {
+    runs: BTreeMap<String, RunRecord>,
+    events: BTreeMap<String, Vec<Event>>,
+    workflow_ids: BTreeMap<String, String>,
+}
+
+/// In-memory storage. Clones share the same data.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStorage {
+    tables: Arc<Mutex<Tables>>,
+}
+
+impl MemoryStorage {
+    /// An empty store.
+    pub fn new() -> MemoryStorage {
+        MemoryStorage::default()
+    }
+
+    /// A deep copy of the data (the simulator snapshots durable state with it).
+    pub fn deep_clone(&self) -> MemoryStorage {
+        let tables = self.lock().clone();
+        MemoryStorage { tables: Arc::new(Mutex::new(tables)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().expect("memory storage lock is never held across a panic")
+    }
+
+    /// Applies a batch at once (the synchronous core of `write`).
+    pub fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        let mut tables = self.lock();
+        let run_id = batch.run.run_id.clone();
+        let current = batch.claim.as_ref().and_then(|c| tables.workflow_ids.get(&c.workflow_id)).cloned();
+        check_batch(&batch, tables.runs.get(&run_id), current.as_deref())?;
+        if let Some(claim) = batch.claim {
+            tables.workflow_ids.insert(claim.workflow_id, run_id.clone());
+        }
+        tables.events.entry(run_id.clone()).or_default().extend(batch.events);
+        tables.runs.insert(run_id, batch.run);
+        Ok(())
+    }
+
+    /// Number of runs stored.
+    pub fn run_count(&self) -> usize {
+        self.lock().runs.len()
+    }
+
+    fn list(&self, query: &ListQuery) -> Vec<RunRecord> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let tables = self.lock();
+        let start = match &query.after_run_id {
+            Some(after) => Excluded(after.clone()),
+            None => Unbounded,
+        };
+        tables
+            .runs
+            .range((start, Unbounded))
+            .map(|(_, run)| run)
+            .filter(|run| query.status.is_none_or(|s| s == run.status))
+            .filter(|run| query.workflow_type.as_ref().is_none_or(|t| *t == run.workflow_type))
+            .take(query.limit)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Storage for MemoryStorage {
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
+        let result = self.apply(batch);
+        Box::pin(async move { result })
+    }
+
+    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
+        let run = self.lock().runs.get(run_id).cloned();
+        Box::pin(async move { Ok(run) })
+    }
+
+    fn current_run(&self, workflow_id: &str) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+        let run_id = self.lock().workflow_ids.get(workflow_id).cloned();
+        Box::pin(async move { Ok(run_id) })
+    }
+
+    fn read_events(&self, run_id: &str, from_event_id: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
+        let events = {
+            let tables = self.lock();
+            let all = tables.events.get(run_id).map(Vec::as_slice).unwrap_or_default();
+            let skip = usize::try_from(from_event_id.saturating_sub(1)).unwrap_or(usize::MAX);
+            all.iter().skip(skip).take(limit).cloned().collect()
+        };
+        Box::pin(async move { Ok(events) })
+    }
+
+    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
+        let runs = self.list(&query);
+        Box::pin(async move { Ok(runs) })
+    }
+}

@@ -1,0 +1,57 @@
+//! The network as a node sees it: requests to the service, replies back.
+//!
+//! Calls are at-most-once and may fail or time out without telling whether the
+//! service acted, so retries and de-duplication live in the engine (request ids,
+//! task tokens), never here.
+
+use std::sync::Arc;
+
+use super::BoxFuture;
+use crate::api::{Reply, Request};
+
+/// Why a call got no reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    /// No reply in time; the service may or may not have acted.
+    #[error("request timed out (the service may have acted on it)")]
+    Timeout,
+    /// The service could not be reached; it did not act.
+    #[error("service unreachable: {0}")]
+    Unreachable(String),
+    /// The connection broke after the request was sent; the service may have acted.
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+}
+
+/// A node's connection to the service.
+pub trait Network: Send + Sync {
+    /// Sends `request` and waits for the reply. Long polls wait as long as the
+    /// service holds them; callers bound the wait with their clock.
+    fn call(&self, request: Request) -> BoxFuture<'static, Result<Reply, NetError>>;
+}
+
+/// What serves requests (the service).
+pub trait RequestHandler: Send + Sync {
+    /// Handles one request.
+    fn handle(&self, request: Request) -> BoxFuture<'static, Reply>;
+}
+
+/// Calls the service directly in the same process.
+#[derive(Clone)]
+pub struct InProcessNetwork {
+    handler: Arc<dyn RequestHandler>,
+}
+
+impl InProcessNetwork {
+    /// A network whose every call goes to `handler`.
+    pub fn new(handler: Arc<dyn RequestHandler>) -> InProcessNetwork {
+        InProcessNetwork { handler }
+    }
+}
+
+impl Network for InProcessNetwork {
+    fn call(&self, request: Request) -> BoxFuture<'static, Result<Reply, NetError>> {
+        let reply = self.handler.handle(request);
+        Box::pin(async move { Ok(reply.await) })
+    }
+}

@@ -1,0 +1,5 @@
+//! SQLite storage (placeholder; being written).
+
+/// SQLite-backed storage.
+#[derive(Debug)]
+pub struct SqliteStorage;
