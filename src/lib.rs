@@ -17,6 +17,7 @@
 
 pub mod activity;
 pub mod api;
+pub mod engine;
 pub mod env;
 pub mod history;
 pub mod types;

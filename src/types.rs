@@ -114,6 +114,7 @@ pub struct Failure {
     /// The code said: do not retry this.
     pub non_retryable: bool,
     /// Application details, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
     pub details: Option<Value>,
 }
 
@@ -139,6 +140,16 @@ impl fmt::Display for Failure {
         write!(f, "{}: {}", self.failure_type, self.message)
     }
 }
+
+/// Deserializes a present field as `Some(value)`, `null` included, so
+/// `Some(Value::Null)` survives a round trip (serde maps it to `None` otherwise).
+/// Pair with `#[serde(default, skip_serializing_if = "Option::is_none")]`.
+pub fn some_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// The latest time a history may hold: 9999-12-31T23:59:59.999Z (RFC 3339 has four-digit years).
+pub const TIMESTAMP_MAX: Timestamp = Timestamp(253_402_300_799_999);
 
 /// Stable 64-bit FNV-1a hash, for digests and input hashes that must not change
 /// between builds or platforms.

@@ -157,7 +157,7 @@ impl RetryPolicy {
     /// there is one: a retry whose backoff would not end before it is not made.
     pub fn decide(&self, attempt: u32, failure: &Failure, remaining_ms: Option<u64>) -> RetryDecision {
         assert!(attempt >= 1, "attempts are numbered from 1");
-        let listed = self.non_retryable_error_types.iter().any(|t| *t == failure.failure_type);
+        let listed = self.non_retryable_error_types.contains(&failure.failure_type);
         if failure.non_retryable || listed {
             return RetryDecision::Stop(RetryState::NonRetryableFailure);
         }

@@ -1,1 +1,819 @@
-//! The storage conformance suite (placeholder; being written).
+//! The storage conformance suite: the properties every [`Storage`] must have,
+//! written once and run against each implementation (memory and SQLite in this
+//! crate, the simulator's storage in `retrace-sim`).
+//!
+//! Each check is its own `pub async fn` taking a fresh, empty storage, and panics
+//! with a message that starts with the property's name when the storage breaks
+//! it. [`run_all`] runs every check, each on a fresh storage from `make`.
+//!
+//! The suite is runtime-agnostic: plain async fns, concurrency with
+//! `futures::future::join_all`, no spawning and no timers, so any executor
+//! (tokio, madsim, `futures::executor`) can drive it.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use retrace::env::{MemoryStorage, Storage, conformance};
+//!
+//! let make = || Arc::new(MemoryStorage::new()) as Arc<dyn Storage>;
+//! futures::executor::block_on(conformance::run_all(&make));
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::join_all;
+use serde_json::{Value, json};
+
+use super::storage::{
+    ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch,
+};
+use crate::history::{Event, EventKind, HistoryBuilder, WorkflowExecutionSignaled};
+use crate::types::Timestamp;
+
+/// 2024-01-01T00:00:00Z: where the suite's runs start.
+const START_TIME: Timestamp = Timestamp(1_704_067_200_000);
+/// More events than any check stores for one run (the "read everything" limit).
+const EVENTS_READ_MAX: usize = 10_000;
+/// More runs than any check stores (the "list everything" limit).
+const RUNS_LIST_MAX: usize = 10_000;
+/// Runs written concurrently by [`concurrent_writes_to_different_runs_all_land`].
+const CONCURRENT_RUNS_COUNT: usize = 64;
+/// Batches written to each of those runs, one after the other.
+const BATCHES_PER_RUN_COUNT: usize = 5;
+/// Writers racing on one run in [`concurrent_updates_of_one_run_admit_exactly_one`].
+const RACING_WRITERS_COUNT: usize = 16;
+/// Size of the large payload (and of the large state): just under 1 MiB.
+const PAYLOAD_LARGE_BYTES: usize = 1024 * 1024 - 1024;
+
+/// Runs every check, each on a fresh storage from `make`.
+pub async fn run_all(make: &dyn Fn() -> Arc<dyn Storage>) {
+    unknown_run_reads_as_none_and_empty(&*make()).await;
+    created_run_reads_back_equal(&*make()).await;
+    every_run_status_round_trips(&*make()).await;
+    read_events_pages_by_from_event_id_and_limit(&*make()).await;
+    events_appended_in_later_batches_keep_their_order(&*make()).await;
+    stale_expected_version_is_refused_and_changes_nothing(&*make()).await;
+    creating_an_existing_run_is_refused_and_changes_nothing(&*make()).await;
+    non_contiguous_event_ids_are_a_bad_batch(&*make()).await;
+    wrong_next_event_id_is_a_bad_batch(&*make()).await;
+    version_not_bumped_by_one_is_a_bad_batch(&*make()).await;
+    first_claim_of_a_workflow_id_takes_it(&*make()).await;
+    claim_naming_the_wrong_previous_run_is_refused(&*make()).await;
+    claim_naming_the_current_run_reuses_the_workflow_id(&*make()).await;
+    claim_is_atomic_with_the_rest_of_the_batch(&*make()).await;
+    list_runs_filters_by_status_and_workflow_type(&*make()).await;
+    list_runs_orders_by_run_id_and_pages_after_run_id(&*make()).await;
+    concurrent_writes_to_different_runs_all_land(&*make()).await;
+    concurrent_updates_of_one_run_admit_exactly_one(&*make()).await;
+    refused_writes_among_concurrent_ones_fail_alone(&*make()).await;
+    payload_near_one_mebibyte_round_trips(&*make()).await;
+}
+
+// ---------------------------------------------------------------------------
+// Building batches.
+
+/// A running run's record, version 1, with no events yet.
+fn record(run_id: &str, workflow_id: &str) -> RunRecord {
+    RunRecord {
+        run_id: run_id.to_string(),
+        workflow_id: workflow_id.to_string(),
+        workflow_type: "conformance".to_string(),
+        task_queue: "default".to_string(),
+        status: RunStatus::Running,
+        start_time: START_TIME,
+        close_time: None,
+        next_event_id: 1,
+        version: 1,
+        state: format!("{run_id} at version 1").into_bytes(),
+    }
+}
+
+/// `count` signal events from `first_event_id` on, each naming its run and id.
+fn signals(run_id: &str, first_event_id: u64, count: usize) -> Vec<Event> {
+    (0..count as u64)
+        .map(|offset| {
+            let event_id = first_event_id + offset;
+            let kind = EventKind::WorkflowExecutionSignaled(WorkflowExecutionSignaled {
+                signal_name: "poke".to_string(),
+                input: json!({ "run_id": run_id, "event_id": event_id }),
+                identity: "conformance".to_string(),
+            });
+            Event::new(event_id, START_TIME.plus_ms(event_id), kind)
+        })
+        .collect()
+}
+
+/// Creates `run_id` (workflow id `wf-{run_id}`) with `count` events, claiming
+/// its workflow id for the first time.
+fn create(run_id: &str, count: usize) -> WriteBatch {
+    create_with(record(run_id, &format!("wf-{run_id}")), count, None)
+}
+
+/// Creates `run` with `count` events, claiming its workflow id from `previous_run_id`.
+fn create_with(mut run: RunRecord, count: usize, previous_run_id: Option<&str>) -> WriteBatch {
+    let events = signals(&run.run_id, 1, count);
+    run.next_event_id = 1 + count as u64;
+    let claim = WorkflowIdClaim {
+        workflow_id: run.workflow_id.clone(),
+        previous_run_id: previous_run_id.map(str::to_string),
+    };
+    WriteBatch { run, expected_version: None, events, claim: Some(claim) }
+}
+
+/// Appends `count` events to the stored `run`, bumping its version.
+fn append(stored: &RunRecord, count: usize) -> WriteBatch {
+    let mut run = stored.clone();
+    run.version = stored.version + 1;
+    run.next_event_id = stored.next_event_id + count as u64;
+    run.state = format!("{} at version {}", run.run_id, run.version).into_bytes();
+    let events = signals(&run.run_id, stored.next_event_id, count);
+    WriteBatch { run, expected_version: Some(stored.version), events, claim: None }
+}
+
+// ---------------------------------------------------------------------------
+// Reading and writing, panicking with the property's name.
+
+async fn write_ok(storage: &dyn Storage, batch: WriteBatch, property: &str) {
+    let run_id = batch.run.run_id.clone();
+    if let Err(error) = storage.write(batch).await {
+        panic!("{property}: writing run {run_id} was refused: {error}");
+    }
+}
+
+async fn read_run(storage: &dyn Storage, run_id: &str, property: &str) -> Option<RunRecord> {
+    match storage.read_run(run_id).await {
+        Ok(run) => run,
+        Err(error) => panic!("{property}: reading run {run_id} failed: {error}"),
+    }
+}
+
+async fn read_events(
+    storage: &dyn Storage,
+    run_id: &str,
+    from_event_id: u64,
+    limit: usize,
+    property: &str,
+) -> Vec<Event> {
+    match storage.read_events(run_id, from_event_id, limit).await {
+        Ok(events) => events,
+        Err(error) => panic!("{property}: reading the events of run {run_id} failed: {error}"),
+    }
+}
+
+async fn current_run(storage: &dyn Storage, workflow_id: &str, property: &str) -> Option<String> {
+    match storage.current_run(workflow_id).await {
+        Ok(run_id) => run_id,
+        Err(error) => panic!("{property}: reading workflow id {workflow_id} failed: {error}"),
+    }
+}
+
+async fn list_runs(storage: &dyn Storage, query: ListQuery, property: &str) -> Vec<RunRecord> {
+    match storage.list_runs(query.clone()).await {
+        Ok(runs) => runs,
+        Err(error) => panic!("{property}: listing runs with {query:?} failed: {error}"),
+    }
+}
+
+/// Everything a write could touch for one run and one workflow id.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    run: Option<RunRecord>,
+    events: Vec<Event>,
+    current_run: Option<String>,
+    runs: Vec<RunRecord>,
+}
+
+async fn snapshot(storage: &dyn Storage, run_id: &str, workflow_id: &str, property: &str) -> Snapshot {
+    let all = ListQuery { limit: RUNS_LIST_MAX, ..ListQuery::default() };
+    Snapshot {
+        run: read_run(storage, run_id, property).await,
+        events: read_events(storage, run_id, 1, EVENTS_READ_MAX, property).await,
+        current_run: current_run(storage, workflow_id, property).await,
+        runs: list_runs(storage, all, property).await,
+    }
+}
+
+/// Writes `batch`, which must be refused, checks that the run, its events, the
+/// claimed workflow id and the list of runs are all as before, and returns why
+/// it was refused.
+async fn refuse(storage: &dyn Storage, batch: WriteBatch, property: &str) -> StorageError {
+    let run_id = batch.run.run_id.clone();
+    let workflow_id = match &batch.claim {
+        Some(claim) => claim.workflow_id.clone(),
+        None => batch.run.workflow_id.clone(),
+    };
+    let before = snapshot(storage, &run_id, &workflow_id, property).await;
+    let error = match storage.write(batch).await {
+        Ok(()) => panic!("{property}: a write to run {run_id} that must be refused was accepted"),
+        Err(error) => error,
+    };
+    let after = snapshot(storage, &run_id, &workflow_id, property).await;
+    assert_eq!(after, before, "{property}: the refused write ({error}) changed stored data");
+    error
+}
+
+fn assert_bad_batch(error: &StorageError, run_id: &str, property: &str) {
+    match error {
+        StorageError::BadBatch { run_id: refused, .. } if refused == run_id => {}
+        other => panic!("{property}: expected BadBatch for run {run_id}, got {other:?}"),
+    }
+}
+
+fn version_conflict(run_id: &str, expected: Option<u64>, found: Option<u64>) -> StorageError {
+    StorageError::VersionConflict { run_id: run_id.to_string(), expected, found }
+}
+
+fn workflow_id_conflict(workflow_id: &str, expected: Option<&str>, current: Option<&str>) -> StorageError {
+    StorageError::WorkflowIdConflict {
+        workflow_id: workflow_id.to_string(),
+        expected: expected.map(str::to_string),
+        current: current.map(str::to_string),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading back.
+
+/// Nothing stored: an unknown run reads as `None` and no events, an unknown
+/// workflow id has no current run, and the list is empty; still so once
+/// another run exists.
+pub async fn unknown_run_reads_as_none_and_empty(storage: &dyn Storage) {
+    let property = "unknown_run_reads_as_none_and_empty";
+    for (index, round) in ["empty storage", "after another run was created"].into_iter().enumerate() {
+        let run = read_run(storage, "run-unknown", property).await;
+        assert_eq!(run, None, "{property}: {round}: an unknown run read as a record");
+        let events = read_events(storage, "run-unknown", 1, EVENTS_READ_MAX, property).await;
+        assert!(events.is_empty(), "{property}: {round}: an unknown run has events");
+        let current = current_run(storage, "wf-unknown", property).await;
+        assert_eq!(current, None, "{property}: {round}: an unknown workflow id has a run");
+        let query = ListQuery { workflow_type: Some("unknown".to_string()), limit: 10, ..ListQuery::default() };
+        let runs = list_runs(storage, query, property).await;
+        assert!(runs.is_empty(), "{property}: {round}: listing an unknown type found runs");
+        if index == 0 {
+            write_ok(storage, create("run-other", 2), property).await;
+        }
+    }
+    let all = ListQuery { limit: RUNS_LIST_MAX, ..ListQuery::default() };
+    let runs = list_runs(storage, all, property).await;
+    assert_eq!(runs.len(), 1, "{property}: listing everything should find run-other alone");
+}
+
+/// A history with most event kinds: start, workflow tasks, an activity, a
+/// timer, a marker, completion.
+fn rich_history(workflow_id: &str, run_id: &str) -> Vec<Event> {
+    let mut builder = HistoryBuilder::for_run(workflow_id, run_id, "order", json!({ "items": [1, 2, 3] }));
+    builder.add_full_workflow_task();
+    let scheduled = builder.add_activity_scheduled("1", "charge", json!({ "cents": 1250 }));
+    builder.advance_ms(250);
+    builder.add_activity_completed(scheduled, json!("charge-1"));
+    builder.add_full_workflow_task();
+    let timer = builder.add_timer_started("1", 5_000);
+    builder.advance_ms(5_000);
+    builder.add_timer_fired("1", timer);
+    builder.add_full_workflow_task();
+    builder.add_marker("side_effect", json!({ "value": 0.5, "text": "é \"quoted\" \n" }));
+    builder.add_workflow_execution_completed(json!({ "receipt": "r-1", "null": null }));
+    builder.build().events().to_vec()
+}
+
+/// A created run reads back equal: its record, its events, its workflow id,
+/// and its row in the list.
+pub async fn created_run_reads_back_equal(storage: &dyn Storage) {
+    let property = "created_run_reads_back_equal";
+    let events = rich_history("wf-rich", "run-rich");
+    let mut run = record("run-rich", "wf-rich");
+    run.workflow_type = "order".to_string();
+    run.status = RunStatus::Completed;
+    run.close_time = Some(START_TIME.plus_ms(5_250));
+    run.next_event_id = events.len() as u64 + 1;
+    run.state = vec![0, 1, 2, 0xfe, 0xff, 0, b'\n'];
+    let claim = WorkflowIdClaim { workflow_id: "wf-rich".to_string(), previous_run_id: None };
+    let batch = WriteBatch { run: run.clone(), expected_version: None, events: events.clone(), claim: Some(claim) };
+    write_ok(storage, batch, property).await;
+
+    let stored = read_run(storage, "run-rich", property).await;
+    assert_eq!(stored.as_ref(), Some(&run), "{property}: the record read back differs");
+    let stored_events = read_events(storage, "run-rich", 1, EVENTS_READ_MAX, property).await;
+    assert_eq!(stored_events, events, "{property}: the events read back differ");
+    let current = current_run(storage, "wf-rich", property).await;
+    assert_eq!(current.as_deref(), Some("run-rich"), "{property}: the workflow id was not claimed");
+    let all = ListQuery { limit: RUNS_LIST_MAX, ..ListQuery::default() };
+    let listed = list_runs(storage, all, property).await;
+    assert_eq!(listed, vec![run], "{property}: the listed record differs");
+}
+
+/// Every status is stored and read back as itself, and listing by a status
+/// finds exactly the run that has it.
+pub async fn every_run_status_round_trips(storage: &dyn Storage) {
+    let property = "every_run_status_round_trips";
+    let statuses = [
+        RunStatus::Running,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Canceled,
+        RunStatus::Terminated,
+        RunStatus::TimedOut,
+    ];
+    let mut runs = BTreeMap::new();
+    for status in statuses {
+        let run_id = format!("run-{}", status.as_str());
+        let mut batch = create(&run_id, 1);
+        batch.run.status = status;
+        batch.run.close_time = status.is_closed().then_some(START_TIME.plus_ms(1_000));
+        runs.insert(status, batch.run.clone());
+        write_ok(storage, batch, property).await;
+    }
+    for (status, run) in &runs {
+        let stored = read_run(storage, &run.run_id, property).await;
+        assert_eq!(stored.as_ref(), Some(run), "{property}: status {status:?} read back differs");
+        let query = ListQuery { status: Some(*status), limit: RUNS_LIST_MAX, ..ListQuery::default() };
+        let listed = list_runs(storage, query, property).await;
+        assert_eq!(listed, vec![run.clone()], "{property}: listing status {status:?}");
+    }
+}
+
+/// `read_events` returns up to `limit` events from `from_event_id` on: pages
+/// tile the history, a page past the end is empty, limit 0 is empty, and
+/// `from_event_id` 0 reads from the first event (ids start at 1).
+pub async fn read_events_pages_by_from_event_id_and_limit(storage: &dyn Storage) {
+    let property = "read_events_pages_by_from_event_id_and_limit";
+    let batch = create("run-pages", 10);
+    let events = batch.events.clone();
+    write_ok(storage, batch, property).await;
+    let cases: [(u64, usize, std::ops::Range<usize>); 10] = [
+        (1, 3, 0..3),
+        (4, 3, 3..6),
+        (7, 3, 6..9),
+        (10, 3, 9..10),
+        (9, 5, 8..10),
+        (1, 10, 0..10),
+        (0, 2, 0..2),
+        (11, 5, 10..10),
+        (1_000, 5, 10..10),
+        (1, 0, 0..0),
+    ];
+    for (from_event_id, limit, expected) in cases {
+        let page = read_events(storage, "run-pages", from_event_id, limit, property).await;
+        assert_eq!(
+            page,
+            events[expected.clone()],
+            "{property}: from_event_id {from_event_id}, limit {limit} should give events {expected:?} (0-based)"
+        );
+    }
+    let page = read_events(storage, "run-pages", u64::MAX, 5, property).await;
+    assert!(page.is_empty(), "{property}: from_event_id u64::MAX should give no events");
+}
+
+/// Events appended in later batches (some batches with none) follow the
+/// earlier ones in order; the record is the last batch's.
+pub async fn events_appended_in_later_batches_keep_their_order(storage: &dyn Storage) {
+    let property = "events_appended_in_later_batches_keep_their_order";
+    let batch = create("run-append", 3);
+    let mut expected = batch.events.clone();
+    let mut stored = batch.run.clone();
+    write_ok(storage, batch, property).await;
+    for count in [2, 0, 4, 1] {
+        let mut batch = append(&stored, count);
+        if count == 1 {
+            batch.run.status = RunStatus::Completed;
+            batch.run.close_time = Some(START_TIME.plus_ms(60_000));
+        }
+        expected.extend(batch.events.iter().cloned());
+        stored = batch.run.clone();
+        write_ok(storage, batch, property).await;
+    }
+    assert_eq!(stored.version, 5);
+    assert_eq!(stored.next_event_id, 11);
+    let run = read_run(storage, "run-append", property).await;
+    assert_eq!(run, Some(stored), "{property}: the record is not the last batch's");
+    let events = read_events(storage, "run-append", 1, EVENTS_READ_MAX, property).await;
+    assert_eq!(events, expected, "{property}: the events are not in the order written");
+    let ids: Vec<u64> = events.iter().map(|event| event.event_id).collect();
+    assert_eq!(ids, (1..=10).collect::<Vec<u64>>(), "{property}: event ids are not 1..=10");
+}
+
+// ---------------------------------------------------------------------------
+// Refused writes.
+
+/// A write naming a version other than the stored one is refused with
+/// `VersionConflict` (stale, ahead, or of a run that does not exist), and
+/// nothing changes.
+pub async fn stale_expected_version_is_refused_and_changes_nothing(storage: &dyn Storage) {
+    let property = "stale_expected_version_is_refused_and_changes_nothing";
+    let created = create("run-stale", 2);
+    let version_1 = created.run.clone();
+    write_ok(storage, created, property).await;
+    let update = append(&version_1, 1);
+    let version_2 = update.run.clone();
+    write_ok(storage, update, property).await;
+
+    let stale = append(&version_1, 3);
+    let error = refuse(storage, stale, property).await;
+    assert_eq!(error, version_conflict("run-stale", Some(1), Some(2)), "{property}: stale");
+
+    let mut ahead = append(&version_2, 1);
+    ahead.expected_version = Some(7);
+    ahead.run.version = 8;
+    let error = refuse(storage, ahead, property).await;
+    assert_eq!(error, version_conflict("run-stale", Some(7), Some(2)), "{property}: ahead");
+
+    let missing = append(&record("run-missing", "wf-run-missing"), 1);
+    let error = refuse(storage, missing, property).await;
+    assert_eq!(error, version_conflict("run-missing", Some(1), None), "{property}: missing run");
+}
+
+/// Creating a run that exists is refused with `VersionConflict`, and nothing changes.
+pub async fn creating_an_existing_run_is_refused_and_changes_nothing(storage: &dyn Storage) {
+    let property = "creating_an_existing_run_is_refused_and_changes_nothing";
+    let created = create("run-twice", 2);
+    let version_1 = created.run.clone();
+    write_ok(storage, created, property).await;
+    let mut again = create("run-twice", 4);
+    again.claim = None;
+    let error = refuse(storage, again, property).await;
+    assert_eq!(error, version_conflict("run-twice", None, Some(1)), "{property}: at version 1");
+
+    write_ok(storage, append(&version_1, 1), property).await;
+    let again = create("run-twice", 1);
+    let error = refuse(storage, again, property).await;
+    assert_eq!(error, version_conflict("run-twice", None, Some(2)), "{property}: at version 2");
+}
+
+/// Event ids must continue the stored history without gaps: a gap, a
+/// duplicate, or a wrong first id is `BadBatch`, and nothing changes.
+pub async fn non_contiguous_event_ids_are_a_bad_batch(storage: &dyn Storage) {
+    let property = "non_contiguous_event_ids_are_a_bad_batch";
+    let mut gap_on_create = create("run-ids", 3);
+    gap_on_create.events.remove(1);
+    gap_on_create.run.next_event_id = 3;
+    assert_bad_batch(&refuse(storage, gap_on_create, property).await, "run-ids", property);
+
+    let mut not_from_one = create("run-ids", 0);
+    not_from_one.events = signals("run-ids", 2, 2);
+    not_from_one.run.next_event_id = 4;
+    assert_bad_batch(&refuse(storage, not_from_one, property).await, "run-ids", property);
+
+    let created = create("run-ids", 3);
+    let stored = created.run.clone();
+    write_ok(storage, created, property).await;
+
+    let mut skips_one = append(&stored, 2);
+    skips_one.events = signals("run-ids", 5, 2);
+    assert_bad_batch(&refuse(storage, skips_one, property).await, "run-ids", property);
+
+    let mut repeats_stored = append(&stored, 2);
+    repeats_stored.events = signals("run-ids", 3, 2);
+    assert_bad_batch(&refuse(storage, repeats_stored, property).await, "run-ids", property);
+
+    let mut duplicate = append(&stored, 2);
+    duplicate.events[1].event_id = duplicate.events[0].event_id;
+    assert_bad_batch(&refuse(storage, duplicate, property).await, "run-ids", property);
+}
+
+/// The record's `next_event_id` must be one past the last event: anything
+/// else is `BadBatch`, and nothing changes.
+pub async fn wrong_next_event_id_is_a_bad_batch(storage: &dyn Storage) {
+    let property = "wrong_next_event_id_is_a_bad_batch";
+    for next_event_id in [1, 2, 4, 100] {
+        let mut batch = create("run-next", 2);
+        batch.run.next_event_id = next_event_id;
+        assert_bad_batch(&refuse(storage, batch, property).await, "run-next", property);
+    }
+    let created = create("run-next", 2);
+    let stored = created.run.clone();
+    write_ok(storage, created, property).await;
+    for (count, next_event_id) in [(0, 4), (0, 2), (2, 4), (2, 6)] {
+        let mut batch = append(&stored, count);
+        batch.run.next_event_id = next_event_id;
+        assert_bad_batch(&refuse(storage, batch, property).await, "run-next", property);
+    }
+}
+
+/// A created record has version 1 and every write bumps it by exactly one:
+/// anything else is `BadBatch`, and nothing changes.
+pub async fn version_not_bumped_by_one_is_a_bad_batch(storage: &dyn Storage) {
+    let property = "version_not_bumped_by_one_is_a_bad_batch";
+    for version in [0, 2] {
+        let mut batch = create("run-version", 1);
+        batch.run.version = version;
+        assert_bad_batch(&refuse(storage, batch, property).await, "run-version", property);
+    }
+    let created = create("run-version", 1);
+    let stored = created.run.clone();
+    write_ok(storage, created, property).await;
+    for version in [0, 1, 3] {
+        let mut batch = append(&stored, 1);
+        batch.run.version = version;
+        assert_bad_batch(&refuse(storage, batch, property).await, "run-version", property);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Workflow ids.
+
+/// A workflow id that was never used is claimed by a claim naming no previous
+/// run; a claim naming a previous run for a free id is refused.
+pub async fn first_claim_of_a_workflow_id_takes_it(storage: &dyn Storage) {
+    let property = "first_claim_of_a_workflow_id_takes_it";
+    let naming_a_ghost = create_with(record("run-a", "wf-first"), 1, Some("run-ghost"));
+    let error = refuse(storage, naming_a_ghost, property).await;
+    let expected = workflow_id_conflict("wf-first", Some("run-ghost"), None);
+    assert_eq!(error, expected, "{property}: a claim naming a run on a free id");
+
+    let current = current_run(storage, "wf-first", property).await;
+    assert_eq!(current, None, "{property}: the id is taken before any claim");
+    write_ok(storage, create_with(record("run-a", "wf-first"), 1, None), property).await;
+    let current = current_run(storage, "wf-first", property).await;
+    assert_eq!(current.as_deref(), Some("run-a"), "{property}: the first claim did not take the id");
+}
+
+/// While a workflow id points at a run, a claim naming another previous run
+/// (or none) is refused with `WorkflowIdConflict`, and nothing changes.
+pub async fn claim_naming_the_wrong_previous_run_is_refused(storage: &dyn Storage) {
+    let property = "claim_naming_the_wrong_previous_run_is_refused";
+    write_ok(storage, create_with(record("run-a", "wf-held"), 1, None), property).await;
+    for previous_run_id in [None, Some("run-z"), Some("run-b")] {
+        let batch = create_with(record("run-b", "wf-held"), 2, previous_run_id);
+        let error = refuse(storage, batch, property).await;
+        let expected = workflow_id_conflict("wf-held", previous_run_id, Some("run-a"));
+        assert_eq!(error, expected, "{property}: claim naming {previous_run_id:?}");
+    }
+}
+
+/// A claim naming the current run moves the workflow id to the new run; the
+/// old run stays readable; a later claim naming the old run is refused.
+pub async fn claim_naming_the_current_run_reuses_the_workflow_id(storage: &dyn Storage) {
+    let property = "claim_naming_the_current_run_reuses_the_workflow_id";
+    let first = create_with(record("run-a", "wf-reused"), 2, None);
+    let run_a = first.run.clone();
+    write_ok(storage, first, property).await;
+    write_ok(storage, create_with(record("run-b", "wf-reused"), 3, Some("run-a")), property).await;
+    let current = current_run(storage, "wf-reused", property).await;
+    assert_eq!(current.as_deref(), Some("run-b"), "{property}: the id did not move to run-b");
+    let old = read_run(storage, "run-a", property).await;
+    assert_eq!(old, Some(run_a), "{property}: the previous run changed");
+
+    let stale = create_with(record("run-c", "wf-reused"), 1, Some("run-a"));
+    let error = refuse(storage, stale, property).await;
+    let expected = workflow_id_conflict("wf-reused", Some("run-a"), Some("run-b"));
+    assert_eq!(error, expected, "{property}: a claim naming the replaced run");
+}
+
+/// A claim lands with its batch or not at all: a refused batch takes no id,
+/// and a refused claim writes nothing of its batch.
+pub async fn claim_is_atomic_with_the_rest_of_the_batch(storage: &dyn Storage) {
+    let property = "claim_is_atomic_with_the_rest_of_the_batch";
+    let mut bad_events = create_with(record("run-a", "wf-atomic"), 3, None);
+    bad_events.events.remove(0);
+    assert_bad_batch(&refuse(storage, bad_events, property).await, "run-a", property);
+
+    let created = create("run-b", 1);
+    let run_b = created.run.clone();
+    write_ok(storage, created, property).await;
+    let mut stale_with_claim = append(&run_b, 1);
+    stale_with_claim.expected_version = Some(5);
+    stale_with_claim.run.version = 6;
+    stale_with_claim.claim =
+        Some(WorkflowIdClaim { workflow_id: "wf-atomic".to_string(), previous_run_id: None });
+    let error = refuse(storage, stale_with_claim, property).await;
+    assert_eq!(error, version_conflict("run-b", Some(5), Some(1)), "{property}: stale batch");
+
+    write_ok(storage, create_with(record("run-c", "wf-atomic"), 1, None), property).await;
+    let conflicting = create_with(record("run-d", "wf-atomic"), 4, None);
+    let error = refuse(storage, conflicting, property).await;
+    let expected = workflow_id_conflict("wf-atomic", None, Some("run-c"));
+    assert_eq!(error, expected, "{property}: conflicting claim");
+    let run_d = read_run(storage, "run-d", property).await;
+    assert_eq!(run_d, None, "{property}: a batch whose claim was refused created its run");
+}
+
+// ---------------------------------------------------------------------------
+// Listing.
+
+/// Writes `count` runs in a scrambled order; run `i` has type `alpha` or
+/// `beta` and one of three statuses. Returns them by run id.
+async fn write_listed_runs(storage: &dyn Storage, count: usize, property: &str) -> BTreeMap<String, RunRecord> {
+    assert!(count > 0 && count < 100);
+    let statuses = [RunStatus::Running, RunStatus::Completed, RunStatus::Failed];
+    let mut runs = BTreeMap::new();
+    for index in 0..count {
+        let scrambled = (index * 7 + 3) % count;
+        let run_id = format!("run-{scrambled:02}");
+        let mut batch = create(&run_id, 1);
+        batch.run.workflow_type = if scrambled % 2 == 0 { "alpha" } else { "beta" }.to_string();
+        batch.run.status = statuses[scrambled % statuses.len()];
+        runs.insert(run_id, batch.run.clone());
+        write_ok(storage, batch, property).await;
+    }
+    assert_eq!(runs.len(), count, "the scramble must be a permutation");
+    runs
+}
+
+/// `list_runs` returns exactly the runs matching the status and the workflow
+/// type, ordered by run id.
+pub async fn list_runs_filters_by_status_and_workflow_type(storage: &dyn Storage) {
+    let property = "list_runs_filters_by_status_and_workflow_type";
+    let runs = write_listed_runs(storage, 12, property).await;
+    let statuses = [None, Some(RunStatus::Running), Some(RunStatus::Completed), Some(RunStatus::Failed), Some(RunStatus::TimedOut)];
+    let workflow_types = [None, Some("alpha"), Some("beta"), Some("gamma")];
+    for status in statuses {
+        for workflow_type in workflow_types {
+            let query = ListQuery {
+                status,
+                workflow_type: workflow_type.map(str::to_string),
+                after_run_id: None,
+                limit: RUNS_LIST_MAX,
+            };
+            let expected: Vec<RunRecord> = runs
+                .values()
+                .filter(|run| status.is_none_or(|status| run.status == status))
+                .filter(|run| workflow_type.is_none_or(|t| run.workflow_type == t))
+                .cloned()
+                .collect();
+            let listed = list_runs(storage, query.clone(), property).await;
+            assert_eq!(listed, expected, "{property}: {query:?}");
+        }
+    }
+}
+
+/// Pages of `limit` runs, each after the previous page's last run id, list
+/// every run once in run id order; with filters too; limit 0 and a page after
+/// the last run are empty; `after_run_id` need not be a stored run.
+pub async fn list_runs_orders_by_run_id_and_pages_after_run_id(storage: &dyn Storage) {
+    let property = "list_runs_orders_by_run_id_and_pages_after_run_id";
+    let runs = write_listed_runs(storage, 25, property).await;
+    for (status, workflow_type) in [(None, None), (Some(RunStatus::Completed), None), (None, Some("beta"))] {
+        let mut query = ListQuery { status, workflow_type: workflow_type.map(str::to_string), after_run_id: None, limit: 4 };
+        let mut paged: Vec<RunRecord> = Vec::new();
+        for _ in 0..runs.len() + 1 {
+            let page = list_runs(storage, query.clone(), property).await;
+            assert!(page.len() <= 4, "{property}: a page of {} runs is over its limit 4", page.len());
+            let Some(last) = page.last() else { break };
+            query.after_run_id = Some(last.run_id.clone());
+            paged.extend(page);
+        }
+        let expected: Vec<RunRecord> = runs
+            .values()
+            .filter(|run| status.is_none_or(|status| run.status == status))
+            .filter(|run| workflow_type.is_none_or(|t| run.workflow_type == t))
+            .cloned()
+            .collect();
+        assert_eq!(paged, expected, "{property}: paging {status:?} {workflow_type:?}");
+    }
+    let none = ListQuery { limit: 0, ..ListQuery::default() };
+    assert!(list_runs(storage, none, property).await.is_empty(), "{property}: limit 0 listed runs");
+    let after_last = ListQuery { after_run_id: Some("run-24".to_string()), limit: 10, ..ListQuery::default() };
+    assert!(list_runs(storage, after_last, property).await.is_empty(), "{property}: runs after the last");
+    let between = ListQuery { after_run_id: Some("run-10a".to_string()), limit: 2, ..ListQuery::default() };
+    let ids: Vec<String> = list_runs(storage, between, property).await.into_iter().map(|run| run.run_id).collect();
+    assert_eq!(ids, ["run-11", "run-12"], "{property}: after an id that is not stored");
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency and size.
+
+/// Writes one run's batches one after the other; returns the last record and
+/// all its events.
+async fn write_run_in_batches(storage: &dyn Storage, run_id: String, property: &str) -> (RunRecord, Vec<Event>) {
+    let batch = create(&run_id, 2);
+    let mut stored = batch.run.clone();
+    let mut events = batch.events.clone();
+    write_ok(storage, batch, property).await;
+    for _ in 1..BATCHES_PER_RUN_COUNT {
+        let batch = append(&stored, 2);
+        stored = batch.run.clone();
+        events.extend(batch.events.iter().cloned());
+        write_ok(storage, batch, property).await;
+    }
+    (stored, events)
+}
+
+/// Many runs written at once, each in several batches, all land with the
+/// right records and events.
+pub async fn concurrent_writes_to_different_runs_all_land(storage: &dyn Storage) {
+    let property = "concurrent_writes_to_different_runs_all_land";
+    let writers = (0..CONCURRENT_RUNS_COUNT)
+        .map(|index| write_run_in_batches(storage, format!("run-{index:03}"), property));
+    let written = join_all(writers).await;
+    for (run, events) in &written {
+        assert_eq!(run.version, BATCHES_PER_RUN_COUNT as u64);
+        let stored = read_run(storage, &run.run_id, property).await;
+        assert_eq!(stored.as_ref(), Some(run), "{property}: run {} differs", run.run_id);
+        let stored_events = read_events(storage, &run.run_id, 1, EVENTS_READ_MAX, property).await;
+        assert_eq!(&stored_events, events, "{property}: the events of run {} differ", run.run_id);
+        let current = current_run(storage, &run.workflow_id, property).await;
+        assert_eq!(current.as_ref(), Some(&run.run_id), "{property}: {} lost its claim", run.run_id);
+    }
+    let all = ListQuery { limit: RUNS_LIST_MAX, ..ListQuery::default() };
+    let listed = list_runs(storage, all, property).await;
+    let expected: Vec<RunRecord> = written.into_iter().map(|(run, _)| run).collect();
+    assert_eq!(listed, expected, "{property}: the list of runs differs");
+}
+
+/// Writers racing to update one run from the same version: exactly one wins,
+/// every other gets `VersionConflict`, and the run holds the winner's write.
+pub async fn concurrent_updates_of_one_run_admit_exactly_one(storage: &dyn Storage) {
+    let property = "concurrent_updates_of_one_run_admit_exactly_one";
+    let created = create("run-race", 1);
+    let stored = created.run.clone();
+    write_ok(storage, created, property).await;
+    let batches: Vec<WriteBatch> = (0..RACING_WRITERS_COUNT)
+        .map(|index| {
+            let mut batch = append(&stored, 1 + index % 3);
+            batch.run.state = format!("writer {index}").into_bytes();
+            batch
+        })
+        .collect();
+    let results = join_all(batches.iter().map(|batch| storage.write(batch.clone()))).await;
+    let winners: Vec<&WriteBatch> =
+        batches.iter().zip(&results).filter(|(_, result)| result.is_ok()).map(|(batch, _)| batch).collect();
+    assert_eq!(winners.len(), 1, "{property}: {} racing writers won, not 1", winners.len());
+    for result in &results {
+        if let Err(error) = result {
+            assert_eq!(*error, version_conflict("run-race", Some(1), Some(2)), "{property}: a loser");
+        }
+    }
+    let winner = winners[0];
+    let run = read_run(storage, "run-race", property).await;
+    assert_eq!(run.as_ref(), Some(&winner.run), "{property}: the record is not the winner's");
+    let events = read_events(storage, "run-race", 2, EVENTS_READ_MAX, property).await;
+    assert_eq!(events, winner.events, "{property}: the appended events are not the winner's");
+}
+
+/// Refused writes sent at the same time as good ones (to the same runs and
+/// others) fail alone: every good write lands, every bad one is refused.
+pub async fn refused_writes_among_concurrent_ones_fail_alone(storage: &dyn Storage) {
+    let property = "refused_writes_among_concurrent_ones_fail_alone";
+    let mut stored = Vec::new();
+    for index in 0..CONCURRENT_RUNS_COUNT / 2 {
+        let batch = create(&format!("run-{index:03}"), 1);
+        stored.push(batch.run.clone());
+        write_ok(storage, batch, property).await;
+    }
+    let mut batches: Vec<(WriteBatch, bool)> = Vec::new();
+    for run in &stored {
+        batches.push((append(run, 2), true));
+        let mut ahead = append(run, 1);
+        ahead.expected_version = Some(99);
+        ahead.run.version = 100;
+        batches.push((ahead, false));
+        let mut gap = append(run, 2);
+        gap.events.remove(0);
+        gap.expected_version = Some(98);
+        batches.push((gap, false));
+    }
+    let results = join_all(batches.iter().map(|(batch, _)| storage.write(batch.clone()))).await;
+    for ((batch, good), result) in batches.iter().zip(&results) {
+        let run_id = &batch.run.run_id;
+        match (good, result) {
+            (true, Ok(())) | (false, Err(_)) => {}
+            (true, Err(error)) => panic!("{property}: the good write to {run_id} was refused: {error}"),
+            (false, Ok(())) => panic!("{property}: a bad write to {run_id} was accepted"),
+        }
+    }
+    for (batch, _) in batches.iter().filter(|(_, good)| *good) {
+        let run = read_run(storage, &batch.run.run_id, property).await;
+        assert_eq!(run.as_ref(), Some(&batch.run), "{property}: run {} differs", batch.run.run_id);
+        let events = read_events(storage, &batch.run.run_id, 2, EVENTS_READ_MAX, property).await;
+        assert_eq!(events, batch.events, "{property}: events of {} differ", batch.run.run_id);
+    }
+}
+
+/// A string of about `bytes` bytes with characters JSON must escape and
+/// multi-byte ones.
+fn large_text(bytes: usize) -> String {
+    let pattern = "retrace \"payload\" \\ é ✓ 😀 \n\t\u{0} ";
+    let mut text = String::with_capacity(bytes + pattern.len());
+    while text.len() < bytes {
+        text.push_str(pattern);
+    }
+    text
+}
+
+/// An event payload and a state of almost 1 MiB each round-trip unchanged.
+pub async fn payload_near_one_mebibyte_round_trips(storage: &dyn Storage) {
+    let property = "payload_near_one_mebibyte_round_trips";
+    let mut batch = create("run-large", 1);
+    let payload = Value::String(large_text(PAYLOAD_LARGE_BYTES));
+    let EventKind::WorkflowExecutionSignaled(signal) = &mut batch.events[0].kind else {
+        unreachable!("create() writes signals");
+    };
+    signal.input = payload.clone();
+    batch.run.state = (0..PAYLOAD_LARGE_BYTES).map(|index| (index % 251) as u8).collect();
+    let events = batch.events.clone();
+    let stored = batch.run.clone();
+    write_ok(storage, batch, property).await;
+    let mut update = append(&stored, 1);
+    let EventKind::WorkflowExecutionSignaled(signal) = &mut update.events[0].kind else {
+        unreachable!("append() writes signals");
+    };
+    signal.input = json!({ "again": payload });
+    let mut expected = events;
+    expected.extend(update.events.iter().cloned());
+    let last = update.run.clone();
+    write_ok(storage, update, property).await;
+    let run = read_run(storage, "run-large", property).await;
+    assert!(run.as_ref() == Some(&last), "{property}: the large state read back differs");
+    let stored_events = read_events(storage, "run-large", 1, EVENTS_READ_MAX, property).await;
+    assert!(stored_events == expected, "{property}: the large events read back differ");
+}

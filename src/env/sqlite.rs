@@ -1,5 +1,830 @@
-//! SQLite storage (placeholder; being written).
+//! `SqliteStorage`: the production [`Storage`], one SQLite file in WAL mode.
+//!
+//! # Threads
+//!
+//! SQLite calls block, so none runs on an async thread. All writes go to ONE
+//! writer thread through a bounded queue (`write_queue_max` batches); reads go to
+//! `reader_count` reader threads, each with its own read-only connection, through
+//! another bounded queue (WAL lets them read while the writer writes). Callers
+//! await a oneshot reply. Dropping the last handle closes both queues; the threads
+//! finish what is queued and exit, and the drop joins them.
+//!
+//! # Group commit
+//!
+//! The writer takes every batch waiting (up to `group_commit_batches_max`) and
+//! applies them in ONE transaction, each inside its own `SAVEPOINT`: a batch is
+//! checked with [`check_batch`] against the rows it reads inside the transaction
+//! (so it sees the batches before it in the group), and a refused batch is rolled
+//! back to its savepoint alone and answered with its own error. One `COMMIT` (one
+//! fsync, `synchronous=FULL`) then makes the whole group durable, and only then is
+//! each caller answered. If the transaction itself fails (`BEGIN`, `COMMIT`, or an
+//! error after which SQLite rolled everything back), every batch of the group gets
+//! the same `StorageError::Io` and nothing of the group is stored.
+//!
+//! # Schema
+//!
+//! `PRAGMA user_version` is the number of [`MIGRATIONS`] applied; each migration
+//! runs in its own transaction. A database from a newer build is refused untouched.
 
-/// SQLite-backed storage.
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::BoxFuture;
+use super::storage::{
+    ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch,
+    check_batch,
+};
+use crate::history::Event;
+use crate::types::Timestamp;
+
+/// The schema, one migration per version: `MIGRATIONS[i]` takes the database
+/// from version `i` to `i + 1`. Append only; never edit a released migration.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY NOT NULL,
+        workflow_id TEXT NOT NULL,
+        workflow_type TEXT NOT NULL,
+        task_queue TEXT NOT NULL,
+        status TEXT NOT NULL,
+        start_time_ms INTEGER NOT NULL,
+        close_time_ms INTEGER,
+        next_event_id INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        state BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE events (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        event_id INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (run_id, event_id)
+    ) STRICT;
+    CREATE TABLE workflow_ids (
+        workflow_id TEXT PRIMARY KEY NOT NULL,
+        run_id TEXT NOT NULL REFERENCES runs (run_id)
+    ) STRICT;
+    CREATE INDEX runs_by_status ON runs (status, run_id);
+    CREATE INDEX runs_by_workflow_type ON runs (workflow_type, run_id);
+"];
+
+/// The columns of `runs`, in the order [`run_from_row`] reads them.
+const RUN_COLUMNS: &str = "run_id, workflow_id, workflow_type, task_queue, status, \
+    start_time_ms, close_time_ms, next_event_id, version, state";
+
+/// Upper bound of [`SqliteOptions::reader_count`].
+const READER_COUNT_MAX: usize = 16;
+/// Upper bound of the queue and group sizes in [`SqliteOptions`].
+const QUEUE_MAX: usize = 1 << 20;
+/// Prepared statements kept per connection (8 list shapes plus a few others).
+const STATEMENT_CACHE_MAX: usize = 32;
+
+/// The error every call gets once the storage's threads are gone.
+fn stopped() -> StorageError {
+    StorageError::Io("storage stopped".to_string())
+}
+
+/// An `Io` error naming the database, what was being done, and SQLite's reason.
+fn io_error(path: &Path, doing: &str, error: impl fmt::Display) -> StorageError {
+    StorageError::Io(format!("database {}: {doing}: {error}", path.display()))
+}
+
+/// Tuning of a [`SqliteStorage`]. The defaults suit one service process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Batches queued for the writer; `write` waits for room beyond this.
+    pub write_queue_max: usize,
+    /// Batches the writer commits together in one transaction (one fsync).
+    pub group_commit_batches_max: usize,
+    /// Reads queued for the reader threads; reads wait for room beyond this.
+    pub read_queue_max: usize,
+    /// Reader threads, each with its own read-only connection.
+    pub reader_count: usize,
+    /// How long a connection waits for another connection's lock.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            write_queue_max: 1024,
+            group_commit_batches_max: 256,
+            read_queue_max: 1024,
+            reader_count: 2,
+            busy_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl SqliteOptions {
+    fn assert_valid(&self) {
+        assert!(self.write_queue_max > 0, "write_queue_max must be positive");
+        assert!(self.write_queue_max <= QUEUE_MAX, "write_queue_max is over {QUEUE_MAX}");
+        assert!(self.group_commit_batches_max > 0, "group_commit_batches_max must be positive");
+        assert!(self.group_commit_batches_max <= QUEUE_MAX);
+        assert!(self.read_queue_max > 0, "read_queue_max must be positive");
+        assert!(self.read_queue_max <= QUEUE_MAX, "read_queue_max is over {QUEUE_MAX}");
+        assert!(self.reader_count > 0, "reader_count must be positive");
+        assert!(self.reader_count <= READER_COUNT_MAX, "reader_count is over {READER_COUNT_MAX}");
+    }
+}
+
+/// SQLite-backed storage: durable, one file, WAL. Clones share the same
+/// database and threads; dropping the last clone stops the threads.
+#[derive(Clone)]
+pub struct SqliteStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    write_sender: mpsc::Sender<WriteJob>,
+    read_sender: mpsc::Sender<ReadJob>,
+    /// Never read: held to join the threads on drop. Declared last, so it drops
+    /// after the senders: by then the queues are closed and the joins end.
+    #[expect(dead_code, reason = "held only to join the threads on drop")]
+    threads: Threads,
+}
+
+impl fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStorage").field("path", &self.inner.path).finish()
+    }
+}
+
+impl SqliteStorage {
+    /// The schema version this build writes (the number of migrations).
+    pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+    /// Opens (creating if missing) the database at `path` with default options.
+    ///
+    /// Blocks while it opens and migrates the file: call it at startup (or from
+    /// a blocking task), not from inside a hot async path.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStorage, StorageError> {
+        SqliteStorage::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if missing) the database at `path`.
+    ///
+    /// A path that is a directory, a read-only file, a file that is not a SQLite
+    /// database, or a database from a newer build gives `StorageError::Io`
+    /// naming the path and the reason, and leaves the file as it was.
+    ///
+    /// # Panics
+    /// If `options` are out of their bounds (a bug in the caller).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<SqliteStorage, StorageError> {
+        options.assert_valid();
+        let path = path.as_ref().to_path_buf();
+        check_path(&path)?;
+        let writer = Writer::open(&path, &options)?;
+        let mut readers = Vec::with_capacity(options.reader_count);
+        for _ in 0..options.reader_count {
+            readers.push(open_reader(&path, &options)?);
+        }
+        let storage = spawn_threads(path, writer, readers, &options)?;
+        assert!(!storage.inner.write_sender.is_closed());
+        assert!(!storage.inner.read_sender.is_closed());
+        Ok(storage)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `query` on a reader thread and awaits its answer.
+    fn read<T: Send + 'static>(
+        &self,
+        doing: String,
+        query: impl FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> BoxFuture<'_, Result<T, StorageError>> {
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |connection| {
+            // The caller may have stopped waiting; then nobody needs the answer.
+            let _ = reply.send(query(connection));
+        });
+        Box::pin(async move {
+            self.inner.read_sender.send(job).await.map_err(|_| stopped())?;
+            let result = answer.await.map_err(|_| stopped())?;
+            result.map_err(|error| error.into_storage(&self.inner.path, &doing))
+        })
+    }
+}
+
+/// Refuses paths SQLite would open badly: directories, and files the OS marks
+/// read-only (SQLite would fall back to read-only, and root ignores the mode).
+fn check_path(path: &Path) -> Result<(), StorageError> {
+    if path.is_dir() {
+        return Err(io_error(path, "cannot open", "the path is a directory, not a database file"));
+    }
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.permissions().readonly()
+    {
+        let reason = "the file is read-only; retrace must be able to write it";
+        return Err(io_error(path, "cannot open", reason));
+    }
+    Ok(())
+}
+
+fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection, StorageError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags)
+        .map_err(|error| io_error(path, "cannot open a reader", error))?;
+    let busy_timeout = Duration::from_millis(options.busy_timeout_ms);
+    connection.busy_timeout(busy_timeout).map_err(|error| io_error(path, "busy_timeout", error))?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
+    assert!(connection.is_autocommit());
+    Ok(connection)
+}
+
+/// Reads `PRAGMA user_version`; this only reads the header, so it is the first
+/// thing done with a file (a file that is not a database fails here, untouched).
+fn schema_version(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// The writer thread's connection and what it needs to report errors.
+struct Writer {
+    connection: Connection,
+    path: PathBuf,
+    group_commit_batches_max: usize,
+}
+
+impl Writer {
+    fn open(path: &Path, options: &SqliteOptions) -> Result<Writer, StorageError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(path, flags)
+            .map_err(|error| io_error(path, "cannot open", error))?;
+        let busy_timeout = Duration::from_millis(options.busy_timeout_ms);
+        connection.busy_timeout(busy_timeout).map_err(|error| io_error(path, "cannot open", error))?;
+        let version = schema_version(&connection)
+            .map_err(|error| io_error(path, "cannot read the schema version", error))?;
+        let read_only = connection.is_readonly(MAIN_DB).unwrap_or(true);
+        if read_only {
+            return Err(io_error(path, "cannot open", "SQLite could only open it read-only"));
+        }
+        check_schema_version(path, version)?;
+        let mut writer = Writer {
+            connection,
+            path: path.to_path_buf(),
+            group_commit_batches_max: options.group_commit_batches_max,
+        };
+        writer.configure()?;
+        writer.migrate()?;
+        assert!(writer.connection.is_autocommit());
+        Ok(writer)
+    }
+
+    /// WAL, fsync on every commit, foreign keys. Only called once the file is
+    /// known to be a database of a schema version this build knows.
+    fn configure(&self) -> Result<(), StorageError> {
+        let path = &self.path;
+        let mode: String = self
+            .connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|error| io_error(path, "cannot switch to WAL", error))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(io_error(path, "cannot switch to WAL", format!("journal mode is {mode}")));
+        }
+        let pragmas = [("synchronous", "FULL"), ("foreign_keys", "ON")];
+        for (name, value) in pragmas {
+            self.connection
+                .pragma_update(None, name, value)
+                .map_err(|error| io_error(path, &format!("cannot set {name}"), error))?;
+        }
+        self.connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
+        Ok(())
+    }
+
+    /// Applies the migrations the file lacks, one transaction each. Re-reads the
+    /// version inside each transaction, so two processes opening a fresh file
+    /// at once do not both apply a migration.
+    fn migrate(&mut self) -> Result<(), StorageError> {
+        let path = self.path.clone();
+        let fail = |error: rusqlite::Error| io_error(&path, "cannot migrate the schema", error);
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            let version_target = i64::try_from(index + 1).expect("migration count fits i64");
+            let transaction = self
+                .connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(fail)?;
+            let version = schema_version(&transaction).map_err(fail)?;
+            check_schema_version(&path, version)?;
+            if version >= version_target {
+                continue; // Dropping the transaction rolls back nothing done.
+            }
+            assert_eq!(version + 1, version_target, "migrations apply in order");
+            transaction.execute_batch(migration).map_err(fail)?;
+            transaction.pragma_update(None, "user_version", version_target).map_err(fail)?;
+            transaction.commit().map_err(fail)?;
+        }
+        let version = schema_version(&self.connection).map_err(fail)?;
+        assert_eq!(version, i64::from(SqliteStorage::SCHEMA_VERSION));
+        Ok(())
+    }
+}
+
+fn check_schema_version(path: &Path, version: i64) -> Result<(), StorageError> {
+    let supported = SqliteStorage::SCHEMA_VERSION;
+    if version < 0 {
+        let reason = format!("schema version {version} is negative; this is not a retrace database");
+        return Err(io_error(path, "cannot open", reason));
+    }
+    if version > i64::from(supported) {
+        return Err(StorageError::Io(format!(
+            "database {} has schema version {version}, newer than this build supports \
+             ({supported}); upgrade retrace",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What the writer thread does with a batch: the batch, its events already
+/// encoded as JSON by the caller (so encoding runs on many threads, not the
+/// writer), and where to send the outcome.
+struct WriteJob {
+    batch: WriteBatch,
+    bodies: Vec<String>,
+    reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// A read, run on one of the reader threads.
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The writer and reader threads; dropping joins them (their queues must be
+/// closed first, see [`Inner`]).
+struct Threads {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        for handle in self.handles.drain(..) {
+            let name = handle.thread().name().unwrap_or("sqlite storage").to_string();
+            if handle.join().is_err() {
+                tracing::error!(thread = %name, "sqlite storage thread panicked");
+            }
+        }
+    }
+}
+
+/// Starts the writer and the readers, and hands back the storage that feeds them.
+// The one place this module starts OS threads: SQLite blocks, and the Env's
+// Spawner runs async tasks, which must never block (clippy.toml bans
+// std::thread::spawn outside src/env; this is src/env's production storage).
+#[allow(clippy::disallowed_methods)]
+fn spawn_threads(
+    path: PathBuf,
+    writer: Writer,
+    readers: Vec<Connection>,
+    options: &SqliteOptions,
+) -> Result<SqliteStorage, StorageError> {
+    assert_eq!(readers.len(), options.reader_count);
+    let mut threads = Threads { handles: Vec::with_capacity(1 + readers.len()) };
+    let (write_sender, write_receiver) = mpsc::channel(options.write_queue_max);
+    let (read_sender, read_receiver) = mpsc::channel(options.read_queue_max);
+    let read_receiver = Arc::new(Mutex::new(read_receiver));
+    let spawned = std::thread::Builder::new()
+        .name("retrace-sqlite-writer".to_string())
+        .spawn(move || writer_loop(writer, write_receiver));
+    let mut result = spawned.map(|handle| threads.handles.push(handle));
+    for (index, connection) in readers.into_iter().enumerate() {
+        let receiver = Arc::clone(&read_receiver);
+        let spawned = std::thread::Builder::new()
+            .name(format!("retrace-sqlite-reader-{index}"))
+            .spawn(move || reader_loop(connection, receiver));
+        result = result.and_then(|()| spawned.map(|handle| threads.handles.push(handle)));
+    }
+    if let Err(error) = result {
+        // Close the queues before `threads` drops and joins what did start.
+        drop(write_sender);
+        drop(read_sender);
+        return Err(io_error(&path, "cannot start a storage thread", error));
+    }
+    assert_eq!(threads.handles.len(), 1 + options.reader_count);
+    let inner = Inner { path, write_sender, read_sender, threads };
+    Ok(SqliteStorage { inner: Arc::new(inner) })
+}
+
+fn reader_loop(connection: Connection, receiver: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
+    loop {
+        let job = match receiver.lock() {
+            Ok(mut receiver) => receiver.blocking_recv(),
+            Err(_) => return, // Another reader panicked while waiting: stop too.
+        };
+        let Some(job) = job else {
+            return; // Every handle is gone.
+        };
+        job(&connection);
+        assert!(connection.is_autocommit(), "a read left a transaction open");
+    }
+}
+
+fn writer_loop(mut writer: Writer, mut receiver: mpsc::Receiver<WriteJob>) {
+    let mut group: Vec<WriteJob> = Vec::with_capacity(writer.group_commit_batches_max);
+    while let Some(first) = receiver.blocking_recv() {
+        assert!(group.is_empty());
+        group.push(first);
+        while group.len() < writer.group_commit_batches_max {
+            match receiver.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break, // Empty (or closed: answer this group first).
+            }
+        }
+        let results = writer.commit_group(&group);
+        assert_eq!(results.len(), group.len());
+        for (job, result) in group.drain(..).zip(results) {
+            // A caller that stopped waiting does not need its answer.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Why a statement failed: SQLite itself, or the storage refusing the data.
 #[derive(Debug)]
-pub struct SqliteStorage;
+enum DbError {
+    Sqlite(rusqlite::Error),
+    Storage(StorageError),
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(error: rusqlite::Error) -> Self {
+        DbError::Sqlite(error)
+    }
+}
+
+impl DbError {
+    fn into_storage(self, path: &Path, doing: &str) -> StorageError {
+        match self {
+            DbError::Sqlite(error) => io_error(path, doing, error),
+            DbError::Storage(error) => error,
+        }
+    }
+}
+
+fn corrupt(reason: String) -> DbError {
+    DbError::Storage(StorageError::Corrupt(reason))
+}
+
+/// The outcome of one batch inside a group, or the whole group's failure.
+type BatchOutcome = Result<Result<(), StorageError>, StorageError>;
+
+impl Writer {
+    /// Applies `group` in one transaction, each batch in its own savepoint, and
+    /// commits once. Returns one result per batch, in order.
+    fn commit_group(&mut self, group: &[WriteJob]) -> Vec<Result<(), StorageError>> {
+        assert!(!group.is_empty());
+        assert!(group.len() <= self.group_commit_batches_max);
+        assert!(self.connection.is_autocommit());
+        if let Err(error) = self.connection.execute_batch("BEGIN IMMEDIATE") {
+            let error = io_error(&self.path, "cannot begin a transaction", error);
+            return self.abort_group(group.len(), error);
+        }
+        let mut results = Vec::with_capacity(group.len());
+        for job in group {
+            match self.apply_in_savepoint(job) {
+                Ok(result) => results.push(result),
+                Err(error) => return self.abort_group(group.len(), error),
+            }
+        }
+        if let Err(error) = self.connection.execute_batch("COMMIT") {
+            let error = io_error(&self.path, "cannot commit", error);
+            return self.abort_group(group.len(), error);
+        }
+        assert!(self.connection.is_autocommit());
+        assert_eq!(results.len(), group.len());
+        results
+    }
+
+    /// Rolls the transaction back (if SQLite has not already) and gives every
+    /// batch of the group `error`: none of them is stored.
+    fn abort_group(&mut self, count: usize, error: StorageError) -> Vec<Result<(), StorageError>> {
+        assert!(count > 0);
+        if !self.connection.is_autocommit()
+            && let Err(rollback) = self.connection.execute_batch("ROLLBACK")
+        {
+            tracing::error!(%rollback, "sqlite storage: rollback failed");
+        }
+        assert!(self.connection.is_autocommit(), "the writer could not roll back");
+        tracing::warn!(%error, count, "sqlite storage: group commit failed");
+        vec![Err(error); count]
+    }
+
+    /// Applies one batch inside a savepoint. `Ok(Err(..))`: the batch alone was
+    /// refused and rolled back; `Err(..)`: the whole transaction is lost.
+    fn apply_in_savepoint(&mut self, job: &WriteJob) -> BatchOutcome {
+        assert!(!self.connection.is_autocommit());
+        let path = self.path.clone();
+        let savepoint = |sql: &str| {
+            let fail = |error| io_error(&path, &format!("cannot run {sql}"), error);
+            self.connection.execute_batch(sql).map_err(fail)
+        };
+        savepoint("SAVEPOINT batch")?;
+        let outcome = apply_batch(&self.connection, job);
+        let refused = match outcome {
+            Ok(()) => {
+                savepoint("RELEASE batch")?;
+                return Ok(Ok(()));
+            }
+            Err(DbError::Storage(error)) => error,
+            Err(DbError::Sqlite(error)) => {
+                let doing = format!("cannot write run {}", job.batch.run.run_id);
+                let error = io_error(&path, &doing, error);
+                if self.connection.is_autocommit() {
+                    return Err(error); // SQLite rolled the whole transaction back.
+                }
+                error
+            }
+        };
+        savepoint("ROLLBACK TO batch")?;
+        savepoint("RELEASE batch")?;
+        assert!(!self.connection.is_autocommit());
+        Ok(Err(refused))
+    }
+}
+
+/// Checks `job`'s batch against the rows as they are inside the transaction,
+/// then writes the run, its new events and its workflow id claim.
+fn apply_batch(connection: &Connection, job: &WriteJob) -> Result<(), DbError> {
+    let batch = &job.batch;
+    assert_eq!(job.bodies.len(), batch.events.len());
+    assert!(!connection.is_autocommit());
+    let run_id = &batch.run.run_id;
+    let stored = select_run(connection, run_id)?;
+    let current = match &batch.claim {
+        Some(claim) => select_current_run(connection, &claim.workflow_id)?,
+        None => None,
+    };
+    check_batch(batch, stored.as_ref(), current.as_deref()).map_err(DbError::Storage)?;
+    upsert_run(connection, &batch.run)?;
+    insert_events(connection, batch, &job.bodies)?;
+    if let Some(claim) = &batch.claim {
+        upsert_claim(connection, claim, run_id)?;
+    }
+    assert!(!connection.is_autocommit());
+    Ok(())
+}
+
+/// A u64 as SQLite's i64, or a `BadBatch` naming the field.
+fn to_stored(run_id: &str, field: &str, value: u64) -> Result<i64, DbError> {
+    i64::try_from(value).map_err(|_| {
+        DbError::Storage(StorageError::BadBatch {
+            run_id: run_id.to_string(),
+            reason: format!("{field} {value} is over the largest storable value {}", i64::MAX),
+        })
+    })
+}
+
+/// An i64 read back as u64, or `Corrupt` naming the run and the column.
+fn from_stored(run_id: &str, column: &str, value: i64) -> Result<u64, DbError> {
+    u64::try_from(value)
+        .map_err(|_| corrupt(format!("run {run_id}: column {column} holds negative {value}")))
+}
+
+fn upsert_run(connection: &Connection, run: &RunRecord) -> Result<(), DbError> {
+    let id = &run.run_id;
+    let start_time_ms = to_stored(id, "start_time", run.start_time.as_millis())?;
+    let close_time_ms = match run.close_time {
+        Some(time) => Some(to_stored(id, "close_time", time.as_millis())?),
+        None => None,
+    };
+    let next_event_id = to_stored(id, "next_event_id", run.next_event_id)?;
+    let version = to_stored(id, "version", run.version)?;
+    let mut statement = connection.prepare_cached(
+        "INSERT INTO runs (run_id, workflow_id, workflow_type, task_queue, status, \
+             start_time_ms, close_time_ms, next_event_id, version, state) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT (run_id) DO UPDATE SET workflow_id = excluded.workflow_id, \
+             workflow_type = excluded.workflow_type, task_queue = excluded.task_queue, \
+             status = excluded.status, start_time_ms = excluded.start_time_ms, \
+             close_time_ms = excluded.close_time_ms, next_event_id = excluded.next_event_id, \
+             version = excluded.version, state = excluded.state",
+    )?;
+    let changed = statement.execute(rusqlite::params![
+        id,
+        run.workflow_id,
+        run.workflow_type,
+        run.task_queue,
+        run.status.as_str(),
+        start_time_ms,
+        close_time_ms,
+        next_event_id,
+        version,
+        run.state,
+    ])?;
+    assert_eq!(changed, 1);
+    Ok(())
+}
+
+fn insert_events(connection: &Connection, batch: &WriteBatch, bodies: &[String]) -> Result<(), DbError> {
+    assert_eq!(batch.events.len(), bodies.len());
+    let run_id = &batch.run.run_id;
+    let mut statement =
+        connection.prepare_cached("INSERT INTO events (run_id, event_id, body) VALUES (?1, ?2, ?3)")?;
+    for (event, body) in batch.events.iter().zip(bodies) {
+        let event_id = to_stored(run_id, "event_id", event.event_id)?;
+        let inserted = statement.execute(rusqlite::params![run_id, event_id, body])?;
+        assert_eq!(inserted, 1);
+    }
+    Ok(())
+}
+
+fn upsert_claim(connection: &Connection, claim: &WorkflowIdClaim, run_id: &str) -> Result<(), DbError> {
+    let mut statement = connection.prepare_cached(
+        "INSERT INTO workflow_ids (workflow_id, run_id) VALUES (?1, ?2) \
+         ON CONFLICT (workflow_id) DO UPDATE SET run_id = excluded.run_id",
+    )?;
+    let changed = statement.execute(rusqlite::params![claim.workflow_id, run_id])?;
+    assert_eq!(changed, 1);
+    Ok(())
+}
+
+fn select_run(connection: &Connection, run_id: &str) -> Result<Option<RunRecord>, DbError> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1");
+    let mut statement = connection.prepare_cached(&sql)?;
+    let mut rows = statement.query([run_id])?;
+    let run = match rows.next()? {
+        Some(row) => Some(run_from_row(row)?),
+        None => None,
+    };
+    assert!(run.as_ref().is_none_or(|run| run.run_id == run_id));
+    Ok(run)
+}
+
+fn select_current_run(connection: &Connection, workflow_id: &str) -> Result<Option<String>, DbError> {
+    let mut statement =
+        connection.prepare_cached("SELECT run_id FROM workflow_ids WHERE workflow_id = ?1")?;
+    Ok(statement.query_row([workflow_id], |row| row.get(0)).optional()?)
+}
+
+/// Decodes a `runs` row selected with [`RUN_COLUMNS`].
+fn run_from_row(row: &Row<'_>) -> Result<RunRecord, DbError> {
+    let run_id: String = row.get(0)?;
+    let status_text: String = row.get(4)?;
+    let Some(status) = RunStatus::parse(&status_text) else {
+        return Err(corrupt(format!("run {run_id}: unknown status {status_text:?}")));
+    };
+    let start_time_ms = from_stored(&run_id, "start_time_ms", row.get(5)?)?;
+    let close_time_ms = match row.get::<_, Option<i64>>(6)? {
+        Some(value) => Some(from_stored(&run_id, "close_time_ms", value)?),
+        None => None,
+    };
+    let next_event_id = from_stored(&run_id, "next_event_id", row.get(7)?)?;
+    let version = from_stored(&run_id, "version", row.get(8)?)?;
+    if next_event_id == 0 || version == 0 {
+        return Err(corrupt(format!("run {run_id}: next_event_id and version start at 1")));
+    }
+    Ok(RunRecord {
+        workflow_id: row.get(1)?,
+        workflow_type: row.get(2)?,
+        task_queue: row.get(3)?,
+        status,
+        start_time: Timestamp(start_time_ms),
+        close_time: close_time_ms.map(Timestamp),
+        next_event_id,
+        version,
+        state: row.get(9)?,
+        run_id,
+    })
+}
+
+/// Up to `limit` events of `run_id` from `from_event_id` on; checks each body
+/// decodes, carries the id of its row, and that no id is missing.
+fn select_events(
+    connection: &Connection,
+    run_id: &str,
+    from_event_id: u64,
+    limit: usize,
+) -> Result<Vec<Event>, DbError> {
+    let from_event_id = from_event_id.max(1);
+    let Ok(from_stored_id) = i64::try_from(from_event_id) else {
+        return Ok(Vec::new()); // Past any storable id.
+    };
+    let limit_stored = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut statement = connection.prepare_cached(
+        "SELECT event_id, body FROM events WHERE run_id = ?1 AND event_id >= ?2 \
+         ORDER BY event_id LIMIT ?3",
+    )?;
+    let mut rows = statement.query(rusqlite::params![run_id, from_stored_id, limit_stored])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        let event_id = from_stored(run_id, "event_id", row.get(0)?)?;
+        let body: String = row.get(1)?;
+        let event: Event = serde_json::from_str(&body)
+            .map_err(|error| corrupt(format!("run {run_id} event {event_id}: bad JSON: {error}")))?;
+        if event.event_id != event_id {
+            let found = event.event_id;
+            return Err(corrupt(format!("run {run_id} event {event_id}: body has event id {found}")));
+        }
+        let expected = from_event_id + events.len() as u64;
+        if event_id != expected {
+            return Err(corrupt(format!("run {run_id}: event {expected} is missing")));
+        }
+        events.push(event);
+    }
+    assert!(events.len() <= limit);
+    Ok(events)
+}
+
+/// Runs matching `query`, by run id. Only the filters present go in the SQL, so
+/// SQLite can use the status and workflow type indexes.
+fn select_runs(connection: &Connection, query: &ListQuery) -> Result<Vec<RunRecord>, DbError> {
+    let mut conditions: Vec<&str> = Vec::with_capacity(3);
+    let mut values: Vec<SqlValue> = Vec::with_capacity(4);
+    if let Some(status) = query.status {
+        conditions.push("status = ?");
+        values.push(SqlValue::Text(status.as_str().to_string()));
+    }
+    if let Some(workflow_type) = &query.workflow_type {
+        conditions.push("workflow_type = ?");
+        values.push(SqlValue::Text(workflow_type.clone()));
+    }
+    if let Some(after_run_id) = &query.after_run_id {
+        conditions.push("run_id > ?");
+        values.push(SqlValue::Text(after_run_id.clone()));
+    }
+    let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs");
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY run_id LIMIT ?");
+    values.push(SqlValue::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX)));
+    let mut statement = connection.prepare_cached(&sql)?;
+    let mut rows = statement.query(rusqlite::params_from_iter(values))?;
+    let mut runs: Vec<RunRecord> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let run = run_from_row(row)?;
+        assert!(runs.last().is_none_or(|last| last.run_id < run.run_id));
+        assert!(query.status.is_none_or(|status| status == run.status));
+        assert!(query.after_run_id.as_ref().is_none_or(|after| *after < run.run_id));
+        runs.push(run);
+    }
+    assert!(runs.len() <= query.limit);
+    Ok(runs)
+}
+
+/// Each event as JSON, in order; done by the caller so the writer only writes.
+fn encode_events(batch: &WriteBatch) -> Result<Vec<String>, StorageError> {
+    let mut bodies = Vec::with_capacity(batch.events.len());
+    for event in &batch.events {
+        let body = serde_json::to_string(event).map_err(|error| StorageError::BadBatch {
+            run_id: batch.run.run_id.clone(),
+            reason: format!("event {} does not encode as JSON: {error}", event.event_id),
+        })?;
+        bodies.push(body);
+    }
+    assert_eq!(bodies.len(), batch.events.len());
+    Ok(bodies)
+}
+
+impl Storage for SqliteStorage {
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
+        Box::pin(async move {
+            let bodies = encode_events(&batch)?;
+            let (reply, answer) = oneshot::channel();
+            let job = WriteJob { batch, bodies, reply };
+            self.inner.write_sender.send(job).await.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        })
+    }
+
+    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
+        let run_id = run_id.to_string();
+        let doing = format!("cannot read run {run_id}");
+        self.read(doing, move |connection| select_run(connection, &run_id))
+    }
+
+    fn current_run(&self, workflow_id: &str) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+        let workflow_id = workflow_id.to_string();
+        let doing = format!("cannot read workflow id {workflow_id:?}");
+        self.read(doing, move |connection| select_current_run(connection, &workflow_id))
+    }
+
+    fn read_events(
+        &self,
+        run_id: &str,
+        from_event_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
+        let run_id = run_id.to_string();
+        let doing = format!("cannot read the events of run {run_id}");
+        self.read(doing, move |connection| select_events(connection, &run_id, from_event_id, limit))
+    }
+
+    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
+        let doing = "cannot list runs".to_string();
+        self.read(doing, move |connection| select_runs(connection, &query))
+    }
+}

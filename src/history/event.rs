@@ -152,14 +152,22 @@ impl EventKind {
     }
 
     /// Every payload the event carries (inputs, results, details), for size limits.
-    pub fn payloads(&self) -> Vec<&Value> {
+    pub fn payloads<'a>(&'a self) -> Vec<&'a Value> {
         use EventKind::*;
         let mut out: Vec<&Value> = Vec::new();
+        let details = |failure: &'a Failure| failure.details.as_ref();
         match self {
+            ActivityTaskFailed(a) => out.extend(details(&a.failure)),
+            WorkflowTaskFailed(a) => out.extend(details(&a.failure)),
+            WorkflowExecutionFailed(a) => out.extend(details(&a.failure)),
+            ActivityTaskStarted(a) => out.extend(a.last_failure.as_ref().and_then(details)),
             WorkflowExecutionStarted(a) => out.push(&a.input),
             ActivityTaskScheduled(a) => out.push(&a.input),
             ActivityTaskCompleted(a) => out.push(&a.result),
-            ActivityTaskTimedOut(a) => out.extend(a.last_heartbeat_details.as_ref()),
+            ActivityTaskTimedOut(a) => {
+                out.extend(a.last_heartbeat_details.as_ref());
+                out.extend(a.last_failure.as_ref().and_then(details));
+            }
             ActivityTaskCanceled(a) => out.extend(a.details.as_ref()),
             WorkflowExecutionSignaled(a) => out.push(&a.input),
             MarkerRecorded(a) => out.push(&a.details),
@@ -231,6 +239,9 @@ pub enum WorkflowTaskFailedCause {
     BadCommand,
     /// The worker gave the task back (for example while shutting down).
     WorkerShutdown,
+    /// The task would close the run, but new events arrived while it ran:
+    /// it runs again so the workflow sees them.
+    UnhandledCommand,
 }
 
 /// The workflow task failed; a new one is scheduled.
@@ -297,6 +308,7 @@ pub struct ActivityTaskTimedOut {
     pub timeout_type: TimeoutType,
     pub retry_state: RetryState,
     pub last_failure: Option<Failure>,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
     pub last_heartbeat_details: Option<Value>,
 }
 
@@ -314,6 +326,7 @@ pub struct ActivityTaskCanceled {
     /// `None` when the activity was canceled before any attempt started.
     pub started_event_id: Option<u64>,
     pub latest_cancel_requested_event_id: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
     pub details: Option<Value>,
     pub identity: String,
 }
@@ -387,6 +400,7 @@ pub struct WorkflowExecutionTimedOut {
 /// The workflow accepted a cancel request and stopped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowExecutionCanceled {
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
     pub details: Option<Value>,
     pub workflow_task_completed_event_id: u64,
 }
@@ -395,6 +409,7 @@ pub struct WorkflowExecutionCanceled {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowExecutionTerminated {
     pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
     pub details: Option<Value>,
     pub identity: String,
 }

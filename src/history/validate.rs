@@ -86,6 +86,14 @@ pub enum HistoryError {
         /// Why it cannot come here.
         reason: String,
     },
+    /// The event's time cannot be written (after year 9999).
+    #[error("event {event_id}: time {time_ms} ms is after 9999-12-31, the latest a history can hold")]
+    TimeOutOfRange {
+        /// The offending event.
+        event_id: u64,
+        /// Its time, in ms since the epoch.
+        time_ms: u64,
+    },
     /// The run has as many events as it may have.
     #[error("event {event_id}: a run may have at most {max} events")]
     TooManyEvents {
@@ -254,6 +262,9 @@ impl Validator {
 
     fn check_size(&self, ctx: &Ctx<'_>) -> Result<(), HistoryError> {
         let event = ctx.event;
+        if event.event_time > crate::types::TIMESTAMP_MAX {
+            return Err(HistoryError::TimeOutOfRange { event_id: event.event_id, time_ms: event.event_time.0 });
+        }
         if event.event_id > self.limits.events_per_run_max {
             return Err(HistoryError::TooManyEvents {
                 event_id: event.event_id,

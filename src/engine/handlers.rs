@@ -1,0 +1,459 @@
+//! One handler per request. Each validates its input, then changes a run only
+//! through `Inner::transition` (pure machine + one atomic write).
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::machine::{self, RunState, TaskKey, TaskKind, activity, workflow_task};
+use super::matching::{Dispatch, QueueKind};
+use super::service::{Inner, Loaded, RunSlot, record_of, unavailable};
+use crate::api::*;
+use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
+use crate::history::EventKind;
+use crate::types::Failure;
+
+fn invalid(message: impl Into<String>) -> ServiceError {
+    ServiceError::new(ErrorCode::InvalidArgument, message)
+}
+
+impl Inner {
+    pub(super) async fn handle(self: Arc<Self>, request: Request) -> Reply {
+        let method = request.method();
+        let reply = match request {
+            Request::StartWorkflow(r) => self.start_workflow(r).await.map(Response::StartWorkflow),
+            Request::SignalWorkflow(r) => self.signal_workflow(r).await.map(|()| Response::Empty),
+            Request::QueryWorkflow(r) => self.query_workflow(r).await.map(Response::QueryWorkflow),
+            Request::CancelWorkflow(r) => self.cancel_workflow(r).await.map(|()| Response::Empty),
+            Request::TerminateWorkflow(r) => self.terminate_workflow(r).await.map(|()| Response::Empty),
+            Request::DescribeWorkflow(r) => self.describe_workflow(r).await.map(Response::DescribeWorkflow),
+            Request::ListWorkflows(r) => self.list_workflows(r).await.map(Response::ListWorkflows),
+            Request::GetHistory(r) => self.get_history(r).await.map(Response::GetHistory),
+            Request::GetResult(r) => self.get_result(r).await.map(Response::GetResult),
+            Request::PollWorkflowTask(r) => self.poll_workflow_task(r).await.map(Response::PollWorkflowTask),
+            Request::CompleteWorkflowTask(r) => self.complete_workflow_task(r).await.map(|()| Response::Empty),
+            Request::FailWorkflowTask(r) => self.fail_workflow_task(r).await.map(|()| Response::Empty),
+            Request::RespondQuery(r) => self.respond_query(r).map(|()| Response::Empty),
+            Request::PollActivityTask(r) => self.poll_activity_task(r).await.map(Response::PollActivityTask),
+            Request::RespondActivityTask(r) => self.respond_activity_task(r).await.map(|()| Response::Empty),
+            Request::HeartbeatActivityTask(r) => self.heartbeat(r).await.map(Response::HeartbeatActivityTask),
+        };
+        if let Err(error) = &reply {
+            tracing::debug!(method, code = ?error.code, message = %error.message, "request refused");
+        }
+        reply
+    }
+
+    /// The run a reference names: the given run id, or the workflow id's current run.
+    async fn resolve(&self, run: &RunRef) -> Result<String, ServiceError> {
+        if let Some(run_id) = &run.run_id {
+            return Ok(run_id.clone());
+        }
+        if run.workflow_id.is_empty() {
+            return Err(invalid("workflow_id must not be empty"));
+        }
+        let current = self.storage.current_run(&run.workflow_id).await.map_err(|e| unavailable(&e))?;
+        current.ok_or_else(|| {
+            ServiceError::new(ErrorCode::NotFound, format!("no workflow with id {:?}", run.workflow_id))
+        })
+    }
+
+    async fn snapshot(self: &Arc<Self>, run: &RunRef) -> Result<RunState, ServiceError> {
+        let run_id = self.resolve(run).await?;
+        let guard = self.lock_run(&run_id).await?;
+        let state = guard.loaded.as_ref().expect("loaded").state.clone();
+        if state.workflow_id != run.workflow_id && !run.workflow_id.is_empty() {
+            let message = format!("run {run_id} belongs to workflow {:?}, not {:?}", state.workflow_id, run.workflow_id);
+            return Err(ServiceError::new(ErrorCode::NotFound, message));
+        }
+        Ok(state)
+    }
+
+    async fn start_workflow(self: &Arc<Self>, request: StartWorkflowRequest) -> Result<StartWorkflowResponse, ServiceError> {
+        machine::run::check_start(&request)?;
+        for _ in 0..3 {
+            let current = self.storage.current_run(&request.workflow_id).await.map_err(|e| unavailable(&e))?;
+            if let Some(current) = &current {
+                let existing = self.snapshot(&RunRef { workflow_id: request.workflow_id.clone(), run_id: Some(current.clone()) }).await?;
+                if existing.start_request_id == request.request_id {
+                    return Ok(StartWorkflowResponse { run_id: current.clone() });
+                }
+                check_reuse(&request, &existing)?;
+            }
+            if self.open_run_count() >= self.config.open_runs_max {
+                let message = format!("the service holds {} open runs, its limit", self.config.open_runs_max);
+                return Err(ServiceError::new(ErrorCode::ResourceExhausted, message));
+            }
+            let run_id = self.env.new_id();
+            let (state, events) = machine::run::start(&request, &run_id, self.env.now(), self.limits())?;
+            let claim = WorkflowIdClaim { workflow_id: request.workflow_id.clone(), previous_run_id: current };
+            let batch = WriteBatch { run: record_of(&state, 1), expected_version: None, events, claim: Some(claim) };
+            match self.storage.write(batch).await {
+                Ok(()) => {
+                    self.publish_new_run(state);
+                    return Ok(StartWorkflowResponse { run_id });
+                }
+                Err(StorageError::WorkflowIdConflict { .. }) => continue,
+                Err(error) => return Err(unavailable(&error)),
+            }
+        }
+        Err(ServiceError::new(ErrorCode::Unavailable, "concurrent starts of this workflow id; retry"))
+    }
+
+    fn publish_new_run(self: &Arc<Self>, state: RunState) {
+        let run_id = state.run_id.clone();
+        self.sync(&state);
+        let slot = RunSlot { loaded: Some(Loaded { state, version: 1 }) };
+        self.insert_slot(run_id, slot);
+    }
+
+    async fn signal_workflow(self: &Arc<Self>, request: SignalWorkflowRequest) -> Result<(), ServiceError> {
+        let run_id = self.resolve(&request.run).await?;
+        self.transition(&run_id, |step| {
+            machine::run::on_signal(step, &request.signal_name, request.input, &request.identity, &request.request_id)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn cancel_workflow(self: &Arc<Self>, request: CancelWorkflowRequest) -> Result<(), ServiceError> {
+        let run_id = self.resolve(&request.run).await?;
+        self.transition(&run_id, |step| machine::run::on_cancel_requested(step, &request.reason, &request.identity)).await
+    }
+
+    async fn terminate_workflow(self: &Arc<Self>, request: TerminateWorkflowRequest) -> Result<(), ServiceError> {
+        let run_id = self.resolve(&request.run).await?;
+        self.transition(&run_id, |step| {
+            machine::run::on_terminate(step, &request.reason, request.details, &request.identity)
+        })
+        .await
+    }
+
+    async fn describe_workflow(self: &Arc<Self>, run: RunRef) -> Result<RunDescription, ServiceError> {
+        Ok(describe(&self.snapshot(&run).await?))
+    }
+
+    async fn list_workflows(&self, request: ListWorkflowsRequest) -> Result<ListWorkflowsResponse, ServiceError> {
+        let limit = match request.page_size {
+            0 => 100,
+            size => size.min(self.config.list_page_size_max),
+        } as usize;
+        let query = ListQuery {
+            status: request.status,
+            workflow_type: request.workflow_type,
+            after_run_id: request.page_token,
+            limit,
+        };
+        let records = self.storage.list_runs(query).await.map_err(|e| unavailable(&e))?;
+        let next_page_token = (records.len() == limit).then(|| records.last().map(|r| r.run_id.clone())).flatten();
+        let runs = records
+            .into_iter()
+            .map(|r| RunSummary {
+                workflow_id: r.workflow_id,
+                run_id: r.run_id,
+                workflow_type: r.workflow_type,
+                status: r.status,
+                start_time: r.start_time,
+                close_time: r.close_time,
+            })
+            .collect();
+        Ok(ListWorkflowsResponse { runs, next_page_token })
+    }
+
+    async fn get_history(self: &Arc<Self>, request: GetHistoryRequest) -> Result<GetHistoryResponse, ServiceError> {
+        let state = self.snapshot(&request.run).await?;
+        let page_size = match request.page_size {
+            0 => self.config.history_page_size_max,
+            size => size.min(self.config.history_page_size_max),
+        };
+        let from = request.from_event_id.max(1);
+        let read = self.storage.read_events(&state.run_id, from, page_size as usize).await;
+        let events = read.map_err(|e| unavailable(&e))?;
+        let next = from + events.len() as u64;
+        let next_event_id = (next < state.next_event_id && !events.is_empty()).then_some(next);
+        Ok(GetHistoryResponse { workflow_id: state.workflow_id, run_id: state.run_id, events, next_event_id })
+    }
+
+    async fn get_result(self: &Arc<Self>, request: GetResultRequest) -> Result<GetResultResponse, ServiceError> {
+        let run_id = self.resolve(&request.run).await?;
+        let receiver = {
+            let guard = self.lock_run(&run_id).await?;
+            let state = &guard.loaded.as_ref().expect("loaded").state;
+            if let Some(outcome) = &state.outcome {
+                return Ok(GetResultResponse { run_id, outcome: Some(outcome.clone()) });
+            }
+            let (sender, receiver) = oneshot::channel();
+            let mut waiters = self.result_waiters.lock().expect("waiters lock");
+            let list = waiters.entry(run_id.clone()).or_default();
+            list.retain(|waiter| !waiter.is_closed());
+            list.push(sender);
+            receiver
+        };
+        let wait_ms = request.wait_ms.min(self.config.result_wait_ms_max);
+        let outcome = self.env.timeout(wait_ms, receiver).await.ok().and_then(Result::ok);
+        Ok(GetResultResponse { run_id, outcome })
+    }
+
+    async fn query_workflow(self: &Arc<Self>, request: QueryWorkflowRequest) -> Result<QueryWorkflowResponse, ServiceError> {
+        let state = self.snapshot(&request.run).await?;
+        let query_id = self.env.new_id();
+        let (sender, receiver) = oneshot::channel();
+        self.queries.lock().expect("queries lock").insert(query_id.clone(), sender);
+        let task = QueryTask {
+            query_id: query_id.clone(),
+            workflow_id: state.workflow_id,
+            run_id: state.run_id,
+            workflow_type: state.workflow_type,
+            query_name: request.query_name,
+            args: request.args,
+        };
+        self.matching.lock().expect("matching lock").offer(QueueKind::Workflow, &state.task_queue, Dispatch::Query(task));
+        let answer = self.env.timeout(self.config.query_timeout_ms, receiver).await;
+        self.queries.lock().expect("queries lock").remove(&query_id);
+        match answer {
+            Ok(Ok(Ok(answer))) => Ok(QueryWorkflowResponse { answer }),
+            Ok(Ok(Err(message))) => Err(ServiceError::new(ErrorCode::QueryFailed, message)),
+            _ => {
+                let message = format!("no worker of task queue {:?} answered within {} ms", state.task_queue, self.config.query_timeout_ms);
+                Err(ServiceError::new(ErrorCode::QueryTimeout, message))
+            }
+        }
+    }
+
+    fn respond_query(&self, request: RespondQueryRequest) -> Result<(), ServiceError> {
+        let waiter = self.queries.lock().expect("queries lock").remove(&request.query_id);
+        let waiter = waiter.ok_or_else(|| {
+            ServiceError::new(ErrorCode::NotFound, format!("query {} is not waiting (timed out?)", request.query_id))
+        })?;
+        let _ = waiter.send(request.answer);
+        Ok(())
+    }
+
+    /// Waits up to the poll timeout for the next item of a queue.
+    async fn next_dispatch(&self, kind: QueueKind, task_queue: &str, wait_ms: u64) -> Option<Dispatch> {
+        let taken = self.matching.lock().expect("matching lock").take_or_wait(kind, task_queue);
+        let mut receiver = match taken {
+            Ok(item) => return Some(item),
+            Err(receiver) => receiver,
+        };
+        let sleep = self.env.sleep_ms(wait_ms);
+        match futures::future::select(&mut receiver, sleep).await {
+            futures::future::Either::Left((Ok(item), _)) => Some(item),
+            futures::future::Either::Left((Err(_), _)) => None,
+            futures::future::Either::Right(_) => {
+                receiver.close();
+                receiver.try_recv().ok()
+            }
+        }
+    }
+
+    async fn poll_workflow_task(self: &Arc<Self>, request: PollTaskRequest) -> Result<PollWorkflowTaskResponse, ServiceError> {
+        let deadline = self.env.now().plus_ms(self.config.poll_timeout_ms);
+        let empty = PollWorkflowTaskResponse { task: None, query: None };
+        if self.env.buggify("service.poll.return_empty") {
+            return Ok(empty);
+        }
+        loop {
+            let wait_ms = deadline.millis_since(self.env.now());
+            let Some(item) = self.next_dispatch(QueueKind::Workflow, &request.task_queue, wait_ms).await else {
+                return Ok(empty);
+            };
+            let key = match item {
+                Dispatch::Query(query) => return Ok(PollWorkflowTaskResponse { task: None, query: Some(query) }),
+                Dispatch::Task(key) => key,
+            };
+            match self.start_workflow_task(&key, &request.identity).await {
+                Ok(Some(task)) => return Ok(PollWorkflowTaskResponse { task: Some(task), query: None }),
+                Ok(None) => continue,
+                Err(error) => tracing::warn!(run_id = key.run_id, %error, "could not start workflow task"),
+            }
+        }
+    }
+
+    async fn start_workflow_task(self: &Arc<Self>, key: &TaskKey, identity: &str) -> Result<Option<WorkflowTask>, ServiceError> {
+        let TaskKind::Workflow { scheduled_event_id } = key.kind else { unreachable!("workflow queues hold workflow tasks") };
+        let request_id = self.env.new_id();
+        let started = self
+            .transition(&key.run_id, |step| {
+                let previous = step.state.previous_started_event_id;
+                let attempt = match step.state.workflow_task {
+                    workflow_task::WorkflowTaskState::Scheduled { attempt, .. } => attempt,
+                    _ => return Ok(None),
+                };
+                let started = workflow_task::on_started(step, scheduled_event_id, identity, &request_id);
+                let info = (step.state.workflow_id.clone(), step.state.workflow_type.clone());
+                Ok(started.map(|started_event_id| (started_event_id, previous, attempt, info)))
+            })
+            .await?;
+        let Some((started_event_id, previous, attempt, (workflow_id, workflow_type))) = started else { return Ok(None) };
+        let count = (started_event_id - previous) as usize;
+        let read = self.storage.read_events(&key.run_id, previous + 1, count).await;
+        let events = read.map_err(|e| unavailable(&e))?;
+        if self.env.buggify("service.workflow_task.lose_response") {
+            return Err(ServiceError::new(ErrorCode::Unavailable, "buggify: workflow task response lost"));
+        }
+        let task_token = TaskToken { run_id: key.run_id.clone(), scheduled_event_id, attempt, started_event_id };
+        Ok(Some(WorkflowTask { task_token, workflow_id, workflow_type, previous_started_event_id: previous, events }))
+    }
+
+    async fn complete_workflow_task(self: &Arc<Self>, request: CompleteWorkflowTaskRequest) -> Result<(), ServiceError> {
+        let token = request.task_token;
+        let rejection = self
+            .transition(&token.run_id, |step| {
+                workflow_task::check_token(step.state, &token)?;
+                let before = step.state.clone();
+                match workflow_task::on_completed(step, &token, &request.commands, &request.identity) {
+                    Ok(()) => Ok(None),
+                    Err(rejection) => {
+                        *step.state = before;
+                        step.events.clear();
+                        let failure = Failure::new(format!("{:?}", rejection.cause), rejection.message.clone());
+                        workflow_task::on_failed(step, &token, rejection.cause, failure, &request.identity);
+                        Ok(Some(rejection))
+                    }
+                }
+            })
+            .await?;
+        match rejection {
+            Some(rejection) if rejection.cause == crate::history::WorkflowTaskFailedCause::BadCommand => {
+                Err(invalid(format!("workflow task commands rejected: {}", rejection.message)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn fail_workflow_task(self: &Arc<Self>, request: FailWorkflowTaskRequest) -> Result<(), ServiceError> {
+        let token = request.task_token;
+        self.transition(&token.run_id, |step| {
+            workflow_task::check_token(step.state, &token)?;
+            workflow_task::on_failed(step, &token, request.cause, request.failure, &request.identity);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn poll_activity_task(self: &Arc<Self>, request: PollTaskRequest) -> Result<PollActivityTaskResponse, ServiceError> {
+        let deadline = self.env.now().plus_ms(self.config.poll_timeout_ms);
+        loop {
+            let wait_ms = deadline.millis_since(self.env.now());
+            let Some(item) = self.next_dispatch(QueueKind::Activity, &request.task_queue, wait_ms).await else {
+                return Ok(PollActivityTaskResponse { task: None });
+            };
+            let Dispatch::Task(key) = item else { continue };
+            match self.start_activity_task(&key, &request.identity).await {
+                Ok(Some(task)) => return Ok(PollActivityTaskResponse { task: Some(task) }),
+                Ok(None) => continue,
+                Err(error) => tracing::warn!(run_id = key.run_id, %error, "could not start activity task"),
+            }
+        }
+    }
+
+    async fn start_activity_task(self: &Arc<Self>, key: &TaskKey, identity: &str) -> Result<Option<ActivityTask>, ServiceError> {
+        let TaskKind::Activity { scheduled_event_id, attempt } = key.kind else { unreachable!("activity queues") };
+        let started = self
+            .transition(&key.run_id, |step| {
+                if activity::on_started(step, scheduled_event_id, attempt, identity).is_none() {
+                    return Ok(None);
+                }
+                let activity = step.state.activities[&scheduled_event_id].clone();
+                Ok(Some((activity, step.state.workflow_id.clone(), step.now)))
+            })
+            .await?;
+        let Some((activity, workflow_id, started_time)) = started else { return Ok(None) };
+        let read = self.storage.read_events(&key.run_id, scheduled_event_id, 1).await;
+        let events = read.map_err(|e| unavailable(&e))?;
+        let input = match events.first().map(|e| &e.kind) {
+            Some(EventKind::ActivityTaskScheduled(scheduled)) => scheduled.input.clone(),
+            _ => return Err(ServiceError::new(ErrorCode::Internal, "activity's scheduled event is missing")),
+        };
+        Ok(Some(ActivityTask {
+            task_token: TaskToken { run_id: key.run_id.clone(), scheduled_event_id, attempt, started_event_id: 0 },
+            workflow_id,
+            run_id: key.run_id.clone(),
+            activity_id: activity.activity_id,
+            activity_type: activity.activity_type,
+            input,
+            attempt,
+            scheduled_time: activity.scheduled_time,
+            started_time,
+            start_to_close_timeout_ms: Some(activity.start_to_close_timeout_ms),
+            heartbeat_timeout_ms: activity.heartbeat_timeout_ms,
+            heartbeat_details: activity.heartbeat_details,
+        }))
+    }
+
+    async fn respond_activity_task(self: &Arc<Self>, request: RespondActivityTaskRequest) -> Result<(), ServiceError> {
+        let token = request.task_token;
+        self.transition(&token.run_id, |step| activity::on_result(step, &token, request.result, &request.identity)).await
+    }
+
+    async fn heartbeat(self: &Arc<Self>, request: HeartbeatRequest) -> Result<HeartbeatResponse, ServiceError> {
+        let token = request.task_token;
+        let cancel_requested =
+            self.transition(&token.run_id, |step| activity::on_heartbeat(step, &token, request.details)).await?;
+        Ok(HeartbeatResponse { cancel_requested })
+    }
+}
+
+fn check_reuse(request: &StartWorkflowRequest, existing: &RunState) -> Result<(), ServiceError> {
+    let workflow_id = &request.workflow_id;
+    let run_id = &existing.run_id;
+    if !existing.status.is_closed() {
+        let message = format!("workflow id {workflow_id:?} is running as run {run_id}");
+        return Err(ServiceError::new(ErrorCode::AlreadyStarted, message));
+    }
+    let refused = match request.id_reuse_policy {
+        IdReusePolicy::AllowDuplicate => false,
+        IdReusePolicy::AllowDuplicateFailedOnly => existing.status == crate::env::RunStatus::Completed,
+        IdReusePolicy::RejectDuplicate => true,
+    };
+    if refused {
+        let message = format!(
+            "workflow id {workflow_id:?} was used by run {run_id} ({}); id reuse policy {:?} refuses a new run",
+            existing.status.as_str(),
+            request.id_reuse_policy
+        );
+        return Err(ServiceError::new(ErrorCode::AlreadyStarted, message));
+    }
+    Ok(())
+}
+
+fn describe(state: &RunState) -> RunDescription {
+    let pending_activities = state
+        .activities
+        .values()
+        .map(|a| PendingActivity {
+            activity_id: a.activity_id.clone(),
+            activity_type: a.activity_type.clone(),
+            state: a.phase_name().to_string(),
+            attempt: a.attempt,
+            last_failure: a.last_failure.clone(),
+            heartbeat_details: a.heartbeat_details.clone(),
+            last_heartbeat_time: match &a.phase {
+                machine::ActivityPhase::Started { last_heartbeat_time, .. } => *last_heartbeat_time,
+                _ => None,
+            },
+        })
+        .collect();
+    let pending_timers = state
+        .timers
+        .iter()
+        .map(|(timer_id, timer)| PendingTimer { timer_id: timer_id.clone(), fire_time: timer.fire_time })
+        .collect();
+    RunDescription {
+        workflow_id: state.workflow_id.clone(),
+        run_id: state.run_id.clone(),
+        workflow_type: state.workflow_type.clone(),
+        task_queue: state.task_queue.clone(),
+        status: state.status,
+        start_time: state.start_time,
+        close_time: state.close_time,
+        history_length: state.next_event_id - 1,
+        pending_activities,
+        pending_timers,
+        workflow_task: state.workflow_task.name().map(str::to_string),
+        last_workflow_task_failure: state.last_workflow_task_failure.clone(),
+        cancel_requested: state.cancel_requested,
+    }
+}
+

@@ -1,0 +1,295 @@
+//! The run state machine: pure functions from (run state, input, now) to
+//! (new run state, events). No async, no clock, no storage: the service feeds
+//! it and persists what it returns.
+//!
+//! One machine per file, each with its transition table on top:
+//! [`workflow_task`], [`activity`], [`timer`], and [`run`] (start, signals,
+//! cancel, terminate, timeouts, close). Tasks and timers are derived from the
+//! state ([`pending_tasks`], [`pending_timers`]), so what is dispatched and what
+//! is persisted can never disagree.
+
+pub mod activity;
+pub mod run;
+pub mod timer;
+pub mod workflow_task;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ErrorCode, RunOutcome, ServiceError};
+use crate::env::RunStatus;
+use crate::history::{ActivityTaskStarted, Event, EventKind, WorkflowTaskScheduled};
+use crate::types::{Failure, Timestamp};
+
+pub use activity::{ActivityPhase, ActivityState, LastStarted};
+pub use workflow_task::WorkflowTaskState;
+
+/// Signal request ids remembered per run for de-duplication.
+pub const SIGNAL_REQUEST_IDS_MAX: usize = 1_000;
+
+/// A run's mutable state, as persisted with every transition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub workflow_id: String,
+    pub run_id: String,
+    pub workflow_type: String,
+    pub task_queue: String,
+    pub status: RunStatus,
+    pub start_time: Timestamp,
+    pub close_time: Option<Timestamp>,
+    pub execution_deadline: Option<Timestamp>,
+    pub workflow_task_timeout_ms: u64,
+    pub start_request_id: String,
+    /// The id the next event gets.
+    pub next_event_id: u64,
+    pub workflow_task: WorkflowTaskState,
+    /// The `WorkflowTaskStarted` of the last completed workflow task.
+    pub previous_started_event_id: u64,
+    /// Open activities by scheduled event id.
+    pub activities: BTreeMap<u64, ActivityState>,
+    /// Open timers by timer id: (started event id, fire time).
+    pub timers: BTreeMap<String, TimerState>,
+    /// Events that arrived while a workflow task was started; written after it closes.
+    pub buffered: Vec<EventKind>,
+    /// Activities whose close is buffered (by activity id), still open in the history.
+    pub closing_activities: BTreeMap<String, u64>,
+    pub cancel_requested: bool,
+    pub signal_request_ids: VecDeque<String>,
+    pub last_workflow_task_failure: Option<Failure>,
+    pub outcome: Option<RunOutcome>,
+}
+
+/// An open durable timer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerState {
+    pub started_event_id: u64,
+    pub fire_time: Timestamp,
+    /// Fired while a workflow task was started: its `TimerFired` is buffered.
+    pub fired: bool,
+}
+
+/// A task to dispatch, derived from a run's state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskKey {
+    pub run_id: String,
+    pub task_queue: String,
+    pub kind: TaskKind,
+}
+
+/// Which task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TaskKind {
+    Workflow { scheduled_event_id: u64 },
+    Activity { scheduled_event_id: u64, attempt: u32 },
+}
+
+/// A durable timer of the engine (user timers and every timeout), derived from state.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TimerKey {
+    User { timer_id: String },
+    WorkflowTaskTimeout { scheduled_event_id: u64 },
+    WorkflowTaskBackoff { attempt: u32 },
+    ScheduleToStart { scheduled_event_id: u64, attempt: u32 },
+    StartToClose { scheduled_event_id: u64, attempt: u32 },
+    Heartbeat { scheduled_event_id: u64, attempt: u32 },
+    ScheduleToClose { scheduled_event_id: u64 },
+    RetryBackoff { scheduled_event_id: u64, attempt: u32 },
+    ExecutionTimeout,
+}
+
+/// Inputs the machine needs besides state and time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest payload a command or request may carry.
+    pub payload_bytes_max: u64,
+}
+
+/// One transition in progress: the state being changed, its time, the events
+/// written so far.
+pub struct Step<'a> {
+    pub state: &'a mut RunState,
+    pub now: Timestamp,
+    pub limits: Limits,
+    pub events: Vec<Event>,
+}
+
+pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> ServiceError {
+    ServiceError::new(code, message)
+}
+
+impl<'a> Step<'a> {
+    pub fn new(state: &'a mut RunState, now: Timestamp, limits: Limits) -> Step<'a> {
+        Step { state, now, limits, events: Vec::new() }
+    }
+
+    /// Writes an event now; returns its id.
+    pub fn emit(&mut self, kind: EventKind) -> u64 {
+        let event_id = self.state.next_event_id;
+        self.state.next_event_id += 1;
+        self.events.push(Event::new(event_id, self.now, kind));
+        event_id
+    }
+
+    /// An event the workflow must see: buffered while a workflow task is
+    /// started, else written at once with a workflow task scheduled for it.
+    pub fn deliver(&mut self, kind: EventKind) {
+        if self.state.workflow_task.is_started() {
+            self.state.buffered.push(kind);
+        } else {
+            self.emit(kind);
+            self.ensure_workflow_task();
+        }
+    }
+
+    /// An activity's close: its `ActivityTaskStarted` (if an attempt ever
+    /// started) directly followed by the outcome, whose `started_event_id` is
+    /// filled in when written.
+    pub fn deliver_activity_close(&mut self, started: Option<ActivityTaskStarted>, outcome: EventKind) {
+        if let Some(started) = started {
+            self.deliver_pair(EventKind::ActivityTaskStarted(started), outcome);
+        } else {
+            self.deliver(outcome);
+        }
+    }
+
+    fn deliver_pair(&mut self, started: EventKind, outcome: EventKind) {
+        if self.state.workflow_task.is_started() {
+            self.state.buffered.push(started);
+            self.state.buffered.push(outcome);
+        } else {
+            let started_event_id = self.emit(started);
+            self.emit(with_started_event_id(outcome, started_event_id));
+            self.ensure_workflow_task();
+        }
+    }
+
+    /// Writes the buffered events (after a workflow task closed).
+    pub fn flush_buffered(&mut self) {
+        let buffered = std::mem::take(&mut self.state.buffered);
+        self.state.closing_activities.clear();
+        self.state.timers.retain(|_, timer| !timer.fired);
+        self.emit_all(buffered);
+        debug_assert!(self.state.buffered.is_empty());
+    }
+
+    /// Writes events in order; an outcome that follows an `ActivityTaskStarted`
+    /// gets that event's id as its `started_event_id`.
+    pub fn emit_all(&mut self, kinds: Vec<EventKind>) {
+        let mut started_event_id = None;
+        for kind in kinds {
+            let kind = match started_event_id.take() {
+                Some(id) => with_started_event_id(kind, id),
+                None => kind,
+            };
+            let is_started = matches!(kind, EventKind::ActivityTaskStarted(_));
+            let event_id = self.emit(kind);
+            if is_started {
+                started_event_id = Some(event_id);
+            }
+        }
+    }
+
+    /// Schedules a workflow task unless one is scheduled, started or backing off.
+    pub fn ensure_workflow_task(&mut self) {
+        if !matches!(self.state.workflow_task, WorkflowTaskState::None) || self.state.status.is_closed() {
+            return;
+        }
+        self.schedule_workflow_task(1);
+    }
+
+    pub fn schedule_workflow_task(&mut self, attempt: u32) {
+        assert!(!self.state.workflow_task.is_started(), "one workflow task at a time");
+        let scheduled_event_id = self.emit(EventKind::WorkflowTaskScheduled(WorkflowTaskScheduled {
+            task_queue: self.state.task_queue.clone(),
+            start_to_close_timeout_ms: self.state.workflow_task_timeout_ms,
+            attempt,
+        }));
+        self.state.workflow_task = WorkflowTaskState::Scheduled { scheduled_event_id, attempt };
+    }
+
+    /// Checks a payload against the size limit.
+    pub fn check_payload(&self, what: &str, payload: &serde_json::Value) -> Result<(), ServiceError> {
+        let bytes = crate::history::payload_size_bytes(payload);
+        if bytes > self.limits.payload_bytes_max {
+            let message = format!("{what} is {bytes} bytes, more than the limit of {} bytes", self.limits.payload_bytes_max);
+            return Err(error(ErrorCode::PayloadTooLarge, message));
+        }
+        Ok(())
+    }
+}
+
+fn with_started_event_id(kind: EventKind, started_event_id: u64) -> EventKind {
+    match kind {
+        EventKind::ActivityTaskCompleted(mut a) => {
+            a.started_event_id = started_event_id;
+            EventKind::ActivityTaskCompleted(a)
+        }
+        EventKind::ActivityTaskFailed(mut a) => {
+            a.started_event_id = started_event_id;
+            EventKind::ActivityTaskFailed(a)
+        }
+        EventKind::ActivityTaskTimedOut(mut a) => {
+            a.started_event_id = Some(started_event_id);
+            EventKind::ActivityTaskTimedOut(a)
+        }
+        EventKind::ActivityTaskCanceled(mut a) => {
+            a.started_event_id = Some(started_event_id);
+            EventKind::ActivityTaskCanceled(a)
+        }
+        other => other,
+    }
+}
+
+/// The tasks the run waits on a worker for.
+pub fn pending_tasks(state: &RunState) -> Vec<TaskKey> {
+    let mut tasks = Vec::new();
+    if state.status.is_closed() {
+        return tasks;
+    }
+    if let WorkflowTaskState::Scheduled { scheduled_event_id, .. } = state.workflow_task {
+        let kind = TaskKind::Workflow { scheduled_event_id };
+        tasks.push(TaskKey { run_id: state.run_id.clone(), task_queue: state.task_queue.clone(), kind });
+    }
+    for (scheduled_event_id, activity) in &state.activities {
+        if let ActivityPhase::Scheduled { .. } = activity.phase {
+            let kind = TaskKind::Activity { scheduled_event_id: *scheduled_event_id, attempt: activity.attempt };
+            tasks.push(TaskKey { run_id: state.run_id.clone(), task_queue: activity.task_queue.clone(), kind });
+        }
+    }
+    tasks
+}
+
+/// Every durable timer the run has, with its deadline.
+pub fn pending_timers(state: &RunState) -> Vec<(Timestamp, TimerKey)> {
+    let mut timers = Vec::new();
+    if state.status.is_closed() {
+        return timers;
+    }
+    if let Some(deadline) = state.execution_deadline {
+        timers.push((deadline, TimerKey::ExecutionTimeout));
+    }
+    timers.extend(workflow_task::pending_timers(state));
+    for (timer_id, timer) in &state.timers {
+        if !timer.fired {
+            timers.push((timer.fire_time, TimerKey::User { timer_id: timer_id.clone() }));
+        }
+    }
+    for activity in state.activities.values() {
+        timers.extend(activity::pending_timers(activity));
+    }
+    timers
+}
+
+/// The outcome of a run closed with `kind`, if `kind` closes runs.
+pub fn outcome_of(kind: &EventKind) -> Option<(RunStatus, RunOutcome)> {
+    let pair = match kind {
+        EventKind::WorkflowExecutionCompleted(a) => (RunStatus::Completed, RunOutcome::Completed { result: a.result.clone() }),
+        EventKind::WorkflowExecutionFailed(a) => (RunStatus::Failed, RunOutcome::Failed { failure: a.failure.clone() }),
+        EventKind::WorkflowExecutionCanceled(a) => (RunStatus::Canceled, RunOutcome::Canceled { details: a.details.clone() }),
+        EventKind::WorkflowExecutionTerminated(a) => (RunStatus::Terminated, RunOutcome::Terminated { reason: a.reason.clone() }),
+        EventKind::WorkflowExecutionTimedOut(_) => (RunStatus::TimedOut, RunOutcome::TimedOut),
+        _ => return None,
+    };
+    Some(pair)
+}

@@ -1,0 +1,241 @@
+//! The run machine: start, commands, signals, cancel, terminate, timeouts, close.
+//!
+//! | status  | input                         | next    | events written                                     |
+//! |---------|-------------------------------|---------|----------------------------------------------------|
+//! | -       | start                         | Running | WorkflowExecutionStarted, WorkflowTaskScheduled     |
+//! | Running | signal (new request id)       | Running | WorkflowExecutionSignaled (delivered)               |
+//! | Running | signal (seen request id)      | Running | none                                               |
+//! | Running | cancel request (first)        | Running | WorkflowExecutionCancelRequested (delivered)        |
+//! | Running | Complete/Fail/CancelWorkflow command | closed | WorkflowExecutionCompleted / Failed / Canceled |
+//! | Running | terminate                     | Terminated | WorkflowExecutionTerminated (no workflow task)   |
+//! | Running | execution timeout timer       | TimedOut | WorkflowExecutionTimedOut                         |
+//! | closed  | signal, cancel, terminate     | closed  | none: refused with `run_closed`                     |
+//!
+//! Closing drops whatever is pending: activities, timers, buffered events, the
+//! workflow task.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::Value;
+
+use super::{Limits, RunState, SIGNAL_REQUEST_IDS_MAX, Step, TimerKey, WorkflowTaskState, error};
+use crate::api::{ErrorCode, ServiceError, StartWorkflowRequest};
+use crate::env::RunStatus;
+use crate::history::{
+    Event, EventKind, MarkerRecorded, WorkflowExecutionCancelRequested, WorkflowExecutionCanceled,
+    WorkflowExecutionCompleted, WorkflowExecutionFailed, WorkflowExecutionSignaled, WorkflowExecutionStarted,
+    WorkflowExecutionTerminated, WorkflowExecutionTimedOut,
+};
+use crate::types::{RetryState, Timestamp};
+use crate::workflow::Command;
+
+/// Default start-to-close timeout of workflow tasks.
+pub const WORKFLOW_TASK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+fn invalid(message: impl Into<String>) -> ServiceError {
+    error(ErrorCode::InvalidArgument, message)
+}
+
+/// Checks a start request's fields.
+pub fn check_start(request: &StartWorkflowRequest) -> Result<(), ServiceError> {
+    let fields = [
+        ("workflow_id", &request.workflow_id),
+        ("workflow_type", &request.workflow_type),
+        ("task_queue", &request.task_queue),
+        ("request_id", &request.request_id),
+    ];
+    for (name, value) in fields {
+        if value.trim().is_empty() {
+            return Err(invalid(format!("{name} must not be empty")));
+        }
+    }
+    if request.execution_timeout_ms == Some(0) || request.workflow_task_timeout_ms == Some(0) {
+        return Err(invalid("timeouts must be at least 1 ms"));
+    }
+    Ok(())
+}
+
+/// A new run: its state and its first events.
+pub fn start(request: &StartWorkflowRequest, run_id: &str, now: Timestamp, limits: Limits) -> Result<(RunState, Vec<Event>), ServiceError> {
+    check_start(request)?;
+    let workflow_task_timeout_ms = request.workflow_task_timeout_ms.unwrap_or(WORKFLOW_TASK_TIMEOUT_MS_DEFAULT);
+    let mut state = RunState {
+        workflow_id: request.workflow_id.clone(),
+        run_id: run_id.to_string(),
+        workflow_type: request.workflow_type.clone(),
+        task_queue: request.task_queue.clone(),
+        status: RunStatus::Running,
+        start_time: now,
+        close_time: None,
+        execution_deadline: request.execution_timeout_ms.map(|ms| now.plus_ms(ms)),
+        workflow_task_timeout_ms,
+        start_request_id: request.request_id.clone(),
+        next_event_id: 1,
+        workflow_task: WorkflowTaskState::None,
+        previous_started_event_id: 0,
+        activities: BTreeMap::new(),
+        timers: BTreeMap::new(),
+        buffered: Vec::new(),
+        closing_activities: BTreeMap::new(),
+        cancel_requested: false,
+        signal_request_ids: VecDeque::new(),
+        last_workflow_task_failure: None,
+        outcome: None,
+    };
+    let mut step = Step::new(&mut state, now, limits);
+    step.check_payload("workflow input", &request.input)?;
+    step.emit(EventKind::WorkflowExecutionStarted(WorkflowExecutionStarted {
+        workflow_type: request.workflow_type.clone(),
+        workflow_id: request.workflow_id.clone(),
+        task_queue: request.task_queue.clone(),
+        input: request.input.clone(),
+        execution_timeout_ms: request.execution_timeout_ms,
+        workflow_task_timeout_ms,
+        attempt: 1,
+        identity: request.identity.clone(),
+        request_id: request.request_id.clone(),
+    }));
+    step.schedule_workflow_task(1);
+    let events = std::mem::take(&mut step.events);
+    debug_assert_eq!(events.len(), 2);
+    Ok((state, events))
+}
+
+fn refuse_closed(state: &RunState) -> Result<(), ServiceError> {
+    if state.status.is_closed() {
+        let message = format!("run {} of workflow {:?} is closed ({})", state.run_id, state.workflow_id, state.status.as_str());
+        return Err(error(ErrorCode::RunClosed, message));
+    }
+    Ok(())
+}
+
+/// Applies one command of a completed workflow task.
+pub(super) fn apply_command(step: &mut Step<'_>, completed: u64, command: &Command, follow_ups: &mut Vec<EventKind>) -> Result<(), String> {
+    match command {
+        Command::ScheduleActivityTask(schedule) => super::activity::schedule(step, completed, schedule),
+        Command::RequestCancelActivityTask { activity_id } => {
+            super::activity::request_cancel(step, completed, activity_id, follow_ups)
+        }
+        Command::StartTimer { timer_id, start_to_fire_timeout_ms } => {
+            super::timer::start(step, completed, timer_id, *start_to_fire_timeout_ms)
+        }
+        Command::CancelTimer { timer_id } => super::timer::cancel(step, completed, timer_id),
+        Command::RecordMarker { marker_name, details } => {
+            step.check_payload("marker details", details).map_err(|e| e.message)?;
+            let marker = MarkerRecorded {
+                marker_name: marker_name.clone(),
+                details: details.clone(),
+                workflow_task_completed_event_id: completed,
+            };
+            step.emit(EventKind::MarkerRecorded(marker));
+            Ok(())
+        }
+        Command::CompleteWorkflowExecution { result } => {
+            step.check_payload("workflow result", result).map_err(|e| e.message)?;
+            let workflow_task_completed_event_id = completed;
+            let kind = WorkflowExecutionCompleted { result: result.clone(), workflow_task_completed_event_id };
+            close(step, EventKind::WorkflowExecutionCompleted(kind));
+            Ok(())
+        }
+        Command::FailWorkflowExecution { failure } => {
+            let workflow_task_completed_event_id = completed;
+            let kind = WorkflowExecutionFailed { failure: failure.clone(), workflow_task_completed_event_id };
+            close(step, EventKind::WorkflowExecutionFailed(kind));
+            Ok(())
+        }
+        Command::CancelWorkflowExecution { details } => {
+            if !step.state.cancel_requested {
+                return Err("CancelWorkflowExecution: no cancel was requested for this run".to_string());
+            }
+            let workflow_task_completed_event_id = completed;
+            let kind = WorkflowExecutionCanceled { details: details.clone(), workflow_task_completed_event_id };
+            close(step, EventKind::WorkflowExecutionCanceled(kind));
+            Ok(())
+        }
+    }
+}
+
+/// Writes the terminal event and drops everything pending.
+pub fn close(step: &mut Step<'_>, kind: EventKind) {
+    let (status, outcome) = super::outcome_of(&kind).expect("close is given a terminal event");
+    assert!(!step.state.status.is_closed(), "a run closes once");
+    step.emit(kind);
+    let state = &mut *step.state;
+    state.status = status;
+    state.outcome = Some(outcome);
+    state.close_time = Some(step.now);
+    state.workflow_task = WorkflowTaskState::None;
+    state.activities.clear();
+    state.timers.clear();
+    state.buffered.clear();
+    state.closing_activities.clear();
+}
+
+/// Delivers a signal once per request id. Returns false for a repeated request.
+pub fn on_signal(step: &mut Step<'_>, signal_name: &str, input: Value, identity: &str, request_id: &str) -> Result<bool, ServiceError> {
+    refuse_closed(step.state)?;
+    if signal_name.trim().is_empty() {
+        return Err(invalid("signal_name must not be empty"));
+    }
+    if step.state.signal_request_ids.iter().any(|id| id == request_id) {
+        return Ok(false);
+    }
+    step.check_payload("signal input", &input)?;
+    let ids = &mut step.state.signal_request_ids;
+    if ids.len() == SIGNAL_REQUEST_IDS_MAX {
+        ids.pop_front();
+    }
+    ids.push_back(request_id.to_string());
+    step.deliver(EventKind::WorkflowExecutionSignaled(WorkflowExecutionSignaled {
+        signal_name: signal_name.to_string(),
+        input,
+        identity: identity.to_string(),
+    }));
+    Ok(true)
+}
+
+/// Records a cancel request (once); the workflow decides what to do.
+pub fn on_cancel_requested(step: &mut Step<'_>, reason: &str, identity: &str) -> Result<(), ServiceError> {
+    refuse_closed(step.state)?;
+    if step.state.cancel_requested {
+        return Ok(());
+    }
+    step.state.cancel_requested = true;
+    step.deliver(EventKind::WorkflowExecutionCancelRequested(WorkflowExecutionCancelRequested {
+        cause: reason.to_string(),
+        identity: identity.to_string(),
+    }));
+    Ok(())
+}
+
+/// Closes the run at once, without workflow code.
+pub fn on_terminate(step: &mut Step<'_>, reason: &str, details: Option<Value>, identity: &str) -> Result<(), ServiceError> {
+    refuse_closed(step.state)?;
+    let kind = WorkflowExecutionTerminated { reason: reason.to_string(), details, identity: identity.to_string() };
+    close(step, EventKind::WorkflowExecutionTerminated(kind));
+    Ok(())
+}
+
+/// A durable timer of the run fired. Returns false if it no longer applies
+/// (the activity closed, the heartbeat moved the deadline, ...).
+pub fn on_timer(step: &mut Step<'_>, key: &TimerKey) -> bool {
+    if step.state.status.is_closed() {
+        return false;
+    }
+    match key {
+        TimerKey::User { timer_id } => super::timer::on_fired(step, timer_id),
+        TimerKey::WorkflowTaskTimeout { scheduled_event_id } => {
+            super::workflow_task::on_timeout(step, *scheduled_event_id)
+        }
+        TimerKey::WorkflowTaskBackoff { attempt } => super::workflow_task::on_backoff_fired(step, *attempt),
+        TimerKey::ExecutionTimeout => {
+            let due = step.state.execution_deadline.is_some_and(|deadline| step.now >= deadline);
+            if due {
+                let kind = WorkflowExecutionTimedOut { retry_state: RetryState::RetryPolicyNotSet };
+                close(step, EventKind::WorkflowExecutionTimedOut(kind));
+            }
+            due
+        }
+        _ => super::activity::on_timer(step, key),
+    }
+}

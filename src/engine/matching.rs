@@ -1,0 +1,121 @@
+//! Task queues with long-poll matching.
+//!
+//! A task offered to a queue goes straight to a waiting poller if there is one,
+//! else waits in the queue. Tasks are keys derived from run state; a poller that
+//! takes a stale key (the task was started, timed out or the run closed)
+//! simply takes the next one, so duplicates are harmless. Queries travel on
+//! workflow queues beside workflow tasks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use tokio::sync::oneshot;
+
+use super::machine::TaskKey;
+use crate::api::QueryTask;
+
+/// Workflow and activity queues of the same name are different queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QueueKind {
+    Workflow,
+    Activity,
+}
+
+/// What a poller receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Dispatch {
+    Task(TaskKey),
+    Query(QueryTask),
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Dispatch>,
+    present: BTreeSet<TaskKey>,
+    pollers: VecDeque<oneshot::Sender<Dispatch>>,
+}
+
+/// Every queue of the service.
+#[derive(Default)]
+pub struct Matching {
+    queues: BTreeMap<(QueueKind, String), Queue>,
+}
+
+impl Matching {
+    /// Offers a task or query; a task already waiting in the queue is not added twice.
+    pub fn offer(&mut self, kind: QueueKind, name: &str, item: Dispatch) {
+        let queue = self.queues.entry((kind, name.to_string())).or_default();
+        if let Dispatch::Task(key) = &item
+            && queue.present.contains(key)
+        {
+            return;
+        }
+        let mut item = item;
+        while let Some(poller) = queue.pollers.pop_front() {
+            match poller.send(item) {
+                Ok(()) => return,
+                Err(returned) => item = returned,
+            }
+        }
+        if let Dispatch::Task(key) = &item {
+            queue.present.insert(key.clone());
+        }
+        queue.items.push_back(item);
+    }
+
+    /// Takes the next waiting item, or registers a poller to receive one.
+    pub fn take_or_wait(&mut self, kind: QueueKind, name: &str) -> Result<Dispatch, oneshot::Receiver<Dispatch>> {
+        let queue = self.queues.entry((kind, name.to_string())).or_default();
+        if let Some(item) = queue.items.pop_front() {
+            if let Dispatch::Task(key) = &item {
+                queue.present.remove(key);
+            }
+            return Ok(item);
+        }
+        queue.pollers.retain(|poller| !poller.is_closed());
+        let (sender, receiver) = oneshot::channel();
+        queue.pollers.push_back(sender);
+        Err(receiver)
+    }
+
+    /// Items waiting in a queue (for tests and describe).
+    pub fn backlog(&self, kind: QueueKind, name: &str) -> usize {
+        self.queues.get(&(kind, name.to_string())).map_or(0, |q| q.items.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::machine::TaskKind;
+
+    fn key(n: u64) -> TaskKey {
+        TaskKey { run_id: "r".into(), task_queue: "q".into(), kind: TaskKind::Workflow { scheduled_event_id: n } }
+    }
+
+    #[test]
+    fn a_queued_task_is_not_queued_twice() {
+        let mut matching = Matching::default();
+        matching.offer(QueueKind::Workflow, "q", Dispatch::Task(key(2)));
+        matching.offer(QueueKind::Workflow, "q", Dispatch::Task(key(2)));
+        assert_eq!(matching.backlog(QueueKind::Workflow, "q"), 1);
+        assert_eq!(matching.backlog(QueueKind::Activity, "q"), 0, "activity queues are separate");
+    }
+
+    #[test]
+    fn a_waiting_poller_gets_the_task_directly() {
+        let mut matching = Matching::default();
+        let Err(mut receiver) = matching.take_or_wait(QueueKind::Activity, "q") else { panic!("queue is empty") };
+        matching.offer(QueueKind::Activity, "q", Dispatch::Task(key(5)));
+        assert_eq!(receiver.try_recv().unwrap(), Dispatch::Task(key(5)));
+        assert_eq!(matching.backlog(QueueKind::Activity, "q"), 0);
+    }
+
+    #[test]
+    fn a_gone_poller_does_not_swallow_the_task() {
+        let mut matching = Matching::default();
+        let Err(receiver) = matching.take_or_wait(QueueKind::Workflow, "q") else { panic!("queue is empty") };
+        drop(receiver);
+        matching.offer(QueueKind::Workflow, "q", Dispatch::Task(key(7)));
+        assert_eq!(matching.take_or_wait(QueueKind::Workflow, "q").ok(), Some(Dispatch::Task(key(7))));
+    }
+}

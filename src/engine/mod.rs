@@ -1,0 +1,10 @@
+//! The service: runs' state machines, task queues with long-poll matching,
+//! durable timers, signals, queries, cancellation and termination.
+
+mod handlers;
+pub mod machine;
+mod matching;
+mod service;
+mod timer_queue;
+
+pub use service::{Service, ServiceConfig};

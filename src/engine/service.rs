@@ -1,0 +1,397 @@
+//! The service's shell around the pure run machine: per-run serialization, one
+//! atomic storage write per transition, and the in-memory indexes (task queues,
+//! timers) derived from what was committed.
+//!
+//! Every change to a run goes through [`Inner::transition`]: lock the run, apply
+//! a pure machine function to a copy of its state, write the events and the new
+//! state in one batch, and only then publish the new state and sync its tasks and
+//! timers. A failed (or ambiguous) write drops the cached state; the run is
+//! reloaded from storage and re-synced, so a write that committed despite
+//! reporting a timeout never loses a task.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{Notify, OwnedMutexGuard, Semaphore, oneshot};
+
+use super::machine::{self, Limits, RunState, Step, TaskKind};
+use super::matching::{Dispatch, Matching, QueueKind};
+use super::timer_queue::TimerQueue;
+use crate::api::{ErrorCode, Reply, Request, RunOutcome, ServiceError};
+use crate::env::{BoxFuture, Env, ListQuery, RequestHandler, RunRecord, RunStatus, Storage, StorageError, WriteBatch};
+use crate::history::{Event, HistoryLimits};
+
+/// Tunables of the service. Every bound is named `_max`, every duration `_ms`.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// How long a poll waits for a task before returning empty.
+    pub poll_timeout_ms: u64,
+    /// How long a query waits for a worker's answer.
+    pub query_timeout_ms: u64,
+    /// Longest wait of a result long poll.
+    pub result_wait_ms_max: u64,
+    /// Events per history page.
+    pub history_page_size_max: u32,
+    /// Runs per list page.
+    pub list_page_size_max: u32,
+    /// History size limits.
+    pub limits: HistoryLimits,
+    /// Open runs the service holds at once.
+    pub open_runs_max: usize,
+    /// Timers fired concurrently.
+    pub timers_firing_max: usize,
+    /// Attempts to reload a run after a failed write before giving up.
+    pub resync_attempts_max: u32,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            poll_timeout_ms: 20_000,
+            query_timeout_ms: 10_000,
+            result_wait_ms_max: 60_000,
+            history_page_size_max: 10_000,
+            list_page_size_max: 1_000,
+            limits: HistoryLimits::default(),
+            open_runs_max: 1_000_000,
+            timers_firing_max: 64,
+            resync_attempts_max: 1_000,
+        }
+    }
+}
+
+/// A run's cached state and the stored version it matches.
+pub(super) struct Loaded {
+    pub state: RunState,
+    pub version: u64,
+}
+
+/// The lock of one run; `None` until loaded (or after a failed write).
+#[derive(Default)]
+pub(super) struct RunSlot {
+    pub loaded: Option<Loaded>,
+}
+
+pub(super) struct Inner {
+    pub env: Env,
+    pub storage: Arc<dyn Storage>,
+    pub config: ServiceConfig,
+    runs: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<RunSlot>>>>,
+    pub matching: Mutex<Matching>,
+    timers: Mutex<TimerQueue>,
+    timer_wake: Arc<Notify>,
+    timer_permits: Arc<Semaphore>,
+    pub result_waiters: Mutex<BTreeMap<String, Vec<oneshot::Sender<RunOutcome>>>>,
+    pub queries: Mutex<BTreeMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.timer_wake.notify_one();
+    }
+}
+
+/// The Retrace service. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+pub(super) fn unavailable(error: &StorageError) -> ServiceError {
+    ServiceError::new(ErrorCode::Unavailable, format!("storage: {error}"))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().expect("service locks are never held across a panic")
+}
+
+pub(super) fn decode_state(record: &RunRecord) -> Result<RunState, ServiceError> {
+    serde_json::from_slice(&record.state).map_err(|e| {
+        let message = format!("run {}: stored state does not decode: {e}", record.run_id);
+        ServiceError::new(ErrorCode::Internal, message)
+    })
+}
+
+pub(super) fn record_of(state: &RunState, version: u64) -> RunRecord {
+    RunRecord {
+        run_id: state.run_id.clone(),
+        workflow_id: state.workflow_id.clone(),
+        workflow_type: state.workflow_type.clone(),
+        task_queue: state.task_queue.clone(),
+        status: state.status,
+        start_time: state.start_time,
+        close_time: state.close_time,
+        next_event_id: state.next_event_id,
+        version,
+        state: serde_json::to_vec(state).expect("run state always encodes"),
+    }
+}
+
+impl Service {
+    /// Starts the service over `storage`: loads every open run, rebuilds task
+    /// queues and timers from their state, and starts the timer loop.
+    pub async fn start(env: Env, storage: Arc<dyn Storage>, config: ServiceConfig) -> Result<Service, ServiceError> {
+        let inner = Arc::new(Inner {
+            timer_permits: Arc::new(Semaphore::new(config.timers_firing_max)),
+            env,
+            storage,
+            config,
+            runs: Mutex::new(BTreeMap::new()),
+            matching: Mutex::new(Matching::default()),
+            timers: Mutex::new(TimerQueue::default()),
+            timer_wake: Arc::new(Notify::new()),
+            result_waiters: Mutex::new(BTreeMap::new()),
+            queries: Mutex::new(BTreeMap::new()),
+        });
+        inner.recover().await?;
+        let weak = Arc::downgrade(&inner);
+        let wake = inner.timer_wake.clone();
+        inner.env.spawn("service-timers", timer_loop(weak, wake));
+        Ok(Service { inner })
+    }
+
+    /// The request handler, for a network to serve.
+    pub fn handler(&self) -> Arc<dyn RequestHandler> {
+        Arc::new(self.clone())
+    }
+
+    /// Handles one request.
+    pub async fn handle(&self, request: Request) -> Reply {
+        self.inner.clone().handle(request).await
+    }
+
+    /// Open runs held in memory.
+    pub fn open_runs(&self) -> usize {
+        lock(&self.inner.runs).len()
+    }
+
+    /// Tasks waiting in a workflow (or activity) queue.
+    pub fn backlog(&self, task_queue: &str, activities: bool) -> usize {
+        let kind = if activities { QueueKind::Activity } else { QueueKind::Workflow };
+        lock(&self.inner.matching).backlog(kind, task_queue)
+    }
+}
+
+impl RequestHandler for Service {
+    fn handle(&self, request: Request) -> BoxFuture<'static, Reply> {
+        Box::pin(self.inner.clone().handle(request))
+    }
+}
+
+impl Inner {
+    pub fn limits(&self) -> Limits {
+        Limits { payload_bytes_max: self.config.limits.payload_bytes_max }
+    }
+
+    async fn recover(self: &Arc<Self>) -> Result<(), ServiceError> {
+        let mut after_run_id = None;
+        loop {
+            let query = ListQuery { status: Some(RunStatus::Running), after_run_id, limit: 1_000, ..ListQuery::default() };
+            let page = self.storage.list_runs(query).await.map_err(|e| unavailable(&e))?;
+            for record in &page {
+                let state = decode_state(record)?;
+                self.sync(&state);
+                let loaded = Loaded { state, version: record.version };
+                let slot = RunSlot { loaded: Some(loaded) };
+                lock(&self.runs).insert(record.run_id.clone(), Arc::new(tokio::sync::Mutex::new(slot)));
+            }
+            match page.last() {
+                Some(last) if page.len() == 1_000 => after_run_id = Some(last.run_id.clone()),
+                _ => break,
+            }
+        }
+        tracing::info!(open_runs = lock(&self.runs).len(), "service recovered open runs");
+        Ok(())
+    }
+
+    /// Locks a run and loads its state. Closed runs are loaded but not kept.
+    pub async fn lock_run(self: &Arc<Self>, run_id: &str) -> Result<OwnedMutexGuard<RunSlot>, ServiceError> {
+        let slot = lock(&self.runs).entry(run_id.to_string()).or_default().clone();
+        let mut guard = slot.lock_owned().await;
+        if guard.loaded.is_none() {
+            let loaded = self.storage.read_run(run_id).await;
+            let record = match loaded {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    self.forget(run_id);
+                    return Err(ServiceError::new(ErrorCode::NotFound, format!("no run with id {run_id:?}")));
+                }
+                Err(error) => return Err(unavailable(&error)),
+            };
+            let state = decode_state(&record)?;
+            self.sync(&state);
+            guard.loaded = Some(Loaded { state, version: record.version });
+        }
+        if guard.loaded.as_ref().is_some_and(|l| l.state.status.is_closed()) {
+            self.forget(run_id);
+        }
+        Ok(guard)
+    }
+
+    pub fn insert_slot(&self, run_id: String, slot: RunSlot) {
+        lock(&self.runs).insert(run_id, Arc::new(tokio::sync::Mutex::new(slot)));
+    }
+
+    fn forget(&self, run_id: &str) {
+        lock(&self.runs).remove(run_id);
+    }
+
+    pub fn open_run_count(&self) -> usize {
+        lock(&self.runs).len()
+    }
+
+    /// Applies `f` to a copy of the run's state and commits the result.
+    /// `f` is pure: it sees the state and the service's time, nothing else.
+    pub async fn transition<T>(
+        self: &Arc<Self>,
+        run_id: &str,
+        f: impl FnOnce(&mut Step<'_>) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let mut guard = self.lock_run(run_id).await?;
+        let loaded = guard.loaded.as_ref().expect("lock_run loads the run");
+        let mut next = loaded.state.clone();
+        let mut step = Step::new(&mut next, self.env.now(), self.limits());
+        let value = f(&mut step)?;
+        let events = std::mem::take(&mut step.events);
+        if events.is_empty() && next == loaded.state {
+            return Ok(value);
+        }
+        self.commit(&mut guard, next, events).await?;
+        Ok(value)
+    }
+
+    /// Writes the new state and events in one batch; publishes them once durable.
+    async fn commit(self: &Arc<Self>, slot: &mut RunSlot, next: RunState, events: Vec<Event>) -> Result<(), ServiceError> {
+        let loaded = slot.loaded.as_mut().expect("commit follows a load");
+        assert_eq!(events.first().map_or(next.next_event_id, |e| e.event_id), loaded.state.next_event_id);
+        let batch = WriteBatch {
+            run: record_of(&next, loaded.version + 1),
+            expected_version: Some(loaded.version),
+            events,
+            claim: None,
+        };
+        let run_id = next.run_id.clone();
+        match self.storage.write(batch).await {
+            Ok(()) => {
+                loaded.state = next;
+                loaded.version += 1;
+                self.after_commit(&loaded.state);
+                if self.env.buggify("service.commit.drop_cache") {
+                    slot.loaded = None;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(run_id, %error, "write failed; the run will be reloaded from storage");
+                slot.loaded = None;
+                self.spawn_resync(run_id);
+                Err(unavailable(&error))
+            }
+        }
+    }
+
+    /// After a durable commit: publish tasks and timers, wake result waiters.
+    pub fn after_commit(&self, state: &RunState) {
+        self.sync(state);
+        if let Some(outcome) = &state.outcome {
+            self.forget(&state.run_id);
+            let waiters = lock(&self.result_waiters).remove(&state.run_id).unwrap_or_default();
+            for waiter in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+        }
+    }
+
+    /// Offers the run's pending tasks and queues its timers (idempotent).
+    pub fn sync(&self, state: &RunState) {
+        let tasks = machine::pending_tasks(state);
+        if !tasks.is_empty() {
+            let mut matching = lock(&self.matching);
+            for key in tasks {
+                let kind = match key.kind {
+                    TaskKind::Workflow { .. } => QueueKind::Workflow,
+                    TaskKind::Activity { .. } => QueueKind::Activity,
+                };
+                let queue = key.task_queue.clone();
+                matching.offer(kind, &queue, Dispatch::Task(key));
+            }
+        }
+        let mut wake = false;
+        {
+            let mut timers = lock(&self.timers);
+            for (deadline, key) in machine::pending_timers(state) {
+                wake |= timers.insert(&state.run_id, key, deadline);
+            }
+        }
+        if wake {
+            self.timer_wake.notify_one();
+        }
+    }
+
+    /// Reloads a run after a failed write until storage answers again.
+    fn spawn_resync(self: &Arc<Self>, run_id: String) {
+        let weak = Arc::downgrade(self);
+        let attempts_max = self.config.resync_attempts_max;
+        let env = self.env.clone();
+        self.env.spawn("service-resync", async move {
+            for attempt in 0..attempts_max {
+                env.sleep_ms(50u64 << attempt.min(5)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                match inner.lock_run(&run_id).await {
+                    Ok(_) => return,
+                    Err(error) if error.code == ErrorCode::NotFound => return,
+                    Err(error) => tracing::warn!(run_id, %error, attempt, "resync failed; retrying"),
+                }
+            }
+            tracing::error!(run_id, "gave up reloading the run; it resumes when the service restarts");
+        });
+    }
+
+    /// Fires one durable timer: applies it if it still holds, and re-syncs the
+    /// run either way (a heartbeat may have moved the deadline).
+    async fn fire_timer(self: Arc<Self>, run_id: String, key: machine::TimerKey) {
+        let fired = self.transition(&run_id, |step| Ok(machine::run::on_timer(step, &key))).await;
+        match fired {
+            Ok(_) => {
+                if let Ok(guard) = self.lock_run(&run_id).await
+                    && let Some(loaded) = &guard.loaded
+                {
+                    self.sync(&loaded.state);
+                }
+            }
+            Err(error) if error.code == ErrorCode::NotFound => {}
+            Err(error) => tracing::warn!(run_id, ?key, %error, "timer could not fire; the run will be reloaded"),
+        }
+    }
+
+    fn due_timers(&self) -> (Vec<(String, machine::TimerKey)>, Option<crate::types::Timestamp>) {
+        let mut timers = lock(&self.timers);
+        let due = timers.pop_due(self.env.now());
+        (due, timers.next_deadline())
+    }
+}
+
+/// Fires timers as their deadlines pass. Holds the service weakly: it ends
+/// when the service is dropped.
+async fn timer_loop(weak: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let (due, next) = inner.due_timers();
+        for (run_id, key) in due {
+            let permit = inner.timer_permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let firing = inner.clone();
+            inner.env.spawn("service-fire-timer", async move {
+                firing.fire_timer(run_id, key).await;
+                drop(permit);
+            });
+        }
+        let sleep = match next {
+            Some(deadline) => inner.env.clock.sleep_until(deadline),
+            None => inner.env.sleep_ms(3_600_000),
+        };
+        drop(inner);
+        let notified = wake.notified();
+        futures::pin_mut!(notified);
+        futures::future::select(sleep, notified).await;
+    }
+}
