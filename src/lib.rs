@@ -17,8 +17,10 @@
 
 pub mod activity;
 pub mod api;
+pub mod client;
 pub mod engine;
 pub mod env;
 pub mod history;
 pub mod types;
+pub mod worker;
 pub mod workflow;

@@ -20,7 +20,8 @@ fn block_on<F: Future>(future: F) -> F::Output {
 /// A fresh SQLite storage in its own temporary directory (kept alive with it).
 fn sqlite_storage() -> (tempfile::TempDir, SqliteStorage) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let storage = SqliteStorage::open(dir.path().join("retrace.db")).expect("a fresh database opens");
+    let storage =
+        SqliteStorage::open(dir.path().join("retrace.db")).expect("a fresh database opens");
     (dir, storage)
 }
 
@@ -65,7 +66,8 @@ macro_rules! conformance_tests {
                     Arc::new(storage) as Arc<dyn Storage>
                 };
                 block_on(conformance::run_all(&make));
-                assert!(opened.load(Ordering::Relaxed) > 1, "run_all gives each check a fresh storage");
+                let opened = opened.load(Ordering::Relaxed);
+                assert!(opened > 1, "run_all gives each check a fresh storage");
             }
         }
     };

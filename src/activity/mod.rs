@@ -10,7 +10,6 @@ mod options;
 mod retry;
 
 pub use context::{ActivityContext, ActivityInfo, CancelReason};
-#[allow(unused_imports)]
 pub(crate) use context::ActivityShared;
 pub use options::{ActivityCancellationType, ActivityOptions};
 pub use retry::*;

@@ -1,10 +1,12 @@
 //! The service: runs' state machines, task queues with long-poll matching,
 //! durable timers, signals, queries, cancellation and termination.
 
+mod embedded;
 mod handlers;
 pub mod machine;
 mod matching;
 mod service;
 mod timer_queue;
 
+pub use embedded::EmbeddedEngine;
 pub use service::{Service, ServiceConfig};

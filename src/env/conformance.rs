@@ -117,7 +117,12 @@ fn create_with(mut run: RunRecord, count: usize, previous_run_id: Option<&str>) 
         workflow_id: run.workflow_id.clone(),
         previous_run_id: previous_run_id.map(str::to_string),
     };
-    WriteBatch { run, expected_version: None, events, claim: Some(claim) }
+    WriteBatch {
+        run,
+        expected_version: None,
+        events,
+        claim: Some(claim),
+    }
 }
 
 /// Appends `count` events to the stored `run`, bumping its version.
@@ -127,7 +132,12 @@ fn append(stored: &RunRecord, count: usize) -> WriteBatch {
     run.next_event_id = stored.next_event_id + count as u64;
     run.state = format!("{} at version {}", run.run_id, run.version).into_bytes();
     let events = signals(&run.run_id, stored.next_event_id, count);
-    WriteBatch { run, expected_version: Some(stored.version), events, claim: None }
+    WriteBatch {
+        run,
+        expected_version: Some(stored.version),
+        events,
+        claim: None,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -183,8 +193,16 @@ struct Snapshot {
     runs: Vec<RunRecord>,
 }
 
-async fn snapshot(storage: &dyn Storage, run_id: &str, workflow_id: &str, property: &str) -> Snapshot {
-    let all = ListQuery { limit: RUNS_LIST_MAX, ..ListQuery::default() };
+async fn snapshot(
+    storage: &dyn Storage,
+    run_id: &str,
+    workflow_id: &str,
+    property: &str,
+) -> Snapshot {
+    let all = ListQuery {
+        limit: RUNS_LIST_MAX,
+        ..ListQuery::default()
+    };
     Snapshot {
         run: read_run(storage, run_id, property).await,
         events: read_events(storage, run_id, 1, EVENTS_READ_MAX, property).await,
@@ -208,22 +226,35 @@ async fn refuse(storage: &dyn Storage, batch: WriteBatch, property: &str) -> Sto
         Err(error) => error,
     };
     let after = snapshot(storage, &run_id, &workflow_id, property).await;
-    assert_eq!(after, before, "{property}: the refused write ({error}) changed stored data");
+    assert_eq!(
+        after, before,
+        "{property}: the refused write ({error}) changed stored data"
+    );
     error
 }
 
 fn assert_bad_batch(error: &StorageError, run_id: &str, property: &str) {
     match error {
-        StorageError::BadBatch { run_id: refused, .. } if refused == run_id => {}
+        StorageError::BadBatch {
+            run_id: refused, ..
+        } if refused == run_id => {}
         other => panic!("{property}: expected BadBatch for run {run_id}, got {other:?}"),
     }
 }
 
 fn version_conflict(run_id: &str, expected: Option<u64>, found: Option<u64>) -> StorageError {
-    StorageError::VersionConflict { run_id: run_id.to_string(), expected, found }
+    StorageError::VersionConflict {
+        run_id: run_id.to_string(),
+        expected,
+        found,
+    }
 }
 
-fn workflow_id_conflict(workflow_id: &str, expected: Option<&str>, current: Option<&str>) -> StorageError {
+fn workflow_id_conflict(
+    workflow_id: &str,
+    expected: Option<&str>,
+    current: Option<&str>,
+) -> StorageError {
     StorageError::WorkflowIdConflict {
         workflow_id: workflow_id.to_string(),
         expected: expected.map(str::to_string),
@@ -239,29 +270,56 @@ fn workflow_id_conflict(workflow_id: &str, expected: Option<&str>, current: Opti
 /// another run exists.
 pub async fn unknown_run_reads_as_none_and_empty(storage: &dyn Storage) {
     let property = "unknown_run_reads_as_none_and_empty";
-    for (index, round) in ["empty storage", "after another run was created"].into_iter().enumerate() {
+    for (index, round) in ["empty storage", "after another run was created"]
+        .into_iter()
+        .enumerate()
+    {
         let run = read_run(storage, "run-unknown", property).await;
-        assert_eq!(run, None, "{property}: {round}: an unknown run read as a record");
+        assert_eq!(
+            run, None,
+            "{property}: {round}: an unknown run read as a record"
+        );
         let events = read_events(storage, "run-unknown", 1, EVENTS_READ_MAX, property).await;
-        assert!(events.is_empty(), "{property}: {round}: an unknown run has events");
+        assert!(
+            events.is_empty(),
+            "{property}: {round}: an unknown run has events"
+        );
         let current = current_run(storage, "wf-unknown", property).await;
-        assert_eq!(current, None, "{property}: {round}: an unknown workflow id has a run");
-        let query = ListQuery { workflow_type: Some("unknown".to_string()), limit: 10, ..ListQuery::default() };
+        assert_eq!(
+            current, None,
+            "{property}: {round}: an unknown workflow id has a run"
+        );
+        let query = ListQuery {
+            workflow_type: Some("unknown".to_string()),
+            limit: 10,
+            ..ListQuery::default()
+        };
         let runs = list_runs(storage, query, property).await;
-        assert!(runs.is_empty(), "{property}: {round}: listing an unknown type found runs");
+        assert!(
+            runs.is_empty(),
+            "{property}: {round}: listing an unknown type found runs"
+        );
         if index == 0 {
             write_ok(storage, create("run-other", 2), property).await;
         }
     }
-    let all = ListQuery { limit: RUNS_LIST_MAX, ..ListQuery::default() };
+    let all = ListQuery {
+        limit: RUNS_LIST_MAX,
+        ..ListQuery::default()
+    };
     let runs = list_runs(storage, all, property).await;
-    assert_eq!(runs.len(), 1, "{property}: listing everything should find run-other alone");
+    assert_eq!(
+        runs.len(),
+        1,
+        "{property}: listing everything should find run-other alone"
+    );
 }
 
 /// A history with most event kinds: start, workflow tasks, an activity, a
 /// timer, a marker, completion.
 fn rich_history(workflow_id: &str, run_id: &str) -> Vec<Event> {
-    let mut builder = HistoryBuilder::for_run(workflow_id, run_id, "order", json!({ "items": [1, 2, 3] }));
+    let mut builder =
+        HistoryBuilder::for_run(workflow_id, run_id, "order", json!({ "items": [1, 2, 3] }));
     builder.add_full_workflow_task();
     let scheduled = builder.add_activity_scheduled("1", "charge", json!({ "cents": 1250 }));
     builder.advance_ms(250);
@@ -271,7 +329,10 @@ fn rich_history(workflow_id: &str, run_id: &str) -> Vec<Event> {
     builder.advance_ms(5_000);
     builder.add_timer_fired("1", timer);
     builder.add_full_workflow_task();
-    builder.add_marker("side_effect", json!({ "value": 0.5, "text": "é \"quoted\" \n" }));
+    builder.add_marker(
+        "side_effect",
+        json!({ "value": 0.5, "text": "é \"quoted\" \n" }),
+    );
     builder.add_workflow_execution_completed(json!({ "receipt": "r-1", "null": null }));
     builder.build().events().to_vec()
 }
@@ -287,17 +348,39 @@ pub async fn created_run_reads_back_equal(storage: &dyn Storage) {
     run.close_time = Some(START_TIME.plus_ms(5_250));
     run.next_event_id = events.len() as u64 + 1;
     run.state = vec![0, 1, 2, 0xfe, 0xff, 0, b'\n'];
-    let claim = WorkflowIdClaim { workflow_id: "wf-rich".to_string(), previous_run_id: None };
-    let batch = WriteBatch { run: run.clone(), expected_version: None, events: events.clone(), claim: Some(claim) };
+    let claim = WorkflowIdClaim {
+        workflow_id: "wf-rich".to_string(),
+        previous_run_id: None,
+    };
+    let batch = WriteBatch {
+        run: run.clone(),
+        expected_version: None,
+        events: events.clone(),
+        claim: Some(claim),
+    };
     write_ok(storage, batch, property).await;
 
     let stored = read_run(storage, "run-rich", property).await;
-    assert_eq!(stored.as_ref(), Some(&run), "{property}: the record read back differs");
+    assert_eq!(
+        stored.as_ref(),
+        Some(&run),
+        "{property}: the record read back differs"
+    );
     let stored_events = read_events(storage, "run-rich", 1, EVENTS_READ_MAX, property).await;
-    assert_eq!(stored_events, events, "{property}: the events read back differ");
+    assert_eq!(
+        stored_events, events,
+        "{property}: the events read back differ"
+    );
     let current = current_run(storage, "wf-rich", property).await;
-    assert_eq!(current.as_deref(), Some("run-rich"), "{property}: the workflow id was not claimed");
-    let all = ListQuery { limit: RUNS_LIST_MAX, ..ListQuery::default() };
+    assert_eq!(
+        current.as_deref(),
+        Some("run-rich"),
+        "{property}: the workflow id was not claimed"
+    );
+    let all = ListQuery {
+        limit: RUNS_LIST_MAX,
+        ..ListQuery::default()
+    };
     let listed = list_runs(storage, all, property).await;
     assert_eq!(listed, vec![run], "{property}: the listed record differs");
 }
@@ -325,10 +408,22 @@ pub async fn every_run_status_round_trips(storage: &dyn Storage) {
     }
     for (status, run) in &runs {
         let stored = read_run(storage, &run.run_id, property).await;
-        assert_eq!(stored.as_ref(), Some(run), "{property}: status {status:?} read back differs");
-        let query = ListQuery { status: Some(*status), limit: RUNS_LIST_MAX, ..ListQuery::default() };
+        assert_eq!(
+            stored.as_ref(),
+            Some(run),
+            "{property}: status {status:?} read back differs"
+        );
+        let query = ListQuery {
+            status: Some(*status),
+            limit: RUNS_LIST_MAX,
+            ..ListQuery::default()
+        };
         let listed = list_runs(storage, query, property).await;
-        assert_eq!(listed, vec![run.clone()], "{property}: listing status {status:?}");
+        assert_eq!(
+            listed,
+            vec![run.clone()],
+            "{property}: listing status {status:?}"
+        );
     }
 }
 
@@ -357,11 +452,15 @@ pub async fn read_events_pages_by_from_event_id_and_limit(storage: &dyn Storage)
         assert_eq!(
             page,
             events[expected.clone()],
-            "{property}: from_event_id {from_event_id}, limit {limit} should give events {expected:?} (0-based)"
+            "{property}: from_event_id {from_event_id}, limit {limit} should give the events \
+             at indexes {expected:?}"
         );
     }
     let page = read_events(storage, "run-pages", u64::MAX, 5, property).await;
-    assert!(page.is_empty(), "{property}: from_event_id u64::MAX should give no events");
+    assert!(
+        page.is_empty(),
+        "{property}: from_event_id u64::MAX should give no events"
+    );
 }
 
 /// Events appended in later batches (some batches with none) follow the
@@ -385,11 +484,22 @@ pub async fn events_appended_in_later_batches_keep_their_order(storage: &dyn Sto
     assert_eq!(stored.version, 5);
     assert_eq!(stored.next_event_id, 11);
     let run = read_run(storage, "run-append", property).await;
-    assert_eq!(run, Some(stored), "{property}: the record is not the last batch's");
+    assert_eq!(
+        run,
+        Some(stored),
+        "{property}: the record is not the last batch's"
+    );
     let events = read_events(storage, "run-append", 1, EVENTS_READ_MAX, property).await;
-    assert_eq!(events, expected, "{property}: the events are not in the order written");
+    assert_eq!(
+        events, expected,
+        "{property}: the events are not in the order written"
+    );
     let ids: Vec<u64> = events.iter().map(|event| event.event_id).collect();
-    assert_eq!(ids, (1..=10).collect::<Vec<u64>>(), "{property}: event ids are not 1..=10");
+    assert_eq!(
+        ids,
+        (1..=10).collect::<Vec<u64>>(),
+        "{property}: event ids are not 1..=10"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -409,17 +519,29 @@ pub async fn stale_expected_version_is_refused_and_changes_nothing(storage: &dyn
 
     let stale = append(&version_1, 3);
     let error = refuse(storage, stale, property).await;
-    assert_eq!(error, version_conflict("run-stale", Some(1), Some(2)), "{property}: stale");
+    assert_eq!(
+        error,
+        version_conflict("run-stale", Some(1), Some(2)),
+        "{property}: stale"
+    );
 
     let mut ahead = append(&version_2, 1);
     ahead.expected_version = Some(7);
     ahead.run.version = 8;
     let error = refuse(storage, ahead, property).await;
-    assert_eq!(error, version_conflict("run-stale", Some(7), Some(2)), "{property}: ahead");
+    assert_eq!(
+        error,
+        version_conflict("run-stale", Some(7), Some(2)),
+        "{property}: ahead"
+    );
 
     let missing = append(&record("run-missing", "wf-run-missing"), 1);
     let error = refuse(storage, missing, property).await;
-    assert_eq!(error, version_conflict("run-missing", Some(1), None), "{property}: missing run");
+    assert_eq!(
+        error,
+        version_conflict("run-missing", Some(1), None),
+        "{property}: missing run"
+    );
 }
 
 /// Creating a run that exists is refused with `VersionConflict`, and nothing changes.
@@ -431,12 +553,20 @@ pub async fn creating_an_existing_run_is_refused_and_changes_nothing(storage: &d
     let mut again = create("run-twice", 4);
     again.claim = None;
     let error = refuse(storage, again, property).await;
-    assert_eq!(error, version_conflict("run-twice", None, Some(1)), "{property}: at version 1");
+    assert_eq!(
+        error,
+        version_conflict("run-twice", None, Some(1)),
+        "{property}: at version 1"
+    );
 
     write_ok(storage, append(&version_1, 1), property).await;
     let again = create("run-twice", 1);
     let error = refuse(storage, again, property).await;
-    assert_eq!(error, version_conflict("run-twice", None, Some(2)), "{property}: at version 2");
+    assert_eq!(
+        error,
+        version_conflict("run-twice", None, Some(2)),
+        "{property}: at version 2"
+    );
 }
 
 /// Event ids must continue the stored history without gaps: a gap, a
@@ -446,12 +576,20 @@ pub async fn non_contiguous_event_ids_are_a_bad_batch(storage: &dyn Storage) {
     let mut gap_on_create = create("run-ids", 3);
     gap_on_create.events.remove(1);
     gap_on_create.run.next_event_id = 3;
-    assert_bad_batch(&refuse(storage, gap_on_create, property).await, "run-ids", property);
+    assert_bad_batch(
+        &refuse(storage, gap_on_create, property).await,
+        "run-ids",
+        property,
+    );
 
     let mut not_from_one = create("run-ids", 0);
     not_from_one.events = signals("run-ids", 2, 2);
     not_from_one.run.next_event_id = 4;
-    assert_bad_batch(&refuse(storage, not_from_one, property).await, "run-ids", property);
+    assert_bad_batch(
+        &refuse(storage, not_from_one, property).await,
+        "run-ids",
+        property,
+    );
 
     let created = create("run-ids", 3);
     let stored = created.run.clone();
@@ -459,15 +597,27 @@ pub async fn non_contiguous_event_ids_are_a_bad_batch(storage: &dyn Storage) {
 
     let mut skips_one = append(&stored, 2);
     skips_one.events = signals("run-ids", 5, 2);
-    assert_bad_batch(&refuse(storage, skips_one, property).await, "run-ids", property);
+    assert_bad_batch(
+        &refuse(storage, skips_one, property).await,
+        "run-ids",
+        property,
+    );
 
     let mut repeats_stored = append(&stored, 2);
     repeats_stored.events = signals("run-ids", 3, 2);
-    assert_bad_batch(&refuse(storage, repeats_stored, property).await, "run-ids", property);
+    assert_bad_batch(
+        &refuse(storage, repeats_stored, property).await,
+        "run-ids",
+        property,
+    );
 
     let mut duplicate = append(&stored, 2);
     duplicate.events[1].event_id = duplicate.events[0].event_id;
-    assert_bad_batch(&refuse(storage, duplicate, property).await, "run-ids", property);
+    assert_bad_batch(
+        &refuse(storage, duplicate, property).await,
+        "run-ids",
+        property,
+    );
 }
 
 /// The record's `next_event_id` must be one past the last event: anything
@@ -477,7 +627,11 @@ pub async fn wrong_next_event_id_is_a_bad_batch(storage: &dyn Storage) {
     for next_event_id in [1, 2, 4, 100] {
         let mut batch = create("run-next", 2);
         batch.run.next_event_id = next_event_id;
-        assert_bad_batch(&refuse(storage, batch, property).await, "run-next", property);
+        assert_bad_batch(
+            &refuse(storage, batch, property).await,
+            "run-next",
+            property,
+        );
     }
     let created = create("run-next", 2);
     let stored = created.run.clone();
@@ -485,7 +639,11 @@ pub async fn wrong_next_event_id_is_a_bad_batch(storage: &dyn Storage) {
     for (count, next_event_id) in [(0, 4), (0, 2), (2, 4), (2, 6)] {
         let mut batch = append(&stored, count);
         batch.run.next_event_id = next_event_id;
-        assert_bad_batch(&refuse(storage, batch, property).await, "run-next", property);
+        assert_bad_batch(
+            &refuse(storage, batch, property).await,
+            "run-next",
+            property,
+        );
     }
 }
 
@@ -496,7 +654,11 @@ pub async fn version_not_bumped_by_one_is_a_bad_batch(storage: &dyn Storage) {
     for version in [0, 2] {
         let mut batch = create("run-version", 1);
         batch.run.version = version;
-        assert_bad_batch(&refuse(storage, batch, property).await, "run-version", property);
+        assert_bad_batch(
+            &refuse(storage, batch, property).await,
+            "run-version",
+            property,
+        );
     }
     let created = create("run-version", 1);
     let stored = created.run.clone();
@@ -504,7 +666,11 @@ pub async fn version_not_bumped_by_one_is_a_bad_batch(storage: &dyn Storage) {
     for version in [0, 1, 3] {
         let mut batch = append(&stored, 1);
         batch.run.version = version;
-        assert_bad_batch(&refuse(storage, batch, property).await, "run-version", property);
+        assert_bad_batch(
+            &refuse(storage, batch, property).await,
+            "run-version",
+            property,
+        );
     }
 }
 
@@ -518,25 +684,48 @@ pub async fn first_claim_of_a_workflow_id_takes_it(storage: &dyn Storage) {
     let naming_a_ghost = create_with(record("run-a", "wf-first"), 1, Some("run-ghost"));
     let error = refuse(storage, naming_a_ghost, property).await;
     let expected = workflow_id_conflict("wf-first", Some("run-ghost"), None);
-    assert_eq!(error, expected, "{property}: a claim naming a run on a free id");
+    assert_eq!(
+        error, expected,
+        "{property}: a claim naming a run on a free id"
+    );
 
     let current = current_run(storage, "wf-first", property).await;
-    assert_eq!(current, None, "{property}: the id is taken before any claim");
-    write_ok(storage, create_with(record("run-a", "wf-first"), 1, None), property).await;
+    assert_eq!(
+        current, None,
+        "{property}: the id is taken before any claim"
+    );
+    write_ok(
+        storage,
+        create_with(record("run-a", "wf-first"), 1, None),
+        property,
+    )
+    .await;
     let current = current_run(storage, "wf-first", property).await;
-    assert_eq!(current.as_deref(), Some("run-a"), "{property}: the first claim did not take the id");
+    assert_eq!(
+        current.as_deref(),
+        Some("run-a"),
+        "{property}: the first claim did not take the id"
+    );
 }
 
 /// While a workflow id points at a run, a claim naming another previous run
 /// (or none) is refused with `WorkflowIdConflict`, and nothing changes.
 pub async fn claim_naming_the_wrong_previous_run_is_refused(storage: &dyn Storage) {
     let property = "claim_naming_the_wrong_previous_run_is_refused";
-    write_ok(storage, create_with(record("run-a", "wf-held"), 1, None), property).await;
+    write_ok(
+        storage,
+        create_with(record("run-a", "wf-held"), 1, None),
+        property,
+    )
+    .await;
     for previous_run_id in [None, Some("run-z"), Some("run-b")] {
         let batch = create_with(record("run-b", "wf-held"), 2, previous_run_id);
         let error = refuse(storage, batch, property).await;
         let expected = workflow_id_conflict("wf-held", previous_run_id, Some("run-a"));
-        assert_eq!(error, expected, "{property}: claim naming {previous_run_id:?}");
+        assert_eq!(
+            error, expected,
+            "{property}: claim naming {previous_run_id:?}"
+        );
     }
 }
 
@@ -547,16 +736,28 @@ pub async fn claim_naming_the_current_run_reuses_the_workflow_id(storage: &dyn S
     let first = create_with(record("run-a", "wf-reused"), 2, None);
     let run_a = first.run.clone();
     write_ok(storage, first, property).await;
-    write_ok(storage, create_with(record("run-b", "wf-reused"), 3, Some("run-a")), property).await;
+    write_ok(
+        storage,
+        create_with(record("run-b", "wf-reused"), 3, Some("run-a")),
+        property,
+    )
+    .await;
     let current = current_run(storage, "wf-reused", property).await;
-    assert_eq!(current.as_deref(), Some("run-b"), "{property}: the id did not move to run-b");
+    assert_eq!(
+        current.as_deref(),
+        Some("run-b"),
+        "{property}: the id did not move to run-b"
+    );
     let old = read_run(storage, "run-a", property).await;
     assert_eq!(old, Some(run_a), "{property}: the previous run changed");
 
     let stale = create_with(record("run-c", "wf-reused"), 1, Some("run-a"));
     let error = refuse(storage, stale, property).await;
     let expected = workflow_id_conflict("wf-reused", Some("run-a"), Some("run-b"));
-    assert_eq!(error, expected, "{property}: a claim naming the replaced run");
+    assert_eq!(
+        error, expected,
+        "{property}: a claim naming the replaced run"
+    );
 }
 
 /// A claim lands with its batch or not at all: a refused batch takes no id,
@@ -565,7 +766,11 @@ pub async fn claim_is_atomic_with_the_rest_of_the_batch(storage: &dyn Storage) {
     let property = "claim_is_atomic_with_the_rest_of_the_batch";
     let mut bad_events = create_with(record("run-a", "wf-atomic"), 3, None);
     bad_events.events.remove(0);
-    assert_bad_batch(&refuse(storage, bad_events, property).await, "run-a", property);
+    assert_bad_batch(
+        &refuse(storage, bad_events, property).await,
+        "run-a",
+        property,
+    );
 
     let created = create("run-b", 1);
     let run_b = created.run.clone();
@@ -573,18 +778,32 @@ pub async fn claim_is_atomic_with_the_rest_of_the_batch(storage: &dyn Storage) {
     let mut stale_with_claim = append(&run_b, 1);
     stale_with_claim.expected_version = Some(5);
     stale_with_claim.run.version = 6;
-    stale_with_claim.claim =
-        Some(WorkflowIdClaim { workflow_id: "wf-atomic".to_string(), previous_run_id: None });
+    stale_with_claim.claim = Some(WorkflowIdClaim {
+        workflow_id: "wf-atomic".to_string(),
+        previous_run_id: None,
+    });
     let error = refuse(storage, stale_with_claim, property).await;
-    assert_eq!(error, version_conflict("run-b", Some(5), Some(1)), "{property}: stale batch");
+    assert_eq!(
+        error,
+        version_conflict("run-b", Some(5), Some(1)),
+        "{property}: stale batch"
+    );
 
-    write_ok(storage, create_with(record("run-c", "wf-atomic"), 1, None), property).await;
+    write_ok(
+        storage,
+        create_with(record("run-c", "wf-atomic"), 1, None),
+        property,
+    )
+    .await;
     let conflicting = create_with(record("run-d", "wf-atomic"), 4, None);
     let error = refuse(storage, conflicting, property).await;
     let expected = workflow_id_conflict("wf-atomic", None, Some("run-c"));
     assert_eq!(error, expected, "{property}: conflicting claim");
     let run_d = read_run(storage, "run-d", property).await;
-    assert_eq!(run_d, None, "{property}: a batch whose claim was refused created its run");
+    assert_eq!(
+        run_d, None,
+        "{property}: a batch whose claim was refused created its run"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -592,7 +811,11 @@ pub async fn claim_is_atomic_with_the_rest_of_the_batch(storage: &dyn Storage) {
 
 /// Writes `count` runs in a scrambled order; run `i` has type `alpha` or
 /// `beta` and one of three statuses. Returns them by run id.
-async fn write_listed_runs(storage: &dyn Storage, count: usize, property: &str) -> BTreeMap<String, RunRecord> {
+async fn write_listed_runs(
+    storage: &dyn Storage,
+    count: usize,
+    property: &str,
+) -> BTreeMap<String, RunRecord> {
     assert!(count > 0 && count < 100);
     let statuses = [RunStatus::Running, RunStatus::Completed, RunStatus::Failed];
     let mut runs = BTreeMap::new();
@@ -614,7 +837,13 @@ async fn write_listed_runs(storage: &dyn Storage, count: usize, property: &str) 
 pub async fn list_runs_filters_by_status_and_workflow_type(storage: &dyn Storage) {
     let property = "list_runs_filters_by_status_and_workflow_type";
     let runs = write_listed_runs(storage, 12, property).await;
-    let statuses = [None, Some(RunStatus::Running), Some(RunStatus::Completed), Some(RunStatus::Failed), Some(RunStatus::TimedOut)];
+    let statuses = [
+        None,
+        Some(RunStatus::Running),
+        Some(RunStatus::Completed),
+        Some(RunStatus::Failed),
+        Some(RunStatus::TimedOut),
+    ];
     let workflow_types = [None, Some("alpha"), Some("beta"), Some("gamma")];
     for status in statuses {
         for workflow_type in workflow_types {
@@ -636,37 +865,89 @@ pub async fn list_runs_filters_by_status_and_workflow_type(storage: &dyn Storage
     }
 }
 
+/// Lists every run matching `query` a page of `query.limit` at a time, each page
+/// after the previous page's last run id.
+async fn list_in_pages(
+    storage: &dyn Storage,
+    mut query: ListQuery,
+    property: &str,
+) -> Vec<RunRecord> {
+    let mut listed: Vec<RunRecord> = Vec::new();
+    for _ in 0..RUNS_LIST_MAX {
+        let page = list_runs(storage, query.clone(), property).await;
+        let limit = query.limit;
+        assert!(
+            page.len() <= limit,
+            "{property}: a page of {} runs is over its limit {limit}",
+            page.len()
+        );
+        let Some(last) = page.last() else {
+            return listed;
+        };
+        query.after_run_id = Some(last.run_id.clone());
+        listed.extend(page);
+    }
+    panic!("{property}: paging through runs did not end after {RUNS_LIST_MAX} pages");
+}
+
 /// Pages of `limit` runs, each after the previous page's last run id, list
 /// every run once in run id order; with filters too; limit 0 and a page after
 /// the last run are empty; `after_run_id` need not be a stored run.
 pub async fn list_runs_orders_by_run_id_and_pages_after_run_id(storage: &dyn Storage) {
     let property = "list_runs_orders_by_run_id_and_pages_after_run_id";
     let runs = write_listed_runs(storage, 25, property).await;
-    for (status, workflow_type) in [(None, None), (Some(RunStatus::Completed), None), (None, Some("beta"))] {
-        let mut query = ListQuery { status, workflow_type: workflow_type.map(str::to_string), after_run_id: None, limit: 4 };
-        let mut paged: Vec<RunRecord> = Vec::new();
-        for _ in 0..runs.len() + 1 {
-            let page = list_runs(storage, query.clone(), property).await;
-            assert!(page.len() <= 4, "{property}: a page of {} runs is over its limit 4", page.len());
-            let Some(last) = page.last() else { break };
-            query.after_run_id = Some(last.run_id.clone());
-            paged.extend(page);
-        }
+    let filters = [
+        (None, None),
+        (Some(RunStatus::Completed), None),
+        (None, Some("beta")),
+    ];
+    for (status, workflow_type) in filters {
+        let workflow_type = workflow_type.map(str::to_string);
+        let query = ListQuery {
+            status,
+            workflow_type: workflow_type.clone(),
+            after_run_id: None,
+            limit: 4,
+        };
+        let paged = list_in_pages(storage, query, property).await;
         let expected: Vec<RunRecord> = runs
             .values()
             .filter(|run| status.is_none_or(|status| run.status == status))
-            .filter(|run| workflow_type.is_none_or(|t| run.workflow_type == t))
+            .filter(|run| {
+                workflow_type
+                    .as_ref()
+                    .is_none_or(|t| run.workflow_type == *t)
+            })
             .cloned()
             .collect();
-        assert_eq!(paged, expected, "{property}: paging {status:?} {workflow_type:?}");
+        assert_eq!(
+            paged, expected,
+            "{property}: paging {status:?} {workflow_type:?}"
+        );
     }
-    let none = ListQuery { limit: 0, ..ListQuery::default() };
-    assert!(list_runs(storage, none, property).await.is_empty(), "{property}: limit 0 listed runs");
-    let after_last = ListQuery { after_run_id: Some("run-24".to_string()), limit: 10, ..ListQuery::default() };
-    assert!(list_runs(storage, after_last, property).await.is_empty(), "{property}: runs after the last");
-    let between = ListQuery { after_run_id: Some("run-10a".to_string()), limit: 2, ..ListQuery::default() };
-    let ids: Vec<String> = list_runs(storage, between, property).await.into_iter().map(|run| run.run_id).collect();
-    assert_eq!(ids, ["run-11", "run-12"], "{property}: after an id that is not stored");
+    let none = ListQuery {
+        limit: 0,
+        ..ListQuery::default()
+    };
+    let listed = list_runs(storage, none, property).await;
+    assert!(listed.is_empty(), "{property}: limit 0 listed runs");
+    let after = |run_id: &str, limit| ListQuery {
+        after_run_id: Some(run_id.to_string()),
+        limit,
+        ..ListQuery::default()
+    };
+    let listed = list_runs(storage, after("run-24", 10), property).await;
+    assert!(
+        listed.is_empty(),
+        "{property}: listed runs after the last one"
+    );
+    let listed = list_runs(storage, after("run-10a", 2), property).await;
+    let ids: Vec<&str> = listed.iter().map(|run| run.run_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["run-11", "run-12"],
+        "{property}: listing after an id that is not stored"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -674,7 +955,11 @@ pub async fn list_runs_orders_by_run_id_and_pages_after_run_id(storage: &dyn Sto
 
 /// Writes one run's batches one after the other; returns the last record and
 /// all its events.
-async fn write_run_in_batches(storage: &dyn Storage, run_id: String, property: &str) -> (RunRecord, Vec<Event>) {
+async fn write_run_in_batches(
+    storage: &dyn Storage,
+    run_id: String,
+    property: &str,
+) -> (RunRecord, Vec<Event>) {
     let batch = create(&run_id, 2);
     let mut stored = batch.run.clone();
     let mut events = batch.events.clone();
@@ -698,13 +983,30 @@ pub async fn concurrent_writes_to_different_runs_all_land(storage: &dyn Storage)
     for (run, events) in &written {
         assert_eq!(run.version, BATCHES_PER_RUN_COUNT as u64);
         let stored = read_run(storage, &run.run_id, property).await;
-        assert_eq!(stored.as_ref(), Some(run), "{property}: run {} differs", run.run_id);
+        assert_eq!(
+            stored.as_ref(),
+            Some(run),
+            "{property}: run {} differs",
+            run.run_id
+        );
         let stored_events = read_events(storage, &run.run_id, 1, EVENTS_READ_MAX, property).await;
-        assert_eq!(&stored_events, events, "{property}: the events of run {} differ", run.run_id);
+        assert_eq!(
+            &stored_events, events,
+            "{property}: the events of run {} differ",
+            run.run_id
+        );
         let current = current_run(storage, &run.workflow_id, property).await;
-        assert_eq!(current.as_ref(), Some(&run.run_id), "{property}: {} lost its claim", run.run_id);
+        assert_eq!(
+            current.as_ref(),
+            Some(&run.run_id),
+            "{property}: {} lost its claim",
+            run.run_id
+        );
     }
-    let all = ListQuery { limit: RUNS_LIST_MAX, ..ListQuery::default() };
+    let all = ListQuery {
+        limit: RUNS_LIST_MAX,
+        ..ListQuery::default()
+    };
     let listed = list_runs(storage, all, property).await;
     let expected: Vec<RunRecord> = written.into_iter().map(|(run, _)| run).collect();
     assert_eq!(listed, expected, "{property}: the list of runs differs");
@@ -725,19 +1027,39 @@ pub async fn concurrent_updates_of_one_run_admit_exactly_one(storage: &dyn Stora
         })
         .collect();
     let results = join_all(batches.iter().map(|batch| storage.write(batch.clone()))).await;
-    let winners: Vec<&WriteBatch> =
-        batches.iter().zip(&results).filter(|(_, result)| result.is_ok()).map(|(batch, _)| batch).collect();
-    assert_eq!(winners.len(), 1, "{property}: {} racing writers won, not 1", winners.len());
+    let winners: Vec<&WriteBatch> = batches
+        .iter()
+        .zip(&results)
+        .filter(|(_, result)| result.is_ok())
+        .map(|(batch, _)| batch)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{property}: {} racing writers won, not 1",
+        winners.len()
+    );
     for result in &results {
         if let Err(error) = result {
-            assert_eq!(*error, version_conflict("run-race", Some(1), Some(2)), "{property}: a loser");
+            assert_eq!(
+                *error,
+                version_conflict("run-race", Some(1), Some(2)),
+                "{property}: a loser"
+            );
         }
     }
     let winner = winners[0];
     let run = read_run(storage, "run-race", property).await;
-    assert_eq!(run.as_ref(), Some(&winner.run), "{property}: the record is not the winner's");
+    assert_eq!(
+        run.as_ref(),
+        Some(&winner.run),
+        "{property}: the record is not the winner's"
+    );
     let events = read_events(storage, "run-race", 2, EVENTS_READ_MAX, property).await;
-    assert_eq!(events, winner.events, "{property}: the appended events are not the winner's");
+    assert_eq!(
+        events, winner.events,
+        "{property}: the appended events are not the winner's"
+    );
 }
 
 /// Refused writes sent at the same time as good ones (to the same runs and
@@ -762,20 +1084,36 @@ pub async fn refused_writes_among_concurrent_ones_fail_alone(storage: &dyn Stora
         gap.expected_version = Some(98);
         batches.push((gap, false));
     }
-    let results = join_all(batches.iter().map(|(batch, _)| storage.write(batch.clone()))).await;
+    let results = join_all(
+        batches
+            .iter()
+            .map(|(batch, _)| storage.write(batch.clone())),
+    )
+    .await;
     for ((batch, good), result) in batches.iter().zip(&results) {
         let run_id = &batch.run.run_id;
         match (good, result) {
             (true, Ok(())) | (false, Err(_)) => {}
-            (true, Err(error)) => panic!("{property}: the good write to {run_id} was refused: {error}"),
+            (true, Err(error)) => {
+                panic!("{property}: the good write to {run_id} was refused: {error}")
+            }
             (false, Ok(())) => panic!("{property}: a bad write to {run_id} was accepted"),
         }
     }
     for (batch, _) in batches.iter().filter(|(_, good)| *good) {
         let run = read_run(storage, &batch.run.run_id, property).await;
-        assert_eq!(run.as_ref(), Some(&batch.run), "{property}: run {} differs", batch.run.run_id);
+        assert_eq!(
+            run.as_ref(),
+            Some(&batch.run),
+            "{property}: run {} differs",
+            batch.run.run_id
+        );
         let events = read_events(storage, &batch.run.run_id, 2, EVENTS_READ_MAX, property).await;
-        assert_eq!(events, batch.events, "{property}: events of {} differ", batch.run.run_id);
+        assert_eq!(
+            events, batch.events,
+            "{property}: events of {} differ",
+            batch.run.run_id
+        );
     }
 }
 
@@ -799,7 +1137,9 @@ pub async fn payload_near_one_mebibyte_round_trips(storage: &dyn Storage) {
         unreachable!("create() writes signals");
     };
     signal.input = payload.clone();
-    batch.run.state = (0..PAYLOAD_LARGE_BYTES).map(|index| (index % 251) as u8).collect();
+    batch.run.state = (0..PAYLOAD_LARGE_BYTES)
+        .map(|index| (index % 251) as u8)
+        .collect();
     let events = batch.events.clone();
     let stored = batch.run.clone();
     write_ok(storage, batch, property).await;
@@ -813,7 +1153,13 @@ pub async fn payload_near_one_mebibyte_round_trips(storage: &dyn Storage) {
     let last = update.run.clone();
     write_ok(storage, update, property).await;
     let run = read_run(storage, "run-large", property).await;
-    assert!(run.as_ref() == Some(&last), "{property}: the large state read back differs");
+    assert!(
+        run.as_ref() == Some(&last),
+        "{property}: the large state read back differs"
+    );
     let stored_events = read_events(storage, "run-large", 1, EVENTS_READ_MAX, property).await;
-    assert!(stored_events == expected, "{property}: the large events read back differ");
+    assert!(
+        stored_events == expected,
+        "{property}: the large events read back differ"
+    );
 }

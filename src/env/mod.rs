@@ -24,7 +24,7 @@ mod tokio_env;
 
 pub use memory::MemoryStorage;
 pub use sqlite::SqliteStorage;
-pub use network::{InProcessNetwork, NetError, Network, RequestHandler};
+pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
 pub use storage::{
     ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch, check_batch,
 };

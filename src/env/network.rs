@@ -55,3 +55,14 @@ impl Network for InProcessNetwork {
         Box::pin(async move { Ok(reply.await) })
     }
 }
+
+/// A network that reaches nothing (for a node that only serves, like the service).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unconnected;
+
+impl Network for Unconnected {
+    fn call(&self, request: Request) -> BoxFuture<'static, Result<Reply, NetError>> {
+        let method = request.method();
+        Box::pin(async move { Err(NetError::Unreachable(format!("{method}: this node has no connection to a service"))) })
+    }
+}

@@ -28,6 +28,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -124,14 +125,42 @@ impl Default for SqliteOptions {
 impl SqliteOptions {
     fn assert_valid(&self) {
         assert!(self.write_queue_max > 0, "write_queue_max must be positive");
-        assert!(self.write_queue_max <= QUEUE_MAX, "write_queue_max is over {QUEUE_MAX}");
-        assert!(self.group_commit_batches_max > 0, "group_commit_batches_max must be positive");
+        assert!(
+            self.write_queue_max <= QUEUE_MAX,
+            "write_queue_max is over {QUEUE_MAX}"
+        );
+        assert!(
+            self.group_commit_batches_max > 0,
+            "group_commit_batches_max must be positive"
+        );
         assert!(self.group_commit_batches_max <= QUEUE_MAX);
         assert!(self.read_queue_max > 0, "read_queue_max must be positive");
-        assert!(self.read_queue_max <= QUEUE_MAX, "read_queue_max is over {QUEUE_MAX}");
+        assert!(
+            self.read_queue_max <= QUEUE_MAX,
+            "read_queue_max is over {QUEUE_MAX}"
+        );
         assert!(self.reader_count > 0, "reader_count must be positive");
-        assert!(self.reader_count <= READER_COUNT_MAX, "reader_count is over {READER_COUNT_MAX}");
+        assert!(
+            self.reader_count <= READER_COUNT_MAX,
+            "reader_count is over {READER_COUNT_MAX}"
+        );
     }
+}
+
+/// The writer's counters, for monitoring (and for tests that check batches
+/// were grouped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SqliteStats {
+    /// Transactions committed that wrote at least one batch: one fsync each.
+    pub commits: u64,
+    /// Batches that landed (refused ones are not counted).
+    pub batches_written: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    commits: AtomicU64,
+    batches_written: AtomicU64,
 }
 
 /// SQLite-backed storage: durable, one file, WAL. Clones share the same
@@ -145,6 +174,7 @@ struct Inner {
     path: PathBuf,
     write_sender: mpsc::Sender<WriteJob>,
     read_sender: mpsc::Sender<ReadJob>,
+    counters: Arc<Counters>,
     /// Never read: held to join the threads on drop. Declared last, so it drops
     /// after the senders: by then the queues are closed and the joins end.
     #[expect(dead_code, reason = "held only to join the threads on drop")]
@@ -153,7 +183,9 @@ struct Inner {
 
 impl fmt::Debug for SqliteStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStorage").field("path", &self.inner.path).finish()
+        f.debug_struct("SqliteStorage")
+            .field("path", &self.inner.path)
+            .finish()
     }
 }
 
@@ -200,6 +232,17 @@ impl SqliteStorage {
         &self.inner.path
     }
 
+    /// The writer's counters so far.
+    pub fn stats(&self) -> SqliteStats {
+        let counters = &self.inner.counters;
+        let stats = SqliteStats {
+            commits: counters.commits.load(Ordering::Acquire),
+            batches_written: counters.batches_written.load(Ordering::Relaxed),
+        };
+        assert!(stats.commits <= stats.batches_written);
+        stats
+    }
+
     /// Runs `query` on a reader thread and awaits its answer.
     fn read<T: Send + 'static>(
         &self,
@@ -212,7 +255,11 @@ impl SqliteStorage {
             let _ = reply.send(query(connection));
         });
         Box::pin(async move {
-            self.inner.read_sender.send(job).await.map_err(|_| stopped())?;
+            self.inner
+                .read_sender
+                .send(job)
+                .await
+                .map_err(|_| stopped())?;
             let result = answer.await.map_err(|_| stopped())?;
             result.map_err(|error| error.into_storage(&self.inner.path, &doing))
         })
@@ -223,7 +270,18 @@ impl SqliteStorage {
 /// read-only (SQLite would fall back to read-only, and root ignores the mode).
 fn check_path(path: &Path) -> Result<(), StorageError> {
     if path.is_dir() {
-        return Err(io_error(path, "cannot open", "the path is a directory, not a database file"));
+        return Err(io_error(
+            path,
+            "cannot open",
+            "the path is a directory, not a database file",
+        ));
+    }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.is_dir()
+    {
+        let reason = format!("its directory {} does not exist", parent.display());
+        return Err(io_error(path, "cannot open", reason));
     }
     if let Ok(metadata) = std::fs::metadata(path)
         && metadata.permissions().readonly()
@@ -239,7 +297,9 @@ fn open_reader(path: &Path, options: &SqliteOptions) -> Result<Connection, Stora
     let connection = Connection::open_with_flags(path, flags)
         .map_err(|error| io_error(path, "cannot open a reader", error))?;
     let busy_timeout = Duration::from_millis(options.busy_timeout_ms);
-    connection.busy_timeout(busy_timeout).map_err(|error| io_error(path, "busy_timeout", error))?;
+    connection
+        .busy_timeout(busy_timeout)
+        .map_err(|error| io_error(path, "busy_timeout", error))?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
     assert!(connection.is_autocommit());
     Ok(connection)
@@ -256,6 +316,7 @@ struct Writer {
     connection: Connection,
     path: PathBuf,
     group_commit_batches_max: usize,
+    counters: Arc<Counters>,
 }
 
 impl Writer {
@@ -266,18 +327,25 @@ impl Writer {
         let connection = Connection::open_with_flags(path, flags)
             .map_err(|error| io_error(path, "cannot open", error))?;
         let busy_timeout = Duration::from_millis(options.busy_timeout_ms);
-        connection.busy_timeout(busy_timeout).map_err(|error| io_error(path, "cannot open", error))?;
+        connection
+            .busy_timeout(busy_timeout)
+            .map_err(|error| io_error(path, "cannot open", error))?;
         let version = schema_version(&connection)
             .map_err(|error| io_error(path, "cannot read the schema version", error))?;
         let read_only = connection.is_readonly(MAIN_DB).unwrap_or(true);
         if read_only {
-            return Err(io_error(path, "cannot open", "SQLite could only open it read-only"));
+            return Err(io_error(
+                path,
+                "cannot open",
+                "SQLite could only open it read-only",
+            ));
         }
         check_schema_version(path, version)?;
         let mut writer = Writer {
             connection,
             path: path.to_path_buf(),
             group_commit_batches_max: options.group_commit_batches_max,
+            counters: Arc::new(Counters::default()),
         };
         writer.configure()?;
         writer.migrate()?;
@@ -294,7 +362,11 @@ impl Writer {
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(|error| io_error(path, "cannot switch to WAL", error))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(io_error(path, "cannot switch to WAL", format!("journal mode is {mode}")));
+            return Err(io_error(
+                path,
+                "cannot switch to WAL",
+                format!("journal mode is {mode}"),
+            ));
         }
         let pragmas = [("synchronous", "FULL"), ("foreign_keys", "ON")];
         for (name, value) in pragmas {
@@ -302,7 +374,8 @@ impl Writer {
                 .pragma_update(None, name, value)
                 .map_err(|error| io_error(path, &format!("cannot set {name}"), error))?;
         }
-        self.connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
+        self.connection
+            .set_prepared_statement_cache_capacity(STATEMENT_CACHE_MAX);
         Ok(())
     }
 
@@ -325,7 +398,9 @@ impl Writer {
             }
             assert_eq!(version + 1, version_target, "migrations apply in order");
             transaction.execute_batch(migration).map_err(fail)?;
-            transaction.pragma_update(None, "user_version", version_target).map_err(fail)?;
+            transaction
+                .pragma_update(None, "user_version", version_target)
+                .map_err(fail)?;
             transaction.commit().map_err(fail)?;
         }
         let version = schema_version(&self.connection).map_err(fail)?;
@@ -337,7 +412,8 @@ impl Writer {
 fn check_schema_version(path: &Path, version: i64) -> Result<(), StorageError> {
     let supported = SqliteStorage::SCHEMA_VERSION;
     if version < 0 {
-        let reason = format!("schema version {version} is negative; this is not a retrace database");
+        let reason =
+            format!("schema version {version} is negative; this is not a retrace database");
         return Err(io_error(path, "cannot open", reason));
     }
     if version > i64::from(supported) {
@@ -371,7 +447,11 @@ struct Threads {
 impl Drop for Threads {
     fn drop(&mut self) {
         for handle in self.handles.drain(..) {
-            let name = handle.thread().name().unwrap_or("sqlite storage").to_string();
+            let name = handle
+                .thread()
+                .name()
+                .unwrap_or("sqlite storage")
+                .to_string();
             if handle.join().is_err() {
                 tracing::error!(thread = %name, "sqlite storage thread panicked");
             }
@@ -391,7 +471,10 @@ fn spawn_threads(
     options: &SqliteOptions,
 ) -> Result<SqliteStorage, StorageError> {
     assert_eq!(readers.len(), options.reader_count);
-    let mut threads = Threads { handles: Vec::with_capacity(1 + readers.len()) };
+    let counters = Arc::clone(&writer.counters);
+    let mut threads = Threads {
+        handles: Vec::with_capacity(1 + readers.len()),
+    };
     let (write_sender, write_receiver) = mpsc::channel(options.write_queue_max);
     let (read_sender, read_receiver) = mpsc::channel(options.read_queue_max);
     let read_receiver = Arc::new(Mutex::new(read_receiver));
@@ -413,8 +496,16 @@ fn spawn_threads(
         return Err(io_error(&path, "cannot start a storage thread", error));
     }
     assert_eq!(threads.handles.len(), 1 + options.reader_count);
-    let inner = Inner { path, write_sender, read_sender, threads };
-    Ok(SqliteStorage { inner: Arc::new(inner) })
+    let inner = Inner {
+        path,
+        write_sender,
+        read_sender,
+        counters,
+        threads,
+    };
+    Ok(SqliteStorage {
+        inner: Arc::new(inner),
+    })
 }
 
 fn reader_loop(connection: Connection, receiver: Arc<Mutex<mpsc::Receiver<ReadJob>>>) {
@@ -504,6 +595,14 @@ impl Writer {
         }
         assert!(self.connection.is_autocommit());
         assert_eq!(results.len(), group.len());
+        let written = results.iter().filter(|result| result.is_ok()).count() as u64;
+        if written > 0 {
+            // Batches first, and Release: a reader that sees this commit sees its batches.
+            self.counters
+                .batches_written
+                .fetch_add(written, Ordering::Relaxed);
+            self.counters.commits.fetch_add(1, Ordering::Release);
+        }
         results
     }
 
@@ -516,7 +615,10 @@ impl Writer {
         {
             tracing::error!(%rollback, "sqlite storage: rollback failed");
         }
-        assert!(self.connection.is_autocommit(), "the writer could not roll back");
+        assert!(
+            self.connection.is_autocommit(),
+            "the writer could not roll back"
+        );
         tracing::warn!(%error, count, "sqlite storage: group commit failed");
         vec![Err(error); count]
     }
@@ -581,15 +683,21 @@ fn to_stored(run_id: &str, field: &str, value: u64) -> Result<i64, DbError> {
     i64::try_from(value).map_err(|_| {
         DbError::Storage(StorageError::BadBatch {
             run_id: run_id.to_string(),
-            reason: format!("{field} {value} is over the largest storable value {}", i64::MAX),
+            reason: format!(
+                "{field} {value} is over the largest storable value {}",
+                i64::MAX
+            ),
         })
     })
 }
 
 /// An i64 read back as u64, or `Corrupt` naming the run and the column.
 fn from_stored(run_id: &str, column: &str, value: i64) -> Result<u64, DbError> {
-    u64::try_from(value)
-        .map_err(|_| corrupt(format!("run {run_id}: column {column} holds negative {value}")))
+    u64::try_from(value).map_err(|_| {
+        corrupt(format!(
+            "run {run_id}: column {column} holds negative {value}"
+        ))
+    })
 }
 
 fn upsert_run(connection: &Connection, run: &RunRecord) -> Result<(), DbError> {
@@ -627,11 +735,15 @@ fn upsert_run(connection: &Connection, run: &RunRecord) -> Result<(), DbError> {
     Ok(())
 }
 
-fn insert_events(connection: &Connection, batch: &WriteBatch, bodies: &[String]) -> Result<(), DbError> {
+fn insert_events(
+    connection: &Connection,
+    batch: &WriteBatch,
+    bodies: &[String],
+) -> Result<(), DbError> {
     assert_eq!(batch.events.len(), bodies.len());
     let run_id = &batch.run.run_id;
-    let mut statement =
-        connection.prepare_cached("INSERT INTO events (run_id, event_id, body) VALUES (?1, ?2, ?3)")?;
+    let mut statement = connection
+        .prepare_cached("INSERT INTO events (run_id, event_id, body) VALUES (?1, ?2, ?3)")?;
     for (event, body) in batch.events.iter().zip(bodies) {
         let event_id = to_stored(run_id, "event_id", event.event_id)?;
         let inserted = statement.execute(rusqlite::params![run_id, event_id, body])?;
@@ -640,7 +752,11 @@ fn insert_events(connection: &Connection, batch: &WriteBatch, bodies: &[String])
     Ok(())
 }
 
-fn upsert_claim(connection: &Connection, claim: &WorkflowIdClaim, run_id: &str) -> Result<(), DbError> {
+fn upsert_claim(
+    connection: &Connection,
+    claim: &WorkflowIdClaim,
+    run_id: &str,
+) -> Result<(), DbError> {
     let mut statement = connection.prepare_cached(
         "INSERT INTO workflow_ids (workflow_id, run_id) VALUES (?1, ?2) \
          ON CONFLICT (workflow_id) DO UPDATE SET run_id = excluded.run_id",
@@ -662,10 +778,15 @@ fn select_run(connection: &Connection, run_id: &str) -> Result<Option<RunRecord>
     Ok(run)
 }
 
-fn select_current_run(connection: &Connection, workflow_id: &str) -> Result<Option<String>, DbError> {
+fn select_current_run(
+    connection: &Connection,
+    workflow_id: &str,
+) -> Result<Option<String>, DbError> {
     let mut statement =
         connection.prepare_cached("SELECT run_id FROM workflow_ids WHERE workflow_id = ?1")?;
-    Ok(statement.query_row([workflow_id], |row| row.get(0)).optional()?)
+    Ok(statement
+        .query_row([workflow_id], |row| row.get(0))
+        .optional()?)
 }
 
 /// Decodes a `runs` row selected with [`RUN_COLUMNS`].
@@ -673,7 +794,9 @@ fn run_from_row(row: &Row<'_>) -> Result<RunRecord, DbError> {
     let run_id: String = row.get(0)?;
     let status_text: String = row.get(4)?;
     let Some(status) = RunStatus::parse(&status_text) else {
-        return Err(corrupt(format!("run {run_id}: unknown status {status_text:?}")));
+        return Err(corrupt(format!(
+            "run {run_id}: unknown status {status_text:?}"
+        )));
     };
     let start_time_ms = from_stored(&run_id, "start_time_ms", row.get(5)?)?;
     let close_time_ms = match row.get::<_, Option<i64>>(6)? {
@@ -683,7 +806,9 @@ fn run_from_row(row: &Row<'_>) -> Result<RunRecord, DbError> {
     let next_event_id = from_stored(&run_id, "next_event_id", row.get(7)?)?;
     let version = from_stored(&run_id, "version", row.get(8)?)?;
     if next_event_id == 0 || version == 0 {
-        return Err(corrupt(format!("run {run_id}: next_event_id and version start at 1")));
+        return Err(corrupt(format!(
+            "run {run_id}: next_event_id and version start at 1"
+        )));
     }
     Ok(RunRecord {
         workflow_id: row.get(1)?,
@@ -721,15 +846,20 @@ fn select_events(
     while let Some(row) = rows.next()? {
         let event_id = from_stored(run_id, "event_id", row.get(0)?)?;
         let body: String = row.get(1)?;
-        let event: Event = serde_json::from_str(&body)
-            .map_err(|error| corrupt(format!("run {run_id} event {event_id}: bad JSON: {error}")))?;
+        let event: Event = serde_json::from_str(&body).map_err(|error| {
+            corrupt(format!("run {run_id} event {event_id}: bad JSON: {error}"))
+        })?;
         if event.event_id != event_id {
             let found = event.event_id;
-            return Err(corrupt(format!("run {run_id} event {event_id}: body has event id {found}")));
+            return Err(corrupt(format!(
+                "run {run_id} event {event_id}: body has event id {found}"
+            )));
         }
         let expected = from_event_id + events.len() as u64;
         if event_id != expected {
-            return Err(corrupt(format!("run {run_id}: event {expected} is missing")));
+            return Err(corrupt(format!(
+                "run {run_id}: event {expected} is missing"
+            )));
         }
         events.push(event);
     }
@@ -760,7 +890,9 @@ fn select_runs(connection: &Connection, query: &ListQuery) -> Result<Vec<RunReco
         sql.push_str(&conditions.join(" AND "));
     }
     sql.push_str(" ORDER BY run_id LIMIT ?");
-    values.push(SqlValue::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX)));
+    values.push(SqlValue::Integer(
+        i64::try_from(query.limit).unwrap_or(i64::MAX),
+    ));
     let mut statement = connection.prepare_cached(&sql)?;
     let mut rows = statement.query(rusqlite::params_from_iter(values))?;
     let mut runs: Vec<RunRecord> = Vec::new();
@@ -768,7 +900,12 @@ fn select_runs(connection: &Connection, query: &ListQuery) -> Result<Vec<RunReco
         let run = run_from_row(row)?;
         assert!(runs.last().is_none_or(|last| last.run_id < run.run_id));
         assert!(query.status.is_none_or(|status| status == run.status));
-        assert!(query.after_run_id.as_ref().is_none_or(|after| *after < run.run_id));
+        assert!(
+            query
+                .after_run_id
+                .as_ref()
+                .is_none_or(|after| *after < run.run_id)
+        );
         runs.push(run);
     }
     assert!(runs.len() <= query.limit);
@@ -794,8 +931,16 @@ impl Storage for SqliteStorage {
         Box::pin(async move {
             let bodies = encode_events(&batch)?;
             let (reply, answer) = oneshot::channel();
-            let job = WriteJob { batch, bodies, reply };
-            self.inner.write_sender.send(job).await.map_err(|_| stopped())?;
+            let job = WriteJob {
+                batch,
+                bodies,
+                reply,
+            };
+            self.inner
+                .write_sender
+                .send(job)
+                .await
+                .map_err(|_| stopped())?;
             answer.await.map_err(|_| stopped())?
         })
     }
@@ -806,10 +951,15 @@ impl Storage for SqliteStorage {
         self.read(doing, move |connection| select_run(connection, &run_id))
     }
 
-    fn current_run(&self, workflow_id: &str) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+    fn current_run(
+        &self,
+        workflow_id: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
         let workflow_id = workflow_id.to_string();
         let doing = format!("cannot read workflow id {workflow_id:?}");
-        self.read(doing, move |connection| select_current_run(connection, &workflow_id))
+        self.read(doing, move |connection| {
+            select_current_run(connection, &workflow_id)
+        })
     }
 
     fn read_events(
@@ -820,11 +970,120 @@ impl Storage for SqliteStorage {
     ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
         let run_id = run_id.to_string();
         let doing = format!("cannot read the events of run {run_id}");
-        self.read(doing, move |connection| select_events(connection, &run_id, from_event_id, limit))
+        self.read(doing, move |connection| {
+            select_events(connection, &run_id, from_event_id, limit)
+        })
     }
 
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
         let doing = "cannot list runs".to_string();
         self.read(doing, move |connection| select_runs(connection, &query))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{EventKind, WorkflowExecutionSignaled};
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(future)
+    }
+
+    /// Creates `run_id` with one event.
+    fn create(run_id: &str) -> WriteBatch {
+        let kind = EventKind::WorkflowExecutionSignaled(WorkflowExecutionSignaled {
+            signal_name: "poke".to_string(),
+            input: serde_json::json!(null),
+            identity: "test".to_string(),
+        });
+        let run = RunRecord {
+            run_id: run_id.to_string(),
+            workflow_id: format!("wf-{run_id}"),
+            workflow_type: "test".to_string(),
+            task_queue: "default".to_string(),
+            status: RunStatus::Running,
+            start_time: Timestamp(0),
+            close_time: None,
+            next_event_id: 2,
+            version: 1,
+            state: Vec::new(),
+        };
+        let events = vec![Event::new(1, Timestamp(0), kind)];
+        WriteBatch {
+            run,
+            expected_version: None,
+            events,
+            claim: None,
+        }
+    }
+
+    #[test]
+    fn writer_thread_loss_answers_storage_stopped() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let storage = SqliteStorage::open(dir.path().join("retrace.db")).expect("it opens");
+        block_on(storage.write(create("run-a"))).expect("the write lands");
+        // One body for no event breaks the writer's own invariant: it panics and stops.
+        let mut broken = create("run-b");
+        broken.events.clear();
+        let (reply, answer) = oneshot::channel();
+        let job = WriteJob {
+            batch: broken,
+            bodies: vec!["{}".to_string()],
+            reply,
+        };
+        block_on(storage.inner.write_sender.send(job)).expect("the writer was running");
+        assert!(block_on(answer).is_err(), "the broken job got an answer");
+        assert_eq!(block_on(storage.write(create("run-c"))), Err(stopped()));
+        let run = block_on(storage.read_run("run-a")).expect("the readers still serve");
+        assert!(run.is_some());
+        drop(storage); // Joins the threads; the writer's panic is logged, not raised.
+    }
+
+    #[test]
+    fn reader_thread_loss_answers_storage_stopped() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let options = SqliteOptions {
+            reader_count: 1,
+            ..SqliteOptions::default()
+        };
+        let storage =
+            SqliteStorage::open_with(dir.path().join("retrace.db"), options).expect("it opens");
+        let panicking = storage.read("panicking".to_string(), |_| -> Result<(), DbError> {
+            panic!("a read that panics (on purpose)")
+        });
+        assert_eq!(block_on(panicking), Err(stopped()));
+        assert_eq!(block_on(storage.read_run("run-a")), Err(stopped()));
+        block_on(storage.write(create("run-a"))).expect("the writer still writes");
+    }
+
+    #[test]
+    fn dropping_the_last_handle_closes_the_database() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("retrace.db");
+        let storage = SqliteStorage::open(&path).expect("it opens");
+        let clone = storage.clone();
+        block_on(storage.write(create("run-a"))).expect("the write lands");
+        drop(storage);
+        assert!(
+            dir.path().join("retrace.db-wal").exists(),
+            "a clone keeps the database open"
+        );
+        drop(clone);
+        // SQLite removes the WAL when the last connection closes cleanly.
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("the directory lists")
+            .map(|entry| {
+                entry
+                    .expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(names, ["retrace.db"]);
     }
 }

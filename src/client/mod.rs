@@ -1,0 +1,342 @@
+//! `Client`: start, signal, query, cancel, terminate, result, describe, list,
+//! history, each typed.
+//!
+//! Calls that change a run carry a request id, so the client retries them after
+//! a network failure without doing them twice.
+
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::api::*;
+use crate::env::{Env, NetError, RunStatus};
+use crate::history::{History, HistoryError};
+use crate::workflow::{PayloadError, Workflow};
+
+/// Attempts of one call when the network or storage fails.
+pub const CALL_ATTEMPTS_MAX: u32 = 8;
+/// First backoff between attempts (doubled each time, capped at 2 s).
+pub const CALL_BACKOFF_MS_INITIAL: u64 = 50;
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The service refused the request.
+    #[error("service error: {0}")]
+    Service(#[from] ServiceError),
+    /// The service could not be reached (after retries).
+    #[error("network error: {0}")]
+    Network(#[from] NetError),
+    /// A payload did not fit its type.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    /// The run closed without a result.
+    #[error("workflow did not complete: {0:?}")]
+    Workflow(RunOutcome),
+    /// The service's history did not validate.
+    #[error("history from the service is not well-formed: {0}")]
+    History(#[from] HistoryError),
+    /// The service answered with the wrong kind of response.
+    #[error("unexpected response: {0}")]
+    Unexpected(String),
+}
+
+impl ClientError {
+    /// The service's error code, if the service refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Service(error) => Some(error.code),
+            _ => None,
+        }
+    }
+}
+
+/// How to start a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartOptions {
+    /// Business id.
+    pub workflow_id: String,
+    /// Queue of its workflow tasks.
+    pub task_queue: String,
+    /// Whole-run deadline.
+    pub execution_timeout_ms: Option<u64>,
+    /// Each workflow task's deadline.
+    pub workflow_task_timeout_ms: Option<u64>,
+    /// What a closed id may be reused for.
+    pub id_reuse_policy: IdReusePolicy,
+}
+
+impl StartOptions {
+    /// Options with a workflow id and task queue, defaults otherwise.
+    pub fn new(workflow_id: impl Into<String>, task_queue: impl Into<String>) -> StartOptions {
+        StartOptions {
+            workflow_id: workflow_id.into(),
+            task_queue: task_queue.into(),
+            execution_timeout_ms: None,
+            workflow_task_timeout_ms: None,
+            id_reuse_policy: IdReusePolicy::default(),
+        }
+    }
+}
+
+/// Talks to the service.
+#[derive(Clone, Debug)]
+pub struct Client {
+    env: Env,
+    identity: String,
+    rpc_timeout_ms: u64,
+}
+
+/// A run, typed by its workflow's output.
+#[derive(Clone, Debug)]
+pub struct WorkflowHandle<O> {
+    client: Client,
+    /// Business id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    _output: PhantomData<fn() -> O>,
+}
+
+fn unexpected(response: Response) -> ClientError {
+    ClientError::Unexpected(format!("{response:?}"))
+}
+
+impl Client {
+    /// A client on `env`'s network.
+    pub fn new(env: Env) -> Client {
+        Client { env, identity: "client".to_string(), rpc_timeout_ms: 90_000 }
+    }
+
+    /// Sets the identity shown in histories.
+    pub fn with_identity(mut self, identity: impl Into<String>) -> Client {
+        self.identity = identity.into();
+        self
+    }
+
+    /// Sends a request, retrying network and storage failures with backoff.
+    /// Requests that change state carry request ids, so retries are safe.
+    pub async fn call(&self, request: Request) -> Result<Response, ClientError> {
+        let mut backoff_ms = CALL_BACKOFF_MS_INITIAL;
+        let mut attempt = 1;
+        loop {
+            let sent = self.env.timeout(self.rpc_timeout_ms, self.env.network.call(request.clone())).await;
+            let error = match sent {
+                Ok(Ok(Ok(response))) => return Ok(response),
+                Ok(Ok(Err(error))) if error.code != ErrorCode::Unavailable => return Err(error.into()),
+                Ok(Ok(Err(error))) => ClientError::Service(error),
+                Ok(Err(error)) => ClientError::Network(error),
+                Err(_) => ClientError::Network(NetError::Timeout),
+            };
+            if attempt >= CALL_ATTEMPTS_MAX {
+                return Err(error);
+            }
+            tracing::debug!(method = request.method(), attempt, %error, "call failed; retrying");
+            self.env.sleep_ms(backoff_ms).await;
+            backoff_ms = (backoff_ms * 2).min(2_000);
+            attempt += 1;
+        }
+    }
+
+    /// Starts workflow `W`.
+    pub async fn start<W: Workflow>(&self, options: StartOptions, input: W::Input) -> Result<WorkflowHandle<W::Output>, ClientError> {
+        let input = PayloadError::encode(|| format!("input of workflow {}", W::NAME), &input)?;
+        let workflow_id = options.workflow_id.clone();
+        let run_id = self.start_by_name(options, W::NAME, input).await?;
+        Ok(self.handle(&workflow_id, Some(&run_id)))
+    }
+
+    /// Starts a workflow by type name with a JSON input; returns the run id.
+    pub async fn start_by_name(&self, options: StartOptions, workflow_type: &str, input: Value) -> Result<String, ClientError> {
+        let request = StartWorkflowRequest {
+            workflow_id: options.workflow_id,
+            workflow_type: workflow_type.to_string(),
+            task_queue: options.task_queue,
+            input,
+            execution_timeout_ms: options.execution_timeout_ms,
+            workflow_task_timeout_ms: options.workflow_task_timeout_ms,
+            id_reuse_policy: options.id_reuse_policy,
+            request_id: self.env.new_id(),
+            identity: self.identity.clone(),
+        };
+        match self.call(Request::StartWorkflow(request)).await? {
+            Response::StartWorkflow(started) => Ok(started.run_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A handle on a run (the current run of the workflow id if `run_id` is `None`).
+    pub fn handle<O>(&self, workflow_id: &str, run_id: Option<&str>) -> WorkflowHandle<O> {
+        WorkflowHandle {
+            client: self.clone(),
+            workflow_id: workflow_id.to_string(),
+            run_id: run_id.unwrap_or_default().to_string(),
+            _output: PhantomData,
+        }
+    }
+
+    fn run_ref(workflow_id: &str, run_id: &str) -> RunRef {
+        let run_id = (!run_id.is_empty()).then(|| run_id.to_string());
+        RunRef { workflow_id: workflow_id.to_string(), run_id }
+    }
+
+    /// Sends a signal (delivered once even if this call is retried).
+    pub async fn signal(&self, workflow_id: &str, run_id: Option<&str>, signal_name: &str, input: impl Serialize) -> Result<(), ClientError> {
+        let input = PayloadError::encode(|| format!("signal {signal_name}"), &input)?;
+        let request = SignalWorkflowRequest {
+            run: Self::run_ref(workflow_id, run_id.unwrap_or_default()),
+            signal_name: signal_name.to_string(),
+            input,
+            request_id: self.env.new_id(),
+            identity: self.identity.clone(),
+        };
+        self.call(Request::SignalWorkflow(request)).await.map(|_| ())
+    }
+
+    /// Asks the run's query handler `query_name`.
+    pub async fn query<R: DeserializeOwned>(&self, workflow_id: &str, run_id: Option<&str>, query_name: &str, args: impl Serialize) -> Result<R, ClientError> {
+        let args = PayloadError::encode(|| format!("arguments of query {query_name}"), &args)?;
+        let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
+        let request = QueryWorkflowRequest { run, query_name: query_name.to_string(), args };
+        match self.call(Request::QueryWorkflow(request)).await? {
+            Response::QueryWorkflow(answer) => Ok(PayloadError::decode(|| format!("answer of query {query_name}"), answer.answer)?),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks the run to cancel.
+    pub async fn cancel(&self, workflow_id: &str, run_id: Option<&str>, reason: &str) -> Result<(), ClientError> {
+        let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
+        let request = CancelWorkflowRequest { run, reason: reason.to_string(), identity: self.identity.clone() };
+        self.call(Request::CancelWorkflow(request)).await.map(|_| ())
+    }
+
+    /// Closes the run now.
+    pub async fn terminate(&self, workflow_id: &str, run_id: Option<&str>, reason: &str) -> Result<(), ClientError> {
+        let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
+        let request =
+            TerminateWorkflowRequest { run, reason: reason.to_string(), details: None, identity: self.identity.clone() };
+        self.call(Request::TerminateWorkflow(request)).await.map(|_| ())
+    }
+
+    /// Describes the run.
+    pub async fn describe(&self, workflow_id: &str, run_id: Option<&str>) -> Result<RunDescription, ClientError> {
+        let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
+        match self.call(Request::DescribeWorkflow(run)).await? {
+            Response::DescribeWorkflow(description) => Ok(description),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of runs.
+    pub async fn list(&self, request: ListWorkflowsRequest) -> Result<ListWorkflowsResponse, ClientError> {
+        match self.call(Request::ListWorkflows(request)).await? {
+            Response::ListWorkflows(page) => Ok(page),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every run with the given status (all pages).
+    pub async fn list_all(&self, status: Option<RunStatus>) -> Result<Vec<RunSummary>, ClientError> {
+        let mut runs = Vec::new();
+        let mut page_token = None;
+        loop {
+            let request = ListWorkflowsRequest { status, page_token, page_size: 1_000, ..Default::default() };
+            let page = self.list(request).await?;
+            runs.extend(page.runs);
+            match page.next_page_token {
+                Some(token) => page_token = Some(token),
+                None => return Ok(runs),
+            }
+        }
+    }
+
+    /// The run's whole history, validated.
+    pub async fn history(&self, workflow_id: &str, run_id: Option<&str>) -> Result<History, ClientError> {
+        let mut from_event_id = 1;
+        let mut history: Option<History> = None;
+        loop {
+            let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
+            let request = GetHistoryRequest { run, from_event_id, page_size: 0 };
+            let page = match self.call(Request::GetHistory(request)).await? {
+                Response::GetHistory(page) => page,
+                other => return Err(unexpected(other)),
+            };
+            let history = history.get_or_insert_with(|| History::new(&page.workflow_id, &page.run_id));
+            for event in page.events {
+                history.append(event)?;
+            }
+            match page.next_event_id {
+                Some(next) => from_event_id = next,
+                None => return Ok(history.clone()),
+            }
+        }
+    }
+
+    /// Waits (long-polling) until the run closes; returns how it closed.
+    pub async fn outcome(&self, workflow_id: &str, run_id: Option<&str>) -> Result<RunOutcome, ClientError> {
+        loop {
+            let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
+            let request = GetResultRequest { run, wait_ms: 60_000 };
+            match self.call(Request::GetResult(request)).await? {
+                Response::GetResult(GetResultResponse { outcome: Some(outcome), .. }) => return Ok(outcome),
+                Response::GetResult(_) => continue,
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+}
+
+impl<O: DeserializeOwned> WorkflowHandle<O> {
+    fn run_id(&self) -> Option<&str> {
+        (!self.run_id.is_empty()).then_some(self.run_id.as_str())
+    }
+
+    /// Waits for the run's result; a run that did not complete is an error
+    /// carrying its outcome.
+    pub async fn result(&self) -> Result<O, ClientError> {
+        match self.client.outcome(&self.workflow_id, self.run_id()).await? {
+            RunOutcome::Completed { result } => {
+                Ok(PayloadError::decode(|| format!("result of workflow {}", self.workflow_id), result)?)
+            }
+            other => Err(ClientError::Workflow(other)),
+        }
+    }
+
+    /// Waits for the run to close; returns how it closed.
+    pub async fn outcome(&self) -> Result<RunOutcome, ClientError> {
+        self.client.outcome(&self.workflow_id, self.run_id()).await
+    }
+
+    /// Sends a signal.
+    pub async fn signal(&self, signal_name: &str, input: impl Serialize) -> Result<(), ClientError> {
+        self.client.signal(&self.workflow_id, self.run_id(), signal_name, input).await
+    }
+
+    /// Asks a query.
+    pub async fn query<R: DeserializeOwned>(&self, query_name: &str, args: impl Serialize) -> Result<R, ClientError> {
+        self.client.query(&self.workflow_id, self.run_id(), query_name, args).await
+    }
+
+    /// Asks the run to cancel.
+    pub async fn cancel(&self, reason: &str) -> Result<(), ClientError> {
+        self.client.cancel(&self.workflow_id, self.run_id(), reason).await
+    }
+
+    /// Closes the run now.
+    pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
+        self.client.terminate(&self.workflow_id, self.run_id(), reason).await
+    }
+
+    /// Describes the run.
+    pub async fn describe(&self) -> Result<RunDescription, ClientError> {
+        self.client.describe(&self.workflow_id, self.run_id()).await
+    }
+
+    /// The run's history.
+    pub async fn history(&self) -> Result<History, ClientError> {
+        self.client.history(&self.workflow_id, self.run_id()).await
+    }
+}

@@ -1,0 +1,181 @@
+//! Activity tasks on the worker: run one attempt, heartbeat it, report how it ended.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::future::Either;
+
+use super::{Shared, enter};
+use crate::activity::{ActivityContext, ActivityInfo, ActivityRunError, ActivityShared, CancelReason};
+use crate::api::*;
+use crate::types::Failure;
+
+/// Attempts to deliver an attempt's result when the network fails.
+pub const RESPOND_ATTEMPTS_MAX: u32 = 5;
+
+/// Polls activity tasks while the worker has capacity.
+pub(super) async fn poll_loop(shared: Arc<Shared>) {
+    let mut failures = 0;
+    loop {
+        let Some(permit) = shared.permit(&shared.activity_permits).await else { return };
+        let request = Request::PollActivityTask(PollTaskRequest {
+            task_queue: shared.options.task_queue.clone(),
+            identity: shared.options.identity.clone(),
+        });
+        let poll = shared.call_once(request, shared.options.poll_rpc_timeout_ms);
+        let Some(polled) = shared.unless_stopping(poll).await else { return };
+        match polled {
+            Ok(Response::PollActivityTask(PollActivityTaskResponse { task: Some(task) })) => {
+                failures = 0;
+                let shared = shared.clone();
+                shared.clone().spawn("worker-activity", async move {
+                    enter(&shared.activities_now, &shared.activities_peak);
+                    run_attempt(&shared, task).await;
+                    shared.activities_now.fetch_sub(1, Ordering::SeqCst);
+                    drop(permit);
+                });
+            }
+            Ok(_) => failures = 0,
+            Err(error) => {
+                tracing::debug!(%error, "activity poll failed");
+                drop(permit);
+                failures += 1;
+                shared.poll_backoff(failures).await;
+            }
+        }
+    }
+}
+
+fn info_of(task: &ActivityTask) -> ActivityInfo {
+    ActivityInfo {
+        workflow_id: task.workflow_id.clone(),
+        run_id: task.run_id.clone(),
+        activity_id: task.activity_id.clone(),
+        activity_type: task.activity_type.clone(),
+        attempt: task.attempt,
+        scheduled_time: task.scheduled_time,
+        started_time: task.started_time,
+        start_to_close_timeout_ms: task.start_to_close_timeout_ms,
+        heartbeat_timeout_ms: task.heartbeat_timeout_ms,
+        heartbeat_details: task.heartbeat_details.clone(),
+    }
+}
+
+/// Runs one attempt to its end, its heartbeats beside it.
+async fn run_attempt(shared: &Shared, task: ActivityTask) {
+    shared.activities_run.fetch_add(1, Ordering::Relaxed);
+    if let Some(observer) = &shared.observer {
+        observer.activity_started(&task);
+    }
+    let activity_shared = ActivityShared::new();
+    let slot = shared.next_activity_slot.fetch_add(1, Ordering::Relaxed);
+    shared.running_activities.lock().expect("lock").insert(slot, activity_shared.clone());
+    let result = match shared.activities.get(&task.activity_type) {
+        Some(activity) => {
+            let ctx = ActivityContext::new(info_of(&task), activity_shared.clone());
+            let attempt = activity(ctx, task.input.clone());
+            let heartbeats = heartbeat_loop(shared, &task, &activity_shared);
+            futures::pin_mut!(attempt, heartbeats);
+            match futures::future::select(attempt, heartbeats).await {
+                Either::Left((result, _)) => Some(result),
+                Either::Right(((), _)) => None,
+            }
+        }
+        None => {
+            let message = format!("activity type {:?} is not registered on worker {}", task.activity_type, shared.options.identity);
+            Some(Err(ActivityRunError::Failed(Failure::new("ActivityTypeNotRegistered", message))))
+        }
+    };
+    shared.running_activities.lock().expect("lock").remove(&slot);
+    if let Some(observer) = &shared.observer {
+        observer.activity_finished(&task);
+    }
+    let Some(result) = result else { return };
+    let reason = activity_shared.cancel.borrow().to_owned();
+    respond(shared, &task, to_task_result(result, reason)).await;
+}
+
+fn to_task_result(result: Result<serde_json::Value, ActivityRunError>, reason: Option<CancelReason>) -> ActivityTaskResult {
+    match (result, reason) {
+        (Ok(value), _) => ActivityTaskResult::Completed(value),
+        (Err(ActivityRunError::Failed(failure)), _) => ActivityTaskResult::Failed(failure),
+        (Err(ActivityRunError::Canceled { details }), Some(CancelReason::CancelRequested)) => {
+            ActivityTaskResult::Canceled(details)
+        }
+        (Err(ActivityRunError::Canceled { .. }), reason) => {
+            let message = format!("the attempt stopped ({reason:?}) without a cancel request; it is retried");
+            ActivityTaskResult::Failed(Failure::new("WorkerShutdown", message))
+        }
+    }
+}
+
+/// Delivers the attempt's end, retrying network failures (the token makes it idempotent).
+async fn respond(shared: &Shared, task: &ActivityTask, result: ActivityTaskResult) {
+    let request = Request::RespondActivityTask(RespondActivityTaskRequest {
+        task_token: task.task_token.clone(),
+        result,
+        identity: shared.options.identity.clone(),
+    });
+    for attempt in 1..=RESPOND_ATTEMPTS_MAX {
+        match shared.call_once(request.clone(), shared.options.rpc_timeout_ms).await {
+            Ok(_) => return,
+            Err(error) if error.code().is_some_and(|c| c != ErrorCode::Unavailable) => {
+                tracing::debug!(%error, "activity result refused (the attempt timed out or the run closed)");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, attempt, "activity result not delivered; retrying");
+                shared.poll_backoff(attempt).await;
+            }
+        }
+    }
+}
+
+/// Sends heartbeats while the attempt runs (throttled), relays cancellation,
+/// and stops the attempt when its start-to-close deadline passes on this
+/// worker's clock. Resolves only to stop the attempt.
+async fn heartbeat_loop(shared: &Shared, task: &ActivityTask, activity: &Arc<ActivityShared>) {
+    let throttle_ms = match task.heartbeat_timeout_ms {
+        Some(timeout_ms) => (timeout_ms * 4 / 5).max(1),
+        None => shared.options.heartbeat_throttle_ms_max,
+    };
+    let deadline = task.start_to_close_timeout_ms.map(|ms| shared.env.now().plus_ms(ms));
+    let mut pending = activity.heartbeat_pending.subscribe();
+    let mut last_sent = shared.env.now();
+    loop {
+        let changed = pending.changed();
+        let expire = match deadline {
+            Some(deadline) => shared.env.clock.sleep_until(deadline),
+            None => Box::pin(futures::future::pending()),
+        };
+        futures::pin_mut!(changed);
+        match futures::future::select(changed, expire).await {
+            Either::Left((Ok(()), _)) => {}
+            Either::Left((Err(_), _)) => return futures::future::pending().await,
+            Either::Right(_) => {
+                activity.request_cancel(CancelReason::TimedOut);
+                return;
+            }
+        }
+        let wait_ms = last_sent.plus_ms(throttle_ms).millis_since(shared.env.now());
+        if wait_ms > 0 {
+            shared.env.sleep_ms(wait_ms).await;
+        }
+        last_sent = shared.env.now();
+        let details = activity.details.lock().expect("details lock").clone();
+        let request = Request::HeartbeatActivityTask(HeartbeatRequest {
+            task_token: task.task_token.clone(),
+            details,
+            identity: shared.options.identity.clone(),
+        });
+        match shared.call_once(request, shared.options.rpc_timeout_ms).await {
+            Ok(Response::HeartbeatActivityTask(HeartbeatResponse { cancel_requested: true })) => {
+                activity.request_cancel(CancelReason::CancelRequested);
+            }
+            Err(error) if error.code() == Some(ErrorCode::TaskNotFound) => {
+                activity.request_cancel(CancelReason::NotFound);
+            }
+            _ => {}
+        }
+    }
+}
