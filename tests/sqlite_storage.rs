@@ -175,6 +175,13 @@ fn fresh_database_has_the_documented_schema_in_wal_mode() {
         .pragma_query_value(None, "journal_mode", |row| row.get(0))
         .expect("journal_mode");
     assert_eq!(mode, "wal");
+    let application_id: i64 = connection
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .expect("application_id");
+    assert_eq!(
+        application_id, 0x5254_5243,
+        "retrace marks its databases \"RTRC\""
+    );
     let mut statement = connection
         .prepare(
             "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' \
@@ -272,6 +279,36 @@ fn file_that_is_not_a_sqlite_database_is_refused_and_left_untouched() {
         before,
         "a refused open changed files"
     );
+}
+
+#[test]
+fn sqlite_database_of_another_program_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let cases = [
+        ("notes.db", "CREATE TABLE notes (body TEXT);"),
+        ("marked.db", "PRAGMA application_id = 42;"),
+    ];
+    for (name, sql) in cases {
+        let path = dir.path().join(name);
+        rusqlite::Connection::open(&path)
+            .and_then(|connection| connection.execute_batch(sql))
+            .expect("the other program's database is made");
+        let before = directory_contents(dir.path());
+        let message = open_error(&path);
+        assert!(
+            message.contains(&path.display().to_string()),
+            "the error names the path: {message}"
+        );
+        assert!(
+            message.contains("another program"),
+            "the error says whose it is: {message}"
+        );
+        assert_eq!(
+            directory_contents(dir.path()),
+            before,
+            "a refused open changed files"
+        );
+    }
 }
 
 #[test]

@@ -23,7 +23,7 @@ mod storage;
 mod tokio_env;
 
 pub use memory::MemoryStorage;
-pub use sqlite::SqliteStorage;
+pub use sqlite::{SqliteOptions, SqliteStats, SqliteStorage};
 pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
 pub use storage::{
     ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch, check_batch,

@@ -11,20 +11,26 @@
 //!
 //! # Group commit
 //!
-//! The writer takes every batch waiting (up to `group_commit_batches_max`) and
-//! applies them in ONE transaction, each inside its own `SAVEPOINT`: a batch is
-//! checked with [`check_batch`] against the rows it reads inside the transaction
-//! (so it sees the batches before it in the group), and a refused batch is rolled
-//! back to its savepoint alone and answered with its own error. One `COMMIT` (one
+//! The writer takes every batch waiting (up to `group_commit_batches_max` batches
+//! and `group_commit_bytes_max` bytes) and applies them in ONE transaction, each
+//! inside its own `SAVEPOINT`: a batch is checked with [`check_batch`] against the
+//! rows it reads inside the transaction (so it sees the batches before it in the
+//! group), and a batch that is refused, or whose statement fails, is rolled back
+//! to its savepoint alone and answered with its own error. One `COMMIT` (one
 //! fsync, `synchronous=FULL`) then makes the whole group durable, and only then is
-//! each caller answered. If the transaction itself fails (`BEGIN`, `COMMIT`, or an
-//! error after which SQLite rolled everything back), every batch of the group gets
-//! the same `StorageError::Io` and nothing of the group is stored.
+//! each caller answered. If the transaction itself fails (`BEGIN`, a busy
+//! `COMMIT`, or an error after which SQLite rolled everything back), every batch
+//! of the group gets the same `StorageError::Io` and nothing of the group is
+//! stored. A `COMMIT` failing otherwise (an fsync error) leaves the outcome
+//! unknown: the group gets `StorageError::Timeout` and the writer stops (see
+//! `commit_failed`).
 //!
 //! # Schema
 //!
-//! `PRAGMA user_version` is the number of [`MIGRATIONS`] applied; each migration
-//! runs in its own transaction. A database from a newer build is refused untouched.
+//! `PRAGMA user_version` is the number of `MIGRATIONS` applied; each migration
+//! runs in its own transaction. A database from a newer build is refused untouched,
+//! and so is a file that is not SQLite or a SQLite database of another program
+//! (`PRAGMA application_id` marks retrace's).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -48,6 +54,7 @@ use crate::types::Timestamp;
 /// The schema, one migration per version: `MIGRATIONS[i]` takes the database
 /// from version `i` to `i + 1`. Append only; never edit a released migration.
 const MIGRATIONS: &[&str] = &["
+    PRAGMA application_id = 0x52545243;
     CREATE TABLE runs (
         run_id TEXT PRIMARY KEY NOT NULL,
         workflow_id TEXT NOT NULL,
@@ -73,6 +80,9 @@ const MIGRATIONS: &[&str] = &["
     CREATE INDEX runs_by_status ON runs (status, run_id);
     CREATE INDEX runs_by_workflow_type ON runs (workflow_type, run_id);
 "];
+
+/// `PRAGMA application_id` of retrace databases: "RTRC".
+const APPLICATION_ID: i64 = 0x5254_5243;
 
 /// The columns of `runs`, in the order [`run_from_row`] reads them.
 const RUN_COLUMNS: &str = "run_id, workflow_id, workflow_type, task_queue, status, \
@@ -102,6 +112,9 @@ pub struct SqliteOptions {
     pub write_queue_max: usize,
     /// Batches the writer commits together in one transaction (one fsync).
     pub group_commit_batches_max: usize,
+    /// Bytes (event JSON and state) a group may write, unless its first batch
+    /// alone is larger: it bounds the transaction and the WAL growth.
+    pub group_commit_bytes_max: usize,
     /// Reads queued for the reader threads; reads wait for room beyond this.
     pub read_queue_max: usize,
     /// Reader threads, each with its own read-only connection.
@@ -115,6 +128,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             write_queue_max: 1024,
             group_commit_batches_max: 256,
+            group_commit_bytes_max: 16 * 1024 * 1024,
             read_queue_max: 1024,
             reader_count: 2,
             busy_timeout_ms: 5_000,
@@ -134,6 +148,10 @@ impl SqliteOptions {
             "group_commit_batches_max must be positive"
         );
         assert!(self.group_commit_batches_max <= QUEUE_MAX);
+        assert!(
+            self.group_commit_bytes_max > 0,
+            "group_commit_bytes_max must be positive"
+        );
         assert!(self.read_queue_max > 0, "read_queue_max must be positive");
         assert!(
             self.read_queue_max <= QUEUE_MAX,
@@ -164,7 +182,8 @@ struct Counters {
 }
 
 /// SQLite-backed storage: durable, one file, WAL. Clones share the same
-/// database and threads; dropping the last clone stops the threads.
+/// database and threads. Dropping the last clone lets the threads finish what
+/// is queued and joins them (it blocks for that long, usually one commit).
 #[derive(Clone)]
 pub struct SqliteStorage {
     inner: Arc<Inner>,
@@ -316,7 +335,11 @@ struct Writer {
     connection: Connection,
     path: PathBuf,
     group_commit_batches_max: usize,
+    group_commit_bytes_max: usize,
     counters: Arc<Counters>,
+    /// Set when a commit failed in a way that leaves its outcome unknown: the
+    /// writer answers its group and stops.
+    stopping: bool,
 }
 
 impl Writer {
@@ -341,11 +364,14 @@ impl Writer {
             ));
         }
         check_schema_version(path, version)?;
+        check_application(&connection, path, version)?;
         let mut writer = Writer {
             connection,
             path: path.to_path_buf(),
             group_commit_batches_max: options.group_commit_batches_max,
+            group_commit_bytes_max: options.group_commit_bytes_max,
             counters: Arc::new(Counters::default()),
+            stopping: false,
         };
         writer.configure()?;
         writer.migrate()?;
@@ -409,6 +435,33 @@ impl Writer {
     }
 }
 
+/// Refuses SQLite databases of other programs: one marked with another
+/// application id, or one that has tables but no retrace schema version.
+fn check_application(
+    connection: &Connection,
+    path: &Path,
+    version: i64,
+) -> Result<(), StorageError> {
+    let fail = |error| io_error(path, "cannot read the schema", error);
+    let application_id: i64 = connection
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(fail)?;
+    if application_id != 0 && application_id != APPLICATION_ID {
+        let reason = format!(
+            "application id {application_id:#x} is not retrace's; it belongs to another program"
+        );
+        return Err(io_error(path, "cannot open", reason));
+    }
+    let objects: i64 = connection
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+        .map_err(fail)?;
+    if version == 0 && objects > 0 {
+        let reason = "it has tables but no retrace schema version; it belongs to another program";
+        return Err(io_error(path, "cannot open", reason));
+    }
+    Ok(())
+}
+
 fn check_schema_version(path: &Path, version: i64) -> Result<(), StorageError> {
     let supported = SqliteStorage::SCHEMA_VERSION;
     if version < 0 {
@@ -432,6 +485,8 @@ fn check_schema_version(path: &Path, version: i64) -> Result<(), StorageError> {
 struct WriteJob {
     batch: WriteBatch,
     bodies: Vec<String>,
+    /// The bytes the batch writes (event bodies and state), for the group bound.
+    size_bytes: usize,
     reply: oneshot::Sender<Result<(), StorageError>>,
 }
 
@@ -460,9 +515,9 @@ impl Drop for Threads {
 }
 
 /// Starts the writer and the readers, and hands back the storage that feeds them.
-// The one place this module starts OS threads: SQLite blocks, and the Env's
-// Spawner runs async tasks, which must never block (clippy.toml bans
-// std::thread::spawn outside src/env; this is src/env's production storage).
+// The one place this module starts OS threads: SQLite calls block, and the
+// Env's Spawner runs async tasks, which must never block. clippy.toml bans
+// thread spawning in core code; src/env's production implementations opt out.
 #[allow(clippy::disallowed_methods)]
 fn spawn_threads(
     path: PathBuf,
@@ -483,6 +538,9 @@ fn spawn_threads(
         .spawn(move || writer_loop(writer, write_receiver));
     let mut result = spawned.map(|handle| threads.handles.push(handle));
     for (index, connection) in readers.into_iter().enumerate() {
+        if result.is_err() {
+            break;
+        }
         let receiver = Arc::clone(&read_receiver);
         let spawned = std::thread::Builder::new()
             .name(format!("retrace-sqlite-reader-{index}"))
@@ -524,20 +582,39 @@ fn reader_loop(connection: Connection, receiver: Arc<Mutex<mpsc::Receiver<ReadJo
 
 fn writer_loop(mut writer: Writer, mut receiver: mpsc::Receiver<WriteJob>) {
     let mut group: Vec<WriteJob> = Vec::with_capacity(writer.group_commit_batches_max);
-    while let Some(first) = receiver.blocking_recv() {
+    // A job that would have taken its group over the byte bound starts the next.
+    let mut carried: Option<WriteJob> = None;
+    loop {
+        let first = match carried.take() {
+            Some(job) => job,
+            None => match receiver.blocking_recv() {
+                Some(job) => job,
+                None => return, // Every handle is gone and the queue is drained.
+            },
+        };
         assert!(group.is_empty());
+        let mut group_bytes = first.size_bytes;
         group.push(first);
         while group.len() < writer.group_commit_batches_max {
-            match receiver.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break, // Empty (or closed: answer this group first).
+            let Ok(job) = receiver.try_recv() else {
+                break; // Empty (or closed: answer this group first).
+            };
+            if group_bytes + job.size_bytes > writer.group_commit_bytes_max {
+                carried = Some(job);
+                break;
             }
+            group_bytes += job.size_bytes;
+            group.push(job);
         }
+        assert!(group.len() == 1 || group_bytes <= writer.group_commit_bytes_max);
         let results = writer.commit_group(&group);
         assert_eq!(results.len(), group.len());
         for (job, result) in group.drain(..).zip(results) {
             // A caller that stopped waiting does not need its answer.
             let _ = job.reply.send(result);
+        }
+        if writer.stopping {
+            return; // Queued and later writes get "storage stopped".
         }
     }
 }
@@ -590,8 +667,7 @@ impl Writer {
             }
         }
         if let Err(error) = self.connection.execute_batch("COMMIT") {
-            let error = io_error(&self.path, "cannot commit", error);
-            return self.abort_group(group.len(), error);
+            return self.commit_failed(group.len(), error);
         }
         assert!(self.connection.is_autocommit());
         assert_eq!(results.len(), group.len());
@@ -603,6 +679,31 @@ impl Writer {
                 .fetch_add(written, Ordering::Relaxed);
             self.counters.commits.fetch_add(1, Ordering::Release);
         }
+        results
+    }
+
+    /// A failed `COMMIT`. Busy: nothing was written, the group gets `Io`. Any
+    /// other failure (an fsync error, a full disk) may have left the commit
+    /// record in the WAL, to be recovered on the next open: the group gets
+    /// `Timeout` (outcome unknown) and the writer stops, as after a failed fsync
+    /// nothing more can be trusted (PostgreSQL's "fsyncgate"); a restart
+    /// recovers the WAL and settles the outcome.
+    fn commit_failed(
+        &mut self,
+        count: usize,
+        error: rusqlite::Error,
+    ) -> Vec<Result<(), StorageError>> {
+        assert!(count > 0);
+        let busy = error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+        let io = io_error(&self.path, "cannot commit", &error);
+        let mut results = self.abort_group(count, io);
+        if !busy {
+            let path = self.path.display();
+            tracing::error!(%error, %path, "sqlite storage: commit failed; the writer stops");
+            self.stopping = true;
+            results.fill(Err(StorageError::Timeout));
+        }
+        assert_eq!(results.len(), count);
         results
     }
 
@@ -931,9 +1032,11 @@ impl Storage for SqliteStorage {
         Box::pin(async move {
             let bodies = encode_events(&batch)?;
             let (reply, answer) = oneshot::channel();
+            let size_bytes = batch.run.state.len() + bodies.iter().map(String::len).sum::<usize>();
             let job = WriteJob {
                 batch,
                 bodies,
+                size_bytes,
                 reply,
             };
             self.inner
@@ -1033,6 +1136,7 @@ mod tests {
         let job = WriteJob {
             batch: broken,
             bodies: vec!["{}".to_string()],
+            size_bytes: 2,
             reply,
         };
         block_on(storage.inner.write_sender.send(job)).expect("the writer was running");
@@ -1058,6 +1162,53 @@ mod tests {
         assert_eq!(block_on(panicking), Err(stopped()));
         assert_eq!(block_on(storage.read_run("run-a")), Err(stopped()));
         block_on(storage.write(create("run-a"))).expect("the writer still writes");
+    }
+
+    /// Writes `count` runs at once and returns the writer's counters.
+    fn write_concurrently(options: SqliteOptions, count: usize) -> SqliteStats {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let storage =
+            SqliteStorage::open_with(dir.path().join("retrace.db"), options).expect("it opens");
+        let batches: Vec<WriteBatch> = (0..count)
+            .map(|index| create(&format!("run-{index}")))
+            .collect();
+        let writes = batches.iter().map(|batch| storage.write(batch.clone()));
+        for result in block_on(futures::future::join_all(writes)) {
+            result.expect("every write lands");
+        }
+        storage.stats()
+    }
+
+    #[test]
+    fn group_commit_is_bounded_by_batches_and_by_bytes() {
+        let grouped = write_concurrently(SqliteOptions::default(), 50);
+        assert_eq!(grouped.batches_written, 50);
+        assert!(grouped.commits < 50, "nothing was grouped: {grouped:?}");
+        let one_batch = SqliteOptions {
+            group_commit_batches_max: 1,
+            ..SqliteOptions::default()
+        };
+        let stats = write_concurrently(one_batch, 50);
+        assert_eq!(
+            stats,
+            SqliteStats {
+                commits: 50,
+                batches_written: 50
+            }
+        );
+        // Every batch is over one byte: each group holds one, the rest carried over.
+        let one_byte = SqliteOptions {
+            group_commit_bytes_max: 1,
+            ..SqliteOptions::default()
+        };
+        let stats = write_concurrently(one_byte, 50);
+        assert_eq!(
+            stats,
+            SqliteStats {
+                commits: 50,
+                batches_written: 50
+            }
+        );
     }
 
     #[test]

@@ -72,9 +72,11 @@ async fn run_attempt(shared: &Shared, task: ActivityTask) {
     shared.running_activities.lock().expect("lock").insert(slot, activity_shared.clone());
     let result = match shared.activities.get(&task.activity_type) {
         Some(activity) => {
+            // Subscribe before the attempt runs, so its first heartbeat is seen.
+            let pending = activity_shared.heartbeat_pending.subscribe();
             let ctx = ActivityContext::new(info_of(&task), activity_shared.clone());
             let attempt = activity(ctx, task.input.clone());
-            let heartbeats = heartbeat_loop(shared, &task, &activity_shared);
+            let heartbeats = heartbeat_loop(shared, &task, &activity_shared, pending);
             futures::pin_mut!(attempt, heartbeats);
             match futures::future::select(attempt, heartbeats).await {
                 Either::Left((result, _)) => Some(result),
@@ -134,13 +136,17 @@ async fn respond(shared: &Shared, task: &ActivityTask, result: ActivityTaskResul
 /// Sends heartbeats while the attempt runs (throttled), relays cancellation,
 /// and stops the attempt when its start-to-close deadline passes on this
 /// worker's clock. Resolves only to stop the attempt.
-async fn heartbeat_loop(shared: &Shared, task: &ActivityTask, activity: &Arc<ActivityShared>) {
+async fn heartbeat_loop(
+    shared: &Shared,
+    task: &ActivityTask,
+    activity: &Arc<ActivityShared>,
+    mut pending: tokio::sync::watch::Receiver<u64>,
+) {
     let throttle_ms = match task.heartbeat_timeout_ms {
         Some(timeout_ms) => (timeout_ms * 4 / 5).max(1),
         None => shared.options.heartbeat_throttle_ms_max,
     };
     let deadline = task.start_to_close_timeout_ms.map(|ms| shared.env.now().plus_ms(ms));
-    let mut pending = activity.heartbeat_pending.subscribe();
     let mut last_sent = shared.env.now();
     loop {
         let changed = pending.changed();

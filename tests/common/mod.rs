@@ -1,6 +1,13 @@
 //! Workflows and activities shared by the integration tests: the ones the golden
-//! histories in `fixtures/histories/` were recorded from.
+//! histories in `fixtures/histories/` were recorded from, and the engine harness.
 #![allow(dead_code)]
+
+pub mod engine;
+
+/// Logs to the test's output when RUST_LOG is set.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+}
 
 use std::time::Duration;
 

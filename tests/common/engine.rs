@@ -1,0 +1,50 @@
+//! An in-process engine for end-to-end tests, and the check every test ends
+//! with: each history is well-formed and replays to its recorded result.
+
+use retrace::api::RunOutcome;
+use retrace::client::Client;
+use retrace::engine::EmbeddedEngine;
+use retrace::workflow::{Replayer, RunResult, WorkflowRegistry};
+
+/// The engine and the workflow code its workers run.
+pub struct TestEngine {
+    pub engine: EmbeddedEngine,
+    pub registry: WorkflowRegistry,
+}
+
+impl TestEngine {
+    pub async fn new(registry: WorkflowRegistry) -> TestEngine {
+        let engine = EmbeddedEngine::in_memory().await.expect("an in-memory engine starts");
+        TestEngine { engine, registry }
+    }
+
+    pub fn client(&self) -> Client {
+        self.engine.client()
+    }
+
+    /// Every run's history is well-formed (the client validates each event as it
+    /// reads) and replays from scratch, incrementally and after eviction to the
+    /// outcome the service recorded.
+    pub async fn check_histories(&self) -> usize {
+        let client = self.client();
+        let runs = client.list_all(None).await.expect("list works");
+        let replayer = Replayer::new(self.registry.clone());
+        for run in &runs {
+            let history = client.history(&run.workflow_id, Some(&run.run_id)).await.expect("history is well-formed");
+            let replayed = replayer
+                .replay_three_ways(&history)
+                .unwrap_or_else(|e| panic!("run {} does not replay: {e}", run.run_id));
+            let outcome = client.outcome(&run.workflow_id, Some(&run.run_id));
+            let recorded = if run.status.is_closed() { Some(outcome.await.expect("closed runs have outcomes")) } else { None };
+            match (recorded, replayed.result) {
+                (Some(RunOutcome::Completed { result }), Some(RunResult::Completed(value))) => assert_eq!(result, value),
+                (Some(RunOutcome::Failed { failure }), Some(RunResult::Failed(replayed))) => assert_eq!(failure, replayed),
+                (Some(RunOutcome::Canceled { .. }), Some(RunResult::Canceled)) => {}
+                (Some(RunOutcome::Terminated { .. } | RunOutcome::TimedOut), _) => {}
+                (None, _) => {}
+                (recorded, replayed) => panic!("run {}: recorded {recorded:?}, replay gives {replayed:?}", run.run_id),
+            }
+        }
+        runs.len()
+    }
+}
