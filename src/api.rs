@@ -336,6 +336,10 @@ pub struct PollTaskRequest {
     pub task_queue: String,
     /// The worker (shown in history).
     pub identity: String,
+    /// Workflow types the worker runs (workflow polls): the service refuses to
+    /// start a type no recent poller of the queue serves.
+    #[serde(default)]
+    pub workflow_types: Vec<String>,
 }
 
 /// A workflow task: run the code up to its next wait.

@@ -69,8 +69,38 @@ impl Inner {
         Ok(state)
     }
 
+    /// Records the workflow types a poller serves.
+    fn note_workflow_types(&self, request: &PollTaskRequest) {
+        if request.workflow_types.is_empty() {
+            return;
+        }
+        let now = self.env.now();
+        let mut known = self.workflow_types.lock().expect("types lock");
+        let queue = known.entry(request.task_queue.clone()).or_default();
+        for workflow_type in &request.workflow_types {
+            queue.insert(workflow_type.clone(), now);
+        }
+    }
+
+    /// Refuses a type that no recent poller of the queue serves (when some do).
+    fn check_workflow_type(&self, request: &StartWorkflowRequest) -> Result<(), ServiceError> {
+        let oldest = crate::types::Timestamp(self.env.now().0.saturating_sub(self.config.workflow_type_ttl_ms));
+        let known = self.workflow_types.lock().expect("types lock");
+        let Some(queue) = known.get(&request.task_queue) else { return Ok(()) };
+        let served: Vec<&String> = queue.iter().filter(|(_, seen)| **seen >= oldest).map(|(t, _)| t).collect();
+        if served.is_empty() || served.contains(&&request.workflow_type) {
+            return Ok(());
+        }
+        let message = format!(
+            "no worker polling task queue {:?} runs workflow type {:?} (its workers run {served:?})",
+            request.task_queue, request.workflow_type
+        );
+        Err(ServiceError::new(ErrorCode::UnknownWorkflowType, message))
+    }
+
     async fn start_workflow(self: &Arc<Self>, request: StartWorkflowRequest) -> Result<StartWorkflowResponse, ServiceError> {
         machine::run::check_start(&request)?;
+        self.check_workflow_type(&request)?;
         for _ in 0..3 {
             let current = self.storage.current_run(&request.workflow_id).await.map_err(|e| unavailable(&e))?;
             if let Some(current) = &current {
@@ -248,6 +278,7 @@ impl Inner {
     }
 
     async fn poll_workflow_task(self: &Arc<Self>, request: PollTaskRequest) -> Result<PollWorkflowTaskResponse, ServiceError> {
+        self.note_workflow_types(&request);
         let deadline = self.env.now().plus_ms(self.config.poll_timeout_ms);
         let empty = PollWorkflowTaskResponse { task: None, query: None };
         if self.env.buggify("service.poll.return_empty") {

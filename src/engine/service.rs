@@ -42,6 +42,8 @@ pub struct ServiceConfig {
     pub timers_firing_max: usize,
     /// Attempts to reload a run after a failed write before giving up.
     pub resync_attempts_max: u32,
+    /// How long a workflow type advertised by a poller counts as served.
+    pub workflow_type_ttl_ms: u64,
 }
 
 impl Default for ServiceConfig {
@@ -56,6 +58,7 @@ impl Default for ServiceConfig {
             open_runs_max: 1_000_000,
             timers_firing_max: 64,
             resync_attempts_max: 1_000,
+            workflow_type_ttl_ms: 300_000,
         }
     }
 }
@@ -83,6 +86,8 @@ pub(super) struct Inner {
     timer_permits: Arc<Semaphore>,
     pub result_waiters: Mutex<BTreeMap<String, Vec<oneshot::Sender<RunOutcome>>>>,
     pub queries: Mutex<BTreeMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
+    /// Workflow types advertised by pollers, per task queue, with when last seen.
+    pub workflow_types: Mutex<BTreeMap<String, BTreeMap<String, crate::types::Timestamp>>>,
 }
 
 impl Drop for Inner {
@@ -142,6 +147,7 @@ impl Service {
             timer_wake: Arc::new(Notify::new()),
             result_waiters: Mutex::new(BTreeMap::new()),
             queries: Mutex::new(BTreeMap::new()),
+            workflow_types: Mutex::new(BTreeMap::new()),
         });
         inner.recover().await?;
         let weak = Arc::downgrade(&inner);

@@ -21,6 +21,7 @@ pub(super) async fn poll_loop(shared: Arc<Shared>) {
         let request = Request::PollActivityTask(PollTaskRequest {
             task_queue: shared.options.task_queue.clone(),
             identity: shared.options.identity.clone(),
+            workflow_types: Vec::new(),
         });
         let poll = shared.call_once(request, shared.options.poll_rpc_timeout_ms);
         let Some(polled) = shared.unless_stopping(poll).await else { return };

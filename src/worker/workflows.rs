@@ -17,6 +17,7 @@ pub(super) async fn poll_loop(shared: Arc<Shared>) {
         let request = Request::PollWorkflowTask(PollTaskRequest {
             task_queue: shared.options.task_queue.clone(),
             identity: shared.options.identity.clone(),
+            workflow_types: shared.workflows.names(),
         });
         let poll = shared.call_once(request, shared.options.poll_rpc_timeout_ms);
         let Some(polled) = shared.unless_stopping(poll).await else { return };
