@@ -87,6 +87,7 @@ pub struct Client {
     env: Env,
     identity: String,
     rpc_timeout_ms: u64,
+    call_attempts_max: u32,
 }
 
 /// A run, typed by its workflow's output.
@@ -107,12 +108,18 @@ fn unexpected(response: Response) -> ClientError {
 impl Client {
     /// A client on `env`'s network.
     pub fn new(env: Env) -> Client {
-        Client { env, identity: "client".to_string(), rpc_timeout_ms: 90_000 }
+        Client { env, identity: "client".to_string(), rpc_timeout_ms: 90_000, call_attempts_max: CALL_ATTEMPTS_MAX }
     }
 
     /// Sets the identity shown in histories.
     pub fn with_identity(mut self, identity: impl Into<String>) -> Client {
         self.identity = identity.into();
+        self
+    }
+
+    /// Sets how many times a call is tried when the network or storage fails.
+    pub fn with_call_attempts_max(mut self, attempts_max: u32) -> Client {
+        self.call_attempts_max = attempts_max.max(1);
         self
     }
 
@@ -130,7 +137,7 @@ impl Client {
                 Ok(Err(error)) => ClientError::Network(error),
                 Err(_) => ClientError::Network(NetError::Timeout),
             };
-            if attempt >= CALL_ATTEMPTS_MAX {
+            if attempt >= self.call_attempts_max {
                 return Err(error);
             }
             tracing::debug!(method = request.method(), attempt, %error, "call failed; retrying");

@@ -4,7 +4,7 @@
 //! |---------|-------------------------------|---------|----------------------------------------------------|
 //! | -       | start                         | Running | WorkflowExecutionStarted, WorkflowTaskScheduled     |
 //! | Running | signal (new request id)       | Running | WorkflowExecutionSignaled (delivered)               |
-//! | Running | signal (seen request id)      | Running | none                                               |
+//! | any     | signal (seen request id)      | same    | none: answered as delivered                         |
 //! | Running | cancel request (first)        | Running | WorkflowExecutionCancelRequested (delivered)        |
 //! | Running | Complete/Fail/CancelWorkflow command | closed | WorkflowExecutionCompleted / Failed / Canceled |
 //! | Running | terminate                     | Terminated | WorkflowExecutionTerminated (no workflow task)   |
@@ -173,13 +173,15 @@ pub fn close(step: &mut Step<'_>, kind: EventKind) {
 
 /// Delivers a signal once per request id. Returns false for a repeated request.
 pub fn on_signal(step: &mut Step<'_>, signal_name: &str, input: Value, identity: &str, request_id: &str) -> Result<bool, ServiceError> {
-    refuse_closed(step.state)?;
     if signal_name.trim().is_empty() {
         return Err(invalid("signal_name must not be empty"));
     }
+    // A retry of a delivered signal is answered as delivered, even once the
+    // run has closed since.
     if step.state.signal_request_ids.iter().any(|id| id == request_id) {
         return Ok(false);
     }
+    refuse_closed(step.state)?;
     step.check_payload("signal input", &input)?;
     let ids = &mut step.state.signal_request_ids;
     if ids.len() == SIGNAL_REQUEST_IDS_MAX {

@@ -1,0 +1,327 @@
+//! The cluster of one run: a service node, worker nodes, a client node, as
+//! madsim nodes that can crash, restart and pause; and the fault injector that
+//! plays a fault plan against them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use madsim::runtime::{Handle, NodeHandle};
+use retrace::api::ActivityTask;
+use retrace::engine::{Service, ServiceConfig};
+use retrace::worker::{Worker, WorkerObserver, WorkerOptions};
+use retrace::workflow::StateDigest;
+
+use crate::faults::{Fault, FaultKind, FaultPlan};
+use crate::simulation::Setup;
+use crate::storage::StorageFaults;
+use crate::world::{CLIENT, SERVICE, World, lock, worker_name};
+
+/// What a worker node's code gets: its name and the world (for services).
+#[derive(Clone)]
+pub struct NodeCtx {
+    world: Arc<World>,
+    name: String,
+}
+
+impl NodeCtx {
+    /// The node's name (`worker-0`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A client of simulated service `service`, calling from this node.
+    pub fn service(&self, service: &str) -> crate::services::ServiceClient {
+        crate::services::ServiceClient::new(self.world.clone(), &self.name, service)
+    }
+
+    /// The node's engine environment (its clock, for activities that wait).
+    pub fn env(&self) -> retrace::env::Env {
+        self.world.env(&self.name)
+    }
+}
+
+/// Live observations the checkers need.
+#[derive(Default)]
+pub struct Observed {
+    /// The executor's digest when its code closed the run, by run id.
+    pub final_digests: Mutex<BTreeMap<String, StateDigest>>,
+    /// Capacity violations seen while activities ran.
+    pub capacity_violations: Mutex<Vec<String>>,
+}
+
+/// One worker incarnation's observer.
+struct NodeObserver {
+    observed: Arc<Observed>,
+    node: String,
+    running: AtomicUsize,
+    activities_max: usize,
+}
+
+impl WorkerObserver for NodeObserver {
+    fn workflow_task_completed(&self, run_id: &str, digest: StateDigest, closed: bool) {
+        if closed {
+            lock(&self.observed.final_digests).insert(run_id.to_string(), digest);
+        }
+    }
+
+    fn activity_started(&self, task: &ActivityTask) {
+        let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        if running > self.activities_max {
+            let message = format!(
+                "{} runs {running} activities at once (limit {}) when starting {}/{}",
+                self.node, self.activities_max, task.run_id, task.activity_id
+            );
+            lock(&self.observed.capacity_violations).push(message);
+        }
+    }
+
+    fn activity_finished(&self, _task: &ActivityTask) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NodeState {
+    Up,
+    /// Down since the fault with this number.
+    Down(u64),
+}
+
+/// The nodes of a run and their state.
+pub struct Cluster {
+    pub world: Arc<World>,
+    pub observed: Arc<Observed>,
+    nodes: BTreeMap<String, NodeHandle>,
+    states: Mutex<BTreeMap<String, NodeState>>,
+    paused: Mutex<BTreeMap<String, u64>>,
+    next_fault: AtomicUsize,
+}
+
+impl Cluster {
+    /// Starts the net, service, worker and client nodes.
+    pub fn start(world: Arc<World>, setup: &Arc<Setup>) -> Arc<Cluster> {
+        let handle = Handle::current();
+        let net = handle.create_node().name("net").build();
+        world.net.set_net_node(net);
+        let observed = Arc::new(Observed::default());
+        let mut nodes = BTreeMap::new();
+        let service = start_service_node(&handle, &world, setup.service_config.clone());
+        nodes.insert(SERVICE.to_string(), service);
+        for index in 0..setup.workers {
+            let node = start_worker_node(&handle, &world, setup, &observed, index);
+            nodes.insert(worker_name(index), node);
+        }
+        nodes.insert(CLIENT.to_string(), handle.create_node().name(CLIENT).build());
+        let states = nodes.keys().map(|name| (name.clone(), NodeState::Up)).collect();
+        Arc::new(Cluster {
+            world,
+            observed,
+            nodes,
+            states: Mutex::new(states),
+            paused: Mutex::new(BTreeMap::new()),
+            next_fault: AtomicUsize::new(1),
+        })
+    }
+
+    /// The client node, where scenarios run.
+    pub fn client_node(&self) -> &NodeHandle {
+        &self.nodes[CLIENT]
+    }
+
+    fn node(&self, name: &str) -> &NodeHandle {
+        &self.nodes[name]
+    }
+
+    /// Kills node `name` (its tasks end at once; unsynced writes are lost).
+    fn crash(&self, name: &str, fault: u64) -> bool {
+        let mut states = lock(&self.states);
+        if states.get(name) != Some(&NodeState::Up) {
+            return false;
+        }
+        states.insert(name.to_string(), NodeState::Down(fault));
+        drop(states);
+        if name == SERVICE {
+            self.world.net.unregister(SERVICE);
+        }
+        Handle::current().kill(self.node(name).id());
+        true
+    }
+
+    /// Restarts node `name` if it is still down from fault `fault` (any fault if `None`).
+    fn restart(&self, name: &str, fault: Option<u64>) {
+        let mut states = lock(&self.states);
+        match states.get(name) {
+            Some(NodeState::Down(down)) if fault.is_none_or(|f| f == *down) => {
+                states.insert(name.to_string(), NodeState::Up);
+            }
+            _ => return,
+        }
+        drop(states);
+        lock(&self.paused).remove(name);
+        Handle::current().restart(self.node(name).id());
+    }
+
+    fn pause(&self, name: &str, fault: u64) -> bool {
+        if lock(&self.states).get(name) != Some(&NodeState::Up) || lock(&self.paused).contains_key(name) {
+            return false;
+        }
+        lock(&self.paused).insert(name.to_string(), fault);
+        Handle::current().pause(self.node(name).id());
+        true
+    }
+
+    fn resume(&self, name: &str, fault: Option<u64>) {
+        let mut paused = lock(&self.paused);
+        match paused.get(name) {
+            Some(f) if fault.is_none_or(|x| x == *f) => {
+                paused.remove(name);
+            }
+            _ => return,
+        }
+        drop(paused);
+        Handle::current().resume(self.node(name).id());
+    }
+
+    /// Plays `plan` (spawned on the supervisor).
+    pub async fn inject(self: Arc<Self>, plan: FaultPlan) {
+        for fault in plan.in_time_order() {
+            let at = self.world.start + Duration::from_millis(fault.at_ms);
+            madsim::time::sleep_until(at).await;
+            if !self.world.faults_enabled() {
+                return;
+            }
+            self.apply(&fault);
+        }
+    }
+
+    fn apply(self: &Arc<Self>, fault: &Fault) {
+        let number = self.next_fault.fetch_add(1, Ordering::SeqCst) as u64;
+        let (applied, undo_after_ms) = match &fault.kind {
+            FaultKind::CrashWorker { worker, down_ms } => (self.crash(&worker_name(*worker), number), *down_ms),
+            FaultKind::CrashService { down_ms } => (self.crash(SERVICE, number), *down_ms),
+            FaultKind::Partition { from, to, one_way, duration_ms } => {
+                self.world.net.cut(&from.name(), &to.name(), *one_way);
+                (true, *duration_ms)
+            }
+            FaultKind::Clog { a, b, duration_ms } => {
+                self.world.net.clog(&a.name(), &b.name());
+                (true, *duration_ms)
+            }
+            FaultKind::PauseWorker { worker, duration_ms } => (self.pause(&worker_name(*worker), number), *duration_ms),
+            FaultKind::StorageTrouble { duration_ms, io_error_percent, ambiguous_percent } => {
+                let faults = StorageFaults {
+                    io_error_rate: f64::from(*io_error_percent) / 100.0,
+                    ambiguous_rate: f64::from(*ambiguous_percent) / 100.0,
+                    latency_ms_max: self.world.swarm.storage_latency_ms_max,
+                };
+                self.world.storage.set_faults(faults, true);
+                (true, *duration_ms)
+            }
+        };
+        if !applied {
+            return;
+        }
+        self.world.count_fault(fault.kind.name());
+        let cluster = self.clone();
+        let kind = fault.kind.clone();
+        madsim::task::spawn(async move {
+            madsim::time::sleep(Duration::from_millis(undo_after_ms)).await;
+            cluster.undo(&kind, number);
+        });
+    }
+
+    fn undo(&self, kind: &FaultKind, number: u64) {
+        match kind {
+            FaultKind::CrashWorker { worker, .. } => self.restart(&worker_name(*worker), Some(number)),
+            FaultKind::CrashService { .. } => self.restart(SERVICE, Some(number)),
+            FaultKind::Partition { from, to, .. } => self.world.net.repair(&from.name(), &to.name()),
+            FaultKind::Clog { a, b, .. } => self.world.net.repair(&a.name(), &b.name()),
+            FaultKind::PauseWorker { worker, .. } => self.resume(&worker_name(*worker), Some(number)),
+            FaultKind::StorageTrouble { .. } => {
+                let on = self.world.faults_enabled();
+                self.world.storage.set_faults(self.world.swarm_storage_faults(), on);
+            }
+        }
+    }
+
+    /// Ends the safety phase: every fault off, every node up and running.
+    pub fn heal(&self) {
+        self.world.faults_on.store(false, Ordering::SeqCst);
+        self.world.net.heal();
+        self.world.storage.set_faults(StorageFaults::default(), false);
+        let names: Vec<String> = self.nodes.keys().cloned().collect();
+        for name in &names {
+            self.resume(name, None);
+            self.restart(name, None);
+        }
+    }
+}
+
+fn start_service_node(handle: &Handle, world: &Arc<World>, config: ServiceConfig) -> NodeHandle {
+    let registry = world.clone();
+    let world = world.clone();
+    let node = handle
+        .create_node()
+        .name(SERVICE)
+        .init(move || {
+            let (world, config) = (world.clone(), config.clone());
+            async move {
+                let env = world.env(SERVICE);
+                let storage = Arc::new(world.storage.clone());
+                let service = loop {
+                    match Service::start(env.clone(), storage.clone(), config.clone()).await {
+                        Ok(service) => break service,
+                        Err(error) => {
+                            tracing::debug!(%error, "service start failed; retrying");
+                            madsim::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                };
+                // The node's current handle: a handle taken before a restart
+                // spawns onto the dead incarnation.
+                let id = world.node_handle(SERVICE).expect("the service node is registered before it runs").id();
+                let node = Handle::current().get_node(id).expect("the service node exists");
+                world.net.register(SERVICE, service.handler(), node);
+                futures::future::pending::<()>().await;
+            }
+        })
+        .build();
+    registry.set_node_handle(SERVICE, node.clone());
+    node
+}
+
+fn start_worker_node(handle: &Handle, world: &Arc<World>, setup: &Arc<Setup>, observed: &Arc<Observed>, index: usize) -> NodeHandle {
+    let (world, setup, observed) = (world.clone(), setup.clone(), observed.clone());
+    let name = worker_name(index);
+    let node_name = name.clone();
+    handle
+        .create_node()
+        .name(&name)
+        .init(move || {
+            let (world, setup, observed, name) = (world.clone(), setup.clone(), observed.clone(), node_name.clone());
+            async move {
+                let ctx = NodeCtx { world: world.clone(), name: name.clone() };
+                let mut options = WorkerOptions::new(&setup.task_queue);
+                options.identity = name.clone();
+                (setup.worker_options)(&mut options);
+                let observer = Arc::new(NodeObserver {
+                    observed,
+                    node: name.clone(),
+                    running: AtomicUsize::new(0),
+                    activities_max: options.activities_max,
+                });
+                let mut builder = Worker::builder(world.env(&name), &setup.task_queue)
+                    .workflows(setup.registry.clone())
+                    .options(|o| *o = options)
+                    .observer(observer);
+                for activity in &setup.activities {
+                    builder = activity(&ctx, builder);
+                }
+                let _worker = builder.start();
+                futures::future::pending::<()>().await;
+            }
+        })
+        .build()
+}

@@ -1,0 +1,80 @@
+//! The failure report: seed, swarm options, shrunk fault plan, the first failing
+//! invariant, the history around where it shows, and one line to reproduce it.
+
+use std::fmt;
+
+use crate::simulation::SeedResult;
+
+/// Violations listed in a report besides the first.
+pub const REPORT_VIOLATIONS_MAX: usize = 5;
+/// Events shown before the history position of the failure.
+pub const REPORT_CONTEXT_EVENTS: usize = 4;
+
+/// Why a seed failed, after shrinking.
+#[derive(Debug)]
+pub struct Report {
+    pub scenario: String,
+    pub original_faults: usize,
+    pub result: SeedResult,
+    pub repro: String,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let result = &self.result;
+        writeln!(f, "\n== retrace-sim: invariant violated ==")?;
+        writeln!(f, "scenario: {}   seed: {}", self.scenario, result.seed)?;
+        writeln!(f, "swarm: {}", result.swarm)?;
+        let sites: Vec<&str> = result.buggify_sites.iter().filter(|(_, on)| **on).map(|(site, _)| *site).collect();
+        if !sites.is_empty() {
+            writeln!(f, "buggify sites on: {}", sites.join(", "))?;
+        }
+        let faults = result.plan.faults.len();
+        writeln!(f, "fault plan ({faults} faults, shrunk from {}):", self.original_faults)?;
+        write!(f, "{}", result.plan)?;
+        let first = &result.violations[0];
+        writeln!(f, "first failing invariant: {first}")?;
+        self.write_context(f)?;
+        if result.violations.len() > 1 {
+            writeln!(f, "also ({} more):", result.violations.len() - 1)?;
+            for violation in result.violations.iter().skip(1).take(REPORT_VIOLATIONS_MAX) {
+                writeln!(f, "  {violation}")?;
+            }
+        }
+        writeln!(f, "reproduce: {}", self.repro)
+    }
+}
+
+impl Report {
+    fn write_context(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let first = &self.result.violations[0];
+        let (Some(run_id), Some(event_id)) = (&first.run_id, first.event_id) else { return Ok(()) };
+        let Some(history) = self.result.histories.get(run_id) else { return Ok(()) };
+        writeln!(f, "history of run {run_id} up to event {event_id}:")?;
+        let end = (event_id as usize).min(history.len());
+        for event in &history.events()[end.saturating_sub(REPORT_CONTEXT_EVENTS + 1)..end] {
+            let attributes = serde_json::to_value(event).ok().and_then(|v| v.get("attributes").cloned());
+            let marker = if event.event_id == event_id { ">" } else { " " };
+            writeln!(f, "  {marker}{:>5} {} {}", event.event_id, event.kind.name(), attributes.unwrap_or_default())?;
+        }
+        Ok(())
+    }
+}
+
+/// One command that reproduces `seed` of scenario `scenario`, from what cargo
+/// tells the running test binary about itself.
+pub fn repro_line(scenario: &str, seed: u64) -> String {
+    let package = std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "<package>".to_string());
+    let exe = std::env::current_exe().ok();
+    let binary = exe.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+    let target = binary.rsplit_once('-').map_or(binary.clone(), |(name, _hash)| name.to_string());
+    let thread = std::thread::current();
+    let test = thread.name().filter(|name| *name != "main").map(str::to_string);
+    match test {
+        Some(test) => {
+            let selector = if target.replace('-', "_") == package.replace('-', "_") { "--lib".to_string() } else { format!("--test {target}") };
+            format!("RETRACE_SEED={seed} cargo test -p {package} {selector} -- {test} --exact")
+        }
+        None => format!("cargo run --release -p retrace-sim -- --scenario {scenario} --seeds {seed}..{}", seed + 1),
+    }
+}

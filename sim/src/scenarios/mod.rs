@@ -1,0 +1,24 @@
+//! The bundled scenarios: what the campaign runner and CI simulate.
+//!
+//! | name        | what it exercises                                                   |
+//! |-------------|---------------------------------------------------------------------|
+//! | `small`     | one workflow of three activities, two workers, one fault (the speed benchmark) |
+//! | `transfers` | money transfers with timers, signals, parallel activities, many faults |
+
+mod small;
+mod transfers;
+
+pub use small::small;
+pub use transfers::transfers;
+
+use crate::Simulation;
+
+/// Every bundled scenario.
+pub fn all() -> Vec<Simulation> {
+    vec![small(), transfers()]
+}
+
+/// The bundled scenario called `name`.
+pub fn by_name(name: &str) -> Option<Simulation> {
+    all().into_iter().find(|s| s.name() == name)
+}

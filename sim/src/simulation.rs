@@ -1,0 +1,514 @@
+//! `Simulation`: the user's entry point. Describe workflows, activities,
+//! simulated services, a scenario and a seed range; `run()` simulates every
+//! seed and panics with a reproducible report at the first broken invariant.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::ops::Range;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use retrace::activity::Activity;
+use retrace::api::RunOutcome;
+use retrace::client::Client;
+use retrace::engine::ServiceConfig;
+use retrace::env::{BoxFuture, Env, RunStatus, Storage};
+use retrace::history::History;
+use retrace::worker::{WorkerBuilder, WorkerOptions};
+use retrace::workflow::{Replayer, Workflow, WorkflowRegistry};
+
+use crate::check::{self, Violation};
+use crate::cluster::{Cluster, NodeCtx};
+use crate::faults::{FaultPlan, Topology, plan_strategy, plan_tree};
+use crate::report::{Report, repro_line};
+use crate::services::{EffectLedger, SimService};
+use crate::swarm::Swarm;
+use crate::world::{CLIENT, FaultCounts, World};
+
+type Installer = Arc<dyn Fn(&NodeCtx, WorkerBuilder) -> WorkerBuilder + Send + Sync>;
+type ServiceFactory = Arc<dyn Fn() -> Arc<dyn SimService> + Send + Sync>;
+type ScenarioFn = Arc<dyn Fn(SimClient) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+type CheckFn = Arc<dyn Fn(&Finished) -> Result<(), String> + Send + Sync>;
+
+/// Attempts of a scenario client's call (the service may be down for seconds).
+pub const SCENARIO_CALL_ATTEMPTS_MAX: u32 = 40;
+/// Most re-runs spent shrinking a failing fault plan.
+pub const SHRINK_RUNS_MAX: usize = 300;
+
+/// What a run set up, shared by its nodes.
+pub struct Setup {
+    pub name: String,
+    pub registry: WorkflowRegistry,
+    pub activities: Vec<Installer>,
+    pub services: Vec<(String, ServiceFactory)>,
+    pub workers: usize,
+    pub task_queue: String,
+    pub worker_options: Arc<dyn Fn(&mut WorkerOptions) + Send + Sync>,
+    pub service_config: ServiceConfig,
+    pub scenario: Option<ScenarioFn>,
+    pub checks: Vec<CheckFn>,
+    pub safety_ms: u64,
+    pub liveness_ms_max: u64,
+    pub faults_max: Option<usize>,
+    pub swarm: Option<Arc<dyn Fn(&mut Swarm) + Send + Sync>>,
+}
+
+/// The scenario's client: the engine's `Client` on the client node, retrying
+/// long enough to outlast a service crash, plus the node's clock.
+#[derive(Clone)]
+pub struct SimClient {
+    client: Client,
+    env: Env,
+}
+
+impl std::ops::Deref for SimClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl SimClient {
+    /// Sleeps on the client node's clock.
+    pub async fn sleep_ms(&self, duration_ms: u64) {
+        self.env.sleep_ms(duration_ms).await;
+    }
+
+    /// The client node's environment.
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+}
+
+/// What the run left behind, for user checks.
+pub struct Finished {
+    /// Every run's history, by run id.
+    pub histories: BTreeMap<String, History>,
+    /// How each workflow id's latest run closed.
+    pub outcomes: BTreeMap<String, RunOutcome>,
+    /// Effects applied and acknowledged.
+    pub ledger: EffectLedger,
+    /// Faults injected, by kind.
+    pub faults: FaultCounts,
+}
+
+/// One seed's run.
+#[derive(Clone, Debug)]
+pub struct SeedResult {
+    pub seed: u64,
+    pub swarm: Swarm,
+    pub plan: FaultPlan,
+    pub violations: Vec<Violation>,
+    pub trace_hash: u64,
+    pub faults: FaultCounts,
+    /// Simulated milliseconds the run lasted.
+    pub sim_ms: u64,
+    /// Every run's history, by run id.
+    pub histories: BTreeMap<String, History>,
+    pub buggify_sites: BTreeMap<&'static str, bool>,
+}
+
+impl SeedResult {
+    /// True if every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// A simulation test: workflows, activities, services, a scenario, seeds.
+pub struct Simulation {
+    setup: Setup,
+    seeds: Range<u64>,
+}
+
+impl Simulation {
+    /// A simulation named `name` (the name appears in reports).
+    pub fn new(name: &str) -> Simulation {
+        Simulation {
+            setup: Setup {
+                name: name.to_string(),
+                registry: WorkflowRegistry::new(),
+                activities: Vec::new(),
+                services: Vec::new(),
+                workers: 2,
+                task_queue: "sim".to_string(),
+                worker_options: Arc::new(|_| {}),
+                service_config: ServiceConfig::default(),
+                scenario: None,
+                checks: Vec::new(),
+                safety_ms: 30_000,
+                liveness_ms_max: 600_000,
+                faults_max: None,
+                swarm: None,
+            },
+            seeds: 0..100,
+        }
+    }
+
+    /// Registers workflow type `W` on every worker.
+    pub fn workflow<W: Workflow>(mut self) -> Self {
+        self.setup.registry.register::<W>();
+        self
+    }
+
+    /// Registers every workflow of `registry`.
+    pub fn workflows(mut self, registry: WorkflowRegistry) -> Self {
+        self.setup.registry = registry;
+        self
+    }
+
+    /// Registers activity `A`, built on each worker node by `factory` (which
+    /// can connect to simulated services from that node).
+    pub fn activity<A: Activity>(mut self, factory: impl Fn(&NodeCtx) -> A + Send + Sync + 'static) -> Self {
+        self.setup.activities.push(Arc::new(move |ctx, builder| builder.activity(factory(ctx))));
+        self
+    }
+
+    /// Adds simulated external service `name` (fresh for every seed).
+    pub fn service<S: SimService>(mut self, name: &str, factory: impl Fn() -> S + Send + Sync + 'static) -> Self {
+        let factory: ServiceFactory = Arc::new(move || Arc::new(factory()) as Arc<dyn SimService>);
+        self.setup.services.push((name.to_string(), factory));
+        self
+    }
+
+    /// Number of worker nodes (default 2).
+    pub fn workers(mut self, workers: usize) -> Self {
+        assert!(workers >= 1, "a simulation needs at least one worker");
+        self.setup.workers = workers;
+        self
+    }
+
+    /// Sets the task queue (default `sim`).
+    pub fn task_queue(mut self, task_queue: &str) -> Self {
+        self.setup.task_queue = task_queue.to_string();
+        self
+    }
+
+    /// Adjusts each worker's options.
+    pub fn worker_options(mut self, f: impl Fn(&mut WorkerOptions) + Send + Sync + 'static) -> Self {
+        self.setup.worker_options = Arc::new(f);
+        self
+    }
+
+    /// The scenario: what the client does (start runs, send signals). It runs
+    /// on the client node while faults happen.
+    pub fn scenario<F, Fut>(mut self, scenario: F) -> Self
+    where
+        F: Fn(SimClient) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.setup.scenario = Some(Arc::new(move |client| Box::pin(scenario(client))));
+        self
+    }
+
+    /// A check of the scenario's own expectations, run after every seed.
+    pub fn check(mut self, check: impl Fn(&Finished) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        self.setup.checks.push(Arc::new(check));
+        self
+    }
+
+    /// The seeds to run (`RETRACE_SEED=n` runs only seed `n`).
+    pub fn seeds(mut self, seeds: Range<u64>) -> Self {
+        self.seeds = seeds;
+        self
+    }
+
+    /// Length of the safety phase, where faults happen (default 30 s).
+    pub fn safety_ms(mut self, safety_ms: u64) -> Self {
+        self.setup.safety_ms = safety_ms;
+        self
+    }
+
+    /// How long runs may take to close once faults heal (default 600 s).
+    pub fn liveness_ms_max(mut self, liveness_ms_max: u64) -> Self {
+        self.setup.liveness_ms_max = liveness_ms_max;
+        self
+    }
+
+    /// Fixes the number of faults a plan may hold (instead of the swarm's).
+    pub fn faults_max(mut self, faults_max: usize) -> Self {
+        self.setup.faults_max = Some(faults_max);
+        self
+    }
+
+    /// Adjusts every seed's swarm options.
+    pub fn swarm(mut self, f: impl Fn(&mut Swarm) + Send + Sync + 'static) -> Self {
+        self.setup.swarm = Some(Arc::new(f));
+        self
+    }
+
+    /// The scenario's name.
+    pub fn name(&self) -> &str {
+        &self.setup.name
+    }
+
+    /// The seeds to run, honouring `RETRACE_SEED` and `RETRACE_SEEDS`.
+    pub fn effective_seeds(&self) -> Range<u64> {
+        if let Some(seed) = std::env::var("RETRACE_SEED").ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            return seed..seed + 1;
+        }
+        if let Some((a, b)) = std::env::var("RETRACE_SEEDS").ok().and_then(|s| parse_range(&s)) {
+            return a..b;
+        }
+        self.seeds.clone()
+    }
+
+    /// Runs every seed; panics with the report of the first failure (its
+    /// fault plan shrunk). Returns the number of seeds run.
+    pub fn run(self) -> u64 {
+        crate::init_logging();
+        let seeds = self.effective_seeds();
+        let count = seeds.end - seeds.start;
+        let setup = Arc::new(self.setup);
+        for seed in seeds {
+            if let Err(report) = run_and_shrink(&setup, seed) {
+                panic!("{report}");
+            }
+        }
+        count
+    }
+
+    /// Freezes the setup for repeated runs (the campaign runner).
+    pub fn into_runner(self) -> SeedRunner {
+        SeedRunner { setup: Arc::new(self.setup) }
+    }
+}
+
+/// Runs seeds of one simulation.
+#[derive(Clone)]
+pub struct SeedRunner {
+    setup: Arc<Setup>,
+}
+
+impl SeedRunner {
+    /// The scenario's name.
+    pub fn name(&self) -> &str {
+        &self.setup.name
+    }
+
+    /// Runs `seed` with the plan the seed generates.
+    pub fn run_seed(&self, seed: u64) -> SeedResult {
+        let (swarm, strategy) = plan_setup(&self.setup, seed);
+        let plan = plan_tree(seed, &strategy).current();
+        run_seed(&self.setup, seed, swarm, plan)
+    }
+
+    /// Runs `seed`; on failure shrinks its plan and returns the report.
+    pub fn check_seed(&self, seed: u64) -> Result<SeedResult, Box<Report>> {
+        run_and_shrink(&self.setup, seed)
+    }
+
+    /// Runs `seed` twice and checks both runs left the same trace.
+    pub fn check_determinism(&self, seed: u64) -> Result<u64, String> {
+        let first = self.run_seed(seed);
+        let second = self.run_seed(seed);
+        if first.trace_hash != second.trace_hash || first.histories != second.histories {
+            return Err(format!(
+                "seed {seed} is not deterministic: trace {:016x} then {:016x}",
+                first.trace_hash, second.trace_hash
+            ));
+        }
+        Ok(first.trace_hash)
+    }
+}
+
+fn parse_range(text: &str) -> Option<(u64, u64)> {
+    let (a, b) = text.trim().split_once("..")?;
+    let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a < b).then_some((a, b))
+}
+
+fn plan_setup(setup: &Setup, seed: u64) -> (Swarm, proptest::strategy::BoxedStrategy<FaultPlan>) {
+    let mut swarm = Swarm::from_seed(seed);
+    if let Some(adjust) = &setup.swarm {
+        adjust(&mut swarm);
+    }
+    let topology = Topology {
+        workers: setup.workers,
+        externals: setup.services.iter().map(|(name, _)| name.clone()).collect(),
+        safety_ms: setup.safety_ms,
+    };
+    let faults_max = setup.faults_max.unwrap_or(swarm.faults_max);
+    let strategy = plan_strategy(&topology, &swarm, faults_max);
+    (swarm, strategy)
+}
+
+/// Runs `seed`; if it fails, shrinks the plan while the failure persists.
+fn run_and_shrink(setup: &Arc<Setup>, seed: u64) -> Result<SeedResult, Box<Report>> {
+    let (swarm, strategy) = plan_setup(setup, seed);
+    let mut tree = plan_tree(seed, &strategy);
+    let original = tree.current();
+    let first = run_seed(setup, seed, swarm.clone(), original.clone());
+    if first.passed() {
+        return Ok(first);
+    }
+    let mut best = first;
+    for _ in 0..SHRINK_RUNS_MAX {
+        if !tree.simplify() {
+            break;
+        }
+        let candidate = run_seed(setup, seed, swarm.clone(), tree.current());
+        if candidate.passed() {
+            if !tree.complicate() {
+                break;
+            }
+        } else {
+            best = candidate;
+        }
+    }
+    let repro = repro_line(&setup.name, seed);
+    Err(Box::new(Report { scenario: setup.name.clone(), original_faults: original.faults.len(), result: best, repro }))
+}
+
+/// One seed, one plan: a fresh madsim runtime, a fresh world.
+pub fn run_seed(setup: &Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -> SeedResult {
+    let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+    let simulation = simulate(setup.clone(), seed, swarm.clone(), plan.clone());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulation))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a task panicked".to_string());
+            SeedResult {
+                seed,
+                swarm,
+                plan,
+                violations: vec![Violation::new("no panic", message)],
+                trace_hash: 0,
+                faults: FaultCounts::new(),
+                sim_ms: 0,
+                histories: BTreeMap::new(),
+                buggify_sites: BTreeMap::new(),
+            }
+        }
+    }
+}
+
+async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -> SeedResult {
+    let world = World::new(seed, swarm.clone());
+    world.storage.set_faults(world.swarm_storage_faults(), true);
+    for (name, factory) in &setup.services {
+        world.services.add(name, factory());
+    }
+    let cluster = Cluster::start(world.clone(), &setup);
+    let scenario = start_scenario(&setup, &world, &cluster);
+    madsim::task::spawn(cluster.clone().inject(plan.clone()));
+    madsim::time::sleep(Duration::from_millis(setup.safety_ms)).await;
+    cluster.heal();
+    let deadline = world.elapsed_ms() + setup.liveness_ms_max;
+    while world.elapsed_ms() < deadline && !(scenario.done() && all_closed(&world).await) {
+        madsim::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut violations = scenario.violations();
+    violations.extend(check_run(&setup, &world, &cluster).await);
+    let histories = histories_of(&world).await;
+    for history in histories.values() {
+        world.trace(&history.to_json());
+    }
+    let (trace_hash, _) = world.trace_hash();
+    SeedResult {
+        seed,
+        swarm,
+        plan,
+        violations,
+        trace_hash,
+        faults: world.fault_counts(),
+        sim_ms: world.elapsed_ms(),
+        histories,
+        buggify_sites: world.buggify_sites(),
+    }
+}
+
+struct ScenarioState {
+    done: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl ScenarioState {
+    fn done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    fn violations(&self) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        if let Some(error) = self.error.lock().expect("scenario lock").clone() {
+            violations.push(Violation::new("scenario", format!("the scenario failed: {error}")));
+        }
+        if !self.done() {
+            violations.push(Violation::new("liveness", "the scenario did not finish after faults healed"));
+        }
+        violations
+    }
+}
+
+fn start_scenario(setup: &Arc<Setup>, world: &Arc<World>, cluster: &Arc<Cluster>) -> ScenarioState {
+    let state = ScenarioState { done: Arc::new(AtomicBool::new(setup.scenario.is_none())), error: Arc::new(Mutex::new(None)) };
+    if let Some(scenario) = setup.scenario.clone() {
+        let env = world.env(CLIENT);
+        let client = SimClient { client: Client::new(env.clone()).with_call_attempts_max(SCENARIO_CALL_ATTEMPTS_MAX), env };
+        let (done, error) = (state.done.clone(), state.error.clone());
+        drop(cluster.client_node().spawn(async move {
+            if let Err(e) = scenario(client).await {
+                *error.lock().expect("scenario lock") = Some(format!("{e:#}"));
+            }
+            done.store(true, Ordering::SeqCst);
+        }));
+    }
+    state
+}
+
+async fn all_closed(world: &World) -> bool {
+    let query = retrace::env::ListQuery { status: Some(RunStatus::Running), limit: 1, ..Default::default() };
+    world.storage.durable().list_runs(query).await.expect("memory storage reads never fail").is_empty()
+}
+
+async fn histories_of(world: &World) -> BTreeMap<String, History> {
+    check::load_runs(world.storage.durable())
+        .await
+        .into_iter()
+        .filter_map(|(record, history)| history.ok().map(|h| (record.run_id, h)))
+        .collect()
+}
+
+async fn check_run(setup: &Setup, world: &World, cluster: &Cluster) -> Vec<Violation> {
+    let mut violations: Vec<Violation> = cluster
+        .observed
+        .capacity_violations
+        .lock()
+        .expect("observed lock")
+        .iter()
+        .map(|m| Violation::new("worker capacity", m.clone()))
+        .collect();
+    let digests = cluster.observed.final_digests.lock().expect("observed lock").clone();
+    let replayer = Replayer::new(setup.registry.clone());
+    let mut histories = BTreeMap::new();
+    let mut outcomes = BTreeMap::new();
+    for (record, history) in check::load_runs(world.storage.durable()).await {
+        violations.extend(check::check_well_formed(&record, &history));
+        violations.extend(check::check_closed(&record));
+        let Ok(history) = history else { continue };
+        violations.extend(check::check_determinism(&history));
+        violations.extend(check::check_timers(&history));
+        violations.extend(check::check_replay(&replayer, &history, digests.get(&record.run_id).copied()));
+        if let Ok(state) = serde_json::from_slice::<retrace::engine::machine::RunState>(&record.state)
+            && let Some(outcome) = state.outcome
+        {
+            outcomes.insert(record.workflow_id.clone(), outcome);
+        }
+        histories.insert(record.run_id.clone(), history);
+    }
+    let ledger = world.services.ledger();
+    violations.extend(check::check_effects(&ledger, &histories));
+    let finished = Finished { histories, outcomes, ledger, faults: world.fault_counts() };
+    for check in &setup.checks {
+        if let Err(message) = check(&finished) {
+            violations.push(Violation::new("scenario check", message));
+        }
+    }
+    violations
+}

@@ -1,0 +1,251 @@
+//! The simulated world shared by every node of one seed's run: the swarm
+//! options, the network, storage, external services, the trace, and the
+//! per-node pieces of the engine's `Env` (clock with skew and drift, entropy,
+//! spawner, BUGGIFY).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use madsim::rand::Rng;
+use retrace::env::{BoxFuture, Clock, Entropy, Env, Faults, Spawner};
+use retrace::types::{Timestamp, fnv1a64};
+
+use crate::net::{SimNet, SimNetwork};
+use crate::services::ServiceHost;
+use crate::storage::SimStorage;
+use crate::swarm::Swarm;
+
+/// Locks a mutex of the world (never poisoned: a panic ends the seed).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().expect("world locks are never held across a panic")
+}
+
+/// A running hash of what happened, to prove a seed replays identically.
+#[derive(Debug, Default)]
+pub struct Trace {
+    hash: u64,
+    entries: u64,
+}
+
+impl Trace {
+    fn record(&mut self, now_ms: u64, what: &str) {
+        let mut bytes = Vec::with_capacity(what.len() + 16);
+        bytes.extend_from_slice(&self.hash.to_le_bytes());
+        bytes.extend_from_slice(&now_ms.to_le_bytes());
+        bytes.extend_from_slice(what.as_bytes());
+        self.hash = fnv1a64(&bytes);
+        self.entries += 1;
+    }
+}
+
+/// Counts of faults injected, by kind.
+pub type FaultCounts = BTreeMap<String, u64>;
+
+/// Everything one seed's run shares.
+pub struct World {
+    pub seed: u64,
+    pub swarm: Swarm,
+    pub net: SimNet,
+    pub storage: SimStorage,
+    pub services: ServiceHost,
+    /// Faults (crashes, partitions, BUGGIFY, storage, network) happen only
+    /// while this is on: the safety phase.
+    pub faults_on: AtomicBool,
+    trace: Mutex<Trace>,
+    faults: Mutex<FaultCounts>,
+    buggify_sites: Mutex<BTreeMap<&'static str, bool>>,
+    node_handles: Mutex<BTreeMap<String, madsim::runtime::NodeHandle>>,
+    /// Simulated time at which the run began (the clocks' origin).
+    pub start: madsim::time::Instant,
+    start_time: SystemTime,
+}
+
+impl World {
+    pub fn new(seed: u64, swarm: Swarm) -> Arc<World> {
+        let time = madsim::time::TimeHandle::current();
+        Arc::new(World {
+            seed,
+            net: SimNet::new(&swarm),
+            storage: SimStorage::new(),
+            services: ServiceHost::default(),
+            swarm,
+            faults_on: AtomicBool::new(true),
+            trace: Mutex::new(Trace::default()),
+            faults: Mutex::new(FaultCounts::new()),
+            buggify_sites: Mutex::new(BTreeMap::new()),
+            node_handles: Mutex::new(BTreeMap::new()),
+            start: time.now_instant(),
+            start_time: time.now_time(),
+        })
+    }
+
+    /// Remembers a node's handle (so its own code can find it).
+    pub fn set_node_handle(&self, name: &str, node: madsim::runtime::NodeHandle) {
+        lock(&self.node_handles).insert(name.to_string(), node);
+    }
+
+    /// The handle of node `name`.
+    pub fn node_handle(&self, name: &str) -> Option<madsim::runtime::NodeHandle> {
+        lock(&self.node_handles).get(name).cloned()
+    }
+
+    /// The storage fault rates the swarm asks for.
+    pub fn swarm_storage_faults(&self) -> crate::storage::StorageFaults {
+        crate::storage::StorageFaults {
+            io_error_rate: self.swarm.storage_io_error_rate,
+            ambiguous_rate: self.swarm.storage_ambiguous_rate,
+            latency_ms_max: self.swarm.storage_latency_ms_max,
+        }
+    }
+
+    /// Milliseconds of simulated time since the run began.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// Records an event in the trace.
+    pub fn trace(&self, what: &str) {
+        let now_ms = self.elapsed_ms();
+        lock(&self.trace).record(now_ms, what);
+    }
+
+    /// The trace hash and number of entries so far.
+    pub fn trace_hash(&self) -> (u64, u64) {
+        let trace = lock(&self.trace);
+        (trace.hash, trace.entries)
+    }
+
+    /// Counts an injected fault (and traces it).
+    pub fn count_fault(&self, kind: &str) {
+        *lock(&self.faults).entry(kind.to_string()).or_default() += 1;
+        self.trace(&format!("fault {kind}"));
+    }
+
+    /// Faults injected so far, by kind.
+    pub fn fault_counts(&self) -> FaultCounts {
+        lock(&self.faults).clone()
+    }
+
+    /// True during the safety phase.
+    pub fn faults_enabled(&self) -> bool {
+        self.faults_on.load(Ordering::SeqCst)
+    }
+
+    /// A random draw with probability `p`, only while faults are on.
+    pub fn chance(&self, p: f64) -> bool {
+        self.faults_enabled() && p > 0.0 && madsim::rand::thread_rng().gen_bool(p.min(1.0))
+    }
+
+    /// Whether BUGGIFY site `site` fires now: a site is enabled for the whole
+    /// seed with the swarm's probability (decided once, from the seed and the
+    /// site's name), then fires with the swarm's fire probability.
+    fn buggify(&self, site: &'static str) -> bool {
+        if !self.faults_enabled() || !self.swarm.buggify {
+            return false;
+        }
+        let enabled = *lock(&self.buggify_sites).entry(site).or_insert_with(|| {
+            let draw = fnv1a64(format!("{}:{site}", self.seed).as_bytes());
+            (draw % 100) < 25
+        });
+        if enabled && madsim::rand::thread_rng().gen_bool(0.25) {
+            self.count_fault(&format!("buggify:{site}"));
+            return true;
+        }
+        false
+    }
+
+    /// The BUGGIFY sites the engine asked about, and whether each is enabled.
+    pub fn buggify_sites(&self) -> BTreeMap<&'static str, bool> {
+        lock(&self.buggify_sites).clone()
+    }
+
+    /// The engine's `Env` for node `name`, with its clock skew and drift.
+    pub fn env(self: &Arc<World>, name: &str) -> Env {
+        let (skew_ms, drift_ppm) = self.swarm.clock_of(name);
+        Env {
+            clock: Arc::new(SimClock { world: self.clone(), skew_ms, drift_ppm }),
+            entropy: Arc::new(SimEntropy),
+            spawner: Arc::new(SimSpawner),
+            network: Arc::new(SimNetwork::new(self.clone(), name)),
+            faults: Arc::new(SimFaults { world: self.clone() }),
+        }
+    }
+
+    fn start_ms(&self) -> i128 {
+        self.start_time.duration_since(UNIX_EPOCH).expect("madsim starts after 1970").as_millis() as i128
+    }
+}
+
+/// A node's clock: simulated time plus a fixed skew and a drift.
+struct SimClock {
+    world: Arc<World>,
+    skew_ms: i64,
+    drift_ppm: i64,
+}
+
+impl SimClock {
+    fn node_ms(&self, elapsed_ms: i128) -> i128 {
+        let drift = elapsed_ms * self.drift_ppm as i128 / 1_000_000;
+        self.world.start_ms() + elapsed_ms + drift + self.skew_ms as i128
+    }
+}
+
+impl Clock for SimClock {
+    fn now(&self) -> Timestamp {
+        let elapsed_ms = self.world.start.elapsed().as_millis() as i128;
+        Timestamp(self.node_ms(elapsed_ms).max(0) as u64)
+    }
+
+    fn sleep_until(&self, deadline: Timestamp) -> BoxFuture<'static, ()> {
+        // Invert node_ms: the simulated elapsed time at which this node's
+        // clock reads `deadline` (rounded up, so sleeps never end early).
+        let target = deadline.as_millis() as i128 - self.world.start_ms() - self.skew_ms as i128;
+        let scale = 1_000_000 + self.drift_ppm as i128;
+        let elapsed_ms = (target * 1_000_000 + scale - 1).div_euclid(scale).max(0);
+        let mut at = self.world.start + Duration::from_millis(elapsed_ms as u64);
+        while self.node_ms(at.duration_since(self.world.start).as_millis() as i128) < deadline.as_millis() as i128 {
+            at += Duration::from_millis(1);
+        }
+        Box::pin(madsim::time::sleep_until(at))
+    }
+}
+
+/// Randomness from the simulation's seeded generator.
+struct SimEntropy;
+
+impl Entropy for SimEntropy {
+    fn next_u64(&self) -> u64 {
+        madsim::rand::thread_rng().r#gen()
+    }
+}
+
+/// Spawns on the current node: a crash of the node ends its tasks.
+struct SimSpawner;
+
+impl Spawner for SimSpawner {
+    fn spawn(&self, _name: &'static str, future: BoxFuture<'static, ()>) {
+        madsim::task::spawn(future);
+    }
+}
+
+struct SimFaults {
+    world: Arc<World>,
+}
+
+impl Faults for SimFaults {
+    fn buggify(&self, site: &'static str) -> bool {
+        self.world.buggify(site)
+    }
+}
+
+/// Names of the nodes of a cluster.
+pub fn worker_name(index: usize) -> String {
+    format!("worker-{index}")
+}
+
+/// The service node's name.
+pub const SERVICE: &str = "service";
+/// The client node's name.
+pub const CLIENT: &str = "client";
