@@ -114,7 +114,8 @@ pub fn check_replay(replayer: &Replayer, history: &History, live: Option<StateDi
         Ok(outcome) => outcome,
         Err(error) => {
             let event_id = error.non_determinism().map(|nd| nd.event_id);
-            return vec![Violation::new("replay", format!("the history does not replay: {error}")).at(history, event_id)];
+            let invariant = if event_id.is_some() { "determinism" } else { "replay" };
+            return vec![Violation::new(invariant, format!("the history does not replay: {error}")).at(history, event_id)];
         }
     };
     let mut violations = Vec::new();

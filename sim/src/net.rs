@@ -260,11 +260,22 @@ impl Network for SimNetwork {
         let serve: Serve<Reply> = Arc::new(move |world: Arc<World>| {
             let endpoint = world.net.endpoint(SERVICE)?;
             let request = request.clone();
+            // BUGGIFY: the caller hangs up mid-request (an HTTP disconnect), so
+            // the service drops the handler's future wherever it is.
+            let abandon_ms = world.buggify_site("net.abandon_request").then(|| madsim::rand::thread_rng().gen_range(0..20u64));
             Some(Box::pin(async move {
                 let (sender, receiver) = oneshot::channel();
                 let handling = endpoint.handler.handle(request);
                 drop(endpoint.node.spawn(async move {
-                    let _ = sender.send(handling.await);
+                    let Some(abandon_ms) = abandon_ms else {
+                        let _ = sender.send(handling.await);
+                        return;
+                    };
+                    let hang_up = madsim::time::sleep(Duration::from_millis(abandon_ms));
+                    futures::pin_mut!(handling, hang_up);
+                    if let futures::future::Either::Left((reply, _)) = futures::future::select(handling, hang_up).await {
+                        let _ = sender.send(reply);
+                    }
                 }));
                 receiver.await.ok()
             }) as BoxFuture<'static, Option<Reply>>)

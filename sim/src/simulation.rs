@@ -31,6 +31,8 @@ type Installer = Arc<dyn Fn(&NodeCtx, WorkerBuilder) -> WorkerBuilder + Send + S
 type ServiceFactory = Arc<dyn Fn() -> Arc<dyn SimService> + Send + Sync>;
 type ScenarioFn = Arc<dyn Fn(SimClient) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 type CheckFn = Arc<dyn Fn(&Finished) -> Result<(), String> + Send + Sync>;
+type SwarmFn = Arc<dyn Fn(&mut Swarm) + Send + Sync>;
+type OptionsFn = Arc<dyn Fn(&mut WorkerOptions) + Send + Sync>;
 
 /// Attempts of a scenario client's call (the service may be down for seconds).
 pub const SCENARIO_CALL_ATTEMPTS_MAX: u32 = 40;
@@ -45,14 +47,14 @@ pub struct Setup {
     pub services: Vec<(String, ServiceFactory)>,
     pub workers: usize,
     pub task_queue: String,
-    pub worker_options: Arc<dyn Fn(&mut WorkerOptions) + Send + Sync>,
+    pub worker_options: OptionsFn,
     pub service_config: ServiceConfig,
     pub scenario: Option<ScenarioFn>,
     pub checks: Vec<CheckFn>,
     pub safety_ms: u64,
     pub liveness_ms_max: u64,
     pub faults_max: Option<usize>,
-    pub swarm: Option<Arc<dyn Fn(&mut Swarm) + Send + Sync>>,
+    pub swarm: Option<SwarmFn>,
 }
 
 /// The scenario's client: the engine's `Client` on the client node, retrying
@@ -286,6 +288,12 @@ impl SeedRunner {
     /// The scenario's name.
     pub fn name(&self) -> &str {
         &self.setup.name
+    }
+
+    /// The fault plan `seed` generates (before any shrinking).
+    pub fn plan(&self, seed: u64) -> FaultPlan {
+        let (_, strategy) = plan_setup(&self.setup, seed);
+        plan_tree(seed, &strategy).current()
     }
 
     /// Runs `seed` with the plan the seed generates.

@@ -141,7 +141,7 @@ impl World {
     /// Whether BUGGIFY site `site` fires now: a site is enabled for the whole
     /// seed with the swarm's probability (decided once, from the seed and the
     /// site's name), then fires with the swarm's fire probability.
-    fn buggify(&self, site: &'static str) -> bool {
+    pub fn buggify_site(&self, site: &'static str) -> bool {
         if !self.faults_enabled() || !self.swarm.buggify {
             return false;
         }
@@ -236,7 +236,7 @@ struct SimFaults {
 
 impl Faults for SimFaults {
     fn buggify(&self, site: &'static str) -> bool {
-        self.world.buggify(site)
+        self.world.buggify_site(site)
     }
 }
 

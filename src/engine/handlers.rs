@@ -7,7 +7,7 @@ use tokio::sync::oneshot;
 
 use super::machine::{self, RunState, TaskKey, TaskKind, activity, workflow_task};
 use super::matching::{Dispatch, QueueKind};
-use super::service::{Inner, Loaded, RunSlot, record_of, unavailable};
+use super::service::{Inner, Loaded, ResyncOnDrop, RunSlot, record_of, unavailable};
 use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
 use crate::history::EventKind;
@@ -118,13 +118,20 @@ impl Inner {
             let (state, events) = machine::run::start(&request, &run_id, self.env.now(), self.limits())?;
             let claim = WorkflowIdClaim { workflow_id: request.workflow_id.clone(), previous_run_id: current };
             let batch = WriteBatch { run: record_of(&state, 1), expected_version: None, events, claim: Some(claim) };
-            match self.storage.write(batch).await {
+            let pending = ResyncOnDrop::new(self, &run_id);
+            let written = self.storage.write(batch).await;
+            pending.disarm();
+            match written {
                 Ok(()) => {
                     self.publish_new_run(state);
                     return Ok(StartWorkflowResponse { run_id });
                 }
                 Err(StorageError::WorkflowIdConflict { .. }) => continue,
-                Err(error) => return Err(unavailable(&error)),
+                Err(error) => {
+                    // The create may have committed (an ambiguous write): reload it.
+                    self.spawn_resync(run_id);
+                    return Err(unavailable(&error));
+                }
             }
         }
         Err(ServiceError::new(ErrorCode::Unavailable, "concurrent starts of this workflow id; retry"))

@@ -267,29 +267,30 @@ impl Inner {
     }
 
     /// Writes the new state and events in one batch; publishes them once durable.
+    ///
+    /// The cached state is taken out of the slot for the write: if the write
+    /// fails, is ambiguous, or this future is dropped while it is in flight
+    /// (a client disconnects), the slot stays empty and the run is reloaded
+    /// from storage and re-synced, so a write that committed is never lost.
     async fn commit(self: &Arc<Self>, slot: &mut RunSlot, next: RunState, events: Vec<Event>) -> Result<(), ServiceError> {
-        let loaded = slot.loaded.as_mut().expect("commit follows a load");
+        let loaded = slot.loaded.take().expect("commit follows a load");
         assert_eq!(events.first().map_or(next.next_event_id, |e| e.event_id), loaded.state.next_event_id);
-        let batch = WriteBatch {
-            run: record_of(&next, loaded.version + 1),
-            expected_version: Some(loaded.version),
-            events,
-            claim: None,
-        };
+        let version = loaded.version + 1;
+        let batch = WriteBatch { run: record_of(&next, version), expected_version: Some(loaded.version), events, claim: None };
         let run_id = next.run_id.clone();
-        match self.storage.write(batch).await {
+        let pending = ResyncOnDrop::new(self, &run_id);
+        let written = self.storage.write(batch).await;
+        pending.disarm();
+        match written {
             Ok(()) => {
-                loaded.state = next;
-                loaded.version += 1;
-                self.after_commit(&loaded.state);
-                if self.env.buggify("service.commit.drop_cache") {
-                    slot.loaded = None;
+                self.after_commit(&next);
+                if !self.env.buggify("service.commit.drop_cache") {
+                    slot.loaded = Some(Loaded { state: next, version });
                 }
                 Ok(())
             }
             Err(error) => {
                 tracing::warn!(run_id, %error, "write failed; the run will be reloaded from storage");
-                slot.loaded = None;
                 self.spawn_resync(run_id);
                 Err(unavailable(&error))
             }
@@ -335,7 +336,7 @@ impl Inner {
     }
 
     /// Reloads a run after a failed write until storage answers again.
-    fn spawn_resync(self: &Arc<Self>, run_id: String) {
+    pub fn spawn_resync(self: &Arc<Self>, run_id: String) {
         let weak = Arc::downgrade(self);
         let attempts_max = self.config.resync_attempts_max;
         let env = self.env.clone();
@@ -374,6 +375,32 @@ impl Inner {
         let mut timers = lock(&self.timers);
         let due = timers.pop_due(self.env.now());
         (due, timers.next_deadline())
+    }
+}
+
+/// Reloads and re-syncs a run if dropped before `disarm`: guards a write whose
+/// caller may go away while it is in flight.
+pub(super) struct ResyncOnDrop {
+    inner: Option<(Arc<Inner>, String)>,
+}
+
+impl ResyncOnDrop {
+    pub(super) fn new(inner: &Arc<Inner>, run_id: &str) -> ResyncOnDrop {
+        ResyncOnDrop { inner: Some((inner.clone(), run_id.to_string())) }
+    }
+
+    /// The write finished; its caller handles the outcome.
+    pub(super) fn disarm(mut self) {
+        self.inner = None;
+    }
+}
+
+impl Drop for ResyncOnDrop {
+    fn drop(&mut self) {
+        if let Some((inner, run_id)) = self.inner.take() {
+            tracing::debug!(run_id, "a write's caller went away while it was in flight; resyncing the run");
+            inner.spawn_resync(run_id);
+        }
     }
 }
 
