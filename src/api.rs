@@ -597,7 +597,9 @@ impl ErrorCode {
     /// The HTTP status the code maps to.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::InvalidArgument | ErrorCode::MalformedRequest | ErrorCode::UnknownWorkflowType => 400,
+            ErrorCode::InvalidArgument
+            | ErrorCode::MalformedRequest
+            | ErrorCode::UnknownWorkflowType => 400,
             ErrorCode::QueryFailed => 400,
             ErrorCode::Unauthenticated => 401,
             ErrorCode::NotFound | ErrorCode::TaskNotFound => 404,
@@ -625,7 +627,10 @@ pub struct ServiceError {
 impl ServiceError {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ServiceError {
-        ServiceError { code, message: message.into() }
+        ServiceError {
+            code,
+            message: message.into(),
+        }
     }
 }
 

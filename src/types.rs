@@ -43,7 +43,11 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_millis(self.to_system_time()))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.to_system_time())
+        )
     }
 }
 
@@ -114,7 +118,11 @@ pub struct Failure {
     /// The code said: do not retry this.
     pub non_retryable: bool,
     /// Application details, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::some_value"
+    )]
     pub details: Option<Value>,
 }
 
@@ -192,6 +200,9 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{"a":1,"b":2}"#).unwrap();
         let b: Value = serde_json::from_str(r#"{"b":2,"a":1}"#).unwrap();
         assert_eq!(payload_hash(&a), payload_hash(&b));
-        assert_ne!(payload_hash(&a), payload_hash(&serde_json::json!({"a": 2, "b": 2})));
+        assert_ne!(
+            payload_hash(&a),
+            payload_hash(&serde_json::json!({"a": 2, "b": 2}))
+        );
     }
 }

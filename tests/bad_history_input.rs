@@ -4,7 +4,9 @@
 mod common;
 
 use retrace::history::{DecodeError, History, HistoryBuilder};
-use retrace::workflow::{ActivityError, ReplayError, Replayer, RunResult, WorkflowContext, WorkflowRegistry};
+use retrace::workflow::{
+    ActivityError, ReplayError, Replayer, RunResult, WorkflowContext, WorkflowRegistry,
+};
 use serde_json::json;
 
 fn valid_json() -> String {
@@ -16,7 +18,9 @@ fn valid_json() -> String {
 #[test]
 fn malformed_json_is_a_typed_error_with_its_position() {
     let error = History::from_json("{\"format_version\": 1, \"events\": [").unwrap_err();
-    let DecodeError::Malformed { line, column, .. } = &error else { panic!("{error:?}") };
+    let DecodeError::Malformed { line, column, .. } = &error else {
+        panic!("{error:?}")
+    };
     assert_eq!((*line, *column), (1, 33));
     assert!(error.to_string().contains("line 1, column 33"), "{error}");
 }
@@ -25,16 +29,33 @@ fn malformed_json_is_a_typed_error_with_its_position() {
 fn unknown_event_type_names_it_and_its_index() {
     let text = valid_json().replace("\"WorkflowTaskStarted\"", "\"WorkflowTaskTeleported\"");
     let error = History::from_json(&text).unwrap_err();
-    let DecodeError::UnknownEventType { index, event_type, .. } = &error else { panic!("{error:?}") };
+    let DecodeError::UnknownEventType {
+        index, event_type, ..
+    } = &error
+    else {
+        panic!("{error:?}")
+    };
     assert_eq!((*index, event_type.as_str()), (2, "WorkflowTaskTeleported"));
-    assert!(error.to_string().contains("WorkflowTaskTeleported"), "{error}");
+    assert!(
+        error.to_string().contains("WorkflowTaskTeleported"),
+        "{error}"
+    );
 }
 
 #[test]
 fn future_format_version_is_refused_with_both_versions() {
     let text = valid_json().replace("\"format_version\": 1", "\"format_version\": 7");
     let error = History::from_json(&text).unwrap_err();
-    assert!(matches!(error, DecodeError::UnsupportedFormatVersion { found: 7, supported: 1 }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            DecodeError::UnsupportedFormatVersion {
+                found: 7,
+                supported: 1
+            }
+        ),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("format_version 7"), "{error}");
 }
 
@@ -42,14 +63,28 @@ fn future_format_version_is_refused_with_both_versions() {
 fn missing_format_version_is_refused() {
     let text = valid_json().replace("\"format_version\": 1,", "");
     let error = History::from_json(&text).unwrap_err();
-    assert!(matches!(error, DecodeError::UnsupportedFormatVersion { found: 0, .. }), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            DecodeError::UnsupportedFormatVersion { found: 0, .. }
+        ),
+        "{error:?}"
+    );
 }
 
 #[test]
 fn bad_attributes_name_the_event_and_the_field() {
-    let text = valid_json().replace("\"scheduled_event_id\": 2", "\"scheduled_event_id\": \"two\"");
+    let text = valid_json().replace(
+        "\"scheduled_event_id\": 2",
+        "\"scheduled_event_id\": \"two\"",
+    );
     let error = History::from_json(&text).unwrap_err();
-    let DecodeError::BadEvent { index, event_type, .. } = &error else { panic!("{error:?}") };
+    let DecodeError::BadEvent {
+        index, event_type, ..
+    } = &error
+    else {
+        panic!("{error:?}")
+    };
     assert_eq!((*index, event_type.as_str()), (2, "WorkflowTaskStarted"));
 }
 
@@ -63,25 +98,47 @@ fn decoded_but_invalid_history_says_which_rule_broke() {
 
 #[test]
 fn missing_file_is_an_io_error_naming_the_path() {
-    let error = Replayer::new(common::registry()).replay_file("/nonexistent/history.json").unwrap_err();
-    assert!(error.to_string().contains("/nonexistent/history.json"), "{error}");
+    let error = Replayer::new(common::registry())
+        .replay_file("/nonexistent/history.json")
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("/nonexistent/history.json"),
+        "{error}"
+    );
 }
 
 #[test]
 fn input_that_does_not_fit_the_workflow_is_a_payload_error() {
     let mut b = HistoryBuilder::new("one_activity", json!({"not": "a string"}));
     b.add_full_workflow_task();
-    let error = Replayer::new(common::registry()).replay(&b.build()).unwrap_err();
-    let ReplayError::Input(payload) = &error else { panic!("{error:?}") };
+    let error = Replayer::new(common::registry())
+        .replay(&b.build())
+        .unwrap_err();
+    let ReplayError::Input(payload) = &error else {
+        panic!("{error:?}")
+    };
     assert_eq!(payload.what, "input of workflow one_activity");
-    assert!(error.to_string().contains("does not fit type alloc::string::String"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("does not fit type alloc::string::String"),
+        "{error}"
+    );
 }
 
 #[test]
 fn unknown_workflow_type_lists_the_registered_ones() {
     let b = HistoryBuilder::new("no_such_workflow", json!(null));
-    let error = Replayer::new(common::registry()).replay(&b.build()).unwrap_err();
-    let ReplayError::UnknownWorkflowType { workflow_type, known } = &error else { panic!("{error:?}") };
+    let error = Replayer::new(common::registry())
+        .replay(&b.build())
+        .unwrap_err();
+    let ReplayError::UnknownWorkflowType {
+        workflow_type,
+        known,
+    } = &error
+    else {
+        panic!("{error:?}")
+    };
     assert_eq!(workflow_type, "no_such_workflow");
     assert!(known.contains(&"one_activity".to_string()));
 }
@@ -94,10 +151,18 @@ fn activity_result_that_does_not_fit_fails_the_awaiting_code_not_the_replay() {
     b.add_activity_completed(scheduled, json!(42));
     b.add_workflow_task_scheduled();
     b.add_workflow_task_started();
-    let outcome = Replayer::new(common::registry()).replay(&b.build()).unwrap();
-    let Some(RunResult::Failed(failure)) = outcome.result else { panic!("{:?}", outcome.result) };
+    let outcome = Replayer::new(common::registry())
+        .replay(&b.build())
+        .unwrap();
+    let Some(RunResult::Failed(failure)) = outcome.result else {
+        panic!("{:?}", outcome.result)
+    };
     assert_eq!(failure.failure_type, "PayloadError");
-    assert!(failure.message.contains("result of activity compose"), "{}", failure.message);
+    assert!(
+        failure.message.contains("result of activity compose"),
+        "{}",
+        failure.message
+    );
 }
 
 #[test]
@@ -113,7 +178,9 @@ fn workflow_panic_is_a_typed_error_naming_the_task() {
     b.add_workflow_task_scheduled();
     let started = b.add_workflow_task_started();
     let error = Replayer::new(registry).replay(&b.build()).unwrap_err();
-    assert!(matches!(&error, ReplayError::Panicked { event_id, message } if *event_id == started && message == "deliberate"));
+    assert!(
+        matches!(&error, ReplayError::Panicked { event_id, message } if *event_id == started && message == "deliberate")
+    );
 }
 
 #[test]
@@ -129,7 +196,19 @@ fn activity_without_any_close_timeout_fails_at_once_with_a_clear_error() {
     b.add_workflow_task_scheduled();
     b.add_workflow_task_started();
     let outcome = Replayer::new(registry).replay(&b.build()).unwrap();
-    let Some(RunResult::Completed(reason)) = outcome.result else { panic!("{:?}", outcome.result) };
-    assert!(reason.as_str().unwrap().contains("neither start_to_close nor schedule_to_close"), "{reason}");
-    assert_eq!(outcome.pending_commands.len(), 1, "only the completion: nothing was scheduled");
+    let Some(RunResult::Completed(reason)) = outcome.result else {
+        panic!("{:?}", outcome.result)
+    };
+    assert!(
+        reason
+            .as_str()
+            .unwrap()
+            .contains("neither start_to_close nor schedule_to_close"),
+        "{reason}"
+    );
+    assert_eq!(
+        outcome.pending_commands.len(),
+        1,
+        "only the completion: nothing was scheduled"
+    );
 }

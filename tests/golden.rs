@@ -13,7 +13,9 @@ use retrace::workflow::{Replayer, RunResult};
 use serde_json::json;
 
 fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/histories").join(format!("{name}.json"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/histories")
+        .join(format!("{name}.json"))
 }
 
 fn one_activity() -> History {
@@ -89,13 +91,21 @@ fn retry_then_fail() -> History {
         schedule_to_start_timeout_ms: None,
         start_to_close_timeout_ms: Some(10_000),
         heartbeat_timeout_ms: None,
-        retry_policy: RetryPolicy::default().maximum_attempts(3).normalized().unwrap(),
+        retry_policy: RetryPolicy::default()
+            .maximum_attempts(3)
+            .normalized()
+            .unwrap(),
         workflow_task_completed_event_id: completed,
     }));
     // Attempts 1 and 2 and their backoffs (1 s, 2 s) leave no events.
     b.advance_ms(3_000);
     let started = b.add_activity_started(scheduled, 3, Some(attempt_failure(2)));
-    b.add_activity_failed(scheduled, started, attempt_failure(3), RetryState::MaximumAttemptsReached);
+    b.add_activity_failed(
+        scheduled,
+        started,
+        attempt_failure(3),
+        RetryState::MaximumAttemptsReached,
+    );
     b.add_full_workflow_task();
     b.add_workflow_execution_failed(expected_retry_failure());
     b.build()
@@ -127,11 +137,31 @@ fn patched() -> History {
 /// (fixture name, how it was built, the result its replay must give)
 fn fixtures() -> Vec<(&'static str, History, RunResult)> {
     vec![
-        ("one_activity", one_activity(), RunResult::Completed(json!("world!"))),
-        ("three_sequential", three_sequential(), RunResult::Completed(json!("a!!!"))),
-        ("two_parallel", two_parallel(), RunResult::Completed(json!(["l!", "r!"]))),
-        ("timer_then_signal", timer_then_signal(), RunResult::Completed(json!("approved by ana"))),
-        ("retry_then_fail", retry_then_fail(), RunResult::Failed(expected_retry_failure())),
+        (
+            "one_activity",
+            one_activity(),
+            RunResult::Completed(json!("world!")),
+        ),
+        (
+            "three_sequential",
+            three_sequential(),
+            RunResult::Completed(json!("a!!!")),
+        ),
+        (
+            "two_parallel",
+            two_parallel(),
+            RunResult::Completed(json!(["l!", "r!"])),
+        ),
+        (
+            "timer_then_signal",
+            timer_then_signal(),
+            RunResult::Completed(json!("approved by ana")),
+        ),
+        (
+            "retry_then_fail",
+            retry_then_fail(),
+            RunResult::Failed(expected_retry_failure()),
+        ),
         ("patched", patched(), RunResult::Completed(json!("v2 x!!"))),
     ]
 }
@@ -146,7 +176,10 @@ fn fixture_files_hold_the_recorded_histories() {
             std::fs::write(&path, history.to_json() + "\n").unwrap();
         }
         let on_disk = History::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(on_disk, history, "fixture {name} differs from its recorded history");
+        assert_eq!(
+            on_disk, history,
+            "fixture {name} differs from its recorded history"
+        );
     }
 }
 
@@ -155,9 +188,14 @@ fn golden_histories_replay_three_ways_to_their_results() {
     let replayer = Replayer::new(common::registry());
     for (name, _, expected) in fixtures() {
         let history = History::from_file(fixture_path(name)).unwrap();
-        let outcome = replayer.replay_three_ways(&history).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let outcome = replayer
+            .replay_three_ways(&history)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(outcome.result, Some(expected), "{name}");
-        assert!(outcome.pending_commands.is_empty(), "{name}: a closed run has nothing left to do");
+        assert!(
+            outcome.pending_commands.is_empty(),
+            "{name}: a closed run has nothing left to do"
+        );
         insta::assert_snapshot!(name, history.to_json());
     }
 }
@@ -170,7 +208,9 @@ fn patched_workflow_replays_a_history_from_before_the_patch() {
     b.add_activity_completed(scheduled, json!("x!"));
     b.add_full_workflow_task();
     b.add_workflow_execution_completed(json!("x!"));
-    let outcome = Replayer::new(common::registry()).replay_three_ways(&b.build()).unwrap();
+    let outcome = Replayer::new(common::registry())
+        .replay_three_ways(&b.build())
+        .unwrap();
     assert_eq!(outcome.result, Some(RunResult::Completed(json!("x!"))));
 }
 
@@ -196,9 +236,14 @@ fn an_open_history_returns_the_commands_of_its_live_workflow_task() {
     b.add_activity_completed(scheduled, json!("a!"));
     b.add_workflow_task_scheduled();
     b.add_workflow_task_started();
-    let outcome = Replayer::new(common::registry()).replay_three_ways(&b.build()).unwrap();
+    let outcome = Replayer::new(common::registry())
+        .replay_three_ways(&b.build())
+        .unwrap();
     assert_eq!(outcome.result, None);
     assert_eq!(outcome.pending_commands.len(), 1);
     let key = outcome.pending_commands[0].key();
-    assert_eq!((key.kind, key.id.as_str(), key.type_name.as_str()), ("ScheduleActivityTask", "2", "compose"));
+    assert_eq!(
+        (key.kind, key.id.as_str(), key.type_name.as_str()),
+        ("ScheduleActivityTask", "2", "compose")
+    );
 }

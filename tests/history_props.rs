@@ -47,7 +47,6 @@ fn text() -> impl Strategy<Value = String> {
     prop::collection::vec(character, 0..10).prop_map(String::from_iter)
 }
 
-
 /// Finite floats: decimal fractions as payloads usually carry, and arbitrary bit
 /// patterns (all must read back bit for bit: see `a_float_payload_reads_back_bit_for_bit`).
 fn exact_float() -> impl Strategy<Value = f64> {
@@ -1761,10 +1760,20 @@ fn oversized_failure_details_are_rejected_as_too_large_payloads() {
 fn an_event_time_after_year_9999_is_rejected_because_it_cannot_be_written() {
     let mut history = HistoryBuilder::new("greet", json!(null)).build();
     let year_10000 = Timestamp(253_402_300_800_000);
-    let error = history.append(Event::new(2, year_10000, signal_kind())).unwrap_err();
-    assert_eq!(error, HistoryError::TimeOutOfRange { event_id: 2, time_ms: year_10000.0 });
+    let error = history
+        .append(Event::new(2, year_10000, signal_kind()))
+        .unwrap_err();
+    assert_eq!(
+        error,
+        HistoryError::TimeOutOfRange {
+            event_id: 2,
+            time_ms: year_10000.0
+        }
+    );
     let last = Timestamp(253_402_300_799_999);
-    history.append(Event::new(2, last, signal_kind())).expect("the last millisecond of 9999 is writable");
+    history
+        .append(Event::new(2, last, signal_kind()))
+        .expect("the last millisecond of 9999 is writable");
     let decoded = History::from_json(&history.to_json()).expect("a canonical history decodes");
     assert_eq!(decoded, history);
 }

@@ -5,7 +5,8 @@ mod common;
 
 use retrace::history::{History, HistoryBuilder};
 use retrace::workflow::{
-    ActivityFuture, NonDeterminism, ReplayError, Replayer, WorkflowContext, WorkflowRegistry, WorkflowResult, join,
+    ActivityFuture, NonDeterminism, ReplayError, Replayer, WorkflowContext, WorkflowRegistry,
+    WorkflowResult, join,
 };
 use serde_json::json;
 
@@ -32,8 +33,13 @@ fn two_step_history() -> History {
 }
 
 /// An activity by name with a start-to-close timeout.
-fn act(ctx: &WorkflowContext, activity_type: &str, input: serde_json::Value) -> ActivityFuture<serde_json::Value> {
-    ctx.activity_by_name(activity_type, input).start_to_close(std::time::Duration::from_secs(10))
+fn act(
+    ctx: &WorkflowContext,
+    activity_type: &str,
+    input: serde_json::Value,
+) -> ActivityFuture<serde_json::Value> {
+    ctx.activity_by_name(activity_type, input)
+        .start_to_close(std::time::Duration::from_secs(10))
 }
 
 fn replay_with<F, Fut>(history: &History, code: F) -> Result<(), ReplayError>
@@ -54,14 +60,22 @@ fn expect_non_determinism(result: Result<(), ReplayError>) -> NonDeterminism {
 }
 
 fn event_id_of(history: &History, event_type: &str, nth: usize) -> u64 {
-    history.events().iter().filter(|e| e.kind.name() == event_type).nth(nth).expect("event exists").event_id
+    history
+        .events()
+        .iter()
+        .filter(|e| e.kind.name() == event_type)
+        .nth(nth)
+        .expect("event exists")
+        .event_id
 }
 
 #[test]
 fn unchanged_code_replays_without_error() {
     let result = replay_with(&two_step_history(), |ctx, input| async move {
         let a = act(&ctx, "compose", json!(input)).await?;
-        let b: String = act(&ctx, "compose", a).await.map(|v| v.as_str().unwrap().to_string())?;
+        let b: String = act(&ctx, "compose", a)
+            .await
+            .map(|v| v.as_str().unwrap().to_string())?;
         Ok(b)
     });
     assert!(result.is_ok(), "{result:?}");
@@ -75,9 +89,15 @@ fn changed_activity_type_names_the_scheduled_event() {
         act(&ctx, "shout", a).await?;
         Ok(String::new())
     }));
-    assert_eq!(nd.event_id, event_id_of(&history, "ActivityTaskScheduled", 1));
+    assert_eq!(
+        nd.event_id,
+        event_id_of(&history, "ActivityTaskScheduled", 1)
+    );
     assert_eq!(nd.compared, "type name");
-    assert!(nd.history.contains("\"compose\"") && nd.code.contains("\"shout\""), "{nd}");
+    assert!(
+        nd.history.contains("\"compose\"") && nd.code.contains("\"shout\""),
+        "{nd}"
+    );
 }
 
 #[test]
@@ -87,7 +107,10 @@ fn changed_input_names_the_scheduled_event_and_the_input_hash() {
         act(&ctx, "compose", json!("b")).await?;
         Ok(String::new())
     }));
-    assert_eq!(nd.event_id, event_id_of(&history, "ActivityTaskScheduled", 0));
+    assert_eq!(
+        nd.event_id,
+        event_id_of(&history, "ActivityTaskScheduled", 0)
+    );
     assert_eq!(nd.compared, "input hash");
 }
 
@@ -110,7 +133,10 @@ fn reordered_commands_name_the_first_command_event() {
     }));
     assert_eq!(nd.event_id, timer);
     assert_eq!(nd.compared, "command kind");
-    assert!(nd.history.starts_with("StartTimer") && nd.code.starts_with("ScheduleActivityTask"), "{nd}");
+    assert!(
+        nd.history.starts_with("StartTimer") && nd.code.starts_with("ScheduleActivityTask"),
+        "{nd}"
+    );
 }
 
 #[test]
@@ -121,7 +147,10 @@ fn removed_command_names_the_event_the_code_no_longer_produces() {
         Ok(a.as_str().unwrap_or_default().to_string())
     }));
     // The code completes where the history schedules activity "2".
-    assert_eq!(nd.event_id, event_id_of(&history, "ActivityTaskScheduled", 1));
+    assert_eq!(
+        nd.event_id,
+        event_id_of(&history, "ActivityTaskScheduled", 1)
+    );
     assert!(nd.code.starts_with("CompleteWorkflowExecution"), "{nd}");
 }
 
@@ -144,12 +173,19 @@ fn removed_command_at_the_end_of_a_task_names_it_with_code_producing_nothing() {
 fn extra_command_names_the_event_after_the_recorded_commands() {
     let history = two_step_history();
     let nd = expect_non_determinism(replay_with(&history, |ctx, input| async move {
-        let (a, _) = join(act(&ctx, "compose", json!(input)), act(&ctx, "audit", json!(1))).await;
+        let (a, _) = join(
+            act(&ctx, "compose", json!(input)),
+            act(&ctx, "audit", json!(1)),
+        )
+        .await;
         Ok(a?.as_str().unwrap_or_default().to_string())
     }));
     // Event 6 (ActivityTaskStarted) is where the history moved on while the
     // code had produced a second command.
-    assert_eq!(nd.event_id, event_id_of(&history, "ActivityTaskScheduled", 0) + 1);
+    assert_eq!(
+        nd.event_id,
+        event_id_of(&history, "ActivityTaskScheduled", 0) + 1
+    );
     assert!(nd.code.contains("\"audit\""), "{nd}");
 }
 
@@ -162,8 +198,14 @@ fn completed_run_whose_code_now_does_more_names_the_completion_event() {
         act(&ctx, "notify", b).await?;
         Ok(String::new())
     }));
-    assert_eq!(nd.event_id, event_id_of(&history, "WorkflowExecutionCompleted", 0));
-    assert!(nd.history.starts_with("CompleteWorkflowExecution") && nd.code.contains("\"notify\""), "{nd}");
+    assert_eq!(
+        nd.event_id,
+        event_id_of(&history, "WorkflowExecutionCompleted", 0)
+    );
+    assert!(
+        nd.history.starts_with("CompleteWorkflowExecution") && nd.code.contains("\"notify\""),
+        "{nd}"
+    );
 }
 
 #[test]
@@ -174,7 +216,10 @@ fn changed_result_names_the_completion_event_and_the_hash() {
         act(&ctx, "compose", a).await?;
         Ok("different".to_string())
     }));
-    assert_eq!(nd.event_id, event_id_of(&history, "WorkflowExecutionCompleted", 0));
+    assert_eq!(
+        nd.event_id,
+        event_id_of(&history, "WorkflowExecutionCompleted", 0)
+    );
     assert_eq!(nd.compared, "input hash");
 }
 
@@ -211,7 +256,13 @@ fn non_determinism_display_names_event_history_code_and_key() {
     .unwrap_err();
     let text = error.to_string();
     assert!(text.contains("event 5"), "{text}");
-    assert!(text.contains("history has ScheduleActivityTask(id \"1\", type \"compose\""), "{text}");
-    assert!(text.contains("code produced ScheduleActivityTask(id \"1\", type \"other\""), "{text}");
+    assert!(
+        text.contains("history has ScheduleActivityTask(id \"1\", type \"compose\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("code produced ScheduleActivityTask(id \"1\", type \"other\""),
+        "{text}"
+    );
     assert!(text.contains("compared: type name"), "{text}");
 }

@@ -40,7 +40,13 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(invariant: &'static str, message: impl Into<String>) -> Violation {
-        Violation { invariant, message: message.into(), run_id: None, workflow_id: None, event_id: None }
+        Violation {
+            invariant,
+            message: message.into(),
+            run_id: None,
+            workflow_id: None,
+            event_id: None,
+        }
     }
 
     fn at(mut self, history: &History, event_id: Option<u64>) -> Violation {
@@ -55,7 +61,11 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{}] {}", self.invariant, self.message)?;
         if let Some(run_id) = &self.run_id {
-            write!(f, "\n    run {run_id} (workflow {})", self.workflow_id.as_deref().unwrap_or("?"))?;
+            write!(
+                f,
+                "\n    run {run_id} (workflow {})",
+                self.workflow_id.as_deref().unwrap_or("?")
+            )?;
         }
         if let Some(event_id) = self.event_id {
             write!(f, ", history position: event {event_id}")?;
@@ -66,11 +76,20 @@ impl fmt::Display for Violation {
 
 /// Every stored run with its history (or why the history is invalid).
 pub async fn load_runs(storage: &MemoryStorage) -> Vec<(RunRecord, Result<History, HistoryError>)> {
-    let query = retrace::env::ListQuery { limit: usize::MAX, ..Default::default() };
-    let records = storage.list_runs(query).await.expect("memory storage reads never fail");
+    let query = retrace::env::ListQuery {
+        limit: usize::MAX,
+        ..Default::default()
+    };
+    let records = storage
+        .list_runs(query)
+        .await
+        .expect("memory storage reads never fail");
     let mut runs = Vec::with_capacity(records.len());
     for record in records {
-        let events = storage.read_events(&record.run_id, 1, usize::MAX).await.expect("memory storage reads never fail");
+        let events = storage
+            .read_events(&record.run_id, 1, usize::MAX)
+            .await
+            .expect("memory storage reads never fail");
         let history = History::from_events(&record.workflow_id, &record.run_id, events);
         runs.push((record, history));
     }
@@ -78,7 +97,10 @@ pub async fn load_runs(storage: &MemoryStorage) -> Vec<(RunRecord, Result<Histor
 }
 
 /// Well-formedness: the stored events validate.
-pub fn check_well_formed(record: &RunRecord, history: &Result<History, HistoryError>) -> Option<Violation> {
+pub fn check_well_formed(
+    record: &RunRecord,
+    history: &Result<History, HistoryError>,
+) -> Option<Violation> {
     let error = history.as_ref().err()?;
     let event_id = match error {
         HistoryError::EventIdGap { found, .. } => Some(*found),
@@ -109,36 +131,67 @@ fn recorded_result(history: &History) -> Option<RunResult> {
 
 /// Replay three ways; the result must be the recorded close and the digest
 /// the live executor's.
-pub fn check_replay(replayer: &Replayer, history: &History, live: Option<StateDigest>) -> Vec<Violation> {
+pub fn check_replay(
+    replayer: &Replayer,
+    history: &History,
+    live: Option<StateDigest>,
+) -> Vec<Violation> {
     let scratch = match replayer.replay(history) {
         Ok(outcome) => outcome,
         Err(error) => {
             let event_id = error.non_determinism().map(|nd| nd.event_id);
-            let invariant = if event_id.is_some() { "determinism" } else { "replay" };
-            return vec![Violation::new(invariant, format!("the history does not replay: {error}")).at(history, event_id)];
+            let invariant = if event_id.is_some() {
+                "determinism"
+            } else {
+                "replay"
+            };
+            return vec![
+                Violation::new(invariant, format!("the history does not replay: {error}"))
+                    .at(history, event_id),
+            ];
         }
     };
     let mut violations = Vec::new();
     let tasks = workflow_task_boundaries(history.events()).len();
-    let others = [("incrementally", replayer.replay_incrementally(history)), ("after eviction", replayer.replay_with_eviction(history, Some(tasks / 2)))];
+    let others = [
+        ("incrementally", replayer.replay_incrementally(history)),
+        (
+            "after eviction",
+            replayer.replay_with_eviction(history, Some(tasks / 2)),
+        ),
+    ];
     for (how, other) in others {
         match other {
             Ok(outcome) if outcome == scratch => {}
-            Ok(outcome) => violations.push(Violation::new("replay", format!("replay {how} gives {outcome:?}, from scratch {scratch:?}")).at(history, None)),
-            Err(error) => violations.push(Violation::new("replay", format!("replay {how} fails: {error}")).at(history, None)),
+            Ok(outcome) => violations.push(
+                Violation::new(
+                    "replay",
+                    format!("replay {how} gives {outcome:?}, from scratch {scratch:?}"),
+                )
+                .at(history, None),
+            ),
+            Err(error) => violations.push(
+                Violation::new("replay", format!("replay {how} fails: {error}")).at(history, None),
+            ),
         }
     }
     if let Some(recorded) = recorded_result(history)
         && scratch.result.as_ref() != Some(&recorded)
     {
         let close = history.close_event().map(|e| e.event_id);
-        let message = format!("the history closed with {recorded:?} but replay gives {:?}", scratch.result);
+        let message = format!(
+            "the history closed with {recorded:?} but replay gives {:?}",
+            scratch.result
+        );
         violations.push(Violation::new("live equals replay", message).at(history, close));
     }
     if let Some(live) = live
         && live != scratch.digest
     {
-        let message = format!("live state digest {live} differs from the replayed state digest {}", scratch.digest);
+        let message = format!(
+            "live state digest {live} differs from the replayed state digest {}",
+            scratch.digest
+        );
         violations.push(Violation::new("live equals replay", message).at(history, None));
     }
     violations
@@ -147,10 +200,17 @@ pub fn check_replay(replayer: &Replayer, history: &History, live: Option<StateDi
 /// Workflow tasks that failed with non-determinism while the run was live.
 pub fn check_determinism(history: &History) -> Option<Violation> {
     history.events().iter().find_map(|event| match &event.kind {
-        EventKind::WorkflowTaskFailed(a) if a.cause == WorkflowTaskFailedCause::NonDeterministicError => Some(
-            Violation::new("determinism", format!("a worker found non-determinism: {}", a.failure.message))
+        EventKind::WorkflowTaskFailed(a)
+            if a.cause == WorkflowTaskFailedCause::NonDeterministicError =>
+        {
+            Some(
+                Violation::new(
+                    "determinism",
+                    format!("a worker found non-determinism: {}", a.failure.message),
+                )
                 .at(history, Some(event.event_id)),
-        ),
+            )
+        }
         _ => None,
     })
 }
@@ -165,32 +225,67 @@ pub fn check_timers(history: &History) -> Vec<Violation> {
     for fired in history.events() {
         let (start_id, duration_ms, what) = match &fired.kind {
             EventKind::TimerFired(a) => {
-                let Some(EventKind::TimerStarted(s)) = event(history, a.started_event_id).map(|e| &e.kind) else { continue };
-                (a.started_event_id, s.start_to_fire_timeout_ms, format!("timer {:?}", a.timer_id))
+                let Some(EventKind::TimerStarted(s)) =
+                    event(history, a.started_event_id).map(|e| &e.kind)
+                else {
+                    continue;
+                };
+                (
+                    a.started_event_id,
+                    s.start_to_fire_timeout_ms,
+                    format!("timer {:?}", a.timer_id),
+                )
             }
-            EventKind::ActivityTaskTimedOut(a) if a.timeout_type == TimeoutType::ScheduleToClose => {
-                let Some(EventKind::ActivityTaskScheduled(s)) = event(history, a.scheduled_event_id).map(|e| &e.kind) else { continue };
-                let Some(timeout_ms) = s.schedule_to_close_timeout_ms else { continue };
-                (a.scheduled_event_id, timeout_ms, format!("activity {:?} schedule-to-close timeout", s.activity_id))
+            EventKind::ActivityTaskTimedOut(a)
+                if a.timeout_type == TimeoutType::ScheduleToClose =>
+            {
+                let Some(EventKind::ActivityTaskScheduled(s)) =
+                    event(history, a.scheduled_event_id).map(|e| &e.kind)
+                else {
+                    continue;
+                };
+                let Some(timeout_ms) = s.schedule_to_close_timeout_ms else {
+                    continue;
+                };
+                (
+                    a.scheduled_event_id,
+                    timeout_ms,
+                    format!("activity {:?} schedule-to-close timeout", s.activity_id),
+                )
             }
             EventKind::WorkflowTaskTimedOut(a) => {
-                let Some(EventKind::WorkflowTaskScheduled(s)) = event(history, a.scheduled_event_id).map(|e| &e.kind) else { continue };
-                (a.started_event_id, s.start_to_close_timeout_ms, "workflow task timeout".to_string())
+                let Some(EventKind::WorkflowTaskScheduled(s)) =
+                    event(history, a.scheduled_event_id).map(|e| &e.kind)
+                else {
+                    continue;
+                };
+                (
+                    a.started_event_id,
+                    s.start_to_close_timeout_ms,
+                    "workflow task timeout".to_string(),
+                )
             }
             _ => continue,
         };
         let started = event(history, start_id).expect("validated links point at events");
         let elapsed_ms = fired.event_time.millis_since(started.event_time);
         if elapsed_ms < duration_ms {
-            let message = format!("{what} fired after {elapsed_ms} ms, before its {duration_ms} ms");
-            violations.push(Violation::new("timers never fire early", message).at(history, Some(fired.event_id)));
+            let message =
+                format!("{what} fired after {elapsed_ms} ms, before its {duration_ms} ms");
+            violations.push(
+                Violation::new("timers never fire early", message)
+                    .at(history, Some(fired.event_id)),
+            );
         }
     }
     violations
 }
 
 /// Where an activity (by idempotency key `run/activity`) is in the histories.
-fn locate<'h>(histories: &'h BTreeMap<String, History>, caller: &str) -> Option<(&'h History, u64, bool)> {
+fn locate<'h>(
+    histories: &'h BTreeMap<String, History>,
+    caller: &str,
+) -> Option<(&'h History, u64, bool)> {
     let (run_id, activity_id) = caller.split_once('/')?;
     let history = histories.get(run_id)?;
     let scheduled = history.events().iter().find_map(|e| match &e.kind {
@@ -203,11 +298,16 @@ fn locate<'h>(histories: &'h BTreeMap<String, History>, caller: &str) -> Option<
 
 /// Each effect applied at most once per caller; exactly once for the
 /// acknowledged effects of completed activities.
-pub fn check_effects(ledger: &EffectLedger, histories: &BTreeMap<String, History>) -> Vec<Violation> {
+pub fn check_effects(
+    ledger: &EffectLedger,
+    histories: &BTreeMap<String, History>,
+) -> Vec<Violation> {
     let mut violations = Vec::new();
     for ((caller, effect), applied) in &ledger.applied {
         if *applied > 1 {
-            let message = format!("effect {effect:?} of activity {caller} applied {applied} times (at most once allowed)");
+            let message = format!(
+                "effect {effect:?} of activity {caller} applied {applied} times (at most once allowed)"
+            );
             let mut violation = Violation::new("effects exactly once", message);
             if let Some((history, scheduled, _)) = locate(histories, caller) {
                 violation = violation.at(history, Some(scheduled));
@@ -216,11 +316,20 @@ pub fn check_effects(ledger: &EffectLedger, histories: &BTreeMap<String, History
         }
     }
     for (caller, effect) in ledger.acknowledged.keys() {
-        let Some((history, scheduled, true)) = locate(histories, caller) else { continue };
-        let applied = ledger.applied.get(&(caller.clone(), effect.clone())).copied().unwrap_or(0);
+        let Some((history, scheduled, true)) = locate(histories, caller) else {
+            continue;
+        };
+        let applied = ledger
+            .applied
+            .get(&(caller.clone(), effect.clone()))
+            .copied()
+            .unwrap_or(0);
         if applied != 1 {
-            let message = format!("completed activity {caller} acknowledged effect {effect:?}, which was applied {applied} times");
-            violations.push(Violation::new("effects exactly once", message).at(history, Some(scheduled)));
+            let message = format!(
+                "completed activity {caller} acknowledged effect {effect:?}, which was applied {applied} times"
+            );
+            violations
+                .push(Violation::new("effects exactly once", message).at(history, Some(scheduled)));
         }
     }
     violations
@@ -235,7 +344,10 @@ pub fn check_closed(record: &RunRecord) -> Option<Violation> {
         Ok(state) => describe_waits(&state),
         Err(error) => format!("(its state does not decode: {error})"),
     };
-    let mut violation = Violation::new("liveness", format!("run still open after faults healed; {waits}"));
+    let mut violation = Violation::new(
+        "liveness",
+        format!("run still open after faults healed; {waits}"),
+    );
     violation.run_id = Some(record.run_id.clone());
     violation.workflow_id = Some(record.workflow_id.clone());
     violation.event_id = Some(record.next_event_id - 1);
@@ -245,7 +357,12 @@ pub fn check_closed(record: &RunRecord) -> Option<Violation> {
 fn describe_waits(state: &RunState) -> String {
     let mut parts = vec![format!("workflow task: {:?}", state.workflow_task)];
     for activity in state.activities.values() {
-        parts.push(format!("activity {:?} {} attempt {}", activity.activity_id, activity.phase_name(), activity.attempt));
+        parts.push(format!(
+            "activity {:?} {} attempt {}",
+            activity.activity_id,
+            activity.phase_name(),
+            activity.attempt
+        ));
     }
     for (timer_id, timer) in &state.timers {
         parts.push(format!("timer {timer_id:?} fires at {}", timer.fire_time));
@@ -253,7 +370,10 @@ fn describe_waits(state: &RunState) -> String {
     if let Some(failure) = &state.last_workflow_task_failure {
         parts.push(format!("last workflow task failure: {failure}"));
     }
-    if state.activities.is_empty() && state.timers.is_empty() && state.workflow_task == retrace::engine::machine::WorkflowTaskState::None {
+    if state.activities.is_empty()
+        && state.timers.is_empty()
+        && state.workflow_task == retrace::engine::machine::WorkflowTaskState::None
+    {
         parts.push("nothing pending: the workflow waits for a signal that never came".to_string());
     }
     parts.join("; ")

@@ -113,8 +113,14 @@ impl Cluster {
             let node = start_worker_node(&handle, &world, setup, &observed, index);
             nodes.insert(worker_name(index), node);
         }
-        nodes.insert(CLIENT.to_string(), handle.create_node().name(CLIENT).build());
-        let states = nodes.keys().map(|name| (name.clone(), NodeState::Up)).collect();
+        nodes.insert(
+            CLIENT.to_string(),
+            handle.create_node().name(CLIENT).build(),
+        );
+        let states = nodes
+            .keys()
+            .map(|name| (name.clone(), NodeState::Up))
+            .collect();
         Arc::new(Cluster {
             world,
             observed,
@@ -164,7 +170,9 @@ impl Cluster {
     }
 
     fn pause(&self, name: &str, fault: u64) -> bool {
-        if lock(&self.states).get(name) != Some(&NodeState::Up) || lock(&self.paused).contains_key(name) {
+        if lock(&self.states).get(name) != Some(&NodeState::Up)
+            || lock(&self.paused).contains_key(name)
+        {
             return false;
         }
         lock(&self.paused).insert(name.to_string(), fault);
@@ -199,9 +207,16 @@ impl Cluster {
     fn apply(self: &Arc<Self>, fault: &Fault) {
         let number = self.next_fault.fetch_add(1, Ordering::SeqCst) as u64;
         let (applied, undo_after_ms) = match &fault.kind {
-            FaultKind::CrashWorker { worker, down_ms } => (self.crash(&worker_name(*worker), number), *down_ms),
+            FaultKind::CrashWorker { worker, down_ms } => {
+                (self.crash(&worker_name(*worker), number), *down_ms)
+            }
             FaultKind::CrashService { down_ms } => (self.crash(SERVICE, number), *down_ms),
-            FaultKind::Partition { from, to, one_way, duration_ms } => {
+            FaultKind::Partition {
+                from,
+                to,
+                one_way,
+                duration_ms,
+            } => {
                 self.world.net.cut(&from.name(), &to.name(), *one_way);
                 (true, *duration_ms)
             }
@@ -209,8 +224,15 @@ impl Cluster {
                 self.world.net.clog(&a.name(), &b.name());
                 (true, *duration_ms)
             }
-            FaultKind::PauseWorker { worker, duration_ms } => (self.pause(&worker_name(*worker), number), *duration_ms),
-            FaultKind::StorageTrouble { duration_ms, io_error_percent, ambiguous_percent } => {
+            FaultKind::PauseWorker {
+                worker,
+                duration_ms,
+            } => (self.pause(&worker_name(*worker), number), *duration_ms),
+            FaultKind::StorageTrouble {
+                duration_ms,
+                io_error_percent,
+                ambiguous_percent,
+            } => {
                 let faults = StorageFaults {
                     io_error_rate: f64::from(*io_error_percent) / 100.0,
                     ambiguous_rate: f64::from(*ambiguous_percent) / 100.0,
@@ -234,14 +256,22 @@ impl Cluster {
 
     fn undo(&self, kind: &FaultKind, number: u64) {
         match kind {
-            FaultKind::CrashWorker { worker, .. } => self.restart(&worker_name(*worker), Some(number)),
+            FaultKind::CrashWorker { worker, .. } => {
+                self.restart(&worker_name(*worker), Some(number))
+            }
             FaultKind::CrashService { .. } => self.restart(SERVICE, Some(number)),
-            FaultKind::Partition { from, to, .. } => self.world.net.repair(&from.name(), &to.name()),
+            FaultKind::Partition { from, to, .. } => {
+                self.world.net.repair(&from.name(), &to.name())
+            }
             FaultKind::Clog { a, b, .. } => self.world.net.repair(&a.name(), &b.name()),
-            FaultKind::PauseWorker { worker, .. } => self.resume(&worker_name(*worker), Some(number)),
+            FaultKind::PauseWorker { worker, .. } => {
+                self.resume(&worker_name(*worker), Some(number))
+            }
             FaultKind::StorageTrouble { .. } => {
                 let on = self.world.faults_enabled();
-                self.world.storage.set_faults(self.world.swarm_storage_faults(), on);
+                self.world
+                    .storage
+                    .set_faults(self.world.swarm_storage_faults(), on);
             }
         }
     }
@@ -250,7 +280,9 @@ impl Cluster {
     pub fn heal(&self) {
         self.world.faults_on.store(false, Ordering::SeqCst);
         self.world.net.heal();
-        self.world.storage.set_faults(StorageFaults::default(), false);
+        self.world
+            .storage
+            .set_faults(StorageFaults::default(), false);
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         for name in &names {
             self.resume(name, None);
@@ -281,8 +313,13 @@ fn start_service_node(handle: &Handle, world: &Arc<World>, config: ServiceConfig
                 };
                 // The node's current handle: a handle taken before a restart
                 // spawns onto the dead incarnation.
-                let id = world.node_handle(SERVICE).expect("the service node is registered before it runs").id();
-                let node = Handle::current().get_node(id).expect("the service node exists");
+                let id = world
+                    .node_handle(SERVICE)
+                    .expect("the service node is registered before it runs")
+                    .id();
+                let node = Handle::current()
+                    .get_node(id)
+                    .expect("the service node exists");
                 world.net.register(SERVICE, service.handler(), node);
                 futures::future::pending::<()>().await;
             }
@@ -292,7 +329,13 @@ fn start_service_node(handle: &Handle, world: &Arc<World>, config: ServiceConfig
     node
 }
 
-fn start_worker_node(handle: &Handle, world: &Arc<World>, setup: &Arc<Setup>, observed: &Arc<Observed>, index: usize) -> NodeHandle {
+fn start_worker_node(
+    handle: &Handle,
+    world: &Arc<World>,
+    setup: &Arc<Setup>,
+    observed: &Arc<Observed>,
+    index: usize,
+) -> NodeHandle {
     let (world, setup, observed) = (world.clone(), setup.clone(), observed.clone());
     let name = worker_name(index);
     let node_name = name.clone();
@@ -300,9 +343,17 @@ fn start_worker_node(handle: &Handle, world: &Arc<World>, setup: &Arc<Setup>, ob
         .create_node()
         .name(&name)
         .init(move || {
-            let (world, setup, observed, name) = (world.clone(), setup.clone(), observed.clone(), node_name.clone());
+            let (world, setup, observed, name) = (
+                world.clone(),
+                setup.clone(),
+                observed.clone(),
+                node_name.clone(),
+            );
             async move {
-                let ctx = NodeCtx { world: world.clone(), name: name.clone() };
+                let ctx = NodeCtx {
+                    world: world.clone(),
+                    name: name.clone(),
+                };
                 let mut options = WorkerOptions::new(&setup.task_queue);
                 options.identity = name.clone();
                 (setup.worker_options)(&mut options);

@@ -42,14 +42,27 @@ pub enum FaultKind {
     /// The service dies; it restarts after `down_ms` and rebuilds from storage.
     CrashService { down_ms: u64 },
     /// Messages from `from` to `to` (and back unless `one_way`) are dropped.
-    Partition { from: Target, to: Target, one_way: bool, duration_ms: u64 },
+    Partition {
+        from: Target,
+        to: Target,
+        one_way: bool,
+        duration_ms: u64,
+    },
     /// Messages between `a` and `b` are held until the clog clears.
-    Clog { a: Target, b: Target, duration_ms: u64 },
+    Clog {
+        a: Target,
+        b: Target,
+        duration_ms: u64,
+    },
     /// The worker freezes (a GC pause, a stuck disk): its activities stop
     /// heartbeating and overrun their start-to-close timeouts.
     PauseWorker { worker: usize, duration_ms: u64 },
     /// Storage fails more often for a while.
-    StorageTrouble { duration_ms: u64, io_error_percent: u32, ambiguous_percent: u32 },
+    StorageTrouble {
+        duration_ms: u64,
+        io_error_percent: u32,
+        ambiguous_percent: u32,
+    },
 }
 
 impl FaultKind {
@@ -98,20 +111,56 @@ impl fmt::Display for Fault {
         write!(f, "t={:>9}  ", seconds(self.at_ms))?;
         match &self.kind {
             FaultKind::CrashWorker { worker, down_ms } => {
-                write!(f, "crash {} for {}", Target::Worker(*worker).name(), seconds(*down_ms))
+                write!(
+                    f,
+                    "crash {} for {}",
+                    Target::Worker(*worker).name(),
+                    seconds(*down_ms)
+                )
             }
-            FaultKind::CrashService { down_ms } => write!(f, "crash service for {}", seconds(*down_ms)),
-            FaultKind::Partition { from, to, one_way, duration_ms } => {
+            FaultKind::CrashService { down_ms } => {
+                write!(f, "crash service for {}", seconds(*down_ms))
+            }
+            FaultKind::Partition {
+                from,
+                to,
+                one_way,
+                duration_ms,
+            } => {
                 let arrow = if *one_way { "->" } else { "<->" };
-                write!(f, "partition {} {arrow} {} for {}", from.name(), to.name(), seconds(*duration_ms))
+                write!(
+                    f,
+                    "partition {} {arrow} {} for {}",
+                    from.name(),
+                    to.name(),
+                    seconds(*duration_ms)
+                )
             }
             FaultKind::Clog { a, b, duration_ms } => {
-                write!(f, "clog {} <-> {} for {}", a.name(), b.name(), seconds(*duration_ms))
+                write!(
+                    f,
+                    "clog {} <-> {} for {}",
+                    a.name(),
+                    b.name(),
+                    seconds(*duration_ms)
+                )
             }
-            FaultKind::PauseWorker { worker, duration_ms } => {
-                write!(f, "pause {} for {}", Target::Worker(*worker).name(), seconds(*duration_ms))
+            FaultKind::PauseWorker {
+                worker,
+                duration_ms,
+            } => {
+                write!(
+                    f,
+                    "pause {} for {}",
+                    Target::Worker(*worker).name(),
+                    seconds(*duration_ms)
+                )
             }
-            FaultKind::StorageTrouble { duration_ms, io_error_percent, ambiguous_percent } => write!(
+            FaultKind::StorageTrouble {
+                duration_ms,
+                io_error_percent,
+                ambiguous_percent,
+            } => write!(
                 f,
                 "storage trouble for {} (io errors {io_error_percent}%, ambiguous commits {ambiguous_percent}%)",
                 seconds(*duration_ms)
@@ -158,16 +207,25 @@ fn link_strategy(topology: &Topology) -> BoxedStrategy<(Target, Target)> {
 fn kind_strategy(topology: &Topology, swarm: &Swarm) -> BoxedStrategy<FaultKind> {
     let workers = topology.workers.max(1);
     let mut kinds: Vec<BoxedStrategy<FaultKind>> = vec![
-        (0..workers, 100..8_000u64).prop_map(|(worker, down_ms)| FaultKind::CrashWorker { worker, down_ms }).boxed(),
-        (100..5_000u64).prop_map(|down_ms| FaultKind::CrashService { down_ms }).boxed(),
+        (0..workers, 100..8_000u64)
+            .prop_map(|(worker, down_ms)| FaultKind::CrashWorker { worker, down_ms })
+            .boxed(),
+        (100..5_000u64)
+            .prop_map(|down_ms| FaultKind::CrashService { down_ms })
+            .boxed(),
         (0..workers, 100..20_000u64)
-            .prop_map(|(worker, duration_ms)| FaultKind::PauseWorker { worker, duration_ms })
+            .prop_map(|(worker, duration_ms)| FaultKind::PauseWorker {
+                worker,
+                duration_ms,
+            })
             .boxed(),
         (100..10_000u64, 1..30u32, 1..30u32)
-            .prop_map(|(duration_ms, io_error_percent, ambiguous_percent)| FaultKind::StorageTrouble {
-                duration_ms,
-                io_error_percent,
-                ambiguous_percent,
+            .prop_map(|(duration_ms, io_error_percent, ambiguous_percent)| {
+                FaultKind::StorageTrouble {
+                    duration_ms,
+                    io_error_percent,
+                    ambiguous_percent,
+                }
             })
             .boxed(),
     ];
@@ -178,32 +236,50 @@ fn kind_strategy(topology: &Topology, swarm: &Swarm) -> BoxedStrategy<FaultKind>
             let one_way = swarm.partition_mode == PartitionMode::OneWay;
             kinds.push(
                 (link, 100..10_000u64)
-                    .prop_map(move |((from, to), duration_ms)| FaultKind::Partition { from, to, one_way, duration_ms })
+                    .prop_map(move |((from, to), duration_ms)| FaultKind::Partition {
+                        from,
+                        to,
+                        one_way,
+                        duration_ms,
+                    })
                     .boxed(),
             );
         }
         PartitionMode::Clog => kinds.push(
-            (link, 100..10_000u64).prop_map(|((a, b), duration_ms)| FaultKind::Clog { a, b, duration_ms }).boxed(),
+            (link, 100..10_000u64)
+                .prop_map(|((a, b), duration_ms)| FaultKind::Clog { a, b, duration_ms })
+                .boxed(),
         ),
     }
     proptest::strategy::Union::new(kinds).boxed()
 }
 
 /// Plans of up to `faults_max` faults during the safety phase.
-pub fn plan_strategy(topology: &Topology, swarm: &Swarm, faults_max: usize) -> BoxedStrategy<FaultPlan> {
+pub fn plan_strategy(
+    topology: &Topology,
+    swarm: &Swarm,
+    faults_max: usize,
+) -> BoxedStrategy<FaultPlan> {
     let fault = (0..topology.safety_ms.max(1), kind_strategy(topology, swarm))
         .prop_map(|(at_ms, kind)| Fault { at_ms, kind });
-    proptest::collection::vec(fault, 0..=faults_max).prop_map(|faults| FaultPlan { faults }).boxed()
+    proptest::collection::vec(fault, 0..=faults_max)
+        .prop_map(|faults| FaultPlan { faults })
+        .boxed()
 }
 
 /// The plan of `seed` as a shrinkable value tree.
-pub fn plan_tree(seed: u64, strategy: &BoxedStrategy<FaultPlan>) -> Box<dyn ValueTree<Value = FaultPlan>> {
+pub fn plan_tree(
+    seed: u64,
+    strategy: &BoxedStrategy<FaultPlan>,
+) -> Box<dyn ValueTree<Value = FaultPlan>> {
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
     bytes[8..16].copy_from_slice(&0x7265_7472_6163_6521u64.to_le_bytes());
     let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
     let mut runner = TestRunner::new_with_rng(Config::default(), rng);
-    let tree = strategy.new_tree(&mut runner).expect("fault plan strategies never reject");
+    let tree = strategy
+        .new_tree(&mut runner)
+        .expect("fault plan strategies never reject");
     Box::new(tree)
 }
 
@@ -212,26 +288,45 @@ mod tests {
     use super::*;
 
     fn topology() -> Topology {
-        Topology { workers: 2, externals: vec!["bank".to_string()], safety_ms: 30_000 }
+        Topology {
+            workers: 2,
+            externals: vec!["bank".to_string()],
+            safety_ms: 30_000,
+        }
     }
 
     #[test]
     fn the_same_seed_gives_the_same_plan() {
-        let swarm = Swarm { faults_max: 8, ..Swarm::from_seed(3) };
+        let swarm = Swarm {
+            faults_max: 8,
+            ..Swarm::from_seed(3)
+        };
         let strategy = plan_strategy(&topology(), &swarm, 8);
-        assert_eq!(plan_tree(3, &strategy).current(), plan_tree(3, &strategy).current());
+        assert_eq!(
+            plan_tree(3, &strategy).current(),
+            plan_tree(3, &strategy).current()
+        );
         let plans: Vec<FaultPlan> = (0..20).map(|s| plan_tree(s, &strategy).current()).collect();
-        assert!(plans.iter().any(|p| p != &plans[0]), "seeds give different plans");
+        assert!(
+            plans.iter().any(|p| p != &plans[0]),
+            "seeds give different plans"
+        );
     }
 
     #[test]
     fn faults_fall_in_the_safety_phase_and_name_real_nodes() {
-        let swarm = Swarm { faults_max: 12, partition_mode: PartitionMode::OneWay, ..Swarm::calm() };
+        let swarm = Swarm {
+            faults_max: 12,
+            partition_mode: PartitionMode::OneWay,
+            ..Swarm::calm()
+        };
         let strategy = plan_strategy(&topology(), &swarm, 12);
         for seed in 0..50 {
             for fault in plan_tree(seed, &strategy).current().faults {
                 assert!(fault.at_ms < 30_000);
-                if let FaultKind::CrashWorker { worker, .. } | FaultKind::PauseWorker { worker, .. } = fault.kind {
+                if let FaultKind::CrashWorker { worker, .. }
+                | FaultKind::PauseWorker { worker, .. } = fault.kind
+                {
                     assert!(worker < 2);
                 }
             }
@@ -240,7 +335,10 @@ mod tests {
 
     #[test]
     fn shrinking_removes_faults() {
-        let swarm = Swarm { faults_max: 20, ..Swarm::calm() };
+        let swarm = Swarm {
+            faults_max: 20,
+            ..Swarm::calm()
+        };
         let strategy = plan_strategy(&topology(), &swarm, 20);
         let mut tree = plan_tree(11, &strategy);
         let before = tree.current().faults.len();

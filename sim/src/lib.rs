@@ -156,7 +156,9 @@ pub use check::Violation;
 pub use cluster::NodeCtx;
 pub use faults::{Fault, FaultKind, FaultPlan, Target};
 pub use report::{Report, repro_line};
-pub use services::{Accounts, EffectLedger, HttpApi, KvStore, ServiceCallError, ServiceClient, SimService};
+pub use services::{
+    Accounts, EffectLedger, HttpApi, KvStore, ServiceCallError, ServiceClient, SimService,
+};
 pub use simulation::{Finished, SeedResult, SeedRunner, SimClient, Simulation};
 pub use storage::SimStorage;
 pub use swarm::{PartitionMode, Swarm};
@@ -190,7 +192,8 @@ pub fn init_logging() {
 pub fn storage_conformance() {
     let runtime = madsim::runtime::Runtime::with_seed_and_config(1, madsim::Config::default());
     runtime.block_on(async {
-        let make = || std::sync::Arc::new(SimStorage::new()) as std::sync::Arc<dyn retrace::env::Storage>;
+        let make =
+            || std::sync::Arc::new(SimStorage::new()) as std::sync::Arc<dyn retrace::env::Storage>;
         retrace::env::conformance::run_all(&make).await;
     });
 }

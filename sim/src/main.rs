@@ -17,7 +17,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use retrace_sim::{SeedRunner, scenarios};
 
 #[derive(Parser, Debug)]
-#[command(name = "retrace-sim", about = "Runs seeds of Retrace's simulation scenarios")]
+#[command(
+    name = "retrace-sim",
+    about = "Runs seeds of Retrace's simulation scenarios"
+)]
 struct Args {
     /// Seed range, `start..end` (end excluded).
     #[arg(long, default_value = "0..1000")]
@@ -48,7 +51,9 @@ struct Totals {
 }
 
 fn parse_range(text: &str) -> anyhow::Result<(u64, u64)> {
-    let (a, b) = text.split_once("..").context("--seeds takes start..end, e.g. 0..1000")?;
+    let (a, b) = text
+        .split_once("..")
+        .context("--seeds takes start..end, e.g. 0..1000")?;
     let (a, b): (u64, u64) = (a.trim().parse()?, b.trim().parse()?);
     if a >= b {
         bail!("--seeds {text}: the range is empty");
@@ -57,7 +62,9 @@ fn parse_range(text: &str) -> anyhow::Result<(u64, u64)> {
 }
 
 fn parse_shard(text: &str) -> anyhow::Result<(u64, u64)> {
-    let (i, n) = text.split_once('/').context("--shard takes i/n, e.g. 1/4")?;
+    let (i, n) = text
+        .split_once('/')
+        .context("--shard takes i/n, e.g. 1/4")?;
     let (i, n): (u64, u64) = (i.trim().parse()?, n.trim().parse()?);
     if n == 0 || i == 0 || i > n {
         bail!("--shard {text}: needs 1 <= i <= n");
@@ -75,15 +82,25 @@ fn main() -> anyhow::Result<()> {
         None => (0, 1),
     };
     let runners: Vec<SeedRunner> = match &args.scenario {
-        Some(name) => vec![scenarios::by_name(name).with_context(|| format!("no scenario {name:?} (try small, transfers)"))?.into_runner()],
-        None => scenarios::all().into_iter().map(|s| s.into_runner()).collect(),
+        Some(name) => vec![
+            scenarios::by_name(name)
+                .with_context(|| format!("no scenario {name:?} (try small, transfers)"))?
+                .into_runner(),
+        ],
+        None => scenarios::all()
+            .into_iter()
+            .map(|s| s.into_runner())
+            .collect(),
     };
     let work: Vec<(usize, u64)> = (start..end)
         .filter(|seed| seed % shards == shard)
         .flat_map(|seed| (0..runners.len()).map(move |r| (r, seed)))
         .collect();
     let bar = ProgressBar::new(work.len() as u64);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  {msg}").expect("template is valid"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  {msg}")
+            .expect("template is valid"),
+    );
     let totals = Arc::new(Totals::default());
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
@@ -92,12 +109,21 @@ fn main() -> anyhow::Result<()> {
     let runners = Arc::new(runners);
     let threads: Vec<_> = (0..args.jobs.max(1))
         .map(|_| {
-            let (work, runners, totals, stop, next, bar) = (work.clone(), runners.clone(), totals.clone(), stop.clone(), next.clone(), bar.clone());
+            let (work, runners, totals, stop, next, bar) = (
+                work.clone(),
+                runners.clone(),
+                totals.clone(),
+                stop.clone(),
+                next.clone(),
+                bar.clone(),
+            );
             let keep_going = args.keep_going;
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     let index = next.fetch_add(1, Ordering::SeqCst) as usize;
-                    let Some(&(runner, seed)) = work.get(index) else { return };
+                    let Some(&(runner, seed)) = work.get(index) else {
+                        return;
+                    };
                     let runner = &runners[runner];
                     let outcome = runner.check_seed(seed);
                     let result = match &outcome {
@@ -124,7 +150,9 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     for thread in threads {
-        thread.join().map_err(|_| anyhow::anyhow!("a job thread panicked"))?;
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a job thread panicked"))?;
     }
     bar.finish_and_clear();
     summarize(&totals, started.elapsed().as_secs_f64(), args.json);
@@ -141,7 +169,9 @@ fn summarize(totals: &Totals, wall_s: f64, json: bool) {
     let faults = totals.faults.lock().expect("totals lock").clone();
     let seeds_per_s = seeds as f64 / wall_s.max(1e-9);
     let sim_to_wall = sim_s / wall_s.max(1e-9);
-    println!("seeds: {seeds}   failures: {failures}   simulated time: {sim_s:.0} s   wall: {wall_s:.1} s   seeds/s: {seeds_per_s:.0}   sim/wall: {sim_to_wall:.0}:1");
+    println!(
+        "seeds: {seeds}   failures: {failures}   simulated time: {sim_s:.0} s   wall: {wall_s:.1} s   seeds/s: {seeds_per_s:.0}   sim/wall: {sim_to_wall:.0}:1"
+    );
     println!("faults injected:");
     for (kind, count) in &faults {
         println!("  {kind:<40} {count}");

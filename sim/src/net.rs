@@ -73,8 +73,15 @@ impl SimNet {
     }
 
     /// `name` serves engine requests (its node just started).
-    pub fn register(&self, name: &str, handler: Arc<dyn RequestHandler>, node: madsim::runtime::NodeHandle) {
-        lock(&self.state).endpoints.insert(name.to_string(), Endpoint { handler, node });
+    pub fn register(
+        &self,
+        name: &str,
+        handler: Arc<dyn RequestHandler>,
+        node: madsim::runtime::NodeHandle,
+    ) {
+        lock(&self.state)
+            .endpoints
+            .insert(name.to_string(), Endpoint { handler, node });
     }
 
     /// `name` is down: calls to it are refused.
@@ -106,7 +113,10 @@ impl SimNet {
     pub fn repair(&self, a: &str, b: &str) {
         {
             let mut state = lock(&self.state);
-            for link in [(a.to_string(), b.to_string()), (b.to_string(), a.to_string())] {
+            for link in [
+                (a.to_string(), b.to_string()),
+                (b.to_string(), a.to_string()),
+            ] {
                 state.cut.remove(&link);
                 state.clogged.remove(&link);
             }
@@ -151,7 +161,12 @@ impl SimNet {
             let mut changed = self.changed.subscribe();
             let (cut, clogged, loss, duplicate) = {
                 let state = lock(&self.state);
-                (state.cut.contains(&link), state.clogged.contains(&link), state.loss_rate, state.duplicate_rate)
+                (
+                    state.cut.contains(&link),
+                    state.clogged.contains(&link),
+                    state.loss_rate,
+                    state.duplicate_rate,
+                )
             };
             if cut {
                 world.count_fault("net:partition_drop");
@@ -171,7 +186,9 @@ impl SimNet {
             } else {
                 1
             };
-            return (0..copies).map(|_| self.latency_ms(world, from, to)).collect();
+            return (0..copies)
+                .map(|_| self.latency_ms(world, from, to))
+                .collect();
         }
     }
 
@@ -201,12 +218,22 @@ impl<T> ReplySlot<T> {
 type Serve<T> = Arc<dyn Fn(Arc<World>) -> Option<BoxFuture<'static, Option<T>>> + Send + Sync>;
 
 /// A call from `from` to `to`: request flight, service, reply flight.
-pub async fn rpc<T: Send + 'static>(world: &Arc<World>, from: &str, to: &str, serve: Serve<T>) -> Result<T, NetError> {
+pub async fn rpc<T: Send + 'static>(
+    world: &Arc<World>,
+    from: &str,
+    to: &str,
+    serve: Serve<T>,
+) -> Result<T, NetError> {
     let (sender, receiver) = oneshot::channel();
-    let slot = Arc::new(ReplySlot { sender: Mutex::new(Some(sender)) });
+    let slot = Arc::new(ReplySlot {
+        sender: Mutex::new(Some(sender)),
+    });
     let (flight_world, from_name, to_name) = (world.clone(), from.to_string(), to.to_string());
     world.net.spawn_flight(async move {
-        let delays = flight_world.net.transmit(&flight_world, &from_name, &to_name).await;
+        let delays = flight_world
+            .net
+            .transmit(&flight_world, &from_name, &to_name)
+            .await;
         for delay_ms in delays {
             let (world, slot, serve) = (flight_world.clone(), slot.clone(), serve.clone());
             let (from, to) = (from_name.clone(), to_name.clone());
@@ -223,15 +250,26 @@ pub async fn rpc<T: Send + 'static>(world: &Arc<World>, from: &str, to: &str, se
     }
 }
 
-async fn serve_copy<T: Send + 'static>(world: Arc<World>, from: &str, to: &str, slot: Arc<ReplySlot<T>>, serve: Serve<T>) {
+async fn serve_copy<T: Send + 'static>(
+    world: Arc<World>,
+    from: &str,
+    to: &str,
+    slot: Arc<ReplySlot<T>>,
+    serve: Serve<T>,
+) {
     let Some(serving) = serve(world.clone()) else {
         // Nobody listens: the refusal travels back.
-        madsim::time::sleep(Duration::from_millis(world.net.latency_ms(&world, to, from))).await;
+        madsim::time::sleep(Duration::from_millis(
+            world.net.latency_ms(&world, to, from),
+        ))
+        .await;
         slot.deliver(Err(NetError::Unreachable(format!("{to} is down"))));
         return;
     };
     let Some(reply) = serving.await else {
-        slot.deliver(Err(NetError::Disconnected(format!("{to} crashed while serving the request"))));
+        slot.deliver(Err(NetError::Disconnected(format!(
+            "{to} crashed while serving the request"
+        ))));
         return;
     };
     let delays = world.net.transmit(&world, to, from).await;
@@ -249,7 +287,10 @@ pub struct SimNetwork {
 
 impl SimNetwork {
     pub fn new(world: Arc<World>, name: &str) -> SimNetwork {
-        SimNetwork { world, name: name.to_string() }
+        SimNetwork {
+            world,
+            name: name.to_string(),
+        }
     }
 }
 
@@ -262,7 +303,9 @@ impl Network for SimNetwork {
             let request = request.clone();
             // BUGGIFY: the caller hangs up mid-request (an HTTP disconnect), so
             // the service drops the handler's future wherever it is.
-            let abandon_ms = world.buggify_site("net.abandon_request").then(|| madsim::rand::thread_rng().gen_range(0..20u64));
+            let abandon_ms = world
+                .buggify_site("net.abandon_request")
+                .then(|| madsim::rand::thread_rng().gen_range(0..20u64));
             Some(Box::pin(async move {
                 let (sender, receiver) = oneshot::channel();
                 let handling = endpoint.handler.handle(request);
@@ -273,7 +316,9 @@ impl Network for SimNetwork {
                     };
                     let hang_up = madsim::time::sleep(Duration::from_millis(abandon_ms));
                     futures::pin_mut!(handling, hang_up);
-                    if let futures::future::Either::Left((reply, _)) = futures::future::select(handling, hang_up).await {
+                    if let futures::future::Either::Left((reply, _)) =
+                        futures::future::select(handling, hang_up).await
+                    {
                         let _ = sender.send(reply);
                     }
                 }));

@@ -25,12 +25,21 @@ impl fmt::Display for Report {
         writeln!(f, "\n== retrace-sim: invariant violated ==")?;
         writeln!(f, "scenario: {}   seed: {}", self.scenario, result.seed)?;
         writeln!(f, "swarm: {}", result.swarm)?;
-        let sites: Vec<&str> = result.buggify_sites.iter().filter(|(_, on)| **on).map(|(site, _)| *site).collect();
+        let sites: Vec<&str> = result
+            .buggify_sites
+            .iter()
+            .filter(|(_, on)| **on)
+            .map(|(site, _)| *site)
+            .collect();
         if !sites.is_empty() {
             writeln!(f, "buggify sites on: {}", sites.join(", "))?;
         }
         let faults = result.plan.faults.len();
-        writeln!(f, "fault plan ({faults} faults, shrunk from {}):", self.original_faults)?;
+        writeln!(
+            f,
+            "fault plan ({faults} faults, shrunk from {}):",
+            self.original_faults
+        )?;
         write!(f, "{}", result.plan)?;
         let first = &result.violations[0];
         writeln!(f, "first failing invariant: {first}")?;
@@ -48,14 +57,26 @@ impl fmt::Display for Report {
 impl Report {
     fn write_context(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let first = &self.result.violations[0];
-        let (Some(run_id), Some(event_id)) = (&first.run_id, first.event_id) else { return Ok(()) };
-        let Some(history) = self.result.histories.get(run_id) else { return Ok(()) };
+        let (Some(run_id), Some(event_id)) = (&first.run_id, first.event_id) else {
+            return Ok(());
+        };
+        let Some(history) = self.result.histories.get(run_id) else {
+            return Ok(());
+        };
         writeln!(f, "history of run {run_id} up to event {event_id}:")?;
         let end = (event_id as usize).min(history.len());
         for event in &history.events()[end.saturating_sub(REPORT_CONTEXT_EVENTS + 1)..end] {
-            let attributes = serde_json::to_value(event).ok().and_then(|v| v.get("attributes").cloned());
+            let attributes = serde_json::to_value(event)
+                .ok()
+                .and_then(|v| v.get("attributes").cloned());
             let marker = if event.event_id == event_id { ">" } else { " " };
-            writeln!(f, "  {marker}{:>5} {} {}", event.event_id, event.kind.name(), attributes.unwrap_or_default())?;
+            writeln!(
+                f,
+                "  {marker}{:>5} {} {}",
+                event.event_id,
+                event.kind.name(),
+                attributes.unwrap_or_default()
+            )?;
         }
         Ok(())
     }
@@ -66,15 +87,31 @@ impl Report {
 pub fn repro_line(scenario: &str, seed: u64) -> String {
     let package = std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "<package>".to_string());
     let exe = std::env::current_exe().ok();
-    let binary = exe.as_ref().and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-    let target = binary.rsplit_once('-').map_or(binary.clone(), |(name, _hash)| name.to_string());
+    let binary = exe
+        .as_ref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let target = binary
+        .rsplit_once('-')
+        .map_or(binary.clone(), |(name, _hash)| name.to_string());
     let thread = std::thread::current();
-    let test = thread.name().filter(|name| *name != "main").map(str::to_string);
+    let test = thread
+        .name()
+        .filter(|name| *name != "main")
+        .map(str::to_string);
     match test {
         Some(test) => {
-            let selector = if target.replace('-', "_") == package.replace('-', "_") { "--lib".to_string() } else { format!("--test {target}") };
+            let selector = if target.replace('-', "_") == package.replace('-', "_") {
+                "--lib".to_string()
+            } else {
+                format!("--test {target}")
+            };
             format!("RETRACE_SEED={seed} cargo test -p {package} {selector} -- {test} --exact")
         }
-        None => format!("cargo run --release -p retrace-sim -- --scenario {scenario} --seeds {seed}..{}", seed + 1),
+        None => format!(
+            "cargo run --release -p retrace-sim -- --scenario {scenario} --seeds {seed}..{}",
+            seed + 1
+        ),
     }
 }

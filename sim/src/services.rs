@@ -51,12 +51,18 @@ impl ServiceHost {
     }
 
     fn serve(&self, name: &str, caller: &str, request: &Value) -> Result<Value, String> {
-        let service = lock(&self.services).get(name).cloned().ok_or_else(|| format!("no service {name:?}"))?;
+        let service = lock(&self.services)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no service {name:?}"))?;
         let mut effects = Vec::new();
         let reply = service.handle(request, &mut effects);
         let mut ledger = lock(&self.ledger);
         for effect in effects {
-            *ledger.applied.entry((caller.to_string(), effect)).or_default() += 1;
+            *ledger
+                .applied
+                .entry((caller.to_string(), effect))
+                .or_default() += 1;
         }
         reply
     }
@@ -64,14 +70,20 @@ impl ServiceHost {
     fn acknowledge(&self, caller: &str, reply: &Value) {
         if let Some(effect) = reply.get("effect").and_then(Value::as_str) {
             let mut ledger = lock(&self.ledger);
-            *ledger.acknowledged.entry((caller.to_string(), effect.to_string())).or_default() += 1;
+            *ledger
+                .acknowledged
+                .entry((caller.to_string(), effect.to_string()))
+                .or_default() += 1;
         }
     }
 
     /// A copy of the ledger.
     pub fn ledger(&self) -> EffectLedger {
         let ledger = lock(&self.ledger);
-        EffectLedger { applied: ledger.applied.clone(), acknowledged: ledger.acknowledged.clone() }
+        EffectLedger {
+            applied: ledger.applied.clone(),
+            acknowledged: ledger.acknowledged.clone(),
+        }
     }
 }
 
@@ -99,19 +111,29 @@ pub struct ServiceClient {
 
 impl ServiceClient {
     pub(crate) fn new(world: Arc<World>, node: &str, service: &str) -> ServiceClient {
-        ServiceClient { world, node: node.to_string(), service: service.to_string() }
+        ServiceClient {
+            world,
+            node: node.to_string(),
+            service: service.to_string(),
+        }
     }
 
     /// Sends `request` on behalf of the activity attempt `ctx`.
-    pub async fn call(&self, ctx: &ActivityContext, request: Value) -> Result<Value, ServiceCallError> {
+    pub async fn call(
+        &self,
+        ctx: &ActivityContext,
+        request: Value,
+    ) -> Result<Value, ServiceCallError> {
         let caller = ctx.idempotency_key();
         let (service, served_caller) = (self.service.clone(), caller.clone());
         let serve = Arc::new(move |world: Arc<World>| {
             let reply = world.services.serve(&service, &served_caller, &request);
-            Some(Box::pin(async move { Some(reply) }) as BoxFuture<'static, Option<Result<Value, String>>>)
+            Some(Box::pin(async move { Some(reply) })
+                as BoxFuture<'static, Option<Result<Value, String>>>)
         });
         let call = rpc(&self.world, &self.node, &self.service, serve);
-        let timeout = madsim::time::sleep(std::time::Duration::from_millis(SERVICE_CALL_TIMEOUT_MS));
+        let timeout =
+            madsim::time::sleep(std::time::Duration::from_millis(SERVICE_CALL_TIMEOUT_MS));
         futures::pin_mut!(call, timeout);
         let reply = match futures::future::select(call, timeout).await {
             futures::future::Either::Left((reply, _)) => reply?,
@@ -129,7 +151,11 @@ struct Seen(Mutex<BTreeMap<String, Value>>);
 
 impl Seen {
     /// The earlier reply to `key`, or applies `effect` and remembers its reply.
-    fn once(&self, key: Option<&str>, effect: impl FnOnce() -> Result<Value, String>) -> Result<Value, String> {
+    fn once(
+        &self,
+        key: Option<&str>,
+        effect: impl FnOnce() -> Result<Value, String>,
+    ) -> Result<Value, String> {
         let Some(key) = key else { return effect() };
         if let Some(reply) = lock(&self.0).get(key) {
             return Ok(reply.clone());
@@ -141,15 +167,21 @@ impl Seen {
 }
 
 fn field<'v>(request: &'v Value, name: &str) -> Result<&'v Value, String> {
-    request.get(name).ok_or_else(|| format!("request lacks field {name:?}: {request}"))
+    request
+        .get(name)
+        .ok_or_else(|| format!("request lacks field {name:?}: {request}"))
 }
 
 fn text<'v>(request: &'v Value, name: &str) -> Result<&'v str, String> {
-    field(request, name)?.as_str().ok_or_else(|| format!("field {name:?} must be a string"))
+    field(request, name)?
+        .as_str()
+        .ok_or_else(|| format!("field {name:?} must be a string"))
 }
 
 fn number(request: &Value, name: &str) -> Result<i64, String> {
-    field(request, name)?.as_i64().ok_or_else(|| format!("field {name:?} must be an integer"))
+    field(request, name)?
+        .as_i64()
+        .ok_or_else(|| format!("field {name:?} must be an integer"))
 }
 
 /// A key-value store: `{"op":"put","key","value","idempotency_key"?}`,
@@ -182,7 +214,10 @@ impl SimService for KvStore {
 impl KvStore {
     /// A store holding `entries`.
     pub fn with(entries: impl IntoIterator<Item = (String, Value)>) -> KvStore {
-        KvStore { data: Mutex::new(entries.into_iter().collect()), seen: Seen::default() }
+        KvStore {
+            data: Mutex::new(entries.into_iter().collect()),
+            seen: Seen::default(),
+        }
     }
 }
 
@@ -197,8 +232,14 @@ pub struct Accounts {
 impl Accounts {
     /// Accounts opened with these balances.
     pub fn with(balances: impl IntoIterator<Item = (&'static str, i64)>) -> Accounts {
-        let balances = balances.into_iter().map(|(a, b)| (a.to_string(), b)).collect();
-        Accounts { balances: Mutex::new(balances), seen: Seen::default() }
+        let balances = balances
+            .into_iter()
+            .map(|(a, b)| (a.to_string(), b))
+            .collect();
+        Accounts {
+            balances: Mutex::new(balances),
+            seen: Seen::default(),
+        }
     }
 
     /// Current balances.
@@ -207,10 +248,15 @@ impl Accounts {
     }
 
     fn transfer(&self, request: &Value, effects: &mut Vec<String>) -> Result<Value, String> {
-        let (from, to) = (text(request, "from")?.to_string(), text(request, "to")?.to_string());
+        let (from, to) = (
+            text(request, "from")?.to_string(),
+            text(request, "to")?.to_string(),
+        );
         let amount = number(request, "amount")?;
         let mut balances = lock(&self.balances);
-        let available = *balances.get(&from).ok_or_else(|| format!("no account {from:?}"))?;
+        let available = *balances
+            .get(&from)
+            .ok_or_else(|| format!("no account {from:?}"))?;
         if available < amount {
             return Err(format!("insufficient funds in {from:?}"));
         }
@@ -231,7 +277,8 @@ impl SimService for Accounts {
             }
             "transfer" => {
                 let idempotency_key = request.get("idempotency_key").and_then(Value::as_str);
-                self.seen.once(idempotency_key, || self.transfer(request, effects))
+                self.seen
+                    .once(idempotency_key, || self.transfer(request, effects))
             }
             "debit" => {
                 let account = text(request, "account")?.to_string();
@@ -256,7 +303,9 @@ impl SimService for HttpApi {
     fn handle(&self, request: &Value, effects: &mut Vec<String>) -> Result<Value, String> {
         let path = text(request, "path")?.to_string();
         match text(request, "method")? {
-            "GET" => Ok(json!({ "status": 200, "path": path, "value": fnv1a64(path.as_bytes()) % 1_000 })),
+            "GET" => Ok(
+                json!({ "status": 200, "path": path, "value": fnv1a64(path.as_bytes()) % 1_000 }),
+            ),
             "POST" => {
                 let idempotency_key = request.get("idempotency_key").and_then(Value::as_str);
                 self.seen.once(idempotency_key, || {

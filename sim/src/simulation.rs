@@ -163,13 +163,22 @@ impl Simulation {
 
     /// Registers activity `A`, built on each worker node by `factory` (which
     /// can connect to simulated services from that node).
-    pub fn activity<A: Activity>(mut self, factory: impl Fn(&NodeCtx) -> A + Send + Sync + 'static) -> Self {
-        self.setup.activities.push(Arc::new(move |ctx, builder| builder.activity(factory(ctx))));
+    pub fn activity<A: Activity>(
+        mut self,
+        factory: impl Fn(&NodeCtx) -> A + Send + Sync + 'static,
+    ) -> Self {
+        self.setup
+            .activities
+            .push(Arc::new(move |ctx, builder| builder.activity(factory(ctx))));
         self
     }
 
     /// Adds simulated external service `name` (fresh for every seed).
-    pub fn service<S: SimService>(mut self, name: &str, factory: impl Fn() -> S + Send + Sync + 'static) -> Self {
+    pub fn service<S: SimService>(
+        mut self,
+        name: &str,
+        factory: impl Fn() -> S + Send + Sync + 'static,
+    ) -> Self {
         let factory: ServiceFactory = Arc::new(move || Arc::new(factory()) as Arc<dyn SimService>);
         self.setup.services.push((name.to_string(), factory));
         self
@@ -189,7 +198,10 @@ impl Simulation {
     }
 
     /// Adjusts each worker's options.
-    pub fn worker_options(mut self, f: impl Fn(&mut WorkerOptions) + Send + Sync + 'static) -> Self {
+    pub fn worker_options(
+        mut self,
+        f: impl Fn(&mut WorkerOptions) + Send + Sync + 'static,
+    ) -> Self {
         self.setup.worker_options = Arc::new(f);
         self
     }
@@ -206,7 +218,10 @@ impl Simulation {
     }
 
     /// A check of the scenario's own expectations, run after every seed.
-    pub fn check(mut self, check: impl Fn(&Finished) -> Result<(), String> + Send + Sync + 'static) -> Self {
+    pub fn check(
+        mut self,
+        check: impl Fn(&Finished) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
         self.setup.checks.push(Arc::new(check));
         self
     }
@@ -248,10 +263,16 @@ impl Simulation {
 
     /// The seeds to run, honouring `RETRACE_SEED` and `RETRACE_SEEDS`.
     pub fn effective_seeds(&self) -> Range<u64> {
-        if let Some(seed) = std::env::var("RETRACE_SEED").ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        if let Some(seed) = std::env::var("RETRACE_SEED")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
             return seed..seed + 1;
         }
-        if let Some((a, b)) = std::env::var("RETRACE_SEEDS").ok().and_then(|s| parse_range(&s)) {
+        if let Some((a, b)) = std::env::var("RETRACE_SEEDS")
+            .ok()
+            .and_then(|s| parse_range(&s))
+        {
             return a..b;
         }
         self.seeds.clone()
@@ -274,7 +295,9 @@ impl Simulation {
 
     /// Freezes the setup for repeated runs (the campaign runner).
     pub fn into_runner(self) -> SeedRunner {
-        SeedRunner { setup: Arc::new(self.setup) }
+        SeedRunner {
+            setup: Arc::new(self.setup),
+        }
     }
 }
 
@@ -335,7 +358,11 @@ fn plan_setup(setup: &Setup, seed: u64) -> (Swarm, proptest::strategy::BoxedStra
     }
     let topology = Topology {
         workers: setup.workers,
-        externals: setup.services.iter().map(|(name, _)| name.clone()).collect(),
+        externals: setup
+            .services
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect(),
         safety_ms: setup.safety_ms,
     };
     let faults_max = setup.faults_max.unwrap_or(swarm.faults_max);
@@ -367,7 +394,12 @@ fn run_and_shrink(setup: &Arc<Setup>, seed: u64) -> Result<SeedResult, Box<Repor
         }
     }
     let repro = repro_line(&setup.name, seed);
-    Err(Box::new(Report { scenario: setup.name.clone(), original_faults: original.faults.len(), result: best, repro }))
+    Err(Box::new(Report {
+        scenario: setup.name.clone(),
+        original_faults: original.faults.len(),
+        result: best,
+        repro,
+    }))
 }
 
 /// One seed, one plan: a fresh madsim runtime, a fresh world.
@@ -445,20 +477,32 @@ impl ScenarioState {
     fn violations(&self) -> Vec<Violation> {
         let mut violations = Vec::new();
         if let Some(error) = self.error.lock().expect("scenario lock").clone() {
-            violations.push(Violation::new("scenario", format!("the scenario failed: {error}")));
+            violations.push(Violation::new(
+                "scenario",
+                format!("the scenario failed: {error}"),
+            ));
         }
         if !self.done() {
-            violations.push(Violation::new("liveness", "the scenario did not finish after faults healed"));
+            violations.push(Violation::new(
+                "liveness",
+                "the scenario did not finish after faults healed",
+            ));
         }
         violations
     }
 }
 
 fn start_scenario(setup: &Arc<Setup>, world: &Arc<World>, cluster: &Arc<Cluster>) -> ScenarioState {
-    let state = ScenarioState { done: Arc::new(AtomicBool::new(setup.scenario.is_none())), error: Arc::new(Mutex::new(None)) };
+    let state = ScenarioState {
+        done: Arc::new(AtomicBool::new(setup.scenario.is_none())),
+        error: Arc::new(Mutex::new(None)),
+    };
     if let Some(scenario) = setup.scenario.clone() {
         let env = world.env(CLIENT);
-        let client = SimClient { client: Client::new(env.clone()).with_call_attempts_max(SCENARIO_CALL_ATTEMPTS_MAX), env };
+        let client = SimClient {
+            client: Client::new(env.clone()).with_call_attempts_max(SCENARIO_CALL_ATTEMPTS_MAX),
+            env,
+        };
         let (done, error) = (state.done.clone(), state.error.clone());
         drop(cluster.client_node().spawn(async move {
             if let Err(e) = scenario(client).await {
@@ -471,8 +515,18 @@ fn start_scenario(setup: &Arc<Setup>, world: &Arc<World>, cluster: &Arc<Cluster>
 }
 
 async fn all_closed(world: &World) -> bool {
-    let query = retrace::env::ListQuery { status: Some(RunStatus::Running), limit: 1, ..Default::default() };
-    world.storage.durable().list_runs(query).await.expect("memory storage reads never fail").is_empty()
+    let query = retrace::env::ListQuery {
+        status: Some(RunStatus::Running),
+        limit: 1,
+        ..Default::default()
+    };
+    world
+        .storage
+        .durable()
+        .list_runs(query)
+        .await
+        .expect("memory storage reads never fail")
+        .is_empty()
 }
 
 async fn histories_of(world: &World) -> BTreeMap<String, History> {
@@ -492,7 +546,12 @@ async fn check_run(setup: &Setup, world: &World, cluster: &Cluster) -> Vec<Viola
         .iter()
         .map(|m| Violation::new("worker capacity", m.clone()))
         .collect();
-    let digests = cluster.observed.final_digests.lock().expect("observed lock").clone();
+    let digests = cluster
+        .observed
+        .final_digests
+        .lock()
+        .expect("observed lock")
+        .clone();
     let replayer = Replayer::new(setup.registry.clone());
     let mut histories = BTreeMap::new();
     let mut outcomes = BTreeMap::new();
@@ -502,8 +561,13 @@ async fn check_run(setup: &Setup, world: &World, cluster: &Cluster) -> Vec<Viola
         let Ok(history) = history else { continue };
         violations.extend(check::check_determinism(&history));
         violations.extend(check::check_timers(&history));
-        violations.extend(check::check_replay(&replayer, &history, digests.get(&record.run_id).copied()));
-        if let Ok(state) = serde_json::from_slice::<retrace::engine::machine::RunState>(&record.state)
+        violations.extend(check::check_replay(
+            &replayer,
+            &history,
+            digests.get(&record.run_id).copied(),
+        ));
+        if let Ok(state) =
+            serde_json::from_slice::<retrace::engine::machine::RunState>(&record.state)
             && let Some(outcome) = state.outcome
         {
             outcomes.insert(record.workflow_id.clone(), outcome);
@@ -512,7 +576,12 @@ async fn check_run(setup: &Setup, world: &World, cluster: &Cluster) -> Vec<Viola
     }
     let ledger = world.services.ledger();
     violations.extend(check::check_effects(&ledger, &histories));
-    let finished = Finished { histories, outcomes, ledger, faults: world.fault_counts() };
+    let finished = Finished {
+        histories,
+        outcomes,
+        ledger,
+        faults: world.fault_counts(),
+    };
     for check in &setup.checks {
         if let Err(message) = check(&finished) {
             violations.push(Violation::new("scenario check", message));

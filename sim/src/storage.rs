@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::rand::Rng;
-use retrace::env::{BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch};
+use retrace::env::{
+    BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch,
+};
 use retrace::history::Event;
 
 /// Fault rates of the storage (set from the swarm, cleared when healed).
@@ -44,7 +46,10 @@ impl SimStorage {
     pub fn new() -> SimStorage {
         SimStorage {
             durable: MemoryStorage::new(),
-            faults: Arc::new(Mutex::new(StorageFaults { latency_ms_max: 1, ..StorageFaults::default() })),
+            faults: Arc::new(Mutex::new(StorageFaults {
+                latency_ms_max: 1,
+                ..StorageFaults::default()
+            })),
             faults_on: Arc::new(AtomicBool::new(false)),
             writes: Arc::new(AtomicU64::new(0)),
         }
@@ -67,19 +72,28 @@ impl SimStorage {
     }
 
     fn faults(&self) -> (StorageFaults, bool) {
-        (*self.faults.lock().expect("storage faults lock"), self.faults_on.load(Ordering::SeqCst))
+        (
+            *self.faults.lock().expect("storage faults lock"),
+            self.faults_on.load(Ordering::SeqCst),
+        )
     }
 
     async fn write_inner(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let (faults, on) = self.faults();
         let latency_ms = madsim::rand::thread_rng().gen_range(0..=faults.latency_ms_max.max(1));
         madsim::time::sleep(Duration::from_millis(latency_ms)).await;
-        if on && faults.io_error_rate > 0.0 && madsim::rand::thread_rng().gen_bool(faults.io_error_rate) {
+        if on
+            && faults.io_error_rate > 0.0
+            && madsim::rand::thread_rng().gen_bool(faults.io_error_rate)
+        {
             return Err(StorageError::Io("simulated I/O error".to_string()));
         }
         self.durable.apply(batch)?;
         self.writes.fetch_add(1, Ordering::Relaxed);
-        if on && faults.ambiguous_rate > 0.0 && madsim::rand::thread_rng().gen_bool(faults.ambiguous_rate) {
+        if on
+            && faults.ambiguous_rate > 0.0
+            && madsim::rand::thread_rng().gen_bool(faults.ambiguous_rate)
+        {
             return Err(StorageError::Timeout);
         }
         Ok(())
@@ -95,11 +109,19 @@ impl Storage for SimStorage {
         self.durable.read_run(run_id)
     }
 
-    fn current_run(&self, workflow_id: &str) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+    fn current_run(
+        &self,
+        workflow_id: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
         self.durable.current_run(workflow_id)
     }
 
-    fn read_events(&self, run_id: &str, from_event_id: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
+    fn read_events(
+        &self,
+        run_id: &str,
+        from_event_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
         self.durable.read_events(run_id, from_event_id, limit)
     }
 

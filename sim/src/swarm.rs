@@ -116,8 +116,17 @@ impl Swarm {
     /// The skew and drift of node `name`, fixed for the seed.
     pub fn clock_of(&self, name: &str) -> (i64, i64) {
         let draw = fnv1a64(format!("clock:{name}:{}", self.clock_salt).as_bytes());
-        let spread = |max: i64, bits: u64| if max == 0 { 0 } else { (bits % (2 * max as u64 + 1)) as i64 - max };
-        (spread(self.clock_skew_ms_max, draw), spread(self.clock_drift_ppm_max, draw >> 32))
+        let spread = |max: i64, bits: u64| {
+            if max == 0 {
+                0
+            } else {
+                (bits % (2 * max as u64 + 1)) as i64 - max
+            }
+        };
+        (
+            spread(self.clock_skew_ms_max, draw),
+            spread(self.clock_drift_ppm_max, draw >> 32),
+        )
     }
 }
 
@@ -150,16 +159,28 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_swarm_and_seeds_differ() {
         assert_eq!(Swarm::from_seed(7), Swarm::from_seed(7));
-        let distinct: std::collections::BTreeSet<String> = (0..50).map(|s| Swarm::from_seed(s).to_string()).collect();
-        assert!(distinct.len() > 25, "seeds explore different worlds: {}", distinct.len());
+        let distinct: std::collections::BTreeSet<String> =
+            (0..50).map(|s| Swarm::from_seed(s).to_string()).collect();
+        assert!(
+            distinct.len() > 25,
+            "seeds explore different worlds: {}",
+            distinct.len()
+        );
     }
 
     #[test]
     fn clock_skew_stays_within_its_bound() {
-        let swarm = Swarm { clock_skew_ms_max: 50, clock_drift_ppm_max: 100, ..Swarm::calm() };
+        let swarm = Swarm {
+            clock_skew_ms_max: 50,
+            clock_drift_ppm_max: 100,
+            ..Swarm::calm()
+        };
         for name in ["service", "worker-0", "worker-1", "client"] {
             let (skew, drift) = swarm.clock_of(name);
-            assert!(skew.abs() <= 50 && drift.abs() <= 100, "{name}: {skew} {drift}");
+            assert!(
+                skew.abs() <= 50 && drift.abs() <= 100,
+                "{name}: {skew} {drift}"
+            );
         }
     }
 }

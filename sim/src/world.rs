@@ -19,7 +19,9 @@ use crate::swarm::Swarm;
 
 /// Locks a mutex of the world (never poisoned: a panic ends the seed).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().expect("world locks are never held across a panic")
+    mutex
+        .lock()
+        .expect("world locks are never held across a panic")
 }
 
 /// A running hash of what happened, to prove a seed replays identically.
@@ -165,16 +167,25 @@ impl World {
     pub fn env(self: &Arc<World>, name: &str) -> Env {
         let (skew_ms, drift_ppm) = self.swarm.clock_of(name);
         Env {
-            clock: Arc::new(SimClock { world: self.clone(), skew_ms, drift_ppm }),
+            clock: Arc::new(SimClock {
+                world: self.clone(),
+                skew_ms,
+                drift_ppm,
+            }),
             entropy: Arc::new(SimEntropy),
             spawner: Arc::new(SimSpawner),
             network: Arc::new(SimNetwork::new(self.clone(), name)),
-            faults: Arc::new(SimFaults { world: self.clone() }),
+            faults: Arc::new(SimFaults {
+                world: self.clone(),
+            }),
         }
     }
 
     fn start_ms(&self) -> i128 {
-        self.start_time.duration_since(UNIX_EPOCH).expect("madsim starts after 1970").as_millis() as i128
+        self.start_time
+            .duration_since(UNIX_EPOCH)
+            .expect("madsim starts after 1970")
+            .as_millis() as i128
     }
 }
 
@@ -205,7 +216,9 @@ impl Clock for SimClock {
         let scale = 1_000_000 + self.drift_ppm as i128;
         let elapsed_ms = (target * 1_000_000 + scale - 1).div_euclid(scale).max(0);
         let mut at = self.world.start + Duration::from_millis(elapsed_ms as u64);
-        while self.node_ms(at.duration_since(self.world.start).as_millis() as i128) < deadline.as_millis() as i128 {
+        while self.node_ms(at.duration_since(self.world.start).as_millis() as i128)
+            < deadline.as_millis() as i128
+        {
             at += Duration::from_millis(1);
         }
         Box::pin(madsim::time::sleep_until(at))

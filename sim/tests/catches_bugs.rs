@@ -48,23 +48,47 @@ fn a_non_idempotent_activity_is_caught_as_a_double_effect_within_1000_seeds() {
     });
     let simulation = Simulation::new("non_idempotent_debit")
         .workflows(registry)
-        .activity(|node| DebitTen { bank: node.service("bank") })
+        .activity(|node| DebitTen {
+            bank: node.service("bank"),
+        })
         .service("bank", || Accounts::with([("alice", 1_000)]))
         .safety_ms(10_000)
         .scenario(|client| async move {
             for i in 0..5 {
-                client.start_by_name(StartOptions::new(format!("pay-{i}"), "sim"), "pay", json!(null)).await?;
+                client
+                    .start_by_name(
+                        StartOptions::new(format!("pay-{i}"), "sim"),
+                        "pay",
+                        json!(null),
+                    )
+                    .await?;
             }
             Ok(())
         });
     let (seed, report) = first_failure(simulation, 0..1_000);
     let violation = &report.result.violations[0];
     assert_eq!(violation.invariant, "effects exactly once", "{report}");
-    assert!(violation.message.contains("debit:alice") && violation.message.contains("applied 2 times"), "{report}");
-    assert!(violation.event_id.is_some(), "the report names the history position: {report}");
+    assert!(
+        violation.message.contains("debit:alice") && violation.message.contains("applied 2 times"),
+        "{report}"
+    );
+    assert!(
+        violation.event_id.is_some(),
+        "the report names the history position: {report}"
+    );
     let text = report.to_string();
-    assert!(text.contains(&format!("seed: {seed}")) && text.contains("swarm: ") && text.contains("fault plan ("), "{text}");
-    assert!(text.contains(&format!("RETRACE_SEED={seed} cargo test -p retrace-sim --test catches_bugs")), "{text}");
+    assert!(
+        text.contains(&format!("seed: {seed}"))
+            && text.contains("swarm: ")
+            && text.contains("fault plan ("),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "RETRACE_SEED={seed} cargo test -p retrace-sim --test catches_bugs"
+        )),
+        "{text}"
+    );
     println!("found after {} seeds:{report}", seed + 1);
 }
 
@@ -75,7 +99,9 @@ fn a_workflow_that_branches_on_the_wall_clock_is_caught_as_non_determinism() {
     #[allow(clippy::disallowed_methods)]
     registry.register_fn("clocky", |ctx: WorkflowContext, _: ()| async move {
         ctx.sleep(Duration::from_secs(1)).await?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         if now.as_millis() % 2 == 0 {
             ctx.sleep(Duration::from_secs(1)).await?;
         }
@@ -85,12 +111,17 @@ fn a_workflow_that_branches_on_the_wall_clock_is_caught_as_non_determinism() {
         .workflows(registry)
         .safety_ms(5_000)
         .scenario(|client| async move {
-            client.start_by_name(StartOptions::new("clocky", "sim"), "clocky", json!(null)).await?;
+            client
+                .start_by_name(StartOptions::new("clocky", "sim"), "clocky", json!(null))
+                .await?;
             Ok(())
         });
     let (seed, report) = first_failure(simulation, 0..1_000);
     let violation = &report.result.violations[0];
     assert_eq!(violation.invariant, "determinism", "{report}");
-    assert!(violation.message.contains("non-determinism at event"), "{report}");
+    assert!(
+        violation.message.contains("non-determinism at event"),
+        "{report}"
+    );
     println!("found after {} seeds:{report}", seed + 1);
 }

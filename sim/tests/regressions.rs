@@ -4,7 +4,10 @@ use retrace_sim::scenarios;
 
 #[test]
 fn every_seed_that_ever_failed_now_passes() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/seeds/regressions.txt");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/seeds/regressions.txt"
+    );
     let text = std::fs::read_to_string(path).expect("the regressions file exists");
     let mut count = 0;
     for (number, line) in text.lines().enumerate() {
@@ -14,10 +17,16 @@ fn every_seed_that_ever_failed_now_passes() {
         }
         let mut fields = line.split_whitespace();
         let (Some(name), Some(seed), None) = (fields.next(), fields.next(), fields.next()) else {
-            panic!("regressions.txt line {}: expected `<scenario> <seed>  # why`, got {line:?}", number + 1);
+            panic!(
+                "regressions.txt line {}: expected `<scenario> <seed>  # why`, got {line:?}",
+                number + 1
+            );
         };
-        let seed: u64 = seed.parse().unwrap_or_else(|_| panic!("line {}: seed {seed:?} is not a number", number + 1));
-        let scenario = scenarios::by_name(name).unwrap_or_else(|| panic!("line {}: no scenario {name:?}", number + 1));
+        let seed: u64 = seed
+            .parse()
+            .unwrap_or_else(|_| panic!("line {}: seed {seed:?} is not a number", number + 1));
+        let scenario = scenarios::by_name(name)
+            .unwrap_or_else(|| panic!("line {}: no scenario {name:?}", number + 1));
         if let Err(report) = scenario.into_runner().check_seed(seed) {
             panic!("regression {name} seed {seed} fails again:{report}");
         }

@@ -19,13 +19,17 @@ fn planted() -> Simulation {
         .faults_max(20)
         .safety_ms(30_000)
         .scenario(|client| async move {
-            client.start_by_name(StartOptions::new("idle", "sim"), "idle", json!(null)).await?;
+            client
+                .start_by_name(StartOptions::new("idle", "sim"), "idle", json!(null))
+                .await?;
             Ok(())
         })
         .check(|finished| {
             let crashed = |kind: &str| finished.faults.get(kind).copied().unwrap_or(0) > 0;
             if crashed("crash_service") && crashed("crash_worker") {
-                return Err("planted failure: a service crash and a worker crash in one run".to_string());
+                return Err(
+                    "planted failure: a service crash and a worker crash in one run".to_string(),
+                );
             }
             Ok(())
         })
@@ -34,17 +38,34 @@ fn planted() -> Simulation {
 #[test]
 fn a_planted_failure_in_a_20_fault_plan_shrinks_to_the_two_faults_that_matter() {
     let runner = planted().into_runner();
-    let is_crash = |kind: &FaultKind| matches!(kind, FaultKind::CrashService { .. } | FaultKind::CrashWorker { .. });
+    let is_crash = |kind: &FaultKind| {
+        matches!(
+            kind,
+            FaultKind::CrashService { .. } | FaultKind::CrashWorker { .. }
+        )
+    };
     let seed = (0..10_000)
         .find(|&seed| {
             let plan = runner.plan(seed);
-            plan.faults.len() == 20 && plan.faults.iter().filter(|f| !is_crash(&f.kind)).count() >= 10
+            plan.faults.len() == 20
+                && plan.faults.iter().filter(|f| !is_crash(&f.kind)).count() >= 10
         })
         .expect("some seed generates a 20-fault plan");
-    let report = runner.check_seed(seed).expect_err("the plan holds both kinds of crash");
+    let report = runner
+        .check_seed(seed)
+        .expect_err("the plan holds both kinds of crash");
     assert_eq!(report.original_faults, 20);
-    let kinds: Vec<&'static str> = report.result.plan.faults.iter().map(|f| f.kind.name()).collect();
+    let kinds: Vec<&'static str> = report
+        .result
+        .plan
+        .faults
+        .iter()
+        .map(|f| f.kind.name())
+        .collect();
     assert_eq!(kinds.len(), 2, "shrunk to {kinds:?}\n{report}");
-    assert!(kinds.contains(&"crash_service") && kinds.contains(&"crash_worker"), "{report}");
+    assert!(
+        kinds.contains(&"crash_service") && kinds.contains(&"crash_worker"),
+        "{report}"
+    );
     assert_eq!(report.result.violations[0].invariant, "scenario check");
 }

@@ -7,10 +7,17 @@ use retrace_sim::scenarios;
 fn snapshot(scenario: retrace_sim::Simulation, seed: u64) {
     let name = scenario.name().to_string();
     let result = scenario.into_runner().run_seed(seed);
-    assert!(result.passed(), "{name} seed {seed}: {:?}", result.violations);
+    assert!(
+        result.passed(),
+        "{name} seed {seed}: {:?}",
+        result.violations
+    );
     assert!(!result.histories.is_empty());
     for history in result.histories.values() {
-        insta::assert_snapshot!(format!("{name}_seed_{seed}_{}", history.workflow_id()), history.to_json());
+        insta::assert_snapshot!(
+            format!("{name}_seed_{seed}_{}", history.workflow_id()),
+            history.to_json()
+        );
     }
 }
 

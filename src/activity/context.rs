@@ -85,7 +85,10 @@ pub struct ActivityContext {
 
 impl ActivityContext {
     pub(crate) fn new(info: ActivityInfo, shared: Arc<ActivityShared>) -> ActivityContext {
-        ActivityContext { info: Arc::new(info), shared }
+        ActivityContext {
+            info: Arc::new(info),
+            shared,
+        }
     }
 
     /// A context for calling an activity directly in a unit test (attempt 1,
@@ -134,8 +137,14 @@ impl ActivityContext {
     /// cancellation if it was requested.
     pub fn heartbeat<T: Serialize>(&self, details: &T) {
         let value = serde_json::to_value(details).unwrap_or(Value::Null);
-        *self.shared.details.lock().expect("heartbeat details lock is never poisoned") = Some(value);
-        self.shared.heartbeat_pending.send_modify(|count| *count += 1);
+        *self
+            .shared
+            .details
+            .lock()
+            .expect("heartbeat details lock is never poisoned") = Some(value);
+        self.shared
+            .heartbeat_pending
+            .send_modify(|count| *count += 1);
     }
 
     /// Why the attempt is asked to stop, if it is.

@@ -9,8 +9,8 @@ mod context;
 mod options;
 mod retry;
 
-pub use context::{ActivityContext, ActivityInfo, CancelReason};
 pub(crate) use context::ActivityShared;
+pub use context::{ActivityContext, ActivityInfo, CancelReason};
 pub use options::{ActivityCancellationType, ActivityOptions};
 pub use retry::*;
 
@@ -92,5 +92,9 @@ pub trait Activity: Send + Sync + 'static {
     }
 
     /// Runs one attempt.
-    fn run(&self, ctx: ActivityContext, input: Self::Input) -> impl Future<Output = ActivityResult<Self::Output>> + Send;
+    fn run(
+        &self,
+        ctx: ActivityContext,
+        input: Self::Input,
+    ) -> impl Future<Output = ActivityResult<Self::Output>> + Send;
 }

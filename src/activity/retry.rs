@@ -52,7 +52,9 @@ pub enum RetryPolicyError {
     #[error("retry policy: backoff_coefficient must be at least 1.0, got {0}")]
     CoefficientBelowOne(f64),
     /// The cap is below the first backoff.
-    #[error("retry policy: maximum_interval_ms {maximum_ms} is below initial_interval_ms {initial_ms}")]
+    #[error(
+        "retry policy: maximum_interval_ms {maximum_ms} is below initial_interval_ms {initial_ms}"
+    )]
     MaximumBelowInitial {
         /// The cap given.
         maximum_ms: u64,
@@ -114,7 +116,9 @@ impl RetryPolicy {
         }
         let coefficient_ok = policy.backoff_coefficient >= 1.0;
         if !coefficient_ok {
-            return Err(RetryPolicyError::CoefficientBelowOne(policy.backoff_coefficient));
+            return Err(RetryPolicyError::CoefficientBelowOne(
+                policy.backoff_coefficient,
+            ));
         }
         if policy.maximum_interval_ms == 0 {
             policy.maximum_interval_ms = policy
@@ -136,7 +140,8 @@ impl RetryPolicy {
     pub fn backoff_ms(&self, attempt: u32) -> u64 {
         assert!(attempt >= 1, "attempts are numbered from 1");
         let maximum_ms = if self.maximum_interval_ms == 0 {
-            self.initial_interval_ms.saturating_mul(MAXIMUM_INTERVAL_MULTIPLE_DEFAULT)
+            self.initial_interval_ms
+                .saturating_mul(MAXIMUM_INTERVAL_MULTIPLE_DEFAULT)
         } else {
             self.maximum_interval_ms
         };
@@ -155,9 +160,16 @@ impl RetryPolicy {
     ///
     /// `remaining_ms` is the time left before the schedule-to-close deadline, if
     /// there is one: a retry whose backoff would not end before it is not made.
-    pub fn decide(&self, attempt: u32, failure: &Failure, remaining_ms: Option<u64>) -> RetryDecision {
+    pub fn decide(
+        &self,
+        attempt: u32,
+        failure: &Failure,
+        remaining_ms: Option<u64>,
+    ) -> RetryDecision {
         assert!(attempt >= 1, "attempts are numbered from 1");
-        let listed = self.non_retryable_error_types.contains(&failure.failure_type);
+        let listed = self
+            .non_retryable_error_types
+            .contains(&failure.failure_type);
         if failure.non_retryable || listed {
             return RetryDecision::Stop(RetryState::NonRetryableFailure);
         }
@@ -192,14 +204,21 @@ mod tests {
         let policy = RetryPolicy::default().maximum_interval_ms(5_000);
         let backoffs: Vec<u64> = (1..=5).map(|a| policy.backoff_ms(a)).collect();
         assert_eq!(backoffs, vec![1_000, 2_000, 4_000, 5_000, 5_000]);
-        assert_eq!(policy.backoff_ms(1_000), 5_000, "huge exponents saturate at the cap");
+        assert_eq!(
+            policy.backoff_ms(1_000),
+            5_000,
+            "huge exponents saturate at the cap"
+        );
     }
 
     #[test]
     fn non_retryable_types_stop_at_once() {
         let policy = RetryPolicy::default().non_retryable("Fatal");
         let decision = policy.decide(1, &Failure::new("Fatal", "no"), None);
-        assert_eq!(decision, RetryDecision::Stop(RetryState::NonRetryableFailure));
+        assert_eq!(
+            decision,
+            RetryDecision::Stop(RetryState::NonRetryableFailure)
+        );
         let decision = policy.decide(1, &Failure::new("Other", "again"), None);
         assert_eq!(decision, RetryDecision::Retry { backoff_ms: 1_000 });
     }
@@ -208,9 +227,15 @@ mod tests {
     fn maximum_attempts_counts_the_first_attempt() {
         let policy = RetryPolicy::default().maximum_attempts(3);
         let failure = Failure::new("E", "x");
-        assert!(matches!(policy.decide(2, &failure, None), RetryDecision::Retry { .. }));
+        assert!(matches!(
+            policy.decide(2, &failure, None),
+            RetryDecision::Retry { .. }
+        ));
         let decision = policy.decide(3, &failure, None);
-        assert_eq!(decision, RetryDecision::Stop(RetryState::MaximumAttemptsReached));
+        assert_eq!(
+            decision,
+            RetryDecision::Stop(RetryState::MaximumAttemptsReached)
+        );
     }
 
     #[test]
@@ -227,6 +252,9 @@ mod tests {
         let shrink = RetryPolicy::default().backoff_coefficient(0.5).normalized();
         assert!(shrink.unwrap_err().to_string().contains("0.5"));
         let cap = RetryPolicy::default().maximum_interval_ms(10).normalized();
-        assert!(matches!(cap, Err(RetryPolicyError::MaximumBelowInitial { .. })));
+        assert!(matches!(
+            cap,
+            Err(RetryPolicyError::MaximumBelowInitial { .. })
+        ));
     }
 }

@@ -108,7 +108,12 @@ fn unexpected(response: Response) -> ClientError {
 impl Client {
     /// A client on `env`'s network.
     pub fn new(env: Env) -> Client {
-        Client { env, identity: "client".to_string(), rpc_timeout_ms: 90_000, call_attempts_max: CALL_ATTEMPTS_MAX }
+        Client {
+            env,
+            identity: "client".to_string(),
+            rpc_timeout_ms: 90_000,
+            call_attempts_max: CALL_ATTEMPTS_MAX,
+        }
     }
 
     /// Sets the identity shown in histories.
@@ -129,10 +134,15 @@ impl Client {
         let mut backoff_ms = CALL_BACKOFF_MS_INITIAL;
         let mut attempt = 1;
         loop {
-            let sent = self.env.timeout(self.rpc_timeout_ms, self.env.network.call(request.clone())).await;
+            let sent = self
+                .env
+                .timeout(self.rpc_timeout_ms, self.env.network.call(request.clone()))
+                .await;
             let error = match sent {
                 Ok(Ok(Ok(response))) => return Ok(response),
-                Ok(Ok(Err(error))) if error.code != ErrorCode::Unavailable => return Err(error.into()),
+                Ok(Ok(Err(error))) if error.code != ErrorCode::Unavailable => {
+                    return Err(error.into());
+                }
                 Ok(Ok(Err(error))) => ClientError::Service(error),
                 Ok(Err(error)) => ClientError::Network(error),
                 Err(_) => ClientError::Network(NetError::Timeout),
@@ -148,7 +158,11 @@ impl Client {
     }
 
     /// Starts workflow `W`.
-    pub async fn start<W: Workflow>(&self, options: StartOptions, input: W::Input) -> Result<WorkflowHandle<W::Output>, ClientError> {
+    pub async fn start<W: Workflow>(
+        &self,
+        options: StartOptions,
+        input: W::Input,
+    ) -> Result<WorkflowHandle<W::Output>, ClientError> {
         let input = PayloadError::encode(|| format!("input of workflow {}", W::NAME), &input)?;
         let workflow_id = options.workflow_id.clone();
         let run_id = self.start_by_name(options, W::NAME, input).await?;
@@ -156,7 +170,12 @@ impl Client {
     }
 
     /// Starts a workflow by type name with a JSON input; returns the run id.
-    pub async fn start_by_name(&self, options: StartOptions, workflow_type: &str, input: Value) -> Result<String, ClientError> {
+    pub async fn start_by_name(
+        &self,
+        options: StartOptions,
+        workflow_type: &str,
+        input: Value,
+    ) -> Result<String, ClientError> {
         let request = StartWorkflowRequest {
             workflow_id: options.workflow_id,
             workflow_type: workflow_type.to_string(),
@@ -186,11 +205,20 @@ impl Client {
 
     fn run_ref(workflow_id: &str, run_id: &str) -> RunRef {
         let run_id = (!run_id.is_empty()).then(|| run_id.to_string());
-        RunRef { workflow_id: workflow_id.to_string(), run_id }
+        RunRef {
+            workflow_id: workflow_id.to_string(),
+            run_id,
+        }
     }
 
     /// Sends a signal (delivered once even if this call is retried).
-    pub async fn signal(&self, workflow_id: &str, run_id: Option<&str>, signal_name: &str, input: impl Serialize) -> Result<(), ClientError> {
+    pub async fn signal(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        signal_name: &str,
+        input: impl Serialize,
+    ) -> Result<(), ClientError> {
         let input = PayloadError::encode(|| format!("signal {signal_name}"), &input)?;
         let request = SignalWorkflowRequest {
             run: Self::run_ref(workflow_id, run_id.unwrap_or_default()),
@@ -199,37 +227,78 @@ impl Client {
             request_id: self.env.new_id(),
             identity: self.identity.clone(),
         };
-        self.call(Request::SignalWorkflow(request)).await.map(|_| ())
+        self.call(Request::SignalWorkflow(request))
+            .await
+            .map(|_| ())
     }
 
     /// Asks the run's query handler `query_name`.
-    pub async fn query<R: DeserializeOwned>(&self, workflow_id: &str, run_id: Option<&str>, query_name: &str, args: impl Serialize) -> Result<R, ClientError> {
+    pub async fn query<R: DeserializeOwned>(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        query_name: &str,
+        args: impl Serialize,
+    ) -> Result<R, ClientError> {
         let args = PayloadError::encode(|| format!("arguments of query {query_name}"), &args)?;
         let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
-        let request = QueryWorkflowRequest { run, query_name: query_name.to_string(), args };
+        let request = QueryWorkflowRequest {
+            run,
+            query_name: query_name.to_string(),
+            args,
+        };
         match self.call(Request::QueryWorkflow(request)).await? {
-            Response::QueryWorkflow(answer) => Ok(PayloadError::decode(|| format!("answer of query {query_name}"), answer.answer)?),
+            Response::QueryWorkflow(answer) => Ok(PayloadError::decode(
+                || format!("answer of query {query_name}"),
+                answer.answer,
+            )?),
             other => Err(unexpected(other)),
         }
     }
 
     /// Asks the run to cancel.
-    pub async fn cancel(&self, workflow_id: &str, run_id: Option<&str>, reason: &str) -> Result<(), ClientError> {
+    pub async fn cancel(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        reason: &str,
+    ) -> Result<(), ClientError> {
         let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
-        let request = CancelWorkflowRequest { run, reason: reason.to_string(), identity: self.identity.clone() };
-        self.call(Request::CancelWorkflow(request)).await.map(|_| ())
+        let request = CancelWorkflowRequest {
+            run,
+            reason: reason.to_string(),
+            identity: self.identity.clone(),
+        };
+        self.call(Request::CancelWorkflow(request))
+            .await
+            .map(|_| ())
     }
 
     /// Closes the run now.
-    pub async fn terminate(&self, workflow_id: &str, run_id: Option<&str>, reason: &str) -> Result<(), ClientError> {
+    pub async fn terminate(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        reason: &str,
+    ) -> Result<(), ClientError> {
         let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
-        let request =
-            TerminateWorkflowRequest { run, reason: reason.to_string(), details: None, identity: self.identity.clone() };
-        self.call(Request::TerminateWorkflow(request)).await.map(|_| ())
+        let request = TerminateWorkflowRequest {
+            run,
+            reason: reason.to_string(),
+            details: None,
+            identity: self.identity.clone(),
+        };
+        self.call(Request::TerminateWorkflow(request))
+            .await
+            .map(|_| ())
     }
 
     /// Describes the run.
-    pub async fn describe(&self, workflow_id: &str, run_id: Option<&str>) -> Result<RunDescription, ClientError> {
+    pub async fn describe(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<RunDescription, ClientError> {
         let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
         match self.call(Request::DescribeWorkflow(run)).await? {
             Response::DescribeWorkflow(description) => Ok(description),
@@ -238,7 +307,10 @@ impl Client {
     }
 
     /// One page of runs.
-    pub async fn list(&self, request: ListWorkflowsRequest) -> Result<ListWorkflowsResponse, ClientError> {
+    pub async fn list(
+        &self,
+        request: ListWorkflowsRequest,
+    ) -> Result<ListWorkflowsResponse, ClientError> {
         match self.call(Request::ListWorkflows(request)).await? {
             Response::ListWorkflows(page) => Ok(page),
             other => Err(unexpected(other)),
@@ -246,11 +318,19 @@ impl Client {
     }
 
     /// Every run with the given status (all pages).
-    pub async fn list_all(&self, status: Option<RunStatus>) -> Result<Vec<RunSummary>, ClientError> {
+    pub async fn list_all(
+        &self,
+        status: Option<RunStatus>,
+    ) -> Result<Vec<RunSummary>, ClientError> {
         let mut runs = Vec::new();
         let mut page_token = None;
         loop {
-            let request = ListWorkflowsRequest { status, page_token, page_size: 1_000, ..Default::default() };
+            let request = ListWorkflowsRequest {
+                status,
+                page_token,
+                page_size: 1_000,
+                ..Default::default()
+            };
             let page = self.list(request).await?;
             runs.extend(page.runs);
             match page.next_page_token {
@@ -261,17 +341,26 @@ impl Client {
     }
 
     /// The run's whole history, validated.
-    pub async fn history(&self, workflow_id: &str, run_id: Option<&str>) -> Result<History, ClientError> {
+    pub async fn history(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<History, ClientError> {
         let mut from_event_id = 1;
         let mut history: Option<History> = None;
         loop {
             let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
-            let request = GetHistoryRequest { run, from_event_id, page_size: 0 };
+            let request = GetHistoryRequest {
+                run,
+                from_event_id,
+                page_size: 0,
+            };
             let page = match self.call(Request::GetHistory(request)).await? {
                 Response::GetHistory(page) => page,
                 other => return Err(unexpected(other)),
             };
-            let history = history.get_or_insert_with(|| History::new(&page.workflow_id, &page.run_id));
+            let history =
+                history.get_or_insert_with(|| History::new(&page.workflow_id, &page.run_id));
             for event in page.events {
                 history.append(event)?;
             }
@@ -283,12 +372,22 @@ impl Client {
     }
 
     /// Waits (long-polling) until the run closes; returns how it closed.
-    pub async fn outcome(&self, workflow_id: &str, run_id: Option<&str>) -> Result<RunOutcome, ClientError> {
+    pub async fn outcome(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<RunOutcome, ClientError> {
         loop {
             let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
-            let request = GetResultRequest { run, wait_ms: 60_000 };
+            let request = GetResultRequest {
+                run,
+                wait_ms: 60_000,
+            };
             match self.call(Request::GetResult(request)).await? {
-                Response::GetResult(GetResultResponse { outcome: Some(outcome), .. }) => return Ok(outcome),
+                Response::GetResult(GetResultResponse {
+                    outcome: Some(outcome),
+                    ..
+                }) => return Ok(outcome),
                 Response::GetResult(_) => continue,
                 other => return Err(unexpected(other)),
             }
@@ -304,10 +403,15 @@ impl<O: DeserializeOwned> WorkflowHandle<O> {
     /// Waits for the run's result; a run that did not complete is an error
     /// carrying its outcome.
     pub async fn result(&self) -> Result<O, ClientError> {
-        match self.client.outcome(&self.workflow_id, self.run_id()).await? {
-            RunOutcome::Completed { result } => {
-                Ok(PayloadError::decode(|| format!("result of workflow {}", self.workflow_id), result)?)
-            }
+        match self
+            .client
+            .outcome(&self.workflow_id, self.run_id())
+            .await?
+        {
+            RunOutcome::Completed { result } => Ok(PayloadError::decode(
+                || format!("result of workflow {}", self.workflow_id),
+                result,
+            )?),
             other => Err(ClientError::Workflow(other)),
         }
     }
@@ -318,23 +422,39 @@ impl<O: DeserializeOwned> WorkflowHandle<O> {
     }
 
     /// Sends a signal.
-    pub async fn signal(&self, signal_name: &str, input: impl Serialize) -> Result<(), ClientError> {
-        self.client.signal(&self.workflow_id, self.run_id(), signal_name, input).await
+    pub async fn signal(
+        &self,
+        signal_name: &str,
+        input: impl Serialize,
+    ) -> Result<(), ClientError> {
+        self.client
+            .signal(&self.workflow_id, self.run_id(), signal_name, input)
+            .await
     }
 
     /// Asks a query.
-    pub async fn query<R: DeserializeOwned>(&self, query_name: &str, args: impl Serialize) -> Result<R, ClientError> {
-        self.client.query(&self.workflow_id, self.run_id(), query_name, args).await
+    pub async fn query<R: DeserializeOwned>(
+        &self,
+        query_name: &str,
+        args: impl Serialize,
+    ) -> Result<R, ClientError> {
+        self.client
+            .query(&self.workflow_id, self.run_id(), query_name, args)
+            .await
     }
 
     /// Asks the run to cancel.
     pub async fn cancel(&self, reason: &str) -> Result<(), ClientError> {
-        self.client.cancel(&self.workflow_id, self.run_id(), reason).await
+        self.client
+            .cancel(&self.workflow_id, self.run_id(), reason)
+            .await
     }
 
     /// Closes the run now.
     pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
-        self.client.terminate(&self.workflow_id, self.run_id(), reason).await
+        self.client
+            .terminate(&self.workflow_id, self.run_id(), reason)
+            .await
     }
 
     /// Describes the run.

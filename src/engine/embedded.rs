@@ -52,7 +52,10 @@ impl EmbeddedEngine {
     }
 
     /// An engine over `storage`.
-    pub async fn start(storage: Arc<dyn Storage>, config: ServiceConfig) -> Result<EmbeddedEngine, ServiceError> {
+    pub async fn start(
+        storage: Arc<dyn Storage>,
+        config: ServiceConfig,
+    ) -> Result<EmbeddedEngine, ServiceError> {
         let base = Env::tokio(Arc::new(Unconnected));
         let service = Service::start(base.clone(), storage, config).await?;
         let env = base.with_network(Arc::new(InProcessNetwork::new(service.handler())));

@@ -25,18 +25,39 @@ impl Inner {
             Request::SignalWorkflow(r) => self.signal_workflow(r).await.map(|()| Response::Empty),
             Request::QueryWorkflow(r) => self.query_workflow(r).await.map(Response::QueryWorkflow),
             Request::CancelWorkflow(r) => self.cancel_workflow(r).await.map(|()| Response::Empty),
-            Request::TerminateWorkflow(r) => self.terminate_workflow(r).await.map(|()| Response::Empty),
-            Request::DescribeWorkflow(r) => self.describe_workflow(r).await.map(Response::DescribeWorkflow),
+            Request::TerminateWorkflow(r) => {
+                self.terminate_workflow(r).await.map(|()| Response::Empty)
+            }
+            Request::DescribeWorkflow(r) => self
+                .describe_workflow(r)
+                .await
+                .map(Response::DescribeWorkflow),
             Request::ListWorkflows(r) => self.list_workflows(r).await.map(Response::ListWorkflows),
             Request::GetHistory(r) => self.get_history(r).await.map(Response::GetHistory),
             Request::GetResult(r) => self.get_result(r).await.map(Response::GetResult),
-            Request::PollWorkflowTask(r) => self.poll_workflow_task(r).await.map(Response::PollWorkflowTask),
-            Request::CompleteWorkflowTask(r) => self.complete_workflow_task(r).await.map(|()| Response::Empty),
-            Request::FailWorkflowTask(r) => self.fail_workflow_task(r).await.map(|()| Response::Empty),
+            Request::PollWorkflowTask(r) => self
+                .poll_workflow_task(r)
+                .await
+                .map(Response::PollWorkflowTask),
+            Request::CompleteWorkflowTask(r) => self
+                .complete_workflow_task(r)
+                .await
+                .map(|()| Response::Empty),
+            Request::FailWorkflowTask(r) => {
+                self.fail_workflow_task(r).await.map(|()| Response::Empty)
+            }
             Request::RespondQuery(r) => self.respond_query(r).map(|()| Response::Empty),
-            Request::PollActivityTask(r) => self.poll_activity_task(r).await.map(Response::PollActivityTask),
-            Request::RespondActivityTask(r) => self.respond_activity_task(r).await.map(|()| Response::Empty),
-            Request::HeartbeatActivityTask(r) => self.heartbeat(r).await.map(Response::HeartbeatActivityTask),
+            Request::PollActivityTask(r) => self
+                .poll_activity_task(r)
+                .await
+                .map(Response::PollActivityTask),
+            Request::RespondActivityTask(r) => self
+                .respond_activity_task(r)
+                .await
+                .map(|()| Response::Empty),
+            Request::HeartbeatActivityTask(r) => {
+                self.heartbeat(r).await.map(Response::HeartbeatActivityTask)
+            }
         };
         if let Err(error) = &reply {
             tracing::debug!(method, code = ?error.code, message = %error.message, "request refused");
@@ -52,9 +73,16 @@ impl Inner {
         if run.workflow_id.is_empty() {
             return Err(invalid("workflow_id must not be empty"));
         }
-        let current = self.storage.current_run(&run.workflow_id).await.map_err(|e| unavailable(&e))?;
+        let current = self
+            .storage
+            .current_run(&run.workflow_id)
+            .await
+            .map_err(|e| unavailable(&e))?;
         current.ok_or_else(|| {
-            ServiceError::new(ErrorCode::NotFound, format!("no workflow with id {:?}", run.workflow_id))
+            ServiceError::new(
+                ErrorCode::NotFound,
+                format!("no workflow with id {:?}", run.workflow_id),
+            )
         })
     }
 
@@ -63,7 +91,10 @@ impl Inner {
         let guard = self.lock_run(&run_id).await?;
         let state = guard.loaded.as_ref().expect("loaded").state.clone();
         if state.workflow_id != run.workflow_id && !run.workflow_id.is_empty() {
-            let message = format!("run {run_id} belongs to workflow {:?}, not {:?}", state.workflow_id, run.workflow_id);
+            let message = format!(
+                "run {run_id} belongs to workflow {:?}, not {:?}",
+                state.workflow_id, run.workflow_id
+            );
             return Err(ServiceError::new(ErrorCode::NotFound, message));
         }
         Ok(state)
@@ -84,10 +115,21 @@ impl Inner {
 
     /// Refuses a type that no recent poller of the queue serves (when some do).
     fn check_workflow_type(&self, request: &StartWorkflowRequest) -> Result<(), ServiceError> {
-        let oldest = crate::types::Timestamp(self.env.now().0.saturating_sub(self.config.workflow_type_ttl_ms));
+        let oldest = crate::types::Timestamp(
+            self.env
+                .now()
+                .0
+                .saturating_sub(self.config.workflow_type_ttl_ms),
+        );
         let known = self.workflow_types.lock().expect("types lock");
-        let Some(queue) = known.get(&request.task_queue) else { return Ok(()) };
-        let served: Vec<&String> = queue.iter().filter(|(_, seen)| **seen >= oldest).map(|(t, _)| t).collect();
+        let Some(queue) = known.get(&request.task_queue) else {
+            return Ok(());
+        };
+        let served: Vec<&String> = queue
+            .iter()
+            .filter(|(_, seen)| **seen >= oldest)
+            .map(|(t, _)| t)
+            .collect();
         if served.is_empty() || served.contains(&&request.workflow_type) {
             return Ok(());
         }
@@ -98,26 +140,52 @@ impl Inner {
         Err(ServiceError::new(ErrorCode::UnknownWorkflowType, message))
     }
 
-    async fn start_workflow(self: &Arc<Self>, request: StartWorkflowRequest) -> Result<StartWorkflowResponse, ServiceError> {
+    async fn start_workflow(
+        self: &Arc<Self>,
+        request: StartWorkflowRequest,
+    ) -> Result<StartWorkflowResponse, ServiceError> {
         machine::run::check_start(&request)?;
         self.check_workflow_type(&request)?;
         for _ in 0..3 {
-            let current = self.storage.current_run(&request.workflow_id).await.map_err(|e| unavailable(&e))?;
+            let current = self
+                .storage
+                .current_run(&request.workflow_id)
+                .await
+                .map_err(|e| unavailable(&e))?;
             if let Some(current) = &current {
-                let existing = self.snapshot(&RunRef { workflow_id: request.workflow_id.clone(), run_id: Some(current.clone()) }).await?;
+                let existing = self
+                    .snapshot(&RunRef {
+                        workflow_id: request.workflow_id.clone(),
+                        run_id: Some(current.clone()),
+                    })
+                    .await?;
                 if existing.start_request_id == request.request_id {
-                    return Ok(StartWorkflowResponse { run_id: current.clone() });
+                    return Ok(StartWorkflowResponse {
+                        run_id: current.clone(),
+                    });
                 }
                 check_reuse(&request, &existing)?;
             }
             if self.open_run_count() >= self.config.open_runs_max {
-                let message = format!("the service holds {} open runs, its limit", self.config.open_runs_max);
+                let message = format!(
+                    "the service holds {} open runs, its limit",
+                    self.config.open_runs_max
+                );
                 return Err(ServiceError::new(ErrorCode::ResourceExhausted, message));
             }
             let run_id = self.env.new_id();
-            let (state, events) = machine::run::start(&request, &run_id, self.env.now(), self.limits())?;
-            let claim = WorkflowIdClaim { workflow_id: request.workflow_id.clone(), previous_run_id: current };
-            let batch = WriteBatch { run: record_of(&state, 1), expected_version: None, events, claim: Some(claim) };
+            let (state, events) =
+                machine::run::start(&request, &run_id, self.env.now(), self.limits())?;
+            let claim = WorkflowIdClaim {
+                workflow_id: request.workflow_id.clone(),
+                previous_run_id: current,
+            };
+            let batch = WriteBatch {
+                run: record_of(&state, 1),
+                expected_version: None,
+                events,
+                claim: Some(claim),
+            };
             let pending = ResyncOnDrop::new(self, &run_id);
             let written = self.storage.write(batch).await;
             pending.disarm();
@@ -134,31 +202,54 @@ impl Inner {
                 }
             }
         }
-        Err(ServiceError::new(ErrorCode::Unavailable, "concurrent starts of this workflow id; retry"))
+        Err(ServiceError::new(
+            ErrorCode::Unavailable,
+            "concurrent starts of this workflow id; retry",
+        ))
     }
 
     fn publish_new_run(self: &Arc<Self>, state: RunState) {
         let run_id = state.run_id.clone();
         self.sync(&state);
-        let slot = RunSlot { loaded: Some(Loaded { state, version: 1 }) };
+        let slot = RunSlot {
+            loaded: Some(Loaded { state, version: 1 }),
+        };
         self.insert_slot(run_id, slot);
     }
 
-    async fn signal_workflow(self: &Arc<Self>, request: SignalWorkflowRequest) -> Result<(), ServiceError> {
+    async fn signal_workflow(
+        self: &Arc<Self>,
+        request: SignalWorkflowRequest,
+    ) -> Result<(), ServiceError> {
         let run_id = self.resolve(&request.run).await?;
         self.transition(&run_id, |step| {
-            machine::run::on_signal(step, &request.signal_name, request.input, &request.identity, &request.request_id)
+            machine::run::on_signal(
+                step,
+                &request.signal_name,
+                request.input,
+                &request.identity,
+                &request.request_id,
+            )
         })
         .await
         .map(|_| ())
     }
 
-    async fn cancel_workflow(self: &Arc<Self>, request: CancelWorkflowRequest) -> Result<(), ServiceError> {
+    async fn cancel_workflow(
+        self: &Arc<Self>,
+        request: CancelWorkflowRequest,
+    ) -> Result<(), ServiceError> {
         let run_id = self.resolve(&request.run).await?;
-        self.transition(&run_id, |step| machine::run::on_cancel_requested(step, &request.reason, &request.identity)).await
+        self.transition(&run_id, |step| {
+            machine::run::on_cancel_requested(step, &request.reason, &request.identity)
+        })
+        .await
     }
 
-    async fn terminate_workflow(self: &Arc<Self>, request: TerminateWorkflowRequest) -> Result<(), ServiceError> {
+    async fn terminate_workflow(
+        self: &Arc<Self>,
+        request: TerminateWorkflowRequest,
+    ) -> Result<(), ServiceError> {
         let run_id = self.resolve(&request.run).await?;
         self.transition(&run_id, |step| {
             machine::run::on_terminate(step, &request.reason, request.details, &request.identity)
@@ -166,11 +257,17 @@ impl Inner {
         .await
     }
 
-    async fn describe_workflow(self: &Arc<Self>, run: RunRef) -> Result<RunDescription, ServiceError> {
+    async fn describe_workflow(
+        self: &Arc<Self>,
+        run: RunRef,
+    ) -> Result<RunDescription, ServiceError> {
         Ok(describe(&self.snapshot(&run).await?))
     }
 
-    async fn list_workflows(&self, request: ListWorkflowsRequest) -> Result<ListWorkflowsResponse, ServiceError> {
+    async fn list_workflows(
+        &self,
+        request: ListWorkflowsRequest,
+    ) -> Result<ListWorkflowsResponse, ServiceError> {
         let limit = match request.page_size {
             0 => 100,
             size => size.min(self.config.list_page_size_max),
@@ -181,8 +278,14 @@ impl Inner {
             after_run_id: request.page_token,
             limit,
         };
-        let records = self.storage.list_runs(query).await.map_err(|e| unavailable(&e))?;
-        let next_page_token = (records.len() == limit).then(|| records.last().map(|r| r.run_id.clone())).flatten();
+        let records = self
+            .storage
+            .list_runs(query)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let next_page_token = (records.len() == limit)
+            .then(|| records.last().map(|r| r.run_id.clone()))
+            .flatten();
         let runs = records
             .into_iter()
             .map(|r| RunSummary {
@@ -194,30 +297,50 @@ impl Inner {
                 close_time: r.close_time,
             })
             .collect();
-        Ok(ListWorkflowsResponse { runs, next_page_token })
+        Ok(ListWorkflowsResponse {
+            runs,
+            next_page_token,
+        })
     }
 
-    async fn get_history(self: &Arc<Self>, request: GetHistoryRequest) -> Result<GetHistoryResponse, ServiceError> {
+    async fn get_history(
+        self: &Arc<Self>,
+        request: GetHistoryRequest,
+    ) -> Result<GetHistoryResponse, ServiceError> {
         let state = self.snapshot(&request.run).await?;
         let page_size = match request.page_size {
             0 => self.config.history_page_size_max,
             size => size.min(self.config.history_page_size_max),
         };
         let from = request.from_event_id.max(1);
-        let read = self.storage.read_events(&state.run_id, from, page_size as usize).await;
+        let read = self
+            .storage
+            .read_events(&state.run_id, from, page_size as usize)
+            .await;
         let events = read.map_err(|e| unavailable(&e))?;
         let next = from + events.len() as u64;
         let next_event_id = (next < state.next_event_id && !events.is_empty()).then_some(next);
-        Ok(GetHistoryResponse { workflow_id: state.workflow_id, run_id: state.run_id, events, next_event_id })
+        Ok(GetHistoryResponse {
+            workflow_id: state.workflow_id,
+            run_id: state.run_id,
+            events,
+            next_event_id,
+        })
     }
 
-    async fn get_result(self: &Arc<Self>, request: GetResultRequest) -> Result<GetResultResponse, ServiceError> {
+    async fn get_result(
+        self: &Arc<Self>,
+        request: GetResultRequest,
+    ) -> Result<GetResultResponse, ServiceError> {
         let run_id = self.resolve(&request.run).await?;
         let receiver = {
             let guard = self.lock_run(&run_id).await?;
             let state = &guard.loaded.as_ref().expect("loaded").state;
             if let Some(outcome) = &state.outcome {
-                return Ok(GetResultResponse { run_id, outcome: Some(outcome.clone()) });
+                return Ok(GetResultResponse {
+                    run_id,
+                    outcome: Some(outcome.clone()),
+                });
             }
             let (sender, receiver) = oneshot::channel();
             let mut waiters = self.result_waiters.lock().expect("waiters lock");
@@ -227,15 +350,26 @@ impl Inner {
             receiver
         };
         let wait_ms = request.wait_ms.min(self.config.result_wait_ms_max);
-        let outcome = self.env.timeout(wait_ms, receiver).await.ok().and_then(Result::ok);
+        let outcome = self
+            .env
+            .timeout(wait_ms, receiver)
+            .await
+            .ok()
+            .and_then(Result::ok);
         Ok(GetResultResponse { run_id, outcome })
     }
 
-    async fn query_workflow(self: &Arc<Self>, request: QueryWorkflowRequest) -> Result<QueryWorkflowResponse, ServiceError> {
+    async fn query_workflow(
+        self: &Arc<Self>,
+        request: QueryWorkflowRequest,
+    ) -> Result<QueryWorkflowResponse, ServiceError> {
         let state = self.snapshot(&request.run).await?;
         let query_id = self.env.new_id();
         let (sender, receiver) = oneshot::channel();
-        self.queries.lock().expect("queries lock").insert(query_id.clone(), sender);
+        self.queries
+            .lock()
+            .expect("queries lock")
+            .insert(query_id.clone(), sender);
         let task = QueryTask {
             query_id: query_id.clone(),
             workflow_id: state.workflow_id,
@@ -244,31 +378,57 @@ impl Inner {
             query_name: request.query_name,
             args: request.args,
         };
-        self.matching.lock().expect("matching lock").offer(QueueKind::Workflow, &state.task_queue, Dispatch::Query(task));
-        let answer = self.env.timeout(self.config.query_timeout_ms, receiver).await;
+        self.matching.lock().expect("matching lock").offer(
+            QueueKind::Workflow,
+            &state.task_queue,
+            Dispatch::Query(task),
+        );
+        let answer = self
+            .env
+            .timeout(self.config.query_timeout_ms, receiver)
+            .await;
         self.queries.lock().expect("queries lock").remove(&query_id);
         match answer {
             Ok(Ok(Ok(answer))) => Ok(QueryWorkflowResponse { answer }),
             Ok(Ok(Err(message))) => Err(ServiceError::new(ErrorCode::QueryFailed, message)),
             _ => {
-                let message = format!("no worker of task queue {:?} answered within {} ms", state.task_queue, self.config.query_timeout_ms);
+                let message = format!(
+                    "no worker of task queue {:?} answered within {} ms",
+                    state.task_queue, self.config.query_timeout_ms
+                );
                 Err(ServiceError::new(ErrorCode::QueryTimeout, message))
             }
         }
     }
 
     fn respond_query(&self, request: RespondQueryRequest) -> Result<(), ServiceError> {
-        let waiter = self.queries.lock().expect("queries lock").remove(&request.query_id);
+        let waiter = self
+            .queries
+            .lock()
+            .expect("queries lock")
+            .remove(&request.query_id);
         let waiter = waiter.ok_or_else(|| {
-            ServiceError::new(ErrorCode::NotFound, format!("query {} is not waiting (timed out?)", request.query_id))
+            ServiceError::new(
+                ErrorCode::NotFound,
+                format!("query {} is not waiting (timed out?)", request.query_id),
+            )
         })?;
         let _ = waiter.send(request.answer);
         Ok(())
     }
 
     /// Waits up to the poll timeout for the next item of a queue.
-    async fn next_dispatch(&self, kind: QueueKind, task_queue: &str, wait_ms: u64) -> Option<Dispatch> {
-        let taken = self.matching.lock().expect("matching lock").take_or_wait(kind, task_queue);
+    async fn next_dispatch(
+        &self,
+        kind: QueueKind,
+        task_queue: &str,
+        wait_ms: u64,
+    ) -> Option<Dispatch> {
+        let taken = self
+            .matching
+            .lock()
+            .expect("matching lock")
+            .take_or_wait(kind, task_queue);
         let mut receiver = match taken {
             Ok(item) => return Some(item),
             Err(receiver) => receiver,
@@ -284,32 +444,59 @@ impl Inner {
         }
     }
 
-    async fn poll_workflow_task(self: &Arc<Self>, request: PollTaskRequest) -> Result<PollWorkflowTaskResponse, ServiceError> {
+    async fn poll_workflow_task(
+        self: &Arc<Self>,
+        request: PollTaskRequest,
+    ) -> Result<PollWorkflowTaskResponse, ServiceError> {
         self.note_workflow_types(&request);
         let deadline = self.env.now().plus_ms(self.config.poll_timeout_ms);
-        let empty = PollWorkflowTaskResponse { task: None, query: None };
+        let empty = PollWorkflowTaskResponse {
+            task: None,
+            query: None,
+        };
         if self.env.buggify("service.poll.return_empty") {
             return Ok(empty);
         }
         loop {
             let wait_ms = deadline.millis_since(self.env.now());
-            let Some(item) = self.next_dispatch(QueueKind::Workflow, &request.task_queue, wait_ms).await else {
+            let Some(item) = self
+                .next_dispatch(QueueKind::Workflow, &request.task_queue, wait_ms)
+                .await
+            else {
                 return Ok(empty);
             };
             let key = match item {
-                Dispatch::Query(query) => return Ok(PollWorkflowTaskResponse { task: None, query: Some(query) }),
+                Dispatch::Query(query) => {
+                    return Ok(PollWorkflowTaskResponse {
+                        task: None,
+                        query: Some(query),
+                    });
+                }
                 Dispatch::Task(key) => key,
             };
             match self.start_workflow_task(&key, &request.identity).await {
-                Ok(Some(task)) => return Ok(PollWorkflowTaskResponse { task: Some(task), query: None }),
+                Ok(Some(task)) => {
+                    return Ok(PollWorkflowTaskResponse {
+                        task: Some(task),
+                        query: None,
+                    });
+                }
                 Ok(None) => continue,
-                Err(error) => tracing::warn!(run_id = key.run_id, %error, "could not start workflow task"),
+                Err(error) => {
+                    tracing::warn!(run_id = key.run_id, %error, "could not start workflow task")
+                }
             }
         }
     }
 
-    async fn start_workflow_task(self: &Arc<Self>, key: &TaskKey, identity: &str) -> Result<Option<WorkflowTask>, ServiceError> {
-        let TaskKind::Workflow { scheduled_event_id } = key.kind else { unreachable!("workflow queues hold workflow tasks") };
+    async fn start_workflow_task(
+        self: &Arc<Self>,
+        key: &TaskKey,
+        identity: &str,
+    ) -> Result<Option<WorkflowTask>, ServiceError> {
+        let TaskKind::Workflow { scheduled_event_id } = key.kind else {
+            unreachable!("workflow queues hold workflow tasks")
+        };
         let request_id = self.env.new_id();
         let started = self
             .transition(&key.run_id, |step| {
@@ -318,76 +505,149 @@ impl Inner {
                     workflow_task::WorkflowTaskState::Scheduled { attempt, .. } => attempt,
                     _ => return Ok(None),
                 };
-                let started = workflow_task::on_started(step, scheduled_event_id, identity, &request_id);
-                let info = (step.state.workflow_id.clone(), step.state.workflow_type.clone());
+                let started =
+                    workflow_task::on_started(step, scheduled_event_id, identity, &request_id);
+                let info = (
+                    step.state.workflow_id.clone(),
+                    step.state.workflow_type.clone(),
+                );
                 Ok(started.map(|started_event_id| (started_event_id, previous, attempt, info)))
             })
             .await?;
-        let Some((started_event_id, previous, attempt, (workflow_id, workflow_type))) = started else { return Ok(None) };
+        let Some((started_event_id, previous, attempt, (workflow_id, workflow_type))) = started
+        else {
+            return Ok(None);
+        };
         let count = (started_event_id - previous) as usize;
-        let read = self.storage.read_events(&key.run_id, previous + 1, count).await;
+        let read = self
+            .storage
+            .read_events(&key.run_id, previous + 1, count)
+            .await;
         let events = read.map_err(|e| unavailable(&e))?;
         if self.env.buggify("service.workflow_task.lose_response") {
-            return Err(ServiceError::new(ErrorCode::Unavailable, "buggify: workflow task response lost"));
+            return Err(ServiceError::new(
+                ErrorCode::Unavailable,
+                "buggify: workflow task response lost",
+            ));
         }
-        let task_token = TaskToken { run_id: key.run_id.clone(), scheduled_event_id, attempt, started_event_id };
-        Ok(Some(WorkflowTask { task_token, workflow_id, workflow_type, previous_started_event_id: previous, events }))
+        let task_token = TaskToken {
+            run_id: key.run_id.clone(),
+            scheduled_event_id,
+            attempt,
+            started_event_id,
+        };
+        Ok(Some(WorkflowTask {
+            task_token,
+            workflow_id,
+            workflow_type,
+            previous_started_event_id: previous,
+            events,
+        }))
     }
 
-    async fn complete_workflow_task(self: &Arc<Self>, request: CompleteWorkflowTaskRequest) -> Result<(), ServiceError> {
+    async fn complete_workflow_task(
+        self: &Arc<Self>,
+        request: CompleteWorkflowTaskRequest,
+    ) -> Result<(), ServiceError> {
         let token = request.task_token;
         let rejection = self
             .transition(&token.run_id, |step| {
                 workflow_task::check_token(step.state, &token)?;
                 let before = step.state.clone();
-                match workflow_task::on_completed(step, &token, &request.commands, &request.identity) {
+                match workflow_task::on_completed(
+                    step,
+                    &token,
+                    &request.commands,
+                    &request.identity,
+                ) {
                     Ok(()) => Ok(None),
                     Err(rejection) => {
                         *step.state = before;
                         step.events.clear();
-                        let failure = Failure::new(format!("{:?}", rejection.cause), rejection.message.clone());
-                        workflow_task::on_failed(step, &token, rejection.cause, failure, &request.identity);
+                        let failure = Failure::new(
+                            format!("{:?}", rejection.cause),
+                            rejection.message.clone(),
+                        );
+                        workflow_task::on_failed(
+                            step,
+                            &token,
+                            rejection.cause,
+                            failure,
+                            &request.identity,
+                        );
                         Ok(Some(rejection))
                     }
                 }
             })
             .await?;
         match rejection {
-            Some(rejection) if rejection.cause == crate::history::WorkflowTaskFailedCause::BadCommand => {
-                Err(invalid(format!("workflow task commands rejected: {}", rejection.message)))
+            Some(rejection)
+                if rejection.cause == crate::history::WorkflowTaskFailedCause::BadCommand =>
+            {
+                Err(invalid(format!(
+                    "workflow task commands rejected: {}",
+                    rejection.message
+                )))
             }
             _ => Ok(()),
         }
     }
 
-    async fn fail_workflow_task(self: &Arc<Self>, request: FailWorkflowTaskRequest) -> Result<(), ServiceError> {
+    async fn fail_workflow_task(
+        self: &Arc<Self>,
+        request: FailWorkflowTaskRequest,
+    ) -> Result<(), ServiceError> {
         let token = request.task_token;
         self.transition(&token.run_id, |step| {
             workflow_task::check_token(step.state, &token)?;
-            workflow_task::on_failed(step, &token, request.cause, request.failure, &request.identity);
+            workflow_task::on_failed(
+                step,
+                &token,
+                request.cause,
+                request.failure,
+                &request.identity,
+            );
             Ok(())
         })
         .await
     }
 
-    async fn poll_activity_task(self: &Arc<Self>, request: PollTaskRequest) -> Result<PollActivityTaskResponse, ServiceError> {
+    async fn poll_activity_task(
+        self: &Arc<Self>,
+        request: PollTaskRequest,
+    ) -> Result<PollActivityTaskResponse, ServiceError> {
         let deadline = self.env.now().plus_ms(self.config.poll_timeout_ms);
         loop {
             let wait_ms = deadline.millis_since(self.env.now());
-            let Some(item) = self.next_dispatch(QueueKind::Activity, &request.task_queue, wait_ms).await else {
+            let Some(item) = self
+                .next_dispatch(QueueKind::Activity, &request.task_queue, wait_ms)
+                .await
+            else {
                 return Ok(PollActivityTaskResponse { task: None });
             };
             let Dispatch::Task(key) = item else { continue };
             match self.start_activity_task(&key, &request.identity).await {
                 Ok(Some(task)) => return Ok(PollActivityTaskResponse { task: Some(task) }),
                 Ok(None) => continue,
-                Err(error) => tracing::warn!(run_id = key.run_id, %error, "could not start activity task"),
+                Err(error) => {
+                    tracing::warn!(run_id = key.run_id, %error, "could not start activity task")
+                }
             }
         }
     }
 
-    async fn start_activity_task(self: &Arc<Self>, key: &TaskKey, identity: &str) -> Result<Option<ActivityTask>, ServiceError> {
-        let TaskKind::Activity { scheduled_event_id, attempt } = key.kind else { unreachable!("activity queues") };
+    async fn start_activity_task(
+        self: &Arc<Self>,
+        key: &TaskKey,
+        identity: &str,
+    ) -> Result<Option<ActivityTask>, ServiceError> {
+        let TaskKind::Activity {
+            scheduled_event_id,
+            attempt,
+        } = key.kind
+        else {
+            unreachable!("activity queues")
+        };
         let started = self
             .transition(&key.run_id, |step| {
                 if activity::on_started(step, scheduled_event_id, attempt, identity).is_none() {
@@ -397,15 +657,30 @@ impl Inner {
                 Ok(Some((activity, step.state.workflow_id.clone(), step.now)))
             })
             .await?;
-        let Some((activity, workflow_id, started_time)) = started else { return Ok(None) };
-        let read = self.storage.read_events(&key.run_id, scheduled_event_id, 1).await;
+        let Some((activity, workflow_id, started_time)) = started else {
+            return Ok(None);
+        };
+        let read = self
+            .storage
+            .read_events(&key.run_id, scheduled_event_id, 1)
+            .await;
         let events = read.map_err(|e| unavailable(&e))?;
         let input = match events.first().map(|e| &e.kind) {
             Some(EventKind::ActivityTaskScheduled(scheduled)) => scheduled.input.clone(),
-            _ => return Err(ServiceError::new(ErrorCode::Internal, "activity's scheduled event is missing")),
+            _ => {
+                return Err(ServiceError::new(
+                    ErrorCode::Internal,
+                    "activity's scheduled event is missing",
+                ));
+            }
         };
         Ok(Some(ActivityTask {
-            task_token: TaskToken { run_id: key.run_id.clone(), scheduled_event_id, attempt, started_event_id: 0 },
+            task_token: TaskToken {
+                run_id: key.run_id.clone(),
+                scheduled_event_id,
+                attempt,
+                started_event_id: 0,
+            },
             workflow_id,
             run_id: key.run_id.clone(),
             activity_id: activity.activity_id,
@@ -420,15 +695,27 @@ impl Inner {
         }))
     }
 
-    async fn respond_activity_task(self: &Arc<Self>, request: RespondActivityTaskRequest) -> Result<(), ServiceError> {
+    async fn respond_activity_task(
+        self: &Arc<Self>,
+        request: RespondActivityTaskRequest,
+    ) -> Result<(), ServiceError> {
         let token = request.task_token;
-        self.transition(&token.run_id, |step| activity::on_result(step, &token, request.result, &request.identity)).await
+        self.transition(&token.run_id, |step| {
+            activity::on_result(step, &token, request.result, &request.identity)
+        })
+        .await
     }
 
-    async fn heartbeat(self: &Arc<Self>, request: HeartbeatRequest) -> Result<HeartbeatResponse, ServiceError> {
+    async fn heartbeat(
+        self: &Arc<Self>,
+        request: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ServiceError> {
         let token = request.task_token;
-        let cancel_requested =
-            self.transition(&token.run_id, |step| activity::on_heartbeat(step, &token, request.details)).await?;
+        let cancel_requested = self
+            .transition(&token.run_id, |step| {
+                activity::on_heartbeat(step, &token, request.details)
+            })
+            .await?;
         Ok(HeartbeatResponse { cancel_requested })
     }
 }
@@ -442,7 +729,9 @@ fn check_reuse(request: &StartWorkflowRequest, existing: &RunState) -> Result<()
     }
     let refused = match request.id_reuse_policy {
         IdReusePolicy::AllowDuplicate => false,
-        IdReusePolicy::AllowDuplicateFailedOnly => existing.status == crate::env::RunStatus::Completed,
+        IdReusePolicy::AllowDuplicateFailedOnly => {
+            existing.status == crate::env::RunStatus::Completed
+        }
         IdReusePolicy::RejectDuplicate => true,
     };
     if refused {
@@ -468,7 +757,10 @@ fn describe(state: &RunState) -> RunDescription {
             last_failure: a.last_failure.clone(),
             heartbeat_details: a.heartbeat_details.clone(),
             last_heartbeat_time: match &a.phase {
-                machine::ActivityPhase::Started { last_heartbeat_time, .. } => *last_heartbeat_time,
+                machine::ActivityPhase::Started {
+                    last_heartbeat_time,
+                    ..
+                } => *last_heartbeat_time,
                 _ => None,
             },
         })
@@ -476,7 +768,10 @@ fn describe(state: &RunState) -> RunDescription {
     let pending_timers = state
         .timers
         .iter()
-        .map(|(timer_id, timer)| PendingTimer { timer_id: timer_id.clone(), fire_time: timer.fire_time })
+        .map(|(timer_id, timer)| PendingTimer {
+            timer_id: timer_id.clone(),
+            fire_time: timer.fire_time,
+        })
         .collect();
     RunDescription {
         workflow_id: state.workflow_id.clone(),
@@ -494,4 +789,3 @@ fn describe(state: &RunState) -> RunDescription {
         cancel_requested: state.cancel_requested,
     }
 }
-

@@ -63,7 +63,11 @@ impl Matching {
     }
 
     /// Takes the next waiting item, or registers a poller to receive one.
-    pub fn take_or_wait(&mut self, kind: QueueKind, name: &str) -> Result<Dispatch, oneshot::Receiver<Dispatch>> {
+    pub fn take_or_wait(
+        &mut self,
+        kind: QueueKind,
+        name: &str,
+    ) -> Result<Dispatch, oneshot::Receiver<Dispatch>> {
         let queue = self.queues.entry((kind, name.to_string())).or_default();
         if let Some(item) = queue.items.pop_front() {
             if let Dispatch::Task(key) = &item {
@@ -79,7 +83,9 @@ impl Matching {
 
     /// Items waiting in a queue (for tests and describe).
     pub fn backlog(&self, kind: QueueKind, name: &str) -> usize {
-        self.queues.get(&(kind, name.to_string())).map_or(0, |q| q.items.len())
+        self.queues
+            .get(&(kind, name.to_string()))
+            .map_or(0, |q| q.items.len())
     }
 }
 
@@ -89,7 +95,13 @@ mod tests {
     use crate::engine::machine::TaskKind;
 
     fn key(n: u64) -> TaskKey {
-        TaskKey { run_id: "r".into(), task_queue: "q".into(), kind: TaskKind::Workflow { scheduled_event_id: n } }
+        TaskKey {
+            run_id: "r".into(),
+            task_queue: "q".into(),
+            kind: TaskKind::Workflow {
+                scheduled_event_id: n,
+            },
+        }
     }
 
     #[test]
@@ -98,13 +110,19 @@ mod tests {
         matching.offer(QueueKind::Workflow, "q", Dispatch::Task(key(2)));
         matching.offer(QueueKind::Workflow, "q", Dispatch::Task(key(2)));
         assert_eq!(matching.backlog(QueueKind::Workflow, "q"), 1);
-        assert_eq!(matching.backlog(QueueKind::Activity, "q"), 0, "activity queues are separate");
+        assert_eq!(
+            matching.backlog(QueueKind::Activity, "q"),
+            0,
+            "activity queues are separate"
+        );
     }
 
     #[test]
     fn a_waiting_poller_gets_the_task_directly() {
         let mut matching = Matching::default();
-        let Err(mut receiver) = matching.take_or_wait(QueueKind::Activity, "q") else { panic!("queue is empty") };
+        let Err(mut receiver) = matching.take_or_wait(QueueKind::Activity, "q") else {
+            panic!("queue is empty")
+        };
         matching.offer(QueueKind::Activity, "q", Dispatch::Task(key(5)));
         assert_eq!(receiver.try_recv().unwrap(), Dispatch::Task(key(5)));
         assert_eq!(matching.backlog(QueueKind::Activity, "q"), 0);
@@ -113,9 +131,14 @@ mod tests {
     #[test]
     fn a_gone_poller_does_not_swallow_the_task() {
         let mut matching = Matching::default();
-        let Err(receiver) = matching.take_or_wait(QueueKind::Workflow, "q") else { panic!("queue is empty") };
+        let Err(receiver) = matching.take_or_wait(QueueKind::Workflow, "q") else {
+            panic!("queue is empty")
+        };
         drop(receiver);
         matching.offer(QueueKind::Workflow, "q", Dispatch::Task(key(7)));
-        assert_eq!(matching.take_or_wait(QueueKind::Workflow, "q").ok(), Some(Dispatch::Task(key(7))));
+        assert_eq!(
+            matching.take_or_wait(QueueKind::Workflow, "q").ok(),
+            Some(Dispatch::Task(key(7)))
+        );
     }
 }

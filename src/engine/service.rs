@@ -18,7 +18,10 @@ use super::machine::{self, Limits, RunState, Step, TaskKind};
 use super::matching::{Dispatch, Matching, QueueKind};
 use super::timer_queue::TimerQueue;
 use crate::api::{ErrorCode, Reply, Request, RunOutcome, ServiceError};
-use crate::env::{BoxFuture, Env, ListQuery, RequestHandler, RunRecord, RunStatus, Storage, StorageError, WriteBatch};
+use crate::env::{
+    BoxFuture, Env, ListQuery, RequestHandler, RunRecord, RunStatus, Storage, StorageError,
+    WriteBatch,
+};
 use crate::history::{Event, HistoryLimits};
 
 /// Tunables of the service. Every bound is named `_max`, every duration `_ms`.
@@ -107,7 +110,9 @@ pub(super) fn unavailable(error: &StorageError) -> ServiceError {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().expect("service locks are never held across a panic")
+    mutex
+        .lock()
+        .expect("service locks are never held across a panic")
 }
 
 pub(super) fn decode_state(record: &RunRecord) -> Result<RunState, ServiceError> {
@@ -135,7 +140,11 @@ pub(super) fn record_of(state: &RunState, version: u64) -> RunRecord {
 impl Service {
     /// Starts the service over `storage`: loads every open run, rebuilds task
     /// queues and timers from their state, and starts the timer loop.
-    pub async fn start(env: Env, storage: Arc<dyn Storage>, config: ServiceConfig) -> Result<Service, ServiceError> {
+    pub async fn start(
+        env: Env,
+        storage: Arc<dyn Storage>,
+        config: ServiceConfig,
+    ) -> Result<Service, ServiceError> {
         let inner = Arc::new(Inner {
             timer_permits: Arc::new(Semaphore::new(config.timers_firing_max)),
             env,
@@ -173,7 +182,11 @@ impl Service {
 
     /// Tasks waiting in a workflow (or activity) queue.
     pub fn backlog(&self, task_queue: &str, activities: bool) -> usize {
-        let kind = if activities { QueueKind::Activity } else { QueueKind::Workflow };
+        let kind = if activities {
+            QueueKind::Activity
+        } else {
+            QueueKind::Workflow
+        };
         lock(&self.inner.matching).backlog(kind, task_queue)
     }
 }
@@ -186,33 +199,61 @@ impl RequestHandler for Service {
 
 impl Inner {
     pub fn limits(&self) -> Limits {
-        Limits { payload_bytes_max: self.config.limits.payload_bytes_max }
+        Limits {
+            payload_bytes_max: self.config.limits.payload_bytes_max,
+        }
     }
 
     async fn recover(self: &Arc<Self>) -> Result<(), ServiceError> {
         let mut after_run_id = None;
         loop {
-            let query = ListQuery { status: Some(RunStatus::Running), after_run_id, limit: 1_000, ..ListQuery::default() };
-            let page = self.storage.list_runs(query).await.map_err(|e| unavailable(&e))?;
+            let query = ListQuery {
+                status: Some(RunStatus::Running),
+                after_run_id,
+                limit: 1_000,
+                ..ListQuery::default()
+            };
+            let page = self
+                .storage
+                .list_runs(query)
+                .await
+                .map_err(|e| unavailable(&e))?;
             for record in &page {
                 let state = decode_state(record)?;
                 self.sync(&state);
-                let loaded = Loaded { state, version: record.version };
-                let slot = RunSlot { loaded: Some(loaded) };
-                lock(&self.runs).insert(record.run_id.clone(), Arc::new(tokio::sync::Mutex::new(slot)));
+                let loaded = Loaded {
+                    state,
+                    version: record.version,
+                };
+                let slot = RunSlot {
+                    loaded: Some(loaded),
+                };
+                lock(&self.runs).insert(
+                    record.run_id.clone(),
+                    Arc::new(tokio::sync::Mutex::new(slot)),
+                );
             }
             match page.last() {
                 Some(last) if page.len() == 1_000 => after_run_id = Some(last.run_id.clone()),
                 _ => break,
             }
         }
-        tracing::info!(open_runs = lock(&self.runs).len(), "service recovered open runs");
+        tracing::info!(
+            open_runs = lock(&self.runs).len(),
+            "service recovered open runs"
+        );
         Ok(())
     }
 
     /// Locks a run and loads its state. Closed runs are loaded but not kept.
-    pub async fn lock_run(self: &Arc<Self>, run_id: &str) -> Result<OwnedMutexGuard<RunSlot>, ServiceError> {
-        let slot = lock(&self.runs).entry(run_id.to_string()).or_default().clone();
+    pub async fn lock_run(
+        self: &Arc<Self>,
+        run_id: &str,
+    ) -> Result<OwnedMutexGuard<RunSlot>, ServiceError> {
+        let slot = lock(&self.runs)
+            .entry(run_id.to_string())
+            .or_default()
+            .clone();
         let mut guard = slot.lock_owned().await;
         if guard.loaded.is_none() {
             let loaded = self.storage.read_run(run_id).await;
@@ -220,15 +261,25 @@ impl Inner {
                 Ok(Some(record)) => record,
                 Ok(None) => {
                     self.forget(run_id);
-                    return Err(ServiceError::new(ErrorCode::NotFound, format!("no run with id {run_id:?}")));
+                    return Err(ServiceError::new(
+                        ErrorCode::NotFound,
+                        format!("no run with id {run_id:?}"),
+                    ));
                 }
                 Err(error) => return Err(unavailable(&error)),
             };
             let state = decode_state(&record)?;
             self.sync(&state);
-            guard.loaded = Some(Loaded { state, version: record.version });
+            guard.loaded = Some(Loaded {
+                state,
+                version: record.version,
+            });
         }
-        if guard.loaded.as_ref().is_some_and(|l| l.state.status.is_closed()) {
+        if guard
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.state.status.is_closed())
+        {
             self.forget(run_id);
         }
         Ok(guard)
@@ -272,11 +323,24 @@ impl Inner {
     /// fails, is ambiguous, or this future is dropped while it is in flight
     /// (a client disconnects), the slot stays empty and the run is reloaded
     /// from storage and re-synced, so a write that committed is never lost.
-    async fn commit(self: &Arc<Self>, slot: &mut RunSlot, next: RunState, events: Vec<Event>) -> Result<(), ServiceError> {
+    async fn commit(
+        self: &Arc<Self>,
+        slot: &mut RunSlot,
+        next: RunState,
+        events: Vec<Event>,
+    ) -> Result<(), ServiceError> {
         let loaded = slot.loaded.take().expect("commit follows a load");
-        assert_eq!(events.first().map_or(next.next_event_id, |e| e.event_id), loaded.state.next_event_id);
+        assert_eq!(
+            events.first().map_or(next.next_event_id, |e| e.event_id),
+            loaded.state.next_event_id
+        );
         let version = loaded.version + 1;
-        let batch = WriteBatch { run: record_of(&next, version), expected_version: Some(loaded.version), events, claim: None };
+        let batch = WriteBatch {
+            run: record_of(&next, version),
+            expected_version: Some(loaded.version),
+            events,
+            claim: None,
+        };
         let run_id = next.run_id.clone();
         let pending = ResyncOnDrop::new(self, &run_id);
         let written = self.storage.write(batch).await;
@@ -285,7 +349,10 @@ impl Inner {
             Ok(()) => {
                 self.after_commit(&next);
                 if !self.env.buggify("service.commit.drop_cache") {
-                    slot.loaded = Some(Loaded { state: next, version });
+                    slot.loaded = Some(Loaded {
+                        state: next,
+                        version,
+                    });
                 }
                 Ok(())
             }
@@ -302,7 +369,9 @@ impl Inner {
         self.sync(state);
         if let Some(outcome) = &state.outcome {
             self.forget(&state.run_id);
-            let waiters = lock(&self.result_waiters).remove(&state.run_id).unwrap_or_default();
+            let waiters = lock(&self.result_waiters)
+                .remove(&state.run_id)
+                .unwrap_or_default();
             for waiter in waiters {
                 let _ = waiter.send(outcome.clone());
             }
@@ -347,17 +416,24 @@ impl Inner {
                 match inner.lock_run(&run_id).await {
                     Ok(_) => return,
                     Err(error) if error.code == ErrorCode::NotFound => return,
-                    Err(error) => tracing::warn!(run_id, %error, attempt, "resync failed; retrying"),
+                    Err(error) => {
+                        tracing::warn!(run_id, %error, attempt, "resync failed; retrying")
+                    }
                 }
             }
-            tracing::error!(run_id, "gave up reloading the run; it resumes when the service restarts");
+            tracing::error!(
+                run_id,
+                "gave up reloading the run; it resumes when the service restarts"
+            );
         });
     }
 
     /// Fires one durable timer: applies it if it still holds, and re-syncs the
     /// run either way (a heartbeat may have moved the deadline).
     async fn fire_timer(self: Arc<Self>, run_id: String, key: machine::TimerKey) {
-        let fired = self.transition(&run_id, |step| Ok(machine::run::on_timer(step, &key))).await;
+        let fired = self
+            .transition(&run_id, |step| Ok(machine::run::on_timer(step, &key)))
+            .await;
         match fired {
             Ok(_) => {
                 if let Ok(guard) = self.lock_run(&run_id).await
@@ -367,11 +443,18 @@ impl Inner {
                 }
             }
             Err(error) if error.code == ErrorCode::NotFound => {}
-            Err(error) => tracing::warn!(run_id, ?key, %error, "timer could not fire; the run will be reloaded"),
+            Err(error) => {
+                tracing::warn!(run_id, ?key, %error, "timer could not fire; the run will be reloaded")
+            }
         }
     }
 
-    fn due_timers(&self) -> (Vec<(String, machine::TimerKey)>, Option<crate::types::Timestamp>) {
+    fn due_timers(
+        &self,
+    ) -> (
+        Vec<(String, machine::TimerKey)>,
+        Option<crate::types::Timestamp>,
+    ) {
         let mut timers = lock(&self.timers);
         let due = timers.pop_due(self.env.now());
         (due, timers.next_deadline())
@@ -386,7 +469,9 @@ pub(super) struct ResyncOnDrop {
 
 impl ResyncOnDrop {
     pub(super) fn new(inner: &Arc<Inner>, run_id: &str) -> ResyncOnDrop {
-        ResyncOnDrop { inner: Some((inner.clone(), run_id.to_string())) }
+        ResyncOnDrop {
+            inner: Some((inner.clone(), run_id.to_string())),
+        }
     }
 
     /// The write finished; its caller handles the outcome.
@@ -398,7 +483,10 @@ impl ResyncOnDrop {
 impl Drop for ResyncOnDrop {
     fn drop(&mut self) {
         if let Some((inner, run_id)) = self.inner.take() {
-            tracing::debug!(run_id, "a write's caller went away while it was in flight; resyncing the run");
+            tracing::debug!(
+                run_id,
+                "a write's caller went away while it was in flight; resyncing the run"
+            );
             inner.spawn_resync(run_id);
         }
     }
@@ -411,7 +499,12 @@ async fn timer_loop(weak: Weak<Inner>, wake: Arc<Notify>) {
         let Some(inner) = weak.upgrade() else { return };
         let (due, next) = inner.due_timers();
         for (run_id, key) in due {
-            let permit = inner.timer_permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let permit = inner
+                .timer_permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             let firing = inner.clone();
             inner.env.spawn("service-fire-timer", async move {
                 firing.fire_timer(run_id, key).await;

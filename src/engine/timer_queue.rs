@@ -19,12 +19,17 @@ impl TimerQueue {
     /// if it became the earliest timer (the timer loop should wake).
     pub fn insert(&mut self, run_id: &str, key: TimerKey, deadline: Timestamp) -> bool {
         let id = (run_id.to_string(), key);
-        if self.present.get(&id).is_some_and(|existing| *existing <= deadline) {
+        if self
+            .present
+            .get(&id)
+            .is_some_and(|existing| *existing <= deadline)
+        {
             return false;
         }
         let earliest = self.next_deadline().is_none_or(|next| deadline < next);
         self.next_seq += 1;
-        self.heap.insert((deadline, self.next_seq, id.0.clone(), id.1.clone()));
+        self.heap
+            .insert((deadline, self.next_seq, id.0.clone(), id.1.clone()));
         self.present.insert(id, deadline);
         earliest
     }
@@ -68,7 +73,9 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> TimerKey {
-        TimerKey::User { timer_id: id.to_string() }
+        TimerKey::User {
+            timer_id: id.to_string(),
+        }
     }
 
     #[test]
@@ -77,7 +84,11 @@ mod tests {
         timers.insert("b", user("1"), Timestamp(10));
         timers.insert("a", user("1"), Timestamp(10));
         timers.insert("c", user("1"), Timestamp(5));
-        let due: Vec<String> = timers.pop_due(Timestamp(10)).into_iter().map(|(run, _)| run).collect();
+        let due: Vec<String> = timers
+            .pop_due(Timestamp(10))
+            .into_iter()
+            .map(|(run, _)| run)
+            .collect();
         assert_eq!(due, vec!["c", "b", "a"]);
         assert!(timers.is_empty());
     }
@@ -96,6 +107,9 @@ mod tests {
         assert!(timers.insert("r", user("1"), Timestamp(100)));
         assert!(!timers.insert("r", user("1"), Timestamp(200)));
         assert_eq!(timers.len(), 1);
-        assert!(timers.insert("r", user("1"), Timestamp(50)), "an earlier deadline is added and wakes the loop");
+        assert!(
+            timers.insert("r", user("1"), Timestamp(50)),
+            "an earlier deadline is added and wakes the loop"
+        );
     }
 }

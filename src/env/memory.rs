@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::storage::{ListQuery, RunRecord, Storage, StorageError, WriteBatch, check_batch};
 use super::BoxFuture;
+use super::storage::{ListQuery, RunRecord, Storage, StorageError, WriteBatch, check_batch};
 use crate::history::Event;
 
 #[derive(Clone, Debug, Default)]
@@ -31,23 +31,37 @@ impl MemoryStorage {
     /// A deep copy of the data (the simulator snapshots durable state with it).
     pub fn deep_clone(&self) -> MemoryStorage {
         let tables = self.lock().clone();
-        MemoryStorage { tables: Arc::new(Mutex::new(tables)) }
+        MemoryStorage {
+            tables: Arc::new(Mutex::new(tables)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables.lock().expect("memory storage lock is never held across a panic")
+        self.tables
+            .lock()
+            .expect("memory storage lock is never held across a panic")
     }
 
     /// Applies a batch at once (the synchronous core of `write`).
     pub fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut tables = self.lock();
         let run_id = batch.run.run_id.clone();
-        let current = batch.claim.as_ref().and_then(|c| tables.workflow_ids.get(&c.workflow_id)).cloned();
+        let current = batch
+            .claim
+            .as_ref()
+            .and_then(|c| tables.workflow_ids.get(&c.workflow_id))
+            .cloned();
         check_batch(&batch, tables.runs.get(&run_id), current.as_deref())?;
         if let Some(claim) = batch.claim {
-            tables.workflow_ids.insert(claim.workflow_id, run_id.clone());
+            tables
+                .workflow_ids
+                .insert(claim.workflow_id, run_id.clone());
         }
-        tables.events.entry(run_id.clone()).or_default().extend(batch.events);
+        tables
+            .events
+            .entry(run_id.clone())
+            .or_default()
+            .extend(batch.events);
         tables.runs.insert(run_id, batch.run);
         Ok(())
     }
@@ -69,7 +83,12 @@ impl MemoryStorage {
             .range((start, Unbounded))
             .map(|(_, run)| run)
             .filter(|run| query.status.is_none_or(|s| s == run.status))
-            .filter(|run| query.workflow_type.as_ref().is_none_or(|t| *t == run.workflow_type))
+            .filter(|run| {
+                query
+                    .workflow_type
+                    .as_ref()
+                    .is_none_or(|t| *t == run.workflow_type)
+            })
             .take(query.limit)
             .cloned()
             .collect()
@@ -87,15 +106,27 @@ impl Storage for MemoryStorage {
         Box::pin(async move { Ok(run) })
     }
 
-    fn current_run(&self, workflow_id: &str) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+    fn current_run(
+        &self,
+        workflow_id: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
         let run_id = self.lock().workflow_ids.get(workflow_id).cloned();
         Box::pin(async move { Ok(run_id) })
     }
 
-    fn read_events(&self, run_id: &str, from_event_id: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
+    fn read_events(
+        &self,
+        run_id: &str,
+        from_event_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
         let events = {
             let tables = self.lock();
-            let all = tables.events.get(run_id).map(Vec::as_slice).unwrap_or_default();
+            let all = tables
+                .events
+                .get(run_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let skip = usize::try_from(from_event_id.saturating_sub(1)).unwrap_or(usize::MAX);
             all.iter().skip(skip).take(limit).cloned().collect()
         };

@@ -23,10 +23,11 @@ mod storage;
 mod tokio_env;
 
 pub use memory::MemoryStorage;
-pub use sqlite::{SqliteOptions, SqliteStats, SqliteStorage};
 pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
+pub use sqlite::{SqliteOptions, SqliteStats, SqliteStorage};
 pub use storage::{
-    ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch, check_batch,
+    ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch,
+    check_batch,
 };
 pub use tokio_env::{OsEntropy, TokioClock, TokioSpawner};
 
@@ -93,7 +94,9 @@ pub struct Env {
 
 impl std::fmt::Debug for Env {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Env").field("now", &self.clock.now()).finish()
+        f.debug_struct("Env")
+            .field("now", &self.clock.now())
+            .finish()
     }
 }
 
@@ -117,7 +120,10 @@ impl Env {
 
     /// This env with another network (same clock, entropy, spawner, faults).
     pub fn with_network(&self, network: Arc<dyn Network>) -> Env {
-        Env { network, ..self.clone() }
+        Env {
+            network,
+            ..self.clone()
+        }
     }
 
     /// The node's current time.
@@ -127,7 +133,8 @@ impl Env {
 
     /// Sleeps for `duration_ms` of the node's time.
     pub fn sleep_ms(&self, duration_ms: u64) -> BoxFuture<'static, ()> {
-        self.clock.sleep_until(self.clock.now().plus_ms(duration_ms))
+        self.clock
+            .sleep_until(self.clock.now().plus_ms(duration_ms))
     }
 
     /// Spawns a background task.
@@ -146,7 +153,11 @@ impl Env {
     }
 
     /// Runs `future` for at most `duration_ms`.
-    pub async fn timeout<T>(&self, duration_ms: u64, future: impl Future<Output = T>) -> Result<T, Elapsed> {
+    pub async fn timeout<T>(
+        &self,
+        duration_ms: u64,
+        future: impl Future<Output = T>,
+    ) -> Result<T, Elapsed> {
         let deadline = self.sleep_ms(duration_ms);
         futures::pin_mut!(future);
         match futures::future::select(future, deadline).await {

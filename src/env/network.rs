@@ -63,6 +63,10 @@ pub struct Unconnected;
 impl Network for Unconnected {
     fn call(&self, request: Request) -> BoxFuture<'static, Result<Reply, NetError>> {
         let method = request.method();
-        Box::pin(async move { Err(NetError::Unreachable(format!("{method}: this node has no connection to a service"))) })
+        Box::pin(async move {
+            Err(NetError::Unreachable(format!(
+                "{method}: this node has no connection to a service"
+            )))
+        })
     }
 }

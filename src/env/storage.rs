@@ -139,7 +139,9 @@ pub enum StorageError {
         found: Option<u64>,
     },
     /// The workflow id's current run is not the one the claim named.
-    #[error("workflow id {workflow_id:?} is held by run {current:?}, the claim expected {expected:?}")]
+    #[error(
+        "workflow id {workflow_id:?} is held by run {current:?}, the claim expected {expected:?}"
+    )]
     WorkflowIdConflict {
         /// The workflow id.
         workflow_id: String,
@@ -174,36 +176,62 @@ pub trait Storage: Send + Sync {
     /// The run's record.
     fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>>;
     /// The current run of a workflow id.
-    fn current_run(&self, workflow_id: &str) -> BoxFuture<'_, Result<Option<String>, StorageError>>;
+    fn current_run(&self, workflow_id: &str)
+    -> BoxFuture<'_, Result<Option<String>, StorageError>>;
     /// Up to `limit` events of the run from `from_event_id` on, in order.
-    fn read_events(&self, run_id: &str, from_event_id: u64, limit: usize) -> BoxFuture<'_, Result<Vec<Event>, StorageError>>;
+    fn read_events(
+        &self,
+        run_id: &str,
+        from_event_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>>;
     /// Runs matching `query`, ordered by run id.
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>>;
 }
 
 /// Checks a batch against itself and the stored record; shared by every
 /// implementation so they refuse the same writes with the same errors.
-pub fn check_batch(batch: &WriteBatch, stored: Option<&RunRecord>, current: Option<&str>) -> Result<(), StorageError> {
+pub fn check_batch(
+    batch: &WriteBatch,
+    stored: Option<&RunRecord>,
+    current: Option<&str>,
+) -> Result<(), StorageError> {
     let run_id = &batch.run.run_id;
     let found = stored.map(|r| r.version);
     if found != batch.expected_version {
-        return Err(StorageError::VersionConflict { run_id: run_id.clone(), expected: batch.expected_version, found });
+        return Err(StorageError::VersionConflict {
+            run_id: run_id.clone(),
+            expected: batch.expected_version,
+            found,
+        });
     }
-    let bad = |reason: String| StorageError::BadBatch { run_id: run_id.clone(), reason };
+    let bad = |reason: String| StorageError::BadBatch {
+        run_id: run_id.clone(),
+        reason,
+    };
     let version_next = batch.expected_version.map_or(1, |v| v + 1);
     if batch.run.version != version_next {
-        return Err(bad(format!("record version {} should be {version_next}", batch.run.version)));
+        return Err(bad(format!(
+            "record version {} should be {version_next}",
+            batch.run.version
+        )));
     }
     let first_event_id = stored.map_or(1, |r| r.next_event_id);
     for (offset, event) in batch.events.iter().enumerate() {
         if event.event_id != first_event_id + offset as u64 {
             let expected = first_event_id + offset as u64;
-            return Err(bad(format!("event {} should have id {expected}", event.event_id)));
+            return Err(bad(format!(
+                "event {} should have id {expected}",
+                event.event_id
+            )));
         }
     }
     let next_event_id = first_event_id + batch.events.len() as u64;
     if batch.run.next_event_id != next_event_id {
-        return Err(bad(format!("next_event_id {} should be {next_event_id}", batch.run.next_event_id)));
+        return Err(bad(format!(
+            "next_event_id {} should be {next_event_id}",
+            batch.run.next_event_id
+        )));
     }
     if let Some(claim) = &batch.claim
         && claim.previous_run_id.as_deref() != current

@@ -35,7 +35,8 @@ impl Default for TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
         let elapsed = self.base_instant.elapsed();
-        self.base_time.plus_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        self.base_time
+            .plus_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
     }
 
     fn sleep_until(&self, deadline: Timestamp) -> BoxFuture<'static, ()> {
@@ -64,14 +65,19 @@ pub struct OsEntropy {
 impl OsEntropy {
     /// Seeded from the OS.
     pub fn new() -> OsEntropy {
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         let seed = (nanos as u64) ^ (u64::from(std::process::id()) << 32) ^ 0x5851_f42d_4c95_7f2d;
         OsEntropy::with_seed(seed)
     }
 
     /// Seeded with `seed` (for reproducible tests).
     pub fn with_seed(seed: u64) -> OsEntropy {
-        OsEntropy { state: AtomicU64::new(seed) }
+        OsEntropy {
+            state: AtomicU64::new(seed),
+        }
     }
 }
 
@@ -83,7 +89,10 @@ impl Default for OsEntropy {
 
 impl Entropy for OsEntropy {
     fn next_u64(&self) -> u64 {
-        let mut z = self.state.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self
+            .state
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)

@@ -5,8 +5,8 @@
 
 use serde_json::Value;
 
-use super::event::*;
 use super::History;
+use super::event::*;
 use crate::activity::RetryPolicy;
 use crate::types::{Failure, RetryState, TimeoutType, Timestamp};
 
@@ -36,7 +36,12 @@ impl HistoryBuilder {
     }
 
     /// Like [`HistoryBuilder::new`] with the given ids.
-    pub fn for_run(workflow_id: &str, run_id: &str, workflow_type: &str, input: Value) -> HistoryBuilder {
+    pub fn for_run(
+        workflow_id: &str,
+        run_id: &str,
+        workflow_type: &str,
+        input: Value,
+    ) -> HistoryBuilder {
         let mut builder = HistoryBuilder {
             history: History::new(workflow_id, run_id),
             now: BUILDER_START_TIME,
@@ -45,17 +50,19 @@ impl HistoryBuilder {
             workflow_task_started: 0,
             workflow_task_completed: 0,
         };
-        builder.add(EventKind::WorkflowExecutionStarted(WorkflowExecutionStarted {
-            workflow_type: workflow_type.to_string(),
-            workflow_id: workflow_id.to_string(),
-            task_queue: "default".to_string(),
-            input,
-            execution_timeout_ms: None,
-            workflow_task_timeout_ms: BUILDER_WORKFLOW_TASK_TIMEOUT_MS,
-            attempt: 1,
-            identity: "client".to_string(),
-            request_id: "request-1".to_string(),
-        }));
+        builder.add(EventKind::WorkflowExecutionStarted(
+            WorkflowExecutionStarted {
+                workflow_type: workflow_type.to_string(),
+                workflow_id: workflow_id.to_string(),
+                task_queue: "default".to_string(),
+                input,
+                execution_timeout_ms: None,
+                workflow_task_timeout_ms: BUILDER_WORKFLOW_TASK_TIMEOUT_MS,
+                attempt: 1,
+                identity: "client".to_string(),
+                request_id: "request-1".to_string(),
+            },
+        ));
         builder
     }
 
@@ -134,7 +141,11 @@ impl HistoryBuilder {
     }
 
     /// `WorkflowTaskFailed` for the started workflow task.
-    pub fn add_workflow_task_failed(&mut self, cause: WorkflowTaskFailedCause, failure: Failure) -> u64 {
+    pub fn add_workflow_task_failed(
+        &mut self,
+        cause: WorkflowTaskFailedCause,
+        failure: Failure,
+    ) -> u64 {
         self.add(EventKind::WorkflowTaskFailed(WorkflowTaskFailed {
             scheduled_event_id: self.workflow_task_scheduled,
             started_event_id: self.workflow_task_started,
@@ -145,8 +156,15 @@ impl HistoryBuilder {
     }
 
     /// `ActivityTaskScheduled` with a 10 s start-to-close timeout and the default retry policy.
-    pub fn add_activity_scheduled(&mut self, activity_id: &str, activity_type: &str, input: Value) -> u64 {
-        let retry_policy = RetryPolicy::default().normalized().expect("the default policy is valid");
+    pub fn add_activity_scheduled(
+        &mut self,
+        activity_id: &str,
+        activity_type: &str,
+        input: Value,
+    ) -> u64 {
+        let retry_policy = RetryPolicy::default()
+            .normalized()
+            .expect("the default policy is valid");
         self.add(EventKind::ActivityTaskScheduled(ActivityTaskScheduled {
             activity_id: activity_id.to_string(),
             activity_type: activity_type.to_string(),
@@ -162,7 +180,12 @@ impl HistoryBuilder {
     }
 
     /// `ActivityTaskStarted` for the activity scheduled at `scheduled_event_id`.
-    pub fn add_activity_started(&mut self, scheduled_event_id: u64, attempt: u32, last_failure: Option<Failure>) -> u64 {
+    pub fn add_activity_started(
+        &mut self,
+        scheduled_event_id: u64,
+        attempt: u32,
+        last_failure: Option<Failure>,
+    ) -> u64 {
         self.add(EventKind::ActivityTaskStarted(ActivityTaskStarted {
             scheduled_event_id,
             identity: "worker".to_string(),
@@ -183,7 +206,13 @@ impl HistoryBuilder {
     }
 
     /// `ActivityTaskFailed` after the given Started event.
-    pub fn add_activity_failed(&mut self, scheduled_event_id: u64, started_event_id: u64, failure: Failure, retry_state: RetryState) -> u64 {
+    pub fn add_activity_failed(
+        &mut self,
+        scheduled_event_id: u64,
+        started_event_id: u64,
+        failure: Failure,
+        retry_state: RetryState,
+    ) -> u64 {
         self.add(EventKind::ActivityTaskFailed(ActivityTaskFailed {
             scheduled_event_id,
             started_event_id,
@@ -194,7 +223,13 @@ impl HistoryBuilder {
     }
 
     /// `ActivityTaskTimedOut`.
-    pub fn add_activity_timed_out(&mut self, scheduled_event_id: u64, started_event_id: Option<u64>, timeout_type: TimeoutType, retry_state: RetryState) -> u64 {
+    pub fn add_activity_timed_out(
+        &mut self,
+        scheduled_event_id: u64,
+        started_event_id: Option<u64>,
+        timeout_type: TimeoutType,
+        retry_state: RetryState,
+    ) -> u64 {
         self.add(EventKind::ActivityTaskTimedOut(ActivityTaskTimedOut {
             scheduled_event_id,
             started_event_id,
@@ -207,14 +242,21 @@ impl HistoryBuilder {
 
     /// `ActivityTaskCancelRequested` (a command of the last completed workflow task).
     pub fn add_activity_cancel_requested(&mut self, scheduled_event_id: u64) -> u64 {
-        self.add(EventKind::ActivityTaskCancelRequested(ActivityTaskCancelRequested {
-            scheduled_event_id,
-            workflow_task_completed_event_id: self.workflow_task_completed,
-        }))
+        self.add(EventKind::ActivityTaskCancelRequested(
+            ActivityTaskCancelRequested {
+                scheduled_event_id,
+                workflow_task_completed_event_id: self.workflow_task_completed,
+            },
+        ))
     }
 
     /// `ActivityTaskCanceled`.
-    pub fn add_activity_canceled(&mut self, scheduled_event_id: u64, started_event_id: Option<u64>, cancel_requested_event_id: u64) -> u64 {
+    pub fn add_activity_canceled(
+        &mut self,
+        scheduled_event_id: u64,
+        started_event_id: Option<u64>,
+        cancel_requested_event_id: u64,
+    ) -> u64 {
         self.add(EventKind::ActivityTaskCanceled(ActivityTaskCanceled {
             scheduled_event_id,
             started_event_id,
@@ -252,11 +294,13 @@ impl HistoryBuilder {
 
     /// `WorkflowExecutionSignaled`.
     pub fn add_signal(&mut self, signal_name: &str, input: Value) -> u64 {
-        self.add(EventKind::WorkflowExecutionSignaled(WorkflowExecutionSignaled {
-            signal_name: signal_name.to_string(),
-            input,
-            identity: "client".to_string(),
-        }))
+        self.add(EventKind::WorkflowExecutionSignaled(
+            WorkflowExecutionSignaled {
+                signal_name: signal_name.to_string(),
+                input,
+                identity: "client".to_string(),
+            },
+        ))
     }
 
     /// `MarkerRecorded` (a command of the last completed workflow task).
@@ -270,43 +314,53 @@ impl HistoryBuilder {
 
     /// `WorkflowExecutionCancelRequested`.
     pub fn add_cancel_requested(&mut self) -> u64 {
-        self.add(EventKind::WorkflowExecutionCancelRequested(WorkflowExecutionCancelRequested {
-            cause: "test".to_string(),
-            identity: "client".to_string(),
-        }))
+        self.add(EventKind::WorkflowExecutionCancelRequested(
+            WorkflowExecutionCancelRequested {
+                cause: "test".to_string(),
+                identity: "client".to_string(),
+            },
+        ))
     }
 
     /// `WorkflowExecutionCompleted` (a command of the last completed workflow task).
     pub fn add_workflow_execution_completed(&mut self, result: Value) -> u64 {
-        self.add(EventKind::WorkflowExecutionCompleted(WorkflowExecutionCompleted {
-            result,
-            workflow_task_completed_event_id: self.workflow_task_completed,
-        }))
+        self.add(EventKind::WorkflowExecutionCompleted(
+            WorkflowExecutionCompleted {
+                result,
+                workflow_task_completed_event_id: self.workflow_task_completed,
+            },
+        ))
     }
 
     /// `WorkflowExecutionFailed` (a command of the last completed workflow task).
     pub fn add_workflow_execution_failed(&mut self, failure: Failure) -> u64 {
-        self.add(EventKind::WorkflowExecutionFailed(WorkflowExecutionFailed {
-            failure,
-            workflow_task_completed_event_id: self.workflow_task_completed,
-        }))
+        self.add(EventKind::WorkflowExecutionFailed(
+            WorkflowExecutionFailed {
+                failure,
+                workflow_task_completed_event_id: self.workflow_task_completed,
+            },
+        ))
     }
 
     /// `WorkflowExecutionCanceled` (a command of the last completed workflow task).
     pub fn add_workflow_execution_canceled(&mut self) -> u64 {
-        self.add(EventKind::WorkflowExecutionCanceled(WorkflowExecutionCanceled {
-            details: None,
-            workflow_task_completed_event_id: self.workflow_task_completed,
-        }))
+        self.add(EventKind::WorkflowExecutionCanceled(
+            WorkflowExecutionCanceled {
+                details: None,
+                workflow_task_completed_event_id: self.workflow_task_completed,
+            },
+        ))
     }
 
     /// `WorkflowExecutionTerminated`.
     pub fn add_workflow_execution_terminated(&mut self, reason: &str) -> u64 {
-        self.add(EventKind::WorkflowExecutionTerminated(WorkflowExecutionTerminated {
-            reason: reason.to_string(),
-            details: None,
-            identity: "client".to_string(),
-        }))
+        self.add(EventKind::WorkflowExecutionTerminated(
+            WorkflowExecutionTerminated {
+                reason: reason.to_string(),
+                details: None,
+                identity: "client".to_string(),
+            },
+        ))
     }
 
     /// The history built so far.

@@ -27,7 +27,9 @@ pub enum DecodeError {
         message: String,
     },
     /// The file was written by a newer (or unknown) format.
-    #[error("history format_version {found} is not supported: this build reads version {supported}")]
+    #[error(
+        "history format_version {found} is not supported: this build reads version {supported}"
+    )]
     UnsupportedFormatVersion {
         /// The version in the file.
         found: u64,
@@ -108,7 +110,10 @@ impl History {
         let header: FileHeader = serde_json::from_str(text).map_err(|e| malformed(&e))?;
         let found = header.format_version.unwrap_or(0);
         if found != u64::from(FORMAT_VERSION) {
-            return Err(DecodeError::UnsupportedFormatVersion { found, supported: FORMAT_VERSION });
+            return Err(DecodeError::UnsupportedFormatVersion {
+                found,
+                supported: FORMAT_VERSION,
+            });
         }
         let mut history = History::new(header.workflow_id, header.run_id);
         for (index, raw) in header.events.into_iter().enumerate() {
@@ -142,7 +147,10 @@ impl History {
 }
 
 fn decode_event(index: usize, raw: Value) -> Result<Event, DecodeError> {
-    let event_type = raw.get("event_type").and_then(Value::as_str).map(str::to_string);
+    let event_type = raw
+        .get("event_type")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     if let Some(event_type) = &event_type
         && !EVENT_TYPE_NAMES.contains(&event_type.as_str())
     {
@@ -165,7 +173,9 @@ const VARYING_ATTRIBUTES: [&str; 2] = ["identity", "request_id"];
 /// One event in normalised form (see [`History::normalized`]).
 pub(crate) fn normalize_event(event: &Event) -> Value {
     let mut value = serde_json::to_value(event).expect("events always encode");
-    let object = value.as_object_mut().expect("an event encodes as an object");
+    let object = value
+        .as_object_mut()
+        .expect("an event encodes as an object");
     object.remove("event_time");
     if let Some(Value::Object(attributes)) = object.get_mut("attributes") {
         for name in VARYING_ATTRIBUTES {

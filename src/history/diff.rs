@@ -43,7 +43,10 @@ pub fn diff(left: &History, right: &History) -> Option<HistoryDiff> {
             collect_differences("", a, b, &mut differences);
         }
         let context_start = index.saturating_sub(DIFF_CONTEXT_EVENTS_MAX);
-        let context = left.events()[context_start..index].iter().map(normalize_event).collect();
+        let context = left.events()[context_start..index]
+            .iter()
+            .map(normalize_event)
+            .collect();
         return Some(HistoryDiff {
             event_id: index as u64 + 1,
             left: a,
@@ -60,9 +63,18 @@ fn collect_differences(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) 
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for key in keys {
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 let null = Value::Null;
-                collect_differences(&child, x.get(key).unwrap_or(&null), y.get(key).unwrap_or(&null), out);
+                collect_differences(
+                    &child,
+                    x.get(key).unwrap_or(&null),
+                    y.get(key).unwrap_or(&null),
+                    out,
+                );
             }
         }
         _ if a != b => out.push(format!("{path}: {a} != {b}")),
@@ -71,9 +83,18 @@ fn collect_differences(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) 
 }
 
 fn one_line(event: &Value) -> String {
-    let id = event.get("event_id").map(Value::to_string).unwrap_or_default();
-    let kind = event.get("event_type").and_then(Value::as_str).unwrap_or("?");
-    let attributes = event.get("attributes").map(Value::to_string).unwrap_or_default();
+    let id = event
+        .get("event_id")
+        .map(Value::to_string)
+        .unwrap_or_default();
+    let kind = event
+        .get("event_type")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let attributes = event
+        .get("attributes")
+        .map(Value::to_string)
+        .unwrap_or_default();
     format!("{id:>5} {kind} {attributes}")
 }
 

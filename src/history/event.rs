@@ -26,7 +26,11 @@ pub struct Event {
 impl Event {
     /// A new event.
     pub fn new(event_id: u64, event_time: Timestamp, kind: EventKind) -> Event {
-        Event { event_id, event_time, kind }
+        Event {
+            event_id,
+            event_time,
+            kind,
+        }
     }
 }
 
@@ -308,7 +312,11 @@ pub struct ActivityTaskTimedOut {
     pub timeout_type: TimeoutType,
     pub retry_state: RetryState,
     pub last_failure: Option<Failure>,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::some_value"
+    )]
     pub last_heartbeat_details: Option<Value>,
 }
 
@@ -326,7 +334,11 @@ pub struct ActivityTaskCanceled {
     /// `None` when the activity was canceled before any attempt started.
     pub started_event_id: Option<u64>,
     pub latest_cancel_requested_event_id: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::some_value"
+    )]
     pub details: Option<Value>,
     pub identity: String,
 }
@@ -400,7 +412,11 @@ pub struct WorkflowExecutionTimedOut {
 /// The workflow accepted a cancel request and stopped.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowExecutionCanceled {
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::some_value"
+    )]
     pub details: Option<Value>,
     pub workflow_task_completed_event_id: u64,
 }
@@ -409,7 +425,11 @@ pub struct WorkflowExecutionCanceled {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowExecutionTerminated {
     pub reason: String,
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::types::some_value")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::some_value"
+    )]
     pub details: Option<Value>,
     pub identity: String,
 }

@@ -94,7 +94,11 @@ impl History {
     }
 
     /// An empty history with the given limits.
-    pub fn with_limits(workflow_id: impl Into<String>, run_id: impl Into<String>, limits: HistoryLimits) -> History {
+    pub fn with_limits(
+        workflow_id: impl Into<String>,
+        run_id: impl Into<String>,
+        limits: HistoryLimits,
+    ) -> History {
         History {
             workflow_id: workflow_id.into(),
             run_id: run_id.into(),

@@ -87,7 +87,9 @@ pub enum HistoryError {
         reason: String,
     },
     /// The event's time cannot be written (after year 9999).
-    #[error("event {event_id}: time {time_ms} ms is after 9999-12-31, the latest a history can hold")]
+    #[error(
+        "event {event_id}: time {time_ms} ms is after 9999-12-31, the latest a history can hold"
+    )]
     TimeOutOfRange {
         /// The offending event.
         event_id: u64,
@@ -103,7 +105,9 @@ pub enum HistoryError {
         max: u64,
     },
     /// A payload is bigger than allowed.
-    #[error("event {event_id} ({event_type}): a payload of {bytes} bytes exceeds the limit of {max} bytes")]
+    #[error(
+        "event {event_id} ({event_type}): a payload of {bytes} bytes exceeds the limit of {max} bytes"
+    )]
     PayloadTooLarge {
         /// The offending event.
         event_id: u64,
@@ -171,7 +175,12 @@ impl Ctx<'_> {
         }
     }
 
-    fn bad_link(&self, field: &'static str, target: u64, problem: impl Into<String>) -> HistoryError {
+    fn bad_link(
+        &self,
+        field: &'static str,
+        target: u64,
+        problem: impl Into<String>,
+    ) -> HistoryError {
         HistoryError::BadLink {
             event_id: self.event.event_id,
             event_type: self.event_type(),
@@ -263,7 +272,10 @@ impl Validator {
     fn check_size(&self, ctx: &Ctx<'_>) -> Result<(), HistoryError> {
         let event = ctx.event;
         if event.event_time > crate::types::TIMESTAMP_MAX {
-            return Err(HistoryError::TimeOutOfRange { event_id: event.event_id, time_ms: event.event_time.0 });
+            return Err(HistoryError::TimeOutOfRange {
+                event_id: event.event_id,
+                time_ms: event.event_time.0,
+            });
         }
         if event.event_id > self.limits.events_per_run_max {
             return Err(HistoryError::TooManyEvents {
@@ -287,7 +299,9 @@ impl Validator {
 
     /// While a workflow task is started, only its close (or the run's end) may come.
     fn check_task_window(&self, ctx: &Ctx<'_>) -> Result<(), HistoryError> {
-        let TaskState::Started { .. } = self.task else { return Ok(()) };
+        let TaskState::Started { .. } = self.task else {
+            return Ok(());
+        };
         use EventKind::*;
         match ctx.event.kind {
             WorkflowTaskCompleted(_) | WorkflowTaskTimedOut(_) | WorkflowTaskFailed(_) => Ok(()),
@@ -329,8 +343,12 @@ impl Validator {
                 self.command_run = Some(event_id);
                 Ok(())
             }
-            WorkflowTaskTimedOut(a) => self.on_task_closed(ctx, a.scheduled_event_id, a.started_event_id),
-            WorkflowTaskFailed(a) => self.on_task_closed(ctx, a.scheduled_event_id, a.started_event_id),
+            WorkflowTaskTimedOut(a) => {
+                self.on_task_closed(ctx, a.scheduled_event_id, a.started_event_id)
+            }
+            WorkflowTaskFailed(a) => {
+                self.on_task_closed(ctx, a.scheduled_event_id, a.started_event_id)
+            }
             ActivityTaskScheduled(a) => self.on_activity_scheduled(ctx, &a.activity_id),
             ActivityTaskStarted(a) => self.on_activity_started(ctx, a.scheduled_event_id),
             ActivityTaskCompleted(a) => {
@@ -342,7 +360,9 @@ impl Validator {
             ActivityTaskTimedOut(a) => {
                 self.on_activity_closed(ctx, a.scheduled_event_id, a.started_event_id)
             }
-            ActivityTaskCancelRequested(a) => self.on_activity_cancel_requested(ctx, a.scheduled_event_id),
+            ActivityTaskCancelRequested(a) => {
+                self.on_activity_cancel_requested(ctx, a.scheduled_event_id)
+            }
             ActivityTaskCanceled(a) => self.on_activity_canceled(ctx, a),
             TimerStarted(a) => self.on_timer_started(ctx, &a.timer_id),
             TimerFired(a) => self.on_timer_closed(ctx, &a.timer_id, a.started_event_id),
@@ -368,14 +388,23 @@ impl Validator {
         if self.task != TaskState::Idle {
             return Err(ctx.out_of_order("another workflow task is already scheduled or started"));
         }
-        self.task = TaskState::Scheduled { scheduled: ctx.event.event_id };
+        self.task = TaskState::Scheduled {
+            scheduled: ctx.event.event_id,
+        };
         Ok(())
     }
 
-    fn on_task_started(&mut self, ctx: &Ctx<'_>, scheduled_event_id: u64) -> Result<(), HistoryError> {
+    fn on_task_started(
+        &mut self,
+        ctx: &Ctx<'_>,
+        scheduled_event_id: u64,
+    ) -> Result<(), HistoryError> {
         match self.task {
             TaskState::Scheduled { scheduled } if scheduled == scheduled_event_id => {
-                self.task = TaskState::Started { scheduled, started: ctx.event.event_id };
+                self.task = TaskState::Started {
+                    scheduled,
+                    started: ctx.event.event_id,
+                };
                 Ok(())
             }
             TaskState::Scheduled { scheduled } => Err(ctx.bad_link(
@@ -387,7 +416,12 @@ impl Validator {
         }
     }
 
-    fn on_task_closed(&mut self, ctx: &Ctx<'_>, scheduled_event_id: u64, started_event_id: u64) -> Result<(), HistoryError> {
+    fn on_task_closed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        scheduled_event_id: u64,
+        started_event_id: u64,
+    ) -> Result<(), HistoryError> {
         let TaskState::Started { scheduled, started } = self.task else {
             return Err(ctx.out_of_order("no workflow task is started"));
         };
@@ -403,7 +437,11 @@ impl Validator {
         Ok(())
     }
 
-    fn on_activity_scheduled(&mut self, ctx: &Ctx<'_>, activity_id: &str) -> Result<(), HistoryError> {
+    fn on_activity_scheduled(
+        &mut self,
+        ctx: &Ctx<'_>,
+        activity_id: &str,
+    ) -> Result<(), HistoryError> {
         if let Some(open) = self.activity_ids.get(activity_id) {
             return Err(ctx.out_of_order(format!(
                 "activity id {activity_id:?} is already used by the open activity of event {open}"
@@ -421,7 +459,11 @@ impl Validator {
         Ok(())
     }
 
-    fn open_activity(&mut self, ctx: &Ctx<'_>, scheduled_event_id: u64) -> Result<&mut ActivityEntry, HistoryError> {
+    fn open_activity(
+        &mut self,
+        ctx: &Ctx<'_>,
+        scheduled_event_id: u64,
+    ) -> Result<&mut ActivityEntry, HistoryError> {
         let Some(entry) = self.activities.get_mut(&scheduled_event_id) else {
             return Err(ctx.bad_link(
                 "scheduled_event_id",
@@ -433,14 +475,21 @@ impl Validator {
             return Err(HistoryError::AlreadyClosed {
                 event_id: ctx.event.event_id,
                 event_type: ctx.event_type(),
-                what: format!("activity {:?} (event {scheduled_event_id})", entry.activity_id),
+                what: format!(
+                    "activity {:?} (event {scheduled_event_id})",
+                    entry.activity_id
+                ),
                 closed_by,
             });
         }
         Ok(entry)
     }
 
-    fn on_activity_started(&mut self, ctx: &Ctx<'_>, scheduled_event_id: u64) -> Result<(), HistoryError> {
+    fn on_activity_started(
+        &mut self,
+        ctx: &Ctx<'_>,
+        scheduled_event_id: u64,
+    ) -> Result<(), HistoryError> {
         let event_id = ctx.event.event_id;
         let entry = self.open_activity(ctx, scheduled_event_id)?;
         if let Some(started) = entry.started {
@@ -451,7 +500,12 @@ impl Validator {
         Ok(())
     }
 
-    fn on_activity_closed(&mut self, ctx: &Ctx<'_>, scheduled_event_id: u64, started_event_id: Option<u64>) -> Result<(), HistoryError> {
+    fn on_activity_closed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        scheduled_event_id: u64,
+        started_event_id: Option<u64>,
+    ) -> Result<(), HistoryError> {
         let event_id = ctx.event.event_id;
         let entry = self.open_activity(ctx, scheduled_event_id)?;
         if entry.started != started_event_id {
@@ -460,12 +514,17 @@ impl Validator {
                 None => "the activity never started".to_string(),
             };
             let target = started_event_id.unwrap_or(0);
-            return Err(ctx.bad_link("started_event_id", target, format!("does not match: {expected}")));
+            return Err(ctx.bad_link(
+                "started_event_id",
+                target,
+                format!("does not match: {expected}"),
+            ));
         }
         if let Some(started) = started_event_id
             && started + 1 != event_id
         {
-            let problem = "must directly precede the outcome (Started is written when the attempt ends)";
+            let problem =
+                "must directly precede the outcome (Started is written when the attempt ends)";
             return Err(ctx.bad_link("started_event_id", started, problem));
         }
         entry.closed = Some(event_id);
@@ -474,7 +533,11 @@ impl Validator {
         Ok(())
     }
 
-    fn on_activity_cancel_requested(&mut self, ctx: &Ctx<'_>, scheduled_event_id: u64) -> Result<(), HistoryError> {
+    fn on_activity_cancel_requested(
+        &mut self,
+        ctx: &Ctx<'_>,
+        scheduled_event_id: u64,
+    ) -> Result<(), HistoryError> {
         let event_id = ctx.event.event_id;
         let entry = self.open_activity(ctx, scheduled_event_id)?;
         if let Some(earlier) = entry.cancel_requested {
@@ -485,11 +548,19 @@ impl Validator {
         Ok(())
     }
 
-    fn on_activity_canceled(&mut self, ctx: &Ctx<'_>, a: &super::event::ActivityTaskCanceled) -> Result<(), HistoryError> {
+    fn on_activity_canceled(
+        &mut self,
+        ctx: &Ctx<'_>,
+        a: &super::event::ActivityTaskCanceled,
+    ) -> Result<(), HistoryError> {
         let entry = self.open_activity(ctx, a.scheduled_event_id)?;
         if entry.cancel_requested != Some(a.latest_cancel_requested_event_id) {
             let problem = "is not the activity's ActivityTaskCancelRequested event";
-            return Err(ctx.bad_link("latest_cancel_requested_event_id", a.latest_cancel_requested_event_id, problem));
+            return Err(ctx.bad_link(
+                "latest_cancel_requested_event_id",
+                a.latest_cancel_requested_event_id,
+                problem,
+            ));
         }
         self.on_activity_closed(ctx, a.scheduled_event_id, a.started_event_id)
     }
@@ -503,19 +574,30 @@ impl Validator {
                 entry.started
             )));
         }
-        let entry = TimerEntry { started: ctx.event.event_id, closed: None };
+        let entry = TimerEntry {
+            started: ctx.event.event_id,
+            closed: None,
+        };
         self.timers.insert(timer_id.to_string(), entry);
         Ok(())
     }
 
-    fn on_timer_closed(&mut self, ctx: &Ctx<'_>, timer_id: &str, started_event_id: u64) -> Result<(), HistoryError> {
+    fn on_timer_closed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        timer_id: &str,
+        started_event_id: u64,
+    ) -> Result<(), HistoryError> {
         let event_id = ctx.event.event_id;
         let Some(entry) = self.timers.get_mut(timer_id) else {
             let problem = format!("names no TimerStarted event with timer id {timer_id:?}");
             return Err(ctx.bad_link("started_event_id", started_event_id, problem));
         };
         if entry.started != started_event_id {
-            let problem = format!("is not timer {timer_id:?}'s TimerStarted event ({})", entry.started);
+            let problem = format!(
+                "is not timer {timer_id:?}'s TimerStarted event ({})",
+                entry.started
+            );
             return Err(ctx.bad_link("started_event_id", started_event_id, problem));
         }
         if let Some(closed_by) = entry.closed {

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use futures::future::Either;
 
 use super::{Shared, enter};
-use crate::activity::{ActivityContext, ActivityInfo, ActivityRunError, ActivityShared, CancelReason};
+use crate::activity::{
+    ActivityContext, ActivityInfo, ActivityRunError, ActivityShared, CancelReason,
+};
 use crate::api::*;
 use crate::types::Failure;
 
@@ -17,14 +19,18 @@ pub const RESPOND_ATTEMPTS_MAX: u32 = 5;
 pub(super) async fn poll_loop(shared: Arc<Shared>) {
     let mut failures = 0;
     loop {
-        let Some(permit) = shared.permit(&shared.activity_permits).await else { return };
+        let Some(permit) = shared.permit(&shared.activity_permits).await else {
+            return;
+        };
         let request = Request::PollActivityTask(PollTaskRequest {
             task_queue: shared.options.task_queue.clone(),
             identity: shared.options.identity.clone(),
             workflow_types: Vec::new(),
         });
         let poll = shared.call_once(request, shared.options.poll_rpc_timeout_ms);
-        let Some(polled) = shared.unless_stopping(poll).await else { return };
+        let Some(polled) = shared.unless_stopping(poll).await else {
+            return;
+        };
         match polled {
             Ok(Response::PollActivityTask(PollActivityTaskResponse { task: Some(task) })) => {
                 failures = 0;
@@ -70,7 +76,11 @@ async fn run_attempt(shared: &Shared, task: ActivityTask) {
     }
     let activity_shared = ActivityShared::new();
     let slot = shared.next_activity_slot.fetch_add(1, Ordering::Relaxed);
-    shared.running_activities.lock().expect("lock").insert(slot, activity_shared.clone());
+    shared
+        .running_activities
+        .lock()
+        .expect("lock")
+        .insert(slot, activity_shared.clone());
     let result = match shared.activities.get(&task.activity_type) {
         Some(activity) => {
             // Subscribe before the attempt runs, so its first heartbeat is seen.
@@ -85,11 +95,21 @@ async fn run_attempt(shared: &Shared, task: ActivityTask) {
             }
         }
         None => {
-            let message = format!("activity type {:?} is not registered on worker {}", task.activity_type, shared.options.identity);
-            Some(Err(ActivityRunError::Failed(Failure::new("ActivityTypeNotRegistered", message))))
+            let message = format!(
+                "activity type {:?} is not registered on worker {}",
+                task.activity_type, shared.options.identity
+            );
+            Some(Err(ActivityRunError::Failed(Failure::new(
+                "ActivityTypeNotRegistered",
+                message,
+            ))))
         }
     };
-    shared.running_activities.lock().expect("lock").remove(&slot);
+    shared
+        .running_activities
+        .lock()
+        .expect("lock")
+        .remove(&slot);
     if let Some(observer) = &shared.observer {
         observer.activity_finished(&task);
     }
@@ -98,7 +118,10 @@ async fn run_attempt(shared: &Shared, task: ActivityTask) {
     respond(shared, &task, to_task_result(result, reason)).await;
 }
 
-fn to_task_result(result: Result<serde_json::Value, ActivityRunError>, reason: Option<CancelReason>) -> ActivityTaskResult {
+fn to_task_result(
+    result: Result<serde_json::Value, ActivityRunError>,
+    reason: Option<CancelReason>,
+) -> ActivityTaskResult {
     match (result, reason) {
         (Ok(value), _) => ActivityTaskResult::Completed(value),
         (Err(ActivityRunError::Failed(failure)), _) => ActivityTaskResult::Failed(failure),
@@ -106,7 +129,8 @@ fn to_task_result(result: Result<serde_json::Value, ActivityRunError>, reason: O
             ActivityTaskResult::Canceled(details)
         }
         (Err(ActivityRunError::Canceled { .. }), reason) => {
-            let message = format!("the attempt stopped ({reason:?}) without a cancel request; it is retried");
+            let message =
+                format!("the attempt stopped ({reason:?}) without a cancel request; it is retried");
             ActivityTaskResult::Failed(Failure::new("WorkerShutdown", message))
         }
     }
@@ -120,7 +144,10 @@ async fn respond(shared: &Shared, task: &ActivityTask, result: ActivityTaskResul
         identity: shared.options.identity.clone(),
     });
     for attempt in 1..=RESPOND_ATTEMPTS_MAX {
-        match shared.call_once(request.clone(), shared.options.rpc_timeout_ms).await {
+        match shared
+            .call_once(request.clone(), shared.options.rpc_timeout_ms)
+            .await
+        {
             Ok(_) => return,
             Err(error) if error.code().is_some_and(|c| c != ErrorCode::Unavailable) => {
                 tracing::debug!(%error, "activity result refused (the attempt timed out or the run closed)");
@@ -147,7 +174,9 @@ async fn heartbeat_loop(
         Some(timeout_ms) => (timeout_ms * 4 / 5).max(1),
         None => shared.options.heartbeat_throttle_ms_max,
     };
-    let deadline = task.start_to_close_timeout_ms.map(|ms| shared.env.now().plus_ms(ms));
+    let deadline = task
+        .start_to_close_timeout_ms
+        .map(|ms| shared.env.now().plus_ms(ms));
     let mut last_sent = shared.env.now();
     loop {
         let changed = pending.changed();
@@ -164,7 +193,9 @@ async fn heartbeat_loop(
                 return;
             }
         }
-        let wait_ms = last_sent.plus_ms(throttle_ms).millis_since(shared.env.now());
+        let wait_ms = last_sent
+            .plus_ms(throttle_ms)
+            .millis_since(shared.env.now());
         if wait_ms > 0 {
             shared.env.sleep_ms(wait_ms).await;
         }
@@ -175,8 +206,13 @@ async fn heartbeat_loop(
             details,
             identity: shared.options.identity.clone(),
         });
-        match shared.call_once(request, shared.options.rpc_timeout_ms).await {
-            Ok(Response::HeartbeatActivityTask(HeartbeatResponse { cancel_requested: true })) => {
+        match shared
+            .call_once(request, shared.options.rpc_timeout_ms)
+            .await
+        {
+            Ok(Response::HeartbeatActivityTask(HeartbeatResponse {
+                cancel_requested: true,
+            })) => {
                 activity.request_cancel(CancelReason::CancelRequested);
             }
             Err(error) if error.code() == Some(ErrorCode::TaskNotFound) => {

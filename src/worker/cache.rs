@@ -23,14 +23,22 @@ pub struct RunCache {
 impl RunCache {
     /// A cache of at most `runs_max` runs (at least 1).
     pub fn new(runs_max: usize) -> RunCache {
-        RunCache { entries: BTreeMap::new(), tick: 0, runs_max: runs_max.max(1), evictions: 0 }
+        RunCache {
+            entries: BTreeMap::new(),
+            tick: 0,
+            runs_max: runs_max.max(1),
+            evictions: 0,
+        }
     }
 
     /// The entry of `run_id` (created empty if absent), marked most recently used.
     pub fn entry(&mut self, run_id: &str) -> CacheEntry {
         self.tick += 1;
         let tick = self.tick;
-        let entry = self.entries.entry(run_id.to_string()).or_insert_with(|| (Arc::new(Mutex::new(None)), tick));
+        let entry = self
+            .entries
+            .entry(run_id.to_string())
+            .or_insert_with(|| (Arc::new(Mutex::new(None)), tick));
         entry.1 = tick;
         let handle = entry.0.clone();
         self.evict_over_limit();

@@ -42,8 +42,14 @@ use crate::env::Env;
 use crate::workflow::{PayloadError, StateDigest, Workflow, WorkflowRegistry};
 
 /// A type-erased activity.
-pub(crate) type ActivityFn =
-    Arc<dyn Fn(ActivityContext, Value) -> Pin<Box<dyn Future<Output = Result<Value, ActivityRunError>> + Send>> + Send + Sync>;
+pub(crate) type ActivityFn = Arc<
+    dyn Fn(
+            ActivityContext,
+            Value,
+        ) -> Pin<Box<dyn Future<Output = Result<Value, ActivityRunError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Hooks for tests and the simulator's checkers.
 pub trait WorkerObserver: Send + Sync {
@@ -207,13 +213,30 @@ impl Worker {
             let _a = shared.activity_permits.acquire_many(activities).await;
         };
         futures::pin_mut!(all_done);
-        if shared.env.timeout(shared.options.shutdown_grace_ms, &mut all_done).await.is_err() {
-            let running: Vec<_> = shared.running_activities.lock().expect("lock").values().cloned().collect();
-            tracing::info!(activities = running.len(), "shutdown grace over: asking activities to stop");
+        if shared
+            .env
+            .timeout(shared.options.shutdown_grace_ms, &mut all_done)
+            .await
+            .is_err()
+        {
+            let running: Vec<_> = shared
+                .running_activities
+                .lock()
+                .expect("lock")
+                .values()
+                .cloned()
+                .collect();
+            tracing::info!(
+                activities = running.len(),
+                "shutdown grace over: asking activities to stop"
+            );
             for activity in running {
                 activity.request_cancel(crate::activity::CancelReason::WorkerShutdown);
             }
-            let _ = shared.env.timeout(shared.options.shutdown_grace_ms, all_done).await;
+            let _ = shared
+                .env
+                .timeout(shared.options.shutdown_grace_ms, all_done)
+                .await;
         }
     }
 }
@@ -238,10 +261,12 @@ impl WorkerBuilder {
             let activity = activity.clone();
             Box::pin(async move {
                 let what = || format!("input of activity {}", A::NAME);
-                let input: A::Input = PayloadError::decode(what, input).map_err(|e| ActivityRunError::Failed(payload_failure(&e)))?;
+                let input: A::Input = PayloadError::decode(what, input)
+                    .map_err(|e| ActivityRunError::Failed(payload_failure(&e)))?;
                 let output = activity.run(ctx, input).await?;
                 let what = || format!("result of activity {}", A::NAME);
-                PayloadError::encode(what, &output).map_err(|e| ActivityRunError::Failed(payload_failure(&e)))
+                PayloadError::encode(what, &output)
+                    .map_err(|e| ActivityRunError::Failed(payload_failure(&e)))
             })
         });
         self.activities.insert(A::NAME.to_string(), run);
@@ -283,7 +308,10 @@ impl WorkerBuilder {
     /// Starts polling.
     pub fn start(self) -> Worker {
         let options = self.options;
-        assert!(options.workflow_tasks_max > 0 && options.activities_max > 0, "capacity must be at least 1");
+        assert!(
+            options.workflow_tasks_max > 0 && options.activities_max > 0,
+            "capacity must be at least 1"
+        );
         let shared = Arc::new(Shared {
             env: self.env,
             workflow_permits: Arc::new(Semaphore::new(options.workflow_tasks_max)),
@@ -309,10 +337,16 @@ impl WorkerBuilder {
         });
         for _ in 0..shared.options.pollers_max {
             if !shared.workflows.names().is_empty() {
-                shared.spawn("worker-workflow-poller", workflows::poll_loop(shared.clone()));
+                shared.spawn(
+                    "worker-workflow-poller",
+                    workflows::poll_loop(shared.clone()),
+                );
             }
             if !shared.activities.is_empty() {
-                shared.spawn("worker-activity-poller", activities::poll_loop(shared.clone()));
+                shared.spawn(
+                    "worker-activity-poller",
+                    activities::poll_loop(shared.clone()),
+                );
             }
         }
         Worker { shared }
@@ -331,8 +365,16 @@ impl Shared {
     }
 
     /// One call to the service with the worker's deadline, no retries.
-    pub async fn call_once(&self, request: Request, timeout_ms: u64) -> Result<Response, ClientError> {
-        match self.env.timeout(timeout_ms, self.env.network.call(request)).await {
+    pub async fn call_once(
+        &self,
+        request: Request,
+        timeout_ms: u64,
+    ) -> Result<Response, ClientError> {
+        match self
+            .env
+            .timeout(timeout_ms, self.env.network.call(request))
+            .await
+        {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(error))) => Err(ClientError::Service(error)),
             Ok(Err(error)) => Err(ClientError::Network(error)),
@@ -341,7 +383,10 @@ impl Shared {
     }
 
     /// Waits for a permit, or returns `None` once the worker stops.
-    pub async fn permit(&self, semaphore: &Arc<Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub async fn permit(
+        &self,
+        semaphore: &Arc<Semaphore>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let stopped = self.stop.notified();
         futures::pin_mut!(stopped);
         if self.is_stopping() {
@@ -369,7 +414,11 @@ impl Shared {
     }
 
     /// Spawns a task of this worker; it stops at its next wait if the worker crashes.
-    pub fn spawn(self: &Arc<Self>, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+    pub fn spawn(
+        self: &Arc<Self>,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
         let shared = self.clone();
         self.env.spawn(name, async move {
             let crashed = shared.crash.notified();

@@ -13,16 +13,22 @@ use crate::workflow::{ReplayError, WorkflowExecutor};
 pub(super) async fn poll_loop(shared: Arc<Shared>) {
     let mut failures = 0;
     loop {
-        let Some(permit) = shared.permit(&shared.workflow_permits).await else { return };
+        let Some(permit) = shared.permit(&shared.workflow_permits).await else {
+            return;
+        };
         let request = Request::PollWorkflowTask(PollTaskRequest {
             task_queue: shared.options.task_queue.clone(),
             identity: shared.options.identity.clone(),
             workflow_types: shared.workflows.names(),
         });
         let poll = shared.call_once(request, shared.options.poll_rpc_timeout_ms);
-        let Some(polled) = shared.unless_stopping(poll).await else { return };
+        let Some(polled) = shared.unless_stopping(poll).await else {
+            return;
+        };
         match polled {
-            Ok(Response::PollWorkflowTask(PollWorkflowTaskResponse { task: Some(task), .. })) => {
+            Ok(Response::PollWorkflowTask(PollWorkflowTaskResponse {
+                task: Some(task), ..
+            })) => {
                 failures = 0;
                 let shared = shared.clone();
                 shared.clone().spawn("worker-workflow-task", async move {
@@ -32,7 +38,9 @@ pub(super) async fn poll_loop(shared: Arc<Shared>) {
                     drop(permit);
                 });
             }
-            Ok(Response::PollWorkflowTask(PollWorkflowTaskResponse { query: Some(query), .. })) => {
+            Ok(Response::PollWorkflowTask(PollWorkflowTaskResponse {
+                query: Some(query), ..
+            })) => {
                 failures = 0;
                 let shared = shared.clone();
                 shared.clone().spawn("worker-query", async move {
@@ -52,15 +60,34 @@ pub(super) async fn poll_loop(shared: Arc<Shared>) {
 }
 
 /// Reads events `1..=last_event_id` of a run.
-async fn read_history(shared: &Shared, run_id: &str, workflow_id: &str, last_event_id: u64) -> Result<Vec<Event>, String> {
+async fn read_history(
+    shared: &Shared,
+    run_id: &str,
+    workflow_id: &str,
+    last_event_id: u64,
+) -> Result<Vec<Event>, String> {
     let mut events: Vec<Event> = Vec::new();
     while (events.len() as u64) < last_event_id {
-        let run = RunRef { workflow_id: workflow_id.to_string(), run_id: Some(run_id.to_string()) };
+        let run = RunRef {
+            workflow_id: workflow_id.to_string(),
+            run_id: Some(run_id.to_string()),
+        };
         let from_event_id = events.len() as u64 + 1;
-        let request = Request::GetHistory(GetHistoryRequest { run, from_event_id, page_size: 0 });
-        match shared.call_once(request, shared.options.rpc_timeout_ms).await {
+        let request = Request::GetHistory(GetHistoryRequest {
+            run,
+            from_event_id,
+            page_size: 0,
+        });
+        match shared
+            .call_once(request, shared.options.rpc_timeout_ms)
+            .await
+        {
             Ok(Response::GetHistory(page)) if !page.events.is_empty() => events.extend(page.events),
-            Ok(other) => return Err(format!("history ends before event {last_event_id}: {other:?}")),
+            Ok(other) => {
+                return Err(format!(
+                    "history ends before event {last_event_id}: {other:?}"
+                ));
+            }
             Err(error) => return Err(error.to_string()),
         }
     }
@@ -83,13 +110,22 @@ async fn handle_task(shared: &Shared, task: WorkflowTask) {
         Some(executor) => (executor, task.events.clone()),
         None => {
             shared.cache_misses.fetch_add(1, Ordering::Relaxed);
-            let prefix = read_history(shared, &run_id, &task.workflow_id, task.previous_started_event_id).await;
+            let prefix = read_history(
+                shared,
+                &run_id,
+                &task.workflow_id,
+                task.previous_started_event_id,
+            )
+            .await;
             let Ok(mut events) = prefix else {
                 tracing::warn!(run_id, error = ?prefix.err(), "cannot read history; the task will time out and retry");
                 return;
             };
             events.extend(task.events.iter().cloned());
-            (WorkflowExecutor::new(&shared.workflows, &task.workflow_id, &run_id), events)
+            (
+                WorkflowExecutor::new(&shared.workflows, &task.workflow_id, &run_id),
+                events,
+            )
         }
     };
     let applied = executor.apply(&events);
@@ -101,7 +137,10 @@ async fn handle_task(shared: &Shared, task: WorkflowTask) {
         }
     };
     let Some(commands) = commands else {
-        tracing::error!(run_id, "a workflow task's events must end at its WorkflowTaskStarted");
+        tracing::error!(
+            run_id,
+            "a workflow task's events must end at its WorkflowTaskStarted"
+        );
         return;
     };
     let closed = commands.iter().any(crate::workflow::Command::is_terminal);
@@ -110,7 +149,10 @@ async fn handle_task(shared: &Shared, task: WorkflowTask) {
         commands,
         identity: shared.options.identity.clone(),
     });
-    match shared.call_once(request, shared.options.rpc_timeout_ms).await {
+    match shared
+        .call_once(request, shared.options.rpc_timeout_ms)
+        .await
+    {
         Ok(_) => {
             shared.workflow_tasks.fetch_add(1, Ordering::Relaxed);
             if let Some(observer) = &shared.observer {
@@ -120,7 +162,9 @@ async fn handle_task(shared: &Shared, task: WorkflowTask) {
                 *slot = Some(executor);
             }
         }
-        Err(error) => tracing::debug!(run_id, %error, "workflow task completion refused; the run is evicted"),
+        Err(error) => {
+            tracing::debug!(run_id, %error, "workflow task completion refused; the run is evicted")
+        }
     }
     if slot.is_none() {
         drop(slot);
@@ -147,32 +191,57 @@ async fn fail_task(shared: &Shared, task: &WorkflowTask, error: &ReplayError) {
         failure: Failure::new(failure_type, error.to_string()),
         identity: shared.options.identity.clone(),
     });
-    if let Err(error) = shared.call_once(request, shared.options.rpc_timeout_ms).await {
+    if let Err(error) = shared
+        .call_once(request, shared.options.rpc_timeout_ms)
+        .await
+    {
         tracing::debug!(%error, "could not report the workflow task failure; it will time out");
     }
-    shared.cache.lock().expect("cache lock").remove(&task.task_token.run_id);
+    shared
+        .cache
+        .lock()
+        .expect("cache lock")
+        .remove(&task.task_token.run_id);
 }
 
 /// Answers a query from the cached run, or from a replay of its history.
 async fn answer_query(shared: &Shared, query: QueryTask) {
-    let entry = shared.cache.lock().expect("cache lock").entry(&query.run_id);
+    let entry = shared
+        .cache
+        .lock()
+        .expect("cache lock")
+        .entry(&query.run_id);
     let answer = {
         let slot = entry.lock().await;
         match slot.as_ref() {
-            Some(executor) => executor.query(&query.query_name, query.args.clone()).map_err(|e| e.to_string()),
+            Some(executor) => executor
+                .query(&query.query_name, query.args.clone())
+                .map_err(|e| e.to_string()),
             None => replay_and_query(shared, &query).await,
         }
     };
-    let request = Request::RespondQuery(RespondQueryRequest { query_id: query.query_id.clone(), answer });
-    if let Err(error) = shared.call_once(request, shared.options.rpc_timeout_ms).await {
+    let request = Request::RespondQuery(RespondQueryRequest {
+        query_id: query.query_id.clone(),
+        answer,
+    });
+    if let Err(error) = shared
+        .call_once(request, shared.options.rpc_timeout_ms)
+        .await
+    {
         tracing::debug!(%error, "could not answer the query");
     }
 }
 
 async fn replay_and_query(shared: &Shared, query: &QueryTask) -> Result<serde_json::Value, String> {
-    let run = RunRef { workflow_id: query.workflow_id.clone(), run_id: Some(query.run_id.clone()) };
+    let run = RunRef {
+        workflow_id: query.workflow_id.clone(),
+        run_id: Some(query.run_id.clone()),
+    };
     let request = Request::DescribeWorkflow(run);
-    let length = match shared.call_once(request, shared.options.rpc_timeout_ms).await {
+    let length = match shared
+        .call_once(request, shared.options.rpc_timeout_ms)
+        .await
+    {
         Ok(Response::DescribeWorkflow(description)) => description.history_length,
         Ok(other) => return Err(format!("unexpected response {other:?}")),
         Err(error) => return Err(error.to_string()),
@@ -180,5 +249,7 @@ async fn replay_and_query(shared: &Shared, query: &QueryTask) -> Result<serde_js
     let events = read_history(shared, &query.run_id, &query.workflow_id, length).await?;
     let mut executor = WorkflowExecutor::new(&shared.workflows, &query.workflow_id, &query.run_id);
     executor.apply(&events).map_err(|e| e.to_string())?;
-    executor.query(&query.query_name, query.args.clone()).map_err(|e| e.to_string())
+    executor
+        .query(&query.query_name, query.args.clone())
+        .map_err(|e| e.to_string())
 }

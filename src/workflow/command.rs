@@ -40,13 +40,29 @@ pub struct ScheduleActivityTask {
 #[allow(missing_docs)]
 pub enum Command {
     ScheduleActivityTask(ScheduleActivityTask),
-    RequestCancelActivityTask { activity_id: String },
-    StartTimer { timer_id: String, start_to_fire_timeout_ms: u64 },
-    CancelTimer { timer_id: String },
-    RecordMarker { marker_name: String, details: Value },
-    CompleteWorkflowExecution { result: Value },
-    FailWorkflowExecution { failure: Failure },
-    CancelWorkflowExecution { details: Option<Value> },
+    RequestCancelActivityTask {
+        activity_id: String,
+    },
+    StartTimer {
+        timer_id: String,
+        start_to_fire_timeout_ms: u64,
+    },
+    CancelTimer {
+        timer_id: String,
+    },
+    RecordMarker {
+        marker_name: String,
+        details: Value,
+    },
+    CompleteWorkflowExecution {
+        result: Value,
+    },
+    FailWorkflowExecution {
+        failure: Failure,
+    },
+    CancelWorkflowExecution {
+        details: Option<Value>,
+    },
 }
 
 /// Marker name of `patched` markers.
@@ -100,7 +116,11 @@ impl fmt::Display for CommandKey {
 
 /// The id a marker is matched on: a patch's id, or a side effect's sequence number.
 pub fn marker_id(marker_name: &str, details: &Value) -> String {
-    let key = if marker_name == PATCH_MARKER_NAME { "id" } else { "seq" };
+    let key = if marker_name == PATCH_MARKER_NAME {
+        "id"
+    } else {
+        "seq"
+    };
     match details.get(key) {
         Some(Value::String(text)) => text.clone(),
         Some(other) => other.to_string(),
@@ -118,21 +138,49 @@ impl Command {
                 a.activity_type.clone(),
                 Some(payload_hash(&a.input)),
             ),
-            Command::RequestCancelActivityTask { activity_id } => {
-                ("RequestCancelActivityTask", activity_id.clone(), String::new(), None)
+            Command::RequestCancelActivityTask { activity_id } => (
+                "RequestCancelActivityTask",
+                activity_id.clone(),
+                String::new(),
+                None,
+            ),
+            Command::StartTimer { timer_id, .. } => {
+                ("StartTimer", timer_id.clone(), String::new(), None)
             }
-            Command::StartTimer { timer_id, .. } => ("StartTimer", timer_id.clone(), String::new(), None),
-            Command::CancelTimer { timer_id } => ("CancelTimer", timer_id.clone(), String::new(), None),
-            Command::RecordMarker { marker_name, details } => {
-                ("RecordMarker", marker_id(marker_name, details), marker_name.clone(), None)
+            Command::CancelTimer { timer_id } => {
+                ("CancelTimer", timer_id.clone(), String::new(), None)
             }
-            Command::CompleteWorkflowExecution { result } => {
-                ("CompleteWorkflowExecution", String::new(), String::new(), Some(payload_hash(result)))
+            Command::RecordMarker {
+                marker_name,
+                details,
+            } => (
+                "RecordMarker",
+                marker_id(marker_name, details),
+                marker_name.clone(),
+                None,
+            ),
+            Command::CompleteWorkflowExecution { result } => (
+                "CompleteWorkflowExecution",
+                String::new(),
+                String::new(),
+                Some(payload_hash(result)),
+            ),
+            Command::FailWorkflowExecution { .. } => {
+                ("FailWorkflowExecution", String::new(), String::new(), None)
             }
-            Command::FailWorkflowExecution { .. } => ("FailWorkflowExecution", String::new(), String::new(), None),
-            Command::CancelWorkflowExecution { .. } => ("CancelWorkflowExecution", String::new(), String::new(), None),
+            Command::CancelWorkflowExecution { .. } => (
+                "CancelWorkflowExecution",
+                String::new(),
+                String::new(),
+                None,
+            ),
         };
-        CommandKey { kind, id, type_name, input_hash }
+        CommandKey {
+            kind,
+            id,
+            type_name,
+            input_hash,
+        }
     }
 
     /// True for the commands that close the run.
@@ -149,7 +197,10 @@ impl Command {
 /// The key of a command event. `activity_id_of` maps a `scheduled_event_id` to
 /// its activity id (for `ActivityTaskCancelRequested`). `None` for events that
 /// are not commands.
-pub fn event_command_key(kind: &EventKind, activity_id_of: impl Fn(u64) -> String) -> Option<CommandKey> {
+pub fn event_command_key(
+    kind: &EventKind,
+    activity_id_of: impl Fn(u64) -> String,
+) -> Option<CommandKey> {
     let command = match kind {
         EventKind::ActivityTaskScheduled(a) => {
             return Some(CommandKey {
@@ -166,14 +217,22 @@ pub fn event_command_key(kind: &EventKind, activity_id_of: impl Fn(u64) -> Strin
             timer_id: a.timer_id.clone(),
             start_to_fire_timeout_ms: a.start_to_fire_timeout_ms,
         },
-        EventKind::TimerCanceled(a) => Command::CancelTimer { timer_id: a.timer_id.clone() },
+        EventKind::TimerCanceled(a) => Command::CancelTimer {
+            timer_id: a.timer_id.clone(),
+        },
         EventKind::MarkerRecorded(a) => Command::RecordMarker {
             marker_name: a.marker_name.clone(),
             details: a.details.clone(),
         },
-        EventKind::WorkflowExecutionCompleted(a) => Command::CompleteWorkflowExecution { result: a.result.clone() },
-        EventKind::WorkflowExecutionFailed(a) => Command::FailWorkflowExecution { failure: a.failure.clone() },
-        EventKind::WorkflowExecutionCanceled(a) => Command::CancelWorkflowExecution { details: a.details.clone() },
+        EventKind::WorkflowExecutionCompleted(a) => Command::CompleteWorkflowExecution {
+            result: a.result.clone(),
+        },
+        EventKind::WorkflowExecutionFailed(a) => Command::FailWorkflowExecution {
+            failure: a.failure.clone(),
+        },
+        EventKind::WorkflowExecutionCanceled(a) => Command::CancelWorkflowExecution {
+            details: a.details.clone(),
+        },
         _ => return None,
     };
     Some(command.key())

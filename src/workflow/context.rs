@@ -17,7 +17,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::command::{Command, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask, marker_id};
+use super::command::{
+    Command, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask, marker_id,
+};
 use super::error::{ActivityError, PayloadError, WorkflowError};
 use crate::activity::{Activity, ActivityCancellationType, ActivityOptions};
 use crate::types::{Timestamp, fnv1a64};
@@ -64,7 +66,9 @@ impl<T> Slot<T> {
         match std::mem::replace(self, Slot::Taken) {
             Slot::Resolved(value) => Poll::Ready(value),
             Slot::Pending { .. } => {
-                *self = Slot::Pending { waker: Some(waker.clone()) };
+                *self = Slot::Pending {
+                    waker: Some(waker.clone()),
+                };
                 Poll::Pending
             }
             Slot::Taken => panic!("a workflow future was polled after it completed"),
@@ -131,7 +135,11 @@ impl RunCore {
         z ^ (z >> 31)
     }
 
-    pub(crate) fn resolve_activity(&mut self, activity_id: &str, result: Result<Value, ActivityError>) {
+    pub(crate) fn resolve_activity(
+        &mut self,
+        activity_id: &str,
+        result: Result<Value, ActivityError>,
+    ) {
         if let Some(activity) = self.activities.get_mut(activity_id) {
             activity.slot.resolve(result);
         }
@@ -144,7 +152,10 @@ impl RunCore {
     }
 
     pub(crate) fn deliver_signal(&mut self, name: &str, input: Value) {
-        self.signals.entry(name.to_string()).or_default().push_back(input);
+        self.signals
+            .entry(name.to_string())
+            .or_default()
+            .push_back(input);
         for waker in self.signal_wakers.remove(name).unwrap_or_default() {
             waker.wake();
         }
@@ -166,8 +177,12 @@ impl RunCore {
         for activity_id in pending {
             self.cancel_activity(&activity_id);
         }
-        let timers: Vec<String> =
-            self.timers.iter().filter(|(_, t)| t.is_pending()).map(|(id, _)| id.clone()).collect();
+        let timers: Vec<String> = self
+            .timers
+            .iter()
+            .filter(|(_, t)| t.is_pending())
+            .map(|(id, _)| id.clone())
+            .collect();
         for timer_id in timers {
             self.cancel_timer(&timer_id);
             if let Some(slot) = self.timers.get_mut(&timer_id) {
@@ -180,7 +195,9 @@ impl RunCore {
     }
 
     fn cancel_activity(&mut self, activity_id: &str) {
-        let Some(activity) = self.activities.get_mut(activity_id) else { return };
+        let Some(activity) = self.activities.get_mut(activity_id) else {
+            return;
+        };
         if !activity.slot.is_pending() || activity.cancel_requested {
             return;
         }
@@ -191,14 +208,17 @@ impl RunCore {
         }
         if cancellation_type != ActivityCancellationType::Abandon {
             let activity_id = activity_id.to_string();
-            self.commands.push(Command::RequestCancelActivityTask { activity_id });
+            self.commands
+                .push(Command::RequestCancelActivityTask { activity_id });
         }
     }
 
     fn cancel_timer(&mut self, timer_id: &str) {
         let pending = self.timers.get(timer_id).is_some_and(Slot::is_pending);
         if pending {
-            self.commands.push(Command::CancelTimer { timer_id: timer_id.to_string() });
+            self.commands.push(Command::CancelTimer {
+                timer_id: timer_id.to_string(),
+            });
         }
     }
 
@@ -232,11 +252,16 @@ pub struct WorkflowContext {
 
 impl WorkflowContext {
     pub(crate) fn new(core: Arc<Mutex<RunCore>>, info: WorkflowInfo) -> WorkflowContext {
-        WorkflowContext { core, info: Arc::new(info) }
+        WorkflowContext {
+            core,
+            info: Arc::new(info),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, RunCore> {
-        self.core.lock().expect("the run core lock is never held across a panic")
+        self.core
+            .lock()
+            .expect("the run core lock is never held across a panic")
     }
 
     /// Facts about the run.
@@ -287,20 +312,32 @@ impl WorkflowContext {
 
     /// Schedules an activity by name with a JSON input.
     pub fn activity_by_name(&self, activity_type: &str, input: Value) -> ActivityFuture<Value> {
-        ActivityFuture::new(self.clone(), activity_type.to_string(), Ok(input), ActivityOptions::default())
+        ActivityFuture::new(
+            self.clone(),
+            activity_type.to_string(),
+            Ok(input),
+            ActivityOptions::default(),
+        )
     }
 
     /// A durable timer: resolves after `duration` of service time, even across
     /// worker and service restarts. A zero duration resolves at once.
     pub fn sleep(&self, duration: Duration) -> TimerFuture {
         let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        TimerFuture { ctx: self.clone(), state: TimerState::Unstarted { duration_ms } }
+        TimerFuture {
+            ctx: self.clone(),
+            state: TimerState::Unstarted { duration_ms },
+        }
     }
 
     /// The channel of signals named `name`. Signals are buffered from the start
     /// of the run, delivered in the order they arrived, each once.
     pub fn signal<T: DeserializeOwned>(&self, name: &str) -> SignalChannel<T> {
-        SignalChannel { ctx: self.clone(), name: name.to_string(), _type: PhantomData }
+        SignalChannel {
+            ctx: self.clone(),
+            name: name.to_string(),
+            _type: PhantomData,
+        }
     }
 
     /// True once the run was asked to cancel.
@@ -315,13 +352,17 @@ impl WorkflowContext {
 
     /// Runs `f` once and records its value; replay returns the recorded value
     /// without running `f`. For small nondeterministic values (a generated id).
-    pub fn side_effect<T: Serialize + DeserializeOwned>(&self, f: impl FnOnce() -> T) -> Result<T, PayloadError> {
+    pub fn side_effect<T: Serialize + DeserializeOwned>(
+        &self,
+        f: impl FnOnce() -> T,
+    ) -> Result<T, PayloadError> {
         let (seq, recorded) = {
             let mut core = self.lock();
             let seq = core.next_side_effect_seq;
             core.next_side_effect_seq += 1;
             let recorded = if core.replaying {
-                core.expected_marker(SIDE_EFFECT_MARKER_NAME, &seq.to_string()).cloned()
+                core.expected_marker(SIDE_EFFECT_MARKER_NAME, &seq.to_string())
+                    .cloned()
             } else {
                 None
             };
@@ -333,7 +374,10 @@ impl WorkflowContext {
         };
         let details = serde_json::json!({ "seq": seq, "value": value });
         let marker_name = SIDE_EFFECT_MARKER_NAME.to_string();
-        self.lock().commands.push(Command::RecordMarker { marker_name, details });
+        self.lock().commands.push(Command::RecordMarker {
+            marker_name,
+            details,
+        });
         PayloadError::decode(|| format!("side effect {seq}"), value)
     }
 
@@ -362,7 +406,10 @@ impl WorkflowContext {
         if answer {
             let details = serde_json::json!({ "id": patch_id, "deprecated": deprecated });
             let marker_name = PATCH_MARKER_NAME.to_string();
-            core.commands.push(Command::RecordMarker { marker_name, details });
+            core.commands.push(Command::RecordMarker {
+                marker_name,
+                details,
+            });
         }
         answer
     }
@@ -378,9 +425,12 @@ impl WorkflowContext {
         let erased = move |args: Value| -> Result<Value, String> {
             let args: A = serde_json::from_value(args)
                 .map_err(|e| format!("query {query:?}: arguments do not fit: {e}"))?;
-            serde_json::to_value(handler(args)).map_err(|e| format!("query {query:?}: answer does not encode: {e}"))
+            serde_json::to_value(handler(args))
+                .map_err(|e| format!("query {query:?}: answer does not encode: {e}"))
         };
-        self.lock().query_handlers.insert(name.to_string(), Arc::new(erased));
+        self.lock()
+            .query_handlers
+            .insert(name.to_string(), Arc::new(erased));
     }
 }
 
@@ -395,14 +445,34 @@ pub struct ActivityFuture<T> {
 }
 
 enum ActivityState {
-    Unscheduled { activity_type: String, input: Result<Value, PayloadError>, options: ActivityOptions },
-    Scheduled { activity_id: String, activity_type: String },
+    Unscheduled {
+        activity_type: String,
+        input: Result<Value, PayloadError>,
+        options: ActivityOptions,
+    },
+    Scheduled {
+        activity_id: String,
+        activity_type: String,
+    },
     Done,
 }
 
 impl<T> ActivityFuture<T> {
-    fn new(ctx: WorkflowContext, activity_type: String, input: Result<Value, PayloadError>, options: ActivityOptions) -> Self {
-        ActivityFuture { ctx, state: ActivityState::Unscheduled { activity_type, input, options }, _type: PhantomData }
+    fn new(
+        ctx: WorkflowContext,
+        activity_type: String,
+        input: Result<Value, PayloadError>,
+        options: ActivityOptions,
+    ) -> Self {
+        ActivityFuture {
+            ctx,
+            state: ActivityState::Unscheduled {
+                activity_type,
+                input,
+                options,
+            },
+            _type: PhantomData,
+        }
     }
 
     fn options_mut(&mut self) -> &mut ActivityOptions {
@@ -468,12 +538,20 @@ impl<T> ActivityFuture<T> {
     /// resolves the future at once.
     fn schedule(&mut self) -> Result<(String, String), ActivityError> {
         let state = std::mem::replace(&mut self.state, ActivityState::Done);
-        let ActivityState::Unscheduled { activity_type, input, options } = state else {
+        let ActivityState::Unscheduled {
+            activity_type,
+            input,
+            options,
+        } = state
+        else {
             unreachable!("schedule is only called on unscheduled activities")
         };
         let input = input?;
         if let Some(reason) = options.problem() {
-            return Err(ActivityError::InvalidOptions { activity_type, reason });
+            return Err(ActivityError::InvalidOptions {
+                activity_type,
+                reason,
+            });
         }
         let mut core = self.ctx.lock();
         let activity_id = core.next_activity_seq.to_string();
@@ -484,17 +562,18 @@ impl<T> ActivityFuture<T> {
             cancel_requested: false,
         };
         core.activities.insert(activity_id.clone(), slot);
-        core.commands.push(Command::ScheduleActivityTask(ScheduleActivityTask {
-            activity_id: activity_id.clone(),
-            activity_type: activity_type.clone(),
-            task_queue: options.task_queue,
-            input,
-            schedule_to_close_timeout_ms: options.schedule_to_close_timeout_ms,
-            schedule_to_start_timeout_ms: options.schedule_to_start_timeout_ms,
-            start_to_close_timeout_ms: options.start_to_close_timeout_ms,
-            heartbeat_timeout_ms: options.heartbeat_timeout_ms,
-            retry_policy: options.retry_policy,
-        }));
+        core.commands
+            .push(Command::ScheduleActivityTask(ScheduleActivityTask {
+                activity_id: activity_id.clone(),
+                activity_type: activity_type.clone(),
+                task_queue: options.task_queue,
+                input,
+                schedule_to_close_timeout_ms: options.schedule_to_close_timeout_ms,
+                schedule_to_start_timeout_ms: options.schedule_to_start_timeout_ms,
+                start_to_close_timeout_ms: options.start_to_close_timeout_ms,
+                heartbeat_timeout_ms: options.heartbeat_timeout_ms,
+                retry_policy: options.retry_policy,
+            }));
         Ok((activity_id, activity_type))
     }
 }
@@ -507,24 +586,35 @@ impl<T: DeserializeOwned> Future for ActivityFuture<T> {
         if matches!(this.state, ActivityState::Unscheduled { .. }) {
             match this.schedule() {
                 Ok((activity_id, activity_type)) => {
-                    this.state = ActivityState::Scheduled { activity_id, activity_type };
+                    this.state = ActivityState::Scheduled {
+                        activity_id,
+                        activity_type,
+                    };
                 }
                 Err(error) => return Poll::Ready(Err(error)),
             }
         }
-        let ActivityState::Scheduled { activity_id, activity_type } = &this.state else {
+        let ActivityState::Scheduled {
+            activity_id,
+            activity_type,
+        } = &this.state
+        else {
             panic!("an activity future was polled after it completed");
         };
         let result = {
             let mut core = this.ctx.lock();
-            let slot = core.activities.get_mut(activity_id).expect("a scheduled activity has a slot");
+            let slot = core
+                .activities
+                .get_mut(activity_id)
+                .expect("a scheduled activity has a slot");
             match slot.slot.poll_take(cx.waker()) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(result) => result,
             }
         };
         let what = || format!("result of activity {activity_type}");
-        let output = result.and_then(|value| PayloadError::decode(what, value).map_err(ActivityError::from));
+        let output =
+            result.and_then(|value| PayloadError::decode(what, value).map_err(ActivityError::from));
         this.state = ActivityState::Done;
         Poll::Ready(output)
     }
@@ -566,15 +656,22 @@ impl Future for TimerFuture {
             }
             let timer_id = core.next_timer_seq.to_string();
             core.next_timer_seq += 1;
-            core.timers.insert(timer_id.clone(), Slot::Pending { waker: None });
-            let command = Command::StartTimer { timer_id: timer_id.clone(), start_to_fire_timeout_ms: duration_ms };
+            core.timers
+                .insert(timer_id.clone(), Slot::Pending { waker: None });
+            let command = Command::StartTimer {
+                timer_id: timer_id.clone(),
+                start_to_fire_timeout_ms: duration_ms,
+            };
             core.commands.push(command);
             this.state = TimerState::Started { timer_id };
         }
         let TimerState::Started { timer_id } = &this.state else {
             panic!("a timer future was polled after it completed");
         };
-        let slot = core.timers.get_mut(timer_id).expect("a started timer has a slot");
+        let slot = core
+            .timers
+            .get_mut(timer_id)
+            .expect("a started timer has a slot");
         let result = std::task::ready!(slot.poll_take(cx.waker()));
         drop(core);
         this.state = TimerState::Done;
@@ -609,7 +706,10 @@ impl<T: DeserializeOwned> SignalChannel<T> {
     /// The next buffered signal, if there is one.
     pub fn try_recv(&self) -> Option<Result<T, PayloadError>> {
         let value = self.ctx.lock().signals.get_mut(&self.name)?.pop_front()?;
-        Some(PayloadError::decode(|| format!("signal {}", self.name), value))
+        Some(PayloadError::decode(
+            || format!("signal {}", self.name),
+            value,
+        ))
     }
 }
 
@@ -626,7 +726,13 @@ impl<T: DeserializeOwned> Future for SignalFuture<'_, T> {
             return Poll::Ready(result.map_err(WorkflowError::from));
         }
         let name = self.channel.name.clone();
-        self.channel.ctx.lock().signal_wakers.entry(name).or_default().push(cx.waker().clone());
+        self.channel
+            .ctx
+            .lock()
+            .signal_wakers
+            .entry(name)
+            .or_default()
+            .push(cx.waker().clone());
         Poll::Pending
     }
 }

@@ -18,7 +18,10 @@ pub struct PayloadError {
 
 impl PayloadError {
     /// Decodes `value` into `T`, naming `what` on failure.
-    pub fn decode<T: serde::de::DeserializeOwned>(what: impl FnOnce() -> String, value: Value) -> Result<T, PayloadError> {
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        what: impl FnOnce() -> String,
+        value: Value,
+    ) -> Result<T, PayloadError> {
         serde_json::from_value(value).map_err(|error| PayloadError {
             what: what(),
             type_name: std::any::type_name::<T>(),
@@ -27,7 +30,10 @@ impl PayloadError {
     }
 
     /// Encodes `value`, naming `what` on failure.
-    pub fn encode<T: serde::Serialize>(what: impl FnOnce() -> String, value: &T) -> Result<Value, PayloadError> {
+    pub fn encode<T: serde::Serialize>(
+        what: impl FnOnce() -> String,
+        value: &T,
+    ) -> Result<Value, PayloadError> {
         serde_json::to_value(value).map_err(|error| PayloadError {
             what: what(),
             type_name: std::any::type_name::<T>(),
@@ -93,14 +99,20 @@ pub enum WorkflowError {
 
 impl WorkflowError {
     /// An application failure of the given type.
-    pub fn application(failure_type: impl Into<String>, message: impl Into<String>) -> WorkflowError {
+    pub fn application(
+        failure_type: impl Into<String>,
+        message: impl Into<String>,
+    ) -> WorkflowError {
         WorkflowError::Application(Failure::new(failure_type, message))
     }
 
     /// True if this error means the run was canceled (directly, or through an
     /// activity canceled because of the run's cancellation).
     pub fn is_cancellation(&self) -> bool {
-        matches!(self, WorkflowError::Canceled | WorkflowError::Activity(ActivityError::Canceled))
+        matches!(
+            self,
+            WorkflowError::Canceled | WorkflowError::Activity(ActivityError::Canceled)
+        )
     }
 
     /// The failure recorded when the run fails with this error.
@@ -123,7 +135,9 @@ fn error_type_name(error: &WorkflowError) -> &'static str {
         WorkflowError::Activity(ActivityError::TimedOut { .. }) => "ActivityTimeout",
         WorkflowError::Activity(ActivityError::Canceled) | WorkflowError::Canceled => "Canceled",
         WorkflowError::Activity(ActivityError::InvalidOptions { .. }) => "InvalidActivityOptions",
-        WorkflowError::Activity(ActivityError::Payload(_)) | WorkflowError::Payload(_) => "PayloadError",
+        WorkflowError::Activity(ActivityError::Payload(_)) | WorkflowError::Payload(_) => {
+            "PayloadError"
+        }
         WorkflowError::Activity(ActivityError::Failed { .. }) => "ActivityFailure",
         WorkflowError::Application(_) => "ApplicationError",
     }

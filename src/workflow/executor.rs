@@ -183,7 +183,10 @@ impl WorkflowExecutor {
     }
 
     fn mix_key(&mut self, key: &CommandKey) {
-        let text = format!("{}|{}|{}|{:?}", key.kind, key.id, key.type_name, key.input_hash);
+        let text = format!(
+            "{}|{}|{}|{:?}",
+            key.kind, key.id, key.type_name, key.input_hash
+        );
         self.mix(text.as_bytes());
     }
 
@@ -193,7 +196,10 @@ impl WorkflowExecutor {
         let mut activation = Activation::default();
         for (index, event) in events.iter().enumerate() {
             if event.event_id != self.next_event_id {
-                return Err(ReplayError::EventOutOfSequence { expected: self.next_event_id, found: event.event_id });
+                return Err(ReplayError::EventOutOfSequence {
+                    expected: self.next_event_id,
+                    found: event.event_id,
+                });
             }
             self.check_unmatched_before(event)?;
             if let EventKind::WorkflowTaskStarted(_) = event.kind {
@@ -205,14 +211,20 @@ impl WorkflowExecutor {
             }
             self.next_event_id += 1;
         }
-        debug_assert!(events.last().is_none_or(|e| e.event_id + 1 == self.next_event_id));
+        debug_assert!(
+            events
+                .last()
+                .is_none_or(|e| e.event_id + 1 == self.next_event_id)
+        );
         Ok(activation)
     }
 
     /// Commands left unmatched when a non-command event arrives mean the code
     /// produced more than the history recorded.
     fn check_unmatched_before(&self, event: &Event) -> Result<(), ReplayError> {
-        let Some(extra) = self.unmatched.front() else { return Ok(()) };
+        let Some(extra) = self.unmatched.front() else {
+            return Ok(());
+        };
         let is_command = event.kind.command_of().is_some();
         let is_completion = matches!(event.kind, EventKind::WorkflowTaskCompleted(_));
         if is_command || is_completion {
@@ -226,7 +238,11 @@ impl WorkflowExecutor {
         }))
     }
 
-    fn on_workflow_task_started(&mut self, event: &Event, rest: &[Event]) -> Result<Option<Vec<Command>>, ReplayError> {
+    fn on_workflow_task_started(
+        &mut self,
+        event: &Event,
+        rest: &[Event],
+    ) -> Result<Option<Vec<Command>>, ReplayError> {
         match rest.first().map(|e| &e.kind) {
             None => {
                 let commands = self.activate(event, false, Vec::new())?;
@@ -237,7 +253,9 @@ impl WorkflowExecutor {
                 let markers = rest[1..]
                     .iter()
                     .map_while(|e| match &e.kind {
-                        EventKind::MarkerRecorded(m) => Some(Some((m.marker_name.clone(), m.details.clone()))),
+                        EventKind::MarkerRecorded(m) => {
+                            Some(Some((m.marker_name.clone(), m.details.clone())))
+                        }
                         kind if kind.command_of().is_some() => Some(None),
                         _ => None,
                     })
@@ -253,8 +271,16 @@ impl WorkflowExecutor {
 
     /// Polls the workflow at a workflow task; the commands become unmatched
     /// until command events confirm them.
-    fn activate(&mut self, event: &Event, replaying: bool, markers: Vec<(String, Value)>) -> Result<Vec<Command>, ReplayError> {
-        assert!(self.unmatched.is_empty(), "commands are matched before the next activation");
+    fn activate(
+        &mut self,
+        event: &Event,
+        replaying: bool,
+        markers: Vec<(String, Value)>,
+    ) -> Result<Vec<Command>, ReplayError> {
+        assert!(
+            self.unmatched.is_empty(),
+            "commands are matched before the next activation"
+        );
         self.last_started_event_id = event.event_id;
         {
             let mut core = self.core.lock().expect("run core lock");
@@ -272,16 +298,22 @@ impl WorkflowExecutor {
     }
 
     fn poll_workflow(&mut self, event_id: u64) -> Result<(), ReplayError> {
-        let Some(future) = self.future.as_mut() else { return Ok(()) };
+        let Some(future) = self.future.as_mut() else {
+            return Ok(());
+        };
         let waker = Waker::from(self.waker_flag.clone());
         let mut cx = Context::from_waker(&waker);
         for _ in 0..POLLS_PER_ACTIVATION_MAX {
             self.waker_flag.0.store(false, Ordering::Relaxed);
-            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+            let polled =
+                std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
             match polled {
                 Err(panic) => {
                     self.future = None;
-                    return Err(ReplayError::Panicked { event_id, message: panic_message(&panic) });
+                    return Err(ReplayError::Panicked {
+                        event_id,
+                        message: panic_message(&panic),
+                    });
                 }
                 Ok(Poll::Ready(output)) => {
                     self.future = None;
@@ -299,13 +331,20 @@ impl WorkflowExecutor {
         let mut core = self.core.lock().expect("run core lock");
         let cancel_requested = core.is_cancel_requested();
         let (result, command) = match output {
-            Ok(value) => (RunResult::Completed(value.clone()), Command::CompleteWorkflowExecution { result: value }),
-            Err(error) if error.is_cancellation() && cancel_requested => {
-                (RunResult::Canceled, Command::CancelWorkflowExecution { details: None })
-            }
+            Ok(value) => (
+                RunResult::Completed(value.clone()),
+                Command::CompleteWorkflowExecution { result: value },
+            ),
+            Err(error) if error.is_cancellation() && cancel_requested => (
+                RunResult::Canceled,
+                Command::CancelWorkflowExecution { details: None },
+            ),
             Err(error) => {
                 let failure = error.to_failure();
-                (RunResult::Failed(failure.clone()), Command::FailWorkflowExecution { failure })
+                (
+                    RunResult::Failed(failure.clone()),
+                    Command::FailWorkflowExecution { failure },
+                )
             }
         };
         core.commands.push(command);
@@ -315,8 +354,10 @@ impl WorkflowExecutor {
 
     fn on_command_event(&mut self, event: &Event) -> Result<(), ReplayError> {
         let activity_ids = &self.activity_ids;
-        let key = event_command_key(&event.kind, |scheduled| activity_ids.get(&scheduled).cloned().unwrap_or_default())
-            .expect("command events have keys");
+        let key = event_command_key(&event.kind, |scheduled| {
+            activity_ids.get(&scheduled).cloned().unwrap_or_default()
+        })
+        .expect("command events have keys");
         let deprecated_patch = is_deprecated_patch(&event.kind);
         let matched = match self.unmatched.front() {
             None if deprecated_patch => return Ok(()),
@@ -344,7 +385,8 @@ impl WorkflowExecutor {
         self.unmatched.pop_front();
         match &event.kind {
             EventKind::ActivityTaskScheduled(a) => {
-                self.activity_ids.insert(event.event_id, a.activity_id.clone());
+                self.activity_ids
+                    .insert(event.event_id, a.activity_id.clone());
             }
             kind if kind.is_terminal() => self.closed = true,
             _ => {}
@@ -356,11 +398,17 @@ impl WorkflowExecutor {
         use EventKind::*;
         match &event.kind {
             WorkflowExecutionStarted(started) => self.on_started(event, started)?,
-            ActivityTaskCompleted(a) => {
-                self.resolve_activity(event, a.scheduled_event_id, Ok(a.result.clone()), payload_hash(&a.result))
-            }
+            ActivityTaskCompleted(a) => self.resolve_activity(
+                event,
+                a.scheduled_event_id,
+                Ok(a.result.clone()),
+                payload_hash(&a.result),
+            ),
             ActivityTaskFailed(a) => {
-                let error = ActivityError::Failed { failure: a.failure.clone(), retry_state: a.retry_state };
+                let error = ActivityError::Failed {
+                    failure: a.failure.clone(),
+                    retry_state: a.retry_state,
+                };
                 self.resolve_activity(event, a.scheduled_event_id, Err(error), 0);
             }
             ActivityTaskTimedOut(a) => {
@@ -371,18 +419,31 @@ impl WorkflowExecutor {
                 };
                 self.resolve_activity(event, a.scheduled_event_id, Err(error), 0);
             }
-            ActivityTaskCanceled(a) => self.resolve_activity(event, a.scheduled_event_id, Err(ActivityError::Canceled), 0),
+            ActivityTaskCanceled(a) => {
+                self.resolve_activity(event, a.scheduled_event_id, Err(ActivityError::Canceled), 0)
+            }
             TimerFired(a) => {
                 self.mix(format!("TimerFired|{}", a.timer_id).as_bytes());
-                self.core.lock().expect("run core lock").resolve_timer(&a.timer_id);
+                self.core
+                    .lock()
+                    .expect("run core lock")
+                    .resolve_timer(&a.timer_id);
             }
             WorkflowExecutionSignaled(a) => {
-                self.mix(format!("Signaled|{}|{}", a.signal_name, payload_hash(&a.input)).as_bytes());
-                self.core.lock().expect("run core lock").deliver_signal(&a.signal_name, a.input.clone());
+                self.mix(
+                    format!("Signaled|{}|{}", a.signal_name, payload_hash(&a.input)).as_bytes(),
+                );
+                self.core
+                    .lock()
+                    .expect("run core lock")
+                    .deliver_signal(&a.signal_name, a.input.clone());
             }
             WorkflowExecutionCancelRequested(_) => {
                 self.mix(b"CancelRequested");
-                self.core.lock().expect("run core lock").on_cancel_requested();
+                self.core
+                    .lock()
+                    .expect("run core lock")
+                    .on_cancel_requested();
             }
             WorkflowExecutionTerminated(_) | WorkflowExecutionTimedOut(_) => self.closed = true,
             _ => {}
@@ -390,10 +451,16 @@ impl WorkflowExecutor {
         Ok(())
     }
 
-    fn on_started(&mut self, event: &Event, started: &crate::history::WorkflowExecutionStarted) -> Result<(), ReplayError> {
-        let factory = self.registry.get(&started.workflow_type).ok_or_else(|| ReplayError::UnknownWorkflowType {
-            workflow_type: started.workflow_type.clone(),
-            known: self.registry.names(),
+    fn on_started(
+        &mut self,
+        event: &Event,
+        started: &crate::history::WorkflowExecutionStarted,
+    ) -> Result<(), ReplayError> {
+        let factory = self.registry.get(&started.workflow_type).ok_or_else(|| {
+            ReplayError::UnknownWorkflowType {
+                workflow_type: started.workflow_type.clone(),
+                known: self.registry.names(),
+            }
         })?;
         let info = WorkflowInfo {
             workflow_id: self.workflow_id.clone(),
@@ -405,14 +472,30 @@ impl WorkflowExecutor {
         let ctx = WorkflowContext::new(self.core.clone(), info.clone());
         self.future = Some(factory(ctx, started.input.clone())?);
         self.info = Some(info);
-        self.mix(format!("Started|{}|{}", started.workflow_type, payload_hash(&started.input)).as_bytes());
+        self.mix(
+            format!(
+                "Started|{}|{}",
+                started.workflow_type,
+                payload_hash(&started.input)
+            )
+            .as_bytes(),
+        );
         Ok(())
     }
 
-    fn resolve_activity(&mut self, event: &Event, scheduled_event_id: u64, result: Result<Value, ActivityError>, hash: u64) {
+    fn resolve_activity(
+        &mut self,
+        event: &Event,
+        scheduled_event_id: u64,
+        result: Result<Value, ActivityError>,
+        hash: u64,
+    ) {
         self.mix(format!("{}|{scheduled_event_id}|{hash}", event.kind.name()).as_bytes());
         if let Some(activity_id) = self.activity_ids.get(&scheduled_event_id) {
-            self.core.lock().expect("run core lock").resolve_activity(activity_id, result);
+            self.core
+                .lock()
+                .expect("run core lock")
+                .resolve_activity(activity_id, result);
         }
     }
 
@@ -422,7 +505,10 @@ impl WorkflowExecutor {
             let core = self.core.lock().expect("run core lock");
             (core.query_handler(name), core.query_names())
         };
-        let handler = handler.ok_or_else(|| QueryError::Unknown { name: name.to_string(), known })?;
+        let handler = handler.ok_or_else(|| QueryError::Unknown {
+            name: name.to_string(),
+            known,
+        })?;
         handler(args).map_err(QueryError::Failed)
     }
 
@@ -457,9 +543,11 @@ pub enum QueryError {
 
 fn is_deprecated_patch(kind: &EventKind) -> bool {
     match kind {
-        EventKind::MarkerRecorded(m) if m.marker_name == PATCH_MARKER_NAME => {
-            m.details.get("deprecated").and_then(Value::as_bool).unwrap_or(false)
-        }
+        EventKind::MarkerRecorded(m) if m.marker_name == PATCH_MARKER_NAME => m
+            .details
+            .get("deprecated")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         _ => false,
     }
 }

@@ -32,14 +32,17 @@ mod registry;
 mod replay;
 
 pub use command::{
-    Command, CommandKey, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask, event_command_key,
+    Command, CommandKey, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
+    event_command_key,
 };
 pub use context::{
-    ActivityFuture, CancelledFuture, QueryFn, SignalChannel, SignalFuture, TimerFuture, WorkflowContext,
-    WorkflowInfo,
+    ActivityFuture, CancelledFuture, QueryFn, SignalChannel, SignalFuture, TimerFuture,
+    WorkflowContext, WorkflowInfo,
 };
 pub use error::{ActivityError, PayloadError, WorkflowError};
-pub use executor::{Activation, POLLS_PER_ACTIVATION_MAX, QueryError, RunResult, StateDigest, WorkflowExecutor};
+pub use executor::{
+    Activation, POLLS_PER_ACTIVATION_MAX, QueryError, RunResult, StateDigest, WorkflowExecutor,
+};
 pub use registry::{WorkflowFactory, WorkflowFuture, WorkflowRegistry};
 pub use replay::{NonDeterminism, ReplayError, ReplayOutcome, Replayer, workflow_task_boundaries};
 
@@ -64,5 +67,8 @@ pub trait Workflow: Send + Sync + 'static {
     type Output: Serialize + DeserializeOwned + Send + 'static;
 
     /// The workflow's code.
-    fn run(ctx: WorkflowContext, input: Self::Input) -> impl Future<Output = WorkflowResult<Self::Output>> + Send;
+    fn run(
+        ctx: WorkflowContext,
+        input: Self::Input,
+    ) -> impl Future<Output = WorkflowResult<Self::Output>> + Send;
 }

@@ -17,7 +17,8 @@ use super::{Workflow, WorkflowResult};
 pub type WorkflowFuture = Pin<Box<dyn Future<Output = Result<Value, WorkflowError>> + Send>>;
 
 /// Builds a run's future from its context and encoded input.
-pub type WorkflowFactory = Arc<dyn Fn(WorkflowContext, Value) -> Result<WorkflowFuture, PayloadError> + Send + Sync>;
+pub type WorkflowFactory =
+    Arc<dyn Fn(WorkflowContext, Value) -> Result<WorkflowFuture, PayloadError> + Send + Sync>;
 
 /// Workflow types by name.
 #[derive(Clone, Default)]
@@ -27,7 +28,9 @@ pub struct WorkflowRegistry {
 
 impl std::fmt::Debug for WorkflowRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkflowRegistry").field("workflows", &self.names()).finish()
+        f.debug_struct("WorkflowRegistry")
+            .field("workflows", &self.names())
+            .finish()
     }
 }
 
@@ -44,15 +47,17 @@ impl WorkflowRegistry {
 
     /// Registers workflow type `W` under `W::NAME` (replacing an earlier one).
     pub fn register<W: Workflow>(&mut self) -> &mut Self {
-        let factory = move |ctx: WorkflowContext, input: Value| -> Result<WorkflowFuture, PayloadError> {
-            let what = || format!("input of workflow {}", W::NAME);
-            let input: W::Input = PayloadError::decode(what, input)?;
-            Ok(Box::pin(async move {
-                let output = W::run(ctx, input).await?;
-                encode_output(W::NAME, &output)
-            }))
-        };
-        self.workflows.insert(W::NAME.to_string(), Arc::new(factory));
+        let factory =
+            move |ctx: WorkflowContext, input: Value| -> Result<WorkflowFuture, PayloadError> {
+                let what = || format!("input of workflow {}", W::NAME);
+                let input: W::Input = PayloadError::decode(what, input)?;
+                Ok(Box::pin(async move {
+                    let output = W::run(ctx, input).await?;
+                    encode_output(W::NAME, &output)
+                }))
+            };
+        self.workflows
+            .insert(W::NAME.to_string(), Arc::new(factory));
         self
     }
 
@@ -73,15 +78,17 @@ impl WorkflowRegistry {
         Fut: Future<Output = WorkflowResult<O>> + Send + 'static,
     {
         let workflow_type = name.to_string();
-        let factory = move |ctx: WorkflowContext, input: Value| -> Result<WorkflowFuture, PayloadError> {
-            let input: I = PayloadError::decode(|| format!("input of workflow {workflow_type}"), input)?;
-            let future = f(ctx, input);
-            let workflow_type = workflow_type.clone();
-            Ok(Box::pin(async move {
-                let output = future.await?;
-                encode_output(&workflow_type, &output)
-            }))
-        };
+        let factory =
+            move |ctx: WorkflowContext, input: Value| -> Result<WorkflowFuture, PayloadError> {
+                let input: I =
+                    PayloadError::decode(|| format!("input of workflow {workflow_type}"), input)?;
+                let future = f(ctx, input);
+                let workflow_type = workflow_type.clone();
+                Ok(Box::pin(async move {
+                    let output = future.await?;
+                    encode_output(&workflow_type, &output)
+                }))
+            };
         self.workflows.insert(name.to_string(), Arc::new(factory));
         self
     }

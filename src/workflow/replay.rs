@@ -122,7 +122,8 @@ impl Replayer {
 
     /// Replays a whole history from scratch.
     pub fn replay(&self, history: &History) -> Result<ReplayOutcome, ReplayError> {
-        let mut executor = WorkflowExecutor::new(&self.registry, history.workflow_id(), history.run_id());
+        let mut executor =
+            WorkflowExecutor::new(&self.registry, history.workflow_id(), history.run_id());
         let activation = executor.apply(history.events())?;
         finish(&executor, history.events(), activation.commands)
     }
@@ -142,7 +143,11 @@ impl Replayer {
     /// Replays task by task, but evicts the run after `evict_after` tasks: a
     /// fresh executor replays everything so far in one go, then continues task
     /// by task, as a worker does after a cache miss.
-    pub fn replay_with_eviction(&self, history: &History, evict_after: Option<usize>) -> Result<ReplayOutcome, ReplayError> {
+    pub fn replay_with_eviction(
+        &self,
+        history: &History,
+        evict_after: Option<usize>,
+    ) -> Result<ReplayOutcome, ReplayError> {
         let events = history.events();
         let (workflow_id, run_id) = (history.workflow_id(), history.run_id());
         let mut executor = WorkflowExecutor::new(&self.registry, workflow_id, run_id);
@@ -167,13 +172,23 @@ impl Replayer {
         let incremental = self.replay_incrementally(history)?;
         let tasks = workflow_task_boundaries(history.events()).len();
         let evicted = self.replay_with_eviction(history, Some(tasks / 2))?;
-        assert_eq!(scratch, incremental, "incremental replay differs from replay from scratch");
-        assert_eq!(scratch, evicted, "replay after eviction differs from replay from scratch");
+        assert_eq!(
+            scratch, incremental,
+            "incremental replay differs from replay from scratch"
+        );
+        assert_eq!(
+            scratch, evicted,
+            "replay after eviction differs from replay from scratch"
+        );
         Ok(scratch)
     }
 }
 
-fn finish(executor: &WorkflowExecutor, events: &[Event], live: Option<Vec<Command>>) -> Result<ReplayOutcome, ReplayError> {
+fn finish(
+    executor: &WorkflowExecutor,
+    events: &[Event],
+    live: Option<Vec<Command>>,
+) -> Result<ReplayOutcome, ReplayError> {
     if executor.has_leftover_commands() {
         let extra = executor.unmatched_commands();
         let end = events.last().map_or(1, |e| e.event_id + 1);

@@ -14,7 +14,9 @@ pub struct TestEngine {
 
 impl TestEngine {
     pub async fn new(registry: WorkflowRegistry) -> TestEngine {
-        let engine = EmbeddedEngine::in_memory().await.expect("an in-memory engine starts");
+        let engine = EmbeddedEngine::in_memory()
+            .await
+            .expect("an in-memory engine starts");
         TestEngine { engine, registry }
     }
 
@@ -30,19 +32,33 @@ impl TestEngine {
         let runs = client.list_all(None).await.expect("list works");
         let replayer = Replayer::new(self.registry.clone());
         for run in &runs {
-            let history = client.history(&run.workflow_id, Some(&run.run_id)).await.expect("history is well-formed");
+            let history = client
+                .history(&run.workflow_id, Some(&run.run_id))
+                .await
+                .expect("history is well-formed");
             let replayed = replayer
                 .replay_three_ways(&history)
                 .unwrap_or_else(|e| panic!("run {} does not replay: {e}", run.run_id));
             let outcome = client.outcome(&run.workflow_id, Some(&run.run_id));
-            let recorded = if run.status.is_closed() { Some(outcome.await.expect("closed runs have outcomes")) } else { None };
+            let recorded = if run.status.is_closed() {
+                Some(outcome.await.expect("closed runs have outcomes"))
+            } else {
+                None
+            };
             match (recorded, replayed.result) {
-                (Some(RunOutcome::Completed { result }), Some(RunResult::Completed(value))) => assert_eq!(result, value),
-                (Some(RunOutcome::Failed { failure }), Some(RunResult::Failed(replayed))) => assert_eq!(failure, replayed),
+                (Some(RunOutcome::Completed { result }), Some(RunResult::Completed(value))) => {
+                    assert_eq!(result, value)
+                }
+                (Some(RunOutcome::Failed { failure }), Some(RunResult::Failed(replayed))) => {
+                    assert_eq!(failure, replayed)
+                }
                 (Some(RunOutcome::Canceled { .. }), Some(RunResult::Canceled)) => {}
                 (Some(RunOutcome::Terminated { .. } | RunOutcome::TimedOut), _) => {}
                 (None, _) => {}
-                (recorded, replayed) => panic!("run {}: recorded {recorded:?}, replay gives {replayed:?}", run.run_id),
+                (recorded, replayed) => panic!(
+                    "run {}: recorded {recorded:?}, replay gives {replayed:?}",
+                    run.run_id
+                ),
             }
         }
         runs.len()

@@ -6,12 +6,17 @@ pub mod engine;
 
 /// Logs to the test's output when RUST_LOG is set.
 pub fn init_logs() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 use std::time::Duration;
 
-use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy, retryable};
+use retrace::activity::{
+    Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy, retryable,
+};
 use retrace::workflow::{Workflow, WorkflowContext, WorkflowRegistry, WorkflowResult, join};
 use serde::{Deserialize, Serialize};
 
@@ -73,8 +78,15 @@ impl Workflow for TwoParallel {
     const NAME: &'static str = "two_parallel";
     type Input = (String, String);
     type Output = Vec<String>;
-    async fn run(ctx: WorkflowContext, (left, right): (String, String)) -> WorkflowResult<Vec<String>> {
-        let (a, b) = join(ctx.activity::<Compose>(left), ctx.activity::<Compose>(right)).await;
+    async fn run(
+        ctx: WorkflowContext,
+        (left, right): (String, String),
+    ) -> WorkflowResult<Vec<String>> {
+        let (a, b) = join(
+            ctx.activity::<Compose>(left),
+            ctx.activity::<Compose>(right),
+        )
+        .await;
         Ok(vec![a?, b?])
     }
 }

@@ -22,7 +22,11 @@ impl Activity for Put {
     fn options() -> ActivityOptions {
         ActivityOptions::default().start_to_close(Duration::from_secs(5))
     }
-    async fn run(&self, ctx: ActivityContext, (key, value): (String, u64)) -> ActivityResult<String> {
+    async fn run(
+        &self,
+        ctx: ActivityContext,
+        (key, value): (String, u64),
+    ) -> ActivityResult<String> {
         let request = json!({"op": "put", "key": key, "value": value, "idempotency_key": ctx.idempotency_key()});
         self.kv.call(&ctx, request).await.map_err(retryable)?;
         Ok(format!("{key}={value}"))
@@ -39,7 +43,10 @@ impl Workflow for ThreeSteps {
     async fn run(ctx: WorkflowContext, name: String) -> WorkflowResult<Vec<String>> {
         let mut done = Vec::new();
         for step in 1..=3u64 {
-            done.push(ctx.activity::<Put>((format!("{name}/{step}"), step)).await?);
+            done.push(
+                ctx.activity::<Put>((format!("{name}/{step}"), step))
+                    .await?,
+            );
         }
         Ok(done)
     }
@@ -49,17 +56,31 @@ impl Workflow for ThreeSteps {
 pub fn small() -> Simulation {
     Simulation::new("small")
         .workflow::<ThreeSteps>()
-        .activity(|node| Put { kv: node.service("kv") })
+        .activity(|node| Put {
+            kv: node.service("kv"),
+        })
         .service("kv", KvStore::default)
         .workers(2)
         .faults_max(1)
         .safety_ms(10_000)
         .scenario(|client| async move {
-            client.start_by_name(StartOptions::new("small-1", "sim"), "three_steps", json!("small-1")).await?;
+            client
+                .start_by_name(
+                    StartOptions::new("small-1", "sim"),
+                    "three_steps",
+                    json!("small-1"),
+                )
+                .await?;
             Ok(())
         })
         .check(|finished| match finished.outcomes.get("small-1") {
-            Some(RunOutcome::Completed { result }) if *result == json!(["small-1/1=1", "small-1/2=2", "small-1/3=3"]) => Ok(()),
-            other => Err(format!("small-1 should complete with its three puts, got {other:?}")),
+            Some(RunOutcome::Completed { result })
+                if *result == json!(["small-1/1=1", "small-1/2=2", "small-1/3=3"]) =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "small-1 should complete with its three puts, got {other:?}"
+            )),
         })
 }

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy, retryable};
+use retrace::activity::{
+    Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy, retryable,
+};
 use retrace::api::RunOutcome;
 use retrace::client::StartOptions;
 use retrace::workflow::{Workflow, WorkflowContext, WorkflowResult, join};
@@ -41,7 +43,11 @@ impl Activity for Move {
     fn options() -> ActivityOptions {
         ActivityOptions::default()
             .start_to_close(Duration::from_secs(5))
-            .retry(RetryPolicy::default().initial_interval_ms(200).maximum_interval_ms(2_000))
+            .retry(
+                RetryPolicy::default()
+                    .initial_interval_ms(200)
+                    .maximum_interval_ms(2_000),
+            )
     }
     async fn run(&self, ctx: ActivityContext, movement: Movement) -> ActivityResult<()> {
         let request = json!({"op": "transfer", "from": movement.from, "to": movement.to,
@@ -61,11 +67,14 @@ impl Activity for Notify {
     type Input = String;
     type Output = u64;
     fn options() -> ActivityOptions {
-        ActivityOptions::default().start_to_close(Duration::from_secs(5)).heartbeat_timeout(Duration::from_secs(2))
+        ActivityOptions::default()
+            .start_to_close(Duration::from_secs(5))
+            .heartbeat_timeout(Duration::from_secs(2))
     }
     async fn run(&self, ctx: ActivityContext, path: String) -> ActivityResult<u64> {
         ctx.heartbeat(&"posting");
-        let request = json!({"method": "POST", "path": path, "idempotency_key": ctx.idempotency_key()});
+        let request =
+            json!({"method": "POST", "path": path, "idempotency_key": ctx.idempotency_key()});
         let reply = self.api.call(&ctx, request).await.map_err(retryable)?;
         Ok(reply["status"].as_u64().unwrap_or_default())
     }
@@ -81,18 +90,33 @@ impl Workflow for Transfer {
     async fn run(ctx: WorkflowContext, movement: Movement) -> WorkflowResult<String> {
         ctx.sleep(Duration::from_secs(2)).await?;
         let escrow = format!("escrow-{}", ctx.info().workflow_id);
-        let reserve = Movement { from: movement.from.clone(), to: escrow.clone(), amount: movement.amount };
+        let reserve = Movement {
+            from: movement.from.clone(),
+            to: escrow.clone(),
+            amount: movement.amount,
+        };
         ctx.activity::<Move>(reserve).await?;
         let approved: bool = ctx.signal("approve").recv().await?;
-        let target = if approved { movement.to.clone() } else { movement.from.clone() };
-        let payout = Movement { from: escrow, to: target.clone(), amount: movement.amount };
+        let target = if approved {
+            movement.to.clone()
+        } else {
+            movement.from.clone()
+        };
+        let payout = Movement {
+            from: escrow,
+            to: target.clone(),
+            amount: movement.amount,
+        };
         ctx.activity::<Move>(payout).await?;
         let (a, b) = join(
             ctx.activity::<Notify>(format!("/notify/{}", movement.from)),
             ctx.activity::<Notify>(format!("/notify/{target}")),
         )
         .await;
-        Ok(format!("{} -> {target}: {} ({}, {})", movement.from, movement.amount, a?, b?))
+        Ok(format!(
+            "{} -> {target}: {} ({}, {})",
+            movement.from, movement.amount, a?, b?
+        ))
     }
 }
 

@@ -41,7 +41,11 @@ pub enum ActivityPhase {
     /// On the queue since `since`.
     Scheduled { since: Timestamp },
     /// A worker runs it.
-    Started { started_time: Timestamp, last_heartbeat_time: Option<Timestamp>, identity: String },
+    Started {
+        started_time: Timestamp,
+        last_heartbeat_time: Option<Timestamp>,
+        identity: String,
+    },
     /// Waiting before the next attempt.
     BackingOff { until: Timestamp },
 }
@@ -79,7 +83,8 @@ pub struct ActivityState {
 
 impl ActivityState {
     fn schedule_to_close_deadline(&self) -> Option<Timestamp> {
-        self.schedule_to_close_timeout_ms.map(|ms| self.scheduled_time.plus_ms(ms))
+        self.schedule_to_close_timeout_ms
+            .map(|ms| self.scheduled_time.plus_ms(ms))
     }
 
     /// The state's name for `describe`.
@@ -112,19 +117,49 @@ pub(super) fn pending_timers(activity: &ActivityState) -> Vec<(Timestamp, TimerK
     match &activity.phase {
         ActivityPhase::Scheduled { since } => {
             if let Some(timeout_ms) = activity.schedule_to_start_timeout_ms {
-                timers.push((since.plus_ms(timeout_ms), TimerKey::ScheduleToStart { scheduled_event_id, attempt }));
+                timers.push((
+                    since.plus_ms(timeout_ms),
+                    TimerKey::ScheduleToStart {
+                        scheduled_event_id,
+                        attempt,
+                    },
+                ));
             }
         }
-        ActivityPhase::Started { started_time, last_heartbeat_time, .. } => {
+        ActivityPhase::Started {
+            started_time,
+            last_heartbeat_time,
+            ..
+        } => {
             let deadline = started_time.plus_ms(activity.start_to_close_timeout_ms);
-            timers.push((deadline, TimerKey::StartToClose { scheduled_event_id, attempt }));
+            timers.push((
+                deadline,
+                TimerKey::StartToClose {
+                    scheduled_event_id,
+                    attempt,
+                },
+            ));
             if let Some(timeout_ms) = activity.heartbeat_timeout_ms {
-                let last = last_heartbeat_time.unwrap_or(*started_time).max(*started_time);
-                timers.push((last.plus_ms(timeout_ms), TimerKey::Heartbeat { scheduled_event_id, attempt }));
+                let last = last_heartbeat_time
+                    .unwrap_or(*started_time)
+                    .max(*started_time);
+                timers.push((
+                    last.plus_ms(timeout_ms),
+                    TimerKey::Heartbeat {
+                        scheduled_event_id,
+                        attempt,
+                    },
+                ));
             }
         }
         ActivityPhase::BackingOff { until } => {
-            timers.push((*until, TimerKey::RetryBackoff { scheduled_event_id, attempt }));
+            timers.push((
+                *until,
+                TimerKey::RetryBackoff {
+                    scheduled_event_id,
+                    attempt,
+                },
+            ));
         }
     }
     timers
@@ -132,23 +167,46 @@ pub(super) fn pending_timers(activity: &ActivityState) -> Vec<(Timestamp, TimerK
 
 /// Records a `ScheduleActivityTask` command, with Temporal's defaults filled in:
 /// start-to-close defaults to schedule-to-close; the retry policy is normalised.
-pub(super) fn schedule(step: &mut Step<'_>, completed: u64, command: &ScheduleActivityTask) -> Result<(), String> {
+pub(super) fn schedule(
+    step: &mut Step<'_>,
+    completed: u64,
+    command: &ScheduleActivityTask,
+) -> Result<(), String> {
     let activity_id = &command.activity_id;
     let what = || format!("activity {activity_id:?} ({})", command.activity_type);
     if command.activity_type.is_empty() || activity_id.is_empty() {
-        return Err(format!("{}: activity_id and activity_type must not be empty", what()));
+        return Err(format!(
+            "{}: activity_id and activity_type must not be empty",
+            what()
+        ));
     }
-    if step.state.activities.values().any(|a| a.activity_id == *activity_id) {
+    if step
+        .state
+        .activities
+        .values()
+        .any(|a| a.activity_id == *activity_id)
+    {
         return Err(format!("{}: an open activity already has this id", what()));
     }
-    let start_to_close_ms = command.start_to_close_timeout_ms.or(command.schedule_to_close_timeout_ms);
+    let start_to_close_ms = command
+        .start_to_close_timeout_ms
+        .or(command.schedule_to_close_timeout_ms);
     let Some(start_to_close_ms) = start_to_close_ms.filter(|ms| *ms > 0) else {
-        return Err(format!("{}: neither start_to_close nor schedule_to_close timeout is set", what()));
+        return Err(format!(
+            "{}: neither start_to_close nor schedule_to_close timeout is set",
+            what()
+        ));
     };
     let policy = command.retry_policy.clone().unwrap_or_default();
-    let retry_policy = policy.normalized().map_err(|e| format!("{}: {e}", what()))?;
-    step.check_payload("activity input", &command.input).map_err(|e| format!("{}: {}", what(), e.message))?;
-    let task_queue = command.task_queue.clone().unwrap_or_else(|| step.state.task_queue.clone());
+    let retry_policy = policy
+        .normalized()
+        .map_err(|e| format!("{}: {e}", what()))?;
+    step.check_payload("activity input", &command.input)
+        .map_err(|e| format!("{}: {}", what(), e.message))?;
+    let task_queue = command
+        .task_queue
+        .clone()
+        .unwrap_or_else(|| step.state.task_queue.clone());
     let scheduled_event_id = step.emit(EventKind::ActivityTaskScheduled(ActivityTaskScheduled {
         activity_id: activity_id.clone(),
         activity_type: command.activity_type.clone(),
@@ -184,7 +242,12 @@ pub(super) fn schedule(step: &mut Step<'_>, completed: u64, command: &ScheduleAc
 }
 
 /// A worker takes attempt `attempt`. `None` if that attempt is not on the queue.
-pub fn on_started(step: &mut Step<'_>, scheduled_event_id: u64, attempt: u32, identity: &str) -> Option<()> {
+pub fn on_started(
+    step: &mut Step<'_>,
+    scheduled_event_id: u64,
+    attempt: u32,
+    identity: &str,
+) -> Option<()> {
     let now = step.now;
     let activity = step.state.activities.get_mut(&scheduled_event_id)?;
     if activity.attempt != attempt || !matches!(activity.phase, ActivityPhase::Scheduled { .. }) {
@@ -195,15 +258,23 @@ pub fn on_started(step: &mut Step<'_>, scheduled_event_id: u64, attempt: u32, id
         identity: identity.to_string(),
         previous_failure: activity.last_failure.clone(),
     });
-    activity.phase = ActivityPhase::Started { started_time: now, last_heartbeat_time: None, identity: identity.to_string() };
+    activity.phase = ActivityPhase::Started {
+        started_time: now,
+        last_heartbeat_time: None,
+        identity: identity.to_string(),
+    };
     Some(())
 }
 
 /// The activity the token names, if that attempt is the one running.
-pub fn check_token<'s>(state: &'s RunState, token: &TaskToken) -> Result<&'s ActivityState, ServiceError> {
-    let running = state.activities.get(&token.scheduled_event_id).filter(|a| {
-        a.attempt == token.attempt && matches!(a.phase, ActivityPhase::Started { .. })
-    });
+pub fn check_token<'s>(
+    state: &'s RunState,
+    token: &TaskToken,
+) -> Result<&'s ActivityState, ServiceError> {
+    let running = state
+        .activities
+        .get(&token.scheduled_event_id)
+        .filter(|a| a.attempt == token.attempt && matches!(a.phase, ActivityPhase::Started { .. }));
     running.ok_or_else(|| {
         let message = format!(
             "activity task {}/{} attempt {} is not running (completed, timed out, retried, or the run closed)",
@@ -214,11 +285,23 @@ pub fn check_token<'s>(state: &'s RunState, token: &TaskToken) -> Result<&'s Act
 }
 
 /// Records a heartbeat; returns whether cancellation was requested.
-pub fn on_heartbeat(step: &mut Step<'_>, token: &TaskToken, details: Option<Value>) -> Result<bool, ServiceError> {
+pub fn on_heartbeat(
+    step: &mut Step<'_>,
+    token: &TaskToken,
+    details: Option<Value>,
+) -> Result<bool, ServiceError> {
     check_token(step.state, token)?;
     let now = step.now;
-    let activity = step.state.activities.get_mut(&token.scheduled_event_id).expect("checked");
-    if let ActivityPhase::Started { last_heartbeat_time, .. } = &mut activity.phase {
+    let activity = step
+        .state
+        .activities
+        .get_mut(&token.scheduled_event_id)
+        .expect("checked");
+    if let ActivityPhase::Started {
+        last_heartbeat_time,
+        ..
+    } = &mut activity.phase
+    {
         *last_heartbeat_time = Some(now);
     }
     if details.is_some() {
@@ -228,7 +311,12 @@ pub fn on_heartbeat(step: &mut Step<'_>, token: &TaskToken, details: Option<Valu
 }
 
 /// The worker reports how the attempt ended.
-pub fn on_result(step: &mut Step<'_>, token: &TaskToken, result: ActivityTaskResult, identity: &str) -> Result<(), ServiceError> {
+pub fn on_result(
+    step: &mut Step<'_>,
+    token: &TaskToken,
+    result: ActivityTaskResult,
+    identity: &str,
+) -> Result<(), ServiceError> {
     let activity = check_token(step.state, token)?.clone();
     let scheduled_event_id = activity.scheduled_event_id;
     match result {
@@ -247,7 +335,10 @@ pub fn on_result(step: &mut Step<'_>, token: &TaskToken, result: ActivityTaskRes
             close_canceled(step, &activity, details, identity);
         }
         ActivityTaskResult::Canceled(_) => {
-            let failure = Failure::new("Canceled", "the activity reported cancellation nobody requested");
+            let failure = Failure::new(
+                "Canceled",
+                "the activity reported cancellation nobody requested",
+            );
             on_attempt_failed(step, &activity, failure, None);
         }
     }
@@ -256,18 +347,33 @@ pub fn on_result(step: &mut Step<'_>, token: &TaskToken, result: ActivityTaskRes
 
 /// An attempt ended badly (failure, or a start-to-close / heartbeat timeout):
 /// retry, or close the activity.
-fn on_attempt_failed(step: &mut Step<'_>, activity: &ActivityState, failure: Failure, timeout: Option<TimeoutType>) {
-    let remaining_ms = activity.schedule_to_close_deadline().map(|deadline| deadline.millis_since(step.now));
+fn on_attempt_failed(
+    step: &mut Step<'_>,
+    activity: &ActivityState,
+    failure: Failure,
+    timeout: Option<TimeoutType>,
+) {
+    let remaining_ms = activity
+        .schedule_to_close_deadline()
+        .map(|deadline| deadline.millis_since(step.now));
     let decision = if activity.cancel_requested_event_id.is_some() {
         RetryDecision::Stop(RetryState::CancelRequested)
     } else {
-        activity.retry_policy.decide(activity.attempt, &failure, remaining_ms)
+        activity
+            .retry_policy
+            .decide(activity.attempt, &failure, remaining_ms)
     };
     match decision {
         RetryDecision::Retry { backoff_ms } => {
-            let state = step.state.activities.get_mut(&activity.scheduled_event_id).expect("open activity");
+            let state = step
+                .state
+                .activities
+                .get_mut(&activity.scheduled_event_id)
+                .expect("open activity");
             state.last_failure = Some(failure);
-            state.phase = ActivityPhase::BackingOff { until: step.now.plus_ms(backoff_ms) };
+            state.phase = ActivityPhase::BackingOff {
+                until: step.now.plus_ms(backoff_ms),
+            };
         }
         RetryDecision::Stop(retry_state) => {
             let scheduled_event_id = activity.scheduled_event_id;
@@ -294,7 +400,11 @@ fn on_attempt_failed(step: &mut Step<'_>, activity: &ActivityState, failure: Fai
 }
 
 fn identity_of(activity: &ActivityState) -> String {
-    activity.last_started.as_ref().map(|l| l.identity.clone()).unwrap_or_default()
+    activity
+        .last_started
+        .as_ref()
+        .map(|l| l.identity.clone())
+        .unwrap_or_default()
 }
 
 /// Removes the activity and delivers its Started (if any) and outcome.
@@ -302,13 +412,22 @@ fn close(step: &mut Step<'_>, activity: &ActivityState, outcome: EventKind) {
     let removed = step.state.activities.remove(&activity.scheduled_event_id);
     assert!(removed.is_some(), "only open activities close");
     if step.state.workflow_task.is_started() {
-        step.state.closing_activities.insert(activity.activity_id.clone(), activity.scheduled_event_id);
+        step.state
+            .closing_activities
+            .insert(activity.activity_id.clone(), activity.scheduled_event_id);
     }
     step.deliver_activity_close(activity.started_event(), outcome);
 }
 
-fn close_canceled(step: &mut Step<'_>, activity: &ActivityState, details: Option<Value>, identity: &str) {
-    let cancel_requested = activity.cancel_requested_event_id.expect("cancel was requested");
+fn close_canceled(
+    step: &mut Step<'_>,
+    activity: &ActivityState,
+    details: Option<Value>,
+    identity: &str,
+) {
+    let cancel_requested = activity
+        .cancel_requested_event_id
+        .expect("cancel was requested");
     let outcome = EventKind::ActivityTaskCanceled(ActivityTaskCanceled {
         scheduled_event_id: activity.scheduled_event_id,
         started_event_id: None,
@@ -322,15 +441,27 @@ fn close_canceled(step: &mut Step<'_>, activity: &ActivityState, details: Option
 /// An activity timer fired. Returns false if it no longer applies.
 pub fn on_timer(step: &mut Step<'_>, key: &TimerKey) -> bool {
     let scheduled_event_id = match key {
-        TimerKey::ScheduleToStart { scheduled_event_id, .. }
-        | TimerKey::StartToClose { scheduled_event_id, .. }
-        | TimerKey::Heartbeat { scheduled_event_id, .. }
+        TimerKey::ScheduleToStart {
+            scheduled_event_id, ..
+        }
+        | TimerKey::StartToClose {
+            scheduled_event_id, ..
+        }
+        | TimerKey::Heartbeat {
+            scheduled_event_id, ..
+        }
         | TimerKey::ScheduleToClose { scheduled_event_id }
-        | TimerKey::RetryBackoff { scheduled_event_id, .. } => *scheduled_event_id,
+        | TimerKey::RetryBackoff {
+            scheduled_event_id, ..
+        } => *scheduled_event_id,
         _ => return false,
     };
-    let Some(activity) = step.state.activities.get(&scheduled_event_id).cloned() else { return false };
-    let due = pending_timers(&activity).iter().any(|(deadline, k)| k == key && *deadline <= step.now);
+    let Some(activity) = step.state.activities.get(&scheduled_event_id).cloned() else {
+        return false;
+    };
+    let due = pending_timers(&activity)
+        .iter()
+        .any(|(deadline, k)| k == key && *deadline <= step.now);
     if !due {
         return false;
     }
@@ -351,14 +482,28 @@ pub fn on_timer(step: &mut Step<'_>, key: &TimerKey) -> bool {
             close(step, &activity, outcome);
         }
         TimerKey::StartToClose { .. } => {
-            on_attempt_failed(step, &activity, Failure::timeout(TimeoutType::StartToClose), Some(TimeoutType::StartToClose));
+            on_attempt_failed(
+                step,
+                &activity,
+                Failure::timeout(TimeoutType::StartToClose),
+                Some(TimeoutType::StartToClose),
+            );
         }
         TimerKey::Heartbeat { .. } => {
-            on_attempt_failed(step, &activity, Failure::timeout(TimeoutType::Heartbeat), Some(TimeoutType::Heartbeat));
+            on_attempt_failed(
+                step,
+                &activity,
+                Failure::timeout(TimeoutType::Heartbeat),
+                Some(TimeoutType::Heartbeat),
+            );
         }
         TimerKey::RetryBackoff { .. } => {
             let now = step.now;
-            let state = step.state.activities.get_mut(&scheduled_event_id).expect("open activity");
+            let state = step
+                .state
+                .activities
+                .get_mut(&scheduled_event_id)
+                .expect("open activity");
             state.attempt += 1;
             state.phase = ActivityPhase::Scheduled { since: now };
         }
@@ -371,23 +516,42 @@ pub fn on_timer(step: &mut Step<'_>, key: &TimerKey) -> bool {
 /// canceled at once (its `ActivityTaskCanceled` goes to `follow_ups`, written
 /// after the task's command events); a running one learns it from its next
 /// heartbeat.
-pub(super) fn request_cancel(step: &mut Step<'_>, completed: u64, activity_id: &str, follow_ups: &mut Vec<EventKind>) -> Result<(), String> {
-    let open = step.state.activities.values().find(|a| a.activity_id == activity_id).cloned();
+pub(super) fn request_cancel(
+    step: &mut Step<'_>,
+    completed: u64,
+    activity_id: &str,
+    follow_ups: &mut Vec<EventKind>,
+) -> Result<(), String> {
+    let open = step
+        .state
+        .activities
+        .values()
+        .find(|a| a.activity_id == activity_id)
+        .cloned();
     let scheduled_event_id = match &open {
         Some(activity) => activity.scheduled_event_id,
-        None => buffered_close_of(step.state, activity_id)
-            .ok_or_else(|| format!("RequestCancelActivityTask: no open activity has id {activity_id:?}"))?,
+        None => buffered_close_of(step.state, activity_id).ok_or_else(|| {
+            format!("RequestCancelActivityTask: no open activity has id {activity_id:?}")
+        })?,
     };
-    let cancel_requested = step.emit(EventKind::ActivityTaskCancelRequested(ActivityTaskCancelRequested {
-        scheduled_event_id,
-        workflow_task_completed_event_id: completed,
-    }));
+    let cancel_requested = step.emit(EventKind::ActivityTaskCancelRequested(
+        ActivityTaskCancelRequested {
+            scheduled_event_id,
+            workflow_task_completed_event_id: completed,
+        },
+    ));
     let Some(activity) = open else { return Ok(()) };
     if activity.cancel_requested_event_id.is_some() {
-        return Err(format!("RequestCancelActivityTask: activity {activity_id:?} was already asked to cancel"));
+        return Err(format!(
+            "RequestCancelActivityTask: activity {activity_id:?} was already asked to cancel"
+        ));
     }
     if matches!(activity.phase, ActivityPhase::Started { .. }) {
-        let state = step.state.activities.get_mut(&scheduled_event_id).expect("open activity");
+        let state = step
+            .state
+            .activities
+            .get_mut(&scheduled_event_id)
+            .expect("open activity");
         state.cancel_requested_event_id = Some(cancel_requested);
         return Ok(());
     }

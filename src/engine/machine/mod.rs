@@ -80,21 +80,46 @@ pub struct TaskKey {
 /// Which task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TaskKind {
-    Workflow { scheduled_event_id: u64 },
-    Activity { scheduled_event_id: u64, attempt: u32 },
+    Workflow {
+        scheduled_event_id: u64,
+    },
+    Activity {
+        scheduled_event_id: u64,
+        attempt: u32,
+    },
 }
 
 /// A durable timer of the engine (user timers and every timeout), derived from state.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TimerKey {
-    User { timer_id: String },
-    WorkflowTaskTimeout { scheduled_event_id: u64 },
-    WorkflowTaskBackoff { attempt: u32 },
-    ScheduleToStart { scheduled_event_id: u64, attempt: u32 },
-    StartToClose { scheduled_event_id: u64, attempt: u32 },
-    Heartbeat { scheduled_event_id: u64, attempt: u32 },
-    ScheduleToClose { scheduled_event_id: u64 },
-    RetryBackoff { scheduled_event_id: u64, attempt: u32 },
+    User {
+        timer_id: String,
+    },
+    WorkflowTaskTimeout {
+        scheduled_event_id: u64,
+    },
+    WorkflowTaskBackoff {
+        attempt: u32,
+    },
+    ScheduleToStart {
+        scheduled_event_id: u64,
+        attempt: u32,
+    },
+    StartToClose {
+        scheduled_event_id: u64,
+        attempt: u32,
+    },
+    Heartbeat {
+        scheduled_event_id: u64,
+        attempt: u32,
+    },
+    ScheduleToClose {
+        scheduled_event_id: u64,
+    },
+    RetryBackoff {
+        scheduled_event_id: u64,
+        attempt: u32,
+    },
     ExecutionTimeout,
 }
 
@@ -120,7 +145,12 @@ pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> ServiceError
 
 impl<'a> Step<'a> {
     pub fn new(state: &'a mut RunState, now: Timestamp, limits: Limits) -> Step<'a> {
-        Step { state, now, limits, events: Vec::new() }
+        Step {
+            state,
+            now,
+            limits,
+            events: Vec::new(),
+        }
     }
 
     /// Writes an event now; returns its id.
@@ -145,7 +175,11 @@ impl<'a> Step<'a> {
     /// An activity's close: its `ActivityTaskStarted` (if an attempt ever
     /// started) directly followed by the outcome, whose `started_event_id` is
     /// filled in when written.
-    pub fn deliver_activity_close(&mut self, started: Option<ActivityTaskStarted>, outcome: EventKind) {
+    pub fn deliver_activity_close(
+        &mut self,
+        started: Option<ActivityTaskStarted>,
+        outcome: EventKind,
+    ) {
         if let Some(started) = started {
             self.deliver_pair(EventKind::ActivityTaskStarted(started), outcome);
         } else {
@@ -192,27 +226,43 @@ impl<'a> Step<'a> {
 
     /// Schedules a workflow task unless one is scheduled, started or backing off.
     pub fn ensure_workflow_task(&mut self) {
-        if !matches!(self.state.workflow_task, WorkflowTaskState::None) || self.state.status.is_closed() {
+        if !matches!(self.state.workflow_task, WorkflowTaskState::None)
+            || self.state.status.is_closed()
+        {
             return;
         }
         self.schedule_workflow_task(1);
     }
 
     pub fn schedule_workflow_task(&mut self, attempt: u32) {
-        assert!(!self.state.workflow_task.is_started(), "one workflow task at a time");
-        let scheduled_event_id = self.emit(EventKind::WorkflowTaskScheduled(WorkflowTaskScheduled {
-            task_queue: self.state.task_queue.clone(),
-            start_to_close_timeout_ms: self.state.workflow_task_timeout_ms,
+        assert!(
+            !self.state.workflow_task.is_started(),
+            "one workflow task at a time"
+        );
+        let scheduled_event_id =
+            self.emit(EventKind::WorkflowTaskScheduled(WorkflowTaskScheduled {
+                task_queue: self.state.task_queue.clone(),
+                start_to_close_timeout_ms: self.state.workflow_task_timeout_ms,
+                attempt,
+            }));
+        self.state.workflow_task = WorkflowTaskState::Scheduled {
+            scheduled_event_id,
             attempt,
-        }));
-        self.state.workflow_task = WorkflowTaskState::Scheduled { scheduled_event_id, attempt };
+        };
     }
 
     /// Checks a payload against the size limit.
-    pub fn check_payload(&self, what: &str, payload: &serde_json::Value) -> Result<(), ServiceError> {
+    pub fn check_payload(
+        &self,
+        what: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), ServiceError> {
         let bytes = crate::history::payload_size_bytes(payload);
         if bytes > self.limits.payload_bytes_max {
-            let message = format!("{what} is {bytes} bytes, more than the limit of {} bytes", self.limits.payload_bytes_max);
+            let message = format!(
+                "{what} is {bytes} bytes, more than the limit of {} bytes",
+                self.limits.payload_bytes_max
+            );
             return Err(error(ErrorCode::PayloadTooLarge, message));
         }
         Ok(())
@@ -247,14 +297,28 @@ pub fn pending_tasks(state: &RunState) -> Vec<TaskKey> {
     if state.status.is_closed() {
         return tasks;
     }
-    if let WorkflowTaskState::Scheduled { scheduled_event_id, .. } = state.workflow_task {
+    if let WorkflowTaskState::Scheduled {
+        scheduled_event_id, ..
+    } = state.workflow_task
+    {
         let kind = TaskKind::Workflow { scheduled_event_id };
-        tasks.push(TaskKey { run_id: state.run_id.clone(), task_queue: state.task_queue.clone(), kind });
+        tasks.push(TaskKey {
+            run_id: state.run_id.clone(),
+            task_queue: state.task_queue.clone(),
+            kind,
+        });
     }
     for (scheduled_event_id, activity) in &state.activities {
         if let ActivityPhase::Scheduled { .. } = activity.phase {
-            let kind = TaskKind::Activity { scheduled_event_id: *scheduled_event_id, attempt: activity.attempt };
-            tasks.push(TaskKey { run_id: state.run_id.clone(), task_queue: activity.task_queue.clone(), kind });
+            let kind = TaskKind::Activity {
+                scheduled_event_id: *scheduled_event_id,
+                attempt: activity.attempt,
+            };
+            tasks.push(TaskKey {
+                run_id: state.run_id.clone(),
+                task_queue: activity.task_queue.clone(),
+                kind,
+            });
         }
     }
     tasks
@@ -272,7 +336,12 @@ pub fn pending_timers(state: &RunState) -> Vec<(Timestamp, TimerKey)> {
     timers.extend(workflow_task::pending_timers(state));
     for (timer_id, timer) in &state.timers {
         if !timer.fired {
-            timers.push((timer.fire_time, TimerKey::User { timer_id: timer_id.clone() }));
+            timers.push((
+                timer.fire_time,
+                TimerKey::User {
+                    timer_id: timer_id.clone(),
+                },
+            ));
         }
     }
     for activity in state.activities.values() {
@@ -284,10 +353,30 @@ pub fn pending_timers(state: &RunState) -> Vec<(Timestamp, TimerKey)> {
 /// The outcome of a run closed with `kind`, if `kind` closes runs.
 pub fn outcome_of(kind: &EventKind) -> Option<(RunStatus, RunOutcome)> {
     let pair = match kind {
-        EventKind::WorkflowExecutionCompleted(a) => (RunStatus::Completed, RunOutcome::Completed { result: a.result.clone() }),
-        EventKind::WorkflowExecutionFailed(a) => (RunStatus::Failed, RunOutcome::Failed { failure: a.failure.clone() }),
-        EventKind::WorkflowExecutionCanceled(a) => (RunStatus::Canceled, RunOutcome::Canceled { details: a.details.clone() }),
-        EventKind::WorkflowExecutionTerminated(a) => (RunStatus::Terminated, RunOutcome::Terminated { reason: a.reason.clone() }),
+        EventKind::WorkflowExecutionCompleted(a) => (
+            RunStatus::Completed,
+            RunOutcome::Completed {
+                result: a.result.clone(),
+            },
+        ),
+        EventKind::WorkflowExecutionFailed(a) => (
+            RunStatus::Failed,
+            RunOutcome::Failed {
+                failure: a.failure.clone(),
+            },
+        ),
+        EventKind::WorkflowExecutionCanceled(a) => (
+            RunStatus::Canceled,
+            RunOutcome::Canceled {
+                details: a.details.clone(),
+            },
+        ),
+        EventKind::WorkflowExecutionTerminated(a) => (
+            RunStatus::Terminated,
+            RunOutcome::Terminated {
+                reason: a.reason.clone(),
+            },
+        ),
         EventKind::WorkflowExecutionTimedOut(_) => (RunStatus::TimedOut, RunOutcome::TimedOut),
         _ => return None,
     };

@@ -23,8 +23,8 @@ use crate::api::{ErrorCode, ServiceError, StartWorkflowRequest};
 use crate::env::RunStatus;
 use crate::history::{
     Event, EventKind, MarkerRecorded, WorkflowExecutionCancelRequested, WorkflowExecutionCanceled,
-    WorkflowExecutionCompleted, WorkflowExecutionFailed, WorkflowExecutionSignaled, WorkflowExecutionStarted,
-    WorkflowExecutionTerminated, WorkflowExecutionTimedOut,
+    WorkflowExecutionCompleted, WorkflowExecutionFailed, WorkflowExecutionSignaled,
+    WorkflowExecutionStarted, WorkflowExecutionTerminated, WorkflowExecutionTimedOut,
 };
 use crate::types::{RetryState, Timestamp};
 use crate::workflow::Command;
@@ -56,9 +56,16 @@ pub fn check_start(request: &StartWorkflowRequest) -> Result<(), ServiceError> {
 }
 
 /// A new run: its state and its first events.
-pub fn start(request: &StartWorkflowRequest, run_id: &str, now: Timestamp, limits: Limits) -> Result<(RunState, Vec<Event>), ServiceError> {
+pub fn start(
+    request: &StartWorkflowRequest,
+    run_id: &str,
+    now: Timestamp,
+    limits: Limits,
+) -> Result<(RunState, Vec<Event>), ServiceError> {
     check_start(request)?;
-    let workflow_task_timeout_ms = request.workflow_task_timeout_ms.unwrap_or(WORKFLOW_TASK_TIMEOUT_MS_DEFAULT);
+    let workflow_task_timeout_ms = request
+        .workflow_task_timeout_ms
+        .unwrap_or(WORKFLOW_TASK_TIMEOUT_MS_DEFAULT);
     let mut state = RunState {
         workflow_id: request.workflow_id.clone(),
         run_id: run_id.to_string(),
@@ -84,17 +91,19 @@ pub fn start(request: &StartWorkflowRequest, run_id: &str, now: Timestamp, limit
     };
     let mut step = Step::new(&mut state, now, limits);
     step.check_payload("workflow input", &request.input)?;
-    step.emit(EventKind::WorkflowExecutionStarted(WorkflowExecutionStarted {
-        workflow_type: request.workflow_type.clone(),
-        workflow_id: request.workflow_id.clone(),
-        task_queue: request.task_queue.clone(),
-        input: request.input.clone(),
-        execution_timeout_ms: request.execution_timeout_ms,
-        workflow_task_timeout_ms,
-        attempt: 1,
-        identity: request.identity.clone(),
-        request_id: request.request_id.clone(),
-    }));
+    step.emit(EventKind::WorkflowExecutionStarted(
+        WorkflowExecutionStarted {
+            workflow_type: request.workflow_type.clone(),
+            workflow_id: request.workflow_id.clone(),
+            task_queue: request.task_queue.clone(),
+            input: request.input.clone(),
+            execution_timeout_ms: request.execution_timeout_ms,
+            workflow_task_timeout_ms,
+            attempt: 1,
+            identity: request.identity.clone(),
+            request_id: request.request_id.clone(),
+        },
+    ));
     step.schedule_workflow_task(1);
     let events = std::mem::take(&mut step.events);
     debug_assert_eq!(events.len(), 2);
@@ -103,25 +112,42 @@ pub fn start(request: &StartWorkflowRequest, run_id: &str, now: Timestamp, limit
 
 fn refuse_closed(state: &RunState) -> Result<(), ServiceError> {
     if state.status.is_closed() {
-        let message = format!("run {} of workflow {:?} is closed ({})", state.run_id, state.workflow_id, state.status.as_str());
+        let message = format!(
+            "run {} of workflow {:?} is closed ({})",
+            state.run_id,
+            state.workflow_id,
+            state.status.as_str()
+        );
         return Err(error(ErrorCode::RunClosed, message));
     }
     Ok(())
 }
 
 /// Applies one command of a completed workflow task.
-pub(super) fn apply_command(step: &mut Step<'_>, completed: u64, command: &Command, follow_ups: &mut Vec<EventKind>) -> Result<(), String> {
+pub(super) fn apply_command(
+    step: &mut Step<'_>,
+    completed: u64,
+    command: &Command,
+    follow_ups: &mut Vec<EventKind>,
+) -> Result<(), String> {
     match command {
-        Command::ScheduleActivityTask(schedule) => super::activity::schedule(step, completed, schedule),
+        Command::ScheduleActivityTask(schedule) => {
+            super::activity::schedule(step, completed, schedule)
+        }
         Command::RequestCancelActivityTask { activity_id } => {
             super::activity::request_cancel(step, completed, activity_id, follow_ups)
         }
-        Command::StartTimer { timer_id, start_to_fire_timeout_ms } => {
-            super::timer::start(step, completed, timer_id, *start_to_fire_timeout_ms)
-        }
+        Command::StartTimer {
+            timer_id,
+            start_to_fire_timeout_ms,
+        } => super::timer::start(step, completed, timer_id, *start_to_fire_timeout_ms),
         Command::CancelTimer { timer_id } => super::timer::cancel(step, completed, timer_id),
-        Command::RecordMarker { marker_name, details } => {
-            step.check_payload("marker details", details).map_err(|e| e.message)?;
+        Command::RecordMarker {
+            marker_name,
+            details,
+        } => {
+            step.check_payload("marker details", details)
+                .map_err(|e| e.message)?;
             let marker = MarkerRecorded {
                 marker_name: marker_name.clone(),
                 details: details.clone(),
@@ -131,24 +157,36 @@ pub(super) fn apply_command(step: &mut Step<'_>, completed: u64, command: &Comma
             Ok(())
         }
         Command::CompleteWorkflowExecution { result } => {
-            step.check_payload("workflow result", result).map_err(|e| e.message)?;
+            step.check_payload("workflow result", result)
+                .map_err(|e| e.message)?;
             let workflow_task_completed_event_id = completed;
-            let kind = WorkflowExecutionCompleted { result: result.clone(), workflow_task_completed_event_id };
+            let kind = WorkflowExecutionCompleted {
+                result: result.clone(),
+                workflow_task_completed_event_id,
+            };
             close(step, EventKind::WorkflowExecutionCompleted(kind));
             Ok(())
         }
         Command::FailWorkflowExecution { failure } => {
             let workflow_task_completed_event_id = completed;
-            let kind = WorkflowExecutionFailed { failure: failure.clone(), workflow_task_completed_event_id };
+            let kind = WorkflowExecutionFailed {
+                failure: failure.clone(),
+                workflow_task_completed_event_id,
+            };
             close(step, EventKind::WorkflowExecutionFailed(kind));
             Ok(())
         }
         Command::CancelWorkflowExecution { details } => {
             if !step.state.cancel_requested {
-                return Err("CancelWorkflowExecution: no cancel was requested for this run".to_string());
+                return Err(
+                    "CancelWorkflowExecution: no cancel was requested for this run".to_string(),
+                );
             }
             let workflow_task_completed_event_id = completed;
-            let kind = WorkflowExecutionCanceled { details: details.clone(), workflow_task_completed_event_id };
+            let kind = WorkflowExecutionCanceled {
+                details: details.clone(),
+                workflow_task_completed_event_id,
+            };
             close(step, EventKind::WorkflowExecutionCanceled(kind));
             Ok(())
         }
@@ -172,13 +210,24 @@ pub fn close(step: &mut Step<'_>, kind: EventKind) {
 }
 
 /// Delivers a signal once per request id. Returns false for a repeated request.
-pub fn on_signal(step: &mut Step<'_>, signal_name: &str, input: Value, identity: &str, request_id: &str) -> Result<bool, ServiceError> {
+pub fn on_signal(
+    step: &mut Step<'_>,
+    signal_name: &str,
+    input: Value,
+    identity: &str,
+    request_id: &str,
+) -> Result<bool, ServiceError> {
     if signal_name.trim().is_empty() {
         return Err(invalid("signal_name must not be empty"));
     }
     // A retry of a delivered signal is answered as delivered, even once the
     // run has closed since.
-    if step.state.signal_request_ids.iter().any(|id| id == request_id) {
+    if step
+        .state
+        .signal_request_ids
+        .iter()
+        .any(|id| id == request_id)
+    {
         return Ok(false);
     }
     refuse_closed(step.state)?;
@@ -188,32 +237,49 @@ pub fn on_signal(step: &mut Step<'_>, signal_name: &str, input: Value, identity:
         ids.pop_front();
     }
     ids.push_back(request_id.to_string());
-    step.deliver(EventKind::WorkflowExecutionSignaled(WorkflowExecutionSignaled {
-        signal_name: signal_name.to_string(),
-        input,
-        identity: identity.to_string(),
-    }));
+    step.deliver(EventKind::WorkflowExecutionSignaled(
+        WorkflowExecutionSignaled {
+            signal_name: signal_name.to_string(),
+            input,
+            identity: identity.to_string(),
+        },
+    ));
     Ok(true)
 }
 
 /// Records a cancel request (once); the workflow decides what to do.
-pub fn on_cancel_requested(step: &mut Step<'_>, reason: &str, identity: &str) -> Result<(), ServiceError> {
+pub fn on_cancel_requested(
+    step: &mut Step<'_>,
+    reason: &str,
+    identity: &str,
+) -> Result<(), ServiceError> {
     refuse_closed(step.state)?;
     if step.state.cancel_requested {
         return Ok(());
     }
     step.state.cancel_requested = true;
-    step.deliver(EventKind::WorkflowExecutionCancelRequested(WorkflowExecutionCancelRequested {
-        cause: reason.to_string(),
-        identity: identity.to_string(),
-    }));
+    step.deliver(EventKind::WorkflowExecutionCancelRequested(
+        WorkflowExecutionCancelRequested {
+            cause: reason.to_string(),
+            identity: identity.to_string(),
+        },
+    ));
     Ok(())
 }
 
 /// Closes the run at once, without workflow code.
-pub fn on_terminate(step: &mut Step<'_>, reason: &str, details: Option<Value>, identity: &str) -> Result<(), ServiceError> {
+pub fn on_terminate(
+    step: &mut Step<'_>,
+    reason: &str,
+    details: Option<Value>,
+    identity: &str,
+) -> Result<(), ServiceError> {
     refuse_closed(step.state)?;
-    let kind = WorkflowExecutionTerminated { reason: reason.to_string(), details, identity: identity.to_string() };
+    let kind = WorkflowExecutionTerminated {
+        reason: reason.to_string(),
+        details,
+        identity: identity.to_string(),
+    };
     close(step, EventKind::WorkflowExecutionTerminated(kind));
     Ok(())
 }
@@ -229,11 +295,18 @@ pub fn on_timer(step: &mut Step<'_>, key: &TimerKey) -> bool {
         TimerKey::WorkflowTaskTimeout { scheduled_event_id } => {
             super::workflow_task::on_timeout(step, *scheduled_event_id)
         }
-        TimerKey::WorkflowTaskBackoff { attempt } => super::workflow_task::on_backoff_fired(step, *attempt),
+        TimerKey::WorkflowTaskBackoff { attempt } => {
+            super::workflow_task::on_backoff_fired(step, *attempt)
+        }
         TimerKey::ExecutionTimeout => {
-            let due = step.state.execution_deadline.is_some_and(|deadline| step.now >= deadline);
+            let due = step
+                .state
+                .execution_deadline
+                .is_some_and(|deadline| step.now >= deadline);
             if due {
-                let kind = WorkflowExecutionTimedOut { retry_state: RetryState::RetryPolicyNotSet };
+                let kind = WorkflowExecutionTimedOut {
+                    retry_state: RetryState::RetryPolicyNotSet,
+                };
                 close(step, EventKind::WorkflowExecutionTimedOut(kind));
             }
             due

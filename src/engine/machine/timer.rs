@@ -12,15 +12,24 @@
 use super::{Step, TimerState};
 use crate::history::{EventKind, TimerCanceled, TimerFired, TimerStarted};
 
-pub(super) fn start(step: &mut Step<'_>, completed: u64, timer_id: &str, duration_ms: u64) -> Result<(), String> {
+pub(super) fn start(
+    step: &mut Step<'_>,
+    completed: u64,
+    timer_id: &str,
+    duration_ms: u64,
+) -> Result<(), String> {
     if timer_id.is_empty() {
         return Err("StartTimer: timer_id must not be empty".to_string());
     }
     if duration_ms == 0 {
-        return Err(format!("StartTimer {timer_id:?}: the duration must be at least 1 ms"));
+        return Err(format!(
+            "StartTimer {timer_id:?}: the duration must be at least 1 ms"
+        ));
     }
     if step.state.timers.contains_key(timer_id) {
-        return Err(format!("StartTimer {timer_id:?}: an open timer already has this id"));
+        return Err(format!(
+            "StartTimer {timer_id:?}: an open timer already has this id"
+        ));
     }
     let started_event_id = step.emit(EventKind::TimerStarted(TimerStarted {
         timer_id: timer_id.to_string(),
@@ -28,7 +37,14 @@ pub(super) fn start(step: &mut Step<'_>, completed: u64, timer_id: &str, duratio
         workflow_task_completed_event_id: completed,
     }));
     let fire_time = step.now.plus_ms(duration_ms);
-    step.state.timers.insert(timer_id.to_string(), TimerState { started_event_id, fire_time, fired: false });
+    step.state.timers.insert(
+        timer_id.to_string(),
+        TimerState {
+            started_event_id,
+            fire_time,
+            fired: false,
+        },
+    );
     Ok(())
 }
 
@@ -41,17 +57,24 @@ pub(super) fn cancel(step: &mut Step<'_>, completed: u64, timer_id: &str) -> Res
         started_event_id: timer.started_event_id,
         workflow_task_completed_event_id: completed,
     }));
-    step.state.buffered.retain(|kind| !matches!(kind, EventKind::TimerFired(f) if f.timer_id == timer_id));
+    step.state
+        .buffered
+        .retain(|kind| !matches!(kind, EventKind::TimerFired(f) if f.timer_id == timer_id));
     Ok(())
 }
 
 /// The timer's fire time passed. Returns false if it no longer applies.
 pub fn on_fired(step: &mut Step<'_>, timer_id: &str) -> bool {
-    let Some(timer) = step.state.timers.get_mut(timer_id) else { return false };
+    let Some(timer) = step.state.timers.get_mut(timer_id) else {
+        return false;
+    };
     if timer.fired || step.now < timer.fire_time {
         return false;
     }
-    let fired = EventKind::TimerFired(TimerFired { timer_id: timer_id.to_string(), started_event_id: timer.started_event_id });
+    let fired = EventKind::TimerFired(TimerFired {
+        timer_id: timer_id.to_string(),
+        started_event_id: timer.started_event_id,
+    });
     if step.state.workflow_task.is_started() {
         timer.fired = true;
         step.state.buffered.push(fired);

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::{RunState, Step, TimerKey, error};
 use crate::api::{ErrorCode, ServiceError, TaskToken};
 use crate::history::{
-    EventKind, WorkflowTaskCompleted, WorkflowTaskFailed, WorkflowTaskFailedCause, WorkflowTaskStarted,
-    WorkflowTaskTimedOut,
+    EventKind, WorkflowTaskCompleted, WorkflowTaskFailed, WorkflowTaskFailedCause,
+    WorkflowTaskStarted, WorkflowTaskTimedOut,
 };
 use crate::types::{Failure, TimeoutType, Timestamp};
 use crate::workflow::Command;
@@ -33,9 +33,17 @@ pub enum WorkflowTaskState {
     /// No task: the workflow waits for something to happen.
     None,
     /// On the queue.
-    Scheduled { scheduled_event_id: u64, attempt: u32 },
+    Scheduled {
+        scheduled_event_id: u64,
+        attempt: u32,
+    },
     /// A worker runs it.
-    Started { scheduled_event_id: u64, started_event_id: u64, attempt: u32, started_time: Timestamp },
+    Started {
+        scheduled_event_id: u64,
+        started_event_id: u64,
+        attempt: u32,
+        started_time: Timestamp,
+    },
     /// Failed; retried when the backoff ends.
     Backoff { attempt: u32, until: Timestamp },
 }
@@ -59,11 +67,20 @@ impl WorkflowTaskState {
 
 pub(super) fn pending_timers(state: &RunState) -> Vec<(Timestamp, TimerKey)> {
     match state.workflow_task {
-        WorkflowTaskState::Started { scheduled_event_id, started_time, .. } => {
+        WorkflowTaskState::Started {
+            scheduled_event_id,
+            started_time,
+            ..
+        } => {
             let deadline = started_time.plus_ms(state.workflow_task_timeout_ms);
-            vec![(deadline, TimerKey::WorkflowTaskTimeout { scheduled_event_id })]
+            vec![(
+                deadline,
+                TimerKey::WorkflowTaskTimeout { scheduled_event_id },
+            )]
         }
-        WorkflowTaskState::Backoff { attempt, until } => vec![(until, TimerKey::WorkflowTaskBackoff { attempt })],
+        WorkflowTaskState::Backoff { attempt, until } => {
+            vec![(until, TimerKey::WorkflowTaskBackoff { attempt })]
+        }
         _ => Vec::new(),
     }
 }
@@ -77,8 +94,17 @@ fn stale(token: &TaskToken) -> ServiceError {
 }
 
 /// A worker takes the scheduled task. Returns the `WorkflowTaskStarted` id.
-pub fn on_started(step: &mut Step<'_>, scheduled_event_id: u64, identity: &str, request_id: &str) -> Option<u64> {
-    let WorkflowTaskState::Scheduled { scheduled_event_id: scheduled, attempt } = step.state.workflow_task else {
+pub fn on_started(
+    step: &mut Step<'_>,
+    scheduled_event_id: u64,
+    identity: &str,
+    request_id: &str,
+) -> Option<u64> {
+    let WorkflowTaskState::Scheduled {
+        scheduled_event_id: scheduled,
+        attempt,
+    } = step.state.workflow_task
+    else {
         return None;
     };
     if scheduled != scheduled_event_id || step.state.status.is_closed() {
@@ -90,15 +116,24 @@ pub fn on_started(step: &mut Step<'_>, scheduled_event_id: u64, identity: &str, 
         request_id: request_id.to_string(),
     }));
     let started_time = step.now;
-    step.state.workflow_task = WorkflowTaskState::Started { scheduled_event_id, started_event_id, attempt, started_time };
+    step.state.workflow_task = WorkflowTaskState::Started {
+        scheduled_event_id,
+        started_event_id,
+        attempt,
+        started_time,
+    };
     Some(started_event_id)
 }
 
 /// The token names the run's started workflow task.
 pub fn check_token(state: &RunState, token: &TaskToken) -> Result<(), ServiceError> {
     match state.workflow_task {
-        WorkflowTaskState::Started { scheduled_event_id, started_event_id, .. }
-            if scheduled_event_id == token.scheduled_event_id && started_event_id == token.started_event_id =>
+        WorkflowTaskState::Started {
+            scheduled_event_id,
+            started_event_id,
+            ..
+        } if scheduled_event_id == token.scheduled_event_id
+            && started_event_id == token.started_event_id =>
         {
             Ok(())
         }
@@ -114,12 +149,21 @@ pub struct Rejection {
 }
 
 /// The worker completed the task with `commands`.
-pub fn on_completed(step: &mut Step<'_>, token: &TaskToken, commands: &[Command], identity: &str) -> Result<(), Rejection> {
+pub fn on_completed(
+    step: &mut Step<'_>,
+    token: &TaskToken,
+    commands: &[Command],
+    identity: &str,
+) -> Result<(), Rejection> {
     check_token(step.state, token).expect("the service checks the token before completing");
     let closes = commands.iter().any(Command::is_terminal);
     if closes && !step.state.buffered.is_empty() {
-        let message = "new events arrived while the workflow task ran; it runs again to see them".to_string();
-        return Err(Rejection { cause: WorkflowTaskFailedCause::UnhandledCommand, message });
+        let message =
+            "new events arrived while the workflow task ran; it runs again to see them".to_string();
+        return Err(Rejection {
+            cause: WorkflowTaskFailedCause::UnhandledCommand,
+            message,
+        });
     }
     let started_event_id = token.started_event_id;
     let completed = step.emit(EventKind::WorkflowTaskCompleted(WorkflowTaskCompleted {
@@ -133,11 +177,21 @@ pub fn on_completed(step: &mut Step<'_>, token: &TaskToken, commands: &[Command]
     let mut follow_ups = Vec::new();
     for (index, command) in commands.iter().enumerate() {
         if step.state.status.is_closed() {
-            let message = format!("command {index} ({}) comes after the command that closed the run", command.key().kind);
-            return Err(Rejection { cause: WorkflowTaskFailedCause::BadCommand, message });
+            let message = format!(
+                "command {index} ({}) comes after the command that closed the run",
+                command.key().kind
+            );
+            return Err(Rejection {
+                cause: WorkflowTaskFailedCause::BadCommand,
+                message,
+            });
         }
-        super::run::apply_command(step, completed, command, &mut follow_ups)
-            .map_err(|message| Rejection { cause: WorkflowTaskFailedCause::BadCommand, message })?;
+        super::run::apply_command(step, completed, command, &mut follow_ups).map_err(
+            |message| Rejection {
+                cause: WorkflowTaskFailedCause::BadCommand,
+                message,
+            },
+        )?;
     }
     if step.state.status.is_closed() {
         return Ok(());
@@ -152,9 +206,17 @@ pub fn on_completed(step: &mut Step<'_>, token: &TaskToken, commands: &[Command]
 }
 
 /// The task failed (reported by the worker, or its commands were rejected).
-pub fn on_failed(step: &mut Step<'_>, token: &TaskToken, cause: WorkflowTaskFailedCause, failure: Failure, identity: &str) {
+pub fn on_failed(
+    step: &mut Step<'_>,
+    token: &TaskToken,
+    cause: WorkflowTaskFailedCause,
+    failure: Failure,
+    identity: &str,
+) {
     check_token(step.state, token).expect("the service checks the token before failing");
-    let WorkflowTaskState::Started { attempt, .. } = step.state.workflow_task else { unreachable!("checked") };
+    let WorkflowTaskState::Started { attempt, .. } = step.state.workflow_task else {
+        unreachable!("checked")
+    };
     step.emit(EventKind::WorkflowTaskFailed(WorkflowTaskFailed {
         scheduled_event_id: token.scheduled_event_id,
         started_event_id: token.started_event_id,
@@ -174,7 +236,10 @@ pub fn on_failed(step: &mut Step<'_>, token: &TaskToken, cause: WorkflowTaskFail
     if code_failed {
         let backoff_ms = (1_000u64 << (attempt.min(16) - 1)).min(WORKFLOW_TASK_BACKOFF_MS_MAX);
         let until = step.now.plus_ms(backoff_ms);
-        step.state.workflow_task = WorkflowTaskState::Backoff { attempt: attempt + 1, until };
+        step.state.workflow_task = WorkflowTaskState::Backoff {
+            attempt: attempt + 1,
+            until,
+        };
     } else {
         step.schedule_workflow_task(1);
     }
@@ -182,8 +247,12 @@ pub fn on_failed(step: &mut Step<'_>, token: &TaskToken, cause: WorkflowTaskFail
 
 /// The start-to-close timer of the started task fired.
 pub fn on_timeout(step: &mut Step<'_>, scheduled_event_id: u64) -> bool {
-    let WorkflowTaskState::Started { scheduled_event_id: scheduled, started_event_id, attempt, started_time } =
-        step.state.workflow_task
+    let WorkflowTaskState::Started {
+        scheduled_event_id: scheduled,
+        started_event_id,
+        attempt,
+        started_time,
+    } = step.state.workflow_task
     else {
         return false;
     };
@@ -205,7 +274,10 @@ pub fn on_timeout(step: &mut Step<'_>, scheduled_event_id: u64) -> bool {
 /// The backoff after a failed task ended.
 pub fn on_backoff_fired(step: &mut Step<'_>, attempt: u32) -> bool {
     match step.state.workflow_task {
-        WorkflowTaskState::Backoff { attempt: waiting, until } if waiting == attempt && step.now >= until => {
+        WorkflowTaskState::Backoff {
+            attempt: waiting,
+            until,
+        } if waiting == attempt && step.now >= until => {
             step.state.workflow_task = WorkflowTaskState::None;
             step.schedule_workflow_task(attempt);
             true
