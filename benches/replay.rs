@@ -54,8 +54,8 @@ fn measure(replayer: &Replayer, histories: &[History], budget: Duration) -> (f64
     (replays / seconds, rounds as f64 * events_each as f64 / seconds)
 }
 
-fn main() {
-    let smoke = std::env::var_os("RETRACE_BENCH_SMOKE").is_some();
+/// Runs the benchmark; `smoke` makes it short. Returns the result line.
+pub fn run(smoke: bool) -> serde_json::Value {
     let budget = if smoke { Duration::from_millis(300) } else { Duration::from_secs(5) };
     let replayer = Replayer::new(registry());
     let long = vec![chain_history(1_000, 0)];
@@ -64,7 +64,7 @@ fn main() {
     let (short_replays_per_s, short_events_per_s) = measure(&replayer, &short, budget);
     println!("history of 1,000 activities ({} events): {long_replays_per_s:.1} replays/s, {long_events_per_s:.0} events/s", long[0].len());
     println!("200 histories of 10 activities: {short_replays_per_s:.0} replays/s, {short_events_per_s:.0} events/s");
-    let line = json!({
+    json!({
         "bench": "replay",
         "smoke": smoke,
         "events_per_history": long[0].len(),
@@ -72,6 +72,11 @@ fn main() {
         "events_per_s": long_events_per_s,
         "short_replays_per_s": short_replays_per_s,
         "short_events_per_s": short_events_per_s,
-    });
-    println!("{line}");
+    })
+}
+
+#[allow(dead_code)] // the smoke test includes this file and calls `run`
+fn main() {
+    let smoke = std::env::var_os("RETRACE_BENCH_SMOKE").is_some();
+    println!("{}", run(smoke));
 }
