@@ -10,6 +10,7 @@
 //! | effects                | no effect applied twice; acknowledged effects of completed activities applied exactly once |
 //! | timers                 | no timer or timeout fired before its time                              |
 //! | liveness               | every run closed once faults healed (a stuck run names its pending work) |
+//! | no task lost           | no run is left with a task on the queue that no worker ever started |
 //! | capacity               | no worker ran more activities than its limit                          |
 
 use std::collections::BTreeMap;
@@ -340,14 +341,18 @@ pub fn check_closed(record: &RunRecord) -> Option<Violation> {
     if record.status != RunStatus::Running {
         return None;
     }
-    let waits = match serde_json::from_slice::<RunState>(&record.state) {
-        Ok(state) => describe_waits(&state),
+    let state = serde_json::from_slice::<RunState>(&record.state);
+    let waits = match &state {
+        Ok(state) => describe_waits(state),
         Err(error) => format!("(its state does not decode: {error})"),
     };
-    let mut violation = Violation::new(
-        "liveness",
-        format!("run still open after faults healed; {waits}"),
-    );
+    // A task still on the queue after the liveness phase was lost by matching.
+    let queued = state
+        .as_ref()
+        .is_ok_and(|s| !retrace::engine::machine::pending_tasks(s).is_empty());
+    let invariant = if queued { "no task lost" } else { "liveness" };
+    let message = format!("run still open after faults healed; {waits}");
+    let mut violation = Violation::new(invariant, message);
     violation.run_id = Some(record.run_id.clone());
     violation.workflow_id = Some(record.workflow_id.clone());
     violation.event_id = Some(record.next_event_id - 1);
