@@ -1,1 +1,184 @@
-fn main() {}
+//! `retrace`: run the service, drive workflows, inspect histories.
+//!
+//! ```text
+//! retrace server [--db ./retrace.db] [--listen 127.0.0.1:7233] [--token T]
+//! retrace workflow start --type greet --id g1 --task-queue greetings --input '"ana"'
+//! retrace workflow signal --id g1 --name approve
+//! retrace workflow result --id g1
+//! retrace workflow history --id g1 [--json]
+//! retrace history diff A.json B.json
+//! retrace history check FILE
+//! ```
+//!
+//! Every failure is one line on stderr and a non-zero exit status.
+
+#[path = "retrace/server.rs"]
+mod server;
+#[path = "retrace/timeline.rs"]
+mod timeline;
+#[path = "retrace/workflow.rs"]
+mod workflow;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use retrace::history::History;
+
+/// Exit status of `history diff` when the histories differ.
+const EXIT_DIFFERENT: u8 = 1;
+/// Exit status for bad input (a file that cannot be read or is not a history).
+const EXIT_BAD_INPUT: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "retrace",
+    version,
+    about = "A durable workflow engine: server, workflows, histories"
+)]
+struct Cli {
+    /// URL of the Retrace service.
+    #[arg(
+        long,
+        global = true,
+        env = "RETRACE_ADDRESS",
+        default_value = "http://127.0.0.1:7233"
+    )]
+    address: String,
+    /// Bearer token: required by the server on a non-loopback address, then sent by clients.
+    #[arg(long, global = true, env = "RETRACE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs the service: SQLite storage and the HTTP/JSON API.
+    Server(server::ServerArgs),
+    /// Starts, signals, queries and inspects workflow runs.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
+    /// Works on history files (no service needed).
+    #[command(subcommand)]
+    History(HistoryCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum HistoryCommand {
+    /// Shows where two history files first diverge (exit 0 equal, 1 different, 2 bad input).
+    Diff {
+        /// The first (expected) history.
+        left: PathBuf,
+        /// The second (actual) history.
+        right: PathBuf,
+    },
+    /// Checks that a history file is well-formed (exit 0 if it is).
+    Check {
+        /// The history file.
+        file: PathBuf,
+    },
+}
+
+fn init_logs(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_server = matches!(cli.command, Command::Server(_));
+    init_logs(if is_server { "info" } else { "warn" });
+    let mut builder = if is_server {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Server(args) => server::run(args, cli.token)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Workflow(command) => {
+            workflow::run(command, &cli.address, cli.token.as_deref()).await
+        }
+        Command::History(HistoryCommand::Diff { left, right }) => Ok(diff_files(&left, &right)),
+        Command::History(HistoryCommand::Check { file }) => Ok(check_file(&file)),
+    }
+}
+
+fn read_history(path: &std::path::Path) -> Result<History, String> {
+    History::from_file(path).map_err(|error| match error {
+        // Names the file already.
+        retrace::history::DecodeError::Io { .. } => error.to_string(),
+        _ => format!("{}: {error}", path.display()),
+    })
+}
+
+fn diff_files(left: &std::path::Path, right: &std::path::Path) -> ExitCode {
+    let (left_history, right_history) = match (read_history(left), read_history(right)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match retrace::history::diff(&left_history, &right_history) {
+        None => {
+            let events = left_history.len();
+            println!("histories are equal ({events} events, compared in normalised form)");
+            ExitCode::SUCCESS
+        }
+        Some(difference) => {
+            println!("--- {}\n+++ {}", left.display(), right.display());
+            print!("{difference}");
+            ExitCode::from(EXIT_DIFFERENT)
+        }
+    }
+}
+
+fn check_file(path: &std::path::Path) -> ExitCode {
+    match read_history(path) {
+        Ok(history) => {
+            let state = if history.is_closed() {
+                "closed"
+            } else {
+                "open"
+            };
+            println!(
+                "ok: {}: {} events, workflow {} run {} ({state})",
+                path.display(),
+                history.len(),
+                history.workflow_id(),
+                history.run_id()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Readable views: a history as a timeline, a run description, a run table.
+
+use std::fmt::Write as _;
+
+use retrace::api::{RunDescription, RunSummary};
+use retrace::history::{EventKind, History};
+use retrace::types::Failure;
+use serde_json::Value;
+
+/// Characters of a payload shown inline before it is cut.
+const PAYLOAD_CHARS_MAX: usize = 80;
+
+/// A payload as compact JSON, cut at [`PAYLOAD_CHARS_MAX`] characters.
+fn short(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() <= PAYLOAD_CHARS_MAX {
+        return text;
+    }
+    let cut: String = text.chars().take(PAYLOAD_CHARS_MAX).collect();
+    format!("{cut}...")
+}
+
+fn failure(failure: &Failure) -> String {
+    short(&Value::String(format!(
+        "{}: {}",
+        failure.failure_type, failure.message
+    )))
+}
+
+fn duration(duration_ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(duration_ms)).to_string()
+}
+
+/// The attributes of an event worth a glance.
+fn attributes(kind: &EventKind) -> String {
+    use EventKind::*;
+    match kind {
+        WorkflowExecutionStarted(a) => {
+            let queue = &a.task_queue;
+            format!(
+                "type={} queue={queue} input={}",
+                a.workflow_type,
+                short(&a.input)
+            )
+        }
+        WorkflowTaskScheduled(a) => format!("queue={} attempt={}", a.task_queue, a.attempt),
+        WorkflowTaskStarted(a) => format!("scheduled={} by={}", a.scheduled_event_id, a.identity),
+        WorkflowTaskCompleted(a) => format!("started={}", a.started_event_id),
+        WorkflowTaskTimedOut(a) => format!("started={} {:?}", a.started_event_id, a.timeout_type),
+        WorkflowTaskFailed(a) => format!("cause={:?} failure={}", a.cause, failure(&a.failure)),
+        ActivityTaskScheduled(a) => format!(
+            "activity={} type={} input={}",
+            a.activity_id,
+            a.activity_type,
+            short(&a.input)
+        ),
+        ActivityTaskStarted(a) => {
+            let mut text = format!("scheduled={} attempt={}", a.scheduled_event_id, a.attempt);
+            if let Some(last) = &a.last_failure {
+                let _ = write!(text, " last_failure={}", failure(last));
+            }
+            text
+        }
+        ActivityTaskCompleted(a) => {
+            format!(
+                "scheduled={} result={}",
+                a.scheduled_event_id,
+                short(&a.result)
+            )
+        }
+        ActivityTaskFailed(a) => {
+            format!(
+                "scheduled={} failure={}",
+                a.scheduled_event_id,
+                failure(&a.failure)
+            )
+        }
+        ActivityTaskTimedOut(a) => format!(
+            "scheduled={} timeout={:?} retry_state={:?}",
+            a.scheduled_event_id, a.timeout_type, a.retry_state
+        ),
+        ActivityTaskCancelRequested(a) => format!("scheduled={}", a.scheduled_event_id),
+        ActivityTaskCanceled(a) => format!("scheduled={}", a.scheduled_event_id),
+        TimerStarted(a) => {
+            format!(
+                "timer={} fires_after={}",
+                a.timer_id,
+                duration(a.start_to_fire_timeout_ms)
+            )
+        }
+        TimerFired(a) => format!("timer={}", a.timer_id),
+        TimerCanceled(a) => format!("timer={}", a.timer_id),
+        WorkflowExecutionSignaled(a) => {
+            format!("signal={} input={}", a.signal_name, short(&a.input))
+        }
+        MarkerRecorded(a) => format!("marker={} details={}", a.marker_name, short(&a.details)),
+        WorkflowExecutionCancelRequested(a) => format!("cause={}", short(&a.cause.clone().into())),
+        WorkflowExecutionCompleted(a) => format!("result={}", short(&a.result)),
+        WorkflowExecutionFailed(a) => format!("failure={}", failure(&a.failure)),
+        WorkflowExecutionTimedOut(a) => format!("retry_state={:?}", a.retry_state),
+        WorkflowExecutionCanceled(_) => String::new(),
+        WorkflowExecutionTerminated(a) => format!("reason={}", short(&a.reason.clone().into())),
+    }
+}
+
+/// One line per event: id, time, type, key attributes.
+pub fn timeline(history: &History) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "workflow {} run {}: {} events",
+        history.workflow_id(),
+        history.run_id(),
+        history.len()
+    );
+    for event in history.events() {
+        let kind = event.kind.name();
+        let details = attributes(&event.kind);
+        let line = format!(
+            "{:>5}  {}  {kind:<34} {details}",
+            event.event_id, event.event_time
+        );
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+/// A run's state, one fact per line.
+pub fn describe(run: &RunDescription) -> String {
+    let mut out = String::new();
+    let close_time = run.close_time.map_or("-".to_string(), |t| t.to_string());
+    let workflow_task = run.workflow_task.as_deref().unwrap_or("-");
+    let _ = writeln!(out, "workflow id:    {}", run.workflow_id);
+    let _ = writeln!(out, "run id:         {}", run.run_id);
+    let _ = writeln!(out, "type:           {}", run.workflow_type);
+    let _ = writeln!(out, "task queue:     {}", run.task_queue);
+    let _ = writeln!(out, "status:         {}", run.status.as_str());
+    let _ = writeln!(out, "started:        {}", run.start_time);
+    let _ = writeln!(out, "closed:         {close_time}");
+    let _ = writeln!(out, "history:        {} events", run.history_length);
+    let _ = writeln!(out, "workflow task:  {workflow_task}");
+    if run.cancel_requested {
+        let _ = writeln!(out, "cancel:         requested");
+    }
+    if let Some(last) = &run.last_workflow_task_failure {
+        let _ = writeln!(out, "last task failure: {}", failure(last));
+    }
+    for a in &run.pending_activities {
+        let _ = write!(
+            out,
+            "activity:       {} {} {} attempt {}",
+            a.activity_id, a.activity_type, a.state, a.attempt
+        );
+        match &a.last_failure {
+            Some(last) => _ = writeln!(out, " last_failure={}", failure(last)),
+            None => _ = writeln!(out),
+        }
+    }
+    for t in &run.pending_timers {
+        let _ = writeln!(
+            out,
+            "timer:          {} fires at {}",
+            t.timer_id, t.fire_time
+        );
+    }
+    out
+}
+
+/// Runs as an aligned table.
+pub fn run_table(runs: &[RunSummary]) -> String {
+    let header = [
+        "WORKFLOW ID",
+        "RUN ID",
+        "TYPE",
+        "STATUS",
+        "STARTED",
+        "CLOSED",
+    ];
+    let rows: Vec<[String; 6]> = runs
+        .iter()
+        .map(|r| {
+            [
+                r.workflow_id.clone(),
+                r.run_id.clone(),
+                r.workflow_type.clone(),
+                r.status.as_str().to_string(),
+                r.start_time.to_string(),
+                r.close_time.map_or("-".to_string(), |t| t.to_string()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(str::to_string);
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}

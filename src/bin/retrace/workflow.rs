@@ -1,0 +1,294 @@
+//! `retrace workflow ...`: the client commands, over HTTP.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand, ValueEnum};
+use retrace::api::{IdReusePolicy, RunOutcome};
+use retrace::client::{Client, ClientError, StartOptions};
+use retrace::env::{Env, RunStatus};
+use retrace::http::HttpNetwork;
+use serde_json::Value;
+
+use crate::timeline;
+
+/// A run: a workflow id and, optionally, one of its runs.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Workflow id.
+    #[arg(long)]
+    id: String,
+    /// A specific run (default: the workflow id's current run).
+    #[arg(long)]
+    run_id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ReusePolicy {
+    AllowDuplicate,
+    AllowDuplicateFailedOnly,
+    RejectDuplicate,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkflowCommand {
+    /// Starts a run; prints its run id.
+    Start {
+        /// Workflow type.
+        #[arg(long = "type")]
+        workflow_type: String,
+        /// Workflow id.
+        #[arg(long)]
+        id: String,
+        /// Task queue its workers poll.
+        #[arg(long)]
+        task_queue: String,
+        /// Input, as JSON (`'"ana"'`, `'{"n": 1}'`).
+        #[arg(long)]
+        input: Option<String>,
+        /// Whole-run deadline in milliseconds.
+        #[arg(long)]
+        execution_timeout_ms: Option<u64>,
+        /// What a closed workflow id may be reused for.
+        #[arg(long, value_enum, default_value = "allow-duplicate")]
+        id_reuse_policy: ReusePolicy,
+    },
+    /// Sends a signal.
+    Signal {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Signal name.
+        #[arg(long)]
+        name: String,
+        /// Payload, as JSON.
+        #[arg(long)]
+        input: Option<String>,
+    },
+    /// Asks a query of the run's state; prints the answer.
+    Query {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Query name.
+        #[arg(long)]
+        name: String,
+        /// Arguments, as JSON.
+        #[arg(long)]
+        args: Option<String>,
+    },
+    /// Asks the run to cancel.
+    Cancel {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Why (recorded in the history).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Closes the run now, without running workflow code.
+    Terminate {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Why (recorded in the history).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Shows a run's state.
+    Describe {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Prints JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists runs.
+    List {
+        /// Only runs with this status (Running, Completed, Failed, Canceled, Terminated, TimedOut).
+        #[arg(long, value_parser = parse_status)]
+        status: Option<RunStatus>,
+    },
+    /// Waits for the run to close; prints its result (non-zero exit if it did not complete).
+    Result {
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Shows a run's history: a timeline, or the canonical JSON with --json.
+    History {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Prints the canonical JSON form.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, String> {
+    RunStatus::parse(text).ok_or_else(|| {
+        "expected one of Running, Completed, Failed, Canceled, Terminated, TimedOut".to_string()
+    })
+}
+
+fn parse_json(flag: &str, text: Option<&str>) -> anyhow::Result<Value> {
+    let Some(text) = text else {
+        return Ok(Value::Null);
+    };
+    serde_json::from_str(text).map_err(|error| {
+        anyhow!("{flag} is not valid JSON ({error}); pass a JSON value such as '\"ana\"' or '{{\"n\": 1}}'")
+    })
+}
+
+/// One line for a failed call: what the service said and its code, or why it
+/// could not be reached.
+fn explain(error: ClientError, address: &str) -> anyhow::Error {
+    match error {
+        ClientError::Service(error) => {
+            let code = serde_json::to_value(error.code).unwrap_or(Value::Null);
+            let code = code.as_str().unwrap_or("unknown").to_string();
+            anyhow!("{} [{code}]", error.message)
+        }
+        ClientError::Network(error) => {
+            anyhow!("{error} (is `retrace server` running at {address}?)")
+        }
+        other => anyhow!("{other}"),
+    }
+}
+
+async fn connect(address: &str, token: Option<&str>) -> anyhow::Result<Client> {
+    let network = HttpNetwork::new(address, token)?;
+    // Fail fast with a clear message rather than after the client's retries.
+    network
+        .health()
+        .await
+        .map_err(|error| anyhow!("{error} (is `retrace server` running at {address}?)"))?;
+    Ok(Client::new(Env::tokio(Arc::new(network))).with_identity("retrace-cli"))
+}
+
+pub async fn run(
+    command: WorkflowCommand,
+    address: &str,
+    token: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let client = connect(address, token).await?;
+    let fail = |error: ClientError| explain(error, address);
+    match command {
+        WorkflowCommand::Start {
+            workflow_type,
+            id,
+            task_queue,
+            input,
+            execution_timeout_ms,
+            id_reuse_policy,
+        } => {
+            let input = parse_json("--input", input.as_deref())?;
+            let mut options = StartOptions::new(id, task_queue);
+            options.execution_timeout_ms = execution_timeout_ms;
+            options.id_reuse_policy = match id_reuse_policy {
+                ReusePolicy::AllowDuplicate => IdReusePolicy::AllowDuplicate,
+                ReusePolicy::AllowDuplicateFailedOnly => IdReusePolicy::AllowDuplicateFailedOnly,
+                ReusePolicy::RejectDuplicate => IdReusePolicy::RejectDuplicate,
+            };
+            let started = client.start_by_name(options, &workflow_type, input).await;
+            println!("{}", started.map_err(fail)?);
+        }
+        WorkflowCommand::Signal { run, name, input } => {
+            let input = parse_json("--input", input.as_deref())?;
+            let sent = client
+                .signal(&run.id, run.run_id.as_deref(), &name, input)
+                .await;
+            sent.map_err(fail)?;
+            println!("signal {name} sent to {}", run.id);
+        }
+        WorkflowCommand::Query { run, name, args } => {
+            let args = parse_json("--args", args.as_deref())?;
+            let query = client.query::<Value>(&run.id, run.run_id.as_deref(), &name, args);
+            println!("{}", pretty(&query.await.map_err(fail)?));
+        }
+        WorkflowCommand::Cancel { run, reason } => {
+            client
+                .cancel(&run.id, run.run_id.as_deref(), &reason)
+                .await
+                .map_err(fail)?;
+            println!("cancel requested for {}", run.id);
+        }
+        WorkflowCommand::Terminate { run, reason } => {
+            client
+                .terminate(&run.id, run.run_id.as_deref(), &reason)
+                .await
+                .map_err(fail)?;
+            println!("terminated {}", run.id);
+        }
+        other => return inspect(&client, other, address).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The read-only commands.
+async fn inspect(
+    client: &Client,
+    command: WorkflowCommand,
+    address: &str,
+) -> anyhow::Result<ExitCode> {
+    let fail = |error: ClientError| explain(error, address);
+    match command {
+        WorkflowCommand::Describe { run, json } => {
+            let description = client
+                .describe(&run.id, run.run_id.as_deref())
+                .await
+                .map_err(fail)?;
+            match json {
+                true => println!("{}", pretty(&description)),
+                false => print!("{}", timeline::describe(&description)),
+            }
+        }
+        WorkflowCommand::List { status } => {
+            let runs = client.list_all(status).await.map_err(fail)?;
+            print!("{}", timeline::run_table(&runs));
+        }
+        WorkflowCommand::Result { run } => {
+            let outcome = client
+                .outcome(&run.id, run.run_id.as_deref())
+                .await
+                .map_err(fail)?;
+            return Ok(print_outcome(&run.id, outcome));
+        }
+        WorkflowCommand::History { run, json } => {
+            let history = client
+                .history(&run.id, run.run_id.as_deref())
+                .await
+                .map_err(fail)?;
+            match json {
+                true => println!("{}", history.to_json()),
+                false => print!("{}", timeline::timeline(&history)),
+            }
+        }
+        other => unreachable!("{other:?} is handled by run"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pretty<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("protocol types always encode")
+}
+
+/// Prints the result of a completed run; explains any other close on stderr.
+fn print_outcome(workflow_id: &str, outcome: RunOutcome) -> ExitCode {
+    let why = match outcome {
+        RunOutcome::Completed { result } => {
+            println!("{}", pretty(&result));
+            return ExitCode::SUCCESS;
+        }
+        RunOutcome::Failed { failure } => {
+            format!("failed: {}: {}", failure.failure_type, failure.message)
+        }
+        RunOutcome::Canceled { details: None } => "was canceled".to_string(),
+        RunOutcome::Canceled {
+            details: Some(details),
+        } => {
+            format!("was canceled (details: {details})")
+        }
+        RunOutcome::Terminated { reason } if reason.is_empty() => "was terminated".to_string(),
+        RunOutcome::Terminated { reason } => format!("was terminated: {reason}"),
+        RunOutcome::TimedOut => "timed out (its execution timeout passed)".to_string(),
+    };
+    eprintln!("error: workflow {workflow_id} {why}");
+    ExitCode::FAILURE
+}

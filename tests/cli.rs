@@ -1,0 +1,343 @@
+//! The `retrace` binary as a user runs it: a server subprocess on 127.0.0.1
+//! with a temp database, a worker (in this process, over HTTP), and the CLI's
+//! commands; history files checked and diffed; databases it must refuse.
+
+mod common;
+mod server_process;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use retrace::env::Env;
+use retrace::history::History;
+use retrace::http::HttpNetwork;
+use retrace::worker::Worker;
+use retrace::workflow::{Workflow, WorkflowContext, WorkflowRegistry, WorkflowResult};
+use server_process::{ServerProcess, free_port, retrace_command};
+
+/// Greets through an activity, then waits for `approve`.
+struct Greet;
+impl Workflow for Greet {
+    const NAME: &'static str = "greet";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, name: String) -> WorkflowResult<String> {
+        let greeting = ctx
+            .activity::<common::Compose>(format!("hello {name}"))
+            .await?;
+        ctx.sleep(Duration::from_millis(50)).await?;
+        let by: String = ctx.signal("approve").recv().await?;
+        Ok(format!("{greeting} approved by {by}"))
+    }
+}
+
+/// What a command did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn of(output: Output) -> Run {
+        Run {
+            code: output
+                .status
+                .code()
+                .expect("the CLI exits, it is not killed"),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
+
+    /// Succeeded, printing nothing on stderr.
+    fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "{self:?}");
+        assert!(self.stderr.is_empty(), "{self:?}");
+        self
+    }
+
+    /// Failed with `code` and one clear line on stderr that says `says`.
+    fn failed(self, code: i32, says: &[&str]) -> Run {
+        assert_eq!(self.code, code, "{self:?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {self:?}");
+        assert!(lines[0].starts_with("error: "), "{self:?}");
+        for part in says {
+            assert!(lines[0].contains(part), "stderr says {part:?}: {self:?}");
+        }
+        assert!(!self.stderr.contains("panicked"), "{self:?}");
+        self
+    }
+}
+
+/// Runs `retrace <line>` (split at spaces) against `address`, blocking off
+/// the async threads.
+async fn cli(address: &str, line: &str) -> Run {
+    let mut command = retrace_command();
+    command
+        .env("RETRACE_ADDRESS", address)
+        .args(line.split_whitespace());
+    Run::of(
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap(),
+    )
+}
+
+fn cli_offline(args: &[&str]) -> Run {
+    Run::of(retrace_command().args(args).output().unwrap())
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/histories")
+        .join(name)
+}
+
+fn worker(url: &str) -> Worker {
+    let env = Env::tokio(Arc::new(HttpNetwork::new(url, None).unwrap()));
+    let mut registry = WorkflowRegistry::new();
+    registry.register::<Greet>();
+    Worker::builder(env, "greetings")
+        .workflows(registry)
+        .activity(common::Compose)
+        .start()
+}
+
+async fn start_server(dir: &Path) -> ServerProcess {
+    ServerProcess::start(&dir.join("r.db"), free_port(), &dir.join("log")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_starts_signals_and_inspects_a_run_that_a_worker_executes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(dir.path()).await;
+    let url = server.url();
+    let worker = worker(&url);
+    let start = "workflow start --type greet --id g1 --task-queue greetings --input \"ana\"";
+    let started = cli(&url, start).await.ok();
+    let run_id = started.stdout.trim().to_string();
+    let is_id = run_id.len() == 28 && run_id.chars().all(|c| c.is_ascii_hexdigit());
+    assert!(is_id, "start prints the run id: {started:?}");
+    let signal = "workflow signal --id g1 --name approve --input \"bob\"";
+    assert!(cli(&url, signal).await.ok().stdout.contains("approve"));
+    let result = cli(&url, "workflow result --id g1").await.ok();
+    assert_eq!(result.stdout, "\"hello ana! approved by bob\"\n");
+    let history = assert_history_is_shown(&url, &run_id).await;
+    assert_describe_and_list_show(&url, &history).await;
+    worker.shutdown().await;
+    let status = server.interrupt();
+    let log = server.log();
+    assert!(
+        status.success(),
+        "Ctrl-C stops the server cleanly: {status}\n{log}"
+    );
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
+}
+
+/// `history --json` prints the canonical form; `history` one line per event.
+async fn assert_history_is_shown(url: &str, run_id: &str) -> History {
+    let json = cli(url, "workflow history --id g1 --json").await.ok();
+    let history = History::from_json(&json.stdout).expect("--json prints a history");
+    assert_eq!(
+        json.stdout.trim_end(),
+        history.to_json(),
+        "byte for byte canonical"
+    );
+    assert_eq!(history.run_id(), run_id);
+    let timeline = cli(url, "workflow history --id g1").await.ok().stdout;
+    let lines: Vec<&str> = timeline.lines().collect();
+    assert_eq!(
+        lines.len(),
+        history.len() + 1,
+        "a header, then one line per event:\n{timeline}"
+    );
+    for (line, event) in lines[1..].iter().zip(history.events()) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let expected = [
+            &event.event_id.to_string(),
+            &event.event_time.to_string(),
+            event.kind.name(),
+        ];
+        assert_eq!(words[..3], expected, "id, time, type: {line}");
+    }
+    assert!(
+        timeline.contains("signal=approve input=\"bob\""),
+        "{timeline}"
+    );
+    assert!(timeline.contains("fires_after=50ms"), "{timeline}");
+    history
+}
+
+async fn assert_describe_and_list_show(url: &str, history: &History) {
+    let described = cli(url, "workflow describe --id g1").await.ok().stdout;
+    assert!(
+        described.contains("status:         Completed"),
+        "{described}"
+    );
+    let length = format!("history:        {} events", history.len());
+    assert!(described.contains(&length), "{described}");
+    let described = cli(url, "workflow describe --id g1 --json")
+        .await
+        .ok()
+        .stdout;
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(described["status"], "Completed");
+    assert_eq!(described["run_id"], history.run_id());
+    let listed = cli(url, "workflow list").await.ok().stdout;
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("g1 ") && l.contains(" Completed ")),
+        "{listed}"
+    );
+    let running = cli(url, "workflow list --status Running").await.ok().stdout;
+    assert_eq!(running.lines().count(), 1, "only the header: {running}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_errors_are_one_clear_line_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let url = server.url();
+    let start = "workflow start --type greet --id g2 --task-queue nobody";
+    let bad_input = cli(&url, &format!("{start} --input {{bad")).await;
+    bad_input.failed(1, &["--input is not valid JSON", "line 1"]);
+    let nobody = cli(&url, "workflow describe --id nobody").await;
+    nobody.failed(1, &["\"nobody\"", "[not_found]"]);
+    cli(&url, start).await.ok();
+    cli(&url, "workflow terminate --id g2 --reason testing")
+        .await
+        .ok();
+    let result = cli(&url, "workflow result --id g2").await;
+    result.failed(1, &["g2", "was terminated: testing"]);
+    let late = cli(&url, "workflow signal --id g2 --name late").await;
+    late.failed(1, &["closed", "[run_closed]"]);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let unreachable = cli(&dead, "workflow list").await;
+    unreachable.failed(
+        1,
+        &["cannot connect", "refused", "is `retrace server` running"],
+    );
+    let no_scheme = cli(&url, "--address localhost:7233 workflow list").await;
+    no_scheme.failed(1, &["http://host:port"]);
+}
+
+#[test]
+fn history_check_accepts_every_golden_fixture() {
+    for entry in std::fs::read_dir(fixture("")).unwrap() {
+        let path = entry.unwrap().path();
+        let checked = cli_offline(&["history", "check", path.to_str().unwrap()]).ok();
+        assert!(checked.stdout.starts_with("ok: "), "{checked:?}");
+    }
+}
+
+#[test]
+fn history_check_names_what_is_wrong_in_a_corrupted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(fixture("one_activity.json")).unwrap();
+    let gap = dir.path().join("gap.json");
+    std::fs::write(
+        &gap,
+        good.replacen("\"event_id\": 5,", "\"event_id\": 6,", 1),
+    )
+    .unwrap();
+    cli_offline(&["history", "check", gap.to_str().unwrap()])
+        .failed(1, &["gap.json", "event id 6", "expected event id 5"]);
+    let cut = dir.path().join("cut.json");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    cli_offline(&["history", "check", cut.to_str().unwrap()])
+        .failed(1, &["cut.json", "not valid JSON at line"]);
+    let unknown = dir.path().join("unknown.json");
+    std::fs::write(
+        &unknown,
+        good.replacen("\"ActivityTaskStarted\"", "\"ActivityTaskBegun\"", 1),
+    )
+    .unwrap();
+    cli_offline(&["history", "check", unknown.to_str().unwrap()])
+        .failed(1, &["unknown event type \"ActivityTaskBegun\""]);
+    cli_offline(&["history", "check", "no/such/file.json"])
+        .failed(1, &["no/such/file.json", "cannot read"]);
+}
+
+#[test]
+fn history_diff_exits_0_when_equal_1_when_different_and_2_on_bad_input() {
+    let one = fixture("one_activity.json");
+    let one = one.to_str().unwrap();
+    let equal = cli_offline(&["history", "diff", one, one]).ok();
+    assert!(equal.stdout.contains("equal"), "{equal:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let changed = dir.path().join("changed.json");
+    let text = std::fs::read_to_string(one)
+        .unwrap()
+        .replacen("\"world!\"", "\"mars!\"", 1);
+    std::fs::write(&changed, text).unwrap();
+    let different = cli_offline(&["history", "diff", one, changed.to_str().unwrap()]);
+    assert_eq!(different.code, 1, "{different:?}");
+    assert!(
+        different.stdout.contains("histories diverge at event"),
+        "{different:?}"
+    );
+    assert!(
+        different.stdout.contains("\"world!\" != \"mars!\""),
+        "{different:?}"
+    );
+    let other = fixture("three_sequential.json");
+    let different = cli_offline(&["history", "diff", one, other.to_str().unwrap()]);
+    assert_eq!(different.code, 1, "{different:?}");
+    cli_offline(&["history", "diff", one, "missing.json"]).failed(2, &["missing.json"]);
+}
+
+/// `retrace server` on `db` must refuse it: exit non-zero, say why, change nothing.
+fn assert_server_refuses(db: &Path, says: &[&str]) {
+    let before = std::fs::read(db).ok();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let db_arg = db.to_str().unwrap();
+    let run = cli_offline(&["server", "--db", db_arg, "--listen", &listen]);
+    assert_ne!(run.code, 0, "{run:?}");
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{run:?}");
+    for part in says {
+        assert!(last.contains(part), "says {part:?}: {run:?}");
+    }
+    assert_eq!(std::fs::read(db).ok(), before, "the file is unchanged");
+}
+
+#[test]
+fn the_server_refuses_a_database_it_cannot_open_or_write_and_leaves_it_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_server_refuses(dir.path(), &["is a directory"]);
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, "these are not the bytes of a database\n".repeat(200)).unwrap();
+    assert_server_refuses(&junk, &["junk.db", "not a database"]);
+    let read_only = dir.path().join("read_only.db");
+    drop(retrace::env::SqliteStorage::open(&read_only).unwrap());
+    let mut permissions = std::fs::metadata(&read_only).unwrap().permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&read_only, permissions).unwrap();
+    assert_server_refuses(&read_only, &["read_only.db", "read-only"]);
+    assert_server_refuses(&dir.path().join("no/such/dir/x.db"), &["does not exist"]);
+}
+
+#[test]
+fn the_server_refuses_a_non_loopback_address_without_a_token_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let run = cli_offline(&[
+        "server",
+        "--db",
+        db.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:7233",
+    ]);
+    let run = run.failed(1, &["0.0.0.0:7233", "not a loopback address", "--token"]);
+    assert!(run.stdout.is_empty());
+    assert!(!db.exists(), "no database is created for a refused start");
+}
