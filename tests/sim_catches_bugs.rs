@@ -85,7 +85,7 @@ fn a_non_idempotent_activity_is_caught_as_a_double_effect_within_1000_seeds() {
     );
     assert!(
         text.contains(&format!(
-            "RETRACE_SEED={seed} cargo test -p retrace-sim --test catches_bugs"
+            "RETRACE_SEED={seed} cargo test -p retrace --test sim_catches_bugs"
         )),
         "{text}"
     );

@@ -6,7 +6,7 @@ use retrace_sim::scenarios;
 fn every_seed_that_ever_failed_now_passes() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../fixtures/seeds/regressions.txt"
+        "/fixtures/seeds/regressions.txt"
     );
     let text = std::fs::read_to_string(path).expect("the regressions file exists");
     let mut count = 0;
