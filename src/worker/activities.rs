@@ -12,9 +12,6 @@ use crate::activity::{
 use crate::api::*;
 use crate::types::Failure;
 
-/// Attempts to deliver an attempt's result when the network fails.
-pub const RESPOND_ATTEMPTS_MAX: u32 = 5;
-
 /// Polls activity tasks while the worker has capacity.
 pub(super) async fn poll_loop(shared: Arc<Shared>) {
     let mut failures = 0;
@@ -44,7 +41,7 @@ pub(super) async fn poll_loop(shared: Arc<Shared>) {
             }
             Ok(_) => failures = 0,
             Err(error) => {
-                tracing::debug!(%error, "activity poll failed");
+                shared.log_poll_failure("activity", failures, &error);
                 drop(permit);
                 failures += 1;
                 shared.poll_backoff(failures).await;
@@ -136,28 +133,15 @@ fn to_task_result(
     }
 }
 
-/// Delivers the attempt's end, retrying network failures (the token makes it idempotent).
+/// Delivers the attempt's end (retried: the token makes it idempotent).
 async fn respond(shared: &Shared, task: &ActivityTask, result: ActivityTaskResult) {
     let request = Request::RespondActivityTask(RespondActivityTaskRequest {
         task_token: task.task_token.clone(),
         result,
         identity: shared.options.identity.clone(),
     });
-    for attempt in 1..=RESPOND_ATTEMPTS_MAX {
-        match shared
-            .call_once(request.clone(), shared.options.rpc_timeout_ms)
-            .await
-        {
-            Ok(_) => return,
-            Err(error) if error.code().is_some_and(|c| c != ErrorCode::Unavailable) => {
-                tracing::debug!(%error, "activity result refused (the attempt timed out or the run closed)");
-                return;
-            }
-            Err(error) => {
-                tracing::debug!(%error, attempt, "activity result not delivered; retrying");
-                shared.poll_backoff(attempt).await;
-            }
-        }
+    if let Err(error) = shared.call_idempotent(request).await {
+        tracing::debug!(%error, "activity result not accepted (the attempt timed out, or the run closed)");
     }
 }
 

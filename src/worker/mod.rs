@@ -36,10 +36,15 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::activity::{Activity, ActivityContext, ActivityRunError};
-use crate::api::{ActivityTask, Request, Response};
+use crate::api::{ActivityTask, ErrorCode, Request, Response};
 use crate::client::ClientError;
 use crate::env::Env;
 use crate::workflow::{PayloadError, StateDigest, Workflow, WorkflowRegistry};
+
+/// Attempts of a call that carries a task token (completions, results).
+pub const RESPOND_ATTEMPTS_MAX: u32 = 5;
+/// Consecutive failed polls after which the worker warns.
+pub const POLL_FAILURES_WARN: u32 = 5;
 
 /// A type-erased activity.
 pub(crate) type ActivityFn = Arc<
@@ -379,6 +384,39 @@ impl Shared {
             Ok(Ok(Err(error))) => Err(ClientError::Service(error)),
             Ok(Err(error)) => Err(ClientError::Network(error)),
             Err(_) => Err(ClientError::Network(crate::env::NetError::Timeout)),
+        }
+    }
+
+    /// A call that is safe to repeat (it carries a task token): network and
+    /// storage failures are retried with backoff, up to `RESPOND_ATTEMPTS_MAX`.
+    pub async fn call_idempotent(&self, request: Request) -> Result<Response, ClientError> {
+        let mut attempt = 1;
+        loop {
+            match self
+                .call_once(request.clone(), self.options.rpc_timeout_ms)
+                .await
+            {
+                Ok(response) => return Ok(response),
+                Err(error) if error.code().is_some_and(|c| c != ErrorCode::Unavailable) => {
+                    return Err(error);
+                }
+                Err(error) if attempt >= RESPOND_ATTEMPTS_MAX => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, attempt, method = request.method(), "call failed; retrying");
+                    self.poll_backoff(attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Logs a failed poll: at debug level, and once as a warning when the
+    /// service has been unreachable for several polls in a row.
+    pub fn log_poll_failure(&self, kind: &str, failures_before: u32, error: &ClientError) {
+        if failures_before + 1 == POLL_FAILURES_WARN {
+            tracing::warn!(%error, kind, task_queue = self.options.task_queue, "polls keep failing; is the service up?");
+        } else {
+            tracing::debug!(%error, kind, "poll failed");
         }
     }
 

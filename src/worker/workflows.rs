@@ -50,7 +50,7 @@ pub(super) async fn poll_loop(shared: Arc<Shared>) {
             }
             Ok(_) => failures = 0,
             Err(error) => {
-                tracing::debug!(%error, "workflow poll failed");
+                shared.log_poll_failure("workflow", failures, &error);
                 drop(permit);
                 failures += 1;
                 shared.poll_backoff(failures).await;
@@ -149,26 +149,23 @@ async fn handle_task(shared: &Shared, task: WorkflowTask) {
         commands,
         identity: shared.options.identity.clone(),
     });
-    match shared
-        .call_once(request, shared.options.rpc_timeout_ms)
-        .await
-    {
+    // The executor stays cached whatever the answer: if the completion did not
+    // land, the next task's `previous_started_event_id` will not match it and
+    // it is replaced by a replay from history.
+    match shared.call_idempotent(request).await {
         Ok(_) => {
             shared.workflow_tasks.fetch_add(1, Ordering::Relaxed);
             if let Some(observer) = &shared.observer {
                 observer.workflow_task_completed(&run_id, executor.digest(), closed);
             }
-            if !closed {
-                *slot = Some(executor);
-            }
         }
-        Err(error) => {
-            tracing::debug!(run_id, %error, "workflow task completion refused; the run is evicted")
-        }
+        Err(error) => tracing::debug!(run_id, %error, "workflow task completion not accepted"),
     }
-    if slot.is_none() {
+    if closed {
         drop(slot);
         shared.cache.lock().expect("cache lock").remove(&run_id);
+    } else {
+        *slot = Some(executor);
     }
 }
 
