@@ -16,7 +16,10 @@ fn registry() -> WorkflowRegistry {
     registry.register_fn("chain", |ctx: WorkflowContext, steps: u64| async move {
         let mut value = 0u64;
         for _ in 0..steps {
-            let next = ctx.activity_by_name("step", json!(value)).start_to_close(Duration::from_secs(10)).await?;
+            let next = ctx
+                .activity_by_name("step", json!(value))
+                .start_to_close(Duration::from_secs(10))
+                .await?;
             value = next.as_u64().unwrap_or_default();
         }
         Ok(value)
@@ -26,7 +29,12 @@ fn registry() -> WorkflowRegistry {
 
 /// The history a run of `chain(steps)` records.
 fn chain_history(steps: u64, run: u64) -> History {
-    let mut b = HistoryBuilder::for_run(&format!("chain-{run}"), &format!("run-{run}"), "chain", json!(steps));
+    let mut b = HistoryBuilder::for_run(
+        &format!("chain-{run}"),
+        &format!("run-{run}"),
+        "chain",
+        json!(steps),
+    );
     for step in 0..steps {
         b.add_full_workflow_task();
         let scheduled = b.add_activity_scheduled(&(step + 1).to_string(), "step", json!(step));
@@ -51,19 +59,31 @@ fn measure(replayer: &Replayer, histories: &[History], budget: Duration) -> (f64
     }
     let seconds = started.elapsed().as_secs_f64();
     let replays = rounds as f64 * histories.len() as f64;
-    (replays / seconds, rounds as f64 * events_each as f64 / seconds)
+    (
+        replays / seconds,
+        rounds as f64 * events_each as f64 / seconds,
+    )
 }
 
 /// Runs the benchmark; `smoke` makes it short. Returns the result line.
 pub fn run(smoke: bool) -> serde_json::Value {
-    let budget = if smoke { Duration::from_millis(300) } else { Duration::from_secs(5) };
+    let budget = if smoke {
+        Duration::from_millis(300)
+    } else {
+        Duration::from_secs(5)
+    };
     let replayer = Replayer::new(registry());
     let long = vec![chain_history(1_000, 0)];
     let short: Vec<History> = (0..200).map(|run| chain_history(10, run)).collect();
     let (long_replays_per_s, long_events_per_s) = measure(&replayer, &long, budget);
     let (short_replays_per_s, short_events_per_s) = measure(&replayer, &short, budget);
-    println!("history of 1,000 activities ({} events): {long_replays_per_s:.1} replays/s, {long_events_per_s:.0} events/s", long[0].len());
-    println!("200 histories of 10 activities: {short_replays_per_s:.0} replays/s, {short_events_per_s:.0} events/s");
+    println!(
+        "history of 1,000 activities ({} events): {long_replays_per_s:.1} replays/s, {long_events_per_s:.0} events/s",
+        long[0].len()
+    );
+    println!(
+        "200 histories of 10 activities: {short_replays_per_s:.0} replays/s, {short_events_per_s:.0} events/s"
+    );
     json!({
         "bench": "replay",
         "smoke": smoke,

@@ -25,14 +25,23 @@ fn measure(scenario: retrace_sim::Simulation, budget: Duration) -> serde_json::V
     let wall_s = started.elapsed().as_secs_f64();
     let seeds_per_s = seeds as f64 / wall_s;
     let sim_to_wall = sim_ms as f64 / 1_000.0 / wall_s;
-    println!("{name:<10} {seeds:>6} seeds in {wall_s:.2} s: {seeds_per_s:.0} seeds/s, simulated/wall {sim_to_wall:.0}:1, failures {failures}");
+    println!(
+        "{name:<10} {seeds:>6} seeds in {wall_s:.2} s: {seeds_per_s:.0} seeds/s, simulated/wall {sim_to_wall:.0}:1, failures {failures}"
+    );
     json!({"scenario": name, "seeds": seeds, "seeds_per_s": seeds_per_s, "sim_to_wall": sim_to_wall, "failures": failures})
 }
 
 /// Runs the benchmark; `smoke` makes it short. Returns the result line.
 pub fn run(smoke: bool) -> serde_json::Value {
-    let budget = if smoke { Duration::from_millis(200) } else { Duration::from_secs(5) };
-    let results: Vec<serde_json::Value> = scenarios::all().into_iter().map(|s| measure(s, budget)).collect();
+    let budget = if smoke {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(5)
+    };
+    let results: Vec<serde_json::Value> = scenarios::all()
+        .into_iter()
+        .map(|s| measure(s, budget))
+        .collect();
     let small = &results[0];
     json!({"bench": "sim", "smoke": smoke, "seeds_per_s": small["seeds_per_s"], "sim_to_wall": small["sim_to_wall"], "scenarios": results})
 }

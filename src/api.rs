@@ -395,6 +395,19 @@ pub struct CompleteWorkflowTaskRequest {
     pub commands: Vec<Command>,
     /// The worker.
     pub identity: String,
+    /// Activities of the run's own queue the worker can start right away
+    /// (eager dispatch): the service starts up to this many of the activities
+    /// these commands schedule and returns them, saving a poll and a write each.
+    #[serde(default)]
+    pub eager_activities_max: u32,
+}
+
+/// The answer to a workflow task completion.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CompleteWorkflowTaskResponse {
+    /// Activities started for this worker (eager dispatch).
+    #[serde(default)]
+    pub activity_tasks: Vec<ActivityTask>,
 }
 
 /// A workflow task the worker could not complete.
@@ -475,6 +488,18 @@ pub struct RespondActivityTaskRequest {
     pub result: ActivityTaskResult,
     /// The worker.
     pub identity: String,
+    /// The workflow task queue the worker serves, if it can run the workflow
+    /// task this result schedules right away (eager dispatch).
+    #[serde(default)]
+    pub eager_workflow_task_queue: Option<String>,
+}
+
+/// The answer to an activity result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RespondActivityTaskResponse {
+    /// The workflow task the result scheduled, started for this worker.
+    #[serde(default)]
+    pub workflow_task: Option<WorkflowTask>,
 }
 
 /// Report progress of an activity attempt.
@@ -555,6 +580,8 @@ pub enum Response {
     PollWorkflowTask(PollWorkflowTaskResponse),
     PollActivityTask(PollActivityTaskResponse),
     HeartbeatActivityTask(HeartbeatResponse),
+    CompleteWorkflowTask(CompleteWorkflowTaskResponse),
+    RespondActivityTask(RespondActivityTaskResponse),
 }
 
 /// Stable error codes (part of the HTTP API).

@@ -1065,6 +1065,7 @@ async fn complete_workflow_task(
     commands: Vec<Command>,
 ) -> Reply {
     let request = Request::CompleteWorkflowTask(CompleteWorkflowTaskRequest {
+        eager_activities_max: 0,
         task_token: task.task_token.clone(),
         commands,
         identity: "raw".to_string(),
@@ -1096,7 +1097,9 @@ async fn a_signal_arriving_while_a_workflow_task_runs_is_written_after_it_with_a
     );
     assert_eq!(
         complete_workflow_task(&engine, &task, Vec::new()).await,
-        Ok(Response::Empty)
+        Ok(Response::CompleteWorkflowTask(
+            retrace::api::CompleteWorkflowTaskResponse::default()
+        ))
     );
     let history = handle.history().await.unwrap();
     let expected = shape(&[
@@ -1126,7 +1129,9 @@ async fn closing_the_run_while_a_signal_is_buffered_fails_the_task_so_the_code_s
     };
     assert_eq!(
         complete_workflow_task(&engine, &task, vec![close]).await,
-        Ok(Response::Empty)
+        Ok(Response::CompleteWorkflowTask(
+            retrace::api::CompleteWorkflowTaskResponse::default()
+        ))
     );
     let history = handle.history().await.unwrap();
     let expected = shape(&[

@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     let runners: Vec<SeedRunner> = match &args.scenario {
         Some(name) => vec![
             scenarios::by_name(name)
-                .with_context(|| format!("no scenario {name:?} (try small, transfers)"))?
+                .with_context(|| format!("no scenario {name:?} (try small, transfers, messages)"))?
                 .into_runner(),
         ],
         None => scenarios::all()

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use super::eager;
 use super::machine::{self, RunState, TaskKey, TaskKind, activity, workflow_task};
 use super::matching::{Dispatch, QueueKind};
 use super::service::{Inner, Loaded, ResyncOnDrop, RunSlot, record_of, unavailable};
 use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
-use crate::history::EventKind;
 use crate::types::Failure;
 
 fn invalid(message: impl Into<String>) -> ServiceError {
@@ -42,7 +42,7 @@ impl Inner {
             Request::CompleteWorkflowTask(r) => self
                 .complete_workflow_task(r)
                 .await
-                .map(|()| Response::Empty),
+                .map(Response::CompleteWorkflowTask),
             Request::FailWorkflowTask(r) => {
                 self.fail_workflow_task(r).await.map(|()| Response::Empty)
             }
@@ -54,7 +54,7 @@ impl Inner {
             Request::RespondActivityTask(r) => self
                 .respond_activity_task(r)
                 .await
-                .map(|()| Response::Empty),
+                .map(Response::RespondActivityTask),
             Request::HeartbeatActivityTask(r) => {
                 self.heartbeat(r).await.map(Response::HeartbeatActivityTask)
             }
@@ -180,6 +180,7 @@ impl Inner {
                 workflow_id: request.workflow_id.clone(),
                 previous_run_id: current,
             };
+            let written = events.clone();
             let batch = WriteBatch {
                 run: record_of(&state, 1),
                 expected_version: None,
@@ -187,11 +188,11 @@ impl Inner {
                 claim: Some(claim),
             };
             let pending = ResyncOnDrop::new(self, &run_id);
-            let written = self.storage.write(batch).await;
+            let outcome = self.storage.write(batch).await;
             pending.disarm();
-            match written {
+            match outcome {
                 Ok(()) => {
-                    self.publish_new_run(state);
+                    self.publish_new_run(state, written);
                     return Ok(StartWorkflowResponse { run_id });
                 }
                 Err(StorageError::WorkflowIdConflict { .. }) => continue,
@@ -208,11 +209,15 @@ impl Inner {
         ))
     }
 
-    fn publish_new_run(self: &Arc<Self>, state: RunState) {
+    fn publish_new_run(self: &Arc<Self>, state: RunState, events: Vec<crate::history::Event>) {
         let run_id = state.run_id.clone();
         self.sync(&state);
         let slot = RunSlot {
-            loaded: Some(Loaded { state, version: 1 }),
+            loaded: Some(Loaded {
+                recent: Some(events),
+                state,
+                version: 1,
+            }),
         };
         self.insert_slot(run_id, slot);
     }
@@ -500,57 +505,33 @@ impl Inner {
         let request_id = self.env.new_id();
         let started = self
             .transition(&key.run_id, |step| {
-                let previous = step.state.previous_started_event_id;
-                let attempt = match step.state.workflow_task {
-                    workflow_task::WorkflowTaskState::Scheduled { attempt, .. } => attempt,
-                    _ => return Ok(None),
-                };
-                let started =
-                    workflow_task::on_started(step, scheduled_event_id, identity, &request_id);
-                let info = (
-                    step.state.workflow_id.clone(),
-                    step.state.workflow_type.clone(),
-                );
-                Ok(started.map(|started_event_id| (started_event_id, previous, attempt, info)))
+                Ok(eager::start_workflow_task(
+                    step,
+                    Some(scheduled_event_id),
+                    identity,
+                    &request_id,
+                ))
             })
             .await?;
-        let Some((started_event_id, previous, attempt, (workflow_id, workflow_type))) = started
-        else {
+        let Some(started) = started else {
             return Ok(None);
         };
-        let count = (started_event_id - previous) as usize;
-        let read = self
-            .storage
-            .read_events(&key.run_id, previous + 1, count)
-            .await;
-        let events = read.map_err(|e| unavailable(&e))?;
+        let task = self.workflow_task_of(started).await?;
         if self.env.buggify("service.workflow_task.lose_response") {
             return Err(ServiceError::new(
                 ErrorCode::Unavailable,
                 "buggify: workflow task response lost",
             ));
         }
-        let task_token = TaskToken {
-            run_id: key.run_id.clone(),
-            scheduled_event_id,
-            attempt,
-            started_event_id,
-        };
-        Ok(Some(WorkflowTask {
-            task_token,
-            workflow_id,
-            workflow_type,
-            previous_started_event_id: previous,
-            events,
-        }))
+        Ok(Some(task))
     }
 
     async fn complete_workflow_task(
         self: &Arc<Self>,
         request: CompleteWorkflowTaskRequest,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<CompleteWorkflowTaskResponse, ServiceError> {
         let token = request.task_token;
-        let rejection = self
+        let (rejection, eager) = self
             .transition(&token.run_id, |step| {
                 workflow_task::check_token(step.state, &token)?;
                 let before = step.state.clone();
@@ -560,7 +541,14 @@ impl Inner {
                     &request.commands,
                     &request.identity,
                 ) {
-                    Ok(()) => Ok(None),
+                    Ok(()) => {
+                        let eager = eager::start_new_activities(
+                            step,
+                            request.eager_activities_max,
+                            &request.identity,
+                        );
+                        Ok((None, eager))
+                    }
                     Err(rejection) => {
                         *step.state = before;
                         step.events.clear();
@@ -575,22 +563,24 @@ impl Inner {
                             failure,
                             &request.identity,
                         );
-                        Ok(Some(rejection))
+                        Ok((Some(rejection), Vec::new()))
                     }
                 }
             })
             .await?;
-        match rejection {
-            Some(rejection)
-                if rejection.cause == crate::history::WorkflowTaskFailedCause::BadCommand =>
-            {
-                Err(invalid(format!(
-                    "workflow task commands rejected: {}",
-                    rejection.message
-                )))
-            }
-            _ => Ok(()),
+        if let Some(rejection) = rejection
+            && rejection.cause == crate::history::WorkflowTaskFailedCause::BadCommand
+        {
+            return Err(invalid(format!(
+                "workflow task commands rejected: {}",
+                rejection.message
+            )));
         }
+        let mut activity_tasks = Vec::with_capacity(eager.len());
+        for started in eager {
+            activity_tasks.push(self.activity_task_of(started).await?);
+        }
+        Ok(CompleteWorkflowTaskResponse { activity_tasks })
     }
 
     async fn fail_workflow_task(
@@ -646,64 +636,45 @@ impl Inner {
             attempt,
         } = key.kind
         else {
-            unreachable!("activity queues")
+            unreachable!("activity queues hold activity tasks")
         };
         let started = self
             .transition(&key.run_id, |step| {
-                if activity::on_started(step, scheduled_event_id, attempt, identity).is_none() {
-                    return Ok(None);
-                }
-                let activity = step.state.activities[&scheduled_event_id].clone();
-                Ok(Some((activity, step.state.workflow_id.clone(), step.now)))
+                Ok(eager::start_activity(
+                    step,
+                    scheduled_event_id,
+                    attempt,
+                    identity,
+                ))
             })
             .await?;
-        let Some((activity, workflow_id, started_time)) = started else {
-            return Ok(None);
-        };
-        let read = self
-            .storage
-            .read_events(&key.run_id, scheduled_event_id, 1)
-            .await;
-        let events = read.map_err(|e| unavailable(&e))?;
-        let input = match events.first().map(|e| &e.kind) {
-            Some(EventKind::ActivityTaskScheduled(scheduled)) => scheduled.input.clone(),
-            _ => {
-                return Err(ServiceError::new(
-                    ErrorCode::Internal,
-                    "activity's scheduled event is missing",
-                ));
-            }
-        };
-        Ok(Some(ActivityTask {
-            task_token: TaskToken {
-                run_id: key.run_id.clone(),
-                scheduled_event_id,
-                attempt,
-                started_event_id: 0,
-            },
-            workflow_id,
-            run_id: key.run_id.clone(),
-            activity_id: activity.activity_id,
-            activity_type: activity.activity_type,
-            input,
-            attempt,
-            scheduled_time: activity.scheduled_time,
-            started_time,
-            start_to_close_timeout_ms: Some(activity.start_to_close_timeout_ms),
-            heartbeat_timeout_ms: activity.heartbeat_timeout_ms,
-            heartbeat_details: activity.heartbeat_details,
-        }))
+        match started {
+            Some(started) => Ok(Some(self.activity_task_of(started).await?)),
+            None => Ok(None),
+        }
     }
 
     async fn respond_activity_task(
         self: &Arc<Self>,
         request: RespondActivityTaskRequest,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<RespondActivityTaskResponse, ServiceError> {
         let token = request.task_token;
-        self.transition(&token.run_id, |step| {
-            activity::on_result(step, &token, request.result, &request.identity)
-        })
-        .await
+        let request_id = self.env.new_id();
+        let started = self
+            .transition(&token.run_id, |step| {
+                activity::on_result(step, &token, request.result, &request.identity)?;
+                let serves = request.eager_workflow_task_queue.as_deref()
+                    == Some(step.state.task_queue.as_str());
+                Ok(serves
+                    .then(|| eager::start_workflow_task(step, None, &request.identity, &request_id))
+                    .flatten())
+            })
+            .await?;
+        let workflow_task = match started {
+            Some(started) => Some(self.workflow_task_of(started).await?),
+            None => None,
+        };
+        Ok(RespondActivityTaskResponse { workflow_task })
     }
 
     async fn heartbeat(

@@ -1,6 +1,7 @@
 //! The service: runs' state machines, task queues with long-poll matching,
 //! durable timers, signals, queries, cancellation and termination.
 
+pub mod eager;
 mod embedded;
 mod handlers;
 pub mod machine;

@@ -70,6 +70,48 @@ impl Default for ServiceConfig {
 pub(super) struct Loaded {
     pub state: RunState,
     pub version: u64,
+    /// The run's events after its last completed workflow task, as committed
+    /// by this process (what the next workflow task carries); `None` when not
+    /// known (loaded from storage) or too many to keep.
+    pub recent: Option<Vec<Event>>,
+}
+
+/// Events kept in memory per run for the next workflow task, at most.
+pub const RECENT_EVENTS_MAX: usize = 1_000;
+
+impl Loaded {
+    /// A run loaded from storage (its recent events unknown).
+    pub fn stored(state: RunState, version: u64) -> Loaded {
+        Loaded {
+            state,
+            version,
+            recent: None,
+        }
+    }
+
+    /// Events `from..=to`, if all are kept in memory.
+    pub fn recent_events(&self, from: u64, to: u64) -> Option<Vec<Event>> {
+        let recent = self.recent.as_ref()?;
+        let first = recent.iter().position(|e| e.event_id == from)?;
+        let events: Vec<Event> = recent[first..]
+            .iter()
+            .take_while(|e| e.event_id <= to)
+            .cloned()
+            .collect();
+        (events.last().map(|e| e.event_id) == Some(to)).then_some(events)
+    }
+}
+
+/// The recent events after a commit appended `written` to `recent`.
+fn advance_recent(
+    recent: Option<Vec<Event>>,
+    written: Vec<Event>,
+    previous_started_event_id: u64,
+) -> Option<Vec<Event>> {
+    let mut recent = recent?;
+    recent.extend(written);
+    recent.retain(|e| e.event_id > previous_started_event_id);
+    (recent.len() <= RECENT_EVENTS_MAX).then_some(recent)
 }
 
 /// The lock of one run; `None` until loaded (or after a failed write).
@@ -221,10 +263,7 @@ impl Inner {
             for record in &page {
                 let state = decode_state(record)?;
                 self.sync(&state);
-                let loaded = Loaded {
-                    state,
-                    version: record.version,
-                };
+                let loaded = Loaded::stored(state, record.version);
                 let slot = RunSlot {
                     loaded: Some(loaded),
                 };
@@ -270,10 +309,7 @@ impl Inner {
             };
             let state = decode_state(&record)?;
             self.sync(&state);
-            guard.loaded = Some(Loaded {
-                state,
-                version: record.version,
-            });
+            guard.loaded = Some(Loaded::stored(state, record.version));
         }
         if guard
             .loaded
@@ -295,6 +331,13 @@ impl Inner {
 
     pub fn open_run_count(&self) -> usize {
         lock(&self.runs).len()
+    }
+
+    /// Events `from..=to` of a run if the service holds them in memory.
+    pub async fn recent_events(&self, run_id: &str, from: u64, to: u64) -> Option<Vec<Event>> {
+        let slot = lock(&self.runs).get(run_id).cloned()?;
+        let guard = slot.lock().await;
+        guard.loaded.as_ref()?.recent_events(from, to)
     }
 
     /// Applies `f` to a copy of the run's state and commits the result.
@@ -335,6 +378,7 @@ impl Inner {
             loaded.state.next_event_id
         );
         let version = loaded.version + 1;
+        let written = events.clone();
         let batch = WriteBatch {
             run: record_of(&next, version),
             expected_version: Some(loaded.version),
@@ -343,15 +387,18 @@ impl Inner {
         };
         let run_id = next.run_id.clone();
         let pending = ResyncOnDrop::new(self, &run_id);
-        let written = self.storage.write(batch).await;
+        let outcome = self.storage.write(batch).await;
         pending.disarm();
-        match written {
+        match outcome {
             Ok(()) => {
                 self.after_commit(&next);
                 if !self.env.buggify("service.commit.drop_cache") {
+                    let recent =
+                        advance_recent(loaded.recent, written, next.previous_started_event_id);
                     slot.loaded = Some(Loaded {
                         state: next,
                         version,
+                        recent,
                     });
                 }
                 Ok(())

@@ -655,7 +655,7 @@ impl Writer {
         assert!(!group.is_empty());
         assert!(group.len() <= self.group_commit_batches_max);
         assert!(self.connection.is_autocommit());
-        if let Err(error) = self.connection.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(error) = run_cached(&self.connection, "BEGIN IMMEDIATE") {
             let error = io_error(&self.path, "cannot begin a transaction", error);
             return self.abort_group(group.len(), error);
         }
@@ -666,7 +666,7 @@ impl Writer {
                 Err(error) => return self.abort_group(group.len(), error),
             }
         }
-        if let Err(error) = self.connection.execute_batch("COMMIT") {
+        if let Err(error) = run_cached(&self.connection, "COMMIT") {
             return self.commit_failed(group.len(), error);
         }
         assert!(self.connection.is_autocommit());
@@ -729,9 +729,12 @@ impl Writer {
     fn apply_in_savepoint(&mut self, job: &WriteJob) -> BatchOutcome {
         assert!(!self.connection.is_autocommit());
         let path = self.path.clone();
+        // Prepared once and cached: parsing these on every batch cost more than
+        // the writes themselves under load.
         let savepoint = |sql: &str| {
             let fail = |error| io_error(&path, &format!("cannot run {sql}"), error);
-            self.connection.execute_batch(sql).map_err(fail)
+            let mut statement = self.connection.prepare_cached(sql).map_err(fail)?;
+            statement.execute([]).map(drop).map_err(fail)
         };
         savepoint("SAVEPOINT batch")?;
         let outcome = apply_batch(&self.connection, job);
@@ -755,6 +758,11 @@ impl Writer {
         assert!(!self.connection.is_autocommit());
         Ok(Err(refused))
     }
+}
+
+/// Runs a parameterless statement through the statement cache.
+fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// Checks `job`'s batch against the rows as they are inside the transaction,

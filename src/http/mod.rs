@@ -175,6 +175,8 @@ fn response_method(response: &Response) -> Option<&'static str> {
         Response::PollWorkflowTask(_) => "PollWorkflowTask",
         Response::PollActivityTask(_) => "PollActivityTask",
         Response::HeartbeatActivityTask(_) => "HeartbeatActivityTask",
+        Response::CompleteWorkflowTask(_) => "CompleteWorkflowTask",
+        Response::RespondActivityTask(_) => "RespondActivityTask",
     })
 }
 
@@ -187,7 +189,9 @@ pub fn response_fits(method: &str, response: &Response) -> bool {
 }
 
 /// Methods whose success is never [`Response::Empty`].
-const METHODS_WITH_RESPONSE_BODY: [&str; 9] = [
+const METHODS_WITH_RESPONSE_BODY: [&str; 11] = [
+    "CompleteWorkflowTask",
+    "RespondActivityTask",
     "StartWorkflow",
     "QueryWorkflow",
     "DescribeWorkflow",
@@ -212,6 +216,8 @@ pub fn encode_response(response: &Response) -> Vec<u8> {
         Response::PollWorkflowTask(inner) => to_json(inner),
         Response::PollActivityTask(inner) => to_json(inner),
         Response::HeartbeatActivityTask(inner) => to_json(inner),
+        Response::CompleteWorkflowTask(inner) => to_json(inner),
+        Response::RespondActivityTask(inner) => to_json(inner),
     }
 }
 
@@ -228,6 +234,8 @@ pub fn decode_response(method: &str, body: &[u8]) -> Result<Response, serde_json
         "PollWorkflowTask" => Response::PollWorkflowTask(from_slice(body)?),
         "PollActivityTask" => Response::PollActivityTask(from_slice(body)?),
         "HeartbeatActivityTask" => Response::HeartbeatActivityTask(from_slice(body)?),
+        "CompleteWorkflowTask" => Response::CompleteWorkflowTask(from_slice(body)?),
+        "RespondActivityTask" => Response::RespondActivityTask(from_slice(body)?),
         _ => {
             from_slice::<serde_json::Map<String, serde_json::Value>>(body)?;
             Response::Empty

@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering;
 use futures::future::Either;
 
 use super::{Shared, enter};
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::activity::{
     ActivityContext, ActivityInfo, ActivityRunError, ActivityShared, CancelReason,
 };
@@ -31,13 +33,7 @@ pub(super) async fn poll_loop(shared: Arc<Shared>) {
         match polled {
             Ok(Response::PollActivityTask(PollActivityTaskResponse { task: Some(task) })) => {
                 failures = 0;
-                let shared = shared.clone();
-                shared.clone().spawn("worker-activity", async move {
-                    enter(&shared.activities_now, &shared.activities_peak);
-                    run_attempt(&shared, task).await;
-                    shared.activities_now.fetch_sub(1, Ordering::SeqCst);
-                    drop(permit);
-                });
+                spawn_attempt(&shared, task, permit);
             }
             Ok(_) => failures = 0,
             Err(error) => {
@@ -66,7 +62,22 @@ fn info_of(task: &ActivityTask) -> ActivityInfo {
 }
 
 /// Runs one attempt to its end, its heartbeats beside it.
-async fn run_attempt(shared: &Shared, task: ActivityTask) {
+/// Runs an attempt in its own task, holding one unit of activity capacity.
+pub(super) fn spawn_attempt(
+    shared: &Arc<Shared>,
+    task: ActivityTask,
+    permit: OwnedSemaphorePermit,
+) {
+    let shared = shared.clone();
+    shared.clone().spawn("worker-activity", async move {
+        enter(&shared.activities_now, &shared.activities_peak);
+        run_attempt(&shared, task).await;
+        shared.activities_now.fetch_sub(1, Ordering::SeqCst);
+        drop(permit);
+    });
+}
+
+async fn run_attempt(shared: &Arc<Shared>, task: ActivityTask) {
     shared.activities_run.fetch_add(1, Ordering::Relaxed);
     if let Some(observer) = &shared.observer {
         observer.activity_started(&task);
@@ -133,15 +144,31 @@ fn to_task_result(
     }
 }
 
-/// Delivers the attempt's end (retried: the token makes it idempotent).
-async fn respond(shared: &Shared, task: &ActivityTask, result: ActivityTaskResult) {
+/// Delivers the attempt's end (retried: the token makes it idempotent). If
+/// this worker has room for a workflow task, it offers to take the one the
+/// result schedules (eager dispatch) and runs it.
+async fn respond(shared: &Arc<Shared>, task: &ActivityTask, result: ActivityTaskResult) {
+    let permit = shared.try_permit(
+        &shared.workflow_permits,
+        !shared.workflows.names().is_empty(),
+    );
     let request = Request::RespondActivityTask(RespondActivityTaskRequest {
         task_token: task.task_token.clone(),
         result,
         identity: shared.options.identity.clone(),
+        eager_workflow_task_queue: permit.as_ref().map(|_| shared.options.task_queue.clone()),
     });
-    if let Err(error) = shared.call_idempotent(request).await {
-        tracing::debug!(%error, "activity result not accepted (the attempt timed out, or the run closed)");
+    match shared.call_idempotent(request).await {
+        Ok(Response::RespondActivityTask(RespondActivityTaskResponse {
+            workflow_task: Some(next),
+        })) => {
+            let permit = permit.expect("a workflow task is handed only to a worker that has room");
+            super::workflows::spawn_task(shared, next, permit);
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::debug!(%error, "activity result not accepted (the attempt timed out, or the run closed)")
+        }
     }
 }
 

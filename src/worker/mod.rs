@@ -420,6 +420,30 @@ impl Shared {
         }
     }
 
+    /// A permit if one is free right now (and `wanted`), for eager dispatch.
+    pub fn try_permit(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        wanted: bool,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if !wanted || self.is_stopping() {
+            return None;
+        }
+        semaphore.clone().try_acquire_owned().ok()
+    }
+
+    /// Up to `count` permits that are free right now, for eager dispatch.
+    pub fn try_permits(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        count: usize,
+    ) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        let wanted = !self.activities.is_empty();
+        (0..count)
+            .map_while(|_| self.try_permit(semaphore, wanted))
+            .collect()
+    }
+
     /// Waits for a permit, or returns `None` once the worker stops.
     pub async fn permit(
         &self,

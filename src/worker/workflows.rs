@@ -3,8 +3,11 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::{Shared, enter};
 use crate::api::*;
+use crate::engine::eager::EAGER_ACTIVITIES_MAX;
 use crate::history::{Event, WorkflowTaskFailedCause};
 use crate::types::Failure;
 use crate::workflow::{ReplayError, WorkflowExecutor};
@@ -30,13 +33,7 @@ pub(super) async fn poll_loop(shared: Arc<Shared>) {
                 task: Some(task), ..
             })) => {
                 failures = 0;
-                let shared = shared.clone();
-                shared.clone().spawn("worker-workflow-task", async move {
-                    enter(&shared.workflow_tasks_now, &shared.workflow_tasks_peak);
-                    handle_task(&shared, task).await;
-                    shared.workflow_tasks_now.fetch_sub(1, Ordering::SeqCst);
-                    drop(permit);
-                });
+                spawn_task(&shared, task, permit);
             }
             Ok(Response::PollWorkflowTask(PollWorkflowTaskResponse {
                 query: Some(query), ..
@@ -97,7 +94,18 @@ async fn read_history(
 
 /// Runs a workflow task: applies its events to the cached executor (or one
 /// rebuilt from the full history), and completes it with the commands.
-async fn handle_task(shared: &Shared, task: WorkflowTask) {
+/// Runs a workflow task in its own task, holding one unit of workflow capacity.
+pub(super) fn spawn_task(shared: &Arc<Shared>, task: WorkflowTask, permit: OwnedSemaphorePermit) {
+    let shared = shared.clone();
+    shared.clone().spawn("worker-workflow-task", async move {
+        enter(&shared.workflow_tasks_now, &shared.workflow_tasks_peak);
+        handle_task(&shared, task).await;
+        shared.workflow_tasks_now.fetch_sub(1, Ordering::SeqCst);
+        drop(permit);
+    });
+}
+
+async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
     let run_id = task.task_token.run_id.clone();
     let entry = shared.cache.lock().expect("cache lock").entry(&run_id);
     let mut slot = entry.lock().await;
@@ -144,19 +152,39 @@ async fn handle_task(shared: &Shared, task: WorkflowTask) {
         return;
     };
     let closed = commands.iter().any(crate::workflow::Command::is_terminal);
+    // Room for the activities these commands schedule on our queue: the
+    // service starts them and hands them back with its answer.
+    let eager_wanted = commands
+        .iter()
+        .filter(|c| schedules_on(c, &shared.options.task_queue))
+        .count();
+    let permits = shared.try_permits(
+        &shared.activity_permits,
+        eager_wanted.min(EAGER_ACTIVITIES_MAX as usize),
+    );
     let request = Request::CompleteWorkflowTask(CompleteWorkflowTaskRequest {
         task_token: task.task_token.clone(),
         commands,
         identity: shared.options.identity.clone(),
+        eager_activities_max: permits.len() as u32,
     });
     // The executor stays cached whatever the answer: if the completion did not
     // land, the next task's `previous_started_event_id` will not match it and
     // it is replaced by a replay from history.
     match shared.call_idempotent(request).await {
-        Ok(_) => {
+        Ok(response) => {
             shared.workflow_tasks.fetch_add(1, Ordering::Relaxed);
             if let Some(observer) = &shared.observer {
                 observer.workflow_task_completed(&run_id, executor.digest(), closed);
+            }
+            if let Response::CompleteWorkflowTask(answer) = response {
+                assert!(
+                    answer.activity_tasks.len() <= permits.len(),
+                    "the service hands back at most what we have room for"
+                );
+                for (activity, permit) in answer.activity_tasks.into_iter().zip(permits) {
+                    super::activities::spawn_attempt(shared, activity, permit);
+                }
             }
         }
         Err(error) => tracing::debug!(run_id, %error, "workflow task completion not accepted"),
@@ -249,4 +277,15 @@ async fn replay_and_query(shared: &Shared, query: &QueryTask) -> Result<serde_js
     executor
         .query(&query.query_name, query.args.clone())
         .map_err(|e| e.to_string())
+}
+
+/// True if `command` schedules an activity on `task_queue` (the default queue
+/// of an activity is its workflow's, which this worker polls).
+fn schedules_on(command: &crate::workflow::Command, task_queue: &str) -> bool {
+    match command {
+        crate::workflow::Command::ScheduleActivityTask(a) => {
+            a.task_queue.as_deref().is_none_or(|q| q == task_queue)
+        }
+        _ => false,
+    }
 }

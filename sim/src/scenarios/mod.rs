@@ -4,10 +4,13 @@
 //! |-------------|---------------------------------------------------------------------|
 //! | `small`     | one workflow of three activities, two workers, one fault (the speed benchmark) |
 //! | `transfers` | money transfers with timers, signals, parallel activities, many faults |
+//! | `messages`  | the order-of-messages example: timer, database, verification, signal, two parallel HTTP fetches, queries |
 
+mod messages;
 mod small;
 mod transfers;
 
+pub use messages::messages;
 pub use small::small;
 pub use transfers::transfers;
 
@@ -15,7 +18,7 @@ use crate::Simulation;
 
 /// Every bundled scenario.
 pub fn all() -> Vec<Simulation> {
-    vec![small(), transfers()]
+    vec![small(), transfers(), messages()]
 }
 
 /// The bundled scenario called `name`.

@@ -1,0 +1,181 @@
+//! What the HTTP benchmarks share: the real `retrace server` as a child
+//! process over SQLite (durable, no relaxed sync), a worker in a separate
+//! process (this same benchmark binary, re-run in worker mode), clients over
+//! HTTP, percentiles and RSS.
+// Benchmarks drive real processes and measure real time.
+#![allow(clippy::disallowed_methods, dead_code)]
+
+#[path = "../../tests/server_process/mod.rs"]
+mod server_process;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult};
+use retrace::client::Client;
+use retrace::env::Env;
+use retrace::http::HttpNetwork;
+use retrace::worker::Worker;
+use retrace::workflow::{WorkflowContext, WorkflowRegistry};
+pub use server_process::{ServerProcess, free_port};
+
+/// The task queue of every benchmark.
+pub const TASK_QUEUE: &str = "bench";
+/// Set by the smoke tests: run the worker in-process.
+pub const IN_PROCESS_WORKER_VARIABLE: &str = "RETRACE_BENCH_IN_PROCESS_WORKER";
+/// Set in a worker process: the service's URL.
+pub const WORKER_ROLE_VARIABLE: &str = "RETRACE_BENCH_WORKER";
+
+/// An activity that returns at once.
+pub struct Noop;
+
+impl Activity for Noop {
+    const NAME: &'static str = "noop";
+    type Input = u64;
+    type Output = u64;
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(30))
+    }
+    async fn run(&self, _ctx: ActivityContext, step: u64) -> ActivityResult<u64> {
+        Ok(step + 1)
+    }
+}
+
+/// `chain`(n): n sequential `noop` activities; `wait`(ms): one durable timer.
+pub fn registry() -> WorkflowRegistry {
+    let mut registry = WorkflowRegistry::new();
+    registry.register_fn("chain", |ctx: WorkflowContext, steps: u64| async move {
+        let mut value = 0;
+        for _ in 0..steps {
+            value = ctx.activity::<Noop>(value).await?;
+        }
+        Ok(value)
+    });
+    registry.register_fn("wait", |ctx: WorkflowContext, wait_ms: u64| async move {
+        ctx.sleep(Duration::from_millis(wait_ms)).await?;
+        Ok(())
+    });
+    registry
+}
+
+/// An env whose network is HTTP to `url`.
+pub fn env(url: &str) -> Env {
+    let network = HttpNetwork::new(url, None).expect("a valid URL");
+    Env::tokio(Arc::new(network))
+}
+
+/// A client over HTTP.
+pub fn client(url: &str) -> Client {
+    Client::new(env(url))
+}
+
+/// The benchmark worker (runs until dropped or killed).
+pub fn start_worker(url: &str, cache_runs_max: usize) -> Worker {
+    Worker::builder(env(url), TASK_QUEUE)
+        .workflows(registry())
+        .activity(Noop)
+        .options(|o| {
+            o.workflow_tasks_max = 64;
+            o.activities_max = 256;
+            o.pollers_max = 16;
+            o.cache_runs_max = cache_runs_max;
+        })
+        .start()
+}
+
+/// If this process was started as a worker, runs the worker until killed and
+/// never returns.
+pub fn run_worker_if_asked() {
+    let Ok(url) = std::env::var(WORKER_ROLE_VARIABLE) else {
+        return;
+    };
+    let cache_runs_max: usize = std::env::var("RETRACE_BENCH_CACHE_RUNS_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async move {
+        let _worker = start_worker(&url, cache_runs_max);
+        futures::future::pending::<()>().await;
+    });
+    std::process::exit(0);
+}
+
+/// The worker: a separate process (benchmarks), or in this process (the
+/// smoke tests, whose test binary cannot run itself as a worker).
+pub enum WorkerProcess {
+    Separate(Child),
+    InProcess(Worker),
+}
+
+impl WorkerProcess {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        match self {
+            WorkerProcess::Separate(child) => child.id(),
+            WorkerProcess::InProcess(_) => std::process::id(),
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        match self {
+            WorkerProcess::Separate(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            WorkerProcess::InProcess(worker) => worker.crash(),
+        }
+    }
+}
+
+/// Starts a worker of `url`: this binary run again as a worker process, or
+/// in-process when smoke-testing.
+pub fn spawn_worker(url: &str, cache_runs_max: usize) -> WorkerProcess {
+    if std::env::var_os(IN_PROCESS_WORKER_VARIABLE).is_some() {
+        return WorkerProcess::InProcess(start_worker(url, cache_runs_max));
+    }
+    let child = Command::new(std::env::current_exe().expect("the benchmark knows its path"))
+        .env(WORKER_ROLE_VARIABLE, url)
+        .env("RETRACE_BENCH_CACHE_RUNS_MAX", cache_runs_max.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the benchmark binary starts as a worker");
+    WorkerProcess::Separate(child)
+}
+
+/// A server on a fresh SQLite file in `dir`, ready.
+pub async fn server(dir: &std::path::Path) -> ServerProcess {
+    ServerProcess::start(&dir.join("bench.db"), free_port(), &dir.join("server.log")).await
+}
+
+/// The `p`-th percentile (0..=100) of sorted samples, in ms.
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    assert!(!sorted.is_empty(), "percentiles need samples");
+    let index = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    sorted[index].as_secs_f64() * 1_000.0
+}
+
+/// Resident memory of process `pid`, in MB (from /proc).
+pub fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1_024.0
+}
+
+/// True for a short run (`RETRACE_BENCH_SMOKE`, and the smoke tests).
+pub fn smoke() -> bool {
+    std::env::var_os("RETRACE_BENCH_SMOKE").is_some()
+}

@@ -1,0 +1,74 @@
+//! W1: one-activity workflows started one after another, over the real HTTP
+//! API, the worker in a separate process, SQLite durable. Reports p50, p99 and
+//! max of start-to-result.
+//!
+//! `cargo bench --bench w1`; the JSON line is printed last.
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall time
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use retrace::client::StartOptions;
+use serde_json::json;
+
+/// Runs the benchmark; `smoke` makes it short. Returns the result line.
+pub async fn run(smoke: bool) -> serde_json::Value {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let server = common::server(dir.path()).await;
+    let worker = common::spawn_worker(&server.url(), 1_000);
+    let client = common::client(&server.url());
+    let budget = if smoke {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(10)
+    };
+    let warmup = if smoke { 5 } else { 200 };
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let mut n = 0u64;
+    while (started.elapsed() < budget || samples.is_empty()) && samples.len() < 100_000 {
+        let begin = Instant::now();
+        let id = format!("w1-{n}");
+        let run_id = client
+            .start_by_name(
+                StartOptions::new(&id, common::TASK_QUEUE),
+                "chain",
+                json!(1),
+            )
+            .await
+            .expect("start");
+        let result = client
+            .handle::<u64>(&id, Some(&run_id))
+            .result()
+            .await
+            .expect("the workflow completes");
+        assert_eq!(result, 1);
+        if n >= warmup {
+            samples.push(begin.elapsed());
+        }
+        n += 1;
+    }
+    drop(worker);
+    samples.sort();
+    let (p50, p99, max) = (
+        common::percentile_ms(&samples, 50.0),
+        common::percentile_ms(&samples, 99.0),
+        common::percentile_ms(&samples, 100.0),
+    );
+    println!(
+        "W1: {} workflows (after {warmup} warm-up): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+        samples.len()
+    );
+    json!({"bench": "w1", "smoke": smoke, "workflows": samples.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max})
+}
+
+#[allow(dead_code)] // the smoke test includes this file and calls `run`
+fn main() {
+    common::run_worker_if_asked();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    println!("{}", runtime.block_on(run(common::smoke())));
+}

@@ -1,0 +1,214 @@
+//! Starting tasks inside a transition, and turning them into what a worker
+//! receives. Polls use it, and so does eager dispatch: the reply that
+//! completes a workflow task carries the activities it scheduled, already
+//! started; the reply to an activity result carries the workflow task it
+//! scheduled. Each saves a poll round trip and a storage write.
+
+use serde_json::Value;
+
+use super::machine::{ActivityState, Step, WorkflowTaskState, activity, workflow_task};
+use super::service::{Inner, unavailable};
+use crate::api::{ActivityTask, ServiceError, TaskToken, WorkflowTask};
+use crate::history::EventKind;
+use crate::types::Timestamp;
+
+/// Activities handed back in one completion, at most.
+pub const EAGER_ACTIVITIES_MAX: u32 = 16;
+
+/// A workflow task started by a transition; its events are read after the commit.
+pub(super) struct StartedWorkflowTask {
+    token: TaskToken,
+    workflow_id: String,
+    workflow_type: String,
+    previous_started_event_id: u64,
+}
+
+/// Starts the run's scheduled workflow task (the one at `scheduled_event_id`,
+/// if given). Pure: part of a transition.
+pub(super) fn start_workflow_task(
+    step: &mut Step<'_>,
+    scheduled_event_id: Option<u64>,
+    identity: &str,
+    request_id: &str,
+) -> Option<StartedWorkflowTask> {
+    let WorkflowTaskState::Scheduled {
+        scheduled_event_id: scheduled,
+        attempt,
+    } = step.state.workflow_task
+    else {
+        return None;
+    };
+    if scheduled_event_id.is_some_and(|wanted| wanted != scheduled) {
+        return None;
+    }
+    let previous_started_event_id = step.state.previous_started_event_id;
+    let started_event_id = workflow_task::on_started(step, scheduled, identity, request_id)?;
+    assert!(
+        started_event_id > previous_started_event_id,
+        "a task starts after the previous one"
+    );
+    Some(StartedWorkflowTask {
+        token: TaskToken {
+            run_id: step.state.run_id.clone(),
+            scheduled_event_id: scheduled,
+            attempt,
+            started_event_id,
+        },
+        workflow_id: step.state.workflow_id.clone(),
+        workflow_type: step.state.workflow_type.clone(),
+        previous_started_event_id,
+    })
+}
+
+/// An activity attempt started by a transition.
+pub(super) struct StartedActivity {
+    activity: ActivityState,
+    workflow_id: String,
+    run_id: String,
+    started_time: Timestamp,
+    /// The input, when the transition wrote it (else read from storage).
+    input: Option<Value>,
+}
+
+/// Starts attempt `attempt` of the activity at `scheduled_event_id`, if it is on the queue.
+pub(super) fn start_activity(
+    step: &mut Step<'_>,
+    scheduled_event_id: u64,
+    attempt: u32,
+    identity: &str,
+) -> Option<StartedActivity> {
+    activity::on_started(step, scheduled_event_id, attempt, identity)?;
+    Some(StartedActivity {
+        activity: step.state.activities[&scheduled_event_id].clone(),
+        workflow_id: step.state.workflow_id.clone(),
+        run_id: step.state.run_id.clone(),
+        started_time: step.now,
+        input: None,
+    })
+}
+
+/// Starts up to `max` of the activities this transition scheduled on the
+/// run's own task queue (for the worker completing the workflow task).
+pub(super) fn start_new_activities(
+    step: &mut Step<'_>,
+    max: u32,
+    identity: &str,
+) -> Vec<StartedActivity> {
+    let scheduled: Vec<(u64, Value)> = step
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ActivityTaskScheduled(a) if a.task_queue == step.state.task_queue => {
+                Some((e.event_id, a.input.clone()))
+            }
+            _ => None,
+        })
+        .take(max.min(EAGER_ACTIVITIES_MAX) as usize)
+        .collect();
+    let mut started = Vec::with_capacity(scheduled.len());
+    for (scheduled_event_id, input) in scheduled {
+        if let Some(mut activity) = start_activity(step, scheduled_event_id, 1, identity) {
+            activity.input = Some(input);
+            started.push(activity);
+        }
+    }
+    assert!(started.len() <= max as usize);
+    started
+}
+
+impl Inner {
+    /// The task a worker receives for a started workflow task: its events
+    /// since the last completed task, read from storage.
+    pub(super) async fn workflow_task_of(
+        &self,
+        started: StartedWorkflowTask,
+    ) -> Result<WorkflowTask, ServiceError> {
+        let token = started.token;
+        let from = started.previous_started_event_id + 1;
+        let count = (token.started_event_id - started.previous_started_event_id) as usize;
+        let events = match self
+            .recent_events(&token.run_id, from, token.started_event_id)
+            .await
+        {
+            Some(events) => events,
+            None => {
+                let read = self.storage.read_events(&token.run_id, from, count).await;
+                read.map_err(|e| unavailable(&e))?
+            }
+        };
+        assert_eq!(
+            events.len(),
+            count,
+            "a workflow task carries every event since the last one"
+        );
+        assert_eq!(
+            events.last().map(|e| e.event_id),
+            Some(token.started_event_id),
+            "the task's events end at its start"
+        );
+        Ok(WorkflowTask {
+            task_token: token,
+            workflow_id: started.workflow_id,
+            workflow_type: started.workflow_type,
+            previous_started_event_id: started.previous_started_event_id,
+            events,
+        })
+    }
+
+    /// The task a worker receives for a started activity attempt.
+    pub(super) async fn activity_task_of(
+        &self,
+        started: StartedActivity,
+    ) -> Result<ActivityTask, ServiceError> {
+        let activity = started.activity;
+        let input = match started.input {
+            Some(input) => input,
+            None => {
+                self.scheduled_input(&started.run_id, activity.scheduled_event_id)
+                    .await?
+            }
+        };
+        Ok(ActivityTask {
+            task_token: TaskToken {
+                run_id: started.run_id.clone(),
+                scheduled_event_id: activity.scheduled_event_id,
+                attempt: activity.attempt,
+                started_event_id: 0,
+            },
+            workflow_id: started.workflow_id,
+            run_id: started.run_id,
+            activity_id: activity.activity_id,
+            activity_type: activity.activity_type,
+            input,
+            attempt: activity.attempt,
+            scheduled_time: activity.scheduled_time,
+            started_time: started.started_time,
+            start_to_close_timeout_ms: Some(activity.start_to_close_timeout_ms),
+            heartbeat_timeout_ms: activity.heartbeat_timeout_ms,
+            heartbeat_details: activity.heartbeat_details,
+        })
+    }
+
+    async fn scheduled_input(
+        &self,
+        run_id: &str,
+        scheduled_event_id: u64,
+    ) -> Result<Value, ServiceError> {
+        let read = self
+            .storage
+            .read_events(run_id, scheduled_event_id, 1)
+            .await;
+        match read
+            .map_err(|e| unavailable(&e))?
+            .into_iter()
+            .next()
+            .map(|e| e.kind)
+        {
+            Some(EventKind::ActivityTaskScheduled(scheduled)) => Ok(scheduled.input),
+            _ => Err(ServiceError::new(
+                crate::api::ErrorCode::Internal,
+                "the activity's scheduled event is missing",
+            )),
+        }
+    }
+}
