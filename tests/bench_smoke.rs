@@ -1,6 +1,9 @@
 //! Each benchmark's harness works and gives sane figures (short runs, the
 //! worker in-process; speed targets are measured by `cargo bench`, never by
 //! tests).
+// Each benchmark is its own crate under `cargo bench` and loads `common`;
+// included together here, `common` is loaded once per benchmark.
+#![allow(clippy::duplicate_mod)]
 
 #[path = "../benches/memory.rs"]
 mod memory_bench;
