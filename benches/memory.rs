@@ -7,6 +7,12 @@
 
 mod common;
 
+/// The same allocator as the `retrace` binary (the worker process is this
+/// binary). Not in the smoke tests, which include several benchmarks at once.
+#[cfg(not(test))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::Duration;
 
