@@ -2298,3 +2298,25 @@ async fn the_order_of_messages_workflow_runs_end_to_end_on_two_workers() {
     }
     engine.check_histories().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_workflow_task_scheduled_while_a_poller_waits_starts_in_the_same_write() {
+    let engine = TestEngine::new(registry()).await;
+    let worker = worker(&engine, "sync").start();
+    // Let the worker's polls reach the service and wait there.
+    engine.engine.env().sleep_ms(10).await;
+    let before = engine.engine.service().sync_matches();
+    let handle = engine
+        .client()
+        .start::<AwaitSignal>(StartOptions::new("sync-match", "sync"), ())
+        .await
+        .unwrap();
+    handle.signal("finish", "now").await.unwrap();
+    assert_eq!(handle.result().await.unwrap(), "now");
+    let matched = engine.engine.service().sync_matches() - before;
+    assert!(matched >= 2, "the first task (at start) and the signal's task were sync-matched: {matched}");
+    let history = handle.history().await.unwrap();
+    assert_eq!(names(&history)[..3], ["WorkflowExecutionStarted", "WorkflowTaskScheduled", "WorkflowTaskStarted"]);
+    worker.shutdown().await;
+    engine.check_histories().await;
+}

@@ -116,43 +116,44 @@ pub(super) fn start_new_activities(
     started
 }
 
+impl StartedWorkflowTask {
+    /// The events the task carries: after the last completed task, through its start.
+    pub(super) fn event_range(&self) -> (u64, u64) {
+        (self.previous_started_event_id + 1, self.token.started_event_id)
+    }
+
+    /// The task a worker receives, given its events.
+    pub(super) fn into_task(self, events: Vec<crate::history::Event>) -> WorkflowTask {
+        let (from, to) = self.event_range();
+        assert_eq!(events.len() as u64, to - from + 1, "a workflow task carries every event since the last one");
+        assert_eq!(events.last().map(|e| e.event_id), Some(to), "the task's events end at its start");
+        WorkflowTask {
+            task_token: self.token,
+            workflow_id: self.workflow_id,
+            workflow_type: self.workflow_type,
+            previous_started_event_id: self.previous_started_event_id,
+            events,
+        }
+    }
+}
+
 impl Inner {
     /// The task a worker receives for a started workflow task: its events
-    /// since the last completed task, read from storage.
-    pub(super) async fn workflow_task_of(
-        &self,
-        started: StartedWorkflowTask,
-    ) -> Result<WorkflowTask, ServiceError> {
-        let token = started.token;
-        let from = started.previous_started_event_id + 1;
-        let count = (token.started_event_id - started.previous_started_event_id) as usize;
-        let events = match self
-            .recent_events(&token.run_id, from, token.started_event_id)
-            .await
-        {
+    /// since the last completed task, from memory or storage.
+    pub(super) async fn workflow_task_of(&self, started: StartedWorkflowTask) -> Result<WorkflowTask, ServiceError> {
+        let (from, to) = started.event_range();
+        let run_id = started.token.run_id.clone();
+        let events = match self.recent_events(&run_id, from, to).await {
             Some(events) => events,
-            None => {
-                let read = self.storage.read_events(&token.run_id, from, count).await;
-                read.map_err(|e| unavailable(&e))?
-            }
+            None => self.read_task_events(&run_id, from, to).await?,
         };
-        assert_eq!(
-            events.len(),
-            count,
-            "a workflow task carries every event since the last one"
-        );
-        assert_eq!(
-            events.last().map(|e| e.event_id),
-            Some(token.started_event_id),
-            "the task's events end at its start"
-        );
-        Ok(WorkflowTask {
-            task_token: token,
-            workflow_id: started.workflow_id,
-            workflow_type: started.workflow_type,
-            previous_started_event_id: started.previous_started_event_id,
-            events,
-        })
+        Ok(started.into_task(events))
+    }
+
+    /// Events `from..=to` from storage.
+    pub(super) async fn read_task_events(&self, run_id: &str, from: u64, to: u64) -> Result<Vec<crate::history::Event>, ServiceError> {
+        let read = self.storage.read_events(run_id, from, (to - from + 1) as usize).await;
+        read.map_err(|e| unavailable(&e))
     }
 
     /// The task a worker receives for a started activity attempt.

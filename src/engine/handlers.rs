@@ -174,8 +174,13 @@ impl Inner {
                 return Err(ServiceError::new(ErrorCode::ResourceExhausted, message));
             }
             let run_id = self.env.new_id();
-            let (state, events) =
-                machine::run::start(&request, &run_id, self.env.now(), self.limits())?;
+            let now = self.env.now();
+            let (mut state, events) = machine::run::start(&request, &run_id, now, self.limits())?;
+            // Sync match: a waiting poller gets the first workflow task from this same write.
+            let mut step = machine::Step::new(&mut state, now, self.limits());
+            step.events = events;
+            let matched = self.sync_match(&mut step);
+            let events = std::mem::take(&mut step.events);
             let claim = WorkflowIdClaim {
                 workflow_id: request.workflow_id.clone(),
                 previous_run_id: current,
@@ -192,7 +197,15 @@ impl Inner {
             pending.disarm();
             match outcome {
                 Ok(()) => {
+                    // Publish first: the matched worker may complete the task at once.
+                    let task_events = matched.as_ref().map(|(_, started)| {
+                        let (from, to) = started.event_range();
+                        written[(from - 1) as usize..to as usize].to_vec()
+                    });
                     self.publish_new_run(state, written);
+                    if let (Some((poller, started)), Some(events)) = (matched, task_events) {
+                        let _ = poller.sender.send(Dispatch::Started(Box::new(started.into_task(events))));
+                    }
                     return Ok(StartWorkflowResponse { run_id });
                 }
                 Err(StorageError::WorkflowIdConflict { .. }) => continue,
@@ -428,23 +441,22 @@ impl Inner {
         kind: QueueKind,
         task_queue: &str,
         wait_ms: u64,
+        identity: &str,
     ) -> Option<Dispatch> {
-        let taken = self
-            .matching
-            .lock()
-            .expect("matching lock")
-            .take_or_wait(kind, task_queue);
-        let mut receiver = match taken {
+        let taken = self.matching.lock().expect("matching lock").take_or_wait(kind, task_queue, identity);
+        let (id, mut receiver) = match taken {
             Ok(item) => return Some(item),
-            Err(receiver) => receiver,
+            Err(waiting) => waiting,
         };
         let sleep = self.env.sleep_ms(wait_ms);
         match futures::future::select(&mut receiver, sleep).await {
             futures::future::Either::Left((Ok(item), _)) => Some(item),
             futures::future::Either::Left((Err(_), _)) => None,
             futures::future::Either::Right(_) => {
-                receiver.close();
-                receiver.try_recv().ok()
+                let left = self.matching.lock().expect("matching lock").leave(kind, task_queue, id);
+                // Not in the queue any more: it was handed work, which arrives
+                // now (or its reservation is dropped).
+                if left { None } else { receiver.await.ok() }
             }
         }
     }
@@ -465,7 +477,7 @@ impl Inner {
         loop {
             let wait_ms = deadline.millis_since(self.env.now());
             let Some(item) = self
-                .next_dispatch(QueueKind::Workflow, &request.task_queue, wait_ms)
+                .next_dispatch(QueueKind::Workflow, &request.task_queue, wait_ms, &request.identity)
                 .await
             else {
                 return Ok(empty);
@@ -476,6 +488,9 @@ impl Inner {
                         task: None,
                         query: Some(query),
                     });
+                }
+                Dispatch::Started(task) => {
+                    return Ok(PollWorkflowTaskResponse { task: Some(*task), query: None });
                 }
                 Dispatch::Task(key) => key,
             };
@@ -610,7 +625,7 @@ impl Inner {
         loop {
             let wait_ms = deadline.millis_since(self.env.now());
             let Some(item) = self
-                .next_dispatch(QueueKind::Activity, &request.task_queue, wait_ms)
+                .next_dispatch(QueueKind::Activity, &request.task_queue, wait_ms, &request.identity)
                 .await
             else {
                 return Ok(PollActivityTaskResponse { task: None });

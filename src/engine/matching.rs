@@ -5,13 +5,18 @@
 //! takes a stale key (the task was started, timed out or the run closed)
 //! simply takes the next one, so duplicates are harmless. Queries travel on
 //! workflow queues beside workflow tasks.
+//!
+//! Sync match: a transition that schedules a workflow task while a poller
+//! waits reserves that poller, starts the task in its own write, and sends it
+//! the started task. A poller whose wait ends leaves the queue under the lock;
+//! if it is no longer in the queue it was handed work, and it waits for it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use tokio::sync::oneshot;
 
 use super::machine::TaskKey;
-use crate::api::QueryTask;
+use crate::api::{QueryTask, WorkflowTask};
 
 /// Workflow and activity queues of the same name are different queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,19 +30,30 @@ pub enum QueueKind {
 pub enum Dispatch {
     Task(TaskKey),
     Query(QueryTask),
+    /// A workflow task already started for this poller (sync match).
+    Started(Box<WorkflowTask>),
+}
+
+/// A poller waiting on a queue.
+pub struct Poller {
+    id: u64,
+    /// Who polls (written into `WorkflowTaskStarted` on a sync match).
+    pub identity: String,
+    pub sender: oneshot::Sender<Dispatch>,
 }
 
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Dispatch>,
     present: BTreeSet<TaskKey>,
-    pollers: VecDeque<oneshot::Sender<Dispatch>>,
+    pollers: VecDeque<Poller>,
 }
 
 /// Every queue of the service.
 #[derive(Default)]
 pub struct Matching {
     queues: BTreeMap<(QueueKind, String), Queue>,
+    next_poller_id: u64,
 }
 
 impl Matching {
@@ -51,7 +67,7 @@ impl Matching {
         }
         let mut item = item;
         while let Some(poller) = queue.pollers.pop_front() {
-            match poller.send(item) {
+            match poller.sender.send(item) {
                 Ok(()) => return,
                 Err(returned) => item = returned,
             }
@@ -62,12 +78,14 @@ impl Matching {
         queue.items.push_back(item);
     }
 
-    /// Takes the next waiting item, or registers a poller to receive one.
+    /// Takes the next waiting item, or registers a poller to receive one
+    /// (its id, to leave with [`Matching::leave`]).
     pub fn take_or_wait(
         &mut self,
         kind: QueueKind,
         name: &str,
-    ) -> Result<Dispatch, oneshot::Receiver<Dispatch>> {
+        identity: &str,
+    ) -> Result<Dispatch, (u64, oneshot::Receiver<Dispatch>)> {
         let queue = self.queues.entry((kind, name.to_string())).or_default();
         if let Some(item) = queue.items.pop_front() {
             if let Dispatch::Task(key) = &item {
@@ -75,10 +93,32 @@ impl Matching {
             }
             return Ok(item);
         }
-        queue.pollers.retain(|poller| !poller.is_closed());
+        queue.pollers.retain(|poller| !poller.sender.is_closed());
         let (sender, receiver) = oneshot::channel();
-        queue.pollers.push_back(sender);
-        Err(receiver)
+        self.next_poller_id += 1;
+        let id = self.next_poller_id;
+        queue.pollers.push_back(Poller { id, identity: identity.to_string(), sender });
+        Err((id, receiver))
+    }
+
+    /// The poller `id` stops waiting. False if it was handed work meanwhile
+    /// (it must then wait for that work).
+    pub fn leave(&mut self, kind: QueueKind, name: &str, id: u64) -> bool {
+        let Some(queue) = self.queues.get_mut(&(kind, name.to_string())) else { return false };
+        let before = queue.pollers.len();
+        queue.pollers.retain(|poller| poller.id != id);
+        queue.pollers.len() < before
+    }
+
+    /// Reserves a waiting poller of a workflow queue for a sync match.
+    pub fn reserve_workflow_poller(&mut self, name: &str) -> Option<Poller> {
+        let queue = self.queues.get_mut(&(QueueKind::Workflow, name.to_string()))?;
+        while let Some(poller) = queue.pollers.pop_front() {
+            if !poller.sender.is_closed() {
+                return Some(poller);
+            }
+        }
+        None
     }
 
     /// Items waiting in a queue (for tests and describe).
@@ -120,7 +160,7 @@ mod tests {
     #[test]
     fn a_waiting_poller_gets_the_task_directly() {
         let mut matching = Matching::default();
-        let Err(mut receiver) = matching.take_or_wait(QueueKind::Activity, "q") else {
+        let Err((_, mut receiver)) = matching.take_or_wait(QueueKind::Activity, "q", "w") else {
             panic!("queue is empty")
         };
         matching.offer(QueueKind::Activity, "q", Dispatch::Task(key(5)));
@@ -131,13 +171,13 @@ mod tests {
     #[test]
     fn a_gone_poller_does_not_swallow_the_task() {
         let mut matching = Matching::default();
-        let Err(receiver) = matching.take_or_wait(QueueKind::Workflow, "q") else {
+        let Err((_, receiver)) = matching.take_or_wait(QueueKind::Workflow, "q", "w") else {
             panic!("queue is empty")
         };
         drop(receiver);
         matching.offer(QueueKind::Workflow, "q", Dispatch::Task(key(7)));
         assert_eq!(
-            matching.take_or_wait(QueueKind::Workflow, "q").ok(),
+            matching.take_or_wait(QueueKind::Workflow, "q", "w").ok(),
             Some(Dispatch::Task(key(7)))
         );
     }

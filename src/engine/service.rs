@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{Notify, OwnedMutexGuard, Semaphore, oneshot};
 
 use super::machine::{self, Limits, RunState, Step, TaskKind};
-use super::matching::{Dispatch, Matching, QueueKind};
+use super::eager::{StartedWorkflowTask, start_workflow_task};
+use super::machine::WorkflowTaskState;
+use super::matching::{Dispatch, Matching, Poller, QueueKind};
 use super::timer_queue::TimerQueue;
 use crate::api::{ErrorCode, Reply, Request, RunOutcome, ServiceError};
 use crate::env::{
@@ -131,6 +133,8 @@ pub(super) struct Inner {
     timer_permits: Arc<Semaphore>,
     pub result_waiters: Mutex<BTreeMap<String, Vec<oneshot::Sender<RunOutcome>>>>,
     pub queries: Mutex<BTreeMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
+    /// Workflow tasks started by sync match (for tests and metrics).
+    pub sync_matches: std::sync::atomic::AtomicU64,
     /// Workflow types advertised by pollers, per task queue, with when last seen.
     pub workflow_types: Mutex<BTreeMap<String, BTreeMap<String, crate::types::Timestamp>>>,
 }
@@ -199,6 +203,7 @@ impl Service {
             result_waiters: Mutex::new(BTreeMap::new()),
             queries: Mutex::new(BTreeMap::new()),
             workflow_types: Mutex::new(BTreeMap::new()),
+            sync_matches: std::sync::atomic::AtomicU64::new(0),
         });
         inner.recover().await?;
         let weak = Arc::downgrade(&inner);
@@ -220,6 +225,11 @@ impl Service {
     /// Open runs held in memory.
     pub fn open_runs(&self) -> usize {
         lock(&self.inner.runs).len()
+    }
+
+    /// Workflow tasks started by sync match so far (each saved a write and a poll).
+    pub fn sync_matches(&self) -> u64 {
+        self.inner.sync_matches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tasks waiting in a workflow (or activity) queue.
@@ -352,12 +362,38 @@ impl Inner {
         let mut next = loaded.state.clone();
         let mut step = Step::new(&mut next, self.env.now(), self.limits());
         let value = f(&mut step)?;
+        let matched = self.sync_match(&mut step);
         let events = std::mem::take(&mut step.events);
         if events.is_empty() && next == loaded.state {
             return Ok(value);
         }
         self.commit(&mut guard, next, events).await?;
+        if let Some((poller, started)) = matched {
+            let (from, to) = started.event_range();
+            let recent = guard.loaded.as_ref().and_then(|loaded| loaded.recent_events(from, to));
+            let events = match recent {
+                Some(events) => events,
+                None => self.read_task_events(run_id, from, to).await?,
+            };
+            let task = Box::new(started.into_task(events));
+            if poller.sender.send(Dispatch::Started(task)).is_err() {
+                tracing::debug!(run_id, "the matched poller left; the workflow task will time out and retry");
+            }
+        }
         Ok(value)
+    }
+
+    /// Sync match: if the step left a workflow task scheduled and a poller is
+    /// waiting for one, start it in this same write for that poller.
+    pub fn sync_match(&self, step: &mut Step<'_>) -> Option<(Poller, StartedWorkflowTask)> {
+        if !matches!(step.state.workflow_task, WorkflowTaskState::Scheduled { .. }) || step.state.status.is_closed() {
+            return None;
+        }
+        let poller = lock(&self.matching).reserve_workflow_poller(&step.state.task_queue)?;
+        let request_id = self.env.new_id();
+        let started = start_workflow_task(step, None, &poller.identity, &request_id)?;
+        self.sync_matches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((poller, started))
     }
 
     /// Writes the new state and events in one batch; publishes them once durable.
