@@ -2314,9 +2314,19 @@ async fn a_workflow_task_scheduled_while_a_poller_waits_starts_in_the_same_write
     handle.signal("finish", "now").await.unwrap();
     assert_eq!(handle.result().await.unwrap(), "now");
     let matched = engine.engine.service().sync_matches() - before;
-    assert!(matched >= 2, "the first task (at start) and the signal's task were sync-matched: {matched}");
+    assert!(
+        matched >= 2,
+        "the first task (at start) and the signal's task were sync-matched: {matched}"
+    );
     let history = handle.history().await.unwrap();
-    assert_eq!(names(&history)[..3], ["WorkflowExecutionStarted", "WorkflowTaskScheduled", "WorkflowTaskStarted"]);
+    assert_eq!(
+        names(&history)[..3],
+        [
+            "WorkflowExecutionStarted",
+            "WorkflowTaskScheduled",
+            "WorkflowTaskStarted"
+        ]
+    );
     worker.shutdown().await;
     engine.check_histories().await;
 }

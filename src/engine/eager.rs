@@ -119,14 +119,25 @@ pub(super) fn start_new_activities(
 impl StartedWorkflowTask {
     /// The events the task carries: after the last completed task, through its start.
     pub(super) fn event_range(&self) -> (u64, u64) {
-        (self.previous_started_event_id + 1, self.token.started_event_id)
+        (
+            self.previous_started_event_id + 1,
+            self.token.started_event_id,
+        )
     }
 
     /// The task a worker receives, given its events.
     pub(super) fn into_task(self, events: Vec<crate::history::Event>) -> WorkflowTask {
         let (from, to) = self.event_range();
-        assert_eq!(events.len() as u64, to - from + 1, "a workflow task carries every event since the last one");
-        assert_eq!(events.last().map(|e| e.event_id), Some(to), "the task's events end at its start");
+        assert_eq!(
+            events.len() as u64,
+            to - from + 1,
+            "a workflow task carries every event since the last one"
+        );
+        assert_eq!(
+            events.last().map(|e| e.event_id),
+            Some(to),
+            "the task's events end at its start"
+        );
         WorkflowTask {
             task_token: self.token,
             workflow_id: self.workflow_id,
@@ -140,7 +151,10 @@ impl StartedWorkflowTask {
 impl Inner {
     /// The task a worker receives for a started workflow task: its events
     /// since the last completed task, from memory or storage.
-    pub(super) async fn workflow_task_of(&self, started: StartedWorkflowTask) -> Result<WorkflowTask, ServiceError> {
+    pub(super) async fn workflow_task_of(
+        &self,
+        started: StartedWorkflowTask,
+    ) -> Result<WorkflowTask, ServiceError> {
         let (from, to) = started.event_range();
         let run_id = started.token.run_id.clone();
         let events = match self.recent_events(&run_id, from, to).await {
@@ -151,8 +165,16 @@ impl Inner {
     }
 
     /// Events `from..=to` from storage.
-    pub(super) async fn read_task_events(&self, run_id: &str, from: u64, to: u64) -> Result<Vec<crate::history::Event>, ServiceError> {
-        let read = self.storage.read_events(run_id, from, (to - from + 1) as usize).await;
+    pub(super) async fn read_task_events(
+        &self,
+        run_id: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<crate::history::Event>, ServiceError> {
+        let read = self
+            .storage
+            .read_events(run_id, from, (to - from + 1) as usize)
+            .await;
         read.map_err(|e| unavailable(&e))
     }
 

@@ -204,7 +204,7 @@ impl Inner {
                     });
                     self.publish_new_run(state, written);
                     if let (Some((poller, started)), Some(events)) = (matched, task_events) {
-                        let _ = poller.sender.send(Dispatch::Started(Box::new(started.into_task(events))));
+                        self.hand_over(poller, Box::new(started.into_task(events)));
                     }
                     return Ok(StartWorkflowResponse { run_id });
                 }
@@ -443,7 +443,11 @@ impl Inner {
         wait_ms: u64,
         identity: &str,
     ) -> Option<Dispatch> {
-        let taken = self.matching.lock().expect("matching lock").take_or_wait(kind, task_queue, identity);
+        let taken = self
+            .matching
+            .lock()
+            .expect("matching lock")
+            .take_or_wait(kind, task_queue, identity);
         let (id, mut receiver) = match taken {
             Ok(item) => return Some(item),
             Err(waiting) => waiting,
@@ -453,7 +457,11 @@ impl Inner {
             futures::future::Either::Left((Ok(item), _)) => Some(item),
             futures::future::Either::Left((Err(_), _)) => None,
             futures::future::Either::Right(_) => {
-                let left = self.matching.lock().expect("matching lock").leave(kind, task_queue, id);
+                let left = self
+                    .matching
+                    .lock()
+                    .expect("matching lock")
+                    .leave(kind, task_queue, id);
                 // Not in the queue any more: it was handed work, which arrives
                 // now (or its reservation is dropped).
                 if left { None } else { receiver.await.ok() }
@@ -477,7 +485,12 @@ impl Inner {
         loop {
             let wait_ms = deadline.millis_since(self.env.now());
             let Some(item) = self
-                .next_dispatch(QueueKind::Workflow, &request.task_queue, wait_ms, &request.identity)
+                .next_dispatch(
+                    QueueKind::Workflow,
+                    &request.task_queue,
+                    wait_ms,
+                    &request.identity,
+                )
                 .await
             else {
                 return Ok(empty);
@@ -490,7 +503,10 @@ impl Inner {
                     });
                 }
                 Dispatch::Started(task) => {
-                    return Ok(PollWorkflowTaskResponse { task: Some(*task), query: None });
+                    return Ok(PollWorkflowTaskResponse {
+                        task: Some(*task),
+                        query: None,
+                    });
                 }
                 Dispatch::Task(key) => key,
             };
@@ -625,7 +641,12 @@ impl Inner {
         loop {
             let wait_ms = deadline.millis_since(self.env.now());
             let Some(item) = self
-                .next_dispatch(QueueKind::Activity, &request.task_queue, wait_ms, &request.identity)
+                .next_dispatch(
+                    QueueKind::Activity,
+                    &request.task_queue,
+                    wait_ms,
+                    &request.identity,
+                )
                 .await
             else {
                 return Ok(PollActivityTaskResponse { task: None });

@@ -97,14 +97,20 @@ impl Matching {
         let (sender, receiver) = oneshot::channel();
         self.next_poller_id += 1;
         let id = self.next_poller_id;
-        queue.pollers.push_back(Poller { id, identity: identity.to_string(), sender });
+        queue.pollers.push_back(Poller {
+            id,
+            identity: identity.to_string(),
+            sender,
+        });
         Err((id, receiver))
     }
 
     /// The poller `id` stops waiting. False if it was handed work meanwhile
     /// (it must then wait for that work).
     pub fn leave(&mut self, kind: QueueKind, name: &str, id: u64) -> bool {
-        let Some(queue) = self.queues.get_mut(&(kind, name.to_string())) else { return false };
+        let Some(queue) = self.queues.get_mut(&(kind, name.to_string())) else {
+            return false;
+        };
         let before = queue.pollers.len();
         queue.pollers.retain(|poller| poller.id != id);
         queue.pollers.len() < before
@@ -112,7 +118,9 @@ impl Matching {
 
     /// Reserves a waiting poller of a workflow queue for a sync match.
     pub fn reserve_workflow_poller(&mut self, name: &str) -> Option<Poller> {
-        let queue = self.queues.get_mut(&(QueueKind::Workflow, name.to_string()))?;
+        let queue = self
+            .queues
+            .get_mut(&(QueueKind::Workflow, name.to_string()))?;
         while let Some(poller) = queue.pollers.pop_front() {
             if !poller.sender.is_closed() {
                 return Some(poller);

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{Notify, OwnedMutexGuard, Semaphore, oneshot};
 
-use super::machine::{self, Limits, RunState, Step, TaskKind};
 use super::eager::{StartedWorkflowTask, start_workflow_task};
 use super::machine::WorkflowTaskState;
+use super::machine::{self, Limits, RunState, Step, TaskKind};
 use super::matching::{Dispatch, Matching, Poller, QueueKind};
 use super::timer_queue::TimerQueue;
 use crate::api::{ErrorCode, Reply, Request, RunOutcome, ServiceError};
@@ -229,7 +229,9 @@ impl Service {
 
     /// Workflow tasks started by sync match so far (each saved a write and a poll).
     pub fn sync_matches(&self) -> u64 {
-        self.inner.sync_matches.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .sync_matches
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tasks waiting in a workflow (or activity) queue.
@@ -370,29 +372,71 @@ impl Inner {
         self.commit(&mut guard, next, events).await?;
         if let Some((poller, started)) = matched {
             let (from, to) = started.event_range();
-            let recent = guard.loaded.as_ref().and_then(|loaded| loaded.recent_events(from, to));
+            let recent = guard
+                .loaded
+                .as_ref()
+                .and_then(|loaded| loaded.recent_events(from, to));
             let events = match recent {
                 Some(events) => events,
                 None => self.read_task_events(run_id, from, to).await?,
             };
             let task = Box::new(started.into_task(events));
-            if poller.sender.send(Dispatch::Started(task)).is_err() {
-                tracing::debug!(run_id, "the matched poller left; the workflow task will time out and retry");
-            }
+            drop(guard);
+            self.hand_over(poller, task);
         }
         Ok(value)
+    }
+
+    /// Sends a sync-matched task to its poller. If the poller left meanwhile
+    /// (its request was dropped), the task is given back at once rather than
+    /// left to time out.
+    pub fn hand_over(self: &Arc<Self>, poller: Poller, task: Box<crate::api::WorkflowTask>) {
+        let Err(Dispatch::Started(task)) = poller.sender.send(Dispatch::Started(task)) else {
+            return;
+        };
+        tracing::debug!(
+            run_id = task.task_token.run_id,
+            "the matched poller left; giving the workflow task back"
+        );
+        let inner = self.clone();
+        self.env.spawn("service-give-back", async move {
+            let token = task.task_token;
+            let given_back = inner
+                .transition(&token.run_id.clone(), |step| {
+                    if super::machine::workflow_task::check_token(step.state, &token).is_ok() {
+                        let failure = crate::types::Failure::new(
+                            "PollerGone",
+                            "the poller left before receiving the task",
+                        );
+                        let cause = crate::history::WorkflowTaskFailedCause::WorkerShutdown;
+                        super::machine::workflow_task::on_failed(
+                            step, &token, cause, failure, "service",
+                        );
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(error) = given_back {
+                tracing::debug!(%error, "could not give the workflow task back; it will time out");
+            }
+        });
     }
 
     /// Sync match: if the step left a workflow task scheduled and a poller is
     /// waiting for one, start it in this same write for that poller.
     pub fn sync_match(&self, step: &mut Step<'_>) -> Option<(Poller, StartedWorkflowTask)> {
-        if !matches!(step.state.workflow_task, WorkflowTaskState::Scheduled { .. }) || step.state.status.is_closed() {
+        if !matches!(
+            step.state.workflow_task,
+            WorkflowTaskState::Scheduled { .. }
+        ) || step.state.status.is_closed()
+        {
             return None;
         }
         let poller = lock(&self.matching).reserve_workflow_poller(&step.state.task_queue)?;
         let request_id = self.env.new_id();
         let started = start_workflow_task(step, None, &poller.identity, &request_id)?;
-        self.sync_matches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sync_matches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some((poller, started))
     }
 
