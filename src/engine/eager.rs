@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::machine::{ActivityState, Step, WorkflowTaskState, activity, workflow_task};
+use super::machine::{ActivityState, Step, activity, workflow_task};
 use super::service::{Inner, unavailable};
 use crate::api::{ActivityTask, ServiceError, TaskToken, WorkflowTask};
 use crate::history::EventKind;
@@ -31,29 +31,20 @@ pub(super) fn start_workflow_task(
     identity: &str,
     request_id: &str,
 ) -> Option<StartedWorkflowTask> {
-    let WorkflowTaskState::Scheduled {
-        scheduled_event_id: scheduled,
-        attempt,
-    } = step.state.workflow_task
-    else {
-        return None;
-    };
-    if scheduled_event_id.is_some_and(|wanted| wanted != scheduled) {
-        return None;
-    }
     let previous_started_event_id = step.state.previous_started_event_id;
-    let started_event_id = workflow_task::on_started(step, scheduled, identity, request_id)?;
+    let started = workflow_task::on_started(step, scheduled_event_id, identity, request_id)?;
     assert!(
-        started_event_id > previous_started_event_id,
+        started.started_event_id > previous_started_event_id,
         "a task starts after the previous one"
     );
+    let token = TaskToken {
+        run_id: step.state.run_id.clone(),
+        scheduled_event_id: started.scheduled_event_id,
+        attempt: started.attempt,
+        started_event_id: started.started_event_id,
+    };
     Some(StartedWorkflowTask {
-        token: TaskToken {
-            run_id: step.state.run_id.clone(),
-            scheduled_event_id: scheduled,
-            attempt,
-            started_event_id,
-        },
+        token,
         workflow_id: step.state.workflow_id.clone(),
         workflow_type: step.state.workflow_type.clone(),
         previous_started_event_id,

@@ -93,13 +93,22 @@ fn stale(token: &TaskToken) -> ServiceError {
     error(ErrorCode::TaskNotFound, message)
 }
 
-/// A worker takes the scheduled task. Returns the `WorkflowTaskStarted` id.
+/// What `on_started` started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartedTask {
+    pub scheduled_event_id: u64,
+    pub started_event_id: u64,
+    pub attempt: u32,
+}
+
+/// A worker takes the scheduled task (the one at `scheduled_event_id`, if
+/// given). `None` if no such task is scheduled.
 pub fn on_started(
     step: &mut Step<'_>,
-    scheduled_event_id: u64,
+    scheduled_event_id: Option<u64>,
     identity: &str,
     request_id: &str,
-) -> Option<u64> {
+) -> Option<StartedTask> {
     let WorkflowTaskState::Scheduled {
         scheduled_event_id: scheduled,
         attempt,
@@ -107,22 +116,27 @@ pub fn on_started(
     else {
         return None;
     };
-    if scheduled != scheduled_event_id || step.state.status.is_closed() {
+    if scheduled_event_id.is_some_and(|wanted| wanted != scheduled) || step.state.status.is_closed()
+    {
         return None;
     }
     let started_event_id = step.emit(EventKind::WorkflowTaskStarted(WorkflowTaskStarted {
-        scheduled_event_id,
+        scheduled_event_id: scheduled,
         identity: identity.to_string(),
         request_id: request_id.to_string(),
     }));
     let started_time = step.now;
     step.state.workflow_task = WorkflowTaskState::Started {
-        scheduled_event_id,
+        scheduled_event_id: scheduled,
         started_event_id,
         attempt,
         started_time,
     };
-    Some(started_event_id)
+    Some(StartedTask {
+        scheduled_event_id: scheduled,
+        started_event_id,
+        attempt,
+    })
 }
 
 /// The token names the run's started workflow task.
