@@ -72,16 +72,53 @@ fn parse_shard(text: &str) -> anyhow::Result<(u64, u64)> {
     Ok((i - 1, n))
 }
 
-#[allow(clippy::disallowed_methods)] // a campaign measures wall time and spawns its job threads
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    retrace_sim::init_logging();
-    let (start, end) = parse_range(&args.seeds)?;
-    let (shard, shards) = match &args.shard {
-        Some(text) => parse_shard(text)?,
-        None => (0, 1),
-    };
-    let runners: Vec<SeedRunner> = match &args.scenario {
+/// What every job thread shares.
+struct Campaign {
+    work: Vec<(usize, u64)>,
+    runners: Vec<SeedRunner>,
+    totals: Totals,
+    stop: AtomicBool,
+    next: AtomicU64,
+    bar: ProgressBar,
+    keep_going: bool,
+}
+
+impl Campaign {
+    /// Takes seeds until none is left (or a failure stops the campaign).
+    fn run_jobs(&self) {
+        while !self.stop.load(Ordering::SeqCst) {
+            let index = self.next.fetch_add(1, Ordering::SeqCst) as usize;
+            let Some(&(runner, seed)) = self.work.get(index) else {
+                return;
+            };
+            let outcome = self.runners[runner].check_seed(seed);
+            let result = match &outcome {
+                Ok(result) => result,
+                Err(report) => &report.result,
+            };
+            self.totals.seeds.fetch_add(1, Ordering::Relaxed);
+            self.totals
+                .sim_ms
+                .fetch_add(result.sim_ms, Ordering::Relaxed);
+            let mut faults = self.totals.faults.lock().expect("totals lock");
+            for (kind, count) in &result.faults {
+                *faults.entry(kind.clone()).or_default() += count;
+            }
+            drop(faults);
+            if let Err(report) = outcome {
+                self.totals.failures.fetch_add(1, Ordering::Relaxed);
+                self.bar.suspend(|| eprintln!("{report}"));
+                if !self.keep_going {
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+            }
+            self.bar.inc(1);
+        }
+    }
+}
+
+fn runners(scenario: Option<&str>) -> anyhow::Result<Vec<SeedRunner>> {
+    Ok(match scenario {
         Some(name) => vec![
             scenarios::by_name(name)
                 .with_context(|| format!("no scenario {name:?} (try small, transfers, messages)"))?
@@ -91,62 +128,41 @@ fn main() -> anyhow::Result<()> {
             .into_iter()
             .map(|s| s.into_runner())
             .collect(),
+    })
+}
+
+#[allow(clippy::disallowed_methods)] // a campaign measures wall time and spawns its job threads
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    retrace_sim::init_logging();
+    let (start, end) = parse_range(&args.seeds)?;
+    let (shard, shards) = match &args.shard {
+        Some(text) => parse_shard(text)?,
+        None => (0, 1),
     };
+    let runners = runners(args.scenario.as_deref())?;
     let work: Vec<(usize, u64)> = (start..end)
         .filter(|seed| seed % shards == shard)
         .flat_map(|seed| (0..runners.len()).map(move |r| (r, seed)))
         .collect();
     let bar = ProgressBar::new(work.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  {msg}")
-            .expect("template is valid"),
-    );
-    let totals = Arc::new(Totals::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicU64::new(0));
+    let style =
+        ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  {msg}");
+    bar.set_style(style.expect("template is valid"));
+    let campaign = Arc::new(Campaign {
+        work,
+        runners,
+        totals: Totals::default(),
+        stop: AtomicBool::new(false),
+        next: AtomicU64::new(0),
+        bar,
+        keep_going: args.keep_going,
+    });
     let started = Instant::now();
-    let work = Arc::new(work);
-    let runners = Arc::new(runners);
     let threads: Vec<_> = (0..args.jobs.max(1))
         .map(|_| {
-            let (work, runners, totals, stop, next, bar) = (
-                work.clone(),
-                runners.clone(),
-                totals.clone(),
-                stop.clone(),
-                next.clone(),
-                bar.clone(),
-            );
-            let keep_going = args.keep_going;
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let index = next.fetch_add(1, Ordering::SeqCst) as usize;
-                    let Some(&(runner, seed)) = work.get(index) else {
-                        return;
-                    };
-                    let runner = &runners[runner];
-                    let outcome = runner.check_seed(seed);
-                    let result = match &outcome {
-                        Ok(result) => result,
-                        Err(report) => &report.result,
-                    };
-                    totals.seeds.fetch_add(1, Ordering::Relaxed);
-                    totals.sim_ms.fetch_add(result.sim_ms, Ordering::Relaxed);
-                    let mut faults = totals.faults.lock().expect("totals lock");
-                    for (kind, count) in &result.faults {
-                        *faults.entry(kind.clone()).or_default() += count;
-                    }
-                    drop(faults);
-                    if let Err(report) = outcome {
-                        totals.failures.fetch_add(1, Ordering::Relaxed);
-                        bar.suspend(|| eprintln!("{report}"));
-                        if !keep_going {
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                    }
-                    bar.inc(1);
-                }
-            })
+            let campaign = campaign.clone();
+            std::thread::spawn(move || campaign.run_jobs())
         })
         .collect();
     for thread in threads {
@@ -154,9 +170,9 @@ fn main() -> anyhow::Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("a job thread panicked"))?;
     }
-    bar.finish_and_clear();
-    summarize(&totals, started.elapsed().as_secs_f64(), args.json);
-    if totals.failures.load(Ordering::Relaxed) > 0 {
+    campaign.bar.finish_and_clear();
+    summarize(&campaign.totals, started.elapsed().as_secs_f64(), args.json);
+    if campaign.totals.failures.load(Ordering::Relaxed) > 0 {
         std::process::exit(1);
     }
     Ok(())

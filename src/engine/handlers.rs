@@ -153,12 +153,11 @@ impl Inner {
                 .await
                 .map_err(|e| unavailable(&e))?;
             if let Some(current) = &current {
-                let existing = self
-                    .snapshot(&RunRef {
-                        workflow_id: request.workflow_id.clone(),
-                        run_id: Some(current.clone()),
-                    })
-                    .await?;
+                let run = RunRef {
+                    workflow_id: request.workflow_id.clone(),
+                    run_id: Some(current.clone()),
+                };
+                let existing = self.snapshot(&run).await?;
                 if existing.start_request_id == request.request_id {
                     return Ok(StartWorkflowResponse {
                         run_id: current.clone(),
@@ -173,53 +172,65 @@ impl Inner {
                 );
                 return Err(ServiceError::new(ErrorCode::ResourceExhausted, message));
             }
-            let run_id = self.env.new_id();
-            let now = self.env.now();
-            let (mut state, events) = machine::run::start(&request, &run_id, now, self.limits())?;
-            // Sync match: a waiting poller gets the first workflow task from this same write.
-            let mut step = machine::Step::new(&mut state, now, self.limits());
-            step.events = events;
-            let matched = self.sync_match(&mut step);
-            let events = std::mem::take(&mut step.events);
-            let claim = WorkflowIdClaim {
-                workflow_id: request.workflow_id.clone(),
-                previous_run_id: current,
-            };
-            let written = events.clone();
-            let batch = WriteBatch {
-                run: record_of(&state, 1),
-                expected_version: None,
-                events,
-                claim: Some(claim),
-            };
-            let pending = ResyncOnDrop::new(self, &run_id);
-            let outcome = self.storage.write(batch).await;
-            pending.disarm();
-            match outcome {
-                Ok(()) => {
-                    // Publish first: the matched worker may complete the task at once.
-                    let task_events = matched.as_ref().map(|(_, started)| {
-                        let (from, to) = started.event_range();
-                        written[(from - 1) as usize..to as usize].to_vec()
-                    });
-                    self.publish_new_run(state, written);
-                    if let (Some((poller, started)), Some(events)) = (matched, task_events) {
-                        self.hand_over(poller, Box::new(started.into_task(events)));
-                    }
-                    return Ok(StartWorkflowResponse { run_id });
-                }
-                Err(StorageError::WorkflowIdConflict { .. }) => continue,
-                Err(error) => {
-                    // The create may have committed (an ambiguous write): reload it.
-                    self.spawn_resync(run_id);
-                    return Err(unavailable(&error));
-                }
+            if let Some(started) = self.create_run(&request, current).await? {
+                return Ok(started);
             }
         }
         Err(ServiceError::new(
             ErrorCode::Unavailable,
             "concurrent starts of this workflow id; retry",
         ))
+    }
+
+    /// Writes a new run claiming the workflow id from `current`; `None` if a
+    /// concurrent start claimed it first (the caller looks again).
+    async fn create_run(
+        self: &Arc<Self>,
+        request: &StartWorkflowRequest,
+        current: Option<String>,
+    ) -> Result<Option<StartWorkflowResponse>, ServiceError> {
+        let run_id = self.env.new_id();
+        let now = self.env.now();
+        let (mut state, events) = machine::run::start(request, &run_id, now, self.limits())?;
+        // Sync match: a waiting poller gets the first workflow task from this same write.
+        let mut step = machine::Step::new(&mut state, now, self.limits());
+        step.events = events;
+        let matched = self.sync_match(&mut step);
+        let events = std::mem::take(&mut step.events);
+        let claim = WorkflowIdClaim {
+            workflow_id: request.workflow_id.clone(),
+            previous_run_id: current,
+        };
+        let written = events.clone();
+        let batch = WriteBatch {
+            run: record_of(&state, 1),
+            expected_version: None,
+            events,
+            claim: Some(claim),
+        };
+        let pending = ResyncOnDrop::new(self, &run_id);
+        let outcome = self.storage.write(batch).await;
+        pending.disarm();
+        match outcome {
+            Ok(()) => {
+                // Publish first: the matched worker may complete the task at once.
+                let task_events = matched.as_ref().map(|(_, started)| {
+                    let (from, to) = started.event_range();
+                    written[(from - 1) as usize..to as usize].to_vec()
+                });
+                self.publish_new_run(state, written);
+                if let (Some((poller, started)), Some(events)) = (matched, task_events) {
+                    self.hand_over(poller, Box::new(started.into_task(events)));
+                }
+                Ok(Some(StartWorkflowResponse { run_id }))
+            }
+            Err(StorageError::WorkflowIdConflict { .. }) => Ok(None),
+            Err(error) => {
+                // The create may have committed (an ambiguous write): reload it.
+                self.spawn_resync(run_id);
+                Err(unavailable(&error))
+            }
+        }
     }
 
     fn publish_new_run(self: &Arc<Self>, state: RunState, events: Vec<crate::history::Event>) {

@@ -109,35 +109,10 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
     let run_id = task.task_token.run_id.clone();
     let entry = shared.cache.lock().expect("cache lock").entry(&run_id);
     let mut slot = entry.lock().await;
-    let cached = slot.take().filter(|executor| {
-        executor.last_started_event_id() == task.previous_started_event_id
-            && executor.next_event_id() == task.previous_started_event_id + 1
-    });
-    let cached = cached.filter(|_| !shared.env.buggify("worker.cache.drop_entry"));
-    let (mut executor, events) = match cached {
-        Some(executor) => (executor, task.events.clone()),
-        None => {
-            shared.cache_misses.fetch_add(1, Ordering::Relaxed);
-            let prefix = read_history(
-                shared,
-                &run_id,
-                &task.workflow_id,
-                task.previous_started_event_id,
-            )
-            .await;
-            let Ok(mut events) = prefix else {
-                tracing::warn!(run_id, error = ?prefix.err(), "cannot read history; the task will time out and retry");
-                return;
-            };
-            events.extend(task.events.iter().cloned());
-            (
-                WorkflowExecutor::new(&shared.workflows, &task.workflow_id, &run_id),
-                events,
-            )
-        }
+    let Some((mut executor, events)) = executor_for(shared, &task, slot.take()).await else {
+        return;
     };
-    let applied = executor.apply(&events);
-    let commands = match applied {
+    let commands = match executor.apply(&events) {
         Ok(activation) => activation.commands,
         Err(error) => {
             fail_task(shared, &task, &error).await;
@@ -152,8 +127,64 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
         return;
     };
     let closed = commands.iter().any(crate::workflow::Command::is_terminal);
-    // Room for the activities these commands schedule on our queue: the
-    // service starts them and hands them back with its answer.
+    complete_task(shared, &task, commands, executor.digest(), closed).await;
+    // The executor stays cached whatever the answer: if the completion did not
+    // land, the next task's `previous_started_event_id` will not match it and
+    // it is replaced by a replay from history.
+    if closed {
+        drop(slot);
+        shared.cache.lock().expect("cache lock").remove(&run_id);
+    } else {
+        *slot = Some(executor);
+    }
+}
+
+/// The executor to apply `task` to, and the events to apply: the cached one
+/// if it stopped exactly where the task begins, else a fresh one with the
+/// run's whole history (a cache miss). `None` if the history cannot be read.
+async fn executor_for(
+    shared: &Shared,
+    task: &WorkflowTask,
+    cached: Option<WorkflowExecutor>,
+) -> Option<(WorkflowExecutor, Vec<Event>)> {
+    let previous = task.previous_started_event_id;
+    let cached = cached
+        .filter(|executor| {
+            executor.last_started_event_id() == previous && executor.next_event_id() == previous + 1
+        })
+        .filter(|_| !shared.env.buggify("worker.cache.drop_entry"));
+    if let Some(executor) = cached {
+        return Some((executor, task.events.clone()));
+    }
+    shared.cache_misses.fetch_add(1, Ordering::Relaxed);
+    let run_id = &task.task_token.run_id;
+    let mut events = match read_history(shared, run_id, &task.workflow_id, previous).await {
+        Ok(events) => events,
+        Err(error) => {
+            tracing::warn!(
+                run_id,
+                error,
+                "cannot read history; the task will time out and retry"
+            );
+            return None;
+        }
+    };
+    events.extend(task.events.iter().cloned());
+    Some((
+        WorkflowExecutor::new(&shared.workflows, &task.workflow_id, run_id),
+        events,
+    ))
+}
+
+/// Completes the task with `commands`, offering room for the activities they
+/// schedule on our queue (the service starts them and hands them back).
+async fn complete_task(
+    shared: &Arc<Shared>,
+    task: &WorkflowTask,
+    commands: Vec<crate::workflow::Command>,
+    digest: crate::workflow::StateDigest,
+    closed: bool,
+) {
     let eager_wanted = commands
         .iter()
         .filter(|c| schedules_on(c, &shared.options.task_queue))
@@ -168,18 +199,17 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
         identity: shared.options.identity.clone(),
         eager_activities_max: permits.len() as u32,
     });
-    // The executor stays cached whatever the answer: if the completion did not
-    // land, the next task's `previous_started_event_id` will not match it and
-    // it is replaced by a replay from history.
+    let run_id = &task.task_token.run_id;
     match shared.call_idempotent(request).await {
         Ok(response) => {
             shared.workflow_tasks.fetch_add(1, Ordering::Relaxed);
             if let Some(observer) = &shared.observer {
-                observer.workflow_task_completed(&run_id, executor.digest(), closed);
+                observer.workflow_task_completed(run_id, digest, closed);
             }
             if let Response::CompleteWorkflowTask(answer) = response {
+                let handed = answer.activity_tasks.len();
                 assert!(
-                    answer.activity_tasks.len() <= permits.len(),
+                    handed <= permits.len(),
                     "the service hands back at most what we have room for"
                 );
                 for (activity, permit) in answer.activity_tasks.into_iter().zip(permits) {
@@ -188,12 +218,6 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
             }
         }
         Err(error) => tracing::debug!(run_id, %error, "workflow task completion not accepted"),
-    }
-    if closed {
-        drop(slot);
-        shared.cache.lock().expect("cache lock").remove(&run_id);
-    } else {
-        *slot = Some(executor);
     }
 }
 
