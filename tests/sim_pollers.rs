@@ -9,7 +9,7 @@ use retrace_sim::scenarios;
 fn a_task_matched_to_a_poller_that_left_is_given_back_and_the_run_still_closes() {
     let runner = scenarios::transfers().into_runner();
     let mut given_back = 0;
-    for seed in 0..200 {
+    for seed in 0..2_000 {
         let result = runner.run_seed(seed);
         assert!(result.passed(), "seed {seed}: {:?}", result.violations);
         for history in result.histories.values() {
@@ -27,5 +27,5 @@ fn a_task_matched_to_a_poller_that_left_is_given_back_and_the_run_still_closes()
             return;
         }
     }
-    panic!("no seed of 200 abandoned a sync-matched poll: the give-back path is untested");
+    panic!("no seed of 2,000 abandoned a sync-matched poll: the give-back path is untested");
 }

@@ -266,6 +266,13 @@ pub fn check_timers(history: &History) -> Vec<Violation> {
                     "workflow task timeout".to_string(),
                 )
             }
+            EventKind::WorkflowExecutionTimedOut(_) => {
+                let Some(timeout_ms) = history.started().and_then(|s| s.execution_timeout_ms)
+                else {
+                    continue;
+                };
+                (1, timeout_ms, "the run's execution timeout".to_string())
+            }
             _ => continue,
         };
         let started = event(history, start_id).expect("validated links point at events");

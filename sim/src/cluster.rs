@@ -237,6 +237,7 @@ impl Cluster {
                     io_error_rate: f64::from(*io_error_percent) / 100.0,
                     ambiguous_rate: f64::from(*ambiguous_percent) / 100.0,
                     latency_ms_max: self.world.swarm.storage_latency_ms_max,
+                    stall_rate: self.world.swarm.storage_stall_rate,
                 };
                 self.world.storage.set_faults(faults, true);
                 (true, *duration_ms)

@@ -149,7 +149,9 @@ impl SimNet {
             let state = lock(&self.state);
             (state.latency_ms_min, state.latency_ms_max)
         };
-        let factor = 1 + fnv1a64(format!("{}:{from}->{to}", world.seed).as_bytes()) % 2;
+        // Fixed per link and seed; hashed without allocating (this runs per message).
+        let link = fnv1a64(from.as_bytes()).rotate_left(17) ^ fnv1a64(to.as_bytes()) ^ world.seed;
+        let factor = 1 + (link.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63);
         madsim::rand::thread_rng().gen_range(low..=high) * factor
     }
 

@@ -24,7 +24,12 @@ pub struct StorageFaults {
     pub io_error_rate: f64,
     pub ambiguous_rate: f64,
     pub latency_ms_max: u64,
+    /// Chance a write stalls (a disk hiccup) for up to `STALL_MS_MAX`.
+    pub stall_rate: f64,
 }
+
+/// Longest stall of a slow write.
+pub const STALL_MS_MAX: u64 = 2_000;
 
 /// The simulated store. Clones share the same data; it outlives node crashes.
 #[derive(Clone)]
@@ -80,7 +85,10 @@ impl SimStorage {
 
     async fn write_inner(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let (faults, on) = self.faults();
-        let latency_ms = madsim::rand::thread_rng().gen_range(0..=faults.latency_ms_max.max(1));
+        let mut latency_ms = madsim::rand::thread_rng().gen_range(0..=faults.latency_ms_max.max(1));
+        if on && faults.stall_rate > 0.0 && madsim::rand::thread_rng().gen_bool(faults.stall_rate) {
+            latency_ms += madsim::rand::thread_rng().gen_range(100..=STALL_MS_MAX);
+        }
         madsim::time::sleep(Duration::from_millis(latency_ms)).await;
         if on
             && faults.io_error_rate > 0.0

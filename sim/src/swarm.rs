@@ -40,6 +40,8 @@ pub struct Swarm {
     pub storage_ambiguous_rate: f64,
     /// Storage write latency range.
     pub storage_latency_ms_max: u64,
+    /// Chance a storage write stalls (hundreds of ms to seconds).
+    pub storage_stall_rate: f64,
     /// Largest clock skew of a node.
     pub clock_skew_ms_max: i64,
     /// Largest clock drift of a node, in parts per million.
@@ -87,6 +89,7 @@ impl Swarm {
             storage_io_error_rate: draws.pick(&[0.0, 0.0, 0.005, 0.02]),
             storage_ambiguous_rate: draws.pick(&[0.0, 0.0, 0.005, 0.02]),
             storage_latency_ms_max: draws.pick(&[1, 3, 20]),
+            storage_stall_rate: draws.pick(&[0.0, 0.0, 0.01, 0.05]),
             clock_skew_ms_max: draws.pick(&[0, 50, 2_000]),
             clock_drift_ppm_max: draws.pick(&[0, 100, 2_000]),
             buggify: draws.pick(&[false, true]),
@@ -106,6 +109,7 @@ impl Swarm {
             storage_io_error_rate: 0.0,
             storage_ambiguous_rate: 0.0,
             storage_latency_ms_max: 1,
+            storage_stall_rate: 0.0,
             clock_skew_ms_max: 0,
             clock_drift_ppm_max: 0,
             buggify: false,
@@ -135,7 +139,7 @@ impl fmt::Display for Swarm {
         write!(
             f,
             "latency={}..{}ms loss={:.1}% duplicate={:.1}% partitions={:?} faults_max={} \
-             storage(io_error={:.1}% ambiguous={:.1}% latency<={}ms) clock(skew<=±{}ms drift<=±{}ppm) buggify={}",
+             storage(io_error={:.1}% ambiguous={:.1}% latency<={}ms stalls={:.1}%) clock(skew<=±{}ms drift<=±{}ppm) buggify={}",
             self.latency_ms_min,
             self.latency_ms_max,
             self.loss_rate * 100.0,
@@ -145,6 +149,7 @@ impl fmt::Display for Swarm {
             self.storage_io_error_rate * 100.0,
             self.storage_ambiguous_rate * 100.0,
             self.storage_latency_ms_max,
+            self.storage_stall_rate * 100.0,
             self.clock_skew_ms_max,
             self.clock_drift_ppm_max,
             if self.buggify { "on" } else { "off" }

@@ -99,6 +99,7 @@ impl World {
             io_error_rate: self.swarm.storage_io_error_rate,
             ambiguous_rate: self.swarm.storage_ambiguous_rate,
             latency_ms_max: self.swarm.storage_latency_ms_max,
+            stall_rate: self.swarm.storage_stall_rate,
         }
     }
 

@@ -7,6 +7,8 @@
 use serde_json::Value;
 
 use super::machine::{ActivityState, Step, activity, workflow_task};
+use std::sync::Arc;
+
 use super::service::{Inner, unavailable};
 use crate::api::{ActivityTask, ServiceError, TaskToken, WorkflowTask};
 use crate::history::EventKind;
@@ -141,18 +143,36 @@ impl StartedWorkflowTask {
 
 impl Inner {
     /// The task a worker receives for a started workflow task: its events
-    /// since the last completed task, from memory or storage.
+    /// since the last completed task, from memory or storage. `None` (and the
+    /// task given back) if they cannot be read.
     pub(super) async fn workflow_task_of(
-        &self,
+        self: &Arc<Self>,
         started: StartedWorkflowTask,
-    ) -> Result<WorkflowTask, ServiceError> {
+    ) -> Option<WorkflowTask> {
         let (from, to) = started.event_range();
-        let run_id = started.token.run_id.clone();
-        let events = match self.recent_events(&run_id, from, to).await {
+        let recent = self.recent_events(&started.token.run_id, from, to).await;
+        self.task_with_events(started, recent).await
+    }
+
+    /// The task, with `recent` as its events if known, else read from storage.
+    pub(super) async fn task_with_events(
+        self: &Arc<Self>,
+        started: StartedWorkflowTask,
+        recent: Option<Vec<crate::history::Event>>,
+    ) -> Option<WorkflowTask> {
+        let (from, to) = started.event_range();
+        let events = match recent {
             Some(events) => events,
-            None => self.read_task_events(&run_id, from, to).await?,
+            None => match self.read_task_events(&started.token.run_id, from, to).await {
+                Ok(events) => events,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read a started workflow task's events; giving it back");
+                    self.give_back(started.token);
+                    return None;
+                }
+            },
         };
-        Ok(started.into_task(events))
+        Some(started.into_task(events))
     }
 
     /// Events `from..=to` from storage.

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use super::eager;
 use super::machine::{self, RunState, TaskKey, TaskKind, activity, workflow_task};
 use super::matching::{Dispatch, QueueKind};
-use super::service::{Inner, Loaded, ResyncOnDrop, RunSlot, record_of, unavailable};
+use super::service::{Inner, Loaded, RunSlot, record_of, unavailable};
 use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
 use crate::types::Failure;
@@ -106,11 +106,18 @@ impl Inner {
             return;
         }
         let now = self.env.now();
+        let oldest =
+            crate::types::Timestamp(now.0.saturating_sub(self.config.workflow_type_ttl_ms));
         let mut known = self.workflow_types.lock().expect("types lock");
         let queue = known.entry(request.task_queue.clone()).or_default();
         for workflow_type in &request.workflow_types {
             queue.insert(workflow_type.clone(), now);
         }
+        // Types and queues no poller advertised lately are forgotten.
+        for types in known.values_mut() {
+            types.retain(|_, seen| *seen >= oldest);
+        }
+        known.retain(|_, types| !types.is_empty());
     }
 
     /// Refuses a type that no recent poller of the queue serves (when some do).
@@ -208,9 +215,7 @@ impl Inner {
             events,
             claim: Some(claim),
         };
-        let pending = ResyncOnDrop::new(self, &run_id);
-        let outcome = self.storage.write(batch).await;
-        pending.disarm();
+        let outcome = self.write(batch).await;
         match outcome {
             Ok(()) => {
                 // Publish first: the matched worker may complete the task at once.
@@ -220,6 +225,8 @@ impl Inner {
                 });
                 self.publish_new_run(state, written);
                 if let (Some((poller, started)), Some(events)) = (matched, task_events) {
+                    self.sync_matches
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.hand_over(poller, Box::new(started.into_task(events)));
                 }
                 Ok(Some(StartWorkflowResponse { run_id }))
@@ -410,7 +417,7 @@ impl Inner {
         self.matching.lock().expect("matching lock").offer(
             QueueKind::Workflow,
             &state.task_queue,
-            Dispatch::Query(task),
+            Dispatch::Query(task, self.env.now().plus_ms(self.config.query_timeout_ms)),
         );
         let answer = self
             .env
@@ -507,7 +514,8 @@ impl Inner {
                 return Ok(empty);
             };
             let key = match item {
-                Dispatch::Query(query) => {
+                Dispatch::Query(_, deadline) if deadline < self.env.now() => continue,
+                Dispatch::Query(query, _) => {
                     return Ok(PollWorkflowTaskResponse {
                         task: None,
                         query: Some(query),
@@ -530,7 +538,9 @@ impl Inner {
                 }
                 Ok(None) => continue,
                 Err(error) => {
-                    tracing::warn!(run_id = key.run_id, %error, "could not start workflow task")
+                    // The key left the queue; reloading the run offers it again.
+                    tracing::warn!(run_id = key.run_id, %error, "could not start workflow task");
+                    self.spawn_resync(key.run_id);
                 }
             }
         }
@@ -558,7 +568,9 @@ impl Inner {
         let Some(started) = started else {
             return Ok(None);
         };
-        let task = self.workflow_task_of(started).await?;
+        let Some(task) = self.workflow_task_of(started).await else {
+            return Ok(None);
+        };
         if self.env.buggify("service.workflow_task.lose_response") {
             return Err(ServiceError::new(
                 ErrorCode::Unavailable,
@@ -667,7 +679,9 @@ impl Inner {
                 Ok(Some(task)) => return Ok(PollActivityTaskResponse { task: Some(task) }),
                 Ok(None) => continue,
                 Err(error) => {
-                    tracing::warn!(run_id = key.run_id, %error, "could not start activity task")
+                    // The key left the queue; reloading the run offers it again.
+                    tracing::warn!(run_id = key.run_id, %error, "could not start activity task");
+                    self.spawn_resync(key.run_id);
                 }
             }
         }
@@ -718,7 +732,7 @@ impl Inner {
             })
             .await?;
         let workflow_task = match started {
-            Some(started) => Some(self.workflow_task_of(started).await?),
+            Some(started) => self.workflow_task_of(started).await,
             None => None,
         };
         Ok(RespondActivityTaskResponse { workflow_task })

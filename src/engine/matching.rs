@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::machine::TaskKey;
 use crate::api::{QueryTask, WorkflowTask};
+use crate::types::Timestamp;
 
 /// Workflow and activity queues of the same name are different queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,7 +30,9 @@ pub enum QueueKind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Dispatch {
     Task(TaskKey),
-    Query(QueryTask),
+    /// A query, and when its asker stops waiting (service clock): a poller
+    /// that takes it later skips it.
+    Query(QueryTask, Timestamp),
     /// A workflow task already started for this poller (sync match).
     Started(Box<WorkflowTask>),
 }
@@ -113,7 +116,12 @@ impl Matching {
         };
         let before = queue.pollers.len();
         queue.pollers.retain(|poller| poller.id != id);
-        queue.pollers.len() < before
+        let left = queue.pollers.len() < before;
+        if queue.pollers.is_empty() && queue.items.is_empty() {
+            // Queues are named by requests: forget the idle ones.
+            self.queues.remove(&(kind, name.to_string()));
+        }
+        left
     }
 
     /// Reserves a waiting poller of a workflow queue for a sync match.

@@ -104,13 +104,24 @@ impl Loaded {
     }
 }
 
-/// The recent events after a commit appended `written` to `recent`.
+/// The recent events after a commit appended `written` to `recent`. An
+/// unknown cache starts again at a completion, whose write holds every event
+/// after the new `previous_started_event_id`.
 fn advance_recent(
     recent: Option<Vec<Event>>,
     written: Vec<Event>,
     previous_started_event_id: u64,
 ) -> Option<Vec<Event>> {
-    let mut recent = recent?;
+    let mut recent = match recent {
+        Some(recent) => recent,
+        None if written
+            .first()
+            .is_some_and(|e| e.event_id <= previous_started_event_id + 1) =>
+        {
+            Vec::new()
+        }
+        None => return None,
+    };
     recent.extend(written);
     recent.retain(|e| e.event_id > previous_started_event_id);
     (recent.len() <= RECENT_EVENTS_MAX).then_some(recent)
@@ -224,7 +235,7 @@ impl Service {
 
     /// Open runs held in memory.
     pub fn open_runs(&self) -> usize {
-        lock(&self.inner.runs).len()
+        self.inner.open_run_count()
     }
 
     /// Workflow tasks started by sync match so far (each saved a write and a poll).
@@ -276,12 +287,11 @@ impl Inner {
                 let state = decode_state(record)?;
                 self.sync(&state);
                 let loaded = Loaded::stored(state, record.version);
-                let slot = RunSlot {
-                    loaded: Some(loaded),
-                };
-                lock(&self.runs).insert(
+                self.insert_slot(
                     record.run_id.clone(),
-                    Arc::new(tokio::sync::Mutex::new(slot)),
+                    RunSlot {
+                        loaded: Some(loaded),
+                    },
                 );
             }
             match page.last() {
@@ -333,8 +343,12 @@ impl Inner {
         Ok(guard)
     }
 
+    /// Caches a run's slot unless one is there already (a request that found
+    /// the run meanwhile may have loaded, or even changed, it).
     pub fn insert_slot(&self, run_id: String, slot: RunSlot) {
-        lock(&self.runs).insert(run_id, Arc::new(tokio::sync::Mutex::new(slot)));
+        lock(&self.runs)
+            .entry(run_id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(slot)));
     }
 
     fn forget(&self, run_id: &str) {
@@ -364,6 +378,11 @@ impl Inner {
         let mut next = loaded.state.clone();
         let mut step = Step::new(&mut next, self.env.now(), self.limits());
         let value = f(&mut step)?;
+        machine::check_event_payloads(&step.events, self.limits())?;
+        if step.state.next_event_id > self.config.limits.events_per_run_max {
+            drop(step);
+            return self.terminate_oversized(&mut guard).await;
+        }
         let matched = self.sync_match(&mut step);
         let events = std::mem::take(&mut step.events);
         if events.is_empty() && next == loaded.state {
@@ -371,20 +390,39 @@ impl Inner {
         }
         self.commit(&mut guard, next, events).await?;
         if let Some((poller, started)) = matched {
+            self.sync_matches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (from, to) = started.event_range();
             let recent = guard
                 .loaded
                 .as_ref()
                 .and_then(|loaded| loaded.recent_events(from, to));
-            let events = match recent {
-                Some(events) => events,
-                None => self.read_task_events(run_id, from, to).await?,
-            };
-            let task = Box::new(started.into_task(events));
             drop(guard);
-            self.hand_over(poller, task);
+            if let Some(task) = self.task_with_events(started, recent).await {
+                self.hand_over(poller, Box::new(task));
+            }
         }
         Ok(value)
+    }
+
+    /// The run would exceed its events limit: terminate it instead (as
+    /// Temporal does), and refuse the request that would have overflowed it.
+    async fn terminate_oversized<T>(
+        self: &Arc<Self>,
+        slot: &mut RunSlot,
+    ) -> Result<T, ServiceError> {
+        let loaded = slot.loaded.as_ref().expect("the run is loaded");
+        let max = self.config.limits.events_per_run_max;
+        let mut next = loaded.state.clone();
+        let mut step = Step::new(&mut next, self.env.now(), self.limits());
+        let reason = format!("the history would exceed its limit of {max} events");
+        machine::run::on_terminate(&mut step, &reason, None, "service")?;
+        let events = std::mem::take(&mut step.events);
+        self.commit(slot, next, events).await?;
+        Err(ServiceError::new(
+            ErrorCode::HistoryTooLarge,
+            format!("run terminated: {reason}"),
+        ))
     }
 
     /// Sends a sync-matched task to its poller. If the poller left meanwhile
@@ -398,15 +436,22 @@ impl Inner {
             run_id = task.task_token.run_id,
             "the matched poller left; giving the workflow task back"
         );
+        self.give_back(task.task_token);
+    }
+
+    /// A started workflow task nobody will run (its poller left, or its events
+    /// could not be read): fail it at once so it is scheduled again, rather
+    /// than wait out its timeout.
+    pub fn give_back(self: &Arc<Self>, token: crate::api::TaskToken) {
         let inner = self.clone();
         self.env.spawn("service-give-back", async move {
-            let token = task.task_token;
+            let run_id = token.run_id.clone();
             let given_back = inner
-                .transition(&token.run_id.clone(), |step| {
+                .transition(&run_id, |step| {
                     if super::machine::workflow_task::check_token(step.state, &token).is_ok() {
                         let failure = crate::types::Failure::new(
                             "PollerGone",
-                            "the poller left before receiving the task",
+                            "nobody received the started task",
                         );
                         let cause = crate::history::WorkflowTaskFailedCause::WorkerShutdown;
                         super::machine::workflow_task::on_failed(
@@ -435,8 +480,6 @@ impl Inner {
         let poller = lock(&self.matching).reserve_workflow_poller(&step.state.task_queue)?;
         let request_id = self.env.new_id();
         let started = start_workflow_task(step, None, &poller.identity, &request_id)?;
-        self.sync_matches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some((poller, started))
     }
 
@@ -466,9 +509,7 @@ impl Inner {
             claim: None,
         };
         let run_id = next.run_id.clone();
-        let pending = ResyncOnDrop::new(self, &run_id);
-        let outcome = self.storage.write(batch).await;
-        pending.disarm();
+        let outcome = self.write(batch).await;
         match outcome {
             Ok(()) => {
                 self.after_commit(&next);
@@ -489,6 +530,25 @@ impl Inner {
                 Err(unavailable(&error))
             }
         }
+    }
+
+    /// Writes `batch` in a task of its own: once begun, a write finishes even
+    /// if its caller goes away (an HTTP client hangs up), as SQLite's does; only
+    /// a crash of the service stops it. If the caller is gone when it finishes,
+    /// the task reloads the run, so what it committed is published.
+    pub async fn write(self: &Arc<Self>, batch: WriteBatch) -> Result<(), StorageError> {
+        let (sender, receiver) = oneshot::channel();
+        let (inner, run_id) = (self.clone(), batch.run.run_id.clone());
+        self.env.spawn("service-write", async move {
+            let outcome = inner.storage.write(batch).await;
+            if sender.send(outcome).is_err() {
+                tracing::debug!(run_id, "a write's caller went away; reloading the run");
+                inner.spawn_resync(run_id);
+            }
+        });
+        receiver
+            .await
+            .unwrap_or_else(|_| Err(StorageError::Io("the write's task stopped".to_string())))
     }
 
     /// After a durable commit: publish tasks and timers, wake result waiters.
@@ -531,6 +591,17 @@ impl Inner {
         }
     }
 
+    /// Drops the run's cached state and loads it again from storage (whatever
+    /// was cached may predate a write that landed without its caller).
+    async fn reload_run(self: &Arc<Self>, run_id: &str) -> Result<(), ServiceError> {
+        let slot = lock(&self.runs)
+            .entry(run_id.to_string())
+            .or_default()
+            .clone();
+        slot.lock().await.loaded = None;
+        self.lock_run(run_id).await.map(drop)
+    }
+
     /// Reloads a run after a failed write until storage answers again.
     pub fn spawn_resync(self: &Arc<Self>, run_id: String) {
         let weak = Arc::downgrade(self);
@@ -540,8 +611,8 @@ impl Inner {
             for attempt in 0..attempts_max {
                 env.sleep_ms(50u64 << attempt.min(5)).await;
                 let Some(inner) = weak.upgrade() else { return };
-                match inner.lock_run(&run_id).await {
-                    Ok(_) => return,
+                match inner.reload_run(&run_id).await {
+                    Ok(()) => return,
                     Err(error) if error.code == ErrorCode::NotFound => return,
                     Err(error) => {
                         tracing::warn!(run_id, %error, attempt, "resync failed; retrying")
@@ -562,7 +633,9 @@ impl Inner {
             .transition(&run_id, |step| Ok(machine::run::on_timer(step, &key)))
             .await;
         match fired {
-            Ok(_) => {
+            Ok(true) => {}
+            // Not due (a heartbeat moved the deadline): queue its new deadline.
+            Ok(false) => {
                 if let Ok(guard) = self.lock_run(&run_id).await
                     && let Some(loaded) = &guard.loaded
                 {
@@ -585,37 +658,6 @@ impl Inner {
         let mut timers = lock(&self.timers);
         let due = timers.pop_due(self.env.now());
         (due, timers.next_deadline())
-    }
-}
-
-/// Reloads and re-syncs a run if dropped before `disarm`: guards a write whose
-/// caller may go away while it is in flight.
-pub(super) struct ResyncOnDrop {
-    inner: Option<(Arc<Inner>, String)>,
-}
-
-impl ResyncOnDrop {
-    pub(super) fn new(inner: &Arc<Inner>, run_id: &str) -> ResyncOnDrop {
-        ResyncOnDrop {
-            inner: Some((inner.clone(), run_id.to_string())),
-        }
-    }
-
-    /// The write finished; its caller handles the outcome.
-    pub(super) fn disarm(mut self) {
-        self.inner = None;
-    }
-}
-
-impl Drop for ResyncOnDrop {
-    fn drop(&mut self) {
-        if let Some((inner, run_id)) = self.inner.take() {
-            tracing::debug!(
-                run_id,
-                "a write's caller went away while it was in flight; resyncing the run"
-            );
-            inner.spawn_resync(run_id);
-        }
     }
 }
 

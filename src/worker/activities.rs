@@ -162,8 +162,15 @@ async fn respond(shared: &Arc<Shared>, task: &ActivityTask, result: ActivityTask
         Ok(Response::RespondActivityTask(RespondActivityTaskResponse {
             workflow_task: Some(next),
         })) => {
-            let permit = permit.expect("a workflow task is handed only to a worker that has room");
-            super::workflows::spawn_task(shared, next, permit);
+            // A service hands a task only to a worker that offered room; an
+            // older or wrong one might not: that task then times out and retries.
+            match permit {
+                Some(permit) => super::workflows::spawn_task(shared, next, permit),
+                None => tracing::warn!(
+                    run_id = next.task_token.run_id,
+                    "got a workflow task without offering room; dropped"
+                ),
+            }
         }
         Ok(_) => {}
         Err(error) => {

@@ -726,13 +726,8 @@ impl<T: DeserializeOwned> Future for SignalFuture<'_, T> {
             return Poll::Ready(result.map_err(WorkflowError::from));
         }
         let name = self.channel.name.clone();
-        self.channel
-            .ctx
-            .lock()
-            .signal_wakers
-            .entry(name)
-            .or_default()
-            .push(cx.waker().clone());
+        let mut core = self.channel.ctx.lock();
+        add_waker(core.signal_wakers.entry(name).or_default(), cx.waker());
         Poll::Pending
     }
 }
@@ -750,7 +745,15 @@ impl Future for CancelledFuture {
         if core.cancel_requested {
             return Poll::Ready(());
         }
-        core.cancel_wakers.push(cx.waker().clone());
+        add_waker(&mut core.cancel_wakers, cx.waker());
         Poll::Pending
+    }
+}
+
+/// Remembers `waker` unless an equivalent one is already there: a future
+/// polled on every activation must not grow the list without bound.
+fn add_waker(wakers: &mut Vec<Waker>, waker: &Waker) {
+    if !wakers.iter().any(|known| known.will_wake(waker)) {
+        wakers.push(waker.clone());
     }
 }

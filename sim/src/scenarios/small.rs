@@ -1,4 +1,5 @@
-//! `small`: one workflow of three activities on two workers, one fault.
+//! `small`: one workflow of three activities on two workers, one fault, and
+//! a client polling its status.
 
 use std::time::Duration;
 
@@ -71,6 +72,15 @@ pub fn small() -> Simulation {
                     json!("small-1"),
                 )
                 .await?;
+            // A dashboard polling the run's status while it runs: reads that
+            // load the run concurrently with its writes.
+            for _ in 0..40 {
+                client.sleep_ms(250).await;
+                let described = client.describe("small-1", None).await?;
+                if described.status.is_closed() {
+                    break;
+                }
+            }
             Ok(())
         })
         .check(|finished| match finished.outcomes.get("small-1") {

@@ -185,6 +185,7 @@ pub(super) fn schedule(
         .activities
         .values()
         .any(|a| a.activity_id == *activity_id)
+        || step.state.closing_activities.contains_key(activity_id)
     {
         return Err(format!("{}: an open activity already has this id", what()));
     }
@@ -412,9 +413,13 @@ fn close(step: &mut Step<'_>, activity: &ActivityState, outcome: EventKind) {
     let removed = step.state.activities.remove(&activity.scheduled_event_id);
     assert!(removed.is_some(), "only open activities close");
     if step.state.workflow_task.is_started() {
+        let closing = super::ClosingActivity {
+            scheduled_event_id: activity.scheduled_event_id,
+            cancel_requested: activity.cancel_requested_event_id.is_some(),
+        };
         step.state
             .closing_activities
-            .insert(activity.activity_id.clone(), activity.scheduled_event_id);
+            .insert(activity.activity_id.clone(), closing);
     }
     step.deliver_activity_close(activity.started_event(), outcome);
 }
@@ -528,11 +533,26 @@ pub(super) fn request_cancel(
         .values()
         .find(|a| a.activity_id == activity_id)
         .cloned();
+    let already = || {
+        format!("RequestCancelActivityTask: activity {activity_id:?} was already asked to cancel")
+    };
     let scheduled_event_id = match &open {
+        Some(activity) if activity.cancel_requested_event_id.is_some() => return Err(already()),
         Some(activity) => activity.scheduled_event_id,
-        None => buffered_close_of(step.state, activity_id).ok_or_else(|| {
-            format!("RequestCancelActivityTask: no open activity has id {activity_id:?}")
-        })?,
+        None => {
+            let missing =
+                || format!("RequestCancelActivityTask: no open activity has id {activity_id:?}");
+            let closing = step
+                .state
+                .closing_activities
+                .get_mut(activity_id)
+                .ok_or_else(missing)?;
+            if closing.cancel_requested {
+                return Err(already());
+            }
+            closing.cancel_requested = true;
+            closing.scheduled_event_id
+        }
     };
     let cancel_requested = step.emit(EventKind::ActivityTaskCancelRequested(
         ActivityTaskCancelRequested {
@@ -541,11 +561,6 @@ pub(super) fn request_cancel(
         },
     ));
     let Some(activity) = open else { return Ok(()) };
-    if activity.cancel_requested_event_id.is_some() {
-        return Err(format!(
-            "RequestCancelActivityTask: activity {activity_id:?} was already asked to cancel"
-        ));
-    }
     if matches!(activity.phase, ActivityPhase::Started { .. }) {
         let state = step
             .state
@@ -567,10 +582,4 @@ pub(super) fn request_cancel(
         identity: String::new(),
     }));
     Ok(())
-}
-
-/// An activity closed while the workflow task ran: its close is buffered and
-/// it is still open as far as the history goes.
-fn buffered_close_of(state: &RunState, activity_id: &str) -> Option<u64> {
-    state.closing_activities.get(activity_id).copied()
 }

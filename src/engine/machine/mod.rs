@@ -53,11 +53,20 @@ pub struct RunState {
     /// Events that arrived while a workflow task was started; written after it closes.
     pub buffered: Vec<EventKind>,
     /// Activities whose close is buffered (by activity id), still open in the history.
-    pub closing_activities: BTreeMap<String, u64>,
+    pub closing_activities: BTreeMap<String, ClosingActivity>,
     pub cancel_requested: bool,
     pub signal_request_ids: VecDeque<String>,
     pub last_workflow_task_failure: Option<Failure>,
     pub outcome: Option<RunOutcome>,
+}
+
+/// An activity whose close is buffered: closed for the service, still open in
+/// the history until the buffer is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosingActivity {
+    pub scheduled_event_id: u64,
+    /// Its cancel was requested (in the history): it may not be requested again.
+    pub cancel_requested: bool,
 }
 
 /// An open durable timer.
@@ -289,6 +298,25 @@ fn with_started_event_id(kind: EventKind, started_event_id: u64) -> EventKind {
         }
         other => other,
     }
+}
+
+/// Every payload of `events` fits the limit (the same list of payloads the
+/// history validator checks, so the service never writes what it would refuse).
+pub fn check_event_payloads(events: &[Event], limits: Limits) -> Result<(), ServiceError> {
+    for event in events {
+        for payload in event.kind.payloads() {
+            let bytes = crate::history::payload_size_bytes(payload);
+            if bytes > limits.payload_bytes_max {
+                let message = format!(
+                    "{} would carry a payload of {bytes} bytes, more than the limit of {} bytes",
+                    event.kind.name(),
+                    limits.payload_bytes_max
+                );
+                return Err(error(ErrorCode::PayloadTooLarge, message));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tasks the run waits on a worker for.

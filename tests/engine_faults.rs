@@ -1,0 +1,238 @@
+//! Faults at the service's edges: a write that outlives its caller, payloads
+//! over the limit in any field, a history at its event limit. Each was a bug
+//! (found in review) whose run hung or whose stored history did not validate.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::engine::TestEngine;
+use retrace::activity::{
+    Activity, ActivityContext, ActivityOptions, ActivityResult, ActivityRunError, RetryPolicy,
+};
+use retrace::api::{Request, RunOutcome, RunRef, SignalWorkflowRequest};
+use retrace::client::StartOptions;
+use retrace::engine::{EmbeddedEngine, ServiceConfig};
+use retrace::env::{
+    BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch,
+};
+use retrace::history::{Event, HistoryLimits};
+use retrace::types::Failure;
+use retrace::workflow::{WorkflowContext, WorkflowRegistry};
+use serde_json::json;
+
+/// Like SQLite: once begun, a write lands even if its caller goes away; it
+/// can be made slow.
+struct Detached {
+    inner: Arc<MemoryStorage>,
+    slow: Arc<AtomicBool>,
+}
+
+impl Storage for Detached {
+    #[allow(clippy::disallowed_methods)] // the test storage's own background write, like SQLite's writer thread
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
+        let (inner, slow) = (self.inner.clone(), self.slow.load(Ordering::SeqCst));
+        let handle = tokio::spawn(async move {
+            if slow {
+                #[allow(clippy::disallowed_methods)]
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            inner.apply(batch)
+        });
+        Box::pin(async move { handle.await.expect("the write task runs to its end") })
+    }
+    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
+        self.inner.read_run(run_id)
+    }
+    fn current_run(
+        &self,
+        workflow_id: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+        self.inner.current_run(workflow_id)
+    }
+    fn read_events(
+        &self,
+        run_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
+        self.inner.read_events(run_id, from, limit)
+    }
+    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
+        self.inner.list_runs(query)
+    }
+}
+
+fn registry() -> WorkflowRegistry {
+    let mut registry = WorkflowRegistry::new();
+    registry.register_fn("await_signal", |ctx: WorkflowContext, _: ()| async move {
+        ctx.signal::<String>("finish").recv().await
+    });
+    registry.register_fn("calls_fails", |ctx: WorkflowContext, _: ()| async move {
+        Ok(ctx.activity::<Fails>(()).await.is_err())
+    });
+    registry.register_fn(
+        "many_timers",
+        |ctx: WorkflowContext, count: u64| async move {
+            for _ in 0..count {
+                ctx.sleep(Duration::from_millis(1)).await?;
+            }
+            Ok(())
+        },
+    );
+    registry
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_lands_after_its_caller_hung_up_is_published_and_the_run_continues() {
+    common::init_logs();
+    let memory = Arc::new(MemoryStorage::new());
+    let slow = Arc::new(AtomicBool::new(false));
+    let storage = Arc::new(Detached {
+        inner: memory.clone(),
+        slow: slow.clone(),
+    });
+    let engine = TestEngine {
+        engine: EmbeddedEngine::start(storage, ServiceConfig::default())
+            .await
+            .unwrap(),
+        registry: registry(),
+    };
+    let worker = engine.engine.worker("q").workflows(registry()).start();
+    let client = engine.client();
+    let run_id = client
+        .start_by_name(StartOptions::new("w", "q"), "await_signal", json!(null))
+        .await
+        .unwrap();
+    engine.engine.env().sleep_ms(2_000).await;
+    slow.store(true, Ordering::SeqCst);
+    let signal = Request::SignalWorkflow(SignalWorkflowRequest {
+        run: RunRef {
+            workflow_id: "w".into(),
+            run_id: None,
+        },
+        signal_name: "finish".into(),
+        input: json!("now"),
+        request_id: "signal-1".into(),
+        identity: "test".into(),
+    });
+    // The caller hangs up 10 ms into a 200 ms write.
+    let abandoned = engine
+        .engine
+        .env()
+        .timeout(10, engine.engine.service().handle(signal))
+        .await;
+    assert!(abandoned.is_err(), "the request was dropped mid-write");
+    slow.store(false, Ordering::SeqCst);
+    let handle = client.handle::<String>("w", Some(&run_id));
+    let result = engine.engine.env().timeout(300_000, handle.result()).await;
+    if result.is_err() {
+        let events = memory.read_events(&run_id, 1, 100).await.unwrap();
+        let names: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+        let described = client.describe("w", None).await.unwrap();
+        panic!(
+            "stuck: stored {names:?}; service sees {} events, task {:?}",
+            described.history_length, described.workflow_task
+        );
+    }
+    assert_eq!(
+        result.expect("the run closes after the signal").unwrap(),
+        "now"
+    );
+    worker.shutdown().await;
+    engine.check_histories().await;
+}
+
+/// Fails with 3 MiB of details, more than any payload may carry.
+struct Fails;
+
+impl Activity for Fails {
+    const NAME: &'static str = "fails";
+    type Input = ();
+    type Output = ();
+    fn options() -> ActivityOptions {
+        ActivityOptions::default()
+            .start_to_close(Duration::from_secs(10))
+            .retry(RetryPolicy::default().maximum_attempts(1))
+    }
+    async fn run(&self, _ctx: ActivityContext, _: ()) -> ActivityResult<()> {
+        let mut failure = Failure::new("Big", "big details");
+        failure.details = Some(json!("x".repeat(3 * 1024 * 1024)));
+        Err(ActivityRunError::Failed(failure))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_details_over_the_payload_limit_are_refused_and_every_stored_history_validates() {
+    let engine = TestEngine::new(registry()).await;
+    let worker = engine
+        .engine
+        .worker("q")
+        .workflows(registry())
+        .activity(Fails)
+        .start();
+    let client = engine.client();
+    let run_id = client
+        .start_by_name(StartOptions::new("big", "q"), "calls_fails", json!(null))
+        .await
+        .unwrap();
+    // The failure cannot be recorded; the attempt times out instead.
+    assert!(
+        client
+            .handle::<bool>("big", Some(&run_id))
+            .result()
+            .await
+            .unwrap()
+    );
+    let history = client
+        .history("big", Some(&run_id))
+        .await
+        .expect("the stored history validates");
+    assert!(
+        history
+            .events()
+            .iter()
+            .any(|e| e.kind.name() == "ActivityTaskTimedOut")
+    );
+    worker.shutdown().await;
+    engine.check_histories().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_would_exceed_its_event_limit_is_terminated_with_a_valid_history() {
+    let limits = HistoryLimits {
+        events_per_run_max: 40,
+        ..HistoryLimits::default()
+    };
+    let config = ServiceConfig {
+        limits,
+        ..ServiceConfig::default()
+    };
+    let engine = EmbeddedEngine::start(Arc::new(MemoryStorage::new()), config)
+        .await
+        .unwrap();
+    let engine = TestEngine {
+        engine,
+        registry: registry(),
+    };
+    let worker = engine.engine.worker("q").workflows(registry()).start();
+    let client = engine.client();
+    let run_id = client
+        .start_by_name(StartOptions::new("long", "q"), "many_timers", json!(100))
+        .await
+        .unwrap();
+    let outcome = client.outcome("long", Some(&run_id)).await.unwrap();
+    let RunOutcome::Terminated { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("limit of 40 events"), "{reason}");
+    let history = client
+        .history("long", Some(&run_id))
+        .await
+        .expect("the stored history validates");
+    assert!(history.len() <= 40, "{} events", history.len());
+    worker.shutdown().await;
+    engine.check_histories().await;
+}
