@@ -7,12 +7,6 @@
 
 mod common;
 
-/// The same allocator as the `retrace` binary (the worker process is this
-/// binary). Not in the smoke tests, which include several benchmarks at once.
-#[cfg(not(test))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,8 +86,9 @@ pub async fn run(smoke: bool) -> serde_json::Value {
            "worker_rss_mb": worker_rss_mb, "worker_cached_runs": CACHE_RUNS_MAX.min(runs)})
 }
 
+/// The benchmark (`benches/targets/NAME.rs` calls this).
 #[allow(dead_code)] // the smoke test includes this file and calls `run`
-fn main() {
+pub fn main() {
     common::run_worker_if_asked();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

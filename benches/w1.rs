@@ -7,12 +7,6 @@
 
 mod common;
 
-/// The same allocator as the `retrace` binary (the worker process is this
-/// binary). Not in the smoke tests, which include several benchmarks at once.
-#[cfg(not(test))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::time::{Duration, Instant};
 
 use retrace::client::StartOptions;
@@ -69,8 +63,9 @@ pub async fn run(smoke: bool) -> serde_json::Value {
     json!({"bench": "w1", "smoke": smoke, "workflows": samples.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max})
 }
 
+/// The benchmark (`benches/targets/NAME.rs` calls this).
 #[allow(dead_code)] // the smoke test includes this file and calls `run`
-fn main() {
+pub fn main() {
     common::run_worker_if_asked();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
