@@ -192,6 +192,27 @@ async fn start_to_close_timeout_retries_and_the_next_attempt_completes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_closed_run_leaves_no_timer_queued_to_fire_later() {
+    let engine = TestEngine::new(registry()).await;
+    let worker = engine
+        .engine
+        .worker("q")
+        .workflows(registry())
+        .activity(work(|_, input| async move { Ok(input) }))
+        .start();
+    let options = ActivityOptions::default()
+        .start_to_close(Duration::from_secs(3_600))
+        .schedule_to_close(Duration::from_secs(7_200));
+    let (result, _) = run_once(&engine, "no-stale-timers", options).await;
+    assert!(!result.is_empty());
+    // The activity's and the workflow tasks' timeouts were queued while the run
+    // was open; none of them has anything left to do once it closed.
+    assert_eq!(engine.engine.service().queued_timers(), 0);
+    worker.shutdown().await;
+    engine.check_histories().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn schedule_to_close_timeout_ends_the_retries() {
     let engine = TestEngine::new(registry()).await;
     let env = engine.engine.env().clone();

@@ -238,6 +238,11 @@ impl Service {
         self.inner.open_run_count()
     }
 
+    /// Durable timers queued in memory (a closed run's are dropped as it closes).
+    pub fn queued_timers(&self) -> usize {
+        lock(&self.inner.timers).len()
+    }
+
     /// Workflow tasks started by sync match so far (each saved a write and a poll).
     pub fn sync_matches(&self) -> u64 {
         self.inner
@@ -351,8 +356,11 @@ impl Inner {
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(slot)));
     }
 
+    /// Drops a closed (or missing) run from memory, with its timers: a closed
+    /// run has none left to fire.
     fn forget(&self, run_id: &str) {
         lock(&self.runs).remove(run_id);
+        lock(&self.timers).remove_run(run_id);
     }
 
     pub fn open_run_count(&self) -> usize {

@@ -6,32 +6,51 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::machine::TimerKey;
 use crate::types::Timestamp;
 
-/// Timers by deadline.
+/// Timers by deadline, and by run (a closed run's timers are dropped at once
+/// rather than firing later to find nothing to do).
 #[derive(Default, Debug)]
 pub struct TimerQueue {
     heap: BTreeSet<(Timestamp, u64, String, TimerKey)>,
-    present: BTreeMap<(String, TimerKey), Timestamp>,
+    /// Each run's queued timers: deadline and insertion sequence (the heap key).
+    by_run: BTreeMap<String, BTreeMap<TimerKey, (Timestamp, u64)>>,
     next_seq: u64,
 }
 
 impl TimerQueue {
-    /// Adds a timer unless the same one is already due no later. Returns true
-    /// if it became the earliest timer (the timer loop should wake).
+    /// Adds a timer unless the same one is already due no later (an earlier
+    /// deadline replaces a later one). Returns true if it became the earliest
+    /// timer (the timer loop should wake).
     pub fn insert(&mut self, run_id: &str, key: TimerKey, deadline: Timestamp) -> bool {
-        let id = (run_id.to_string(), key);
-        if self
-            .present
-            .get(&id)
-            .is_some_and(|existing| *existing <= deadline)
-        {
-            return false;
+        let run = self.by_run.entry(run_id.to_string()).or_default();
+        let replaced = match run.get(&key) {
+            Some((existing, _)) if *existing <= deadline => return false,
+            Some(&(existing, seq)) => Some((existing, seq)),
+            None => None,
+        };
+        if let Some((existing, seq)) = replaced {
+            let removed = self
+                .heap
+                .remove(&(existing, seq, run_id.to_string(), key.clone()));
+            assert!(removed, "a run's timer is in the heap");
         }
-        let earliest = self.next_deadline().is_none_or(|next| deadline < next);
         self.next_seq += 1;
+        run.insert(key.clone(), (deadline, self.next_seq));
+        let earliest = self.next_deadline().is_none_or(|next| deadline < next);
         self.heap
-            .insert((deadline, self.next_seq, id.0.clone(), id.1.clone()));
-        self.present.insert(id, deadline);
+            .insert((deadline, self.next_seq, run_id.to_string(), key));
         earliest
+    }
+
+    /// Drops every timer of `run_id` (the run closed: nothing is left to fire).
+    pub fn remove_run(&mut self, run_id: &str) {
+        let Some(run) = self.by_run.remove(run_id) else {
+            return;
+        };
+        for (key, (deadline, seq)) in run {
+            let removed = self.heap.remove(&(deadline, seq, run_id.to_string(), key));
+            assert!(removed, "a run's timer is in the heap");
+        }
+        assert!(!self.by_run.contains_key(run_id));
     }
 
     /// The earliest deadline.
@@ -46,25 +65,30 @@ impl TimerQueue {
             if *deadline > now {
                 break;
             }
-            let (deadline, _, run_id, key) = self.heap.pop_first().expect("first exists");
-            let id = (run_id, key);
-            if self.present.get(&id) == Some(&deadline) {
-                self.present.remove(&id);
+            let (_, _, run_id, key) = self.heap.pop_first().expect("first exists");
+            let run = self
+                .by_run
+                .get_mut(&run_id)
+                .expect("a queued timer's run is indexed");
+            run.remove(&key).expect("a queued timer is indexed");
+            if run.is_empty() {
+                self.by_run.remove(&run_id);
             }
-            due.push(id);
+            due.push((run_id, key));
         }
+        assert!(self.next_deadline().is_none_or(|next| next > now));
         due
+    }
+
+    /// How many timers are queued.
+    pub fn len(&self) -> usize {
+        self.heap.len()
     }
 
     /// True if no timer is queued.
     #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.heap.is_empty()
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.heap.len()
     }
 }
 
@@ -111,5 +135,22 @@ mod tests {
             timers.insert("r", user("1"), Timestamp(50)),
             "an earlier deadline is added and wakes the loop"
         );
+        assert_eq!(timers.len(), 1, "and replaces the later one");
+        assert_eq!(timers.pop_due(Timestamp(1_000)).len(), 1);
+    }
+
+    #[test]
+    fn removing_a_run_drops_its_timers_and_no_other() {
+        let mut timers = TimerQueue::default();
+        timers.insert("closed", user("1"), Timestamp(10));
+        timers.insert("closed", user("2"), Timestamp(30));
+        timers.insert("open", user("1"), Timestamp(20));
+        timers.remove_run("closed");
+        timers.remove_run("never-queued");
+        assert_eq!(timers.len(), 1);
+        assert_eq!(timers.next_deadline(), Some(Timestamp(20)));
+        let due = timers.pop_due(Timestamp(100));
+        assert_eq!(due, vec![("open".to_string(), user("1"))]);
+        assert!(timers.is_empty());
     }
 }
