@@ -50,6 +50,7 @@ pub async fn run_all(make: &dyn Fn() -> Arc<dyn Storage>) {
     unknown_run_reads_as_none_and_empty(&*make()).await;
     created_run_reads_back_equal(&*make()).await;
     every_run_status_round_trips(&*make()).await;
+    updates_move_a_run_between_status_lists(&*make()).await;
     read_events_pages_by_from_event_id_and_limit(&*make()).await;
     events_appended_in_later_batches_keep_their_order(&*make()).await;
     stale_expected_version_is_refused_and_changes_nothing(&*make()).await;
@@ -57,6 +58,7 @@ pub async fn run_all(make: &dyn Fn() -> Arc<dyn Storage>) {
     non_contiguous_event_ids_are_a_bad_batch(&*make()).await;
     wrong_next_event_id_is_a_bad_batch(&*make()).await;
     version_not_bumped_by_one_is_a_bad_batch(&*make()).await;
+    a_write_cannot_change_what_identifies_a_run(&*make()).await;
     first_claim_of_a_workflow_id_takes_it(&*make()).await;
     claim_naming_the_wrong_previous_run_is_refused(&*make()).await;
     claim_naming_the_current_run_reuses_the_workflow_id(&*make()).await;
@@ -427,6 +429,51 @@ pub async fn every_run_status_round_trips(storage: &dyn Storage) {
     }
 }
 
+/// Updates keep the state, the status and the close time they write: a run
+/// updated while running stays listed as running, and one that closes moves
+/// from the running list to its closed status's list.
+pub async fn updates_move_a_run_between_status_lists(storage: &dyn Storage) {
+    let property = "updates_move_a_run_between_status_lists";
+    let created = create("run-closing", 1);
+    let mut stored = created.run.clone();
+    write_ok(storage, created, property).await;
+    let listed = |status: RunStatus| ListQuery {
+        status: Some(status),
+        limit: RUNS_LIST_MAX,
+        ..ListQuery::default()
+    };
+    let steps = [
+        (RunStatus::Running, None, b"still running".to_vec()),
+        (
+            RunStatus::Failed,
+            Some(START_TIME.plus_ms(5_000)),
+            b"closed".to_vec(),
+        ),
+    ];
+    for (status, close_time, state) in steps {
+        let mut batch = append(&stored, 1);
+        batch.run.status = status;
+        batch.run.close_time = close_time;
+        batch.run.state = state;
+        stored = batch.run.clone();
+        write_ok(storage, batch, property).await;
+        let read = read_run(storage, "run-closing", property).await;
+        assert_eq!(read.as_ref(), Some(&stored), "{property}: {status:?}");
+        for other in [RunStatus::Running, RunStatus::Failed] {
+            let runs = list_runs(storage, listed(other), property).await;
+            let expected = if other == status {
+                vec![stored.clone()]
+            } else {
+                Vec::new()
+            };
+            assert_eq!(
+                runs, expected,
+                "{property}: listing {other:?} after {status:?}"
+            );
+        }
+    }
+}
+
 /// `read_events` returns up to `limit` events from `from_event_id` on: pages
 /// tile the history, a page past the end is empty, limit 0 is empty, and
 /// `from_event_id` 0 reads from the first event (ids start at 1).
@@ -672,6 +719,32 @@ pub async fn version_not_bumped_by_one_is_a_bad_batch(storage: &dyn Storage) {
             property,
         );
     }
+}
+
+/// A run's workflow id, workflow type, task queue and start time are fixed
+/// when it is created: a write changing any of them is `BadBatch`, and
+/// nothing changes.
+pub async fn a_write_cannot_change_what_identifies_a_run(storage: &dyn Storage) {
+    let property = "a_write_cannot_change_what_identifies_a_run";
+    let created = create("run-fixed", 1);
+    let stored = created.run.clone();
+    write_ok(storage, created, property).await;
+    let changes: [fn(&mut RunRecord); 4] = [
+        |run| run.workflow_id.push_str("-other"),
+        |run| run.workflow_type.push_str("-other"),
+        |run| run.task_queue.push_str("-other"),
+        |run| run.start_time = run.start_time.plus_ms(1),
+    ];
+    for change in changes {
+        let mut batch = append(&stored, 1);
+        change(&mut batch.run);
+        assert_bad_batch(
+            &refuse(storage, batch, property).await,
+            "run-fixed",
+            property,
+        );
+    }
+    write_ok(storage, append(&stored, 1), property).await;
 }
 
 // ---------------------------------------------------------------------------

@@ -216,6 +216,24 @@ pub fn check_batch(
             batch.run.version
         )));
     }
+    if let Some(stored) = stored {
+        let fixed = |r: &RunRecord| {
+            (
+                r.workflow_id.clone(),
+                r.workflow_type.clone(),
+                r.task_queue.clone(),
+                r.start_time,
+            )
+        };
+        if fixed(stored) != fixed(&batch.run) {
+            return Err(bad(format!(
+                "a run's workflow id, type, task queue and start time cannot change: \
+                 stored {:?}, written {:?}",
+                fixed(stored),
+                fixed(&batch.run)
+            )));
+        }
+    }
     let first_event_id = stored.map_or(1, |r| r.next_event_id);
     for (offset, event) in batch.events.iter().enumerate() {
         if event.event_id != first_event_id + offset as u64 {
