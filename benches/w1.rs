@@ -67,9 +67,5 @@ pub async fn run(smoke: bool) -> serde_json::Value {
 #[allow(dead_code)] // the smoke test includes this file and calls `run`
 pub fn main() {
     common::run_worker_if_asked();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    println!("{}", runtime.block_on(run(common::smoke())));
+    println!("{}", common::runtime().block_on(run(common::smoke())));
 }

@@ -341,3 +341,15 @@ fn the_server_refuses_a_non_loopback_address_without_a_token_before_binding() {
     assert!(run.stdout.is_empty());
     assert!(!db.exists(), "no database is created for a refused start");
 }
+
+#[test]
+fn the_server_refuses_zero_threads_before_opening_its_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let db_arg = db.to_str().unwrap();
+    let run = cli_offline(&["server", "--db", db_arg, "--threads", "0"]);
+    assert_eq!(run.code, 2, "a usage error: {run:?}");
+    assert!(run.stderr.contains("--threads"), "{run:?}");
+    assert!(run.stderr.contains("not in 1..=1024"), "{run:?}");
+    assert!(!db.exists(), "no database is created for a refused start");
+}

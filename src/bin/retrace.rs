@@ -100,10 +100,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_server = matches!(cli.command, Command::Server(_));
     init_logs(if is_server { "info" } else { "warn" });
-    let mut builder = if is_server {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
+    let mut builder = match &cli.command {
+        Command::Server(args) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = args.threads {
+                builder.worker_threads(usize::from(threads));
+            }
+            builder
+        }
+        _ => tokio::runtime::Builder::new_current_thread(),
     };
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,

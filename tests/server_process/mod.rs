@@ -44,6 +44,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `retrace server --db <db> --listen 127.0.0.1:<port>`; does not wait.
     pub fn spawn(db: &Path, port: u16, log_path: &Path) -> ServerProcess {
+        ServerProcess::spawn_with(db, port, log_path, &[])
+    }
+
+    /// As [`ServerProcess::spawn`], with more arguments for `retrace server`.
+    pub fn spawn_with(db: &Path, port: u16, log_path: &Path, args: &[&str]) -> ServerProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -53,6 +58,7 @@ impl ServerProcess {
             .args(["server", "--db"])
             .arg(db)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -68,7 +74,12 @@ impl ServerProcess {
 
     /// Starts a server and waits until it answers.
     pub async fn start(db: &Path, port: u16, log_path: &Path) -> ServerProcess {
-        let mut server = ServerProcess::spawn(db, port, log_path);
+        ServerProcess::start_with(db, port, log_path, &[]).await
+    }
+
+    /// As [`ServerProcess::start`], with more arguments for `retrace server`.
+    pub async fn start_with(db: &Path, port: u16, log_path: &Path, args: &[&str]) -> ServerProcess {
+        let mut server = ServerProcess::spawn_with(db, port, log_path, args);
         server.wait_ready().await;
         server
     }

@@ -20,6 +20,10 @@ pub struct ServerArgs {
     /// Address to listen on; any non-loopback address needs --token.
     #[arg(long, default_value = "127.0.0.1:7233")]
     listen: SocketAddr,
+    /// Threads serving requests (the SQLite writer and readers have their own).
+    /// Default: one per core. Fewer helps when workers share the machine.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 pub async fn run(args: ServerArgs, token: Option<String>) -> anyhow::Result<()> {
