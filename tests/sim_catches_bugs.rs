@@ -44,7 +44,10 @@ fn times_applied(message: &str) -> u64 {
     let Some((_, rest)) = message.split_once("applied ") else {
         return 0;
     };
-    rest.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    rest.split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
