@@ -511,3 +511,19 @@ impl JsonOrPanic for reqwest::Response {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
     }
 }
+
+#[test]
+fn a_client_refuses_a_url_it_could_never_call_when_it_is_made() {
+    let bad_urls = [
+        ("https://127.0.0.1:7233", "https is not supported"),
+        ("http://127.0.0.1:7233/api", "without a path"),
+        ("http://127.0.0.1:99999", "invalid port"),
+        ("127.0.0.1:7233", "http://host:port"),
+    ];
+    for (url, says) in bad_urls {
+        let error = HttpNetwork::new(url, None).expect_err(url);
+        assert!(matches!(error, HttpError::BadUrl { .. }), "{url}: {error}");
+        assert!(error.to_string().contains(url), "names the URL: {error}");
+        assert!(error.to_string().contains(says), "{url}: {error}");
+    }
+}

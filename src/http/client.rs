@@ -1,13 +1,15 @@
 //! `HttpNetwork`: a node's connection to a service in another process.
 
+use std::collections::BTreeMap;
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
 use super::server::token_is_valid;
-use super::{API_PREFIX, HttpError, decode_response, encode_request};
+use super::{API_PREFIX, HttpError, METHODS, decode_response, encode_request};
 use crate::api::{ErrorCode, Reply, Request, ServiceError};
 use crate::env::{BoxFuture, NetError, Network};
 
@@ -30,6 +32,8 @@ const QUOTED_BODY_BYTES_MAX: usize = 200;
 pub struct HttpNetwork {
     client: reqwest::Client,
     base_url: String,
+    /// Each API method's URL, parsed once (parsing per request showed in profiles).
+    method_urls: Arc<BTreeMap<&'static str, reqwest::Url>>,
     authorization: Option<HeaderValue>,
 }
 
@@ -57,9 +61,11 @@ impl HttpNetwork {
             .build()
             .map_err(|e| HttpError::Client(chain(&e)))?;
         assert!(!base_url.ends_with('/'));
+        let method_urls = Arc::new(method_urls(&base_url)?);
         Ok(HttpNetwork {
             client,
             base_url,
+            method_urls,
             authorization,
         })
     }
@@ -86,6 +92,21 @@ impl HttpNetwork {
             "{url} answered {status}: is it a Retrace service?"
         )))
     }
+}
+
+/// The URL of every API method under `base_url`.
+fn method_urls(base_url: &str) -> Result<BTreeMap<&'static str, reqwest::Url>, HttpError> {
+    let mut urls = BTreeMap::new();
+    for method in METHODS {
+        let url = format!("{base_url}{API_PREFIX}{method}");
+        let parsed = reqwest::Url::parse(&url).map_err(|e| HttpError::BadUrl {
+            url: base_url.to_string(),
+            reason: e.to_string(),
+        })?;
+        urls.insert(*method, parsed);
+    }
+    assert_eq!(urls.len(), METHODS.len());
+    Ok(urls)
 }
 
 fn check_url(url: &str) -> Result<String, HttpError> {
@@ -146,21 +167,26 @@ fn net_error(url: &str, error: &reqwest::Error) -> NetError {
 impl Network for HttpNetwork {
     fn call(&self, request: Request) -> BoxFuture<'static, Result<Reply, NetError>> {
         let method = request.method();
-        let url = format!("{}{API_PREFIX}{method}", self.base_url);
+        let url = self
+            .method_urls
+            .get(method)
+            .expect("every request's method is in METHODS")
+            .clone();
         let body = encode_request(&request);
         let mut builder = self
             .client
-            .post(&url)
+            .post(url.clone())
             .header(CONTENT_TYPE, "application/json");
         if let Some(authorization) = &self.authorization {
             builder = builder.header(AUTHORIZATION, authorization.clone());
         }
         let sent = builder.body(body).send();
         Box::pin(async move {
-            let response = sent.await.map_err(|e| net_error(&url, &e))?;
+            let url = url.as_str();
+            let response = sent.await.map_err(|e| net_error(url, &e))?;
             let status = response.status();
-            let body = response.bytes().await.map_err(|e| net_error(&url, &e))?;
-            Ok(reply_of(method, &url, status, &body))
+            let body = response.bytes().await.map_err(|e| net_error(url, &e))?;
+            Ok(reply_of(method, url, status, &body))
         })
     }
 }
