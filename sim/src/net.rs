@@ -67,6 +67,15 @@ impl SimNet {
         }
     }
 
+    /// Forgets every endpoint and the net node: the run is over. Endpoints'
+    /// handlers hold their node's Env, which holds the World that holds this
+    /// net, a cycle of `Arc`s that would otherwise never be freed.
+    pub fn shut_down(&self) {
+        let mut state = lock(&self.state);
+        state.endpoints.clear();
+        state.net_node = None;
+    }
+
     /// The node flights run on.
     pub fn set_net_node(&self, node: madsim::runtime::NodeHandle) {
         lock(&self.state).net_node = Some(node);

@@ -437,7 +437,7 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
     }
     let cluster = Cluster::start(world.clone(), &setup);
     let scenario = start_scenario(&setup, &world, &cluster);
-    madsim::task::spawn(cluster.clone().inject(plan.clone()));
+    cluster.start_injecting(plan.clone());
     madsim::time::sleep(Duration::from_millis(setup.safety_ms)).await;
     cluster.heal();
     let deadline = world.elapsed_ms() + setup.liveness_ms_max;
@@ -451,6 +451,7 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
         world.trace(&history.to_json());
     }
     let (trace_hash, _) = world.trace_hash();
+    cluster.shut_down();
     SeedResult {
         seed,
         swarm,

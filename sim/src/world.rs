@@ -3,6 +3,7 @@
 //! per-node pieces of the engine's `Env` (clock with skew and drift, entropy,
 //! spawner, BUGGIFY).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,8 +65,31 @@ pub struct World {
     start_time: SystemTime,
 }
 
+thread_local! {
+    /// Worlds alive on this thread (a seed's world runs on the thread that
+    /// runs the seed): after a seed it must be back to what it was, or the
+    /// world leaked with everything it holds.
+    static WORLDS_LIVE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Worlds alive on this thread.
+#[cfg(test)]
+pub fn worlds_live() -> usize {
+    WORLDS_LIVE.with(Cell::get)
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        WORLDS_LIVE.with(|live| {
+            assert!(live.get() > 0, "a world is counted before it drops");
+            live.set(live.get() - 1);
+        });
+    }
+}
+
 impl World {
     pub fn new(seed: u64, swarm: Swarm) -> Arc<World> {
+        WORLDS_LIVE.with(|live| live.set(live.get() + 1));
         let time = madsim::time::TimeHandle::current();
         Arc::new(World {
             seed,
@@ -81,6 +105,13 @@ impl World {
             start: time.now_instant(),
             start_time: time.now_time(),
         })
+    }
+
+    /// Drops what the run's nodes registered in the world (network endpoints,
+    /// node handles): they refer back to the world, so it could not be freed.
+    pub fn shut_down(&self) {
+        self.net.shut_down();
+        lock(&self.node_handles).clear();
     }
 
     /// Remembers a node's handle (so its own code can find it).
@@ -263,3 +294,27 @@ pub fn worker_name(index: usize) -> String {
 pub const SERVICE: &str = "service";
 /// The client node's name.
 pub const CLIENT: &str = "client";
+
+#[cfg(test)]
+mod tests {
+    use super::worlds_live;
+    use crate::scenarios;
+
+    #[test]
+    fn every_seed_frees_its_world_and_all_its_nodes_held() {
+        for simulation in scenarios::all() {
+            let runner = simulation.into_runner();
+            let before = worlds_live();
+            for seed in 0..3 {
+                let result = runner.run_seed(seed);
+                assert!(result.sim_ms > 0, "the seed ran");
+                assert_eq!(
+                    worlds_live(),
+                    before,
+                    "{} seed {seed} leaked its world",
+                    runner.name()
+                );
+            }
+        }
+    }
+}
