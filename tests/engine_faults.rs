@@ -16,7 +16,7 @@ use retrace::api::{Request, RunOutcome, RunRef, SignalWorkflowRequest};
 use retrace::client::StartOptions;
 use retrace::engine::{EmbeddedEngine, ServiceConfig};
 use retrace::env::{
-    BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch,
+    BoxFuture, ListQuery, MemoryStorage, RunRecord, RunStatus, Storage, StorageError, WriteBatch,
 };
 use retrace::history::{Event, HistoryLimits};
 use retrace::types::Failure;
@@ -63,6 +63,91 @@ impl Storage for Detached {
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
         self.inner.list_runs(query)
     }
+}
+
+/// Lands a run's create at once but holds its reply until the gate opens:
+/// the window in which another request can find the new run by its workflow id.
+struct HeldCreateReply {
+    inner: Arc<MemoryStorage>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Storage for HeldCreateReply {
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
+        let is_create = batch.expected_version.is_none();
+        let landed = self.inner.apply(batch);
+        Box::pin(async move {
+            if is_create {
+                let permit = self.gate.acquire().await.expect("the gate stays open");
+                permit.forget();
+            }
+            landed
+        })
+    }
+    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
+        self.inner.read_run(run_id)
+    }
+    fn current_run(
+        &self,
+        workflow_id: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+        self.inner.current_run(workflow_id)
+    }
+    fn read_events(
+        &self,
+        run_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
+        self.inner.read_events(run_id, from, limit)
+    }
+    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
+        self.inner.list_runs(query)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+#[allow(clippy::disallowed_methods)] // the test's own concurrent callers, joined below
+async fn a_run_terminated_before_its_start_replies_stays_terminated() {
+    common::init_logs();
+    let memory = Arc::new(MemoryStorage::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let storage = Arc::new(HeldCreateReply {
+        inner: memory.clone(),
+        gate: gate.clone(),
+    });
+    let engine = EmbeddedEngine::start(storage, ServiceConfig::default())
+        .await
+        .unwrap();
+    let (client, env) = (engine.client(), engine.env().clone());
+    let starter = client.clone();
+    let start = tokio::spawn(async move {
+        let options = StartOptions::new("w", "q");
+        starter
+            .start_by_name(options, "await_signal", json!(null))
+            .await
+    });
+    while memory.current_run("w").await.unwrap().is_none() {
+        env.sleep_ms(1).await;
+    }
+    let terminator = client.clone();
+    let terminate =
+        tokio::spawn(async move { terminator.terminate("w", None, "before the reply").await });
+    env.sleep_ms(100).await;
+    gate.add_permits(1);
+    let run_id = start.await.unwrap().expect("the start succeeds");
+    terminate.await.unwrap().expect("the terminate succeeds");
+    let described = client.describe("w", Some(&run_id)).await.unwrap();
+    assert_eq!(described.status, RunStatus::Terminated, "{described:?}");
+    assert_eq!(engine.service().open_runs(), 0, "no open run is cached");
+    assert_eq!(engine.service().queued_timers(), 0);
+    let outcome = env
+        .timeout(1_000, client.handle::<()>("w", None).result())
+        .await;
+    assert!(
+        matches!(outcome, Ok(Err(_))),
+        "the result is the termination, at once: {outcome:?}"
+    );
 }
 
 fn registry() -> WorkflowRegistry {

@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use super::eager;
 use super::machine::{self, RunState, TaskKey, TaskKind, activity, workflow_task};
 use super::matching::{Dispatch, QueueKind};
-use super::service::{Inner, Loaded, RunSlot, record_of, unavailable};
+use super::service::{Inner, Loaded, record_of, unavailable};
 use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
 use crate::types::Failure;
@@ -215,6 +215,10 @@ impl Inner {
             events,
             claim: Some(claim),
         };
+        // Locked from before the write: once it commits, a request that finds
+        // the run by its workflow id waits here, rather than loading it and
+        // changing (even closing) it under a publish of the state as created.
+        let mut slot = self.lock_new_slot(&run_id);
         let outcome = self.write(batch).await;
         match outcome {
             Ok(()) => {
@@ -223,7 +227,13 @@ impl Inner {
                     let (from, to) = started.event_range();
                     written[(from - 1) as usize..to as usize].to_vec()
                 });
-                self.publish_new_run(state, written);
+                self.sync(&state);
+                slot.loaded = Some(Loaded {
+                    recent: Some(written),
+                    state,
+                    version: 1,
+                });
+                drop(slot);
                 if let (Some((poller, started)), Some(events)) = (matched, task_events) {
                     self.sync_matches
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -231,26 +241,19 @@ impl Inner {
                 }
                 Ok(Some(StartWorkflowResponse { run_id }))
             }
-            Err(StorageError::WorkflowIdConflict { .. }) => Ok(None),
+            Err(StorageError::WorkflowIdConflict { .. }) => {
+                drop(slot);
+                self.forget(&run_id);
+                Ok(None)
+            }
             Err(error) => {
-                // The create may have committed (an ambiguous write): reload it.
+                // The create may have committed (an ambiguous write): reload it
+                // (the slot stays unloaded, so any request loads it too).
+                drop(slot);
                 self.spawn_resync(run_id);
                 Err(unavailable(&error))
             }
         }
-    }
-
-    fn publish_new_run(self: &Arc<Self>, state: RunState, events: Vec<crate::history::Event>) {
-        let run_id = state.run_id.clone();
-        self.sync(&state);
-        let slot = RunSlot {
-            loaded: Some(Loaded {
-                recent: Some(events),
-                state,
-                version: 1,
-            }),
-        };
-        self.insert_slot(run_id, slot);
     }
 
     async fn signal_workflow(

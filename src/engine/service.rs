@@ -348,6 +348,19 @@ impl Inner {
         Ok(guard)
     }
 
+    /// The slot of a run about to be created, locked (nobody else can know
+    /// the new run id yet, so the lock is free).
+    pub fn lock_new_slot(&self, run_id: &str) -> OwnedMutexGuard<RunSlot> {
+        let slot = Arc::new(tokio::sync::Mutex::new(RunSlot::default()));
+        let guard = slot
+            .clone()
+            .try_lock_owned()
+            .expect("a slot just made is unlocked");
+        let previous = lock(&self.runs).insert(run_id.to_string(), slot);
+        assert!(previous.is_none(), "run ids are unique");
+        guard
+    }
+
     /// Caches a run's slot unless one is there already (a request that found
     /// the run meanwhile may have loaded, or even changed, it).
     pub fn insert_slot(&self, run_id: String, slot: RunSlot) {
@@ -358,7 +371,7 @@ impl Inner {
 
     /// Drops a closed (or missing) run from memory, with its timers: a closed
     /// run has none left to fire.
-    fn forget(&self, run_id: &str) {
+    pub(super) fn forget(&self, run_id: &str) {
         lock(&self.runs).remove(run_id);
         lock(&self.timers).remove_run(run_id);
     }
@@ -651,8 +664,11 @@ impl Inner {
                 }
             }
             Err(error) if error.code == ErrorCode::NotFound => {}
+            // A failed read or write: the timer left the queue, so reload the
+            // run (which queues its timers again) rather than lose it.
             Err(error) => {
-                tracing::warn!(run_id, ?key, %error, "timer could not fire; the run will be reloaded")
+                tracing::warn!(run_id, ?key, %error, "timer could not fire; reloading the run");
+                self.spawn_resync(run_id);
             }
         }
     }
