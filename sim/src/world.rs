@@ -3,6 +3,7 @@
 //! per-node pieces of the engine's `Env` (clock with skew and drift, entropy,
 //! spawner, BUGGIFY).
 
+#[cfg(test)]
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +66,7 @@ pub struct World {
     start_time: SystemTime,
 }
 
+#[cfg(test)]
 thread_local! {
     /// Worlds alive on this thread (a seed's world runs on the thread that
     /// runs the seed): after a seed it must be back to what it was, or the
@@ -78,6 +80,7 @@ pub fn worlds_live() -> usize {
     WORLDS_LIVE.with(Cell::get)
 }
 
+#[cfg(test)]
 impl Drop for World {
     fn drop(&mut self) {
         WORLDS_LIVE.with(|live| {
@@ -89,6 +92,7 @@ impl Drop for World {
 
 impl World {
     pub fn new(seed: u64, swarm: Swarm) -> Arc<World> {
+        #[cfg(test)]
         WORLDS_LIVE.with(|live| live.set(live.get() + 1));
         let time = madsim::time::TimeHandle::current();
         Arc::new(World {
