@@ -12,10 +12,10 @@ use retrace_sim::scenarios;
 const SNAPSHOT_SEED: u64 = 33;
 
 #[test]
-fn the_messages_scenario_keeps_every_invariant_over_300_seeds() {
+fn the_messages_scenario_keeps_every_invariant_over_1000_seeds() {
     // `run` panics with a reproducible report at the first broken invariant;
     // RETRACE_SEED / RETRACE_SEEDS override the range.
-    let seeds = scenarios::messages().seeds(0..300).run();
+    let seeds = scenarios::messages().seeds(0..1_000).run();
     assert!(seeds >= 1, "no seed ran");
 }
 

@@ -5,13 +5,13 @@
 use retrace_sim::scenarios;
 
 #[test]
-fn small_scenario_keeps_every_invariant_over_400_seeds() {
-    assert_eq!(scenarios::small().seeds(0..400).run(), 400);
+fn small_scenario_keeps_every_invariant_over_500_seeds() {
+    assert_eq!(scenarios::small().seeds(0..500).run(), 500);
 }
 
 #[test]
-fn transfers_scenario_keeps_every_invariant_over_150_seeds() {
-    assert_eq!(scenarios::transfers().seeds(0..150).run(), 150);
+fn transfers_scenario_keeps_every_invariant_over_500_seeds() {
+    assert_eq!(scenarios::transfers().seeds(0..500).run(), 500);
 }
 
 #[test]
