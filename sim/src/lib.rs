@@ -137,7 +137,7 @@
 #[cfg(not(madsim))]
 compile_error!(
     "retrace-sim must be built with `--cfg madsim`: add `[build] rustflags = [\"--cfg\", \"madsim\"]` \
-     (and the same `rustdocflags`) to .cargo/config.toml (see the README, \"Simulation tests in your own repository\")"
+     (and the same `rustdocflags`) to .cargo/config.toml (see the README, \"Simulation tests of your own\")"
 );
 
 mod check;
