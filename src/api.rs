@@ -374,6 +374,11 @@ pub struct QueryTask {
     pub query_name: String,
     /// Arguments.
     pub args: Value,
+    /// The `WorkflowTaskStarted` of the run's last completed workflow task:
+    /// the state a query sees. A worker whose cached run is elsewhere (another
+    /// worker ran later tasks) answers from a replay up to there instead.
+    #[serde(default)]
+    pub previous_started_event_id: u64,
 }
 
 /// What a workflow-queue poll returns: a workflow task, a query, or nothing

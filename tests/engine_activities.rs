@@ -1,4 +1,4 @@
-//! End to end through client, service and workers (in-process, tokio's paused
+//! End to end through client, service and two workers (in-process, tokio's paused
 //! clock): every activity semantic, each in a test that fails if it breaks.
 //! Every test ends by replaying every history to its recorded result.
 
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::engine::TestEngine;
+use common::engine::{StartTwo, TestEngine};
 use retrace::activity::{
     Activity, ActivityCancellationType, ActivityContext, ActivityOptions, ActivityResult,
     ActivityRunError, CancelReason, RetryPolicy, non_retryable, retryable,
@@ -128,7 +128,7 @@ async fn run_once(engine: &TestEngine, id: &str, options: ActivityOptions) -> (S
 #[tokio::test(start_paused = true)]
 async fn schedule_to_start_timeout_fires_with_no_worker_and_is_not_retried() {
     let engine = TestEngine::new(registry()).await;
-    let worker = engine.engine.worker("q").workflows(registry()).start();
+    let worker = engine.engine.worker("q").workflows(registry()).start_two();
     let options = ActivityOptions::default()
         .task_queue("nobody-polls-this")
         .schedule_to_start(Duration::from_secs(2))
@@ -177,7 +177,7 @@ async fn start_to_close_timeout_retries_and_the_next_attempt_completes() {
         .worker("q")
         .workflows(registry())
         .activity(slow_first)
-        .start();
+        .start_two();
     let options = ActivityOptions::default().start_to_close(Duration::from_secs(2));
     let (result, history) = run_once(&engine, "s2c", options).await;
     assert_eq!(result, "done on attempt 2");
@@ -199,7 +199,7 @@ async fn a_closed_run_leaves_no_timer_queued_to_fire_later() {
         .worker("q")
         .workflows(registry())
         .activity(work(|_, input| async move { Ok(input) }))
-        .start();
+        .start_two();
     let options = ActivityOptions::default()
         .start_to_close(Duration::from_secs(3_600))
         .schedule_to_close(Duration::from_secs(7_200));
@@ -228,7 +228,7 @@ async fn schedule_to_close_timeout_ends_the_retries() {
         .worker("q")
         .workflows(registry())
         .activity(always_slow)
-        .start();
+        .start_two();
     let options = ActivityOptions::default()
         .start_to_close(Duration::from_secs(2))
         .schedule_to_close(Duration::from_millis(4_500));
@@ -270,7 +270,7 @@ async fn heartbeat_timeout_retries_and_the_details_reach_the_next_attempt() {
         .worker("q")
         .workflows(registry())
         .activity(resumable)
-        .start();
+        .start_two();
     let options = ActivityOptions::default()
         .start_to_close(Duration::from_secs(60))
         .heartbeat_timeout(Duration::from_secs(1));
@@ -299,7 +299,7 @@ async fn retries_back_off_then_succeed() {
         .worker("q")
         .workflows(registry())
         .activity(flaky)
-        .start();
+        .start_two();
     let options = ActivityOptions::default()
         .start_to_close(Duration::from_secs(5))
         .retry(RetryPolicy::default());
@@ -330,7 +330,7 @@ async fn maximum_attempts_end_the_retries_with_the_last_failure() {
         .worker("q")
         .workflows(registry())
         .activity(failing)
-        .start();
+        .start_two();
     let options = ActivityOptions::default()
         .start_to_close(Duration::from_secs(5))
         .retry(
@@ -367,7 +367,7 @@ async fn non_retryable_errors_fail_the_activity_on_the_first_attempt() {
         .worker("q")
         .workflows(registry())
         .activity(fatal)
-        .start();
+        .start_two();
     let options = ActivityOptions::default()
         .start_to_close(Duration::from_secs(5))
         .retry(RetryPolicy::default().non_retryable("CardDeclined"));
@@ -391,7 +391,7 @@ async fn an_error_marked_non_retryable_by_the_activity_is_not_retried() {
         .worker("q")
         .workflows(registry())
         .activity(fatal)
-        .start();
+        .start_two();
     let (result, history) = run_once(
         &engine,
         "nr",
@@ -432,7 +432,7 @@ async fn cancel_while_running(wait: bool) -> (History, Option<CancelReason>, Run
         .worker("q")
         .workflows(registry())
         .activity(activity)
-        .start();
+        .start_two();
     let client = engine.client();
     let run_id = client
         .start_by_name(StartOptions::new("c", "q"), "cancellable", json!(wait))
@@ -674,7 +674,7 @@ async fn graceful_shutdown_gives_a_running_activity_back_to_be_retried_elsewhere
 #[tokio::test(start_paused = true)]
 async fn an_activity_without_close_timeouts_fails_at_once_and_schedules_nothing() {
     let engine = TestEngine::new(registry()).await;
-    let worker = engine.engine.worker("q").workflows(registry()).start();
+    let worker = engine.engine.worker("q").workflows(registry()).start_two();
     let (result, history) = run_once(&engine, "none", ActivityOptions::default()).await;
     assert!(
         result.contains("InvalidOptions")

@@ -1,4 +1,4 @@
-//! End to end through client, service and workers (in-process, tokio's paused
+//! End to end through client, service and two workers (in-process, tokio's paused
 //! clock): the workflow-level semantics of the engine, each in a test that
 //! fails if it breaks, with the shape of the history Temporal users expect.
 //! Every test ends by replaying every history to its recorded result.
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::engine::TestEngine;
+use common::engine::{StartTwo, TestEngine};
 use retrace::activity::{
     Activity, ActivityContext, ActivityOptions, ActivityResult, CancelReason, retryable,
 };
@@ -651,7 +651,7 @@ fn shape(groups: &[&[&'static str]]) -> Vec<&'static str> {
 #[tokio::test(start_paused = true)]
 async fn sequential_activities_each_run_after_the_previous_one_in_its_own_workflow_task() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let handle = engine
         .client()
         .start::<Sequential>(StartOptions::new("seq", "q"), "go".to_string())
@@ -698,7 +698,7 @@ async fn sequential_activities_each_run_after_the_previous_one_in_its_own_workfl
 #[tokio::test(start_paused = true)]
 async fn parallel_activities_are_scheduled_in_one_workflow_task() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let handle = engine
         .client()
         .start::<Parallel>(StartOptions::new("par", "q"), ())
@@ -863,7 +863,7 @@ async fn a_durable_sleep_fires_without_a_worker_and_never_early() {
 #[tokio::test(start_paused = true)]
 async fn a_signal_sent_before_the_workflow_listens_is_buffered_and_delivered_once() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let handle = client
         .start::<SleepThenSignals>(StartOptions::new("early", "q"), (10_000, 1))
@@ -889,7 +889,7 @@ async fn a_signal_sent_before_the_workflow_listens_is_buffered_and_delivered_onc
 #[tokio::test(start_paused = true)]
 async fn a_signal_schedules_a_workflow_task_even_when_the_code_is_not_listening() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let handle = client
         .start::<Sleeper>(StartOptions::new("deaf", "q"), 10_000)
@@ -924,7 +924,7 @@ async fn a_signal_sent_before_the_first_workflow_task_starts_joins_that_task() {
         .await
         .unwrap();
     handle.signal("finish", "before any worker").await.unwrap();
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     assert_eq!(handle.result().await.unwrap(), "before any worker");
     let history = handle.history().await.unwrap();
     let expected = shape(&[
@@ -948,7 +948,7 @@ async fn a_signal_sent_before_the_first_workflow_task_starts_joins_that_task() {
 #[tokio::test(start_paused = true)]
 async fn signals_of_one_name_arrive_in_the_order_they_were_sent() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let handle = client
         .start::<SleepThenSignals>(StartOptions::new("order", "q"), (5_000, 6))
@@ -998,7 +998,7 @@ async fn signals_of_one_name_arrive_in_the_order_they_were_sent() {
 #[tokio::test(start_paused = true)]
 async fn a_retried_signal_request_is_delivered_once() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let handle = client
         .start::<SleepThenSignals>(StartOptions::new("retried", "q"), (2_000, 1))
@@ -1108,7 +1108,7 @@ async fn a_signal_arriving_while_a_workflow_task_runs_is_written_after_it_with_a
     ]);
     assert_eq!(names(&history), expected);
 
-    let worker = worker(&engine, "raw").start();
+    let worker = worker(&engine, "raw").start_two();
     assert_eq!(handle.result().await.unwrap(), "while running");
     worker.shutdown().await;
     engine.check_histories().await;
@@ -1149,7 +1149,7 @@ async fn closing_the_run_while_a_signal_is_buffered_fails_the_task_so_the_code_s
     assert_eq!(failed.cause, WorkflowTaskFailedCause::UnhandledCommand);
     assert_eq!(handle.describe().await.unwrap().status, RunStatus::Running);
 
-    let worker = worker(&engine, "raw").start();
+    let worker = worker(&engine, "raw").start_two();
     assert_eq!(handle.result().await.unwrap(), "fine");
     worker.shutdown().await;
     engine.check_histories().await;
@@ -1170,7 +1170,7 @@ async fn a_workflow_task_not_completed_in_time_times_out_and_is_retried() {
     };
     assert_eq!(code, ErrorCode::TaskNotFound);
 
-    let worker = worker(&engine, "raw").start();
+    let worker = worker(&engine, "raw").start_two();
     assert_eq!(handle.result().await.unwrap(), "fine");
     let history = handle.history().await.unwrap();
     let expected = shape(&[
@@ -1274,7 +1274,7 @@ async fn a_poll_dropped_while_its_workflow_task_start_is_written_does_not_strand
         "the task's start was committed"
     );
 
-    let worker = worker(&engine, "raw").start();
+    let worker = worker(&engine, "raw").start_two();
     let outcome = env.timeout(60_000, handle.outcome()).await;
     let description = handle.describe().await.unwrap();
     assert!(
@@ -1302,7 +1302,7 @@ async fn a_poll_dropped_while_its_workflow_task_start_is_written_does_not_strand
 #[tokio::test(start_paused = true)]
 async fn a_query_is_answered_from_the_state_of_the_waiting_run() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let handle = client
         .start::<StatusQuery>(StartOptions::new("asked", "q"), ())
@@ -1360,7 +1360,7 @@ async fn a_query_on_a_closed_run_is_answered_by_replaying_its_history() {
 #[tokio::test(start_paused = true)]
 async fn an_unknown_query_name_fails_with_query_failed_naming_the_known_queries() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let handle = client
         .start::<StatusQuery>(StartOptions::new("unknown-query", "q"), ())
@@ -1402,7 +1402,7 @@ async fn terminate_while_waiting_on_a_timer_and_an_activity_closes_the_run_at_on
         env: engine.engine.env().clone(),
         seen: seen.clone(),
     };
-    let worker = worker(&engine, "q").activity(hold).start();
+    let worker = worker(&engine, "q").activity(hold).start_two();
     let client = engine.client();
     let handle = client
         .start::<TimerAndActivity>(StartOptions::new("term", "q"), ())
@@ -1482,7 +1482,7 @@ async fn terminate_while_waiting_on_a_timer_and_an_activity_closes_the_run_at_on
 #[tokio::test(start_paused = true)]
 async fn the_workflow_execution_timeout_closes_the_run_as_timed_out() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let mut options = StartOptions::new("late", "q");
     options.execution_timeout_ms = Some(5_000);
     let handle = engine
@@ -1521,7 +1521,7 @@ async fn the_workflow_execution_timeout_closes_the_run_as_timed_out() {
 #[tokio::test(start_paused = true)]
 async fn a_running_workflow_id_is_refused_but_a_retried_start_returns_the_same_run() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let network = engine.engine.env().network.clone();
     let request = Request::StartWorkflow(start_request(
@@ -1591,7 +1591,7 @@ async fn a_running_workflow_id_is_refused_but_a_retried_start_returns_the_same_r
 #[tokio::test(start_paused = true)]
 async fn a_closed_workflow_id_is_reused_as_its_id_reuse_policy_says() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let start = |policy, fail: bool| {
         let client = client.clone();
@@ -1877,7 +1877,7 @@ async fn side_effect_random_uuid_and_now_are_stable_across_a_cache_eviction() {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_workflow_task_fails_is_retried_with_backoff_and_can_be_terminated() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     let handle = client
         .start::<Panics>(StartOptions::new("buggy", "q"), "x".to_string())
@@ -2017,7 +2017,7 @@ async fn an_unknown_workflow_type_fails_its_workflow_task_and_is_refused_once_wo
 #[tokio::test(start_paused = true)]
 async fn a_new_run_takes_the_patched_path_and_records_a_patch_marker() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let handle = engine
         .client()
         .start::<PatchedWorkflow>(StartOptions::new("patch", "q"), "x".to_string())
@@ -2054,7 +2054,7 @@ async fn a_new_run_takes_the_patched_path_and_records_a_patch_marker() {
 #[tokio::test(start_paused = true)]
 async fn list_filters_by_status_and_pages_through_every_run() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let client = engine.client();
     for i in 0..5 {
         client
@@ -2159,7 +2159,7 @@ async fn list_filters_by_status_and_pages_through_every_run() {
 #[tokio::test(start_paused = true)]
 async fn describe_shows_a_running_runs_pending_activity_and_timer() {
     let engine = TestEngine::new(registry()).await;
-    let worker = worker(&engine, "q").start();
+    let worker = worker(&engine, "q").start_two();
     let handle = engine
         .client()
         .start::<DescribeMe>(StartOptions::new("described", "q"), ())
@@ -2310,7 +2310,7 @@ async fn a_workflow_task_scheduled_while_a_poller_waits_starts_in_the_same_write
         engine,
         registry: registry(),
     };
-    let worker = worker(&engine, "sync").start();
+    let worker = worker(&engine, "sync").start_two();
     // Let the worker's polls reach the service and wait there.
     engine.engine.env().sleep_ms(10).await;
     let before = engine.engine.service().sync_matches();

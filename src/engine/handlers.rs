@@ -416,6 +416,7 @@ impl Inner {
             workflow_type: state.workflow_type,
             query_name: request.query_name,
             args: request.args,
+            previous_started_event_id: state.previous_started_event_id,
         };
         self.matching.lock().expect("matching lock").offer(
             QueueKind::Workflow,

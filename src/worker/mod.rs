@@ -125,7 +125,8 @@ pub struct WorkerStats {
     pub workflow_tasks_peak: usize,
 }
 
-/// Sets up a worker.
+/// Sets up a worker; clone it to start several with the same setup.
+#[derive(Clone)]
 pub struct WorkerBuilder {
     env: Env,
     options: WorkerOptions,

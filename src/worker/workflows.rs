@@ -258,22 +258,28 @@ async fn fail_task(shared: &Shared, task: &WorkflowTask, error: &ReplayError) {
         .remove(&task.task_token.run_id);
 }
 
-/// Answers a query from the cached run, or from a replay of its history.
+/// Answers a query from the cached run if it is where the run's last
+/// completed workflow task left it, or else from a replay of its history.
 async fn answer_query(shared: &Shared, query: QueryTask) {
     let entry = shared
         .cache
         .lock()
         .expect("cache lock")
         .entry(&query.run_id);
-    let answer = {
-        let slot = entry.lock().await;
-        match slot.as_ref() {
-            Some(executor) => executor
+    let slot = entry.lock().await;
+    let cached = slot
+        .as_ref()
+        .filter(|executor| executor.last_started_event_id() == query.previous_started_event_id)
+        .map(|executor| {
+            executor
                 .query(&query.query_name, query.args.clone())
-                .map_err(|e| e.to_string()),
-            None => replay_and_query(shared, &query).await,
-        }
+                .map_err(|e| e.to_string())
+        });
+    let answer = match cached {
+        Some(answer) => answer,
+        None => replay_and_query(shared, &query).await,
     };
+    drop(slot);
     let request = Request::RespondQuery(RespondQueryRequest {
         query_id: query.query_id.clone(),
         answer,
@@ -286,26 +292,36 @@ async fn answer_query(shared: &Shared, query: QueryTask) {
     }
 }
 
+/// Replays the run through its last completed workflow task (or, before its
+/// first, through all it has) and asks the query of that state.
 async fn replay_and_query(shared: &Shared, query: &QueryTask) -> Result<serde_json::Value, String> {
+    let length = match query.previous_started_event_id {
+        0 => history_length(shared, query).await?,
+        started_event_id => started_event_id,
+    };
+    let events = read_history(shared, &query.run_id, &query.workflow_id, length).await?;
+    let mut executor = WorkflowExecutor::new(&shared.workflows, &query.workflow_id, &query.run_id);
+    executor.apply(&events).map_err(|e| e.to_string())?;
+    assert!(executor.next_event_id() > length);
+    executor
+        .query(&query.query_name, query.args.clone())
+        .map_err(|e| e.to_string())
+}
+
+async fn history_length(shared: &Shared, query: &QueryTask) -> Result<u64, String> {
     let run = RunRef {
         workflow_id: query.workflow_id.clone(),
         run_id: Some(query.run_id.clone()),
     };
     let request = Request::DescribeWorkflow(run);
-    let length = match shared
+    match shared
         .call_once(request, shared.options.rpc_timeout_ms)
         .await
     {
-        Ok(Response::DescribeWorkflow(description)) => description.history_length,
-        Ok(other) => return Err(format!("unexpected response {other:?}")),
-        Err(error) => return Err(error.to_string()),
-    };
-    let events = read_history(shared, &query.run_id, &query.workflow_id, length).await?;
-    let mut executor = WorkflowExecutor::new(&shared.workflows, &query.workflow_id, &query.run_id);
-    executor.apply(&events).map_err(|e| e.to_string())?;
-    executor
-        .query(&query.query_name, query.args.clone())
-        .map_err(|e| e.to_string())
+        Ok(Response::DescribeWorkflow(description)) => Ok(description.history_length),
+        Ok(other) => Err(format!("unexpected response {other:?}")),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// True if `command` schedules an activity on `task_queue` (the default queue

@@ -4,7 +4,36 @@
 use retrace::api::RunOutcome;
 use retrace::client::Client;
 use retrace::engine::EmbeddedEngine;
+use retrace::worker::{Worker, WorkerBuilder};
 use retrace::workflow::{Replayer, RunResult, WorkflowRegistry};
+
+/// Two workers with one setup on one task queue, as the end-to-end tests run:
+/// each task may go to either, so runs move between workers and their caches.
+pub struct Workers {
+    pub a: Worker,
+    pub b: Worker,
+}
+
+impl Workers {
+    /// Shuts both down, giving back what they hold.
+    pub async fn shutdown(self) {
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+    }
+}
+
+/// `builder.start_two()`: two workers, "worker-a" and "worker-b".
+pub trait StartTwo {
+    fn start_two(self) -> Workers;
+}
+
+impl StartTwo for WorkerBuilder {
+    fn start_two(self) -> Workers {
+        let a = self.clone().identity("worker-a").start();
+        let b = self.identity("worker-b").start();
+        Workers { a, b }
+    }
+}
 
 /// The engine and the workflow code its workers run.
 pub struct TestEngine {
