@@ -17,6 +17,9 @@ fn invalid(message: impl Into<String>) -> ServiceError {
     ServiceError::new(ErrorCode::InvalidArgument, message)
 }
 
+/// The longest a BUGGIFY-delayed reply waits (`service.reply.delay`).
+const REPLY_DELAY_MS_MAX: u64 = 5_000;
+
 impl Inner {
     pub(super) async fn handle(self: Arc<Self>, request: Request) -> Reply {
         let method = request.method();
@@ -61,6 +64,12 @@ impl Inner {
         };
         if let Err(error) = &reply {
             tracing::debug!(method, code = ?error.code, message = %error.message, "request refused");
+        }
+        if self.env.buggify("service.reply.delay") {
+            // A reply late enough to outlive its caller's patience: the work is
+            // done, the caller retries it (request ids and tokens make that safe).
+            let delay_ms = 1 + self.env.random() % REPLY_DELAY_MS_MAX;
+            self.env.sleep_ms(delay_ms).await;
         }
         reply
     }
