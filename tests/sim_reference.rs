@@ -18,3 +18,37 @@ fn transfers_scenario_keeps_every_invariant_over_500_seeds() {
 fn the_simulators_storage_passes_the_storage_conformance_suite() {
     retrace_sim::storage_conformance();
 }
+
+/// Every BUGGIFY site in the engine, the worker and the simulated network.
+const BUGGIFY_SITES: [&str; 6] = [
+    "service.commit.drop_cache",
+    "service.poll.return_empty",
+    "service.reply.delay",
+    "service.workflow_task.lose_response",
+    "worker.cache.drop_entry",
+    "net.abandon_request",
+];
+
+#[test]
+fn every_buggify_site_fires_within_the_first_500_seeds() {
+    let runner = scenarios::small().into_runner();
+    let mut fired = std::collections::BTreeSet::new();
+    for seed in 0..500 {
+        let result = runner.run_seed(seed);
+        assert!(result.passed(), "seed {seed}: {:?}", result.violations);
+        for (kind, count) in &result.faults {
+            if let Some(site) = kind.strip_prefix("buggify:") {
+                assert!(*count > 0);
+                fired.insert(site.to_string());
+            }
+        }
+    }
+    for site in BUGGIFY_SITES {
+        assert!(fired.contains(site), "{site} never fired; fired: {fired:?}");
+    }
+    assert_eq!(
+        fired.len(),
+        BUGGIFY_SITES.len(),
+        "an unlisted site: {fired:?}"
+    );
+}
