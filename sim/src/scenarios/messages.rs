@@ -8,7 +8,9 @@
 //! before their timers fire (the signal waits in the history until the code
 //! asks for it), and to the others once the query `messages` says they wait.
 //! Every run must complete with its four messages, in chronological order,
-//! each the one its backends give.
+//! each the one its backends give; and the query's answers about a run never
+//! go backwards (a query sees the run's last completed workflow task, whichever
+//! worker answers it).
 
 use retrace::activity::ActivityContext;
 use retrace::api::RunOutcome;
@@ -124,21 +126,47 @@ fn input(index: usize) -> OrderInput {
     }
 }
 
+/// How far along a run is: its stage's place in the workflow, and the
+/// messages it has. Neither ever decreases.
+fn progress_rank(progress: &Progress) -> (u8, usize) {
+    let stage = match progress.stage {
+        Stage::Sleeping { .. } => 0,
+        Stage::FetchingMessage => 1,
+        Stage::Verifying => 2,
+        Stage::WaitingForProceed => 3,
+        Stage::FetchingPokemonAndJoke => 4,
+        Stage::Completed => 5,
+    };
+    (stage, progress.messages.len())
+}
+
 /// Queries run `index` until it waits for `proceed` (bounded; errors, which
-/// faults cause, only mean "ask again").
-async fn wait_until_proceed_is_needed(client: &SimClient, index: usize) -> bool {
+/// faults cause, only mean "ask again"). Fails if an answer is behind an
+/// earlier one: a query answered from a stale cache.
+async fn wait_until_proceed_is_needed(client: &SimClient, index: usize) -> anyhow::Result<bool> {
+    let mut seen: Option<(u8, usize)> = None;
     for _ in 0..WAIT_QUERIES_MAX {
         let answer = client
             .query::<Progress>(&workflow_id(index), None, MESSAGES_QUERY, ())
             .await;
-        if let Ok(progress) = answer
-            && progress.stage == Stage::WaitingForProceed
-        {
-            return true;
+        if let Ok(progress) = answer {
+            let rank = progress_rank(&progress);
+            if let Some(before) = seen
+                && (rank.0 < before.0 || rank.1 < before.1)
+            {
+                anyhow::bail!(
+                    "the query about {} went backwards: {before:?} then {rank:?} ({progress:?})",
+                    workflow_id(index)
+                );
+            }
+            seen = Some(rank);
+            if progress.stage == Stage::WaitingForProceed {
+                return Ok(true);
+            }
         }
         client.sleep_ms(WAIT_QUERY_INTERVAL_MS).await;
     }
-    false
+    Ok(false)
 }
 
 async fn drive(client: SimClient) -> anyhow::Result<()> {
@@ -160,7 +188,7 @@ async fn drive(client: SimClient) -> anyhow::Result<()> {
             .await?;
     }
     for index in EARLY_PROCEEDS..RUNS {
-        let waited = wait_until_proceed_is_needed(&client, index).await;
+        let waited = wait_until_proceed_is_needed(&client, index).await?;
         client
             .signal(
                 &workflow_id(index),
