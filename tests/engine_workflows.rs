@@ -1870,6 +1870,49 @@ async fn side_effect_random_uuid_and_now_are_stable_across_a_cache_eviction() {
     engine.check_histories().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_query_replayed_after_eviction_reads_the_side_effect_back_instead_of_running_it() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut registry = registry();
+    let counted = calls.clone();
+    registry.register_fn("side_effect_query", move |ctx: WorkflowContext, (): ()| {
+        let calls = counted.clone();
+        async move {
+            let value = ctx.side_effect(|| 1_000 + calls.fetch_add(1, Ordering::SeqCst))?;
+            ctx.query_handler("value", move |(): ()| value);
+            let _: String = ctx.signal("finish").recv().await?;
+            Ok::<u64, WorkflowError>(value)
+        }
+    });
+    let engine = TestEngine::new(registry.clone()).await;
+    let worker = engine.engine.worker("q").workflows(registry).start();
+    let client = engine.client();
+    client
+        .start_by_name(
+            StartOptions::new("once", "q"),
+            "side_effect_query",
+            json!(null),
+        )
+        .await
+        .unwrap();
+    wait_for(&engine, "once", "waiting for finish", waits_for_a_signal).await;
+    worker.clear_cache();
+    let handle = client.handle::<u64>("once", None);
+    for _ in 0..2 {
+        let answer: u64 = handle.query("value", ()).await.unwrap();
+        assert_eq!(answer, 1_000, "the recorded value, read back by the replay");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the side effect ran once, live"
+    );
+    handle.signal("finish", "ana").await.unwrap();
+    assert_eq!(handle.result().await.unwrap(), 1_000);
+    worker.shutdown().await;
+    engine.check_histories().await;
+}
+
 // ---------------------------------------------------------------------------
 // Failing workflow code, unknown types, patches
 // ---------------------------------------------------------------------------

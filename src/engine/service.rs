@@ -127,6 +127,9 @@ fn advance_recent(
     (recent.len() <= RECENT_EVENTS_MAX).then_some(recent)
 }
 
+/// How long a timer that could not fire (storage failing) waits to try again.
+const TIMER_RETRY_MS: u64 = 1_000;
+
 /// The lock of one run; `None` until loaded (or after a failed write).
 #[derive(Default)]
 pub(super) struct RunSlot {
@@ -664,11 +667,15 @@ impl Inner {
                 }
             }
             Err(error) if error.code == ErrorCode::NotFound => {}
-            // A failed read or write: the timer left the queue, so reload the
-            // run (which queues its timers again) rather than lose it.
+            // A failed read or write: the timer left the queue, so queue it
+            // again a little later rather than lose it (a failed write's own
+            // resync may queue it sooner; the queue keeps one per key).
             Err(error) => {
-                tracing::warn!(run_id, ?key, %error, "timer could not fire; reloading the run");
-                self.spawn_resync(run_id);
+                tracing::warn!(run_id, ?key, %error, "timer could not fire; retrying it");
+                let retry_at = self.env.now().plus_ms(TIMER_RETRY_MS);
+                if lock(&self.timers).insert(&run_id, key, retry_at) {
+                    self.timer_wake.notify_one();
+                }
             }
         }
     }

@@ -266,20 +266,22 @@ async fn answer_query(shared: &Shared, query: QueryTask) {
         .lock()
         .expect("cache lock")
         .entry(&query.run_id);
-    let slot = entry.lock().await;
-    let cached = slot
-        .as_ref()
-        .filter(|executor| executor.last_started_event_id() == query.previous_started_event_id)
-        .map(|executor| {
-            executor
-                .query(&query.query_name, query.args.clone())
-                .map_err(|e| e.to_string())
-        });
+    let cached = {
+        let slot = entry.lock().await;
+        slot.as_ref()
+            .filter(|executor| executor.last_started_event_id() == query.previous_started_event_id)
+            .map(|executor| {
+                executor
+                    .query(&query.query_name, query.args.clone())
+                    .map_err(|e| e.to_string())
+            })
+    };
+    // A replay builds its own executor: the run's cached one is not held
+    // (its next workflow task need not wait for the replay's reads).
     let answer = match cached {
         Some(answer) => answer,
         None => replay_and_query(shared, &query).await,
     };
-    drop(slot);
     let request = Request::RespondQuery(RespondQueryRequest {
         query_id: query.query_id.clone(),
         answer,
@@ -295,17 +297,42 @@ async fn answer_query(shared: &Shared, query: QueryTask) {
 /// Replays the run through its last completed workflow task (or, before its
 /// first, through all it has) and asks the query of that state.
 async fn replay_and_query(shared: &Shared, query: &QueryTask) -> Result<serde_json::Value, String> {
-    let length = match query.previous_started_event_id {
-        0 => history_length(shared, query).await?,
-        started_event_id => started_event_id,
-    };
+    let length = history_length(shared, query).await?;
     let events = read_history(shared, &query.run_id, &query.workflow_id, length).await?;
+    let events = through_workflow_task(events, query.previous_started_event_id);
     let mut executor = WorkflowExecutor::new(&shared.workflows, &query.workflow_id, &query.run_id);
     executor.apply(&events).map_err(|e| e.to_string())?;
-    assert!(executor.next_event_id() > length);
+    assert!(
+        query.previous_started_event_id == 0
+            || executor.last_started_event_id() == query.previous_started_event_id
+    );
     executor
         .query(&query.query_name, query.args.clone())
         .map_err(|e| e.to_string())
+}
+
+/// The events through the completion of the workflow task started at
+/// `started_event_id` and the commands it recorded: a replay of them ends
+/// where the completing worker was, its markers (`side_effect`, `patched`)
+/// read back rather than run again. With 0 (no task completed yet), all.
+fn through_workflow_task(mut events: Vec<Event>, started_event_id: u64) -> Vec<Event> {
+    if started_event_id == 0 {
+        return events;
+    }
+    let completed_index = usize::try_from(started_event_id).expect("event ids fit usize");
+    let mut end = (completed_index + 1).min(events.len());
+    while end < events.len() && events[end].kind.command_of().is_some() {
+        end += 1;
+    }
+    events.truncate(end);
+    assert!(events.get(completed_index).is_none_or(|completed| {
+        completed.event_id == started_event_id + 1
+            && matches!(
+                completed.kind,
+                crate::history::EventKind::WorkflowTaskCompleted(_)
+            )
+    }));
+    events
 }
 
 async fn history_length(shared: &Shared, query: &QueryTask) -> Result<u64, String> {
