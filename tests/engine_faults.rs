@@ -8,102 +8,56 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::engine::TestEngine;
+use common::engine::{HookedStorage, TestEngine, WriteHook};
 use retrace::activity::{
     Activity, ActivityContext, ActivityOptions, ActivityResult, ActivityRunError, RetryPolicy,
 };
 use retrace::api::{Request, RunOutcome, RunRef, SignalWorkflowRequest};
 use retrace::client::StartOptions;
 use retrace::engine::{EmbeddedEngine, ServiceConfig};
-use retrace::env::{
-    BoxFuture, ListQuery, MemoryStorage, RunRecord, RunStatus, Storage, StorageError, WriteBatch,
-};
-use retrace::history::{Event, HistoryLimits};
+use retrace::env::{MemoryStorage, RunStatus, Storage};
+use retrace::history::HistoryLimits;
 use retrace::types::Failure;
 use retrace::workflow::{WorkflowContext, WorkflowRegistry};
 use serde_json::json;
 
 /// Like SQLite: once begun, a write lands even if its caller goes away; it
-/// can be made slow.
-struct Detached {
-    inner: Arc<MemoryStorage>,
-    slow: Arc<AtomicBool>,
-}
-
-impl Storage for Detached {
-    #[allow(clippy::disallowed_methods)] // the test storage's own background write, like SQLite's writer thread
-    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
-        let (inner, slow) = (self.inner.clone(), self.slow.load(Ordering::SeqCst));
+/// can be made slow (200 ms) while `slow` is set.
+fn detached(memory: Arc<MemoryStorage>, slow: Arc<AtomicBool>) -> Arc<HookedStorage> {
+    #[allow(clippy::disallowed_methods)]
+    // the test storage's own background write, like SQLite's writer thread
+    let write: WriteHook = Box::new(move |inner, batch| {
+        let (inner, slow) = (inner.clone(), slow.load(Ordering::SeqCst));
         let handle = tokio::spawn(async move {
             if slow {
-                #[allow(clippy::disallowed_methods)]
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             inner.apply(batch)
         });
         Box::pin(async move { handle.await.expect("the write task runs to its end") })
-    }
-    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
-        self.inner.read_run(run_id)
-    }
-    fn current_run(
-        &self,
-        workflow_id: &str,
-    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
-        self.inner.current_run(workflow_id)
-    }
-    fn read_events(
-        &self,
-        run_id: &str,
-        from: u64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
-        self.inner.read_events(run_id, from, limit)
-    }
-    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
-        self.inner.list_runs(query)
-    }
+    });
+    HookedStorage::new(memory, write)
 }
 
 /// Lands a run's create at once but holds its reply until the gate opens:
 /// the window in which another request can find the new run by its workflow id.
-struct HeldCreateReply {
-    inner: Arc<MemoryStorage>,
+fn held_create_reply(
+    memory: Arc<MemoryStorage>,
     gate: Arc<tokio::sync::Semaphore>,
-}
-
-impl Storage for HeldCreateReply {
-    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
+) -> Arc<HookedStorage> {
+    let write: WriteHook = Box::new(move |inner, batch| {
         let is_create = batch.expected_version.is_none();
-        let landed = self.inner.apply(batch);
+        let landed = inner.apply(batch);
+        let gate = gate.clone();
         Box::pin(async move {
             if is_create {
-                let permit = self.gate.acquire().await.expect("the gate stays open");
+                let permit = gate.acquire().await.expect("the gate stays open");
                 permit.forget();
             }
             landed
         })
-    }
-    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
-        self.inner.read_run(run_id)
-    }
-    fn current_run(
-        &self,
-        workflow_id: &str,
-    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
-        self.inner.current_run(workflow_id)
-    }
-    fn read_events(
-        &self,
-        run_id: &str,
-        from: u64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
-        self.inner.read_events(run_id, from, limit)
-    }
-    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
-        self.inner.list_runs(query)
-    }
+    });
+    HookedStorage::new(memory, write)
 }
 
 #[tokio::test(start_paused = true)]
@@ -112,10 +66,7 @@ async fn a_run_terminated_before_its_start_replies_stays_terminated() {
     common::init_logs();
     let memory = Arc::new(MemoryStorage::new());
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let storage = Arc::new(HeldCreateReply {
-        inner: memory.clone(),
-        gate: gate.clone(),
-    });
+    let storage = held_create_reply(memory.clone(), gate.clone());
     let engine = EmbeddedEngine::start(storage, ServiceConfig::default())
         .await
         .unwrap();
@@ -175,10 +126,7 @@ async fn a_write_that_lands_after_its_caller_hung_up_is_published_and_the_run_co
     common::init_logs();
     let memory = Arc::new(MemoryStorage::new());
     let slow = Arc::new(AtomicBool::new(false));
-    let storage = Arc::new(Detached {
-        inner: memory.clone(),
-        slow: slow.clone(),
-    });
+    let storage = detached(memory.clone(), slow.clone());
     let engine = TestEngine {
         engine: EmbeddedEngine::start(storage, ServiceConfig::default())
             .await

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::engine::{StartTwo, TestEngine};
+use common::engine::{HookedStorage, StartTwo, TestEngine, WriteHook};
 use retrace::activity::{
     Activity, ActivityContext, ActivityOptions, ActivityResult, CancelReason, retryable,
 };
@@ -21,10 +21,7 @@ use retrace::api::{
 };
 use retrace::client::{ClientError, StartOptions};
 use retrace::engine::{EmbeddedEngine, ServiceConfig};
-use retrace::env::{
-    BoxFuture, Clock, Env, ListQuery, MemoryStorage, RunRecord, RunStatus, Storage, StorageError,
-    TokioClock, WriteBatch,
-};
+use retrace::env::{Clock, Env, MemoryStorage, RunStatus, TokioClock};
 use retrace::history::{Event, EventKind, History, WorkflowTaskFailedCause};
 use retrace::types::Timestamp;
 use retrace::worker::{WorkerBuilder, WorkerStats};
@@ -1197,41 +1194,17 @@ async fn a_workflow_task_not_completed_in_time_times_out_and_is_retried() {
 
 /// In-memory storage whose writes commit at once but are acknowledged 10 ms
 /// later, as a real database's are (SQLite commits on its writer thread).
-struct SlowAcks {
-    inner: MemoryStorage,
-    clock: TokioClock,
-}
-
-impl Storage for SlowAcks {
-    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
-        let written = self.inner.write(batch);
-        let acknowledged = self.clock.sleep_until(self.clock.now().plus_ms(10));
+fn slow_acks() -> Arc<HookedStorage> {
+    let clock = TokioClock::new();
+    let write: WriteHook = Box::new(move |inner, batch| {
+        let written = inner.apply(batch);
+        let acknowledged = clock.sleep_until(clock.now().plus_ms(10));
         Box::pin(async move {
-            let result = written.await;
             acknowledged.await;
-            result
+            written
         })
-    }
-    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
-        self.inner.read_run(run_id)
-    }
-    fn current_run(
-        &self,
-        workflow_id: &str,
-    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
-        self.inner.current_run(workflow_id)
-    }
-    fn read_events(
-        &self,
-        run_id: &str,
-        from: u64,
-        limit: usize,
-    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
-        self.inner.read_events(run_id, from, limit)
-    }
-    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
-        self.inner.list_runs(query)
-    }
+    });
+    HookedStorage::new(Arc::new(MemoryStorage::new()), write)
 }
 
 /// A poll that gives up (its deadline passes, the worker shuts down, the HTTP
@@ -1241,10 +1214,7 @@ impl Storage for SlowAcks {
 /// and is retried), as the service promises for ambiguous writes.
 #[tokio::test(start_paused = true)]
 async fn a_poll_dropped_while_its_workflow_task_start_is_written_does_not_strand_the_run() {
-    let storage = Arc::new(SlowAcks {
-        inner: MemoryStorage::new(),
-        clock: TokioClock::new(),
-    });
+    let storage = slow_acks();
     let engine = EmbeddedEngine::start(storage, ServiceConfig::default())
         .await
         .expect("the engine starts");

@@ -1,9 +1,15 @@
 //! An in-process engine for end-to-end tests, and the check every test ends
 //! with: each history is well-formed and replays to its recorded result.
 
+use std::sync::Arc;
+
 use retrace::api::RunOutcome;
 use retrace::client::Client;
 use retrace::engine::EmbeddedEngine;
+use retrace::env::{
+    BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch,
+};
+use retrace::history::Event;
 use retrace::worker::{Worker, WorkerBuilder};
 use retrace::workflow::{Replayer, RunResult, WorkflowRegistry};
 
@@ -91,5 +97,51 @@ impl TestEngine {
             }
         }
         runs.len()
+    }
+}
+
+/// The write of a [`HookedStorage`]: given the inner storage and the batch.
+pub type WriteHook = Box<
+    dyn Fn(&Arc<MemoryStorage>, WriteBatch) -> BoxFuture<'static, Result<(), StorageError>>
+        + Send
+        + Sync,
+>;
+
+/// In-memory storage whose writes go through a test's hook (to delay their
+/// acknowledgment, hold them, run them detached); reads go straight through.
+pub struct HookedStorage {
+    pub inner: Arc<MemoryStorage>,
+    pub write: WriteHook,
+}
+
+impl HookedStorage {
+    pub fn new(inner: Arc<MemoryStorage>, write: WriteHook) -> Arc<HookedStorage> {
+        Arc::new(HookedStorage { inner, write })
+    }
+}
+
+impl Storage for HookedStorage {
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
+        (self.write)(&self.inner, batch)
+    }
+    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
+        self.inner.read_run(run_id)
+    }
+    fn current_run(
+        &self,
+        workflow_id: &str,
+    ) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+        self.inner.current_run(workflow_id)
+    }
+    fn read_events(
+        &self,
+        run_id: &str,
+        from: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
+        self.inner.read_events(run_id, from, limit)
+    }
+    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
+        self.inner.list_runs(query)
     }
 }
