@@ -413,6 +413,12 @@ pub struct CompleteWorkflowTaskResponse {
     /// Activities started for this worker (eager dispatch).
     #[serde(default)]
     pub activity_tasks: Vec<ActivityTask>,
+    /// The events the completion wrote, from its `WorkflowTaskCompleted` on.
+    /// A worker that keeps the run applies them at once, so it knows the whole
+    /// history and can offer the run's next workflow task speculatively (see
+    /// [`SpeculativeWorkflowTask`]). Empty if the completion was refused.
+    #[serde(default)]
+    pub events: Vec<Event>,
 }
 
 /// A workflow task the worker could not complete.
@@ -497,6 +503,33 @@ pub struct RespondActivityTaskRequest {
     /// task this result schedules right away (eager dispatch).
     #[serde(default)]
     pub eager_workflow_task_queue: Option<String>,
+    /// The workflow task this result schedules, already run by the worker
+    /// that holds the run: recorded in the same write as the result if the
+    /// history is still where the worker saw it.
+    #[serde(default)]
+    pub speculative_workflow_task: Option<SpeculativeWorkflowTask>,
+}
+
+/// A workflow task run by a worker before the service scheduled it: the
+/// worker holds the run at the end of its history, so it appends the result
+/// (`ActivityTaskStarted`, `ActivityTaskCompleted`), the task's
+/// `WorkflowTaskScheduled` and `WorkflowTaskStarted` itself, runs the code,
+/// and sends the commands with the result. One request and one durable write
+/// per activity instead of two. The service takes it only if its history has
+/// exactly `next_event_id - 1` events, no workflow task is pending, and
+/// `started_time` lies between the attempt's start and the service's now;
+/// otherwise it records the result alone, as without speculation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpeculativeWorkflowTask {
+    /// The id the worker gave the result's `ActivityTaskStarted`.
+    pub next_event_id: u64,
+    /// The `WorkflowTaskStarted` time: what the code saw as now.
+    pub started_time: Timestamp,
+    /// The commands, in order.
+    pub commands: Vec<Command>,
+    /// As in [`CompleteWorkflowTaskRequest`].
+    #[serde(default)]
+    pub eager_activities_max: u32,
 }
 
 /// The answer to an activity result.
@@ -505,6 +538,10 @@ pub struct RespondActivityTaskResponse {
     /// The workflow task the result scheduled, started for this worker.
     #[serde(default)]
     pub workflow_task: Option<WorkflowTask>,
+    /// The speculative workflow task was taken: its completion's answer.
+    /// `None` if it was refused (or none was offered).
+    #[serde(default)]
+    pub speculation: Option<CompleteWorkflowTaskResponse>,
 }
 
 /// Report progress of an activity attempt.

@@ -1092,18 +1092,23 @@ async fn a_signal_arriving_while_a_workflow_task_runs_is_written_after_it_with_a
         shape(&[&WORKFLOW_TASK[..2]]),
         "held back while the task runs"
     );
-    assert_eq!(
-        complete_workflow_task(&engine, &task, Vec::new()).await,
-        Ok(Response::CompleteWorkflowTask(
-            retrace::api::CompleteWorkflowTaskResponse::default()
-        ))
-    );
+    let Ok(Response::CompleteWorkflowTask(answer)) =
+        complete_workflow_task(&engine, &task, Vec::new()).await
+    else {
+        panic!("the completion is accepted");
+    };
+    assert!(answer.activity_tasks.is_empty());
     let history = handle.history().await.unwrap();
     let expected = shape(&[
         &WORKFLOW_TASK,
         &["WorkflowExecutionSignaled", "WorkflowTaskScheduled"],
     ]);
     assert_eq!(names(&history), expected);
+    assert_eq!(
+        answer.events[..],
+        history.events()[3..],
+        "the answer carries what the completion wrote"
+    );
 
     let worker = worker(&engine, "raw").start_two();
     assert_eq!(handle.result().await.unwrap(), "while running");

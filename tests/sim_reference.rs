@@ -52,3 +52,23 @@ fn every_buggify_site_fires_within_the_first_500_seeds() {
         "an unlisted site: {fired:?}"
     );
 }
+
+/// Workers run the workflow task an activity result schedules before sending
+/// the result (one write per activity). The simulator must see the service
+/// take such tasks and refuse them (a signal or timer got there first, the
+/// worker's clock is ahead), with every invariant holding either way.
+#[test]
+fn speculative_workflow_tasks_are_both_taken_and_refused_within_200_seeds() {
+    let mut total = retrace_sim::Speculations::default();
+    for scenario in [scenarios::small(), scenarios::transfers()] {
+        let runner = scenario.into_runner();
+        for seed in 0..100 {
+            let result = runner.run_seed(seed);
+            assert!(result.passed(), "seed {seed}: {:?}", result.violations);
+            total.taken += result.speculations.taken;
+            total.refused += result.speculations.refused;
+        }
+    }
+    assert!(total.taken > 0, "never taken: {total:?}");
+    assert!(total.refused > 0, "never refused: {total:?}");
+}

@@ -49,6 +49,8 @@ pub struct Observed {
     pub final_digests: Mutex<BTreeMap<String, StateDigest>>,
     /// Capacity violations seen while activities ran.
     pub capacity_violations: Mutex<Vec<String>>,
+    /// Speculative workflow tasks the service took and refused.
+    pub speculations: Mutex<crate::simulation::Speculations>,
 }
 
 /// One worker incarnation's observer.
@@ -79,6 +81,15 @@ impl WorkerObserver for NodeObserver {
 
     fn activity_finished(&self, _task: &ActivityTask) {
         self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn speculative_workflow_task(&self, _run_id: &str, taken: bool) {
+        let mut speculations = lock(&self.observed.speculations);
+        if taken {
+            speculations.taken += 1;
+        } else {
+            speculations.refused += 1;
+        }
     }
 }
 

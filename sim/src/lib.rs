@@ -159,7 +159,7 @@ pub use report::{Report, repro_line};
 pub use services::{
     Accounts, EffectLedger, HttpApi, KvStore, ServiceCallError, ServiceClient, SimService,
 };
-pub use simulation::{Finished, SeedResult, SeedRunner, SimClient, Simulation};
+pub use simulation::{Finished, SeedResult, SeedRunner, SimClient, Simulation, Speculations};
 pub use storage::SimStorage;
 pub use swarm::{PartitionMode, Swarm};
 pub use world::FaultCounts;

@@ -110,6 +110,17 @@ pub struct SeedResult {
     /// Every run's history, by run id.
     pub histories: BTreeMap<String, History>,
     pub buggify_sites: BTreeMap<&'static str, bool>,
+    /// Speculative workflow tasks taken and refused by the service.
+    pub speculations: Speculations,
+}
+
+/// How the service answered workers' speculative workflow tasks in a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Speculations {
+    /// Recorded with their activity's result, in one write.
+    pub taken: u64,
+    /// Refused (the history had moved on, or the clocks disagreed).
+    pub refused: u64,
 }
 
 impl SeedResult {
@@ -424,6 +435,7 @@ pub fn run_seed(setup: &Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) ->
                 sim_ms: 0,
                 histories: BTreeMap::new(),
                 buggify_sites: BTreeMap::new(),
+                speculations: Speculations::default(),
             }
         }
     }
@@ -451,6 +463,7 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
         world.trace(&history.to_json());
     }
     let (trace_hash, _) = world.trace_hash();
+    let speculations = *crate::world::lock(&cluster.observed.speculations);
     cluster.shut_down();
     SeedResult {
         seed,
@@ -462,6 +475,7 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
         sim_ms: world.elapsed_ms(),
         histories,
         buggify_sites: world.buggify_sites(),
+        speculations,
     }
 }
 

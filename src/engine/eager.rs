@@ -110,6 +110,11 @@ pub(super) fn start_new_activities(
 }
 
 impl StartedWorkflowTask {
+    /// The started task's token.
+    pub(super) fn token(&self) -> &TaskToken {
+        &self.token
+    }
+
     /// The events the task carries: after the last completed task, through its start.
     pub(super) fn event_range(&self) -> (u64, u64) {
         (

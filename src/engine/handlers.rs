@@ -9,6 +9,7 @@ use super::eager;
 use super::machine::{self, RunState, TaskKey, TaskKind, activity, workflow_task};
 use super::matching::{Dispatch, QueueKind};
 use super::service::{Inner, Loaded, record_of, unavailable};
+use super::speculation;
 use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
 use crate::types::Failure;
@@ -598,7 +599,7 @@ impl Inner {
         request: CompleteWorkflowTaskRequest,
     ) -> Result<CompleteWorkflowTaskResponse, ServiceError> {
         let token = request.task_token;
-        let (rejection, eager) = self
+        let (rejection, eager, events) = self
             .transition(&token.run_id, |step| {
                 workflow_task::check_token(step.state, &token)?;
                 let before = step.state.clone();
@@ -614,7 +615,7 @@ impl Inner {
                             request.eager_activities_max,
                             &request.identity,
                         );
-                        Ok((None, eager))
+                        Ok((None, eager, step.events.clone()))
                     }
                     Err(rejection) => {
                         *step.state = before;
@@ -630,7 +631,7 @@ impl Inner {
                             failure,
                             &request.identity,
                         );
-                        Ok((Some(rejection), Vec::new()))
+                        Ok((Some(rejection), Vec::new(), Vec::new()))
                     }
                 }
             })
@@ -643,11 +644,23 @@ impl Inner {
                 rejection.message
             )));
         }
+        self.completion_response(eager, events).await
+    }
+
+    /// The answer to a workflow task completion: its eager activities and events.
+    async fn completion_response(
+        self: &Arc<Self>,
+        eager: Vec<eager::StartedActivity>,
+        events: Vec<crate::history::Event>,
+    ) -> Result<CompleteWorkflowTaskResponse, ServiceError> {
         let mut activity_tasks = Vec::with_capacity(eager.len());
         for started in eager {
             activity_tasks.push(self.activity_task_of(started).await?);
         }
-        Ok(CompleteWorkflowTaskResponse { activity_tasks })
+        Ok(CompleteWorkflowTaskResponse {
+            activity_tasks,
+            events,
+        })
     }
 
     async fn fail_workflow_task(
@@ -734,21 +747,58 @@ impl Inner {
     ) -> Result<RespondActivityTaskResponse, ServiceError> {
         let token = request.task_token;
         let request_id = self.env.new_id();
-        let started = self
+        let outcome = self
             .transition(&token.run_id, |step| {
+                if let Some(speculation) = &request.speculative_workflow_task {
+                    let taken = speculation::on_result_with_workflow_task(
+                        step,
+                        &token,
+                        &request.result,
+                        &request.identity,
+                        request.eager_workflow_task_queue.as_deref(),
+                        speculation,
+                        &request_id,
+                    )?;
+                    match taken {
+                        Ok(taken) => return Ok(Recorded::WithWorkflowTask(taken)),
+                        Err(refused) => {
+                            tracing::debug!(run_id = token.run_id, ?refused, "speculation refused")
+                        }
+                    }
+                }
                 activity::on_result(step, &token, request.result, &request.identity)?;
                 let serves = request.eager_workflow_task_queue.as_deref()
                     == Some(step.state.task_queue.as_str());
-                Ok(serves
-                    .then(|| eager::start_workflow_task(step, None, &request.identity, &request_id))
-                    .flatten())
+                Ok(Recorded::Alone(
+                    serves
+                        .then(|| {
+                            eager::start_workflow_task(step, None, &request.identity, &request_id)
+                        })
+                        .flatten(),
+                ))
             })
             .await?;
-        let workflow_task = match started {
-            Some(started) => self.workflow_task_of(started).await,
-            None => None,
-        };
-        Ok(RespondActivityTaskResponse { workflow_task })
+        match outcome {
+            Recorded::Alone(started) => {
+                let workflow_task = match started {
+                    Some(started) => self.workflow_task_of(started).await,
+                    None => None,
+                };
+                Ok(RespondActivityTaskResponse {
+                    workflow_task,
+                    speculation: None,
+                })
+            }
+            Recorded::WithWorkflowTask(taken) => {
+                let completion = self
+                    .completion_response(taken.eager, taken.completion_events)
+                    .await?;
+                Ok(RespondActivityTaskResponse {
+                    workflow_task: None,
+                    speculation: Some(completion),
+                })
+            }
+        }
     }
 
     async fn heartbeat(
@@ -763,6 +813,14 @@ impl Inner {
             .await?;
         Ok(HeartbeatResponse { cancel_requested })
     }
+}
+
+/// How an activity result was recorded.
+enum Recorded {
+    /// Alone, with the workflow task it scheduled if started for the worker.
+    Alone(Option<eager::StartedWorkflowTask>),
+    /// With the worker's speculative workflow task.
+    WithWorkflowTask(speculation::Taken),
 }
 
 fn check_reuse(request: &StartWorkflowRequest, existing: &RunState) -> Result<(), ServiceError> {

@@ -7,6 +7,7 @@ mod handlers;
 pub mod machine;
 mod matching;
 mod service;
+mod speculation;
 mod timer_queue;
 
 pub use embedded::EmbeddedEngine;

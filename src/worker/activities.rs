@@ -148,19 +148,31 @@ fn to_task_result(
 /// this worker has room for a workflow task, it offers to take the one the
 /// result schedules (eager dispatch) and runs it.
 async fn respond(shared: &Arc<Shared>, task: &ActivityTask, result: ActivityTaskResult) {
-    let permit = shared.try_permit(
+    let mut permit = shared.try_permit(
         &shared.workflow_permits,
         !shared.workflows.names().is_empty(),
     );
+    if let (Some(room), ActivityTaskResult::Completed(value)) = (permit.take(), &result) {
+        if !shared.options.speculative_workflow_tasks {
+            permit = Some(room);
+        } else {
+            permit = super::speculation::respond(shared, task, value, room).await;
+            if permit.is_none() {
+                return;
+            }
+        }
+    }
     let request = Request::RespondActivityTask(RespondActivityTaskRequest {
         task_token: task.task_token.clone(),
         result,
         identity: shared.options.identity.clone(),
         eager_workflow_task_queue: permit.as_ref().map(|_| shared.options.task_queue.clone()),
+        speculative_workflow_task: None,
     });
     match shared.call_idempotent(request).await {
         Ok(Response::RespondActivityTask(RespondActivityTaskResponse {
             workflow_task: Some(next),
+            ..
         })) => {
             // A service hands a task only to a worker that offered room; an
             // older or wrong one might not: that task then times out and retries.

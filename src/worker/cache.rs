@@ -45,6 +45,14 @@ impl RunCache {
         handle
     }
 
+    /// The entry of `run_id` if the run is cached, marked most recently used.
+    pub fn get(&mut self, run_id: &str) -> Option<CacheEntry> {
+        self.tick += 1;
+        let entry = self.entries.get_mut(run_id)?;
+        entry.1 = self.tick;
+        Some(entry.0.clone())
+    }
+
     /// Drops a run's entry.
     pub fn remove(&mut self, run_id: &str) {
         self.entries.remove(run_id);

@@ -22,6 +22,7 @@
 
 mod activities;
 mod cache;
+mod speculation;
 mod workflows;
 
 pub use cache::RunCache;
@@ -65,6 +66,9 @@ pub trait WorkerObserver: Send + Sync {
     fn activity_started(&self, _task: &ActivityTask) {}
     /// An activity attempt stopped running on this worker.
     fn activity_finished(&self, _task: &ActivityTask) {}
+    /// The service answered a speculative workflow task: taken, or refused
+    /// (the result was then recorded alone).
+    fn speculative_workflow_task(&self, _run_id: &str, _taken: bool) {}
 }
 
 /// Limits and timings of a worker. Every bound is `_max`, every duration `_ms`.
@@ -90,6 +94,10 @@ pub struct WorkerOptions {
     pub shutdown_grace_ms: u64,
     /// Longest gap between heartbeats sent for an activity without a heartbeat timeout.
     pub heartbeat_throttle_ms_max: u64,
+    /// Run the workflow task an activity result schedules before sending the
+    /// result, when the run is cached here, and send both in one request
+    /// (see [`crate::api::SpeculativeWorkflowTask`]).
+    pub speculative_workflow_tasks: bool,
 }
 
 impl WorkerOptions {
@@ -106,6 +114,7 @@ impl WorkerOptions {
             rpc_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
             heartbeat_throttle_ms_max: 30_000,
+            speculative_workflow_tasks: true,
         }
     }
 }
@@ -123,6 +132,11 @@ pub struct WorkerStats {
     pub activities_peak: usize,
     /// Most workflow tasks ever running at once.
     pub workflow_tasks_peak: usize,
+    /// Workflow tasks run speculatively and taken with their activity's result.
+    pub speculations_taken: u64,
+    /// Speculative workflow tasks the service refused (the history had moved on,
+    /// or the clocks disagreed); the result was recorded alone.
+    pub speculations_refused: u64,
 }
 
 /// Sets up a worker; clone it to start several with the same setup.
@@ -158,6 +172,8 @@ pub(crate) struct Shared {
     pub activities_peak: AtomicUsize,
     pub workflow_tasks_now: AtomicUsize,
     pub workflow_tasks_peak: AtomicUsize,
+    pub speculations_taken: AtomicU64,
+    pub speculations_refused: AtomicU64,
 }
 
 /// A running worker.
@@ -187,6 +203,8 @@ impl Worker {
             activities: s.activities_run.load(Ordering::Relaxed),
             activities_peak: s.activities_peak.load(Ordering::Relaxed),
             workflow_tasks_peak: s.workflow_tasks_peak.load(Ordering::Relaxed),
+            speculations_taken: s.speculations_taken.load(Ordering::Relaxed),
+            speculations_refused: s.speculations_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -340,6 +358,8 @@ impl WorkerBuilder {
             activities_peak: AtomicUsize::new(0),
             workflow_tasks_now: AtomicUsize::new(0),
             workflow_tasks_peak: AtomicUsize::new(0),
+            speculations_taken: AtomicU64::new(0),
+            speculations_refused: AtomicU64::new(0),
         });
         for _ in 0..shared.options.pollers_max {
             if !shared.workflows.names().is_empty() {

@@ -127,7 +127,7 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
         return;
     };
     let closed = commands.iter().any(crate::workflow::Command::is_terminal);
-    complete_task(shared, &task, commands, executor.digest(), closed).await;
+    let written = complete_task(shared, &task, commands, executor.digest(), closed).await;
     // The executor stays cached whatever the answer: if the completion did not
     // land, the next task's `previous_started_event_id` will not match it and
     // it is replaced by a replay from history.
@@ -135,13 +135,31 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
         drop(slot);
         shared.cache.lock().expect("cache lock").remove(&run_id);
     } else {
-        *slot = Some(executor);
+        *slot = keep_with(executor, &written);
+    }
+}
+
+/// The executor to keep after a completion: with the events the completion
+/// wrote applied (so it knows the whole history), or none if they do not fit
+/// (the next task then replays from history).
+pub(super) fn keep_with(
+    mut executor: WorkflowExecutor,
+    written: &[Event],
+) -> Option<WorkflowExecutor> {
+    match executor.apply(written) {
+        Ok(_) => Some(executor),
+        Err(error) => {
+            tracing::warn!(%error, "a completion's events do not apply to the cached run; dropping it");
+            None
+        }
     }
 }
 
 /// The executor to apply `task` to, and the events to apply: the cached one
-/// if it stopped exactly where the task begins, else a fresh one with the
-/// run's whole history (a cache miss). `None` if the history cannot be read.
+/// if its last task is the one this task follows (it may already have applied
+/// the first of the task's events, those its completion wrote), else a fresh
+/// one with the run's whole history (a cache miss). `None` if the history
+/// cannot be read.
 async fn executor_for(
     shared: &Shared,
     task: &WorkflowTask,
@@ -149,12 +167,15 @@ async fn executor_for(
 ) -> Option<(WorkflowExecutor, Vec<Event>)> {
     let previous = task.previous_started_event_id;
     let cached = cached
-        .filter(|executor| {
-            executor.last_started_event_id() == previous && executor.next_event_id() == previous + 1
+        .and_then(|executor| {
+            let seen = executor.next_event_id().checked_sub(previous + 1)?;
+            let fits =
+                executor.last_started_event_id() == previous && (seen as usize) < task.events.len();
+            fits.then_some((executor, seen as usize))
         })
         .filter(|_| !shared.env.buggify("worker.cache.drop_entry"));
-    if let Some(executor) = cached {
-        return Some((executor, task.events.clone()));
+    if let Some((executor, seen)) = cached {
+        return Some((executor, task.events[seen..].to_vec()));
     }
     shared.cache_misses.fetch_add(1, Ordering::Relaxed);
     let run_id = &task.task_token.run_id;
@@ -176,23 +197,54 @@ async fn executor_for(
     ))
 }
 
+/// Room for the activities `commands` schedule on our queue (eager dispatch).
+pub(super) fn eager_permits(
+    shared: &Shared,
+    commands: &[crate::workflow::Command],
+) -> Vec<OwnedSemaphorePermit> {
+    let eager_wanted = commands
+        .iter()
+        .filter(|c| schedules_on(c, &shared.options.task_queue))
+        .count();
+    shared.try_permits(
+        &shared.activity_permits,
+        eager_wanted.min(EAGER_ACTIVITIES_MAX as usize),
+    )
+}
+
+/// Runs the activities a completion started for us, each with its unit of room.
+pub(super) fn run_eager_activities(
+    shared: &Arc<Shared>,
+    run_id: &str,
+    activity_tasks: Vec<ActivityTask>,
+    permits: Vec<OwnedSemaphorePermit>,
+) {
+    let handed = activity_tasks.len();
+    if handed > permits.len() {
+        // Never from a correct service: the extra attempts time out and retry.
+        tracing::warn!(
+            run_id,
+            handed,
+            room = permits.len(),
+            "got more activities than we had room for"
+        );
+    }
+    for (activity, permit) in activity_tasks.into_iter().zip(permits) {
+        super::activities::spawn_attempt(shared, activity, permit);
+    }
+}
+
 /// Completes the task with `commands`, offering room for the activities they
 /// schedule on our queue (the service starts them and hands them back).
+/// Returns the events the completion wrote (none if it did not land).
 async fn complete_task(
     shared: &Arc<Shared>,
     task: &WorkflowTask,
     commands: Vec<crate::workflow::Command>,
     digest: crate::workflow::StateDigest,
     closed: bool,
-) {
-    let eager_wanted = commands
-        .iter()
-        .filter(|c| schedules_on(c, &shared.options.task_queue))
-        .count();
-    let permits = shared.try_permits(
-        &shared.activity_permits,
-        eager_wanted.min(EAGER_ACTIVITIES_MAX as usize),
-    );
+) -> Vec<Event> {
+    let permits = eager_permits(shared, &commands);
     let request = Request::CompleteWorkflowTask(CompleteWorkflowTaskRequest {
         task_token: task.task_token.clone(),
         commands,
@@ -206,23 +258,16 @@ async fn complete_task(
             if let Some(observer) = &shared.observer {
                 observer.workflow_task_completed(run_id, digest, closed);
             }
-            if let Response::CompleteWorkflowTask(answer) = response {
-                let handed = answer.activity_tasks.len();
-                if handed > permits.len() {
-                    // Never from a correct service: the extra attempts time out and retry.
-                    tracing::warn!(
-                        run_id,
-                        handed,
-                        room = permits.len(),
-                        "got more activities than we had room for"
-                    );
-                }
-                for (activity, permit) in answer.activity_tasks.into_iter().zip(permits) {
-                    super::activities::spawn_attempt(shared, activity, permit);
-                }
-            }
+            let Response::CompleteWorkflowTask(answer) = response else {
+                return Vec::new();
+            };
+            run_eager_activities(shared, run_id, answer.activity_tasks, permits);
+            answer.events
         }
-        Err(error) => tracing::debug!(run_id, %error, "workflow task completion not accepted"),
+        Err(error) => {
+            tracing::debug!(run_id, %error, "workflow task completion not accepted");
+            Vec::new()
+        }
     }
 }
 
