@@ -80,6 +80,10 @@ pub fn start_worker(url: &str, cache_runs_max: usize) -> Worker {
             o.activities_max = 256;
             o.pollers_max = 16;
             o.cache_runs_max = cache_runs_max;
+            // `RETRACE_BENCH_NO_SPECULATION=1` measures without speculative
+            // workflow tasks (two requests and writes per activity).
+            o.speculative_workflow_tasks =
+                std::env::var_os("RETRACE_BENCH_NO_SPECULATION").is_none();
         })
         .start()
 }
