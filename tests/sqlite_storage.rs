@@ -115,12 +115,18 @@ fn open_error(path: &Path) -> String {
     }
 }
 
-/// A database with one run `run-a` (3 events), closed again.
+/// A database with one run `run-a` (3 events, written one batch each),
+/// closed again. Returns the run's record.
 fn database_with_one_run(path: &Path) -> RunRecord {
     let storage = open(path);
-    let batch = create("run-a", 3);
-    let run = batch.run.clone();
+    let batch = create("run-a", 1);
+    let mut run = batch.run.clone();
     block_on(storage.write(batch)).expect("the write lands");
+    for _ in 0..2 {
+        let batch = append(&run, 1);
+        run = batch.run.clone();
+        block_on(storage.write(batch)).expect("the write lands");
+    }
     run
 }
 
@@ -196,7 +202,7 @@ fn fresh_database_has_the_documented_schema_in_wal_mode() {
     let expected = [
         ("index", "runs_by_status"),
         ("index", "runs_by_workflow_type"),
-        ("table", "events"),
+        ("table", "event_batches"),
         ("table", "runs"),
         ("table", "workflow_ids"),
     ];
@@ -389,12 +395,12 @@ fn event_with_bad_json_reads_as_corrupt_naming_the_run_and_the_event() {
     database_with_one_run(&path);
     let storage = tamper(
         &path,
-        "UPDATE events SET body = '{\"event_id\": 2, oops' WHERE event_id = 2",
+        "UPDATE event_batches SET events = '[{\"event_id\": 2, oops' WHERE first_event_id = 2",
     );
     block_on(async {
         expect_corrupt(
             storage.read_events("run-a", 1, 10).await,
-            &["run run-a event 2", "JSON"],
+            &["run run-a events 2..=2", "JSON"],
         );
         let first = storage
             .read_events("run-a", 1, 1)
@@ -409,7 +415,7 @@ fn history_with_a_missing_event_reads_as_corrupt() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("retrace.db");
     database_with_one_run(&path);
-    let storage = tamper(&path, "DELETE FROM events WHERE event_id = 2");
+    let storage = tamper(&path, "DELETE FROM event_batches WHERE first_event_id = 2");
     block_on(async {
         expect_corrupt(
             storage.read_events("run-a", 1, 10).await,
@@ -443,12 +449,96 @@ fn run_with_an_unknown_status_reads_as_corrupt_naming_the_run() {
     let connection = rusqlite::Connection::open(&path).expect("the file opens");
     let count: i64 = connection
         .query_row(
-            "SELECT count(*) FROM events WHERE run_id = 'run-a'",
+            "SELECT max(last_event_id) FROM event_batches WHERE run_id = 'run-a'",
             [],
             |row| row.get(0),
         )
         .expect("events count");
     assert_eq!(count, 3, "a write refused as corrupt appended events");
+}
+
+#[test]
+fn batch_whose_row_holds_other_event_ids_reads_as_corrupt() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("retrace.db");
+    database_with_one_run(&path);
+    let storage = tamper(
+        &path,
+        "UPDATE event_batches SET last_event_id = 3 WHERE first_event_id = 2",
+    );
+    block_on(async {
+        expect_corrupt(
+            storage.read_events("run-a", 1, 10).await,
+            &["run run-a events 2..=3", "holds events [2]"],
+        );
+    });
+}
+
+/// The schema of version 1, before events were stored one row per batch.
+const SCHEMA_1: &str = "
+    PRAGMA application_id = 0x52545243;
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY NOT NULL, workflow_id TEXT NOT NULL,
+        workflow_type TEXT NOT NULL, task_queue TEXT NOT NULL, status TEXT NOT NULL,
+        start_time_ms INTEGER NOT NULL, close_time_ms INTEGER,
+        next_event_id INTEGER NOT NULL, version INTEGER NOT NULL, state BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE events (
+        run_id TEXT NOT NULL REFERENCES runs (run_id), event_id INTEGER NOT NULL,
+        body TEXT NOT NULL, PRIMARY KEY (run_id, event_id)
+    ) STRICT;
+    CREATE TABLE workflow_ids (
+        workflow_id TEXT PRIMARY KEY NOT NULL, run_id TEXT NOT NULL REFERENCES runs (run_id)
+    ) STRICT;
+    CREATE INDEX runs_by_status ON runs (status, run_id);
+    CREATE INDEX runs_by_workflow_type ON runs (workflow_type, run_id);
+    PRAGMA user_version = 1;
+";
+
+#[test]
+fn a_version_1_database_is_migrated_and_keeps_every_event() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("retrace.db");
+    let events: Vec<Event> = (1..=3).map(|id| signal("run-a", id)).collect();
+    {
+        let connection = rusqlite::Connection::open(&path).expect("the file opens");
+        connection
+            .execute_batch(SCHEMA_1)
+            .expect("schema 1 applies");
+        connection
+            .execute(
+                "INSERT INTO runs VALUES ('run-a', 'wf-run-a', 'sqlite-test', 'default', \
+                 'Running', 1704067200000, NULL, 4, 1, X'00')",
+                [],
+            )
+            .expect("the run inserts");
+        for event in &events {
+            let body = serde_json::to_string(event).expect("events encode");
+            connection
+                .execute(
+                    "INSERT INTO events VALUES ('run-a', ?1, ?2)",
+                    rusqlite::params![event.event_id as i64, body],
+                )
+                .expect("the event inserts");
+        }
+    }
+    let storage = open(&path);
+    block_on(async {
+        let read = storage.read_events("run-a", 1, 10).await.expect("readable");
+        assert_eq!(read, events);
+        let run = storage
+            .read_run("run-a")
+            .await
+            .expect("readable")
+            .expect("kept");
+        storage
+            .write(append(&run, 2))
+            .await
+            .expect("writable after the migration");
+        let read = storage.read_events("run-a", 2, 10).await.expect("readable");
+        let ids: Vec<u64> = read.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, [2, 3, 4, 5]);
+    });
 }
 
 #[test]

@@ -53,7 +53,8 @@ use crate::types::Timestamp;
 
 /// The schema, one migration per version: `MIGRATIONS[i]` takes the database
 /// from version `i` to `i + 1`. Append only; never edit a released migration.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     PRAGMA application_id = 0x52545243;
     CREATE TABLE runs (
         run_id TEXT PRIMARY KEY NOT NULL,
@@ -79,7 +80,20 @@ const MIGRATIONS: &[&str] = &["
     ) STRICT;
     CREATE INDEX runs_by_status ON runs (status, run_id);
     CREATE INDEX runs_by_workflow_type ON runs (workflow_type, run_id);
-"];
+",
+    "
+    CREATE TABLE event_batches (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        first_event_id INTEGER NOT NULL,
+        last_event_id INTEGER NOT NULL,
+        events TEXT NOT NULL,
+        PRIMARY KEY (run_id, first_event_id)
+    ) STRICT;
+    INSERT INTO event_batches (run_id, first_event_id, last_event_id, events)
+        SELECT run_id, event_id, event_id, '[' || body || ']' FROM events;
+    DROP TABLE events;
+",
+];
 
 /// `PRAGMA application_id` of retrace databases: "RTRC".
 const APPLICATION_ID: i64 = 0x5254_5243;
@@ -484,7 +498,8 @@ fn check_schema_version(path: &Path, version: i64) -> Result<(), StorageError> {
 /// writer), and where to send the outcome.
 struct WriteJob {
     batch: WriteBatch,
-    bodies: Vec<String>,
+    /// The batch's events as one JSON array; `None` if it has none.
+    events: Option<String>,
     /// The bytes the batch writes (event bodies and state), for the group bound.
     size_bytes: usize,
     reply: oneshot::Sender<Result<(), StorageError>>,
@@ -769,7 +784,7 @@ fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// then writes the run, its new events and its workflow id claim.
 fn apply_batch(connection: &Connection, job: &WriteJob) -> Result<(), DbError> {
     let batch = &job.batch;
-    assert_eq!(job.bodies.len(), batch.events.len());
+    assert_eq!(job.events.is_some(), !batch.events.is_empty());
     assert!(!connection.is_autocommit());
     let run_id = &batch.run.run_id;
     let stored = select_run_header(connection, run_id)?;
@@ -779,7 +794,9 @@ fn apply_batch(connection: &Connection, job: &WriteJob) -> Result<(), DbError> {
     };
     check_batch(batch, stored.as_ref(), current.as_deref()).map_err(DbError::Storage)?;
     upsert_run(connection, &batch.run)?;
-    insert_events(connection, batch, &job.bodies)?;
+    if let Some(events) = &job.events {
+        insert_events(connection, batch, events)?;
+    }
     if let Some(claim) = &batch.claim {
         upsert_claim(connection, claim, run_id)?;
     }
@@ -844,20 +861,23 @@ fn upsert_run(connection: &Connection, run: &RunRecord) -> Result<(), DbError> {
     Ok(())
 }
 
-fn insert_events(
-    connection: &Connection,
-    batch: &WriteBatch,
-    bodies: &[String],
-) -> Result<(), DbError> {
-    assert_eq!(batch.events.len(), bodies.len());
+/// The batch's events, one row for all of them: one statement, one index
+/// entry and one foreign key check per batch instead of per event (the writer
+/// spent most of its statements here).
+fn insert_events(connection: &Connection, batch: &WriteBatch, events: &str) -> Result<(), DbError> {
     let run_id = &batch.run.run_id;
-    let mut statement = connection
-        .prepare_cached("INSERT INTO events (run_id, event_id, body) VALUES (?1, ?2, ?3)")?;
-    for (event, body) in batch.events.iter().zip(bodies) {
-        let event_id = to_stored(run_id, "event_id", event.event_id)?;
-        let inserted = statement.execute(rusqlite::params![run_id, event_id, body])?;
-        assert_eq!(inserted, 1);
-    }
+    let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) else {
+        unreachable!("a batch without events has no events row");
+    };
+    let first_event_id = to_stored(run_id, "event_id", first.event_id)?;
+    let last_event_id = to_stored(run_id, "event_id", last.event_id)?;
+    let mut statement = connection.prepare_cached(
+        "INSERT INTO event_batches (run_id, first_event_id, last_event_id, events) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let params = rusqlite::params![run_id, first_event_id, last_event_id, events];
+    let inserted = statement.execute(params)?;
+    assert_eq!(inserted, 1);
     Ok(())
 }
 
@@ -953,8 +973,9 @@ fn run_from_row(row: &Row<'_>) -> Result<RunRecord, DbError> {
     })
 }
 
-/// Up to `limit` events of `run_id` from `from_event_id` on; checks each body
-/// decodes, carries the id of its row, and that no id is missing.
+/// Up to `limit` events of `run_id` from `from_event_id` on, from the batch
+/// that holds `from_event_id` forward; checks each batch decodes, holds the
+/// ids its row says, and that no id is missing.
 fn select_events(
     connection: &Connection,
     run_id: &str,
@@ -965,35 +986,56 @@ fn select_events(
     let Ok(from_stored_id) = i64::try_from(from_event_id) else {
         return Ok(Vec::new()); // Past any storable id.
     };
-    let limit_stored = i64::try_from(limit).unwrap_or(i64::MAX);
     let mut statement = connection.prepare_cached(
-        "SELECT event_id, body FROM events WHERE run_id = ?1 AND event_id >= ?2 \
-         ORDER BY event_id LIMIT ?3",
+        "SELECT first_event_id, last_event_id, events FROM event_batches \
+         WHERE run_id = ?1 AND first_event_id >= coalesce((SELECT first_event_id \
+             FROM event_batches WHERE run_id = ?1 AND first_event_id <= ?2 \
+             ORDER BY first_event_id DESC LIMIT 1), ?2) \
+         ORDER BY first_event_id",
     )?;
-    let mut rows = statement.query(rusqlite::params![run_id, from_stored_id, limit_stored])?;
-    let mut events = Vec::new();
-    while let Some(row) = rows.next()? {
-        let event_id = from_stored(run_id, "event_id", row.get(0)?)?;
-        let body: String = row.get(1)?;
-        let event: Event = serde_json::from_str(&body).map_err(|error| {
-            corrupt(format!("run {run_id} event {event_id}: bad JSON: {error}"))
-        })?;
-        if event.event_id != event_id {
-            let found = event.event_id;
-            return Err(corrupt(format!(
-                "run {run_id} event {event_id}: body has event id {found}"
-            )));
+    let mut rows = statement.query(rusqlite::params![run_id, from_stored_id])?;
+    let mut events: Vec<Event> = Vec::new();
+    while events.len() < limit {
+        let Some(row) = rows.next()? else { break };
+        let first = from_stored(run_id, "first_event_id", row.get(0)?)?;
+        let last = from_stored(run_id, "last_event_id", row.get(1)?)?;
+        let json: String = row.get(2)?;
+        let batch = decode_batch(run_id, first, last, &json)?;
+        for event in batch {
+            if event.event_id < from_event_id || events.len() == limit {
+                continue;
+            }
+            let expected = from_event_id + events.len() as u64;
+            if event.event_id != expected {
+                return Err(corrupt(format!(
+                    "run {run_id}: event {expected} is missing"
+                )));
+            }
+            events.push(event);
         }
-        let expected = from_event_id + events.len() as u64;
-        if event_id != expected {
-            return Err(corrupt(format!(
-                "run {run_id}: event {expected} is missing"
-            )));
-        }
-        events.push(event);
     }
     assert!(events.len() <= limit);
     Ok(events)
+}
+
+/// The events of one stored batch, checked to be exactly `first..=last`.
+fn decode_batch(run_id: &str, first: u64, last: u64, json: &str) -> Result<Vec<Event>, DbError> {
+    let batch: Vec<Event> = serde_json::from_str(json).map_err(|error| {
+        corrupt(format!(
+            "run {run_id} events {first}..={last}: bad JSON: {error}"
+        ))
+    })?;
+    let ids_match = batch
+        .iter()
+        .zip(first..)
+        .all(|(event, expected)| event.event_id == expected);
+    if !ids_match || first + batch.len() as u64 != last + 1 {
+        let ids: Vec<u64> = batch.iter().map(|e| e.event_id).collect();
+        return Err(corrupt(format!(
+            "run {run_id} events {first}..={last}: the row holds events {ids:?}"
+        )));
+    }
+    Ok(batch)
 }
 
 /// Runs matching `query`, by run id. Only the filters present go in the SQL, so
@@ -1041,29 +1083,38 @@ fn select_runs(connection: &Connection, query: &ListQuery) -> Result<Vec<RunReco
     Ok(runs)
 }
 
-/// Each event as JSON, in order; done by the caller so the writer only writes.
-fn encode_events(batch: &WriteBatch) -> Result<Vec<String>, StorageError> {
-    let mut bodies = Vec::with_capacity(batch.events.len());
-    for event in &batch.events {
-        let body = serde_json::to_string(event).map_err(|error| StorageError::BadBatch {
+/// The batch's events as one JSON array, in order (`None` if it has none);
+/// done by the caller so the writer only writes.
+fn encode_events(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
+    if batch.events.is_empty() {
+        return Ok(None);
+    }
+    let mut events = Vec::with_capacity(256 * batch.events.len());
+    events.push(b'[');
+    for (index, event) in batch.events.iter().enumerate() {
+        if index > 0 {
+            events.push(b',');
+        }
+        serde_json::to_writer(&mut events, event).map_err(|error| StorageError::BadBatch {
             run_id: batch.run.run_id.clone(),
             reason: format!("event {} does not encode as JSON: {error}", event.event_id),
         })?;
-        bodies.push(body);
     }
-    assert_eq!(bodies.len(), batch.events.len());
-    Ok(bodies)
+    events.push(b']');
+    Ok(Some(
+        String::from_utf8(events).expect("serde_json writes UTF-8"),
+    ))
 }
 
 impl Storage for SqliteStorage {
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
-            let bodies = encode_events(&batch)?;
+            let events = encode_events(&batch)?;
             let (reply, answer) = oneshot::channel();
-            let size_bytes = batch.run.state.len() + bodies.iter().map(String::len).sum::<usize>();
+            let size_bytes = batch.run.state.len() + events.as_ref().map_or(0, String::len);
             let job = WriteJob {
                 batch,
-                bodies,
+                events,
                 size_bytes,
                 reply,
             };
@@ -1157,13 +1208,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let storage = SqliteStorage::open(dir.path().join("retrace.db")).expect("it opens");
         block_on(storage.write(create("run-a"))).expect("the write lands");
-        // One body for no event breaks the writer's own invariant: it panics and stops.
+        // An events row for no event breaks the writer's own invariant: it panics and stops.
         let mut broken = create("run-b");
         broken.events.clear();
         let (reply, answer) = oneshot::channel();
         let job = WriteJob {
             batch: broken,
-            bodies: vec!["{}".to_string()],
+            events: Some("[]".to_string()),
             size_bytes: 2,
             reply,
         };
