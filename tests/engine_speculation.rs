@@ -213,6 +213,14 @@ async fn names(engine: &TestEngine, workflow_id: &str) -> Vec<&'static str> {
     history.events().iter().map(|e| e.kind.name()).collect()
 }
 
+/// What a completed result writes on an idle run, with the task it starts.
+const RESULT_AND_TASK: [&str; 4] = [
+    "ActivityTaskStarted",
+    "ActivityTaskCompleted",
+    "WorkflowTaskScheduled",
+    "WorkflowTaskStarted",
+];
+
 const SCHEDULED: [&str; 5] = [
     "WorkflowExecutionStarted",
     "WorkflowTaskScheduled",
@@ -236,15 +244,8 @@ async fn a_speculative_task_is_taken_when_the_history_is_where_the_worker_saw_it
         written,
         ["WorkflowTaskCompleted", "WorkflowExecutionCompleted"]
     );
-    let mut expected = SCHEDULED.to_vec();
-    expected.extend([
-        "ActivityTaskStarted",
-        "ActivityTaskCompleted",
-        "WorkflowTaskScheduled",
-        "WorkflowTaskStarted",
-        "WorkflowTaskCompleted",
-        "WorkflowExecutionCompleted",
-    ]);
+    let mut expected = [&SCHEDULED[..], &RESULT_AND_TASK].concat();
+    expected.extend(["WorkflowTaskCompleted", "WorkflowExecutionCompleted"]);
     assert_eq!(names(&engine, "taken").await, expected);
     let history = engine.client().history("taken", None).await.unwrap();
     let task_started = &history.events()[8];
@@ -302,12 +303,6 @@ async fn a_speculative_task_is_refused_when_the_workers_clock_is_ahead() {
         answer.workflow_task.is_some(),
         "the plain eager task instead"
     );
-    let mut expected = SCHEDULED.to_vec();
-    expected.extend([
-        "ActivityTaskStarted",
-        "ActivityTaskCompleted",
-        "WorkflowTaskScheduled",
-        "WorkflowTaskStarted",
-    ]);
+    let expected = [&SCHEDULED[..], &RESULT_AND_TASK].concat();
     assert_eq!(names(&engine, "ahead").await, expected);
 }
