@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use retrace_sim::scenarios;
+use retrace_sim::workloads;
 use serde_json::json;
 
 fn measure(scenario: retrace_sim::Simulation, budget: Duration) -> serde_json::Value {
@@ -38,7 +38,7 @@ pub fn run(smoke: bool) -> serde_json::Value {
     } else {
         Duration::from_secs(5)
     };
-    let results: Vec<serde_json::Value> = scenarios::all()
+    let results: Vec<serde_json::Value> = workloads::all()
         .into_iter()
         .map(|s| measure(s, budget))
         .collect();

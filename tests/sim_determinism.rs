@@ -3,11 +3,11 @@
 
 use std::collections::BTreeSet;
 
-use retrace_sim::scenarios;
+use retrace_sim::workloads;
 
 #[test]
 fn the_same_seed_twice_gives_the_same_trace_hash() {
-    for scenario in [scenarios::small(), scenarios::transfers()] {
+    for scenario in [workloads::small(), workloads::transfers()] {
         let runner = scenario.into_runner();
         for seed in [0, 1, 17, 42] {
             runner
@@ -19,7 +19,7 @@ fn the_same_seed_twice_gives_the_same_trace_hash() {
 
 #[test]
 fn different_seeds_give_different_trace_hashes() {
-    let runner = scenarios::transfers().into_runner();
+    let runner = workloads::transfers().into_runner();
     let hashes: BTreeSet<u64> = (0..20)
         .map(|seed| runner.run_seed(seed).trace_hash)
         .collect();

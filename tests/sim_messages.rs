@@ -4,7 +4,7 @@
 //! reproduces it.
 
 use retrace::history::EventKind;
-use retrace_sim::scenarios;
+use retrace_sim::workloads;
 
 /// The seed whose histories are snapshotted: its lost messages, paused worker
 /// and storage trouble make activities time out and retry, so the snapshot
@@ -15,13 +15,13 @@ const SNAPSHOT_SEED: u64 = 33;
 fn the_messages_scenario_keeps_every_invariant_over_1000_seeds() {
     // `run` panics with a reproducible report at the first broken invariant;
     // RETRACE_SEED / RETRACE_SEEDS override the range.
-    let seeds = scenarios::messages().seeds(0..1_000).run();
+    let seeds = workloads::messages().seeds(0..1_000).run();
     assert!(seeds >= 1, "no seed ran");
 }
 
 #[test]
 fn the_messages_scenario_records_the_same_histories_for_a_fixed_seed() {
-    let result = scenarios::messages().into_runner().run_seed(SNAPSHOT_SEED);
+    let result = workloads::messages().into_runner().run_seed(SNAPSHOT_SEED);
     assert!(
         result.passed(),
         "seed {SNAPSHOT_SEED}: {:?}",
@@ -42,7 +42,7 @@ fn the_messages_scenario_records_the_same_histories_for_a_fixed_seed() {
 
 #[test]
 fn the_messages_scenario_runs_the_two_fetches_in_one_workflow_task() {
-    let result = scenarios::messages().into_runner().run_seed(SNAPSHOT_SEED);
+    let result = workloads::messages().into_runner().run_seed(SNAPSHOT_SEED);
     assert!(result.passed(), "{:?}", result.violations);
     for history in result.histories.values() {
         let scheduled: Vec<(u64, String)> = history
@@ -73,6 +73,6 @@ fn the_messages_scenario_runs_the_two_fetches_in_one_workflow_task() {
 
 #[test]
 fn the_messages_scenario_is_deterministic() {
-    let runner = scenarios::messages().into_runner();
+    let runner = workloads::messages().into_runner();
     runner.check_determinism(SNAPSHOT_SEED).unwrap();
 }

@@ -3,11 +3,11 @@
 //! the run still closes; the simulator's abandoned requests make it happen.
 
 use retrace::history::{EventKind, WorkflowTaskFailedCause};
-use retrace_sim::scenarios;
+use retrace_sim::workloads;
 
 #[test]
 fn a_task_matched_to_a_poller_that_left_is_given_back_and_the_run_still_closes() {
-    let runner = scenarios::transfers().into_runner();
+    let runner = workloads::transfers().into_runner();
     let mut given_back = 0;
     for seed in 0..2_000 {
         let result = runner.run_seed(seed);

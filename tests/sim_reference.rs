@@ -2,16 +2,16 @@
 //! `RETRACE_SEEDS=0..100000` widens a run; a failure prints the line that
 //! reproduces it.
 
-use retrace_sim::scenarios;
+use retrace_sim::workloads;
 
 #[test]
 fn small_scenario_keeps_every_invariant_over_500_seeds() {
-    assert_eq!(scenarios::small().seeds(0..500).run(), 500);
+    assert_eq!(workloads::small().seeds(0..500).run(), 500);
 }
 
 #[test]
 fn transfers_scenario_keeps_every_invariant_over_500_seeds() {
-    assert_eq!(scenarios::transfers().seeds(0..500).run(), 500);
+    assert_eq!(workloads::transfers().seeds(0..500).run(), 500);
 }
 
 #[test]
@@ -31,7 +31,7 @@ const BUGGIFY_SITES: [&str; 6] = [
 
 #[test]
 fn every_buggify_site_fires_within_the_first_500_seeds() {
-    let runner = scenarios::small().into_runner();
+    let runner = workloads::small().into_runner();
     let mut fired = std::collections::BTreeSet::new();
     for seed in 0..500 {
         let result = runner.run_seed(seed);
@@ -60,7 +60,7 @@ fn every_buggify_site_fires_within_the_first_500_seeds() {
 #[test]
 fn speculative_workflow_tasks_are_both_taken_and_refused_within_200_seeds() {
     let mut total = retrace_sim::Speculations::default();
-    for scenario in [scenarios::small(), scenarios::transfers()] {
+    for scenario in [workloads::small(), workloads::transfers()] {
         let runner = scenario.into_runner();
         for seed in 0..100 {
             let result = runner.run_seed(seed);

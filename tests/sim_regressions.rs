@@ -1,6 +1,6 @@
 //! Every seed in `fixtures/seeds/regressions.txt` keeps passing.
 
-use retrace_sim::scenarios;
+use retrace_sim::workloads;
 
 #[test]
 fn every_seed_that_ever_failed_now_passes() {
@@ -25,7 +25,7 @@ fn every_seed_that_ever_failed_now_passes() {
         let seed: u64 = seed
             .parse()
             .unwrap_or_else(|_| panic!("line {}: seed {seed:?} is not a number", number + 1));
-        let scenario = scenarios::by_name(name)
+        let scenario = workloads::by_name(name)
             .unwrap_or_else(|| panic!("line {}: no scenario {name:?}", number + 1));
         if let Err(report) = scenario.into_runner().check_seed(seed) {
             panic!("regression {name} seed {seed} fails again:{report}");

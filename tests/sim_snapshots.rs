@@ -2,7 +2,7 @@
 //! snapshots: any change of engine behaviour shows as a readable diff
 //! (`cargo insta review` to accept an intended one).
 
-use retrace_sim::scenarios;
+use retrace_sim::workloads;
 
 fn snapshot(scenario: retrace_sim::Simulation, seed: u64) {
     let name = scenario.name().to_string();
@@ -23,10 +23,10 @@ fn snapshot(scenario: retrace_sim::Simulation, seed: u64) {
 
 #[test]
 fn small_scenario_seed_7_records_the_same_histories() {
-    snapshot(scenarios::small(), 7);
+    snapshot(workloads::small(), 7);
 }
 
 #[test]
 fn transfers_scenario_seed_11_records_the_same_histories() {
-    snapshot(scenarios::transfers(), 11);
+    snapshot(workloads::transfers(), 11);
 }

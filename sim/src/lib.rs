@@ -140,29 +140,30 @@ compile_error!(
      (and the same `rustdocflags`) to .cargo/config.toml (see the README, \"Simulation tests of your own\")"
 );
 
-mod check;
-mod cluster;
+// The rooms, bottom up: `nodes` and `faults` (what can go wrong) know nothing
+// of the rest; `world` (network, storage, clocks, services, the cluster) plays
+// faults; `checks` read what the world left; `report` describes a seed;
+// `simulation` ties them together; `workloads` are scenarios built on the
+// public API.
+mod checks;
 mod faults;
-mod net;
+mod nodes;
 mod report;
-pub mod scenarios;
-mod services;
 mod simulation;
-mod storage;
-mod swarm;
+pub mod workloads;
 mod world;
 
-pub use check::Violation;
-pub use cluster::NodeCtx;
+pub use checks::Violation;
+pub use faults::swarm::{PartitionMode, Swarm};
 pub use faults::{Fault, FaultKind, FaultPlan, Target};
-pub use report::{Report, repro_line};
-pub use services::{
+pub use report::{Report, SeedResult, repro_line};
+pub use simulation::{Finished, SeedRunner, SimClient, Simulation};
+pub use world::FaultCounts;
+pub use world::cluster::{NodeCtx, Speculations};
+pub use world::services::{
     Accounts, EffectLedger, HttpApi, KvStore, ServiceCallError, ServiceClient, SimService,
 };
-pub use simulation::{Finished, SeedResult, SeedRunner, SimClient, Simulation, Speculations};
-pub use storage::SimStorage;
-pub use swarm::{PartitionMode, Swarm};
-pub use world::FaultCounts;
+pub use world::storage::SimStorage;
 
 /// Installs a log subscriber stamped with simulated time, if `RUST_LOG` is set.
 pub fn init_logging() {

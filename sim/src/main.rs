@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use retrace_sim::{SeedRunner, scenarios};
+use retrace_sim::{SeedRunner, workloads};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -120,11 +120,11 @@ impl Campaign {
 fn runners(scenario: Option<&str>) -> anyhow::Result<Vec<SeedRunner>> {
     Ok(match scenario {
         Some(name) => vec![
-            scenarios::by_name(name)
+            workloads::by_name(name)
                 .with_context(|| format!("no scenario {name:?} (try small, transfers, messages)"))?
                 .into_runner(),
         ],
-        None => scenarios::all()
+        None => workloads::all()
             .into_iter()
             .map(|s| s.into_runner())
             .collect(),

@@ -13,26 +13,24 @@ use std::time::Duration;
 use retrace::activity::Activity;
 use retrace::api::RunOutcome;
 use retrace::client::Client;
-use retrace::engine::ServiceConfig;
 use retrace::env::{BoxFuture, Env, RunStatus, Storage};
 use retrace::history::History;
-use retrace::worker::{WorkerBuilder, WorkerOptions};
+use retrace::worker::WorkerOptions;
 use retrace::workflow::{Replayer, Workflow, WorkflowRegistry};
 
-use crate::check::{self, Violation};
-use crate::cluster::{Cluster, NodeCtx};
+use crate::checks::{self as check, Violation};
+use crate::faults::swarm::Swarm;
 use crate::faults::{FaultPlan, Topology, plan_strategy, plan_tree};
-use crate::report::{Report, repro_line};
-use crate::services::{EffectLedger, SimService};
-use crate::swarm::Swarm;
-use crate::world::{CLIENT, FaultCounts, World};
+use crate::nodes::CLIENT;
+use crate::report::{Report, SeedResult, repro_line};
+use crate::world::cluster::{Cluster, NodeCtx, NodeSpec, Speculations};
+use crate::world::services::{EffectLedger, SimService};
+use crate::world::{FaultCounts, World};
 
-type Installer = Arc<dyn Fn(&NodeCtx, WorkerBuilder) -> WorkerBuilder + Send + Sync>;
 type ServiceFactory = Arc<dyn Fn() -> Arc<dyn SimService> + Send + Sync>;
 type ScenarioFn = Arc<dyn Fn(SimClient) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 type CheckFn = Arc<dyn Fn(&Finished) -> Result<(), String> + Send + Sync>;
 type SwarmFn = Arc<dyn Fn(&mut Swarm) + Send + Sync>;
-type OptionsFn = Arc<dyn Fn(&mut WorkerOptions) + Send + Sync>;
 
 /// Attempts of a scenario client's call (the service may be down for seconds).
 pub const SCENARIO_CALL_ATTEMPTS_MAX: u32 = 40;
@@ -42,13 +40,9 @@ pub const SHRINK_RUNS_MAX: usize = 300;
 /// What a run set up, shared by its nodes.
 pub struct Setup {
     pub name: String,
-    pub registry: WorkflowRegistry,
-    pub activities: Vec<Installer>,
+    /// What runs on the service and worker nodes.
+    pub nodes: Arc<NodeSpec>,
     pub services: Vec<(String, ServiceFactory)>,
-    pub workers: usize,
-    pub task_queue: String,
-    pub worker_options: OptionsFn,
-    pub service_config: ServiceConfig,
     pub scenario: Option<ScenarioFn>,
     pub checks: Vec<CheckFn>,
     pub safety_ms: u64,
@@ -96,40 +90,6 @@ pub struct Finished {
     pub faults: FaultCounts,
 }
 
-/// One seed's run.
-#[derive(Clone, Debug)]
-pub struct SeedResult {
-    pub seed: u64,
-    pub swarm: Swarm,
-    pub plan: FaultPlan,
-    pub violations: Vec<Violation>,
-    pub trace_hash: u64,
-    pub faults: FaultCounts,
-    /// Simulated milliseconds the run lasted.
-    pub sim_ms: u64,
-    /// Every run's history, by run id.
-    pub histories: BTreeMap<String, History>,
-    pub buggify_sites: BTreeMap<&'static str, bool>,
-    /// Speculative workflow tasks taken and refused by the service.
-    pub speculations: Speculations,
-}
-
-/// How the service answered workers' speculative workflow tasks in a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Speculations {
-    /// Recorded with their activity's result, in one write.
-    pub taken: u64,
-    /// Refused (the history had moved on, or the clocks disagreed).
-    pub refused: u64,
-}
-
-impl SeedResult {
-    /// True if every invariant held.
-    pub fn passed(&self) -> bool {
-        self.violations.is_empty()
-    }
-}
-
 /// A simulation test: workflows, activities, services, a scenario, seeds.
 pub struct Simulation {
     setup: Setup,
@@ -142,13 +102,8 @@ impl Simulation {
         Simulation {
             setup: Setup {
                 name: name.to_string(),
-                registry: WorkflowRegistry::new(),
-                activities: Vec::new(),
+                nodes: Arc::new(NodeSpec::default()),
                 services: Vec::new(),
-                workers: 2,
-                task_queue: "sim".to_string(),
-                worker_options: Arc::new(|_| {}),
-                service_config: ServiceConfig::default(),
                 scenario: None,
                 checks: Vec::new(),
                 safety_ms: 30_000,
@@ -162,13 +117,15 @@ impl Simulation {
 
     /// Registers workflow type `W` on every worker.
     pub fn workflow<W: Workflow>(mut self) -> Self {
-        self.setup.registry.register::<W>();
+        Arc::make_mut(&mut self.setup.nodes)
+            .registry
+            .register::<W>();
         self
     }
 
     /// Registers every workflow of `registry`.
     pub fn workflows(mut self, registry: WorkflowRegistry) -> Self {
-        self.setup.registry = registry;
+        Arc::make_mut(&mut self.setup.nodes).registry = registry;
         self
     }
 
@@ -178,7 +135,7 @@ impl Simulation {
         mut self,
         factory: impl Fn(&NodeCtx) -> A + Send + Sync + 'static,
     ) -> Self {
-        self.setup
+        Arc::make_mut(&mut self.setup.nodes)
             .activities
             .push(Arc::new(move |ctx, builder| builder.activity(factory(ctx))));
         self
@@ -198,13 +155,13 @@ impl Simulation {
     /// Number of worker nodes (default 2).
     pub fn workers(mut self, workers: usize) -> Self {
         assert!(workers >= 1, "a simulation needs at least one worker");
-        self.setup.workers = workers;
+        Arc::make_mut(&mut self.setup.nodes).workers = workers;
         self
     }
 
     /// Sets the task queue (default `sim`).
     pub fn task_queue(mut self, task_queue: &str) -> Self {
-        self.setup.task_queue = task_queue.to_string();
+        Arc::make_mut(&mut self.setup.nodes).task_queue = task_queue.to_string();
         self
     }
 
@@ -213,7 +170,7 @@ impl Simulation {
         mut self,
         f: impl Fn(&mut WorkerOptions) + Send + Sync + 'static,
     ) -> Self {
-        self.setup.worker_options = Arc::new(f);
+        Arc::make_mut(&mut self.setup.nodes).worker_options = Arc::new(f);
         self
     }
 
@@ -368,7 +325,7 @@ fn plan_setup(setup: &Setup, seed: u64) -> (Swarm, proptest::strategy::BoxedStra
         adjust(&mut swarm);
     }
     let topology = Topology {
-        workers: setup.workers,
+        workers: setup.nodes.workers,
         externals: setup
             .services
             .iter()
@@ -447,7 +404,7 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
     for (name, factory) in &setup.services {
         world.services.add(name, factory());
     }
-    let cluster = Cluster::start(world.clone(), &setup);
+    let cluster = Cluster::start(world.clone(), setup.nodes.clone());
     let scenario = start_scenario(&setup, &world, &cluster);
     cluster.start_injecting(plan.clone());
     madsim::time::sleep(Duration::from_millis(setup.safety_ms)).await;
@@ -567,7 +524,7 @@ async fn check_run(setup: &Setup, world: &World, cluster: &Cluster) -> Vec<Viola
         .lock()
         .expect("observed lock")
         .clone();
-    let replayer = Replayer::new(setup.registry.clone());
+    let replayer = Replayer::new(setup.nodes.registry.clone());
     let mut histories = BTreeMap::new();
     let mut outcomes = BTreeMap::new();
     for (record, history) in check::load_runs(world.storage.durable()).await {

@@ -18,8 +18,9 @@ use retrace::env::{BoxFuture, NetError, Network, RequestHandler};
 use retrace::types::fnv1a64;
 use tokio::sync::watch;
 
-use crate::swarm::Swarm;
-use crate::world::{SERVICE, World, lock};
+use crate::faults::swarm::Swarm;
+use crate::nodes::SERVICE;
+use crate::world::{World, lock};
 
 /// A node that serves engine requests.
 #[derive(Clone)]

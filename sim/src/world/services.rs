@@ -17,7 +17,7 @@ use retrace::env::{BoxFuture, NetError};
 use retrace::types::fnv1a64;
 use serde_json::{Value, json};
 
-use crate::net::rpc;
+use crate::world::net::rpc;
 use crate::world::{World, lock};
 
 /// Deadline of one service call.

@@ -22,7 +22,7 @@ use retrace::history::{Event, EventKind, History, HistoryError, WorkflowTaskFail
 use retrace::types::TimeoutType;
 use retrace::workflow::{Replayer, RunResult, StateDigest, workflow_task_boundaries};
 
-use crate::services::EffectLedger;
+use crate::world::services::EffectLedger;
 
 /// A broken invariant.
 #[derive(Clone, Debug, PartialEq)]

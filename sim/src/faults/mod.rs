@@ -10,7 +10,10 @@ use proptest::prelude::*;
 use proptest::strategy::{BoxedStrategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
-use crate::swarm::{PartitionMode, Swarm};
+pub mod swarm;
+
+use crate::nodes;
+use swarm::{PartitionMode, Swarm};
 
 /// A node a fault can target.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,9 +29,9 @@ impl Target {
     /// The node's name in the network.
     pub fn name(&self) -> String {
         match self {
-            Target::Service => crate::world::SERVICE.to_string(),
-            Target::Worker(index) => crate::world::worker_name(*index),
-            Target::Client => crate::world::CLIENT.to_string(),
+            Target::Service => nodes::SERVICE.to_string(),
+            Target::Worker(index) => nodes::worker_name(*index),
+            Target::Client => nodes::CLIENT.to_string(),
             Target::External(name) => name.clone(),
         }
     }

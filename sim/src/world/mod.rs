@@ -14,10 +14,15 @@ use madsim::rand::Rng;
 use retrace::env::{BoxFuture, Clock, Entropy, Env, Faults, Spawner};
 use retrace::types::{Timestamp, fnv1a64};
 
-use crate::net::{SimNet, SimNetwork};
-use crate::services::ServiceHost;
-use crate::storage::SimStorage;
-use crate::swarm::Swarm;
+pub mod cluster;
+pub mod net;
+pub mod services;
+pub mod storage;
+
+use crate::faults::swarm::Swarm;
+use net::{SimNet, SimNetwork};
+use services::ServiceHost;
+use storage::SimStorage;
 
 /// Locks a mutex of the world (never poisoned: a panic ends the seed).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -129,8 +134,8 @@ impl World {
     }
 
     /// The storage fault rates the swarm asks for.
-    pub fn swarm_storage_faults(&self) -> crate::storage::StorageFaults {
-        crate::storage::StorageFaults {
+    pub fn swarm_storage_faults(&self) -> storage::StorageFaults {
+        storage::StorageFaults {
             io_error_rate: self.swarm.storage_io_error_rate,
             ambiguous_rate: self.swarm.storage_ambiguous_rate,
             latency_ms_max: self.swarm.storage_latency_ms_max,
@@ -289,24 +294,14 @@ impl Faults for SimFaults {
     }
 }
 
-/// Names of the nodes of a cluster.
-pub fn worker_name(index: usize) -> String {
-    format!("worker-{index}")
-}
-
-/// The service node's name.
-pub const SERVICE: &str = "service";
-/// The client node's name.
-pub const CLIENT: &str = "client";
-
 #[cfg(test)]
 mod tests {
     use super::worlds_live;
-    use crate::scenarios;
+    use crate::workloads;
 
     #[test]
     fn every_seed_frees_its_world_and_all_its_nodes_held() {
-        for simulation in scenarios::all() {
+        for simulation in workloads::all() {
             let runner = simulation.into_runner();
             let before = worlds_live();
             for seed in 0..3 {

@@ -10,13 +10,43 @@ use std::time::Duration;
 use madsim::runtime::{Handle, NodeHandle};
 use retrace::api::ActivityTask;
 use retrace::engine::{Service, ServiceConfig};
-use retrace::worker::{Worker, WorkerObserver, WorkerOptions};
+use retrace::worker::{Worker, WorkerBuilder, WorkerObserver, WorkerOptions};
 use retrace::workflow::StateDigest;
+use retrace::workflow::WorkflowRegistry;
 
 use crate::faults::{Fault, FaultKind, FaultPlan};
-use crate::simulation::Setup;
-use crate::storage::StorageFaults;
-use crate::world::{CLIENT, SERVICE, World, lock, worker_name};
+use crate::nodes::{CLIENT, SERVICE, worker_name};
+use crate::world::storage::StorageFaults;
+use crate::world::{World, lock};
+
+/// Installs one activity on a worker node's builder.
+pub type Installer = Arc<dyn Fn(&NodeCtx, WorkerBuilder) -> WorkerBuilder + Send + Sync>;
+/// Adjusts a worker's options.
+pub type OptionsFn = Arc<dyn Fn(&mut WorkerOptions) + Send + Sync>;
+
+/// What the service and worker nodes run.
+#[derive(Clone)]
+pub struct NodeSpec {
+    pub registry: WorkflowRegistry,
+    pub activities: Vec<Installer>,
+    pub workers: usize,
+    pub task_queue: String,
+    pub worker_options: OptionsFn,
+    pub service_config: ServiceConfig,
+}
+
+impl Default for NodeSpec {
+    fn default() -> NodeSpec {
+        NodeSpec {
+            registry: WorkflowRegistry::new(),
+            activities: Vec::new(),
+            workers: 2,
+            task_queue: "sim".to_string(),
+            worker_options: Arc::new(|_| {}),
+            service_config: ServiceConfig::default(),
+        }
+    }
+}
 
 /// What a worker node's code gets: its name and the world (for services).
 #[derive(Clone)]
@@ -32,14 +62,23 @@ impl NodeCtx {
     }
 
     /// A client of simulated service `service`, calling from this node.
-    pub fn service(&self, service: &str) -> crate::services::ServiceClient {
-        crate::services::ServiceClient::new(self.world.clone(), &self.name, service)
+    pub fn service(&self, service: &str) -> crate::world::services::ServiceClient {
+        crate::world::services::ServiceClient::new(self.world.clone(), &self.name, service)
     }
 
     /// The node's engine environment (its clock, for activities that wait).
     pub fn env(&self) -> retrace::env::Env {
         self.world.env(&self.name)
     }
+}
+
+/// How the service answered workers' speculative workflow tasks in a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Speculations {
+    /// Recorded with their activity's result, in one write.
+    pub taken: u64,
+    /// Refused (the history had moved on, or the clocks disagreed).
+    pub refused: u64,
 }
 
 /// Live observations the checkers need.
@@ -50,7 +89,7 @@ pub struct Observed {
     /// Capacity violations seen while activities ran.
     pub capacity_violations: Mutex<Vec<String>>,
     /// Speculative workflow tasks the service took and refused.
-    pub speculations: Mutex<crate::simulation::Speculations>,
+    pub speculations: Mutex<Speculations>,
 }
 
 /// One worker incarnation's observer.
@@ -116,7 +155,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the net, service, worker and client nodes.
-    pub fn start(world: Arc<World>, setup: &Arc<Setup>) -> Arc<Cluster> {
+    pub fn start(world: Arc<World>, setup: Arc<NodeSpec>) -> Arc<Cluster> {
         let handle = Handle::current();
         let net = handle.create_node().name("net").build();
         world.net.set_net_node(net.clone());
@@ -125,7 +164,7 @@ impl Cluster {
         let service = start_service_node(&handle, &world, setup.service_config.clone());
         nodes.insert(SERVICE.to_string(), service);
         for index in 0..setup.workers {
-            let node = start_worker_node(&handle, &world, setup, &observed, index);
+            let node = start_worker_node(&handle, &world, &setup, &observed, index);
             nodes.insert(worker_name(index), node);
         }
         nodes.insert(
@@ -376,7 +415,7 @@ fn start_service_node(handle: &Handle, world: &Arc<World>, config: ServiceConfig
 fn start_worker_node(
     handle: &Handle,
     world: &Arc<World>,
-    setup: &Arc<Setup>,
+    setup: &Arc<NodeSpec>,
     observed: &Arc<Observed>,
     index: usize,
 ) -> NodeHandle {

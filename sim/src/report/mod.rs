@@ -3,12 +3,45 @@
 
 use std::fmt;
 
-use crate::simulation::SeedResult;
+use std::collections::BTreeMap;
+
+use retrace::history::History;
+
+use crate::checks::Violation;
+use crate::faults::FaultPlan;
+use crate::faults::swarm::Swarm;
+use crate::world::FaultCounts;
+use crate::world::cluster::Speculations;
 
 /// Violations listed in a report besides the first.
 pub const REPORT_VIOLATIONS_MAX: usize = 5;
 /// Events shown before the history position of the failure.
 pub const REPORT_CONTEXT_EVENTS: usize = 4;
+
+/// One seed's run.
+#[derive(Clone, Debug)]
+pub struct SeedResult {
+    pub seed: u64,
+    pub swarm: Swarm,
+    pub plan: FaultPlan,
+    pub violations: Vec<Violation>,
+    pub trace_hash: u64,
+    pub faults: FaultCounts,
+    /// Simulated milliseconds the run lasted.
+    pub sim_ms: u64,
+    /// Every run's history, by run id.
+    pub histories: BTreeMap<String, History>,
+    pub buggify_sites: BTreeMap<&'static str, bool>,
+    /// Speculative workflow tasks taken and refused by the service.
+    pub speculations: Speculations,
+}
+
+impl SeedResult {
+    /// True if every invariant held.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
 
 /// Why a seed failed, after shrinking.
 #[derive(Debug)]
