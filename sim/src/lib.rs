@@ -145,6 +145,7 @@ compile_error!(
 // faults; `checks` read what the world left; `report` describes a seed;
 // `simulation` ties them together; `workloads` are scenarios built on the
 // public API.
+pub mod campaign;
 mod checks;
 mod faults;
 mod nodes;
@@ -156,7 +157,7 @@ mod world;
 pub use checks::Violation;
 pub use faults::swarm::{PartitionMode, Swarm};
 pub use faults::{Fault, FaultKind, FaultPlan, Target};
-pub use report::{Report, SeedResult, repro_line};
+pub use report::{Report, SeedResult, repro_line, write_failure_dir};
 pub use simulation::{Finished, SeedRunner, SimClient, Simulation};
 pub use world::FaultCounts;
 pub use world::cluster::{NodeCtx, Speculations};

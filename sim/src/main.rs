@@ -6,14 +6,10 @@
 //! cargo run --release -p retrace-sim -- --scenario small --seeds 0..10000 --shard 1/4
 //! ```
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-
 use anyhow::{Context, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use retrace_sim::campaign::{Campaign, CampaignOptions, Progress};
 use retrace_sim::{SeedRunner, workloads};
 
 #[derive(Parser, Debug)]
@@ -40,14 +36,9 @@ struct Args {
     /// Print the one-line summary as JSON too.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Default)]
-struct Totals {
-    seeds: AtomicU64,
-    failures: AtomicU64,
-    sim_ms: AtomicU64,
-    faults: Mutex<BTreeMap<String, u64>>,
+    /// Write each failing seed (report, fault trace, histories as JSON) to DIR/SCENARIO-SEED/.
+    #[arg(long, value_name = "DIR")]
+    failures_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_range(text: &str) -> anyhow::Result<(u64, u64)> {
@@ -72,51 +63,6 @@ fn parse_shard(text: &str) -> anyhow::Result<(u64, u64)> {
     Ok((i - 1, n))
 }
 
-/// What every job thread shares.
-struct Campaign {
-    work: Vec<(usize, u64)>,
-    runners: Vec<SeedRunner>,
-    totals: Totals,
-    stop: AtomicBool,
-    next: AtomicU64,
-    bar: ProgressBar,
-    keep_going: bool,
-}
-
-impl Campaign {
-    /// Takes seeds until none is left (or a failure stops the campaign).
-    fn run_jobs(&self) {
-        while !self.stop.load(Ordering::SeqCst) {
-            let index = self.next.fetch_add(1, Ordering::SeqCst) as usize;
-            let Some(&(runner, seed)) = self.work.get(index) else {
-                return;
-            };
-            let outcome = self.runners[runner].check_seed(seed);
-            let result = match &outcome {
-                Ok(result) => result,
-                Err(report) => &report.result,
-            };
-            self.totals.seeds.fetch_add(1, Ordering::Relaxed);
-            self.totals
-                .sim_ms
-                .fetch_add(result.sim_ms, Ordering::Relaxed);
-            let mut faults = self.totals.faults.lock().expect("totals lock");
-            for (kind, count) in &result.faults {
-                *faults.entry(kind.clone()).or_default() += count;
-            }
-            drop(faults);
-            if let Err(report) = outcome {
-                self.totals.failures.fetch_add(1, Ordering::Relaxed);
-                self.bar.suspend(|| eprintln!("{report}"));
-                if !self.keep_going {
-                    self.stop.store(true, Ordering::SeqCst);
-                }
-            }
-            self.bar.inc(1);
-        }
-    }
-}
-
 fn runners(scenario: Option<&str>) -> anyhow::Result<Vec<SeedRunner>> {
     Ok(match scenario {
         Some(name) => vec![
@@ -131,7 +77,6 @@ fn runners(scenario: Option<&str>) -> anyhow::Result<Vec<SeedRunner>> {
     })
 }
 
-#[allow(clippy::disallowed_methods)] // a campaign measures wall time and spawns its job threads
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     retrace_sim::init_logging();
@@ -140,61 +85,39 @@ fn main() -> anyhow::Result<()> {
         Some(text) => parse_shard(text)?,
         None => (0, 1),
     };
-    let runners = runners(args.scenario.as_deref())?;
-    let work: Vec<(usize, u64)> = (start..end)
-        .filter(|seed| seed % shards == shard)
-        .flat_map(|seed| (0..runners.len()).map(move |r| (r, seed)))
-        .collect();
-    let bar = ProgressBar::new(work.len() as u64);
+    let options = CampaignOptions {
+        seeds: start..end,
+        shard,
+        shards,
+        jobs: args.jobs,
+        keep_going: args.keep_going,
+        failures_dir: args.failures_dir.clone(),
+    };
+    let campaign = Campaign::new(runners(args.scenario.as_deref())?, options);
+    let bar = ProgressBar::new(campaign.len() as u64);
     let style =
         ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  {msg}");
     bar.set_style(style.expect("template is valid"));
-    let campaign = Arc::new(Campaign {
-        work,
-        runners,
-        totals: Totals::default(),
-        stop: AtomicBool::new(false),
-        next: AtomicU64::new(0),
-        bar,
-        keep_going: args.keep_going,
+    bar.enable_steady_tick(std::time::Duration::from_millis(500));
+    let summary = campaign.run(|progress| match progress {
+        Progress::Done(line) => {
+            bar.set_message(format!("last: {} seed {}", line.scenario, line.seed));
+            bar.inc(1);
+        }
+        Progress::Failed(report, dir) => bar.suspend(|| {
+            eprintln!("{report}");
+            if let Some(dir) = dir {
+                eprintln!("written to {}", dir.display());
+            }
+        }),
     });
-    let started = Instant::now();
-    let threads: Vec<_> = (0..args.jobs.max(1))
-        .map(|_| {
-            let campaign = campaign.clone();
-            std::thread::spawn(move || campaign.run_jobs())
-        })
-        .collect();
-    for thread in threads {
-        thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("a job thread panicked"))?;
+    bar.finish_and_clear();
+    print!("{summary}");
+    if args.json {
+        println!("{}", summary.to_json());
     }
-    campaign.bar.finish_and_clear();
-    summarize(&campaign.totals, started.elapsed().as_secs_f64(), args.json);
-    if campaign.totals.failures.load(Ordering::Relaxed) > 0 {
+    if summary.failures > 0 {
         std::process::exit(1);
     }
     Ok(())
-}
-
-fn summarize(totals: &Totals, wall_s: f64, json: bool) {
-    let seeds = totals.seeds.load(Ordering::Relaxed);
-    let failures = totals.failures.load(Ordering::Relaxed);
-    let sim_s = totals.sim_ms.load(Ordering::Relaxed) as f64 / 1_000.0;
-    let faults = totals.faults.lock().expect("totals lock").clone();
-    let seeds_per_s = seeds as f64 / wall_s.max(1e-9);
-    let sim_to_wall = sim_s / wall_s.max(1e-9);
-    println!(
-        "seeds: {seeds}   failures: {failures}   simulated time: {sim_s:.0} s   wall: {wall_s:.1} s   seeds/s: {seeds_per_s:.0}   sim/wall: {sim_to_wall:.0}:1"
-    );
-    println!("faults injected:");
-    for (kind, count) in &faults {
-        println!("  {kind:<40} {count}");
-    }
-    if json {
-        let summary = serde_json::json!({"seeds": seeds, "failures": failures, "sim_s": sim_s, "wall_s": wall_s,
-            "seeds_per_s": seeds_per_s, "sim_to_wall": sim_to_wall, "faults": faults});
-        println!("{summary}");
-    }
 }

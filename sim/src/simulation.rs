@@ -19,7 +19,7 @@ use retrace::worker::WorkerOptions;
 use retrace::workflow::{Replayer, Workflow, WorkflowRegistry};
 
 use crate::checks::{self as check, Violation};
-use crate::faults::swarm::Swarm;
+use crate::faults::swarm::{KNOBS, Swarm};
 use crate::faults::{FaultPlan, Topology, plan_strategy, plan_tree};
 use crate::nodes::CLIENT;
 use crate::report::{Report, SeedResult, repro_line};
@@ -34,6 +34,10 @@ type SwarmFn = Arc<dyn Fn(&mut Swarm) + Send + Sync>;
 
 /// Attempts of a scenario client's call (the service may be down for seconds).
 pub const SCENARIO_CALL_ATTEMPTS_MAX: u32 = 40;
+/// Steps (messages sent and storage writes) a seed may take by default.
+pub const STEPS_MAX_DEFAULT: u64 = 200_000;
+/// Events a run's history may hold at the end of a seed, by default.
+pub const HISTORY_EVENTS_MAX_DEFAULT: u64 = 5_000;
 /// Most re-runs spent shrinking a failing fault plan.
 pub const SHRINK_RUNS_MAX: usize = 300;
 
@@ -49,6 +53,10 @@ pub struct Setup {
     pub liveness_ms_max: u64,
     pub faults_max: Option<usize>,
     pub swarm: Option<SwarmFn>,
+    /// Steps (messages and storage writes) a seed may take.
+    pub steps_max: u64,
+    /// Events a history may hold at the end of a seed.
+    pub history_events_max: u64,
 }
 
 /// The scenario's client: the engine's `Client` on the client node, retrying
@@ -110,6 +118,8 @@ impl Simulation {
                 liveness_ms_max: 600_000,
                 faults_max: None,
                 swarm: None,
+                steps_max: STEPS_MAX_DEFAULT,
+                history_events_max: HISTORY_EVENTS_MAX_DEFAULT,
             },
             seeds: 0..100,
         }
@@ -218,6 +228,22 @@ impl Simulation {
         self
     }
 
+    /// The step budget of a seed: messages sent plus storage writes (default
+    /// 200,000). A seed over it stops with a "budget" violation that lists
+    /// every run's history size and what it still waits for.
+    pub fn steps_max(mut self, steps_max: u64) -> Self {
+        assert!(steps_max > 0, "a seed needs steps");
+        self.setup.steps_max = steps_max;
+        self
+    }
+
+    /// Events a history may hold when the seed ends (default 5,000).
+    pub fn history_events_max(mut self, events_max: u64) -> Self {
+        assert!(events_max > 0, "a history has events");
+        self.setup.history_events_max = events_max;
+        self
+    }
+
     /// Adjusts every seed's swarm options.
     pub fn swarm(mut self, f: impl Fn(&mut Swarm) + Send + Sync + 'static) -> Self {
         self.setup.swarm = Some(Arc::new(f));
@@ -248,6 +274,8 @@ impl Simulation {
 
     /// Runs every seed; panics with the report of the first failure (its
     /// fault plan shrunk). Returns the number of seeds run.
+    /// `RETRACE_FAILURES_DIR=DIR` also writes the failing seed to
+    /// `DIR/SCENARIO-SEED/` (report, fault trace, histories as JSON).
     pub fn run(self) -> u64 {
         crate::init_logging();
         let seeds = self.effective_seeds();
@@ -255,7 +283,13 @@ impl Simulation {
         let setup = Arc::new(self.setup);
         for seed in seeds {
             if let Err(report) = run_and_shrink(&setup, seed) {
-                panic!("{report}");
+                let written = std::env::var_os("RETRACE_FAILURES_DIR").map(|root| {
+                    match crate::report::write_failure_dir(std::path::Path::new(&root), &report) {
+                        Ok(dir) => format!("written to {}\n", dir.display()),
+                        Err(e) => format!("could not write the failure directory: {e}\n"),
+                    }
+                });
+                panic!("{report}{}", written.unwrap_or_default());
             }
         }
         count
@@ -338,7 +372,9 @@ fn plan_setup(setup: &Setup, seed: u64) -> (Swarm, proptest::strategy::BoxedStra
     (swarm, strategy)
 }
 
-/// Runs `seed`; if it fails, shrinks the plan while the failure persists.
+/// Runs `seed`; if it fails, shrinks the plan while the failure persists,
+/// then turns off each background fault of the swarm that the failure does not
+/// need (message loss, duplication, BUGGIFY, storage faults, clock skew).
 fn run_and_shrink(setup: &Arc<Setup>, seed: u64) -> Result<SeedResult, Box<Report>> {
     let (swarm, strategy) = plan_setup(setup, seed);
     let mut tree = plan_tree(seed, &strategy);
@@ -348,10 +384,9 @@ fn run_and_shrink(setup: &Arc<Setup>, seed: u64) -> Result<SeedResult, Box<Repor
         return Ok(first);
     }
     let mut best = first;
-    for _ in 0..SHRINK_RUNS_MAX {
-        if !tree.simplify() {
-            break;
-        }
+    let mut runs = 1;
+    while runs < SHRINK_RUNS_MAX && tree.simplify() {
+        runs += 1;
         let candidate = run_seed(setup, seed, swarm.clone(), tree.current());
         if candidate.passed() {
             if !tree.complicate() {
@@ -361,10 +396,29 @@ fn run_and_shrink(setup: &Arc<Setup>, seed: u64) -> Result<SeedResult, Box<Repor
             best = candidate;
         }
     }
+    let mut background = Vec::new();
+    for knob in &KNOBS {
+        if !(knob.is_on)(&best.swarm) || runs >= SHRINK_RUNS_MAX {
+            continue;
+        }
+        runs += 1;
+        let mut calmer = best.swarm.clone();
+        (knob.turn_off)(&mut calmer);
+        let candidate = run_seed(setup, seed, calmer, best.plan.clone());
+        let needed = candidate.passed();
+        background.push((knob.name, needed));
+        if !needed {
+            best = candidate;
+        }
+    }
+    assert!(!best.passed(), "shrinking keeps a failing run");
     let repro = repro_line(&setup.name, seed);
     Err(Box::new(Report {
         scenario: setup.name.clone(),
         original_faults: original.faults.len(),
+        original_swarm: swarm,
+        background,
+        shrink_runs: runs,
         result: best,
         repro,
     }))
@@ -388,6 +442,7 @@ pub fn run_seed(setup: &Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) ->
         builder = builder.name(name);
     }
     let (setup, fallback) = (setup.clone(), (swarm.clone(), plan.clone()));
+    #[allow(clippy::disallowed_methods)] // the seed's own OS thread, outside any simulated node
     let thread = builder.spawn(move || run_seed_here(&setup, seed, swarm, plan));
     match thread.map(|t| t.join()) {
         Ok(Ok(result)) => result,
@@ -431,6 +486,10 @@ fn panicked(seed: u64, swarm: Swarm, plan: FaultPlan, message: String) -> SeedRe
         histories: BTreeMap::new(),
         buggify_sites: BTreeMap::new(),
         speculations: Speculations::default(),
+        fault_events: Vec::new(),
+        fault_events_dropped: 0,
+        run_windows_ms: BTreeMap::new(),
+        steps: 0,
     }
 }
 
@@ -443,20 +502,22 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
     let cluster = Cluster::start(world.clone(), setup.nodes.clone());
     let scenario = start_scenario(&setup, &world, &cluster);
     cluster.start_injecting(plan.clone());
-    madsim::time::sleep(Duration::from_millis(setup.safety_ms)).await;
-    cluster.heal();
-    let deadline = world.elapsed_ms() + setup.liveness_ms_max;
-    while world.elapsed_ms() < deadline && !(scenario.done() && all_closed(&world).await) {
-        madsim::time::sleep(Duration::from_millis(250)).await;
-    }
-    let mut violations = scenario.violations();
-    violations.extend(check_run(&setup, &world, &cluster).await);
+    let mut violations = match run_phases(&setup, &world, &cluster, &scenario).await {
+        Ok(()) => {
+            let mut violations = scenario.violations();
+            violations.extend(check_run(&setup, &world, &cluster).await);
+            violations
+        }
+        Err(over_budget) => vec![over_budget],
+    };
     let histories = histories_of(&world).await;
+    violations.extend(check_budget_left(&setup, &histories));
     for history in histories.values() {
         world.trace(&history.to_json());
     }
     let (trace_hash, _) = world.trace_hash();
     let speculations = *crate::world::lock(&cluster.observed.speculations);
+    let (fault_events, fault_events_dropped) = world.fault_events();
     cluster.shut_down();
     SeedResult {
         seed,
@@ -466,10 +527,107 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
         trace_hash,
         faults: world.fault_counts(),
         sim_ms: world.elapsed_ms(),
-        histories,
         buggify_sites: world.buggify_sites(),
         speculations,
+        fault_events,
+        fault_events_dropped,
+        run_windows_ms: run_windows_ms(&world, &histories),
+        steps: world.steps(),
+        histories,
     }
+}
+
+/// How often the supervisor checks the budget and whether every run closed.
+const TICK_MS: u64 = 250;
+
+/// The safety phase (faults on), then the liveness phase (faults healed) until
+/// every run closed and the scenario finished, or the liveness time is up.
+/// Stops early, with a violation, once the seed is over its step budget: a bug
+/// that makes a history grow without end gets a verdict, not a hung campaign.
+async fn run_phases(
+    setup: &Setup,
+    world: &World,
+    cluster: &Cluster,
+    scenario: &ScenarioState,
+) -> Result<(), Violation> {
+    while world.elapsed_ms() < setup.safety_ms {
+        check_steps(setup, world).await?;
+        let left_ms = setup.safety_ms - world.elapsed_ms();
+        madsim::time::sleep(Duration::from_millis(left_ms.min(TICK_MS))).await;
+    }
+    cluster.heal();
+    let deadline_ms = world.elapsed_ms() + setup.liveness_ms_max;
+    while world.elapsed_ms() < deadline_ms && !(scenario.done() && all_closed(world).await) {
+        check_steps(setup, world).await?;
+        madsim::time::sleep(Duration::from_millis(TICK_MS)).await;
+    }
+    Ok(())
+}
+
+async fn check_steps(setup: &Setup, world: &World) -> Result<(), Violation> {
+    let steps = world.steps();
+    if steps <= setup.steps_max {
+        return Ok(());
+    }
+    let runs = check::load_runs(world.storage.durable()).await;
+    let mut message = format!(
+        "seed did not finish: {steps} steps (messages {}, storage writes {}) passed its budget of {} at t={} ms",
+        world.net.messages(),
+        world.storage.write_attempts(),
+        setup.steps_max,
+        world.elapsed_ms()
+    );
+    for (record, history) in runs.iter().take(BUDGET_RUNS_LISTED_MAX) {
+        let events = history.as_ref().map_or(0, History::len);
+        let waits = check::check_closed(record).map_or("closed".to_string(), |v| v.message);
+        message.push_str(&format!(
+            "\n    run {} (workflow {}): {events} events; {waits}",
+            record.run_id, record.workflow_id
+        ));
+    }
+    Err(Violation::new("budget", message))
+}
+
+/// Runs a budget violation lists, at most.
+const BUDGET_RUNS_LISTED_MAX: usize = 8;
+
+/// Histories past the budget's event count are a violation even when the
+/// seed finished in time (a history that grows without end, slowly).
+fn check_budget_left(setup: &Setup, histories: &BTreeMap<String, History>) -> Vec<Violation> {
+    histories
+        .values()
+        .filter(|history| history.len() as u64 > setup.history_events_max)
+        .map(|history| {
+            let mut violation = Violation::new(
+                "budget",
+                format!(
+                    "history of {} events passed its budget of {}",
+                    history.len(),
+                    setup.history_events_max
+                ),
+            );
+            violation.run_id = Some(history.run_id().to_string());
+            violation.workflow_id = Some(history.workflow_id().to_string());
+            violation
+        })
+        .collect()
+}
+
+/// Each run's life on the simulated timeline, from its history's first and
+/// last event times on the service's clock.
+fn run_windows_ms(
+    world: &World,
+    histories: &BTreeMap<String, History>,
+) -> BTreeMap<String, (u64, u64)> {
+    let at = |time| world.sim_ms_at(crate::nodes::SERVICE, time);
+    histories
+        .iter()
+        .filter_map(|(run_id, history)| {
+            let first = history.events().first()?;
+            let last = history.events().last()?;
+            Some((run_id.clone(), (at(first.event_time), at(last.event_time))))
+        })
+        .collect()
 }
 
 struct ScenarioState {

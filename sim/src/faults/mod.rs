@@ -11,6 +11,7 @@ use proptest::strategy::{BoxedStrategy, ValueTree};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
 pub mod swarm;
+pub mod trace;
 
 use crate::nodes;
 use swarm::{PartitionMode, Swarm};
@@ -111,8 +112,13 @@ fn seconds(ms: u64) -> String {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "t={:>9}  ", seconds(self.at_ms))?;
-        match &self.kind {
+        write!(f, "t={:>9}  {}", seconds(self.at_ms), self.kind)
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
             FaultKind::CrashWorker { worker, down_ms } => {
                 write!(
                     f,

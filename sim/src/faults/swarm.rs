@@ -134,6 +134,59 @@ impl Swarm {
     }
 }
 
+/// A background fault of the swarm that shrinking can turn off.
+pub struct Knob {
+    pub name: &'static str,
+    /// Whether the swarm has it on.
+    pub is_on: fn(&Swarm) -> bool,
+    /// Turns it off.
+    pub turn_off: fn(&mut Swarm),
+}
+
+/// The swarm's background faults, in the order shrinking tries them.
+pub const KNOBS: [Knob; 8] = [
+    Knob {
+        name: "message loss",
+        is_on: |s| s.loss_rate > 0.0,
+        turn_off: |s| s.loss_rate = 0.0,
+    },
+    Knob {
+        name: "message duplication",
+        is_on: |s| s.duplicate_rate > 0.0,
+        turn_off: |s| s.duplicate_rate = 0.0,
+    },
+    Knob {
+        name: "buggify",
+        is_on: |s| s.buggify,
+        turn_off: |s| s.buggify = false,
+    },
+    Knob {
+        name: "storage I/O errors",
+        is_on: |s| s.storage_io_error_rate > 0.0,
+        turn_off: |s| s.storage_io_error_rate = 0.0,
+    },
+    Knob {
+        name: "ambiguous commits",
+        is_on: |s| s.storage_ambiguous_rate > 0.0,
+        turn_off: |s| s.storage_ambiguous_rate = 0.0,
+    },
+    Knob {
+        name: "storage stalls",
+        is_on: |s| s.storage_stall_rate > 0.0,
+        turn_off: |s| s.storage_stall_rate = 0.0,
+    },
+    Knob {
+        name: "clock skew",
+        is_on: |s| s.clock_skew_ms_max > 0,
+        turn_off: |s| s.clock_skew_ms_max = 0,
+    },
+    Knob {
+        name: "clock drift",
+        is_on: |s| s.clock_drift_ppm_max > 0,
+        turn_off: |s| s.clock_drift_ppm_max = 0,
+    },
+];
+
 impl fmt::Display for Swarm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -171,6 +224,25 @@ mod tests {
             "seeds explore different worlds: {}",
             distinct.len()
         );
+    }
+
+    #[test]
+    fn every_knob_turns_its_background_fault_off() {
+        let mut on = 0;
+        for seed in 0..64 {
+            let swarm = Swarm::from_seed(seed);
+            for knob in &KNOBS {
+                if (knob.is_on)(&swarm) {
+                    on += 1;
+                    let mut off = swarm.clone();
+                    (knob.turn_off)(&mut off);
+                    assert!(!(knob.is_on)(&off), "{} stays on", knob.name);
+                    assert_ne!(off, swarm);
+                }
+            }
+        }
+        assert!(on > 64, "seeds draw background faults: {on}");
+        assert!(KNOBS.iter().all(|k| !(k.is_on)(&Swarm::calm())));
     }
 
     #[test]

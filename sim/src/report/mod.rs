@@ -1,5 +1,11 @@
 //! The failure report: seed, swarm options, shrunk fault plan, the first failing
-//! invariant, the history around where it shows, and one line to reproduce it.
+//! invariant, the history around where it shows, the faults injected while the
+//! failing run lived, and one line to reproduce it; and the failure directory
+//! that other tools can read.
+
+mod failure_dir;
+
+pub use failure_dir::write_failure_dir;
 
 use std::fmt;
 
@@ -10,6 +16,7 @@ use retrace::history::History;
 use crate::checks::Violation;
 use crate::faults::FaultPlan;
 use crate::faults::swarm::Swarm;
+use crate::faults::trace::FaultEvent;
 use crate::world::FaultCounts;
 use crate::world::cluster::Speculations;
 
@@ -34,6 +41,14 @@ pub struct SeedResult {
     pub buggify_sites: BTreeMap<&'static str, bool>,
     /// Speculative workflow tasks taken and refused by the service.
     pub speculations: Speculations,
+    /// Every fault injected (the first `FAULT_TRACE_EVENTS_MAX`), in time order.
+    pub fault_events: Vec<FaultEvent>,
+    /// Faults injected beyond those kept.
+    pub fault_events_dropped: u64,
+    /// Each run's life in simulated milliseconds (first to last event), by run id.
+    pub run_windows_ms: BTreeMap<String, (u64, u64)>,
+    /// Steps the seed took (messages and storage writes), against its budget.
+    pub steps: u64,
 }
 
 impl SeedResult {
@@ -47,7 +62,16 @@ impl SeedResult {
 #[derive(Debug)]
 pub struct Report {
     pub scenario: String,
+    /// Faults in the plan the seed generated, before shrinking.
     pub original_faults: usize,
+    /// The swarm the seed drew, before background faults were turned off.
+    pub original_swarm: Swarm,
+    /// Each background fault shrinking tried to turn off, and whether the
+    /// failure needed it (turned off and the seed passed).
+    pub background: Vec<(&'static str, bool)>,
+    /// Seeds run while shrinking (the first included).
+    pub shrink_runs: usize,
+    /// The smallest failing run found.
     pub result: SeedResult,
     pub repro: String,
 }
@@ -74,8 +98,10 @@ impl fmt::Display for Report {
             self.original_faults
         )?;
         write!(f, "{}", result.plan)?;
+        self.write_background(f)?;
         let first = &result.violations[0];
         writeln!(f, "first failing invariant: {first}")?;
+        self.write_faults_near(f)?;
         self.write_context(f)?;
         if result.violations.len() > 1 {
             writeln!(f, "also ({} more):", result.violations.len() - 1)?;
@@ -87,7 +113,80 @@ impl fmt::Display for Report {
     }
 }
 
+/// Faults a report lists around the failing run, at most.
+pub const REPORT_FAULTS_MAX: usize = 24;
+
 impl Report {
+    fn write_background(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.result.swarm != self.original_swarm {
+            writeln!(f, "swarm as drawn: {}", self.original_swarm)?;
+        }
+        let off: Vec<&str> = self
+            .background
+            .iter()
+            .filter(|(_, n)| !n)
+            .map(|(k, _)| *k)
+            .collect();
+        let needed: Vec<&str> = self
+            .background
+            .iter()
+            .filter(|(_, n)| *n)
+            .map(|(k, _)| *k)
+            .collect();
+        writeln!(
+            f,
+            "background faults: turned off (not needed): {}; needed: {}   ({} runs shrinking)",
+            list_or_none(&off),
+            list_or_none(&needed),
+            self.shrink_runs
+        )?;
+        writeln!(
+            f,
+            "  (not shrinkable one by one: BUGGIFY sites go together; message latency and reordering stay)"
+        )
+    }
+
+    /// The faults injected while the failing run lived (every fault if the
+    /// violation names no run), from the fault trace.
+    fn write_faults_near(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let result = &self.result;
+        let window = result.violations[0]
+            .run_id
+            .as_ref()
+            .and_then(|run_id| Some((run_id, *result.run_windows_ms.get(run_id)?)));
+        let near: Vec<&FaultEvent> = result
+            .fault_events
+            .iter()
+            .filter(|e| match window {
+                Some((run_id, (first_ms, last_ms))) => e
+                    .run_id
+                    .as_ref()
+                    .map_or(e.at_ms >= first_ms && e.at_ms <= last_ms, |r| r == run_id),
+                None => true,
+            })
+            .collect();
+        let total: u64 = result.faults.values().sum();
+        match window {
+            Some((run_id, (first_ms, last_ms))) => writeln!(
+                f,
+                "faults while run {run_id} lived (t={first_ms}..{last_ms} ms): {} of {total} injected",
+                near.len()
+            )?,
+            None => writeln!(f, "faults injected: {total}")?,
+        }
+        for event in near.iter().take(REPORT_FAULTS_MAX) {
+            writeln!(f, "    {event}")?;
+        }
+        if near.len() > REPORT_FAULTS_MAX {
+            writeln!(
+                f,
+                "    ... {} more (the failure directory has all)",
+                near.len() - REPORT_FAULTS_MAX
+            )?;
+        }
+        Ok(())
+    }
+
     fn write_context(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let first = &self.result.violations[0];
         let (Some(run_id), Some(event_id)) = (&first.run_id, first.event_id) else {
@@ -112,6 +211,14 @@ impl Report {
             )?;
         }
         Ok(())
+    }
+}
+
+fn list_or_none(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
     }
 }
 

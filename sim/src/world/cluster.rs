@@ -171,6 +171,13 @@ impl Cluster {
             CLIENT.to_string(),
             handle.create_node().name(CLIENT).build(),
         );
+        for name in nodes.keys() {
+            let (skew_ms, drift_ppm) = world.swarm.clock_of(name);
+            if skew_ms != 0 || drift_ppm != 0 {
+                let detail = format!("{name} reads {skew_ms:+} ms, drifts {drift_ppm:+} ppm");
+                world.record_fault("clock:skew", detail, None);
+            }
+        }
         let states = nodes
             .keys()
             .map(|name| (name.clone(), NodeState::Up))
@@ -327,7 +334,8 @@ impl Cluster {
         if !applied {
             return;
         }
-        self.world.count_fault(fault.kind.name());
+        self.world
+            .record_fault(fault.kind.name(), fault.kind.to_string(), None);
         let cluster = self.clone();
         let kind = fault.kind.clone();
         let task = madsim::task::spawn(async move {

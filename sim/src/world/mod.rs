@@ -20,6 +20,7 @@ pub mod services;
 pub mod storage;
 
 use crate::faults::swarm::Swarm;
+use crate::faults::trace::{FaultEvent, FaultTrace};
 use net::{SimNet, SimNetwork};
 use services::ServiceHost;
 use storage::SimStorage;
@@ -63,8 +64,10 @@ pub struct World {
     /// while this is on: the safety phase.
     pub faults_on: AtomicBool,
     trace: Mutex<Trace>,
-    faults: Mutex<FaultCounts>,
+    fault_trace: Arc<FaultTrace>,
     buggify_sites: Mutex<BTreeMap<&'static str, bool>>,
+    /// Draws taken from each fault stream (see `chance`).
+    streams: Mutex<BTreeMap<String, u64>>,
     node_handles: Mutex<BTreeMap<String, madsim::runtime::NodeHandle>>,
     /// Simulated time at which the run began (the clocks' origin).
     pub start: madsim::time::Instant,
@@ -113,16 +116,20 @@ impl World {
         #[cfg(test)]
         WORLDS_LIVE.with(|live| live.set(live.get() + 1));
         let time = madsim::time::TimeHandle::current();
+        let fault_trace = Arc::new(FaultTrace::default());
+        let storage = SimStorage::new();
+        storage.attach_fault_trace(fault_trace.clone(), time.now_instant());
         Arc::new(World {
             seed,
             net: SimNet::new(&swarm),
-            storage: SimStorage::new(),
+            storage,
             services: ServiceHost::default(),
             swarm,
             faults_on: AtomicBool::new(true),
             trace: Mutex::new(Trace::default()),
-            faults: Mutex::new(FaultCounts::new()),
+            fault_trace,
             buggify_sites: Mutex::new(BTreeMap::new()),
+            streams: Mutex::new(BTreeMap::new()),
             node_handles: Mutex::new(BTreeMap::new()),
             start: time.now_instant(),
             start_time: time.now_time(),
@@ -161,6 +168,21 @@ impl World {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Steps the seed has taken: messages sent and storage writes asked for.
+    /// Deterministic, so a budget on it gives the same verdict on any machine.
+    pub fn steps(&self) -> u64 {
+        self.net.messages() + self.storage.write_attempts()
+    }
+
+    /// Milliseconds of simulated time at which node `name`'s clock read `time`
+    /// (the inverse of its skew and drift; clamped to the world's start).
+    pub fn sim_ms_at(&self, name: &str, time: Timestamp) -> u64 {
+        let (skew_ms, drift_ppm) = self.swarm.clock_of(name);
+        let offset_ms = time.as_millis() as i128 - self.start_ms() - skew_ms as i128;
+        let elapsed_ms = offset_ms * 1_000_000 / (1_000_000 + drift_ppm as i128);
+        elapsed_ms.max(0) as u64
+    }
+
     /// Records an event in the trace.
     pub fn trace(&self, what: &str) {
         let now_ms = self.elapsed_ms();
@@ -173,15 +195,22 @@ impl World {
         (trace.hash, trace.entries)
     }
 
-    /// Counts an injected fault (and traces it).
-    pub fn count_fault(&self, kind: &str) {
-        *lock(&self.faults).entry(kind.to_string()).or_default() += 1;
-        self.trace(&format!("fault {kind}"));
+    /// Records an injected fault in the fault trace (and the trace hash):
+    /// `detail` says where (a link, a node), `run_id` the run it touched if known.
+    pub fn record_fault(&self, kind: &str, detail: String, run_id: Option<&str>) {
+        self.trace(&format!("fault {kind} {detail}"));
+        self.fault_trace
+            .record(self.elapsed_ms(), kind, detail, run_id);
     }
 
     /// Faults injected so far, by kind.
     pub fn fault_counts(&self) -> FaultCounts {
-        lock(&self.faults).clone()
+        self.fault_trace.counts()
+    }
+
+    /// Every fault injected so far, in time order, and how many were not kept.
+    pub fn fault_events(&self) -> (Vec<FaultEvent>, u64) {
+        self.fault_trace.events()
     }
 
     /// True during the safety phase.
@@ -189,15 +218,33 @@ impl World {
         self.faults_on.load(Ordering::SeqCst)
     }
 
-    /// A random draw with probability `p`, only while faults are on.
-    pub fn chance(&self, p: f64) -> bool {
-        self.faults_enabled() && p > 0.0 && madsim::rand::thread_rng().gen_bool(p.min(1.0))
+    /// A draw with probability `p` from the fault stream `stream`, only while
+    /// faults are on. Each kind of fault draws from its own stream (a hash of
+    /// the seed, the stream's name and its count of draws), not from madsim's
+    /// generator: turning one kind off while shrinking leaves the draws of the
+    /// others, and madsim's schedule, as they were.
+    pub fn chance(&self, stream: &str, p: f64) -> bool {
+        if !self.faults_enabled() || p <= 0.0 {
+            return false;
+        }
+        let count = {
+            let mut streams = lock(&self.streams);
+            let count = streams.entry(stream.to_string()).or_default();
+            *count += 1;
+            *count
+        };
+        let mut bytes = Vec::with_capacity(stream.len() + 16);
+        bytes.extend_from_slice(&self.seed.to_le_bytes());
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(stream.as_bytes());
+        let draw = splitmix64(fnv1a64(&bytes));
+        ((draw >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 
     /// Whether BUGGIFY site `site` fires now: a site is enabled for the whole
     /// seed with the swarm's probability (decided once, from the seed and the
     /// site's name), then fires with the swarm's fire probability.
-    pub fn buggify_site(&self, site: &'static str) -> bool {
+    pub fn buggify_site(&self, site: &'static str, node: &str) -> bool {
         if !self.faults_enabled() || !self.swarm.buggify {
             return false;
         }
@@ -205,8 +252,8 @@ impl World {
             let draw = fnv1a64(format!("{}:{site}", self.seed).as_bytes());
             (draw % 100) < 25
         });
-        if enabled && madsim::rand::thread_rng().gen_bool(0.25) {
-            self.count_fault(&format!("buggify:{site}"));
+        if enabled && self.chance(site, 0.25) {
+            self.record_fault(&format!("buggify:{site}"), format!("on {node}"), None);
             return true;
         }
         false
@@ -231,6 +278,7 @@ impl World {
             network: Arc::new(SimNetwork::new(self.clone(), name)),
             faults: Arc::new(SimFaults {
                 world: self.clone(),
+                node: name.to_string(),
             }),
         }
     }
@@ -241,6 +289,13 @@ impl World {
             .expect("madsim starts after 1970")
             .as_millis() as i128
     }
+}
+
+/// splitmix64's finaliser: spreads a hash's bits.
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A node's clock: simulated time plus a fixed skew and a drift.
@@ -299,11 +354,12 @@ impl Spawner for SimSpawner {
 
 struct SimFaults {
     world: Arc<World>,
+    node: String,
 }
 
 impl Faults for SimFaults {
     fn buggify(&self, site: &'static str) -> bool {
-        self.world.buggify_site(site)
+        self.world.buggify_site(site, &self.node)
     }
 }
 

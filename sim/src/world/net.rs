@@ -45,6 +45,8 @@ struct NetState {
 /// The network of one run.
 pub struct SimNet {
     state: Mutex<NetState>,
+    /// Messages sent (a step of the seed's budget).
+    messages: std::sync::atomic::AtomicU64,
     changed: watch::Sender<u64>,
 }
 
@@ -65,6 +67,7 @@ impl SimNet {
                 net_node: None,
             }),
             changed: watch::channel(0).0,
+            messages: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -75,6 +78,11 @@ impl SimNet {
         let mut state = lock(&self.state);
         state.endpoints.clear();
         state.net_node = None;
+    }
+
+    /// Messages sent so far.
+    pub fn messages(&self) -> u64 {
+        self.messages.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The node flights run on.
@@ -168,6 +176,8 @@ impl SimNet {
     /// Decides one message's fate: the delays of its copies (none: lost).
     /// Waits while the link is clogged.
     async fn transmit(&self, world: &World, from: &str, to: &str) -> Vec<u64> {
+        self.messages
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let link = (from.to_string(), to.to_string());
         loop {
             let mut changed = self.changed.subscribe();
@@ -181,19 +191,19 @@ impl SimNet {
                 )
             };
             if cut {
-                world.count_fault("net:partition_drop");
+                world.record_fault("net:partition_drop", format!("{from}->{to}"), None);
                 return Vec::new();
             }
             if clogged {
                 let _ = changed.changed().await;
                 continue;
             }
-            if world.chance(loss) {
-                world.count_fault("net:loss");
+            if world.chance("net:loss", loss) {
+                world.record_fault("net:loss", format!("{from}->{to}"), None);
                 return Vec::new();
             }
-            let copies = if world.chance(duplicate) {
-                world.count_fault("net:duplicate");
+            let copies = if world.chance("net:duplicate", duplicate) {
+                world.record_fault("net:duplicate", format!("{from}->{to}"), None);
                 2
             } else {
                 1
@@ -316,7 +326,7 @@ impl Network for SimNetwork {
             // BUGGIFY: the caller hangs up mid-request (an HTTP disconnect), so
             // the service drops the handler's future wherever it is.
             let abandon_ms = world
-                .buggify_site("net.abandon_request")
+                .buggify_site("net.abandon_request", SERVICE)
                 .then(|| madsim::rand::thread_rng().gen_range(0..20u64));
             Some(Box::pin(async move {
                 let (sender, receiver) = oneshot::channel();

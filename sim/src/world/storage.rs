@@ -18,6 +18,8 @@ use retrace::env::{
 };
 use retrace::history::Event;
 
+use crate::faults::trace::FaultTrace;
+
 /// Fault rates of the storage (set from the swarm, cleared when healed).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct StorageFaults {
@@ -27,6 +29,9 @@ pub struct StorageFaults {
     /// Chance a write stalls (a disk hiccup) for up to `STALL_MS_MAX`.
     pub stall_rate: f64,
 }
+
+/// Where storage faults are recorded, and the world's start (for their times).
+type TraceSink = (Arc<FaultTrace>, madsim::time::Instant);
 
 /// Longest stall of a slow write.
 pub const STALL_MS_MAX: u64 = 2_000;
@@ -38,6 +43,9 @@ pub struct SimStorage {
     faults: Arc<Mutex<StorageFaults>>,
     faults_on: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
+    write_attempts: Arc<AtomicU64>,
+    /// Where the world records storage faults, and its start (for their times).
+    fault_trace: Arc<Mutex<Option<TraceSink>>>,
 }
 
 impl Default for SimStorage {
@@ -57,6 +65,21 @@ impl SimStorage {
             })),
             faults_on: Arc::new(AtomicBool::new(false)),
             writes: Arc::new(AtomicU64::new(0)),
+            write_attempts: Arc::new(AtomicU64::new(0)),
+            fault_trace: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Records this storage's faults in `trace`, timed from `start`.
+    pub fn attach_fault_trace(&self, trace: Arc<FaultTrace>, start: madsim::time::Instant) {
+        *self.fault_trace.lock().expect("storage trace lock") = Some((trace, start));
+    }
+
+    fn record_fault(&self, kind: &str, run_id: &str, detail: String) {
+        let attached = self.fault_trace.lock().expect("storage trace lock").clone();
+        if let Some((trace, start)) = attached {
+            let at_ms = start.elapsed().as_millis() as u64;
+            trace.record(at_ms, kind, detail, Some(run_id));
         }
     }
 
@@ -69,6 +92,11 @@ impl SimStorage {
     /// The durable data (for checkers, which read it directly).
     pub fn durable(&self) -> &MemoryStorage {
         &self.durable
+    }
+
+    /// Writes asked for (committed or not).
+    pub fn write_attempts(&self) -> u64 {
+        self.write_attempts.load(Ordering::Relaxed)
     }
 
     /// Writes that committed.
@@ -84,24 +112,39 @@ impl SimStorage {
     }
 
     async fn write_inner(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        self.write_attempts.fetch_add(1, Ordering::Relaxed);
         let (faults, on) = self.faults();
         let mut latency_ms = madsim::rand::thread_rng().gen_range(0..=faults.latency_ms_max.max(1));
         if on && faults.stall_rate > 0.0 && madsim::rand::thread_rng().gen_bool(faults.stall_rate) {
-            latency_ms += madsim::rand::thread_rng().gen_range(100..=STALL_MS_MAX);
+            let stall_ms = madsim::rand::thread_rng().gen_range(100..=STALL_MS_MAX);
+            latency_ms += stall_ms;
+            self.record_fault(
+                "storage:stall",
+                &batch.run.run_id,
+                format!("write stalls {stall_ms} ms"),
+            );
         }
         madsim::time::sleep(Duration::from_millis(latency_ms)).await;
         if on
             && faults.io_error_rate > 0.0
             && madsim::rand::thread_rng().gen_bool(faults.io_error_rate)
         {
+            self.record_fault(
+                "storage:io_error",
+                &batch.run.run_id,
+                "write fails, nothing written".into(),
+            );
             return Err(StorageError::Io("simulated I/O error".to_string()));
         }
+        let run_id = batch.run.run_id.clone();
         self.durable.apply(batch)?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         if on
             && faults.ambiguous_rate > 0.0
             && madsim::rand::thread_rng().gen_bool(faults.ambiguous_rate)
         {
+            let detail = "write commits, reports a timeout".to_string();
+            self.record_fault("storage:ambiguous", &run_id, detail);
             return Err(StorageError::Timeout);
         }
         Ok(())
