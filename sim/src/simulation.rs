@@ -23,7 +23,7 @@ use crate::faults::swarm::{KNOBS, Swarm};
 use crate::faults::{FaultPlan, Topology, plan_strategy, plan_tree};
 use crate::nodes::CLIENT;
 use crate::report::{Report, SeedResult, repro_line};
-use crate::world::cluster::{Cluster, NodeCtx, NodeSpec, Speculations};
+use crate::world::cluster::{Cluster, NodeCtx, NodeSpec, Speculations, Upgrade};
 use crate::world::services::{EffectLedger, SimService};
 use crate::world::{FaultCounts, World};
 
@@ -159,6 +159,20 @@ impl Simulation {
     ) -> Self {
         let factory: ServiceFactory = Arc::new(move || Arc::new(factory()) as Arc<dyn SimService>);
         self.setup.services.push((name.to_string(), factory));
+        self
+    }
+
+    /// Redeploys every worker with `registry` (new workflow code) at
+    /// `at_ms` of simulated time: running workflows then continue on the new
+    /// code, so a change made without `ctx.patched(..)` shows as
+    /// non-determinism. Histories are replayed against the newest code.
+    pub fn upgrade_at(mut self, at_ms: u64, registry: WorkflowRegistry) -> Self {
+        let nodes = Arc::make_mut(&mut self.setup.nodes);
+        assert!(
+            nodes.upgrades.last().is_none_or(|u| u.at_ms < at_ms),
+            "upgrades come in time order"
+        );
+        nodes.upgrades.push(Upgrade { at_ms, registry });
         self
     }
 
@@ -502,6 +516,7 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
     let cluster = Cluster::start(world.clone(), setup.nodes.clone());
     let scenario = start_scenario(&setup, &world, &cluster);
     cluster.start_injecting(plan.clone());
+    cluster.start_upgrades(&setup.nodes.upgrades);
     let mut violations = match run_phases(&setup, &world, &cluster, &scenario).await {
         Ok(()) => {
             let mut violations = scenario.violations();
@@ -718,7 +733,7 @@ async fn check_run(setup: &Setup, world: &World, cluster: &Cluster) -> Vec<Viola
         .lock()
         .expect("observed lock")
         .clone();
-    let replayer = Replayer::new(setup.nodes.registry.clone());
+    let replayer = Replayer::new(setup.nodes.registry_last().clone());
     let mut histories = BTreeMap::new();
     let mut outcomes = BTreeMap::new();
     for (record, history) in check::load_runs(world.storage.durable()).await {

@@ -24,10 +24,23 @@ pub type Installer = Arc<dyn Fn(&NodeCtx, WorkerBuilder) -> WorkerBuilder + Send
 /// Adjusts a worker's options.
 pub type OptionsFn = Arc<dyn Fn(&mut WorkerOptions) + Send + Sync>;
 
+/// A redeploy of every worker with new workflow code, at a simulated time.
+#[derive(Clone)]
+pub struct Upgrade {
+    /// Milliseconds after the seed's world began.
+    pub at_ms: u64,
+    /// The workflow code the workers run from then on.
+    pub registry: WorkflowRegistry,
+}
+
 /// What the service and worker nodes run.
 #[derive(Clone)]
 pub struct NodeSpec {
+    /// The workflow code workers start with.
     pub registry: WorkflowRegistry,
+    /// Redeploys, in time order: a worker (re)started at or after an
+    /// upgrade's time runs its code.
+    pub upgrades: Vec<Upgrade>,
     pub activities: Vec<Installer>,
     pub workers: usize,
     pub task_queue: String,
@@ -39,12 +52,30 @@ impl Default for NodeSpec {
     fn default() -> NodeSpec {
         NodeSpec {
             registry: WorkflowRegistry::new(),
+            upgrades: Vec::new(),
             activities: Vec::new(),
             workers: 2,
             task_queue: "sim".to_string(),
             worker_options: Arc::new(|_| {}),
             service_config: ServiceConfig::default(),
         }
+    }
+}
+
+impl NodeSpec {
+    /// The workflow code a worker started at `elapsed_ms` runs.
+    pub fn registry_at(&self, elapsed_ms: u64) -> &WorkflowRegistry {
+        debug_assert!(self.upgrades.is_sorted_by_key(|u| u.at_ms));
+        self.upgrades
+            .iter()
+            .rev()
+            .find(|upgrade| upgrade.at_ms <= elapsed_ms)
+            .map_or(&self.registry, |upgrade| &upgrade.registry)
+    }
+
+    /// The newest workflow code (what histories are replayed against).
+    pub fn registry_last(&self) -> &WorkflowRegistry {
+        self.upgrades.last().map_or(&self.registry, |u| &u.registry)
     }
 }
 
@@ -263,6 +294,39 @@ impl Cluster {
         lock(&self.main_tasks).push(task);
     }
 
+    /// Redeploys the workers at each upgrade's time, all at once: every
+    /// worker that is up or paused restarts with the new code (a worker down
+    /// gets it when it restarts). All at once, because a rolling deploy lets
+    /// an old worker replay a history the new code wrote, which fails with
+    /// non-determinism even for a correctly patched change.
+    pub fn start_upgrades(self: &Arc<Self>, upgrades: &[Upgrade]) {
+        for (index, upgrade) in upgrades.iter().enumerate() {
+            let (cluster, at_ms) = (self.clone(), upgrade.at_ms);
+            let task = madsim::task::spawn(async move {
+                madsim::time::sleep_until(cluster.world.start + Duration::from_millis(at_ms)).await;
+                cluster.redeploy(index + 1);
+            });
+            lock(&self.main_tasks).push(task);
+        }
+    }
+
+    fn redeploy(&self, version: usize) {
+        let workers = self.nodes.keys().filter(|n| n.starts_with("worker-"));
+        for name in workers {
+            let up = lock(&self.states).get(name) == Some(&NodeState::Up);
+            let detail = if up {
+                if lock(&self.paused).remove(name).is_some() {
+                    Handle::current().resume(self.node(name).id());
+                }
+                Handle::current().restart(self.node(name).id());
+                format!("{name} restarts with workflow code v{version}")
+            } else {
+                format!("{name} is down: it starts with v{version} when it restarts")
+            };
+            self.world.record_fault("deploy", detail, None);
+        }
+    }
+
     /// Ends the run's world: aborts the fault tasks and kills every node, so
     /// their tasks (pollers, timer loops, messages in flight) are dropped now.
     /// madsim does not drop a task still pending when its runtime is dropped
@@ -454,8 +518,9 @@ fn start_worker_node(
                     running: AtomicUsize::new(0),
                     activities_max: options.activities_max,
                 });
+                let registry = setup.registry_at(world.elapsed_ms()).clone();
                 let mut builder = Worker::builder(world.env(&name), &setup.task_queue)
-                    .workflows(setup.registry.clone())
+                    .workflows(registry)
                     .options(|o| *o = options)
                     .observer(observer);
                 for activity in &setup.activities {
