@@ -70,7 +70,8 @@ fn checkout_survives_crashes_and_partitions() {
             }
             Ok(())
         })
-        // Your own expectations, over outcomes, histories and the effect ledger.
+        // Your own expectations, over outcomes, histories, the effect ledger
+        // and the simulated services' state.
         .check(|finished| {
             let approved = RunOutcome::Completed {
                 result: json!(true),
@@ -80,14 +81,18 @@ fn checkout_survives_crashes_and_partitions() {
                 .values()
                 .filter(|o| **o == approved)
                 .count();
-            if charged == 5 {
-                Ok(())
-            } else {
-                Err(format!(
+            if charged != 5 {
+                return Err(format!(
                     "{charged} of 5 orders charged: {:?}",
                     finished.outcomes
-                ))
+                ));
             }
+            let bank = finished.service::<Accounts>("bank").ok_or("no bank")?;
+            let balances = bank.balances();
+            if balances["alice"] != 950 || balances["shop"] != 50 {
+                return Err(format!("each order charged once: {balances:?}"));
+            }
+            Ok(())
         })
         .seeds(0..50)
         .run(); // on failure: seed, swarm options, shrunk fault plan, the invariant, one repro line

@@ -61,6 +61,14 @@
 //!         }
 //!         Ok(())
 //!     })
+//!     // Your own check of outcomes and of the bank's state: every payment once.
+//!     .check(|finished| {
+//!         let paid = finished.outcomes.values()
+//!             .filter(|o| matches!(o, retrace::api::RunOutcome::Completed { .. })).count();
+//!         let bank = finished.service::<Accounts>("bank").ok_or("no bank")?;
+//!         let bob = bank.balances()["bob"];
+//!         if paid == 3 && bob == 30 { Ok(()) } else { Err(format!("{paid} paid, bob has {bob}")) }
+//!     })
 //!     .seeds(0..5)
 //!     .run();
 //! assert_eq!(seeds, 5);

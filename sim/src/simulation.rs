@@ -24,10 +24,10 @@ use crate::faults::{FaultPlan, Topology, plan_strategy, plan_tree};
 use crate::nodes::CLIENT;
 use crate::report::{Report, SeedResult, repro_line};
 use crate::world::cluster::{Cluster, NodeCtx, NodeSpec, Speculations, Upgrade};
-use crate::world::services::{EffectLedger, SimService};
+use crate::world::services::{EffectLedger, ServiceHost, ServiceState, SimService};
 use crate::world::{FaultCounts, World};
 
-type ServiceFactory = Arc<dyn Fn() -> Arc<dyn SimService> + Send + Sync>;
+type ServiceFactory = Arc<dyn Fn(&ServiceHost, &str) + Send + Sync>;
 type ScenarioFn = Arc<dyn Fn(SimClient) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 type CheckFn = Arc<dyn Fn(&Finished) -> Result<(), String> + Send + Sync>;
 type SwarmFn = Arc<dyn Fn(&mut Swarm) + Send + Sync>;
@@ -96,6 +96,25 @@ pub struct Finished {
     pub ledger: EffectLedger,
     /// Faults injected, by kind.
     pub faults: FaultCounts,
+    services: BTreeMap<String, ServiceState>,
+}
+
+impl Finished {
+    /// Simulated service `name` as it was left, to check its state (a
+    /// bank's balances, a store's keys); `None` if there is no service of
+    /// that name and type.
+    ///
+    /// ```no_run
+    /// # use retrace_sim::{Accounts, Finished};
+    /// # fn check(finished: &Finished) -> Result<(), String> {
+    /// let bank = finished.service::<Accounts>("bank").ok_or("no bank")?;
+    /// let total: i64 = bank.balances().values().sum();
+    /// if total != 1_000 { return Err(format!("money appeared or vanished: {total}")); }
+    /// # Ok(()) }
+    /// ```
+    pub fn service<S: SimService>(&self, name: &str) -> Option<&S> {
+        self.services.get(name)?.downcast_ref::<S>()
+    }
 }
 
 /// A simulation test: workflows, activities, services, a scenario, seeds.
@@ -157,7 +176,8 @@ impl Simulation {
         name: &str,
         factory: impl Fn() -> S + Send + Sync + 'static,
     ) -> Self {
-        let factory: ServiceFactory = Arc::new(move || Arc::new(factory()) as Arc<dyn SimService>);
+        let factory: ServiceFactory =
+            Arc::new(move |host, name| host.add(name, Arc::new(factory())));
         self.setup.services.push((name.to_string(), factory));
         self
     }
@@ -511,7 +531,7 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
     let world = World::new(seed, swarm.clone());
     world.storage.set_faults(world.swarm_storage_faults(), true);
     for (name, factory) in &setup.services {
-        world.services.add(name, factory());
+        factory(&world.services, name);
     }
     let cluster = Cluster::start(world.clone(), setup.nodes.clone());
     let scenario = start_scenario(&setup, &world, &cluster);
@@ -762,6 +782,7 @@ async fn check_run(setup: &Setup, world: &World, cluster: &Cluster) -> Vec<Viola
         outcomes,
         ledger,
         faults: world.fault_counts(),
+        services: world.services.states(),
     };
     for check in &setup.checks {
         if let Err(message) = check(&finished) {

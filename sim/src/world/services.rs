@@ -37,17 +37,28 @@ pub struct EffectLedger {
     pub acknowledged: BTreeMap<(String, String), u64>,
 }
 
+/// A service as checks see it: downcast to its type to read its state.
+pub type ServiceState = Arc<dyn std::any::Any + Send + Sync>;
+
 /// The services of a run.
 #[derive(Default)]
 pub struct ServiceHost {
     services: Mutex<BTreeMap<String, Arc<dyn SimService>>>,
+    /// The same services, for checks that read their state by type.
+    states: Mutex<BTreeMap<String, ServiceState>>,
     ledger: Mutex<EffectLedger>,
 }
 
 impl ServiceHost {
     /// Adds service `name`.
-    pub fn add(&self, name: &str, service: Arc<dyn SimService>) {
+    pub fn add<S: SimService>(&self, name: &str, service: Arc<S>) {
+        lock(&self.states).insert(name.to_string(), service.clone());
         lock(&self.services).insert(name.to_string(), service);
+    }
+
+    /// Every service, for checks to read its state (see `Finished::service`).
+    pub fn states(&self) -> BTreeMap<String, ServiceState> {
+        lock(&self.states).clone()
     }
 
     fn serve(&self, name: &str, caller: &str, request: &Value) -> Result<Value, String> {
