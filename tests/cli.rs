@@ -213,6 +213,8 @@ async fn cli_errors_are_one_clear_line_and_a_non_zero_exit() {
     let nobody = cli(&url, "workflow describe --id nobody").await;
     nobody.failed(1, &["\"nobody\"", "[not_found]"]);
     cli(&url, start).await.ok();
+    let open = cli(&url, "workflow result --id g2 --timeout 300ms").await;
+    open.failed(124, &["g2", "still open after 300ms"]);
     cli(&url, "workflow terminate --id g2 --reason testing")
         .await
         .ok();

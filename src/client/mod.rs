@@ -17,6 +17,8 @@ use crate::workflow::{PayloadError, Workflow};
 
 /// Attempts of one call when the network or storage fails.
 pub const CALL_ATTEMPTS_MAX: u32 = 8;
+/// Longest wait of one long poll for a run's result.
+pub const RESULT_WAIT_MS_MAX: u64 = 60_000;
 /// First backoff between attempts (doubled each time, capped at 2 s).
 pub const CALL_BACKOFF_MS_INITIAL: u64 = 50;
 
@@ -371,6 +373,34 @@ impl Client {
         }
     }
 
+    /// Waits (long-polling) at most `timeout_ms` for the run to close; `None`
+    /// if it was still open then.
+    pub async fn outcome_within(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        timeout_ms: u64,
+    ) -> Result<Option<RunOutcome>, ClientError> {
+        let deadline = self.env.now().plus_ms(timeout_ms);
+        loop {
+            let left_ms = deadline.millis_since(self.env.now());
+            let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
+            let request = GetResultRequest {
+                run,
+                wait_ms: left_ms.min(RESULT_WAIT_MS_MAX),
+            };
+            match self.call(Request::GetResult(request)).await? {
+                Response::GetResult(GetResultResponse {
+                    outcome: Some(outcome),
+                    ..
+                }) => return Ok(Some(outcome)),
+                Response::GetResult(_) if left_ms == 0 => return Ok(None),
+                Response::GetResult(_) => continue,
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
     /// Waits (long-polling) until the run closes; returns how it closed.
     pub async fn outcome(
         &self,
@@ -381,7 +411,7 @@ impl Client {
             let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
             let request = GetResultRequest {
                 run,
-                wait_ms: 60_000,
+                wait_ms: RESULT_WAIT_MS_MAX,
             };
             match self.call(Request::GetResult(request)).await? {
                 Response::GetResult(GetResultResponse {

@@ -698,7 +698,9 @@ pub struct SignalChannel<T> {
 }
 
 impl<T: DeserializeOwned> SignalChannel<T> {
-    /// The next signal, waiting for one if none is buffered.
+    /// The next signal, waiting for one if none is buffered. Once the run is
+    /// asked to cancel, a wait with no signal buffered ends with
+    /// `Err(WorkflowError::Canceled)`, which the workflow may handle.
     pub fn recv(&self) -> SignalFuture<'_, T> {
         SignalFuture { channel: self }
     }
@@ -721,13 +723,20 @@ pub struct SignalFuture<'a, T> {
 impl<T: DeserializeOwned> Future for SignalFuture<'_, T> {
     type Output = Result<T, WorkflowError>;
 
+    /// A buffered signal first; else, once the run was asked to cancel,
+    /// `Err(WorkflowError::Canceled)` (a cancel request interrupts a wait for a
+    /// signal as it does a timer or an activity); else waits for either.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(result) = self.channel.try_recv() {
             return Poll::Ready(result.map_err(WorkflowError::from));
         }
         let name = self.channel.name.clone();
         let mut core = self.channel.ctx.lock();
+        if core.cancel_requested {
+            return Poll::Ready(Err(WorkflowError::Canceled));
+        }
         add_waker(core.signal_wakers.entry(name).or_default(), cx.waker());
+        add_waker(&mut core.cancel_wakers, cx.waker());
         Poll::Pending
     }
 }

@@ -110,6 +110,9 @@ pub enum WorkflowCommand {
     Result {
         #[command(flatten)]
         run: RunArgs,
+        /// Wait at most this long (e.g. 30s, 5m); exit 124 if the run is still open.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Shows a run's history: a timeline, or the canonical JSON with --json.
     History {
@@ -243,11 +246,19 @@ async fn inspect(
             let runs = client.list_all(status).await.map_err(fail)?;
             print!("{}", timeline::run_table(&runs));
         }
-        WorkflowCommand::Result { run } => {
+        WorkflowCommand::Result { run, timeout } => {
+            let timeout_ms = timeout.map_or(u64::MAX, |t| {
+                u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+            });
             let outcome = client
-                .outcome(&run.id, run.run_id.as_deref())
+                .outcome_within(&run.id, run.run_id.as_deref(), timeout_ms)
                 .await
                 .map_err(fail)?;
+            let Some(outcome) = outcome else {
+                let waited = humantime::format_duration(timeout.unwrap_or_default());
+                eprintln!("error: workflow {} is still open after {waited}", run.id);
+                return Ok(ExitCode::from(EXIT_STILL_OPEN));
+            };
             return Ok(print_outcome(&run.id, outcome));
         }
         WorkflowCommand::History { run, json } => {
@@ -264,6 +275,9 @@ async fn inspect(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Exit code of `workflow result --timeout` when the run is still open (as timeout(1)).
+const EXIT_STILL_OPEN: u8 = 124;
 
 fn pretty<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string_pretty(value).expect("protocol types always encode")
