@@ -36,13 +36,11 @@ async fn cancel_while_waiting(workflow_type: &str) -> RunOutcome {
         .unwrap();
     engine.engine.env().sleep_ms(2_000).await;
     client.cancel("w", None, "user asked").await.unwrap();
-    let outcome = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        client.outcome("w", Some(&run_id)),
-    )
-    .await
-    .expect("the run closes within a minute of the cancel request")
-    .unwrap();
+    let outcome = client
+        .outcome_within("w", Some(&run_id), 60_000)
+        .await
+        .unwrap()
+        .expect("the run closes within a minute of the cancel request");
     worker.shutdown().await;
     engine.check_histories().await;
     outcome
