@@ -9,6 +9,7 @@
 //! | `buggify:`      | a BUGGIFY site that fired, and on which node                  | yes (swarm) |
 //! | `storage:`      | `io_error`, `ambiguous`, `stall` of one write (with its run)  | yes (swarm, or the plan's storage trouble) |
 //! | `clock:`        | a node's skew and drift, at t=0                               | yes (swarm) |
+//! | `deploy`        | a worker restarted with new workflow code (`upgrade_at`)      | no: the scenario's own |
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
