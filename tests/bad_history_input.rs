@@ -212,3 +212,24 @@ fn activity_without_any_close_timeout_fails_at_once_with_a_clear_error() {
         "only the completion: nothing was scheduled"
     );
 }
+
+#[test]
+fn a_history_with_a_payload_nested_past_the_limit_is_refused_naming_its_depth() {
+    let max = retrace::history::PAYLOAD_DEPTH_MAX;
+    let nested = |depth: usize| (0..depth).fold(json!(1), |inner, _| json!([inner]));
+    assert_eq!(retrace::history::payload_depth(&nested(max)), max);
+    let fine = HistoryBuilder::new("deep", nested(max)).build().to_json();
+    History::from_json(&fine).expect("a payload at the limit is accepted");
+    let mut value: serde_json::Value = serde_json::from_str(&fine).unwrap();
+    value["events"][0]["attributes"]["input"] = nested(max + 1);
+    let text = value.to_string();
+    let error = History::from_json(&text).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!(
+            "nested {} levels deep exceeds the limit of {max}",
+            max + 1
+        )),
+        "{message}"
+    );
+}

@@ -948,6 +948,7 @@ fn observed(error: &HistoryError) -> (Want, Option<&'static str>) {
             Some(event_type),
         ),
         E::TooManyEvents { event_id, max } => (Want::TooManyEvents { event_id, max }, None),
+        E::PayloadTooDeep { .. } => panic!("no corruption here nests a payload deeper: {error}"),
     }
 }
 

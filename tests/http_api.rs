@@ -527,3 +527,86 @@ fn a_client_refuses_a_url_it_could_never_call_when_it_is_made() {
         assert!(error.to_string().contains(says), "{url}: {error}");
     }
 }
+
+/// `depth` arrays inside each other around a number.
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |inner, _| json!([inner]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_or_overlong_ids_and_deeply_nested_payloads_get_400_and_change_nothing() {
+    let api = Api::start(None).await;
+    let worker = api.seed(None).await;
+    let before = api.stored(None).await;
+    let signal = |request_id: &str, input: Value| {
+        json!({"workflow_id": "idle", "signal_name": "s", "input": input, "request_id": request_id})
+            .to_string()
+    };
+    let empty_id = api.post("SignalWorkflow", signal("", json!(1)), None).await;
+    assert_refused(
+        &empty_id,
+        400,
+        "invalid_argument",
+        &["request_id must not be empty"],
+    );
+    let long_id = "r".repeat(2_000);
+    let long = api
+        .post("SignalWorkflow", signal(&long_id, json!(1)), None)
+        .await;
+    assert_refused(
+        &long,
+        400,
+        "invalid_argument",
+        &["request_id is 2000 bytes", "limit of 256"],
+    );
+    let deep = api
+        .post("SignalWorkflow", signal("r3", nested(124)), None)
+        .await;
+    assert_refused(
+        &deep,
+        400,
+        "invalid_argument",
+        &["signal input is nested 124 levels deep", "limit of 64"],
+    );
+    let deep_start = api
+        .post(
+            "StartWorkflow",
+            start_body("deep", "one_activity", nested(65)),
+            None,
+        )
+        .await;
+    assert_refused(
+        &deep_start,
+        400,
+        "invalid_argument",
+        &["workflow input is nested 65 levels deep"],
+    );
+    let long_workflow_id = "w".repeat(3_000);
+    let long_start = api
+        .post(
+            "StartWorkflow",
+            start_body(&long_workflow_id, "one_activity", json!(1)),
+            None,
+        )
+        .await;
+    assert_refused(
+        &long_start,
+        400,
+        "invalid_argument",
+        &["workflow_id is 3000 bytes", "limit of 1000"],
+    );
+    let poll = json!({"task_queue": "", "identity": "w"}).to_string();
+    let empty_queue = api.post("PollActivityTask", poll, None).await;
+    assert_refused(
+        &empty_queue,
+        400,
+        "invalid_argument",
+        &["task_queue must not be empty"],
+    );
+    assert_eq!(api.stored(None).await, before, "nothing stored changed");
+    let fine = api
+        .post("SignalWorkflow", signal("r4", nested(64)), None)
+        .await;
+    assert_eq!(fine.0, 200, "64 levels is within the limit: {:?}", fine.1);
+    worker.shutdown().await;
+}

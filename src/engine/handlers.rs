@@ -24,6 +24,10 @@ const REPLY_DELAY_MS_MAX: u64 = 5_000;
 impl Inner {
     pub(super) async fn handle(self: Arc<Self>, request: Request) -> Reply {
         let method = request.method();
+        if let Err(error) = super::edge::check_request(&request) {
+            tracing::debug!(method, code = ?error.code, message = %error.message, "request refused at the edge");
+            return Err(error);
+        }
         let reply = match request {
             Request::StartWorkflow(r) => self.start_workflow(r).await.map(Response::StartWorkflow),
             Request::SignalWorkflow(r) => self.signal_workflow(r).await.map(|()| Response::Empty),

@@ -2,6 +2,7 @@
 //! durable timers, signals, queries, cancellation and termination.
 
 pub mod eager;
+pub mod edge;
 mod embedded;
 mod handlers;
 pub mod machine;

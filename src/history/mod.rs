@@ -52,6 +52,28 @@ impl Default for HistoryLimits {
     }
 }
 
+/// How deep a payload may nest (arrays and objects inside each other). Far
+/// below the JSON decoder's limit of 128, so that whatever holds a payload
+/// (an event, a run's state, a request) still decodes.
+pub const PAYLOAD_DEPTH_MAX: usize = 64;
+
+/// How deep `value` nests: 0 for a scalar, 1 for a flat array or object.
+/// Iterative, so a value built in memory of any depth is measured safely.
+pub fn payload_depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    deepest
+}
+
 /// The size of a payload as encoded JSON.
 pub fn payload_size_bytes(value: &Value) -> u64 {
     struct Counter(u64);

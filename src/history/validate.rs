@@ -104,6 +104,20 @@ pub enum HistoryError {
         /// The limit.
         max: u64,
     },
+    /// A payload nests deeper than allowed.
+    #[error(
+        "event {event_id} ({event_type}): a payload nested {depth} levels deep exceeds the limit of {max}"
+    )]
+    PayloadTooDeep {
+        /// The offending event.
+        event_id: u64,
+        /// Its type.
+        event_type: &'static str,
+        /// How deep it nests.
+        depth: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A payload is bigger than allowed.
     #[error(
         "event {event_id} ({event_type}): a payload of {bytes} bytes exceeds the limit of {max} bytes"
@@ -284,6 +298,15 @@ impl Validator {
             });
         }
         for payload in event.kind.payloads() {
+            let depth = super::payload_depth(payload);
+            if depth > super::PAYLOAD_DEPTH_MAX {
+                return Err(HistoryError::PayloadTooDeep {
+                    event_id: event.event_id,
+                    event_type: ctx.event_type(),
+                    depth,
+                    max: super::PAYLOAD_DEPTH_MAX,
+                });
+            }
             let bytes = super::payload_size_bytes(payload);
             if bytes > self.limits.payload_bytes_max {
                 return Err(HistoryError::PayloadTooLarge {

@@ -112,7 +112,8 @@ pub fn check_well_formed(
         | HistoryError::OutOfOrder { event_id, .. }
         | HistoryError::TimeOutOfRange { event_id, .. }
         | HistoryError::TooManyEvents { event_id, .. }
-        | HistoryError::PayloadTooLarge { event_id, .. } => Some(*event_id),
+        | HistoryError::PayloadTooLarge { event_id, .. }
+        | HistoryError::PayloadTooDeep { event_id, .. } => Some(*event_id),
     };
     let mut violation = Violation::new("history well-formed", error.to_string());
     violation.run_id = Some(record.run_id.clone());

@@ -292,6 +292,9 @@ pub fn on_heartbeat(
     details: Option<Value>,
 ) -> Result<bool, ServiceError> {
     check_token(step.state, token)?;
+    if let Some(details) = &details {
+        step.check_payload("heartbeat details", details)?;
+    }
     let now = step.now;
     let activity = step
         .state
@@ -311,6 +314,21 @@ pub fn on_heartbeat(
     Ok(activity.cancel_requested_event_id.is_some())
 }
 
+/// A result's payloads fit the limits (before any of it reaches the state).
+fn check_result_payloads(step: &Step<'_>, result: &ActivityTaskResult) -> Result<(), ServiceError> {
+    match result {
+        ActivityTaskResult::Completed(value) => step.check_payload("activity result", value),
+        ActivityTaskResult::Failed(Failure {
+            details: Some(details),
+            ..
+        }) => step.check_payload("failure details", details),
+        ActivityTaskResult::Canceled(Some(details)) => {
+            step.check_payload("cancel details", details)
+        }
+        ActivityTaskResult::Failed(_) | ActivityTaskResult::Canceled(None) => Ok(()),
+    }
+}
+
 /// The worker reports how the attempt ended.
 pub fn on_result(
     step: &mut Step<'_>,
@@ -320,9 +338,9 @@ pub fn on_result(
 ) -> Result<(), ServiceError> {
     let activity = check_token(step.state, token)?.clone();
     let scheduled_event_id = activity.scheduled_event_id;
+    check_result_payloads(step, &result)?;
     match result {
         ActivityTaskResult::Completed(result) => {
-            step.check_payload("activity result", &result)?;
             let outcome = EventKind::ActivityTaskCompleted(ActivityTaskCompleted {
                 scheduled_event_id,
                 started_event_id: 0,

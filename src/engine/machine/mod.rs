@@ -260,12 +260,13 @@ impl<'a> Step<'a> {
         };
     }
 
-    /// Checks a payload against the size limit.
+    /// Checks a payload against the size and nesting limits.
     pub fn check_payload(
         &self,
         what: &str,
         payload: &serde_json::Value,
     ) -> Result<(), ServiceError> {
+        check_depth(what, payload)?;
         let bytes = crate::history::payload_size_bytes(payload);
         if bytes > self.limits.payload_bytes_max {
             let message = format!(
@@ -300,11 +301,26 @@ fn with_started_event_id(kind: EventKind, started_event_id: u64) -> EventKind {
     }
 }
 
-/// Every payload of `events` fits the limit (the same list of payloads the
+/// A payload nests no deeper than `PAYLOAD_DEPTH_MAX`: deeper, the records
+/// that hold it (events, the run's state) could not be read back.
+pub fn check_depth(what: &str, payload: &serde_json::Value) -> Result<(), ServiceError> {
+    let depth = crate::history::payload_depth(payload);
+    if depth > crate::history::PAYLOAD_DEPTH_MAX {
+        let message = format!(
+            "{what} is nested {depth} levels deep, more than the limit of {}",
+            crate::history::PAYLOAD_DEPTH_MAX
+        );
+        return Err(error(ErrorCode::InvalidArgument, message));
+    }
+    Ok(())
+}
+
+/// Every payload of `events` fits the limits (the same list of payloads the
 /// history validator checks, so the service never writes what it would refuse).
 pub fn check_event_payloads(events: &[Event], limits: Limits) -> Result<(), ServiceError> {
     for event in events {
         for payload in event.kind.payloads() {
+            check_depth(event.kind.name(), payload)?;
             let bytes = crate::history::payload_size_bytes(payload);
             if bytes > limits.payload_bytes_max {
                 let message = format!(
