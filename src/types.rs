@@ -19,9 +19,15 @@ impl Timestamp {
         self.0
     }
 
-    /// This time plus a number of milliseconds (saturating).
+    /// This time plus a number of milliseconds, saturating at `TIMESTAMP_MAX`
+    /// (the end of year 9999): a deadline that far is never reached, and every
+    /// time the engine makes can be written and read back.
     pub fn plus_ms(self, duration_ms: u64) -> Timestamp {
-        Timestamp(self.0.saturating_add(duration_ms))
+        Timestamp(
+            self.0
+                .saturating_add(duration_ms)
+                .min(TIMESTAMP_MAX.0.max(self.0)),
+        )
     }
 
     /// Milliseconds from `earlier` to `self`, or 0 if `earlier` is later.
@@ -42,7 +48,12 @@ impl Timestamp {
 }
 
 impl fmt::Display for Timestamp {
+    /// RFC 3339 (UTC, milliseconds); a time past year 9999, which RFC 3339
+    /// cannot write, shows as its milliseconds since 1970.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self > TIMESTAMP_MAX {
+            return write!(f, "{} ms after 1970 (past year 9999)", self.0);
+        }
         write!(
             f,
             "{}",
@@ -53,6 +64,10 @@ impl fmt::Display for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if *self > TIMESTAMP_MAX {
+            let message = format!("time {} ms after 1970 is past year 9999", self.0);
+            return Err(serde::ser::Error::custom(message));
+        }
         serializer.collect_str(self)
     }
 }
@@ -193,6 +208,20 @@ mod tests {
     fn timestamp_rejects_garbage_with_the_text_in_the_error() {
         let error = serde_json::from_str::<Timestamp>("\"yesterday\"").unwrap_err();
         assert!(error.to_string().contains("yesterday"), "{error}");
+    }
+
+    #[test]
+    fn deadlines_saturate_at_year_9999_and_later_times_never_panic() {
+        let far = Timestamp(1_700_000_000_000).plus_ms(u64::MAX);
+        assert_eq!(
+            far, TIMESTAMP_MAX,
+            "deadlines saturate at the end of year 9999"
+        );
+        assert!(serde_json::to_string(&far).is_ok());
+        let past = Timestamp(u64::MAX);
+        assert!(past.to_string().contains("past year 9999"));
+        let error = serde_json::to_string(&past).unwrap_err();
+        assert!(error.to_string().contains("past year 9999"), "{error}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | `task_queue` (polls), `signal_name`, `query_name`                | not empty, ≤ `ID_BYTES_MAX` |
 //! | `workflow_id`, `run_id` of a run reference; `identity`           | ≤ `ID_BYTES_MAX`           |
 //! | `reason` (cancel, terminate)                                     | ≤ `REASON_BYTES_MAX`       |
+//! | `execution_timeout_ms`, `workflow_task_timeout_ms` (start)       | ≤ `RUN_TIMEOUT_MS_MAX`     |
 //! | query `args` (never stored, still bounded)                       | ≤ `PAYLOAD_DEPTH_MAX` deep |
 //!
 //! Stored payloads (inputs, signals, results, details) are checked by the run
@@ -23,6 +24,10 @@ pub const ID_BYTES_MAX: usize = 1_000;
 pub const REQUEST_ID_BYTES_MAX: usize = 256;
 /// Bytes of a cancel or terminate reason.
 pub const REASON_BYTES_MAX: usize = 4_096;
+/// A run's execution timeout or workflow task timeout: 100 years. Timers and
+/// activity timeouts in workflow code are not refused: their deadlines
+/// saturate at the end of year 9999 (`Timestamp::plus_ms`), i.e. never.
+pub const RUN_TIMEOUT_MS_MAX: u64 = 100 * 365 * 24 * 3_600 * 1_000;
 
 fn invalid(message: String) -> ServiceError {
     ServiceError::new(ErrorCode::InvalidArgument, message)
@@ -56,6 +61,15 @@ fn check_run(run: &RunRef) -> Result<(), ServiceError> {
     )
 }
 
+fn check_timeout(field: &str, timeout_ms: Option<u64>) -> Result<(), ServiceError> {
+    match timeout_ms {
+        Some(ms) if ms > RUN_TIMEOUT_MS_MAX => Err(invalid(format!(
+            "{field} is {ms} ms, more than the limit of {RUN_TIMEOUT_MS_MAX} ms (100 years)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn check_identity(identity: &str) -> Result<(), ServiceError> {
     check_text("identity", identity, false, ID_BYTES_MAX)
 }
@@ -68,6 +82,8 @@ pub fn check_request(request: &Request) -> Result<(), ServiceError> {
             check_id("workflow_type", &r.workflow_type)?;
             check_id("task_queue", &r.task_queue)?;
             check_text("request_id", &r.request_id, true, REQUEST_ID_BYTES_MAX)?;
+            check_timeout("execution_timeout_ms", r.execution_timeout_ms)?;
+            check_timeout("workflow_task_timeout_ms", r.workflow_task_timeout_ms)?;
             check_identity(&r.identity)
         }
         Request::SignalWorkflow(r) => {
