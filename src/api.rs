@@ -658,6 +658,8 @@ pub enum ErrorCode {
     ResourceExhausted,
     /// Storage failed; retry.
     Unavailable,
+    /// Stored data cannot be read back (a damaged row): retrying will not help.
+    DataCorrupt,
     /// A bug.
     Internal,
 }
@@ -675,7 +677,7 @@ impl ErrorCode {
             ErrorCode::AlreadyStarted | ErrorCode::RunClosed => 409,
             ErrorCode::PayloadTooLarge | ErrorCode::HistoryTooLarge => 413,
             ErrorCode::ResourceExhausted => 429,
-            ErrorCode::Internal => 500,
+            ErrorCode::Internal | ErrorCode::DataCorrupt => 500,
             ErrorCode::Unavailable => 503,
             ErrorCode::QueryTimeout => 504,
         }

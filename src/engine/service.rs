@@ -165,8 +165,15 @@ pub struct Service {
     inner: Arc<Inner>,
 }
 
+/// A storage error as the service reports it: damaged data is `DataCorrupt`
+/// (permanent: clients and workers must not retry it), anything else
+/// `Unavailable` (transient: retry).
 pub(super) fn unavailable(error: &StorageError) -> ServiceError {
-    ServiceError::new(ErrorCode::Unavailable, format!("storage: {error}"))
+    let code = match error {
+        StorageError::Corrupt(_) => ErrorCode::DataCorrupt,
+        _ => ErrorCode::Unavailable,
+    };
+    ServiceError::new(code, format!("storage: {error}"))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -178,7 +185,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(super) fn decode_state(record: &RunRecord) -> Result<RunState, ServiceError> {
     serde_json::from_slice(&record.state).map_err(|e| {
         let message = format!("run {}: stored state does not decode: {e}", record.run_id);
-        ServiceError::new(ErrorCode::Internal, message)
+        ServiceError::new(ErrorCode::DataCorrupt, message)
     })
 }
 
