@@ -233,3 +233,10 @@ fn a_history_with_a_payload_nested_past_the_limit_is_refused_naming_its_depth() 
         "{message}"
     );
 }
+
+#[test]
+fn a_history_file_starting_with_a_utf8_byte_order_mark_reads() {
+    let text = format!("\u{feff}{}", valid_json());
+    let history = History::from_json(&text).expect("the mark is skipped");
+    assert_eq!(history.to_json(), valid_json());
+}

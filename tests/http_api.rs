@@ -412,7 +412,44 @@ async fn with_a_token_every_api_request_must_carry_it() {
     let before = api.stored(Some(TOKEN)).await;
     let start = || start_body("t1", "one_activity", json!(1));
     let without = api.post("StartWorkflow", start(), None).await;
-    assert_refused(&without, 401, "unauthenticated", &["Authorization: Bearer"]);
+    assert_refused(
+        &without,
+        401,
+        "unauthenticated",
+        &["none was sent", "Authorization: Bearer"],
+    );
+    let raw = |authorization: String| {
+        let url = format!("{}/api/v1/DescribeWorkflow", api.server.url());
+        let body = json!({"workflow_id": "done"}).to_string();
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("authorization", authorization)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                serde_json::from_str::<Value>(&response.text().await.unwrap()).unwrap(),
+            )
+        }
+    };
+    for scheme in ["bearer", "BEARER", "Bearer  "] {
+        let (status, body) = raw(format!("{scheme} {TOKEN}")).await;
+        assert_eq!(
+            status, 200,
+            "the scheme {scheme:?} is case-insensitive: {body}"
+        );
+    }
+    let basic = raw(format!("Basic {TOKEN}")).await;
+    assert_refused(
+        &basic,
+        401,
+        "unauthenticated",
+        &["not of the form `Bearer <token>`"],
+    );
     let wrong = api
         .post("StartWorkflow", start(), Some("not-the-token"))
         .await;
@@ -609,4 +646,40 @@ async fn empty_or_overlong_ids_and_deeply_nested_payloads_get_400_and_change_not
         .await;
     assert_eq!(fine.0, 200, "64 levels is within the limit: {:?}", fine.1);
     worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_reused_with_other_parameters_is_a_conflict_not_the_old_run() {
+    let api = Api::start(None).await;
+    let first = api
+        .post(
+            "StartWorkflow",
+            start_body("r1", "one_activity", json!("a")),
+            None,
+        )
+        .await;
+    assert_eq!(first.0, 200, "{:?}", first.1);
+    let retry = api
+        .post(
+            "StartWorkflow",
+            start_body("r1", "one_activity", json!("a")),
+            None,
+        )
+        .await;
+    assert_eq!(retry, first, "a retry gets the same run");
+    let before = api.stored(None).await;
+    let other = api
+        .post(
+            "StartWorkflow",
+            start_body("r1", "one_activity", json!("b")),
+            None,
+        )
+        .await;
+    assert_refused(
+        &other,
+        409,
+        "already_started",
+        &["request_id \"req-r1\"", "another input"],
+    );
+    assert_eq!(api.stored(None).await, before);
 }

@@ -180,6 +180,7 @@ impl Inner {
                 };
                 let existing = self.snapshot(&run).await?;
                 if existing.start_request_id == request.request_id {
+                    self.check_same_start(&request, &existing).await?;
                     return Ok(StartWorkflowResponse {
                         run_id: current.clone(),
                     });
@@ -201,6 +202,41 @@ impl Inner {
             ErrorCode::Unavailable,
             "concurrent starts of this workflow id; retry",
         ))
+    }
+
+    /// A start whose request id started `existing` must be a retry of that
+    /// start: the same type, queue and input. Another request reusing the id
+    /// is a conflict, not the old run.
+    async fn check_same_start(
+        &self,
+        request: &StartWorkflowRequest,
+        existing: &RunState,
+    ) -> Result<(), ServiceError> {
+        let first = self
+            .storage
+            .read_events(&existing.run_id, 1, 1)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let input = match first.first().map(|e| &e.kind) {
+            Some(crate::history::EventKind::WorkflowExecutionStarted(started)) => &started.input,
+            _ => return Ok(()),
+        };
+        let differs = [
+            (existing.workflow_type != request.workflow_type).then_some("workflow_type"),
+            (existing.task_queue != request.task_queue).then_some("task_queue"),
+            (*input != request.input).then_some("input"),
+        ];
+        let differs: Vec<&str> = differs.into_iter().flatten().collect();
+        if differs.is_empty() {
+            return Ok(());
+        }
+        let message = format!(
+            "request_id {:?} already started run {} with another {}: a retry must repeat its request exactly",
+            request.request_id,
+            existing.run_id,
+            differs.join(" and ")
+        );
+        Err(ServiceError::new(ErrorCode::AlreadyStarted, message))
     }
 
     /// Writes a new run claiming the workflow id from `current`; `None` if a

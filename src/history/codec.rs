@@ -105,8 +105,10 @@ impl History {
         serde_json::to_string_pretty(&file).expect("history types always encode")
     }
 
-    /// Reads the canonical JSON form, validating every event.
+    /// Reads the canonical JSON form, validating every event. A leading
+    /// UTF-8 byte order mark (as some editors write) is skipped.
     pub fn from_json(text: &str) -> Result<History, DecodeError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let header: FileHeader = serde_json::from_str(text).map_err(|e| malformed(&e))?;
         let found = header.format_version.unwrap_or(0);
         if found != u64::from(FORMAT_VERSION) {

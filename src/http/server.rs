@@ -238,7 +238,7 @@ fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
         .layer(DefaultBodyLimit::max(config.body_bytes_max))
         .with_state(state);
     if let Some(token) = &config.token {
-        let expected: Arc<str> = Arc::from(format!("Bearer {token}"));
+        let expected: Arc<str> = Arc::from(token.as_str());
         router = router.layer(middleware::from_fn_with_state(expected, authenticate));
     }
     // Added after the token layer, so it is outside it: health needs no token.
@@ -277,14 +277,30 @@ async fn authenticate(
     let given = headers
         .get(header::AUTHORIZATION)
         .map(|value| value.as_bytes());
-    match given {
-        Some(given) if same_bytes(given, expected.as_bytes()) => next.run(request).await,
-        Some(_) => refuse(ErrorCode::Unauthenticated, "the bearer token is wrong"),
+    match given.map(bearer_token) {
+        Some(Some(token)) if same_bytes(token, expected.as_bytes()) => next.run(request).await,
+        Some(Some(_)) => refuse(ErrorCode::Unauthenticated, "the bearer token is wrong"),
+        Some(None) => refuse(
+            ErrorCode::Unauthenticated,
+            "the Authorization header is not of the form `Bearer <token>`",
+        ),
         None => refuse(
             ErrorCode::Unauthenticated,
-            "this server requires a token: send the header `Authorization: Bearer <token>`",
+            "this server requires a token and none was sent: send the header `Authorization: Bearer <token>`",
         ),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme's name
+/// is case-insensitive (RFC 7235), blanks after it are skipped.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let (scheme, rest) = value.split_at_checked(SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) || !rest.first().is_some_and(|b| *b == b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
 }
 
 async fn call(
