@@ -296,7 +296,7 @@ async fn authenticate(
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     const SCHEME: &[u8] = b"bearer";
     let (scheme, rest) = value.split_at_checked(SCHEME.len())?;
-    if !scheme.eq_ignore_ascii_case(SCHEME) || !rest.first().is_some_and(|b| *b == b' ') {
+    if !scheme.eq_ignore_ascii_case(SCHEME) || rest.first().is_none_or(|b| *b != b' ') {
         return None;
     }
     let token = rest.trim_ascii_start();
