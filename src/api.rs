@@ -226,6 +226,9 @@ pub struct RunSummary {
     pub start_time: Timestamp,
     /// Close time.
     pub close_time: Option<Timestamp>,
+    /// Why the run is set aside, if its stored state cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// A page of runs.

@@ -378,6 +378,7 @@ impl Inner {
         let runs = records
             .into_iter()
             .map(|r| RunSummary {
+                damaged: self.quarantine_reason(&r.run_id),
                 workflow_id: r.workflow_id,
                 run_id: r.run_id,
                 workflow_type: r.workflow_type,

@@ -151,6 +151,9 @@ pub(super) struct Inner {
     pub sync_matches: std::sync::atomic::AtomicU64,
     /// Workflow types advertised by pollers, per task queue, with when last seen.
     pub workflow_types: Mutex<BTreeMap<String, BTreeMap<String, crate::types::Timestamp>>>,
+    /// Runs whose stored state cannot be read, with why: set aside so the
+    /// service serves every other run (bounded by the runs in storage).
+    pub quarantined: Mutex<BTreeMap<String, String>>,
 }
 
 impl Drop for Inner {
@@ -225,6 +228,7 @@ impl Service {
             queries: Mutex::new(BTreeMap::new()),
             workflow_types: Mutex::new(BTreeMap::new()),
             sync_matches: std::sync::atomic::AtomicU64::new(0),
+            quarantined: Mutex::new(BTreeMap::new()),
         });
         inner.recover().await?;
         let weak = Arc::downgrade(&inner);
@@ -246,6 +250,11 @@ impl Service {
     /// Open runs held in memory.
     pub fn open_runs(&self) -> usize {
         self.inner.open_run_count()
+    }
+
+    /// Runs set aside because their stored state cannot be read, with why.
+    pub fn quarantined(&self) -> BTreeMap<String, String> {
+        lock(&self.inner.quarantined).clone()
     }
 
     /// Durable timers queued in memory (a closed run's are dropped as it closes).
@@ -299,7 +308,13 @@ impl Inner {
                 .await
                 .map_err(|e| unavailable(&e))?;
             for record in &page {
-                let state = decode_state(record)?;
+                let state = match decode_state(record) {
+                    Ok(state) => state,
+                    Err(error) => {
+                        self.quarantine(&record.run_id, &error);
+                        continue;
+                    }
+                };
                 self.sync(&state);
                 let loaded = Loaded::stored(state, record.version);
                 self.insert_slot(
@@ -316,9 +331,22 @@ impl Inner {
         }
         tracing::info!(
             open_runs = lock(&self.runs).len(),
+            quarantined = lock(&self.quarantined).len(),
             "service recovered open runs"
         );
         Ok(())
+    }
+
+    /// Sets run `run_id` aside: its stored state cannot be read. It stays in
+    /// storage as it is; list and describe say why.
+    pub fn quarantine(&self, run_id: &str, error: &ServiceError) {
+        tracing::error!(run_id, %error, "run quarantined: its stored state cannot be read");
+        lock(&self.quarantined).insert(run_id.to_string(), error.message.clone());
+    }
+
+    /// Why run `run_id` is quarantined, if it is.
+    pub fn quarantine_reason(&self, run_id: &str) -> Option<String> {
+        lock(&self.quarantined).get(run_id).cloned()
     }
 
     /// Locks a run and loads its state. Closed runs are loaded but not kept.
@@ -344,7 +372,10 @@ impl Inner {
                 }
                 Err(error) => return Err(unavailable(&error)),
             };
-            let state = decode_state(&record)?;
+            let state = decode_state(&record).inspect_err(|error| {
+                self.forget(run_id);
+                self.quarantine(run_id, error);
+            })?;
             self.sync(&state);
             guard.loaded = Some(Loaded::stored(state, record.version));
         }

@@ -183,7 +183,10 @@ pub fn run_table(runs: &[RunSummary]) -> String {
                 r.workflow_id.clone(),
                 r.run_id.clone(),
                 r.workflow_type.clone(),
-                r.status.as_str().to_string(),
+                match &r.damaged {
+                    Some(_) => format!("{} (DAMAGED: see describe)", r.status.as_str()),
+                    None => r.status.as_str().to_string(),
+                },
                 r.start_time.to_string(),
                 r.close_time.map_or("-".to_string(), |t| t.to_string()),
             ]

@@ -1,0 +1,78 @@
+//! One run whose stored state cannot be read never stops the service: it is
+//! set aside (quarantined) at recovery, listed as damaged with the reason,
+//! refused as `data_corrupt`, and every other run is served as before.
+
+mod common;
+
+use std::sync::Arc;
+
+use retrace::api::ErrorCode;
+use retrace::client::StartOptions;
+use retrace::engine::{EmbeddedEngine, ServiceConfig};
+use retrace::env::{RunStatus, SqliteStorage};
+use retrace::workflow::{WorkflowContext, WorkflowRegistry};
+use serde_json::json;
+
+fn registry() -> WorkflowRegistry {
+    let mut registry = WorkflowRegistry::new();
+    registry.register_fn("waits", |ctx: WorkflowContext, _: ()| async move {
+        let word: String = ctx.signal("go").recv().await?;
+        Ok(word)
+    });
+    registry
+}
+
+async fn engine(path: &std::path::Path) -> EmbeddedEngine {
+    let storage = SqliteStorage::open(path).expect("the database opens");
+    EmbeddedEngine::start(Arc::new(storage), ServiceConfig::default())
+        .await
+        .expect("the service starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_state_cannot_be_read_is_quarantined_and_the_rest_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("retrace.db");
+    let (good, bad) = {
+        let engine = engine(&path).await;
+        let client = engine.client();
+        let start = |id: &'static str| {
+            let client = client.clone();
+            async move {
+                client
+                    .start_by_name(StartOptions::new(id, "q"), "waits", json!(null))
+                    .await
+                    .unwrap()
+            }
+        };
+        (start("good").await, start("bad").await)
+    };
+    {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let damaged = connection
+            .execute(
+                "UPDATE runs SET state = CAST('{\"not\": \"a run state\"' AS BLOB) WHERE run_id = ?1",
+                [&bad],
+            )
+            .unwrap();
+        assert_eq!(damaged, 1);
+    }
+    let engine = engine(&path).await;
+    assert_eq!(engine.service().quarantined().len(), 1);
+    assert!(engine.service().quarantined().contains_key(&bad));
+    let client = engine.client();
+    let runs = client.list_all(None).await.unwrap();
+    let listed = |run_id: &str| runs.iter().find(|r| r.run_id == run_id).unwrap().clone();
+    let reason = listed(&bad).damaged.expect("listed as damaged");
+    assert!(reason.contains("stored state does not decode"), "{reason}");
+    assert_eq!(listed(&good).damaged, None);
+    let refused = client.describe("bad", None).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::DataCorrupt), "{refused}");
+    let worker = engine.worker("q").workflows(registry()).start();
+    client.signal("good", None, "go", "on").await.unwrap();
+    let handle = client.handle::<String>("good", Some(&good));
+    assert_eq!(handle.result().await.unwrap(), "on");
+    let described = client.describe("good", None).await.unwrap();
+    assert_eq!(described.status, RunStatus::Completed);
+    worker.shutdown().await;
+}
