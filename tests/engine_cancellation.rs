@@ -65,3 +65,47 @@ async fn a_workflow_can_handle_the_cancellation_of_its_signal_wait() {
         }
     );
 }
+
+/// Waits for an activity, then (canceled or not) for a 10 s timer.
+fn waits_for_work() -> WorkflowRegistry {
+    let mut registry = WorkflowRegistry::new();
+    registry.register_fn(
+        "work_then_sleep",
+        |ctx: WorkflowContext, _: ()| async move {
+            let done = ctx
+                .activity_by_name("work", json!(null))
+                .start_to_close(std::time::Duration::from_secs(10))
+                .await;
+            ctx.sleep(std::time::Duration::from_secs(10)).await?;
+            Ok(done.is_ok())
+        },
+    );
+    registry
+}
+
+#[test]
+fn a_cancel_request_and_an_activity_close_in_one_batch_never_ask_to_cancel_the_closed_activity() {
+    use retrace::history::HistoryBuilder;
+    use retrace::workflow::{Command, WorkflowExecutor};
+    let mut b = HistoryBuilder::new("work_then_sleep", json!(null));
+    b.add_full_workflow_task();
+    let scheduled = b.add_activity_scheduled("1", "work", json!(null));
+    // The run is asked to cancel, and the activity completes, before the next
+    // workflow task starts: one batch for the code.
+    b.add_cancel_requested();
+    b.add_activity_completed(scheduled, json!("done"));
+    b.add_workflow_task_scheduled();
+    b.add_workflow_task_started();
+    let history = b.build();
+    let mut executor = WorkflowExecutor::new(&waits_for_work(), "w", "r");
+    let activation = executor
+        .apply(history.events())
+        .expect("the history applies");
+    let commands = activation.commands.expect("a live workflow task");
+    assert!(
+        !commands
+            .iter()
+            .any(|c| matches!(c, Command::RequestCancelActivityTask { .. })),
+        "the completed activity is resolved before the cancel: {commands:?}"
+    );
+}

@@ -98,6 +98,11 @@ pub struct WorkflowExecutor {
     activity_ids: BTreeMap<u64, String>,
     result: Option<RunResult>,
     closed: bool,
+    /// A cancel request read since the last activation, applied when the
+    /// next one starts: after every other event of its batch, so an activity
+    /// that closed or a timer that fired in the same batch is resolved first
+    /// and never asked to cancel (the service would refuse that command).
+    cancel_requested_pending: bool,
     digest: u64,
     waker_flag: Arc<FlagWaker>,
 }
@@ -129,6 +134,7 @@ impl WorkflowExecutor {
             activity_ids: BTreeMap::new(),
             result: None,
             closed: false,
+            cancel_requested_pending: false,
             digest: fnv1a64(run_id.as_bytes()),
             waker_flag: Arc::new(FlagWaker(AtomicBool::new(false))),
         }
@@ -287,6 +293,9 @@ impl WorkflowExecutor {
             core.now = event.event_time;
             core.replaying = replaying;
             core.expected_markers = markers;
+            if std::mem::take(&mut self.cancel_requested_pending) {
+                core.on_cancel_requested();
+            }
         }
         self.poll_workflow(event.event_id)?;
         let commands = std::mem::take(&mut self.core.lock().expect("run core lock").commands);
@@ -440,10 +449,7 @@ impl WorkflowExecutor {
             }
             WorkflowExecutionCancelRequested(_) => {
                 self.mix(b"CancelRequested");
-                self.core
-                    .lock()
-                    .expect("run core lock")
-                    .on_cancel_requested();
+                self.cancel_requested_pending = true;
             }
             WorkflowExecutionTerminated(_) | WorkflowExecutionTimedOut(_) => self.closed = true,
             _ => {}
