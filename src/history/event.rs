@@ -246,6 +246,9 @@ pub enum WorkflowTaskFailedCause {
     /// The task would close the run, but new events arrived while it ran:
     /// it runs again so the workflow sees them.
     UnhandledCommand,
+    /// The run was closed from outside (terminated, timed out) while the task
+    /// ran; what arrived meanwhile is written before the run's end.
+    ForceCloseCommand,
 }
 
 /// The workflow task failed; a new one is scheduled.

@@ -7,12 +7,14 @@
 //! | any     | signal (seen request id)      | same    | none: answered as delivered                         |
 //! | Running | cancel request (first)        | Running | WorkflowExecutionCancelRequested (delivered)        |
 //! | Running | Complete/Fail/CancelWorkflow command | closed | WorkflowExecutionCompleted / Failed / Canceled |
-//! | Running | terminate                     | Terminated | WorkflowExecutionTerminated (no workflow task)   |
-//! | Running | execution timeout timer       | TimedOut | WorkflowExecutionTimedOut                         |
+//! | Running | terminate                     | Terminated | [WorkflowTaskFailed (ForceCloseCommand), buffered], WorkflowExecutionTerminated |
+//! | Running | execution timeout timer       | TimedOut | [WorkflowTaskFailed (ForceCloseCommand), buffered], WorkflowExecutionTimedOut |
 //! | closed  | signal, cancel, terminate     | closed  | none: refused with `run_closed`                     |
 //!
-//! Closing drops whatever is pending: activities, timers, buffered events, the
-//! workflow task.
+//! Closing drops whatever is pending: activities, timers, the workflow task.
+//! Closing from outside (terminate, timeout) while a workflow task runs first
+//! fails that task and writes the events buffered meanwhile: an acknowledged
+//! signal or cancel request is never lost.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -25,6 +27,7 @@ use crate::history::{
     Event, EventKind, MarkerRecorded, WorkflowExecutionCancelRequested, WorkflowExecutionCanceled,
     WorkflowExecutionCompleted, WorkflowExecutionFailed, WorkflowExecutionSignaled,
     WorkflowExecutionStarted, WorkflowExecutionTerminated, WorkflowExecutionTimedOut,
+    WorkflowTaskFailed, WorkflowTaskFailedCause,
 };
 use crate::types::{RetryState, Timestamp};
 use crate::workflow::Command;
@@ -280,8 +283,37 @@ pub fn on_terminate(
         details,
         identity: identity.to_string(),
     };
-    close(step, EventKind::WorkflowExecutionTerminated(kind));
+    force_close(step, EventKind::WorkflowExecutionTerminated(kind));
     Ok(())
+}
+
+/// Closes the run from outside its code (terminate, execution timeout). A
+/// workflow task in flight is failed first (`ForceCloseCommand`) and what
+/// arrived while it ran is written, so every signal and cancel request the
+/// service acknowledged is in the history before the run's end.
+fn force_close(step: &mut Step<'_>, kind: EventKind) {
+    if let WorkflowTaskState::Started {
+        scheduled_event_id,
+        started_event_id,
+        ..
+    } = step.state.workflow_task
+    {
+        let failure = crate::types::Failure::new(
+            "ForceClose",
+            "the run was closed while this workflow task ran",
+        );
+        step.emit(EventKind::WorkflowTaskFailed(WorkflowTaskFailed {
+            scheduled_event_id,
+            started_event_id,
+            cause: WorkflowTaskFailedCause::ForceCloseCommand,
+            failure,
+            identity: String::new(),
+        }));
+        step.state.workflow_task = WorkflowTaskState::None;
+        step.flush_buffered();
+    }
+    assert!(step.state.buffered.is_empty() || !step.state.workflow_task.is_started());
+    close(step, kind);
 }
 
 /// A durable timer of the run fired. Returns false if it no longer applies
@@ -307,10 +339,95 @@ pub fn on_timer(step: &mut Step<'_>, key: &TimerKey) -> bool {
                 let kind = WorkflowExecutionTimedOut {
                     retry_state: RetryState::RetryPolicyNotSet,
                 };
-                close(step, EventKind::WorkflowExecutionTimedOut(kind));
+                force_close(step, EventKind::WorkflowExecutionTimedOut(kind));
             }
             due
         }
         _ => super::activity::on_timer(step, key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::engine::eager;
+    use crate::history::History;
+
+    const LIMITS: Limits = Limits {
+        payload_bytes_max: 1 << 20,
+    };
+
+    /// A run whose first workflow task is started (by a worker) at t = 1,000 ms.
+    fn run_with_a_started_task(execution_timeout_ms: Option<u64>) -> (RunState, Vec<Event>) {
+        let request = StartWorkflowRequest {
+            workflow_id: "w".into(),
+            workflow_type: "Flow".into(),
+            task_queue: "q".into(),
+            input: json!(null),
+            execution_timeout_ms,
+            workflow_task_timeout_ms: None,
+            id_reuse_policy: Default::default(),
+            request_id: "r".into(),
+            identity: "client".into(),
+        };
+        let (mut state, mut events) = start(&request, "run", Timestamp(1_000), LIMITS).unwrap();
+        let mut step = Step::new(&mut state, Timestamp(1_000), LIMITS);
+        eager::start_workflow_task(&mut step, None, "worker", "wt-1").expect("scheduled");
+        events.append(&mut step.events);
+        assert!(state.workflow_task.is_started());
+        (state, events)
+    }
+
+    fn history(events: Vec<Event>) -> History {
+        History::from_events("w", "run", events).expect("the history is well-formed")
+    }
+
+    #[test]
+    fn terminate_during_a_workflow_task_writes_the_signals_it_buffered_before_the_end() {
+        let (mut state, mut events) = run_with_a_started_task(None);
+        let mut step = Step::new(&mut state, Timestamp(1_500), LIMITS);
+        assert!(on_signal(&mut step, "go", json!(1), "client", "s1").unwrap());
+        assert!(step.events.is_empty(), "buffered while the task runs");
+        on_cancel_requested(&mut step, "please", "client").unwrap();
+        on_terminate(&mut step, "stop", None, "client").unwrap();
+        events.append(&mut step.events);
+        let names: Vec<&str> = events[events.len() - 4..]
+            .iter()
+            .map(|e| e.kind.name())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "WorkflowTaskFailed",
+                "WorkflowExecutionSignaled",
+                "WorkflowExecutionCancelRequested",
+                "WorkflowExecutionTerminated"
+            ]
+        );
+        history(events);
+    }
+
+    #[test]
+    fn an_execution_timeout_during_a_workflow_task_writes_the_signals_it_buffered() {
+        let (mut state, mut events) = run_with_a_started_task(Some(2_000));
+        let mut step = Step::new(&mut state, Timestamp(1_500), LIMITS);
+        assert!(on_signal(&mut step, "go", json!(1), "client", "s1").unwrap());
+        events.append(&mut step.events);
+        let mut step = Step::new(&mut state, Timestamp(3_000), LIMITS);
+        assert!(on_timer(&mut step, &TimerKey::ExecutionTimeout));
+        events.append(&mut step.events);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::WorkflowExecutionSignaled(_))),
+            "the acknowledged signal is in the history"
+        );
+        assert!(matches!(
+            events.last().map(|e| &e.kind),
+            Some(EventKind::WorkflowExecutionTimedOut(_))
+        ));
+        history(events);
     }
 }
