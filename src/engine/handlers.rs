@@ -18,6 +18,26 @@ fn invalid(message: impl Into<String>) -> ServiceError {
     ServiceError::new(ErrorCode::InvalidArgument, message)
 }
 
+/// Keeps the longest prefix of `events` whose payloads fit `bytes_max`
+/// (always the first event, so a page makes progress).
+fn truncate_to_bytes(events: &mut Vec<crate::history::Event>, bytes_max: u64) {
+    let mut total_bytes = 0;
+    let keep = events
+        .iter()
+        .position(|event| {
+            let bytes: u64 = event
+                .kind
+                .payloads()
+                .into_iter()
+                .map(crate::history::payload_size_bytes)
+                .sum();
+            total_bytes += bytes;
+            total_bytes > bytes_max
+        })
+        .map_or(events.len(), |first_over| first_over.max(1));
+    events.truncate(keep);
+}
+
 /// The longest a BUGGIFY-delayed reply waits (`service.reply.delay`).
 const REPLY_DELAY_MS_MAX: u64 = 5_000;
 
@@ -407,7 +427,8 @@ impl Inner {
             .storage
             .read_events(&state.run_id, from, page_size as usize)
             .await;
-        let events = read.map_err(|e| unavailable(&e))?;
+        let mut events = read.map_err(|e| unavailable(&e))?;
+        truncate_to_bytes(&mut events, self.config.history_page_bytes_max);
         let next = from + events.len() as u64;
         let next_event_id = (next < state.next_event_id && !events.is_empty()).then_some(next);
         Ok(GetHistoryResponse {

@@ -49,6 +49,14 @@ pub struct ServiceConfig {
     pub resync_attempts_max: u32,
     /// How long a workflow type advertised by a poller counts as served.
     pub workflow_type_ttl_ms: u64,
+    /// Payload bytes a run's history may hold in all (Temporal's 50 MiB); a
+    /// run that would pass it is terminated, as at its events limit.
+    pub history_payload_bytes_max: u64,
+    /// Payload bytes of signals buffered while a workflow task runs; more are
+    /// refused (`resource_exhausted`) until the task completes.
+    pub buffered_payload_bytes_max: u64,
+    /// Payload bytes of one history page (at least one event is returned).
+    pub history_page_bytes_max: u64,
 }
 
 impl Default for ServiceConfig {
@@ -64,6 +72,9 @@ impl Default for ServiceConfig {
             timers_firing_max: 64,
             resync_attempts_max: 1_000,
             workflow_type_ttl_ms: 300_000,
+            history_payload_bytes_max: 50 * 1024 * 1024,
+            buffered_payload_bytes_max: 8 * 1024 * 1024,
+            history_page_bytes_max: 4 * 1024 * 1024,
         }
     }
 }
@@ -290,6 +301,7 @@ impl Inner {
     pub fn limits(&self) -> Limits {
         Limits {
             payload_bytes_max: self.config.limits.payload_bytes_max,
+            buffered_payload_bytes_max: self.config.buffered_payload_bytes_max,
         }
     }
 
@@ -440,8 +452,11 @@ impl Inner {
         let mut next = loaded.state.clone();
         let mut step = Step::new(&mut next, self.env.now(), self.limits());
         let value = f(&mut step)?;
-        machine::check_event_payloads(&step.events, self.limits())?;
-        if step.state.next_event_id > self.config.limits.events_per_run_max {
+        let payload_bytes = machine::check_event_payloads(&step.events, self.limits())?;
+        step.state.history_payload_bytes += payload_bytes;
+        if step.state.next_event_id > self.config.limits.events_per_run_max
+            || step.state.history_payload_bytes > self.config.history_payload_bytes_max
+        {
             drop(step);
             return self.terminate_oversized(&mut guard).await;
         }
@@ -474,10 +489,15 @@ impl Inner {
         slot: &mut RunSlot,
     ) -> Result<T, ServiceError> {
         let loaded = slot.loaded.as_ref().expect("the run is loaded");
-        let max = self.config.limits.events_per_run_max;
+        let (events_max, bytes_max) = (
+            self.config.limits.events_per_run_max,
+            self.config.history_payload_bytes_max,
+        );
         let mut next = loaded.state.clone();
         let mut step = Step::new(&mut next, self.env.now(), self.limits());
-        let reason = format!("the history would exceed its limit of {max} events");
+        let reason = format!(
+            "the history would exceed its limit of {events_max} events or {bytes_max} payload bytes"
+        );
         machine::run::on_terminate(&mut step, &reason, None, "service")?;
         let events = std::mem::take(&mut step.events);
         self.commit(slot, next, events).await?;

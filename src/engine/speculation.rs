@@ -160,6 +160,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         payload_bytes_max: 1 << 20,
+        buffered_payload_bytes_max: 4 << 20,
     };
 
     fn schedule(activity_id: &str) -> Command {

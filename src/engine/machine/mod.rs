@@ -58,6 +58,12 @@ pub struct RunState {
     pub signal_request_ids: VecDeque<String>,
     pub last_workflow_task_failure: Option<Failure>,
     pub outcome: Option<RunOutcome>,
+    /// Payload bytes of every event written so far (bounded by the service).
+    #[serde(default)]
+    pub history_payload_bytes: u64,
+    /// Payload bytes of the signals in `buffered`.
+    #[serde(default)]
+    pub buffered_payload_bytes: u64,
 }
 
 /// An activity whose close is buffered: closed for the service, still open in
@@ -137,6 +143,8 @@ pub enum TimerKey {
 pub struct Limits {
     /// Largest payload a command or request may carry.
     pub payload_bytes_max: u64,
+    /// Payload bytes of signals a run may buffer while a workflow task runs.
+    pub buffered_payload_bytes_max: u64,
 }
 
 /// One transition in progress: the state being changed, its time, the events
@@ -210,6 +218,7 @@ impl<'a> Step<'a> {
     /// Writes the buffered events (after a workflow task closed).
     pub fn flush_buffered(&mut self) {
         let buffered = std::mem::take(&mut self.state.buffered);
+        self.state.buffered_payload_bytes = 0;
         self.state.closing_activities.clear();
         self.state.timers.retain(|_, timer| !timer.fired);
         self.emit_all(buffered);
@@ -316,12 +325,15 @@ pub fn check_depth(what: &str, payload: &serde_json::Value) -> Result<(), Servic
 }
 
 /// Every payload of `events` fits the limits (the same list of payloads the
-/// history validator checks, so the service never writes what it would refuse).
-pub fn check_event_payloads(events: &[Event], limits: Limits) -> Result<(), ServiceError> {
+/// history validator checks, so the service never writes what it would
+/// refuse). Returns their bytes in all.
+pub fn check_event_payloads(events: &[Event], limits: Limits) -> Result<u64, ServiceError> {
+    let mut total_bytes = 0;
     for event in events {
         for payload in event.kind.payloads() {
             check_depth(event.kind.name(), payload)?;
             let bytes = crate::history::payload_size_bytes(payload);
+            total_bytes += bytes;
             if bytes > limits.payload_bytes_max {
                 let message = format!(
                     "{} would carry a payload of {bytes} bytes, more than the limit of {} bytes",
@@ -332,7 +344,7 @@ pub fn check_event_payloads(events: &[Event], limits: Limits) -> Result<(), Serv
             }
         }
     }
-    Ok(())
+    Ok(total_bytes)
 }
 
 /// The tasks the run waits on a worker for.

@@ -91,6 +91,8 @@ pub fn start(
         signal_request_ids: VecDeque::new(),
         last_workflow_task_failure: None,
         outcome: None,
+        history_payload_bytes: 0,
+        buffered_payload_bytes: 0,
     };
     let mut step = Step::new(&mut state, now, limits);
     step.check_payload("workflow input", &request.input)?;
@@ -209,6 +211,7 @@ pub fn close(step: &mut Step<'_>, kind: EventKind) {
     state.activities.clear();
     state.timers.clear();
     state.buffered.clear();
+    state.buffered_payload_bytes = 0;
     state.closing_activities.clear();
 }
 
@@ -235,6 +238,19 @@ pub fn on_signal(
     }
     refuse_closed(step.state)?;
     step.check_payload("signal input", &input)?;
+    if step.state.workflow_task.is_started() {
+        let bytes = crate::history::payload_size_bytes(&input);
+        let buffered = step.state.buffered_payload_bytes;
+        let max = step.limits.buffered_payload_bytes_max;
+        if buffered + bytes > max {
+            let message = format!(
+                "the run holds {buffered} bytes of signals while its workflow task runs; \
+                 {bytes} more would pass the limit of {max} bytes: retry once the task completes"
+            );
+            return Err(error(ErrorCode::ResourceExhausted, message));
+        }
+        step.state.buffered_payload_bytes += bytes;
+    }
     let ids = &mut step.state.signal_request_ids;
     if ids.len() == SIGNAL_REQUEST_IDS_MAX {
         ids.pop_front();
@@ -357,6 +373,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         payload_bytes_max: 1 << 20,
+        buffered_payload_bytes_max: 4 << 20,
     };
 
     /// A run whose first workflow task is started (by a worker) at t = 1,000 ms.
