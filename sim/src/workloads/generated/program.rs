@@ -37,7 +37,7 @@ pub const JOIN_WIDTH_MAX: usize = 3;
 pub const SCRIPT_LEN_MAX: usize = 4;
 /// The service's payload limit in the `generated` workload (small, so that
 /// payloads near it are cheap to simulate).
-pub const PAYLOAD_BYTES_MAX: u64 = 4 * 1024;
+pub const PAYLOAD_BYTES_MAX: u64 = 12 * 1024;
 /// How far below the limit a "near the limit" payload stays.
 pub const PAYLOAD_SLACK_BYTES: usize = 256;
 /// The failure type retry policies may list as non-retryable.
@@ -551,6 +551,10 @@ fn run(draws: &mut Draws, index: usize) -> RunSpec {
         });
     }
     client.sort_by_key(|t| t.at_ms);
+    // The run's spec is the workflow's input: it stays well under the limit.
+    while steps.len() > 1 && encoded_bytes(&steps) > PAYLOAD_BYTES_MAX as usize / 2 {
+        steps.pop();
+    }
     let execution_timeout_ms = draws
         .chance(12)
         .then(|| draws.pick(&[3_000, 8_000, 30_000]));
@@ -560,6 +564,10 @@ fn run(draws: &mut Draws, index: usize) -> RunSpec {
         execution_timeout_ms,
         client,
     }
+}
+
+fn encoded_bytes(steps: &[Step]) -> usize {
+    serde_json::to_vec(steps).map_or(usize::MAX, |bytes| bytes.len())
 }
 
 fn step(draws: &mut Draws, tag: &str, client: &mut Vec<Timed>) -> Step {
@@ -622,7 +630,7 @@ fn activity(draws: &mut Draws, tag: &str) -> ActivitySpec {
         timeouts,
         retry,
         script: Vec::new(),
-        pad_bytes: if draws.chance(4) {
+        pad_bytes: if draws.chance(3) {
             PAYLOAD_BYTES_MAX as usize - PAYLOAD_SLACK_BYTES
         } else {
             0
@@ -748,6 +756,11 @@ mod tests {
             for run in Program::generate(seed).runs {
                 for (activity, _) in run.activities() {
                     assert!(terminates(activity), "seed {seed}: {activity:?}");
+                    let input = serde_json::to_vec(&run).expect("a run encodes").len();
+                    assert!(
+                        input < PAYLOAD_BYTES_MAX as usize,
+                        "seed {seed}: input of {input} bytes"
+                    );
                     assert!(activity.script.len() <= SCRIPT_LEN_MAX + 1);
                 }
             }
