@@ -10,7 +10,7 @@ use retrace_sim::workloads::generated::interpreter::PlantedBug;
 use retrace_sim::workloads::generated::model::{self, ClientLog, Observed};
 use retrace_sim::workloads::generated::program::{FEATURES, Program};
 use retrace_sim::workloads::generated::{self, SAFETY_MS, current_program, known_engine_bug};
-use retrace_sim::{SeedResult, Simulation};
+use retrace_sim::{EffectLedger, SeedResult, Simulation};
 
 /// Seeds of the main test.
 const SEEDS: std::ops::Range<u64> = 0..500;
@@ -235,8 +235,19 @@ fn failure_made_retryable(history: &History) -> Option<History> {
     }))
 }
 
+/// The ledger with its first applied effect counted twice.
+fn doubled_effect(ledger: &EffectLedger) -> Option<EffectLedger> {
+    let mut applied = ledger.applied.clone();
+    let count = applied.values_mut().next()?;
+    *count += 1;
+    Some(EffectLedger {
+        applied,
+        acknowledged: ledger.acknowledged.clone(),
+    })
+}
+
 #[test]
-fn the_model_rejects_tampered_histories() {
+fn the_model_rejects_tampered_histories_and_ledgers() {
     let tampers: [(&str, Tamper); 3] = [
         (
             "a completed activity's started attempt bumped",
@@ -262,6 +273,7 @@ fn the_model_rejects_tampered_histories() {
                     histories: &histories,
                     outcomes: &finished.outcomes,
                     client: &client,
+                    ledger: &finished.ledger,
                     safety_ms: SAFETY_MS,
                 };
                 if model::check(&program, &observed).is_err() {
@@ -270,6 +282,22 @@ fn the_model_rejects_tampered_histories() {
                     return Err(format!("the model accepted a history where {name}"));
                 }
             }
+        }
+        if let Some(doubled) = doubled_effect(&finished.ledger) {
+            let observed = Observed {
+                histories: &finished.histories,
+                outcomes: &finished.outcomes,
+                client: &client,
+                ledger: &doubled,
+                safety_ms: SAFETY_MS,
+            };
+            if model::check(&program, &observed).is_ok() {
+                return Err("the model accepted an effect applied twice".to_string());
+            }
+            record
+                .lock()
+                .expect("caught lock")
+                .insert("an effect applied twice");
         }
         Ok(())
     });
@@ -280,5 +308,15 @@ fn the_model_rejects_tampered_histories() {
     let failures: Vec<String> = failing.iter().map(describe).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     let caught = caught.lock().expect("caught lock");
-    assert_eq!(caught.len(), 3, "tamperings tried and caught: {caught:?}");
+    assert_eq!(caught.len(), 4, "tamperings tried and caught: {caught:?}");
+}
+
+#[test]
+fn a_generated_seed_gives_the_same_run_twice() {
+    let runner = generated::generated().into_runner();
+    for seed in [0, 7, 41] {
+        runner
+            .check_determinism(seed)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -163,6 +163,7 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
                 histories: &finished.histories,
                 outcomes: &finished.outcomes,
                 client: &client,
+                ledger: &finished.ledger,
                 safety_ms: SAFETY_MS,
             };
             model::check(&program, &observed)

@@ -32,6 +32,8 @@ use super::program::{
 };
 use retrace::workflow::{PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME};
 
+use crate::EffectLedger;
+
 /// How late a timer or timeout may fire in a calm seed.
 pub const CALM_TOLERANCE_MS: u64 = 1_000;
 /// How late past the end of the safety phase one may fire in a seed with faults.
@@ -55,6 +57,8 @@ pub struct Observed<'a> {
     pub histories: &'a BTreeMap<String, History>,
     pub outcomes: &'a BTreeMap<String, RunOutcome>,
     pub client: &'a ClientLog,
+    /// Effects the services applied, by caller (an activity's idempotency key).
+    pub ledger: &'a EffectLedger,
     /// Length of the safety phase (faults happen only in it).
     pub safety_ms: u64,
 }
@@ -486,6 +490,7 @@ impl<'a> RunCheck<'a> {
                 what: format!("activity {tag}"),
             };
             check.options();
+            check.effects(history.run_id());
             check.close(completed, *droppable, run_canceled);
         }
         if completed {
@@ -589,6 +594,38 @@ impl ActivityCheck<'_, '_> {
         }
         if self.run.program.calm && !events.cancel_requested {
             self.nominal(close, attempt);
+        }
+    }
+
+    /// Effects are applied at most once; only attempts scripted to succeed
+    /// report one, and an activity that completed reported it exactly once.
+    fn effects(&mut self, run_id: &str) {
+        let caller = format!("{run_id}/{}", self.events.attributes.activity_id);
+        let effect = format!("put:{}", self.spec.tag);
+        let applied = self
+            .run
+            .observed
+            .ledger
+            .applied
+            .get(&(caller, effect))
+            .copied()
+            .unwrap_or(0);
+        if applied > 1 {
+            self.problem(format!(
+                "its effect was applied {applied} times, though the service dedupes by idempotency key"
+            ));
+        }
+        let Some(close) = self.events.close else {
+            return;
+        };
+        let attempts = self.events.started.map_or(0, |s| s.attempt);
+        let may_succeed = (1..=attempts).any(|j| self.spec.behaviour(j) == Behaviour::Succeed);
+        let completed = matches!(close.kind, EventKind::ActivityTaskCompleted(_));
+        if (completed && applied != 1) || (applied > 0 && !may_succeed) {
+            self.problem(format!(
+                "its effect was applied {applied} times; it closed with {} after {attempts} attempts",
+                close.kind.name()
+            ));
         }
     }
 
