@@ -907,15 +907,10 @@ impl<'a> RunCheck<'a> {
                 }
             }
             (Step::Random, StepReport::Random { .. }) => {}
-            (Step::Uuid, StepReport::Uuid { value }) => {
-                let bytes = value.as_bytes();
-                let v4 = bytes.len() == 36
-                    && bytes[14] == b'4'
-                    && bytes.iter().filter(|b| **b == b'-').count() == 4;
-                if !v4 {
-                    self.problem(format!("uuid {value} is not a version 4 uuid"));
-                }
+            (Step::Uuid, StepReport::Uuid { value }) if !is_uuid_v4(value) => {
+                self.problem(format!("uuid {value} is not a version 4 uuid"));
             }
+            (Step::Uuid, StepReport::Uuid { .. }) => {}
             (Step::Now, StepReport::Now { ms }) => {
                 let closed_ms = history
                     .close_event()
@@ -937,17 +932,7 @@ impl<'a> RunCheck<'a> {
             (Step::Join(branches), StepReport::Join(reports))
                 if branches.len() == reports.len() =>
             {
-                for (branch, report) in branches.iter().zip(reports) {
-                    match (branch, report) {
-                        (Branch::Activity(spec), StepReport::Activity { tag, report })
-                            if *tag == spec.tag =>
-                        {
-                            self.check_activity_report(activities, spec, report);
-                        }
-                        (Branch::Timer { .. }, StepReport::Timer) => {}
-                        _ => self.problem(format!("join branch {branch:?} reported {report:?}")),
-                    }
-                }
+                self.check_join(activities, branches, reports);
             }
             (
                 Step::Select { activity, .. },
@@ -959,6 +944,25 @@ impl<'a> RunCheck<'a> {
                 self.check_select(activities, activity, *activity_won, report.as_ref());
             }
             _ => self.problem(format!("step {step:?} reported {report:?}")),
+        }
+    }
+
+    fn check_join(
+        &mut self,
+        activities: &BTreeMap<String, ActivityEvents<'_>>,
+        branches: &[Branch],
+        reports: &[StepReport],
+    ) {
+        for (branch, report) in branches.iter().zip(reports) {
+            match (branch, report) {
+                (Branch::Activity(spec), StepReport::Activity { tag, report })
+                    if *tag == spec.tag =>
+                {
+                    self.check_activity_report(activities, spec, report);
+                }
+                (Branch::Timer { .. }, StepReport::Timer) => {}
+                _ => self.problem(format!("join branch {branch:?} reported {report:?}")),
+            }
         }
     }
 
@@ -1040,6 +1044,11 @@ impl<'a> RunCheck<'a> {
             ));
         }
     }
+}
+
+fn is_uuid_v4(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    bytes.len() == 36 && bytes[14] == b'4' && bytes.iter().filter(|b| **b == b'-').count() == 4
 }
 
 fn markers<'h>(history: &'h History, name: &'h str) -> impl Iterator<Item = &'h Value> + 'h {
