@@ -297,12 +297,45 @@ impl<'a> RunCheck<'a> {
                 _ => {}
             }
         }
-        for (name, count) in signals {
-            if count > 1 {
+        for (name, count) in &signals {
+            if *count > 1 {
                 self.problem(format!(
                     "signal {name} was delivered {count} times (sent once)"
                 ));
             }
+        }
+        self.check_accepted_calls(history, &signals);
+    }
+
+    /// A client call the service accepted took effect: the service refuses
+    /// calls on closed runs, and answers only after its write is durable.
+    fn check_accepted_calls(&mut self, history: &History, signals: &BTreeMap<&str, u64>) {
+        let records = self.observed.client.get(&self.spec.workflow_id);
+        let accepted = records.into_iter().flatten().filter(|r| r.result.is_ok());
+        let cancel_requested = history
+            .events()
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::WorkflowExecutionCancelRequested(_)));
+        let terminated = matches!(
+            history.close_event().map(|e| &e.kind),
+            Some(EventKind::WorkflowExecutionTerminated(_))
+        );
+        let mut missing = Vec::new();
+        for record in accepted {
+            let took_effect = match &record.action {
+                ClientAction::Signal { name, .. } => signals.contains_key(name.as_str()),
+                ClientAction::Cancel => cancel_requested,
+                ClientAction::Terminate => terminated,
+                ClientAction::Query => true,
+            };
+            if !took_effect {
+                missing.push(record.action.clone());
+            }
+        }
+        for action in missing {
+            self.problem(format!(
+                "the service accepted {action:?}, but the history does not show it"
+            ));
         }
     }
 
