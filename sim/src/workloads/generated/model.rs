@@ -510,6 +510,17 @@ impl<'a> RunCheck<'a> {
             .events()
             .iter()
             .any(|e| matches!(e.kind, EventKind::WorkflowExecutionCancelRequested(_)));
+        let scheduled = history
+            .events()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::ActivityTaskScheduled(_)))
+            .count();
+        if scheduled != activities.len() {
+            let tags = activities.len();
+            self.problem(format!(
+                "{scheduled} activities scheduled for {tags} distinct tags"
+            ));
+        }
         let specs = self.spec.activities();
         for (tag, events) in &activities {
             let Some((spec, droppable)) = specs.iter().find(|(s, _)| s.tag == *tag) else {
@@ -608,7 +619,7 @@ impl ActivityCheck<'_, '_> {
             return;
         };
         if let Some(k) = attempt {
-            self.backoffs(close, k);
+            self.minimum_elapsed(close, k);
         }
         match &close.kind {
             EventKind::ActivityTaskCompleted(c) => self.completed(attempt, &c.result),
@@ -662,14 +673,27 @@ impl ActivityCheck<'_, '_> {
         }
     }
 
-    /// Attempt k cannot start before the backoffs of the attempts before it.
-    fn backoffs(&mut self, close: &Event, attempt: u32) {
+    /// Attempt k cannot start before the backoffs of the attempts before it,
+    /// and an attempt that timed out ran at least its timeout.
+    fn minimum_elapsed(&mut self, close: &Event, attempt: u32) {
         let backoffs_ms: u64 = (1..attempt).map(|a| self.spec.retry.backoff_ms(a)).sum();
+        let t = &self.spec.timeouts;
+        let ran_ms = match &close.kind {
+            EventKind::ActivityTaskTimedOut(o) => match o.timeout_type {
+                TimeoutType::StartToClose => t.effective_start_to_close_ms(),
+                TimeoutType::Heartbeat => t.heartbeat_ms.unwrap_or(0),
+                TimeoutType::ScheduleToStart | TimeoutType::ScheduleToClose => 0,
+            },
+            _ => 0,
+        };
+        let minimum_ms = backoffs_ms + ran_ms;
         let elapsed_ms = close
             .event_time
             .millis_since(self.events.scheduled.event_time);
-        if elapsed_ms < backoffs_ms {
-            self.problem(format!("attempt {attempt} closed {elapsed_ms} ms after scheduling, before its {backoffs_ms} ms of backoffs"));
+        if elapsed_ms < minimum_ms {
+            self.problem(format!(
+                "attempt {attempt} closed {elapsed_ms} ms after scheduling, before its {backoffs_ms} ms of backoffs and {ran_ms} ms of its own timeout"
+            ));
         }
     }
 
