@@ -183,6 +183,17 @@ fn the_model_catches_a_result_that_names_the_wrong_attempt() {
     );
 }
 
+#[test]
+fn the_model_catches_a_heartbeat_timeout_that_never_fires_in_a_calm_seed() {
+    let rejections = model_rejections(PlantedBug::SilentHangHeartbeats, 0..80);
+    assert!(
+        rejections
+            .iter()
+            .any(|m| m.contains("(calm)") && m.contains("HangSilent")),
+        "the model never noticed a silent hang outliving its heartbeat timeout: {rejections:?}"
+    );
+}
+
 /// The history with event `index` replaced by `f` of it.
 fn tampered(history: &History, index: usize, f: impl Fn(&mut Event)) -> History {
     let mut events = history.events().to_vec();

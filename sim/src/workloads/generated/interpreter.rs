@@ -67,6 +67,9 @@ pub enum PlantedBug {
     NonRetryableRetried,
     /// A result claims to come from the attempt before the one that ran.
     WrongAttemptResult,
+    /// A silent hang heartbeats anyway: its heartbeat timeout never fires
+    /// (what the model sees if the service's heartbeat timer were lost).
+    SilentHangHeartbeats,
 }
 
 /// The scripted activity.
@@ -99,7 +102,10 @@ impl Activity for Scripted {
             }
             Behaviour::FailListed => Err(ActivityRunError::typed(LISTED_FAILURE_TYPE, "listed")),
             Behaviour::HangHeartbeating => self.hang(&ctx, input.heartbeat_ms, true).await,
-            Behaviour::HangSilent => self.hang(&ctx, input.heartbeat_ms, false).await,
+            Behaviour::HangSilent => {
+                let heartbeating = self.bug == Some(PlantedBug::SilentHangHeartbeats);
+                self.hang(&ctx, input.heartbeat_ms, heartbeating).await
+            }
             Behaviour::HeartbeatThenFail => {
                 ctx.heartbeat(&attempt);
                 let wait_ms = input
