@@ -12,7 +12,18 @@
 //! One seed in four is calm (no faults at all: the swarm is replaced by the
 //! calm one), and the model is strict about nominal outcomes there. Workers
 //! get the capacity and cache size the program draws (1..=4 activities,
-//! 1..=3 cached runs, so runs are evicted).
+//! 1..=3 cached runs, so runs are evicted). The calm decision lives in this
+//! simulation's swarm adjustment: a caller that replaces it with its own
+//! `.swarm(...)` must keep calm seeds calm, or the model's strict checks lie.
+//!
+//! A feature added to the engine adds itself here in the same change: a step
+//! or option in [`program`] (with its [`program::Feature`], which the coverage
+//! test requires to be drawn), its execution in [`interpreter`], and what it
+//! allows in [`model`].
+//!
+//! Engine bugs this workload found and that are not fixed yet are listed in
+//! [`KNOWN_ENGINE_BUGS`] with a seed that shows each; the tests excuse a seed
+//! only when one of its violations carries a known bug's signature.
 
 pub mod interpreter;
 pub mod model;

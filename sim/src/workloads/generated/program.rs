@@ -242,7 +242,7 @@ impl RunSpec {
         out
     }
 
-    /// True if the client cancels or terminates the run.
+    /// True if one of the client's actions on the run satisfies `what`.
     pub fn client_does(&self, what: fn(&ClientAction) -> bool) -> bool {
         self.client.iter().any(|t| what(&t.action))
     }
