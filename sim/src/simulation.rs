@@ -218,6 +218,12 @@ impl Simulation {
         self
     }
 
+    /// Adjusts the service's configuration (its history limits, ...).
+    pub fn service_config(mut self, f: impl FnOnce(&mut retrace::engine::ServiceConfig)) -> Self {
+        f(&mut Arc::make_mut(&mut self.setup.nodes).service_config);
+        self
+    }
+
     /// The scenario: what the client does (start runs, send signals). It runs
     /// on the client node while faults happen.
     pub fn scenario<F, Fut>(mut self, scenario: F) -> Self

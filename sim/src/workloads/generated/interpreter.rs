@@ -1,0 +1,384 @@
+//! The interpreter workflow and the scripted activity.
+//!
+//! [`Interpreter`] takes a [`RunSpec`] as input and runs its steps in order,
+//! recording what each step saw in a [`StepReport`]; its result is the list of
+//! reports, so the model can compare what the workflow saw with what the
+//! history says. An activity's error does not fail the run: the report records
+//! it. The run closes as canceled when the client cancels it.
+//!
+//! [`Scripted`] reads from its input what attempt `n` must do and does it; on
+//! success it reports an effect to the `kv` service with its idempotency key,
+//! so the effect ledger covers it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::future::Either;
+use retrace::activity::{
+    Activity, ActivityContext, ActivityOptions, ActivityResult, ActivityRunError, non_retryable,
+    retryable,
+};
+use retrace::types::{RetryState, TimeoutType};
+use retrace::workflow::{
+    ActivityError, ActivityFuture, Workflow, WorkflowContext, WorkflowError, WorkflowResult,
+    join_all, select,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::program::{
+    ActivitySpec, Behaviour, Branch, Cancellation, LISTED_FAILURE_TYPE, RunSpec, Step,
+};
+use crate::ServiceClient;
+
+/// The query a client asks: how many top-level steps are done.
+pub const QUERY_PROGRESS: &str = "progress";
+/// How often a hanging attempt wakes (to heartbeat) without a heartbeat timeout.
+pub const HANG_HEARTBEAT_EVERY_MS_MAX: u64 = 1_000;
+/// A hanging attempt gives up after this long (far past any start-to-close).
+pub const HANG_MS_MAX: u64 = 600_000;
+
+/// What a scripted activity is given.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScriptInput {
+    pub tag: String,
+    pub script: Vec<Behaviour>,
+    pub heartbeat_ms: Option<u64>,
+    pub pad: String,
+}
+
+/// What a scripted activity returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScriptOutput {
+    pub tag: String,
+    /// The attempt that produced this result.
+    pub attempt: u32,
+    /// The attempt whose heartbeat details this attempt saw.
+    pub seen_details: Option<u32>,
+    pub pad: String,
+}
+
+/// A deliberately wrong activity, for the workload's own tests: each breaks
+/// one promise the model checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// A non-retryable failure is reported as retryable (one attempt too many).
+    NonRetryableRetried,
+    /// A result claims to come from the attempt before the one that ran.
+    WrongAttemptResult,
+    /// A silent hang heartbeats anyway: its heartbeat timeout never fires
+    /// (what the model sees if the service's heartbeat timer were lost).
+    SilentHangHeartbeats,
+}
+
+/// The scripted activity.
+pub struct Scripted {
+    pub kv: ServiceClient,
+    pub env: retrace::env::Env,
+    pub bug: Option<PlantedBug>,
+}
+
+impl Activity for Scripted {
+    const NAME: &'static str = "scripted";
+    type Input = ScriptInput;
+    type Output = ScriptOutput;
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(10))
+    }
+    async fn run(&self, ctx: ActivityContext, input: ScriptInput) -> ActivityResult<ScriptOutput> {
+        assert!(!input.script.is_empty(), "a script has at least one entry");
+        let attempt = ctx.attempt();
+        let index = (attempt as usize - 1).min(input.script.len() - 1);
+        let seen_details = ctx.heartbeat_details::<u32>();
+        match input.script[index] {
+            Behaviour::Succeed => self.succeed(&ctx, input, seen_details).await,
+            Behaviour::FailRetryable => Err(retryable(format!("attempt {attempt} fails"))),
+            Behaviour::FailNonRetryable if self.bug == Some(PlantedBug::NonRetryableRetried) => {
+                Err(retryable("planted bug: should have been non-retryable"))
+            }
+            Behaviour::FailNonRetryable => {
+                Err(non_retryable(format!("attempt {attempt} gives up")))
+            }
+            Behaviour::FailListed => Err(ActivityRunError::typed(LISTED_FAILURE_TYPE, "listed")),
+            Behaviour::HangHeartbeating => self.hang(&ctx, input.heartbeat_ms, true).await,
+            Behaviour::HangSilent => {
+                let heartbeating = self.bug == Some(PlantedBug::SilentHangHeartbeats);
+                self.hang(&ctx, input.heartbeat_ms, heartbeating).await
+            }
+            Behaviour::HeartbeatThenFail => {
+                ctx.heartbeat(&attempt);
+                let wait_ms = input
+                    .heartbeat_ms
+                    .expect("generated with a heartbeat timeout");
+                self.env.sleep_ms(wait_ms).await;
+                Err(ActivityRunError::typed(
+                    "Flaky",
+                    format!("attempt {attempt} heartbeat, then failed"),
+                ))
+            }
+        }
+    }
+}
+
+impl Scripted {
+    async fn succeed(
+        &self,
+        ctx: &ActivityContext,
+        input: ScriptInput,
+        seen_details: Option<u32>,
+    ) -> ActivityResult<ScriptOutput> {
+        let attempt = ctx.attempt();
+        let request = json!({"op": "put", "key": input.tag, "value": attempt,
+                             "idempotency_key": ctx.idempotency_key()});
+        self.kv
+            .call(ctx, request)
+            .await
+            .map_err(|e| ActivityRunError::typed("Unavailable", e.to_string()))?;
+        let attempt = match self.bug {
+            Some(PlantedBug::WrongAttemptResult) if attempt > 1 => attempt - 1,
+            _ => attempt,
+        };
+        Ok(ScriptOutput {
+            tag: input.tag,
+            attempt,
+            seen_details,
+            pad: input.pad,
+        })
+    }
+
+    /// Hangs (heartbeating or not) until canceled, far past any timeout.
+    async fn hang(
+        &self,
+        ctx: &ActivityContext,
+        heartbeat_ms: Option<u64>,
+        heartbeating: bool,
+    ) -> ActivityResult<ScriptOutput> {
+        // Often enough to beat the heartbeat timeout; without one the worker
+        // sends heartbeats only every 30 s anyway.
+        let every_ms = heartbeat_ms.map_or(HANG_HEARTBEAT_EVERY_MS_MAX, |ms| (ms / 3).max(1));
+        let mut waited_ms = 0;
+        while waited_ms < HANG_MS_MAX {
+            if heartbeating {
+                ctx.heartbeat(&ctx.attempt());
+            }
+            let sleep = self.env.sleep_ms(every_ms);
+            let cancelled = ctx.cancelled();
+            futures::pin_mut!(sleep, cancelled);
+            if let Either::Right(_) = select(sleep, cancelled).await {
+                return Err(ActivityRunError::Canceled { details: None });
+            }
+            waited_ms += every_ms;
+        }
+        Err(retryable("hung for the longest hang"))
+    }
+}
+
+/// How an activity ended, as the workflow saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ActivityReport {
+    Completed {
+        attempt: u32,
+        seen_details: Option<u32>,
+        pad_bytes: usize,
+    },
+    Failed {
+        failure_type: String,
+        retry_state: RetryState,
+    },
+    TimedOut {
+        timeout_type: TimeoutType,
+        retry_state: RetryState,
+    },
+    Canceled,
+    /// Anything else (bad options, a payload that did not decode).
+    Error(String),
+}
+
+/// What one step saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StepReport {
+    Activity {
+        tag: String,
+        report: ActivityReport,
+    },
+    Timer,
+    Signal {
+        value: u64,
+    },
+    SideEffect {
+        value: u64,
+    },
+    Random {
+        value: u64,
+    },
+    Uuid {
+        value: String,
+    },
+    Now {
+        ms: u64,
+    },
+    Patched {
+        taken: bool,
+    },
+    Join(Vec<StepReport>),
+    /// Which side won the race, and the activity's report if it won.
+    Select {
+        activity_won: bool,
+        report: Option<ActivityReport>,
+    },
+}
+
+/// The interpreter workflow.
+pub struct Interpreter;
+
+impl Workflow for Interpreter {
+    const NAME: &'static str = "interpreter";
+    type Input = RunSpec;
+    type Output = Vec<StepReport>;
+    async fn run(ctx: WorkflowContext, spec: RunSpec) -> WorkflowResult<Vec<StepReport>> {
+        let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = progress.clone();
+        ctx.query_handler(QUERY_PROGRESS, move |(): ()| {
+            seen.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        let mut reports = Vec::with_capacity(spec.steps.len());
+        for step in &spec.steps {
+            let run = run_step(&ctx, step);
+            let cancelled = ctx.cancelled();
+            futures::pin_mut!(cancelled);
+            match select(run, cancelled).await {
+                Either::Left((report, _)) => reports.push(report?),
+                Either::Right(_) => return Err(WorkflowError::Canceled),
+            }
+            progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if ctx.is_cancel_requested() {
+                return Err(WorkflowError::Canceled);
+            }
+        }
+        Ok(reports)
+    }
+}
+
+type StepFuture<'a> = Pin<Box<dyn Future<Output = WorkflowResult<StepReport>> + Send + 'a>>;
+
+fn run_step<'a>(ctx: &'a WorkflowContext, step: &'a Step) -> StepFuture<'a> {
+    Box::pin(async move {
+        Ok(match step {
+            Step::Activity(spec) => StepReport::Activity {
+                tag: spec.tag.clone(),
+                report: activity_report(schedule(ctx, spec).await),
+            },
+            Step::Timer { duration_ms } => {
+                ctx.sleep(Duration::from_millis(*duration_ms)).await?;
+                StepReport::Timer
+            }
+            Step::Signal { name } => StepReport::Signal {
+                value: ctx.signal::<u64>(name).recv().await?,
+            },
+            Step::SideEffect { value } => StepReport::SideEffect {
+                value: ctx.side_effect(|| *value)?,
+            },
+            Step::Random => StepReport::Random {
+                value: ctx.random(),
+            },
+            Step::Uuid => StepReport::Uuid { value: ctx.uuid() },
+            Step::Now => StepReport::Now {
+                ms: ctx.now().as_millis(),
+            },
+            Step::Patched { patch_id } => StepReport::Patched {
+                taken: ctx.patched(patch_id),
+            },
+            Step::Join(branches) => StepReport::Join(run_join(ctx, branches).await?),
+            Step::Select { activity, timer_ms } => race(ctx, activity, *timer_ms).await?,
+        })
+    })
+}
+
+async fn run_join(ctx: &WorkflowContext, branches: &[Branch]) -> WorkflowResult<Vec<StepReport>> {
+    let futures = branches.iter().map(|branch| async move {
+        match branch {
+            Branch::Activity(spec) => Ok(StepReport::Activity {
+                tag: spec.tag.clone(),
+                report: activity_report(schedule(ctx, spec).await),
+            }),
+            Branch::Timer { duration_ms } => ctx
+                .sleep(Duration::from_millis(*duration_ms))
+                .await
+                .map(|()| StepReport::Timer),
+        }
+    });
+    join_all(futures).await.into_iter().collect()
+}
+
+async fn race(
+    ctx: &WorkflowContext,
+    spec: &ActivitySpec,
+    timer_ms: u64,
+) -> WorkflowResult<StepReport> {
+    let activity = schedule(ctx, spec);
+    let timer = ctx.sleep(Duration::from_millis(timer_ms));
+    futures::pin_mut!(activity, timer);
+    // The activity first: when both are ready in one activation it wins.
+    match select(activity, timer).await {
+        Either::Left((result, _timer)) => Ok(StepReport::Select {
+            activity_won: true,
+            report: Some(activity_report(result)),
+        }),
+        Either::Right((fired, _activity)) => {
+            fired?;
+            Ok(StepReport::Select {
+                activity_won: false,
+                report: None,
+            })
+        }
+    }
+}
+
+/// The activity future of `spec`, with its options.
+pub fn schedule(ctx: &WorkflowContext, spec: &ActivitySpec) -> ActivityFuture<ScriptOutput> {
+    let input = ScriptInput {
+        tag: spec.tag.clone(),
+        script: spec.script.clone(),
+        heartbeat_ms: spec.timeouts.heartbeat_ms,
+        pad: "p".repeat(spec.pad_bytes),
+    };
+    let t = &spec.timeouts;
+    let mut options = ActivityOptions::default().retry(spec.retry.clone());
+    options.schedule_to_start_timeout_ms = t.schedule_to_start_ms;
+    options.start_to_close_timeout_ms = t.start_to_close_ms;
+    options.schedule_to_close_timeout_ms = t.schedule_to_close_ms;
+    options.heartbeat_timeout_ms = t.heartbeat_ms;
+    options.cancellation_type = match spec.cancellation {
+        Cancellation::TryCancel => retrace::activity::ActivityCancellationType::TryCancel,
+        Cancellation::Abandon => retrace::activity::ActivityCancellationType::Abandon,
+    };
+    ctx.activity::<Scripted>(input).options(options)
+}
+
+fn activity_report(result: Result<ScriptOutput, ActivityError>) -> ActivityReport {
+    match result {
+        Ok(output) => ActivityReport::Completed {
+            attempt: output.attempt,
+            seen_details: output.seen_details,
+            pad_bytes: output.pad.len(),
+        },
+        Err(ActivityError::Failed {
+            failure,
+            retry_state,
+        }) => ActivityReport::Failed {
+            failure_type: failure.failure_type,
+            retry_state,
+        },
+        Err(ActivityError::TimedOut {
+            timeout_type,
+            retry_state,
+            ..
+        }) => ActivityReport::TimedOut {
+            timeout_type,
+            retry_state,
+        },
+        Err(ActivityError::Canceled) => ActivityReport::Canceled,
+        Err(other) => ActivityReport::Error(other.to_string()),
+    }
+}

@@ -1,0 +1,1179 @@
+//! The reference model: from the program (and what the client did), which
+//! histories are allowed.
+//!
+//! The model is pure. It is strict where faults cannot matter and lenient
+//! exactly where they can; in a calm seed (no faults at all) it is strict
+//! about the nominal outcome too.
+//!
+//! | what                          | always (any faults)                                                   | calm seeds only                  |
+//! |-------------------------------|-----------------------------------------------------------------------|----------------------------------|
+//! | run outcome                   | Completed, or Canceled / Terminated / TimedOut only if the client or the execution timeout can cause it; never Failed | - |
+//! | activity options              | the scheduled event carries the program's timeouts and normalised policy | -                            |
+//! | attempt counts                | never above `maximum_attempts`; attempt k starts no earlier than the sum of backoffs before it | the nominal attempt |
+//! | completed activity            | attempt k's script succeeds, the result names attempt k and its tag   | -                                |
+//! | failed activity               | attempt k's script fails, with its failure type; retry state: CancelRequested, NonRetryableFailure, MaximumAttemptsReached at k = max, or Timeout with a schedule-to-close | - |
+//! | timed-out activity            | the timeout is set; retry state as above                              | the script hangs (silently for a heartbeat timeout) |
+//! | canceled activity             | its cancel was requested first                                        | -                                |
+//! | heartbeat details             | seen details come from an earlier heartbeating attempt                | exactly the last such attempt    |
+//! | timers, schedule-to-close, execution timeout | fire no earlier than their deadline, no later than deadline + tolerance (looser with faults) | - |
+//! | the workflow's reports        | match the history (activity outcomes, signals, side effects, patches, `now`, uuids) | - |
+//! | queries                       | progress answers never go back and never exceed the step count        | -                                |
+
+use std::collections::BTreeMap;
+
+use retrace::api::RunOutcome;
+use retrace::history::{ActivityTaskScheduled, ActivityTaskStarted, Event, EventKind, History};
+use retrace::types::{RetryState, TimeoutType};
+use serde_json::Value;
+
+use super::interpreter::{ActivityReport, ScriptInput, ScriptOutput, StepReport};
+use super::program::{
+    ActivitySpec, Behaviour, Branch, Cancellation, ClientAction, Program, RunSpec, Step,
+};
+use retrace::workflow::{PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME};
+
+use crate::EffectLedger;
+
+/// How late a timer or timeout may fire in a calm seed.
+pub const CALM_TOLERANCE_MS: u64 = 1_000;
+/// How late past the end of the safety phase one may fire in a seed with faults.
+pub const FAULTY_TOLERANCE_MS: u64 = 15_000;
+/// Attempts the nominal model follows, at most.
+pub const NOMINAL_ATTEMPTS_MAX: u32 = 64;
+
+/// What the client did and saw for one action.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientRecord {
+    pub action: ClientAction,
+    /// The answer of a query, or the error of any call.
+    pub result: Result<Option<u64>, String>,
+}
+
+/// The client's records, by workflow id, in the order it made them.
+pub type ClientLog = BTreeMap<String, Vec<ClientRecord>>;
+
+/// Everything the model needs besides the program.
+pub struct Observed<'a> {
+    pub histories: &'a BTreeMap<String, History>,
+    pub outcomes: &'a BTreeMap<String, RunOutcome>,
+    pub client: &'a ClientLog,
+    /// Effects the services applied, by caller (an activity's idempotency key).
+    pub ledger: &'a EffectLedger,
+    /// Length of the safety phase (faults happen only in it).
+    pub safety_ms: u64,
+}
+
+/// Checks every run of `program`; the error names each run and what the
+/// model expected.
+pub fn check(program: &Program, observed: &Observed<'_>) -> Result<(), String> {
+    let mut problems = Vec::new();
+    for spec in &program.runs {
+        let mut run = RunCheck {
+            program,
+            spec,
+            observed,
+            problems: Vec::new(),
+        };
+        run.check();
+        problems.extend(
+            run.problems
+                .into_iter()
+                .map(|p| format!("run {}: {p}", spec.workflow_id)),
+        );
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let calm = if program.calm { "calm" } else { "with faults" };
+    Err(format!(
+        "the reference model of seed {} ({calm}) rejects the run:\n  {}",
+        program.seed,
+        problems.join("\n  ")
+    ))
+}
+
+/// The events of one activity.
+struct ActivityEvents<'h> {
+    scheduled: &'h Event,
+    attributes: &'h ActivityTaskScheduled,
+    started: Option<&'h ActivityTaskStarted>,
+    close: Option<&'h Event>,
+    cancel_requested_before_close: bool,
+    cancel_requested: bool,
+}
+
+struct RunCheck<'a> {
+    program: &'a Program,
+    spec: &'a RunSpec,
+    observed: &'a Observed<'a>,
+    problems: Vec<String>,
+}
+
+impl<'a> RunCheck<'a> {
+    fn problem(&mut self, message: String) {
+        self.problems.push(message);
+    }
+
+    fn tolerance_ms(&self, deadline_ms: u64) -> u64 {
+        if self.program.calm {
+            CALM_TOLERANCE_MS
+        } else {
+            deadline_ms.max(self.observed.safety_ms) - deadline_ms + FAULTY_TOLERANCE_MS
+        }
+    }
+
+    fn check(&mut self) {
+        let id = &self.spec.workflow_id;
+        let histories: Vec<&History> = self
+            .observed
+            .histories
+            .values()
+            .filter(|h| h.workflow_id() == id)
+            .collect();
+        let [history] = histories[..] else {
+            self.problem(format!(
+                "expected exactly one run, found {}",
+                histories.len()
+            ));
+            return;
+        };
+        let expected_input = serde_json::to_value(self.spec).expect("a program encodes");
+        match history.started() {
+            Some(started) if started.input == expected_input => {}
+            _ => self.problem("its input is not the program's run".to_string()),
+        }
+        let completed = self.check_outcome(history);
+        let activities = self.check_activities(history, completed);
+        self.check_timers(history);
+        self.check_client_events(history);
+        self.check_queries();
+        if completed {
+            self.check_reports(history, &activities);
+        }
+    }
+
+    /// Checks the run's close; returns true if it completed.
+    fn check_outcome(&mut self, history: &History) -> bool {
+        let Some(close) = history.close_event() else {
+            self.problem("never closed".to_string());
+            return false;
+        };
+        let spec = self.spec;
+        let allowed = match &close.kind {
+            EventKind::WorkflowExecutionCompleted(_) => true,
+            EventKind::WorkflowExecutionCanceled(_) => {
+                spec.client_does(|a| matches!(a, ClientAction::Cancel))
+            }
+            EventKind::WorkflowExecutionTerminated(_) => {
+                spec.client_does(|a| matches!(a, ClientAction::Terminate))
+            }
+            EventKind::WorkflowExecutionTimedOut(_) => {
+                self.check_execution_timeout(history, close);
+                spec.execution_timeout_ms.is_some()
+            }
+            _ => false,
+        };
+        if !allowed {
+            self.problem(format!(
+                "closed with {} (expected Completed{}{}{})",
+                close.kind.name(),
+                if spec.client_does(|a| matches!(a, ClientAction::Cancel)) {
+                    ", or Canceled by the client"
+                } else {
+                    ""
+                },
+                if spec.client_does(|a| matches!(a, ClientAction::Terminate)) {
+                    ", or Terminated by the client"
+                } else {
+                    ""
+                },
+                if spec.execution_timeout_ms.is_some() {
+                    ", or TimedOut by its execution timeout"
+                } else {
+                    ""
+                },
+            ));
+        }
+        let outcome = self.observed.outcomes.get(&spec.workflow_id);
+        let agrees = matches!(
+            (&close.kind, outcome),
+            (
+                EventKind::WorkflowExecutionCompleted(_),
+                Some(RunOutcome::Completed { .. })
+            ) | (
+                EventKind::WorkflowExecutionCanceled(_),
+                Some(RunOutcome::Canceled { .. })
+            ) | (
+                EventKind::WorkflowExecutionTerminated(_),
+                Some(RunOutcome::Terminated { .. })
+            ) | (
+                EventKind::WorkflowExecutionTimedOut(_),
+                Some(RunOutcome::TimedOut)
+            ) | (
+                EventKind::WorkflowExecutionFailed(_),
+                Some(RunOutcome::Failed { .. })
+            )
+        );
+        if !agrees {
+            self.problem(format!(
+                "its stored outcome {outcome:?} disagrees with its close event {}",
+                close.kind.name()
+            ));
+        }
+        matches!(close.kind, EventKind::WorkflowExecutionCompleted(_))
+    }
+
+    fn check_execution_timeout(&mut self, history: &History, close: &Event) {
+        let (Some(timeout_ms), Some(first)) =
+            (self.spec.execution_timeout_ms, history.events().first())
+        else {
+            return;
+        };
+        let elapsed_ms = close.event_time.millis_since(first.event_time);
+        let late_ms = self.tolerance_ms(timeout_ms);
+        if elapsed_ms < timeout_ms || elapsed_ms > timeout_ms + late_ms {
+            self.problem(format!(
+                "its execution timeout of {timeout_ms} ms fired after {elapsed_ms} ms (allowed {timeout_ms}..={} ms)",
+                timeout_ms + late_ms
+            ));
+        }
+    }
+
+    fn check_timers(&mut self, history: &History) {
+        let durations = self.spec.timer_durations();
+        let events = history.events();
+        for event in events {
+            match &event.kind {
+                EventKind::TimerStarted(s) if !durations.contains(&s.start_to_fire_timeout_ms) => {
+                    self.problem(format!(
+                        "timer {} of {} ms is not in the program ({durations:?})",
+                        s.timer_id, s.start_to_fire_timeout_ms
+                    ));
+                }
+                EventKind::TimerFired(f) => {
+                    let Some(started) = by_id(history, f.started_event_id) else {
+                        continue;
+                    };
+                    let EventKind::TimerStarted(s) = &started.kind else {
+                        continue;
+                    };
+                    let duration_ms = s.start_to_fire_timeout_ms;
+                    let elapsed_ms = event.event_time.millis_since(started.event_time);
+                    let late_ms = self.tolerance_ms(duration_ms);
+                    if elapsed_ms < duration_ms || elapsed_ms > duration_ms + late_ms {
+                        self.problem(format!(
+                            "timer {} of {duration_ms} ms fired after {elapsed_ms} ms (allowed {duration_ms}..={} ms)",
+                            f.timer_id,
+                            duration_ms + late_ms
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Signals, cancel requests and terminations the client could have caused.
+    fn check_client_events(&mut self, history: &History) {
+        let mut signals: BTreeMap<&str, u64> = BTreeMap::new();
+        for event in history.events() {
+            match &event.kind {
+                EventKind::WorkflowExecutionSignaled(s) => {
+                    *signals.entry(s.signal_name.as_str()).or_default() += 1;
+                    let sent = self.spec.client.iter().any(|t| matches!(&t.action,
+                        ClientAction::Signal { name, value } if *name == s.signal_name && s.input == *value));
+                    if !sent {
+                        self.problem(format!(
+                            "signal {} with {} was never sent",
+                            s.signal_name, s.input
+                        ));
+                    }
+                }
+                EventKind::WorkflowExecutionCancelRequested(_)
+                    if !self.spec.client_does(|a| matches!(a, ClientAction::Cancel)) =>
+                {
+                    self.problem("a cancel was requested, but the client never asked".to_string());
+                }
+                _ => {}
+            }
+        }
+        for (name, count) in &signals {
+            if *count > 1 {
+                self.problem(format!(
+                    "signal {name} was delivered {count} times (sent once)"
+                ));
+            }
+        }
+        self.check_accepted_calls(history, &signals);
+    }
+
+    /// A client call the service accepted took effect: the service refuses
+    /// calls on closed runs, and answers only after its write is durable.
+    fn check_accepted_calls(&mut self, history: &History, signals: &BTreeMap<&str, u64>) {
+        let records = self.observed.client.get(&self.spec.workflow_id);
+        let accepted = records.into_iter().flatten().filter(|r| r.result.is_ok());
+        let cancel_requested = history
+            .events()
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::WorkflowExecutionCancelRequested(_)));
+        let terminated = matches!(
+            history.close_event().map(|e| &e.kind),
+            Some(EventKind::WorkflowExecutionTerminated(_))
+        );
+        let mut missing = Vec::new();
+        for record in accepted {
+            let took_effect = match &record.action {
+                ClientAction::Signal { name, .. } => signals.contains_key(name.as_str()),
+                ClientAction::Cancel => cancel_requested,
+                ClientAction::Terminate => terminated,
+                ClientAction::Query => true,
+            };
+            if !took_effect {
+                missing.push(record.action.clone());
+            }
+        }
+        for action in missing {
+            self.problem(format!(
+                "the service accepted {action:?}, but the history does not show it"
+            ));
+        }
+    }
+
+    fn check_queries(&mut self) {
+        let steps = self.spec.steps.len() as u64;
+        let records = self.observed.client.get(&self.spec.workflow_id);
+        let answers: Vec<u64> = records
+            .into_iter()
+            .flatten()
+            .filter(|r| r.action == ClientAction::Query)
+            .filter_map(|r| r.result.clone().ok().flatten())
+            .collect();
+        for pair in answers.windows(2) {
+            if pair[1] < pair[0] {
+                self.problem(format!(
+                    "query progress went back from {} to {} ({answers:?})",
+                    pair[0], pair[1]
+                ));
+            }
+        }
+        if let Some(over) = answers.iter().find(|a| **a > steps) {
+            self.problem(format!("query progress {over} exceeds the {steps} steps"));
+        }
+    }
+}
+
+fn by_id(history: &History, event_id: u64) -> Option<&Event> {
+    let index = usize::try_from(event_id.checked_sub(1)?).ok()?;
+    history
+        .events()
+        .get(index)
+        .filter(|e| e.event_id == event_id)
+}
+
+/// The activities of a history, by tag.
+fn activities_of(history: &History) -> BTreeMap<String, ActivityEvents<'_>> {
+    let mut by_scheduled: BTreeMap<u64, ActivityEvents<'_>> = BTreeMap::new();
+    for event in history.events() {
+        let (scheduled_event_id, close) = match &event.kind {
+            EventKind::ActivityTaskScheduled(a) => {
+                by_scheduled.insert(
+                    event.event_id,
+                    ActivityEvents {
+                        scheduled: event,
+                        attributes: a,
+                        started: None,
+                        close: None,
+                        cancel_requested_before_close: false,
+                        cancel_requested: false,
+                    },
+                );
+                continue;
+            }
+            EventKind::ActivityTaskStarted(a) => {
+                if let Some(entry) = by_scheduled.get_mut(&a.scheduled_event_id) {
+                    entry.started = Some(a);
+                }
+                continue;
+            }
+            EventKind::ActivityTaskCancelRequested(a) => {
+                if let Some(entry) = by_scheduled.get_mut(&a.scheduled_event_id) {
+                    entry.cancel_requested = true;
+                    entry.cancel_requested_before_close = entry.close.is_none();
+                }
+                continue;
+            }
+            EventKind::ActivityTaskCompleted(a) => (a.scheduled_event_id, event),
+            EventKind::ActivityTaskFailed(a) => (a.scheduled_event_id, event),
+            EventKind::ActivityTaskTimedOut(a) => (a.scheduled_event_id, event),
+            EventKind::ActivityTaskCanceled(a) => (a.scheduled_event_id, event),
+            _ => continue,
+        };
+        if let Some(entry) = by_scheduled.get_mut(&scheduled_event_id) {
+            entry.close = Some(close);
+        }
+    }
+    by_scheduled
+        .into_values()
+        .map(|a| {
+            let tag = serde_json::from_value::<ScriptInput>(a.attributes.input.clone())
+                .map(|i| i.tag)
+                .unwrap_or_else(|_| {
+                    format!("<undecodable input of event {}>", a.scheduled.event_id)
+                });
+            (tag, a)
+        })
+        .collect()
+}
+
+/// What a calm world must give, when the schedule-to-close timeout does not
+/// interfere: the close's kind, the attempt, and the retry state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Nominal {
+    Completed {
+        attempt: u32,
+    },
+    Failed {
+        attempt: u32,
+        retry_state: RetryState,
+    },
+    TimedOut {
+        attempt: u32,
+        timeout_type: TimeoutType,
+        retry_state: RetryState,
+    },
+}
+
+/// The nominal close of `spec` in a calm world (schedule-to-close aside).
+pub fn nominal(spec: &ActivitySpec) -> Option<Nominal> {
+    let max = spec.retry.maximum_attempts;
+    for attempt in 1..=NOMINAL_ATTEMPTS_MAX {
+        let last = max > 0 && attempt >= max;
+        let retry_state = RetryState::MaximumAttemptsReached;
+        match spec.behaviour(attempt) {
+            Behaviour::Succeed => return Some(Nominal::Completed { attempt }),
+            b if b.stops_retries() => {
+                let retry_state = RetryState::NonRetryableFailure;
+                return Some(Nominal::Failed {
+                    attempt,
+                    retry_state,
+                });
+            }
+            Behaviour::FailRetryable | Behaviour::HeartbeatThenFail if last => {
+                return Some(Nominal::Failed {
+                    attempt,
+                    retry_state,
+                });
+            }
+            Behaviour::HangSilent if last && spec.timeouts.heartbeat_ms.is_some() => {
+                let timeout_type = TimeoutType::Heartbeat;
+                return Some(Nominal::TimedOut {
+                    attempt,
+                    timeout_type,
+                    retry_state,
+                });
+            }
+            Behaviour::HangSilent | Behaviour::HangHeartbeating if last => {
+                let timeout_type = TimeoutType::StartToClose;
+                return Some(Nominal::TimedOut {
+                    attempt,
+                    timeout_type,
+                    retry_state,
+                });
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The failure types attempt behaviour `b` may close with (`calm`: no faults).
+fn failure_types(b: Behaviour, calm: bool) -> &'static [&'static str] {
+    match (b, calm) {
+        (Behaviour::FailRetryable, _) => &["ActivityError"],
+        (Behaviour::FailNonRetryable, _) => &["NonRetryableError"],
+        (Behaviour::FailListed, _) => &[super::program::LISTED_FAILURE_TYPE],
+        (Behaviour::HeartbeatThenFail, _) => &["Flaky"],
+        (Behaviour::Succeed, false) => &["Unavailable"],
+        (Behaviour::HangHeartbeating | Behaviour::HangSilent, false) => &["WorkerShutdown"],
+        (_, true) => &[],
+    }
+}
+
+impl<'a> RunCheck<'a> {
+    fn check_activities(
+        &mut self,
+        history: &'a History,
+        completed: bool,
+    ) -> BTreeMap<String, ActivityEvents<'a>> {
+        let activities = activities_of(history);
+        let run_canceled = history
+            .events()
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::WorkflowExecutionCancelRequested(_)));
+        let scheduled = history
+            .events()
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::ActivityTaskScheduled(_)))
+            .count();
+        if scheduled != activities.len() {
+            let tags = activities.len();
+            self.problem(format!(
+                "{scheduled} activities scheduled for {tags} distinct tags"
+            ));
+        }
+        let specs = self.spec.activities();
+        for (tag, events) in &activities {
+            let Some((spec, droppable)) = specs.iter().find(|(s, _)| s.tag == *tag) else {
+                self.problem(format!("activity {tag} is not in the program"));
+                continue;
+            };
+            let mut check = ActivityCheck {
+                run: self,
+                spec,
+                events,
+                what: format!("activity {tag}"),
+            };
+            check.options();
+            check.effects(history.run_id());
+            check.close(completed, *droppable, run_canceled);
+        }
+        if completed {
+            for (spec, _) in &specs {
+                if !activities.contains_key(&spec.tag) {
+                    self.problem(format!(
+                        "activity {} was never scheduled though the run completed",
+                        spec.tag
+                    ));
+                }
+            }
+        }
+        activities
+    }
+}
+
+struct ActivityCheck<'c, 'a> {
+    run: &'c mut RunCheck<'a>,
+    spec: &'c ActivitySpec,
+    events: &'c ActivityEvents<'a>,
+    what: String,
+}
+
+impl ActivityCheck<'_, '_> {
+    fn problem(&mut self, message: String) {
+        let message = format!("{}: {message}", self.what);
+        self.run.problem(message);
+    }
+
+    /// The scheduled event carries the program's options and script.
+    fn options(&mut self) {
+        let a = self.events.attributes;
+        let t = &self.spec.timeouts;
+        let expected_policy = self
+            .spec
+            .retry
+            .normalized()
+            .expect("generated policies are valid");
+        let same = a.schedule_to_start_timeout_ms == t.schedule_to_start_ms
+            && a.schedule_to_close_timeout_ms == t.schedule_to_close_ms
+            && a.start_to_close_timeout_ms == Some(t.effective_start_to_close_ms())
+            && a.heartbeat_timeout_ms == t.heartbeat_ms
+            && a.retry_policy == expected_policy;
+        if !same {
+            self.problem(format!("scheduled with options {a:?}, expected timeouts {t:?} and policy {expected_policy:?}"));
+        }
+        match serde_json::from_value::<ScriptInput>(a.input.clone()) {
+            Ok(input)
+                if input.script == self.spec.script && input.pad.len() == self.spec.pad_bytes => {}
+            _ => self.problem("its input is not the program's script".to_string()),
+        }
+    }
+
+    fn close(&mut self, run_completed: bool, droppable: bool, run_canceled: bool) {
+        let spec = self.spec;
+        let events = self.events;
+        if events.cancel_requested
+            && !run_canceled
+            && !(droppable && spec.cancellation == Cancellation::TryCancel)
+        {
+            self.problem(
+                "a cancel was requested, but the workflow never asked for one".to_string(),
+            );
+        }
+        let attempt = events.started.map(|s| s.attempt);
+        if let Some(k) = attempt {
+            let max = spec.retry.maximum_attempts;
+            if k == 0 || (max > 0 && k > max) {
+                self.problem(format!(
+                    "attempt {k} started, but maximum_attempts is {max}"
+                ));
+            }
+        }
+        let Some(close) = events.close else {
+            // A cancel resolves the workflow's future at once (TryCancel), and
+            // an abandoned one is not waited for.
+            let abandoned = droppable && spec.cancellation == Cancellation::Abandon;
+            let may_stay_open = !run_completed || events.cancel_requested || abandoned;
+            if !may_stay_open {
+                self.problem("never closed though the run completed".to_string());
+            }
+            return;
+        };
+        if let Some(k) = attempt {
+            self.minimum_elapsed(close, k);
+        }
+        match &close.kind {
+            EventKind::ActivityTaskCompleted(c) => self.completed(attempt, &c.result),
+            EventKind::ActivityTaskFailed(f) => {
+                let failure_type = f.failure.failure_type.clone();
+                self.failed(attempt, &failure_type, f.retry_state);
+            }
+            EventKind::ActivityTaskTimedOut(t) => {
+                self.timed_out(close, attempt, t.timeout_type, t.retry_state);
+                self.heartbeat_details(attempt, t.last_heartbeat_details.as_ref());
+            }
+            EventKind::ActivityTaskCanceled(_) if !events.cancel_requested_before_close => {
+                self.problem("closed canceled, but no cancel was requested before".to_string());
+            }
+            _ => {}
+        }
+        if self.run.program.calm && !events.cancel_requested {
+            self.nominal(close, attempt);
+        }
+    }
+
+    /// Effects are applied at most once; only attempts scripted to succeed
+    /// report one, and an activity that completed reported it exactly once.
+    fn effects(&mut self, run_id: &str) {
+        let caller = format!("{run_id}/{}", self.events.attributes.activity_id);
+        let effect = format!("put:{}", self.spec.tag);
+        let applied = self
+            .run
+            .observed
+            .ledger
+            .applied
+            .get(&(caller, effect))
+            .copied()
+            .unwrap_or(0);
+        if applied > 1 {
+            self.problem(format!(
+                "its effect was applied {applied} times, though the service dedupes by idempotency key"
+            ));
+        }
+        let Some(close) = self.events.close else {
+            return;
+        };
+        let attempts = self.events.started.map_or(0, |s| s.attempt);
+        let may_succeed = (1..=attempts).any(|j| self.spec.behaviour(j) == Behaviour::Succeed);
+        let completed = matches!(close.kind, EventKind::ActivityTaskCompleted(_));
+        if (completed && applied != 1) || (applied > 0 && !may_succeed) {
+            self.problem(format!(
+                "its effect was applied {applied} times; it closed with {} after {attempts} attempts",
+                close.kind.name()
+            ));
+        }
+    }
+
+    /// Attempt k cannot start before the backoffs of the attempts before it,
+    /// and an attempt that timed out ran at least its timeout.
+    fn minimum_elapsed(&mut self, close: &Event, attempt: u32) {
+        let backoffs_ms: u64 = (1..attempt).map(|a| self.spec.retry.backoff_ms(a)).sum();
+        let t = &self.spec.timeouts;
+        let ran_ms = match &close.kind {
+            EventKind::ActivityTaskTimedOut(o) => match o.timeout_type {
+                TimeoutType::StartToClose => t.effective_start_to_close_ms(),
+                TimeoutType::Heartbeat => t.heartbeat_ms.unwrap_or(0),
+                TimeoutType::ScheduleToStart | TimeoutType::ScheduleToClose => 0,
+            },
+            _ => 0,
+        };
+        let minimum_ms = backoffs_ms + ran_ms;
+        let elapsed_ms = close
+            .event_time
+            .millis_since(self.events.scheduled.event_time);
+        if elapsed_ms < minimum_ms {
+            self.problem(format!(
+                "attempt {attempt} closed {elapsed_ms} ms after scheduling, before its {backoffs_ms} ms of backoffs and {ran_ms} ms of its own timeout"
+            ));
+        }
+    }
+
+    fn completed(&mut self, attempt: Option<u32>, result: &Value) {
+        let Some(k) = attempt else {
+            self.problem("completed without a started attempt".to_string());
+            return;
+        };
+        if self.spec.behaviour(k) != Behaviour::Succeed {
+            let b = self.spec.behaviour(k);
+            self.problem(format!("completed at attempt {k}, whose script is {b:?}"));
+        }
+        let Ok(output) = serde_json::from_value::<ScriptOutput>(result.clone()) else {
+            self.problem(format!("its result does not decode: {result}"));
+            return;
+        };
+        if output.attempt != k
+            || output.tag != self.spec.tag
+            || output.pad.len() != self.spec.pad_bytes
+        {
+            self.problem(format!(
+                "its result comes from attempt {} of {} ({} pad bytes), but ActivityTaskStarted records attempt {k} of {} ({} pad bytes)",
+                output.attempt, output.tag, output.pad.len(), self.spec.tag, self.spec.pad_bytes
+            ));
+        }
+        self.seen_details(k, output.seen_details);
+    }
+
+    fn seen_details(&mut self, attempt: u32, seen: Option<u32>) {
+        let heartbeat = self.spec.timeouts.heartbeat_ms.is_some();
+        let last_heartbeating = (1..attempt)
+            .rev()
+            .find(|j| heartbeat && self.spec.behaviour(*j).heartbeats());
+        match seen {
+            Some(j) if j >= attempt || !self.spec.behaviour(j).heartbeats() => {
+                let b = self.spec.behaviour(j);
+                self.problem(format!("attempt {attempt} saw heartbeat details of attempt {j}, which is not an earlier heartbeating attempt ({b:?})"));
+            }
+            _ if self.run.program.calm && seen != last_heartbeating => {
+                self.problem(format!("attempt {attempt} saw heartbeat details {seen:?}, expected {last_heartbeating:?}"));
+            }
+            _ => {}
+        }
+    }
+
+    fn heartbeat_details(&mut self, attempt: Option<u32>, details: Option<&Value>) {
+        let Some(details) = details else { return };
+        let j = details.as_u64().and_then(|j| u32::try_from(j).ok());
+        let ok = j.is_some_and(|j| {
+            j >= 1 && attempt.is_some_and(|k| j <= k) && self.spec.behaviour(j).heartbeats()
+        });
+        if !ok {
+            self.problem(format!("last heartbeat details {details} do not come from a heartbeating attempt up to {attempt:?}"));
+        }
+    }
+
+    /// The retry states an attempt `k` ending with a failure may close with.
+    /// A cancel requested before the close in the history may still have
+    /// come after it: the service delivers a close that happens while a
+    /// workflow task runs after that task's commands.
+    fn expected_retry_states(&self, k: u32, stops: bool) -> Vec<RetryState> {
+        let mut states: Vec<RetryState> =
+            self.uncanceled_retry_state(k, stops).into_iter().collect();
+        if self.events.cancel_requested_before_close {
+            states.push(RetryState::CancelRequested);
+        }
+        states
+    }
+
+    fn uncanceled_retry_state(&self, k: u32, stops: bool) -> Option<RetryState> {
+        let max = self.spec.retry.maximum_attempts;
+        if stops {
+            Some(RetryState::NonRetryableFailure)
+        } else if max > 0 && k >= max {
+            Some(RetryState::MaximumAttemptsReached)
+        } else if self.spec.timeouts.schedule_to_close_ms.is_some() {
+            Some(RetryState::Timeout)
+        } else {
+            None
+        }
+    }
+
+    fn failed(&mut self, attempt: Option<u32>, failure_type: &str, retry_state: RetryState) {
+        let Some(k) = attempt else {
+            self.problem("failed without a started attempt".to_string());
+            return;
+        };
+        let b = self.spec.behaviour(k);
+        let types = failure_types(b, self.run.program.calm);
+        if !types.contains(&failure_type) {
+            self.problem(format!(
+                "attempt {k} ({b:?}) failed with type {failure_type}, expected one of {types:?}"
+            ));
+        }
+        let stops = b.stops_retries() && types.contains(&failure_type);
+        let expected = self.expected_retry_states(k, stops);
+        if !expected.contains(&retry_state) {
+            self.problem(format!("failed at attempt {k} ({b:?}) with retry state {retry_state:?}, expected {expected:?}"));
+        }
+    }
+
+    fn timed_out(
+        &mut self,
+        close: &Event,
+        attempt: Option<u32>,
+        timeout_type: TimeoutType,
+        retry_state: RetryState,
+    ) {
+        let t = self.spec.timeouts;
+        let set = match timeout_type {
+            TimeoutType::ScheduleToStart => t.schedule_to_start_ms.is_some(),
+            TimeoutType::StartToClose => attempt.is_some(),
+            TimeoutType::ScheduleToClose => t.schedule_to_close_ms.is_some(),
+            TimeoutType::Heartbeat => t.heartbeat_ms.is_some() && attempt.is_some(),
+        };
+        if !set {
+            self.problem(format!(
+                "timed out ({timeout_type:?}) at attempt {attempt:?}, a timeout it cannot have"
+            ));
+        }
+        let expected = match (timeout_type, attempt) {
+            (TimeoutType::ScheduleToStart | TimeoutType::ScheduleToClose, _) => {
+                vec![RetryState::Timeout]
+            }
+            (_, Some(k)) => self.expected_retry_states(k, false),
+            (_, None) => Vec::new(),
+        };
+        if !expected.contains(&retry_state) {
+            self.problem(format!("timed out ({timeout_type:?}) at attempt {attempt:?} with retry state {retry_state:?}, expected {expected:?}"));
+        }
+        if timeout_type == TimeoutType::ScheduleToClose {
+            self.schedule_to_close_timing(close);
+        }
+        if let (true, Some(k), TimeoutType::StartToClose | TimeoutType::Heartbeat) =
+            (self.run.program.calm, attempt, timeout_type)
+        {
+            let b = self.spec.behaviour(k);
+            let silent_with_heartbeat = b == Behaviour::HangSilent && t.heartbeat_ms.is_some();
+            let fits =
+                b.hangs() && (silent_with_heartbeat == (timeout_type == TimeoutType::Heartbeat));
+            if !fits {
+                self.problem(format!(
+                    "attempt {k} ({b:?}) timed out ({timeout_type:?}) in a calm world"
+                ));
+            }
+        }
+    }
+
+    fn schedule_to_close_timing(&mut self, close: &Event) {
+        let Some(timeout_ms) = self.spec.timeouts.schedule_to_close_ms else {
+            return;
+        };
+        let elapsed_ms = close
+            .event_time
+            .millis_since(self.events.scheduled.event_time);
+        let late_ms = self.run.tolerance_ms(timeout_ms);
+        if elapsed_ms < timeout_ms || elapsed_ms > timeout_ms + late_ms {
+            self.problem(format!(
+                "its schedule-to-close timeout of {timeout_ms} ms fired after {elapsed_ms} ms (allowed {timeout_ms}..={} ms)",
+                timeout_ms + late_ms
+            ));
+        }
+    }
+
+    /// In a calm world the close is the nominal one, unless a queue or
+    /// schedule-to-close timeout (which depend on timing) ended it.
+    fn nominal(&mut self, close: &Event, attempt: Option<u32>) {
+        let Some(expected) = nominal(self.spec) else {
+            return;
+        };
+        let actual = match &close.kind {
+            EventKind::ActivityTaskCompleted(_) => {
+                attempt.map(|attempt| Nominal::Completed { attempt })
+            }
+            EventKind::ActivityTaskFailed(f) => attempt.map(|attempt| Nominal::Failed {
+                attempt,
+                retry_state: f.retry_state,
+            }),
+            EventKind::ActivityTaskTimedOut(t) => {
+                let by_timing = matches!(
+                    t.timeout_type,
+                    TimeoutType::ScheduleToStart | TimeoutType::ScheduleToClose
+                ) || t.retry_state == RetryState::Timeout;
+                if by_timing {
+                    return;
+                }
+                attempt.map(|attempt| Nominal::TimedOut {
+                    attempt,
+                    timeout_type: t.timeout_type,
+                    retry_state: t.retry_state,
+                })
+            }
+            _ => None,
+        };
+        if let EventKind::ActivityTaskFailed(f) = &close.kind
+            && f.retry_state == RetryState::Timeout
+        {
+            return;
+        }
+        if actual.as_ref() != Some(&expected) {
+            self.problem(format!(
+                "in a calm world it must close as {expected:?}, but closed as {actual:?} ({})",
+                close.kind.name()
+            ));
+        }
+    }
+}
+
+impl<'a> RunCheck<'a> {
+    /// The workflow's own reports agree with its history.
+    fn check_reports(
+        &mut self,
+        history: &History,
+        activities: &BTreeMap<String, ActivityEvents<'_>>,
+    ) {
+        let Some(EventKind::WorkflowExecutionCompleted(c)) = history.close_event().map(|e| &e.kind)
+        else {
+            return;
+        };
+        let reports: Vec<StepReport> = match serde_json::from_value(c.result.clone()) {
+            Ok(reports) => reports,
+            Err(e) => return self.problem(format!("its result does not decode: {e}")),
+        };
+        if reports.len() != self.spec.steps.len() {
+            let (got, steps) = (reports.len(), self.spec.steps.len());
+            return self.problem(format!("reported {got} steps, the program has {steps}"));
+        }
+        let mut last_now_ms = history
+            .events()
+            .first()
+            .map_or(0, |e| e.event_time.as_millis());
+        for (step, report) in self.spec.steps.iter().zip(&reports) {
+            self.check_report(history, activities, step, report, &mut last_now_ms);
+        }
+    }
+
+    fn check_report(
+        &mut self,
+        history: &History,
+        activities: &BTreeMap<String, ActivityEvents<'_>>,
+        step: &Step,
+        report: &StepReport,
+        last_now_ms: &mut u64,
+    ) {
+        match (step, report) {
+            (Step::Activity(spec), StepReport::Activity { tag, report }) if *tag == spec.tag => {
+                self.check_activity_report(activities, spec, report);
+            }
+            (Step::Timer { .. }, StepReport::Timer) => {}
+            (Step::Signal { name }, StepReport::Signal { value }) => {
+                let sent = self.spec.client.iter().any(|t| {
+                    matches!(&t.action,
+                    ClientAction::Signal { name: n, value: v } if n == name && v == value)
+                });
+                if !sent {
+                    self.problem(format!(
+                        "the workflow received {value} on {name}, which the client never sent"
+                    ));
+                }
+            }
+            (Step::SideEffect { value }, StepReport::SideEffect { value: got }) => {
+                let recorded = markers(history, SIDE_EFFECT_MARKER_NAME)
+                    .any(|d| d.get("value") == Some(&Value::from(*value)));
+                if got != value || !recorded {
+                    self.problem(format!(
+                        "side effect {value} reported {got}, recorded: {recorded}"
+                    ));
+                }
+            }
+            (Step::Random, StepReport::Random { .. }) => {}
+            (Step::Uuid, StepReport::Uuid { value }) if !is_uuid_v4(value) => {
+                self.problem(format!("uuid {value} is not a version 4 uuid"));
+            }
+            (Step::Uuid, StepReport::Uuid { .. }) => {}
+            (Step::Now, StepReport::Now { ms }) => {
+                let closed_ms = history
+                    .close_event()
+                    .map_or(u64::MAX, |e| e.event_time.as_millis());
+                if *ms < *last_now_ms || *ms > closed_ms {
+                    self.problem(format!(
+                        "now {ms} went back (last {last_now_ms}) or past the close ({closed_ms})"
+                    ));
+                }
+                *last_now_ms = (*ms).max(*last_now_ms);
+            }
+            (Step::Patched { patch_id }, StepReport::Patched { taken }) => {
+                let recorded = markers(history, PATCH_MARKER_NAME)
+                    .any(|d| d.get("id") == Some(&Value::from(patch_id.as_str())));
+                if !taken || !recorded {
+                    self.problem(format!("a new run must take patch {patch_id} and record it (taken {taken}, recorded {recorded})"));
+                }
+            }
+            (Step::Join(branches), StepReport::Join(reports))
+                if branches.len() == reports.len() =>
+            {
+                self.check_join(activities, branches, reports);
+            }
+            (
+                Step::Select { activity, .. },
+                StepReport::Select {
+                    activity_won,
+                    report,
+                },
+            ) => {
+                self.check_select(activities, activity, *activity_won, report.as_ref());
+            }
+            _ => self.problem(format!("step {step:?} reported {report:?}")),
+        }
+    }
+
+    fn check_join(
+        &mut self,
+        activities: &BTreeMap<String, ActivityEvents<'_>>,
+        branches: &[Branch],
+        reports: &[StepReport],
+    ) {
+        for (branch, report) in branches.iter().zip(reports) {
+            match (branch, report) {
+                (Branch::Activity(spec), StepReport::Activity { tag, report })
+                    if *tag == spec.tag =>
+                {
+                    self.check_activity_report(activities, spec, report);
+                }
+                (Branch::Timer { .. }, StepReport::Timer) => {}
+                _ => self.problem(format!("join branch {branch:?} reported {report:?}")),
+            }
+        }
+    }
+
+    fn check_select(
+        &mut self,
+        activities: &BTreeMap<String, ActivityEvents<'_>>,
+        spec: &ActivitySpec,
+        activity_won: bool,
+        report: Option<&ActivityReport>,
+    ) {
+        match (activity_won, report) {
+            (true, Some(report)) => self.check_activity_report(activities, spec, report),
+            (false, None) => {
+                let requested = activities
+                    .get(&spec.tag)
+                    .is_some_and(|a| a.cancel_requested);
+                if requested != (spec.cancellation == Cancellation::TryCancel) {
+                    self.problem(format!(
+                        "activity {} lost its race; cancel requested: {requested}, its cancellation is {:?}",
+                        spec.tag, spec.cancellation
+                    ));
+                }
+            }
+            _ => self.problem(format!(
+                "select of {} reported {activity_won} with {report:?}",
+                spec.tag
+            )),
+        }
+    }
+
+    fn check_activity_report(
+        &mut self,
+        activities: &BTreeMap<String, ActivityEvents<'_>>,
+        spec: &ActivitySpec,
+        report: &ActivityReport,
+    ) {
+        let Some(events) = activities.get(&spec.tag) else {
+            return self.problem(format!(
+                "activity {} reported {report:?} but was never scheduled",
+                spec.tag
+            ));
+        };
+        let attempt = events.started.map(|s| s.attempt);
+        let agrees = match (report, events.close.map(|e| &e.kind)) {
+            (
+                ActivityReport::Completed {
+                    attempt: a,
+                    pad_bytes,
+                    ..
+                },
+                Some(EventKind::ActivityTaskCompleted(c)),
+            ) => {
+                let output = serde_json::from_value::<ScriptOutput>(c.result.clone()).ok();
+                Some(*a) == attempt
+                    && output.is_some_and(|o| o.attempt == *a && o.pad.len() == *pad_bytes)
+            }
+            (
+                ActivityReport::Failed {
+                    failure_type,
+                    retry_state,
+                },
+                Some(EventKind::ActivityTaskFailed(f)),
+            ) => *failure_type == f.failure.failure_type && *retry_state == f.retry_state,
+            (
+                ActivityReport::TimedOut {
+                    timeout_type,
+                    retry_state,
+                },
+                Some(EventKind::ActivityTaskTimedOut(t)),
+            ) => *timeout_type == t.timeout_type && *retry_state == t.retry_state,
+            (ActivityReport::Canceled, _) => events.cancel_requested,
+            _ => false,
+        };
+        if !agrees {
+            let close = events.close.map(|e| e.kind.name());
+            self.problem(format!(
+                "activity {}: the workflow saw {report:?}, the history says {close:?} at attempt {attempt:?}",
+                spec.tag
+            ));
+        }
+    }
+}
+
+fn is_uuid_v4(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    bytes.len() == 36 && bytes[14] == b'4' && bytes.iter().filter(|b| **b == b'-').count() == 4
+}
+
+fn markers<'h>(history: &'h History, name: &'h str) -> impl Iterator<Item = &'h Value> + 'h {
+    history.events().iter().filter_map(move |e| match &e.kind {
+        EventKind::MarkerRecorded(m) if m.marker_name == name => Some(&m.details),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::generated::program::{LISTED_FAILURE_TYPE, Timeouts};
+    use retrace::activity::RetryPolicy;
+
+    fn spec(script: Vec<Behaviour>, max: u32, heartbeat_ms: Option<u64>) -> ActivitySpec {
+        ActivitySpec {
+            tag: "a".into(),
+            timeouts: Timeouts {
+                start_to_close_ms: Some(2_000),
+                heartbeat_ms,
+                ..Timeouts::default()
+            },
+            retry: RetryPolicy::default()
+                .maximum_attempts(max)
+                .non_retryable(LISTED_FAILURE_TYPE),
+            script,
+            pad_bytes: 0,
+            cancellation: Cancellation::TryCancel,
+        }
+    }
+
+    #[test]
+    fn the_nominal_close_follows_the_script_and_the_policy() {
+        use Behaviour::*;
+        assert_eq!(
+            nominal(&spec(vec![FailRetryable, Succeed], 0, None)),
+            Some(Nominal::Completed { attempt: 2 })
+        );
+        assert_eq!(
+            nominal(&spec(vec![FailNonRetryable, Succeed], 5, None)),
+            Some(Nominal::Failed {
+                attempt: 1,
+                retry_state: RetryState::NonRetryableFailure
+            })
+        );
+        assert_eq!(
+            nominal(&spec(vec![FailRetryable], 3, None)),
+            Some(Nominal::Failed {
+                attempt: 3,
+                retry_state: RetryState::MaximumAttemptsReached
+            })
+        );
+        assert_eq!(
+            nominal(&spec(vec![HangSilent], 2, Some(500))),
+            Some(Nominal::TimedOut {
+                attempt: 2,
+                timeout_type: TimeoutType::Heartbeat,
+                retry_state: RetryState::MaximumAttemptsReached
+            })
+        );
+        assert_eq!(
+            nominal(&spec(vec![HangHeartbeating], 1, Some(500))),
+            Some(Nominal::TimedOut {
+                attempt: 1,
+                timeout_type: TimeoutType::StartToClose,
+                retry_state: RetryState::MaximumAttemptsReached
+            })
+        );
+    }
+}

@@ -1,0 +1,769 @@
+//! The program grammar: what one seed of the `generated` workload runs.
+//!
+//! A [`Program`] is drawn from the seed alone (splitmix64 over it, like the
+//! swarm): a few runs, each a list of [`Step`]s the interpreter workflow
+//! executes in order, plus what the client does to each run (signals, queries,
+//! cancel, terminate) and when. Activities carry a *script*: what attempt `n`
+//! does (succeed, fail retryably or not, hang past start-to-close, hang without
+//! heartbeating, heartbeat then fail), so the reference model knows from the
+//! program alone what every attempt was told to do.
+//!
+//! | step         | engine feature                                                        |
+//! |--------------|-----------------------------------------------------------------------|
+//! | `Activity`   | timeouts (each kind alone and combined), retry policies, scripts      |
+//! | `Timer`      | durable timers                                                        |
+//! | `Signal`     | a signal the client sends before or after the workflow listens        |
+//! | `SideEffect`, `Random`, `Uuid`, `Now`, `Patched` | recorded / replayed values  |
+//! | `Join`       | activities and timers in parallel (`join_all`)                        |
+//! | `Select`     | an activity raced against a timer; the loser is dropped (canceled)    |
+//!
+//! Every feature is named by [`Feature`]; [`Program::features`] lists those a
+//! program uses, so a test can show the grammar covers all of them.
+
+use std::collections::BTreeSet;
+
+use retrace::activity::RetryPolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::Swarm;
+
+/// Runs a program starts, at most.
+pub const RUNS_MAX: usize = 3;
+/// Top-level steps of one run, at most.
+pub const STEPS_MAX: usize = 5;
+/// Branches of a join, at most.
+pub const JOIN_WIDTH_MAX: usize = 3;
+/// Scripted attempts of one activity, at most (the last one repeats).
+pub const SCRIPT_LEN_MAX: usize = 4;
+/// The service's payload limit in the `generated` workload (small, so that
+/// payloads near it are cheap to simulate).
+pub const PAYLOAD_BYTES_MAX: u64 = 12 * 1024;
+/// How far below the limit a "near the limit" payload stays.
+pub const PAYLOAD_SLACK_BYTES: usize = 256;
+/// The failure type retry policies may list as non-retryable.
+pub const LISTED_FAILURE_TYPE: &str = "Fatal";
+/// Activity capacity of a worker, at most.
+pub const ACTIVITIES_MAX_MAX: usize = 4;
+/// Workflow cache size of a worker, at most (small: runs are evicted).
+pub const CACHE_RUNS_MAX_MAX: usize = 3;
+
+/// What one attempt of a scripted activity does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Behaviour {
+    /// Reports an effect to the service, then returns its result.
+    Succeed,
+    /// Fails with a retryable failure (type `ActivityError`).
+    FailRetryable,
+    /// Fails with a failure marked non-retryable.
+    FailNonRetryable,
+    /// Fails with type [`LISTED_FAILURE_TYPE`], which the policy lists.
+    FailListed,
+    /// Heartbeats its attempt number while it hangs past start-to-close.
+    HangHeartbeating,
+    /// Hangs without heartbeating.
+    HangSilent,
+    /// Heartbeats its attempt number, waits for the heartbeat to reach the
+    /// service, then fails retryably (type `Flaky`): the next attempt must see
+    /// the details.
+    HeartbeatThenFail,
+}
+
+impl Behaviour {
+    /// True if an attempt doing this never returns by itself.
+    pub fn hangs(self) -> bool {
+        matches!(self, Behaviour::HangHeartbeating | Behaviour::HangSilent)
+    }
+
+    /// True if the attempt records heartbeat details.
+    pub fn heartbeats(self) -> bool {
+        matches!(
+            self,
+            Behaviour::HangHeartbeating | Behaviour::HeartbeatThenFail
+        )
+    }
+
+    /// True if the attempt's failure stops the retries.
+    pub fn stops_retries(self) -> bool {
+        matches!(self, Behaviour::FailNonRetryable | Behaviour::FailListed)
+    }
+}
+
+/// The four activity timeouts (`None`: not set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    pub schedule_to_start_ms: Option<u64>,
+    pub start_to_close_ms: Option<u64>,
+    pub schedule_to_close_ms: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+}
+
+impl Timeouts {
+    /// The start-to-close the service applies (it defaults to schedule-to-close).
+    pub fn effective_start_to_close_ms(&self) -> u64 {
+        let ms = self.start_to_close_ms.or(self.schedule_to_close_ms);
+        ms.expect("every generated activity has a start-to-close or schedule-to-close timeout")
+    }
+}
+
+/// How the workflow gives up on an activity it no longer waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cancellation {
+    /// Ask the service to cancel it.
+    TryCancel,
+    /// Walk away; the activity runs on.
+    Abandon,
+}
+
+/// One scheduled activity: its options and its script.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActivitySpec {
+    /// Unique in the program (`r0s2`, `r1s3j0`, ...).
+    pub tag: String,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    /// Attempt `n` does `script[n - 1]`; the last entry repeats.
+    pub script: Vec<Behaviour>,
+    /// Bytes of padding in the input and the result (0, or near the limit).
+    pub pad_bytes: usize,
+    pub cancellation: Cancellation,
+}
+
+impl ActivitySpec {
+    /// What attempt `attempt` (from 1) does.
+    pub fn behaviour(&self, attempt: u32) -> Behaviour {
+        assert!(attempt >= 1, "attempts are numbered from 1");
+        assert!(!self.script.is_empty(), "a script has at least one entry");
+        let index = (attempt as usize - 1).min(self.script.len() - 1);
+        self.script[index]
+    }
+}
+
+/// A leaf of a join.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Branch {
+    Activity(ActivitySpec),
+    Timer { duration_ms: u64 },
+}
+
+/// One step of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    Activity(ActivitySpec),
+    Timer {
+        duration_ms: u64,
+    },
+    /// Waits for signal `name` (the client sends it exactly once).
+    Signal {
+        name: String,
+    },
+    SideEffect {
+        value: u64,
+    },
+    Random,
+    Uuid,
+    Now,
+    Patched {
+        patch_id: String,
+    },
+    Join(Vec<Branch>),
+    /// The activity raced against a timer of `timer_ms`; the loser is dropped.
+    Select {
+        activity: ActivitySpec,
+        timer_ms: u64,
+    },
+}
+
+/// What the client does to a run, `at_ms` after it started all runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientAction {
+    Signal { name: String, value: u64 },
+    Query,
+    Cancel,
+    Terminate,
+}
+
+/// A client action and its time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timed {
+    pub at_ms: u64,
+    pub action: ClientAction,
+}
+
+/// One workflow run: the interpreter's input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub workflow_id: String,
+    pub steps: Vec<Step>,
+    /// The run's execution timeout.
+    pub execution_timeout_ms: Option<u64>,
+    /// What the client does to it (sorted by time).
+    pub client: Vec<Timed>,
+}
+
+impl RunSpec {
+    /// Every activity of the run, with whether the workflow may drop it.
+    pub fn activities(&self) -> Vec<(&ActivitySpec, bool)> {
+        let mut out = Vec::new();
+        for step in &self.steps {
+            match step {
+                Step::Activity(a) => out.push((a, false)),
+                Step::Select { activity, .. } => out.push((activity, true)),
+                Step::Join(branches) => out.extend(branches.iter().filter_map(|b| match b {
+                    Branch::Activity(a) => Some((a, false)),
+                    Branch::Timer { .. } => None,
+                })),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Every timer duration the run may start.
+    pub fn timer_durations(&self) -> BTreeSet<u64> {
+        let mut out = BTreeSet::new();
+        for step in &self.steps {
+            match step {
+                Step::Timer { duration_ms } => {
+                    out.insert(*duration_ms);
+                }
+                Step::Select { timer_ms, .. } => {
+                    out.insert(*timer_ms);
+                }
+                Step::Join(branches) => {
+                    for branch in branches {
+                        if let Branch::Timer { duration_ms } = branch {
+                            out.insert(*duration_ms);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// True if one of the client's actions on the run satisfies `what`.
+    pub fn client_does(&self, what: fn(&ClientAction) -> bool) -> bool {
+        self.client.iter().any(|t| what(&t.action))
+    }
+}
+
+/// Everything one seed runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Program {
+    pub seed: u64,
+    /// The seed's world has no faults at all: the model is strict.
+    pub calm: bool,
+    pub runs: Vec<RunSpec>,
+    /// Activity capacity of each worker (by worker index).
+    pub activities_max: Vec<usize>,
+    /// Cache size of each worker (by worker index).
+    pub cache_runs_max: Vec<usize>,
+}
+
+/// Workers of the `generated` workload.
+pub const WORKERS: usize = 2;
+
+/// Every feature the grammar can draw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feature {
+    ScheduleToStartTimeout,
+    StartToCloseTimeout,
+    ScheduleToCloseAlone,
+    ScheduleToCloseExpiring,
+    HeartbeatTimeout,
+    AllTimeoutsCombined,
+    MaximumAttempts,
+    Backoff,
+    NonRetryableListed,
+    NonRetryableFlag,
+    ScriptSucceed,
+    ScriptFailRetryable,
+    ScriptHang,
+    ScriptHangSilent,
+    ScriptHeartbeatThenFail,
+    ActivityCancelTry,
+    ActivityAbandon,
+    Timer,
+    SignalBeforeListen,
+    SignalAfterListen,
+    QueryEarly,
+    QueryLate,
+    SideEffect,
+    Random,
+    Uuid,
+    Now,
+    Patched,
+    Join,
+    Select,
+    PayloadNearLimit,
+    WorkflowCancel,
+    WorkflowTerminate,
+    ExecutionTimeout,
+    WorkerCapacityOne,
+    WorkerCapacityMany,
+    CacheEviction,
+    CalmWorld,
+}
+
+/// Every feature, for coverage tests.
+pub const FEATURES: [Feature; 37] = [
+    Feature::ScheduleToStartTimeout,
+    Feature::StartToCloseTimeout,
+    Feature::ScheduleToCloseAlone,
+    Feature::ScheduleToCloseExpiring,
+    Feature::HeartbeatTimeout,
+    Feature::AllTimeoutsCombined,
+    Feature::MaximumAttempts,
+    Feature::Backoff,
+    Feature::NonRetryableListed,
+    Feature::NonRetryableFlag,
+    Feature::ScriptSucceed,
+    Feature::ScriptFailRetryable,
+    Feature::ScriptHang,
+    Feature::ScriptHangSilent,
+    Feature::ScriptHeartbeatThenFail,
+    Feature::ActivityCancelTry,
+    Feature::ActivityAbandon,
+    Feature::Timer,
+    Feature::SignalBeforeListen,
+    Feature::SignalAfterListen,
+    Feature::QueryEarly,
+    Feature::QueryLate,
+    Feature::SideEffect,
+    Feature::Random,
+    Feature::Uuid,
+    Feature::Now,
+    Feature::Patched,
+    Feature::Join,
+    Feature::Select,
+    Feature::PayloadNearLimit,
+    Feature::WorkflowCancel,
+    Feature::WorkflowTerminate,
+    Feature::ExecutionTimeout,
+    Feature::WorkerCapacityOne,
+    Feature::WorkerCapacityMany,
+    Feature::CacheEviction,
+    Feature::CalmWorld,
+];
+
+/// splitmix64 over the seed: the program's own stream.
+pub(crate) struct Draws(u64);
+
+impl Draws {
+    pub(crate) fn new(seed: u64) -> Draws {
+        Draws(seed ^ 0x4745_4e45_5241_5445)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
+        assert!(!choices.is_empty());
+        choices[(self.next() % choices.len() as u64) as usize]
+    }
+
+    /// True with probability `percent` / 100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0);
+        self.next() % bound
+    }
+}
+
+/// Whether a seed's world is calm, decided from its swarm's own draw (the
+/// swarm adjustment sees only the swarm; the program recomputes it from the
+/// seed): one seed in four.
+pub fn calm_from_salt(clock_salt: u64) -> bool {
+    retrace::types::fnv1a64(&clock_salt.to_le_bytes()) % 4 == 0
+}
+
+impl Program {
+    /// The program of `seed`.
+    pub fn generate(seed: u64) -> Program {
+        let mut draws = Draws::new(seed);
+        let calm = calm_from_salt(Swarm::from_seed(seed).clock_salt);
+        let runs_count = 1 + draws.below(RUNS_MAX as u64) as usize;
+        let runs = (0..runs_count).map(|i| run(&mut draws, i)).collect();
+        let activities_max = (0..WORKERS)
+            .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
+            .collect();
+        let cache_runs_max = (0..WORKERS)
+            .map(|_| 1 + draws.below(CACHE_RUNS_MAX_MAX as u64) as usize)
+            .collect();
+        let program = Program {
+            seed,
+            calm,
+            runs,
+            activities_max,
+            cache_runs_max,
+        };
+        assert!((1..=RUNS_MAX).contains(&program.runs.len()));
+        program
+    }
+
+    /// The run of `workflow_id`.
+    pub fn run(&self, workflow_id: &str) -> Option<&RunSpec> {
+        self.runs.iter().find(|r| r.workflow_id == workflow_id)
+    }
+
+    /// The features this program uses.
+    pub fn features(&self) -> BTreeSet<Feature> {
+        let mut out = BTreeSet::new();
+        if self.calm {
+            out.insert(Feature::CalmWorld);
+        }
+        if self.activities_max.contains(&1) {
+            out.insert(Feature::WorkerCapacityOne);
+        }
+        if self.activities_max.iter().any(|m| *m > 1) {
+            out.insert(Feature::WorkerCapacityMany);
+        }
+        let runs = self.runs.len();
+        if self.cache_runs_max.iter().any(|c| *c < runs) {
+            out.insert(Feature::CacheEviction);
+        }
+        for run in &self.runs {
+            run_features(run, &mut out);
+        }
+        out
+    }
+}
+
+fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
+    if run.execution_timeout_ms.is_some() {
+        out.insert(Feature::ExecutionTimeout);
+    }
+    for timed in &run.client {
+        match &timed.action {
+            ClientAction::Cancel => out.insert(Feature::WorkflowCancel),
+            ClientAction::Terminate => out.insert(Feature::WorkflowTerminate),
+            ClientAction::Query if timed.at_ms < 1_000 => out.insert(Feature::QueryEarly),
+            ClientAction::Query => out.insert(Feature::QueryLate),
+            ClientAction::Signal { .. } if timed.at_ms == 0 => {
+                out.insert(Feature::SignalBeforeListen)
+            }
+            ClientAction::Signal { .. } => out.insert(Feature::SignalAfterListen),
+        };
+    }
+    for step in &run.steps {
+        let feature = match step {
+            Step::Timer { .. } => Feature::Timer,
+            Step::SideEffect { .. } => Feature::SideEffect,
+            Step::Random => Feature::Random,
+            Step::Uuid => Feature::Uuid,
+            Step::Now => Feature::Now,
+            Step::Patched { .. } => Feature::Patched,
+            Step::Join(_) => Feature::Join,
+            Step::Select { .. } => Feature::Select,
+            Step::Signal { .. } | Step::Activity(_) => continue,
+        };
+        out.insert(feature);
+    }
+    for (activity, dropped) in run.activities() {
+        activity_features(activity, dropped, out);
+    }
+}
+
+fn activity_features(a: &ActivitySpec, dropped: bool, out: &mut BTreeSet<Feature>) {
+    let t = &a.timeouts;
+    let mut add = |cond: bool, feature| {
+        if cond {
+            out.insert(feature);
+        }
+    };
+    add(
+        t.schedule_to_start_ms.is_some(),
+        Feature::ScheduleToStartTimeout,
+    );
+    add(t.start_to_close_ms.is_some(), Feature::StartToCloseTimeout);
+    let s2c_alone = t.schedule_to_close_ms.is_some() && t.start_to_close_ms.is_none();
+    add(s2c_alone, Feature::ScheduleToCloseAlone);
+    let expiring = t.schedule_to_close_ms.is_some() && a.script.iter().all(|b| b.hangs());
+    add(expiring, Feature::ScheduleToCloseExpiring);
+    add(t.heartbeat_ms.is_some(), Feature::HeartbeatTimeout);
+    let all = t.schedule_to_start_ms.is_some()
+        && t.start_to_close_ms.is_some()
+        && t.schedule_to_close_ms.is_some()
+        && t.heartbeat_ms.is_some();
+    add(all, Feature::AllTimeoutsCombined);
+    add(a.retry.maximum_attempts > 0, Feature::MaximumAttempts);
+    add(a.retry.backoff_coefficient > 1.0, Feature::Backoff);
+    add(a.pad_bytes > 0, Feature::PayloadNearLimit);
+    add(
+        dropped && a.cancellation == Cancellation::TryCancel,
+        Feature::ActivityCancelTry,
+    );
+    add(
+        dropped && a.cancellation == Cancellation::Abandon,
+        Feature::ActivityAbandon,
+    );
+    for b in &a.script {
+        let feature = match b {
+            Behaviour::Succeed => Feature::ScriptSucceed,
+            Behaviour::FailRetryable => Feature::ScriptFailRetryable,
+            Behaviour::FailNonRetryable => Feature::NonRetryableFlag,
+            Behaviour::FailListed => Feature::NonRetryableListed,
+            Behaviour::HangHeartbeating => Feature::ScriptHang,
+            Behaviour::HangSilent => Feature::ScriptHangSilent,
+            Behaviour::HeartbeatThenFail => Feature::ScriptHeartbeatThenFail,
+        };
+        out.insert(feature);
+    }
+}
+
+fn run(draws: &mut Draws, index: usize) -> RunSpec {
+    let workflow_id = format!("gen-{index}");
+    let steps_count = 1 + draws.below(STEPS_MAX as u64) as usize;
+    let mut client = Vec::new();
+    let mut steps = Vec::new();
+    for s in 0..steps_count {
+        let tag = format!("r{index}s{s}");
+        steps.push(step(draws, &tag, &mut client));
+    }
+    let queries = 1 + draws.below(3);
+    for _ in 0..queries {
+        let at_ms = draws.pick(&[0, 500, 2_000, 6_000, 12_000, 20_000]);
+        client.push(Timed {
+            at_ms,
+            action: ClientAction::Query,
+        });
+    }
+    if draws.chance(12) {
+        let at_ms = 500 + draws.below(12_000);
+        client.push(Timed {
+            at_ms,
+            action: ClientAction::Cancel,
+        });
+    } else if draws.chance(10) {
+        let at_ms = 500 + draws.below(12_000);
+        client.push(Timed {
+            at_ms,
+            action: ClientAction::Terminate,
+        });
+    }
+    client.sort_by_key(|t| t.at_ms);
+    // The run's spec is the workflow's input: it stays well under the limit.
+    while steps.len() > 1 && encoded_bytes(&steps) > PAYLOAD_BYTES_MAX as usize / 2 {
+        steps.pop();
+    }
+    let execution_timeout_ms = draws
+        .chance(12)
+        .then(|| draws.pick(&[3_000, 8_000, 30_000]));
+    RunSpec {
+        workflow_id,
+        steps,
+        execution_timeout_ms,
+        client,
+    }
+}
+
+fn encoded_bytes(steps: &[Step]) -> usize {
+    serde_json::to_vec(steps).map_or(usize::MAX, |bytes| bytes.len())
+}
+
+fn step(draws: &mut Draws, tag: &str, client: &mut Vec<Timed>) -> Step {
+    match draws.below(20) {
+        0..=6 => Step::Activity(activity(draws, tag)),
+        7..=8 => Step::Timer {
+            duration_ms: draws.pick(&[100, 1_000, 3_500]),
+        },
+        9..=10 => {
+            let name = format!("{tag}-signal");
+            let at_ms = draws.pick(&[0, 0, 1_500, 5_000]);
+            let value = draws.below(1_000);
+            let action = ClientAction::Signal {
+                name: name.clone(),
+                value,
+            };
+            client.push(Timed { at_ms, action });
+            Step::Signal { name }
+        }
+        11 => Step::SideEffect {
+            value: draws.below(1 << 20),
+        },
+        12 => match draws.below(3) {
+            0 => Step::Random,
+            1 => Step::Uuid,
+            _ => Step::Now,
+        },
+        13 => Step::Patched {
+            patch_id: format!("{tag}-patch"),
+        },
+        14..=16 => join(draws, tag),
+        _ => Step::Select {
+            activity: activity(draws, tag),
+            timer_ms: draws.pick(&[300, 1_500, 5_000]),
+        },
+    }
+}
+
+fn join(draws: &mut Draws, tag: &str) -> Step {
+    let width = 2 + draws.below(JOIN_WIDTH_MAX as u64 - 1) as usize;
+    let branches = (0..width)
+        .map(|j| {
+            if draws.chance(75) {
+                Branch::Activity(activity(draws, &format!("{tag}j{j}")))
+            } else {
+                Branch::Timer {
+                    duration_ms: draws.pick(&[200, 1_200]),
+                }
+            }
+        })
+        .collect();
+    Step::Join(branches)
+}
+
+fn activity(draws: &mut Draws, tag: &str) -> ActivitySpec {
+    let timeouts = timeouts(draws);
+    let retry = retry_policy(draws);
+    let mut spec = ActivitySpec {
+        tag: tag.to_string(),
+        timeouts,
+        retry,
+        script: Vec::new(),
+        pad_bytes: if draws.chance(3) {
+            PAYLOAD_BYTES_MAX as usize - PAYLOAD_SLACK_BYTES
+        } else {
+            0
+        },
+        cancellation: draws.pick(&[
+            Cancellation::TryCancel,
+            Cancellation::TryCancel,
+            Cancellation::Abandon,
+        ]),
+    };
+    spec.script = script(draws, &spec);
+    if spec.script.contains(&Behaviour::FailListed) {
+        spec.retry = spec.retry.non_retryable(LISTED_FAILURE_TYPE);
+    }
+    if timeouts.schedule_to_close_ms.is_some() && draws.chance(40) {
+        // A schedule-to-close that expires: every attempt hangs.
+        spec.script = vec![draws.pick(&[Behaviour::HangHeartbeating, Behaviour::HangSilent])];
+        let first = spec.timeouts.effective_start_to_close_ms();
+        spec.timeouts.schedule_to_close_ms = Some(first + first / 2);
+        if spec.timeouts.start_to_close_ms.is_none() {
+            spec.timeouts.start_to_close_ms = Some(first);
+        }
+    }
+    assert!(
+        terminates(&spec),
+        "generated activity {tag} must end: {spec:?}"
+    );
+    spec
+}
+
+/// An activity ends by itself: it has a schedule-to-close, a maximum number
+/// of attempts, or a script whose repeated last attempt ends it.
+fn terminates(spec: &ActivitySpec) -> bool {
+    let last = *spec.script.last().expect("non-empty script");
+    spec.timeouts.schedule_to_close_ms.is_some()
+        || spec.retry.maximum_attempts > 0
+        || last == Behaviour::Succeed
+        || last.stops_retries()
+}
+
+fn timeouts(draws: &mut Draws) -> Timeouts {
+    let start_to_close = draws.pick(&[1_000, 2_000, 4_000]);
+    let mut t = Timeouts::default();
+    match draws.below(6) {
+        0 => t.schedule_to_close_ms = Some(start_to_close),
+        1 => t.start_to_close_ms = Some(start_to_close),
+        _ => {
+            t.start_to_close_ms = Some(start_to_close);
+            if draws.chance(50) {
+                t.heartbeat_ms = Some(draws.pick(&[300, 500]).min(start_to_close / 2));
+            }
+            if draws.chance(40) {
+                t.schedule_to_start_ms = Some(draws.pick(&[2_000, 15_000]));
+            }
+            if draws.chance(40) {
+                t.schedule_to_close_ms = Some(draws.pick(&[15_000, 30_000]));
+            }
+        }
+    }
+    t
+}
+
+fn retry_policy(draws: &mut Draws) -> RetryPolicy {
+    let initial_ms = draws.pick(&[100, 300, 1_000]);
+    let mut policy = RetryPolicy::default()
+        .initial_interval_ms(initial_ms)
+        .backoff_coefficient(draws.pick(&[1.0, 1.5, 2.0, 3.0]))
+        .maximum_interval_ms(initial_ms * draws.pick(&[0, 1, 2, 4]))
+        .maximum_attempts(draws.pick(&[0, 0, 1, 2, 3, 5]));
+    if draws.chance(20) {
+        policy = policy.non_retryable(LISTED_FAILURE_TYPE);
+    }
+    policy
+}
+
+fn script(draws: &mut Draws, spec: &ActivitySpec) -> Vec<Behaviour> {
+    let heartbeat = spec.timeouts.heartbeat_ms.is_some();
+    let len = 1 + draws.below(SCRIPT_LEN_MAX as u64) as usize;
+    let mut script: Vec<Behaviour> = (0..len)
+        .map(|_| {
+            let b = draws.pick(&[
+                Behaviour::Succeed,
+                Behaviour::Succeed,
+                Behaviour::FailRetryable,
+                Behaviour::FailRetryable,
+                Behaviour::FailNonRetryable,
+                Behaviour::FailListed,
+                Behaviour::HangHeartbeating,
+                Behaviour::HangSilent,
+                Behaviour::HeartbeatThenFail,
+            ]);
+            // Heartbeat-then-fail needs a heartbeat timeout: without one the
+            // worker sends heartbeats only every 30 s.
+            if b == Behaviour::HeartbeatThenFail && !heartbeat {
+                Behaviour::FailRetryable
+            } else {
+                b
+            }
+        })
+        .collect();
+    let last = *script.last().expect("non-empty");
+    let unbounded =
+        spec.timeouts.schedule_to_close_ms.is_none() && spec.retry.maximum_attempts == 0;
+    if unbounded && last != Behaviour::Succeed && !last.stops_retries() {
+        script.push(Behaviour::Succeed);
+    }
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_draws_the_same_program() {
+        assert_eq!(Program::generate(42), Program::generate(42));
+        assert_ne!(Program::generate(42), Program::generate(43));
+    }
+
+    #[test]
+    fn every_generated_activity_ends_by_itself() {
+        for seed in 0..2_000 {
+            for run in Program::generate(seed).runs {
+                for (activity, _) in run.activities() {
+                    assert!(terminates(activity), "seed {seed}: {activity:?}");
+                    let input = serde_json::to_vec(&run).expect("a run encodes").len();
+                    assert!(
+                        input < PAYLOAD_BYTES_MAX as usize,
+                        "seed {seed}: input of {input} bytes"
+                    );
+                    assert!(activity.script.len() <= SCRIPT_LEN_MAX + 1);
+                }
+            }
+        }
+    }
+}
