@@ -1,0 +1,221 @@
+//! Effects, ledgered by idempotency key and by attempt, and the attempt a
+//! close's result came from.
+//!
+//! | check                  | from                            | what must hold                                   |
+//! |------------------------|---------------------------------|--------------------------------------------------|
+//! | at most once           | the service ledger, by key      | no effect applied twice for the same activity    |
+//! | exactly once           | the service ledger, by key      | an acknowledged effect of a completed activity applied once |
+//! | no later attempt acted | the service ledger, by attempt  | no attempt after the one `ActivityTaskStarted` names applied an effect |
+//! | result from its attempt | the workers' own record of what each attempt sent (built in: no service needs to report) | a close's result is the one its attempt sent; the close's identity is the worker that ran that attempt; no attempt after it ran |
+
+use std::collections::BTreeMap;
+
+use retrace::api::ActivityTaskResult;
+use retrace::history::{EventKind, History};
+
+use super::{Violation, activities};
+use crate::world::cluster::{AttemptKey, AttemptSeen};
+use crate::world::services::EffectLedger;
+
+/// Where an activity (by idempotency key `run/activity`) is in the histories.
+fn locate<'h>(
+    histories: &'h BTreeMap<String, History>,
+    caller: &str,
+) -> Option<(&'h History, u64, bool)> {
+    let (run_id, activity_id) = caller.split_once('/')?;
+    let history = histories.get(run_id)?;
+    let scheduled = history.events().iter().find_map(|e| match &e.kind {
+        EventKind::ActivityTaskScheduled(a) if a.activity_id == activity_id => Some(e.event_id),
+        _ => None,
+    })?;
+    let completed = history.events().iter().any(|e| matches!(&e.kind, EventKind::ActivityTaskCompleted(a) if a.scheduled_event_id == scheduled));
+    Some((history, scheduled, completed))
+}
+
+/// Each effect applied at most once per caller; exactly once for the
+/// acknowledged effects of completed activities.
+pub fn check_effects(
+    ledger: &EffectLedger,
+    histories: &BTreeMap<String, History>,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    for ((caller, effect), applied) in &ledger.applied {
+        if *applied > 1 {
+            let message = format!(
+                "effect {effect:?} of activity {caller} applied {applied} times (at most once allowed)"
+            );
+            let mut violation = Violation::new("effects exactly once", message);
+            if let Some((history, scheduled, _)) = locate(histories, caller) {
+                violation = violation.at(history, Some(scheduled));
+            }
+            violations.push(violation);
+        }
+    }
+    for (caller, effect) in ledger.acknowledged.keys() {
+        let Some((history, scheduled, true)) = locate(histories, caller) else {
+            continue;
+        };
+        let applied = ledger
+            .applied
+            .get(&(caller.clone(), effect.clone()))
+            .copied()
+            .unwrap_or(0);
+        if applied != 1 {
+            let message = format!(
+                "completed activity {caller} acknowledged effect {effect:?}, which was applied {applied} times"
+            );
+            violations
+                .push(Violation::new("effects exactly once", message).at(history, Some(scheduled)));
+        }
+    }
+    violations
+}
+
+/// The last attempt of each activity, by idempotency key (`run/activity`):
+/// the one its `ActivityTaskStarted` names (0 if it closed before any
+/// attempt started). Open activities are left out.
+fn last_attempts(histories: &BTreeMap<String, History>) -> BTreeMap<String, (u64, u32, &History)> {
+    let mut last = BTreeMap::new();
+    for (run_id, history) in histories {
+        for view in activities(history) {
+            if view.close.is_none() {
+                continue;
+            }
+            let attempt = view.started.map_or(0, |(_, started)| started.attempt);
+            let key = format!("{run_id}/{}", view.attrs.activity_id);
+            last.insert(key, (view.scheduled.event_id, attempt, history));
+        }
+    }
+    last
+}
+
+/// No attempt after the one a closed activity's `ActivityTaskStarted` names
+/// applied an effect (the per-attempt ledger).
+pub fn check_later_attempts_acted(
+    ledger: &EffectLedger,
+    histories: &BTreeMap<String, History>,
+) -> Vec<Violation> {
+    let last = last_attempts(histories);
+    let mut violations = Vec::new();
+    for (caller, attempt, effect) in ledger.by_attempt.keys() {
+        let Some((scheduled, last_attempt, history)) = last.get(caller) else {
+            continue;
+        };
+        if attempt > last_attempt {
+            let message = format!(
+                "activity {caller} closed with attempt {last_attempt}, but attempt {attempt} applied effect {effect:?}"
+            );
+            violations.push(
+                Violation::new("result from its attempt", message).at(history, Some(*scheduled)),
+            );
+        }
+    }
+    violations
+}
+
+/// What an attempt sent, compared with the close the service wrote for it.
+fn sent_matches(sent: &ActivityTaskResult, close: &EventKind) -> bool {
+    match (sent, close) {
+        (ActivityTaskResult::Completed(value), EventKind::ActivityTaskCompleted(c)) => {
+            *value == c.result
+        }
+        (ActivityTaskResult::Failed(failure), EventKind::ActivityTaskFailed(f)) => {
+            *failure == f.failure
+        }
+        // A cancellation nobody requested is recorded as a failure.
+        (ActivityTaskResult::Canceled(_), EventKind::ActivityTaskFailed(f)) => {
+            f.failure.failure_type == "Canceled"
+        }
+        (ActivityTaskResult::Canceled(details), EventKind::ActivityTaskCanceled(c)) => {
+            *details == c.details
+        }
+        _ => false,
+    }
+}
+
+/// The result a close carries came from the attempt its `ActivityTaskStarted`
+/// names, as the workers recorded each attempt (no service involved), and no
+/// attempt after that one ever ran.
+pub fn check_attempts(
+    history: &History,
+    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let run_id = history.run_id().to_string();
+    for view in activities(history) {
+        let Some(close) = view.close else { continue };
+        let scheduled = view.scheduled.event_id;
+        let last = view.started.map_or(0, |(_, s)| s.attempt);
+        let ran: Vec<(&AttemptKey, &AttemptSeen)> = attempts
+            .range((run_id.clone(), scheduled, 0)..=(run_id.clone(), scheduled, u32::MAX))
+            .collect();
+        let what = || format!("activity {:?}", view.attrs.activity_id);
+        for ((_, _, attempt), seen) in &ran {
+            if *attempt > last {
+                let message = format!(
+                    "{} closed with attempt {last} (its ActivityTaskStarted), but attempt {attempt} ran on {}",
+                    what(),
+                    seen.node
+                );
+                violations.push(
+                    Violation::new("result from its attempt", message)
+                        .at(history, Some(close.event_id)),
+                );
+            }
+        }
+        let Some((started_event, started)) = view.started else {
+            continue;
+        };
+        let from_worker = match &close.kind {
+            EventKind::ActivityTaskCompleted(c) => Some(&c.identity),
+            EventKind::ActivityTaskFailed(f) => Some(&f.identity),
+            EventKind::ActivityTaskCanceled(c) if !c.identity.is_empty() => Some(&c.identity),
+            _ => None,
+        };
+        let Some(identity) = from_worker else {
+            continue;
+        };
+        if *identity != started.identity {
+            let message = format!(
+                "{}: its close came from {identity}, but its ActivityTaskStarted says attempt {last} ran on {}",
+                what(),
+                started.identity
+            );
+            violations.push(
+                Violation::new("result from its attempt", message)
+                    .at(history, Some(close.event_id)),
+            );
+            continue;
+        }
+        let Some(seen) = attempts.get(&(run_id.clone(), scheduled, last)) else {
+            continue;
+        };
+        let sent_it = seen
+            .result
+            .as_ref()
+            .is_some_and(|sent| sent_matches(sent, &close.kind));
+        if !sent_it {
+            let senders: Vec<u32> = ran
+                .iter()
+                .filter(|(_, s)| {
+                    s.result
+                        .as_ref()
+                        .is_some_and(|r| sent_matches(r, &close.kind))
+                })
+                .map(|((_, _, attempt), _)| *attempt)
+                .collect();
+            let message = format!(
+                "{}: event {} records attempt {last}, which sent {:?}; the close's {} was sent by attempts {senders:?}",
+                what(),
+                started_event.event_id,
+                seen.result,
+                close.kind.name()
+            );
+            violations.push(
+                Violation::new("result from its attempt", message)
+                    .at(history, Some(close.event_id)),
+            );
+        }
+    }
+    violations
+}

@@ -1,0 +1,141 @@
+//! Retries follow the activity's retry policy.
+//!
+//! | check                 | from                                  | what must hold                                    |
+//! |-----------------------|---------------------------------------|---------------------------------------------------|
+//! | attempt count         | `ActivityTaskStarted.attempt`, the attempts workers ran | never more than `maximum_attempts` (0: unbounded) |
+//! | non-retryable stops   | `ActivityTaskStarted.last_failure` (the attempt before's failure) | no attempt follows a non-retryable failure |
+//! | retry state           | `ActivityTaskFailed`                  | a non-retryable failure says so; a retryable one before the last attempt is not "maximum attempts reached" |
+//! | backoff               | the start times workers recorded      | attempt n+1 starts no sooner than backoff(n) after attempt n started |
+//!
+//! The backoff is computed here from the policy's fields (initial interval x
+//! coefficient^(n-1), capped by the maximum interval, 100 x initial if unset),
+//! not with the engine's own function.
+
+use std::collections::BTreeMap;
+
+use retrace::activity::RetryPolicy;
+use retrace::history::{EventKind, History};
+use retrace::types::{Failure, RetryState};
+
+use super::{Violation, activities};
+use crate::world::cluster::{AttemptKey, AttemptSeen};
+
+/// The policy's backoff after failed attempt `attempt`, by its definition.
+pub fn expected_backoff_ms(policy: &RetryPolicy, attempt: u32) -> u64 {
+    assert!(attempt >= 1);
+    let cap_ms = match policy.maximum_interval_ms {
+        0 => policy.initial_interval_ms.saturating_mul(100),
+        ms => ms,
+    };
+    let mut backoff_ms = policy.initial_interval_ms as f64;
+    for _ in 1..attempt.min(64) {
+        backoff_ms *= policy.backoff_coefficient;
+    }
+    let backoff_ms = if backoff_ms.is_finite() && backoff_ms < cap_ms as f64 {
+        backoff_ms as u64
+    } else {
+        cap_ms
+    };
+    assert!(backoff_ms <= cap_ms);
+    backoff_ms
+}
+
+fn non_retryable(policy: &RetryPolicy, failure: &Failure) -> bool {
+    failure.non_retryable
+        || policy
+            .non_retryable_error_types
+            .iter()
+            .any(|t| *t == failure.failure_type)
+}
+
+/// Every activity's attempts keep its retry policy.
+pub fn check_retries(
+    history: &History,
+    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let run_id = history.run_id().to_string();
+    for view in activities(history) {
+        let policy = &view.attrs.retry_policy;
+        let scheduled = view.scheduled.event_id;
+        let name = &view.attrs.activity_id;
+        let mut push = |message: String, at: u64| {
+            violations.push(Violation::new("retries", message).at(history, Some(at)));
+        };
+        let ran: Vec<(u32, &AttemptSeen)> = attempts
+            .range((run_id.clone(), scheduled, 0)..=(run_id.clone(), scheduled, u32::MAX))
+            .map(|((_, _, attempt), seen)| (*attempt, seen))
+            .collect();
+        let recorded = view.started.map(|(e, s)| (e.event_id, s));
+        let most = ran
+            .iter()
+            .map(|(a, _)| *a)
+            .chain(recorded.map(|(_, s)| s.attempt))
+            .max()
+            .unwrap_or(0);
+        if policy.maximum_attempts != 0 && most > policy.maximum_attempts {
+            push(
+                format!(
+                    "activity {name:?} ran attempt {most}, more than its maximum of {}",
+                    policy.maximum_attempts
+                ),
+                scheduled,
+            );
+        }
+        if let Some((started_id, started)) = recorded
+            && let Some(previous) = &started.last_failure
+            && non_retryable(policy, previous)
+        {
+            push(
+                format!(
+                    "activity {name:?} ran attempt {} after attempt {} failed with non-retryable {previous}",
+                    started.attempt,
+                    started.attempt - 1
+                ),
+                started_id,
+            );
+        }
+        if let (Some(close), Some((_, started))) = (view.close, recorded)
+            && let EventKind::ActivityTaskFailed(failed) = &close.kind
+        {
+            let stops = non_retryable(policy, &failed.failure);
+            if stops && failed.retry_state != RetryState::NonRetryableFailure {
+                push(
+                    format!(
+                        "activity {name:?} failed with non-retryable {}, recorded as {:?}",
+                        failed.failure, failed.retry_state
+                    ),
+                    close.event_id,
+                );
+            }
+            let below_max =
+                policy.maximum_attempts == 0 || started.attempt < policy.maximum_attempts;
+            if !stops && below_max && failed.retry_state == RetryState::MaximumAttemptsReached {
+                push(
+                    format!(
+                        "activity {name:?} stopped at attempt {} of {} as if it had reached its maximum",
+                        started.attempt, policy.maximum_attempts
+                    ),
+                    close.event_id,
+                );
+            }
+        }
+        for pair in ran.windows(2) {
+            let ((attempt, first), (next, second)) = (pair[0], pair[1]);
+            if next != attempt + 1 {
+                continue;
+            }
+            let backoff_ms = expected_backoff_ms(policy, attempt);
+            let gap_ms = second.started_time.millis_since(first.started_time);
+            if second.started_time < first.started_time.plus_ms(backoff_ms) {
+                push(
+                    format!(
+                        "activity {name:?} attempt {next} started {gap_ms} ms after attempt {attempt} started, within the {backoff_ms} ms backoff"
+                    ),
+                    scheduled,
+                );
+            }
+        }
+    }
+    violations
+}

@@ -1,0 +1,432 @@
+//! Both sides of every timer and timeout: never before its deadline, never
+//! after its deadline plus a tolerance derived from the fault plan.
+//!
+//! All times are the service's clock (event times, and the attempt start the
+//! service wrote into each activity task). What the history and the workers'
+//! record let us bound:
+//!
+//! | timer / timeout          | deadline                                   | early | late |
+//! |--------------------------|--------------------------------------------|-------|------|
+//! | user timer               | `TimerStarted` + duration                  | `TimerFired` | its fire or cancel, or the run's close while it was open |
+//! | schedule-to-close        | `ActivityTaskScheduled` + timeout          | `ActivityTaskTimedOut` | the activity's close, or the run's close while it was open |
+//! | schedule-to-start        | `ActivityTaskScheduled` + timeout (first attempt) | `ActivityTaskTimedOut` | the close of an activity no attempt of which started |
+//! | start-to-close           | start of the last attempt + timeout (the start is not in the history: `ActivityTaskStarted` is written at the close; the worker that ran the attempt recorded it) | `ActivityTaskTimedOut` | a close the attempt caused (result, failure, its own timeout) |
+//! | heartbeat                | start of the attempt + timeout, for an attempt that never sent a heartbeat (a heartbeat moves the deadline to a time the service alone knows) | `ActivityTaskTimedOut` | as start-to-close; and an attempt before the last that ended by start-to-close although it never heartbeated |
+//! | workflow task            | `WorkflowTaskStarted` + its timeout        | `WorkflowTaskTimedOut` | the task's close, or the run's close while it ran |
+//! | execution timeout        | `WorkflowExecutionStarted` + timeout       | `WorkflowExecutionTimedOut` | the run's close |
+//!
+//! An event that reaches the run while a workflow task runs is buffered and
+//! written when the task closes: such an event is on time if the task it
+//! waited for started by the deadline's tolerance.
+//!
+//! The tolerance ([`Tolerance::latest`]) is a base for the timer loop and one
+//! write, plus (during the safety phase) room for two failed or stalled
+//! writes, plus every window in which the fault plan kept the service from
+//! firing timers (crashed and restarting, or its storage in trouble) that
+//! overlaps the wait. The liveness phase has no faults: the base alone.
+
+use std::collections::BTreeMap;
+
+use retrace::history::{EventKind, History};
+use retrace::types::{Failure, TimeoutType, Timestamp};
+
+use super::{ActivityView, Violation, activities, event};
+use crate::faults::swarm::Swarm;
+use crate::faults::{FaultKind, FaultPlan};
+use crate::world::cluster::{AttemptKey, AttemptSeen};
+use crate::world::storage::STALL_MS_MAX;
+
+/// Slack of every timer: the timer loop's wake-up, the run's lock, one write.
+pub const TOLERANCE_MS_BASE: u64 = 1_000;
+/// How long the service takes to come back once its node restarts (it reloads
+/// every run and rebuilds its timers).
+pub const RESTART_MS_MAX: u64 = 2_000;
+/// How long the service waits before firing again a timer whose write failed.
+pub const FAILED_FIRE_RETRY_MS: u64 = 1_000;
+/// Failed or stalled writes a timer may meet in a row under background faults.
+pub const WRITES_FAILED_MAX: u64 = 2;
+
+/// Maps simulated time (ms since the run began) to the service's clock.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceClock {
+    /// The service clock now.
+    pub now: Timestamp,
+    /// Simulated ms since the run began, now.
+    pub now_elapsed_ms: u64,
+    /// The service clock's drift.
+    pub drift_ppm: i64,
+}
+
+impl ServiceClock {
+    /// The service clock's reading `elapsed_ms` after the run began.
+    pub fn at(&self, elapsed_ms: u64) -> u64 {
+        let back_ms = i128::from(self.now_elapsed_ms) - i128::from(elapsed_ms);
+        let scaled = back_ms * (1_000_000 + i128::from(self.drift_ppm)) / 1_000_000;
+        (i128::from(self.now.0) - scaled).max(0) as u64
+    }
+}
+
+/// How late a timer may fire, from the faults of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tolerance {
+    /// Slack every timer gets.
+    pub base_ms: u64,
+    /// Slack added while the safety phase's background faults are on.
+    pub safety_extra_ms: u64,
+    /// When the safety phase ended (service clock).
+    pub safety_end: Timestamp,
+    /// Windows (service clock, ms) in which the service could not fire timers.
+    pub windows: Vec<(u64, u64)>,
+}
+
+impl Tolerance {
+    /// No faults: the base alone.
+    pub fn calm() -> Tolerance {
+        Tolerance {
+            base_ms: TOLERANCE_MS_BASE,
+            safety_extra_ms: 0,
+            safety_end: Timestamp(0),
+            windows: Vec::new(),
+        }
+    }
+
+    /// The tolerance of a run with `plan`, `swarm` and a safety phase of `safety_ms`.
+    pub fn of_run(
+        plan: &FaultPlan,
+        swarm: &Swarm,
+        clock: ServiceClock,
+        safety_ms: u64,
+    ) -> Tolerance {
+        let mut safety_extra_ms = 0;
+        if swarm.storage_io_error_rate > 0.0 || swarm.storage_ambiguous_rate > 0.0 {
+            safety_extra_ms += WRITES_FAILED_MAX * FAILED_FIRE_RETRY_MS;
+        }
+        if swarm.storage_stall_rate > 0.0 {
+            safety_extra_ms += WRITES_FAILED_MAX * STALL_MS_MAX;
+        }
+        let mut windows = Vec::new();
+        for fault in &plan.faults {
+            let (duration_ms, after_ms) = match fault.kind {
+                FaultKind::CrashService { down_ms } => (down_ms, RESTART_MS_MAX),
+                FaultKind::StorageTrouble { duration_ms, .. } => {
+                    (duration_ms, FAILED_FIRE_RETRY_MS + STALL_MS_MAX)
+                }
+                _ => continue,
+            };
+            let from_ms = fault.at_ms.min(safety_ms);
+            let to_ms = (fault.at_ms + duration_ms).min(safety_ms);
+            windows.push((clock.at(from_ms), clock.at(to_ms) + after_ms));
+        }
+        windows.sort_unstable();
+        Tolerance {
+            base_ms: TOLERANCE_MS_BASE,
+            safety_extra_ms,
+            safety_end: Timestamp(clock.at(safety_ms)),
+            windows,
+        }
+    }
+
+    /// The latest a timer due at `deadline` may fire.
+    pub fn latest(&self, deadline: Timestamp) -> Timestamp {
+        let mut end = deadline.0 + self.base_ms;
+        if deadline < self.safety_end {
+            end += self.safety_extra_ms;
+        }
+        for &(from, to) in &self.windows {
+            if from <= end && to > deadline.0 {
+                end += to - from.max(deadline.0);
+            }
+        }
+        assert!(end >= deadline.0 + self.base_ms);
+        Timestamp(end)
+    }
+}
+
+/// True if the event at `index` was written by `latest`, or waited in the
+/// buffer of a workflow task that started by then.
+fn on_time(history: &History, index: usize, latest: Timestamp) -> bool {
+    let events = history.events();
+    if events[index].event_time <= latest {
+        return true;
+    }
+    let task_started = events[..index]
+        .iter()
+        .rev()
+        .find(|e| matches!(e.kind, EventKind::WorkflowTaskStarted(_)));
+    task_started.is_some_and(|started| started.event_time <= latest)
+}
+
+fn index_of(event_id: u64) -> usize {
+    (event_id - 1) as usize
+}
+
+/// What the checks of one history share.
+struct Timing<'a> {
+    history: &'a History,
+    tolerance: &'a Tolerance,
+    violations: Vec<Violation>,
+}
+
+impl Timing<'_> {
+    fn early(&mut self, what: &str, fired_id: u64, deadline: Timestamp) {
+        let fired = event(self.history, fired_id).expect("an event of the history");
+        if fired.event_time < deadline {
+            let message = format!(
+                "{what} fired at {}, {} ms before its deadline {deadline}",
+                fired.event_time,
+                deadline.millis_since(fired.event_time)
+            );
+            self.violations.push(
+                Violation::new("timers never fire early", message).at(self.history, Some(fired_id)),
+            );
+        }
+    }
+
+    /// `what` was due at `deadline`; `by_id` is the event that shows it had
+    /// happened (its own event, or a later close that required it).
+    fn late(&mut self, what: &str, by_id: u64, deadline: Timestamp) {
+        let latest = self.tolerance.latest(deadline);
+        if on_time(self.history, index_of(by_id), latest) {
+            return;
+        }
+        let by = event(self.history, by_id).expect("an event of the history");
+        let message = format!(
+            "{what} was due at {deadline} and must fire by {latest} (tolerance {} ms), but {} (event {by_id}) was written at {} without it, {} ms after the deadline",
+            latest.millis_since(deadline),
+            by.kind.name(),
+            by.event_time,
+            by.event_time.millis_since(deadline)
+        );
+        self.violations
+            .push(Violation::new("timers never fire late", message).at(self.history, Some(by_id)));
+    }
+
+    /// The event by which something open must have closed: `closed_by`, or
+    /// the run's close if it was still open then.
+    fn closed_or_run_closed(&self, closed_by: Option<u64>) -> Option<u64> {
+        closed_by.or_else(|| self.history.close_event().map(|e| e.event_id))
+    }
+}
+
+/// No timer or timeout fires before its deadline or after it plus `tolerance`.
+pub fn check_timers(
+    history: &History,
+    tolerance: &Tolerance,
+    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+) -> Vec<Violation> {
+    let mut timing = Timing {
+        history,
+        tolerance,
+        violations: Vec::new(),
+    };
+    check_user_timers(&mut timing);
+    check_workflow_tasks(&mut timing);
+    check_execution_timeout(&mut timing);
+    for view in activities(history) {
+        check_schedule_timeouts(&mut timing, &view);
+        check_attempt_timeouts(&mut timing, &view, attempts);
+    }
+    timing.violations
+}
+
+fn check_user_timers(timing: &mut Timing<'_>) {
+    let mut closes: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+    for e in timing.history.events() {
+        match &e.kind {
+            EventKind::TimerFired(a) => closes.insert(a.started_event_id, (e.event_id, true)),
+            EventKind::TimerCanceled(a) => closes.insert(a.started_event_id, (e.event_id, false)),
+            _ => None,
+        };
+    }
+    for e in timing.history.events() {
+        let EventKind::TimerStarted(started) = &e.kind else {
+            continue;
+        };
+        let deadline = e.event_time.plus_ms(started.start_to_fire_timeout_ms);
+        let what = format!("timer {:?}", started.timer_id);
+        let close = closes.get(&e.event_id).copied();
+        if let Some((fired_id, true)) = close {
+            timing.early(&what, fired_id, deadline);
+        }
+        if let Some(by_id) = timing.closed_or_run_closed(close.map(|(id, _)| id)) {
+            timing.late(&what, by_id, deadline);
+        }
+    }
+}
+
+fn check_workflow_tasks(timing: &mut Timing<'_>) {
+    let mut closes: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
+    for e in timing.history.events() {
+        match &e.kind {
+            EventKind::WorkflowTaskCompleted(a) => {
+                closes.insert(a.started_event_id, (e.event_id, false))
+            }
+            EventKind::WorkflowTaskFailed(a) => {
+                closes.insert(a.started_event_id, (e.event_id, false))
+            }
+            EventKind::WorkflowTaskTimedOut(a) => {
+                closes.insert(a.started_event_id, (e.event_id, true))
+            }
+            _ => None,
+        };
+    }
+    for e in timing.history.events() {
+        let EventKind::WorkflowTaskStarted(started) = &e.kind else {
+            continue;
+        };
+        let Some(EventKind::WorkflowTaskScheduled(scheduled)) =
+            event(timing.history, started.scheduled_event_id).map(|s| &s.kind)
+        else {
+            continue;
+        };
+        let deadline = e.event_time.plus_ms(scheduled.start_to_close_timeout_ms);
+        let what = format!(
+            "the timeout of the workflow task started at event {}",
+            e.event_id
+        );
+        let close = closes.get(&e.event_id).copied();
+        if let Some((timed_out_id, true)) = close {
+            timing.early(&what, timed_out_id, deadline);
+        }
+        if let Some(by_id) = timing.closed_or_run_closed(close.map(|(id, _)| id)) {
+            // The task's own close is never buffered.
+            let latest = timing.tolerance.latest(deadline);
+            let by = event(timing.history, by_id).expect("an event of the history");
+            if by.event_time > latest {
+                timing.late(&what, by_id, deadline);
+            }
+        }
+    }
+}
+
+fn check_execution_timeout(timing: &mut Timing<'_>) {
+    let history = timing.history;
+    let (Some(timeout_ms), Some(first)) = (
+        history.started().and_then(|s| s.execution_timeout_ms),
+        history.events().first(),
+    ) else {
+        return;
+    };
+    let deadline = first.event_time.plus_ms(timeout_ms);
+    let Some(close) = history.close_event() else {
+        return;
+    };
+    let what = "the run's execution timeout";
+    if matches!(close.kind, EventKind::WorkflowExecutionTimedOut(_)) {
+        timing.early(what, close.event_id, deadline);
+    }
+    if close.event_time > timing.tolerance.latest(deadline) {
+        timing.late(what, close.event_id, deadline);
+    }
+}
+
+fn timed_out(view: &ActivityView<'_>) -> Option<TimeoutType> {
+    match &view.close?.kind {
+        EventKind::ActivityTaskTimedOut(t) => Some(t.timeout_type),
+        _ => None,
+    }
+}
+
+fn check_schedule_timeouts(timing: &mut Timing<'_>, view: &ActivityView<'_>) {
+    let scheduled_time = view.scheduled.event_time;
+    let close_id = view.close.map(|e| e.event_id);
+    let name = &view.attrs.activity_id;
+    if let Some(timeout_ms) = view.attrs.schedule_to_close_timeout_ms {
+        let deadline = scheduled_time.plus_ms(timeout_ms);
+        let what = format!("activity {name:?} schedule-to-close timeout");
+        if let (Some(TimeoutType::ScheduleToClose), Some(id)) = (timed_out(view), close_id) {
+            timing.early(&what, id, deadline);
+        }
+        if let Some(by_id) = timing.closed_or_run_closed(close_id) {
+            timing.late(&what, by_id, deadline);
+        }
+    }
+    if let Some(timeout_ms) = view.attrs.schedule_to_start_timeout_ms {
+        // The first attempt waits from the schedule; later ones from their
+        // backoff's end, which is later: the early side holds for all.
+        let deadline = scheduled_time.plus_ms(timeout_ms);
+        let what = format!("activity {name:?} schedule-to-start timeout");
+        if let (Some(TimeoutType::ScheduleToStart), Some(id)) = (timed_out(view), close_id) {
+            timing.early(&what, id, deadline);
+        }
+        if view.started.is_none()
+            && let Some(by_id) = timing.closed_or_run_closed(close_id)
+        {
+            timing.late(&what, by_id, deadline);
+        }
+    }
+}
+
+/// Start-to-close and heartbeat timeouts of the attempts the workers recorded.
+fn check_attempt_timeouts(
+    timing: &mut Timing<'_>,
+    view: &ActivityView<'_>,
+    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+) {
+    let Some((_, started)) = view.started else {
+        return;
+    };
+    let run_id = timing.history.run_id().to_string();
+    let scheduled_id = view.scheduled.event_id;
+    let name = &view.attrs.activity_id;
+    let start_to_close_ms = view.attrs.start_to_close_timeout_ms;
+    let heartbeat_ms = view.attrs.heartbeat_timeout_ms;
+    if started.attempt > 1
+        && started.last_failure == Some(Failure::timeout(TimeoutType::StartToClose))
+        && let (Some(heartbeat_ms), Some(stc_ms)) = (heartbeat_ms, start_to_close_ms)
+        && let Some(previous) = attempts.get(&(run_id.clone(), scheduled_id, started.attempt - 1))
+        && previous.heartbeats == 0
+    {
+        let heartbeat_latest = timing
+            .tolerance
+            .latest(previous.started_time.plus_ms(heartbeat_ms));
+        if heartbeat_latest < previous.started_time.plus_ms(stc_ms) {
+            let message = format!(
+                "activity {name:?} attempt {} ended by its {stc_ms} ms start-to-close timeout, but it sent no heartbeat: its {heartbeat_ms} ms heartbeat timeout should have ended it by {heartbeat_latest}",
+                started.attempt - 1
+            );
+            let at = view.started.map(|(e, _)| e.event_id);
+            timing
+                .violations
+                .push(Violation::new("timers never fire late", message).at(timing.history, at));
+        }
+    }
+    let Some(seen) = attempts.get(&(run_id, scheduled_id, started.attempt)) else {
+        return;
+    };
+    let Some(close) = view.close else { return };
+    let attempt_ended_it = match &close.kind {
+        EventKind::ActivityTaskCompleted(_) | EventKind::ActivityTaskFailed(_) => true,
+        EventKind::ActivityTaskCanceled(c) => !c.identity.is_empty(),
+        EventKind::ActivityTaskTimedOut(t) => matches!(
+            t.timeout_type,
+            TimeoutType::StartToClose | TimeoutType::Heartbeat
+        ),
+        _ => false,
+    };
+    let attempt = started.attempt;
+    if let Some(stc_ms) = start_to_close_ms {
+        let deadline = seen.started_time.plus_ms(stc_ms);
+        let what = format!("activity {name:?} attempt {attempt} start-to-close timeout");
+        if timed_out(view) == Some(TimeoutType::StartToClose) {
+            timing.early(&what, close.event_id, deadline);
+        }
+        if attempt_ended_it {
+            timing.late(&what, close.event_id, deadline);
+        }
+    }
+    if let Some(heartbeat_ms) = heartbeat_ms {
+        // Heartbeats only move the deadline later.
+        let deadline = seen.started_time.plus_ms(heartbeat_ms);
+        let what = format!(
+            "activity {name:?} attempt {attempt} heartbeat timeout ({} heartbeats sent)",
+            seen.heartbeats
+        );
+        if timed_out(view) == Some(TimeoutType::Heartbeat) {
+            timing.early(&what, close.event_id, deadline);
+        }
+        if attempt_ended_it && seen.heartbeats == 0 {
+            timing.late(&what, close.event_id, deadline);
+        }
+    }
+}
