@@ -219,3 +219,111 @@ pub fn check_attempts(
     }
     violations
 }
+
+#[cfg(test)]
+mod tests {
+    use retrace::history::{ActivityTaskCompleted, ActivityTaskStarted, HistoryBuilder};
+    use retrace::types::Timestamp;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// An activity closed with `result`, its `ActivityTaskStarted` naming
+    /// attempt 2 on worker-1.
+    fn completed_by_attempt_2(result: Value) -> History {
+        let mut builder = HistoryBuilder::for_run("wf", "run-1", "pay", json!(null));
+        builder.add_full_workflow_task();
+        let scheduled = builder.add_activity_scheduled("1", "charge", json!(null));
+        builder.advance_ms(3_000);
+        let started = builder.add(EventKind::ActivityTaskStarted(ActivityTaskStarted {
+            scheduled_event_id: scheduled,
+            identity: "worker-1".into(),
+            attempt: 2,
+            last_failure: None,
+        }));
+        builder.add(EventKind::ActivityTaskCompleted(ActivityTaskCompleted {
+            scheduled_event_id: scheduled,
+            started_event_id: started,
+            result,
+            identity: "worker-1".into(),
+        }));
+        builder.build()
+    }
+
+    fn sent(node: &str, result: Option<Value>) -> AttemptSeen {
+        AttemptSeen {
+            node: node.into(),
+            started_time: Timestamp(0),
+            heartbeats: 0,
+            result: result.map(ActivityTaskResult::Completed),
+        }
+    }
+
+    fn attempts(list: Vec<(u32, AttemptSeen)>) -> BTreeMap<AttemptKey, AttemptSeen> {
+        list.into_iter()
+            .map(|(attempt, seen)| (("run-1".to_string(), 5, attempt), seen))
+            .collect()
+    }
+
+    #[test]
+    fn a_completion_carrying_the_result_of_the_attempt_it_names_passes() {
+        let history = completed_by_attempt_2(json!("second"));
+        let ran = attempts(vec![
+            (1, sent("worker-0", Some(json!("first")))),
+            (2, sent("worker-1", Some(json!("second")))),
+        ]);
+        assert!(check_attempts(&history, &ran).is_empty());
+    }
+
+    #[test]
+    fn a_late_result_of_a_timed_out_attempt_accepted_for_its_retry_is_caught() {
+        // Attempt 1 timed out but its result arrived and was taken while
+        // attempt 2 still ran: the history names attempt 2 with attempt 1's result.
+        let history = completed_by_attempt_2(json!("first"));
+        let ran = attempts(vec![
+            (1, sent("worker-0", Some(json!("first")))),
+            (2, sent("worker-1", None)),
+        ]);
+        let violations = check_attempts(&history, &ran);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].invariant, "result from its attempt");
+        assert!(
+            violations[0].message.contains("attempts [1]"),
+            "{}",
+            violations[0]
+        );
+    }
+
+    #[test]
+    fn an_attempt_after_the_one_the_close_names_is_caught_even_if_its_service_reports_nothing() {
+        let history = completed_by_attempt_2(json!("second"));
+        let ran = attempts(vec![
+            (2, sent("worker-1", Some(json!("second")))),
+            (3, sent("worker-0", None)),
+        ]);
+        let violations = check_attempts(&history, &ran);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(
+            violations[0].message.contains("attempt 3 ran"),
+            "{}",
+            violations[0]
+        );
+    }
+
+    #[test]
+    fn an_effect_ledgered_by_a_later_attempt_is_caught() {
+        let history = completed_by_attempt_2(json!("second"));
+        let histories = BTreeMap::from([("run-1".to_string(), history)]);
+        let mut ledger = EffectLedger::default();
+        ledger
+            .by_attempt
+            .insert(("run-1/1".into(), 2, "debit:alice".into()), 1);
+        assert!(check_later_attempts_acted(&ledger, &histories).is_empty());
+        ledger
+            .by_attempt
+            .insert(("run-1/1".into(), 3, "debit:alice".into()), 1);
+        let violations = check_later_attempts_acted(&ledger, &histories);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].message.contains("attempt 3 applied"));
+    }
+}

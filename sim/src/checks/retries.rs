@@ -139,3 +139,147 @@ pub fn check_retries(
     }
     violations
 }
+
+#[cfg(test)]
+mod tests {
+    use retrace::history::{ActivityTaskScheduled, ActivityTaskStarted, HistoryBuilder};
+    use retrace::types::Timestamp;
+    use serde_json::json;
+
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            initial_interval_ms: 1_000,
+            backoff_coefficient: 2.0,
+            maximum_interval_ms: 3_000,
+            maximum_attempts: 3,
+            non_retryable_error_types: vec!["Fatal".into()],
+        }
+    }
+
+    /// An activity with `policy()` whose last attempt `attempt` failed with
+    /// `failure` after the one before failed with `previous`.
+    fn failed_at(
+        attempt: u32,
+        previous: Option<Failure>,
+        failure: Failure,
+        retry_state: RetryState,
+    ) -> History {
+        let mut builder = HistoryBuilder::for_run("wf", "run-1", "pay", json!(null));
+        let completed = builder.add_full_workflow_task();
+        let scheduled = builder.add(EventKind::ActivityTaskScheduled(ActivityTaskScheduled {
+            activity_id: "1".into(),
+            activity_type: "charge".into(),
+            task_queue: "default".into(),
+            input: json!(null),
+            schedule_to_close_timeout_ms: None,
+            schedule_to_start_timeout_ms: None,
+            start_to_close_timeout_ms: Some(5_000),
+            heartbeat_timeout_ms: None,
+            retry_policy: policy(),
+            workflow_task_completed_event_id: completed,
+        }));
+        builder.advance_ms(10_000);
+        let started = builder.add(EventKind::ActivityTaskStarted(ActivityTaskStarted {
+            scheduled_event_id: scheduled,
+            identity: "worker-0".into(),
+            attempt,
+            last_failure: previous,
+        }));
+        builder.add_activity_failed(scheduled, started, failure, retry_state);
+        builder.build()
+    }
+
+    fn invariants(violations: &[Violation]) -> Vec<&'static str> {
+        violations.iter().map(|v| v.invariant).collect()
+    }
+
+    #[test]
+    fn the_backoff_follows_the_policy_definition() {
+        let backoffs: Vec<u64> = (1..=4).map(|a| expected_backoff_ms(&policy(), a)).collect();
+        assert_eq!(backoffs, [1_000, 2_000, 3_000, 3_000]);
+    }
+
+    #[test]
+    fn attempts_within_the_policy_pass() {
+        let flaky = Failure::new("Flaky", "again");
+        let history = failed_at(
+            3,
+            Some(flaky.clone()),
+            flaky,
+            RetryState::MaximumAttemptsReached,
+        );
+        assert!(check_retries(&history, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn an_attempt_beyond_maximum_attempts_is_caught() {
+        let flaky = Failure::new("Flaky", "again");
+        let history = failed_at(
+            4,
+            Some(flaky.clone()),
+            flaky,
+            RetryState::MaximumAttemptsReached,
+        );
+        let violations = check_retries(&history, &BTreeMap::new());
+        assert_eq!(invariants(&violations), ["retries"]);
+        assert!(violations[0].message.contains("more than its maximum of 3"));
+    }
+
+    #[test]
+    fn a_retry_after_a_non_retryable_failure_is_caught() {
+        let history = failed_at(
+            2,
+            Some(Failure::new("Fatal", "no")),
+            Failure::new("Flaky", "again"),
+            RetryState::Timeout,
+        );
+        let violations = check_retries(&history, &BTreeMap::new());
+        assert_eq!(invariants(&violations), ["retries"], "{violations:?}");
+        assert!(violations[0].message.contains("non-retryable"));
+    }
+
+    #[test]
+    fn a_retry_state_that_contradicts_the_policy_is_caught() {
+        let early_stop = failed_at(
+            1,
+            None,
+            Failure::new("Flaky", "again"),
+            RetryState::MaximumAttemptsReached,
+        );
+        assert_eq!(
+            invariants(&check_retries(&early_stop, &BTreeMap::new())),
+            ["retries"]
+        );
+        let fatal_as_max = failed_at(
+            1,
+            None,
+            Failure::new("Fatal", "no"),
+            RetryState::MaximumAttemptsReached,
+        );
+        assert_eq!(
+            invariants(&check_retries(&fatal_as_max, &BTreeMap::new())),
+            ["retries"]
+        );
+    }
+
+    #[test]
+    fn an_attempt_started_before_its_backoff_ended_is_caught() {
+        let flaky = Failure::new("Flaky", "again");
+        let history = failed_at(2, Some(flaky.clone()), flaky, RetryState::Timeout);
+        let seen = |started_ms: u64| AttemptSeen {
+            node: "worker-0".into(),
+            started_time: Timestamp(started_ms),
+            heartbeats: 0,
+            result: None,
+        };
+        let key = |attempt| ("run-1".to_string(), 5, attempt);
+        let kept = BTreeMap::from([(key(1), seen(10_000)), (key(2), seen(11_000))]);
+        assert!(check_retries(&history, &kept).is_empty());
+        let hurried = BTreeMap::from([(key(1), seen(10_000)), (key(2), seen(10_999))]);
+        let violations = check_retries(&history, &hurried);
+        assert_eq!(invariants(&violations), ["retries"]);
+        assert!(violations[0].message.contains("within the 1000 ms backoff"));
+    }
+}

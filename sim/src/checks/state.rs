@@ -379,3 +379,160 @@ fn compare_timers(diff: &mut Diff, history: &History, state: &RunState) {
         !fired_buffered || state.workflow_task.is_started(),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use retrace::api::{StartWorkflowRequest, TaskToken};
+    use retrace::engine::machine::{Limits, Step, activity, run, workflow_task};
+    use retrace::history::Event;
+    use retrace::workflow::{Command, ScheduleActivityTask};
+    use serde_json::json;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        payload_bytes_max: 1 << 20,
+    };
+
+    /// Applies one transition at `at_ms`, appending its events.
+    fn step(
+        state: &mut RunState,
+        events: &mut Vec<Event>,
+        at_ms: u64,
+        f: impl FnOnce(&mut Step<'_>),
+    ) {
+        let mut step = Step::new(state, Timestamp(1_000_000 + at_ms), LIMITS);
+        f(&mut step);
+        events.append(&mut step.events);
+    }
+
+    /// A run driven through the engine's machine: started, a workflow task
+    /// that schedules an activity and a timer, the activity's attempt
+    /// started. Returns its state and events after each transition.
+    fn driven_run() -> Vec<(RunState, Vec<Event>)> {
+        let request = StartWorkflowRequest {
+            workflow_id: "wf".into(),
+            workflow_type: "pay".into(),
+            task_queue: "q".into(),
+            input: json!(null),
+            execution_timeout_ms: Some(60_000),
+            workflow_task_timeout_ms: None,
+            id_reuse_policy: Default::default(),
+            request_id: "request-1".into(),
+            identity: "client".into(),
+        };
+        let (mut state, mut events) =
+            run::start(&request, "run-1", Timestamp(1_000_000), LIMITS).unwrap();
+        let mut snapshots = vec![(state.clone(), events.clone())];
+        let mut token = None;
+        step(&mut state, &mut events, 5, |step| {
+            let started = workflow_task::on_started(step, None, "worker-0", "poll-1").unwrap();
+            token = Some(TaskToken {
+                run_id: "run-1".into(),
+                scheduled_event_id: started.scheduled_event_id,
+                attempt: started.attempt,
+                started_event_id: started.started_event_id,
+            });
+        });
+        snapshots.push((state.clone(), events.clone()));
+        let commands = [
+            Command::ScheduleActivityTask(ScheduleActivityTask {
+                activity_id: "1".into(),
+                activity_type: "charge".into(),
+                task_queue: None,
+                input: json!(7),
+                schedule_to_close_timeout_ms: Some(30_000),
+                schedule_to_start_timeout_ms: None,
+                start_to_close_timeout_ms: Some(5_000),
+                heartbeat_timeout_ms: None,
+                retry_policy: None,
+            }),
+            Command::StartTimer {
+                timer_id: "t".into(),
+                start_to_fire_timeout_ms: 10_000,
+            },
+        ];
+        step(&mut state, &mut events, 10, |step| {
+            workflow_task::on_completed(step, &token.unwrap(), &commands, "worker-0").unwrap();
+        });
+        snapshots.push((state.clone(), events.clone()));
+        step(&mut state, &mut events, 20, |step| {
+            activity::on_started(step, 5, 1, "worker-1").unwrap();
+        });
+        snapshots.push((state, events));
+        snapshots
+    }
+
+    fn stored(state: &RunState, events: &[Event]) -> (RunRecord, History) {
+        let record = RunRecord {
+            run_id: state.run_id.clone(),
+            workflow_id: state.workflow_id.clone(),
+            workflow_type: state.workflow_type.clone(),
+            task_queue: state.task_queue.clone(),
+            status: state.status,
+            start_time: state.start_time,
+            close_time: state.close_time,
+            next_event_id: state.next_event_id,
+            version: 1,
+            state: serde_json::to_vec(state).unwrap(),
+        };
+        let history = History::from_events("wf", "run-1", events.to_vec()).unwrap();
+        (record, history)
+    }
+
+    #[test]
+    fn the_state_after_every_transition_of_a_real_run_is_the_one_its_history_implies() {
+        for (state, events) in driven_run() {
+            let (record, history) = stored(&state, &events);
+            assert_eq!(check_stored_state(&record, &history), None);
+        }
+    }
+
+    #[test]
+    fn a_lost_history_write_under_a_newer_state_is_caught() {
+        let snapshots = driven_run();
+        let (state, _) = &snapshots[2];
+        let (_, older_events) = &snapshots[1];
+        let (record, history) = stored(state, older_events);
+        let violation = check_stored_state(&record, &history).expect("caught");
+        assert_eq!(violation.invariant, "stored state");
+        assert!(violation.message.contains("open activities"), "{violation}");
+    }
+
+    #[test]
+    fn a_state_written_on_a_stale_version_is_caught() {
+        let snapshots = driven_run();
+        let (stale_state, _) = &snapshots[1];
+        let (_, events) = &snapshots[3];
+        let (record, history) = stored(stale_state, events);
+        let violation = check_stored_state(&record, &history).expect("caught");
+        assert!(violation.message.contains("next event id"), "{violation}");
+        assert!(violation.message.contains("open timers"), "{violation}");
+    }
+
+    #[test]
+    fn a_tampered_field_of_the_stored_state_is_caught() {
+        let (state, events) = driven_run().pop().unwrap();
+        let tampers: [(&str, fn(&mut RunState)); 4] = [
+            ("cancel requested", |s| s.cancel_requested = true),
+            ("activity 5 retry policy", |s| {
+                s.activities
+                    .get_mut(&5)
+                    .unwrap()
+                    .retry_policy
+                    .maximum_attempts = 9
+            }),
+            ("open timers", |s| {
+                s.timers.get_mut("t").unwrap().fire_time = Timestamp(0)
+            }),
+            ("execution deadline", |s| s.execution_deadline = None),
+        ];
+        for (what, tamper) in tampers {
+            let mut tampered = state.clone();
+            tamper(&mut tampered);
+            let (record, history) = stored(&tampered, &events);
+            let violation = check_stored_state(&record, &history).expect(what);
+            assert!(violation.message.contains(what), "{what}: {violation}");
+        }
+    }
+}

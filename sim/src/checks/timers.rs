@@ -143,17 +143,35 @@ impl Tolerance {
 }
 
 /// True if the event at `index` was written by `latest`, or waited in the
-/// buffer of a workflow task that started by then.
+/// buffer of a workflow task that started by then: it is written in the
+/// transition that closes that task (or, with the run's close, while the task
+/// still runs).
 fn on_time(history: &History, index: usize, latest: Timestamp) -> bool {
     let events = history.events();
-    if events[index].event_time <= latest {
+    let written = &events[index];
+    if written.event_time <= latest {
         return true;
     }
-    let task_started = events[..index]
+    let Some(started_index) = events[..index]
         .iter()
-        .rev()
-        .find(|e| matches!(e.kind, EventKind::WorkflowTaskStarted(_)));
-    task_started.is_some_and(|started| started.event_time <= latest)
+        .rposition(|e| matches!(e.kind, EventKind::WorkflowTaskStarted(_)))
+    else {
+        return false;
+    };
+    let started = &events[started_index];
+    if started.event_time > latest {
+        return false;
+    }
+    let closed_it = |e: &&retrace::history::Event| match &e.kind {
+        EventKind::WorkflowTaskCompleted(a) => a.started_event_id == started.event_id,
+        EventKind::WorkflowTaskFailed(a) => a.started_event_id == started.event_id,
+        EventKind::WorkflowTaskTimedOut(a) => a.started_event_id == started.event_id,
+        _ => false,
+    };
+    match events[started_index..index].iter().find(closed_it) {
+        Some(close) => close.event_time == written.event_time,
+        None => true,
+    }
 }
 
 fn index_of(event_id: u64) -> usize {
@@ -428,5 +446,207 @@ fn check_attempt_timeouts(
         if attempt_ended_it && seen.heartbeats == 0 {
             timing.late(&what, close.event_id, deadline);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use retrace::history::{
+        ActivityTaskScheduled, ActivityTaskStarted, ActivityTaskTimedOut, HistoryBuilder,
+    };
+    use retrace::types::RetryState;
+    use serde_json::json;
+
+    use super::*;
+
+    fn no_attempts() -> BTreeMap<AttemptKey, AttemptSeen> {
+        BTreeMap::new()
+    }
+
+    fn invariants(violations: &[Violation]) -> Vec<&'static str> {
+        violations.iter().map(|v| v.invariant).collect()
+    }
+
+    /// A timer of 1 s that fires `fired_after_ms` after it started, while no
+    /// workflow task runs.
+    fn timer_history(fired_after_ms: u64) -> History {
+        let mut builder = HistoryBuilder::new("sleepy", json!(null));
+        builder.add_full_workflow_task();
+        let started = builder.add_timer_started("t", 1_000);
+        builder.advance_ms(fired_after_ms);
+        builder.add_timer_fired("t", started);
+        builder.build()
+    }
+
+    #[test]
+    fn a_timer_firing_within_its_tolerance_passes_and_one_firing_later_is_caught() {
+        let on_time = timer_history(1_000 + TOLERANCE_MS_BASE);
+        assert!(check_timers(&on_time, &Tolerance::calm(), &no_attempts()).is_empty());
+        let late = timer_history(1_000 + TOLERANCE_MS_BASE + 1);
+        let violations = check_timers(&late, &Tolerance::calm(), &no_attempts());
+        assert_eq!(invariants(&violations), ["timers never fire late"]);
+        let early = timer_history(999);
+        let violations = check_timers(&early, &Tolerance::calm(), &no_attempts());
+        assert_eq!(invariants(&violations), ["timers never fire early"]);
+    }
+
+    #[test]
+    fn a_timer_buffered_behind_a_workflow_task_started_in_time_is_on_time() {
+        let mut builder = HistoryBuilder::new("sleepy", json!(null));
+        builder.add_full_workflow_task();
+        let started = builder.add_timer_started("t", 1_000);
+        builder.add(EventKind::WorkflowExecutionSignaled(
+            retrace::history::WorkflowExecutionSignaled {
+                signal_name: "poke".into(),
+                input: json!(null),
+                identity: "client".into(),
+            },
+        ));
+        builder.advance_ms(900);
+        builder.add_workflow_task_scheduled();
+        builder.add_workflow_task_started();
+        // The timer fires while the task runs; its event waits for the close.
+        builder.advance_ms(5_000);
+        builder.add_workflow_task_completed();
+        builder.add_timer_fired("t", started);
+        let history = builder.build();
+        assert!(check_timers(&history, &Tolerance::calm(), &no_attempts()).is_empty());
+    }
+
+    #[test]
+    fn the_fault_plans_downtime_overlapping_the_wait_widens_the_tolerance() {
+        let tolerance = Tolerance {
+            windows: vec![(500, 4_500), (10_000, 11_000)],
+            ..Tolerance::calm()
+        };
+        let deadline = Timestamp(1_000);
+        // 3.5 s of downtime after the deadline, then the base; the later window
+        // starts after that and does not count.
+        assert_eq!(
+            tolerance.latest(deadline),
+            Timestamp(1_000 + 3_500 + TOLERANCE_MS_BASE)
+        );
+        let clock = ServiceClock {
+            now: Timestamp(50_000),
+            now_elapsed_ms: 40_000,
+            drift_ppm: 0,
+        };
+        assert_eq!(clock.at(0), 10_000, "the clock's origin");
+    }
+
+    /// An activity with a 1 s heartbeat and a 30 s start-to-close timeout
+    /// whose only attempt ended at `ended_after_ms` with `timeout_type`.
+    fn heartbeat_history(timeout_type: TimeoutType, ended_after_ms: u64) -> History {
+        let mut builder = HistoryBuilder::new("beats", json!(null));
+        let completed = builder.add_full_workflow_task();
+        let scheduled = builder.add(EventKind::ActivityTaskScheduled(ActivityTaskScheduled {
+            activity_id: "1".into(),
+            activity_type: "slow".into(),
+            task_queue: "default".into(),
+            input: json!(null),
+            schedule_to_close_timeout_ms: None,
+            schedule_to_start_timeout_ms: None,
+            start_to_close_timeout_ms: Some(30_000),
+            heartbeat_timeout_ms: Some(1_000),
+            retry_policy: retrace::activity::RetryPolicy::default()
+                .normalized()
+                .unwrap(),
+            workflow_task_completed_event_id: completed,
+        }));
+        builder.advance_ms(ended_after_ms);
+        let started = builder.add(EventKind::ActivityTaskStarted(ActivityTaskStarted {
+            scheduled_event_id: scheduled,
+            identity: "worker-0".into(),
+            attempt: 1,
+            last_failure: None,
+        }));
+        builder.add(EventKind::ActivityTaskTimedOut(ActivityTaskTimedOut {
+            scheduled_event_id: scheduled,
+            started_event_id: Some(started),
+            timeout_type,
+            retry_state: RetryState::Timeout,
+            last_failure: None,
+            last_heartbeat_details: None,
+        }));
+        builder.build()
+    }
+
+    fn attempt_started_at_schedule(
+        history: &History,
+        heartbeats: u32,
+    ) -> BTreeMap<AttemptKey, AttemptSeen> {
+        let scheduled = history.events()[4].clone();
+        assert!(matches!(
+            scheduled.kind,
+            EventKind::ActivityTaskScheduled(_)
+        ));
+        let seen = AttemptSeen {
+            node: "worker-0".into(),
+            started_time: scheduled.event_time,
+            heartbeats,
+            result: None,
+        };
+        BTreeMap::from([((history.run_id().to_string(), scheduled.event_id, 1), seen)])
+    }
+
+    #[test]
+    fn an_attempt_that_never_heartbeats_must_end_by_its_heartbeat_timeout_not_start_to_close() {
+        let history = heartbeat_history(TimeoutType::StartToClose, 30_000);
+        let silent = attempt_started_at_schedule(&history, 0);
+        let violations = check_timers(&history, &Tolerance::calm(), &silent);
+        assert_eq!(invariants(&violations), ["timers never fire late"]);
+        assert!(
+            violations[0].message.contains("heartbeat timeout"),
+            "{}",
+            violations[0]
+        );
+        // An attempt that heartbeated may run to its start-to-close timeout.
+        let beating = attempt_started_at_schedule(&history, 20);
+        assert!(check_timers(&history, &Tolerance::calm(), &beating).is_empty());
+        // Without the worker's record of the attempt the start is unknown.
+        assert!(check_timers(&history, &Tolerance::calm(), &no_attempts()).is_empty());
+    }
+
+    #[test]
+    fn a_heartbeat_timeout_is_bounded_on_both_sides() {
+        let on_time = heartbeat_history(TimeoutType::Heartbeat, 1_200);
+        let silent = attempt_started_at_schedule(&on_time, 0);
+        assert!(check_timers(&on_time, &Tolerance::calm(), &silent).is_empty());
+        let early = heartbeat_history(TimeoutType::Heartbeat, 400);
+        let silent = attempt_started_at_schedule(&early, 0);
+        let violations = check_timers(&early, &Tolerance::calm(), &silent);
+        assert_eq!(invariants(&violations), ["timers never fire early"]);
+    }
+
+    #[test]
+    fn a_start_to_close_timeout_that_fires_late_is_caught() {
+        let history = heartbeat_history(TimeoutType::StartToClose, 30_000 + 5_000);
+        let beating = attempt_started_at_schedule(&history, 20);
+        let violations = check_timers(&history, &Tolerance::calm(), &beating);
+        assert_eq!(invariants(&violations), ["timers never fire late"]);
+        assert!(
+            violations[0].message.contains("start-to-close"),
+            "{}",
+            violations[0]
+        );
+    }
+
+    #[test]
+    fn a_run_that_outlives_its_execution_timeout_is_caught() {
+        let mut builder = HistoryBuilder::new("long", json!(null));
+        builder.add_full_workflow_task();
+        builder.advance_ms(5_000);
+        builder.add_full_workflow_task();
+        builder.add_workflow_execution_completed(json!(1));
+        let mut history = builder.build();
+        let mut events = history.events().to_vec();
+        let EventKind::WorkflowExecutionStarted(started) = &mut events[0].kind else {
+            unreachable!("the first event starts the run")
+        };
+        started.execution_timeout_ms = Some(2_000);
+        history = History::from_events(history.workflow_id(), history.run_id(), events).unwrap();
+        let violations = check_timers(&history, &Tolerance::calm(), &no_attempts());
+        assert_eq!(invariants(&violations), ["timers never fire late"]);
+        assert!(violations[0].message.contains("execution timeout"));
     }
 }
