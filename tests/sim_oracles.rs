@@ -12,7 +12,7 @@ use retrace::client::StartOptions;
 use retrace::env::Env;
 use retrace::history::EventKind;
 use retrace::types::TimeoutType;
-use retrace::workflow::{WorkflowContext, WorkflowRegistry};
+use retrace::workflow::{WorkflowContext, WorkflowRegistry, join_all};
 use retrace_sim::{Finished, Simulation};
 use serde_json::json;
 
@@ -80,6 +80,11 @@ fn registry() -> WorkflowRegistry {
     registry.register_fn("flaky", |ctx: WorkflowContext, fatal: bool| async move {
         Ok(ctx.activity::<Flaky>(fatal).await?)
     });
+    // One workflow task schedules three activities at once.
+    registry.register_fn("fan_out", |ctx: WorkflowContext, _: ()| async move {
+        let results = join_all((0..3).map(|_| ctx.activity::<Flaky>(false))).await;
+        Ok(results.iter().filter(|r| r.is_ok()).count())
+    });
     registry
 }
 
@@ -92,7 +97,9 @@ fn simulation(name: &str, starts: &'static [(&'static str, serde_json::Value)]) 
         .scenario(move |client| async move {
             for (i, (workflow, input)) in starts.iter().enumerate() {
                 let options = StartOptions::new(format!("{workflow}-{i}"), "sim");
-                client.start_by_name(options, workflow, input.clone()).await?;
+                client
+                    .start_by_name(options, workflow, input.clone())
+                    .await?;
             }
             Ok(())
         })
@@ -131,7 +138,8 @@ fn heartbeat_timeouts_retries_and_attempt_results_raise_no_false_alarm_over_100_
             // can use up the attempts of the others.
             RunOutcome::Failed { failure } => {
                 workflow_id.starts_with("flaky")
-                    && (failure.message.contains("give up") || failure.message.contains("timed out"))
+                    && (failure.message.contains("give up")
+                        || failure.message.contains("timed out"))
             }
             _ => false,
         })
@@ -147,7 +155,9 @@ fn a_run_that_fails_is_a_violation_unless_the_scenario_expects_it() {
     let runner = simulation("undeclared_failure", &STARTS)
         .faults_max(0)
         .into_runner();
-    let report = runner.check_seed(0).expect_err("a failed run is a violation");
+    let report = runner
+        .check_seed(0)
+        .expect_err("a failed run is a violation");
     let invariants: Vec<&str> = report
         .result
         .violations
@@ -164,4 +174,15 @@ fn a_run_that_fails_is_a_violation_unless_the_scenario_expects_it() {
         .expect_outcomes(|_, outcome| matches!(outcome, RunOutcome::Failed { .. }))
         .into_runner();
     assert!(declared.check_seed(0).is_ok());
+}
+
+#[test]
+fn a_worker_with_room_for_one_activity_is_never_handed_more_over_50_faulty_seeds() {
+    static STARTS: [(&str, serde_json::Value); 2] =
+        [("fan_out", json!(null)), ("fan_out", json!(null))];
+    let seeds = simulation("room_for_one", &STARTS)
+        .worker_options(|options| options.activities_max = 1)
+        .seeds(0..50)
+        .run();
+    assert_eq!(seeds, 50);
 }

@@ -81,6 +81,7 @@ pub struct Tolerance {
 
 impl Tolerance {
     /// No faults: the base alone.
+    #[cfg(test)]
     pub fn calm() -> Tolerance {
         Tolerance {
             base_ms: TOLERANCE_MS_BASE,
