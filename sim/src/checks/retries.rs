@@ -44,8 +44,7 @@ fn non_retryable(policy: &RetryPolicy, failure: &Failure) -> bool {
     failure.non_retryable
         || policy
             .non_retryable_error_types
-            .iter()
-            .any(|t| *t == failure.failure_type)
+            .contains(&failure.failure_type)
 }
 
 /// Every activity's attempts keep its retry policy.

@@ -510,10 +510,12 @@ mod tests {
         assert!(violation.message.contains("open timers"), "{violation}");
     }
 
+    type Tamper = fn(&mut RunState);
+
     #[test]
     fn a_tampered_field_of_the_stored_state_is_caught() {
         let (state, events) = driven_run().pop().unwrap();
-        let tampers: [(&str, fn(&mut RunState)); 4] = [
+        let tampers: [(&str, Tamper); 4] = [
             ("cancel requested", |s| s.cancel_requested = true),
             ("activity 5 retry policy", |s| {
                 s.activities
