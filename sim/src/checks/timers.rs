@@ -15,6 +15,13 @@
 //! | workflow task            | `WorkflowTaskStarted` + its timeout        | `WorkflowTaskTimedOut` | the task's close, or the run's close while it ran |
 //! | execution timeout        | `WorkflowExecutionStarted` + timeout       | `WorkflowExecutionTimedOut` | the run's close |
 //!
+//! What cannot be bounded: the heartbeat deadline of an attempt that did
+//! heartbeat (the service's time of its last accepted heartbeat is recorded
+//! nowhere); the start-to-close and heartbeat deadlines of an attempt no worker
+//! received (its task was lost on the way: its start is unknown); and of the
+//! attempts before the last, only how the one just before ended
+//! (`ActivityTaskStarted.last_failure`), not when.
+//!
 //! An event that reaches the run while a workflow task runs is buffered and
 //! written when the task closes: such an event is on time if the task it
 //! waited for started by the deadline's tolerance.
