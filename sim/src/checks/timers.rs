@@ -14,6 +14,7 @@
 //! | heartbeat                | start of the attempt + timeout, for an attempt that never sent a heartbeat (a heartbeat moves the deadline to a time the service alone knows) | `ActivityTaskTimedOut` | as start-to-close; and an attempt before the last that ended by start-to-close although it never heartbeated |
 //! | workflow task            | `WorkflowTaskStarted` + its timeout        | `WorkflowTaskTimedOut` | the task's close, or the run's close while it ran |
 //! | execution timeout        | `WorkflowExecutionStarted` + timeout       | `WorkflowExecutionTimedOut` | the run's close |
+//! | workflow task backoff    | a `WorkflowTaskFailed` of the code (attempt n) + 1 s x 2^(n-1), at most 60 s | the next `WorkflowTaskScheduled` | that event, or the run's close |
 //!
 //! What cannot be bounded: the heartbeat deadline of an attempt that did
 //! heartbeat (the service's time of its last accepted heartbeat is recorded
@@ -34,7 +35,7 @@
 
 use std::collections::BTreeMap;
 
-use retrace::history::{EventKind, History};
+use retrace::history::{EventKind, History, WorkflowTaskFailedCause};
 use retrace::types::{Failure, TimeoutType, Timestamp};
 
 use super::{ActivityView, Violation, activities, event};
@@ -248,6 +249,7 @@ pub fn check_timers(
     check_user_timers(&mut timing);
     check_workflow_tasks(&mut timing);
     check_execution_timeout(&mut timing);
+    check_workflow_task_backoff(&mut timing);
     for view in activities(history) {
         check_schedule_timeouts(&mut timing, &view);
         check_attempt_timeouts(&mut timing, &view, attempts);
@@ -343,6 +345,61 @@ fn check_execution_timeout(timing: &mut Timing<'_>) {
     }
     if close.event_time > timing.tolerance.latest(deadline) {
         timing.late(what, close.event_id, deadline);
+    }
+}
+
+/// Longest backoff before a failed workflow task is retried.
+pub const WORKFLOW_TASK_BACKOFF_MS_MAX: u64 = 60_000;
+
+/// The backoff after workflow task attempt `attempt` failed in the workflow's
+/// code: 1 s, doubling, at most a minute.
+pub fn workflow_task_backoff_ms(attempt: u32) -> u64 {
+    assert!(attempt >= 1);
+    let doublings = (attempt - 1).min(16);
+    (1_000u64 << doublings).min(WORKFLOW_TASK_BACKOFF_MS_MAX)
+}
+
+/// A workflow task that failed in the workflow's code is scheduled again
+/// after its backoff: not before, not later than the tolerance.
+fn check_workflow_task_backoff(timing: &mut Timing<'_>) {
+    let history = timing.history;
+    let mut attempts = BTreeMap::new();
+    for e in history.events() {
+        if let EventKind::WorkflowTaskScheduled(a) = &e.kind {
+            attempts.insert(e.event_id, a.attempt);
+        }
+    }
+    for (index, e) in history.events().iter().enumerate() {
+        let EventKind::WorkflowTaskFailed(failed) = &e.kind else {
+            continue;
+        };
+        let code_failed = matches!(
+            failed.cause,
+            WorkflowTaskFailedCause::WorkflowWorkerUnhandledFailure
+                | WorkflowTaskFailedCause::NonDeterministicError
+                | WorkflowTaskFailedCause::BadCommand
+        );
+        let Some(&attempt) = attempts.get(&failed.scheduled_event_id) else {
+            continue;
+        };
+        if !code_failed || attempt == 0 {
+            continue;
+        }
+        let deadline = e.event_time.plus_ms(workflow_task_backoff_ms(attempt));
+        let what = format!(
+            "the backoff of workflow task attempt {attempt} (failed at event {})",
+            e.event_id
+        );
+        let next = history.events()[index + 1..].iter().find(|n| {
+            matches!(n.kind, EventKind::WorkflowTaskScheduled(_)) || n.kind.is_terminal()
+        });
+        let Some(next) = next else { continue };
+        if matches!(next.kind, EventKind::WorkflowTaskScheduled(_)) {
+            timing.early(&what, next.event_id, deadline);
+        }
+        if next.event_time > timing.tolerance.latest(deadline) {
+            timing.late(&what, next.event_id, deadline);
+        }
     }
 }
 
@@ -636,6 +693,75 @@ mod tests {
             violations[0].message.contains("start-to-close"),
             "{}",
             violations[0]
+        );
+    }
+
+    /// A first workflow task that failed in the code, the next one
+    /// scheduled `retried_after_ms` later.
+    fn backoff_history(retried_after_ms: u64) -> History {
+        let mut builder = HistoryBuilder::new("crashy", json!(null));
+        builder.add_workflow_task_scheduled();
+        builder.add_workflow_task_started();
+        builder.add_workflow_task_failed(
+            WorkflowTaskFailedCause::WorkflowWorkerUnhandledFailure,
+            Failure::new("Panic", "boom"),
+        );
+        builder.advance_ms(retried_after_ms);
+        builder.add(EventKind::WorkflowTaskScheduled(
+            retrace::history::WorkflowTaskScheduled {
+                task_queue: "default".into(),
+                start_to_close_timeout_ms: 10_000,
+                attempt: 2,
+            },
+        ));
+        builder.build()
+    }
+
+    #[test]
+    fn a_failed_workflow_task_is_retried_after_its_backoff_and_not_much_later() {
+        assert_eq!(
+            (1..=8).map(workflow_task_backoff_ms).collect::<Vec<_>>(),
+            [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
+        );
+        let kept = backoff_history(1_000);
+        assert!(check_timers(&kept, &Tolerance::calm(), &no_attempts()).is_empty());
+        let hurried = backoff_history(999);
+        let violations = check_timers(&hurried, &Tolerance::calm(), &no_attempts());
+        assert_eq!(invariants(&violations), ["timers never fire early"]);
+        let forgotten = backoff_history(1_000 + TOLERANCE_MS_BASE + 1);
+        let violations = check_timers(&forgotten, &Tolerance::calm(), &no_attempts());
+        assert_eq!(invariants(&violations), ["timers never fire late"]);
+    }
+
+    #[test]
+    fn the_tolerance_of_a_run_counts_the_service_crash_of_its_plan() {
+        use crate::faults::{Fault, FaultKind, FaultPlan};
+        let plan = FaultPlan {
+            faults: vec![Fault {
+                at_ms: 1_000,
+                kind: FaultKind::CrashService { down_ms: 3_000 },
+            }],
+        };
+        let clock = ServiceClock {
+            now: Timestamp(100_000),
+            now_elapsed_ms: 100_000,
+            drift_ppm: 0,
+        };
+        let tolerance = Tolerance::of_run(&plan, &Swarm::calm(), clock, 10_000);
+        assert_eq!(tolerance.windows, [(1_000, 4_000 + RESTART_MS_MAX)]);
+        assert_eq!(
+            tolerance.safety_extra_ms, 0,
+            "a calm swarm has no background storage faults"
+        );
+        // Due during the crash: the rest of the downtime and the restart count.
+        assert_eq!(
+            tolerance.latest(Timestamp(2_000)),
+            Timestamp(2_000 + 2_000 + RESTART_MS_MAX + TOLERANCE_MS_BASE)
+        );
+        // Due after it: the base alone.
+        assert_eq!(
+            tolerance.latest(Timestamp(20_000)),
+            Timestamp(20_000 + TOLERANCE_MS_BASE)
         );
     }
 
