@@ -98,7 +98,9 @@ pub fn check_retries(
             && let EventKind::ActivityTaskFailed(failed) = &close.kind
         {
             let stops = non_retryable(policy, &failed.failure);
-            if stops && failed.retry_state != RetryState::NonRetryableFailure {
+            // A cancel request stops retries before the failure is looked at.
+            let stopped_as = [RetryState::NonRetryableFailure, RetryState::CancelRequested];
+            if stops && !stopped_as.contains(&failed.retry_state) {
                 push(
                     format!(
                         "activity {name:?} failed with non-retryable {}, recorded as {:?}",
@@ -261,6 +263,13 @@ mod tests {
             invariants(&check_retries(&fatal_as_max, &BTreeMap::new())),
             ["retries"]
         );
+        let fatal_while_canceling = failed_at(
+            1,
+            None,
+            Failure::new("Fatal", "no"),
+            RetryState::CancelRequested,
+        );
+        assert!(check_retries(&fatal_while_canceling, &BTreeMap::new()).is_empty());
     }
 
     #[test]
