@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 
 use retrace::api::ActivityTaskResult;
-use retrace::history::{EventKind, History};
+use retrace::history::{Event, EventKind, History};
 
-use super::{Violation, activities};
+use super::{ActivityView, Violation, activities};
 use crate::world::cluster::{AttemptKey, AttemptSeen};
 use crate::world::services::EffectLedger;
 
@@ -145,72 +145,15 @@ pub fn check_attempts(
     for view in activities(history) {
         let Some(close) = view.close else { continue };
         let scheduled = view.scheduled.event_id;
-        let last = view.started.map_or(0, |(_, s)| s.attempt);
-        let ran: Vec<(&AttemptKey, &AttemptSeen)> = attempts
+        let ran: Vec<(u32, &AttemptSeen)> = attempts
             .range((run_id.clone(), scheduled, 0)..=(run_id.clone(), scheduled, u32::MAX))
+            .map(|((_, _, attempt), seen)| (*attempt, seen))
             .collect();
-        let what = || format!("activity {:?}", view.attrs.activity_id);
-        for ((_, _, attempt), seen) in &ran {
-            if *attempt > last {
-                let message = format!(
-                    "{} closed with attempt {last} (its ActivityTaskStarted), but attempt {attempt} ran on {}",
-                    what(),
-                    seen.node
-                );
-                violations.push(
-                    Violation::new("result from its attempt", message)
-                        .at(history, Some(close.event_id)),
-                );
-            }
-        }
-        let Some((started_event, started)) = view.started else {
-            continue;
-        };
-        let from_worker = match &close.kind {
-            EventKind::ActivityTaskCompleted(c) => Some(&c.identity),
-            EventKind::ActivityTaskFailed(f) => Some(&f.identity),
-            EventKind::ActivityTaskCanceled(c) if !c.identity.is_empty() => Some(&c.identity),
-            _ => None,
-        };
-        let Some(identity) = from_worker else {
-            continue;
-        };
-        if *identity != started.identity {
-            let message = format!(
-                "{}: its close came from {identity}, but its ActivityTaskStarted says attempt {last} ran on {}",
-                what(),
-                started.identity
-            );
-            violations.push(
-                Violation::new("result from its attempt", message)
-                    .at(history, Some(close.event_id)),
-            );
-            continue;
-        }
-        let Some(seen) = attempts.get(&(run_id.clone(), scheduled, last)) else {
-            continue;
-        };
-        let sent_it = seen
-            .result
-            .as_ref()
-            .is_some_and(|sent| sent_matches(sent, &close.kind));
-        if !sent_it {
-            let senders: Vec<u32> = ran
-                .iter()
-                .filter(|(_, s)| {
-                    s.result
-                        .as_ref()
-                        .is_some_and(|r| sent_matches(r, &close.kind))
-                })
-                .map(|((_, _, attempt), _)| *attempt)
-                .collect();
-            let message = format!(
-                "{}: event {} records attempt {last}, which sent {:?}; the close's {} was sent by attempts {senders:?}",
-                what(),
-                started_event.event_id,
-                seen.result,
-                close.kind.name()
-            );
+        let messages = later_attempts_ran(&view, &ran)
+            .into_iter()
+            .chain(close_from_other_attempt(&view, close, &ran));
+        for message in messages {
+            let message = format!("activity {:?}: {message}", view.attrs.activity_id);
             violations.push(
                 Violation::new("result from its attempt", message)
                     .at(history, Some(close.event_id)),
@@ -218,6 +161,62 @@ pub fn check_attempts(
         }
     }
     violations
+}
+
+/// Attempts after the last one the history names that ran all the same.
+fn later_attempts_ran(view: &ActivityView<'_>, ran: &[(u32, &AttemptSeen)]) -> Vec<String> {
+    let last = view.started.map_or(0, |(_, s)| s.attempt);
+    ran.iter()
+        .filter(|(attempt, _)| *attempt > last)
+        .map(|(attempt, seen)| {
+            format!(
+                "closed with attempt {last} (its ActivityTaskStarted), but attempt {attempt} ran on {}",
+                seen.node
+            )
+        })
+        .collect()
+}
+
+/// Why the close's result is not the one the attempt it names sent, if it is not.
+fn close_from_other_attempt(
+    view: &ActivityView<'_>,
+    close: &Event,
+    ran: &[(u32, &AttemptSeen)],
+) -> Option<String> {
+    let (started_event, started) = view.started?;
+    let identity = match &close.kind {
+        EventKind::ActivityTaskCompleted(c) => &c.identity,
+        EventKind::ActivityTaskFailed(f) => &f.identity,
+        EventKind::ActivityTaskCanceled(c) if !c.identity.is_empty() => &c.identity,
+        _ => return None,
+    };
+    let last = started.attempt;
+    if *identity != started.identity {
+        return Some(format!(
+            "its close came from {identity}, but its ActivityTaskStarted says attempt {last} ran on {}",
+            started.identity
+        ));
+    }
+    let (_, seen) = ran.iter().find(|(attempt, _)| *attempt == last)?;
+    let sent = |s: &AttemptSeen| {
+        s.result
+            .as_ref()
+            .is_some_and(|r| sent_matches(r, &close.kind))
+    };
+    if sent(seen) {
+        return None;
+    }
+    let senders: Vec<u32> = ran
+        .iter()
+        .filter(|(_, s)| sent(s))
+        .map(|(attempt, _)| *attempt)
+        .collect();
+    Some(format!(
+        "event {} records attempt {last}, which sent {:?}; the close's {} was sent by attempts {senders:?}",
+        started_event.event_id,
+        seen.result,
+        close.kind.name()
+    ))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use retrace::activity::RetryPolicy;
 use retrace::history::{EventKind, History};
 use retrace::types::{Failure, RetryState};
 
-use super::{Violation, activities};
+use super::{ActivityView, Violation, activities};
 use crate::world::cluster::{AttemptKey, AttemptSeen};
 
 /// The policy's backoff after failed attempt `attempt`, by its definition.
@@ -55,90 +55,95 @@ pub fn check_retries(
     let mut violations = Vec::new();
     let run_id = history.run_id().to_string();
     for view in activities(history) {
-        let policy = &view.attrs.retry_policy;
         let scheduled = view.scheduled.event_id;
-        let name = &view.attrs.activity_id;
-        let mut push = |message: String, at: u64| {
-            violations.push(Violation::new("retries", message).at(history, Some(at)));
-        };
         let ran: Vec<(u32, &AttemptSeen)> = attempts
             .range((run_id.clone(), scheduled, 0)..=(run_id.clone(), scheduled, u32::MAX))
             .map(|((_, _, attempt), seen)| (*attempt, seen))
             .collect();
-        let recorded = view.started.map(|(e, s)| (e.event_id, s));
-        let most = ran
-            .iter()
-            .map(|(a, _)| *a)
-            .chain(recorded.map(|(_, s)| s.attempt))
-            .max()
-            .unwrap_or(0);
-        if policy.maximum_attempts != 0 && most > policy.maximum_attempts {
-            push(
-                format!(
-                    "activity {name:?} ran attempt {most}, more than its maximum of {}",
-                    policy.maximum_attempts
-                ),
-                scheduled,
-            );
-        }
-        if let Some((started_id, started)) = recorded
-            && let Some(previous) = &started.last_failure
-            && non_retryable(policy, previous)
-        {
-            push(
-                format!(
-                    "activity {name:?} ran attempt {} after attempt {} failed with non-retryable {previous}",
-                    started.attempt,
-                    started.attempt - 1
-                ),
-                started_id,
-            );
-        }
-        if let (Some(close), Some((_, started))) = (view.close, recorded)
-            && let EventKind::ActivityTaskFailed(failed) = &close.kind
-        {
-            let stops = non_retryable(policy, &failed.failure);
-            // A cancel request stops retries before the failure is looked at.
-            let stopped_as = [RetryState::NonRetryableFailure, RetryState::CancelRequested];
-            if stops && !stopped_as.contains(&failed.retry_state) {
-                push(
-                    format!(
-                        "activity {name:?} failed with non-retryable {}, recorded as {:?}",
-                        failed.failure, failed.retry_state
-                    ),
-                    close.event_id,
-                );
-            }
-            let below_max =
-                policy.maximum_attempts == 0 || started.attempt < policy.maximum_attempts;
-            if !stops && below_max && failed.retry_state == RetryState::MaximumAttemptsReached {
-                push(
-                    format!(
-                        "activity {name:?} stopped at attempt {} of {} as if it had reached its maximum",
-                        started.attempt, policy.maximum_attempts
-                    ),
-                    close.event_id,
-                );
-            }
-        }
-        for pair in ran.windows(2) {
-            let ((attempt, first), (next, second)) = (pair[0], pair[1]);
-            if next != attempt + 1 {
-                continue;
-            }
-            let backoff_ms = expected_backoff_ms(policy, attempt);
-            let gap_ms = second.started_time.millis_since(first.started_time);
-            if second.started_time < first.started_time.plus_ms(backoff_ms) {
-                push(
-                    format!(
-                        "activity {name:?} attempt {next} started {gap_ms} ms after attempt {attempt} started, within the {backoff_ms} ms backoff"
-                    ),
-                    scheduled,
-                );
-            }
+        let found = [
+            attempt_count(&view, &ran),
+            retried_non_retryable(&view),
+            retry_state(&view),
+            backoff(&view, &ran),
+        ];
+        for (message, at) in found.into_iter().flatten() {
+            let message = format!("activity {:?} {message}", view.attrs.activity_id);
+            violations.push(Violation::new("retries", message).at(history, Some(at)));
         }
     }
     violations
+}
+
+/// A violation's message and the event it shows at.
+type Found = Option<(String, u64)>;
+
+fn attempt_count(view: &ActivityView<'_>, ran: &[(u32, &AttemptSeen)]) -> Found {
+    let maximum = view.attrs.retry_policy.maximum_attempts;
+    let most = ran
+        .iter()
+        .map(|(attempt, _)| *attempt)
+        .chain(view.started.map(|(_, s)| s.attempt))
+        .max()
+        .unwrap_or(0);
+    (maximum != 0 && most > maximum).then(|| {
+        let message = format!("ran attempt {most}, more than its maximum of {maximum}");
+        (message, view.scheduled.event_id)
+    })
+}
+
+fn retried_non_retryable(view: &ActivityView<'_>) -> Found {
+    let (started_event, started) = view.started?;
+    let previous = started.last_failure.as_ref()?;
+    non_retryable(&view.attrs.retry_policy, previous).then(|| {
+        let message = format!(
+            "ran attempt {} after attempt {} failed with non-retryable {previous}",
+            started.attempt,
+            started.attempt - 1
+        );
+        (message, started_event.event_id)
+    })
+}
+
+fn retry_state(view: &ActivityView<'_>) -> Found {
+    let (close, (_, started)) = (view.close?, view.started?);
+    let EventKind::ActivityTaskFailed(failed) = &close.kind else {
+        return None;
+    };
+    let policy = &view.attrs.retry_policy;
+    let stops = non_retryable(policy, &failed.failure);
+    // A cancel request stops retries before the failure is looked at.
+    let stopped_as = [RetryState::NonRetryableFailure, RetryState::CancelRequested];
+    if stops && !stopped_as.contains(&failed.retry_state) {
+        let message = format!(
+            "failed with non-retryable {}, recorded as {:?}",
+            failed.failure, failed.retry_state
+        );
+        return Some((message, close.event_id));
+    }
+    let below_max = policy.maximum_attempts == 0 || started.attempt < policy.maximum_attempts;
+    let claims_max = failed.retry_state == RetryState::MaximumAttemptsReached;
+    (!stops && below_max && claims_max).then(|| {
+        let message = format!(
+            "stopped at attempt {} of {} as if it had reached its maximum",
+            started.attempt, policy.maximum_attempts
+        );
+        (message, close.event_id)
+    })
+}
+
+fn backoff(view: &ActivityView<'_>, ran: &[(u32, &AttemptSeen)]) -> Found {
+    ran.windows(2).find_map(|pair| {
+        let ((attempt, first), (next, second)) = (pair[0], pair[1]);
+        let backoff_ms = expected_backoff_ms(&view.attrs.retry_policy, attempt);
+        let hurried = second.started_time < first.started_time.plus_ms(backoff_ms);
+        (next == attempt + 1 && hurried).then(|| {
+            let gap_ms = second.started_time.millis_since(first.started_time);
+            let message = format!(
+                "attempt {next} started {gap_ms} ms after attempt {attempt} started, within the {backoff_ms} ms backoff"
+            );
+            (message, view.scheduled.event_id)
+        })
+    })
 }
 
 #[cfg(test)]
