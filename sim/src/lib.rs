@@ -88,9 +88,20 @@
 //!   state digest the live worker had;
 //! - no workflow task failed with non-determinism;
 //! - every effect on a simulated service was applied at most once per
-//!   activity, and exactly once for activities that completed;
-//! - no timer or timeout fired early; no run is stuck (a stuck run names the
-//!   task it waits for); no worker exceeded its capacity;
+//!   activity, and exactly once for activities that completed; an activity's
+//!   close carries the result of the attempt its `ActivityTaskStarted` names
+//!   (the workers record what each attempt sent, so services that report no
+//!   effects are covered too), and no later attempt ran or acted;
+//! - every timer and timeout (user timers, each activity timeout, workflow
+//!   task and execution timeouts) fired no earlier than its deadline and no
+//!   later than the deadline plus a tolerance derived from the fault plan;
+//! - each run's stored state is the state its history implies;
+//! - retries kept the policy: attempt counts, non-retryable failures, backoff;
+//! - no run failed, timed out or was terminated unless the scenario declares
+//!   that outcome with `.expect_outcomes(...)`;
+//! - no run is stuck (a stuck run names the task it waits for); no worker
+//!   exceeded its capacity, and the service never handed a worker more tasks
+//!   than it offered room for;
 //! - and your own `.check(...)`s.
 //!
 //! ## When a seed fails

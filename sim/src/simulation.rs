@@ -57,6 +57,8 @@ pub struct Setup {
     pub steps_max: u64,
     /// Events a history may hold at the end of a seed.
     pub history_events_max: u64,
+    /// The outcomes the scenario expects (`None`: completed or canceled).
+    pub expected_outcomes: Option<check::outcomes::ExpectedOutcomes>,
 }
 
 /// The scenario's client: the engine's `Client` on the client node, retrying
@@ -139,6 +141,7 @@ impl Simulation {
                 swarm: None,
                 steps_max: STEPS_MAX_DEFAULT,
                 history_events_max: HISTORY_EVENTS_MAX_DEFAULT,
+                expected_outcomes: None,
             },
             seeds: 0..100,
         }
@@ -241,6 +244,17 @@ impl Simulation {
         check: impl Fn(&Finished) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         self.setup.checks.push(Arc::new(check));
+        self
+    }
+
+    /// Declares the outcomes the scenario expects: a run whose outcome
+    /// `expected(workflow_id, outcome)` refuses is a violation. Without it,
+    /// a run that fails, times out or is terminated is one.
+    pub fn expect_outcomes(
+        mut self,
+        expected: impl Fn(&str, &RunOutcome) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.setup.expected_outcomes = Some(Arc::new(expected));
         self
     }
 
@@ -546,7 +560,7 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
     let mut violations = match run_phases(&setup, &world, &cluster, &scenario).await {
         Ok(()) => {
             let mut violations = scenario.violations();
-            violations.extend(check_run(&setup, &world, &cluster).await);
+            violations.extend(check_run(&setup, &cluster, &swarm, &plan).await);
             violations
         }
         Err(over_budget) => vec![over_budget],
@@ -744,48 +758,40 @@ async fn histories_of(world: &World) -> BTreeMap<String, History> {
         .collect()
 }
 
-async fn check_run(setup: &Setup, world: &World, cluster: &Cluster) -> Vec<Violation> {
-    let mut violations: Vec<Violation> = cluster
-        .observed
-        .capacity_violations
-        .lock()
-        .expect("observed lock")
-        .iter()
-        .map(|m| Violation::new("worker capacity", m.clone()))
-        .collect();
-    let digests = cluster
-        .observed
-        .final_digests
-        .lock()
-        .expect("observed lock")
-        .clone();
-    let replayer = Replayer::new(setup.nodes.registry_last().clone());
-    let mut histories = BTreeMap::new();
-    let mut outcomes = BTreeMap::new();
-    for (record, history) in check::load_runs(world.storage.durable()).await {
-        violations.extend(check::check_well_formed(&record, &history));
-        violations.extend(check::check_closed(&record));
-        let Ok(history) = history else { continue };
-        violations.extend(check::check_determinism(&history));
-        violations.extend(check::check_timers(&history));
-        violations.extend(check::check_replay(
-            &replayer,
-            &history,
-            digests.get(&record.run_id).copied(),
-        ));
-        if let Ok(state) =
-            serde_json::from_slice::<retrace::engine::machine::RunState>(&record.state)
-            && let Some(outcome) = state.outcome
-        {
-            outcomes.insert(record.workflow_id.clone(), outcome);
-        }
-        histories.insert(record.run_id.clone(), history);
-    }
+async fn check_run(
+    setup: &Setup,
+    cluster: &Arc<Cluster>,
+    swarm: &Swarm,
+    plan: &FaultPlan,
+) -> Vec<Violation> {
+    let world = &cluster.world;
+    let mut violations = check::capacity::check_capacity(&cluster.observed);
+    let digests = crate::world::lock(&cluster.observed.final_digests).clone();
+    let attempts = crate::world::lock(&cluster.observed.attempts).clone();
+    let clock = check::ServiceClock {
+        now: world.env(crate::nodes::SERVICE).now(),
+        now_elapsed_ms: world.elapsed_ms(),
+        drift_ppm: swarm.clock_of(crate::nodes::SERVICE).1,
+    };
+    let tolerance = check::Tolerance::of_run(plan, swarm, clock, setup.safety_ms);
+    let checks = check::RunChecks {
+        replayer: &Replayer::new(setup.nodes.registry_last().clone()),
+        digests: &digests,
+        attempts: &attempts,
+        tolerance: &tolerance,
+        expected: setup.expected_outcomes.as_ref(),
+    };
+    let stored = check::check_stored_runs(world.storage.durable(), &checks).await;
+    violations.extend(stored.violations);
     let ledger = world.services.ledger();
-    violations.extend(check::check_effects(&ledger, &histories));
+    violations.extend(check::check_effects(&ledger, &stored.histories));
+    violations.extend(check::check_later_attempts_acted(
+        &ledger,
+        &stored.histories,
+    ));
     let finished = Finished {
-        histories,
-        outcomes,
+        histories: stored.histories,
+        outcomes: stored.outcomes,
         ledger,
         faults: world.fault_counts(),
         services: world.services.states(),

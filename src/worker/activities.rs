@@ -148,6 +148,9 @@ fn to_task_result(
 /// this worker has room for a workflow task, it offers to take the one the
 /// result schedules (eager dispatch) and runs it.
 async fn respond(shared: &Arc<Shared>, task: &ActivityTask, result: ActivityTaskResult) {
+    if let Some(observer) = &shared.observer {
+        observer.activity_result_sent(task, &result);
+    }
     let mut permit = shared.try_permit(
         &shared.workflow_permits,
         !shared.workflows.names().is_empty(),
@@ -176,6 +179,10 @@ async fn respond(shared: &Arc<Shared>, task: &ActivityTask, result: ActivityTask
         })) => {
             // A service hands a task only to a worker that offered room; an
             // older or wrong one might not: that task then times out and retries.
+            if let Some(observer) = &shared.observer {
+                let room = usize::from(permit.is_some());
+                observer.tasks_handed(&next.task_token.run_id, "workflow", room, 1);
+            }
             match permit {
                 Some(permit) => super::workflows::spawn_task(shared, next, permit),
                 None => tracing::warn!(
@@ -230,6 +237,9 @@ async fn heartbeat_loop(
             shared.env.sleep_ms(wait_ms).await;
         }
         last_sent = shared.env.now();
+        if let Some(observer) = &shared.observer {
+            observer.activity_heartbeat_sent(task);
+        }
         let details = activity.details.lock().expect("details lock").clone();
         let request = Request::HeartbeatActivityTask(HeartbeatRequest {
             task_token: task.task_token.clone(),

@@ -37,7 +37,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::activity::{Activity, ActivityContext, ActivityRunError};
-use crate::api::{ActivityTask, ErrorCode, Request, Response};
+use crate::api::{ActivityTask, ActivityTaskResult, ErrorCode, Request, Response};
 use crate::client::ClientError;
 use crate::env::Env;
 use crate::workflow::{PayloadError, StateDigest, Workflow, WorkflowRegistry};
@@ -69,6 +69,16 @@ pub trait WorkerObserver: Send + Sync {
     /// The service answered a speculative workflow task: taken, or refused
     /// (the result was then recorded alone).
     fn speculative_workflow_task(&self, _run_id: &str, _taken: bool) {}
+    /// The attempt sends a heartbeat (before the request leaves).
+    fn activity_heartbeat_sent(&self, _task: &ActivityTask) {}
+    /// The attempt sends how it ended (once per attempt, before the request
+    /// leaves; retries of the request are not reported again).
+    fn activity_result_sent(&self, _task: &ActivityTask, _result: &ActivityTaskResult) {}
+    /// The service handed this worker `handed` tasks of `kind` (`"activity"`
+    /// or `"workflow"`) in answer to a request that offered room for `room`.
+    /// A correct service never hands more than the room offered; the worker
+    /// drops the extra ones, so only this hook shows them.
+    fn tasks_handed(&self, _run_id: &str, _kind: &'static str, _room: usize, _handed: usize) {}
 }
 
 /// Limits and timings of a worker. Every bound is `_max`, every duration `_ms`.

@@ -220,6 +220,9 @@ pub(super) fn run_eager_activities(
     permits: Vec<OwnedSemaphorePermit>,
 ) {
     let handed = activity_tasks.len();
+    if let Some(observer) = &shared.observer {
+        observer.tasks_handed(run_id, "activity", permits.len(), handed);
+    }
     if handed > permits.len() {
         // Never from a correct service: the extra attempts time out and retry.
         tracing::warn!(

@@ -257,6 +257,9 @@ fn check(finished: &Finished) -> Result<(), String> {
 /// The order-of-messages scenario.
 pub fn messages() -> Simulation {
     Simulation::new("messages")
+        // Every run of the scenario must complete: a failed, timed out,
+        // terminated or canceled run is a violation.
+        .expect_outcomes(|_, outcome| matches!(outcome, RunOutcome::Completed { .. }))
         .workflow::<OrderOfMessages>()
         .activity(|node| {
             FetchMessage::new(KvMessages {

@@ -56,6 +56,9 @@ impl Workflow for ThreeSteps {
 /// The small reference scenario.
 pub fn small() -> Simulation {
     Simulation::new("small")
+        // Every run of the scenario must complete: a failed, timed out,
+        // terminated or canceled run is a violation.
+        .expect_outcomes(|_, outcome| matches!(outcome, RunOutcome::Completed { .. }))
         .workflow::<ThreeSteps>()
         .activity(|node| Put {
             kv: node.service("kv"),

@@ -127,6 +127,9 @@ fn account(index: usize) -> &'static str {
 /// The transfers reference scenario.
 pub fn transfers() -> Simulation {
     Simulation::new("transfers")
+        // Every run of the scenario must complete: a failed, timed out,
+        // terminated or canceled run is a violation.
+        .expect_outcomes(|_, outcome| matches!(outcome, RunOutcome::Completed { .. }))
         .workflow::<Transfer>()
         .activity(|node| Move { bank: node.service("bank") })
         .activity(|node| Notify { api: node.service("api") })

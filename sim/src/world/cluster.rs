@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::runtime::{Handle, NodeHandle};
-use retrace::api::ActivityTask;
+use retrace::api::{ActivityTask, ActivityTaskResult};
 use retrace::engine::{Service, ServiceConfig};
+use retrace::types::Timestamp;
 use retrace::worker::{Worker, WorkerBuilder, WorkerObserver, WorkerOptions};
 use retrace::workflow::StateDigest;
 use retrace::workflow::WorkflowRegistry;
@@ -112,9 +113,29 @@ pub struct Speculations {
     pub refused: u64,
 }
 
+/// One activity attempt as the worker that ran it saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptSeen {
+    /// The worker node that ran it (the first, if it reached several).
+    pub node: String,
+    /// When the service started it, on the service's clock (from the task).
+    pub started_time: Timestamp,
+    /// Heartbeats the attempt sent.
+    pub heartbeats: u32,
+    /// How the attempt said it ended (`None`: it never reported).
+    pub result: Option<ActivityTaskResult>,
+}
+
+/// An attempt: (run id, scheduled event id, attempt number).
+pub type AttemptKey = (String, u64, u32);
+
 /// Live observations the checkers need.
 #[derive(Default)]
 pub struct Observed {
+    /// Every activity attempt a worker ran.
+    pub attempts: Mutex<BTreeMap<AttemptKey, AttemptSeen>>,
+    /// Answers that handed a worker more tasks than it offered room for.
+    pub handed_violations: Mutex<Vec<String>>,
     /// The executor's digest when its code closed the run, by run id.
     pub final_digests: Mutex<BTreeMap<String, StateDigest>>,
     /// Capacity violations seen while activities ran.
@@ -124,11 +145,23 @@ pub struct Observed {
 }
 
 /// One worker incarnation's observer.
-struct NodeObserver {
+pub(crate) struct NodeObserver {
     observed: Arc<Observed>,
     node: String,
     running: AtomicUsize,
     activities_max: usize,
+}
+
+impl NodeObserver {
+    /// The observer of worker `node`, which runs at most `activities_max` activities.
+    pub(crate) fn new(observed: Arc<Observed>, node: &str, activities_max: usize) -> NodeObserver {
+        NodeObserver {
+            observed,
+            node: node.to_string(),
+            running: AtomicUsize::new(0),
+            activities_max,
+        }
+    }
 }
 
 impl WorkerObserver for NodeObserver {
@@ -139,6 +172,15 @@ impl WorkerObserver for NodeObserver {
     }
 
     fn activity_started(&self, task: &ActivityTask) {
+        let seen = AttemptSeen {
+            node: self.node.clone(),
+            started_time: task.started_time,
+            heartbeats: 0,
+            result: None,
+        };
+        lock(&self.observed.attempts)
+            .entry(attempt_key(task))
+            .or_insert(seen);
         let running = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         if running > self.activities_max {
             let message = format!(
@@ -153,6 +195,30 @@ impl WorkerObserver for NodeObserver {
         self.running.fetch_sub(1, Ordering::SeqCst);
     }
 
+    fn activity_heartbeat_sent(&self, task: &ActivityTask) {
+        if let Some(seen) = lock(&self.observed.attempts).get_mut(&attempt_key(task)) {
+            seen.heartbeats += 1;
+        }
+    }
+
+    fn activity_result_sent(&self, task: &ActivityTask, result: &ActivityTaskResult) {
+        if let Some(seen) = lock(&self.observed.attempts).get_mut(&attempt_key(task))
+            && seen.result.is_none()
+        {
+            seen.result = Some(result.clone());
+        }
+    }
+
+    fn tasks_handed(&self, run_id: &str, kind: &'static str, room: usize, handed: usize) {
+        if handed > room {
+            let message = format!(
+                "the service handed {} {handed} {kind} tasks of run {run_id} with room for {room}",
+                self.node
+            );
+            lock(&self.observed.handed_violations).push(message);
+        }
+    }
+
     fn speculative_workflow_task(&self, _run_id: &str, taken: bool) {
         let mut speculations = lock(&self.observed.speculations);
         if taken {
@@ -161,6 +227,15 @@ impl WorkerObserver for NodeObserver {
             speculations.refused += 1;
         }
     }
+}
+
+fn attempt_key(task: &ActivityTask) -> AttemptKey {
+    let token = &task.task_token;
+    (
+        token.run_id.clone(),
+        token.scheduled_event_id,
+        token.attempt,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -512,12 +587,7 @@ fn start_worker_node(
                 let mut options = WorkerOptions::new(&setup.task_queue);
                 options.identity = name.clone();
                 (setup.worker_options)(&mut options);
-                let observer = Arc::new(NodeObserver {
-                    observed,
-                    node: name.clone(),
-                    running: AtomicUsize::new(0),
-                    activities_max: options.activities_max,
-                });
+                let observer = Arc::new(NodeObserver::new(observed, &name, options.activities_max));
                 let registry = setup.registry_at(world.elapsed_ms()).clone();
                 let mut builder = Worker::builder(world.env(&name), &setup.task_queue)
                     .workflows(registry)

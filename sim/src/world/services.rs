@@ -8,6 +8,8 @@
 //! saying the effect is done, the client records it as acknowledged. The
 //! checker then requires: no effect applied twice for the same caller, and
 //! every acknowledged effect of a completed activity applied exactly once.
+//! Effects are also ledgered per attempt (`by_attempt`): an attempt after the
+//! one the activity's `ActivityTaskStarted` names must not have acted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,8 @@ pub trait SimService: Send + Sync + 'static {
 pub struct EffectLedger {
     pub applied: BTreeMap<(String, String), u64>,
     pub acknowledged: BTreeMap<(String, String), u64>,
+    /// Effects applied, by (caller activity, attempt, effect label).
+    pub by_attempt: BTreeMap<(String, u32, String), u64>,
 }
 
 /// A service as checks see it: downcast to its type to read its state.
@@ -61,7 +65,12 @@ impl ServiceHost {
         lock(&self.states).clone()
     }
 
-    fn serve(&self, name: &str, caller: &str, request: &Value) -> Result<Value, String> {
+    fn serve(
+        &self,
+        name: &str,
+        (caller, attempt): (&str, u32),
+        request: &Value,
+    ) -> Result<Value, String> {
         let service = lock(&self.services)
             .get(name)
             .cloned()
@@ -70,6 +79,10 @@ impl ServiceHost {
         let reply = service.handle(request, &mut effects);
         let mut ledger = lock(&self.ledger);
         for effect in effects {
+            *ledger
+                .by_attempt
+                .entry((caller.to_string(), attempt, effect.clone()))
+                .or_default() += 1;
             *ledger
                 .applied
                 .entry((caller.to_string(), effect))
@@ -94,6 +107,7 @@ impl ServiceHost {
         EffectLedger {
             applied: ledger.applied.clone(),
             acknowledged: ledger.acknowledged.clone(),
+            by_attempt: ledger.by_attempt.clone(),
         }
     }
 }
@@ -137,8 +151,11 @@ impl ServiceClient {
     ) -> Result<Value, ServiceCallError> {
         let caller = ctx.idempotency_key();
         let (service, served_caller) = (self.service.clone(), caller.clone());
+        let attempt = ctx.attempt();
         let serve = Arc::new(move |world: Arc<World>| {
-            let reply = world.services.serve(&service, &served_caller, &request);
+            let reply = world
+                .services
+                .serve(&service, (&served_caller, attempt), &request);
             Some(Box::pin(async move { Some(reply) })
                 as BoxFuture<'static, Option<Result<Value, String>>>)
         });

@@ -1,0 +1,129 @@
+//! A history's own checks: it is well-formed, it replays the same three ways,
+//! the replay ends as the history closed and as the live worker saw it, and no
+//! workflow task failed with non-determinism while the run was live.
+
+use retrace::env::RunRecord;
+use retrace::history::{EventKind, History, HistoryError, WorkflowTaskFailedCause};
+use retrace::workflow::{Replayer, RunResult, StateDigest, workflow_task_boundaries};
+
+use super::Violation;
+
+/// Well-formedness: the stored events validate.
+pub fn check_well_formed(
+    record: &RunRecord,
+    history: &Result<History, HistoryError>,
+) -> Option<Violation> {
+    let error = history.as_ref().err()?;
+    let event_id = match error {
+        HistoryError::EventIdGap { found, .. } => Some(*found),
+        HistoryError::MissingStart { event_id, .. }
+        | HistoryError::AfterClose { event_id, .. }
+        | HistoryError::BadLink { event_id, .. }
+        | HistoryError::AlreadyClosed { event_id, .. }
+        | HistoryError::OutOfOrder { event_id, .. }
+        | HistoryError::TimeOutOfRange { event_id, .. }
+        | HistoryError::TooManyEvents { event_id, .. }
+        | HistoryError::PayloadTooLarge { event_id, .. }
+        | HistoryError::PayloadTooDeep { event_id, .. } => Some(*event_id),
+    };
+    let mut violation = Violation::new("history well-formed", error.to_string());
+    violation.run_id = Some(record.run_id.clone());
+    violation.workflow_id = Some(record.workflow_id.clone());
+    violation.event_id = event_id;
+    Some(violation)
+}
+
+fn recorded_result(history: &History) -> Option<RunResult> {
+    match &history.close_event()?.kind {
+        EventKind::WorkflowExecutionCompleted(a) => Some(RunResult::Completed(a.result.clone())),
+        EventKind::WorkflowExecutionFailed(a) => Some(RunResult::Failed(a.failure.clone())),
+        EventKind::WorkflowExecutionCanceled(_) => Some(RunResult::Canceled),
+        _ => None,
+    }
+}
+
+/// Replay three ways; the result must be the recorded close and the digest
+/// the live executor's.
+pub fn check_replay(
+    replayer: &Replayer,
+    history: &History,
+    live: Option<StateDigest>,
+) -> Vec<Violation> {
+    let scratch = match replayer.replay(history) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            let event_id = error.non_determinism().map(|nd| nd.event_id);
+            let invariant = if event_id.is_some() {
+                "determinism"
+            } else {
+                "replay"
+            };
+            return vec![
+                Violation::new(invariant, format!("the history does not replay: {error}"))
+                    .at(history, event_id),
+            ];
+        }
+    };
+    let mut violations = Vec::new();
+    let tasks = workflow_task_boundaries(history.events()).len();
+    let others = [
+        ("incrementally", replayer.replay_incrementally(history)),
+        (
+            "after eviction",
+            replayer.replay_with_eviction(history, Some(tasks / 2)),
+        ),
+    ];
+    for (how, other) in others {
+        match other {
+            Ok(outcome) if outcome == scratch => {}
+            Ok(outcome) => violations.push(
+                Violation::new(
+                    "replay",
+                    format!("replay {how} gives {outcome:?}, from scratch {scratch:?}"),
+                )
+                .at(history, None),
+            ),
+            Err(error) => violations.push(
+                Violation::new("replay", format!("replay {how} fails: {error}")).at(history, None),
+            ),
+        }
+    }
+    if let Some(recorded) = recorded_result(history)
+        && scratch.result.as_ref() != Some(&recorded)
+    {
+        let close = history.close_event().map(|e| e.event_id);
+        let message = format!(
+            "the history closed with {recorded:?} but replay gives {:?}",
+            scratch.result
+        );
+        violations.push(Violation::new("live equals replay", message).at(history, close));
+    }
+    if let Some(live) = live
+        && live != scratch.digest
+    {
+        let message = format!(
+            "live state digest {live} differs from the replayed state digest {}",
+            scratch.digest
+        );
+        violations.push(Violation::new("live equals replay", message).at(history, None));
+    }
+    violations
+}
+
+/// Workflow tasks that failed with non-determinism while the run was live.
+pub fn check_determinism(history: &History) -> Option<Violation> {
+    history.events().iter().find_map(|event| match &event.kind {
+        EventKind::WorkflowTaskFailed(a)
+            if a.cause == WorkflowTaskFailedCause::NonDeterministicError =>
+        {
+            Some(
+                Violation::new(
+                    "determinism",
+                    format!("a worker found non-determinism: {}", a.failure.message),
+                )
+                .at(history, Some(event.event_id)),
+            )
+        }
+        _ => None,
+    })
+}
