@@ -245,11 +245,18 @@ impl Workflow for Interpreter {
         let mut reports = Vec::with_capacity(spec.steps.len());
         for step in &spec.steps {
             let run = run_step(&ctx, step);
-            let cancelled = ctx.cancelled();
-            futures::pin_mut!(cancelled);
-            match select(run, cancelled).await {
-                Either::Left((report, _)) => reports.push(report?),
-                Either::Right(_) => return Err(WorkflowError::Canceled),
+            if let Step::Activity(a) = step
+                && a.cancellation == Cancellation::WaitCompleted
+            {
+                // Waits through the run's cancellation for the activity to close.
+                reports.push(run.await?);
+            } else {
+                let cancelled = ctx.cancelled();
+                futures::pin_mut!(cancelled);
+                match select(run, cancelled).await {
+                    Either::Left((report, _)) => reports.push(report?),
+                    Either::Right(_) => return Err(WorkflowError::Canceled),
+                }
             }
             progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if ctx.is_cancel_requested() {
@@ -352,6 +359,9 @@ pub fn schedule(ctx: &WorkflowContext, spec: &ActivitySpec) -> ActivityFuture<Sc
     options.cancellation_type = match spec.cancellation {
         Cancellation::TryCancel => retrace::activity::ActivityCancellationType::TryCancel,
         Cancellation::Abandon => retrace::activity::ActivityCancellationType::Abandon,
+        Cancellation::WaitCompleted => {
+            retrace::activity::ActivityCancellationType::WaitCancellationCompleted
+        }
     };
     ctx.activity::<Scripted>(input).options(options)
 }

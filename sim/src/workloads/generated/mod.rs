@@ -21,6 +21,11 @@
 //! test requires to be drawn), its execution in [`interpreter`], and what it
 //! allows in [`model`].
 //!
+//! Cost: `--scenario generated --seeds 0..2000` in release took 5.8 s of CPU
+//! (about 340 seeds per CPU-second, shrinking its 27 failing seeds included;
+//! about 400 without shrinking); the 500-seed test takes about 20 s in the
+//! debug build.
+//!
 //! Engine bugs this workload found and that are not fixed yet are listed in
 //! [`KNOWN_ENGINE_BUGS`] with a seed that shows each; the tests excuse a seed
 //! only when one of its violations carries a known bug's signature.

@@ -73,6 +73,7 @@ pub fn check(program: &Program, observed: &Observed<'_>) -> Result<(), String> {
             spec,
             observed,
             problems: Vec::new(),
+            closed_canceled: false,
         };
         run.check();
         problems.extend(
@@ -107,6 +108,8 @@ struct RunCheck<'a> {
     spec: &'a RunSpec,
     observed: &'a Observed<'a>,
     problems: Vec<String>,
+    /// The run closed as canceled.
+    closed_canceled: bool,
 }
 
 impl<'a> RunCheck<'a> {
@@ -142,6 +145,10 @@ impl<'a> RunCheck<'a> {
             Some(started) if started.input == expected_input => {}
             _ => self.problem("its input is not the program's run".to_string()),
         }
+        self.closed_canceled = matches!(
+            history.close_event().map(|e| &e.kind),
+            Some(EventKind::WorkflowExecutionCanceled(_))
+        );
         let completed = self.check_outcome(history);
         let activities = self.check_activities(history, completed);
         self.check_timers(history);
@@ -593,7 +600,7 @@ impl ActivityCheck<'_, '_> {
         let events = self.events;
         if events.cancel_requested
             && !run_canceled
-            && !(droppable && spec.cancellation == Cancellation::TryCancel)
+            && !(droppable && spec.cancellation != Cancellation::Abandon)
         {
             self.problem(
                 "a cancel was requested, but the workflow never asked for one".to_string(),
@@ -610,11 +617,15 @@ impl ActivityCheck<'_, '_> {
         }
         let Some(close) = events.close else {
             // A cancel resolves the workflow's future at once (TryCancel), and
-            // an abandoned one is not waited for.
+            // an abandoned one is not waited for; a waited-for one is.
             let abandoned = droppable && spec.cancellation == Cancellation::Abandon;
-            let may_stay_open = !run_completed || events.cancel_requested || abandoned;
+            let waited = self.run.spec.waits_through_cancel(&spec.tag);
+            let may_stay_open = !run_completed || (events.cancel_requested && !waited) || abandoned;
             if !may_stay_open {
                 self.problem("never closed though the run completed".to_string());
+            }
+            if waited && events.cancel_requested && self.run.closed_canceled {
+                self.problem("the run closed canceled before this activity, which it waits for (WaitCancellationCompleted), closed".to_string());
             }
             return;
         };
@@ -1036,7 +1047,7 @@ impl<'a> RunCheck<'a> {
                 let requested = activities
                     .get(&spec.tag)
                     .is_some_and(|a| a.cancel_requested);
-                if requested != (spec.cancellation == Cancellation::TryCancel) {
+                if requested != (spec.cancellation != Cancellation::Abandon) {
                     self.problem(format!(
                         "activity {} lost its race; cancel requested: {requested}, its cancellation is {:?}",
                         spec.tag, spec.cancellation

@@ -112,6 +112,9 @@ pub enum Cancellation {
     TryCancel,
     /// Walk away; the activity runs on.
     Abandon,
+    /// Ask the service to cancel it, and wait until it closes (a top-level
+    /// activity step waits through the run's cancellation).
+    WaitCompleted,
 }
 
 /// One scheduled activity: its options and its script.
@@ -242,6 +245,15 @@ impl RunSpec {
         out
     }
 
+    /// True if the workflow waits for activity `tag` to close even when the
+    /// run is canceled (a top-level step with `WaitCompleted`).
+    pub fn waits_through_cancel(&self, tag: &str) -> bool {
+        self.steps.iter().any(|step| {
+            matches!(step, Step::Activity(a)
+                if a.tag == tag && a.cancellation == Cancellation::WaitCompleted)
+        })
+    }
+
     /// True if one of the client's actions on the run satisfies `what`.
     pub fn client_does(&self, what: fn(&ClientAction) -> bool) -> bool {
         self.client.iter().any(|t| what(&t.action))
@@ -284,6 +296,7 @@ pub enum Feature {
     ScriptHeartbeatThenFail,
     ActivityCancelTry,
     ActivityAbandon,
+    ActivityCancelWait,
     Timer,
     SignalBeforeListen,
     SignalAfterListen,
@@ -307,7 +320,7 @@ pub enum Feature {
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 37] = [
+pub const FEATURES: [Feature; 38] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -325,6 +338,7 @@ pub const FEATURES: [Feature; 37] = [
     Feature::ScriptHeartbeatThenFail,
     Feature::ActivityCancelTry,
     Feature::ActivityAbandon,
+    Feature::ActivityCancelWait,
     Feature::Timer,
     Feature::SignalBeforeListen,
     Feature::SignalAfterListen,
@@ -470,6 +484,10 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
     }
     for (activity, dropped) in run.activities() {
         activity_features(activity, dropped, out);
+        let canceled = run.client_does(|a| matches!(a, ClientAction::Cancel));
+        if canceled && run.waits_through_cancel(&activity.tag) {
+            out.insert(Feature::ActivityCancelWait);
+        }
     }
 }
 
@@ -639,6 +657,7 @@ fn activity(draws: &mut Draws, tag: &str) -> ActivitySpec {
             Cancellation::TryCancel,
             Cancellation::TryCancel,
             Cancellation::Abandon,
+            Cancellation::WaitCompleted,
         ]),
     };
     spec.script = script(draws, &spec);
