@@ -1129,12 +1129,17 @@ async fn closing_the_run_while_a_signal_is_buffered_fails_the_task_so_the_code_s
     let close = Command::CompleteWorkflowExecution {
         result: json!("fine"),
     };
+    let refused = complete_workflow_task(&engine, &task, vec![close])
+        .await
+        .expect_err(
+            "the task is failed, not completed: the worker must not take the close as written",
+        );
     assert_eq!(
-        complete_workflow_task(&engine, &task, vec![close]).await,
-        Ok(Response::CompleteWorkflowTask(
-            retrace::api::CompleteWorkflowTaskResponse::default()
-        ))
+        refused.code,
+        retrace::api::ErrorCode::TaskNotFound,
+        "{refused:?}"
     );
+    assert!(refused.message.contains("UnhandledCommand"), "{refused:?}");
     let history = handle.history().await.unwrap();
     let expected = shape(&[
         &WORKFLOW_TASK[..2],

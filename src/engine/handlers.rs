@@ -698,13 +698,22 @@ impl Inner {
                 }
             })
             .await?;
-        if let Some(rejection) = rejection
-            && rejection.cause == crate::history::WorkflowTaskFailedCause::BadCommand
-        {
-            return Err(invalid(format!(
-                "workflow task commands rejected: {}",
-                rejection.message
-            )));
+        if let Some(rejection) = rejection {
+            // The task was failed, not completed: the worker must not take
+            // its commands (or the run's close) as written.
+            return Err(match rejection.cause {
+                crate::history::WorkflowTaskFailedCause::BadCommand => invalid(format!(
+                    "workflow task commands rejected: {}",
+                    rejection.message
+                )),
+                cause => ServiceError::new(
+                    ErrorCode::TaskNotFound,
+                    format!(
+                        "workflow task not completed ({cause:?}): {}",
+                        rejection.message
+                    ),
+                ),
+            });
         }
         self.completion_response(eager, events).await
     }

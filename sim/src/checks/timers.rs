@@ -138,7 +138,9 @@ impl Tolerance {
     /// The latest a timer due at `deadline` may fire.
     pub fn latest(&self, deadline: Timestamp) -> Timestamp {
         let mut end = deadline.0 + self.base_ms;
-        if deadline < self.safety_end {
+        // A write that failed or stalled just before the faults healed still
+        // delays timers due shortly after.
+        if deadline.0 < self.safety_end.0 + self.safety_extra_ms {
             end += self.safety_extra_ms;
         }
         for &(from, to) in &self.windows {
@@ -251,7 +253,7 @@ pub fn check_timers(
     check_execution_timeout(&mut timing);
     check_workflow_task_backoff(&mut timing);
     for view in activities(history) {
-        check_schedule_timeouts(&mut timing, &view);
+        check_schedule_timeouts(&mut timing, &view, attempts);
         check_attempt_timeouts(&mut timing, &view, attempts);
     }
     timing.violations
@@ -410,7 +412,26 @@ fn timed_out(view: &ActivityView<'_>) -> Option<TimeoutType> {
     }
 }
 
-fn check_schedule_timeouts(timing: &mut Timing<'_>, view: &ActivityView<'_>) {
+/// Whether a worker started an attempt of the activity by `latest` (an
+/// attempt still running when the run closes leaves no `ActivityTaskStarted`).
+fn attempt_started_by(
+    timing: &Timing<'_>,
+    view: &ActivityView<'_>,
+    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+    latest: Timestamp,
+) -> bool {
+    let run_id = timing.history.run_id().to_string();
+    let scheduled_id = view.scheduled.event_id;
+    attempts
+        .range((run_id.clone(), scheduled_id, 0)..=(run_id, scheduled_id, u32::MAX))
+        .any(|(_, seen)| seen.started_time <= latest)
+}
+
+fn check_schedule_timeouts(
+    timing: &mut Timing<'_>,
+    view: &ActivityView<'_>,
+    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+) {
     let scheduled_time = view.scheduled.event_time;
     let close_id = view.close.map(|e| e.event_id);
     let name = &view.attrs.activity_id;
@@ -433,6 +454,7 @@ fn check_schedule_timeouts(timing: &mut Timing<'_>, view: &ActivityView<'_>) {
             timing.early(&what, id, deadline);
         }
         if view.started.is_none()
+            && !attempt_started_by(timing, view, attempts, timing.tolerance.latest(deadline))
             && let Some(by_id) = timing.closed_or_run_closed(close_id)
         {
             timing.late(&what, by_id, deadline);
