@@ -58,6 +58,9 @@ fn every_bundled_workload_keeps_every_invariant_over_the_mutants_seed_range() {
                 let report = Report {
                     scenario: runner.name().to_string(),
                     original_faults: result.plan.faults.len(),
+                    original_swarm: result.swarm.clone(),
+                    background: Vec::new(),
+                    shrink_runs: 1,
                     repro: retrace_sim::repro_line(runner.name(), seed),
                     result,
                 };
