@@ -518,12 +518,17 @@ impl WriterHealth {
         self.down.store(true, Ordering::Release);
     }
 
-    /// The writer works again.
-    fn recovered(&self) {
+    /// The writer works again; `false` if the file was found lost meanwhile
+    /// (by a health check), which no reopen undoes.
+    fn recovered(&self) -> bool {
         let mut trouble = self.trouble();
-        assert!(trouble.as_ref().is_some_and(|t| !t.lost));
+        assert!(trouble.is_some(), "recovered without trouble");
+        if trouble.as_ref().is_some_and(|t| t.lost) {
+            return false;
+        }
         *trouble = None;
         self.down.store(false, Ordering::Release);
+        true
     }
 }
 
@@ -960,7 +965,11 @@ fn recover(
         }
         match reopen(setup) {
             Ok(writer) => {
-                health.recovered();
+                if !health.recovered() {
+                    drop(writer); // A health check found the file lost meanwhile.
+                    refuse_until_closed(health, None, receiver);
+                    return None;
+                }
                 let path = setup.path.display();
                 tracing::warn!(%path, "sqlite storage: the writer reopened the database and writes again");
                 assert!(!writer.failed && !writer.lost);
@@ -975,7 +984,11 @@ fn recover(
             Err(Reopen::Failed(error)) => {
                 let path = setup.path.display();
                 tracing::warn!(%error, %path, backoff_ms, "sqlite storage: reopening failed; retrying");
-                health.recovering(error.to_string(), true);
+                let reason = match error {
+                    StorageError::Io(message) => message,
+                    other => other.to_string(),
+                };
+                health.recovering(reason, true);
                 backoff_ms = (backoff_ms * 2).min(RECOVERY_BACKOFF_MS_MAX);
             }
         }
