@@ -7,7 +7,10 @@
 //! | two servers on one file | `SqliteStorage::open` twice, `retrace server` twice | the second is refused naming the path, until the first is gone |
 //!
 //! `RLIMIT_FSIZE` is per process, so the tests of this file take one lock
-//! each and never run at once.
+//! each and never run at once, and the limit is held only around the failing
+//! commit and the checks that follow (a few hundred milliseconds): while it
+//! is, a test harness writing its output to a regular file (not a pipe)
+//! would fail its writes too.
 // Tests wait on real time and drive real processes.
 #![allow(clippy::disallowed_methods)]
 
