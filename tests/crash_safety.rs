@@ -101,7 +101,7 @@ impl Activity for Apply {
         // start-to-close timeout, so they are retried after their effect (the
         // retry must not apply it again).
         let linger_ms = match ctx.attempt() {
-            1 if amount % SLOW_EVERY == 0 => SLOW_LINGER_MS,
+            1 if amount.is_multiple_of(SLOW_EVERY) => SLOW_LINGER_MS,
             attempt => (amount + u64::from(attempt)) % 4 * 40,
         };
         self.ledger

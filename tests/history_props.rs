@@ -700,7 +700,7 @@ fn some_event(built: &Built, which: usize) -> EventKind {
 /// An id other than `id` (>= 1): below it, or above it.
 fn other_than(id: u64, offset: usize) -> u64 {
     let offset = offset as u64;
-    if offset % 2 == 0 {
+    if offset.is_multiple_of(2) {
         (offset / 2) % id
     } else {
         id + 1 + (offset / 2) % 1_000
@@ -1071,7 +1071,7 @@ fn activity_bad_link(mut built: Built, pick: usize, how: usize, offset: usize) -
         0 => link_to_non_activity(&built, offset),
         1 => {
             let target = offset as u64;
-            let kind = if offset % 2 == 0 {
+            let kind = if offset.is_multiple_of(2) {
                 activity_completed_kind(scheduled, target)
             } else {
                 activity_timed_out_kind(scheduled, Some(target))

@@ -113,7 +113,7 @@ fn a_workflow_that_branches_on_the_wall_clock_is_caught_as_non_determinism() {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        if now.as_millis() % 2 == 0 {
+        if now.as_millis().is_multiple_of(2) {
             ctx.sleep(Duration::from_secs(1)).await?;
         }
         Ok(())

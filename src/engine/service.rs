@@ -295,6 +295,11 @@ impl RequestHandler for Service {
     fn handle(&self, request: Request) -> BoxFuture<'static, Reply> {
         Box::pin(self.inner.clone().handle(request))
     }
+
+    /// The storage's health: the service works while its storage writes.
+    fn health(&self) -> Result<(), String> {
+        self.inner.storage.health()
+    }
 }
 
 impl Inner {

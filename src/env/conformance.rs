@@ -896,7 +896,12 @@ async fn write_listed_runs(
         let scrambled = (index * 7 + 3) % count;
         let run_id = format!("run-{scrambled:02}");
         let mut batch = create(&run_id, 1);
-        batch.run.workflow_type = if scrambled % 2 == 0 { "alpha" } else { "beta" }.to_string();
+        batch.run.workflow_type = if scrambled.is_multiple_of(2) {
+            "alpha"
+        } else {
+            "beta"
+        }
+        .to_string();
         batch.run.status = statuses[scrambled % statuses.len()];
         runs.insert(run_id, batch.run.clone());
         write_ok(storage, batch, property).await;

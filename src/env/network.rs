@@ -34,6 +34,11 @@ pub trait Network: Send + Sync {
 pub trait RequestHandler: Send + Sync {
     /// Handles one request.
     fn handle(&self, request: Request) -> BoxFuture<'static, Reply>;
+    /// `Err` with the reason while the handler cannot do its work (its
+    /// storage cannot write); what `GET /healthz` reports.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Calls the service directly in the same process.

@@ -22,8 +22,26 @@
 //! `COMMIT`, or an error after which SQLite rolled everything back), every batch
 //! of the group gets the same `StorageError::Io` and nothing of the group is
 //! stored. A `COMMIT` failing otherwise (an fsync error) leaves the outcome
-//! unknown: the group gets `StorageError::Timeout` and the writer stops (see
-//! `commit_failed`).
+//! unknown: the group gets `StorageError::Timeout` and nothing on that
+//! connection is trusted again (see `commit_failed`).
+//!
+//! # Faults the writer lives through
+//!
+//! | fault | what the writer does | writes meanwhile | [`Storage::health`] |
+//! |---|---|---|---|
+//! | a `COMMIT` fails (disk full, fsync error) | drops its connection and reopens the file as a restart would, after 50 ms, doubling up to `RECOVERY_BACKOFF_MS_MAX`; a reopen counts once a probe commit (page 1 rewritten as it is) succeeds | refused at once: `Io("storage is recovering after a failed commit: …")` | the reason, since when, attempts |
+//! | the file at the path is deleted or replaced (checked by device and inode before every `COMMIT`) | refuses every write until a restart; never reopens (that would make an empty database) | refused: `Io("the database file … was deleted or replaced …")` | that reason |
+//! | its thread panicked (a bug) | gone | `Io("storage stopped")` | says so |
+//!
+//! # One server per file
+//!
+//! Opening takes an exclusive `flock` on the database file itself (not on a
+//! file beside it), held until the last handle is dropped: a second open of
+//! the file, by another process or this one, is refused naming the path.
+//! `flock` locks are apart from the POSIX locks SQLite takes, so tools like
+//! `sqlite3` still read and write the file. The lock's descriptor is closed
+//! only after every connection is (closing any descriptor of a file drops the
+//! process's POSIX locks on it).
 //!
 //! # Schema
 //!
@@ -33,11 +51,13 @@
 //! (`PRAGMA application_id` marks retrace's).
 
 use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, MAIN_DB, OpenFlags, OptionalExtension, Row, TransactionBehavior};
@@ -108,6 +128,14 @@ const READER_COUNT_MAX: usize = 16;
 const QUEUE_MAX: usize = 1 << 20;
 /// Prepared statements kept per connection (8 list shapes plus a few others).
 const STATEMENT_CACHE_MAX: usize = 32;
+
+/// The first wait before the writer reopens the database after a failed commit.
+const RECOVERY_BACKOFF_MS_MIN: u64 = 50;
+/// The longest wait between two reopen attempts (the wait doubles up to it).
+const RECOVERY_BACKOFF_MS_MAX: u64 = 5_000;
+/// While the writer is down, how long it sleeps at most between answering
+/// writes that reached its queue (most are refused before they are queued).
+const DOWN_POLL_MS_MAX: u64 = 10;
 
 /// The error every call gets once the storage's threads are gone.
 fn stopped() -> StorageError {
@@ -208,10 +236,18 @@ struct Inner {
     write_sender: mpsc::Sender<WriteJob>,
     read_sender: mpsc::Sender<ReadJob>,
     counters: Arc<Counters>,
-    /// Never read: held to join the threads on drop. Declared last, so it drops
-    /// after the senders: by then the queues are closed and the joins end.
+    health: Arc<WriterHealth>,
+    /// The file opened and locked: the path must keep naming it.
+    identity: FileIdentity,
+    /// Never read: held to join the threads on drop. Declared after the
+    /// senders, so it drops after them: by then the queues are closed and the
+    /// joins end.
     #[expect(dead_code, reason = "held only to join the threads on drop")]
     threads: Threads,
+    /// Never read: the exclusive lock on the database file. Declared last, so
+    /// it is released (and its descriptor closed) after every connection is.
+    #[expect(dead_code, reason = "held only to keep the lock until drop")]
+    lock: File,
 }
 
 impl fmt::Debug for SqliteStorage {
@@ -249,12 +285,21 @@ impl SqliteStorage {
         options.assert_valid();
         let path = path.as_ref().to_path_buf();
         check_path(&path)?;
-        let writer = Writer::open(&path, &options)?;
+        // Declared first, so on an error below it is released after the connections close.
+        let (lock, identity) = lock_file(&path)?;
+        let setup = WriterSetup {
+            path: path.clone(),
+            options,
+            identity,
+            counters: Arc::new(Counters::default()),
+            health: Arc::new(WriterHealth::default()),
+        };
+        let writer = Writer::open(setup, true)?;
         let mut readers = Vec::with_capacity(options.reader_count);
         for _ in 0..options.reader_count {
             readers.push(open_reader(&path, &options)?);
         }
-        let storage = spawn_threads(path, writer, readers, &options)?;
+        let storage = spawn_threads(writer, readers, lock)?;
         assert!(!storage.inner.write_sender.is_closed());
         assert!(!storage.inner.read_sender.is_closed());
         Ok(storage)
@@ -296,6 +341,194 @@ impl SqliteStorage {
             let result = answer.await.map_err(|_| stopped())?;
             result.map_err(|error| error.into_storage(&self.inner.path, &doing))
         })
+    }
+}
+
+/// Creates the database file if missing and takes an exclusive lock on it
+/// (`flock`, released when the returned file is closed); returns the lock and
+/// the identity of the file locked.
+fn lock_file(path: &Path) -> Result<(File, FileIdentity), StorageError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|error| io_error(path, "cannot open", error))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let reason = "another retrace server (in this process or another) holds it \
+                          locked; stop that server, or give this one another file";
+            return Err(io_error(path, "cannot open", reason));
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            return Err(io_error(path, "cannot lock the file", error));
+        }
+    }
+    let metadata = file
+        .metadata()
+        .map_err(|error| io_error(path, "cannot stat", error))?;
+    Ok((file, FileIdentity::of(&metadata)))
+}
+
+/// Which file a path named: its device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    fn of(metadata: &std::fs::Metadata) -> FileIdentity {
+        FileIdentity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        }
+    }
+}
+
+/// What the database path names now, against the file opened.
+enum PathCheck {
+    /// Still the file opened.
+    Same,
+    /// Deleted, replaced, or its directory gone: the reason, for good.
+    Lost(String),
+    /// `stat` failed otherwise (permissions, I/O): not known, maybe passing.
+    Unknown(std::io::Error),
+}
+
+/// One `stat` of `path` (a few microseconds), compared with `identity`.
+fn check_identity(path: &Path, identity: FileIdentity) -> PathCheck {
+    let lost = |what: String| {
+        PathCheck::Lost(format!(
+            "the database file {} was deleted or replaced while the server ran ({what}); \
+             nothing written since is kept: restart the server once it is restored",
+            path.display()
+        ))
+    };
+    match std::fs::metadata(path) {
+        Ok(metadata) if FileIdentity::of(&metadata) == identity => PathCheck::Same,
+        Ok(metadata) => lost(format!(
+            "the path now names another file: device {} inode {}, opened device {} inode {}",
+            metadata.dev(),
+            metadata.ino(),
+            identity.device,
+            identity.inode
+        )),
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            lost(format!("the path or its directory is gone: {error}"))
+        }
+        Err(error) => PathCheck::Unknown(error),
+    }
+}
+
+/// The writer's trouble, shared with every handle: `write` refuses at once
+/// while the writer is down, and [`Storage::health`] reports it.
+#[derive(Debug, Default)]
+struct WriterHealth {
+    /// True while writes are refused (one load on the write path).
+    down: AtomicBool,
+    trouble: Mutex<Option<Trouble>>,
+}
+
+#[derive(Clone, Debug)]
+struct Trouble {
+    /// For good (the file is lost) or until a reopen succeeds.
+    lost: bool,
+    /// The last error.
+    reason: String,
+    /// When the trouble began.
+    since: SystemTime,
+    /// Reopen attempts that failed so far.
+    attempts_failed: u64,
+}
+
+impl WriterHealth {
+    fn trouble(&self) -> std::sync::MutexGuard<'_, Option<Trouble>> {
+        // Nothing panics while holding it; a poisoned one still holds a valid value.
+        self.trouble
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The error a write gets while the writer is down; `None` when it is up.
+    fn refusal(&self) -> Option<StorageError> {
+        if !self.down.load(Ordering::Acquire) {
+            return None;
+        }
+        let trouble = self.trouble().clone()?;
+        Some(StorageError::Io(if trouble.lost {
+            trouble.reason
+        } else {
+            format!(
+                "storage is recovering after a failed commit: {}",
+                trouble.reason
+            )
+        }))
+    }
+
+    /// `Err` with the reason and since when, while there is trouble.
+    fn report(&self) -> Result<(), String> {
+        let Some(trouble) = self.trouble().clone() else {
+            return Ok(());
+        };
+        let since = humantime::format_rfc3339_seconds(trouble.since);
+        if trouble.lost {
+            return Err(format!("{} (since {since})", trouble.reason));
+        }
+        Err(format!(
+            "storage is recovering after a failed commit (since {since}, {} reopen attempts \
+             failed): {}",
+            trouble.attempts_failed, trouble.reason
+        ))
+    }
+
+    /// The writer is down until a reopen succeeds; keeps when it began.
+    // The wall clock only dates the trouble for operators; nothing depends on it.
+    #[allow(clippy::disallowed_methods)]
+    fn recovering(&self, reason: String, reopen_failed: bool) {
+        let mut trouble = self.trouble();
+        let previous = trouble.take().filter(|t| !t.lost);
+        assert!(trouble.is_none());
+        *trouble = Some(Trouble {
+            lost: false,
+            reason,
+            since: previous.as_ref().map_or_else(SystemTime::now, |t| t.since),
+            attempts_failed: previous.map_or(0, |t| t.attempts_failed) + u64::from(reopen_failed),
+        });
+        self.down.store(true, Ordering::Release);
+    }
+
+    /// The file is lost: writes are refused until a restart.
+    #[allow(clippy::disallowed_methods)]
+    fn lost(&self, reason: String) {
+        let mut trouble = self.trouble();
+        *trouble = Some(Trouble {
+            lost: true,
+            reason,
+            since: SystemTime::now(),
+            attempts_failed: 0,
+        });
+        self.down.store(true, Ordering::Release);
+    }
+
+    /// The writer works again; `false` if the file was found lost meanwhile
+    /// (by a health check), which no reopen undoes.
+    fn recovered(&self) -> bool {
+        let mut trouble = self.trouble();
+        assert!(trouble.is_some(), "recovered without trouble");
+        if trouble.as_ref().is_some_and(|t| t.lost) {
+            return false;
+        }
+        *trouble = None;
+        self.down.store(false, Ordering::Release);
+        true
     }
 }
 
@@ -344,26 +577,44 @@ fn schema_version(connection: &Connection) -> rusqlite::Result<i64> {
     connection.pragma_query_value(None, "user_version", |row| row.get(0))
 }
 
+/// What the writer needs to open (and reopen) its connection, shared with
+/// the handles where it says so.
+#[derive(Clone)]
+struct WriterSetup {
+    path: PathBuf,
+    options: SqliteOptions,
+    /// The file locked at open: the path must keep naming it.
+    identity: FileIdentity,
+    /// Shared with the handles.
+    counters: Arc<Counters>,
+    /// Shared with the handles.
+    health: Arc<WriterHealth>,
+}
+
 /// The writer thread's connection and what it needs to report errors.
 struct Writer {
     connection: Connection,
-    path: PathBuf,
-    group_commit_batches_max: usize,
-    group_commit_bytes_max: usize,
-    counters: Arc<Counters>,
-    /// Set when a commit failed in a way that leaves its outcome unknown: the
-    /// writer answers its group and stops.
-    stopping: bool,
+    setup: WriterSetup,
+    /// Set when a commit failed in a way that leaves its outcome unknown:
+    /// nothing on this connection is trusted again; the writer reopens.
+    failed: bool,
+    /// Set when the file at the path is no longer the one opened.
+    lost: bool,
 }
 
 impl Writer {
-    fn open(path: &Path, options: &SqliteOptions) -> Result<Writer, StorageError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    /// Opens the connection; `create`: make the file if it is missing (only
+    /// at first open: a reopen must never make an empty database).
+    fn open(setup: WriterSetup, create: bool) -> Result<Writer, StorageError> {
+        let path_buf = setup.path.clone();
+        let path = path_buf.as_path();
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
         let connection = Connection::open_with_flags(path, flags)
             .map_err(|error| io_error(path, "cannot open", error))?;
-        let busy_timeout = Duration::from_millis(options.busy_timeout_ms);
+        let busy_timeout = Duration::from_millis(setup.options.busy_timeout_ms);
         connection
             .busy_timeout(busy_timeout)
             .map_err(|error| io_error(path, "cannot open", error))?;
@@ -381,22 +632,45 @@ impl Writer {
         check_application(&connection, path, version)?;
         let mut writer = Writer {
             connection,
-            path: path.to_path_buf(),
-            group_commit_batches_max: options.group_commit_batches_max,
-            group_commit_bytes_max: options.group_commit_bytes_max,
-            counters: Arc::new(Counters::default()),
-            stopping: false,
+            setup,
+            failed: false,
+            lost: false,
         };
         writer.configure()?;
         writer.migrate()?;
+        match check_identity(&writer.setup.path, writer.setup.identity) {
+            PathCheck::Same => {}
+            PathCheck::Lost(reason) => return Err(StorageError::Io(reason)),
+            PathCheck::Unknown(error) => return Err(io_error(path, "cannot stat", error)),
+        }
         assert!(writer.connection.is_autocommit());
         Ok(writer)
+    }
+
+    fn path(&self) -> &Path {
+        &self.setup.path
+    }
+
+    /// One write transaction that changes nothing (page 1 rewritten as it
+    /// is) and commits with its fsync: proves a reopened connection writes.
+    fn probe(&self) -> Result<(), StorageError> {
+        let fail = |error| io_error(self.path(), "cannot write (probe after a reopen)", error);
+        let version = schema_version(&self.connection).map_err(fail)?;
+        self.connection
+            .execute_batch(&format!(
+                "BEGIN IMMEDIATE; PRAGMA user_version = {version}; COMMIT"
+            ))
+            .map_err(fail)?;
+        if !self.connection.is_autocommit() {
+            return Err(io_error(self.path(), "probe", "the commit did not end"));
+        }
+        Ok(())
     }
 
     /// WAL, fsync on every commit, foreign keys. Only called once the file is
     /// known to be a database of a schema version this build knows.
     fn configure(&self) -> Result<(), StorageError> {
-        let path = &self.path;
+        let path = self.path();
         let mode: String = self
             .connection
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -423,7 +697,7 @@ impl Writer {
     /// version inside each transaction, so two processes opening a fresh file
     /// at once do not both apply a migration.
     fn migrate(&mut self) -> Result<(), StorageError> {
-        let path = self.path.clone();
+        let path = self.setup.path.clone();
         let fail = |error: rusqlite::Error| io_error(&path, "cannot migrate the schema", error);
         for (index, migration) in MIGRATIONS.iter().enumerate() {
             let version_target = i64::try_from(index + 1).expect("migration count fits i64");
@@ -535,13 +809,16 @@ impl Drop for Threads {
 // thread spawning in core code; src/env's production implementations opt out.
 #[allow(clippy::disallowed_methods)]
 fn spawn_threads(
-    path: PathBuf,
     writer: Writer,
     readers: Vec<Connection>,
-    options: &SqliteOptions,
+    lock: File,
 ) -> Result<SqliteStorage, StorageError> {
+    let options = writer.setup.options;
+    let path = writer.setup.path.clone();
     assert_eq!(readers.len(), options.reader_count);
-    let counters = Arc::clone(&writer.counters);
+    let counters = Arc::clone(&writer.setup.counters);
+    let health = Arc::clone(&writer.setup.health);
+    let identity = writer.setup.identity;
     let mut threads = Threads {
         handles: Vec::with_capacity(1 + readers.len()),
     };
@@ -574,7 +851,10 @@ fn spawn_threads(
         write_sender,
         read_sender,
         counters,
+        health,
+        identity,
         threads,
+        lock,
     };
     Ok(SqliteStorage {
         inner: Arc::new(inner),
@@ -596,7 +876,8 @@ fn reader_loop(connection: Connection, receiver: Arc<Mutex<mpsc::Receiver<ReadJo
 }
 
 fn writer_loop(mut writer: Writer, mut receiver: mpsc::Receiver<WriteJob>) {
-    let mut group: Vec<WriteJob> = Vec::with_capacity(writer.group_commit_batches_max);
+    let options = writer.setup.options;
+    let mut group: Vec<WriteJob> = Vec::with_capacity(options.group_commit_batches_max);
     // A job that would have taken its group over the byte bound starts the next.
     let mut carried: Option<WriteJob> = None;
     loop {
@@ -610,27 +891,156 @@ fn writer_loop(mut writer: Writer, mut receiver: mpsc::Receiver<WriteJob>) {
         assert!(group.is_empty());
         let mut group_bytes = first.size_bytes;
         group.push(first);
-        while group.len() < writer.group_commit_batches_max {
+        while group.len() < options.group_commit_batches_max {
             let Ok(job) = receiver.try_recv() else {
                 break; // Empty (or closed: answer this group first).
             };
-            if group_bytes + job.size_bytes > writer.group_commit_bytes_max {
+            if group_bytes + job.size_bytes > options.group_commit_bytes_max {
                 carried = Some(job);
                 break;
             }
             group_bytes += job.size_bytes;
             group.push(job);
         }
-        assert!(group.len() == 1 || group_bytes <= writer.group_commit_bytes_max);
+        assert!(group.len() == 1 || group_bytes <= options.group_commit_bytes_max);
         let results = writer.commit_group(&group);
         assert_eq!(results.len(), group.len());
         for (job, result) in group.drain(..).zip(results) {
             // A caller that stopped waiting does not need its answer.
             let _ = job.reply.send(result);
         }
-        if writer.stopping {
-            return; // Queued and later writes get "storage stopped".
+        if writer.lost {
+            refuse_until_closed(&writer.setup.health, carried, &mut receiver);
+            return;
         }
+        if writer.failed {
+            let setup = writer.setup.clone();
+            drop(writer); // Nothing on this connection is trusted again.
+            let Some(reopened) = recover(&setup, carried.take(), &mut receiver) else {
+                return;
+            };
+            writer = reopened;
+        }
+    }
+}
+
+/// Answers `job` with the error writes get while the writer is down.
+fn refuse(health: &WriterHealth, job: WriteJob) {
+    let error = health.refusal().unwrap_or_else(stopped);
+    // A caller that stopped waiting does not need its answer.
+    let _ = job.reply.send(Err(error));
+}
+
+/// The file is lost: refuses every write until every handle is gone.
+fn refuse_until_closed(
+    health: &WriterHealth,
+    carried: Option<WriteJob>,
+    receiver: &mut mpsc::Receiver<WriteJob>,
+) {
+    assert!(health.refusal().is_some());
+    carried.into_iter().for_each(|job| refuse(health, job));
+    while let Some(job) = receiver.blocking_recv() {
+        refuse(health, job);
+    }
+}
+
+/// After a failed commit, with the old connection dropped: reopens the file as
+/// a restart would, waiting `RECOVERY_BACKOFF_MS_MIN` doubling up to
+/// `RECOVERY_BACKOFF_MS_MAX` between attempts and refusing writes meanwhile.
+/// `None`: every handle is gone, or the file is lost (then writes were
+/// refused until every handle was gone).
+fn recover(
+    setup: &WriterSetup,
+    carried: Option<WriteJob>,
+    receiver: &mut mpsc::Receiver<WriteJob>,
+) -> Option<Writer> {
+    let health = &setup.health;
+    assert!(health.refusal().is_some(), "recovering without trouble");
+    carried.into_iter().for_each(|job| refuse(health, job));
+    let mut backoff_ms = RECOVERY_BACKOFF_MS_MIN;
+    loop {
+        assert!(backoff_ms <= RECOVERY_BACKOFF_MS_MAX);
+        if !wait_refusing(health, receiver, backoff_ms) {
+            return None;
+        }
+        match reopen(setup) {
+            Ok(writer) => {
+                if !health.recovered() {
+                    drop(writer); // A health check found the file lost meanwhile.
+                    refuse_until_closed(health, None, receiver);
+                    return None;
+                }
+                let path = setup.path.display();
+                tracing::warn!(%path, "sqlite storage: the writer reopened the database and writes again");
+                assert!(!writer.failed && !writer.lost);
+                return Some(writer);
+            }
+            Err(Reopen::Lost(reason)) => {
+                tracing::error!(%reason, "sqlite storage: the database file is lost; every write is refused");
+                health.lost(reason);
+                refuse_until_closed(health, None, receiver);
+                return None;
+            }
+            Err(Reopen::Failed(error)) => {
+                let path = setup.path.display();
+                tracing::warn!(%error, %path, backoff_ms, "sqlite storage: reopening failed; retrying");
+                let reason = match error {
+                    StorageError::Io(message) => message,
+                    other => other.to_string(),
+                };
+                health.recovering(reason, true);
+                backoff_ms = (backoff_ms * 2).min(RECOVERY_BACKOFF_MS_MAX);
+            }
+        }
+    }
+}
+
+enum Reopen {
+    /// The path no longer names the file opened: never reopen it.
+    Lost(String),
+    /// Not yet: try again later.
+    Failed(StorageError),
+}
+
+/// Opens the writer's connection again, if the path still names the file
+/// opened at first, and proves it writes.
+fn reopen(setup: &WriterSetup) -> Result<Writer, Reopen> {
+    match check_identity(&setup.path, setup.identity) {
+        PathCheck::Same => {}
+        PathCheck::Lost(reason) => return Err(Reopen::Lost(reason)),
+        PathCheck::Unknown(error) => {
+            return Err(Reopen::Failed(io_error(&setup.path, "cannot stat", error)));
+        }
+    }
+    let writer = Writer::open(setup.clone(), false).map_err(Reopen::Failed)?;
+    writer.probe().map_err(Reopen::Failed)?;
+    Ok(writer)
+}
+
+/// Sleeps `wait_ms`, refusing writes that reach the queue meanwhile; `false`
+/// if every handle is gone.
+// Real time: the writer is an OS thread waiting on a real disk.
+#[allow(clippy::disallowed_methods)]
+fn wait_refusing(
+    health: &WriterHealth,
+    receiver: &mut mpsc::Receiver<WriteJob>,
+    wait_ms: u64,
+) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        loop {
+            match receiver.try_recv() {
+                Ok(job) => refuse(health, job),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        let slice = Duration::from_millis(DOWN_POLL_MS_MAX).min(deadline - now);
+        std::thread::sleep(slice);
     }
 }
 
@@ -668,10 +1078,11 @@ impl Writer {
     /// commits once. Returns one result per batch, in order.
     fn commit_group(&mut self, group: &[WriteJob]) -> Vec<Result<(), StorageError>> {
         assert!(!group.is_empty());
-        assert!(group.len() <= self.group_commit_batches_max);
+        assert!(group.len() <= self.setup.options.group_commit_batches_max);
         assert!(self.connection.is_autocommit());
+        assert!(!self.failed && !self.lost);
         if let Err(error) = run_cached(&self.connection, "BEGIN IMMEDIATE") {
-            let error = io_error(&self.path, "cannot begin a transaction", error);
+            let error = io_error(self.path(), "cannot begin a transaction", error);
             return self.abort_group(group.len(), error);
         }
         let mut results = Vec::with_capacity(group.len());
@@ -681,6 +1092,9 @@ impl Writer {
                 Err(error) => return self.abort_group(group.len(), error),
             }
         }
+        if let Err(error) = self.check_file() {
+            return self.abort_group(group.len(), error);
+        }
         if let Err(error) = run_cached(&self.connection, "COMMIT") {
             return self.commit_failed(group.len(), error);
         }
@@ -689,20 +1103,38 @@ impl Writer {
         let written = results.iter().filter(|result| result.is_ok()).count() as u64;
         if written > 0 {
             // Batches first, and Release: a reader that sees this commit sees its batches.
-            self.counters
+            let counters = &self.setup.counters;
+            counters
                 .batches_written
                 .fetch_add(written, Ordering::Relaxed);
-            self.counters.commits.fetch_add(1, Ordering::Release);
+            counters.commits.fetch_add(1, Ordering::Release);
         }
         results
+    }
+
+    /// Before a commit: the path must still name the file opened (one `stat`,
+    /// measured at about 1 µs). If the file was deleted or replaced, a commit
+    /// would go to a file nobody will open again: the writer refuses every
+    /// write from now on and health says why.
+    fn check_file(&mut self) -> Result<(), StorageError> {
+        match check_identity(self.path(), self.setup.identity) {
+            PathCheck::Same => Ok(()),
+            PathCheck::Lost(reason) => {
+                tracing::error!(%reason, "sqlite storage: the database file is lost; every write is refused");
+                self.lost = true;
+                self.setup.health.lost(reason.clone());
+                Err(StorageError::Io(reason))
+            }
+            PathCheck::Unknown(error) => Err(io_error(self.path(), "cannot stat", error)),
+        }
     }
 
     /// A failed `COMMIT`. Busy: nothing was written, the group gets `Io`. Any
     /// other failure (an fsync error, a full disk) may have left the commit
     /// record in the WAL, to be recovered on the next open: the group gets
-    /// `Timeout` (outcome unknown) and the writer stops, as after a failed fsync
-    /// nothing more can be trusted (PostgreSQL's "fsyncgate"); a restart
-    /// recovers the WAL and settles the outcome.
+    /// `Timeout` (outcome unknown), and as after a failed fsync nothing on this
+    /// connection can be trusted (PostgreSQL's "fsyncgate"), the writer drops
+    /// it and reopens the file (see [`recover`]), refusing writes until then.
     fn commit_failed(
         &mut self,
         count: usize,
@@ -710,16 +1142,21 @@ impl Writer {
     ) -> Vec<Result<(), StorageError>> {
         assert!(count > 0);
         let busy = error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
-        let io = io_error(&self.path, "cannot commit", &error);
-        let mut results = self.abort_group(count, io);
-        if !busy {
-            let path = self.path.display();
-            tracing::error!(%error, %path, "sqlite storage: commit failed; the writer stops");
-            self.stopping = true;
-            results.fill(Err(StorageError::Timeout));
+        let reason = format!("database {}: cannot commit: {error}", self.path().display());
+        if busy {
+            return self.abort_group(count, StorageError::Io(reason));
         }
-        assert_eq!(results.len(), count);
-        results
+        let path = self.path().display();
+        tracing::error!(%error, %path, "sqlite storage: commit failed; the writer reopens the database");
+        if !self.connection.is_autocommit()
+            && let Err(rollback) = self.connection.execute_batch("ROLLBACK")
+        {
+            // The connection is dropped anyway.
+            tracing::warn!(%rollback, "sqlite storage: rollback after a failed commit failed");
+        }
+        self.failed = true;
+        self.setup.health.recovering(reason, false);
+        vec![Err(StorageError::Timeout); count]
     }
 
     /// Rolls the transaction back (if SQLite has not already) and gives every
@@ -743,7 +1180,7 @@ impl Writer {
     /// refused and rolled back; `Err(..)`: the whole transaction is lost.
     fn apply_in_savepoint(&mut self, job: &WriteJob) -> BatchOutcome {
         assert!(!self.connection.is_autocommit());
-        let path = self.path.clone();
+        let path = self.setup.path.clone();
         // Prepared once and cached: parsing these on every batch cost more than
         // the writes themselves under load.
         let savepoint = |sql: &str| {
@@ -1109,6 +1546,9 @@ fn encode_events(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
 impl Storage for SqliteStorage {
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
+            if let Some(error) = self.inner.health.refusal() {
+                return Err(error); // The writer is down: answer now, do not queue.
+            }
             let events = encode_events(&batch)?;
             let (reply, answer) = oneshot::channel();
             let size_bytes = batch.run.state.len() + events.as_ref().map_or(0, String::len);
@@ -1160,6 +1600,26 @@ impl Storage for SqliteStorage {
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
         let doing = "cannot list runs".to_string();
         self.read(doing, move |connection| select_runs(connection, &query))
+    }
+
+    /// The writer's trouble: recovering after a failed commit, the file lost
+    /// (checked here too, with one `stat`, so an idle server reports it), or
+    /// the writer thread gone.
+    fn health(&self) -> Result<(), String> {
+        let inner = &self.inner;
+        if inner.write_sender.is_closed() {
+            return Err(format!(
+                "storage stopped: the writer thread of database {} is gone (see the log)",
+                inner.path.display()
+            ));
+        }
+        if inner.health.refusal().is_none()
+            && let PathCheck::Lost(reason) = check_identity(&inner.path, inner.identity)
+        {
+            tracing::error!(%reason, "sqlite storage: the database file is lost; every write is refused");
+            inner.health.lost(reason);
+        }
+        inner.health.report()
     }
 }
 

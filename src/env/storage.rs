@@ -187,6 +187,11 @@ pub trait Storage: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>>;
     /// Runs matching `query`, ordered by run id.
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>>;
+    /// `Err` with a reason an operator can act on while the storage cannot
+    /// write (recovering from a failed commit, its file lost); `Ok` otherwise.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Checks a batch against itself and the stored record; shared by every

@@ -75,7 +75,8 @@ impl HttpNetwork {
         &self.base_url
     }
 
-    /// Asks `GET /healthz`: `Ok` if the service answers.
+    /// Asks `GET /healthz`: `Ok` if the service answers, healthy or not (one
+    /// whose storage cannot write still serves reads; the reason is logged).
     pub async fn health(&self) -> Result<(), NetError> {
         let url = format!("{}/healthz", self.base_url);
         let response = self
@@ -88,6 +89,14 @@ impl HttpNetwork {
             return Ok(());
         }
         let status = response.status();
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            && let Ok(bytes) = response.bytes().await
+            && let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && body["status"] == "unhealthy"
+        {
+            tracing::warn!(reason = %body["reason"], "the service is unhealthy");
+            return Ok(());
+        }
         Err(NetError::Unreachable(format!(
             "{url} answered {status}: is it a Retrace service?"
         )))

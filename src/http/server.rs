@@ -227,6 +227,7 @@ impl Drop for HttpServer {
 }
 
 fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
+    let health_handler = Arc::clone(&handler);
     let state = AppState {
         handler,
         body_bytes_max: config.body_bytes_max,
@@ -242,11 +243,22 @@ fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
         router = router.layer(middleware::from_fn_with_state(expected, authenticate));
     }
     // Added after the token layer, so it is outside it: health needs no token.
-    router.route("/healthz", get(health))
+    router.route("/healthz", get(move || health(Arc::clone(&health_handler))))
 }
 
-async fn health() -> HttpResponse {
-    json_reply(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+/// `GET /healthz`: 200 `{"status":"ok"}`, or 503
+/// `{"status":"unhealthy","reason":…}` while the service cannot write.
+async fn health(handler: Arc<dyn RequestHandler>) -> HttpResponse {
+    match handler.health() {
+        Ok(()) => json_reply(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
+        Err(reason) => {
+            let body = serde_json::json!({ "status": "unhealthy", "reason": reason });
+            json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                body.to_string().into_bytes(),
+            )
+        }
+    }
 }
 
 fn json_reply(status: StatusCode, body: Vec<u8>) -> HttpResponse {
