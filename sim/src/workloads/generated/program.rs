@@ -397,7 +397,7 @@ impl Draws {
 /// swarm adjustment sees only the swarm; the program recomputes it from the
 /// seed): one seed in four.
 pub fn calm_from_salt(clock_salt: u64) -> bool {
-    retrace::types::fnv1a64(&clock_salt.to_le_bytes()) % 4 == 0
+    retrace::types::fnv1a64(&clock_salt.to_le_bytes()).is_multiple_of(4)
 }
 
 impl Program {
