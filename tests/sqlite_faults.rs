@@ -380,15 +380,28 @@ fn second_retrace_server_on_the_same_database_exits_naming_the_path() {
         let first_log = dir.path().join("first.log");
         let _first = ServerProcess::start(&db, free_port(), &first_log).await;
         let second_log = dir.path().join("second.log");
-        let output = server_process::retrace_command()
+        let mut second = server_process::retrace_command()
             .args(["server", "--db"])
             .arg(&db)
             .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&second_log).unwrap())
+            .spawn()
             .unwrap();
-        std::fs::write(&second_log, &output.stderr).unwrap();
-        assert!(!output.status.success(), "the second server started");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = second.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_millis(server_process::READY_TIMEOUT_MS) {
+                let _ = second.kill();
+                let _ = second.wait();
+                panic!("the second server is running on the same database");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(!status.success(), "the second server started");
+        let stderr = std::fs::read_to_string(&second_log).unwrap();
         assert!(stderr.contains("another retrace server"), "{stderr}");
         assert!(stderr.contains(&db.display().to_string()), "{stderr}");
     });
