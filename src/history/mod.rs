@@ -58,21 +58,26 @@ impl Default for HistoryLimits {
 pub const PAYLOAD_DEPTH_MAX: usize = 64;
 
 /// How deep `value` nests: 0 for a scalar, 1 for a flat array or object.
-/// Iterative, so a value built in memory of any depth is measured safely.
+/// Counts no further than `PAYLOAD_DEPTH_COUNTED_MAX + 1` (far past the
+/// limit, so errors still say how deep a value is), so a value built in
+/// memory of any depth is measured safely, and without allocating.
 pub fn payload_depth(value: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 0usize)];
-    while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
+    fn depth(value: &Value, limit: usize) -> usize {
+        let children: &mut dyn Iterator<Item = &Value> = match value {
+            Value::Array(items) => &mut items.iter(),
+            Value::Object(map) => &mut map.values(),
+            _ => return 0,
         };
-        deepest = deepest.max(depth + 1);
-        stack.extend(children.map(|child| (child, depth + 1)));
+        if limit == 0 {
+            return 1;
+        }
+        1 + children.map(|child| depth(child, limit - 1)).max().unwrap_or(0)
     }
-    deepest
+    depth(value, PAYLOAD_DEPTH_COUNTED_MAX)
 }
+
+/// The deepest nesting `payload_depth` counts exactly.
+pub const PAYLOAD_DEPTH_COUNTED_MAX: usize = 1_000;
 
 /// The size of a payload as encoded JSON.
 pub fn payload_size_bytes(value: &Value) -> u64 {
