@@ -71,7 +71,10 @@ pub fn payload_depth(value: &Value) -> usize {
         if limit == 0 {
             return 1;
         }
-        1 + children.map(|child| depth(child, limit - 1)).max().unwrap_or(0)
+        1 + children
+            .map(|child| depth(child, limit - 1))
+            .max()
+            .unwrap_or(0)
     }
     depth(value, PAYLOAD_DEPTH_COUNTED_MAX)
 }
