@@ -9,6 +9,10 @@
 use std::time::{Duration, Instant};
 
 use retrace_sim::workloads;
+
+/// The same allocator as the campaign binary (`retrace-sim`), so the figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::json;
 
 fn measure(scenario: retrace_sim::Simulation, budget: Duration) -> serde_json::Value {

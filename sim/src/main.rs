@@ -12,6 +12,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use retrace_sim::campaign::{Campaign, CampaignOptions, Progress};
 use retrace_sim::{SeedRunner, workloads};
 
+/// Every seed runs on a fresh thread (see `run_seed`); the system allocator
+/// sets up and tears down an arena for each, mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "retrace-sim",
