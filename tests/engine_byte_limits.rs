@@ -18,6 +18,28 @@ async fn engine(config: ServiceConfig) -> EmbeddedEngine {
         .unwrap()
 }
 
+/// An engine with `config` and a run "w" started on `task_queue`.
+async fn started(
+    config: ServiceConfig,
+    task_queue: &str,
+) -> (EmbeddedEngine, retrace::client::Client) {
+    let engine = engine(config).await;
+    let client = engine.client();
+    client
+        .start_by_name(StartOptions::new("w", task_queue), "any", json!(null))
+        .await
+        .unwrap();
+    (engine, client)
+}
+
+fn signals_in(history: &retrace::history::History) -> usize {
+    history
+        .events()
+        .iter()
+        .filter(|e| e.kind.name() == "WorkflowExecutionSignaled")
+        .count()
+}
+
 fn kilobytes(count: usize) -> serde_json::Value {
     json!("x".repeat(count * 1024))
 }
@@ -28,12 +50,7 @@ async fn a_run_whose_history_would_pass_its_payload_bytes_is_terminated_naming_t
         history_payload_bytes_max: 10 * 1024,
         ..ServiceConfig::default()
     };
-    let engine = engine(config).await;
-    let client = engine.client();
-    client
-        .start_by_name(StartOptions::new("w", "nobody"), "any", json!(null))
-        .await
-        .unwrap();
+    let (_engine, client) = started(config, "nobody").await;
     for _ in 0..3 {
         client.signal("w", None, "s", kilobytes(3)).await.unwrap();
     }
@@ -46,11 +63,7 @@ async fn a_run_whose_history_would_pass_its_payload_bytes_is_terminated_naming_t
     let described = client.describe("w", None).await.unwrap();
     assert_eq!(described.status, RunStatus::Terminated);
     let history = client.history("w", None).await.unwrap();
-    let signals = history
-        .events()
-        .iter()
-        .filter(|e| e.kind.name() == "WorkflowExecutionSignaled")
-        .count();
+    let signals = signals_in(&history);
     assert_eq!(
         signals, 3,
         "the accepted signals stay, the refused one is not written"
@@ -63,12 +76,7 @@ async fn a_history_page_holds_at_most_its_bytes_and_the_client_reads_every_page(
         history_page_bytes_max: 8 * 1024,
         ..ServiceConfig::default()
     };
-    let engine = engine(config).await;
-    let client = engine.client();
-    client
-        .start_by_name(StartOptions::new("w", "nobody"), "any", json!(null))
-        .await
-        .unwrap();
+    let (engine, client) = started(config, "nobody").await;
     for _ in 0..6 {
         client.signal("w", None, "s", kilobytes(3)).await.unwrap();
     }
@@ -93,14 +101,7 @@ async fn a_history_page_holds_at_most_its_bytes_and_the_client_reads_every_page(
     assert!(bytes <= 8 * 1024, "{bytes} bytes in one page");
     assert!(page.next_event_id.is_some(), "more pages follow");
     let history = client.history("w", None).await.unwrap();
-    assert_eq!(
-        history
-            .events()
-            .iter()
-            .filter(|e| e.kind.name() == "WorkflowExecutionSignaled")
-            .count(),
-        6
-    );
+    assert_eq!(signals_in(&history), 6);
 }
 
 #[tokio::test(start_paused = true)]
