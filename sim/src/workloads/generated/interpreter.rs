@@ -245,10 +245,13 @@ impl Workflow for Interpreter {
         let mut reports = Vec::with_capacity(spec.steps.len());
         for step in &spec.steps {
             let run = run_step(&ctx, step);
-            if let Step::Activity(a) = step
-                && a.cancellation == Cancellation::WaitCompleted
-            {
-                // Waits through the run's cancellation for the activity to close.
+            let waits_through_cancel =
+                matches!(step, Step::Activity(a) if a.cancellation == Cancellation::WaitCompleted);
+            if waits_through_cancel || matches!(step, Step::Signal { .. }) {
+                // An activity that waits for its cancellation to complete; a
+                // signal wait, which the SDK itself must end with Canceled
+                // when the run is asked to cancel (no race with `cancelled()`
+                // here, or a wait the cancel never reaches would go unseen).
                 reports.push(run.await?);
             } else {
                 let cancelled = ctx.cancelled();

@@ -311,6 +311,7 @@ pub enum Feature {
     Select,
     PayloadNearLimit,
     WorkflowCancel,
+    CancelEndsSignalWait,
     WorkflowTerminate,
     ExecutionTimeout,
     WorkerCapacityOne,
@@ -320,7 +321,7 @@ pub enum Feature {
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 38] = [
+pub const FEATURES: [Feature; 39] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -353,6 +354,7 @@ pub const FEATURES: [Feature; 38] = [
     Feature::Select,
     Feature::PayloadNearLimit,
     Feature::WorkflowCancel,
+    Feature::CancelEndsSignalWait,
     Feature::WorkflowTerminate,
     Feature::ExecutionTimeout,
     Feature::WorkerCapacityOne,
@@ -482,9 +484,12 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
         };
         out.insert(feature);
     }
+    let canceled = run.client_does(|a| matches!(a, ClientAction::Cancel));
+    if canceled && run.steps.iter().any(|s| matches!(s, Step::Signal { .. })) {
+        out.insert(Feature::CancelEndsSignalWait);
+    }
     for (activity, dropped) in run.activities() {
         activity_features(activity, dropped, out);
-        let canceled = run.client_does(|a| matches!(a, ClientAction::Cancel));
         if canceled && run.waits_through_cancel(&activity.tag) {
             out.insert(Feature::ActivityCancelWait);
         }
@@ -561,6 +566,9 @@ fn run(draws: &mut Draws, index: usize) -> RunSpec {
             at_ms,
             action: ClientAction::Cancel,
         });
+        // A canceled run never gets its signals: a signal wait only the
+        // cancel request can end (the SDK must end it with Canceled).
+        client.retain(|t| !matches!(t.action, ClientAction::Signal { .. }));
     } else if draws.chance(10) {
         let at_ms = 500 + draws.below(12_000);
         client.push(Timed {
