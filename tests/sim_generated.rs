@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use retrace::history::{Event, EventKind, History};
 use retrace_sim::workloads::generated::interpreter::PlantedBug;
-use retrace_sim::workloads::generated::model::{self, ClientLog, Observed};
-use retrace_sim::workloads::generated::program::{FEATURES, Program};
+use retrace_sim::workloads::generated::model::{self, ClientLog, ClientRecord, Observed};
+use retrace_sim::workloads::generated::program::{ClientAction, FEATURES, Program};
 use retrace_sim::workloads::generated::{self, SAFETY_MS, current_program, known_engine_bug};
 use retrace_sim::{EffectLedger, SeedResult, Simulation};
 
@@ -331,4 +331,131 @@ fn a_generated_seed_gives_the_same_run_twice() {
             .check_determinism(seed)
             .unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// One lie about a shaped payload: the client log or history it makes, if
+/// the run has a shaped action it applies to.
+type ShapeLie = fn(&Program, &History, &str) -> Option<(ClientLog, History)>;
+
+fn shaped_actions(program: &Program, workflow_id: &str) -> Vec<ClientAction> {
+    let Some(run) = program.run(workflow_id) else {
+        return Vec::new();
+    };
+    run.client
+        .iter()
+        .map(|t| t.action.clone())
+        .filter(|a| {
+            matches!(
+                a,
+                ClientAction::ShapedSignal { .. } | ClientAction::ShapedStart { .. }
+            )
+        })
+        .collect()
+}
+
+fn log_of(
+    workflow_id: &str,
+    action: ClientAction,
+    result: Result<Option<u64>, String>,
+) -> ClientLog {
+    let record = ClientRecord { action, result };
+    ClientLog::from([(workflow_id.to_string(), vec![record])])
+}
+
+/// A payload within the limits refused as if it were over them.
+fn within_limits_refused(
+    program: &Program,
+    history: &History,
+    id: &str,
+) -> Option<(ClientLog, History)> {
+    let action = shaped_actions(program, id)
+        .into_iter()
+        .find(|a| matches!(a, ClientAction::ShapedSignal { shape, .. } if shape.within_limits()))?;
+    let ClientAction::ShapedSignal { shape, .. } = &action else {
+        return None;
+    };
+    let error = format!("service error: {}: refused", shape.refusal_marker());
+    Some((log_of(id, action, Err(error)), history.clone()))
+}
+
+/// A payload over a limit acknowledged.
+fn over_limit_accepted(
+    program: &Program,
+    history: &History,
+    id: &str,
+) -> Option<(ClientLog, History)> {
+    let action = shaped_actions(program, id).into_iter().find(|a| match a {
+        ClientAction::ShapedSignal { shape, .. } | ClientAction::ShapedStart { shape, .. } => {
+            !shape.within_limits()
+        }
+        _ => false,
+    })?;
+    Some((log_of(id, action, Ok(None)), history.clone()))
+}
+
+/// A stored shaped signal whose payload is not the one sent.
+fn shaped_signal_altered(
+    program: &Program,
+    history: &History,
+    id: &str,
+) -> Option<(ClientLog, History)> {
+    let names: Vec<String> = shaped_actions(program, id)
+        .into_iter()
+        .filter_map(|a| match a {
+            ClientAction::ShapedSignal { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    let index = history.events().iter().position(|e| {
+        matches!(&e.kind, EventKind::WorkflowExecutionSignaled(s) if names.contains(&s.signal_name))
+    })?;
+    let bad = tampered(history, index, |e| {
+        if let EventKind::WorkflowExecutionSignaled(s) = &mut e.kind {
+            s.input = serde_json::json!("truncated");
+        }
+    });
+    Some((ClientLog::new(), bad))
+}
+
+#[test]
+fn the_model_rejects_payloads_refused_within_the_limits_or_accepted_over_them() {
+    let lies: [(&str, ShapeLie); 3] = [
+        ("a payload within the limits refused", within_limits_refused),
+        ("a payload over a limit accepted", over_limit_accepted),
+        ("a stored shaped signal altered", shaped_signal_altered),
+    ];
+    let caught = Arc::new(Mutex::new(BTreeSet::new()));
+    let record = caught.clone();
+    let simulation = generated::generated().check(move |finished| {
+        let program = current_program();
+        for (name, lie) in lies {
+            for (run_id, history) in &finished.histories {
+                let Some((client, bad)) = lie(&program, history, history.workflow_id()) else {
+                    continue;
+                };
+                let mut histories = finished.histories.clone();
+                histories.insert(run_id.clone(), bad);
+                let observed = Observed {
+                    histories: &histories,
+                    outcomes: &finished.outcomes,
+                    client: &client,
+                    ledger: &finished.ledger,
+                    safety_ms: SAFETY_MS,
+                };
+                if model::check(&program, &observed).is_ok() {
+                    return Err(format!("the model accepted a run where {name}"));
+                }
+                record.lock().expect("caught lock").insert(name);
+            }
+        }
+        Ok(())
+    });
+    let failing: Vec<SeedResult> = failing_seeds(simulation, 0..40)
+        .into_iter()
+        .filter(|r| known_engine_bug(r).is_none())
+        .collect();
+    let failures: Vec<String> = failing.iter().map(describe).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let caught = caught.lock().expect("caught lock");
+    assert_eq!(caught.len(), 3, "lies tried and caught: {caught:?}");
 }

@@ -234,6 +234,17 @@ async fn act(
             .terminate(workflow_id, None, "generated")
             .await
             .map(|()| None),
+        ClientAction::ShapedSignal { name, shape } => client
+            .signal(workflow_id, None, name, shape.payload())
+            .await
+            .map(|()| None),
+        ClientAction::ShapedStart { workflow_id, shape } => {
+            let options = StartOptions::new(workflow_id, "sim");
+            client
+                .start_by_name(options, "interpreter", shape.payload())
+                .await
+                .map(|_| None)
+        }
     };
     result.map_err(|e| e.to_string())
 }

@@ -18,6 +18,7 @@
 //! | timers, schedule-to-close, execution timeout | fire no earlier than their deadline, no later than deadline + tolerance (looser with faults) | - |
 //! | the workflow's reports        | match the history (activity outcomes, signals, side effects, patches, `now`, uuids) | - |
 //! | queries                       | progress answers never go back and never exceed the step count        | -                                |
+//! | shaped payloads               | within the limits: never refused for a limit, stored once as sent; over: never stored (nor a start's run) | - |
 
 use std::collections::BTreeMap;
 
@@ -28,7 +29,7 @@ use serde_json::Value;
 
 use super::interpreter::{ActivityReport, ScriptInput, ScriptOutput, StepReport};
 use super::program::{
-    ActivitySpec, Behaviour, Branch, Cancellation, ClientAction, Program, RunSpec, Step,
+    ActivitySpec, Behaviour, Branch, Cancellation, ClientAction, Program, RunSpec, Shape, Step,
 };
 use retrace::workflow::{PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME};
 
@@ -287,6 +288,10 @@ impl<'a> RunCheck<'a> {
             match &event.kind {
                 EventKind::WorkflowExecutionSignaled(s) => {
                     *signals.entry(s.signal_name.as_str()).or_default() += 1;
+                    if let Some(shape) = self.shaped_signal(&s.signal_name) {
+                        self.check_stored_shape(shape, &s.signal_name, &s.input);
+                        continue;
+                    }
                     let sent = self.spec.client.iter().any(|t| matches!(&t.action,
                         ClientAction::Signal { name, value } if *name == s.signal_name && s.input == *value));
                     if !sent {
@@ -312,6 +317,62 @@ impl<'a> RunCheck<'a> {
             }
         }
         self.check_accepted_calls(history, &signals);
+        self.check_shaped_refusals();
+    }
+
+    /// The shape of the run's shaped signal named `name`, if it is one.
+    fn shaped_signal(&self, name: &str) -> Option<Shape> {
+        self.spec.client.iter().find_map(|t| match &t.action {
+            ClientAction::ShapedSignal { name: n, shape } if n == name => Some(*shape),
+            _ => None,
+        })
+    }
+
+    /// A stored shaped signal was within the limits and is stored as sent.
+    fn check_stored_shape(&mut self, shape: Shape, name: &str, input: &Value) {
+        if !shape.within_limits() {
+            self.problem(format!(
+                "signal {name} of shape {shape:?} is over a limit, yet it was stored"
+            ));
+        } else if *input != shape.payload() {
+            self.problem(format!(
+                "signal {name} of shape {shape:?} was stored with another payload"
+            ));
+        }
+    }
+
+    /// A payload within the limits is never refused for a limit; one over
+    /// a limit is never stored (refused starts: no run has their id).
+    fn check_shaped_refusals(&mut self) {
+        let records = self.observed.client.get(&self.spec.workflow_id);
+        for record in records.into_iter().flatten() {
+            let shape = match &record.action {
+                ClientAction::ShapedSignal { shape, .. } => *shape,
+                ClientAction::ShapedStart { shape, .. } => *shape,
+                _ => continue,
+            };
+            if let Err(error) = &record.result
+                && shape.within_limits()
+                && error.contains(shape.refusal_marker())
+            {
+                self.problem(format!(
+                    "{:?} is within the limits, yet it was refused: {error}",
+                    record.action
+                ));
+            }
+        }
+        for timed in &self.spec.client {
+            let ClientAction::ShapedStart { workflow_id, shape } = &timed.action else {
+                continue;
+            };
+            let stored = self.observed.histories.values();
+            let runs = stored.filter(|h| h.workflow_id() == workflow_id).count();
+            if runs > 0 {
+                self.problem(format!(
+                    "a start of {workflow_id} with an input of shape {shape:?} (over a limit) was stored: {runs} run(s)"
+                ));
+            }
+        }
     }
 
     /// A client call the service accepted took effect: the service refuses
@@ -329,11 +390,25 @@ impl<'a> RunCheck<'a> {
         );
         let mut missing = Vec::new();
         for record in accepted {
+            if let ClientAction::ShapedSignal { shape, .. }
+            | ClientAction::ShapedStart { shape, .. } = &record.action
+                && !shape.within_limits()
+            {
+                self.problem(format!(
+                    "the service accepted {:?}, over a limit: it must refuse it",
+                    record.action
+                ));
+                continue;
+            }
             let took_effect = match &record.action {
                 ClientAction::Signal { name, .. } => signals.contains_key(name.as_str()),
                 ClientAction::Cancel => cancel_requested,
                 ClientAction::Terminate => terminated,
                 ClientAction::Query => true,
+                ClientAction::ShapedSignal { name, shape } => {
+                    shape.within_limits() && signals.contains_key(name.as_str())
+                }
+                ClientAction::ShapedStart { .. } => false,
             };
             if !took_effect {
                 missing.push(record.action.clone());

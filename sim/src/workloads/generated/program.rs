@@ -17,6 +17,11 @@
 //! | `Join`       | activities and timers in parallel (`join_all`)                        |
 //! | `Select`     | an activity raced against a timer; the loser is dropped (canceled)    |
 //!
+//! Besides its steps, the client may send a run a *shaped* signal (a payload
+//! of exactly the byte or depth limit, one past it, or far past it) and start
+//! a workflow whose input is over a limit: what is within the limits must be
+//! stored once, what is over must be refused and never stored.
+//!
 //! Every feature is named by [`Feature`]; [`Program::features`] lists those a
 //! program uses, so a test can show the grammar covers all of them.
 
@@ -179,10 +184,70 @@ pub enum Step {
 /// What the client does to a run, `at_ms` after it started all runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientAction {
-    Signal { name: String, value: u64 },
+    Signal {
+        name: String,
+        value: u64,
+    },
     Query,
     Cancel,
     Terminate,
+    /// A signal to a name the workflow never reads, with a payload of
+    /// `shape`: stored once if within the limits, refused and never stored
+    /// if over one.
+    ShapedSignal {
+        name: String,
+        shape: Shape,
+    },
+    /// A start of a new workflow id whose input has `shape`, always over a
+    /// limit: refused, never stored.
+    ShapedStart {
+        workflow_id: String,
+        shape: Shape,
+    },
+}
+
+/// A payload at or past one of the service's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shape {
+    /// A JSON string of exactly this many encoded bytes.
+    Bytes(u64),
+    /// Arrays nested this many levels deep.
+    Depth(u64),
+}
+
+impl Shape {
+    /// The payload itself.
+    pub fn payload(self) -> serde_json::Value {
+        match self {
+            Shape::Bytes(bytes) => {
+                let quotes = 2;
+                serde_json::Value::String("x".repeat(bytes.saturating_sub(quotes) as usize))
+            }
+            Shape::Depth(depth) => {
+                let mut value = serde_json::Value::Array(Vec::new());
+                for _ in 1..depth {
+                    value = serde_json::Value::Array(vec![value]);
+                }
+                value
+            }
+        }
+    }
+
+    /// True if the service must accept it.
+    pub fn within_limits(self) -> bool {
+        match self {
+            Shape::Bytes(bytes) => bytes <= PAYLOAD_BYTES_MAX,
+            Shape::Depth(depth) => depth as usize <= retrace::history::PAYLOAD_DEPTH_MAX,
+        }
+    }
+
+    /// What the service's refusal of it says (an error code or its words).
+    pub fn refusal_marker(self) -> &'static str {
+        match self {
+            Shape::Bytes(_) => "PayloadTooLarge",
+            Shape::Depth(_) => "levels deep, more than the limit",
+        }
+    }
 }
 
 /// A client action and its time.
@@ -310,6 +375,11 @@ pub enum Feature {
     Join,
     Select,
     PayloadNearLimit,
+    PayloadAtLimit,
+    PayloadOverLimit,
+    PayloadAtDepthLimit,
+    PayloadTooDeep,
+    RefusedStart,
     WorkflowCancel,
     CancelEndsSignalWait,
     WorkflowTerminate,
@@ -321,7 +391,7 @@ pub enum Feature {
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 39] = [
+pub const FEATURES: [Feature; 44] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -353,6 +423,11 @@ pub const FEATURES: [Feature; 39] = [
     Feature::Join,
     Feature::Select,
     Feature::PayloadNearLimit,
+    Feature::PayloadAtLimit,
+    Feature::PayloadOverLimit,
+    Feature::PayloadAtDepthLimit,
+    Feature::PayloadTooDeep,
+    Feature::RefusedStart,
     Feature::WorkflowCancel,
     Feature::CancelEndsSignalWait,
     Feature::WorkflowTerminate,
@@ -408,7 +483,8 @@ impl Program {
         let mut draws = Draws::new(seed);
         let calm = calm_from_salt(Swarm::from_seed(seed).clock_salt);
         let runs_count = 1 + draws.below(RUNS_MAX as u64) as usize;
-        let runs = (0..runs_count).map(|i| run(&mut draws, i)).collect();
+        let mut runs: Vec<RunSpec> = (0..runs_count).map(|i| run(&mut draws, i)).collect();
+        add_shaped_actions(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
             .collect();
@@ -468,6 +544,8 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
                 out.insert(Feature::SignalBeforeListen)
             }
             ClientAction::Signal { .. } => out.insert(Feature::SignalAfterListen),
+            ClientAction::ShapedSignal { shape, .. } => out.insert(shape_feature(*shape)),
+            ClientAction::ShapedStart { .. } => out.insert(Feature::RefusedStart),
         };
     }
     for step in &run.steps {
@@ -540,6 +618,59 @@ fn activity_features(a: &ActivitySpec, dropped: bool, out: &mut BTreeSet<Feature
             Behaviour::HeartbeatThenFail => Feature::ScriptHeartbeatThenFail,
         };
         out.insert(feature);
+    }
+}
+
+fn shape_feature(shape: Shape) -> Feature {
+    match (shape, shape.within_limits()) {
+        (Shape::Bytes(_), true) => Feature::PayloadAtLimit,
+        (Shape::Bytes(_), false) => Feature::PayloadOverLimit,
+        (Shape::Depth(_), true) => Feature::PayloadAtDepthLimit,
+        (Shape::Depth(_), false) => Feature::PayloadTooDeep,
+    }
+}
+
+/// Payloads at and just past the limits, and far past them.
+fn shape(draws: &mut Draws) -> Shape {
+    let depth_max = retrace::history::PAYLOAD_DEPTH_MAX as u64;
+    match draws.below(6) {
+        0 => Shape::Bytes(PAYLOAD_BYTES_MAX),
+        1 => Shape::Bytes(PAYLOAD_BYTES_MAX + 1),
+        2 => Shape::Bytes(PAYLOAD_BYTES_MAX + 2 + draws.below(PAYLOAD_BYTES_MAX)),
+        3 => Shape::Depth(depth_max),
+        4 => Shape::Depth(depth_max + 1),
+        _ => Shape::Depth(depth_max + 2 + draws.below(200)),
+    }
+}
+
+/// Shaped signals and refused starts, drawn from their own stream so the
+/// rest of a seed's program does not depend on them.
+fn add_shaped_actions(seed: u64, runs: &mut [RunSpec]) {
+    let mut draws = Draws(seed ^ 0x5348_4150_4544_2121);
+    for (index, run) in runs.iter_mut().enumerate() {
+        if draws.chance(35) {
+            let action = ClientAction::ShapedSignal {
+                name: format!("r{index}-shaped"),
+                shape: shape(&mut draws),
+            };
+            let at_ms = draws.pick(&[0, 700, 4_000, 15_000]);
+            run.client.push(Timed { at_ms, action });
+        }
+        if draws.chance(15) {
+            let shape = match shape(&mut draws) {
+                Shape::Bytes(_) => Shape::Bytes(PAYLOAD_BYTES_MAX + 1 + draws.below(100)),
+                Shape::Depth(d) => {
+                    Shape::Depth(d.max(retrace::history::PAYLOAD_DEPTH_MAX as u64 + 1))
+                }
+            };
+            let action = ClientAction::ShapedStart {
+                workflow_id: format!("gen-{index}-refused"),
+                shape,
+            };
+            let at_ms = draws.pick(&[0, 2_500]);
+            run.client.push(Timed { at_ms, action });
+        }
+        run.client.sort_by_key(|t| t.at_ms);
     }
 }
 
