@@ -362,9 +362,20 @@ async fn replay_and_query(shared: &Shared, query: &QueryTask) -> Result<serde_js
 /// The events through the completion of the workflow task started at
 /// `started_event_id` and the commands it recorded: a replay of them ends
 /// where the completing worker was, its markers (`side_effect`, `patched`)
-/// read back rather than run again. With 0 (no task completed yet), all.
+/// read back rather than run again. With 0 (no task had completed when the
+/// query was asked), the events through the first `WorkflowTaskStarted`:
+/// what the first task sees. All events would let a replay made later run
+/// the workflow over events no completed task has seen (signals that came
+/// after), answering from a state that a later query, made after the first
+/// task completed, goes back from.
 fn through_workflow_task(mut events: Vec<Event>, started_event_id: u64) -> Vec<Event> {
     if started_event_id == 0 {
+        let first_started = events.iter().position(|e| {
+            matches!(e.kind, crate::history::EventKind::WorkflowTaskStarted(_))
+        });
+        if let Some(index) = first_started {
+            events.truncate(index + 1);
+        }
         return events;
     }
     let completed_index = usize::try_from(started_event_id).expect("event ids fit usize");
@@ -407,5 +418,54 @@ fn schedules_on(command: &crate::workflow::Command, task_queue: &str) -> bool {
             a.task_queue.as_deref().is_none_or(|q| q == task_queue)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The history of seed 1260 of the `generated` workload when its first
+    /// task's completion had not been written yet: a signal arrived while
+    /// that task ran, and a second task started.
+    fn history_with_signals_after_the_first_task() -> Vec<Event> {
+        let kinds = [
+            r#"{"event_type":"WorkflowExecutionStarted","attributes":{"workflow_type":"w","workflow_id":"w1","task_queue":"q","input":null,"execution_timeout_ms":null,"workflow_task_timeout_ms":10000,"attempt":1,"identity":"client","request_id":"r"}}"#,
+            r#"{"event_type":"WorkflowTaskScheduled","attributes":{"task_queue":"q","start_to_close_timeout_ms":10000,"attempt":1}}"#,
+            r#"{"event_type":"WorkflowTaskStarted","attributes":{"scheduled_event_id":2,"identity":"worker-0","request_id":"a"}}"#,
+            r#"{"event_type":"WorkflowTaskCompleted","attributes":{"scheduled_event_id":2,"started_event_id":3,"identity":"worker-0"}}"#,
+            r#"{"event_type":"WorkflowExecutionSignaled","attributes":{"signal_name":"s","input":1,"identity":"client"}}"#,
+            r#"{"event_type":"WorkflowTaskScheduled","attributes":{"task_queue":"q","start_to_close_timeout_ms":10000,"attempt":1}}"#,
+            r#"{"event_type":"WorkflowTaskStarted","attributes":{"scheduled_event_id":6,"identity":"worker-1","request_id":"b"}}"#,
+        ];
+        kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                let kind = serde_json::from_str(kind).expect("a valid event");
+                Event::new(i as u64 + 1, crate::types::Timestamp(0), kind)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_query_asked_before_any_task_completed_replays_only_what_the_first_task_saw() {
+        let events = through_workflow_task(history_with_signals_after_the_first_task(), 0);
+        let ids: Vec<u64> = events.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, [1, 2, 3], "not the signal, nor the second task");
+    }
+
+    #[test]
+    fn a_query_replays_through_the_task_it_was_asked_after() {
+        let events = through_workflow_task(history_with_signals_after_the_first_task(), 3);
+        let ids: Vec<u64> = events.iter().map(|e| e.event_id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_query_before_the_first_task_started_replays_everything() {
+        let mut events = history_with_signals_after_the_first_task();
+        events.truncate(2);
+        assert_eq!(through_workflow_task(events, 0).len(), 2);
     }
 }
