@@ -10,3 +10,12 @@ pub fn worker_name(index: usize) -> String {
 pub const SERVICE: &str = "service";
 /// The client node's name.
 pub const CLIENT: &str = "client";
+
+/// Run and workflow ids of rows the world tears on purpose (a `TornRow`
+/// fault): the service must quarantine them; the workload's checks skip them.
+pub const TORN_RUN_PREFIX: &str = "torn-";
+
+/// True for a run the world tore on purpose.
+pub fn is_torn_run(run_id: &str) -> bool {
+    run_id.starts_with(TORN_RUN_PREFIX)
+}

@@ -612,7 +612,9 @@ async fn run_phases(
     }
     cluster.heal();
     let deadline_ms = world.elapsed_ms() + setup.liveness_ms_max;
-    while world.elapsed_ms() < deadline_ms && !(scenario.done() && all_closed(world).await) {
+    while world.elapsed_ms() < deadline_ms
+        && !(scenario.done() && world.service_up() && all_closed(world).await)
+    {
         check_steps(setup, world).await?;
         madsim::time::sleep(Duration::from_millis(TICK_MS)).await;
     }
@@ -738,7 +740,7 @@ fn start_scenario(setup: &Arc<Setup>, world: &Arc<World>, cluster: &Arc<Cluster>
 async fn all_closed(world: &World) -> bool {
     let query = retrace::env::ListQuery {
         status: Some(RunStatus::Running),
-        limit: 1,
+        limit: usize::MAX,
         ..Default::default()
     };
     world
@@ -747,7 +749,8 @@ async fn all_closed(world: &World) -> bool {
         .list_runs(query)
         .await
         .expect("memory storage reads never fail")
-        .is_empty()
+        .iter()
+        .all(|run| crate::nodes::is_torn_run(&run.run_id))
 }
 
 async fn histories_of(world: &World) -> BTreeMap<String, History> {
@@ -783,6 +786,10 @@ async fn check_run(
     };
     let stored = check::check_stored_runs(world.storage.durable(), &checks).await;
     violations.extend(stored.violations);
+    violations.extend(check::quarantine::check_quarantine(
+        world.quarantined().as_ref(),
+        world.storage.durable(),
+    ));
     let ledger = world.services.ledger();
     violations.extend(check::check_effects(&ledger, &stored.histories));
     violations.extend(check::check_later_attempts_acted(

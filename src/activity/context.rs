@@ -2,10 +2,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::env::Watch;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::types::Timestamp;
 
@@ -52,21 +52,22 @@ pub enum CancelReason {
 #[derive(Debug)]
 pub(crate) struct ActivityShared {
     pub(crate) details: Mutex<Option<Value>>,
-    pub(crate) heartbeat_pending: watch::Sender<u64>,
-    pub(crate) cancel: watch::Sender<Option<CancelReason>>,
+    /// Bumped by every heartbeat (the worker sends them, throttled).
+    pub(crate) heartbeat_pending: Watch<()>,
+    pub(crate) cancel: Watch<Option<CancelReason>>,
 }
 
 impl ActivityShared {
     pub(crate) fn new() -> Arc<ActivityShared> {
         Arc::new(ActivityShared {
             details: Mutex::new(None),
-            heartbeat_pending: watch::channel(0).0,
-            cancel: watch::channel(None).0,
+            heartbeat_pending: Watch::new(()),
+            cancel: Watch::new(None),
         })
     }
 
     pub(crate) fn request_cancel(&self, reason: CancelReason) {
-        self.cancel.send_if_modified(|current| {
+        self.cancel.modify_if(|current| {
             let first = current.is_none();
             if first {
                 *current = Some(reason);
@@ -142,14 +143,12 @@ impl ActivityContext {
             .details
             .lock()
             .expect("heartbeat details lock is never poisoned") = Some(value);
-        self.shared
-            .heartbeat_pending
-            .send_modify(|count| *count += 1);
+        self.shared.heartbeat_pending.modify(|()| {});
     }
 
     /// Why the attempt is asked to stop, if it is.
     pub fn cancel_reason(&self) -> Option<CancelReason> {
-        *self.shared.cancel.borrow()
+        self.shared.cancel.get()
     }
 
     /// True once the attempt is asked to stop.
@@ -159,14 +158,12 @@ impl ActivityContext {
 
     /// Resolves when the attempt is asked to stop.
     pub async fn cancelled(&self) -> CancelReason {
-        let mut receiver = self.shared.cancel.subscribe();
+        let mut seen = self.shared.cancel.version();
         loop {
-            if let Some(reason) = *receiver.borrow_and_update() {
+            if let Some(reason) = self.shared.cancel.get() {
                 return reason;
             }
-            if receiver.changed().await.is_err() {
-                return CancelReason::WorkerShutdown;
-            }
+            seen = self.shared.cancel.changed_since(seen).await;
         }
     }
 }

@@ -21,6 +21,7 @@ mod network;
 mod sqlite;
 mod storage;
 mod tokio_env;
+mod watch;
 
 pub use memory::MemoryStorage;
 pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
@@ -30,6 +31,7 @@ pub use storage::{
     check_batch,
 };
 pub use tokio_env::{OsEntropy, TokioClock, TokioSpawner};
+pub use watch::Watch;
 
 use std::future::Future;
 use std::pin::Pin;

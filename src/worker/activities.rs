@@ -91,8 +91,8 @@ async fn run_attempt(shared: &Arc<Shared>, task: ActivityTask) {
         .insert(slot, activity_shared.clone());
     let result = match shared.activities.get(&task.activity_type) {
         Some(activity) => {
-            // Subscribe before the attempt runs, so its first heartbeat is seen.
-            let pending = activity_shared.heartbeat_pending.subscribe();
+            // Read before the attempt runs, so its first heartbeat is seen.
+            let pending = activity_shared.heartbeat_pending.version();
             let ctx = ActivityContext::new(info_of(&task), activity_shared.clone());
             let attempt = activity(ctx, task.input.clone());
             let heartbeats = heartbeat_loop(shared, &task, &activity_shared, pending);
@@ -122,7 +122,7 @@ async fn run_attempt(shared: &Arc<Shared>, task: ActivityTask) {
         observer.activity_finished(&task);
     }
     let Some(result) = result else { return };
-    let reason = activity_shared.cancel.borrow().to_owned();
+    let reason = activity_shared.cancel.get();
     respond(shared, &task, to_task_result(result, reason)).await;
 }
 
@@ -205,7 +205,7 @@ async fn heartbeat_loop(
     shared: &Shared,
     task: &ActivityTask,
     activity: &Arc<ActivityShared>,
-    mut pending: tokio::sync::watch::Receiver<u64>,
+    mut heartbeats_seen: u64,
 ) {
     let throttle_ms = match task.heartbeat_timeout_ms {
         Some(timeout_ms) => (timeout_ms * 4 / 5).max(1),
@@ -216,15 +216,14 @@ async fn heartbeat_loop(
         .map(|ms| shared.env.now().plus_ms(ms));
     let mut last_sent = shared.env.now();
     loop {
-        let changed = pending.changed();
+        let changed = activity.heartbeat_pending.changed_since(heartbeats_seen);
         let expire = match deadline {
             Some(deadline) => shared.env.clock.sleep_until(deadline),
             None => Box::pin(futures::future::pending()),
         };
         futures::pin_mut!(changed);
         match futures::future::select(changed, expire).await {
-            Either::Left((Ok(()), _)) => {}
-            Either::Left((Err(_), _)) => return futures::future::pending().await,
+            Either::Left((version, _)) => heartbeats_seen = version,
             Either::Right(_) => {
                 activity.request_cancel(CancelReason::TimedOut);
                 return;

@@ -370,9 +370,9 @@ async fn replay_and_query(shared: &Shared, query: &QueryTask) -> Result<serde_js
 /// task completed, goes back from.
 fn through_workflow_task(mut events: Vec<Event>, started_event_id: u64) -> Vec<Event> {
     if started_event_id == 0 {
-        let first_started = events.iter().position(|e| {
-            matches!(e.kind, crate::history::EventKind::WorkflowTaskStarted(_))
-        });
+        let first_started = events
+            .iter()
+            .position(|e| matches!(e.kind, crate::history::EventKind::WorkflowTaskStarted(_)));
         if let Some(index) = first_started {
             events.truncate(index + 1);
         }

@@ -23,6 +23,7 @@ pub mod effects;
 pub mod history;
 pub mod liveness;
 pub mod outcomes;
+pub mod quarantine;
 pub mod retries;
 pub mod state;
 pub mod timers;
@@ -103,7 +104,8 @@ impl fmt::Display for Violation {
     }
 }
 
-/// Every stored run with its history (or why the history is invalid).
+/// Every stored run with its history (or why the history is invalid), but
+/// the rows the world tore on purpose.
 pub async fn load_runs(storage: &MemoryStorage) -> Vec<(RunRecord, Result<History, HistoryError>)> {
     let query = retrace::env::ListQuery {
         limit: usize::MAX,
@@ -115,6 +117,9 @@ pub async fn load_runs(storage: &MemoryStorage) -> Vec<(RunRecord, Result<Histor
         .expect("memory storage reads never fail");
     let mut runs = Vec::with_capacity(records.len());
     for record in records {
+        if crate::nodes::is_torn_run(&record.run_id) {
+            continue; // torn on purpose: `quarantine` checks it
+        }
         let events = storage
             .read_events(&record.run_id, 1, usize::MAX)
             .await

@@ -116,7 +116,9 @@ impl Tolerance {
         let mut windows = Vec::new();
         for fault in &plan.faults {
             let (duration_ms, after_ms) = match fault.kind {
-                FaultKind::CrashService { down_ms } => (down_ms, RESTART_MS_MAX),
+                FaultKind::CrashService { down_ms } | FaultKind::TornRow { down_ms } => {
+                    (down_ms, RESTART_MS_MAX)
+                }
                 FaultKind::StorageTrouble { duration_ms, .. } => {
                     (duration_ms, FAILED_FIRE_RETRY_MS + STALL_MS_MAX)
                 }

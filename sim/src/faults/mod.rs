@@ -61,7 +61,12 @@ pub enum FaultKind {
     /// The worker freezes (a GC pause, a stuck disk): its activities stop
     /// heartbeating and overrun their start-to-close timeouts.
     PauseWorker { worker: usize, duration_ms: u64 },
-    /// Storage fails more often for a while.
+    /// The service dies; while it is down, one run's row is left torn (its
+    /// state cut short, as a damaged page would leave it); it restarts after
+    /// `down_ms` and must set that run aside and serve every other.
+    TornRow { down_ms: u64 },
+    /// Storage fails more often for a while (at 100% I/O errors: an outage,
+    /// every write fails); then it works again.
     StorageTrouble {
         duration_ms: u64,
         io_error_percent: u32,
@@ -79,6 +84,7 @@ impl FaultKind {
             FaultKind::Clog { .. } => "clog",
             FaultKind::PauseWorker { .. } => "pause_worker",
             FaultKind::StorageTrouble { .. } => "storage_trouble",
+            FaultKind::TornRow { .. } => "torn_row",
         }
     }
 }
@@ -165,6 +171,11 @@ impl fmt::Display for FaultKind {
                     seconds(*duration_ms)
                 )
             }
+            FaultKind::TornRow { down_ms } => write!(
+                f,
+                "crash service, tear a run's row, restart after {}",
+                seconds(*down_ms)
+            ),
             FaultKind::StorageTrouble {
                 duration_ms,
                 io_error_percent,
@@ -222,13 +233,22 @@ fn kind_strategy(topology: &Topology, swarm: &Swarm) -> BoxedStrategy<FaultKind>
         (100..5_000u64)
             .prop_map(|down_ms| FaultKind::CrashService { down_ms })
             .boxed(),
+        (100..5_000u64)
+            .prop_map(|down_ms| FaultKind::TornRow { down_ms })
+            .boxed(),
         (0..workers, 100..20_000u64)
             .prop_map(|(worker, duration_ms)| FaultKind::PauseWorker {
                 worker,
                 duration_ms,
             })
             .boxed(),
-        (100..10_000u64, 1..30u32, 1..30u32)
+        // Mostly flaky storage; one time in five an outage (every write
+        // fails) the service must ride out and recover from.
+        (
+            100..10_000u64,
+            prop_oneof![4 => 1..30u32, 1 => Just(100u32)],
+            1..30u32,
+        )
             .prop_map(|(duration_ms, io_error_percent, ambiguous_percent)| {
                 FaultKind::StorageTrouble {
                     duration_ms,

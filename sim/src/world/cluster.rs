@@ -319,6 +319,7 @@ impl Cluster {
         drop(states);
         if name == SERVICE {
             self.world.net.unregister(SERVICE);
+            self.world.service_down();
         }
         Handle::current().kill(self.node(name).id());
         true
@@ -336,6 +337,20 @@ impl Cluster {
         drop(states);
         lock(&self.paused).remove(name);
         Handle::current().restart(self.node(name).id());
+    }
+
+    /// Kills the service and, while it is down, tears one run's row.
+    fn crash_tearing_a_row(&self, fault: u64) -> bool {
+        if !self.crash(SERVICE, fault) {
+            return false;
+        }
+        let run_id = self.world.storage.tear_a_row(fault);
+        self.world.record_fault(
+            "storage:torn_row",
+            format!("{run_id}: its state is cut short"),
+            Some(&run_id),
+        );
+        true
     }
 
     fn pause(&self, name: &str, fault: u64) -> bool {
@@ -438,6 +453,7 @@ impl Cluster {
                 (self.crash(&worker_name(*worker), number), *down_ms)
             }
             FaultKind::CrashService { down_ms } => (self.crash(SERVICE, number), *down_ms),
+            FaultKind::TornRow { down_ms } => (self.crash_tearing_a_row(number), *down_ms),
             FaultKind::Partition {
                 from,
                 to,
@@ -489,7 +505,9 @@ impl Cluster {
             FaultKind::CrashWorker { worker, .. } => {
                 self.restart(&worker_name(*worker), Some(number))
             }
-            FaultKind::CrashService { .. } => self.restart(SERVICE, Some(number)),
+            FaultKind::CrashService { .. } | FaultKind::TornRow { .. } => {
+                self.restart(SERVICE, Some(number))
+            }
             FaultKind::Partition { from, to, .. } => {
                 self.world.net.repair(&from.name(), &to.name())
             }
@@ -551,6 +569,7 @@ fn start_service_node(handle: &Handle, world: &Arc<World>, config: ServiceConfig
                     .get_node(id)
                     .expect("the service node exists");
                 world.net.register(SERVICE, service.handler(), node);
+                world.service_recovered(service.quarantined());
                 futures::future::pending::<()>().await;
             }
         })

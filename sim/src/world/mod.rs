@@ -69,6 +69,9 @@ pub struct World {
     /// Draws taken from each fault stream (see `chance`).
     streams: Mutex<BTreeMap<String, u64>>,
     node_handles: Mutex<BTreeMap<String, madsim::runtime::NodeHandle>>,
+    /// The runs the service's incarnation that is up set aside when it
+    /// recovered (`None` while it is down or recovering).
+    quarantined: Mutex<Option<BTreeMap<String, String>>>,
     /// Simulated time at which the run began (the clocks' origin).
     pub start: madsim::time::Instant,
     start_time: SystemTime,
@@ -131,6 +134,7 @@ impl World {
             buggify_sites: Mutex::new(BTreeMap::new()),
             streams: Mutex::new(BTreeMap::new()),
             node_handles: Mutex::new(BTreeMap::new()),
+            quarantined: Mutex::new(None),
             start: time.now_instant(),
             start_time: time.now_time(),
         })
@@ -141,6 +145,29 @@ impl World {
     pub fn shut_down(&self) {
         self.net.shut_down();
         lock(&self.node_handles).clear();
+    }
+
+    /// Notes that an incarnation of the service recovered and set aside
+    /// `quarantined` (the world keeps no handle on the service itself: its
+    /// lifetime is its node's).
+    pub fn service_recovered(&self, quarantined: BTreeMap<String, String>) {
+        *lock(&self.quarantined) = Some(quarantined);
+    }
+
+    /// Notes that the service's node died.
+    pub fn service_down(&self) {
+        lock(&self.quarantined).take();
+    }
+
+    /// True while an incarnation of the service is up (it has recovered).
+    pub fn service_up(&self) -> bool {
+        lock(&self.quarantined).is_some()
+    }
+
+    /// The runs the service's incarnation that is up set aside when it
+    /// recovered, with why; `None` if the service is down.
+    pub fn quarantined(&self) -> Option<BTreeMap<String, String>> {
+        lock(&self.quarantined).clone()
     }
 
     /// Remembers a node's handle (so its own code can find it).

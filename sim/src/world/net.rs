@@ -14,9 +14,9 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use madsim::rand::Rng;
 use retrace::api::{Reply, Request};
+use retrace::env::Watch;
 use retrace::env::{BoxFuture, NetError, Network, RequestHandler};
 use retrace::types::fnv1a64;
-use tokio::sync::watch;
 
 use crate::faults::swarm::Swarm;
 use crate::nodes::SERVICE;
@@ -47,7 +47,8 @@ pub struct SimNet {
     state: Mutex<NetState>,
     /// Messages sent (a step of the seed's budget).
     messages: std::sync::atomic::AtomicU64,
-    changed: watch::Sender<u64>,
+    /// Bumped whenever the links change (cut, clogged, healed).
+    changed: Watch<()>,
 }
 
 /// What the caller learns.
@@ -66,7 +67,7 @@ impl SimNet {
                 endpoints: BTreeMap::new(),
                 net_node: None,
             }),
-            changed: watch::channel(0).0,
+            changed: Watch::new(()),
             messages: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -108,7 +109,7 @@ impl SimNet {
     }
 
     fn notify(&self) {
-        self.changed.send_modify(|generation| *generation += 1);
+        self.changed.modify(|()| {});
     }
 
     /// Drops messages from `from` to `to` (and back, unless one-way).
@@ -180,7 +181,7 @@ impl SimNet {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let link = (from.to_string(), to.to_string());
         loop {
-            let mut changed = self.changed.subscribe();
+            let seen = self.changed.version();
             let (cut, clogged, loss, duplicate) = {
                 let state = lock(&self.state);
                 (
@@ -195,7 +196,7 @@ impl SimNet {
                 return Vec::new();
             }
             if clogged {
-                let _ = changed.changed().await;
+                self.changed.changed_since(seen).await;
                 continue;
             }
             if world.chance("net:loss", loss) {

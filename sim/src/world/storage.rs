@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use madsim::rand::Rng;
 use retrace::env::{
     BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch,
@@ -92,6 +93,53 @@ impl SimStorage {
     /// The durable data (for checkers, which read it directly).
     pub fn durable(&self) -> &MemoryStorage {
         &self.durable
+    }
+
+    /// Leaves a torn row, as a damaged page would: a running run (id
+    /// `torn-<fault>`) whose state is the first half of another run's state
+    /// (or of `{}` when nothing is stored yet), so it cannot be decoded.
+    /// Returns its run id.
+    pub fn tear_a_row(&self, fault: u64) -> String {
+        let query = ListQuery {
+            limit: 1,
+            ..ListQuery::default()
+        };
+        let source = self
+            .durable
+            .list_runs(query)
+            .now_or_never()
+            .expect("memory storage answers at once")
+            .expect("memory storage reads never fail")
+            .pop();
+        let run_id = format!("{}{fault}", crate::nodes::TORN_RUN_PREFIX);
+        let state = source.as_ref().map_or(b"{}".to_vec(), |r| r.state.clone());
+        let torn = state[..state.len() / 2].to_vec();
+        let run = RunRecord {
+            run_id: run_id.clone(),
+            workflow_id: run_id.clone(),
+            workflow_type: source
+                .as_ref()
+                .map_or("torn".into(), |r| r.workflow_type.clone()),
+            task_queue: source
+                .as_ref()
+                .map_or("torn".into(), |r| r.task_queue.clone()),
+            status: retrace::env::RunStatus::Running,
+            start_time: source
+                .as_ref()
+                .map_or(retrace::types::Timestamp(0), |r| r.start_time),
+            close_time: None,
+            next_event_id: 1,
+            version: 1,
+            state: torn,
+        };
+        let batch = WriteBatch {
+            run,
+            expected_version: None,
+            events: Vec::new(),
+            claim: None,
+        };
+        self.durable.apply(batch).expect("a torn run's id is fresh");
+        run_id
     }
 
     /// Writes asked for (committed or not).
