@@ -102,6 +102,8 @@ struct ActivityEvents<'h> {
     close: Option<&'h Event>,
     cancel_requested_before_close: bool,
     cancel_requested: bool,
+    /// The `ActivityTaskCancelRequested`, if any.
+    cancel_request: Option<&'h Event>,
 }
 
 struct RunCheck<'a> {
@@ -467,6 +469,7 @@ fn activities_of(history: &History) -> BTreeMap<String, ActivityEvents<'_>> {
                         close: None,
                         cancel_requested_before_close: false,
                         cancel_requested: false,
+                        cancel_request: None,
                     },
                 );
                 continue;
@@ -481,6 +484,7 @@ fn activities_of(history: &History) -> BTreeMap<String, ActivityEvents<'_>> {
                 if let Some(entry) = by_scheduled.get_mut(&a.scheduled_event_id) {
                     entry.cancel_requested = true;
                     entry.cancel_requested_before_close = entry.close.is_none();
+                    entry.cancel_request = Some(event);
                 }
                 continue;
             }
@@ -724,6 +728,40 @@ impl ActivityCheck<'_, '_> {
         }
         if self.run.program.calm && !events.cancel_requested {
             self.nominal(close, attempt);
+        }
+        if self.run.program.calm {
+            self.cancel_landed(close, attempt);
+        }
+    }
+
+    /// In a calm seed, a cancel requested while an attempt hangs heartbeating
+    /// reaches it with the next heartbeat's reply: the activity closes
+    /// canceled, not by a timeout that comes due well after that.
+    fn cancel_landed(&mut self, close: &Event, attempt: Option<u32>) {
+        let (Some(request), Some(k), Some(heartbeat_ms)) = (
+            self.events.cancel_request,
+            attempt,
+            self.spec.timeouts.heartbeat_ms,
+        ) else {
+            return;
+        };
+        let EventKind::ActivityTaskTimedOut(timed_out) = &close.kind else {
+            return;
+        };
+        if !self.events.cancel_requested_before_close
+            || self.spec.behaviour(k) != Behaviour::HangHeartbeating
+        {
+            return;
+        }
+        // The worker's heartbeat throttle, the script's beat, and slack.
+        let lands_within_ms = heartbeat_ms * 4 / 5 + heartbeat_ms / 3 + CALM_TOLERANCE_MS;
+        let after_ms = close.event_time.millis_since(request.event_time);
+        if after_ms > lands_within_ms {
+            self.problem(format!(
+                "its cancel was requested while attempt {k} heartbeated every {} ms, so it should have closed canceled within {lands_within_ms} ms; it timed out ({:?}) {after_ms} ms later",
+                heartbeat_ms / 3,
+                timed_out.timeout_type
+            ));
         }
     }
 
