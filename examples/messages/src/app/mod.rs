@@ -30,10 +30,10 @@ use std::sync::Arc;
 use retrace::api::ServiceError;
 use retrace::client::Client;
 use retrace::engine::{EmbeddedEngine, ServiceConfig};
-use retrace::env::{Env, SqliteStorage, StorageError};
+use retrace::env::{Env, SqliteStorage, StorageError, Watch};
 use retrace::http::{HttpError, HttpNetwork};
 use retrace::worker::{Worker, WorkerBuilder};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::{FakeInspector, FetchJoke, FetchMessage, FetchPokemon, OrderOfMessages, VerifyMessage};
 
@@ -127,7 +127,7 @@ pub struct App {
     env: Env,
     worker: Worker,
     stop: Option<oneshot::Sender<()>>,
-    stopped: watch::Receiver<bool>,
+    stopped: Arc<Watch<bool>>,
     // Held so the embedded service (and its SQLite file) lives as long as the app.
     _engine: Option<EmbeddedEngine>,
 }
@@ -187,11 +187,14 @@ impl App {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let mut stopped = self.stopped.clone();
-        let waited = self
-            .env
-            .timeout(SHUTDOWN_GRACE_MS, stopped.wait_for(|stopped| *stopped))
-            .await;
+        let stopped = self.stopped.clone();
+        let until_stopped = async move {
+            let mut seen = stopped.version();
+            while !stopped.get() {
+                seen = stopped.changed_since(seen).await;
+            }
+        };
+        let waited = self.env.timeout(SHUTDOWN_GRACE_MS, until_stopped).await;
         if waited.is_err() {
             tracing::warn!(
                 "requests still in flight after {SHUTDOWN_GRACE_MS} ms; stopping anyway"
@@ -276,9 +279,10 @@ fn serve(
     env: &Env,
     listener: tokio::net::TcpListener,
     router: axum::Router,
-) -> (oneshot::Sender<()>, watch::Receiver<bool>) {
+) -> (oneshot::Sender<()>, Arc<Watch<bool>>) {
     let (stop, stop_requested) = oneshot::channel::<()>();
-    let (stopped_sender, stopped) = watch::channel(false);
+    let stopped = Arc::new(Watch::new(false));
+    let stopped_sender = stopped.clone();
     env.spawn("messages-http", async move {
         let shutdown = async {
             let _ = stop_requested.await;
@@ -289,7 +293,7 @@ fn serve(
         if let Err(error) = served {
             tracing::error!(%error, "the page's server failed");
         }
-        let _ = stopped_sender.send(true);
+        stopped_sender.modify(|stopped| *stopped = true);
     });
     (stop, stopped)
 }
