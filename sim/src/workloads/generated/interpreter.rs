@@ -222,11 +222,37 @@ pub enum StepReport {
         taken: bool,
     },
     Join(Vec<StepReport>),
+    /// The run's age when the bug had passed.
+    TransientBug {
+        age_ms: u64,
+    },
     /// Which side won the race, and the activity's report if it won.
     Select {
         activity_won: bool,
         report: Option<ActivityReport>,
     },
+}
+
+/// What a transient bug's panic says (the panic hook keeps it quiet).
+pub const TRANSIENT_BUG: &str = "generated transient workflow bug";
+
+/// Keeps the planned panics of `TransientBug` steps off stderr; any other
+/// panic is reported as before.
+pub fn quiet_transient_bug_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .unwrap_or_default();
+            if !message.starts_with(TRANSIENT_BUG) {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// The interpreter workflow.
@@ -300,6 +326,15 @@ fn run_step<'a>(ctx: &'a WorkflowContext, step: &'a Step) -> StepFuture<'a> {
                 taken: ctx.patched(patch_id),
             },
             Step::Join(branches) => StepReport::Join(run_join(ctx, branches).await?),
+            Step::TransientBug { until_ms } => {
+                let age_ms = ctx.now().millis_since(ctx.info().start_time);
+                if age_ms < *until_ms {
+                    panic!(
+                        "{TRANSIENT_BUG}: the run is {age_ms} ms old, the bug lasts {until_ms} ms"
+                    );
+                }
+                StepReport::TransientBug { age_ms }
+            }
             Step::Select { activity, timer_ms } => race(ctx, activity, *timer_ms).await?,
         })
     })

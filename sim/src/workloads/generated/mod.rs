@@ -118,6 +118,7 @@ fn worker_index(identity: &str) -> usize {
 }
 
 fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
+    interpreter::quiet_transient_bug_panics();
     let logs: Logs = Arc::new(Mutex::new(BTreeMap::new()));
     let (scenario_logs, check_logs) = (logs.clone(), logs);
     Simulation::new(name)

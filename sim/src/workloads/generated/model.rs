@@ -18,16 +18,19 @@
 //! | timers, schedule-to-close, execution timeout | fire no earlier than their deadline, no later than deadline + tolerance (looser with faults) | - |
 //! | the workflow's reports        | match the history (activity outcomes, signals, side effects, patches, `now`, uuids) | - |
 //! | queries                       | progress answers never go back and never exceed the step count        | -                                |
+//! | workflow task failures        | only from a transient bug in the program; the next attempt after the backoff (1 s doubling, ≤ 60 s), not too late | - |
 //! | shaped payloads               | within the limits: never refused for a limit, stored once as sent; over: never stored (nor a start's run) | - |
 
 use std::collections::BTreeMap;
 
 use retrace::api::RunOutcome;
-use retrace::history::{ActivityTaskScheduled, ActivityTaskStarted, Event, EventKind, History};
+use retrace::history::{
+    ActivityTaskScheduled, ActivityTaskStarted, Event, EventKind, History, WorkflowTaskFailedCause,
+};
 use retrace::types::{RetryState, TimeoutType};
 use serde_json::Value;
 
-use super::interpreter::{ActivityReport, ScriptInput, ScriptOutput, StepReport};
+use super::interpreter::{ActivityReport, ScriptInput, ScriptOutput, StepReport, TRANSIENT_BUG};
 use super::program::{
     ActivitySpec, Behaviour, Branch, Cancellation, ClientAction, Program, RunSpec, Shape, Step,
 };
@@ -155,6 +158,7 @@ impl<'a> RunCheck<'a> {
         let completed = self.check_outcome(history);
         let activities = self.check_activities(history, completed);
         self.check_timers(history);
+        self.check_task_failures(history);
         self.check_client_events(history);
         self.check_queries();
         if completed {
@@ -279,6 +283,57 @@ impl<'a> RunCheck<'a> {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// A workflow task fails in the code only where the program has a
+    /// transient bug, and says so; after a code failure the next task comes
+    /// only after the service's backoff for that attempt.
+    fn check_task_failures(&mut self, history: &History) {
+        let has_bug = self
+            .spec
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::TransientBug { .. }));
+        let events = history.events();
+        for (index, event) in events.iter().enumerate() {
+            let EventKind::WorkflowTaskFailed(failed) = &event.kind else {
+                continue;
+            };
+            if failed.cause != WorkflowTaskFailedCause::WorkflowWorkerUnhandledFailure {
+                continue;
+            }
+            if !has_bug || !failed.failure.message.contains(TRANSIENT_BUG) {
+                self.problem(format!(
+                    "workflow task failed in the code, but the program has no transient bug there: {}",
+                    failed.failure.message
+                ));
+                continue;
+            }
+            let attempt = by_id(history, failed.scheduled_event_id).and_then(|e| match &e.kind {
+                EventKind::WorkflowTaskScheduled(s) => Some(s.attempt),
+                _ => None,
+            });
+            let next = events[index + 1..].iter().find_map(|e| match &e.kind {
+                EventKind::WorkflowTaskScheduled(s) => Some((e, s.attempt)),
+                _ => None,
+            });
+            let (Some(attempt), Some((next, next_attempt))) = (attempt, next) else {
+                continue;
+            };
+            let backoff_ms = (1_000u64 << (attempt.min(16) - 1)).min(60_000);
+            let waited_ms = next.event_time.millis_since(event.event_time);
+            let late_ms = self.tolerance_ms(backoff_ms);
+            if next_attempt != attempt + 1
+                || waited_ms < backoff_ms
+                || waited_ms > backoff_ms + late_ms
+            {
+                self.problem(format!(
+                    "after workflow task attempt {attempt} failed in the code, attempt {next_attempt} was scheduled {waited_ms} ms later (expected attempt {} after {backoff_ms}..={} ms)",
+                    attempt + 1,
+                    backoff_ms + late_ms
+                ));
             }
         }
     }
@@ -1087,6 +1142,14 @@ impl<'a> RunCheck<'a> {
                     ));
                 }
             }
+            (Step::TransientBug { until_ms }, StepReport::TransientBug { age_ms })
+                if age_ms < until_ms =>
+            {
+                self.problem(format!(
+                    "its transient bug lasts {until_ms} ms, yet the code passed it at {age_ms} ms"
+                ));
+            }
+            (Step::TransientBug { .. }, StepReport::TransientBug { .. }) => {}
             (Step::Random, StepReport::Random { .. }) => {}
             (Step::Uuid, StepReport::Uuid { value }) if !is_uuid_v4(value) => {
                 self.problem(format!("uuid {value} is not a version 4 uuid"));

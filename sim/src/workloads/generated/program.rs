@@ -16,6 +16,7 @@
 //! | `SideEffect`, `Random`, `Uuid`, `Now`, `Patched` | recorded / replayed values  |
 //! | `Join`       | activities and timers in parallel (`join_all`)                        |
 //! | `Select`     | an activity raced against a timer; the loser is dropped (canceled)    |
+//! | `TransientBug` | workflow code that panics while the run is young: failed workflow tasks, backoff, retry |
 //!
 //! Besides its steps, the client may send a run a *shaped* signal (a payload
 //! of exactly the byte or depth limit, one past it, or far past it) and start
@@ -174,6 +175,12 @@ pub enum Step {
         patch_id: String,
     },
     Join(Vec<Branch>),
+    /// Workflow code with a transient bug: it panics while the run is younger
+    /// than `until_ms`, so its workflow tasks fail and come back after the
+    /// service's backoff until the bug has passed.
+    TransientBug {
+        until_ms: u64,
+    },
     /// The activity raced against a timer of `timer_ms`; the loser is dropped.
     Select {
         activity: ActivitySpec,
@@ -380,6 +387,7 @@ pub enum Feature {
     PayloadAtDepthLimit,
     PayloadTooDeep,
     RefusedStart,
+    TransientWorkflowBug,
     WorkflowCancel,
     CancelEndsSignalWait,
     WorkflowTerminate,
@@ -391,7 +399,7 @@ pub enum Feature {
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 44] = [
+pub const FEATURES: [Feature; 45] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -428,6 +436,7 @@ pub const FEATURES: [Feature; 44] = [
     Feature::PayloadAtDepthLimit,
     Feature::PayloadTooDeep,
     Feature::RefusedStart,
+    Feature::TransientWorkflowBug,
     Feature::WorkflowCancel,
     Feature::CancelEndsSignalWait,
     Feature::WorkflowTerminate,
@@ -555,6 +564,7 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             Step::Random => Feature::Random,
             Step::Uuid => Feature::Uuid,
             Step::Now => Feature::Now,
+            Step::TransientBug { .. } => Feature::TransientWorkflowBug,
             Step::Patched { .. } => Feature::Patched,
             Step::Join(_) => Feature::Join,
             Step::Select { .. } => Feature::Select,
@@ -643,8 +653,8 @@ fn shape(draws: &mut Draws) -> Shape {
     }
 }
 
-/// Shaped signals and refused starts, drawn from their own stream so the
-/// rest of a seed's program does not depend on them.
+/// Shaped signals, refused starts and transient bugs, drawn from their own
+/// stream so the rest of a seed's program does not depend on them.
 fn add_shaped_actions(seed: u64, runs: &mut [RunSpec]) {
     let mut draws = Draws(seed ^ 0x5348_4150_4544_2121);
     for (index, run) in runs.iter_mut().enumerate() {
@@ -671,6 +681,11 @@ fn add_shaped_actions(seed: u64, runs: &mut [RunSpec]) {
             run.client.push(Timed { at_ms, action });
         }
         run.client.sort_by_key(|t| t.at_ms);
+        if draws.chance(20) {
+            let at = draws.below(run.steps.len() as u64 + 1) as usize;
+            let until_ms = draws.pick(&[800, 2_500, 6_000]);
+            run.steps.insert(at, Step::TransientBug { until_ms });
+        }
     }
 }
 
