@@ -85,6 +85,30 @@ fn a_history_that_grows_without_end_stops_the_seed_at_its_step_budget_with_a_ver
 }
 
 #[test]
+fn code_that_spins_at_one_simulated_instant_stops_at_the_step_budget_with_a_verdict() {
+    // A clock wait for a moment already past ends at once, without time
+    // moving: the shape of a timer refused and re-armed at its own deadline.
+    // Before clock waits counted as steps, such a seed never ended.
+    let result = Simulation::new("spin")
+        .steps_max(10_000)
+        .scenario(|client| async move {
+            loop {
+                client.sleep_ms(0).await;
+            }
+        })
+        .into_runner()
+        .run_seed(5);
+    let violation = &result.violations[0];
+    assert_eq!(violation.invariant, "budget", "{:?}", result.violations);
+    assert!(
+        violation.message.contains("seed did not finish")
+            && violation.message.contains("clock waits"),
+        "{}",
+        violation.message
+    );
+}
+
+#[test]
 fn a_history_longer_than_its_event_budget_is_a_violation_even_when_the_seed_finishes() {
     let mut registry = WorkflowRegistry::new();
     registry.register_fn("sleepy", |ctx: WorkflowContext, _: ()| async move {

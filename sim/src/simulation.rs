@@ -549,6 +549,7 @@ fn panicked(seed: u64, swarm: Swarm, plan: FaultPlan, message: String) -> SeedRe
 
 async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -> SeedResult {
     let world = World::new(seed, swarm.clone());
+    world.set_steps_max(setup.steps_max);
     world.storage.set_faults(world.swarm_storage_faults(), true);
     for (name, factory) in &setup.services {
         factory(&world.services, name);
@@ -628,9 +629,10 @@ async fn check_steps(setup: &Setup, world: &World) -> Result<(), Violation> {
     }
     let runs = check::load_runs(world.storage.durable()).await;
     let mut message = format!(
-        "seed did not finish: {steps} steps (messages {}, storage writes {}) passed its budget of {} at t={} ms",
+        "seed did not finish: {steps} steps (messages {}, storage writes {}, clock waits {}) passed its budget of {} at t={} ms",
         world.net.messages(),
         world.storage.write_attempts(),
+        world.clock_waits(),
         setup.steps_max,
         world.elapsed_ms()
     );

@@ -6,7 +6,7 @@
 #[cfg(test)]
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -72,6 +72,10 @@ pub struct World {
     /// The runs the service's incarnation that is up set aside when it
     /// recovered (`None` while it is down or recovering).
     quarantined: Mutex<Option<BTreeMap<String, String>>>,
+    /// Clock waits begun by any node (a step of the seed's budget).
+    clock_waits: AtomicU64,
+    /// The seed's step budget (see `set_steps_max`).
+    steps_max: AtomicU64,
     /// Simulated time at which the run began (the clocks' origin).
     pub start: madsim::time::Instant,
     start_time: SystemTime,
@@ -135,6 +139,8 @@ impl World {
             streams: Mutex::new(BTreeMap::new()),
             node_handles: Mutex::new(BTreeMap::new()),
             quarantined: Mutex::new(None),
+            clock_waits: AtomicU64::new(0),
+            steps_max: AtomicU64::new(u64::MAX),
             start: time.now_instant(),
             start_time: time.now_time(),
         })
@@ -195,10 +201,30 @@ impl World {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Steps the seed has taken: messages sent and storage writes asked for.
-    /// Deterministic, so a budget on it gives the same verdict on any machine.
+    /// Steps the seed has taken: messages sent, storage writes asked for and
+    /// clock waits begun. Deterministic, so a budget on it gives the same
+    /// verdict on any machine.
     pub fn steps(&self) -> u64 {
-        self.net.messages() + self.storage.write_attempts()
+        self.net.messages()
+            + self.storage.write_attempts()
+            + self.clock_waits.load(Ordering::Relaxed)
+    }
+
+    /// Sets the seed's step budget: past it, every node's clock waits never
+    /// end, so code that spins at one simulated instant (a timer refused and
+    /// re-armed at its own passed deadline) stops, time moves again, and the
+    /// supervisor gives the seed its `budget` verdict.
+    pub fn set_steps_max(&self, steps_max: u64) {
+        self.steps_max.store(steps_max, Ordering::Relaxed);
+    }
+
+    /// Clock waits begun by any node.
+    pub fn clock_waits(&self) -> u64 {
+        self.clock_waits.load(Ordering::Relaxed)
+    }
+
+    fn over_budget(&self) -> bool {
+        self.steps() > self.steps_max.load(Ordering::Relaxed)
     }
 
     /// Milliseconds of simulated time at which node `name`'s clock read `time`
@@ -346,6 +372,10 @@ impl Clock for SimClock {
     }
 
     fn sleep_until(&self, deadline: Timestamp) -> BoxFuture<'static, ()> {
+        self.world.clock_waits.fetch_add(1, Ordering::Relaxed);
+        if self.world.over_budget() {
+            return Box::pin(futures::future::pending());
+        }
         // Invert node_ms: the simulated elapsed time at which this node's
         // clock reads `deadline` (rounded up, so sleeps never end early).
         let target = deadline.as_millis() as i128 - self.world.start_ms() - self.skew_ms as i128;
