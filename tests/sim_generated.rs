@@ -345,7 +345,11 @@ fn log_of(
     action: ClientAction,
     result: Result<Option<u64>, String>,
 ) -> ClientLog {
-    let record = ClientRecord { action, result };
+    let record = ClientRecord {
+        action,
+        result,
+        described: None,
+    };
     ClientLog::from([(workflow_id.to_string(), vec![record])])
 }
 

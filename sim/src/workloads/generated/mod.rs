@@ -41,7 +41,7 @@ use retrace::client::StartOptions;
 
 use crate::{KvStore, SimClient, Simulation, Swarm};
 use interpreter::{Interpreter, PlantedBug, QUERY_PROGRESS, Scripted};
-use model::{ClientLog, ClientRecord, Observed};
+use model::{ClientLog, ClientRecord, Described, Observed};
 use program::{ClientAction, PAYLOAD_BYTES_MAX, Program, WORKERS, calm_from_salt};
 
 /// Length of the safety phase of the `generated` workload.
@@ -196,10 +196,17 @@ async fn scenario(client: SimClient, logs: Logs) -> anyhow::Result<()> {
     for (at_ms, workflow_id, action) in actions {
         client.sleep_ms(at_ms.saturating_sub(now_ms)).await;
         now_ms = now_ms.max(at_ms);
-        let result = act(&client, workflow_id, action).await;
+        let (result, described) = match action {
+            ClientAction::Describe => match client.describe(workflow_id, None).await {
+                Ok(description) => (Ok(None), Some(Described::of(&description))),
+                Err(error) => (Err(error.to_string()), None),
+            },
+            _ => (act(&client, workflow_id, action).await, None),
+        };
         let record = ClientRecord {
             action: action.clone(),
             result,
+            described,
         };
         let mut logs = logs.lock().expect("logs lock");
         let log = logs.entry(program.seed).or_default();
@@ -232,6 +239,7 @@ async fn act(
             .terminate(workflow_id, None, "generated")
             .await
             .map(|()| None),
+        ClientAction::Describe => unreachable!("described by the scenario"),
         ClientAction::ShapedSignal { name, shape } => client
             .signal(workflow_id, None, name, shape.payload())
             .await

@@ -51,6 +51,62 @@ pub struct ClientRecord {
     pub action: ClientAction,
     /// The answer of a query, or the error of any call.
     pub result: Result<Option<u64>, String>,
+    /// What `describe` answered.
+    pub described: Option<Described>,
+}
+
+/// The parts of a `describe` answer the model checks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Described {
+    pub history_length: u64,
+    pub workflow_task: Option<String>,
+    /// Each pending activity's id and state.
+    pub activities: Vec<(String, String)>,
+}
+
+impl Described {
+    pub fn of(description: &retrace::api::RunDescription) -> Described {
+        Described {
+            history_length: description.history_length,
+            workflow_task: description.workflow_task.clone(),
+            activities: description
+                .pending_activities
+                .iter()
+                .map(|a| (a.activity_id.clone(), a.state.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// The states `describe` may give a pending activity.
+const ACTIVITY_STATES: [&str; 4] = ["Scheduled", "Started", "CancelRequested", "BackingOff"];
+
+/// The workflow task `describe` must show after the first events of a
+/// history: workflow task events are written with the state they change.
+fn workflow_task_after(prefix: &[Event]) -> Option<&'static str> {
+    let mut task = None;
+    for event in prefix {
+        task = match &event.kind {
+            EventKind::WorkflowTaskScheduled(_) => Some("Scheduled"),
+            EventKind::WorkflowTaskStarted(_) => Some("Started"),
+            EventKind::WorkflowTaskFailed(f)
+                if matches!(
+                    f.cause,
+                    WorkflowTaskFailedCause::WorkflowWorkerUnhandledFailure
+                        | WorkflowTaskFailedCause::NonDeterministicError
+                        | WorkflowTaskFailedCause::BadCommand
+                ) =>
+            {
+                Some("Backoff")
+            }
+            EventKind::WorkflowTaskCompleted(_)
+            | EventKind::WorkflowTaskTimedOut(_)
+            | EventKind::WorkflowTaskFailed(_) => None,
+            kind if kind.is_terminal() => None,
+            _ => task,
+        };
+    }
+    task
 }
 
 /// The client's records, by workflow id, in the order it made them.
@@ -375,6 +431,40 @@ impl<'a> RunCheck<'a> {
         }
         self.check_accepted_calls(history, &signals);
         self.check_shaped_refusals();
+        self.check_describes(history);
+    }
+
+    /// `describe` shows the workflow task the history up to its length
+    /// implies, and pending activities in known states.
+    fn check_describes(&mut self, history: &History) {
+        let records = self.observed.client.get(&self.spec.workflow_id);
+        let described: Vec<Described> = records
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.described.clone())
+            .collect();
+        for d in described {
+            let Some(prefix) = history.events().get(..d.history_length as usize) else {
+                self.problem(format!(
+                    "describe showed {} events, the history has {}",
+                    d.history_length,
+                    history.len()
+                ));
+                continue;
+            };
+            let expected = workflow_task_after(prefix);
+            if d.workflow_task.as_deref() != expected {
+                self.problem(format!(
+                    "describe at {} events showed workflow task {:?}, the history implies {expected:?}",
+                    d.history_length, d.workflow_task
+                ));
+            }
+            for (id, state) in &d.activities {
+                if !ACTIVITY_STATES.contains(&state.as_str()) {
+                    self.problem(format!("describe showed activity {id} in state {state:?}"));
+                }
+            }
+        }
     }
 
     /// The shape of the run's shaped signal named `name`, if it is one.
@@ -466,6 +556,7 @@ impl<'a> RunCheck<'a> {
                     shape.within_limits() && signals.contains_key(name.as_str())
                 }
                 ClientAction::ShapedStart { .. } => false,
+                ClientAction::Describe => true,
             };
             if !took_effect {
                 missing.push(record.action.clone());

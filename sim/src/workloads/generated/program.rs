@@ -198,6 +198,8 @@ pub enum ClientAction {
     Query,
     Cancel,
     Terminate,
+    /// Asks the service to describe the run.
+    Describe,
     /// A signal to a name the workflow never reads, with a payload of
     /// `shape`: stored once if within the limits, refused and never stored
     /// if over one.
@@ -388,6 +390,7 @@ pub enum Feature {
     PayloadTooDeep,
     RefusedStart,
     TransientWorkflowBug,
+    Describe,
     WorkflowCancel,
     CancelEndsSignalWait,
     WorkflowTerminate,
@@ -399,7 +402,7 @@ pub enum Feature {
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 45] = [
+pub const FEATURES: [Feature; 46] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -437,6 +440,7 @@ pub const FEATURES: [Feature; 45] = [
     Feature::PayloadTooDeep,
     Feature::RefusedStart,
     Feature::TransientWorkflowBug,
+    Feature::Describe,
     Feature::WorkflowCancel,
     Feature::CancelEndsSignalWait,
     Feature::WorkflowTerminate,
@@ -555,6 +559,7 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             ClientAction::Signal { .. } => out.insert(Feature::SignalAfterListen),
             ClientAction::ShapedSignal { shape, .. } => out.insert(shape_feature(*shape)),
             ClientAction::ShapedStart { .. } => out.insert(Feature::RefusedStart),
+            ClientAction::Describe => out.insert(Feature::Describe),
         };
     }
     for step in &run.steps {
@@ -681,6 +686,12 @@ fn add_shaped_actions(seed: u64, runs: &mut [RunSpec]) {
             run.client.push(Timed { at_ms, action });
         }
         run.client.sort_by_key(|t| t.at_ms);
+        if draws.chance(40) {
+            let at_ms = draws.pick(&[300, 1_500, 4_000, 9_000]);
+            let action = ClientAction::Describe;
+            run.client.push(Timed { at_ms, action });
+            run.client.sort_by_key(|t| t.at_ms);
+        }
         if draws.chance(20) {
             let at = draws.below(run.steps.len() as u64 + 1) as usize;
             let until_ms = draws.pick(&[800, 2_500, 6_000]);
