@@ -102,7 +102,7 @@ fn code_that_spins_at_one_simulated_instant_stops_at_the_step_budget_with_a_verd
     assert_eq!(violation.invariant, "budget", "{:?}", result.violations);
     assert!(
         violation.message.contains("seed did not finish")
-            && violation.message.contains("clock waits"),
+            && violation.message.contains("clock waits and spawns"),
         "{}",
         violation.message
     );

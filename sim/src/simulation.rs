@@ -629,10 +629,10 @@ async fn check_steps(setup: &Setup, world: &World) -> Result<(), Violation> {
     }
     let runs = check::load_runs(world.storage.durable()).await;
     let mut message = format!(
-        "seed did not finish: {steps} steps (messages {}, storage writes {}, clock waits {}) passed its budget of {} at t={} ms",
+        "seed did not finish: {steps} steps (messages {}, storage writes {}, clock waits and spawns {}) passed its budget of {} at t={} ms",
         world.net.messages(),
         world.storage.write_attempts(),
-        world.clock_waits(),
+        world.waits_and_spawns(),
         setup.steps_max,
         world.elapsed_ms()
     );

@@ -72,8 +72,8 @@ pub struct World {
     /// The runs the service's incarnation that is up set aside when it
     /// recovered (`None` while it is down or recovering).
     quarantined: Mutex<Option<BTreeMap<String, String>>>,
-    /// Clock waits begun by any node (a step of the seed's budget).
-    clock_waits: AtomicU64,
+    /// Clock waits begun and tasks spawned by any node (steps of the budget).
+    waits_and_spawns: AtomicU64,
     /// The seed's step budget (see `set_steps_max`).
     steps_max: AtomicU64,
     /// Simulated time at which the run began (the clocks' origin).
@@ -139,7 +139,7 @@ impl World {
             streams: Mutex::new(BTreeMap::new()),
             node_handles: Mutex::new(BTreeMap::new()),
             quarantined: Mutex::new(None),
-            clock_waits: AtomicU64::new(0),
+            waits_and_spawns: AtomicU64::new(0),
             steps_max: AtomicU64::new(u64::MAX),
             start: time.now_instant(),
             start_time: time.now_time(),
@@ -201,13 +201,13 @@ impl World {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Steps the seed has taken: messages sent, storage writes asked for and
-    /// clock waits begun. Deterministic, so a budget on it gives the same
+    /// Steps the seed has taken: messages sent, storage writes asked for,
+    /// clock waits begun and tasks spawned. Deterministic, so a budget on it gives the same
     /// verdict on any machine.
     pub fn steps(&self) -> u64 {
         self.net.messages()
             + self.storage.write_attempts()
-            + self.clock_waits.load(Ordering::Relaxed)
+            + self.waits_and_spawns.load(Ordering::Relaxed)
     }
 
     /// Sets the seed's step budget: past it, every node's clock waits never
@@ -218,9 +218,9 @@ impl World {
         self.steps_max.store(steps_max, Ordering::Relaxed);
     }
 
-    /// Clock waits begun by any node.
-    pub fn clock_waits(&self) -> u64 {
-        self.clock_waits.load(Ordering::Relaxed)
+    /// Clock waits begun and tasks spawned by any node.
+    pub fn waits_and_spawns(&self) -> u64 {
+        self.waits_and_spawns.load(Ordering::Relaxed)
     }
 
     fn over_budget(&self) -> bool {
@@ -327,7 +327,9 @@ impl World {
                 drift_ppm,
             }),
             entropy: Arc::new(SimEntropy),
-            spawner: Arc::new(SimSpawner),
+            spawner: Arc::new(SimSpawner {
+                world: self.clone(),
+            }),
             network: Arc::new(SimNetwork::new(self.clone(), name)),
             faults: Arc::new(SimFaults {
                 world: self.clone(),
@@ -372,7 +374,7 @@ impl Clock for SimClock {
     }
 
     fn sleep_until(&self, deadline: Timestamp) -> BoxFuture<'static, ()> {
-        self.world.clock_waits.fetch_add(1, Ordering::Relaxed);
+        self.world.waits_and_spawns.fetch_add(1, Ordering::Relaxed);
         if self.world.over_budget() {
             return Box::pin(futures::future::pending());
         }
@@ -400,11 +402,19 @@ impl Entropy for SimEntropy {
     }
 }
 
-/// Spawns on the current node: a crash of the node ends its tasks.
-struct SimSpawner;
+/// Spawns on the current node: a crash of the node ends its tasks. Past the
+/// seed's step budget nothing more is spawned (a spawn is a step), so a loop
+/// that spawns work at one simulated instant stops too.
+struct SimSpawner {
+    world: Arc<World>,
+}
 
 impl Spawner for SimSpawner {
     fn spawn(&self, _name: &'static str, future: BoxFuture<'static, ()>) {
+        self.world.waits_and_spawns.fetch_add(1, Ordering::Relaxed);
+        if self.world.over_budget() {
+            return;
+        }
         madsim::task::spawn(future);
     }
 }
