@@ -434,6 +434,14 @@ impl<'a> RunCheck<'a> {
         self.check_describes(history);
     }
 
+    fn check_transient_bug(&mut self, until_ms: u64, age_ms: u64) {
+        if age_ms < until_ms {
+            self.problem(format!(
+                "its transient bug lasts {until_ms} ms, yet the code passed it at {age_ms} ms"
+            ));
+        }
+    }
+
     /// `describe` shows the workflow task the history up to its length
     /// implies, and pending activities in known states.
     fn check_describes(&mut self, history: &History) {
@@ -1233,14 +1241,9 @@ impl<'a> RunCheck<'a> {
                     ));
                 }
             }
-            (Step::TransientBug { until_ms }, StepReport::TransientBug { age_ms })
-                if age_ms < until_ms =>
-            {
-                self.problem(format!(
-                    "its transient bug lasts {until_ms} ms, yet the code passed it at {age_ms} ms"
-                ));
+            (Step::TransientBug { until_ms }, StepReport::TransientBug { age_ms }) => {
+                self.check_transient_bug(*until_ms, *age_ms);
             }
-            (Step::TransientBug { .. }, StepReport::TransientBug { .. }) => {}
             (Step::Random, StepReport::Random { .. }) => {}
             (Step::Uuid, StepReport::Uuid { value }) if !is_uuid_v4(value) => {
                 self.problem(format!("uuid {value} is not a version 4 uuid"));
