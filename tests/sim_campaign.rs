@@ -212,6 +212,7 @@ fn a_failure_report_lists_its_faults_and_keeps_only_the_background_faults_it_nee
         serde_json::from_str(&std::fs::read_to_string(dir.join("faults.json")).unwrap()).unwrap();
     assert_eq!(faults["events"].as_array().unwrap().len() as u64, traced);
     let histories: Vec<_> = std::fs::read_dir(dir.join("histories")).unwrap().collect();
+    assert!(!histories.is_empty(), "the failing seed's runs are written");
     assert_eq!(histories.len(), report.result.histories.len());
     for entry in histories {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
