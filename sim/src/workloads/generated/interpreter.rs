@@ -233,6 +233,9 @@ pub enum StepReport {
     },
 }
 
+/// The failure type of a run that gives up (`Step::Fail`).
+pub const GAVE_UP: &str = "GaveUp";
+
 /// What a transient bug's panic says (the panic hook keeps it quiet).
 pub const TRANSIENT_BUG: &str = "generated transient workflow bug";
 
@@ -326,6 +329,12 @@ fn run_step<'a>(ctx: &'a WorkflowContext, step: &'a Step) -> StepFuture<'a> {
                 taken: ctx.patched(patch_id),
             },
             Step::Join(branches) => StepReport::Join(run_join(ctx, branches).await?),
+            Step::Fail => {
+                return Err(WorkflowError::application(
+                    GAVE_UP,
+                    "the program's last step gives up",
+                ));
+            }
             Step::TransientBug { until_ms } => {
                 let age_ms = ctx.now().millis_since(ctx.info().start_time);
                 if age_ms < *until_ms {

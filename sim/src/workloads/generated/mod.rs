@@ -131,9 +131,15 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
         .service("kv", KvStore::default)
         .workers(WORKERS)
         .safety_ms(SAFETY_MS)
-        // Programs cancel, terminate and time runs out on purpose; the model
-        // checks each run's outcome against its program, and none may fail.
-        .expect_outcomes(|_, outcome| !matches!(outcome, retrace::api::RunOutcome::Failed { .. }))
+        // Programs cancel, terminate, time runs out and give up on purpose;
+        // the model checks each run's outcome against its program.
+        // A run fails only by its program's `Fail` step.
+        .expect_outcomes(|workflow_id, outcome| {
+            !matches!(outcome, retrace::api::RunOutcome::Failed { .. })
+                || Program::generate(current_seed())
+                    .run(workflow_id)
+                    .is_some_and(program::RunSpec::gives_up)
+        })
         .service_config(|config| config.limits.payload_bytes_max = PAYLOAD_BYTES_MAX)
         .swarm(|swarm| {
             if calm_from_salt(swarm.clock_salt) {

@@ -30,7 +30,9 @@ use retrace::history::{
 use retrace::types::{RetryState, TimeoutType};
 use serde_json::Value;
 
-use super::interpreter::{ActivityReport, ScriptInput, ScriptOutput, StepReport, TRANSIENT_BUG};
+use super::interpreter::{
+    ActivityReport, GAVE_UP, ScriptInput, ScriptOutput, StepReport, TRANSIENT_BUG,
+};
 use super::program::{
     ActivitySpec, Behaviour, Branch, Cancellation, ClientAction, Program, RunSpec, Shape, Step,
 };
@@ -230,7 +232,10 @@ impl<'a> RunCheck<'a> {
         };
         let spec = self.spec;
         let allowed = match &close.kind {
-            EventKind::WorkflowExecutionCompleted(_) => true,
+            EventKind::WorkflowExecutionCompleted(_) => !spec.gives_up(),
+            EventKind::WorkflowExecutionFailed(f) => {
+                spec.gives_up() && f.failure.failure_type == GAVE_UP
+            }
             EventKind::WorkflowExecutionCanceled(_) => {
                 spec.client_does(|a| matches!(a, ClientAction::Cancel))
             }
@@ -245,8 +250,13 @@ impl<'a> RunCheck<'a> {
         };
         if !allowed {
             self.problem(format!(
-                "closed with {} (expected Completed{}{}{})",
+                "closed with {} (expected {}{}{}{})",
                 close.kind.name(),
+                if spec.gives_up() {
+                    "Failed with GaveUp"
+                } else {
+                    "Completed"
+                },
                 if spec.client_does(|a| matches!(a, ClientAction::Cancel)) {
                     ", or Canceled by the client"
                 } else {

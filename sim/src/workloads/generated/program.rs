@@ -181,6 +181,9 @@ pub enum Step {
     TransientBug {
         until_ms: u64,
     },
+    /// The workflow gives up: it returns an application failure, so the run
+    /// closes Failed (always the run's last step).
+    Fail,
     /// The activity raced against a timer of `timer_ms`; the loser is dropped.
     Select {
         activity: ActivitySpec,
@@ -328,6 +331,11 @@ impl RunSpec {
         })
     }
 
+    /// True if the run's last step gives up (the run must close Failed).
+    pub fn gives_up(&self) -> bool {
+        self.steps.last() == Some(&Step::Fail)
+    }
+
     /// True if one of the client's actions on the run satisfies `what`.
     pub fn client_does(&self, what: fn(&ClientAction) -> bool) -> bool {
         self.client.iter().any(|t| what(&t.action))
@@ -390,6 +398,7 @@ pub enum Feature {
     PayloadTooDeep,
     RefusedStart,
     TransientWorkflowBug,
+    WorkflowFails,
     Describe,
     WorkflowCancel,
     CancelEndsSignalWait,
@@ -402,7 +411,7 @@ pub enum Feature {
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 46] = [
+pub const FEATURES: [Feature; 47] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -440,6 +449,7 @@ pub const FEATURES: [Feature; 46] = [
     Feature::PayloadTooDeep,
     Feature::RefusedStart,
     Feature::TransientWorkflowBug,
+    Feature::WorkflowFails,
     Feature::Describe,
     Feature::WorkflowCancel,
     Feature::CancelEndsSignalWait,
@@ -570,6 +580,7 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             Step::Uuid => Feature::Uuid,
             Step::Now => Feature::Now,
             Step::TransientBug { .. } => Feature::TransientWorkflowBug,
+            Step::Fail => Feature::WorkflowFails,
             Step::Patched { .. } => Feature::Patched,
             Step::Join(_) => Feature::Join,
             Step::Select { .. } => Feature::Select,
@@ -692,8 +703,11 @@ fn add_shaped_actions(seed: u64, runs: &mut [RunSpec]) {
             run.client.push(Timed { at_ms, action });
             run.client.sort_by_key(|t| t.at_ms);
         }
+        if draws.chance(8) {
+            run.steps.push(Step::Fail);
+        }
         if draws.chance(20) {
-            let at = draws.below(run.steps.len() as u64 + 1) as usize;
+            let at = draws.below(run.steps.len() as u64) as usize;
             let until_ms = draws.pick(&[800, 2_500, 6_000]);
             run.steps.insert(at, Step::TransientBug { until_ms });
         }
