@@ -45,6 +45,8 @@ pub struct SimStorage {
     faults_on: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
     write_attempts: Arc<AtomicU64>,
+    /// Rows torn on purpose (`tear_a_row`).
+    torn_rows: Arc<AtomicU64>,
     /// Where the world records storage faults, and its start (for their times).
     fault_trace: Arc<Mutex<Option<TraceSink>>>,
 }
@@ -67,6 +69,7 @@ impl SimStorage {
             faults_on: Arc::new(AtomicBool::new(false)),
             writes: Arc::new(AtomicU64::new(0)),
             write_attempts: Arc::new(AtomicU64::new(0)),
+            torn_rows: Arc::new(AtomicU64::new(0)),
             fault_trace: Arc::new(Mutex::new(None)),
         }
     }
@@ -139,7 +142,13 @@ impl SimStorage {
             claim: None,
         };
         self.durable.apply(batch).expect("a torn run's id is fresh");
+        self.torn_rows.fetch_add(1, Ordering::Relaxed);
         run_id
+    }
+
+    /// Rows torn on purpose so far.
+    pub fn torn_rows(&self) -> u64 {
+        self.torn_rows.load(Ordering::Relaxed)
     }
 
     /// Writes asked for (committed or not).
