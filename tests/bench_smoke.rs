@@ -5,6 +5,8 @@
 // included together here, `common` is loaded once per benchmark.
 #![allow(clippy::duplicate_mod)]
 
+#[path = "../benches/buffered.rs"]
+mod buffered_bench;
 #[path = "../benches/memory.rs"]
 mod memory_bench;
 #[path = "../benches/replay.rs"]
@@ -85,4 +87,13 @@ async fn the_memory_benchmark_runs_and_reports_sane_figures() {
         "{line}"
     );
     positive(&line, "worker_rss_mb");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffered_signals_benchmark_runs_and_reports_sane_figures() {
+    let line = buffered_bench::run(true).await;
+    assert_eq!(line["signals"], 16, "1 MiB of 64 KiB signals");
+    for figure in ["signals_per_s", "first_ms", "last_ms"] {
+        positive(&line, figure);
+    }
 }

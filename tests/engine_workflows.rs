@@ -21,7 +21,9 @@ use retrace::api::{
 };
 use retrace::client::{ClientError, StartOptions};
 use retrace::engine::{EmbeddedEngine, ServiceConfig};
-use retrace::env::{Clock, Env, MemoryStorage, RunStatus, TokioClock};
+use retrace::env::{
+    BufferedWrite, Clock, Env, MemoryStorage, RunStatus, Storage, TokioClock, WriteBatch,
+};
 use retrace::history::{Event, EventKind, History, WorkflowTaskFailedCause};
 use retrace::types::Timestamp;
 use retrace::worker::{WorkerBuilder, WorkerStats};
@@ -1074,6 +1076,159 @@ async fn complete_workflow_task(
         .call(request)
         .await
         .expect("in-process calls arrive")
+}
+
+/// What one write did to the run's buffered events, and its state blob size.
+#[derive(Clone, Copy, Debug)]
+struct BufferedWriteSeen {
+    state_bytes: usize,
+    appended: usize,
+    cleared: bool,
+}
+
+/// Memory storage that records each write's buffered change.
+fn recording_buffered_writes() -> (Arc<HookedStorage>, Arc<Mutex<Vec<BufferedWriteSeen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let write: WriteHook = Box::new(move |inner, batch| {
+        log.lock().unwrap().push(BufferedWriteSeen {
+            state_bytes: batch.run.state.len(),
+            appended: batch.buffered.append.len(),
+            cleared: batch.buffered.clear,
+        });
+        let written = inner.apply(batch);
+        Box::pin(async move { written })
+    });
+    (
+        HookedStorage::new(Arc::new(MemoryStorage::new()), write),
+        seen,
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_buffered_while_a_task_runs_costs_one_row_and_survives_a_restart() {
+    let (storage, seen) = recording_buffered_writes();
+    let engine = EmbeddedEngine::start(storage.clone(), ServiceConfig::default())
+        .await
+        .unwrap();
+    let engine = TestEngine {
+        engine,
+        registry: registry(),
+    };
+    let client = engine.client();
+    let handle = client
+        .start::<AwaitSignal>(StartOptions::new("rows", "raw"), ())
+        .await
+        .unwrap();
+    let _held = poll_workflow_task(&engine, "raw").await;
+    let payload = "x".repeat(10_000);
+    for n in 0..3 {
+        handle
+            .signal("finish", format!("{n}{payload}"))
+            .await
+            .unwrap();
+    }
+    let signals: Vec<BufferedWriteSeen> = seen.lock().unwrap()[2..].to_vec();
+    assert_eq!(signals.len(), 3, "one write per signal: {signals:?}");
+    for write in &signals {
+        assert_eq!((write.appended, write.cleared), (1, false), "{signals:?}");
+    }
+    assert!(
+        signals[2].state_bytes < signals[0].state_bytes + 1_000,
+        "the state blob does not carry the buffered signals: {signals:?}"
+    );
+
+    // A new service over the same storage (a restart) reads the rows back.
+    drop(engine);
+    let restarted = EmbeddedEngine::start(storage.inner.clone(), ServiceConfig::default())
+        .await
+        .unwrap();
+    let engine = TestEngine {
+        engine: restarted,
+        registry: registry(),
+    };
+    let worker = worker(&engine, "raw").start_two();
+    let handle = engine.client().handle::<String>("rows", None);
+    assert_eq!(handle.result().await.unwrap(), format!("0{payload}"));
+    worker.shutdown().await;
+    let history = handle.history().await.unwrap();
+    let signaled = history
+        .events()
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::WorkflowExecutionSignaled(_)))
+        .count();
+    assert_eq!(signaled, 3, "every buffered signal reached the history");
+    let rows = storage.inner.buffered(history.run_id());
+    assert!(rows.events.is_empty(), "the rows are cleared once written");
+    engine.check_histories().await;
+}
+
+/// Rewrites the run's stored state as an older build wrote it: the buffered
+/// events inside the state blob, no buffered rows.
+fn move_buffered_rows_into_the_blob(storage: &MemoryStorage, run_id: &str) {
+    let record = futures::executor::block_on(storage.read_run(run_id))
+        .unwrap()
+        .unwrap();
+    let rows = storage.buffered(run_id);
+    assert!(!rows.events.is_empty());
+    let mut state: Value = serde_json::from_slice(&record.state).unwrap();
+    state["buffered"] = serde_json::to_value(&rows.events).unwrap();
+    let mut run = record.clone();
+    run.version += 1;
+    run.state = serde_json::to_vec(&state).unwrap();
+    let batch = WriteBatch {
+        run,
+        expected_version: Some(record.version),
+        events: Vec::new(),
+        claim: None,
+        buffered: BufferedWrite {
+            clear: true,
+            append: Vec::new(),
+        },
+    };
+    storage.apply(batch).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn signals_an_older_build_buffered_inside_the_state_blob_are_delivered() {
+    let storage = Arc::new(MemoryStorage::new());
+    let engine = EmbeddedEngine::start(storage.clone(), ServiceConfig::default())
+        .await
+        .unwrap();
+    let engine = TestEngine {
+        engine,
+        registry: registry(),
+    };
+    let handle = engine
+        .client()
+        .start::<AwaitSignal>(StartOptions::new("old-blob", "raw"), ())
+        .await
+        .unwrap();
+    let _held = poll_workflow_task(&engine, "raw").await;
+    handle.signal("finish", "kept inline").await.unwrap();
+    let run_id = handle.describe().await.unwrap().run_id;
+    drop(engine);
+    move_buffered_rows_into_the_blob(&storage, &run_id);
+
+    let restarted = EmbeddedEngine::start(storage.clone(), ServiceConfig::default())
+        .await
+        .unwrap();
+    let engine = TestEngine {
+        engine: restarted,
+        registry: registry(),
+    };
+    let worker = worker(&engine, "raw").start_two();
+    let handle = engine.client().handle::<String>("old-blob", None);
+    let env = engine.engine.env().clone();
+    let result = env.timeout(600_000, handle.result()).await;
+    assert_eq!(
+        result
+            .expect("the signal kept inline reaches the workflow")
+            .unwrap(),
+        "kept inline"
+    );
+    worker.shutdown().await;
+    engine.check_histories().await;
 }
 
 #[tokio::test(start_paused = true)]

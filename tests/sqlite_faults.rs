@@ -81,6 +81,7 @@ fn create(run_id: &str) -> WriteBatch {
         expected_version: None,
         events,
         claim: None,
+        buffered: Default::default(),
     }
 }
 

@@ -59,6 +59,7 @@ fn create(run_id: &str, count: u64) -> WriteBatch {
         expected_version: None,
         events,
         claim: Some(claim),
+        buffered: Default::default(),
     }
 }
 
@@ -75,6 +76,7 @@ fn append(stored: &RunRecord, count: u64) -> WriteBatch {
         expected_version: Some(stored.version),
         events,
         claim: None,
+        buffered: Default::default(),
     }
 }
 
@@ -202,6 +204,7 @@ fn fresh_database_has_the_documented_schema_in_wal_mode() {
     let expected = [
         ("index", "runs_by_status"),
         ("index", "runs_by_workflow_type"),
+        ("table", "buffered_events"),
         ("table", "event_batches"),
         ("table", "runs"),
         ("table", "workflow_ids"),

@@ -284,7 +284,9 @@ impl Inner {
             expected_version: None,
             events,
             claim: Some(claim),
+            buffered: state.buffered.pending_write(),
         };
+        assert!(state.buffered.is_empty(), "a new run has nothing buffered");
         // Locked from before the write: once it commits, a request that finds
         // the run by its workflow id waits here, rather than loading it and
         // changing (even closing) it under a publish of the state as created.

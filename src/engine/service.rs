@@ -196,6 +196,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .expect("service locks are never held across a panic")
 }
 
+/// Reads of a run's record and buffered rows tried before giving up, when
+/// a write lands between them each time.
+const LOAD_ATTEMPTS_MAX: u32 = 3;
+
+fn changed_while_loading(run_id: &str) -> ServiceError {
+    let message = format!("run {run_id} changed while it was loaded; try again");
+    ServiceError::new(ErrorCode::Unavailable, message)
+}
+
 pub(super) fn decode_state(record: &RunRecord) -> Result<RunState, ServiceError> {
     serde_json::from_slice(&record.state).map_err(|e| {
         let message = format!("run {}: stored state does not decode: {e}", record.run_id);
@@ -325,13 +334,22 @@ impl Inner {
                 .await
                 .map_err(|e| unavailable(&e))?;
             for record in &page {
-                let state = match decode_state(record) {
+                let mut state = match decode_state(record) {
                     Ok(state) => state,
                     Err(error) => {
                         self.quarantine(&record.run_id, &error);
                         continue;
                     }
                 };
+                match self.join_buffered(&mut state, record.version).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(changed_while_loading(&record.run_id)),
+                    Err(error) if error.code == ErrorCode::DataCorrupt => {
+                        self.quarantine(&record.run_id, &error);
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                }
                 self.sync(&state);
                 let loaded = Loaded::stored(state, record.version);
                 self.insert_slot(
@@ -377,24 +395,9 @@ impl Inner {
             .clone();
         let mut guard = slot.lock_owned().await;
         if guard.loaded.is_none() {
-            let loaded = self.storage.read_run(run_id).await;
-            let record = match loaded {
-                Ok(Some(record)) => record,
-                Ok(None) => {
-                    self.forget(run_id);
-                    return Err(ServiceError::new(
-                        ErrorCode::NotFound,
-                        format!("no run with id {run_id:?}"),
-                    ));
-                }
-                Err(error) => return Err(unavailable(&error)),
-            };
-            let state = decode_state(&record).inspect_err(|error| {
-                self.forget(run_id);
-                self.quarantine(run_id, error);
-            })?;
+            let (state, version) = self.read_state(run_id).await?;
             self.sync(&state);
-            guard.loaded = Some(Loaded::stored(state, record.version));
+            guard.loaded = Some(Loaded::stored(state, version));
         }
         if guard
             .loaded
@@ -404,6 +407,64 @@ impl Inner {
             self.forget(run_id);
         }
         Ok(guard)
+    }
+
+    /// Reads run `run_id`'s record and buffered events from storage. A run
+    /// that cannot be decoded is quarantined.
+    async fn read_state(self: &Arc<Self>, run_id: &str) -> Result<(RunState, u64), ServiceError> {
+        for _ in 0..LOAD_ATTEMPTS_MAX {
+            let record = match self.storage.read_run(run_id).await {
+                Ok(Some(record)) => record,
+                Ok(None) => {
+                    self.forget(run_id);
+                    let message = format!("no run with id {run_id:?}");
+                    return Err(ServiceError::new(ErrorCode::NotFound, message));
+                }
+                Err(error) => return Err(unavailable(&error)),
+            };
+            let mut state = decode_state(&record).inspect_err(|error| {
+                self.forget(run_id);
+                self.quarantine(run_id, error);
+            })?;
+            let joined = self
+                .join_buffered(&mut state, record.version)
+                .await
+                .inspect_err(|error| {
+                    if error.code == ErrorCode::DataCorrupt {
+                        self.forget(run_id);
+                        self.quarantine(run_id, error);
+                    }
+                })?;
+            if joined {
+                return Ok((state, record.version));
+            }
+        }
+        Err(changed_while_loading(run_id))
+    }
+
+    /// Adds the run's buffered rows to its state decoded from the record of
+    /// `version`. Only a run whose workflow task is started has any. Returns
+    /// false if the rows belong to another version (a write landed between
+    /// the two reads).
+    async fn join_buffered(
+        &self,
+        state: &mut RunState,
+        version: u64,
+    ) -> Result<bool, ServiceError> {
+        if !state.workflow_task.is_started() {
+            return Ok(true);
+        }
+        let read = self
+            .storage
+            .read_buffered(&state.run_id)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if read.version != Some(version) {
+            return Ok(false);
+        }
+        let inline = std::mem::take(&mut state.buffered);
+        state.buffered = inline.with_rows(read.events);
+        Ok(true)
     }
 
     /// The slot of a run about to be created, locked (nobody else can know
@@ -579,7 +640,7 @@ impl Inner {
     async fn commit(
         self: &Arc<Self>,
         slot: &mut RunSlot,
-        next: RunState,
+        mut next: RunState,
         events: Vec<Event>,
     ) -> Result<(), ServiceError> {
         let loaded = slot.loaded.take().expect("commit follows a load");
@@ -594,11 +655,13 @@ impl Inner {
             expected_version: Some(loaded.version),
             events,
             claim: None,
+            buffered: next.buffered.pending_write(),
         };
         let run_id = next.run_id.clone();
         let outcome = self.write(batch).await;
         match outcome {
             Ok(()) => {
+                next.buffered.written();
                 self.after_commit(&next);
                 if !self.env.buggify("service.commit.drop_cache") {
                     let recent =

@@ -25,7 +25,8 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 
 use super::storage::{
-    ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch,
+    BufferedRead, BufferedWrite, ListQuery, RunRecord, RunStatus, Storage, StorageError,
+    WorkflowIdClaim, WriteBatch,
 };
 use crate::history::{Event, EventKind, HistoryBuilder, WorkflowExecutionSignaled};
 use crate::types::Timestamp;
@@ -69,6 +70,7 @@ pub async fn run_all(make: &dyn Fn() -> Arc<dyn Storage>) {
     concurrent_updates_of_one_run_admit_exactly_one(&*make()).await;
     refused_writes_among_concurrent_ones_fail_alone(&*make()).await;
     payload_near_one_mebibyte_round_trips(&*make()).await;
+    buffered_events_append_in_order_and_clear(&*make()).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -124,6 +126,7 @@ fn create_with(mut run: RunRecord, count: usize, previous_run_id: Option<&str>) 
         expected_version: None,
         events,
         claim: Some(claim),
+        buffered: BufferedWrite::none(),
     }
 }
 
@@ -139,6 +142,7 @@ fn append(stored: &RunRecord, count: usize) -> WriteBatch {
         expected_version: Some(stored.version),
         events,
         claim: None,
+        buffered: BufferedWrite::none(),
     }
 }
 
@@ -179,6 +183,13 @@ async fn current_run(storage: &dyn Storage, workflow_id: &str, property: &str) -
     }
 }
 
+async fn read_buffered(storage: &dyn Storage, run_id: &str, property: &str) -> BufferedRead {
+    match storage.read_buffered(run_id).await {
+        Ok(read) => read,
+        Err(error) => panic!("{property}: reading the buffered events of {run_id} failed: {error}"),
+    }
+}
+
 async fn list_runs(storage: &dyn Storage, query: ListQuery, property: &str) -> Vec<RunRecord> {
     match storage.list_runs(query.clone()).await {
         Ok(runs) => runs,
@@ -193,6 +204,7 @@ struct Snapshot {
     events: Vec<Event>,
     current_run: Option<String>,
     runs: Vec<RunRecord>,
+    buffered: BufferedRead,
 }
 
 async fn snapshot(
@@ -210,6 +222,7 @@ async fn snapshot(
         events: read_events(storage, run_id, 1, EVENTS_READ_MAX, property).await,
         current_run: current_run(storage, workflow_id, property).await,
         runs: list_runs(storage, all, property).await,
+        buffered: read_buffered(storage, run_id, property).await,
     }
 }
 
@@ -286,6 +299,12 @@ pub async fn unknown_run_reads_as_none_and_empty(storage: &dyn Storage) {
             events.is_empty(),
             "{property}: {round}: an unknown run has events"
         );
+        let buffered = read_buffered(storage, "run-unknown", property).await;
+        assert_eq!(
+            buffered,
+            BufferedRead::default(),
+            "{property}: {round}: an unknown run has buffered events"
+        );
         let current = current_run(storage, "wf-unknown", property).await;
         assert_eq!(
             current, None,
@@ -359,6 +378,7 @@ pub async fn created_run_reads_back_equal(storage: &dyn Storage) {
         expected_version: None,
         events: events.clone(),
         claim: Some(claim),
+        buffered: BufferedWrite::none(),
     };
     write_ok(storage, batch, property).await;
 
@@ -1239,5 +1259,101 @@ pub async fn payload_near_one_mebibyte_round_trips(storage: &dyn Storage) {
     assert!(
         stored_events == expected,
         "{property}: the large events read back differ"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Buffered events.
+
+/// A signal's event kind, as buffered.
+fn buffered_signal(name: &str) -> EventKind {
+    EventKind::WorkflowExecutionSignaled(WorkflowExecutionSignaled {
+        signal_name: name.to_string(),
+        input: json!({ "name": name }),
+        identity: "conformance".to_string(),
+    })
+}
+
+fn buffered_write(clear: bool, names: &[&str]) -> BufferedWrite {
+    BufferedWrite {
+        clear,
+        append: names.iter().map(|name| buffered_signal(name)).collect(),
+    }
+}
+
+/// Writes `buffered` in the next version of `stored` (no events), checks the
+/// run's buffered events are then `expected`, and returns the new record.
+async fn write_buffered(
+    storage: &dyn Storage,
+    stored: &RunRecord,
+    buffered: BufferedWrite,
+    expected: &[&str],
+    property: &str,
+) -> RunRecord {
+    let mut batch = append(stored, 0);
+    batch.buffered = buffered;
+    let run = batch.run.clone();
+    write_ok(storage, batch, property).await;
+    let read = read_buffered(storage, &run.run_id, property).await;
+    let expected: Vec<EventKind> = expected.iter().map(|name| buffered_signal(name)).collect();
+    assert_eq!(
+        read,
+        BufferedRead {
+            version: Some(run.version),
+            events: expected
+        },
+        "{property}: after version {}",
+        run.version
+    );
+    run
+}
+
+/// Buffered events are appended in order across batches, kept by a batch that
+/// does not touch them, cleared before a batch's own appends, read with the
+/// run's version, kept per run, and left as they were by a refused batch.
+pub async fn buffered_events_append_in_order_and_clear(storage: &dyn Storage) {
+    let property = "buffered_events_append_in_order_and_clear";
+    let mut created = create("run-buffered", 1);
+    created.buffered = buffered_write(false, &["a"]);
+    let mut run = created.run.clone();
+    write_ok(storage, created, property).await;
+    let mut other = create("run-other", 1);
+    other.buffered = buffered_write(false, &["other"]);
+    write_ok(storage, other, property).await;
+
+    run = write_buffered(
+        storage,
+        &run,
+        buffered_write(false, &["b", "c"]),
+        &["a", "b", "c"],
+        property,
+    )
+    .await;
+    run = write_buffered(
+        storage,
+        &run,
+        BufferedWrite::none(),
+        &["a", "b", "c"],
+        property,
+    )
+    .await;
+    let mut stale = append(&record("run-buffered", "wf-run-buffered"), 0);
+    stale.buffered = buffered_write(true, &["lost"]);
+    refuse(storage, stale, property).await;
+    run = write_buffered(
+        storage,
+        &run,
+        buffered_write(true, &["d"]),
+        &["d"],
+        property,
+    )
+    .await;
+    write_buffered(storage, &run, buffered_write(true, &[]), &[], property).await;
+
+    let kept = read_buffered(storage, "run-other", property).await;
+    assert_eq!(
+        kept.events,
+        [buffered_signal("other")],
+        "{property}: another run's"
     );
 }

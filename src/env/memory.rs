@@ -6,14 +6,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::BoxFuture;
-use super::storage::{ListQuery, RunRecord, Storage, StorageError, WriteBatch, check_batch};
-use crate::history::Event;
+use super::storage::{
+    BufferedRead, ListQuery, RunRecord, Storage, StorageError, WriteBatch, check_batch,
+};
+use crate::history::{Event, EventKind};
 
 #[derive(Clone, Debug, Default)]
 struct Tables {
     runs: BTreeMap<String, RunRecord>,
     events: BTreeMap<String, Vec<Event>>,
     workflow_ids: BTreeMap<String, String>,
+    buffered: BTreeMap<String, Vec<EventKind>>,
 }
 
 /// In-memory storage. Clones share the same data.
@@ -62,8 +65,27 @@ impl MemoryStorage {
             .entry(run_id.clone())
             .or_default()
             .extend(batch.events);
+        if batch.buffered.clear {
+            tables.buffered.remove(&run_id);
+        }
+        if !batch.buffered.append.is_empty() {
+            tables
+                .buffered
+                .entry(run_id.clone())
+                .or_default()
+                .extend(batch.buffered.append);
+        }
         tables.runs.insert(run_id, batch.run);
         Ok(())
+    }
+
+    /// The run's buffered events and record version, at once.
+    pub fn buffered(&self, run_id: &str) -> BufferedRead {
+        let tables = self.lock();
+        BufferedRead {
+            version: tables.runs.get(run_id).map(|run| run.version),
+            events: tables.buffered.get(run_id).cloned().unwrap_or_default(),
+        }
     }
 
     /// Number of runs stored.
@@ -136,5 +158,10 @@ impl Storage for MemoryStorage {
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
         let runs = self.list(&query);
         Box::pin(async move { Ok(runs) })
+    }
+
+    fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>> {
+        let read = self.buffered(run_id);
+        Box::pin(async move { Ok(read) })
     }
 }

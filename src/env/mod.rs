@@ -27,8 +27,8 @@ pub use memory::MemoryStorage;
 pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
 pub use sqlite::{SqliteOptions, SqliteStats, SqliteStorage};
 pub use storage::{
-    ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch,
-    check_batch,
+    BufferedRead, BufferedWrite, ListQuery, RunRecord, RunStatus, Storage, StorageError,
+    WorkflowIdClaim, WriteBatch, check_batch,
 };
 pub use tokio_env::{OsEntropy, TokioClock, TokioSpawner};
 pub use watch::Watch;

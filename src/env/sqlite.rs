@@ -65,10 +65,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::BoxFuture;
 use super::storage::{
-    ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim, WriteBatch,
-    check_batch,
+    BufferedRead, ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim,
+    WriteBatch, check_batch,
 };
-use crate::history::Event;
+use crate::history::{Event, EventKind};
 use crate::types::Timestamp;
 
 /// The schema, one migration per version: `MIGRATIONS[i]` takes the database
@@ -112,6 +112,14 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO event_batches (run_id, first_event_id, last_event_id, events)
         SELECT run_id, event_id, event_id, '[' || body || ']' FROM events;
     DROP TABLE events;
+",
+    "
+    CREATE TABLE buffered_events (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        seq INTEGER NOT NULL,
+        events TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) STRICT;
 ",
 ];
 
@@ -774,6 +782,8 @@ struct WriteJob {
     batch: WriteBatch,
     /// The batch's events as one JSON array; `None` if it has none.
     events: Option<String>,
+    /// The buffered events it appends as one JSON array; `None` if none.
+    buffered: Option<String>,
     /// The bytes the batch writes (event bodies and state), for the group bound.
     size_bytes: usize,
     reply: oneshot::Sender<Result<(), StorageError>>,
@@ -1237,8 +1247,61 @@ fn apply_batch(connection: &Connection, job: &WriteJob) -> Result<(), DbError> {
     if let Some(claim) = &batch.claim {
         upsert_claim(connection, claim, run_id)?;
     }
+    if batch.buffered.clear {
+        run_cached_with(
+            connection,
+            "DELETE FROM buffered_events WHERE run_id = ?1",
+            run_id,
+        )?;
+    }
+    if let Some(buffered) = &job.buffered {
+        insert_buffered(connection, run_id, buffered)?;
+    }
     assert!(!connection.is_autocommit());
     Ok(())
+}
+
+/// Runs a statement with the run id as its one parameter, through the cache.
+fn run_cached_with(connection: &Connection, sql: &str, run_id: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([run_id]).map(drop)
+}
+
+/// Appends one row of buffered events after the run's last.
+fn insert_buffered(connection: &Connection, run_id: &str, events: &str) -> Result<(), DbError> {
+    let mut statement = connection.prepare_cached(
+        "INSERT INTO buffered_events (run_id, seq, events) VALUES (?1, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM buffered_events WHERE run_id = ?1), ?2)",
+    )?;
+    let inserted = statement.execute(rusqlite::params![run_id, events])?;
+    assert_eq!(inserted, 1);
+    Ok(())
+}
+
+/// The run's record version and buffered events, in one read transaction.
+fn select_buffered(connection: &Connection, run_id: &str) -> Result<BufferedRead, DbError> {
+    let transaction = connection.unchecked_transaction()?;
+    let version = match select_run_header(&transaction, run_id)? {
+        Some(run) => Some(run.version),
+        None => None,
+    };
+    let mut statement = transaction
+        .prepare_cached("SELECT seq, events FROM buffered_events WHERE run_id = ?1 ORDER BY seq")?;
+    let mut rows = statement.query([run_id])?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let json: String = row.get(1)?;
+        let batch: Vec<EventKind> = serde_json::from_str(&json).map_err(|error| {
+            corrupt(format!(
+                "run {run_id}: buffered events row {seq}: bad JSON: {error}"
+            ))
+        })?;
+        events.extend(batch);
+    }
+    drop(rows);
+    drop(statement);
+    transaction.commit()?;
+    Ok(BufferedRead { version, events })
 }
 
 /// A u64 as SQLite's i64, or a `BadBatch` naming the field.
@@ -1543,6 +1606,20 @@ fn encode_events(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
     ))
 }
 
+/// The buffered events the batch appends as one JSON array (`None` if none).
+fn encode_buffered(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
+    let append = &batch.buffered.append;
+    if append.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(append)
+        .map(Some)
+        .map_err(|error| StorageError::BadBatch {
+            run_id: batch.run.run_id.clone(),
+            reason: format!("buffered events do not encode as JSON: {error}"),
+        })
+}
+
 impl Storage for SqliteStorage {
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
         Box::pin(async move {
@@ -1550,11 +1627,15 @@ impl Storage for SqliteStorage {
                 return Err(error); // The writer is down: answer now, do not queue.
             }
             let events = encode_events(&batch)?;
+            let buffered = encode_buffered(&batch)?;
             let (reply, answer) = oneshot::channel();
-            let size_bytes = batch.run.state.len() + events.as_ref().map_or(0, String::len);
+            let size_bytes = batch.run.state.len()
+                + events.as_ref().map_or(0, String::len)
+                + buffered.as_ref().map_or(0, String::len);
             let job = WriteJob {
                 batch,
                 events,
+                buffered,
                 size_bytes,
                 reply,
             };
@@ -1600,6 +1681,14 @@ impl Storage for SqliteStorage {
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
         let doing = "cannot list runs".to_string();
         self.read(doing, move |connection| select_runs(connection, &query))
+    }
+
+    fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>> {
+        let run_id = run_id.to_string();
+        let doing = format!("cannot read the buffered events of run {run_id}");
+        self.read(doing, move |connection| {
+            select_buffered(connection, &run_id)
+        })
     }
 
     /// The writer's trouble: recovering after a failed commit, the file lost
@@ -1660,6 +1749,7 @@ mod tests {
             expected_version: None,
             events,
             claim: None,
+            buffered: Default::default(),
         }
     }
 
@@ -1675,6 +1765,7 @@ mod tests {
         let job = WriteJob {
             batch: broken,
             events: Some("[]".to_string()),
+            buffered: None,
             size_bytes: 2,
             reply,
         };

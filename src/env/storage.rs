@@ -5,11 +5,16 @@
 //! task; tasks and timers are derived from it, so they can never disagree with
 //! it). `write` returns `Ok` only once the batch is durable. Every write names the
 //! record version it expects, so a stale writer is refused, not merged.
+//!
+//! Events that arrive while a worker holds the run's workflow task wait, buffered,
+//! in rows of their own beside the record (as Temporal's `buffered_events`): a
+//! batch appends the new ones, or clears them once they are written to the
+//! history, so a write costs what it adds, not what is already buffered.
 
 use serde::{Deserialize, Serialize};
 
 use super::BoxFuture;
-use crate::history::Event;
+use crate::history::{Event, EventKind};
 use crate::types::Timestamp;
 
 /// Where a run is in its life.
@@ -109,6 +114,34 @@ pub struct WriteBatch {
     pub events: Vec<Event>,
     /// Workflow id to claim for this run, atomically with the rest.
     pub claim: Option<WorkflowIdClaim>,
+    /// Changes to the run's buffered events.
+    pub buffered: BufferedWrite,
+}
+
+/// What a batch does to the run's buffered events: clear them, then append.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BufferedWrite {
+    /// Remove every buffered event stored for the run first.
+    pub clear: bool,
+    /// Then append these, in order.
+    pub append: Vec<EventKind>,
+}
+
+impl BufferedWrite {
+    /// Leaves the buffered events as they are.
+    pub fn none() -> BufferedWrite {
+        BufferedWrite::default()
+    }
+}
+
+/// A run's buffered events and the record version they belong to, read in
+/// one snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BufferedRead {
+    /// The run's record version when read (`None`: no such run).
+    pub version: Option<u64>,
+    /// The buffered events, in the order appended.
+    pub events: Vec<EventKind>,
 }
 
 /// Which runs to list, and the page.
@@ -187,6 +220,8 @@ pub trait Storage: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>>;
     /// Runs matching `query`, ordered by run id.
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>>;
+    /// The run's buffered events with its record version, in one snapshot.
+    fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>>;
     /// `Err` with a reason an operator can act on while the storage cannot
     /// write (recovering from a failed commit, its file lost); `Ok` otherwise.
     fn health(&self) -> Result<(), String> {

@@ -144,4 +144,10 @@ impl Storage for HookedStorage {
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
         self.inner.list_runs(query)
     }
+    fn read_buffered(
+        &self,
+        run_id: &str,
+    ) -> BoxFuture<'_, Result<retrace::env::BufferedRead, StorageError>> {
+        self.inner.read_buffered(run_id)
+    }
 }

@@ -222,7 +222,8 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
         violations.extend(check_timers(&history, checks.tolerance, checks.attempts));
         violations.extend(check_attempts(&history, checks.attempts));
         violations.extend(retries::check_retries(&history, checks.attempts));
-        violations.extend(state::check_stored_state(&record, &history));
+        let rows = storage.buffered(&record.run_id);
+        violations.extend(state::check_stored_state(&record, &rows, &history));
         violations.extend(check_replay(
             checks.replayer,
             &history,

@@ -97,6 +97,7 @@ mod tests {
             expected_version: None,
             events: Vec::new(),
             claim: None,
+            buffered: Default::default(),
         };
         storage.apply(batch).expect("fresh run");
     }

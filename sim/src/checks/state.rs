@@ -17,6 +17,7 @@
 //! | open activities       | scheduled and not closed, with their scheduled attributes and cancel request |
 //! | open timers           | started, neither fired nor canceled, with their fire time    |
 //! | cancel requested      | a `WorkflowExecutionCancelRequested` (or one buffered)       |
+//! | buffered rows         | none unless a workflow task is started; signal bytes, closing activities and fired timers as the blob says |
 //!
 //! A lost write, or one applied on a stale version, leaves state and history
 //! disagreeing on one of these.
@@ -24,9 +25,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use retrace::api::RunOutcome;
-use retrace::engine::machine::{RunState, WorkflowTaskState};
-use retrace::env::{RunRecord, RunStatus};
-use retrace::history::{EventKind, History};
+use retrace::engine::machine::{Buffered, RunState, WorkflowTaskState};
+use retrace::env::{BufferedRead, RunRecord, RunStatus};
+use retrace::history::{EventKind, History, payload_size_bytes};
 use retrace::types::Timestamp;
 
 use super::{Violation, activities};
@@ -161,9 +162,14 @@ impl Diff {
     }
 }
 
-/// The stored record and state of a run equal what its history implies.
-pub fn check_stored_state(record: &RunRecord, history: &History) -> Option<Violation> {
-    let state = match serde_json::from_slice::<RunState>(&record.state) {
+/// The stored record, state and buffered rows of a run equal what its
+/// history implies.
+pub fn check_stored_state(
+    record: &RunRecord,
+    rows: &BufferedRead,
+    history: &History,
+) -> Option<Violation> {
+    let mut state = match serde_json::from_slice::<RunState>(&record.state) {
         Ok(state) => state,
         Err(error) => {
             let message = format!("the stored state does not decode: {error}");
@@ -173,11 +179,18 @@ pub fn check_stored_state(record: &RunRecord, history: &History) -> Option<Viola
     let mut diff = Diff {
         differences: Vec::new(),
     };
+    diff.holds(
+        "an old state blob's inline buffered events",
+        state.buffered.is_empty(),
+    );
+    diff.same("buffered rows' version", rows.version, Some(record.version));
+    state.buffered = Buffered::from_rows(rows.events.clone());
     compare_record(&mut diff, record, &state);
     compare_start(&mut diff, history, &state);
     compare_progress(&mut diff, history, &state);
     compare_activities(&mut diff, history, &state);
     compare_timers(&mut diff, history, &state);
+    compare_buffered(&mut diff, &state);
     if diff.differences.is_empty() {
         return None;
     }
@@ -349,6 +362,42 @@ fn compare_activities(diff: &mut Diff, history: &History, state: &RunState) {
     }
 }
 
+/// The buffered rows (in `state.buffered`) against what the blob says of them.
+fn compare_buffered(diff: &mut Diff, state: &RunState) {
+    let mut signal_bytes = 0;
+    let mut closing = BTreeSet::new();
+    let mut fired = BTreeSet::new();
+    for kind in &state.buffered {
+        match kind {
+            EventKind::WorkflowExecutionSignaled(a) => signal_bytes += payload_size_bytes(&a.input),
+            EventKind::ActivityTaskCompleted(a) => drop(closing.insert(a.scheduled_event_id)),
+            EventKind::ActivityTaskFailed(a) => drop(closing.insert(a.scheduled_event_id)),
+            EventKind::ActivityTaskTimedOut(a) => drop(closing.insert(a.scheduled_event_id)),
+            EventKind::ActivityTaskCanceled(a) => drop(closing.insert(a.scheduled_event_id)),
+            EventKind::TimerFired(a) => drop(fired.insert(a.timer_id.clone())),
+            _ => {}
+        }
+    }
+    diff.same(
+        "buffered signal bytes",
+        state.buffered_payload_bytes,
+        signal_bytes,
+    );
+    let stored_closing: BTreeSet<u64> = state
+        .closing_activities
+        .values()
+        .map(|c| c.scheduled_event_id)
+        .collect();
+    diff.same("buffered activity closes", stored_closing, closing);
+    let stored_fired: BTreeSet<String> = state
+        .timers
+        .iter()
+        .filter(|(_, t)| t.fired)
+        .map(|(id, _)| id.clone())
+        .collect();
+    diff.same("buffered timer fires", stored_fired, fired);
+}
+
 fn compare_timers(diff: &mut Diff, history: &History, state: &RunState) {
     let mut open = BTreeMap::new();
     for e in history.events() {
@@ -464,7 +513,7 @@ mod tests {
         snapshots
     }
 
-    fn stored(state: &RunState, events: &[Event]) -> (RunRecord, History) {
+    fn stored(state: &RunState, events: &[Event]) -> (RunRecord, BufferedRead, History) {
         let record = RunRecord {
             run_id: state.run_id.clone(),
             workflow_id: state.workflow_id.clone(),
@@ -478,14 +527,18 @@ mod tests {
             state: serde_json::to_vec(state).unwrap(),
         };
         let history = History::from_events("wf", "run-1", events.to_vec()).unwrap();
-        (record, history)
+        let rows = BufferedRead {
+            version: Some(1),
+            events: state.buffered.iter().cloned().collect(),
+        };
+        (record, rows, history)
     }
 
     #[test]
     fn the_state_after_every_transition_of_a_real_run_is_the_one_its_history_implies() {
         for (state, events) in driven_run() {
-            let (record, history) = stored(&state, &events);
-            assert_eq!(check_stored_state(&record, &history), None);
+            let (record, rows, history) = stored(&state, &events);
+            assert_eq!(check_stored_state(&record, &rows, &history), None);
         }
     }
 
@@ -494,8 +547,8 @@ mod tests {
         let snapshots = driven_run();
         let (state, _) = &snapshots[2];
         let (_, older_events) = &snapshots[1];
-        let (record, history) = stored(state, older_events);
-        let violation = check_stored_state(&record, &history).expect("caught");
+        let (record, rows, history) = stored(state, older_events);
+        let violation = check_stored_state(&record, &rows, &history).expect("caught");
         assert_eq!(violation.invariant, "stored state");
         assert!(violation.message.contains("open activities"), "{violation}");
     }
@@ -505,10 +558,59 @@ mod tests {
         let snapshots = driven_run();
         let (stale_state, _) = &snapshots[1];
         let (_, events) = &snapshots[3];
-        let (record, history) = stored(stale_state, events);
-        let violation = check_stored_state(&record, &history).expect("caught");
+        let (record, rows, history) = stored(stale_state, events);
+        let violation = check_stored_state(&record, &rows, &history).expect("caught");
         assert!(violation.message.contains("next event id"), "{violation}");
         assert!(violation.message.contains("open timers"), "{violation}");
+    }
+
+    /// The run of [`driven_run`] after its workflow task started, with two
+    /// signals buffered while the task runs.
+    fn run_with_buffered_signals() -> (RunState, Vec<Event>) {
+        let (mut state, mut events) = driven_run().swap_remove(1);
+        assert!(state.workflow_task.is_started());
+        for (at_ms, id) in [(6, "signal-1"), (7, "signal-2")] {
+            step(&mut state, &mut events, at_ms, |step| {
+                run::on_signal(step, "go", json!({ "id": id }), "client", id).unwrap();
+            });
+        }
+        assert_eq!(state.buffered.len(), 2);
+        (state, events)
+    }
+
+    #[test]
+    fn buffered_rows_that_match_the_blob_pass() {
+        let (state, events) = run_with_buffered_signals();
+        let (record, rows, history) = stored(&state, &events);
+        assert_eq!(check_stored_state(&record, &rows, &history), None);
+    }
+
+    #[test]
+    fn a_lost_append_of_a_buffered_signal_is_caught() {
+        let (state, events) = run_with_buffered_signals();
+        let (record, mut rows, history) = stored(&state, &events);
+        rows.events.pop();
+        let violation = check_stored_state(&record, &rows, &history).expect("caught");
+        assert!(
+            violation.message.contains("buffered signal bytes"),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn buffered_rows_left_after_the_task_ended_are_caught() {
+        let (state, events) = driven_run().swap_remove(2);
+        assert!(!state.workflow_task.is_started());
+        let (record, mut rows, history) = stored(&state, &events);
+        let (buffered, _) = run_with_buffered_signals();
+        rows.events = buffered.buffered.iter().cloned().collect();
+        let violation = check_stored_state(&record, &rows, &history).expect("caught");
+        assert!(
+            violation
+                .message
+                .contains("events are buffered while no workflow task is started"),
+            "{violation}"
+        );
     }
 
     type Tamper = fn(&mut RunState);
@@ -533,8 +635,8 @@ mod tests {
         for (what, tamper) in tampers {
             let mut tampered = state.clone();
             tamper(&mut tampered);
-            let (record, history) = stored(&tampered, &events);
-            let violation = check_stored_state(&record, &history).expect(what);
+            let (record, rows, history) = stored(&tampered, &events);
+            let violation = check_stored_state(&record, &rows, &history).expect(what);
             assert!(violation.message.contains(what), "{what}: {violation}");
         }
     }

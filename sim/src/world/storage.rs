@@ -15,7 +15,8 @@ use std::time::Duration;
 use futures::FutureExt;
 use madsim::rand::Rng;
 use retrace::env::{
-    BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch,
+    BoxFuture, BufferedRead, BufferedWrite, ListQuery, MemoryStorage, RunRecord, Storage,
+    StorageError, WriteBatch,
 };
 use retrace::history::Event;
 
@@ -140,6 +141,7 @@ impl SimStorage {
             expected_version: None,
             events: Vec::new(),
             claim: None,
+            buffered: BufferedWrite::none(),
         };
         self.durable.apply(batch).expect("a torn run's id is fresh");
         self.torn_rows.fetch_add(1, Ordering::Relaxed);
@@ -235,5 +237,9 @@ impl Storage for SimStorage {
 
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
         self.durable.list_runs(query)
+    }
+
+    fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>> {
+        self.durable.read_buffered(run_id)
     }
 }

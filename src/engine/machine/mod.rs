@@ -9,6 +9,7 @@
 //! is persisted can never disagree.
 
 pub mod activity;
+pub mod buffered;
 pub mod run;
 pub mod timer;
 pub mod workflow_task;
@@ -23,6 +24,7 @@ use crate::history::{ActivityTaskStarted, Event, EventKind, WorkflowTaskSchedule
 use crate::types::{Failure, Timestamp};
 
 pub use activity::{ActivityPhase, ActivityState, LastStarted};
+pub use buffered::Buffered;
 pub use workflow_task::WorkflowTaskState;
 
 /// Signal request ids remembered per run for de-duplication.
@@ -50,8 +52,15 @@ pub struct RunState {
     pub activities: BTreeMap<u64, ActivityState>,
     /// Open timers by timer id: (started event id, fire time).
     pub timers: BTreeMap<String, TimerState>,
-    /// Events that arrived while a workflow task was started; written after it closes.
-    pub buffered: Vec<EventKind>,
+    /// Events that arrived while a workflow task was started; written after it
+    /// closes. Stored in rows of their own, not in the state blob (old blobs
+    /// kept them inline; those are read).
+    #[serde(
+        default,
+        skip_serializing,
+        deserialize_with = "buffered::deserialize_inline"
+    )]
+    pub buffered: Buffered,
     /// Activities whose close is buffered (by activity id), still open in the history.
     pub closing_activities: BTreeMap<String, ClosingActivity>,
     pub cancel_requested: bool,
@@ -217,7 +226,7 @@ impl<'a> Step<'a> {
 
     /// Writes the buffered events (after a workflow task closed).
     pub fn flush_buffered(&mut self) {
-        let buffered = std::mem::take(&mut self.state.buffered);
+        let buffered = self.state.buffered.take();
         self.state.buffered_payload_bytes = 0;
         self.state.closing_activities.clear();
         self.state.timers.retain(|_, timer| !timer.fired);

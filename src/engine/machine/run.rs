@@ -85,7 +85,7 @@ pub fn start(
         previous_started_event_id: 0,
         activities: BTreeMap::new(),
         timers: BTreeMap::new(),
-        buffered: Vec::new(),
+        buffered: super::Buffered::default(),
         closing_activities: BTreeMap::new(),
         cancel_requested: false,
         signal_request_ids: VecDeque::new(),
