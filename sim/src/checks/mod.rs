@@ -27,6 +27,7 @@ pub mod quarantine;
 pub mod retries;
 pub mod state;
 pub mod timers;
+pub mod workflow_tasks;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -222,6 +223,7 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
         violations.extend(check_timers(&history, checks.tolerance, checks.attempts));
         violations.extend(check_attempts(&history, checks.attempts));
         violations.extend(retries::check_retries(&history, checks.attempts));
+        violations.extend(workflow_tasks::check_workflow_task_attempts(&history));
         let rows = storage.buffered(&record.run_id);
         violations.extend(state::check_stored_state(&record, &rows, &history));
         violations.extend(check_replay(

@@ -18,6 +18,10 @@
 //! | `Select`     | an activity raced against a timer; the loser is dropped (canceled)    |
 //! | `TransientBug` | workflow code that panics while the run is young: failed workflow tasks, backoff, retry |
 //!
+//! Half the runs also carry a *cancel probe*: an activity that heartbeats while
+//! it hangs, dropped by a race against a short timer while its attempt runs,
+//! and a timer past its start-to-close, so the cancel must land.
+//!
 //! Besides its steps, the client may send a run a *shaped* signal (a payload
 //! of exactly the byte or depth limit, one past it, or far past it) and start
 //! a workflow whose input is over a limit: what is within the limits must be
@@ -703,6 +707,11 @@ fn add_shaped_actions(seed: u64, runs: &mut [RunSpec]) {
             run.client.push(Timed { at_ms, action });
             run.client.sort_by_key(|t| t.at_ms);
         }
+        if draws.chance(50) {
+            let at = draws.below(run.steps.len() as u64 + 1) as usize;
+            let probe = cancel_probe(&format!("r{index}probe"));
+            run.steps.splice(at..at, probe);
+        }
         if draws.chance(8) {
             run.steps.push(Step::Fail);
         }
@@ -713,6 +722,40 @@ fn add_shaped_actions(seed: u64, runs: &mut [RunSpec]) {
         }
     }
 }
+
+/// A cancel that must land: an activity that heartbeats while it hangs loses
+/// a race against a short timer, so the workflow asks to cancel it while its
+/// attempt runs, then waits past the attempt's start-to-close. The cancel
+/// reaches the attempt with its next heartbeat's reply: in a calm world the
+/// activity closes canceled (`cancel_landed`), not by the timeout, and not
+/// failed.
+fn cancel_probe(tag: &str) -> [Step; 2] {
+    let activity = ActivitySpec {
+        tag: tag.to_string(),
+        timeouts: Timeouts {
+            start_to_close_ms: Some(PROBE_START_TO_CLOSE_MS),
+            heartbeat_ms: Some(300),
+            ..Timeouts::default()
+        },
+        retry: RetryPolicy::default().maximum_attempts(1),
+        script: vec![Behaviour::HangHeartbeating],
+        pad_bytes: 0,
+        cancellation: Cancellation::TryCancel,
+    };
+    assert!(terminates(&activity));
+    [
+        Step::Select {
+            activity,
+            timer_ms: 700,
+        },
+        Step::Timer {
+            duration_ms: PROBE_START_TO_CLOSE_MS + 1_000,
+        },
+    ]
+}
+
+/// Start-to-close of a cancel probe's activity.
+const PROBE_START_TO_CLOSE_MS: u64 = 4_000;
 
 fn run(draws: &mut Draws, index: usize) -> RunSpec {
     let workflow_id = format!("gen-{index}");
