@@ -336,7 +336,9 @@ fn shaped_actions(program: &Program, workflow_id: &str) -> Vec<ClientAction> {
         .filter(|a| {
             matches!(
                 a,
-                ClientAction::ShapedSignal { .. } | ClientAction::ShapedStart { .. }
+                ClientAction::ShapedSignal { .. }
+                    | ClientAction::ShapedStart { .. }
+                    | ClientAction::InvalidStart { .. }
             )
         })
         .collect()
@@ -386,6 +388,18 @@ fn over_limit_accepted(
     Some((log_of(id, action, Ok(None)), history.clone()))
 }
 
+/// A start with a flaw (blank id, zero timeout) acknowledged.
+fn invalid_start_accepted(
+    program: &Program,
+    history: &History,
+    id: &str,
+) -> Option<(ClientLog, History)> {
+    let action = shaped_actions(program, id)
+        .into_iter()
+        .find(|a| matches!(a, ClientAction::InvalidStart { .. }))?;
+    Some((log_of(id, action, Ok(None)), history.clone()))
+}
+
 /// A stored shaped signal whose payload is not the one sent.
 fn shaped_signal_altered(
     program: &Program,
@@ -411,10 +425,12 @@ fn shaped_signal_altered(
 }
 
 #[test]
-fn the_model_rejects_payloads_refused_within_the_limits_or_accepted_over_them() {
-    let lies: [(&str, ShapeLie); 3] = [
+fn the_model_rejects_payloads_refused_within_the_limits_or_accepted_over_them_and_flawed_starts_accepted()
+ {
+    let lies: [(&str, ShapeLie); 4] = [
         ("a payload within the limits refused", within_limits_refused),
         ("a payload over a limit accepted", over_limit_accepted),
+        ("a start with a flaw accepted", invalid_start_accepted),
         ("a stored shaped signal altered", shaped_signal_altered),
     ];
     let caught = Arc::new(Mutex::new(BTreeSet::new()));
@@ -445,5 +461,5 @@ fn the_model_rejects_payloads_refused_within_the_limits_or_accepted_over_them() 
     });
     assert_every_seed_passes(simulation, 0..40);
     let caught = caught.lock().expect("caught lock");
-    assert_eq!(caught.len(), 3, "lies tried and caught: {caught:?}");
+    assert_eq!(caught.len(), 4, "lies tried and caught: {caught:?}");
 }

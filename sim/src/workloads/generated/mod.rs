@@ -42,7 +42,7 @@ use retrace::client::StartOptions;
 use crate::{KvStore, SimClient, Simulation, Swarm};
 use interpreter::{Interpreter, PlantedBug, QUERY_PROGRESS, Scripted};
 use model::{ClientLog, ClientRecord, Described, Observed};
-use program::{ClientAction, PAYLOAD_BYTES_MAX, Program, WORKERS, calm_from_salt};
+use program::{ClientAction, PAYLOAD_BYTES_MAX, Program, StartFlaw, WORKERS, calm_from_salt};
 
 /// Length of the safety phase of the `generated` workload.
 pub const SAFETY_MS: u64 = 15_000;
@@ -250,6 +250,19 @@ async fn act(
             .signal(workflow_id, None, name, shape.payload())
             .await
             .map(|()| None),
+        ClientAction::InvalidStart { workflow_id, flaw } => {
+            let mut options = StartOptions::new(flaw.workflow_id(workflow_id), "sim");
+            match flaw {
+                StartFlaw::BlankTaskQueue => options.task_queue = "  ".to_string(),
+                StartFlaw::ZeroExecutionTimeout => options.execution_timeout_ms = Some(0),
+                StartFlaw::ZeroWorkflowTaskTimeout => options.workflow_task_timeout_ms = Some(0),
+                StartFlaw::BlankWorkflowId => {}
+            }
+            client
+                .start_by_name(options, "interpreter", serde_json::Value::Null)
+                .await
+                .map(|_| None)
+        }
         ClientAction::ShapedStart { workflow_id, shape } => {
             let options = StartOptions::new(workflow_id, "sim");
             client

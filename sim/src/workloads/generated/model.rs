@@ -526,6 +526,7 @@ impl<'a> RunCheck<'a> {
                 ));
             }
         }
+        self.check_invalid_starts();
         for timed in &self.spec.client {
             let ClientAction::ShapedStart { workflow_id, shape } = &timed.action else {
                 continue;
@@ -535,6 +536,33 @@ impl<'a> RunCheck<'a> {
             if runs > 0 {
                 self.problem(format!(
                     "a start of {workflow_id} with an input of shape {shape:?} (over a limit) was stored: {runs} run(s)"
+                ));
+            }
+        }
+    }
+
+    /// A start with a flaw is refused as invalid, naming what is wrong, and
+    /// no run has its workflow id.
+    fn check_invalid_starts(&mut self) {
+        let records = self.observed.client.get(&self.spec.workflow_id);
+        for record in records.into_iter().flatten() {
+            let ClientAction::InvalidStart { workflow_id, flaw } = &record.action else {
+                continue;
+            };
+            match &record.result {
+                Ok(_) => self.problem(format!("a start with {flaw:?} was accepted")),
+                Err(error) if !error.contains(flaw.refusal_marker()) => self.problem(format!(
+                    "a start with {flaw:?} was refused, but not as invalid ({:?}): {error}",
+                    flaw.refusal_marker()
+                )),
+                Err(_) => {}
+            }
+            let id = flaw.workflow_id(workflow_id);
+            let stored = self.observed.histories.values();
+            let runs = stored.filter(|h| h.workflow_id() == id).count();
+            if runs > 0 {
+                self.problem(format!(
+                    "a start of {id:?} with {flaw:?} was stored: {runs} run(s)"
                 ));
             }
         }
@@ -573,7 +601,7 @@ impl<'a> RunCheck<'a> {
                 ClientAction::ShapedSignal { name, shape } => {
                     shape.within_limits() && signals.contains_key(name.as_str())
                 }
-                ClientAction::ShapedStart { .. } => false,
+                ClientAction::ShapedStart { .. } | ClientAction::InvalidStart { .. } => false,
                 ClientAction::Describe => true,
             };
             if !took_effect {

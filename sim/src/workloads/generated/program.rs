@@ -25,7 +25,9 @@
 //! Besides its steps, the client may send a run a *shaped* signal (a payload
 //! of exactly the byte or depth limit, one past it, or far past it) and start
 //! a workflow whose input is over a limit: what is within the limits must be
-//! stored once, what is over must be refused and never stored.
+//! stored once, what is over must be refused and never stored. It may also
+//! start a workflow with a flaw the SDK would not send (blank ids, zero
+//! timeouts): refused as invalid, never stored.
 //!
 //! Every feature is named by [`Feature`]; [`Program::features`] lists those a
 //! program uses, so a test can show the grammar covers all of them.
@@ -220,6 +222,45 @@ pub enum ClientAction {
         workflow_id: String,
         shape: Shape,
     },
+    /// A start with a `flaw` the SDK's own checks would not send: refused
+    /// as invalid, never stored.
+    InvalidStart {
+        workflow_id: String,
+        flaw: StartFlaw,
+    },
+}
+
+/// What is wrong with an [`ClientAction::InvalidStart`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartFlaw {
+    /// A workflow id of blanks only (not empty, so it passes the edge).
+    BlankWorkflowId,
+    /// A task queue of blanks only.
+    BlankTaskQueue,
+    /// An execution timeout of 0 ms.
+    ZeroExecutionTimeout,
+    /// A workflow task timeout of 0 ms.
+    ZeroWorkflowTaskTimeout,
+}
+
+impl StartFlaw {
+    /// The workflow id the start uses (blanks for `BlankWorkflowId`).
+    pub fn workflow_id(self, workflow_id: &str) -> String {
+        match self {
+            StartFlaw::BlankWorkflowId => "   ".to_string(),
+            _ => workflow_id.to_string(),
+        }
+    }
+
+    /// Words the service's refusal must contain.
+    pub fn refusal_marker(self) -> &'static str {
+        match self {
+            StartFlaw::BlankWorkflowId | StartFlaw::BlankTaskQueue => "must not be empty",
+            StartFlaw::ZeroExecutionTimeout | StartFlaw::ZeroWorkflowTaskTimeout => {
+                "timeouts must be at least 1 ms"
+            }
+        }
+    }
 }
 
 /// A payload at or past one of the service's limits.
@@ -401,6 +442,7 @@ pub enum Feature {
     PayloadAtDepthLimit,
     PayloadTooDeep,
     RefusedStart,
+    InvalidStart,
     TransientWorkflowBug,
     WorkflowFails,
     Describe,
@@ -415,7 +457,7 @@ pub enum Feature {
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 47] = [
+pub const FEATURES: [Feature; 48] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -452,6 +494,7 @@ pub const FEATURES: [Feature; 47] = [
     Feature::PayloadAtDepthLimit,
     Feature::PayloadTooDeep,
     Feature::RefusedStart,
+    Feature::InvalidStart,
     Feature::TransientWorkflowBug,
     Feature::WorkflowFails,
     Feature::Describe,
@@ -573,6 +616,7 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             ClientAction::Signal { .. } => out.insert(Feature::SignalAfterListen),
             ClientAction::ShapedSignal { shape, .. } => out.insert(shape_feature(*shape)),
             ClientAction::ShapedStart { .. } => out.insert(Feature::RefusedStart),
+            ClientAction::InvalidStart { .. } => out.insert(Feature::InvalidStart),
             ClientAction::Describe => out.insert(Feature::Describe),
         };
     }
@@ -698,6 +742,20 @@ fn add_shaped_actions(seed: u64, runs: &mut [RunSpec]) {
                 shape,
             };
             let at_ms = draws.pick(&[0, 2_500]);
+            run.client.push(Timed { at_ms, action });
+        }
+        if draws.chance(15) {
+            let flaw = draws.pick(&[
+                StartFlaw::BlankWorkflowId,
+                StartFlaw::BlankTaskQueue,
+                StartFlaw::ZeroExecutionTimeout,
+                StartFlaw::ZeroWorkflowTaskTimeout,
+            ]);
+            let action = ClientAction::InvalidStart {
+                workflow_id: format!("gen-{index}-invalid"),
+                flaw,
+            };
+            let at_ms = draws.pick(&[0, 1_200]);
             run.client.push(Timed { at_ms, action });
         }
         run.client.sort_by_key(|t| t.at_ms);
