@@ -18,6 +18,7 @@
 //! | open timers           | started, neither fired nor canceled, with their fire time    |
 //! | cancel requested      | a `WorkflowExecutionCancelRequested` (or one buffered)       |
 //! | buffered rows         | none unless a workflow task is started; signal bytes, closing activities and fired timers as the blob says |
+//! | history payload bytes | the payloads of every event after `WorkflowExecutionStarted` (the service counts from there) |
 //!
 //! A lost write, or one applied on a stale version, leaves state and history
 //! disagreeing on one of these.
@@ -191,6 +192,7 @@ pub fn check_stored_state(
     compare_activities(&mut diff, history, &state);
     compare_timers(&mut diff, history, &state);
     compare_buffered(&mut diff, &state);
+    compare_payload_bytes(&mut diff, history, &state);
     if diff.differences.is_empty() {
         return None;
     }
@@ -362,6 +364,20 @@ fn compare_activities(diff: &mut Diff, history: &History, state: &RunState) {
     }
 }
 
+/// The running total the service bounds a history by (its payload bytes)
+/// against the payloads the history holds. The start's input is not in the
+/// total: the service counts from the first transition on.
+fn compare_payload_bytes(diff: &mut Diff, history: &History, state: &RunState) {
+    let bytes: u64 = history
+        .events()
+        .iter()
+        .filter(|e| !matches!(e.kind, EventKind::WorkflowExecutionStarted(_)))
+        .flat_map(|e| e.kind.payloads())
+        .map(payload_size_bytes)
+        .sum();
+    diff.same("history payload bytes", state.history_payload_bytes, bytes);
+}
+
 /// The buffered rows (in `state.buffered`) against what the blob says of them.
 fn compare_buffered(diff: &mut Diff, state: &RunState) {
     let mut signal_bytes = 0;
@@ -453,6 +469,9 @@ mod tests {
     ) {
         let mut step = Step::new(state, Timestamp(1_000_000 + at_ms), LIMITS);
         f(&mut step);
+        // What the service does after each transition.
+        let bytes = retrace::engine::machine::check_event_payloads(&step.events, LIMITS).unwrap();
+        step.state.history_payload_bytes += bytes;
         events.append(&mut step.events);
     }
 
@@ -609,6 +628,18 @@ mod tests {
             violation
                 .message
                 .contains("events are buffered while no workflow task is started"),
+            "{violation}"
+        );
+    }
+
+    #[test]
+    fn a_history_payload_total_that_misses_an_event_is_caught() {
+        let (mut state, events) = driven_run().pop().unwrap();
+        state.history_payload_bytes = 0;
+        let (record, rows, history) = stored(&state, &events);
+        let violation = check_stored_state(&record, &rows, &history).expect("caught");
+        assert!(
+            violation.message.contains("history payload bytes"),
             "{violation}"
         );
     }

@@ -353,7 +353,8 @@ impl<'a> RunCheck<'a> {
         }
     }
 
-    /// A workflow task fails in the code only where the program has a
+    /// The service never refuses the workflow's commands (`BadCommand`). A
+    /// workflow task fails in the code only where the program has a
     /// transient bug, and says so; after a code failure the next task comes
     /// only after the service's backoff for that attempt.
     fn check_task_failures(&mut self, history: &History) {
@@ -367,6 +368,15 @@ impl<'a> RunCheck<'a> {
             let EventKind::WorkflowTaskFailed(failed) = &event.kind else {
                 continue;
             };
+            if failed.cause == WorkflowTaskFailedCause::BadCommand {
+                // The interpreter's commands come from the SDK and are valid:
+                // a refusal is the service's mistake.
+                self.problem(format!(
+                    "the service refused the workflow's commands: {}",
+                    failed.failure.message
+                ));
+                continue;
+            }
             if failed.cause != WorkflowTaskFailedCause::WorkflowWorkerUnhandledFailure {
                 continue;
             }
