@@ -20,7 +20,6 @@ use retrace::api::{
     SignalWorkflowRequest, StartWorkflowRequest, WorkflowTask,
 };
 use retrace::client::{ClientError, StartOptions};
-use retrace::engine::{EmbeddedEngine, ServiceConfig};
 use retrace::env::{
     BufferedWrite, Clock, Env, MemoryStorage, RunStatus, Storage, TokioClock, WriteBatch,
 };
@@ -1108,13 +1107,7 @@ fn recording_buffered_writes() -> (Arc<HookedStorage>, Arc<Mutex<Vec<BufferedWri
 #[tokio::test(start_paused = true)]
 async fn a_signal_buffered_while_a_task_runs_costs_one_row_and_survives_a_restart() {
     let (storage, seen) = recording_buffered_writes();
-    let engine = EmbeddedEngine::start(storage.clone(), ServiceConfig::default())
-        .await
-        .unwrap();
-    let engine = TestEngine {
-        engine,
-        registry: registry(),
-    };
+    let engine = TestEngine::over(storage.clone(), registry()).await;
     let client = engine.client();
     let handle = client
         .start::<AwaitSignal>(StartOptions::new("rows", "raw"), ())
@@ -1140,13 +1133,7 @@ async fn a_signal_buffered_while_a_task_runs_costs_one_row_and_survives_a_restar
 
     // A new service over the same storage (a restart) reads the rows back.
     drop(engine);
-    let restarted = EmbeddedEngine::start(storage.inner.clone(), ServiceConfig::default())
-        .await
-        .unwrap();
-    let engine = TestEngine {
-        engine: restarted,
-        registry: registry(),
-    };
+    let engine = TestEngine::over(storage.inner.clone(), registry()).await;
     let worker = worker(&engine, "raw").start_two();
     let handle = engine.client().handle::<String>("rows", None);
     assert_eq!(handle.result().await.unwrap(), format!("0{payload}"));
@@ -1192,13 +1179,7 @@ fn move_buffered_rows_into_the_blob(storage: &MemoryStorage, run_id: &str) {
 #[tokio::test(start_paused = true)]
 async fn signals_an_older_build_buffered_inside_the_state_blob_are_delivered() {
     let storage = Arc::new(MemoryStorage::new());
-    let engine = EmbeddedEngine::start(storage.clone(), ServiceConfig::default())
-        .await
-        .unwrap();
-    let engine = TestEngine {
-        engine,
-        registry: registry(),
-    };
+    let engine = TestEngine::over(storage.clone(), registry()).await;
     let handle = engine
         .client()
         .start::<AwaitSignal>(StartOptions::new("old-blob", "raw"), ())
@@ -1210,13 +1191,7 @@ async fn signals_an_older_build_buffered_inside_the_state_blob_are_delivered() {
     drop(engine);
     move_buffered_rows_into_the_blob(&storage, &run_id);
 
-    let restarted = EmbeddedEngine::start(storage.clone(), ServiceConfig::default())
-        .await
-        .unwrap();
-    let engine = TestEngine {
-        engine: restarted,
-        registry: registry(),
-    };
+    let engine = TestEngine::over(storage.clone(), registry()).await;
     let worker = worker(&engine, "raw").start_two();
     let handle = engine.client().handle::<String>("old-blob", None);
     let env = engine.engine.env().clone();
@@ -1380,13 +1355,7 @@ fn slow_acks() -> Arc<HookedStorage> {
 #[tokio::test(start_paused = true)]
 async fn a_poll_dropped_while_its_workflow_task_start_is_written_does_not_strand_the_run() {
     let storage = slow_acks();
-    let engine = EmbeddedEngine::start(storage, ServiceConfig::default())
-        .await
-        .expect("the engine starts");
-    let engine = TestEngine {
-        engine,
-        registry: registry(),
-    };
+    let engine = TestEngine::over(storage, registry()).await;
     let client = engine.client();
     let mut options = StartOptions::new("dropped-poll", "raw");
     options.workflow_task_timeout_ms = Some(1_000);
@@ -2480,14 +2449,7 @@ async fn the_order_of_messages_workflow_runs_end_to_end_on_two_workers() {
 #[tokio::test(start_paused = true)]
 async fn a_workflow_task_scheduled_while_a_poller_waits_starts_in_the_same_write() {
     let storage = std::sync::Arc::new(retrace::env::MemoryStorage::new());
-    let config = retrace::engine::ServiceConfig::default();
-    let engine = retrace::engine::EmbeddedEngine::start(storage.clone(), config)
-        .await
-        .unwrap();
-    let engine = TestEngine {
-        engine,
-        registry: registry(),
-    };
+    let engine = TestEngine::over(storage.clone(), registry()).await;
     let worker = worker(&engine, "sync").start_two();
     // Let the worker's polls reach the service and wait there.
     engine.engine.env().sleep_ms(10).await;

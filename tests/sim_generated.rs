@@ -326,22 +326,17 @@ fn a_generated_seed_gives_the_same_run_twice() {
 /// the run has a shaped action it applies to.
 type ShapeLie = fn(&Program, &History, &str) -> Option<(ClientLog, History)>;
 
-fn shaped_actions(program: &Program, workflow_id: &str) -> Vec<ClientAction> {
-    let Some(run) = program.run(workflow_id) else {
-        return Vec::new();
-    };
+/// The first of the client's actions on run `workflow_id` that `keep` accepts.
+fn find_action(
+    program: &Program,
+    workflow_id: &str,
+    keep: impl Fn(&ClientAction) -> bool,
+) -> Option<ClientAction> {
+    let run = program.run(workflow_id)?;
     run.client
         .iter()
         .map(|t| t.action.clone())
-        .filter(|a| {
-            matches!(
-                a,
-                ClientAction::ShapedSignal { .. }
-                    | ClientAction::ShapedStart { .. }
-                    | ClientAction::InvalidStart { .. }
-            )
-        })
-        .collect()
+        .find(|a| keep(a))
 }
 
 fn log_of(
@@ -363,9 +358,11 @@ fn within_limits_refused(
     history: &History,
     id: &str,
 ) -> Option<(ClientLog, History)> {
-    let action = shaped_actions(program, id)
-        .into_iter()
-        .find(|a| matches!(a, ClientAction::ShapedSignal { shape, .. } if shape.within_limits()))?;
+    let action = find_action(
+        program,
+        id,
+        |a| matches!(a, ClientAction::ShapedSignal { shape, .. } if shape.within_limits()),
+    )?;
     let ClientAction::ShapedSignal { shape, .. } = &action else {
         return None;
     };
@@ -379,7 +376,7 @@ fn over_limit_accepted(
     history: &History,
     id: &str,
 ) -> Option<(ClientLog, History)> {
-    let action = shaped_actions(program, id).into_iter().find(|a| match a {
+    let action = find_action(program, id, |a| match a {
         ClientAction::ShapedSignal { shape, .. } | ClientAction::ShapedStart { shape, .. } => {
             !shape.within_limits()
         }
@@ -394,9 +391,9 @@ fn invalid_start_accepted(
     history: &History,
     id: &str,
 ) -> Option<(ClientLog, History)> {
-    let action = shaped_actions(program, id)
-        .into_iter()
-        .find(|a| matches!(a, ClientAction::InvalidStart { .. }))?;
+    let action = find_action(program, id, |a| {
+        matches!(a, ClientAction::InvalidStart { .. })
+    })?;
     Some((log_of(id, action, Ok(None)), history.clone()))
 }
 
@@ -406,10 +403,12 @@ fn shaped_signal_altered(
     history: &History,
     id: &str,
 ) -> Option<(ClientLog, History)> {
-    let names: Vec<String> = shaped_actions(program, id)
-        .into_iter()
-        .filter_map(|a| match a {
-            ClientAction::ShapedSignal { name, .. } => Some(name),
+    let names: Vec<String> = program
+        .run(id)?
+        .client
+        .iter()
+        .filter_map(|t| match &t.action {
+            ClientAction::ShapedSignal { name, .. } => Some(name.clone()),
             _ => None,
         })
         .collect();

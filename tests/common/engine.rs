@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use retrace::api::RunOutcome;
 use retrace::client::Client;
-use retrace::engine::EmbeddedEngine;
+use retrace::engine::{EmbeddedEngine, ServiceConfig};
 use retrace::env::{
     BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch,
 };
@@ -52,6 +52,14 @@ impl TestEngine {
         let engine = EmbeddedEngine::in_memory()
             .await
             .expect("an in-memory engine starts");
+        TestEngine { engine, registry }
+    }
+
+    /// An engine over `storage` with the default configuration.
+    pub async fn over(storage: Arc<dyn Storage>, registry: WorkflowRegistry) -> TestEngine {
+        let engine = EmbeddedEngine::start(storage, ServiceConfig::default())
+            .await
+            .expect("the engine starts");
         TestEngine { engine, registry }
     }
 
