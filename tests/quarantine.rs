@@ -76,3 +76,62 @@ async fn a_run_whose_state_cannot_be_read_is_quarantined_and_the_rest_are_served
     assert_eq!(described.status, RunStatus::Completed);
     worker.shutdown().await;
 }
+
+/// Holds the first workflow task on queue `queue` as a worker would.
+async fn hold_workflow_task(engine: &EmbeddedEngine, queue: &str) {
+    use retrace::api::{PollTaskRequest, PollWorkflowTaskResponse, Request, Response};
+    let request = Request::PollWorkflowTask(PollTaskRequest {
+        task_queue: queue.to_string(),
+        identity: "holder".to_string(),
+        workflow_types: Vec::new(),
+    });
+    for _ in 0..10 {
+        if let Ok(Ok(Response::PollWorkflowTask(PollWorkflowTaskResponse {
+            task: Some(_), ..
+        }))) = engine.env().network.call(request.clone()).await
+        {
+            return;
+        }
+    }
+    panic!("no workflow task on queue {queue}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_buffered_signals_cannot_be_read_is_quarantined_at_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("retrace.db");
+    let bad = {
+        let engine = engine(&path).await;
+        let client = engine.client();
+        let mut options = StartOptions::new("bad", "held");
+        options.workflow_task_timeout_ms = Some(3_600_000);
+        let bad = client
+            .start_by_name(options, "waits", json!(null))
+            .await
+            .unwrap();
+        hold_workflow_task(&engine, "held").await;
+        client.signal("bad", None, "go", "buffered").await.unwrap();
+        bad
+    };
+    {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let damaged = connection
+            .execute(
+                "UPDATE buffered_events SET events = '[{\"torn\"' WHERE run_id = ?1",
+                [&bad],
+            )
+            .unwrap();
+        assert_eq!(damaged, 1, "the signal waits in one buffered row");
+    }
+    let engine = engine(&path).await;
+    let reason = engine.service().quarantined().get(&bad).cloned();
+    let reason = reason.expect("the run is quarantined");
+    assert!(reason.contains("buffered events"), "{reason}");
+    let client = engine.client();
+    let refused = client.describe("bad", None).await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::DataCorrupt), "{refused}");
+    client
+        .start_by_name(StartOptions::new("after", "q"), "waits", json!(null))
+        .await
+        .expect("the service serves new runs");
+}

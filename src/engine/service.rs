@@ -334,22 +334,12 @@ impl Inner {
                 .await
                 .map_err(|e| unavailable(&e))?;
             for record in &page {
-                let mut state = match decode_state(record) {
-                    Ok(state) => state,
-                    Err(error) => {
-                        self.quarantine(&record.run_id, &error);
-                        continue;
-                    }
-                };
-                match self.join_buffered(&mut state, record.version).await {
-                    Ok(true) => {}
-                    Ok(false) => return Err(changed_while_loading(&record.run_id)),
-                    Err(error) if error.code == ErrorCode::DataCorrupt => {
-                        self.quarantine(&record.run_id, &error);
-                        continue;
-                    }
+                let state = match self.state_of(record).await {
+                    Ok(Some(state)) => state,
+                    Ok(None) => return Err(changed_while_loading(&record.run_id)),
+                    Err(error) if error.code == ErrorCode::DataCorrupt => continue,
                     Err(error) => return Err(error),
-                }
+                };
                 self.sync(&state);
                 let loaded = Loaded::stored(state, record.version);
                 self.insert_slot(
@@ -422,24 +412,29 @@ impl Inner {
                 }
                 Err(error) => return Err(unavailable(&error)),
             };
-            let mut state = decode_state(&record).inspect_err(|error| {
-                self.forget(run_id);
-                self.quarantine(run_id, error);
-            })?;
-            let joined = self
-                .join_buffered(&mut state, record.version)
-                .await
-                .inspect_err(|error| {
-                    if error.code == ErrorCode::DataCorrupt {
-                        self.forget(run_id);
-                        self.quarantine(run_id, error);
-                    }
-                })?;
-            if joined {
+            if let Some(state) = self.state_of(&record).await? {
                 return Ok((state, record.version));
             }
         }
         Err(changed_while_loading(run_id))
+    }
+
+    /// The run state of `record`, with its buffered rows; `None` if the rows
+    /// belong to another version. A run whose state or rows cannot be
+    /// decoded is quarantined (`DataCorrupt`).
+    async fn state_of(&self, record: &RunRecord) -> Result<Option<RunState>, ServiceError> {
+        let set_aside = |error: &ServiceError| {
+            if error.code == ErrorCode::DataCorrupt {
+                self.forget(&record.run_id);
+                self.quarantine(&record.run_id, error);
+            }
+        };
+        let mut state = decode_state(record).inspect_err(set_aside)?;
+        let joined = self
+            .join_buffered(&mut state, record.version)
+            .await
+            .inspect_err(set_aside)?;
+        Ok(joined.then_some(state))
     }
 
     /// Adds the run's buffered rows to its state decoded from the record of

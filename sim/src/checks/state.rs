@@ -386,12 +386,10 @@ fn compare_buffered(diff: &mut Diff, state: &RunState) {
     for kind in &state.buffered {
         match kind {
             EventKind::WorkflowExecutionSignaled(a) => signal_bytes += payload_size_bytes(&a.input),
-            EventKind::ActivityTaskCompleted(a) => drop(closing.insert(a.scheduled_event_id)),
-            EventKind::ActivityTaskFailed(a) => drop(closing.insert(a.scheduled_event_id)),
-            EventKind::ActivityTaskTimedOut(a) => drop(closing.insert(a.scheduled_event_id)),
-            EventKind::ActivityTaskCanceled(a) => drop(closing.insert(a.scheduled_event_id)),
-            EventKind::TimerFired(a) => drop(fired.insert(a.timer_id.clone())),
-            _ => {}
+            EventKind::TimerFired(a) => {
+                fired.insert(a.timer_id.clone());
+            }
+            kind => closing.extend(super::activity_closed_by(kind)),
         }
     }
     diff.same(
@@ -593,7 +591,7 @@ mod tests {
                 run::on_signal(step, "go", json!({ "id": id }), "client", id).unwrap();
             });
         }
-        assert_eq!(state.buffered.len(), 2);
+        assert_eq!(state.buffered.iter().count(), 2);
         (state, events)
     }
 

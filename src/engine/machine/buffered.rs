@@ -96,10 +96,6 @@ impl Buffered {
         self.events.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-
     pub fn iter(&self) -> Iter<'_> {
         self.events.iter().map(|kind| &**kind)
     }
