@@ -404,6 +404,38 @@ async fn an_error_marked_non_retryable_by_the_activity_is_not_retried() {
     engine.check_histories().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_result_over_the_payload_limit_fails_the_activity_once_naming_the_limit() {
+    let engine = TestEngine::new(registry()).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let limit = retrace::history::PAYLOAD_BYTES_MAX_DEFAULT as usize;
+    let huge = work(move |_, _| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok("x".repeat(limit)) }
+    });
+    let worker = engine
+        .engine
+        .worker("q")
+        .workflows(registry())
+        .activity(huge)
+        .start_two();
+    let options = ActivityOptions::default().start_to_close(Duration::from_secs(5));
+    let (result, history) = run_once(&engine, "huge", options).await;
+    assert!(
+        result.contains("NonRetryableFailure")
+            && result.contains("PayloadTooLarge")
+            && result.contains(&format!("more than the limit of {limit} bytes")),
+        "{result}"
+    );
+    assert_eq!(started_attempt(&history).0, 1, "not retried");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(events_of(&history, "ActivityTaskCompleted").is_empty());
+    assert!(events_of(&history, "ActivityTaskTimedOut").is_empty());
+    worker.shutdown().await;
+    engine.check_histories().await;
+}
+
 /// An activity that heartbeats until it is asked to stop, and records why.
 fn wait_for_cancel(env: Env, seen: Arc<Mutex<Option<CancelReason>>>) -> Work {
     work(move |ctx, _| {

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use retrace::history::{Event, EventKind, History};
 use retrace_sim::workloads::generated::interpreter::PlantedBug;
 use retrace_sim::workloads::generated::model::{self, ClientLog, ClientRecord, Observed};
-use retrace_sim::workloads::generated::program::{ClientAction, FEATURES, Program};
+use retrace_sim::workloads::generated::program::{
+    BUFFERED_PAYLOAD_BYTES_MAX, BURST_SIGNAL_BYTES, ClientAction, FEATURES, Program,
+    is_burst_signal,
+};
 use retrace_sim::workloads::generated::{self, SAFETY_MS, current_program};
 use retrace_sim::{EffectLedger, SeedResult, Simulation};
 
@@ -423,10 +426,64 @@ fn shaped_signal_altered(
     Some((ClientLog::new(), bad))
 }
 
+/// A burst's signal refused for the buffered limit when it fitted exactly.
+fn burst_refused_at_the_limit(
+    program: &Program,
+    history: &History,
+    id: &str,
+) -> Option<(ClientLog, History)> {
+    let action = find_action(
+        program,
+        id,
+        |a| matches!(a, ClientAction::ShapedSignal { name, .. } if is_burst_signal(name)),
+    )?;
+    let (max, bytes) = (BUFFERED_PAYLOAD_BYTES_MAX, BURST_SIGNAL_BYTES);
+    let held = max - bytes;
+    let error = format!(
+        "service error: ResourceExhausted: the run holds {held} bytes of signals while its workflow task runs; \
+         {bytes} more would pass the limit of {max} bytes: retry once the task completes"
+    );
+    Some((log_of(id, action, Err(error)), history.clone()))
+}
+
+/// A repeated signal (same request id) delivered a second time.
+fn repeated_signal_delivered_twice(
+    program: &Program,
+    history: &History,
+    id: &str,
+) -> Option<(ClientLog, History)> {
+    let ClientAction::RepeatSignal { name, .. } = find_action(program, id, |a| {
+        matches!(a, ClientAction::RepeatSignal { .. })
+    })?
+    else {
+        return None;
+    };
+    let signaled = |e: &Event| matches!(&e.kind, EventKind::WorkflowExecutionSignaled(_));
+    let events = history.events();
+    let original = events.iter().find(
+        |e| matches!(&e.kind, EventKind::WorkflowExecutionSignaled(s) if s.signal_name == name),
+    )?;
+    // Another signal's event becomes a second copy of the repeated one.
+    let other = events
+        .iter()
+        .position(|e| signaled(e) && e.event_id != original.event_id)?;
+    let copy = original.kind.clone();
+    let bad = tampered(history, other, |e| e.kind = copy.clone());
+    Some((ClientLog::new(), bad))
+}
+
 #[test]
 fn the_model_rejects_payloads_refused_within_the_limits_or_accepted_over_them_and_flawed_starts_accepted()
  {
-    let lies: [(&str, ShapeLie); 4] = [
+    let lies: [(&str, ShapeLie); 6] = [
+        (
+            "a burst signal refused at the buffered limit exactly",
+            burst_refused_at_the_limit,
+        ),
+        (
+            "a repeated signal delivered twice",
+            repeated_signal_delivered_twice,
+        ),
         ("a payload within the limits refused", within_limits_refused),
         ("a payload over a limit accepted", over_limit_accepted),
         ("a start with a flaw accepted", invalid_start_accepted),
@@ -460,5 +517,5 @@ fn the_model_rejects_payloads_refused_within_the_limits_or_accepted_over_them_an
     });
     assert_every_seed_passes(simulation, 0..40);
     let caught = caught.lock().expect("caught lock");
-    assert_eq!(caught.len(), 4, "lies tried and caught: {caught:?}");
+    assert_eq!(caught.len(), 6, "lies tried and caught: {caught:?}");
 }

@@ -794,6 +794,10 @@ async fn check_run(
         world.quarantined().as_ref(),
         world.storage.durable(),
     ));
+    violations.extend(check::buffered::check_buffered_limit(
+        &world.storage.buffered_signal_bytes(),
+        setup.nodes.service_config.buffered_payload_bytes_max,
+    ));
     let ledger = world.services.ledger();
     violations.extend(check::check_effects(&ledger, &stored.histories));
     violations.extend(check::check_later_attempts_acted(

@@ -808,7 +808,16 @@ impl Inner {
         Option<crate::types::Timestamp>,
     ) {
         let mut timers = lock(&self.timers);
-        let due = timers.pop_due(self.env.now());
+        let mut due = timers.pop_due(self.env.now());
+        // A timer woken before its deadline (as a clock that steps, or a
+        // coarse timer wheel, would wake it): the machines refuse to fire it
+        // early, and `fire_timer` queues it again.
+        if due.is_empty()
+            && timers.next_deadline().is_some()
+            && self.env.buggify("service.timer.fire_early")
+        {
+            due.extend(timers.pop_first());
+        }
         (due, timers.next_deadline())
     }
 }

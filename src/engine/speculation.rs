@@ -16,6 +16,7 @@
 //! |--------------------------------------------------------------|-------------------|
 //! | the worker serves the run's workflow task queue               | `OtherQueue`      |
 //! | the result is a completion (failures may retry: no task)      | `NotCompleted`    |
+//! | the result fits the payload limit (else the attempt fails)    | `OverLimit`       |
 //! | the token names the running attempt                           | `StaleToken`      |
 //! | the history has `next_event_id - 1` events (nothing arrived)  | `HistoryMoved`    |
 //! | no workflow task is scheduled, started or backing off         | `TaskPending`     |
@@ -42,6 +43,8 @@ pub(super) enum Refused {
     OtherQueue,
     /// The result is a failure or cancellation.
     NotCompleted,
+    /// The result passes the payload limit: the attempt fails instead.
+    OverLimit,
     /// The attempt is not running (the plain path says why).
     StaleToken,
     /// Events were written since the worker's view.
@@ -62,8 +65,8 @@ pub(super) struct Taken {
 }
 
 /// Records the result and the worker's workflow task in `step`, or refuses
-/// and leaves `step` untouched. Errors are the result's own (a stale token,
-/// a payload too large), as the plain path would return them.
+/// and leaves `step` untouched. Errors are the result's own (a stale token),
+/// as the plain path would return them.
 pub(super) fn on_result_with_workflow_task(
     step: &mut Step<'_>,
     token: &TaskToken,
@@ -119,8 +122,11 @@ fn check(
     speculation: &SpeculativeWorkflowTask,
 ) -> Result<(), Refused> {
     let state = &*step.state;
-    if !matches!(result, ActivityTaskResult::Completed(_)) {
+    let ActivityTaskResult::Completed(value) = result else {
         return Err(Refused::NotCompleted);
+    };
+    if step.check_payload("activity result", value).is_err() {
+        return Err(Refused::OverLimit);
     }
     if state.next_event_id != speculation.next_event_id {
         return Err(Refused::HistoryMoved {
@@ -311,6 +317,13 @@ mod tests {
     fn speculation_is_refused_for_a_failed_attempt() {
         let failed = ActivityTaskResult::Failed(crate::types::Failure::new("E", "boom"));
         assert_refused(&speculation(1_500, vec![]), failed, Refused::NotCompleted);
+    }
+
+    #[test]
+    fn speculation_is_refused_for_a_result_over_the_payload_limit() {
+        let bytes = LIMITS.payload_bytes_max as usize;
+        let over = ActivityTaskResult::Completed(json!("x".repeat(bytes)));
+        assert_refused(&speculation(1_500, vec![]), over, Refused::OverLimit);
     }
 
     #[test]

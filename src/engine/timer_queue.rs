@@ -61,23 +61,25 @@ impl TimerQueue {
     /// Removes and returns every timer due at `now`, earliest first.
     pub fn pop_due(&mut self, now: Timestamp) -> Vec<(String, TimerKey)> {
         let mut due = Vec::new();
-        while let Some((deadline, ..)) = self.heap.first() {
-            if *deadline > now {
-                break;
-            }
-            let (_, _, run_id, key) = self.heap.pop_first().expect("first exists");
-            let run = self
-                .by_run
-                .get_mut(&run_id)
-                .expect("a queued timer's run is indexed");
-            run.remove(&key).expect("a queued timer is indexed");
-            if run.is_empty() {
-                self.by_run.remove(&run_id);
-            }
-            due.push((run_id, key));
+        while self.next_deadline().is_some_and(|deadline| deadline <= now) {
+            due.extend(self.pop_first());
         }
         assert!(self.next_deadline().is_none_or(|next| next > now));
         due
+    }
+
+    /// Removes and returns the earliest timer, due or not.
+    pub fn pop_first(&mut self) -> Option<(String, TimerKey)> {
+        let (_, _, run_id, key) = self.heap.pop_first()?;
+        let run = self
+            .by_run
+            .get_mut(&run_id)
+            .expect("a queued timer's run is indexed");
+        run.remove(&key).expect("a queued timer is indexed");
+        if run.is_empty() {
+            self.by_run.remove(&run_id);
+        }
+        Some((run_id, key))
     }
 
     /// How many timers are queued.
@@ -123,6 +125,24 @@ mod tests {
         timers.insert("r", user("1"), Timestamp(100));
         assert!(timers.pop_due(Timestamp(99)).is_empty());
         assert_eq!(timers.pop_due(Timestamp(100)).len(), 1);
+    }
+
+    #[test]
+    fn pop_first_takes_the_earliest_timer_before_its_deadline() {
+        let mut timers = TimerQueue::default();
+        timers.insert("run-a", user("late"), Timestamp(200));
+        timers.insert("run-b", user("early"), Timestamp(100));
+        assert_eq!(
+            timers.pop_first(),
+            Some(("run-b".to_string(), user("early")))
+        );
+        assert_eq!(timers.next_deadline(), Some(Timestamp(200)));
+        assert_eq!(
+            timers.pop_first(),
+            Some(("run-a".to_string(), user("late")))
+        );
+        assert!(timers.is_empty());
+        assert_eq!(timers.pop_first(), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use retrace::api::ActivityTaskResult;
+use retrace::engine::machine::activity::RESULT_OVER_LIMIT;
 use retrace::history::{Event, EventKind, History};
 
 use super::{ActivityView, Violation, activities};
@@ -116,6 +117,15 @@ pub fn check_later_attempts_acted(
 /// What an attempt sent, compared with the close the service wrote for it.
 fn sent_matches(sent: &ActivityTaskResult, close: &EventKind) -> bool {
     match (sent, close) {
+        // A payload over the limit fails the attempt, naming its size.
+        (sent, EventKind::ActivityTaskFailed(f)) if f.failure.failure_type == RESULT_OVER_LIMIT => {
+            sent_payload(sent).is_some_and(|payload| {
+                let bytes = retrace::history::payload_size_bytes(payload);
+                f.failure
+                    .message
+                    .contains(&format!(" is {bytes} bytes, more than the limit"))
+            })
+        }
         (ActivityTaskResult::Completed(value), EventKind::ActivityTaskCompleted(c)) => {
             *value == c.result
         }
@@ -130,6 +140,15 @@ fn sent_matches(sent: &ActivityTaskResult, close: &EventKind) -> bool {
             *details == c.details
         }
         _ => false,
+    }
+}
+
+/// The payload a result carries, if any.
+fn sent_payload(sent: &ActivityTaskResult) -> Option<&serde_json::Value> {
+    match sent {
+        ActivityTaskResult::Completed(value) => Some(value),
+        ActivityTaskResult::Failed(failure) => failure.details.as_ref(),
+        ActivityTaskResult::Canceled(details) => details.as_ref(),
     }
 }
 

@@ -16,8 +16,10 @@
 //! | `outcomes.rs` | outcomes               | no run fails, times out or is terminated unless the scenario expects it |
 //! | `liveness.rs` | liveness               | every run closed once faults healed (a stuck run names its pending work) |
 //! | `liveness.rs` | no task lost           | no run is left with a task on the queue that no worker ever started |
+//! | `buffered.rs` | buffered limit         | no run ever buffered more signal bytes during a workflow task than the service's limit |
 //! | `capacity.rs` | capacity               | no worker ran more activities than its limit; the service never handed a worker more tasks than it offered room for |
 
+pub mod buffered;
 pub mod capacity;
 pub mod effects;
 pub mod history;

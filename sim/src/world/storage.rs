@@ -8,6 +8,7 @@
 //! timeout (an ambiguous commit the engine must tolerate). Reads see only
 //! durable data, as SQLite's readers do.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use retrace::env::{
     BoxFuture, BufferedRead, BufferedWrite, ListQuery, MemoryStorage, RunRecord, Storage,
     StorageError, WriteBatch,
 };
-use retrace::history::Event;
+use retrace::history::{Event, EventKind};
 
 use crate::faults::trace::FaultTrace;
 
@@ -50,6 +51,25 @@ pub struct SimStorage {
     torn_rows: Arc<AtomicU64>,
     /// Where the world records storage faults, and its start (for their times).
     fault_trace: Arc<Mutex<Option<TraceSink>>>,
+    /// Signal payload bytes each run's buffered rows hold now, and the most
+    /// they ever held (for the buffered-limit check).
+    buffered_signal_bytes: Arc<Mutex<BTreeMap<String, BufferedBytes>>>,
+}
+
+/// Signal payload bytes in a run's buffered rows: now, and at most.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BufferedBytes {
+    pub now: u64,
+    pub peak: u64,
+}
+
+/// Payload bytes of the signals among `events` (what the buffered limit counts).
+fn signal_bytes(events: &[EventKind]) -> u64 {
+    let inputs = events.iter().filter_map(|kind| match kind {
+        EventKind::WorkflowExecutionSignaled(signaled) => Some(&signaled.input),
+        _ => None,
+    });
+    inputs.map(retrace::history::payload_size_bytes).sum()
 }
 
 impl Default for SimStorage {
@@ -72,7 +92,34 @@ impl SimStorage {
             write_attempts: Arc::new(AtomicU64::new(0)),
             torn_rows: Arc::new(AtomicU64::new(0)),
             fault_trace: Arc::new(Mutex::new(None)),
+            buffered_signal_bytes: Arc::new(Mutex::new(BTreeMap::new())),
         }
+    }
+
+    /// Signal bytes in each run's buffered rows, now and at most (runs that
+    /// never buffered a signal are absent).
+    pub fn buffered_signal_bytes(&self) -> BTreeMap<String, BufferedBytes> {
+        self.buffered_signal_bytes
+            .lock()
+            .expect("buffered bytes lock")
+            .clone()
+    }
+
+    /// Follows a committed batch's buffered rows.
+    fn count_buffered(&self, run_id: &str, clear: bool, added: u64) {
+        let mut counts = self
+            .buffered_signal_bytes
+            .lock()
+            .expect("buffered bytes lock");
+        if !clear && added == 0 && !counts.contains_key(run_id) {
+            return;
+        }
+        let bytes = counts.entry(run_id.to_string()).or_default();
+        if clear {
+            bytes.now = 0;
+        }
+        bytes.now += added;
+        bytes.peak = bytes.peak.max(bytes.now);
     }
 
     /// Records this storage's faults in `trace`, timed from `start`.
@@ -196,7 +243,9 @@ impl SimStorage {
             return Err(StorageError::Io("simulated I/O error".to_string()));
         }
         let run_id = batch.run.run_id.clone();
+        let (clear, added) = (batch.buffered.clear, signal_bytes(&batch.buffered.append));
         self.durable.apply(batch)?;
+        self.count_buffered(&run_id, clear, added);
         self.writes.fetch_add(1, Ordering::Relaxed);
         if on
             && faults.ambiguous_rate > 0.0

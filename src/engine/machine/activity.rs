@@ -329,6 +329,25 @@ fn check_result_payloads(step: &Step<'_>, result: &ActivityTaskResult) -> Result
     }
 }
 
+/// Failure type of an attempt whose result passed the payload limits.
+pub const RESULT_OVER_LIMIT: &str = "PayloadTooLarge";
+
+/// The result, or, if its payloads pass the limits, a failure of the attempt
+/// that says so and is not retried (as Temporal's frontend does): the same
+/// code would return the same payload, and refusing it would leave the
+/// attempt to time out with the reason lost.
+fn within_limits(step: &Step<'_>, result: ActivityTaskResult) -> ActivityTaskResult {
+    match check_result_payloads(step, &result) {
+        Ok(()) => result,
+        Err(error) => ActivityTaskResult::Failed(Failure {
+            message: error.message,
+            failure_type: RESULT_OVER_LIMIT.to_string(),
+            non_retryable: true,
+            details: None,
+        }),
+    }
+}
+
 /// The worker reports how the attempt ended.
 pub fn on_result(
     step: &mut Step<'_>,
@@ -338,8 +357,7 @@ pub fn on_result(
 ) -> Result<(), ServiceError> {
     let activity = check_token(step.state, token)?.clone();
     let scheduled_event_id = activity.scheduled_event_id;
-    check_result_payloads(step, &result)?;
-    match result {
+    match within_limits(step, result) {
         ActivityTaskResult::Completed(result) => {
             let outcome = EventKind::ActivityTaskCompleted(ActivityTaskCompleted {
                 scheduled_event_id,

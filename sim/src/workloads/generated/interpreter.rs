@@ -106,6 +106,12 @@ impl Activity for Scripted {
                 let heartbeating = self.bug == Some(PlantedBug::SilentHangHeartbeats);
                 self.hang(&ctx, input.heartbeat_ms, heartbeating).await
             }
+            Behaviour::ReturnOversize => Ok(ScriptOutput {
+                tag: input.tag,
+                attempt,
+                seen_details,
+                pad: "x".repeat(super::program::PAYLOAD_BYTES_MAX as usize),
+            }),
             Behaviour::HeartbeatThenFail => {
                 ctx.heartbeat(&attempt);
                 let wait_ms = input

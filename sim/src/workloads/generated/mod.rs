@@ -140,7 +140,10 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
                     .run(workflow_id)
                     .is_some_and(program::RunSpec::gives_up)
         })
-        .service_config(|config| config.limits.payload_bytes_max = PAYLOAD_BYTES_MAX)
+        .service_config(|config| {
+            config.limits.payload_bytes_max = PAYLOAD_BYTES_MAX;
+            config.buffered_payload_bytes_max = program::BUFFERED_PAYLOAD_BYTES_MAX;
+        })
         .swarm(|swarm| {
             if calm_from_salt(swarm.clock_salt) {
                 *swarm = Swarm {
@@ -199,26 +202,90 @@ async fn scenario(client: SimClient, logs: Logs) -> anyhow::Result<()> {
         .collect();
     actions.sort_by_key(|(at_ms, _, _)| *at_ms);
     let mut now_ms = 0;
-    for (at_ms, workflow_id, action) in actions {
+    let mut rest = actions.as_slice();
+    while let Some(&(at_ms, workflow_id, _)) = rest.first() {
         client.sleep_ms(at_ms.saturating_sub(now_ms)).await;
         now_ms = now_ms.max(at_ms);
-        let (result, described) = match action {
-            ClientAction::Describe => match client.describe(workflow_id, None).await {
-                Ok(description) => (Ok(None), Some(Described::of(&description))),
-                Err(error) => (Err(error.to_string()), None),
-            },
-            _ => (act(&client, workflow_id, action).await, None),
-        };
-        let record = ClientRecord {
-            action: action.clone(),
-            result,
-            described,
-        };
+        // A burst's signals, sent at once.
+        let together = rest
+            .iter()
+            .take_while(|(at, id, a)| *at == at_ms && *id == workflow_id && is_burst(a))
+            .count()
+            .max(1);
+        let (batch, later) = rest.split_at(together);
+        rest = later;
+        let played = batch
+            .iter()
+            .map(|(_, id, action)| play(&client, id, action));
+        let records = futures::future::join_all(played).await;
         let mut logs = logs.lock().expect("logs lock");
         let log = logs.entry(program.seed).or_default();
-        log.entry(workflow_id.to_string()).or_default().push(record);
+        log.entry(workflow_id.to_string())
+            .or_default()
+            .extend(records);
     }
     Ok(())
+}
+
+fn is_burst(action: &ClientAction) -> bool {
+    matches!(action, ClientAction::ShapedSignal { name, .. } if program::is_burst_signal(name))
+}
+
+/// Plays one client action and records what came of it.
+async fn play(client: &SimClient, workflow_id: &str, action: &ClientAction) -> ClientRecord {
+    let (result, described) = match action {
+        ClientAction::Describe => match client.describe(workflow_id, None).await {
+            Ok(description) => (Ok(None), Some(Described::of(&description))),
+            Err(error) => (Err(error.to_string()), None),
+        },
+        _ => (act(client, workflow_id, action).await, None),
+    };
+    ClientRecord {
+        action: action.clone(),
+        result,
+        described,
+    }
+}
+
+/// Times a signal the workflow waits for is sent again after the service
+/// refused it for its buffered limit (the refusal says to retry).
+const SIGNAL_TRIES_MAX: u32 = 100;
+
+/// Sends signal `name` of the workflow's program with a request id of its
+/// own (the same on every try, so a repeat is recognised), retrying while
+/// the service's buffered limit refuses it.
+async fn signal_once(
+    client: &SimClient,
+    workflow_id: &str,
+    name: &str,
+    value: u64,
+) -> Result<(), retrace::client::ClientError> {
+    let request = retrace::api::SignalWorkflowRequest {
+        run: retrace::api::RunRef {
+            workflow_id: workflow_id.to_string(),
+            run_id: None,
+        },
+        signal_name: name.to_string(),
+        input: serde_json::json!(value),
+        request_id: format!("{workflow_id}/{name}"),
+        identity: "generated-client".to_string(),
+    };
+    let mut tries = 1;
+    loop {
+        let sent = client
+            .call(retrace::api::Request::SignalWorkflow(request.clone()))
+            .await;
+        match sent {
+            Err(error)
+                if error.code() == Some(retrace::api::ErrorCode::ResourceExhausted)
+                    && tries < SIGNAL_TRIES_MAX =>
+            {
+                tries += 1;
+                client.sleep_ms(100).await;
+            }
+            other => return other.map(drop),
+        }
+    }
 }
 
 /// One client action; a call that fails (the run closed, the service stayed
@@ -229,10 +296,14 @@ async fn act(
     action: &ClientAction,
 ) -> Result<Option<u64>, String> {
     let result = match action {
-        ClientAction::Signal { name, value } => client
-            .signal(workflow_id, None, name, value)
+        ClientAction::Signal { name, value } => signal_once(client, workflow_id, name, *value)
             .await
             .map(|()| None),
+        ClientAction::RepeatSignal { name, value } => {
+            signal_once(client, workflow_id, name, *value)
+                .await
+                .map(|()| None)
+        }
         ClientAction::Query => client
             .query::<u64>(workflow_id, None, QUERY_PROGRESS, ())
             .await

@@ -535,6 +535,11 @@ impl<'a> RunCheck<'a> {
                     record.action
                 ));
             }
+            if let Err(error) = &record.result
+                && let Some(problem) = unjustified_buffered_refusal(shape, error)
+            {
+                self.problem(problem);
+            }
         }
         self.check_invalid_starts();
         for timed in &self.spec.client {
@@ -604,7 +609,9 @@ impl<'a> RunCheck<'a> {
                 continue;
             }
             let took_effect = match &record.action {
-                ClientAction::Signal { name, .. } => signals.contains_key(name.as_str()),
+                ClientAction::Signal { name, .. } | ClientAction::RepeatSignal { name, .. } => {
+                    signals.contains_key(name.as_str())
+                }
                 ClientAction::Cancel => cancel_requested,
                 ClientAction::Terminate => terminated,
                 ClientAction::Query => true,
@@ -646,6 +653,38 @@ impl<'a> RunCheck<'a> {
             self.problem(format!("query progress {over} exceeds the {steps} steps"));
         }
     }
+}
+
+/// What is wrong with a refusal of a signal of `shape` for the buffered
+/// limit, if it is one: the bytes it names must be the signal's, the limit
+/// the workload's, and the two must pass the limit (a refusal at the limit
+/// exactly, or for bytes the run does not hold, is the service's mistake).
+fn unjustified_buffered_refusal(shape: Shape, error: &str) -> Option<String> {
+    let number_after = |marker: &str| -> Option<u64> {
+        let rest = &error[error.find(marker)? + marker.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    if !error.contains("bytes of signals while its workflow task runs") {
+        return None;
+    }
+    let (Some(held), Some(bytes), Some(max)) = (
+        number_after("holds "),
+        number_after("runs; "),
+        number_after("the limit of "),
+    ) else {
+        return Some(format!(
+            "a buffered-limit refusal without its figures: {error}"
+        ));
+    };
+    let size = retrace::history::payload_size_bytes(&shape.payload());
+    let limit = super::program::BUFFERED_PAYLOAD_BYTES_MAX;
+    let justified = bytes == size && max == limit && held <= max && held + bytes > max;
+    (!justified).then(|| {
+        format!(
+            "a signal of {size} bytes was refused for the buffered limit ({limit} bytes) without cause: {error}"
+        )
+    })
 }
 
 fn by_id(history: &History, event_id: u64) -> Option<&Event> {
@@ -781,6 +820,7 @@ fn failure_types(b: Behaviour, calm: bool) -> &'static [&'static str] {
         (Behaviour::FailNonRetryable, _) => &["NonRetryableError"],
         (Behaviour::FailListed, _) => &[super::program::LISTED_FAILURE_TYPE],
         (Behaviour::HeartbeatThenFail, _) => &["Flaky"],
+        (Behaviour::ReturnOversize, _) => &[retrace::engine::machine::activity::RESULT_OVER_LIMIT],
         (Behaviour::Succeed, false) => &["Unavailable"],
         (Behaviour::HangHeartbeating | Behaviour::HangSilent, false) => &["WorkerShutdown"],
         (_, true) => &[],

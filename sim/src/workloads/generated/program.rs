@@ -50,6 +50,14 @@ pub const SCRIPT_LEN_MAX: usize = 4;
 /// The service's payload limit in the `generated` workload (small, so that
 /// payloads near it are cheap to simulate).
 pub const PAYLOAD_BYTES_MAX: u64 = 12 * 1024;
+/// Payload bytes of each signal of a burst.
+pub const BURST_SIGNAL_BYTES: u64 = 4 * 1024;
+/// Signals of one burst.
+pub const BURST_SIGNALS: usize = 6;
+/// The service's limit on signal bytes buffered while a workflow task runs,
+/// in the `generated` workload: three burst signals exactly, so a third
+/// buffered one fits and a fourth is refused (both sides of the bound).
+pub const BUFFERED_PAYLOAD_BYTES_MAX: u64 = 3 * BURST_SIGNAL_BYTES;
 /// How far below the limit a "near the limit" payload stays.
 pub const PAYLOAD_SLACK_BYTES: usize = 256;
 /// The failure type retry policies may list as non-retryable.
@@ -78,6 +86,9 @@ pub enum Behaviour {
     /// service, then fails retryably (type `Flaky`): the next attempt must see
     /// the details.
     HeartbeatThenFail,
+    /// Returns a result over the service's payload limit: the service fails
+    /// the attempt (type `PayloadTooLarge`), not to be retried.
+    ReturnOversize,
 }
 
 impl Behaviour {
@@ -96,7 +107,10 @@ impl Behaviour {
 
     /// True if the attempt's failure stops the retries.
     pub fn stops_retries(self) -> bool {
-        matches!(self, Behaviour::FailNonRetryable | Behaviour::FailListed)
+        matches!(
+            self,
+            Behaviour::FailNonRetryable | Behaviour::FailListed | Behaviour::ReturnOversize
+        )
     }
 }
 
@@ -221,6 +235,13 @@ pub enum ClientAction {
     ShapedStart {
         workflow_id: String,
         shape: Shape,
+    },
+    /// The earlier [`ClientAction::Signal`] named `name` sent again with its
+    /// request id, as a client whose reply was lost retries it: answered,
+    /// never delivered twice.
+    RepeatSignal {
+        name: String,
+        value: u64,
     },
     /// A start with a `flaw` the SDK's own checks would not send: refused
     /// as invalid, never stored.
@@ -454,10 +475,13 @@ pub enum Feature {
     WorkerCapacityMany,
     CacheEviction,
     CalmWorld,
+    SignalBurst,
+    SignalRepeated,
+    ResultOverLimit,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 48] = [
+pub const FEATURES: [Feature; 51] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -506,6 +530,9 @@ pub const FEATURES: [Feature; 48] = [
     Feature::WorkerCapacityMany,
     Feature::CacheEviction,
     Feature::CalmWorld,
+    Feature::SignalBurst,
+    Feature::SignalRepeated,
+    Feature::ResultOverLimit,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -555,6 +582,7 @@ impl Program {
         let runs_count = 1 + draws.below(RUNS_MAX as u64) as usize;
         let mut runs: Vec<RunSpec> = (0..runs_count).map(|i| run(&mut draws, i)).collect();
         add_shaped_actions(seed, &mut runs);
+        add_pressure_actions(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
             .collect();
@@ -614,7 +642,11 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
                 out.insert(Feature::SignalBeforeListen)
             }
             ClientAction::Signal { .. } => out.insert(Feature::SignalAfterListen),
+            ClientAction::ShapedSignal { name, .. } if is_burst_signal(name) => {
+                out.insert(Feature::SignalBurst)
+            }
             ClientAction::ShapedSignal { shape, .. } => out.insert(shape_feature(*shape)),
+            ClientAction::RepeatSignal { .. } => out.insert(Feature::SignalRepeated),
             ClientAction::ShapedStart { .. } => out.insert(Feature::RefusedStart),
             ClientAction::InvalidStart { .. } => out.insert(Feature::InvalidStart),
             ClientAction::Describe => out.insert(Feature::Describe),
@@ -690,6 +722,7 @@ fn activity_features(a: &ActivitySpec, dropped: bool, out: &mut BTreeSet<Feature
             Behaviour::HangHeartbeating => Feature::ScriptHang,
             Behaviour::HangSilent => Feature::ScriptHangSilent,
             Behaviour::HeartbeatThenFail => Feature::ScriptHeartbeatThenFail,
+            Behaviour::ReturnOversize => Feature::ResultOverLimit,
         };
         out.insert(feature);
     }
@@ -715,6 +748,69 @@ fn shape(draws: &mut Draws) -> Shape {
         4 => Shape::Depth(depth_max + 1),
         _ => Shape::Depth(depth_max + 2 + draws.below(200)),
     }
+}
+
+/// True if `name` is the name of a burst's signal.
+pub fn is_burst_signal(name: &str) -> bool {
+    name.contains("-burst")
+}
+
+/// Bursts of signals (sent at once, so some arrive while a workflow task
+/// runs and are buffered up to the limit), and repeats of signals already
+/// sent, drawn from their own stream.
+fn add_pressure_actions(seed: u64, runs: &mut [RunSpec]) {
+    let mut draws = Draws(seed ^ 0x4255_5253_5452_4550);
+    for (index, run) in runs.iter_mut().enumerate() {
+        if draws.chance(35) {
+            let at_ms = draws.pick(&[50, 600, 2_000, 5_000]);
+            for signal in 0..BURST_SIGNALS {
+                let name = format!("r{index}-burst-{signal}");
+                let action = ClientAction::ShapedSignal {
+                    name,
+                    shape: Shape::Bytes(BURST_SIGNAL_BYTES),
+                };
+                run.client.push(Timed { at_ms, action });
+            }
+        }
+        let first_signal = run.client.iter().find_map(|t| match &t.action {
+            ClientAction::Signal { name, value } => Some((name.clone(), *value)),
+            _ => None,
+        });
+        if let Some((name, value)) = first_signal.filter(|_| draws.chance(40)) {
+            // After every other signal of the run, so a window that forgot
+            // older request ids would deliver it again.
+            let last_ms = run.client.iter().map(|t| t.at_ms).max().unwrap_or(0);
+            let at_ms = last_ms + draws.pick(&[10, 400]);
+            let action = ClientAction::RepeatSignal { name, value };
+            run.client.push(Timed { at_ms, action });
+        }
+        run.client.sort_by_key(|t| t.at_ms);
+        if draws.chance(20) {
+            // Before a last step that gives up, so the run still gives up.
+            let places = run.steps.len() + usize::from(!run.gives_up());
+            let at = draws.below(places as u64) as usize;
+            let activity = oversize_activity(&format!("r{index}oversize"));
+            run.steps.insert(at, Step::Activity(activity));
+        }
+    }
+}
+
+/// An activity whose result is over the payload limit: its first attempt
+/// fails, not to be retried.
+fn oversize_activity(tag: &str) -> ActivitySpec {
+    let activity = ActivitySpec {
+        tag: tag.to_string(),
+        timeouts: Timeouts {
+            start_to_close_ms: Some(5_000),
+            ..Timeouts::default()
+        },
+        retry: RetryPolicy::default(),
+        script: vec![Behaviour::ReturnOversize],
+        pad_bytes: 0,
+        cancellation: Cancellation::TryCancel,
+    };
+    assert!(terminates(&activity));
+    activity
 }
 
 /// Shaped signals, refused starts and transient bugs, drawn from their own
