@@ -198,7 +198,8 @@ impl Activity for Fails {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failure_details_over_the_payload_limit_are_refused_and_every_stored_history_validates() {
+async fn failure_details_over_the_payload_limit_fail_the_attempt_without_them_and_every_stored_history_validates()
+ {
     let engine = TestEngine::new(registry()).await;
     let worker = engine
         .engine
@@ -211,7 +212,6 @@ async fn failure_details_over_the_payload_limit_are_refused_and_every_stored_his
         .start_by_name(StartOptions::new("big", "q"), "calls_fails", json!(null))
         .await
         .unwrap();
-    // The failure cannot be recorded; the attempt times out instead.
     assert!(
         client
             .handle::<bool>("big", Some(&run_id))
@@ -223,11 +223,21 @@ async fn failure_details_over_the_payload_limit_are_refused_and_every_stored_his
         .history("big", Some(&run_id))
         .await
         .expect("the stored history validates");
+    // The details cannot be recorded: the attempt fails at once, saying why,
+    // without them (it does not wait for its timeout).
+    let failure = history.events().iter().find_map(|e| match &e.kind {
+        retrace::history::EventKind::ActivityTaskFailed(f) => Some(f.failure.clone()),
+        _ => None,
+    });
+    let failure = failure.expect("the activity failed");
+    assert_eq!(failure.failure_type, "PayloadTooLarge");
+    assert!(failure.non_retryable);
+    assert!(failure.details.is_none());
     assert!(
-        history
-            .events()
-            .iter()
-            .any(|e| e.kind.name() == "ActivityTaskTimedOut")
+        failure.message.contains("failure details is")
+            && failure.message.contains("more than the limit"),
+        "{}",
+        failure.message
     );
     worker.shutdown().await;
     engine.check_histories().await;

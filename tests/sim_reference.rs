@@ -20,8 +20,9 @@ fn the_simulators_storage_passes_the_storage_conformance_suite() {
 }
 
 /// Every BUGGIFY site in the engine, the worker and the simulated network.
-const BUGGIFY_SITES: [&str; 6] = [
+const BUGGIFY_SITES: [&str; 7] = [
     "service.commit.drop_cache",
+    "service.timer.fire_early",
     "service.poll.return_empty",
     "service.reply.delay",
     "service.workflow_task.lose_response",

@@ -2,7 +2,7 @@
 //! simulated services, a scenario and a seed range; `run()` simulates every
 //! seed and panics with a reproducible report at the first broken invariant.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
@@ -59,6 +59,8 @@ pub struct Setup {
     pub history_events_max: u64,
     /// The outcomes the scenario expects (`None`: completed or canceled).
     pub expected_outcomes: Option<check::outcomes::ExpectedOutcomes>,
+    /// Workflow types the scenario drives by hand (no code: not replayed).
+    pub raw_workflow_types: BTreeSet<String>,
 }
 
 /// The scenario's client: the engine's `Client` on the client node, retrying
@@ -142,6 +144,7 @@ impl Simulation {
                 steps_max: STEPS_MAX_DEFAULT,
                 history_events_max: HISTORY_EVENTS_MAX_DEFAULT,
                 expected_outcomes: None,
+                raw_workflow_types: BTreeSet::new(),
             },
             seeds: 0..100,
         }
@@ -152,6 +155,14 @@ impl Simulation {
         Arc::make_mut(&mut self.setup.nodes)
             .registry
             .register::<W>();
+        self
+    }
+
+    /// Declares workflow type `name` raw: the scenario runs it by hand over
+    /// the wire protocol, without workflow code, so its histories are checked
+    /// like any other but not replayed.
+    pub fn raw_workflow_type(mut self, name: &str) -> Self {
+        self.setup.raw_workflow_types.insert(name.to_string());
         self
     }
 
@@ -787,6 +798,7 @@ async fn check_run(
         attempts: &attempts,
         tolerance: &tolerance,
         expected: setup.expected_outcomes.as_ref(),
+        raw_types: &setup.raw_workflow_types,
     };
     let stored = check::check_stored_runs(world.storage.durable(), &checks).await;
     violations.extend(stored.violations);

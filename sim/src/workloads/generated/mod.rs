@@ -33,6 +33,7 @@
 pub mod interpreter;
 pub mod model;
 pub mod program;
+pub mod rogue;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ pub const SAFETY_MS: u64 = 15_000;
 /// Client logs by seed, shared by the scenario (which writes them) and the
 /// model's check (which reads them) of one simulation.
 type Logs = Arc<Mutex<BTreeMap<u64, ClientLog>>>;
+/// The rogue worker's logs by seed (calm seeds only), shared the same way.
+type RogueLogs = Arc<Mutex<BTreeMap<u64, rogue::RogueLog>>>;
 
 /// The `generated` scenario.
 pub fn generated() -> Simulation {
@@ -121,8 +124,11 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
     interpreter::quiet_transient_bug_panics();
     let logs: Logs = Arc::new(Mutex::new(BTreeMap::new()));
     let (scenario_logs, check_logs) = (logs.clone(), logs);
+    let rogue_logs: RogueLogs = Arc::new(Mutex::new(BTreeMap::new()));
+    let (scenario_rogue, check_rogue) = (rogue_logs.clone(), rogue_logs);
     Simulation::new(name)
         .workflow::<Interpreter>()
+        .raw_workflow_type(rogue::ROGUE_TYPE)
         .activity(move |node| Scripted {
             kv: node.service("kv"),
             env: node.env(),
@@ -158,7 +164,14 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
             options.activities_max = program.activities_max[index];
             options.cache_runs_max = program.cache_runs_max[index];
         })
-        .scenario(move |client| scenario(client, scenario_logs.clone()))
+        .scenario(move |client| {
+            let (logs, rogue_logs) = (scenario_logs.clone(), scenario_rogue.clone());
+            async move {
+                let rogue = play_rogue(&client, rogue_logs);
+                let (played, ()) = futures::join!(scenario(client.clone(), logs), rogue);
+                played
+            }
+        })
         .check(move |finished| {
             let program = Program::generate(current_seed());
             // Taken out: a long campaign keeps no log of a finished seed.
@@ -167,6 +180,14 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
                 .expect("logs lock")
                 .remove(&program.seed)
                 .unwrap_or_default();
+            let rogue_log = check_rogue.lock().expect("logs lock").remove(&program.seed);
+            if let Some(log) = rogue_log {
+                let history = finished
+                    .histories
+                    .values()
+                    .find(|h| h.workflow_id() == rogue::ROGUE_WORKFLOW_ID);
+                rogue::check(&log, history)?;
+            }
             let observed = Observed {
                 histories: &finished.histories,
                 outcomes: &finished.outcomes,
@@ -176,6 +197,16 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
             };
             model::check(&program, &observed)
         })
+}
+
+/// Plays the rogue worker in calm seeds (see [`rogue`]) and keeps its log.
+async fn play_rogue(client: &SimClient, logs: RogueLogs) {
+    let program = Program::generate(current_seed());
+    if !program.rogue() {
+        return;
+    }
+    let log = rogue::play(client).await;
+    logs.lock().expect("logs lock").insert(program.seed, log);
 }
 
 /// Starts every run, then plays the client's actions at their times.

@@ -478,10 +478,11 @@ pub enum Feature {
     SignalBurst,
     SignalRepeated,
     ResultOverLimit,
+    RogueWorker,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 51] = [
+pub const FEATURES: [Feature; 52] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -533,6 +534,7 @@ pub const FEATURES: [Feature; 51] = [
     Feature::SignalBurst,
     Feature::SignalRepeated,
     Feature::ResultOverLimit,
+    Feature::RogueWorker,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -605,11 +607,21 @@ impl Program {
         self.runs.iter().find(|r| r.workflow_id == workflow_id)
     }
 
+    /// True if a rogue worker plays beside the runs (every calm seed: there
+    /// each of its calls is answered once, so every answer is held to what
+    /// it must be).
+    pub fn rogue(&self) -> bool {
+        self.calm
+    }
+
     /// The features this program uses.
     pub fn features(&self) -> BTreeSet<Feature> {
         let mut out = BTreeSet::new();
         if self.calm {
             out.insert(Feature::CalmWorld);
+        }
+        if self.rogue() {
+            out.insert(Feature::RogueWorker);
         }
         if self.activities_max.contains(&1) {
             out.insert(Feature::WorkerCapacityOne);

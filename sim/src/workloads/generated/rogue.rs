@@ -1,0 +1,328 @@
+//! The rogue worker: a raw client of the wire protocol that runs one workflow
+//! by hand and sends, between valid completions, what the SDK never sends.
+//! The service must refuse each bad completion (`BadCommand`, the worker told
+//! why, nothing recorded but the failed task) and go on as if it had not
+//! been sent. It plays in calm seeds only: there every call is answered once,
+//! so each answer can be held to exactly what it must be.
+//!
+//! | step | the rogue sends                                              | the service must               |
+//! |-----:|--------------------------------------------------------------|--------------------------------|
+//! | 1    | `ScheduleActivityTask` with an empty activity type            | refuse: "must not be empty"    |
+//! | 2    | one with start-to-close 0 and no schedule-to-close            | refuse: "timeout is set"       |
+//! | 3    | two with the same activity id in one completion               | refuse: "already has this id"  |
+//! | 4    | a valid `ScheduleActivityTask`                                | accept                         |
+//! | 5    | its attempt 1 reports `Canceled`, never asked to              | record a failure and retry     |
+//! | 6    | (after a signal) `RequestCancelActivityTask` twice            | refuse: "already asked"        |
+//! | 7    | one `RequestCancelActivityTask`                               | accept                         |
+//! | 8    | attempt 2 reports `Canceled`, as asked                        | close the activity as canceled |
+//! | 9    | `CompleteWorkflowExecution`                                   | accept: the run completes      |
+//!
+//! The run has no workflow code (its type is raw: it is not replayed).
+
+use retrace::activity::RetryPolicy;
+use retrace::api::{
+    ActivityTask, ActivityTaskResult, CompleteWorkflowTaskRequest, PollTaskRequest, Request,
+    RespondActivityTaskRequest, Response, TaskToken, WorkflowTask,
+};
+use retrace::client::StartOptions;
+use retrace::history::{EventKind, History};
+use retrace::workflow::{Command, ScheduleActivityTask};
+use serde_json::json;
+
+use crate::SimClient;
+
+/// The rogue run's workflow type (no code runs it).
+pub const ROGUE_TYPE: &str = "rogue";
+/// Its workflow id.
+pub const ROGUE_WORKFLOW_ID: &str = "rogue";
+/// What the run returns.
+pub const ROGUE_RESULT: &str = "rogue done";
+/// Polls for one task before the rogue gives up.
+const POLLS_MAX: u32 = 3;
+const WORKFLOW_QUEUE: &str = "rogue";
+const ACTIVITY_QUEUE: &str = "rogue-activities";
+const IDENTITY: &str = "rogue-worker";
+
+/// One step of the protocol and what the service answered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Played {
+    pub step: &'static str,
+    /// What a refusal must say (`None`: the step must be accepted).
+    pub refusal: Option<&'static str>,
+    pub answer: Result<(), String>,
+}
+
+/// What the rogue did: every step, and whether it reached the end.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RogueLog {
+    pub played: Vec<Played>,
+    pub finished: bool,
+}
+
+/// Runs the protocol of the table above; a step the service does not answer
+/// as it must ends it (the log says where).
+pub async fn play(client: &SimClient) -> RogueLog {
+    let mut log = RogueLog::default();
+    let ended = protocol(client, &mut log).await;
+    log.finished = ended.is_ok();
+    log
+}
+
+async fn protocol(client: &SimClient, log: &mut RogueLog) -> Result<(), String> {
+    let options = StartOptions::new(ROGUE_WORKFLOW_ID, WORKFLOW_QUEUE);
+    client
+        .start_by_name(options, ROGUE_TYPE, json!(null))
+        .await
+        .map_err(|e| e.to_string())?;
+    let refusals: [(&'static str, &'static str, Vec<Command>); 3] = [
+        (
+            "empty activity type",
+            "must not be empty",
+            vec![schedule("")],
+        ),
+        (
+            "no close timeout",
+            "timeout is set",
+            vec![no_close_timeout()],
+        ),
+        (
+            "one activity id twice",
+            "already has this id",
+            vec![schedule("work"), schedule("work")],
+        ),
+    ];
+    for (step, marker, commands) in refusals {
+        complete(client, log, step, Some(marker), commands).await?;
+    }
+    complete(client, log, "schedule", None, vec![schedule("work")]).await?;
+    let first = poll_activity(client).await?;
+    let unasked = ActivityTaskResult::Canceled(None);
+    respond(client, log, "canceled unasked", &first.task_token, unasked).await?;
+    let second = poll_activity(client).await?;
+    client
+        .signal(ROGUE_WORKFLOW_ID, None, "go", json!(null))
+        .await
+        .map_err(|e| e.to_string())?;
+    let cancel = || Command::RequestCancelActivityTask {
+        activity_id: "a".to_string(),
+    };
+    let twice = vec![cancel(), cancel()];
+    complete(client, log, "cancel twice", Some("already asked"), twice).await?;
+    complete(client, log, "cancel", None, vec![cancel()]).await?;
+    let asked = ActivityTaskResult::Canceled(None);
+    respond(client, log, "canceled as asked", &second.task_token, asked).await?;
+    let result = json!(ROGUE_RESULT);
+    let close = vec![Command::CompleteWorkflowExecution { result }];
+    complete(client, log, "complete", None, close).await
+}
+
+/// A valid schedule of activity "a" of type `activity_type`, retried soon.
+fn schedule(activity_type: &str) -> Command {
+    Command::ScheduleActivityTask(ScheduleActivityTask {
+        activity_id: "a".to_string(),
+        activity_type: activity_type.to_string(),
+        task_queue: Some(ACTIVITY_QUEUE.to_string()),
+        input: json!(null),
+        schedule_to_close_timeout_ms: None,
+        schedule_to_start_timeout_ms: None,
+        start_to_close_timeout_ms: Some(60_000),
+        heartbeat_timeout_ms: None,
+        retry_policy: Some(RetryPolicy::default().initial_interval_ms(100)),
+    })
+}
+
+fn no_close_timeout() -> Command {
+    let Command::ScheduleActivityTask(mut attributes) = schedule("work") else {
+        unreachable!("schedule builds a ScheduleActivityTask")
+    };
+    attributes.start_to_close_timeout_ms = Some(0);
+    Command::ScheduleActivityTask(attributes)
+}
+
+/// Polls the run's next workflow task and completes it with `commands`;
+/// logs the answer, and fails if it is not the one the step must get.
+async fn complete(
+    client: &SimClient,
+    log: &mut RogueLog,
+    step: &'static str,
+    refusal: Option<&'static str>,
+    commands: Vec<Command>,
+) -> Result<(), String> {
+    let task = poll_workflow(client).await?;
+    let request = Request::CompleteWorkflowTask(CompleteWorkflowTaskRequest {
+        task_token: task.task_token,
+        commands,
+        identity: IDENTITY.to_string(),
+        eager_activities_max: 0,
+    });
+    let answer = client
+        .call(request)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    record(log, step, refusal, answer)
+}
+
+async fn respond(
+    client: &SimClient,
+    log: &mut RogueLog,
+    step: &'static str,
+    token: &TaskToken,
+    result: ActivityTaskResult,
+) -> Result<(), String> {
+    let request = Request::RespondActivityTask(RespondActivityTaskRequest {
+        task_token: token.clone(),
+        result,
+        identity: IDENTITY.to_string(),
+        eager_workflow_task_queue: None,
+        speculative_workflow_task: None,
+    });
+    let answer = client
+        .call(request)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string());
+    record(log, step, None, answer)
+}
+
+fn record(
+    log: &mut RogueLog,
+    step: &'static str,
+    refusal: Option<&'static str>,
+    answer: Result<(), String>,
+) -> Result<(), String> {
+    let as_it_must = match (&answer, refusal) {
+        (Ok(()), None) => true,
+        (Err(error), Some(marker)) => error.contains(marker),
+        _ => false,
+    };
+    log.played.push(Played {
+        step,
+        refusal,
+        answer,
+    });
+    as_it_must
+        .then_some(())
+        .ok_or_else(|| format!("step {step:?} was not answered as it must be"))
+}
+
+fn poll_request(task_queue: &str) -> PollTaskRequest {
+    PollTaskRequest {
+        task_queue: task_queue.to_string(),
+        identity: IDENTITY.to_string(),
+        workflow_types: Vec::new(),
+    }
+}
+
+async fn poll_workflow(client: &SimClient) -> Result<WorkflowTask, String> {
+    for _ in 0..POLLS_MAX {
+        let request = Request::PollWorkflowTask(poll_request(WORKFLOW_QUEUE));
+        match client.call(request).await.map_err(|e| e.to_string())? {
+            Response::PollWorkflowTask(answer) => {
+                if let Some(task) = answer.task {
+                    return Ok(task);
+                }
+            }
+            other => return Err(format!("unexpected answer to a poll: {other:?}")),
+        }
+    }
+    Err(format!("no workflow task after {POLLS_MAX} polls"))
+}
+
+async fn poll_activity(client: &SimClient) -> Result<ActivityTask, String> {
+    for _ in 0..POLLS_MAX {
+        let request = Request::PollActivityTask(poll_request(ACTIVITY_QUEUE));
+        match client.call(request).await.map_err(|e| e.to_string())? {
+            Response::PollActivityTask(answer) => {
+                if let Some(task) = answer.task {
+                    return Ok(task);
+                }
+            }
+            other => return Err(format!("unexpected answer to a poll: {other:?}")),
+        }
+    }
+    Err(format!("no activity task after {POLLS_MAX} polls"))
+}
+
+/// The rogue's log and its run's history say the service kept the protocol.
+pub fn check(log: &RogueLog, history: Option<&History>) -> Result<(), String> {
+    if !log.finished {
+        return Err(format!("the rogue worker stopped: {:?}", log.played));
+    }
+    let history = history.ok_or("the rogue run was not stored")?;
+    let events = history.events();
+    let bad_commands = events
+        .iter()
+        .filter(|e| {
+            matches!(&e.kind, EventKind::WorkflowTaskFailed(f)
+            if f.cause == retrace::history::WorkflowTaskFailedCause::BadCommand)
+        })
+        .count();
+    if bad_commands != 4 {
+        return Err(format!(
+            "the rogue sent 4 bad completions; the history records {bad_commands}"
+        ));
+    }
+    let started = events.iter().rev().find_map(|e| match &e.kind {
+        EventKind::ActivityTaskStarted(s) => Some(s),
+        _ => None,
+    });
+    let unasked_failed = started.is_some_and(|s| {
+        s.attempt == 2
+            && s.last_failure
+                .as_ref()
+                .is_some_and(|f| f.failure_type == "Canceled")
+    });
+    if !unasked_failed {
+        return Err(format!(
+            "an attempt that reported Canceled unasked must fail and be retried; the last attempt started is {started:?}"
+        ));
+    }
+    let asked = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::ActivityTaskCancelRequested(_)))
+        .count();
+    let canceled = events
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::ActivityTaskCanceled(_)));
+    let completed = matches!(history.close_event().map(|e| &e.kind),
+        Some(EventKind::WorkflowExecutionCompleted(c)) if c.result == json!(ROGUE_RESULT));
+    if asked != 1 || !canceled || !completed {
+        return Err(format!(
+            "expected one cancel request, the activity canceled and the run completed; got {asked} request(s), canceled: {canceled}, completed: {completed}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_completion_the_service_accepted_stops_the_rogue_and_fails_the_check() {
+        let mut log = RogueLog::default();
+        let stopped = record(
+            &mut log,
+            "empty activity type",
+            Some("must not be empty"),
+            Ok(()),
+        );
+        assert!(
+            stopped.is_err(),
+            "an accepted bad completion is not as it must be"
+        );
+        let error = check(&log, None).expect_err("the rogue stopped");
+        assert!(error.contains("empty activity type"), "{error}");
+    }
+
+    #[test]
+    fn a_refusal_that_does_not_say_why_is_not_as_it_must_be() {
+        let mut log = RogueLog::default();
+        let vague = Err("service error: InvalidArgument: no".to_string());
+        assert!(record(&mut log, "no close timeout", Some("timeout is set"), vague).is_err());
+        let named = Err("... neither start_to_close nor schedule_to_close timeout is set".into());
+        assert!(record(&mut log, "no close timeout", Some("timeout is set"), named).is_ok());
+        assert!(record(&mut log, "schedule", None, Err("refused".into())).is_err());
+    }
+}
