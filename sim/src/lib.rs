@@ -102,6 +102,7 @@
 //! - no run is stuck (a stuck run names the task it waits for); no worker
 //!   exceeded its capacity, and the service never handed a worker more tasks
 //!   than it offered room for;
+//! - no run ever buffered more signal bytes than the service's limit;
 //! - and your own `.check(...)`s.
 //!
 //! ## When a seed fails
