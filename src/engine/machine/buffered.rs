@@ -73,11 +73,6 @@ impl Buffered {
         events.into_iter().map(Arc::unwrap_or_clone).collect()
     }
 
-    pub fn clear(&mut self) {
-        self.forget_rows();
-        self.events.clear();
-    }
-
     /// Keeps the events `keep` accepts.
     pub fn retain(&mut self, mut keep: impl FnMut(&EventKind) -> bool) {
         let before = self.events.len();
@@ -205,10 +200,10 @@ mod tests {
     }
 
     #[test]
-    fn clearing_events_storage_never_held_clears_no_rows() {
+    fn taking_events_storage_never_held_clears_no_rows() {
         let mut buffered = Buffered::default();
         buffered.push(signal("a"));
-        buffered.clear();
+        assert_eq!(buffered.take(), [signal("a")]);
         assert_eq!(buffered.pending_write(), BufferedWrite::none());
     }
 

@@ -210,7 +210,12 @@ pub fn close(step: &mut Step<'_>, kind: EventKind) {
     state.workflow_task = WorkflowTaskState::None;
     state.activities.clear();
     state.timers.clear();
-    state.buffered.clear();
+    // A completion that would close the run while events are buffered is
+    // refused, and a forced close flushes them first: nothing is dropped.
+    assert!(
+        state.buffered.is_empty(),
+        "buffered events are written before a run closes"
+    );
     state.buffered_payload_bytes = 0;
     state.closing_activities.clear();
 }
