@@ -177,18 +177,56 @@ pub const TIMESTAMP_MAX: Timestamp = Timestamp(253_402_300_799_999);
 /// Stable 64-bit FNV-1a hash, for digests and input hashes that must not change
 /// between builds or platforms.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut hasher = Fnv1a64::new();
+    hasher.update(bytes);
+    hasher.finish()
+}
+
+/// FNV-1a fed in pieces: the hash of the pieces' concatenation, as
+/// `fnv1a64` gives, without building it. As an `io::Write` it hashes what a
+/// serializer writes (a value's JSON hashed without a `String` of it).
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv1a64(u64);
+
+impl Fnv1a64 {
+    pub fn new() -> Fnv1a64 {
+        Fnv1a64(0xcbf2_9ce4_8422_2325)
     }
-    hash
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv1a64 {
+    fn default() -> Fnv1a64 {
+        Fnv1a64::new()
+    }
+}
+
+impl std::io::Write for Fnv1a64 {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Hash of a JSON value's canonical encoding (object keys sorted).
 pub fn payload_hash(value: &Value) -> u64 {
-    let bytes = serde_json::to_vec(value).expect("a serde_json::Value always encodes");
-    fnv1a64(&bytes)
+    let mut hasher = Fnv1a64::new();
+    serde_json::to_writer(&mut hasher, value).expect("a serde_json::Value always encodes");
+    hasher.finish()
 }
 
 #[cfg(test)]

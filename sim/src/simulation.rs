@@ -569,18 +569,18 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
     let scenario = start_scenario(&setup, &world, &cluster);
     cluster.start_injecting(plan.clone());
     cluster.start_upgrades(&setup.nodes.upgrades);
-    let mut violations = match run_phases(&setup, &world, &cluster, &scenario).await {
+    let (mut violations, histories) = match run_phases(&setup, &world, &cluster, &scenario).await {
         Ok(()) => {
             let mut violations = scenario.violations();
-            violations.extend(check_run(&setup, &cluster, &swarm, &plan).await);
-            violations
+            let (checked, histories) = check_run(&setup, &cluster, &swarm, &plan).await;
+            violations.extend(checked);
+            (violations, histories)
         }
-        Err(over_budget) => vec![over_budget],
+        Err(over_budget) => (vec![over_budget], histories_of(&world).await),
     };
-    let histories = histories_of(&world).await;
     violations.extend(check_budget_left(&setup, &histories));
     for history in histories.values() {
-        world.trace(&history.to_json());
+        world.trace_history(history);
     }
     let (trace_hash, _) = world.trace_hash();
     let speculations = *crate::world::lock(&cluster.observed.speculations);
@@ -776,12 +776,14 @@ async fn histories_of(world: &World) -> BTreeMap<String, History> {
         .collect()
 }
 
+/// The built-in and the scenario's checks of a seed that finished, and every
+/// valid history the checks read (by run id; torn rows left out).
 async fn check_run(
     setup: &Setup,
     cluster: &Arc<Cluster>,
     swarm: &Swarm,
     plan: &FaultPlan,
-) -> Vec<Violation> {
+) -> (Vec<Violation>, BTreeMap<String, History>) {
     let world = &cluster.world;
     let mut violations = check::capacity::check_capacity(&cluster.observed);
     let digests = crate::world::lock(&cluster.observed.final_digests).clone();
@@ -828,5 +830,5 @@ async fn check_run(
             violations.push(Violation::new("scenario check", message));
         }
     }
-    violations
+    (violations, finished.histories)
 }

@@ -21,6 +21,7 @@
 //! run's state, so two executions can be compared with one number.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ use super::error::{ActivityError, WorkflowError};
 use super::registry::{WorkflowFuture, WorkflowRegistry};
 use super::replay::{NonDeterminism, ReplayError};
 use crate::history::{Event, EventKind};
-use crate::types::{Timestamp, fnv1a64, payload_hash};
+use crate::types::{Fnv1a64, Timestamp, fnv1a64, payload_hash};
 
 /// Polls of the root future per activation before the executor stops: a
 /// workflow that keeps waking itself without waiting on anything is stuck.
@@ -182,18 +183,20 @@ impl WorkflowExecutor {
         !self.last_activation_live && !self.unmatched.is_empty()
     }
 
-    fn mix(&mut self, bytes: &[u8]) {
-        let mut data = self.digest.to_le_bytes().to_vec();
-        data.extend_from_slice(bytes);
-        self.digest = fnv1a64(&data);
+    /// The new digest is FNV-1a of the old digest's bytes and `what` as
+    /// text, hashed as it is formatted (no string built).
+    fn mix(&mut self, what: std::fmt::Arguments<'_>) {
+        let mut hasher = Fnv1a64::new();
+        hasher.update(&self.digest.to_le_bytes());
+        hasher.write_fmt(what).expect("hashing never fails");
+        self.digest = hasher.finish();
     }
 
     fn mix_key(&mut self, key: &CommandKey) {
-        let text = format!(
+        self.mix(format_args!(
             "{}|{}|{}|{:?}",
             key.kind, key.id, key.type_name, key.input_hash
-        );
-        self.mix(text.as_bytes());
+        ));
     }
 
     /// Applies the next events (which must continue where the last call ended).
@@ -432,23 +435,25 @@ impl WorkflowExecutor {
                 self.resolve_activity(event, a.scheduled_event_id, Err(ActivityError::Canceled), 0)
             }
             TimerFired(a) => {
-                self.mix(format!("TimerFired|{}", a.timer_id).as_bytes());
+                self.mix(format_args!("TimerFired|{}", a.timer_id));
                 self.core
                     .lock()
                     .expect("run core lock")
                     .resolve_timer(&a.timer_id);
             }
             WorkflowExecutionSignaled(a) => {
-                self.mix(
-                    format!("Signaled|{}|{}", a.signal_name, payload_hash(&a.input)).as_bytes(),
-                );
+                self.mix(format_args!(
+                    "Signaled|{}|{}",
+                    a.signal_name,
+                    payload_hash(&a.input)
+                ));
                 self.core
                     .lock()
                     .expect("run core lock")
                     .deliver_signal(&a.signal_name, a.input.clone());
             }
             WorkflowExecutionCancelRequested(_) => {
-                self.mix(b"CancelRequested");
+                self.mix(format_args!("CancelRequested"));
                 self.cancel_requested_pending = true;
             }
             WorkflowExecutionTerminated(_) | WorkflowExecutionTimedOut(_) => self.closed = true,
@@ -478,14 +483,11 @@ impl WorkflowExecutor {
         let ctx = WorkflowContext::new(self.core.clone(), info.clone());
         self.future = Some(factory(ctx, started.input.clone())?);
         self.info = Some(info);
-        self.mix(
-            format!(
-                "Started|{}|{}",
-                started.workflow_type,
-                payload_hash(&started.input)
-            )
-            .as_bytes(),
-        );
+        self.mix(format_args!(
+            "Started|{}|{}",
+            started.workflow_type,
+            payload_hash(&started.input)
+        ));
         Ok(())
     }
 
@@ -496,7 +498,10 @@ impl WorkflowExecutor {
         result: Result<Value, ActivityError>,
         hash: u64,
     ) {
-        self.mix(format!("{}|{scheduled_event_id}|{hash}", event.kind.name()).as_bytes());
+        self.mix(format_args!(
+            "{}|{scheduled_event_id}|{hash}",
+            event.kind.name()
+        ));
         if let Some(activity_id) = self.activity_ids.get(&scheduled_event_id) {
             self.core
                 .lock()

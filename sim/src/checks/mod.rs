@@ -229,7 +229,9 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
         violations.extend(retries::check_retries(&history, checks.attempts));
         violations.extend(workflow_tasks::check_workflow_task_attempts(&history));
         let rows = storage.buffered(&record.run_id);
-        violations.extend(state::check_stored_state(&record, &rows, &history));
+        let state = serde_json::from_slice::<RunState>(&record.state);
+        let outcome = state.as_ref().ok().and_then(|state| state.outcome.clone());
+        violations.extend(state::check_stored_state(&record, state, &rows, &history));
         if !checks.raw_types.contains(&record.workflow_type) {
             violations.extend(check_replay(
                 checks.replayer,
@@ -237,9 +239,6 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
                 checks.digests.get(&record.run_id).copied(),
             ));
         }
-        let outcome = serde_json::from_slice::<RunState>(&record.state)
-            .ok()
-            .and_then(|state| state.outcome);
         violations.extend(outcomes::check_outcome(
             &record,
             outcome.as_ref(),

@@ -164,13 +164,15 @@ impl Diff {
 }
 
 /// The stored record, state and buffered rows of a run equal what its
-/// history implies.
+/// history implies. `state` is the record's state blob decoded (the caller
+/// decodes it once for this check and the outcome check).
 pub fn check_stored_state(
     record: &RunRecord,
+    state: serde_json::Result<RunState>,
     rows: &BufferedRead,
     history: &History,
 ) -> Option<Violation> {
-    let mut state = match serde_json::from_slice::<RunState>(&record.state) {
+    let mut state = match state {
         Ok(state) => state,
         Err(error) => {
             let message = format!("the stored state does not decode: {error}");
@@ -530,6 +532,11 @@ mod tests {
         snapshots
     }
 
+    /// The record's state blob decoded, as `check_stored_runs` passes it.
+    fn decode(record: &RunRecord) -> serde_json::Result<RunState> {
+        serde_json::from_slice(&record.state)
+    }
+
     fn stored(state: &RunState, events: &[Event]) -> (RunRecord, BufferedRead, History) {
         let record = RunRecord {
             run_id: state.run_id.clone(),
@@ -555,7 +562,10 @@ mod tests {
     fn the_state_after_every_transition_of_a_real_run_is_the_one_its_history_implies() {
         for (state, events) in driven_run() {
             let (record, rows, history) = stored(&state, &events);
-            assert_eq!(check_stored_state(&record, &rows, &history), None);
+            assert_eq!(
+                check_stored_state(&record, decode(&record), &rows, &history),
+                None
+            );
         }
     }
 
@@ -565,7 +575,8 @@ mod tests {
         let (state, _) = &snapshots[2];
         let (_, older_events) = &snapshots[1];
         let (record, rows, history) = stored(state, older_events);
-        let violation = check_stored_state(&record, &rows, &history).expect("caught");
+        let violation =
+            check_stored_state(&record, decode(&record), &rows, &history).expect("caught");
         assert_eq!(violation.invariant, "stored state");
         assert!(violation.message.contains("open activities"), "{violation}");
     }
@@ -576,7 +587,8 @@ mod tests {
         let (stale_state, _) = &snapshots[1];
         let (_, events) = &snapshots[3];
         let (record, rows, history) = stored(stale_state, events);
-        let violation = check_stored_state(&record, &rows, &history).expect("caught");
+        let violation =
+            check_stored_state(&record, decode(&record), &rows, &history).expect("caught");
         assert!(violation.message.contains("next event id"), "{violation}");
         assert!(violation.message.contains("open timers"), "{violation}");
     }
@@ -599,7 +611,10 @@ mod tests {
     fn buffered_rows_that_match_the_blob_pass() {
         let (state, events) = run_with_buffered_signals();
         let (record, rows, history) = stored(&state, &events);
-        assert_eq!(check_stored_state(&record, &rows, &history), None);
+        assert_eq!(
+            check_stored_state(&record, decode(&record), &rows, &history),
+            None
+        );
     }
 
     #[test]
@@ -607,7 +622,8 @@ mod tests {
         let (state, events) = run_with_buffered_signals();
         let (record, mut rows, history) = stored(&state, &events);
         rows.events.pop();
-        let violation = check_stored_state(&record, &rows, &history).expect("caught");
+        let violation =
+            check_stored_state(&record, decode(&record), &rows, &history).expect("caught");
         assert!(
             violation.message.contains("buffered signal bytes"),
             "{violation}"
@@ -621,7 +637,8 @@ mod tests {
         let (record, mut rows, history) = stored(&state, &events);
         let (buffered, _) = run_with_buffered_signals();
         rows.events = buffered.buffered.iter().cloned().collect();
-        let violation = check_stored_state(&record, &rows, &history).expect("caught");
+        let violation =
+            check_stored_state(&record, decode(&record), &rows, &history).expect("caught");
         assert!(
             violation
                 .message
@@ -635,7 +652,8 @@ mod tests {
         let (mut state, events) = driven_run().pop().unwrap();
         state.history_payload_bytes = 0;
         let (record, rows, history) = stored(&state, &events);
-        let violation = check_stored_state(&record, &rows, &history).expect("caught");
+        let violation =
+            check_stored_state(&record, decode(&record), &rows, &history).expect("caught");
         assert!(
             violation.message.contains("history payload bytes"),
             "{violation}"
@@ -665,7 +683,8 @@ mod tests {
             let mut tampered = state.clone();
             tamper(&mut tampered);
             let (record, rows, history) = stored(&tampered, &events);
-            let violation = check_stored_state(&record, &rows, &history).expect(what);
+            let violation =
+                check_stored_state(&record, decode(&record), &rows, &history).expect(what);
             assert!(violation.message.contains(what), "{what}: {violation}");
         }
     }

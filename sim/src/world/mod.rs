@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use madsim::rand::Rng;
 use retrace::env::{BoxFuture, Clock, Entropy, Env, Faults, Spawner};
-use retrace::types::{Timestamp, fnv1a64};
+use retrace::types::{Fnv1a64, Timestamp, fnv1a64};
 
 pub mod cluster;
 pub mod net;
@@ -40,12 +40,14 @@ pub struct Trace {
 }
 
 impl Trace {
-    fn record(&mut self, now_ms: u64, what: &str) {
-        let mut bytes = Vec::with_capacity(what.len() + 16);
-        bytes.extend_from_slice(&self.hash.to_le_bytes());
-        bytes.extend_from_slice(&now_ms.to_le_bytes());
-        bytes.extend_from_slice(what.as_bytes());
-        self.hash = fnv1a64(&bytes);
+    /// The new hash is FNV-1a of the old hash, the time and what `what`
+    /// feeds the hasher, in that order.
+    fn record(&mut self, now_ms: u64, what: impl FnOnce(&mut Fnv1a64)) {
+        let mut hasher = Fnv1a64::new();
+        hasher.update(&self.hash.to_le_bytes());
+        hasher.update(&now_ms.to_le_bytes());
+        what(&mut hasher);
+        self.hash = hasher.finish();
         self.entries += 1;
     }
 }
@@ -239,7 +241,18 @@ impl World {
     /// Records an event in the trace.
     pub fn trace(&self, what: &str) {
         let now_ms = self.elapsed_ms();
-        lock(&self.trace).record(now_ms, what);
+        lock(&self.trace).record(now_ms, |hasher| hasher.update(what.as_bytes()));
+    }
+
+    /// Records a history in the trace: its canonical JSON form, hashed as
+    /// it is written (the same entry as `trace(&history.to_json())`).
+    pub fn trace_history(&self, history: &retrace::history::History) {
+        let now_ms = self.elapsed_ms();
+        lock(&self.trace).record(now_ms, |hasher| {
+            history
+                .write_json(hasher)
+                .expect("history types always encode");
+        });
     }
 
     /// The trace hash and number of entries so far.
@@ -282,15 +295,19 @@ impl World {
         }
         let count = {
             let mut streams = lock(&self.streams);
-            let count = streams.entry(stream.to_string()).or_default();
+            // `get_mut` first: a stream's name is copied only at its first draw.
+            let count = match streams.get_mut(stream) {
+                Some(count) => count,
+                None => streams.entry(stream.to_string()).or_default(),
+            };
             *count += 1;
             *count
         };
-        let mut bytes = Vec::with_capacity(stream.len() + 16);
-        bytes.extend_from_slice(&self.seed.to_le_bytes());
-        bytes.extend_from_slice(&count.to_le_bytes());
-        bytes.extend_from_slice(stream.as_bytes());
-        let draw = splitmix64(fnv1a64(&bytes));
+        let mut hasher = Fnv1a64::new();
+        hasher.update(&self.seed.to_le_bytes());
+        hasher.update(&count.to_le_bytes());
+        hasher.update(stream.as_bytes());
+        let draw = splitmix64(hasher.finish());
         ((draw >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 

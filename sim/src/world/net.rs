@@ -179,14 +179,13 @@ impl SimNet {
     async fn transmit(&self, world: &World, from: &str, to: &str) -> Vec<u64> {
         self.messages
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let link = (from.to_string(), to.to_string());
         loop {
             let seen = self.changed.version();
             let (cut, clogged, loss, duplicate) = {
                 let state = lock(&self.state);
                 (
-                    state.cut.contains(&link),
-                    state.clogged.contains(&link),
+                    holds_link(&state.cut, from, to),
+                    holds_link(&state.clogged, from, to),
                     state.loss_rate,
                     state.duplicate_rate,
                 )
@@ -222,6 +221,12 @@ impl SimNet {
             None => drop(madsim::task::spawn(flight)),
         }
     }
+}
+
+/// Whether `links` holds the directed link `from` -> `to` (without building
+/// the pair of `String`s a lookup would take: this runs per message).
+fn holds_link(links: &BTreeSet<(String, String)>, from: &str, to: &str) -> bool {
+    links.iter().any(|(a, b)| a == from && b == to)
 }
 
 /// The one-shot reply slot of a call, shared by the copies of its messages.
