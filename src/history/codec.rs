@@ -96,22 +96,13 @@ fn malformed(error: &serde_json::Error) -> DecodeError {
 impl History {
     /// The canonical JSON form (pretty-printed, stable bytes).
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(&self.file_ref()).expect("history types always encode")
-    }
-
-    /// Writes the canonical JSON form (the bytes `to_json` returns) to
-    /// `writer`, without building it in memory first.
-    pub fn write_json(&self, writer: impl std::io::Write) -> serde_json::Result<()> {
-        serde_json::to_writer_pretty(writer, &self.file_ref())
-    }
-
-    fn file_ref(&self) -> FileRef<'_> {
-        FileRef {
+        let file = FileRef {
             format_version: FORMAT_VERSION,
             workflow_id: &self.workflow_id,
             run_id: &self.run_id,
             events: &self.events,
-        }
+        };
+        serde_json::to_string_pretty(&file).expect("history types always encode")
     }
 
     /// Reads the canonical JSON form, validating every event. A leading

@@ -269,8 +269,7 @@ impl World {
         lock(&self.trace).record(now_ms, |hasher| hasher.update(what.as_bytes()));
     }
 
-    /// Records a history in the trace: its canonical JSON form, hashed as
-    /// it is written (the same entry as `trace(&history.to_json())`).
+    /// Records a history in the trace: the digest of its ids and events.
     pub fn trace_history(&self, history: &retrace::history::History) {
         let now_ms = self.elapsed_ms();
         let digest = history_digest(history);

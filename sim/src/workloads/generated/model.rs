@@ -665,7 +665,9 @@ fn unjustified_buffered_refusal(shape: Shape, error: &str) -> Option<String> {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         digits.parse().ok()
     };
-    if !error.contains("bytes of signals while its workflow task runs") {
+    // Known by its code, not its words: a refusal whose text changed must
+    // fail here, not leave the check silent.
+    if !error.contains("ResourceExhausted") {
         return None;
     }
     let (Some(held), Some(bytes), Some(max)) = (

@@ -206,42 +206,54 @@ fn record(
         .ok_or_else(|| format!("step {step:?} was not answered as it must be"))
 }
 
-fn poll_request(task_queue: &str) -> PollTaskRequest {
-    PollTaskRequest {
-        task_queue: task_queue.to_string(),
-        identity: IDENTITY.to_string(),
-        workflow_types: Vec::new(),
-    }
-}
-
 async fn poll_workflow(client: &SimClient) -> Result<WorkflowTask, String> {
-    for _ in 0..POLLS_MAX {
-        let request = Request::PollWorkflowTask(poll_request(WORKFLOW_QUEUE));
-        match client.call(request).await.map_err(|e| e.to_string())? {
-            Response::PollWorkflowTask(answer) => {
-                if let Some(task) = answer.task {
-                    return Ok(task);
-                }
-            }
-            other => return Err(format!("unexpected answer to a poll: {other:?}")),
-        }
-    }
-    Err(format!("no workflow task after {POLLS_MAX} polls"))
+    poll(
+        client,
+        Request::PollWorkflowTask,
+        WORKFLOW_QUEUE,
+        |answer| match answer {
+            Response::PollWorkflowTask(answer) => Some(answer.task),
+            _ => None,
+        },
+    )
+    .await
 }
 
 async fn poll_activity(client: &SimClient) -> Result<ActivityTask, String> {
+    poll(
+        client,
+        Request::PollActivityTask,
+        ACTIVITY_QUEUE,
+        |answer| match answer {
+            Response::PollActivityTask(answer) => Some(answer.task),
+            _ => None,
+        },
+    )
+    .await
+}
+
+/// Polls `task_queue` (at most `POLLS_MAX` times) until a task comes;
+/// `task_of` takes it out of an answer (`None`: not an answer to this poll).
+async fn poll<T>(
+    client: &SimClient,
+    request: fn(PollTaskRequest) -> Request,
+    task_queue: &str,
+    task_of: fn(Response) -> Option<Option<T>>,
+) -> Result<T, String> {
     for _ in 0..POLLS_MAX {
-        let request = Request::PollActivityTask(poll_request(ACTIVITY_QUEUE));
-        match client.call(request).await.map_err(|e| e.to_string())? {
-            Response::PollActivityTask(answer) => {
-                if let Some(task) = answer.task {
-                    return Ok(task);
-                }
-            }
-            other => return Err(format!("unexpected answer to a poll: {other:?}")),
+        let asked = request(PollTaskRequest {
+            task_queue: task_queue.to_string(),
+            identity: IDENTITY.to_string(),
+            workflow_types: Vec::new(),
+        });
+        let answer = client.call(asked).await.map_err(|e| e.to_string())?;
+        match task_of(answer) {
+            Some(Some(task)) => return Ok(task),
+            Some(None) => {}
+            None => return Err(format!("unexpected answer to a poll of {task_queue}")),
         }
     }
-    Err(format!("no activity task after {POLLS_MAX} polls"))
+    Err(format!("no task on {task_queue} after {POLLS_MAX} polls"))
 }
 
 /// The rogue's log and its run's history say the service kept the protocol.
