@@ -41,6 +41,36 @@ fn a_campaign_gives_the_same_figures_with_one_job_and_twice_with_two() {
     }
 }
 
+/// What a seed leaves that must not depend on what ran before it.
+fn fingerprint(result: &retrace_sim::SeedResult) -> (u64, u64, u64, Vec<String>) {
+    let histories = result
+        .histories
+        .values()
+        .map(|h| format!("{h:?}"))
+        .collect();
+    (result.trace_hash, result.sim_ms, result.steps, histories)
+}
+
+#[test]
+fn a_seed_runs_the_same_alone_as_after_other_seeds_on_the_same_thread() {
+    for simulation in workloads::all() {
+        let runner = simulation.into_runner();
+        let after_others: Vec<_> = (0..6)
+            .map(|seed| fingerprint(&runner.run_seed(seed)))
+            .collect();
+        for seed in [5, 2] {
+            let alone = std::thread::scope(|scope| {
+                // A new caller thread gets a new seed thread: nothing ran on it before.
+                scope
+                    .spawn(|| fingerprint(&runner.run_seed(seed)))
+                    .join()
+                    .expect("joined")
+            });
+            assert_eq!(alone, after_others[seed as usize], "seed {seed}");
+        }
+    }
+}
+
 /// A workflow whose history grows without end: a 10 ms timer, forever.
 fn endless() -> Simulation {
     let mut registry = WorkflowRegistry::new();

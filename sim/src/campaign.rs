@@ -228,14 +228,15 @@ impl Campaign {
     }
 
     /// Runs every seed on `options.jobs` threads; `progress` hears each one.
-    #[allow(clippy::disallowed_methods)] // a campaign measures wall time and spawns its job threads
+    #[allow(clippy::disallowed_methods)] // a campaign measures wall time
     pub fn run(self, progress: impl Fn(Progress<'_>) + Sync) -> CampaignSummary {
         let started = std::time::Instant::now();
         let campaign = Arc::new(self);
         std::thread::scope(|scope| {
             for _ in 0..campaign.options.jobs.max(1) {
                 let (campaign, progress) = (campaign.clone(), &progress);
-                scope.spawn(move || campaign.run_jobs(progress));
+                crate::seed_thread::spawn_scoped(scope, move || campaign.run_jobs(progress))
+                    .expect("a campaign starts its job threads");
             }
         });
         let mut summary = std::mem::take(&mut lock(&campaign.folding).summary);

@@ -170,6 +170,7 @@ mod checks;
 mod faults;
 mod nodes;
 mod report;
+mod seed_thread;
 mod simulation;
 pub mod workloads;
 mod world;

@@ -489,54 +489,46 @@ fn run_and_shrink(setup: &Arc<Setup>, seed: u64) -> Result<SeedResult, Box<Repor
     }))
 }
 
-/// Stack of the thread a seed runs on.
-pub const SEED_THREAD_STACK_BYTES: usize = 16 << 20;
-
-/// One seed, one plan: a fresh thread, a fresh madsim runtime, a fresh world.
-///
-/// The thread is new for every seed so that nothing a thread keeps (the
-/// standard library's per-thread hash keys, which advance with every hash map
-/// a seed builds; thread-local caches of dependencies) carries over from one
-/// seed to the next: a seed gives the same run alone, after other seeds, and
-/// on any job thread of a campaign.
+/// One seed, one plan: a fresh madsim runtime and a fresh world, on the
+/// caller's seed thread (`crate::seed_thread`: a large stack, kept from seed
+/// to seed, retired after a panic).
 pub fn run_seed(setup: &Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -> SeedResult {
-    let caller = std::thread::current().name().map(str::to_string);
-    let mut builder = std::thread::Builder::new().stack_size(SEED_THREAD_STACK_BYTES);
-    if let Some(name) = caller {
-        // The report's reproduction line names the test from its thread.
-        builder = builder.name(name);
-    }
     let (setup, fallback) = (setup.clone(), (swarm.clone(), plan.clone()));
-    #[allow(clippy::disallowed_methods)] // the seed's own OS thread, outside any simulated node
-    let thread = builder.spawn(move || run_seed_here(&setup, seed, swarm, plan));
-    match thread.map(|t| t.join()) {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) | Err(_) => panicked(
+    crate::seed_thread::run(move || run_seed_here(&setup, seed, swarm, plan)).unwrap_or_else(|| {
+        panicked(
             seed,
             fallback.0,
             fallback.1,
             "the seed's thread failed".into(),
-        ),
-    }
+        )
+    })
 }
 
-fn run_seed_here(setup: &Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -> SeedResult {
+/// Runs the seed here; says whether this thread may run more seeds (not after
+/// a panic).
+fn run_seed_here(
+    setup: &Arc<Setup>,
+    seed: u64,
+    swarm: Swarm,
+    plan: FaultPlan,
+) -> (SeedResult, bool) {
     let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     let simulation = simulate(setup.clone(), seed, swarm.clone(), plan.clone());
-    let result = match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulation))) {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a task panicked".to_string());
-            panicked(seed, swarm, plan, message)
-        }
-    };
+    let (result, keep) =
+        match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulation))) {
+            Ok(result) => (result, true),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "a task panicked".to_string());
+                (panicked(seed, swarm, plan, message), false)
+            }
+        };
     drop(runtime);
     crate::world::count_leaked_worlds();
-    result
+    (result, keep)
 }
 
 fn panicked(seed: u64, swarm: Swarm, plan: FaultPlan, message: String) -> SeedResult {
