@@ -8,6 +8,8 @@
 //! retrace workflow history --id g1 [--json]
 //! retrace history diff A.json B.json
 //! retrace history check FILE
+//! retrace new project shop | new workflow NAME | new activity NAME
+//! retrace mcp
 //! ```
 //!
 //! Every failure is one line on stderr and a non-zero exit status.
@@ -17,6 +19,10 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "retrace/mcp/mod.rs"]
+mod mcp;
+#[path = "retrace/scaffold/mod.rs"]
+mod scaffold;
 #[path = "retrace/server.rs"]
 mod server;
 #[path = "retrace/timeline.rs"]
@@ -68,6 +74,11 @@ enum Command {
     /// Works on history files (no service needed).
     #[command(subcommand)]
     History(HistoryCommand),
+    /// Scaffolds a project, a workflow or an activity (each with its simulation test).
+    #[command(subcommand)]
+    New(scaffold::NewCommand),
+    /// Serves the Model Context Protocol over stdio: tools for AI agents.
+    Mcp,
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,6 +147,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::History(HistoryCommand::Diff { left, right }) => Ok(diff_files(&left, &right)),
         Command::History(HistoryCommand::Check { file }) => Ok(check_file(&file)),
+        Command::New(command) => scaffold::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Mcp => mcp::run(&cli.address, cli.token.as_deref())
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 
