@@ -84,6 +84,30 @@ pub struct SignalWorkflowRequest {
     pub identity: String,
 }
 
+/// Signal the running run of a workflow id, starting it first if none runs
+/// (Temporal's SignalWithStartWorkflowExecution): one atomic request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalWithStartWorkflowRequest {
+    /// The run to start if none is running; its `request_id` also
+    /// de-duplicates the signal, and its `identity` signs both.
+    #[serde(flatten)]
+    pub start: StartWorkflowRequest,
+    /// Signal name.
+    pub signal_name: String,
+    /// Signal payload.
+    #[serde(default)]
+    pub signal_input: Value,
+}
+
+/// The run signaled, and whether this request started it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalWithStartWorkflowResponse {
+    /// The run id.
+    pub run_id: String,
+    /// True if the run was started by this request (or its first try).
+    pub started: bool,
+}
+
 /// Ask a question of the run's state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueryWorkflowRequest {
@@ -571,6 +595,7 @@ pub struct HeartbeatResponse {
 pub enum Request {
     StartWorkflow(StartWorkflowRequest),
     SignalWorkflow(SignalWorkflowRequest),
+    SignalWithStartWorkflow(SignalWithStartWorkflowRequest),
     QueryWorkflow(QueryWorkflowRequest),
     CancelWorkflow(CancelWorkflowRequest),
     TerminateWorkflow(TerminateWorkflowRequest),
@@ -593,6 +618,7 @@ impl Request {
         match self {
             Request::StartWorkflow(_) => "StartWorkflow",
             Request::SignalWorkflow(_) => "SignalWorkflow",
+            Request::SignalWithStartWorkflow(_) => "SignalWithStartWorkflow",
             Request::QueryWorkflow(_) => "QueryWorkflow",
             Request::CancelWorkflow(_) => "CancelWorkflow",
             Request::TerminateWorkflow(_) => "TerminateWorkflow",
@@ -617,6 +643,7 @@ impl Request {
 pub enum Response {
     Empty,
     StartWorkflow(StartWorkflowResponse),
+    SignalWithStartWorkflow(SignalWithStartWorkflowResponse),
     QueryWorkflow(QueryWorkflowResponse),
     DescribeWorkflow(RunDescription),
     ListWorkflows(ListWorkflowsResponse),

@@ -142,6 +142,40 @@ async fn the_cli_starts_signals_and_inspects_a_run_that_a_worker_executes() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_signals_with_start_starting_the_run_once_then_signaling_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let url = server.url();
+    let sws = "workflow signal-with-start --type greet --id g2 --task-queue greetings --input \"cy\" --name approve --signal-input \"dee\"";
+    let started = cli(&url, sws).await.ok();
+    assert!(
+        started.stdout.contains("(started and signaled)"),
+        "{started:?}"
+    );
+    let again = cli(&url, sws).await.ok();
+    assert!(
+        again.stdout.contains("(signaled)"),
+        "the run is running: {again:?}"
+    );
+    let run_id = |run: &Run| {
+        run.stdout
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(run_id(&again), run_id(&started), "no second run");
+    let bad = sws.replace("--signal-input \"dee\"", "--signal-input {");
+    cli(&url, &bad)
+        .await
+        .failed(1, &["--signal-input is not valid JSON"]);
+    let worker = worker(&url);
+    let result = cli(&url, "workflow result --id g2").await.ok();
+    assert_eq!(result.stdout, "\"hello cy! approved by dee\"\n");
+    worker.shutdown().await;
+}
+
 /// `history --json` prints the canonical form; `history` one line per event.
 async fn assert_history_is_shown(url: &str, run_id: &str) -> History {
     let json = cli(url, "workflow history --id g1 --json").await.ok();

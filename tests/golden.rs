@@ -75,6 +75,24 @@ fn timer_then_signal() -> History {
     b.build()
 }
 
+/// Started by signal-with-start: the signal is in the run's first write,
+/// before its first workflow task starts (Temporal writes it before the
+/// `WorkflowTaskScheduled`; see ARCHITECTURE.md), and the code reads it
+/// after its timer.
+fn signal_with_start() -> History {
+    let mut b = HistoryBuilder::new("timer_then_signal", json!(5));
+    b.add_workflow_task_scheduled();
+    b.add_signal("approve", json!({"by": "bo"}));
+    b.add_workflow_task_started();
+    b.add_workflow_task_completed();
+    let timer = b.add_timer_started("1", 5_000);
+    b.advance_ms(5_000);
+    b.add_timer_fired("1", timer);
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("approved by bo"));
+    b.build()
+}
+
 fn attempt_failure(attempt: u32) -> Failure {
     Failure::new("ActivityError", format!("attempt {attempt} failed"))
 }
@@ -163,6 +181,11 @@ fn fixtures() -> Vec<(&'static str, History, RunResult)> {
             RunResult::Failed(expected_retry_failure()),
         ),
         ("patched", patched(), RunResult::Completed(json!("v2 x!!"))),
+        (
+            "signal_with_start",
+            signal_with_start(),
+            RunResult::Completed(json!("approved by bo")),
+        ),
     ]
 }
 

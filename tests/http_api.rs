@@ -683,3 +683,50 @@ async fn a_request_id_reused_with_other_parameters_is_a_conflict_not_the_old_run
     );
     assert_eq!(api.stored(None).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signal_with_start_over_http_starts_and_signals_once_and_refuses_a_blank_signal_name() {
+    let api = Api::start(None).await;
+    let worker = api.worker(None);
+    let body = |request_id: &str, by: &str| {
+        json!({
+            "workflow_id": "sws", "workflow_type": "greet", "task_queue": "q",
+            "input": "ana", "request_id": request_id,
+            "signal_name": "approve", "signal_input": by,
+        })
+        .to_string()
+    };
+    let (status, started) = api
+        .post("SignalWithStartWorkflow", body("r1", "bo"), None)
+        .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["started"], true, "{started}");
+    let (status, retried) = api
+        .post("SignalWithStartWorkflow", body("r1", "bo"), None)
+        .await;
+    assert_eq!(
+        (status, &retried),
+        (200, &started),
+        "a retry answers the same"
+    );
+    let result = api
+        .client(None)
+        .handle::<String>("sws", None)
+        .result()
+        .await;
+    assert_eq!(result.unwrap(), "hello ana! approved by bo");
+    let blank = json!({"workflow_id": "sws2", "workflow_type": "greet", "task_queue": "q",
+        "input": "x", "request_id": "r2", "signal_name": "", "signal_input": 1});
+    let reply = api
+        .post("SignalWithStartWorkflow", blank.to_string(), None)
+        .await;
+    assert_refused(&reply, 400, "invalid_argument", &["signal_name"]);
+    let history = api.client(None).history("sws", None).await.unwrap();
+    let signals = history
+        .events()
+        .iter()
+        .filter(|e| e.kind.name() == "WorkflowExecutionSignaled")
+        .count();
+    assert_eq!(signals, 1, "signaled once");
+    worker.shutdown().await;
+}

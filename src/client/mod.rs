@@ -178,7 +178,61 @@ impl Client {
         workflow_type: &str,
         input: Value,
     ) -> Result<String, ClientError> {
-        let request = StartWorkflowRequest {
+        let request = self.start_request(options, workflow_type, input);
+        match self.call(Request::StartWorkflow(request)).await? {
+            Response::StartWorkflow(started) => Ok(started.run_id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Signals the running run of `options.workflow_id`, starting workflow
+    /// `W` with `input` first if none runs (under `options.id_reuse_policy`),
+    /// in one atomic request; retried, it starts and signals once. Returns a
+    /// handle on the run signaled and whether this call started it.
+    pub async fn signal_with_start<W: Workflow>(
+        &self,
+        options: StartOptions,
+        input: W::Input,
+        signal_name: &str,
+        signal_input: impl Serialize,
+    ) -> Result<(WorkflowHandle<W::Output>, bool), ClientError> {
+        let input = PayloadError::encode(|| format!("input of workflow {}", W::NAME), &input)?;
+        let signal_input = PayloadError::encode(|| format!("signal {signal_name}"), &signal_input)?;
+        let workflow_id = options.workflow_id.clone();
+        let started = self
+            .signal_with_start_by_name(options, W::NAME, input, signal_name, signal_input)
+            .await?;
+        let handle = self.handle(&workflow_id, Some(&started.run_id));
+        Ok((handle, started.started))
+    }
+
+    /// [`Client::signal_with_start`] by workflow type name, with JSON payloads.
+    pub async fn signal_with_start_by_name(
+        &self,
+        options: StartOptions,
+        workflow_type: &str,
+        input: Value,
+        signal_name: &str,
+        signal_input: Value,
+    ) -> Result<SignalWithStartWorkflowResponse, ClientError> {
+        let request = SignalWithStartWorkflowRequest {
+            start: self.start_request(options, workflow_type, input),
+            signal_name: signal_name.to_string(),
+            signal_input,
+        };
+        match self.call(Request::SignalWithStartWorkflow(request)).await? {
+            Response::SignalWithStartWorkflow(started) => Ok(started),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn start_request(
+        &self,
+        options: StartOptions,
+        workflow_type: &str,
+        input: Value,
+    ) -> StartWorkflowRequest {
+        StartWorkflowRequest {
             workflow_id: options.workflow_id,
             workflow_type: workflow_type.to_string(),
             task_queue: options.task_queue,
@@ -188,10 +242,6 @@ impl Client {
             id_reuse_policy: options.id_reuse_policy,
             request_id: self.env.new_id(),
             identity: self.identity.clone(),
-        };
-        match self.call(Request::StartWorkflow(request)).await? {
-            Response::StartWorkflow(started) => Ok(started.run_id),
-            other => Err(unexpected(other)),
         }
     }
 

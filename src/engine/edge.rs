@@ -74,17 +74,23 @@ fn check_identity(identity: &str) -> Result<(), ServiceError> {
     check_text("identity", identity, false, ID_BYTES_MAX)
 }
 
+fn check_start(r: &crate::api::StartWorkflowRequest) -> Result<(), ServiceError> {
+    check_id("workflow_id", &r.workflow_id)?;
+    check_id("workflow_type", &r.workflow_type)?;
+    check_id("task_queue", &r.task_queue)?;
+    check_text("request_id", &r.request_id, true, REQUEST_ID_BYTES_MAX)?;
+    check_timeout("execution_timeout_ms", r.execution_timeout_ms)?;
+    check_timeout("workflow_task_timeout_ms", r.workflow_task_timeout_ms)?;
+    check_identity(&r.identity)
+}
+
 /// Refuses `request` if an identifier or free payload breaks a rule above.
 pub fn check_request(request: &Request) -> Result<(), ServiceError> {
     match request {
-        Request::StartWorkflow(r) => {
-            check_id("workflow_id", &r.workflow_id)?;
-            check_id("workflow_type", &r.workflow_type)?;
-            check_id("task_queue", &r.task_queue)?;
-            check_text("request_id", &r.request_id, true, REQUEST_ID_BYTES_MAX)?;
-            check_timeout("execution_timeout_ms", r.execution_timeout_ms)?;
-            check_timeout("workflow_task_timeout_ms", r.workflow_task_timeout_ms)?;
-            check_identity(&r.identity)
+        Request::StartWorkflow(r) => check_start(r),
+        Request::SignalWithStartWorkflow(r) => {
+            check_start(&r.start)?;
+            check_id("signal_name", &r.signal_name)
         }
         Request::SignalWorkflow(r) => {
             check_run(&r.run)?;

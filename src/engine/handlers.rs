@@ -51,6 +51,10 @@ impl Inner {
         let reply = match request {
             Request::StartWorkflow(r) => self.start_workflow(r).await.map(Response::StartWorkflow),
             Request::SignalWorkflow(r) => self.signal_workflow(r).await.map(|()| Response::Empty),
+            Request::SignalWithStartWorkflow(r) => self
+                .signal_with_start(r)
+                .await
+                .map(Response::SignalWithStartWorkflow),
             Request::QueryWorkflow(r) => self.query_workflow(r).await.map(Response::QueryWorkflow),
             Request::CancelWorkflow(r) => self.cancel_workflow(r).await.map(|()| Response::Empty),
             Request::TerminateWorkflow(r) => {
@@ -207,14 +211,8 @@ impl Inner {
                 }
                 check_reuse(&request, &existing)?;
             }
-            if self.open_run_count() >= self.config.open_runs_max {
-                let message = format!(
-                    "the service holds {} open runs, its limit",
-                    self.config.open_runs_max
-                );
-                return Err(ServiceError::new(ErrorCode::ResourceExhausted, message));
-            }
-            if let Some(started) = self.create_run(&request, current).await? {
+            self.check_open_runs()?;
+            if let Some(started) = self.create_run(&request, current, None).await? {
                 return Ok(started);
             }
         }
@@ -222,6 +220,96 @@ impl Inner {
             ErrorCode::Unavailable,
             "concurrent starts of this workflow id; retry",
         ))
+    }
+
+    /// Signals the running run of the workflow id, or starts one (under the
+    /// id reuse policy) with the signal in its first write.
+    async fn signal_with_start(
+        self: &Arc<Self>,
+        request: SignalWithStartWorkflowRequest,
+    ) -> Result<SignalWithStartWorkflowResponse, ServiceError> {
+        let start = &request.start;
+        machine::run::check_start(start)?;
+        self.check_workflow_type(start)?;
+        let signal = (request.signal_name.as_str(), &request.signal_input);
+        for _ in 0..3 {
+            let current = self
+                .storage
+                .current_run(&start.workflow_id)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if let Some(run_id) = &current {
+                let run = RunRef {
+                    workflow_id: start.workflow_id.clone(),
+                    run_id: Some(run_id.clone()),
+                };
+                let existing = self.snapshot(&run).await?;
+                if existing.start_request_id == start.request_id {
+                    // A retry of the request that started it, signal and all.
+                    return Ok(SignalWithStartWorkflowResponse {
+                        run_id: run_id.clone(),
+                        started: true,
+                    });
+                }
+                let delivered = existing
+                    .signal_request_ids
+                    .iter()
+                    .any(|id| *id == start.request_id);
+                // Running, or closed since this request's first try signaled it.
+                if !existing.status.is_closed() || delivered {
+                    match self.signal_with_start_to(run_id, &request).await {
+                        Err(error) if error.code == ErrorCode::RunClosed => continue,
+                        signaled => return signaled,
+                    }
+                }
+                check_reuse(start, &existing)?;
+            }
+            self.check_open_runs()?;
+            if let Some(started) = self.create_run(start, current, Some(signal)).await? {
+                return Ok(SignalWithStartWorkflowResponse {
+                    run_id: started.run_id,
+                    started: true,
+                });
+            }
+        }
+        Err(ServiceError::new(
+            ErrorCode::Unavailable,
+            "concurrent starts of this workflow id; retry",
+        ))
+    }
+
+    /// The signal of a signal-with-start, to the running run `run_id`.
+    async fn signal_with_start_to(
+        self: &Arc<Self>,
+        run_id: &str,
+        request: &SignalWithStartWorkflowRequest,
+    ) -> Result<SignalWithStartWorkflowResponse, ServiceError> {
+        let start = &request.start;
+        self.transition(run_id, |step| {
+            machine::run::on_signal(
+                step,
+                &request.signal_name,
+                request.signal_input.clone(),
+                &start.identity,
+                &start.request_id,
+            )
+        })
+        .await?;
+        Ok(SignalWithStartWorkflowResponse {
+            run_id: run_id.to_string(),
+            started: false,
+        })
+    }
+
+    fn check_open_runs(&self) -> Result<(), ServiceError> {
+        if self.open_run_count() >= self.config.open_runs_max {
+            let message = format!(
+                "the service holds {} open runs, its limit",
+                self.config.open_runs_max
+            );
+            return Err(ServiceError::new(ErrorCode::ResourceExhausted, message));
+        }
+        Ok(())
     }
 
     /// A start whose request id started `existing` must be a retry of that
@@ -265,6 +353,7 @@ impl Inner {
         self: &Arc<Self>,
         request: &StartWorkflowRequest,
         current: Option<String>,
+        signal: Option<(&str, &serde_json::Value)>,
     ) -> Result<Option<StartWorkflowResponse>, ServiceError> {
         let run_id = self.env.new_id();
         let now = self.env.now();
@@ -272,6 +361,13 @@ impl Inner {
         // Sync match: a waiting poller gets the first workflow task from this same write.
         let mut step = machine::Step::new(&mut state, now, self.limits());
         step.events = events;
+        if let Some((name, input)) = signal {
+            // Signal-with-start: the signal is in the run's first write.
+            let (identity, request_id) = (&request.identity, &request.request_id);
+            machine::run::on_signal(&mut step, name, input.clone(), identity, request_id)?;
+            let bytes = crate::history::payload_size_bytes(input);
+            step.state.history_payload_bytes += bytes;
+        }
         let matched = self.sync_match(&mut step);
         let events = std::mem::take(&mut step.events);
         let claim = WorkflowIdClaim {

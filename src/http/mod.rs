@@ -146,6 +146,7 @@ macro_rules! methods {
 methods!(
     (StartWorkflow, StartWorkflowRequest),
     (SignalWorkflow, SignalWorkflowRequest),
+    (SignalWithStartWorkflow, SignalWithStartWorkflowRequest),
     (QueryWorkflow, QueryWorkflowRequest),
     (CancelWorkflow, CancelWorkflowRequest),
     (TerminateWorkflow, TerminateWorkflowRequest),
@@ -167,6 +168,7 @@ fn response_method(response: &Response) -> Option<&'static str> {
     Some(match response {
         Response::Empty => return None,
         Response::StartWorkflow(_) => "StartWorkflow",
+        Response::SignalWithStartWorkflow(_) => "SignalWithStartWorkflow",
         Response::QueryWorkflow(_) => "QueryWorkflow",
         Response::DescribeWorkflow(_) => "DescribeWorkflow",
         Response::ListWorkflows(_) => "ListWorkflows",
@@ -189,10 +191,11 @@ pub fn response_fits(method: &str, response: &Response) -> bool {
 }
 
 /// Methods whose success is never [`Response::Empty`].
-const METHODS_WITH_RESPONSE_BODY: [&str; 11] = [
+const METHODS_WITH_RESPONSE_BODY: [&str; 12] = [
     "CompleteWorkflowTask",
     "RespondActivityTask",
     "StartWorkflow",
+    "SignalWithStartWorkflow",
     "QueryWorkflow",
     "DescribeWorkflow",
     "ListWorkflows",
@@ -208,6 +211,7 @@ pub fn encode_response(response: &Response) -> Vec<u8> {
     match response {
         Response::Empty => b"{}".to_vec(),
         Response::StartWorkflow(inner) => to_json(inner),
+        Response::SignalWithStartWorkflow(inner) => to_json(inner),
         Response::QueryWorkflow(inner) => to_json(inner),
         Response::DescribeWorkflow(inner) => to_json(inner),
         Response::ListWorkflows(inner) => to_json(inner),
@@ -226,6 +230,7 @@ pub fn decode_response(method: &str, body: &[u8]) -> Result<Response, serde_json
     use serde_json::from_slice;
     let response = match method {
         "StartWorkflow" => Response::StartWorkflow(from_slice(body)?),
+        "SignalWithStartWorkflow" => Response::SignalWithStartWorkflow(from_slice(body)?),
         "QueryWorkflow" => Response::QueryWorkflow(from_slice(body)?),
         "DescribeWorkflow" => Response::DescribeWorkflow(from_slice(body)?),
         "ListWorkflows" => Response::ListWorkflows(from_slice(body)?),
@@ -267,6 +272,21 @@ mod tests {
             Request::PollWorkflowTask(poll.clone()),
             Request::PollActivityTask(poll),
             Request::GetResult(GetResultRequest { run, wait_ms: 5 }),
+            Request::SignalWithStartWorkflow(SignalWithStartWorkflowRequest {
+                start: StartWorkflowRequest {
+                    workflow_id: "w".into(),
+                    workflow_type: "t".into(),
+                    task_queue: "q".into(),
+                    input: serde_json::json!({"n": 1}),
+                    execution_timeout_ms: Some(5),
+                    workflow_task_timeout_ms: None,
+                    id_reuse_policy: IdReusePolicy::RejectDuplicate,
+                    request_id: "r".into(),
+                    identity: "i".into(),
+                },
+                signal_name: "s".into(),
+                signal_input: serde_json::json!([1, 2]),
+            }),
         ];
         for request in requests {
             let method = request.method();
@@ -274,7 +294,7 @@ mod tests {
             let body = encode_request(&request);
             assert_eq!(decode_request(method, &body).unwrap(), request);
         }
-        assert_eq!(METHODS.len(), 16);
+        assert_eq!(METHODS.len(), 17);
     }
 
     #[test]

@@ -31,28 +31,59 @@ pub enum ReusePolicy {
     RejectDuplicate,
 }
 
+/// What to start.
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Workflow type.
+    #[arg(long = "type")]
+    workflow_type: String,
+    /// Workflow id.
+    #[arg(long)]
+    id: String,
+    /// Task queue its workers poll.
+    #[arg(long)]
+    task_queue: String,
+    /// Input, as JSON (`'"ana"'`, `'{"n": 1}'`).
+    #[arg(long)]
+    input: Option<String>,
+    /// Whole-run deadline in milliseconds.
+    #[arg(long)]
+    execution_timeout_ms: Option<u64>,
+    /// What a closed workflow id may be reused for.
+    #[arg(long, value_enum, default_value = "allow-duplicate")]
+    id_reuse_policy: ReusePolicy,
+}
+
+impl StartArgs {
+    /// The start's options and input.
+    fn options(self) -> anyhow::Result<(StartOptions, String, Value)> {
+        let input = parse_json("--input", self.input.as_deref())?;
+        let mut options = StartOptions::new(self.id, self.task_queue);
+        options.execution_timeout_ms = self.execution_timeout_ms;
+        options.id_reuse_policy = match self.id_reuse_policy {
+            ReusePolicy::AllowDuplicate => IdReusePolicy::AllowDuplicate,
+            ReusePolicy::AllowDuplicateFailedOnly => IdReusePolicy::AllowDuplicateFailedOnly,
+            ReusePolicy::RejectDuplicate => IdReusePolicy::RejectDuplicate,
+        };
+        Ok((options, self.workflow_type, input))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum WorkflowCommand {
     /// Starts a run; prints its run id.
-    Start {
-        /// Workflow type.
-        #[arg(long = "type")]
-        workflow_type: String,
-        /// Workflow id.
+    Start(StartArgs),
+    /// Signals the workflow id's running run, starting it first if none runs
+    /// (one atomic request); prints the run id and whether it started.
+    SignalWithStart {
+        #[command(flatten)]
+        start: StartArgs,
+        /// Signal name.
         #[arg(long)]
-        id: String,
-        /// Task queue its workers poll.
+        name: String,
+        /// Signal payload, as JSON.
         #[arg(long)]
-        task_queue: String,
-        /// Input, as JSON (`'"ana"'`, `'{"n": 1}'`).
-        #[arg(long)]
-        input: Option<String>,
-        /// Whole-run deadline in milliseconds.
-        #[arg(long)]
-        execution_timeout_ms: Option<u64>,
-        /// What a closed workflow id may be reused for.
-        #[arg(long, value_enum, default_value = "allow-duplicate")]
-        id_reuse_policy: ReusePolicy,
+        signal_input: Option<String>,
     },
     /// Sends a signal.
     Signal {
@@ -173,24 +204,28 @@ pub async fn run(
     let client = connect(address, token).await?;
     let fail = |error: ClientError| explain(error, address);
     match command {
-        WorkflowCommand::Start {
-            workflow_type,
-            id,
-            task_queue,
-            input,
-            execution_timeout_ms,
-            id_reuse_policy,
-        } => {
-            let input = parse_json("--input", input.as_deref())?;
-            let mut options = StartOptions::new(id, task_queue);
-            options.execution_timeout_ms = execution_timeout_ms;
-            options.id_reuse_policy = match id_reuse_policy {
-                ReusePolicy::AllowDuplicate => IdReusePolicy::AllowDuplicate,
-                ReusePolicy::AllowDuplicateFailedOnly => IdReusePolicy::AllowDuplicateFailedOnly,
-                ReusePolicy::RejectDuplicate => IdReusePolicy::RejectDuplicate,
-            };
+        WorkflowCommand::Start(start) => {
+            let (options, workflow_type, input) = start.options()?;
             let started = client.start_by_name(options, &workflow_type, input).await;
             println!("{}", started.map_err(fail)?);
+        }
+        WorkflowCommand::SignalWithStart {
+            start,
+            name,
+            signal_input,
+        } => {
+            let signal_input = parse_json("--signal-input", signal_input.as_deref())?;
+            let (options, workflow_type, input) = start.options()?;
+            let sent = client
+                .signal_with_start_by_name(options, &workflow_type, input, &name, signal_input)
+                .await
+                .map_err(fail)?;
+            let how = if sent.started {
+                "started and signaled"
+            } else {
+                "signaled"
+            };
+            println!("{} ({how})", sent.run_id);
         }
         WorkflowCommand::Signal { run, name, input } => {
             let input = parse_json("--input", input.as_deref())?;

@@ -216,11 +216,12 @@ async fn scenario(client: SimClient, logs: Logs) -> anyhow::Result<()> {
         .expect("logs lock")
         .insert(program.seed, ClientLog::new());
     for run in &program.runs {
-        let mut options = StartOptions::new(&run.workflow_id, "sim");
-        options.execution_timeout_ms = run.execution_timeout_ms;
-        client
-            .start_by_name(options, "interpreter", serde_json::to_value(run)?)
-            .await?;
+        let started = start(&client, run).await?;
+        if let Some(record) = started {
+            let mut logs = logs.lock().expect("logs lock");
+            let log = logs.entry(program.seed).or_default();
+            log.entry(run.workflow_id.clone()).or_default().push(record);
+        }
     }
     let mut actions: Vec<(u64, &str, &ClientAction)> = program
         .runs
@@ -228,6 +229,7 @@ async fn scenario(client: SimClient, logs: Logs) -> anyhow::Result<()> {
         .flat_map(|r| {
             r.client
                 .iter()
+                .filter(|t| !is_start_signal(t))
                 .map(|t| (t.at_ms, r.workflow_id.as_str(), &t.action))
         })
         .collect();
@@ -256,6 +258,63 @@ async fn scenario(client: SimClient, logs: Logs) -> anyhow::Result<()> {
             .extend(records);
     }
     Ok(())
+}
+
+/// Starts a run: by signal-with-start if its program says so (then the
+/// record of that signal), else by a plain start.
+async fn start(client: &SimClient, run: &program::RunSpec) -> anyhow::Result<Option<ClientRecord>> {
+    let mut options = StartOptions::new(&run.workflow_id, "sim");
+    options.execution_timeout_ms = run.execution_timeout_ms;
+    let input = serde_json::to_value(run)?;
+    let Some((name, value)) = run.start_signal() else {
+        client.start_by_name(options, "interpreter", input).await?;
+        return Ok(None);
+    };
+    let request = signal_with_start_request(options, input, &run.workflow_id, name, value);
+    client
+        .call(retrace::api::Request::SignalWithStartWorkflow(request))
+        .await?;
+    let action = ClientAction::Signal {
+        name: name.to_string(),
+        value,
+        with_start: true,
+    };
+    Ok(Some(ClientRecord {
+        action,
+        result: Ok(None),
+        described: None,
+    }))
+}
+
+/// The signal a run was started with (played by [`start`], not later).
+fn is_start_signal(timed: &program::Timed) -> bool {
+    matches!(timed.action, ClientAction::Signal { with_start: true, .. } if timed.at_ms == 0)
+}
+
+/// A signal-with-start of the interpreter; its request id is the signal's
+/// (`{workflow_id}/{name}`), so a repeat of the signal is recognised.
+fn signal_with_start_request(
+    options: StartOptions,
+    input: serde_json::Value,
+    workflow_id: &str,
+    name: &str,
+    value: u64,
+) -> retrace::api::SignalWithStartWorkflowRequest {
+    retrace::api::SignalWithStartWorkflowRequest {
+        start: retrace::api::StartWorkflowRequest {
+            workflow_id: options.workflow_id,
+            workflow_type: "interpreter".to_string(),
+            task_queue: options.task_queue,
+            input,
+            execution_timeout_ms: options.execution_timeout_ms,
+            workflow_task_timeout_ms: None,
+            id_reuse_policy: options.id_reuse_policy,
+            request_id: format!("{workflow_id}/{name}"),
+            identity: "generated-client".to_string(),
+        },
+        signal_name: name.to_string(),
+        signal_input: serde_json::json!(value),
+    }
 }
 
 fn is_burst(action: &ClientAction) -> bool {
@@ -301,11 +360,19 @@ async fn signal_once(
         request_id: format!("{workflow_id}/{name}"),
         identity: "generated-client".to_string(),
     };
+    call_until_room(client, retrace::api::Request::SignalWorkflow(request))
+        .await
+        .map(drop)
+}
+
+/// Sends `request`, again while the service's buffered limit refuses it.
+async fn call_until_room(
+    client: &SimClient,
+    request: retrace::api::Request,
+) -> Result<retrace::api::Response, retrace::client::ClientError> {
     let mut tries = 1;
     loop {
-        let sent = client
-            .call(retrace::api::Request::SignalWorkflow(request.clone()))
-            .await;
+        let sent = client.call(request.clone()).await;
         match sent {
             Err(error)
                 if error.code() == Some(retrace::api::ErrorCode::ResourceExhausted)
@@ -314,7 +381,7 @@ async fn signal_once(
                 tries += 1;
                 client.sleep_ms(100).await;
             }
-            other => return other.map(drop),
+            other => return other,
         }
     }
 }
@@ -327,7 +394,21 @@ async fn act(
     action: &ClientAction,
 ) -> Result<Option<u64>, String> {
     let result = match action {
-        ClientAction::Signal { name, value } => signal_once(client, workflow_id, name, *value)
+        ClientAction::Signal {
+            name,
+            value,
+            with_start: true,
+        } => {
+            // The run is running (started at 0 ms): a second run would be
+            // the service's mistake, and the policy forbids it anyway.
+            let mut options = StartOptions::new(workflow_id, "sim");
+            options.id_reuse_policy = retrace::api::IdReusePolicy::RejectDuplicate;
+            let input = serde_json::Value::Null;
+            let request = signal_with_start_request(options, input, workflow_id, name, *value);
+            let request = retrace::api::Request::SignalWithStartWorkflow(request);
+            call_until_room(client, request).await.map(|_| None)
+        }
+        ClientAction::Signal { name, value, .. } => signal_once(client, workflow_id, name, *value)
             .await
             .map(|()| None),
         ClientAction::RepeatSignal { name, value } => {

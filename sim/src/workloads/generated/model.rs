@@ -218,6 +218,7 @@ impl<'a> RunCheck<'a> {
         self.check_timers(history);
         self.check_task_failures(history);
         self.check_client_events(history);
+        self.check_start_signal(history);
         self.check_queries();
         if completed {
             self.check_reports(history, &activities);
@@ -414,6 +415,30 @@ impl<'a> RunCheck<'a> {
         }
     }
 
+    /// A run started by signal-with-start holds its signal in its first
+    /// write: the start, the first workflow task's scheduling, the signal.
+    fn check_start_signal(&mut self, history: &History) {
+        let Some((name, value)) = self.spec.start_signal() else {
+            return;
+        };
+        let first_write: Vec<&EventKind> =
+            history.events().iter().take(3).map(|e| &e.kind).collect();
+        let holds = matches!(
+            first_write[..],
+            [
+                EventKind::WorkflowExecutionStarted(_),
+                EventKind::WorkflowTaskScheduled(_),
+                EventKind::WorkflowExecutionSignaled(s),
+            ] if s.signal_name == name && s.input == value
+        );
+        if !holds {
+            let names: Vec<&str> = first_write.iter().map(|k| k.name()).collect();
+            self.problem(format!(
+                "started by signal-with-start with {name}={value}, but its first events are {names:?}"
+            ));
+        }
+    }
+
     /// Signals, cancel requests and terminations the client could have caused.
     fn check_client_events(&mut self, history: &History) {
         let mut signals: BTreeMap<&str, u64> = BTreeMap::new();
@@ -426,7 +451,7 @@ impl<'a> RunCheck<'a> {
                         continue;
                     }
                     let sent = self.spec.client.iter().any(|t| matches!(&t.action,
-                        ClientAction::Signal { name, value } if *name == s.signal_name && s.input == *value));
+                        ClientAction::Signal { name, value, .. } if *name == s.signal_name && s.input == *value));
                     if !sent {
                         self.problem(format!(
                             "signal {} with {} was never sent",
@@ -1314,7 +1339,7 @@ impl<'a> RunCheck<'a> {
             (Step::Signal { name }, StepReport::Signal { value }) => {
                 let sent = self.spec.client.iter().any(|t| {
                     matches!(&t.action,
-                    ClientAction::Signal { name: n, value: v } if n == name && v == value)
+                    ClientAction::Signal { name: n, value: v, .. } if n == name && v == value)
                 });
                 if !sent {
                     self.problem(format!(

@@ -211,12 +211,22 @@ pub enum Step {
     },
 }
 
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// What the client does to a run, `at_ms` after it started all runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientAction {
+    /// Signal `name` with `value`, once (request id `{workflow_id}/{name}`).
+    /// `with_start`: sent by signal-with-start: at 0 ms it starts the run
+    /// (the signal in its first write); later it must find the run running
+    /// and only signal it (id reuse policy RejectDuplicate: never a second run).
     Signal {
         name: String,
         value: u64,
+        #[serde(default, skip_serializing_if = "is_false")]
+        with_start: bool,
     },
     Query,
     Cancel,
@@ -406,6 +416,18 @@ impl RunSpec {
     pub fn client_does(&self, what: fn(&ClientAction) -> bool) -> bool {
         self.client.iter().any(|t| what(&t.action))
     }
+
+    /// The signal the run is started with (by signal-with-start), if any.
+    pub fn start_signal(&self) -> Option<(&str, u64)> {
+        self.client.iter().find_map(|t| match &t.action {
+            ClientAction::Signal {
+                name,
+                value,
+                with_start: true,
+            } if t.at_ms == 0 => Some((name.as_str(), *value)),
+            _ => None,
+        })
+    }
 }
 
 /// Everything one seed runs.
@@ -479,10 +501,12 @@ pub enum Feature {
     SignalRepeated,
     ResultOverLimit,
     RogueWorker,
+    SignalWithStart,
+    SignalWithStartRunning,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 52] = [
+pub const FEATURES: [Feature; 54] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -535,6 +559,8 @@ pub const FEATURES: [Feature; 52] = [
     Feature::SignalRepeated,
     Feature::ResultOverLimit,
     Feature::RogueWorker,
+    Feature::SignalWithStart,
+    Feature::SignalWithStartRunning,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -585,6 +611,7 @@ impl Program {
         let mut runs: Vec<RunSpec> = (0..runs_count).map(|i| run(&mut draws, i)).collect();
         add_shaped_actions(seed, &mut runs);
         add_pressure_actions(seed, &mut runs);
+        add_signal_with_start(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
             .collect();
@@ -650,6 +677,12 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             ClientAction::Terminate => out.insert(Feature::WorkflowTerminate),
             ClientAction::Query if timed.at_ms < 1_000 => out.insert(Feature::QueryEarly),
             ClientAction::Query => out.insert(Feature::QueryLate),
+            ClientAction::Signal {
+                with_start: true, ..
+            } if timed.at_ms == 0 => out.insert(Feature::SignalWithStart),
+            ClientAction::Signal {
+                with_start: true, ..
+            } => out.insert(Feature::SignalWithStartRunning),
             ClientAction::Signal { .. } if timed.at_ms == 0 => {
                 out.insert(Feature::SignalBeforeListen)
             }
@@ -785,7 +818,7 @@ fn add_pressure_actions(seed: u64, runs: &mut [RunSpec]) {
             }
         }
         let first_signal = run.client.iter().find_map(|t| match &t.action {
-            ClientAction::Signal { name, value } => Some((name.clone(), *value)),
+            ClientAction::Signal { name, value, .. } => Some((name.clone(), *value)),
             _ => None,
         });
         if let Some((name, value)) = first_signal.filter(|_| draws.chance(40)) {
@@ -803,6 +836,26 @@ fn add_pressure_actions(seed: u64, runs: &mut [RunSpec]) {
             let at = draws.below(places as u64) as usize;
             let activity = oversize_activity(&format!("r{index}oversize"));
             run.steps.insert(at, Step::Activity(activity));
+        }
+    }
+}
+
+/// Signals sent by signal-with-start, drawn from their own stream: a run's
+/// first signal at 0 ms may start it; a later one finds it running.
+fn add_signal_with_start(seed: u64, runs: &mut [RunSpec]) {
+    let mut draws = Draws(seed ^ 0x5357_5354_4152_5421);
+    for run in runs.iter_mut() {
+        let mut starts = 0;
+        for timed in &mut run.client {
+            let ClientAction::Signal { with_start, .. } = &mut timed.action else {
+                continue;
+            };
+            // The start carries one signal.
+            let may = timed.at_ms > 0 || starts == 0;
+            if may && draws.chance(30) {
+                *with_start = true;
+                starts += usize::from(timed.at_ms == 0);
+            }
         }
     }
 }
@@ -989,6 +1042,7 @@ fn step(draws: &mut Draws, tag: &str, client: &mut Vec<Timed>) -> Step {
             let action = ClientAction::Signal {
                 name: name.clone(),
                 value,
+                with_start: false,
             };
             client.push(Timed { at_ms, action });
             Step::Signal { name }
