@@ -102,9 +102,37 @@ pub(crate) struct RunCore {
     /// `side_effect`): (marker name, details).
     pub(crate) expected_markers: Vec<(String, Value)>,
     query_handlers: BTreeMap<String, Arc<QueryFn>>,
+    /// Conditions waited on and false when last polled, by sequence: the
+    /// executor re-checks them whenever the workflow stops making progress.
+    conditions: BTreeMap<u64, (Arc<ConditionFn>, Waker)>,
+    next_condition_seq: u64,
 }
 
+/// A condition a workflow waits for (`WorkflowContext::wait_condition`).
+pub type ConditionFn = dyn Fn() -> bool + Send + Sync;
+
 impl RunCore {
+    /// Wakes the first waiting condition that now holds (and forgets it
+    /// until its future is polled again); false if none holds. Conditions
+    /// run without the core locked: they may read the context.
+    pub(crate) fn wake_a_true_condition(core: &Mutex<RunCore>) -> bool {
+        let lock = || {
+            core.lock()
+                .expect("the run core lock is never held across a panic")
+        };
+        let waiting: Vec<(u64, Arc<ConditionFn>)> = lock()
+            .conditions
+            .iter()
+            .map(|(seq, (condition, _))| (*seq, condition.clone()))
+            .collect();
+        let Some(seq) = waiting.into_iter().find_map(|(seq, f)| f().then_some(seq)) else {
+            return false;
+        };
+        let (_, waker) = lock().conditions.remove(&seq).expect("a waiting condition");
+        waker.wake();
+        true
+    }
+
     pub(crate) fn new(run_id: &str) -> RunCore {
         RunCore {
             now: Timestamp(0),
@@ -123,6 +151,8 @@ impl RunCore {
             patches: BTreeMap::new(),
             expected_markers: Vec::new(),
             query_handlers: BTreeMap::new(),
+            conditions: BTreeMap::new(),
+            next_condition_seq: 1,
         }
     }
 
@@ -348,6 +378,40 @@ impl WorkflowContext {
     /// Resolves when the run is asked to cancel.
     pub fn cancelled(&self) -> CancelledFuture {
         CancelledFuture { ctx: self.clone() }
+    }
+
+    /// Resolves once `condition` holds: checked when awaited, and again
+    /// whenever the workflow's code has run as far as it can (after a
+    /// signal, a timer, an activity's result, or another branch changing the
+    /// state the condition reads). Once the run is asked to cancel, a wait
+    /// whose condition does not hold ends with `Err(WorkflowError::Canceled)`.
+    /// The condition must read only workflow state (deterministic), and must
+    /// not block.
+    pub fn wait_condition(
+        &self,
+        condition: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> ConditionFuture {
+        ConditionFuture {
+            ctx: self.clone(),
+            condition: Arc::new(condition),
+            seq: None,
+        }
+    }
+
+    /// [`WorkflowContext::wait_condition`] bounded by a durable timer of
+    /// `timeout`: `Ok(true)` if the condition held first, `Ok(false)` if the
+    /// timer fired first. The timer is canceled when the condition holds.
+    pub async fn wait_condition_timeout(
+        &self,
+        timeout: Duration,
+        condition: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> Result<bool, WorkflowError> {
+        let waited = self.wait_condition(condition);
+        let timer = self.sleep(timeout);
+        match futures::future::select(waited, timer).await {
+            futures::future::Either::Left((held, _timer)) => held.map(|()| true),
+            futures::future::Either::Right((fired, _waited)) => fired.map(|()| false),
+        }
     }
 
     /// Runs `f` once and records its value; replay returns the recorded value
@@ -738,6 +802,51 @@ impl<T: DeserializeOwned> Future for SignalFuture<'_, T> {
         add_waker(core.signal_wakers.entry(name).or_default(), cx.waker());
         add_waker(&mut core.cancel_wakers, cx.waker());
         Poll::Pending
+    }
+}
+
+/// Resolves once a condition holds ([`WorkflowContext::wait_condition`]).
+#[must_use = "a condition is waited for only when its future is awaited"]
+pub struct ConditionFuture {
+    ctx: WorkflowContext,
+    condition: Arc<ConditionFn>,
+    /// Its place among the waiting conditions, once it has waited.
+    seq: Option<u64>,
+}
+
+impl Future for ConditionFuture {
+    type Output = Result<(), WorkflowError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let held = (this.condition)();
+        let mut core = this.ctx.lock();
+        let seq = *this.seq.get_or_insert_with(|| {
+            core.next_condition_seq += 1;
+            core.next_condition_seq - 1
+        });
+        if held || core.cancel_requested {
+            core.conditions.remove(&seq);
+            return Poll::Ready(if held {
+                Ok(())
+            } else {
+                Err(WorkflowError::Canceled)
+            });
+        }
+        core.conditions
+            .insert(seq, (this.condition.clone(), cx.waker().clone()));
+        add_waker(&mut core.cancel_wakers, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl Drop for ConditionFuture {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq
+            && let Ok(mut core) = self.ctx.core.lock()
+        {
+            core.conditions.remove(&seq);
+        }
     }
 }
 

@@ -333,6 +333,9 @@ impl WorkflowExecutor {
                     return Ok(());
                 }
                 Ok(Poll::Pending) if self.waker_flag.0.load(Ordering::Relaxed) => continue,
+                // The code ran as far as it can: a condition it waits on may
+                // hold now (another branch changed what it reads).
+                Ok(Poll::Pending) if RunCore::wake_a_true_condition(&self.core) => continue,
                 Ok(Poll::Pending) => return Ok(()),
             }
         }

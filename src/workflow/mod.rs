@@ -36,8 +36,8 @@ pub use command::{
     event_command_key,
 };
 pub use context::{
-    ActivityFuture, CancelledFuture, QueryFn, SignalChannel, SignalFuture, TimerFuture,
-    WorkflowContext, WorkflowInfo,
+    ActivityFuture, CancelledFuture, ConditionFn, ConditionFuture, QueryFn, SignalChannel,
+    SignalFuture, TimerFuture, WorkflowContext, WorkflowInfo,
 };
 pub use error::{ActivityError, PayloadError, WorkflowError};
 pub use executor::{

@@ -212,6 +212,12 @@ pub enum StepReport {
     Signal {
         value: u64,
     },
+    /// A condition wait: the signal's value, and whether the condition held
+    /// before its timeout.
+    Condition {
+        value: u64,
+        held: bool,
+    },
     SideEffect {
         value: u64,
     },
@@ -282,7 +288,8 @@ impl Workflow for Interpreter {
             let run = run_step(&ctx, step);
             let waits_through_cancel =
                 matches!(step, Step::Activity(a) if a.cancellation == Cancellation::WaitCompleted);
-            if waits_through_cancel || matches!(step, Step::Signal { .. }) {
+            let signal_wait = matches!(step, Step::Signal { .. } | Step::Condition { .. });
+            if waits_through_cancel || signal_wait {
                 // An activity that waits for its cancellation to complete; a
                 // signal wait, which the SDK itself must end with Canceled
                 // when the run is asked to cancel (no race with `cancelled()`
@@ -305,6 +312,37 @@ impl Workflow for Interpreter {
     }
 }
 
+/// Waits on a flag that a second branch sets once signal `name` came; the
+/// waiter is polled first, so only the executor's re-check wakes it.
+async fn condition(
+    ctx: &WorkflowContext,
+    name: &str,
+    timeout_ms: Option<u64>,
+) -> WorkflowResult<StepReport> {
+    let came = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (set, seen) = (came.clone(), came);
+    let listen = async move {
+        let value = ctx.signal::<u64>(name).recv().await?;
+        set.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok::<u64, WorkflowError>(value)
+    };
+    let holds = move || seen.load(std::sync::atomic::Ordering::SeqCst);
+    let wait = async move {
+        match timeout_ms {
+            None => ctx.wait_condition(holds).await.map(|()| true),
+            Some(ms) => {
+                ctx.wait_condition_timeout(Duration::from_millis(ms), holds)
+                    .await
+            }
+        }
+    };
+    let (held, value) = futures::join!(wait, listen);
+    Ok(StepReport::Condition {
+        value: value?,
+        held: held?,
+    })
+}
+
 type StepFuture<'a> = Pin<Box<dyn Future<Output = WorkflowResult<StepReport>> + Send + 'a>>;
 
 fn run_step<'a>(ctx: &'a WorkflowContext, step: &'a Step) -> StepFuture<'a> {
@@ -321,6 +359,7 @@ fn run_step<'a>(ctx: &'a WorkflowContext, step: &'a Step) -> StepFuture<'a> {
             Step::Signal { name } => StepReport::Signal {
                 value: ctx.signal::<u64>(name).recv().await?,
             },
+            Step::Condition { name, timeout_ms } => condition(ctx, name, *timeout_ms).await?,
             Step::SideEffect { value } => StepReport::SideEffect {
                 value: ctx.side_effect(|| *value)?,
             },

@@ -155,6 +155,18 @@ pub fn check(program: &Program, observed: &Observed<'_>) -> Result<(), String> {
     ))
 }
 
+/// The event id of the firing of the timer of `duration_ms`, if it fired.
+fn fired_timer_of(history: &History, duration_ms: u64) -> Option<u64> {
+    history.events().iter().find_map(|e| match &e.kind {
+        EventKind::TimerFired(f) => {
+            let started = by_id(history, f.started_event_id)?;
+            matches!(&started.kind, EventKind::TimerStarted(s) if s.start_to_fire_timeout_ms == duration_ms)
+                .then_some(e.event_id)
+        }
+        _ => None,
+    })
+}
+
 /// The events of one activity.
 struct ActivityEvents<'h> {
     scheduled: &'h Event,
@@ -1396,7 +1408,48 @@ impl<'a> RunCheck<'a> {
             ) => {
                 self.check_select(activities, activity, *activity_won, report.as_ref());
             }
+            (Step::Condition { name, timeout_ms }, StepReport::Condition { value, held }) => {
+                self.check_condition(history, name, *timeout_ms, *value, *held);
+            }
             _ => self.problem(format!("step {step:?} reported {report:?}")),
+        }
+    }
+
+    /// A condition wait. Its value was sent; it held iff its signal came
+    /// before its timer fired: a `false` needs its timer (known by its
+    /// duration) fired, a `true` needs the signal in the history before any
+    /// firing of that timer; without a timeout it always holds.
+    fn check_condition(
+        &mut self,
+        history: &History,
+        name: &str,
+        timeout_ms: Option<u64>,
+        value: u64,
+        held: bool,
+    ) {
+        let sent = self.spec.client.iter().any(|t| {
+            matches!(&t.action, ClientAction::Signal { name: n, value: v, .. } if n == name && *v == value)
+        });
+        if !sent {
+            self.problem(format!(
+                "condition {name} saw {value}, which the client never sent"
+            ));
+        }
+        let signaled = history.events().iter().find_map(|e| match &e.kind {
+            EventKind::WorkflowExecutionSignaled(s) if s.signal_name == name => Some(e.event_id),
+            _ => None,
+        });
+        let fired = timeout_ms.and_then(|ms| fired_timer_of(history, ms));
+        let consistent = match (timeout_ms, held) {
+            (None, held) => held,
+            (Some(_), false) => fired.is_some(),
+            (Some(_), true) => signaled.is_some_and(|s| fired.is_none_or(|f| s < f)),
+        };
+        if !consistent {
+            self.problem(format!(
+                "condition {name} (timeout {timeout_ms:?}) reported held={held}, \
+                 but its signal is at event {signaled:?} and its timer fired at {fired:?}"
+            ));
         }
     }
 

@@ -209,6 +209,13 @@ pub enum Step {
         activity: ActivitySpec,
         timer_ms: u64,
     },
+    /// `ctx.wait_condition` (with a timeout of `timeout_ms` if set) on a flag
+    /// that a second branch, waiting for signal `name`, sets: the waiter is
+    /// polled first, so only the executor's re-check can wake it.
+    Condition {
+        name: String,
+        timeout_ms: Option<u64>,
+    },
 }
 
 fn is_false(value: &bool) -> bool {
@@ -392,6 +399,12 @@ impl RunSpec {
                         }
                     }
                 }
+                Step::Condition {
+                    timeout_ms: Some(timeout_ms),
+                    ..
+                } => {
+                    out.insert(*timeout_ms);
+                }
                 _ => {}
             }
         }
@@ -503,10 +516,12 @@ pub enum Feature {
     RogueWorker,
     SignalWithStart,
     SignalWithStartRunning,
+    WaitCondition,
+    WaitConditionTimeout,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 54] = [
+pub const FEATURES: [Feature; 56] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -561,6 +576,8 @@ pub const FEATURES: [Feature; 54] = [
     Feature::RogueWorker,
     Feature::SignalWithStart,
     Feature::SignalWithStartRunning,
+    Feature::WaitCondition,
+    Feature::WaitConditionTimeout,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -612,6 +629,7 @@ impl Program {
         add_shaped_actions(seed, &mut runs);
         add_pressure_actions(seed, &mut runs);
         add_signal_with_start(seed, &mut runs);
+        add_conditions(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
             .collect();
@@ -709,6 +727,10 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             Step::Patched { .. } => Feature::Patched,
             Step::Join(_) => Feature::Join,
             Step::Select { .. } => Feature::Select,
+            Step::Condition {
+                timeout_ms: None, ..
+            } => Feature::WaitCondition,
+            Step::Condition { .. } => Feature::WaitConditionTimeout,
             Step::Signal { .. } | Step::Activity(_) => continue,
         };
         out.insert(feature);
@@ -857,6 +879,40 @@ fn add_signal_with_start(seed: u64, runs: &mut [RunSpec]) {
                 starts += usize::from(timed.at_ms == 0);
             }
         }
+    }
+}
+
+/// Timeouts of condition waits: no step's timer has them, so the model
+/// knows each condition's timer by its duration.
+pub const CONDITION_TIMEOUTS_MS: [u64; 2] = [2_345, 7_777];
+
+/// Condition waits, drawn from their own stream: at most one per run, with
+/// the signal that makes it hold sent at 0, 1.5 or 5 s.
+fn add_conditions(seed: u64, runs: &mut [RunSpec]) {
+    let mut draws = Draws(seed ^ 0x434f_4e44_4954_494f);
+    for (index, run) in runs.iter_mut().enumerate() {
+        if !draws.chance(25) {
+            continue;
+        }
+        let name = format!("r{index}-condition");
+        let timeout_ms = draws.chance(50).then(|| draws.pick(&CONDITION_TIMEOUTS_MS));
+        // Before a last step that gives up, so the run still gives up.
+        let places = run.steps.len() + usize::from(!run.gives_up());
+        let at = draws.below(places as u64) as usize;
+        let step = Step::Condition {
+            name: name.clone(),
+            timeout_ms,
+        };
+        run.steps.insert(at, step);
+        let at_ms = draws.pick(&[0, 1_500, 5_000]);
+        let value = draws.below(1_000);
+        let action = ClientAction::Signal {
+            name,
+            value,
+            with_start: false,
+        };
+        run.client.push(Timed { at_ms, action });
+        run.client.sort_by_key(|t| t.at_ms);
     }
 }
 
