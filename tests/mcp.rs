@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use server_process::{RETRACE, ServerProcess, free_port};
 
 /// Every tool `retrace mcp` offers.
-const TOOLS: [&str; 12] = [
+const TOOLS: [&str; 13] = [
     "describe_workflow",
     "get_history",
     "get_result",
@@ -29,6 +29,7 @@ const TOOLS: [&str; 12] = [
     "query_workflow",
     "read_failure_report",
     "run_campaign",
+    "signal_with_start",
     "signal_workflow",
     "start_workflow",
 ];
@@ -214,6 +215,20 @@ async fn service_tools_start_describe_list_signal_and_read_a_run_on_a_real_serve
     let result = ok_json(&mcp, "get_result", run).await;
     assert_eq!(result["closed"], false, "{result}");
     assert_run_is_listed(&mcp, &run_id).await;
+    let sws = json!({"workflow_type": "greet", "workflow_id": "g1", "task_queue": "greetings",
+        "name": "approve", "payload": "cy"});
+    let signaled = ok_json(&mcp, "signal_with_start", sws.clone()).await;
+    assert_eq!(
+        (&signaled["run_id"], &signaled["started"]),
+        (&json!(run_id), &json!(false))
+    );
+    let mut other = sws;
+    other["workflow_id"] = json!("g2");
+    let started = ok_json(&mcp, "signal_with_start", other).await;
+    assert_eq!(
+        started["started"], true,
+        "no run of g2 was running: {started}"
+    );
     mcp.cancel().await.unwrap();
 }
 

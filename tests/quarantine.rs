@@ -22,8 +22,22 @@ fn registry() -> WorkflowRegistry {
     registry
 }
 
+/// The engine over the database at `path`. An engine dropped just before
+/// may still hold the file's lock for a moment (its detached tasks end on
+/// their own time), so a lock held by another is waited out, up to 10 s.
 async fn engine(path: &std::path::Path) -> EmbeddedEngine {
-    let storage = SqliteStorage::open(path).expect("the database opens");
+    let mut tries = 0;
+    let storage = loop {
+        match SqliteStorage::open(path) {
+            Err(error) if error.to_string().contains("holds it locked") && tries < 200 => {
+                tries += 1;
+                // Real time: the other engine's tasks run on this runtime's threads.
+                #[allow(clippy::disallowed_methods)]
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            opened => break opened.expect("the database opens"),
+        }
+    };
     EmbeddedEngine::start(Arc::new(storage), ServiceConfig::default())
         .await
         .expect("the service starts")

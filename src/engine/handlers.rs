@@ -192,34 +192,43 @@ impl Inner {
         machine::run::check_start(&request)?;
         self.check_workflow_type(&request)?;
         for _ in 0..3 {
-            let current = self
-                .storage
-                .current_run(&request.workflow_id)
-                .await
-                .map_err(|e| unavailable(&e))?;
-            if let Some(current) = &current {
-                let run = RunRef {
-                    workflow_id: request.workflow_id.clone(),
-                    run_id: Some(current.clone()),
-                };
-                let existing = self.snapshot(&run).await?;
+            let current = self.current_state(&request.workflow_id).await?;
+            if let Some((current, existing)) = &current {
                 if existing.start_request_id == request.request_id {
-                    self.check_same_start(&request, &existing).await?;
+                    self.check_same_start(&request, existing).await?;
                     return Ok(StartWorkflowResponse {
                         run_id: current.clone(),
                     });
                 }
-                check_reuse(&request, &existing)?;
+                check_reuse(&request, existing)?;
             }
             self.check_open_runs()?;
+            let current = current.map(|(run_id, _)| run_id);
             if let Some(started) = self.create_run(&request, current, None).await? {
                 return Ok(started);
             }
         }
-        Err(ServiceError::new(
-            ErrorCode::Unavailable,
-            "concurrent starts of this workflow id; retry",
-        ))
+        Err(concurrent_starts())
+    }
+
+    /// The workflow id's current run and its state, if it has one.
+    async fn current_state(
+        self: &Arc<Self>,
+        workflow_id: &str,
+    ) -> Result<Option<(String, RunState)>, ServiceError> {
+        let current = self
+            .storage
+            .current_run(workflow_id)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let Some(run_id) = current else {
+            return Ok(None);
+        };
+        let run = RunRef {
+            workflow_id: workflow_id.to_string(),
+            run_id: Some(run_id.clone()),
+        };
+        Ok(Some((run_id, self.snapshot(&run).await?)))
     }
 
     /// Signals the running run of the workflow id, or starts one (under the
@@ -233,19 +242,11 @@ impl Inner {
         self.check_workflow_type(start)?;
         let signal = (request.signal_name.as_str(), &request.signal_input);
         for _ in 0..3 {
-            let current = self
-                .storage
-                .current_run(&start.workflow_id)
-                .await
-                .map_err(|e| unavailable(&e))?;
-            if let Some(run_id) = &current {
-                let run = RunRef {
-                    workflow_id: start.workflow_id.clone(),
-                    run_id: Some(run_id.clone()),
-                };
-                let existing = self.snapshot(&run).await?;
+            let current = self.current_state(&start.workflow_id).await?;
+            if let Some((run_id, existing)) = &current {
                 if existing.start_request_id == start.request_id {
                     // A retry of the request that started it, signal and all.
+                    self.check_same_start(start, existing).await?;
                     return Ok(SignalWithStartWorkflowResponse {
                         run_id: run_id.clone(),
                         started: true,
@@ -262,9 +263,10 @@ impl Inner {
                         signaled => return signaled,
                     }
                 }
-                check_reuse(start, &existing)?;
+                check_reuse(start, existing)?;
             }
             self.check_open_runs()?;
+            let current = current.map(|(run_id, _)| run_id);
             if let Some(started) = self.create_run(start, current, Some(signal)).await? {
                 return Ok(SignalWithStartWorkflowResponse {
                     run_id: started.run_id,
@@ -272,10 +274,7 @@ impl Inner {
                 });
             }
         }
-        Err(ServiceError::new(
-            ErrorCode::Unavailable,
-            "concurrent starts of this workflow id; retry",
-        ))
+        Err(concurrent_starts())
     }
 
     /// The signal of a signal-with-start, to the running run `run_id`.
@@ -990,6 +989,13 @@ enum Recorded {
     Alone(Option<eager::StartedWorkflowTask>),
     /// With the worker's speculative workflow task.
     WithWorkflowTask(speculation::Taken),
+}
+
+fn concurrent_starts() -> ServiceError {
+    ServiceError::new(
+        ErrorCode::Unavailable,
+        "concurrent starts of this workflow id; retry",
+    )
 }
 
 fn check_reuse(request: &StartWorkflowRequest, existing: &RunState) -> Result<(), ServiceError> {

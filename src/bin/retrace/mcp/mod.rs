@@ -18,7 +18,8 @@ use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 
 use scaffolding::{NewItemArgs, NewProjectArgs};
 use service::{
-    DescribeArgs, ListArgs, QueryArgs, ResultArgs, RunArgs, Service, SignalArgs, StartArgs,
+    DescribeArgs, ListArgs, QueryArgs, ResultArgs, RunArgs, Service, SignalArgs,
+    SignalWithStartArgs, StartArgs,
 };
 use simulation::{CampaignArgs, FailureReportArgs};
 
@@ -27,7 +28,7 @@ type ToolResult = Result<String, String>;
 
 const INSTRUCTIONS: &str = "Retrace is a durable workflow engine with a deterministic simulator. \
 Scaffold with new_project, then new_workflow / new_activity inside it (each comes with a simulation test: \
-run `cargo test` in the project). Drive a running `retrace server` with start_workflow, signal_workflow, \
+run `cargo test` in the project). Drive a running `retrace server` with start_workflow, signal_with_start, signal_workflow, \
 query_workflow, describe_workflow, get_history, get_result and list_workflows. Run the engine's own \
 simulation campaigns with run_campaign and read a failing seed's report with read_failure_report.";
 
@@ -92,6 +93,17 @@ impl RetraceMcp {
     )]
     async fn start_workflow(&self, Parameters(args): Parameters<StartArgs>) -> ToolResult {
         self.service.start(args).await
+    }
+
+    #[tool(
+        description = "Signal the running run of workflow_id, or start one (workflow_type, task_queue, input) with the signal in its first write if none runs: one atomic request. Returns JSON {workflow_id, run_id, started}.",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn signal_with_start(
+        &self,
+        Parameters(args): Parameters<SignalWithStartArgs>,
+    ) -> ToolResult {
+        self.service.signal_with_start(args).await
     }
 
     #[tool(

@@ -52,6 +52,27 @@ pub struct StartArgs {
     pub execution_timeout_ms: Option<u64>,
 }
 
+/// Arguments of `signal_with_start`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(deny_unknown_fields)]
+pub struct SignalWithStartArgs {
+    /// Workflow type to start if no run of the workflow id is running.
+    pub workflow_type: String,
+    /// Workflow id: its running run is signaled, or a new run started.
+    pub workflow_id: String,
+    /// Task queue the workflow's workers poll.
+    pub task_queue: String,
+    /// The input of a run this starts, any JSON value (default: null).
+    pub input: Option<Value>,
+    /// Whole-run deadline in milliseconds of a run this starts (default: none).
+    pub execution_timeout_ms: Option<u64>,
+    /// Signal name, as the workflow's code waits for it.
+    pub name: String,
+    /// The signal's payload, any JSON value (default: null).
+    pub payload: Option<Value>,
+}
+
 /// Arguments of `signal_workflow`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
@@ -193,6 +214,23 @@ impl Service {
         Ok(pretty(
             &json!({"workflow_id": args.workflow_id, "run_id": run_id}),
         ))
+    }
+
+    pub async fn signal_with_start(&self, args: SignalWithStartArgs) -> ToolResult {
+        let client = &self.connect().await?.client;
+        let mut options = StartOptions::new(&args.workflow_id, args.task_queue);
+        options.execution_timeout_ms = args.execution_timeout_ms;
+        let input = args.input.unwrap_or(Value::Null);
+        let payload = args.payload.unwrap_or(Value::Null);
+        let sent = client
+            .signal_with_start_by_name(options, &args.workflow_type, input, &args.name, payload)
+            .await
+            .map_err(|e| self.explain(e))?;
+        Ok(pretty(&json!({
+            "workflow_id": args.workflow_id,
+            "run_id": sent.run_id,
+            "started": sent.started,
+        })))
     }
 
     pub async fn signal(&self, args: SignalArgs) -> ToolResult {
