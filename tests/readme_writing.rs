@@ -11,6 +11,7 @@ use retrace::engine::EmbeddedEngine;
 use serde::{Deserialize, Serialize};
 
 include!("readme_writing/snippet.rs");
+include!("readme_writing/replay.rs");
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Order {
@@ -112,15 +113,45 @@ async fn the_readme_checkout_charges_once_waits_for_approval_and_ships() {
         "charged once"
     );
     worker.shutdown().await;
+    // The README's replay test reads this run's history from the fixture;
+    // `RETRACE_WRITE_FIXTURES=1` writes it again after an intended change.
+    let history = handle.history().await.unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CHECKOUT_FIXTURE);
+    if std::env::var_os("RETRACE_WRITE_FIXTURES").is_some() {
+        std::fs::write(&fixture, history.to_json() + "\n").unwrap();
+    }
+    let saved = retrace::history::History::from_file(&fixture).unwrap();
+    let names = |h: &retrace::history::History| -> Vec<&str> {
+        h.events().iter().map(|e| e.kind.name()).collect()
+    };
+    assert_eq!(
+        names(&saved),
+        names(&history),
+        "the fixture is a run of this code"
+    );
 }
 
+/// A saved history of the checkout above (read by the README's replay test).
+const CHECKOUT_FIXTURE: &str = "fixtures/histories/checkout.json";
+
 #[test]
-fn the_readme_shows_this_example_verbatim() {
-    let snippet = include_str!("readme_writing/snippet.rs");
-    let block = format!("## Writing workflows\n\n```rust\n{snippet}```\n");
+fn the_readme_shows_these_examples_verbatim() {
     let readme = include_str!("../README.md");
-    assert!(
-        readme.contains(&block),
-        "README.md's \"Writing workflows\" example differs from tests/readme_writing/snippet.rs"
-    );
+    let snippets = [
+        (
+            "## Writing workflows\n\n",
+            include_str!("readme_writing/snippet.rs"),
+        ),
+        (
+            "your current code:\n\n",
+            include_str!("readme_writing/replay.rs"),
+        ),
+    ];
+    for (before, snippet) in snippets {
+        let block = format!("{before}```rust\n{snippet}```\n");
+        assert!(
+            readme.contains(&block),
+            "README.md differs from tests/readme_writing/: paste\n{block}"
+        );
+    }
 }
