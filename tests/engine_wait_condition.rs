@@ -182,3 +182,54 @@ async fn a_cancel_request_ends_a_condition_wait_with_canceled() {
     worker.shutdown().await;
     assert_eq!(engine.check_histories().await, 1);
 }
+
+/// Its condition indexes a list another branch empties: it panics in the
+/// executor's re-check, after the signal.
+struct Fragile;
+impl Workflow for Fragile {
+    const NAME: &'static str = "fragile";
+    type Input = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext, (): ()) -> WorkflowResult<()> {
+        let items = Arc::new(std::sync::Mutex::new(vec![1]));
+        let (emptied, read) = (items.clone(), items);
+        let listener = ctx.clone();
+        let listen = async move {
+            let _: String = listener.signal("empty").recv().await?;
+            emptied.lock().unwrap().clear();
+            Ok::<(), WorkflowError>(())
+        };
+        let condition = move || read.lock().unwrap()[0] == 0;
+        let (held, heard) = join(ctx.wait_condition(condition), listen).await;
+        held?;
+        heard
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_condition_that_panics_fails_the_workflow_task_and_the_worker_carries_on() {
+    let mut registry = registry();
+    registry.register::<Fragile>();
+    let engine = TestEngine::new(registry.clone()).await;
+    let worker = engine.engine.worker("q").workflows(registry).start_two();
+    let client = engine.client();
+    let fragile = client
+        .start::<Fragile>(StartOptions::new("fragile", "q"), ())
+        .await
+        .unwrap();
+    sleep_ms(&engine, 100).await;
+    fragile.signal("empty", "now").await.unwrap();
+    sleep_ms(&engine, 2_000).await;
+    let history = fragile.history().await.unwrap();
+    let names = names(&history);
+    assert!(
+        names.contains(&"WorkflowTaskFailed"),
+        "the panic fails the task, at once: {names:?}"
+    );
+    let approval = start(&engine, "after", 0).await;
+    approval.signal("approve", "dee").await.unwrap();
+    let result = result_within_a_minute(&engine, "after").await;
+    assert_eq!(result, "approved by dee", "the workers still serve runs");
+    fragile.terminate("done").await.unwrap();
+    worker.shutdown().await;
+}

@@ -505,30 +505,46 @@ pub fn run_seed(setup: &Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) ->
 }
 
 /// Runs the seed here; says whether this thread may run more seeds (not after
-/// a panic).
+/// a panic, in the run or in tearing it down).
 fn run_seed_here(
     setup: &Arc<Setup>,
     seed: u64,
     swarm: Swarm,
     plan: FaultPlan,
 ) -> (SeedResult, bool) {
-    let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-    let simulation = simulate(setup.clone(), seed, swarm.clone(), plan.clone());
-    let (result, keep) =
-        match std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulation))) {
-            Ok(result) => (result, true),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "a task panicked".to_string());
-                (panicked(seed, swarm, plan, message), false)
-            }
-        };
-    drop(runtime);
-    crate::world::count_leaked_worlds();
+    let worlds_before = crate::world::worlds_live();
+    let (fallback_swarm, fallback_plan) = (swarm.clone(), plan.clone());
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let runtime =
+            madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        let simulation = simulate(setup.clone(), seed, swarm.clone(), plan.clone());
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(simulation)));
+        // Dropping the runtime drops every task left: inside the outer catch,
+        // so a panic there (a poisoned lock after a caught one) ends this
+        // seed, not the campaign.
+        drop(runtime);
+        ran
+    }));
+    let (result, keep) = match ran {
+        Ok(Ok(result)) => (result, true),
+        Ok(Err(panic)) | Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            (
+                panicked(seed, fallback_swarm, fallback_plan, message),
+                false,
+            )
+        }
+    };
+    crate::world::count_leaked_worlds(worlds_before);
     (result, keep)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a task panicked".to_string())
 }
 
 fn panicked(seed: u64, swarm: Swarm, plan: FaultPlan, message: String) -> SeedResult {

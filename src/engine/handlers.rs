@@ -231,6 +231,29 @@ impl Inner {
         Ok(Some((run_id, self.snapshot(&run).await?)))
     }
 
+    /// Signal-with-start: the signal in the new run's first write, its
+    /// payload counted towards the history's total.
+    fn add_start_signal(
+        &self,
+        step: &mut machine::Step<'_>,
+        request: &StartWorkflowRequest,
+        name: &str,
+        input: &serde_json::Value,
+    ) -> Result<(), ServiceError> {
+        let (identity, request_id) = (&request.identity, &request.request_id);
+        machine::run::on_signal(step, name, input.clone(), identity, request_id)?;
+        let bytes = crate::history::payload_size_bytes(input);
+        step.state.history_payload_bytes += bytes;
+        let bytes_max = self.config.history_payload_bytes_max;
+        if step.state.history_payload_bytes > bytes_max {
+            let message = format!(
+                "the signal's {bytes} bytes would start the history over its limit of {bytes_max} payload bytes"
+            );
+            return Err(ServiceError::new(ErrorCode::HistoryTooLarge, message));
+        }
+        Ok(())
+    }
+
     /// Signals the running run of the workflow id, or starts one (under the
     /// id reuse policy) with the signal in its first write.
     async fn signal_with_start(
@@ -361,11 +384,7 @@ impl Inner {
         let mut step = machine::Step::new(&mut state, now, self.limits());
         step.events = events;
         if let Some((name, input)) = signal {
-            // Signal-with-start: the signal is in the run's first write.
-            let (identity, request_id) = (&request.identity, &request.request_id);
-            machine::run::on_signal(&mut step, name, input.clone(), identity, request_id)?;
-            let bytes = crate::history::payload_size_bytes(input);
-            step.state.history_payload_bytes += bytes;
+            self.add_start_signal(&mut step, request, name, input)?;
         }
         let matched = self.sync_match(&mut step);
         let events = std::mem::take(&mut step.events);

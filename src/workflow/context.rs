@@ -125,7 +125,15 @@ impl RunCore {
             .iter()
             .map(|(seq, (condition, _))| (*seq, condition.clone()))
             .collect();
-        let Some(seq) = waiting.into_iter().find_map(|(seq, f)| f().then_some(seq)) else {
+        // A condition that panics here wakes its future: its poll runs it
+        // again inside the executor's catch, which fails the workflow task.
+        let holds = |f: &ConditionFn| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(true)
+        };
+        let Some(seq) = waiting
+            .into_iter()
+            .find_map(|(seq, f)| holds(f.as_ref()).then_some(seq))
+        else {
             return false;
         };
         let (_, waker) = lock().conditions.remove(&seq).expect("a waiting condition");
@@ -842,9 +850,14 @@ impl Future for ConditionFuture {
 
 impl Drop for ConditionFuture {
     fn drop(&mut self) {
-        if let Some(seq) = self.seq
-            && let Ok(mut core) = self.ctx.core.lock()
-        {
+        if let Some(seq) = self.seq {
+            // Even after a panic poisoned the lock: a registration left
+            // behind would hold the context it captured (a cycle, a leak).
+            let mut core = self
+                .ctx
+                .core
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             core.conditions.remove(&seq);
         }
     }

@@ -120,13 +120,23 @@ thread_local! {
 #[cfg(test)]
 static LEAKED_WORLDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Called on a seed's thread once its runtime is gone: every world the seed
-/// made must have been freed with everything it holds.
-pub fn count_leaked_worlds() {
+/// Worlds alive on this thread now (0 outside test builds).
+pub fn worlds_live() -> usize {
     #[cfg(test)]
-    if WORLDS_LIVE.with(Cell::get) != 0 {
+    return WORLDS_LIVE.with(Cell::get);
+    #[cfg(not(test))]
+    0
+}
+
+/// Called on a seed's thread once its runtime is gone: every world the seed
+/// made must have been freed with everything it holds, so as many live as
+/// before it (`before`, from [`worlds_live`]): a thread runs many seeds.
+pub fn count_leaked_worlds(before: usize) {
+    #[cfg(test)]
+    if WORLDS_LIVE.with(Cell::get) != before {
         LEAKED_WORLDS.fetch_add(1, Ordering::SeqCst);
     }
+    let _ = before;
 }
 
 /// Seeds (of any test in this process) that leaked their world.

@@ -212,11 +212,12 @@ pub enum StepReport {
     Signal {
         value: u64,
     },
-    /// A condition wait: the signal's value, and whether the condition held
-    /// before its timeout.
+    /// A condition wait: the signal's value, whether the condition held
+    /// before its timeout, and the workflow's time when the wait ended.
     Condition {
         value: u64,
         held: bool,
+        at_ms: u64,
     },
     SideEffect {
         value: u64,
@@ -340,6 +341,7 @@ async fn condition(
     Ok(StepReport::Condition {
         value: value?,
         held: held?,
+        at_ms: ctx.now().as_millis(),
     })
 }
 

@@ -155,15 +155,55 @@ pub fn check(program: &Program, observed: &Observed<'_>) -> Result<(), String> {
     ))
 }
 
-/// The event id of the firing of the timer of `duration_ms`, if it fired.
-fn fired_timer_of(history: &History, duration_ms: u64) -> Option<u64> {
+/// The timer of `duration_ms` that fired, if one did: its start's and its
+/// firing's event ids.
+fn fired_timer_of(history: &History, duration_ms: u64) -> Option<(u64, u64)> {
     history.events().iter().find_map(|e| match &e.kind {
         EventKind::TimerFired(f) => {
             let started = by_id(history, f.started_event_id)?;
             matches!(&started.kind, EventKind::TimerStarted(s) if s.start_to_fire_timeout_ms == duration_ms)
-                .then_some(e.event_id)
+                .then_some((started.event_id, e.event_id))
         }
         _ => None,
+    })
+}
+
+/// The start time of the workflow task completed first after event `after`
+/// (a failed or timed-out attempt does not count: its retry redid its work).
+fn completed_task_time_after(history: &History, after: u64) -> Option<u64> {
+    history.events().iter().find_map(|e| match &e.kind {
+        EventKind::WorkflowTaskCompleted(c) if e.event_id > after => {
+            by_id(history, c.started_event_id).map(|s| s.event_time.as_millis())
+        }
+        _ => None,
+    })
+}
+
+/// The start time of the last workflow task completed before event `before`.
+fn completed_task_time_before(history: &History, before: u64) -> Option<u64> {
+    history.events().iter().rev().find_map(|e| match &e.kind {
+        EventKind::WorkflowTaskCompleted(c) if e.event_id < before => {
+            by_id(history, c.started_event_id).map(|s| s.event_time.as_millis())
+        }
+        _ => None,
+    })
+}
+
+/// The event id of the start of the timer of `duration_ms`, if it started.
+fn started_timer_of(history: &History, duration_ms: u64) -> Option<u64> {
+    history.events().iter().find_map(|e| match &e.kind {
+        EventKind::TimerStarted(s) if s.start_to_fire_timeout_ms == duration_ms => Some(e.event_id),
+        _ => None,
+    })
+}
+
+/// True if a workflow task completed between events `after` and `before`
+/// (both excluded): the workflow code ran in between.
+fn task_completed_between(history: &History, after: u64, before: u64) -> bool {
+    history.events().iter().any(|e| {
+        e.event_id > after
+            && e.event_id < before
+            && matches!(e.kind, EventKind::WorkflowTaskCompleted(_))
     })
 }
 
@@ -447,6 +487,31 @@ impl<'a> RunCheck<'a> {
             let names: Vec<&str> = first_write.iter().map(|k| k.name()).collect();
             self.problem(format!(
                 "started by signal-with-start with {name}={value}, but its first events are {names:?}"
+            ));
+        }
+    }
+
+    /// A condition that held did so in the workflow task that first saw its
+    /// signal once the wait had begun (a signal already there: the task that
+    /// began the wait, known by the timer it started), not later.
+    fn check_condition_time(&mut self, history: &History, name: &str, timeout_ms: u64, at_ms: u64) {
+        let signaled = history.events().iter().find_map(|e| match &e.kind {
+            EventKind::WorkflowExecutionSignaled(s) if s.signal_name == name => Some(e.event_id),
+            _ => None,
+        });
+        let (Some(signaled), Some(started)) = (signaled, started_timer_of(history, timeout_ms))
+        else {
+            return;
+        };
+        let expected = if signaled > started {
+            completed_task_time_after(history, signaled)
+        } else {
+            completed_task_time_before(history, started)
+        };
+        if expected.is_some_and(|expected| expected != at_ms) {
+            self.problem(format!(
+                "condition {name} held at {at_ms} ms, not in the workflow task of {expected:?} ms \
+                 that first saw its signal (event {signaled}; the wait began by event {started})"
             ));
         }
     }
@@ -1408,10 +1473,25 @@ impl<'a> RunCheck<'a> {
             ) => {
                 self.check_select(activities, activity, *activity_won, report.as_ref());
             }
-            (Step::Condition { name, timeout_ms }, StepReport::Condition { value, held }) => {
-                self.check_condition(history, name, *timeout_ms, *value, *held);
-            }
+            (
+                Step::Condition { name, timeout_ms },
+                StepReport::Condition { value, held, at_ms },
+            ) => self.check_condition_report(history, name, *timeout_ms, (*value, *held, *at_ms)),
             _ => self.problem(format!("step {step:?} reported {report:?}")),
+        }
+    }
+
+    /// A condition step's report: (value, held, at_ms).
+    fn check_condition_report(
+        &mut self,
+        history: &History,
+        name: &str,
+        timeout_ms: Option<u64>,
+        (value, held, at_ms): (u64, bool, u64),
+    ) {
+        self.check_condition(history, name, timeout_ms, value, held);
+        if held && let Some(ms) = timeout_ms {
+            self.check_condition_time(history, name, ms, at_ms);
         }
     }
 
@@ -1439,11 +1519,19 @@ impl<'a> RunCheck<'a> {
             EventKind::WorkflowExecutionSignaled(s) if s.signal_name == name => Some(e.event_id),
             _ => None,
         });
-        let fired = timeout_ms.and_then(|ms| fired_timer_of(history, ms));
-        let consistent = match (timeout_ms, held) {
-            (None, held) => held,
-            (Some(_), false) => fired.is_some(),
-            (Some(_), true) => signaled.is_some_and(|s| fired.is_none_or(|f| s < f)),
+        let timer = timeout_ms.and_then(|ms| fired_timer_of(history, ms));
+        let fired = timer.map(|(_, fired)| fired);
+        let consistent = match (timeout_ms, held, timer) {
+            (None, held, _) => held,
+            (Some(_), false, None) => false,
+            // Timed out: the signal came after the firing, or after the
+            // wait began with no workflow code run between it and the firing
+            // (a signal already there when the wait began, or seen by a later
+            // workflow task, makes the condition hold at once).
+            (Some(_), false, Some((started, fired))) => signaled.is_none_or(|s| {
+                s > fired || (s > started && !task_completed_between(history, s, fired))
+            }),
+            (Some(_), true, _) => signaled.is_some_and(|s| fired.is_none_or(|f| s < f)),
         };
         if !consistent {
             self.problem(format!(
