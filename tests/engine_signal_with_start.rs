@@ -203,3 +203,25 @@ async fn a_bad_signal_with_start_is_refused_saying_why_and_stores_nothing() {
     assert_eq!(code, ErrorCode::InvalidArgument);
     assert_eq!(engine.check_histories().await, 0, "nothing was stored");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_that_would_start_a_history_over_its_limit_is_refused_and_nothing_stored() {
+    let mut config = retrace::engine::ServiceConfig::default();
+    config.history_payload_bytes_max = 100;
+    let storage = std::sync::Arc::new(retrace::env::MemoryStorage::new());
+    let engine = retrace::engine::EmbeddedEngine::start(storage, config)
+        .await
+        .unwrap();
+    let engine = TestEngine {
+        engine,
+        registry: registry(),
+    };
+    let mut large = request("order-6", "r1", "a");
+    large.signal_input = Value::String("x".repeat(200));
+    let (code, message) = service_error(send(&engine, large).await);
+    assert_eq!(code, ErrorCode::HistoryTooLarge);
+    assert!(message.contains("limit of 100"), "{message}");
+    assert_eq!(engine.check_histories().await, 0, "nothing was stored");
+    let (_, started) = send(&engine, request("order-6", "r2", "a")).await.unwrap();
+    assert!(started, "a small signal still starts the run");
+}
