@@ -206,8 +206,10 @@ async fn a_bad_signal_with_start_is_refused_saying_why_and_stores_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_signal_that_would_start_a_history_over_its_limit_is_refused_and_nothing_stored() {
-    let mut config = retrace::engine::ServiceConfig::default();
-    config.history_payload_bytes_max = 100;
+    let config = retrace::engine::ServiceConfig {
+        history_payload_bytes_max: 100,
+        ..Default::default()
+    };
     let storage = std::sync::Arc::new(retrace::env::MemoryStorage::new());
     let engine = retrace::engine::EmbeddedEngine::start(storage, config)
         .await
