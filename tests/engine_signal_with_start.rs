@@ -227,3 +227,27 @@ async fn a_signal_that_would_start_a_history_over_its_limit_is_refused_and_nothi
     let (_, started) = send(&engine, request("order-6", "r2", "a")).await.unwrap();
     assert!(started, "a small signal still starts the run");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_the_run_it_signaled_closed_is_answered_and_starts_nothing() {
+    let engine = TestEngine::new(registry()).await;
+    let worker = engine.engine.worker("q").workflows(registry()).start_two();
+    let (first, _) = send(&engine, request("order-7", "r1", "a")).await.unwrap();
+    let (closing, started) = send(&engine, request("order-7", "r2", "done"))
+        .await
+        .unwrap();
+    assert_eq!((closing.as_str(), started), (first.as_str(), false));
+    let outcome = engine.client().outcome("order-7", Some(&first)).await;
+    assert!(matches!(outcome.unwrap(), RunOutcome::Completed { .. }));
+    // Its reply lost, the client retries once the run has closed.
+    let again = send(&engine, request("order-7", "r2", "done"))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        (first, false),
+        "answered as delivered, not a new run"
+    );
+    worker.shutdown().await;
+    assert_eq!(engine.check_histories().await, 1, "one run for the id");
+}

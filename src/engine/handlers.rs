@@ -275,18 +275,16 @@ impl Inner {
                         started: true,
                     });
                 }
-                let delivered = existing
-                    .signal_request_ids
-                    .iter()
-                    .any(|id| *id == start.request_id);
-                // Running, or closed since this request's first try signaled it.
-                if !existing.status.is_closed() || delivered {
-                    match self.signal_with_start_to(run_id, &request).await {
-                        Err(error) if error.code == ErrorCode::RunClosed => continue,
-                        signaled => return signaled,
+                // The signal transition answers a retry whose first try
+                // signaled this run as delivered, even once it has closed.
+                match self.signal_with_start_to(run_id, &request).await {
+                    // Closed since it was read: read again.
+                    Err(e) if e.code == ErrorCode::RunClosed && !existing.status.is_closed() => {
+                        continue;
                     }
+                    Err(e) if e.code == ErrorCode::RunClosed => check_reuse(start, existing)?,
+                    signaled => return signaled,
                 }
-                check_reuse(start, existing)?;
             }
             self.check_open_runs()?;
             let current = current.map(|(run_id, _)| run_id);

@@ -271,9 +271,15 @@ async fn start(client: &SimClient, run: &program::RunSpec) -> anyhow::Result<Opt
         return Ok(None);
     };
     let request = signal_with_start_request(options, input, &run.workflow_id, name, value);
-    client
-        .call(retrace::api::Request::SignalWithStartWorkflow(request))
-        .await?;
+    let request = retrace::api::Request::SignalWithStartWorkflow(request);
+    let response = client.call(request).await?;
+    // No run of the id existed: this request (or its first try) started one.
+    if !matches!(&response, retrace::api::Response::SignalWithStartWorkflow(r) if r.started) {
+        anyhow::bail!(
+            "the signal-with-start of {} did not say it started the run: {response:?}",
+            run.workflow_id
+        );
+    }
     let action = ClientAction::Signal {
         name: name.to_string(),
         value,

@@ -270,7 +270,7 @@ pub fn new_item(kind: Kind, name: &str, start: &Path, force: bool) -> anyhow::Re
         write_file(&root, path, text)?;
         created.written.push(path.clone());
     }
-    register(kind, &names, &mut created)?;
+    register(kind, &names, &crate_name, &mut created)?;
     Ok(created)
 }
 
@@ -330,7 +330,12 @@ fn retrace_crate_name(root: &Path) -> anyhow::Result<String> {
 
 /// Declares the new module and registers it where the project registers
 /// the others; says what to do by hand where a marker is missing.
-fn register(kind: Kind, names: &Names, created: &mut Created) -> anyhow::Result<()> {
+fn register(
+    kind: Kind,
+    names: &Names,
+    crate_name: &str,
+    created: &mut Created,
+) -> anyhow::Result<()> {
     let root = created.root.clone();
     let dir = kind.module_dir();
     let module_line = format!("pub mod {};", names.snake);
@@ -342,7 +347,6 @@ fn register(kind: Kind, names: &Names, created: &mut Created) -> anyhow::Result<
     if add_line(&root, &lib, &format!("pub mod {dir};"), None)? {
         created.edited.push(lib.clone());
     }
-    let crate_name = retrace_crate_name(&root)?;
     let item = format!("{dir}::{}::{}", names.snake, names.camel);
     let registrations = match kind {
         Kind::Workflow => vec![(
