@@ -332,6 +332,11 @@ pub enum RunOutcome {
     },
     /// Its execution timeout fired.
     TimedOut,
+    /// Continued as a new run of the same workflow id.
+    ContinuedAsNew {
+        /// The run that carries on.
+        new_run_id: String,
+    },
 }
 
 /// The result, if the run closed in time.

@@ -101,7 +101,7 @@ fn fixture(name: &str) -> PathBuf {
 fn worker(url: &str) -> Worker {
     let env = Env::tokio(Arc::new(HttpNetwork::new(url, None).unwrap()));
     let mut registry = WorkflowRegistry::new();
-    registry.register::<Greet>();
+    registry.register::<Greet>().register::<common::Countdown>();
     Worker::builder(env, "greetings")
         .workflows(registry)
         .activity(common::Compose)
@@ -173,6 +173,45 @@ async fn the_cli_signals_with_start_starting_the_run_once_then_signaling_it() {
     let worker = worker(&url);
     let result = cli(&url, "workflow result --id g2").await.ok();
     assert_eq!(result.stdout, "\"hello cy! approved by dee\"\n");
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_follows_a_chain_of_continued_runs_and_shows_its_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let url = server.url();
+    let worker = worker(&url);
+    let start = "workflow start --type countdown --id c1 --task-queue greetings --input 2";
+    let first = cli(&url, start).await.ok().stdout.trim().to_string();
+    let result = cli(&url, "workflow result --id c1").await.ok();
+    assert_eq!(result.stdout, "\"liftoff\"\n", "result follows the chain");
+    let from_first = cli(&url, &format!("workflow result --id c1 --run-id {first}")).await;
+    assert_eq!(
+        from_first.ok().stdout,
+        "\"liftoff\"\n",
+        "from its first run too"
+    );
+    let history = cli(&url, &format!("workflow history --id c1 --run-id {first}")).await;
+    let history = history.ok().stdout;
+    let close = history.lines().last().unwrap_or_default();
+    assert!(
+        close.contains("WorkflowExecutionContinuedAsNew"),
+        "{history}"
+    );
+    let next = close
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("new_run="))
+        .expect("the close names the next run")
+        .to_string();
+    let next_history = cli(&url, &format!("workflow history --id c1 --run-id {next}")).await;
+    let next_history = next_history.ok().stdout;
+    assert!(
+        next_history.contains(&format!("continues={first}")),
+        "{next_history}"
+    );
+    let list = cli(&url, "workflow list").await.ok().stdout;
+    assert_eq!(list.matches("ContinuedAsNew").count(), 2, "{list}");
     worker.shutdown().await;
 }
 

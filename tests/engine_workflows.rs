@@ -1172,6 +1172,7 @@ fn move_buffered_rows_into_the_blob(storage: &MemoryStorage, run_id: &str) {
             clear: true,
             append: Vec::new(),
         },
+        next_run: None,
     };
     storage.apply(batch).unwrap();
 }

@@ -93,6 +93,26 @@ fn signal_with_start() -> History {
     b.build()
 }
 
+/// A run that sleeps, then continues as new; and the run it continues as.
+fn continue_as_new() -> History {
+    let mut b = HistoryBuilder::new("countdown", json!(1));
+    b.add_full_workflow_task();
+    let timer = b.add_timer_started("1", 1_000);
+    b.advance_ms(1_000);
+    b.add_timer_fired("1", timer);
+    b.add_full_workflow_task();
+    b.add_workflow_execution_continued_as_new("test-run-2", json!(0));
+    b.build()
+}
+
+fn continued_run() -> History {
+    let mut b = HistoryBuilder::for_run("test-workflow", "test-run-2", "countdown", json!(0));
+    b.continues("test-run");
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("liftoff"));
+    b.build()
+}
+
 fn attempt_failure(attempt: u32) -> Failure {
     Failure::new("ActivityError", format!("attempt {attempt} failed"))
 }
@@ -186,6 +206,16 @@ fn fixtures() -> Vec<(&'static str, History, RunResult)> {
             signal_with_start(),
             RunResult::Completed(json!("approved by bo")),
         ),
+        (
+            "continue_as_new",
+            continue_as_new(),
+            RunResult::ContinuedAsNew(json!(0)),
+        ),
+        (
+            "continued_run",
+            continued_run(),
+            RunResult::Completed(json!("liftoff")),
+        ),
     ]
 }
 
@@ -269,4 +299,21 @@ fn an_open_history_returns_the_commands_of_its_live_workflow_task() {
         (key.kind, key.id.as_str(), key.type_name.as_str()),
         ("ScheduleActivityTask", "2", "compose")
     );
+}
+
+#[test]
+fn code_that_now_continues_as_new_where_the_history_completed_is_named_in_the_non_determinism() {
+    let mut b = HistoryBuilder::new("countdown", json!(1));
+    b.add_full_workflow_task();
+    let timer = b.add_timer_started("1", 1_000);
+    b.advance_ms(1_000);
+    b.add_timer_fired("1", timer);
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("liftoff"));
+    let error = Replayer::new(common::registry())
+        .replay(&b.build())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("ContinueAsNewWorkflowExecution"), "{error}");
+    assert!(error.contains("CompleteWorkflowExecution"), "{error}");
 }

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult};
 use retrace::client::{Client, ClientError, StartOptions};
 use retrace::engine::EmbeddedEngine;
 use retrace::workflow::{Workflow, WorkflowContext, WorkflowError, WorkflowResult, join};
@@ -104,6 +105,130 @@ async fn the_readme_wait_condition_example_ships_once_paid_and_packed() {
     worker.shutdown().await;
 }
 
+/// Whether a site answers; here every third probe finds it down.
+struct Probe;
+impl Activity for Probe {
+    const NAME: &'static str = "probe";
+    type Input = u32;
+    type Output = bool;
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(10))
+    }
+    async fn run(&self, _ctx: ActivityContext, check: u32) -> ActivityResult<bool> {
+        Ok(!check.is_multiple_of(3))
+    }
+}
+
+/// Checks a site every minute for as long as it lives.
+struct Monitor;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Checks {
+    done: u32,
+    down: u32,
+    until: u32,
+}
+
+impl Workflow for Monitor {
+    const NAME: &'static str = "monitor";
+    type Input = Checks;
+    type Output = Checks;
+    // README continue-as-new begins
+    async fn run(ctx: WorkflowContext, mut checks: Checks) -> WorkflowResult<Checks> {
+        for _ in 0..100 {
+            if checks.done == checks.until {
+                return Ok(checks);
+            }
+            let up = ctx.activity::<Probe>(checks.done).await?;
+            checks.down += u32::from(!up);
+            checks.done += 1;
+            ctx.sleep(Duration::from_secs(60)).await?;
+        }
+        // A fresh history every 100 checks: this run closes and a new run
+        // of the same workflow id starts with `checks`, in one write.
+        Err(ctx.continue_as_new(&checks))
+    }
+    // README continue-as-new ends
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_continue_as_new_example_checks_across_runs_and_the_client_follows_them() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<Monitor>();
+    let worker = engine
+        .worker("ops")
+        .workflows(registry)
+        .activity(Probe)
+        .start();
+    let client = engine.client();
+    let checks = Checks {
+        done: 0,
+        down: 0,
+        until: 250,
+    };
+    let monitor = client
+        .start::<Monitor>(StartOptions::new("monitor-1", "ops"), checks)
+        .await
+        .unwrap();
+    let ended = monitor.result().await.unwrap();
+    assert_eq!(
+        (ended.done, ended.down),
+        (250, 84),
+        "checks 0, 3, ..., 249 found it down"
+    );
+    let runs = client.list_all(None).await.unwrap();
+    assert_eq!(runs.len(), 3, "100 + 100 + 50 checks");
+    worker.shutdown().await;
+}
+
+/// Tells a waiting order that its payment cleared, from another workflow.
+struct Payments;
+impl Workflow for Payments {
+    const NAME: &'static str = "payments";
+    type Input = String;
+    type Output = bool;
+    // README signal-external begins
+    async fn run(ctx: WorkflowContext, order_id: String) -> WorkflowResult<bool> {
+        // Delivered once, even across crashes; recorded in both histories.
+        match ctx.signal_external(&order_id, None, "paid", &()).await {
+            Ok(()) => Ok(true),
+            Err(WorkflowError::ExternalWorkflowNotFound { .. }) => Ok(false), // closed or unknown
+            Err(other) => Err(other),
+        }
+    }
+    // README signal-external ends
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_signal_external_example_tells_a_waiting_order_it_was_paid() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<Shipment>().register::<Payments>();
+    let worker = engine.worker("shop").workflows(registry).start();
+    let client = engine.client();
+    let order = client
+        .start::<Shipment>(StartOptions::new("order-12", "shop"), ())
+        .await
+        .unwrap();
+    let payments = client
+        .start::<Payments>(StartOptions::new("pay-12", "shop"), "order-12".to_string())
+        .await
+        .unwrap();
+    assert!(payments.result().await.unwrap(), "the order was running");
+    order.signal("packed", ()).await.unwrap();
+    assert!(
+        order.result().await.unwrap(),
+        "paid by the other workflow, then packed"
+    );
+    let late = client
+        .start::<Payments>(StartOptions::new("pay-13", "shop"), "order-12".to_string())
+        .await
+        .unwrap();
+    assert!(!late.result().await.unwrap(), "the order has closed");
+    worker.shutdown().await;
+}
+
 /// The lines between `// README {name} begins` and `ends` in this file,
 /// without the indentation they share.
 fn example(name: &str) -> String {
@@ -131,7 +256,12 @@ fn example(name: &str) -> String {
 #[test]
 fn the_readme_shows_these_examples_verbatim() {
     let readme = include_str!("../README.md");
-    for name in ["signal-with-start", "wait-condition"] {
+    for name in [
+        "signal-with-start",
+        "wait-condition",
+        "continue-as-new",
+        "signal-external",
+    ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(
             readme.contains(&block),

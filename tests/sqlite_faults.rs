@@ -82,6 +82,7 @@ fn create(run_id: &str) -> WriteBatch {
         events,
         claim: None,
         buffered: Default::default(),
+        next_run: None,
     }
 }
 

@@ -60,6 +60,7 @@ fn create(run_id: &str, count: u64) -> WriteBatch {
         events,
         claim: Some(claim),
         buffered: Default::default(),
+        next_run: None,
     }
 }
 
@@ -77,6 +78,7 @@ fn append(stored: &RunRecord, count: u64) -> WriteBatch {
         events,
         claim: None,
         buffered: Default::default(),
+        next_run: None,
     }
 }
 

@@ -90,6 +90,7 @@ conformance_tests!(
     claim_naming_the_wrong_previous_run_is_refused,
     claim_naming_the_current_run_reuses_the_workflow_id,
     claim_is_atomic_with_the_rest_of_the_batch,
+    a_next_run_is_written_with_its_predecessor_or_not_at_all,
     list_runs_filters_by_status_and_workflow_type,
     list_runs_orders_by_run_id_and_pages_after_run_id,
     concurrent_writes_to_different_runs_all_land,

@@ -424,7 +424,8 @@ impl Client {
     }
 
     /// Waits (long-polling) at most `timeout_ms` for the run to close; `None`
-    /// if it was still open then.
+    /// if it was still open then. Follows continue-as-new to the chain's last
+    /// run, as [`Client::outcome`] does.
     pub async fn outcome_within(
         &self,
         workflow_id: &str,
@@ -432,14 +433,19 @@ impl Client {
         timeout_ms: u64,
     ) -> Result<Option<RunOutcome>, ClientError> {
         let deadline = self.env.now().plus_ms(timeout_ms);
+        let mut run_id = run_id.map(str::to_string);
         loop {
             let left_ms = deadline.millis_since(self.env.now());
-            let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
+            let run = Self::run_ref(workflow_id, run_id.as_deref().unwrap_or_default());
             let request = GetResultRequest {
                 run,
                 wait_ms: left_ms.min(RESULT_WAIT_MS_MAX),
             };
             match self.call(Request::GetResult(request)).await? {
+                Response::GetResult(GetResultResponse {
+                    outcome: Some(RunOutcome::ContinuedAsNew { new_run_id }),
+                    ..
+                }) => run_id = Some(new_run_id),
                 Response::GetResult(GetResultResponse {
                     outcome: Some(outcome),
                     ..
@@ -451,8 +457,27 @@ impl Client {
         }
     }
 
-    /// Waits (long-polling) until the run closes; returns how it closed.
+    /// Waits (long-polling) until the run closes; returns how it closed. A
+    /// run that continued as new is followed to the next run, and so on to
+    /// the chain's last (as Temporal's SDKs follow runs): the outcome is
+    /// never `ContinuedAsNew`. [`Client::run_outcome`] stops at the run.
     pub async fn outcome(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<RunOutcome, ClientError> {
+        let mut run_id = run_id.map(str::to_string);
+        loop {
+            match self.run_outcome(workflow_id, run_id.as_deref()).await? {
+                RunOutcome::ContinuedAsNew { new_run_id } => run_id = Some(new_run_id),
+                outcome => return Ok(outcome),
+            }
+        }
+    }
+
+    /// Waits (long-polling) until this one run closes; returns how it closed,
+    /// `ContinuedAsNew` included.
+    pub async fn run_outcome(
         &self,
         workflow_id: &str,
         run_id: Option<&str>,

@@ -13,6 +13,7 @@ use super::speculation;
 use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
 use crate::types::Failure;
+use crate::workflow::Command;
 
 fn invalid(message: impl Into<String>) -> ServiceError {
     ServiceError::new(ErrorCode::InvalidArgument, message)
@@ -104,7 +105,7 @@ impl Inner {
     }
 
     /// The run a reference names: the given run id, or the workflow id's current run.
-    async fn resolve(&self, run: &RunRef) -> Result<String, ServiceError> {
+    pub(super) async fn resolve(&self, run: &RunRef) -> Result<String, ServiceError> {
         if let Some(run_id) = &run.run_id {
             return Ok(run_id.clone());
         }
@@ -346,6 +347,13 @@ impl Inner {
             .await
             .map_err(|e| unavailable(&e))?;
         let input = match first.first().map(|e| &e.kind) {
+            // A chain's later run has its own input (and maybe type): the
+            // retried start began the chain, whose current run answers it.
+            Some(crate::history::EventKind::WorkflowExecutionStarted(started))
+                if started.continued_execution_run_id.is_some() =>
+            {
+                return Ok(());
+            }
             Some(crate::history::EventKind::WorkflowExecutionStarted(started)) => &started.input,
             _ => return Ok(()),
         };
@@ -397,6 +405,7 @@ impl Inner {
             events,
             claim: Some(claim),
             buffered: state.buffered.pending_write(),
+            next_run: None,
         };
         assert!(state.buffered.is_empty(), "a new run has nothing buffered");
         // Locked from before the write: once it commits, a request that finds
@@ -775,8 +784,14 @@ impl Inner {
         request: CompleteWorkflowTaskRequest,
     ) -> Result<CompleteWorkflowTaskResponse, ServiceError> {
         let token = request.task_token;
+        let continues = request
+            .commands
+            .iter()
+            .any(|command| matches!(command, Command::ContinueAsNewWorkflowExecution(_)));
+        let next_run_id = continues.then(|| self.env.new_id());
         let (rejection, eager, events) = self
             .transition(&token.run_id, |step| {
+                step.next_run_id = next_run_id;
                 workflow_task::check_token(step.state, &token)?;
                 let before = step.state.clone();
                 match workflow_task::on_completed(
@@ -796,6 +811,7 @@ impl Inner {
                     Err(rejection) => {
                         *step.state = before;
                         step.events.clear();
+                        step.continued = None;
                         let failure = Failure::new(
                             format!("{:?}", rejection.cause),
                             rejection.message.clone(),

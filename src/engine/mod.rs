@@ -4,6 +4,7 @@
 pub mod eager;
 pub mod edge;
 mod embedded;
+mod external;
 mod handlers;
 pub mod machine;
 mod matching;

@@ -165,6 +165,9 @@ pub(super) struct Inner {
     /// Runs whose stored state cannot be read, with why: set aside so the
     /// service serves every other run (bounded by the runs in storage).
     pub quarantined: Mutex<BTreeMap<String, String>>,
+    /// Signals and cancel requests to other workflows, to deliver.
+    externals: Mutex<super::external::ExternalQueue>,
+    externals_wake: Arc<Notify>,
 }
 
 impl Drop for Inner {
@@ -249,7 +252,15 @@ impl Service {
             workflow_types: Mutex::new(BTreeMap::new()),
             sync_matches: std::sync::atomic::AtomicU64::new(0),
             quarantined: Mutex::new(BTreeMap::new()),
+            externals: Mutex::new(super::external::ExternalQueue::default()),
+            externals_wake: Arc::new(Notify::new()),
         });
+        let weak = Arc::downgrade(&inner);
+        let wake = inner.externals_wake.clone();
+        inner.env.spawn(
+            "service-externals",
+            super::external::external_loop(weak, wake),
+        );
         inner.recover().await?;
         let weak = Arc::downgrade(&inner);
         let wake = inner.timer_wake.clone();
@@ -523,10 +534,14 @@ impl Inner {
         }
         let matched = self.sync_match(&mut step);
         let events = std::mem::take(&mut step.events);
+        let continued = step.continued.take();
         if events.is_empty() && next == loaded.state {
             return Ok(value);
         }
-        self.commit(&mut guard, next, events).await?;
+        match continued {
+            None => self.commit(&mut guard, next, events).await?,
+            Some(run) => self.commit_continued(&mut guard, next, events, run).await?,
+        }
         if let Some((poller, started)) = matched {
             self.sync_matches
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -635,8 +650,64 @@ impl Inner {
     async fn commit(
         self: &Arc<Self>,
         slot: &mut RunSlot,
+        next: RunState,
+        events: Vec<Event>,
+    ) -> Result<(), ServiceError> {
+        self.commit_with(slot, next, events, None).await
+    }
+
+    /// Commits a run's close by continue-as-new and the new run it started, in
+    /// one batch; then publishes the new run like a fresh start.
+    async fn commit_continued(
+        self: &Arc<Self>,
+        slot: &mut RunSlot,
+        next: RunState,
+        events: Vec<Event>,
+        run: machine::continue_as_new::NextRun,
+    ) -> Result<(), ServiceError> {
+        assert_eq!(next.status, crate::env::RunStatus::ContinuedAsNew);
+        let new_run_id = run.state.run_id.clone();
+        let batch = WriteBatch {
+            run: record_of(&run.state, 1),
+            expected_version: None,
+            events: run.events.clone(),
+            claim: Some(crate::env::WorkflowIdClaim {
+                workflow_id: run.state.workflow_id.clone(),
+                previous_run_id: Some(next.run_id.clone()),
+            }),
+            buffered: crate::env::BufferedWrite::none(),
+            next_run: None,
+        };
+        // Locked before the write, as a start does: a request that finds the
+        // new run by its workflow id waits until it is published.
+        let mut new_slot = self.lock_new_slot(&new_run_id);
+        let committed = self.commit_with(slot, next, events, Some(batch)).await;
+        match committed {
+            Ok(()) => {
+                self.sync(&run.state);
+                new_slot.loaded = Some(Loaded {
+                    recent: Some(run.events),
+                    state: run.state,
+                    version: 1,
+                });
+                Ok(())
+            }
+            Err(error) => {
+                // The pair may have committed (an ambiguous write): reload both.
+                drop(new_slot);
+                self.forget(&new_run_id);
+                self.spawn_resync(new_run_id);
+                Err(error)
+            }
+        }
+    }
+
+    async fn commit_with(
+        self: &Arc<Self>,
+        slot: &mut RunSlot,
         mut next: RunState,
         events: Vec<Event>,
+        next_run: Option<WriteBatch>,
     ) -> Result<(), ServiceError> {
         let loaded = slot.loaded.take().expect("commit follows a load");
         assert_eq!(
@@ -651,6 +722,7 @@ impl Inner {
             events,
             claim: None,
             buffered: next.buffered.pending_write(),
+            next_run: next_run.map(Box::new),
         };
         let run_id = next.run_id.clone();
         let outcome = self.write(batch).await;
@@ -684,11 +756,15 @@ impl Inner {
     pub async fn write(self: &Arc<Self>, batch: WriteBatch) -> Result<(), StorageError> {
         let (sender, receiver) = oneshot::channel();
         let (inner, run_id) = (self.clone(), batch.run.run_id.clone());
+        let next_run_id = batch.next_run.as_ref().map(|next| next.run.run_id.clone());
         self.env.spawn("service-write", async move {
             let outcome = inner.storage.write(batch).await;
             if sender.send(outcome).is_err() {
                 tracing::debug!(run_id, "a write's caller went away; reloading the run");
                 inner.spawn_resync(run_id);
+                if let Some(next_run_id) = next_run_id {
+                    inner.spawn_resync(next_run_id);
+                }
             }
         });
         receiver
@@ -710,8 +786,19 @@ impl Inner {
         }
     }
 
-    /// Offers the run's pending tasks and queues its timers (idempotent).
+    /// The queue of signals and cancel requests to other workflows.
+    pub(super) fn lock_externals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, super::external::ExternalQueue> {
+        lock(&self.externals)
+    }
+
+    /// Offers the run's pending tasks and queues its timers and its requests
+    /// to other workflows (idempotent).
     pub fn sync(&self, state: &RunState) {
+        if !state.externals.is_empty() && lock(&self.externals).offer(state) {
+            self.externals_wake.notify_one();
+        }
         let tasks = machine::pending_tasks(state);
         if !tasks.is_empty() {
             let mut matching = lock(&self.matching);

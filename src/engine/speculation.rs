@@ -23,6 +23,7 @@
 //! | nothing is buffered and the run is open                       | `TaskPending`     |
 //! | attempt start ≤ `started_time` ≤ the service's now            | `ClockSkew`       |
 //! | the commands are accepted as a completion would accept them   | `Commands`        |
+//! | the commands do not continue as new (a new run is the plain task's) | `Commands` |
 //!
 //! `started_time` is what the code saw as now (`WorkflowTaskStarted`'s time),
 //! so the service writes the result and the task's start at that time: the
@@ -122,6 +123,17 @@ fn check(
     speculation: &SpeculativeWorkflowTask,
 ) -> Result<(), Refused> {
     let state = &*step.state;
+    let continues = speculation.commands.iter().any(|command| {
+        matches!(
+            command,
+            crate::workflow::Command::ContinueAsNewWorkflowExecution(_)
+        )
+    });
+    if continues {
+        return Err(Refused::Commands(
+            "continue-as-new is left to the plain workflow task".to_string(),
+        ));
+    }
     let ActivityTaskResult::Completed(value) = result else {
         return Err(Refused::NotCompleted);
     };

@@ -64,6 +64,7 @@ pub async fn run_all(make: &dyn Fn() -> Arc<dyn Storage>) {
     claim_naming_the_wrong_previous_run_is_refused(&*make()).await;
     claim_naming_the_current_run_reuses_the_workflow_id(&*make()).await;
     claim_is_atomic_with_the_rest_of_the_batch(&*make()).await;
+    a_next_run_is_written_with_its_predecessor_or_not_at_all(&*make()).await;
     list_runs_filters_by_status_and_workflow_type(&*make()).await;
     list_runs_orders_by_run_id_and_pages_after_run_id(&*make()).await;
     concurrent_writes_to_different_runs_all_land(&*make()).await;
@@ -127,6 +128,7 @@ fn create_with(mut run: RunRecord, count: usize, previous_run_id: Option<&str>) 
         events,
         claim: Some(claim),
         buffered: BufferedWrite::none(),
+        next_run: None,
     }
 }
 
@@ -143,6 +145,7 @@ fn append(stored: &RunRecord, count: usize) -> WriteBatch {
         events,
         claim: None,
         buffered: BufferedWrite::none(),
+        next_run: None,
     }
 }
 
@@ -379,6 +382,7 @@ pub async fn created_run_reads_back_equal(storage: &dyn Storage) {
         events: events.clone(),
         claim: Some(claim),
         buffered: BufferedWrite::none(),
+        next_run: None,
     };
     write_ok(storage, batch, property).await;
 
@@ -896,6 +900,74 @@ pub async fn claim_is_atomic_with_the_rest_of_the_batch(storage: &dyn Storage) {
     assert_eq!(
         run_d, None,
         "{property}: a batch whose claim was refused created its run"
+    );
+}
+
+/// `stored`'s closing batch (continue-as-new) carrying the creation of
+/// `next_run_id`, which claims the workflow id from `previous`.
+fn continue_pair(stored: &RunRecord, next_run_id: &str, previous: &str) -> WriteBatch {
+    let mut batch = append(stored, 1);
+    batch.run.status = RunStatus::ContinuedAsNew;
+    batch.run.close_time = Some(START_TIME.plus_ms(1_000));
+    let next = create_with(record(next_run_id, &stored.workflow_id), 2, Some(previous));
+    batch.next_run = Some(Box::new(next));
+    batch
+}
+
+/// Continue-as-new: a run's close and the creation of the run that takes its
+/// workflow id over land together, or neither does.
+pub async fn a_next_run_is_written_with_its_predecessor_or_not_at_all(storage: &dyn Storage) {
+    let property = "a_next_run_is_written_with_its_predecessor_or_not_at_all";
+    let created = create_with(record("run-a", "wf-chain"), 1, None);
+    let run_a = created.run.clone();
+    write_ok(storage, created, property).await;
+
+    let wrong_claim = continue_pair(&run_a, "run-b", "run-x");
+    assert_bad_batch(
+        &refuse(storage, wrong_claim, property).await,
+        "run-a",
+        property,
+    );
+    let mut stale = continue_pair(&run_a, "run-b", "run-a");
+    stale.expected_version = Some(7);
+    stale.run.version = 8;
+    let error = refuse(storage, stale, property).await;
+    assert_eq!(
+        error,
+        version_conflict("run-a", Some(7), Some(1)),
+        "{property}"
+    );
+    let mut gap = continue_pair(&run_a, "run-b", "run-a");
+    gap.next_run.as_mut().expect("a pair").events.remove(0);
+    assert_bad_batch(&refuse(storage, gap, property).await, "run-b", property);
+    let mut nested = continue_pair(&run_a, "run-b", "run-a");
+    let inner = continue_pair(&record("run-b", "wf-chain"), "run-c", "run-b");
+    nested.next_run.as_mut().expect("a pair").next_run = Some(Box::new(inner));
+    assert_bad_batch(&refuse(storage, nested, property).await, "run-a", property);
+    assert_eq!(
+        read_run(storage, "run-b", property).await,
+        None,
+        "{property}: refused pairs created run-b"
+    );
+
+    write_ok(storage, continue_pair(&run_a, "run-b", "run-a"), property).await;
+    let closed = read_run(storage, "run-a", property).await.expect("run-a");
+    assert_eq!(closed.status, RunStatus::ContinuedAsNew, "{property}");
+    let next = read_run(storage, "run-b", property)
+        .await
+        .expect("run-b was created");
+    assert_eq!(
+        (next.status, next.next_event_id),
+        (RunStatus::Running, 3),
+        "{property}"
+    );
+    let events = read_events(storage, "run-b", 1, EVENTS_READ_MAX, property).await;
+    assert_eq!(events.len(), 2, "{property}: run-b's events");
+    let current = current_run(storage, "wf-chain", property).await;
+    assert_eq!(
+        current.as_deref(),
+        Some("run-b"),
+        "{property}: the id moved to run-b"
     );
 }
 

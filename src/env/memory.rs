@@ -46,15 +46,33 @@ impl MemoryStorage {
     }
 
     /// Applies a batch at once (the synchronous core of `write`).
-    pub fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
+    pub fn apply(&self, mut batch: WriteBatch) -> Result<(), StorageError> {
         let mut tables = self.lock();
-        let run_id = batch.run.run_id.clone();
+        Self::check(&tables, &batch)?;
+        if let Some(next) = batch.next_run.take() {
+            // The first batch claims nothing: the next run's claim, checked
+            // against the workflow id's current run, still holds after it.
+            Self::check(&tables, &next)?;
+            Self::apply_checked(&mut tables, batch);
+            Self::apply_checked(&mut tables, *next);
+        } else {
+            Self::apply_checked(&mut tables, batch);
+        }
+        Ok(())
+    }
+
+    fn check(tables: &Tables, batch: &WriteBatch) -> Result<(), StorageError> {
         let current = batch
             .claim
             .as_ref()
             .and_then(|c| tables.workflow_ids.get(&c.workflow_id))
-            .cloned();
-        check_batch(&batch, tables.runs.get(&run_id), current.as_deref())?;
+            .map(String::as_str);
+        check_batch(batch, tables.runs.get(&batch.run.run_id), current)
+    }
+
+    fn apply_checked(tables: &mut Tables, batch: WriteBatch) {
+        assert!(batch.next_run.is_none());
+        let run_id = batch.run.run_id.clone();
         if let Some(claim) = batch.claim {
             tables
                 .workflow_ids
@@ -76,7 +94,6 @@ impl MemoryStorage {
                 .extend(batch.buffered.append);
         }
         tables.runs.insert(run_id, batch.run);
-        Ok(())
     }
 
     /// The run's buffered events and record version, at once.

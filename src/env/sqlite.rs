@@ -784,6 +784,8 @@ struct WriteJob {
     events: Option<String>,
     /// The buffered events it appends as one JSON array; `None` if none.
     buffered: Option<String>,
+    /// The events of the batch's next run (continue-as-new), encoded the same way.
+    next_events: Option<String>,
     /// The bytes the batch writes (event bodies and state), for the group bound.
     size_bytes: usize,
     reply: oneshot::Sender<Result<(), StorageError>>,
@@ -1231,7 +1233,27 @@ fn run_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// then writes the run, its new events and its workflow id claim.
 fn apply_batch(connection: &Connection, job: &WriteJob) -> Result<(), DbError> {
     let batch = &job.batch;
-    assert_eq!(job.events.is_some(), !batch.events.is_empty());
+    apply_run(
+        connection,
+        batch,
+        job.events.as_deref(),
+        job.buffered.as_deref(),
+    )?;
+    if let Some(next) = &batch.next_run {
+        // Checked after the first: the workflow id is still the first run's.
+        apply_run(connection, next, job.next_events.as_deref(), None)?;
+    }
+    Ok(())
+}
+
+/// One run's part of a batch: checks it against the rows, then writes it.
+fn apply_run(
+    connection: &Connection,
+    batch: &WriteBatch,
+    events: Option<&str>,
+    buffered: Option<&str>,
+) -> Result<(), DbError> {
+    assert_eq!(events.is_some(), !batch.events.is_empty());
     assert!(!connection.is_autocommit());
     let run_id = &batch.run.run_id;
     let stored = select_run_header(connection, run_id)?;
@@ -1241,7 +1263,7 @@ fn apply_batch(connection: &Connection, job: &WriteJob) -> Result<(), DbError> {
     };
     check_batch(batch, stored.as_ref(), current.as_deref()).map_err(DbError::Storage)?;
     upsert_run(connection, &batch.run)?;
-    if let Some(events) = &job.events {
+    if let Some(events) = events {
         insert_events(connection, batch, events)?;
     }
     if let Some(claim) = &batch.claim {
@@ -1254,7 +1276,7 @@ fn apply_batch(connection: &Connection, job: &WriteJob) -> Result<(), DbError> {
             run_id,
         )?;
     }
-    if let Some(buffered) = &job.buffered {
+    if let Some(buffered) = buffered {
         insert_buffered(connection, run_id, buffered)?;
     }
     assert!(!connection.is_autocommit());
@@ -1628,14 +1650,25 @@ impl Storage for SqliteStorage {
             }
             let events = encode_events(&batch)?;
             let buffered = encode_buffered(&batch)?;
+            let next_events = match &batch.next_run {
+                Some(next) => encode_events(next)?,
+                None => None,
+            };
             let (reply, answer) = oneshot::channel();
             let size_bytes = batch.run.state.len()
-                + events.as_ref().map_or(0, String::len)
-                + buffered.as_ref().map_or(0, String::len);
+                + batch
+                    .next_run
+                    .as_ref()
+                    .map_or(0, |next| next.run.state.len())
+                + [&events, &buffered, &next_events]
+                    .iter()
+                    .map(|encoded| encoded.as_ref().map_or(0, String::len))
+                    .sum::<usize>();
             let job = WriteJob {
                 batch,
                 events,
                 buffered,
+                next_events,
                 size_bytes,
                 reply,
             };
@@ -1750,6 +1783,7 @@ mod tests {
             events,
             claim: None,
             buffered: Default::default(),
+            next_run: None,
         }
     }
 
@@ -1766,6 +1800,7 @@ mod tests {
             batch: broken,
             events: Some("[]".to_string()),
             buffered: None,
+            next_events: None,
             size_bytes: 2,
             reply,
         };

@@ -32,6 +32,8 @@ pub enum RunStatus {
     Terminated,
     /// The execution timeout fired.
     TimedOut,
+    /// The workflow continued as a new run of the same workflow id.
+    ContinuedAsNew,
 }
 
 impl RunStatus {
@@ -49,6 +51,7 @@ impl RunStatus {
             RunStatus::Canceled => "Canceled",
             RunStatus::Terminated => "Terminated",
             RunStatus::TimedOut => "TimedOut",
+            RunStatus::ContinuedAsNew => "ContinuedAsNew",
         }
     }
 
@@ -61,6 +64,7 @@ impl RunStatus {
             RunStatus::Canceled,
             RunStatus::Terminated,
             RunStatus::TimedOut,
+            RunStatus::ContinuedAsNew,
         ]
         .into_iter()
         .find(|status| status.as_str() == text)
@@ -116,6 +120,9 @@ pub struct WriteBatch {
     pub claim: Option<WorkflowIdClaim>,
     /// Changes to the run's buffered events.
     pub buffered: BufferedWrite,
+    /// A run created in the same transaction (continue-as-new): its creating
+    /// batch, whose claim takes the workflow id over from this run.
+    pub next_run: Option<Box<WriteBatch>>,
 }
 
 /// What a batch does to the run's buffered events: clear them, then append.
@@ -299,6 +306,30 @@ pub fn check_batch(
             expected: claim.previous_run_id.clone(),
             current: current.map(str::to_string),
         });
+    }
+    if let Some(next) = &batch.next_run {
+        check_next_run(batch, next).map_err(bad)?;
+    }
+    Ok(())
+}
+
+/// The shape a continue-as-new pair must have: the next run is created (no
+/// stored version, nothing after it) and takes the workflow id over from the
+/// run that continues, which claims nothing itself. The next run's own batch
+/// is checked by `check_batch` like any creation.
+fn check_next_run(batch: &WriteBatch, next: &WriteBatch) -> Result<(), String> {
+    let takes_over = next.claim.as_ref().is_some_and(|claim| {
+        claim.workflow_id == batch.run.workflow_id
+            && claim.previous_run_id.as_deref() == Some(batch.run.run_id.as_str())
+    });
+    if batch.claim.is_some() || next.next_run.is_some() || next.expected_version.is_some() {
+        return Err("a next run is created, alone, by a batch that claims nothing".to_string());
+    }
+    if !takes_over || next.run.run_id == batch.run.run_id {
+        return Err(format!(
+            "the next run {} must claim workflow id {:?} from run {}",
+            next.run.run_id, batch.run.workflow_id, batch.run.run_id
+        ));
     }
     Ok(())
 }

@@ -61,6 +61,7 @@ impl HistoryBuilder {
                 attempt: 1,
                 identity: "client".to_string(),
                 request_id: "request-1".to_string(),
+                continued_execution_run_id: None,
             },
         ));
         builder
@@ -361,6 +362,38 @@ impl HistoryBuilder {
                 identity: "client".to_string(),
             },
         ))
+    }
+
+    /// `WorkflowExecutionContinuedAsNew` (a command of the last completed
+    /// workflow task): the run continues as `new_run_id` with `input`, same
+    /// type and task queue, no execution timeout.
+    pub fn add_workflow_execution_continued_as_new(
+        &mut self,
+        new_run_id: &str,
+        input: Value,
+    ) -> u64 {
+        let EventKind::WorkflowExecutionStarted(started) = &self.history.events[0].kind else {
+            unreachable!("a builder's history starts with WorkflowExecutionStarted");
+        };
+        let kind = WorkflowExecutionContinuedAsNew {
+            new_execution_run_id: new_run_id.to_string(),
+            workflow_type: started.workflow_type.clone(),
+            task_queue: started.task_queue.clone(),
+            input,
+            execution_timeout_ms: None,
+            workflow_task_timeout_ms: started.workflow_task_timeout_ms,
+            workflow_task_completed_event_id: self.workflow_task_completed,
+        };
+        self.add(EventKind::WorkflowExecutionContinuedAsNew(kind))
+    }
+
+    /// Marks the run as started by continue-as-new from `run_id`.
+    pub fn continues(&mut self, run_id: &str) -> &mut Self {
+        let EventKind::WorkflowExecutionStarted(started) = &mut self.history.events[0].kind else {
+            unreachable!("a builder's history starts with WorkflowExecutionStarted");
+        };
+        started.continued_execution_run_id = Some(run_id.to_string());
+        self
     }
 
     /// The history built so far.

@@ -63,10 +63,19 @@ pub enum EventKind {
     WorkflowExecutionTimedOut(WorkflowExecutionTimedOut),
     WorkflowExecutionCanceled(WorkflowExecutionCanceled),
     WorkflowExecutionTerminated(WorkflowExecutionTerminated),
+    WorkflowExecutionContinuedAsNew(WorkflowExecutionContinuedAsNew),
+    SignalExternalWorkflowExecutionInitiated(SignalExternalWorkflowExecutionInitiated),
+    ExternalWorkflowExecutionSignaled(ExternalWorkflowExecutionSignaled),
+    SignalExternalWorkflowExecutionFailed(SignalExternalWorkflowExecutionFailed),
+    RequestCancelExternalWorkflowExecutionInitiated(
+        RequestCancelExternalWorkflowExecutionInitiated,
+    ),
+    ExternalWorkflowExecutionCancelRequested(ExternalWorkflowExecutionCancelRequested),
+    RequestCancelExternalWorkflowExecutionFailed(RequestCancelExternalWorkflowExecutionFailed),
 }
 
 /// Every event type name, in declaration order (used for clear errors on unknown types).
-pub const EVENT_TYPE_NAMES: [&str; 24] = [
+pub const EVENT_TYPE_NAMES: [&str; 31] = [
     "WorkflowExecutionStarted",
     "WorkflowTaskScheduled",
     "WorkflowTaskStarted",
@@ -91,6 +100,13 @@ pub const EVENT_TYPE_NAMES: [&str; 24] = [
     "WorkflowExecutionTimedOut",
     "WorkflowExecutionCanceled",
     "WorkflowExecutionTerminated",
+    "WorkflowExecutionContinuedAsNew",
+    "SignalExternalWorkflowExecutionInitiated",
+    "ExternalWorkflowExecutionSignaled",
+    "SignalExternalWorkflowExecutionFailed",
+    "RequestCancelExternalWorkflowExecutionInitiated",
+    "ExternalWorkflowExecutionCancelRequested",
+    "RequestCancelExternalWorkflowExecutionFailed",
 ];
 
 impl EventKind {
@@ -122,6 +138,13 @@ impl EventKind {
             WorkflowExecutionTimedOut(_) => 21,
             WorkflowExecutionCanceled(_) => 22,
             WorkflowExecutionTerminated(_) => 23,
+            WorkflowExecutionContinuedAsNew(_) => 24,
+            SignalExternalWorkflowExecutionInitiated(_) => 25,
+            ExternalWorkflowExecutionSignaled(_) => 26,
+            SignalExternalWorkflowExecutionFailed(_) => 27,
+            RequestCancelExternalWorkflowExecutionInitiated(_) => 28,
+            ExternalWorkflowExecutionCancelRequested(_) => 29,
+            RequestCancelExternalWorkflowExecutionFailed(_) => 30,
         };
         EVENT_TYPE_NAMES[index]
     }
@@ -135,6 +158,7 @@ impl EventKind {
                 | EventKind::WorkflowExecutionTimedOut(_)
                 | EventKind::WorkflowExecutionCanceled(_)
                 | EventKind::WorkflowExecutionTerminated(_)
+                | EventKind::WorkflowExecutionContinuedAsNew(_)
         )
     }
 
@@ -151,6 +175,11 @@ impl EventKind {
             WorkflowExecutionCompleted(a) => Some(a.workflow_task_completed_event_id),
             WorkflowExecutionFailed(a) => Some(a.workflow_task_completed_event_id),
             WorkflowExecutionCanceled(a) => Some(a.workflow_task_completed_event_id),
+            WorkflowExecutionContinuedAsNew(a) => Some(a.workflow_task_completed_event_id),
+            SignalExternalWorkflowExecutionInitiated(a) => Some(a.workflow_task_completed_event_id),
+            RequestCancelExternalWorkflowExecutionInitiated(a) => {
+                Some(a.workflow_task_completed_event_id)
+            }
             _ => None,
         }
     }
@@ -178,6 +207,8 @@ impl EventKind {
             WorkflowExecutionCompleted(a) => out.push(&a.result),
             WorkflowExecutionCanceled(a) => out.extend(a.details.as_ref()),
             WorkflowExecutionTerminated(a) => out.extend(a.details.as_ref()),
+            WorkflowExecutionContinuedAsNew(a) => out.push(&a.input),
+            SignalExternalWorkflowExecutionInitiated(a) => out.push(&a.input),
             _ => {}
         }
         out
@@ -198,6 +229,9 @@ pub struct WorkflowExecutionStarted {
     pub attempt: u32,
     pub identity: String,
     pub request_id: String,
+    /// The run this one continues, when it was started by continue-as-new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continued_execution_run_id: Option<String>,
 }
 
 /// A workflow task was put on the task queue.
@@ -435,4 +469,89 @@ pub struct WorkflowExecutionTerminated {
     )]
     pub details: Option<Value>,
     pub identity: String,
+}
+
+/// The run closed by continuing as a new run of the same workflow id, started
+/// in the same write (Temporal's `WorkflowExecutionContinuedAsNew`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionContinuedAsNew {
+    /// The run started in its place.
+    pub new_execution_run_id: String,
+    pub workflow_type: String,
+    pub task_queue: String,
+    /// The new run's input.
+    pub input: Value,
+    /// What is left of the execution timeout: the chain shares one deadline.
+    pub execution_timeout_ms: Option<u64>,
+    pub workflow_task_timeout_ms: u64,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// Workflow code asked to signal another workflow (Temporal's
+/// `SignalExternalWorkflowExecutionInitiated`); `control` is the command's
+/// sequence number, which the outcome events repeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalExternalWorkflowExecutionInitiated {
+    pub workflow_id: String,
+    /// A specific run; the workflow id's current run if `None`.
+    pub run_id: Option<String>,
+    pub signal_name: String,
+    pub input: Value,
+    pub control: String,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The signal was delivered to the run named.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExternalWorkflowExecutionSignaled {
+    pub initiated_event_id: u64,
+    pub workflow_id: String,
+    /// The run that got the signal.
+    pub run_id: String,
+    pub control: String,
+}
+
+/// Why a signal or cancel request to another workflow was not delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExternalFailedCause {
+    /// No run of that id (or not that run), or it is closed.
+    ExternalWorkflowExecutionNotFound,
+}
+
+/// The signal was not delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalExternalWorkflowExecutionFailed {
+    pub initiated_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: Option<String>,
+    pub cause: ExternalFailedCause,
+    pub control: String,
+}
+
+/// Workflow code asked to cancel another workflow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestCancelExternalWorkflowExecutionInitiated {
+    pub workflow_id: String,
+    pub run_id: Option<String>,
+    pub control: String,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The cancel request was recorded by the run named.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExternalWorkflowExecutionCancelRequested {
+    pub initiated_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub control: String,
+}
+
+/// The cancel request was not delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestCancelExternalWorkflowExecutionFailed {
+    pub initiated_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: Option<String>,
+    pub cause: ExternalFailedCause,
+    pub control: String,
 }

@@ -170,6 +170,9 @@ pub struct Validator {
     activity_ids: BTreeMap<String, u64>,
     /// Timers by timer id (the latest one with that id).
     timers: BTreeMap<String, TimerEntry>,
+    /// Signals (true) and cancel requests (false) to other workflows by
+    /// initiated event id, with the event that closed each.
+    externals: BTreeMap<u64, (bool, Option<u64>)>,
 }
 
 struct Ctx<'a> {
@@ -218,6 +221,7 @@ impl Validator {
             activities: BTreeMap::new(),
             activity_ids: BTreeMap::new(),
             timers: BTreeMap::new(),
+            externals: BTreeMap::new(),
         }
     }
 
@@ -403,7 +407,28 @@ impl Validator {
             | WorkflowExecutionFailed(_)
             | WorkflowExecutionTimedOut(_)
             | WorkflowExecutionCanceled(_)
-            | WorkflowExecutionTerminated(_) => Ok(()),
+            | WorkflowExecutionTerminated(_)
+            | WorkflowExecutionContinuedAsNew(_) => Ok(()),
+            SignalExternalWorkflowExecutionInitiated(_) => {
+                self.externals.insert(event_id, (true, None));
+                Ok(())
+            }
+            RequestCancelExternalWorkflowExecutionInitiated(_) => {
+                self.externals.insert(event_id, (false, None));
+                Ok(())
+            }
+            ExternalWorkflowExecutionSignaled(a) => {
+                self.on_external_closed(ctx, a.initiated_event_id, true)
+            }
+            SignalExternalWorkflowExecutionFailed(a) => {
+                self.on_external_closed(ctx, a.initiated_event_id, true)
+            }
+            ExternalWorkflowExecutionCancelRequested(a) => {
+                self.on_external_closed(ctx, a.initiated_event_id, false)
+            }
+            RequestCancelExternalWorkflowExecutionFailed(a) => {
+                self.on_external_closed(ctx, a.initiated_event_id, false)
+            }
         }
     }
 
@@ -602,6 +627,35 @@ impl Validator {
             closed: None,
         };
         self.timers.insert(timer_id.to_string(), entry);
+        Ok(())
+    }
+
+    /// The outcome of a signal (`signal`) or cancel request to another
+    /// workflow: it names an initiated event of its kind, not yet closed.
+    fn on_external_closed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        initiated: u64,
+        signal: bool,
+    ) -> Result<(), HistoryError> {
+        let what = if signal { "signal" } else { "cancel request" };
+        let Some((kind, closed)) = self.externals.get_mut(&initiated) else {
+            let problem = format!("names no initiated {what} to another workflow");
+            return Err(ctx.bad_link("initiated_event_id", initiated, problem));
+        };
+        if *kind != signal {
+            let problem = format!("names an initiated event that is not a {what}");
+            return Err(ctx.bad_link("initiated_event_id", initiated, problem));
+        }
+        if let Some(closed_by) = *closed {
+            return Err(HistoryError::AlreadyClosed {
+                event_id: ctx.event.event_id,
+                event_type: ctx.event_type(),
+                what: format!("{what} to another workflow (event {initiated})"),
+                closed_by,
+            });
+        }
+        *closed = Some(ctx.event.event_id);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::activity::RetryPolicy;
 use crate::history::EventKind;
-use crate::types::{Failure, payload_hash};
+use crate::types::{Failure, fnv1a64, payload_hash};
 
 /// Schedule an activity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,45 @@ pub enum Command {
     CancelWorkflowExecution {
         details: Option<Value>,
     },
+    /// Close the run and start a new run of the same workflow id in its place.
+    ContinueAsNewWorkflowExecution(ContinueAsNewWorkflowExecution),
+    /// Signal another workflow.
+    SignalExternalWorkflowExecution(SignalExternalWorkflowExecution),
+    /// Ask another workflow to cancel.
+    RequestCancelExternalWorkflowExecution(RequestCancelExternalWorkflowExecution),
+}
+
+/// Signal another workflow (its current run, or the run named).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalExternalWorkflowExecution {
+    /// Stable id within the run (the SDK numbers them "1", "2", ...).
+    pub seq: String,
+    pub workflow_id: String,
+    pub run_id: Option<String>,
+    pub signal_name: String,
+    pub input: Value,
+}
+
+/// Ask another workflow (its current run, or the run named) to cancel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestCancelExternalWorkflowExecution {
+    /// Stable id within the run, numbered with the signals' (one sequence).
+    pub seq: String,
+    pub workflow_id: String,
+    pub run_id: Option<String>,
+}
+
+/// Continue as a new run: the new run's input, and what it changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContinueAsNewWorkflowExecution {
+    /// The new run's input.
+    pub input: Value,
+    /// The new run's workflow type; this run's if `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_type: Option<String>,
+    /// The new run's task queue; this run's if `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_queue: Option<String>,
 }
 
 /// Marker name of `patched` markers.
@@ -174,6 +213,26 @@ impl Command {
                 String::new(),
                 None,
             ),
+            // Input only: the type and queue default to this run's, which a
+            // history records but the code need not name.
+            Command::ContinueAsNewWorkflowExecution(a) => (
+                "ContinueAsNewWorkflowExecution",
+                String::new(),
+                String::new(),
+                Some(payload_hash(&a.input)),
+            ),
+            Command::SignalExternalWorkflowExecution(a) => (
+                "SignalExternalWorkflowExecution",
+                a.seq.clone(),
+                a.signal_name.clone(),
+                Some(payload_hash(&a.input) ^ fnv1a64(a.workflow_id.as_bytes())),
+            ),
+            Command::RequestCancelExternalWorkflowExecution(a) => (
+                "RequestCancelExternalWorkflowExecution",
+                a.seq.clone(),
+                String::new(),
+                Some(fnv1a64(a.workflow_id.as_bytes())),
+            ),
         };
         CommandKey {
             kind,
@@ -190,6 +249,7 @@ impl Command {
             Command::CompleteWorkflowExecution { .. }
                 | Command::FailWorkflowExecution { .. }
                 | Command::CancelWorkflowExecution { .. }
+                | Command::ContinueAsNewWorkflowExecution(_)
         )
     }
 }
@@ -233,6 +293,31 @@ pub fn event_command_key(
         EventKind::WorkflowExecutionCanceled(a) => Command::CancelWorkflowExecution {
             details: a.details.clone(),
         },
+        EventKind::SignalExternalWorkflowExecutionInitiated(a) => {
+            Command::SignalExternalWorkflowExecution(SignalExternalWorkflowExecution {
+                seq: a.control.clone(),
+                workflow_id: a.workflow_id.clone(),
+                run_id: a.run_id.clone(),
+                signal_name: a.signal_name.clone(),
+                input: a.input.clone(),
+            })
+        }
+        EventKind::RequestCancelExternalWorkflowExecutionInitiated(a) => {
+            Command::RequestCancelExternalWorkflowExecution(
+                RequestCancelExternalWorkflowExecution {
+                    seq: a.control.clone(),
+                    workflow_id: a.workflow_id.clone(),
+                    run_id: a.run_id.clone(),
+                },
+            )
+        }
+        EventKind::WorkflowExecutionContinuedAsNew(a) => {
+            Command::ContinueAsNewWorkflowExecution(ContinueAsNewWorkflowExecution {
+                input: a.input.clone(),
+                workflow_type: Some(a.workflow_type.clone()),
+                task_queue: Some(a.task_queue.clone()),
+            })
+        }
         _ => return None,
     };
     Some(command.key())

@@ -18,7 +18,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::command::{
-    Command, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask, marker_id,
+    Command, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
+    RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
+    SignalExternalWorkflowExecution, marker_id,
 };
 use super::error::{ActivityError, PayloadError, WorkflowError};
 use crate::activity::{Activity, ActivityCancellationType, ActivityOptions};
@@ -106,6 +108,9 @@ pub(crate) struct RunCore {
     /// executor re-checks them whenever the workflow stops making progress.
     conditions: BTreeMap<u64, (Arc<ConditionFn>, Waker)>,
     next_condition_seq: u64,
+    /// Signals and cancel requests to other workflows, by sequence ("1", ...).
+    externals: BTreeMap<String, Slot<Result<(), WorkflowError>>>,
+    next_external_seq: u64,
 }
 
 /// A condition a workflow waits for (`WorkflowContext::wait_condition`).
@@ -161,6 +166,8 @@ impl RunCore {
             query_handlers: BTreeMap::new(),
             conditions: BTreeMap::new(),
             next_condition_seq: 1,
+            externals: BTreeMap::new(),
+            next_external_seq: 1,
         }
     }
 
@@ -181,6 +188,23 @@ impl RunCore {
         if let Some(activity) = self.activities.get_mut(activity_id) {
             activity.slot.resolve(result);
         }
+    }
+
+    pub(crate) fn resolve_external(&mut self, seq: &str, result: Result<(), WorkflowError>) {
+        if let Some(slot) = self.externals.get_mut(seq) {
+            slot.resolve(result);
+        }
+    }
+
+    /// Issues a signal or cancel request to another workflow: its command
+    /// now, its outcome later (by its sequence number).
+    fn start_external(&mut self, command: impl FnOnce(String) -> Command) -> String {
+        let seq = self.next_external_seq.to_string();
+        self.next_external_seq += 1;
+        self.externals
+            .insert(seq.clone(), Slot::Pending { waker: None });
+        self.commands.push(command(seq.clone()));
+        seq
     }
 
     pub(crate) fn resolve_timer(&mut self, timer_id: &str) {
@@ -376,6 +400,90 @@ impl WorkflowContext {
             name: name.to_string(),
             _type: PhantomData,
         }
+    }
+
+    /// Ends this run and starts a new run of the same workflow id, type and
+    /// task queue with `input`, in one write: return the error this makes.
+    /// The new run gets a fresh history (so a workflow that loops forever
+    /// this way keeps each history bounded) and what is left of the
+    /// execution timeout. Signals this run received but did not take are not
+    /// carried over: drain them (`try_recv`) into `input` first.
+    ///
+    /// ```ignore
+    /// if iteration % 100 == 99 {
+    ///     return Err(ctx.continue_as_new(&state));
+    /// }
+    /// ```
+    pub fn continue_as_new<T: Serialize>(&self, input: &T) -> WorkflowError {
+        self.continue_as_new_with(input, ContinueAsNewOptions::default())
+    }
+
+    /// [`WorkflowContext::continue_as_new`], with another workflow type or
+    /// task queue for the new run.
+    pub fn continue_as_new_with<T: Serialize>(
+        &self,
+        input: &T,
+        options: ContinueAsNewOptions,
+    ) -> WorkflowError {
+        let what = || {
+            format!(
+                "continue-as-new input of workflow {}",
+                self.info().workflow_type
+            )
+        };
+        match PayloadError::encode(what, input) {
+            Ok(input) => WorkflowError::ContinueAsNew(Box::new(ContinueAsNewWorkflowExecution {
+                input,
+                workflow_type: options.workflow_type,
+                task_queue: options.task_queue,
+            })),
+            Err(error) => WorkflowError::Payload(error),
+        }
+    }
+
+    /// Signals another workflow: its current run, or the run named (as
+    /// Temporal's `SignalExternalWorkflowExecution`). The command is issued
+    /// now; the future resolves once the signal was delivered, or fails with
+    /// [`WorkflowError::ExternalWorkflowNotFound`] if no such run is open.
+    /// Delivered once, even across crashes.
+    pub fn signal_external<T: Serialize>(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        signal_name: &str,
+        input: &T,
+    ) -> ExternalFuture {
+        let what = || format!("input of signal {signal_name} to workflow {workflow_id}");
+        let input = match PayloadError::encode(what, input) {
+            Ok(input) => input,
+            Err(error) => return ExternalFuture::failed(self, WorkflowError::Payload(error)),
+        };
+        let seq = self.lock().start_external(|seq| {
+            Command::SignalExternalWorkflowExecution(SignalExternalWorkflowExecution {
+                seq,
+                workflow_id: workflow_id.to_string(),
+                run_id: run_id.map(str::to_string),
+                signal_name: signal_name.to_string(),
+                input,
+            })
+        });
+        ExternalFuture::pending(self, seq)
+    }
+
+    /// Asks another workflow (its current run, or the run named) to cancel.
+    /// The future resolves once the request was recorded by that run, or
+    /// fails with [`WorkflowError::ExternalWorkflowNotFound`].
+    pub fn cancel_external(&self, workflow_id: &str, run_id: Option<&str>) -> ExternalFuture {
+        let seq = self.lock().start_external(|seq| {
+            Command::RequestCancelExternalWorkflowExecution(
+                RequestCancelExternalWorkflowExecution {
+                    seq,
+                    workflow_id: workflow_id.to_string(),
+                    run_id: run_id.map(str::to_string),
+                },
+            )
+        });
+        ExternalFuture::pending(self, seq)
     }
 
     /// True once the run was asked to cancel.
@@ -886,5 +994,60 @@ impl Future for CancelledFuture {
 fn add_waker(wakers: &mut Vec<Waker>, waker: &Waker) {
     if !wakers.iter().any(|known| known.will_wake(waker)) {
         wakers.push(waker.clone());
+    }
+}
+
+/// What a continued run changes; by default nothing but its input.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContinueAsNewOptions {
+    /// The new run's workflow type, if not this run's.
+    pub workflow_type: Option<String>,
+    /// The new run's task queue, if not this run's.
+    pub task_queue: Option<String>,
+}
+
+/// A signal or cancel request to another workflow
+/// ([`WorkflowContext::signal_external`], [`WorkflowContext::cancel_external`]).
+pub struct ExternalFuture {
+    ctx: WorkflowContext,
+    state: ExternalState,
+}
+
+enum ExternalState {
+    Pending { seq: String },
+    Failed(Option<WorkflowError>),
+}
+
+impl ExternalFuture {
+    fn pending(ctx: &WorkflowContext, seq: String) -> ExternalFuture {
+        ExternalFuture {
+            ctx: ctx.clone(),
+            state: ExternalState::Pending { seq },
+        }
+    }
+
+    fn failed(ctx: &WorkflowContext, error: WorkflowError) -> ExternalFuture {
+        ExternalFuture {
+            ctx: ctx.clone(),
+            state: ExternalState::Failed(Some(error)),
+        }
+    }
+}
+
+impl Future for ExternalFuture {
+    type Output = Result<(), WorkflowError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.state {
+            ExternalState::Failed(error) => {
+                Poll::Ready(Err(error.take().expect("polled after it completed")))
+            }
+            ExternalState::Pending { seq } => {
+                let mut core = this.ctx.lock();
+                let slot = core.externals.get_mut(seq.as_str()).expect("issued");
+                slot.poll_take(cx.waker())
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::command::ContinueAsNewWorkflowExecution;
 use crate::types::{Failure, RetryState, TimeoutType};
 
 /// A payload that does not (de)serialize into the expected type.
@@ -95,6 +96,17 @@ pub enum WorkflowError {
     /// A signal or other payload did not fit its type.
     #[error(transparent)]
     Payload(#[from] PayloadError),
+    /// Not a failure: the run continues as a new run of the same workflow id
+    /// (made by [`crate::workflow::WorkflowContext::continue_as_new`]);
+    /// returning it closes this run with `WorkflowExecutionContinuedAsNew`.
+    #[error("continue as new")]
+    ContinueAsNew(Box<ContinueAsNewWorkflowExecution>),
+    /// A signal or cancel request to another workflow found no open run.
+    #[error("workflow {workflow_id:?} was not found, or is closed")]
+    ExternalWorkflowNotFound {
+        /// The workflow signaled or asked to cancel.
+        workflow_id: String,
+    },
 }
 
 impl WorkflowError {
@@ -140,5 +152,7 @@ fn error_type_name(error: &WorkflowError) -> &'static str {
         }
         WorkflowError::Activity(ActivityError::Failed { .. }) => "ActivityFailure",
         WorkflowError::Application(_) => "ApplicationError",
+        WorkflowError::ContinueAsNew(_) => "ContinueAsNew",
+        WorkflowError::ExternalWorkflowNotFound { .. } => "ExternalWorkflowExecutionNotFound",
     }
 }

@@ -50,6 +50,8 @@ pub enum RunResult {
     Failed(crate::types::Failure),
     /// The workflow accepted cancellation.
     Canceled,
+    /// The workflow continued as a new run with this input.
+    ContinuedAsNew(Value),
 }
 
 /// A digest of a run's state: every command, every applied outcome, the result.
@@ -350,6 +352,10 @@ impl WorkflowExecutor {
                 RunResult::Completed(value.clone()),
                 Command::CompleteWorkflowExecution { result: value },
             ),
+            Err(WorkflowError::ContinueAsNew(command)) => (
+                RunResult::ContinuedAsNew(command.input.clone()),
+                Command::ContinueAsNewWorkflowExecution(*command),
+            ),
             Err(error) if error.is_cancellation() && cancel_requested => (
                 RunResult::Canceled,
                 Command::CancelWorkflowExecution { details: None },
@@ -460,9 +466,31 @@ impl WorkflowExecutor {
                 self.cancel_requested_pending = true;
             }
             WorkflowExecutionTerminated(_) | WorkflowExecutionTimedOut(_) => self.closed = true,
+            ExternalWorkflowExecutionSignaled(a) => self.resolve_external(&a.control, Ok(())),
+            ExternalWorkflowExecutionCancelRequested(a) => {
+                self.resolve_external(&a.control, Ok(()))
+            }
+            SignalExternalWorkflowExecutionFailed(a) => {
+                let workflow_id = a.workflow_id.clone();
+                let error = WorkflowError::ExternalWorkflowNotFound { workflow_id };
+                self.resolve_external(&a.control, Err(error));
+            }
+            RequestCancelExternalWorkflowExecutionFailed(a) => {
+                let workflow_id = a.workflow_id.clone();
+                let error = WorkflowError::ExternalWorkflowNotFound { workflow_id };
+                self.resolve_external(&a.control, Err(error));
+            }
             _ => {}
         }
         Ok(())
+    }
+
+    fn resolve_external(&mut self, control: &str, result: Result<(), WorkflowError>) {
+        self.mix(format_args!("External|{control}|{}", result.is_ok()));
+        self.core
+            .lock()
+            .expect("run core lock")
+            .resolve_external(control, result);
     }
 
     fn on_started(

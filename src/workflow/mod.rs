@@ -32,12 +32,14 @@ mod registry;
 mod replay;
 
 pub use command::{
-    Command, CommandKey, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
-    event_command_key,
+    Command, CommandKey, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
+    RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
+    SignalExternalWorkflowExecution, event_command_key,
 };
 pub use context::{
-    ActivityFuture, CancelledFuture, ConditionFn, ConditionFuture, QueryFn, SignalChannel,
-    SignalFuture, TimerFuture, WorkflowContext, WorkflowInfo,
+    ActivityFuture, CancelledFuture, ConditionFn, ConditionFuture, ContinueAsNewOptions,
+    ExternalFuture, QueryFn, SignalChannel, SignalFuture, TimerFuture, WorkflowContext,
+    WorkflowInfo,
 };
 pub use error::{ActivityError, PayloadError, WorkflowError};
 pub use executor::{

@@ -9,7 +9,7 @@ use retrace::engine::{EmbeddedEngine, ServiceConfig};
 use retrace::env::{
     BoxFuture, ListQuery, MemoryStorage, RunRecord, Storage, StorageError, WriteBatch,
 };
-use retrace::history::Event;
+use retrace::history::{Event, EventKind};
 use retrace::worker::{Worker, WorkerBuilder};
 use retrace::workflow::{Replayer, RunResult, WorkflowRegistry};
 
@@ -82,7 +82,7 @@ impl TestEngine {
             let replayed = replayer
                 .replay_three_ways(&history)
                 .unwrap_or_else(|e| panic!("run {} does not replay: {e}", run.run_id));
-            let outcome = client.outcome(&run.workflow_id, Some(&run.run_id));
+            let outcome = client.run_outcome(&run.workflow_id, Some(&run.run_id));
             let recorded = if run.status.is_closed() {
                 Some(outcome.await.expect("closed runs have outcomes"))
             } else {
@@ -96,6 +96,20 @@ impl TestEngine {
                     assert_eq!(failure, replayed)
                 }
                 (Some(RunOutcome::Canceled { .. }), Some(RunResult::Canceled)) => {}
+                (
+                    Some(RunOutcome::ContinuedAsNew { new_run_id }),
+                    Some(RunResult::ContinuedAsNew(input)),
+                ) => {
+                    let next = client
+                        .history(&run.workflow_id, Some(&new_run_id))
+                        .await
+                        .expect("the next run is stored");
+                    let EventKind::WorkflowExecutionStarted(started) = &next.events()[0].kind
+                    else {
+                        panic!("run {new_run_id} does not start with WorkflowExecutionStarted");
+                    };
+                    assert_eq!(started.input, input, "run {new_run_id} got another input");
+                }
                 (Some(RunOutcome::Terminated { .. } | RunOutcome::TimedOut), _) => {}
                 (None, _) => {}
                 (recorded, replayed) => panic!(

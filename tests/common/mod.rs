@@ -108,6 +108,21 @@ impl Workflow for TimerThenSignal {
     }
 }
 
+/// Counts down one run per second: each run but the last continues as new.
+pub struct Countdown;
+impl Workflow for Countdown {
+    const NAME: &'static str = "countdown";
+    type Input = u32;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, left: u32) -> WorkflowResult<String> {
+        if left == 0 {
+            return Ok("liftoff".to_string());
+        }
+        ctx.sleep(Duration::from_secs(1)).await?;
+        Err(ctx.continue_as_new(&(left - 1)))
+    }
+}
+
 /// An activity that fails every attempt; after three the workflow fails.
 pub struct RetryThenFail;
 impl Workflow for RetryThenFail {
@@ -145,6 +160,7 @@ pub fn registry() -> WorkflowRegistry {
         .register::<TwoParallel>()
         .register::<TimerThenSignal>()
         .register::<RetryThenFail>()
-        .register::<Patched>();
+        .register::<Patched>()
+        .register::<Countdown>();
     registry
 }

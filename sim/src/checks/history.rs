@@ -38,6 +38,9 @@ fn recorded_result(history: &History) -> Option<RunResult> {
         EventKind::WorkflowExecutionCompleted(a) => Some(RunResult::Completed(a.result.clone())),
         EventKind::WorkflowExecutionFailed(a) => Some(RunResult::Failed(a.failure.clone())),
         EventKind::WorkflowExecutionCanceled(_) => Some(RunResult::Canceled),
+        EventKind::WorkflowExecutionContinuedAsNew(a) => {
+            Some(RunResult::ContinuedAsNew(a.input.clone()))
+        }
         _ => None,
     }
 }

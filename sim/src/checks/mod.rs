@@ -244,8 +244,14 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
             outcome.as_ref(),
             checks.expected,
         ));
+        // A workflow id's outcome is its chain's: a run that continued as
+        // new never hides how the chain's last run closed.
         if let Some(outcome) = outcome {
-            stored.outcomes.insert(record.workflow_id.clone(), outcome);
+            let continued = matches!(outcome, RunOutcome::ContinuedAsNew { .. });
+            let outcomes = &mut stored.outcomes;
+            if !continued || !outcomes.contains_key(&record.workflow_id) {
+                outcomes.insert(record.workflow_id.clone(), outcome);
+            }
         }
         stored.histories.insert(record.run_id.clone(), history);
     }

@@ -12,11 +12,14 @@ use super::Violation;
 /// Which outcomes a scenario expects: `(workflow id, outcome) -> expected`.
 pub type ExpectedOutcomes = Arc<dyn Fn(&str, &RunOutcome) -> bool + Send + Sync>;
 
-/// The outcomes expected when a scenario declares none: completed or canceled.
+/// The outcomes expected when a scenario declares none: completed or
+/// canceled (or continued as new: the chain's last run is checked too).
 pub fn completed_or_canceled(_workflow_id: &str, outcome: &RunOutcome) -> bool {
     matches!(
         outcome,
-        RunOutcome::Completed { .. } | RunOutcome::Canceled { .. }
+        RunOutcome::Completed { .. }
+            | RunOutcome::Canceled { .. }
+            | RunOutcome::ContinuedAsNew { .. }
     )
 }
 

@@ -98,6 +98,7 @@ mod tests {
             events: Vec::new(),
             claim: None,
             buffered: Default::default(),
+            next_run: None,
         };
         storage.apply(batch).expect("fresh run");
     }

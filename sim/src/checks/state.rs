@@ -137,6 +137,12 @@ fn implied_close(history: &History) -> (RunStatus, Option<RunOutcome>, Option<Ti
                 reason: a.reason.clone(),
             },
         ),
+        EventKind::WorkflowExecutionContinuedAsNew(a) => (
+            RunStatus::ContinuedAsNew,
+            RunOutcome::ContinuedAsNew {
+                new_run_id: a.new_execution_run_id.clone(),
+            },
+        ),
         _ => (RunStatus::TimedOut, RunOutcome::TimedOut),
     };
     (status, Some(outcome), Some(close.event_time))

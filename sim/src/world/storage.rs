@@ -189,6 +189,7 @@ impl SimStorage {
             events: Vec::new(),
             claim: None,
             buffered: BufferedWrite::none(),
+            next_run: None,
         };
         self.durable.apply(batch).expect("a torn run's id is fresh");
         self.torn_rows.fetch_add(1, Ordering::Relaxed);

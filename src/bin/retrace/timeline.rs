@@ -31,18 +31,65 @@ fn duration(duration_ms: u64) -> String {
     humantime::format_duration(std::time::Duration::from_millis(duration_ms)).to_string()
 }
 
+fn started_attributes(a: &retrace::history::WorkflowExecutionStarted) -> String {
+    let queue = &a.task_queue;
+    let continued = match &a.continued_execution_run_id {
+        Some(run_id) => format!(" continues={run_id}"),
+        None => String::new(),
+    };
+    format!(
+        "type={} queue={queue} input={}{continued}",
+        a.workflow_type,
+        short(&a.input)
+    )
+}
+
+/// The attributes of a signal or cancel request to another workflow.
+fn external_attributes(kind: &EventKind) -> String {
+    use EventKind::*;
+    match kind {
+        SignalExternalWorkflowExecutionInitiated(a) => format!(
+            "to={} signal={} input={}",
+            target(&a.workflow_id, a.run_id.as_deref()),
+            a.signal_name,
+            short(&a.input)
+        ),
+        RequestCancelExternalWorkflowExecutionInitiated(a) => {
+            format!("to={}", target(&a.workflow_id, a.run_id.as_deref()))
+        }
+        ExternalWorkflowExecutionSignaled(a) => format!(
+            "initiated={} run={}",
+            a.initiated_event_id,
+            target(&a.workflow_id, Some(&a.run_id))
+        ),
+        ExternalWorkflowExecutionCancelRequested(a) => format!(
+            "initiated={} run={}",
+            a.initiated_event_id,
+            target(&a.workflow_id, Some(&a.run_id))
+        ),
+        SignalExternalWorkflowExecutionFailed(a) => {
+            format!("initiated={} cause={:?}", a.initiated_event_id, a.cause)
+        }
+        RequestCancelExternalWorkflowExecutionFailed(a) => {
+            format!("initiated={} cause={:?}", a.initiated_event_id, a.cause)
+        }
+        _ => String::new(),
+    }
+}
+
+/// A workflow id, with its run id when one is named.
+fn target(workflow_id: &str, run_id: Option<&str>) -> String {
+    match run_id {
+        Some(run_id) => format!("{workflow_id}/{run_id}"),
+        None => workflow_id.to_string(),
+    }
+}
+
 /// The attributes of an event worth a glance.
 fn attributes(kind: &EventKind) -> String {
     use EventKind::*;
     match kind {
-        WorkflowExecutionStarted(a) => {
-            let queue = &a.task_queue;
-            format!(
-                "type={} queue={queue} input={}",
-                a.workflow_type,
-                short(&a.input)
-            )
-        }
+        WorkflowExecutionStarted(a) => started_attributes(a),
         WorkflowTaskScheduled(a) => format!("queue={} attempt={}", a.task_queue, a.attempt),
         WorkflowTaskStarted(a) => format!("scheduled={} by={}", a.scheduled_event_id, a.identity),
         WorkflowTaskCompleted(a) => format!("started={}", a.started_event_id),
@@ -100,6 +147,18 @@ fn attributes(kind: &EventKind) -> String {
         WorkflowExecutionTimedOut(a) => format!("retry_state={:?}", a.retry_state),
         WorkflowExecutionCanceled(_) => String::new(),
         WorkflowExecutionTerminated(a) => format!("reason={}", short(&a.reason.clone().into())),
+        SignalExternalWorkflowExecutionInitiated(_)
+        | RequestCancelExternalWorkflowExecutionInitiated(_)
+        | ExternalWorkflowExecutionSignaled(_)
+        | ExternalWorkflowExecutionCancelRequested(_)
+        | SignalExternalWorkflowExecutionFailed(_)
+        | RequestCancelExternalWorkflowExecutionFailed(_) => external_attributes(kind),
+        WorkflowExecutionContinuedAsNew(a) => format!(
+            "new_run={} type={} input={}",
+            a.new_execution_run_id,
+            a.workflow_type,
+            short(&a.input)
+        ),
     }
 }
 

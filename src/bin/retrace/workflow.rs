@@ -137,7 +137,8 @@ pub enum WorkflowCommand {
         #[arg(long, value_parser = parse_status)]
         status: Option<RunStatus>,
     },
-    /// Waits for the run to close; prints its result (non-zero exit if it did not complete).
+    /// Waits for the run to close, following continue-as-new to the last run;
+    /// prints its result (non-zero exit if it did not complete).
     Result {
         #[command(flatten)]
         run: RunArgs,
@@ -337,6 +338,11 @@ fn print_outcome(workflow_id: &str, outcome: RunOutcome) -> ExitCode {
         RunOutcome::Terminated { reason } if reason.is_empty() => "was terminated".to_string(),
         RunOutcome::Terminated { reason } => format!("was terminated: {reason}"),
         RunOutcome::TimedOut => "timed out (its execution timeout passed)".to_string(),
+        // The client follows the chain to its last run: shown only to a
+        // caller that asked for one run's outcome.
+        RunOutcome::ContinuedAsNew { new_run_id } => {
+            format!("continued as new: its next run is {new_run_id}")
+        }
     };
     eprintln!("error: workflow {workflow_id} {why}");
     ExitCode::FAILURE

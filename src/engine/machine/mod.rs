@@ -10,6 +10,8 @@
 
 pub mod activity;
 pub mod buffered;
+pub mod continue_as_new;
+pub mod external;
 pub mod run;
 pub mod timer;
 pub mod workflow_task;
@@ -73,6 +75,10 @@ pub struct RunState {
     /// Payload bytes of the signals in `buffered`.
     #[serde(default)]
     pub buffered_payload_bytes: u64,
+    /// Signals and cancel requests to other workflows not yet delivered, by
+    /// their initiated event id.
+    #[serde(default)]
+    pub externals: BTreeMap<u64, external::ExternalRequest>,
 }
 
 /// An activity whose close is buffered: closed for the service, still open in
@@ -163,6 +169,11 @@ pub struct Step<'a> {
     pub now: Timestamp,
     pub limits: Limits,
     pub events: Vec<Event>,
+    /// The id a run started by continue-as-new gets; the service draws it
+    /// before a completion that continues as new.
+    pub next_run_id: Option<String>,
+    /// The run this step started by continue-as-new: written in the same batch.
+    pub continued: Option<continue_as_new::NextRun>,
 }
 
 pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> ServiceError {
@@ -176,6 +187,8 @@ impl<'a> Step<'a> {
             now,
             limits,
             events: Vec::new(),
+            next_run_id: None,
+            continued: None,
         }
     }
 
@@ -443,6 +456,12 @@ pub fn outcome_of(kind: &EventKind) -> Option<(RunStatus, RunOutcome)> {
             },
         ),
         EventKind::WorkflowExecutionTimedOut(_) => (RunStatus::TimedOut, RunOutcome::TimedOut),
+        EventKind::WorkflowExecutionContinuedAsNew(a) => (
+            RunStatus::ContinuedAsNew,
+            RunOutcome::ContinuedAsNew {
+                new_run_id: a.new_execution_run_id.clone(),
+            },
+        ),
         _ => return None,
     };
     Some(pair)

@@ -7,6 +7,8 @@
 //! | any     | signal (seen request id)      | same    | none: answered as delivered                         |
 //! | Running | cancel request (first)        | Running | WorkflowExecutionCancelRequested (delivered)        |
 //! | Running | Complete/Fail/CancelWorkflow command | closed | WorkflowExecutionCompleted / Failed / Canceled |
+//! | Running | ContinueAsNewWorkflowExecution command | ContinuedAsNew | see [`super::continue_as_new`] |
+//! | Running | Signal / RequestCancel external command | Running | see [`super::external`] |
 //! | Running | terminate                     | Terminated | [WorkflowTaskFailed (ForceCloseCommand), buffered], WorkflowExecutionTerminated |
 //! | Running | execution timeout timer       | TimedOut | [WorkflowTaskFailed (ForceCloseCommand), buffered], WorkflowExecutionTimedOut |
 //! | closed  | signal, cancel, terminate     | closed  | none: refused with `run_closed`                     |
@@ -93,6 +95,7 @@ pub fn start(
         outcome: None,
         history_payload_bytes: 0,
         buffered_payload_bytes: 0,
+        externals: BTreeMap::new(),
     };
     let mut step = Step::new(&mut state, now, limits);
     step.check_payload("workflow input", &request.input)?;
@@ -107,6 +110,7 @@ pub fn start(
             attempt: 1,
             identity: request.identity.clone(),
             request_id: request.request_id.clone(),
+            continued_execution_run_id: None,
         },
     ));
     step.schedule_workflow_task(1);
@@ -194,6 +198,15 @@ pub(super) fn apply_command(
             };
             close(step, EventKind::WorkflowExecutionCanceled(kind));
             Ok(())
+        }
+        Command::ContinueAsNewWorkflowExecution(command) => {
+            super::continue_as_new::on_command(step, completed, command)
+        }
+        Command::SignalExternalWorkflowExecution(command) => {
+            super::external::on_signal_command(step, completed, command)
+        }
+        Command::RequestCancelExternalWorkflowExecution(command) => {
+            super::external::on_cancel_command(step, completed, command)
         }
     }
 }

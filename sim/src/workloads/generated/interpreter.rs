@@ -239,6 +239,10 @@ pub enum StepReport {
     TransientBug {
         age_ms: u64,
     },
+    /// Whether the signal to another workflow was delivered.
+    External {
+        delivered: bool,
+    },
     /// Which side won the race, and the activity's report if it won.
     Select {
         activity_won: bool,
@@ -279,6 +283,13 @@ impl Workflow for Interpreter {
     type Input = RunSpec;
     type Output = Vec<StepReport>;
     async fn run(ctx: WorkflowContext, spec: RunSpec) -> WorkflowResult<Vec<StepReport>> {
+        if spec.continued < spec.continue_as_new {
+            return Err(continue_chain(&ctx, &spec).await);
+        }
+        let signals = Signals {
+            ctx: ctx.clone(),
+            carried: std::sync::Arc::new(std::sync::Mutex::new(spec.carried.clone())),
+        };
         let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = progress.clone();
         ctx.query_handler(QUERY_PROGRESS, move |(): ()| {
@@ -286,7 +297,7 @@ impl Workflow for Interpreter {
         });
         let mut reports = Vec::with_capacity(spec.steps.len());
         for step in &spec.steps {
-            let run = run_step(&ctx, step);
+            let run = run_step(&ctx, &signals, step);
             let waits_through_cancel =
                 matches!(step, Step::Activity(a) if a.cancellation == Cancellation::WaitCompleted);
             let signal_wait = matches!(step, Step::Signal { .. } | Step::Condition { .. });
@@ -313,17 +324,69 @@ impl Workflow for Interpreter {
     }
 }
 
+/// A run of a chain that is not the last: waits, drains the signals it got
+/// into the input of the next run, and continues as new (or ends as
+/// canceled if asked to meanwhile).
+async fn continue_chain(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowError {
+    let wait = ctx.sleep(Duration::from_millis(super::program::CONTINUE_AFTER_MS));
+    let cancelled = ctx.cancelled();
+    futures::pin_mut!(wait, cancelled);
+    match select(wait, cancelled).await {
+        Either::Left((Ok(()), _)) => {}
+        Either::Left((Err(error), _)) => return error,
+        Either::Right(_) => return WorkflowError::Canceled,
+    }
+    // A cancel request is the run's own: the next run would never see it
+    // (the timer and the request may both be in this activation).
+    if ctx.is_cancel_requested() {
+        return WorkflowError::Canceled;
+    }
+    let mut carried = spec.carried.clone();
+    for name in spec.signal_names() {
+        while let Some(value) = ctx.signal::<u64>(name).try_recv() {
+            match value {
+                Ok(value) => carried.push((name.to_string(), value)),
+                Err(error) => return error.into(),
+            }
+        }
+    }
+    ctx.continue_as_new(&spec.continued_as(spec.continued + 1, carried))
+}
+
+/// Where a step's signals come from: those carried from earlier runs of the
+/// chain first, then the run's own.
+#[derive(Clone)]
+struct Signals {
+    ctx: WorkflowContext,
+    carried: std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>,
+}
+
+impl Signals {
+    async fn recv(&self, name: &str) -> WorkflowResult<u64> {
+        let carried = {
+            let mut carried = self.carried.lock().expect("carried signals lock");
+            let at = carried.iter().position(|(n, _)| n == name);
+            at.map(|at| carried.remove(at).1)
+        };
+        match carried {
+            Some(value) => Ok(value),
+            None => Ok(self.ctx.signal::<u64>(name).recv().await?),
+        }
+    }
+}
+
 /// Waits on a flag that a second branch sets once signal `name` came; the
 /// waiter is polled first, so only the executor's re-check wakes it.
 async fn condition(
     ctx: &WorkflowContext,
+    signals: &Signals,
     name: &str,
     timeout_ms: Option<u64>,
 ) -> WorkflowResult<StepReport> {
     let came = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (set, seen) = (came.clone(), came);
     let listen = async move {
-        let value = ctx.signal::<u64>(name).recv().await?;
+        let value = signals.recv(name).await?;
         set.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok::<u64, WorkflowError>(value)
     };
@@ -347,7 +410,7 @@ async fn condition(
 
 type StepFuture<'a> = Pin<Box<dyn Future<Output = WorkflowResult<StepReport>> + Send + 'a>>;
 
-fn run_step<'a>(ctx: &'a WorkflowContext, step: &'a Step) -> StepFuture<'a> {
+fn run_step<'a>(ctx: &'a WorkflowContext, signals: &'a Signals, step: &'a Step) -> StepFuture<'a> {
     Box::pin(async move {
         Ok(match step {
             Step::Activity(spec) => StepReport::Activity {
@@ -359,9 +422,11 @@ fn run_step<'a>(ctx: &'a WorkflowContext, step: &'a Step) -> StepFuture<'a> {
                 StepReport::Timer
             }
             Step::Signal { name } => StepReport::Signal {
-                value: ctx.signal::<u64>(name).recv().await?,
+                value: signals.recv(name).await?,
             },
-            Step::Condition { name, timeout_ms } => condition(ctx, name, *timeout_ms).await?,
+            Step::Condition { name, timeout_ms } => {
+                condition(ctx, signals, name, *timeout_ms).await?
+            }
             Step::SideEffect { value } => StepReport::SideEffect {
                 value: ctx.side_effect(|| *value)?,
             },
@@ -392,6 +457,24 @@ fn run_step<'a>(ctx: &'a WorkflowContext, step: &'a Step) -> StepFuture<'a> {
                 StepReport::TransientBug { age_ms }
             }
             Step::Select { activity, timer_ms } => race(ctx, activity, *timer_ms).await?,
+            Step::SignalExternal {
+                target,
+                name,
+                value,
+            } => match ctx.signal_external(target, None, name, value).await {
+                Ok(()) => StepReport::External { delivered: true },
+                Err(WorkflowError::ExternalWorkflowNotFound { .. }) => {
+                    StepReport::External { delivered: false }
+                }
+                Err(error) => return Err(error),
+            },
+            Step::CancelExternal { target } => match ctx.cancel_external(target, None).await {
+                Ok(()) => StepReport::External { delivered: true },
+                Err(WorkflowError::ExternalWorkflowNotFound { .. }) => {
+                    StepReport::External { delivered: false }
+                }
+                Err(error) => return Err(error),
+            },
         })
     })
 }

@@ -30,6 +30,8 @@
 //! [`KNOWN_ENGINE_BUGS`] with a seed that shows each; the tests excuse a seed
 //! only when one of its violations carries a known bug's signature.
 
+pub mod chain;
+pub mod externals;
 pub mod interpreter;
 pub mod model;
 pub mod program;

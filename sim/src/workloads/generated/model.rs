@@ -21,7 +21,7 @@
 //! | workflow task failures        | only from a transient bug in the program; the next attempt after the backoff (1 s doubling, ≤ 60 s), not too late | - |
 //! | shaped payloads               | within the limits: never refused for a limit, stored once as sent; over: never stored (nor a start's run) | - |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use retrace::api::RunOutcome;
 use retrace::history::{
@@ -30,11 +30,14 @@ use retrace::history::{
 use retrace::types::{RetryState, TimeoutType};
 use serde_json::Value;
 
+use super::chain;
+use super::externals;
 use super::interpreter::{
     ActivityReport, GAVE_UP, ScriptInput, ScriptOutput, StepReport, TRANSIENT_BUG,
 };
 use super::program::{
-    ActivitySpec, Behaviour, Branch, Cancellation, ClientAction, Program, RunSpec, Shape, Step,
+    ActivitySpec, Behaviour, Branch, CONTINUE_AFTER_MS, Cancellation, ClientAction, Program,
+    RunSpec, Shape, Step,
 };
 use retrace::workflow::{PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME};
 
@@ -60,6 +63,8 @@ pub struct ClientRecord {
 /// The parts of a `describe` answer the model checks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Described {
+    /// The run described (the workflow id's current run then).
+    pub run_id: String,
     pub history_length: u64,
     pub workflow_task: Option<String>,
     /// Each pending activity's id and state.
@@ -69,6 +74,7 @@ pub struct Described {
 impl Described {
     pub fn of(description: &retrace::api::RunDescription) -> Described {
         Described {
+            run_id: description.run_id.clone(),
             history_length: description.history_length,
             workflow_task: description.workflow_task.clone(),
             activities: description
@@ -136,6 +142,8 @@ pub fn check(program: &Program, observed: &Observed<'_>) -> Result<(), String> {
             observed,
             problems: Vec::new(),
             closed_canceled: false,
+            chain: Vec::new(),
+            carried: Vec::new(),
         };
         run.check();
         problems.extend(
@@ -226,6 +234,10 @@ struct RunCheck<'a> {
     problems: Vec<String>,
     /// The run closed as canceled.
     closed_canceled: bool,
+    /// The workflow id's runs, first to last (one unless it continued as new).
+    chain: Vec<&'a History>,
+    /// Names of the signals the chain's earlier runs received and carried.
+    carried: Vec<String>,
 }
 
 impl<'a> RunCheck<'a> {
@@ -242,38 +254,83 @@ impl<'a> RunCheck<'a> {
     }
 
     fn check(&mut self) {
-        let id = &self.spec.workflow_id;
-        let histories: Vec<&History> = self
-            .observed
-            .histories
-            .values()
-            .filter(|h| h.workflow_id() == id)
-            .collect();
-        let [history] = histories[..] else {
-            self.problem(format!(
-                "expected exactly one run, found {}",
-                histories.len()
-            ));
-            return;
-        };
-        let expected_input = serde_json::to_value(self.spec).expect("a program encodes");
-        match history.started() {
-            Some(started) if started.input == expected_input => {}
-            _ => self.problem("its input is not the program's run".to_string()),
-        }
+        let Some(chain) = self.chain() else { return };
+        let cancelable = self.may_be_canceled();
+        let whole = chain::check_length(self.spec, &chain, cancelable, &mut self.problems);
+        self.carried = chain::carried_names(self.spec, &chain);
+        self.chain = chain;
+        let history = self.chain[self.chain.len() - 1];
         self.closed_canceled = matches!(
             history.close_event().map(|e| &e.kind),
             Some(EventKind::WorkflowExecutionCanceled(_))
         );
         let completed = self.check_outcome(history);
+        self.check_earlier_runs();
+        if !whole {
+            // Ended before the run of the steps: it only waited.
+            self.check_timers_of(history, BTreeSet::from([CONTINUE_AFTER_MS]));
+            self.check_client_events(history);
+            self.check_start_signal(self.chain[0]);
+            return;
+        }
         let activities = self.check_activities(history, completed);
         self.check_timers(history);
         self.check_task_failures(history);
         self.check_client_events(history);
-        self.check_start_signal(history);
+        self.check_start_signal(self.chain[0]);
         self.check_queries();
+        externals::check_sent(
+            self.spec,
+            history,
+            self.observed.histories,
+            &mut self.problems,
+        );
+        let histories = self.observed.histories;
+        externals::check_cancels_sent(self.spec, history, histories, &mut self.problems);
         if completed {
             self.check_reports(history, &activities);
+        }
+    }
+
+    /// The client or another run of the program asks this run to cancel.
+    fn may_be_canceled(&self) -> bool {
+        self.spec.client_does(|a| matches!(a, ClientAction::Cancel))
+            || externals::canceler_of(self.program, &self.spec.workflow_id).is_some()
+    }
+
+    /// A cancel request in the history: the client's, or one another run
+    /// of the program initiated.
+    fn cancel_request_is_explained(&self) -> bool {
+        let id = &self.spec.workflow_id;
+        self.spec.client_does(|a| matches!(a, ClientAction::Cancel))
+            || externals::canceler_of(self.program, id).is_some_and(|sender| {
+                externals::cancel_initiated_by(sender, id, self.observed.histories)
+            })
+    }
+
+    /// The workflow id's runs in chain order, their links and inputs checked.
+    fn chain(&mut self) -> Option<Vec<&'a History>> {
+        let id = &self.spec.workflow_id;
+        let histories: Vec<&'a History> = self
+            .observed
+            .histories
+            .values()
+            .filter(|h| h.workflow_id() == id)
+            .collect();
+        if histories.is_empty() {
+            self.problem("expected a run, found none".to_string());
+            return None;
+        }
+        match chain::chain_of(self.spec, &histories) {
+            Ok(chain) => {
+                chain::check_links(&chain, &mut self.problems);
+                chain::check_inputs(self.spec, &chain, &mut self.problems);
+                Some(chain)
+            }
+            Err(problem) => {
+                self.problem(problem);
+                None
+            }
         }
     }
 
@@ -289,9 +346,7 @@ impl<'a> RunCheck<'a> {
             EventKind::WorkflowExecutionFailed(f) => {
                 spec.gives_up() && f.failure.failure_type == GAVE_UP
             }
-            EventKind::WorkflowExecutionCanceled(_) => {
-                spec.client_does(|a| matches!(a, ClientAction::Cancel))
-            }
+            EventKind::WorkflowExecutionCanceled(_) => self.may_be_canceled(),
             EventKind::WorkflowExecutionTerminated(_) => {
                 spec.client_does(|a| matches!(a, ClientAction::Terminate))
             }
@@ -310,8 +365,8 @@ impl<'a> RunCheck<'a> {
                 } else {
                     "Completed"
                 },
-                if spec.client_does(|a| matches!(a, ClientAction::Cancel)) {
-                    ", or Canceled by the client"
+                if self.may_be_canceled() {
+                    ", or Canceled by the client or another run"
                 } else {
                     ""
                 },
@@ -356,10 +411,12 @@ impl<'a> RunCheck<'a> {
         matches!(close.kind, EventKind::WorkflowExecutionCompleted(_))
     }
 
-    fn check_execution_timeout(&mut self, history: &History, close: &Event) {
-        let (Some(timeout_ms), Some(first)) =
-            (self.spec.execution_timeout_ms, history.events().first())
-        else {
+    /// The chain shares one deadline, from its first run's start.
+    fn check_execution_timeout(&mut self, _history: &History, close: &Event) {
+        let (Some(timeout_ms), Some(first)) = (
+            self.spec.execution_timeout_ms,
+            self.chain[0].events().first(),
+        ) else {
             return;
         };
         let elapsed_ms = close.event_time.millis_since(first.event_time);
@@ -373,7 +430,19 @@ impl<'a> RunCheck<'a> {
     }
 
     fn check_timers(&mut self, history: &History) {
-        let durations = self.spec.timer_durations();
+        self.check_timers_of(history, self.spec.timer_durations());
+    }
+
+    /// The runs of the chain before the last: each only waited, with a
+    /// timer of [`CONTINUE_AFTER_MS`], then continued (or was ended).
+    fn check_earlier_runs(&mut self) {
+        let earlier = self.chain[..self.chain.len() - 1].to_vec();
+        for run in earlier {
+            self.check_timers_of(run, BTreeSet::from([CONTINUE_AFTER_MS]));
+        }
+    }
+
+    fn check_timers_of(&mut self, history: &History, durations: BTreeSet<u64>) {
         let events = history.events();
         for event in events {
             match &event.kind {
@@ -495,6 +564,9 @@ impl<'a> RunCheck<'a> {
     /// signal once the wait had begun (a signal already there: the task that
     /// began the wait, known by the timer it started), not later.
     fn check_condition_time(&mut self, history: &History, name: &str, timeout_ms: u64, at_ms: u64) {
+        if self.carried.iter().any(|n| n == name) {
+            return; // held at once, from the input
+        }
         let signaled = history.events().iter().find_map(|e| match &e.kind {
             EventKind::WorkflowExecutionSignaled(s) if s.signal_name == name => Some(e.event_id),
             _ => None,
@@ -516,15 +588,42 @@ impl<'a> RunCheck<'a> {
         }
     }
 
-    /// Signals, cancel requests and terminations the client could have caused.
+    /// Signals, cancel requests and terminations the client could have caused,
+    /// in every run of the chain. A signal is delivered once per run (its
+    /// request id is remembered by the run, as in Temporal).
     fn check_client_events(&mut self, history: &History) {
         let mut signals: BTreeMap<&str, u64> = BTreeMap::new();
-        for event in history.events() {
+        for run in self.chain.clone() {
+            let counts = self.check_run_events(run);
+            for (name, count) in counts {
+                let seen = signals.entry(name).or_default();
+                *seen = (*seen).max(count);
+            }
+        }
+        for (name, count) in &signals {
+            if *count > 1 {
+                self.problem(format!(
+                    "signal {name} was delivered {count} times to one run (sent once)"
+                ));
+            }
+        }
+        self.check_accepted_calls(history, &signals);
+        self.check_shaped_refusals();
+        self.check_describes();
+    }
+
+    /// The client events of one run; returns how often each signal came.
+    fn check_run_events(&mut self, run: &'a History) -> BTreeMap<&'a str, u64> {
+        let mut signals: BTreeMap<&str, u64> = BTreeMap::new();
+        for event in run.events() {
             match &event.kind {
                 EventKind::WorkflowExecutionSignaled(s) => {
                     *signals.entry(s.signal_name.as_str()).or_default() += 1;
                     if let Some(shape) = self.shaped_signal(&s.signal_name) {
                         self.check_stored_shape(shape, &s.signal_name, &s.input);
+                        continue;
+                    }
+                    if self.external_signal_checked(&s.signal_name, &s.input) {
                         continue;
                     }
                     let sent = self.spec.client.iter().any(|t| matches!(&t.action,
@@ -537,23 +636,17 @@ impl<'a> RunCheck<'a> {
                     }
                 }
                 EventKind::WorkflowExecutionCancelRequested(_)
-                    if !self.spec.client_does(|a| matches!(a, ClientAction::Cancel)) =>
+                    if !self.cancel_request_is_explained() =>
                 {
-                    self.problem("a cancel was requested, but the client never asked".to_string());
+                    self.problem(
+                        "a cancel was requested, but neither the client nor another run asked"
+                            .to_string(),
+                    );
                 }
                 _ => {}
             }
         }
-        for (name, count) in &signals {
-            if *count > 1 {
-                self.problem(format!(
-                    "signal {name} was delivered {count} times (sent once)"
-                ));
-            }
-        }
-        self.check_accepted_calls(history, &signals);
-        self.check_shaped_refusals();
-        self.check_describes(history);
+        signals
     }
 
     fn check_transient_bug(&mut self, until_ms: u64, age_ms: u64) {
@@ -566,7 +659,7 @@ impl<'a> RunCheck<'a> {
 
     /// `describe` shows the workflow task the history up to its length
     /// implies, and pending activities in known states.
-    fn check_describes(&mut self, history: &History) {
+    fn check_describes(&mut self) {
         let records = self.observed.client.get(&self.spec.workflow_id);
         let described: Vec<Described> = records
             .into_iter()
@@ -574,6 +667,13 @@ impl<'a> RunCheck<'a> {
             .filter_map(|r| r.described.clone())
             .collect();
         for d in described {
+            let Some(history) = self.chain.iter().find(|h| h.run_id() == d.run_id).copied() else {
+                self.problem(format!(
+                    "describe showed run {}, not of the chain",
+                    d.run_id
+                ));
+                continue;
+            };
             let Some(prefix) = history.events().get(..d.history_length as usize) else {
                 self.problem(format!(
                     "describe showed {} events, the history has {}",
@@ -595,6 +695,23 @@ impl<'a> RunCheck<'a> {
                 }
             }
         }
+    }
+
+    /// True if signal `name` with `input` is another run's external signal
+    /// (then checked: that run's history initiated it).
+    fn external_signal_checked(&mut self, name: &str, input: &Value) -> bool {
+        let id = &self.spec.workflow_id;
+        let value = input.as_u64().unwrap_or(u64::MAX);
+        let Some(sender) = externals::sender_of(self.program, id, name, value) else {
+            return false;
+        };
+        if !externals::sent_by(sender, name, self.observed.histories) {
+            self.problem(format!(
+                "signal {name} from {} was stored, but {} never initiated it",
+                sender.workflow_id, sender.workflow_id
+            ));
+        }
+        true
     }
 
     /// The shape of the run's shaped signal named `name`, if it is one.
@@ -690,10 +807,11 @@ impl<'a> RunCheck<'a> {
     fn check_accepted_calls(&mut self, history: &History, signals: &BTreeMap<&str, u64>) {
         let records = self.observed.client.get(&self.spec.workflow_id);
         let accepted = records.into_iter().flatten().filter(|r| r.result.is_ok());
-        let cancel_requested = history
-            .events()
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::WorkflowExecutionCancelRequested(_)));
+        let cancel_requested = self.chain.iter().any(|run| {
+            run.events()
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::WorkflowExecutionCancelRequested(_)))
+        });
         let terminated = matches!(
             history.close_event().map(|e| &e.kind),
             Some(EventKind::WorkflowExecutionTerminated(_))
@@ -1400,6 +1518,38 @@ impl<'a> RunCheck<'a> {
         }
     }
 
+    /// A signal the workflow received, or one it sent to another workflow.
+    fn check_message_report(&mut self, history: &History, step: &Step, report: &StepReport) {
+        match (step, report) {
+            (Step::SignalExternal { name, .. }, StepReport::External { delivered }) => {
+                if *delivered != externals::delivered(history, name) {
+                    self.problem(format!(
+                        "the workflow saw signal {name} delivered={delivered}, its history says otherwise"
+                    ));
+                }
+            }
+            (Step::CancelExternal { target }, StepReport::External { delivered }) => {
+                if *delivered != externals::cancel_delivered(history, target) {
+                    self.problem(format!(
+                        "the workflow saw its cancel of {target} delivered={delivered}, its history says otherwise"
+                    ));
+                }
+            }
+            (Step::Signal { name }, StepReport::Signal { value }) => {
+                let sent = self.spec.client.iter().any(|t| {
+                    matches!(&t.action,
+                    ClientAction::Signal { name: n, value: v, .. } if n == name && v == value)
+                });
+                if !sent {
+                    self.problem(format!(
+                        "the workflow received {value} on {name}, which the client never sent"
+                    ));
+                }
+            }
+            _ => self.problem(format!("step {step:?} reported {report:?}")),
+        }
+    }
+
     fn check_report(
         &mut self,
         history: &History,
@@ -1413,16 +1563,11 @@ impl<'a> RunCheck<'a> {
                 self.check_activity_report(activities, spec, report);
             }
             (Step::Timer { .. }, StepReport::Timer) => {}
-            (Step::Signal { name }, StepReport::Signal { value }) => {
-                let sent = self.spec.client.iter().any(|t| {
-                    matches!(&t.action,
-                    ClientAction::Signal { name: n, value: v, .. } if n == name && v == value)
-                });
-                if !sent {
-                    self.problem(format!(
-                        "the workflow received {value} on {name}, which the client never sent"
-                    ));
-                }
+            (
+                Step::SignalExternal { .. } | Step::Signal { .. } | Step::CancelExternal { .. },
+                _,
+            ) => {
+                self.check_message_report(history, step, report);
             }
             (Step::SideEffect { value }, StepReport::SideEffect { value: got }) => {
                 let recorded = markers(history, SIDE_EFFECT_MARKER_NAME)
@@ -1514,6 +1659,15 @@ impl<'a> RunCheck<'a> {
             self.problem(format!(
                 "condition {name} saw {value}, which the client never sent"
             ));
+        }
+        if self.carried.iter().any(|n| n == name) {
+            // Its signal was carried from an earlier run: it held at once.
+            if !held {
+                self.problem(format!(
+                    "condition {name} did not hold, but its signal was carried in the input"
+                ));
+            }
+            return;
         }
         let signaled = history.events().iter().find_map(|e| match &e.kind {
             EventKind::WorkflowExecutionSignaled(s) if s.signal_name == name => Some(e.event_id),

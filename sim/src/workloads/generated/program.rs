@@ -18,6 +18,11 @@
 //! | `Select`     | an activity raced against a timer; the loser is dropped (canceled)    |
 //! | `TransientBug` | workflow code that panics while the run is young: failed workflow tasks, backoff, retry |
 //!
+//! A run in five is a *chain*: one or two runs first wait 700 ms, drain the
+//! signals they received into the next run's input and continue as new
+//! (`RunSpec::continue_as_new`); the chain's last run runs the steps, so the
+//! client's actions land in any run of the chain ([`super::chain`] checks it).
+//!
 //! Half the runs also carry a *cancel probe*: an activity that heartbeats while
 //! it hangs, dropped by a race against a short timer while its attempt runs,
 //! and a timer past its start-to-close, so the cancel must land.
@@ -216,6 +221,19 @@ pub enum Step {
         name: String,
         timeout_ms: Option<u64>,
     },
+    /// `ctx.signal_external` to another run of the program (its workflow id's
+    /// current run), which waits for nothing: the signal is stored if that
+    /// run is open when it is delivered, and the sender is told which.
+    SignalExternal {
+        target: String,
+        name: String,
+        value: u64,
+    },
+    /// `ctx.cancel_external` of another run of the program: that run may be
+    /// canceled although its client never asks.
+    CancelExternal {
+        target: String,
+    },
 }
 
 fn is_false(value: &bool) -> bool {
@@ -361,9 +379,50 @@ pub struct RunSpec {
     pub execution_timeout_ms: Option<u64>,
     /// What the client does to it (sorted by time).
     pub client: Vec<Timed>,
+    /// Runs that continue as new before the one that runs the steps: each
+    /// sleeps [`CONTINUE_AFTER_MS`], drains the signals it got into
+    /// `carried`, and continues as new (so the client's actions can land
+    /// in any run of the chain).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub continue_as_new: u8,
+    /// Which run of the chain this is (0: the first); set by the interpreter.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub continued: u8,
+    /// Signals the earlier runs of the chain received, in order, carried into
+    /// this run's input by the interpreter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<(String, u64)>,
+}
+
+/// How long each run of a chain waits before it continues as new.
+pub const CONTINUE_AFTER_MS: u64 = 700;
+
+fn is_zero(value: &u8) -> bool {
+    *value == 0
 }
 
 impl RunSpec {
+    /// The chain's position `continued`, carrying `carried`: what run
+    /// `continued` of the chain must get as input.
+    pub fn continued_as(&self, continued: u8, carried: Vec<(String, u64)>) -> RunSpec {
+        RunSpec {
+            continued,
+            carried,
+            ..self.clone()
+        }
+    }
+
+    /// The names of the signals the client sends with `ClientAction::Signal`.
+    pub fn signal_names(&self) -> BTreeSet<&str> {
+        self.client
+            .iter()
+            .filter_map(|t| match &t.action {
+                ClientAction::Signal { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every activity of the run, with whether the workflow may drop it.
     pub fn activities(&self) -> Vec<(&ActivitySpec, bool)> {
         let mut out = Vec::new();
@@ -423,6 +482,14 @@ impl RunSpec {
     /// True if the run's last step gives up (the run must close Failed).
     pub fn gives_up(&self) -> bool {
         self.steps.last() == Some(&Step::Fail)
+    }
+
+    /// The runs this run asks to cancel (`Step::CancelExternal`).
+    pub fn cancels(&self) -> impl Iterator<Item = &str> {
+        self.steps.iter().filter_map(|step| match step {
+            Step::CancelExternal { target } => Some(target.as_str()),
+            _ => None,
+        })
     }
 
     /// True if one of the client's actions on the run satisfies `what`.
@@ -518,10 +585,17 @@ pub enum Feature {
     SignalWithStartRunning,
     WaitCondition,
     WaitConditionTimeout,
+    SignalExternal,
+    CancelExternal,
+    ContinueAsNew,
+    ContinueAsNewTwice,
+    /// A signal the client sends while the chain is still continuing: it
+    /// lands in an earlier run and must be carried.
+    ContinueAsNewCarriesSignal,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 56] = [
+pub const FEATURES: [Feature; 61] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -578,6 +652,11 @@ pub const FEATURES: [Feature; 56] = [
     Feature::SignalWithStartRunning,
     Feature::WaitCondition,
     Feature::WaitConditionTimeout,
+    Feature::ContinueAsNew,
+    Feature::ContinueAsNewTwice,
+    Feature::ContinueAsNewCarriesSignal,
+    Feature::SignalExternal,
+    Feature::CancelExternal,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -630,6 +709,7 @@ impl Program {
         add_pressure_actions(seed, &mut runs);
         add_signal_with_start(seed, &mut runs);
         add_conditions(seed, &mut runs);
+        add_external_signals(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
             .collect();
@@ -689,6 +769,7 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
     if run.execution_timeout_ms.is_some() {
         out.insert(Feature::ExecutionTimeout);
     }
+    continue_features(run, out);
     for timed in &run.client {
         match &timed.action {
             ClientAction::Cancel => out.insert(Feature::WorkflowCancel),
@@ -731,6 +812,8 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
                 timeout_ms: None, ..
             } => Feature::WaitCondition,
             Step::Condition { .. } => Feature::WaitConditionTimeout,
+            Step::SignalExternal { .. } => Feature::SignalExternal,
+            Step::CancelExternal { .. } => Feature::CancelExternal,
             Step::Signal { .. } | Step::Activity(_) => continue,
         };
         out.insert(feature);
@@ -744,6 +827,21 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
         if canceled && run.waits_through_cancel(&activity.tag) {
             out.insert(Feature::ActivityCancelWait);
         }
+    }
+}
+
+fn continue_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
+    if run.continue_as_new == 0 {
+        return;
+    }
+    out.insert(Feature::ContinueAsNew);
+    if run.continue_as_new > 1 {
+        out.insert(Feature::ContinueAsNewTwice);
+    }
+    let chain_ms = u64::from(run.continue_as_new) * CONTINUE_AFTER_MS;
+    let early = |t: &Timed| matches!(t.action, ClientAction::Signal { .. }) && t.at_ms < chain_ms;
+    if run.client.iter().any(early) {
+        out.insert(Feature::ContinueAsNewCarriesSignal);
     }
 }
 
@@ -916,6 +1014,36 @@ fn add_conditions(seed: u64, runs: &mut [RunSpec]) {
     }
 }
 
+/// In a program of several runs, a run in four signals another with
+/// `ctx.signal_external` (one in five of those asks it to cancel instead,
+/// with `ctx.cancel_external`), at a step drawn among its own.
+fn add_external_signals(seed: u64, runs: &mut [RunSpec]) {
+    let mut draws = Draws(seed ^ 0x4558_5445_524e_414c);
+    let count = runs.len();
+    if count < 2 {
+        return;
+    }
+    for (index, run) in runs.iter_mut().enumerate() {
+        if !draws.chance(25) {
+            continue;
+        }
+        let other = (index + 1 + draws.below(count as u64 - 1) as usize) % count;
+        let places = run.steps.len() + usize::from(!run.gives_up());
+        let at = draws.below(places as u64) as usize;
+        let target = format!("gen-{other}");
+        let step = if draws.chance(20) {
+            Step::CancelExternal { target }
+        } else {
+            Step::SignalExternal {
+                target,
+                name: format!("r{index}-external"),
+                value: draws.below(1_000),
+            }
+        };
+        run.steps.insert(at, step);
+    }
+}
+
 /// An activity whose result is over the payload limit: its first attempt
 /// fails, not to be retried.
 fn oversize_activity(tag: &str) -> ActivitySpec {
@@ -1073,11 +1201,19 @@ fn run(draws: &mut Draws, index: usize) -> RunSpec {
     let execution_timeout_ms = draws
         .chance(12)
         .then(|| draws.pick(&[3_000, 8_000, 30_000]));
+    let continue_as_new = if draws.chance(20) {
+        1 + draws.below(2) as u8
+    } else {
+        0
+    };
     RunSpec {
         workflow_id,
         steps,
         execution_timeout_ms,
         client,
+        continue_as_new,
+        continued: 0,
+        carried: Vec::new(),
     }
 }
 

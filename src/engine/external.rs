@@ -1,0 +1,161 @@
+//! Delivering workflows' signals and cancel requests to other workflows.
+//!
+//! A request is pending in its sender's state from the write that initiated
+//! it (see [`super::machine::external`]). Every sync of a run (after each
+//! commit, and when a run is loaded: recovery included) queues its pending
+//! requests; one loop takes them from the queue and delivers each in a task
+//! of its own (one at a time per request): the target's ordinary signal or
+//! cancel transition, with the request's own request id, then the outcome
+//! into the sender's history. A delivery that cannot reach storage is tried
+//! again with backoff, then left to the next sync or restart; a repeated
+//! delivery is de-duplicated by the target (the signal's request id; a
+//! second cancel request changes nothing).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::Notify;
+
+use super::machine::external::{Delivery, ExternalAsk, ExternalRequest};
+use super::machine::{self, RunState};
+use super::service::Inner;
+use crate::api::{ErrorCode, RunRef, ServiceError};
+use crate::history::ExternalFailedCause;
+
+/// A pending request: its sender's run id and initiated event id.
+pub type ExternalKey = (String, u64);
+
+/// Requests to deliver, and those being delivered.
+#[derive(Default)]
+pub struct ExternalQueue {
+    queued: BTreeMap<ExternalKey, ExternalRequest>,
+    in_flight: BTreeSet<ExternalKey>,
+}
+
+impl ExternalQueue {
+    /// Queues the run's pending requests; true if any is new.
+    pub fn offer(&mut self, state: &RunState) -> bool {
+        let mut added = false;
+        for (initiated, request) in &state.externals {
+            let key = (state.run_id.clone(), *initiated);
+            if !self.in_flight.contains(&key) {
+                added |= self.queued.insert(key, request.clone()).is_none();
+            }
+        }
+        added
+    }
+
+    fn take(&mut self) -> Vec<(ExternalKey, ExternalRequest)> {
+        let taken = std::mem::take(&mut self.queued);
+        self.in_flight.extend(taken.keys().cloned());
+        taken.into_iter().collect()
+    }
+
+    fn done(&mut self, key: &ExternalKey) {
+        self.in_flight.remove(key);
+    }
+}
+
+/// Delivers queued requests until the service is dropped.
+pub async fn external_loop(weak: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let taken = inner.lock_externals().take();
+        for (key, request) in taken {
+            let task = inner.clone();
+            inner.env.spawn("service-external", async move {
+                task.deliver_external(&key, &request).await;
+                task.lock_externals().done(&key);
+            });
+        }
+        drop(inner);
+        wake.notified().await;
+    }
+}
+
+impl Inner {
+    /// Delivers one request and records how it went, retrying while storage
+    /// does not answer.
+    async fn deliver_external(self: &Arc<Self>, key: &ExternalKey, request: &ExternalRequest) {
+        let (run_id, initiated) = (key.0.as_str(), key.1);
+        let attempts_max = self.config.resync_attempts_max;
+        for attempt in 0..attempts_max {
+            let recorded = match self.try_deliver(run_id, initiated, request).await {
+                Ok(delivery) => {
+                    self.transition(run_id, |step| {
+                        machine::external::on_delivered(step, initiated, delivery);
+                        Ok(())
+                    })
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            match recorded {
+                Ok(()) => return,
+                Err(error) if error.code == ErrorCode::NotFound => return,
+                Err(error) => {
+                    tracing::warn!(run_id, initiated, %error, attempt, "delivery to another workflow failed; retrying");
+                }
+            }
+            self.env.sleep_ms(50u64 << attempt.min(5)).await;
+        }
+        tracing::error!(
+            run_id,
+            initiated,
+            "gave up delivering to another workflow; it is tried again when the run is loaded"
+        );
+    }
+
+    /// Signals or cancels the target; `Ok(Err(..))` if it does not take it.
+    async fn try_deliver(
+        self: &Arc<Self>,
+        run_id: &str,
+        initiated: u64,
+        request: &ExternalRequest,
+    ) -> Result<Delivery, ServiceError> {
+        let not_found = Ok(Err(ExternalFailedCause::ExternalWorkflowExecutionNotFound));
+        let target = RunRef {
+            workflow_id: request.workflow_id.clone(),
+            run_id: request.run_id.clone(),
+        };
+        let target_run_id = match self.resolve(&target).await {
+            Ok(target_run_id) => target_run_id,
+            Err(error) if error.code == ErrorCode::NotFound => return not_found,
+            Err(error) => return Err(error),
+        };
+        let request_id = ExternalRequest::request_id(run_id, initiated);
+        let identity = format!("workflow run {run_id}");
+        let outcome = self
+            .transition(&target_run_id, |step| {
+                if step.state.workflow_id != request.workflow_id {
+                    return Err(ServiceError::new(
+                        ErrorCode::NotFound,
+                        "another workflow's run",
+                    ));
+                }
+                match &request.ask {
+                    ExternalAsk::Signal { signal_name, input } => machine::run::on_signal(
+                        step,
+                        signal_name,
+                        input.clone(),
+                        &identity,
+                        &request_id,
+                    )
+                    .map(drop),
+                    ExternalAsk::Cancel => machine::run::on_cancel_requested(
+                        step,
+                        "requested by a workflow",
+                        &identity,
+                    ),
+                }
+            })
+            .await;
+        match outcome {
+            Ok(()) => Ok(Ok(target_run_id)),
+            Err(error) if matches!(error.code, ErrorCode::RunClosed | ErrorCode::NotFound) => {
+                not_found
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
