@@ -23,34 +23,38 @@ use retrace::history::{
 
 use super::program::{Program, RunSpec, Step};
 
-/// The signals the sender's history initiated, with their outcome events.
-fn sends(
-    history: &History,
-) -> Vec<(
-    &Event,
-    &SignalExternalWorkflowExecutionInitiated,
-    Option<&Event>,
-)> {
+/// A request the sender's history initiated, and the event that ended it.
+type Sent<'h, A> = (&'h Event, &'h A, Option<&'h Event>);
+
+/// The requests `initiated` picks out of the history, each with the event
+/// that names it in its `initiated_event_id` (`ended`), if any.
+fn initiations<'h, A>(
+    history: &'h History,
+    initiated: impl Fn(&'h EventKind) -> Option<&'h A>,
+    ended: impl Fn(&EventKind) -> Option<u64>,
+) -> Vec<Sent<'h, A>> {
     let events = history.events();
+    let outcome = |id: u64| events.iter().find(|o| ended(&o.kind) == Some(id));
     events
         .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::SignalExternalWorkflowExecutionInitiated(a) => Some((e, a)),
-            _ => None,
-        })
-        .map(|(e, a)| {
-            let outcome = events.iter().find(|o| match &o.kind {
-                EventKind::ExternalWorkflowExecutionSignaled(s) => {
-                    s.initiated_event_id == e.event_id
-                }
-                EventKind::SignalExternalWorkflowExecutionFailed(f) => {
-                    f.initiated_event_id == e.event_id
-                }
-                _ => false,
-            });
-            (e, a, outcome)
-        })
+        .filter_map(|e| initiated(&e.kind).map(|a| (e, a, outcome(e.event_id))))
         .collect()
+}
+
+/// The signals the sender's history initiated, with their outcome events.
+fn sends(history: &History) -> Vec<Sent<'_, SignalExternalWorkflowExecutionInitiated>> {
+    fn initiated(kind: &EventKind) -> Option<&SignalExternalWorkflowExecutionInitiated> {
+        match kind {
+            EventKind::SignalExternalWorkflowExecutionInitiated(a) => Some(a),
+            _ => None,
+        }
+    }
+    let ended = |kind: &EventKind| match kind {
+        EventKind::ExternalWorkflowExecutionSignaled(s) => Some(s.initiated_event_id),
+        EventKind::SignalExternalWorkflowExecutionFailed(f) => Some(f.initiated_event_id),
+        _ => None,
+    };
+    initiations(history, initiated, ended)
 }
 
 fn is_step_of(spec: &RunSpec, initiated: &SignalExternalWorkflowExecutionInitiated) -> bool {
@@ -208,31 +212,19 @@ pub fn delivered(history: &History, name: &str) -> bool {
 /// The cancel requests the sender's history initiated, with their outcomes.
 fn cancel_sends(
     history: &History,
-) -> Vec<(
-    &Event,
-    &RequestCancelExternalWorkflowExecutionInitiated,
-    Option<&Event>,
-)> {
-    let events = history.events();
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::RequestCancelExternalWorkflowExecutionInitiated(a) => Some((e, a)),
+) -> Vec<Sent<'_, RequestCancelExternalWorkflowExecutionInitiated>> {
+    fn initiated(kind: &EventKind) -> Option<&RequestCancelExternalWorkflowExecutionInitiated> {
+        match kind {
+            EventKind::RequestCancelExternalWorkflowExecutionInitiated(a) => Some(a),
             _ => None,
-        })
-        .map(|(e, a)| {
-            let outcome = events.iter().find(|o| match &o.kind {
-                EventKind::ExternalWorkflowExecutionCancelRequested(r) => {
-                    r.initiated_event_id == e.event_id
-                }
-                EventKind::RequestCancelExternalWorkflowExecutionFailed(f) => {
-                    f.initiated_event_id == e.event_id
-                }
-                _ => false,
-            });
-            (e, a, outcome)
-        })
-        .collect()
+        }
+    }
+    let ended = |kind: &EventKind| match kind {
+        EventKind::ExternalWorkflowExecutionCancelRequested(r) => Some(r.initiated_event_id),
+        EventKind::RequestCancelExternalWorkflowExecutionFailed(f) => Some(f.initiated_event_id),
+        _ => None,
+    };
+    initiations(history, initiated, ended)
 }
 
 /// The sender's cancel requests: each one its program makes, once; recorded
