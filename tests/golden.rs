@@ -113,6 +113,24 @@ fn continued_run() -> History {
     b.build()
 }
 
+/// Asked to cancel while its timer runs: the timer is canceled, and the
+/// cleanup (in a shielded scope) runs before the run closes canceled.
+fn shielded_cleanup() -> History {
+    let mut b = HistoryBuilder::new("cleanup_on_cancel", json!(null));
+    b.add_full_workflow_task();
+    let timer = b.add_timer_started("1", 86_400_000);
+    b.advance_ms(1_000);
+    b.add_cancel_requested();
+    b.add_full_workflow_task();
+    b.add_timer_canceled("1", timer);
+    let scheduled = b.add_activity_scheduled("1", "compose", json!("cleanup"));
+    b.advance_ms(10);
+    b.add_activity_completed(scheduled, json!("cleanup!"));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_canceled();
+    b.build()
+}
+
 fn attempt_failure(attempt: u32) -> Failure {
     Failure::new("ActivityError", format!("attempt {attempt} failed"))
 }
@@ -216,6 +234,7 @@ fn fixtures() -> Vec<(&'static str, History, RunResult)> {
             continued_run(),
             RunResult::Completed(json!("liftoff")),
         ),
+        ("shielded_cleanup", shielded_cleanup(), RunResult::Canceled),
     ]
 }
 

@@ -229,6 +229,72 @@ async fn the_readme_signal_external_example_tells_a_waiting_order_it_was_paid() 
     worker.shutdown().await;
 }
 
+/// Gives back what an order held.
+struct Release;
+impl Activity for Release {
+    const NAME: &'static str = "release";
+    type Input = String;
+    type Output = ();
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(10))
+    }
+    async fn run(&self, _ctx: ActivityContext, _order: String) -> ActivityResult<()> {
+        Ok(())
+    }
+}
+
+/// Holds stock for an order until it is approved; releases it if canceled.
+struct Hold;
+impl Workflow for Hold {
+    const NAME: &'static str = "hold";
+    type Input = String;
+    type Output = ();
+    // README cancellation-scopes begins
+    async fn run(ctx: WorkflowContext, order: String) -> WorkflowResult<()> {
+        let approved = ctx.signal::<()>("approved").recv().await;
+        if let Err(error) = approved {
+            if error.is_cancellation() {
+                // Shielded: the run's cancellation does not reach the release.
+                let cleanup = ctx.shielded_scope();
+                cleanup.ctx().activity::<Release>(order).await?;
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+    // README cancellation-scopes ends
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_cancellation_scope_example_releases_the_stock_after_a_cancel() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<Hold>();
+    let worker = engine
+        .worker("shop")
+        .workflows(registry)
+        .activity(Release)
+        .start();
+    let client = engine.client();
+    let hold = client
+        .start::<Hold>(StartOptions::new("hold-1", "shop"), "order-1".to_string())
+        .await
+        .unwrap();
+    hold.cancel("customer left").await.unwrap();
+    let outcome = hold.outcome().await.unwrap();
+    assert!(
+        matches!(outcome, retrace::api::RunOutcome::Canceled { .. }),
+        "{outcome:?}"
+    );
+    let history = hold.history().await.unwrap();
+    let released = history
+        .events()
+        .iter()
+        .any(|e| e.kind.name() == "ActivityTaskCompleted");
+    assert!(released, "the release ran after the cancel");
+    worker.shutdown().await;
+}
+
 /// The lines between `// README {name} begins` and `ends` in this file,
 /// without the indentation they share.
 fn example(name: &str) -> String {
@@ -261,6 +327,7 @@ fn the_readme_shows_these_examples_verbatim() {
         "wait-condition",
         "continue-as-new",
         "signal-external",
+        "cancellation-scopes",
     ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(

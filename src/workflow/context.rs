@@ -5,7 +5,7 @@
 //! executor applies the event that resolves them, so the code's path depends on
 //! the history alone.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -82,6 +82,19 @@ struct ActivitySlot {
     slot: Slot<Result<Value, ActivityError>>,
     cancellation_type: ActivityCancellationType,
     cancel_requested: bool,
+    /// The cancellation scope it was scheduled in.
+    scope: usize,
+}
+
+/// Cancellation scopes a run may open, at most (the root included).
+pub const SCOPES_MAX: usize = 10_000;
+
+/// A cancellation scope: the root (the run) or one the code opened.
+struct ScopeState {
+    parent: Option<usize>,
+    /// Shielded: its parent's cancellation does not reach it.
+    shielded: bool,
+    cancelled: bool,
 }
 
 /// The run's deterministic state, shared by the context and its futures.
@@ -111,6 +124,10 @@ pub(crate) struct RunCore {
     /// Signals and cancel requests to other workflows, by sequence ("1", ...).
     externals: BTreeMap<String, Slot<Result<(), WorkflowError>>>,
     next_external_seq: u64,
+    /// Cancellation scopes by id; 0 is the run's own.
+    scopes: Vec<ScopeState>,
+    /// The scope each timer was started in, by timer id.
+    timer_scopes: BTreeMap<String, usize>,
 }
 
 /// A condition a workflow waits for (`WorkflowContext::wait_condition`).
@@ -168,6 +185,12 @@ impl RunCore {
             next_condition_seq: 1,
             externals: BTreeMap::new(),
             next_external_seq: 1,
+            scopes: vec![ScopeState {
+                parent: None,
+                shielded: false,
+                cancelled: false,
+            }],
+            timer_scopes: BTreeMap::new(),
         }
     }
 
@@ -223,17 +246,62 @@ impl RunCore {
         }
     }
 
-    /// The run was asked to cancel: cancel every pending activity and timer (in
-    /// id order, so the commands are deterministic) and wake whoever waits.
+    /// The run was asked to cancel: its scope is cancelled.
     pub(crate) fn on_cancel_requested(&mut self) {
         if self.cancel_requested {
             return;
         }
         self.cancel_requested = true;
+        self.cancel_scope(0);
+    }
+
+    /// Opens a scope inside `parent`; its id.
+    fn open_scope(&mut self, parent: usize, shielded: bool) -> usize {
+        assert!(
+            self.scopes.len() < SCOPES_MAX,
+            "a run opened more than {SCOPES_MAX} cancellation scopes"
+        );
+        // A scope opened inside a cancelled one starts cancelled, unless shielded.
+        let cancelled = !shielded && self.scopes[parent].cancelled;
+        self.scopes.push(ScopeState {
+            parent: Some(parent),
+            shielded,
+            cancelled,
+        });
+        self.scopes.len() - 1
+    }
+
+    /// True if `scope` was cancelled (the root: the run was asked to cancel).
+    fn scope_cancelled(&self, scope: usize) -> bool {
+        self.scopes[scope].cancelled
+    }
+
+    /// `scope` and the scopes inside it that are not shielded from it.
+    fn reached_by(&self, scope: usize) -> BTreeSet<usize> {
+        let mut reached = BTreeSet::from([scope]);
+        // Scopes are opened after their parents: one pass in id order.
+        for (id, state) in self.scopes.iter().enumerate().skip(scope + 1) {
+            if !state.shielded && state.parent.is_some_and(|p| reached.contains(&p)) {
+                reached.insert(id);
+            }
+        }
+        reached
+    }
+
+    /// Cancels `scope`: every pending activity and timer started in it or in
+    /// a scope it reaches (in id order, so the commands are deterministic),
+    /// and wakes whoever waits.
+    fn cancel_scope(&mut self, scope: usize) {
+        let reached = self.reached_by(scope);
+        for &id in &reached {
+            self.scopes[id].cancelled = true;
+        }
         let pending: Vec<String> = self
             .activities
             .iter()
-            .filter(|(_, a)| a.slot.is_pending() && !a.cancel_requested)
+            .filter(|(_, a)| {
+                a.slot.is_pending() && !a.cancel_requested && reached.contains(&a.scope)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for activity_id in pending {
@@ -242,7 +310,10 @@ impl RunCore {
         let timers: Vec<String> = self
             .timers
             .iter()
-            .filter(|(_, t)| t.is_pending())
+            .filter(|(id, t)| {
+                t.is_pending()
+                    && reached.contains(&self.timer_scopes.get(*id).copied().unwrap_or(0))
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for timer_id in timers {
@@ -310,6 +381,8 @@ impl RunCore {
 pub struct WorkflowContext {
     core: Arc<Mutex<RunCore>>,
     info: Arc<WorkflowInfo>,
+    /// The cancellation scope what this context starts belongs to (0: the run's).
+    scope: usize,
 }
 
 impl WorkflowContext {
@@ -317,6 +390,33 @@ impl WorkflowContext {
         WorkflowContext {
             core,
             info: Arc::new(info),
+            scope: 0,
+        }
+    }
+
+    /// Opens a cancellation scope inside this context's: what its context
+    /// starts (activities, timers, waits) is cancelled when the scope is
+    /// ([`CancellationScope::cancel`]) or when this context's scope is (the
+    /// run's: a cancel request).
+    pub fn cancellation_scope(&self) -> CancellationScope {
+        self.open_scope(false)
+    }
+
+    /// Opens a scope shielded from this context's cancellation: work started
+    /// in it goes on when the run is asked to cancel (cleanup after a
+    /// cancel, as Temporal's non-cancellable scopes and disconnected
+    /// contexts). It can still be cancelled itself.
+    pub fn shielded_scope(&self) -> CancellationScope {
+        self.open_scope(true)
+    }
+
+    fn open_scope(&self, shielded: bool) -> CancellationScope {
+        let scope = self.lock().open_scope(self.scope, shielded);
+        CancellationScope {
+            ctx: WorkflowContext {
+                scope,
+                ..self.clone()
+            },
         }
     }
 
@@ -486,12 +586,19 @@ impl WorkflowContext {
         ExternalFuture::pending(self, seq)
     }
 
+    /// True once this context's scope was cancelled (the run's context:
+    /// once the run was asked to cancel).
+    pub fn is_cancelled(&self) -> bool {
+        self.lock().scope_cancelled(self.scope)
+    }
+
     /// True once the run was asked to cancel.
     pub fn is_cancel_requested(&self) -> bool {
         self.lock().cancel_requested
     }
 
-    /// Resolves when the run is asked to cancel.
+    /// Resolves when this context's scope is cancelled (the run's context:
+    /// when the run is asked to cancel).
     pub fn cancelled(&self) -> CancelledFuture {
         CancelledFuture { ctx: self.clone() }
     }
@@ -734,12 +841,17 @@ impl<T> ActivityFuture<T> {
             });
         }
         let mut core = self.ctx.lock();
+        if core.scope_cancelled(self.ctx.scope) {
+            // Started in a cancelled scope: never scheduled.
+            return Err(ActivityError::Canceled);
+        }
         let activity_id = core.next_activity_seq.to_string();
         core.next_activity_seq += 1;
         let slot = ActivitySlot {
             slot: Slot::Pending { waker: None },
             cancellation_type: options.cancellation_type,
             cancel_requested: false,
+            scope: self.ctx.scope,
         };
         core.activities.insert(activity_id.clone(), slot);
         core.commands
@@ -834,10 +946,16 @@ impl Future for TimerFuture {
                 this.state = TimerState::Done;
                 return Poll::Ready(Ok(()));
             }
+            if core.scope_cancelled(this.ctx.scope) {
+                // Started in a cancelled scope: never started.
+                this.state = TimerState::Done;
+                return Poll::Ready(Err(WorkflowError::Canceled));
+            }
             let timer_id = core.next_timer_seq.to_string();
             core.next_timer_seq += 1;
             core.timers
                 .insert(timer_id.clone(), Slot::Pending { waker: None });
+            core.timer_scopes.insert(timer_id.clone(), this.ctx.scope);
             let command = Command::StartTimer {
                 timer_id: timer_id.clone(),
                 start_to_fire_timeout_ms: duration_ms,
@@ -866,6 +984,7 @@ impl Drop for TimerFuture {
         {
             core.cancel_timer(timer_id);
             core.timers.remove(timer_id);
+            core.timer_scopes.remove(timer_id);
         }
     }
 }
@@ -912,7 +1031,7 @@ impl<T: DeserializeOwned> Future for SignalFuture<'_, T> {
         }
         let name = self.channel.name.clone();
         let mut core = self.channel.ctx.lock();
-        if core.cancel_requested {
+        if core.scope_cancelled(self.channel.ctx.scope) {
             return Poll::Ready(Err(WorkflowError::Canceled));
         }
         add_waker(core.signal_wakers.entry(name).or_default(), cx.waker());
@@ -941,7 +1060,7 @@ impl Future for ConditionFuture {
             core.next_condition_seq += 1;
             core.next_condition_seq - 1
         });
-        if held || core.cancel_requested {
+        if held || core.scope_cancelled(this.ctx.scope) {
             core.conditions.remove(&seq);
             return Poll::Ready(if held {
                 Ok(())
@@ -971,7 +1090,8 @@ impl Drop for ConditionFuture {
     }
 }
 
-/// Resolves when the run is asked to cancel.
+/// Resolves when the context's scope is cancelled (the run's context: when
+/// the run is asked to cancel).
 pub struct CancelledFuture {
     ctx: WorkflowContext,
 }
@@ -981,7 +1101,7 @@ impl Future for CancelledFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut core = self.ctx.lock();
-        if core.cancel_requested {
+        if core.scope_cancelled(self.ctx.scope) {
             return Poll::Ready(());
         }
         add_waker(&mut core.cancel_wakers, cx.waker());
@@ -1049,5 +1169,30 @@ impl Future for ExternalFuture {
                 slot.poll_take(cx.waker())
             }
         }
+    }
+}
+
+/// A cancellation scope ([`WorkflowContext::cancellation_scope`],
+/// [`WorkflowContext::shielded_scope`]): start work with its context; cancel
+/// it to cancel all of that work (activities get their cancellation type,
+/// timers end with `Canceled`, waits end with `Canceled`).
+pub struct CancellationScope {
+    ctx: WorkflowContext,
+}
+
+impl CancellationScope {
+    /// The context whose activities, timers and waits belong to this scope.
+    pub fn ctx(&self) -> &WorkflowContext {
+        &self.ctx
+    }
+
+    /// Cancels the scope and the scopes inside it that are not shielded.
+    pub fn cancel(&self) {
+        self.ctx.lock().cancel_scope(self.ctx.scope);
+    }
+
+    /// True once the scope was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.ctx.is_cancelled()
     }
 }

@@ -37,9 +37,9 @@ pub use command::{
     SignalExternalWorkflowExecution, event_command_key,
 };
 pub use context::{
-    ActivityFuture, CancelledFuture, ConditionFn, ConditionFuture, ContinueAsNewOptions,
-    ExternalFuture, QueryFn, SignalChannel, SignalFuture, TimerFuture, WorkflowContext,
-    WorkflowInfo,
+    ActivityFuture, CancellationScope, CancelledFuture, ConditionFn, ConditionFuture,
+    ContinueAsNewOptions, ExternalFuture, QueryFn, SignalChannel, SignalFuture, TimerFuture,
+    WorkflowContext, WorkflowInfo,
 };
 pub use error::{ActivityError, PayloadError, WorkflowError};
 pub use executor::{

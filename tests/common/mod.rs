@@ -108,6 +108,27 @@ impl Workflow for TimerThenSignal {
     }
 }
 
+/// Waits a day; asked to cancel, cleans up in a shielded scope, then ends
+/// canceled.
+pub struct CleanupOnCancel;
+impl Workflow for CleanupOnCancel {
+    const NAME: &'static str = "cleanup_on_cancel";
+    type Input = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext, (): ()) -> WorkflowResult<()> {
+        let waited = ctx.sleep(Duration::from_secs(86_400)).await;
+        if let Err(error) = waited {
+            let cleanup = ctx.shielded_scope();
+            cleanup
+                .ctx()
+                .activity::<Compose>("cleanup".to_string())
+                .await?;
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
 /// Counts down one run per second: each run but the last continues as new.
 pub struct Countdown;
 impl Workflow for Countdown {
@@ -161,6 +182,7 @@ pub fn registry() -> WorkflowRegistry {
         .register::<TimerThenSignal>()
         .register::<RetryThenFail>()
         .register::<Patched>()
-        .register::<Countdown>();
+        .register::<Countdown>()
+        .register::<CleanupOnCancel>();
     registry
 }

@@ -286,42 +286,56 @@ impl Workflow for Interpreter {
         if spec.continued < spec.continue_as_new {
             return Err(continue_chain(&ctx, &spec).await);
         }
-        let signals = Signals {
-            ctx: ctx.clone(),
-            carried: std::sync::Arc::new(std::sync::Mutex::new(spec.carried.clone())),
-        };
-        let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = progress.clone();
-        ctx.query_handler(QUERY_PROGRESS, move |(): ()| {
-            seen.load(std::sync::atomic::Ordering::SeqCst)
-        });
-        let mut reports = Vec::with_capacity(spec.steps.len());
-        for step in &spec.steps {
-            let run = run_step(&ctx, &signals, step);
-            let waits_through_cancel =
-                matches!(step, Step::Activity(a) if a.cancellation == Cancellation::WaitCompleted);
-            let signal_wait = matches!(step, Step::Signal { .. } | Step::Condition { .. });
-            if waits_through_cancel || signal_wait {
-                // An activity that waits for its cancellation to complete; a
-                // signal wait, which the SDK itself must end with Canceled
-                // when the run is asked to cancel (no race with `cancelled()`
-                // here, or a wait the cancel never reaches would go unseen).
-                reports.push(run.await?);
-            } else {
-                let cancelled = ctx.cancelled();
-                futures::pin_mut!(cancelled);
-                match select(run, cancelled).await {
-                    Either::Left((report, _)) => reports.push(report?),
-                    Either::Right(_) => return Err(WorkflowError::Canceled),
-                }
+        let ended = run_steps(&ctx, &spec).await;
+        match (&spec.cleanup, ended) {
+            (Some(cleanup), Err(error)) if error.is_cancellation() && ctx.is_cancel_requested() => {
+                // Shielded: the run's cancellation does not reach it.
+                let shielded = ctx.shielded_scope();
+                let _cleaned = schedule(shielded.ctx(), cleanup).await;
+                Err(WorkflowError::Canceled)
             }
-            progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if ctx.is_cancel_requested() {
-                return Err(WorkflowError::Canceled);
+            (_, ended) => ended,
+        }
+    }
+}
+
+/// Runs the program's steps, recording what each saw.
+async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<StepReport>> {
+    let signals = Signals {
+        ctx: ctx.clone(),
+        carried: std::sync::Arc::new(std::sync::Mutex::new(spec.carried.clone())),
+    };
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = progress.clone();
+    ctx.query_handler(QUERY_PROGRESS, move |(): ()| {
+        seen.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    let mut reports = Vec::with_capacity(spec.steps.len());
+    for step in &spec.steps {
+        let run = run_step(ctx, &signals, step);
+        let waits_through_cancel =
+            matches!(step, Step::Activity(a) if a.cancellation == Cancellation::WaitCompleted);
+        let signal_wait = matches!(step, Step::Signal { .. } | Step::Condition { .. });
+        if waits_through_cancel || signal_wait {
+            // An activity that waits for its cancellation to complete; a
+            // signal wait, which the SDK itself must end with Canceled
+            // when the run is asked to cancel (no race with `cancelled()`
+            // here, or a wait the cancel never reaches would go unseen).
+            reports.push(run.await?);
+        } else {
+            let cancelled = ctx.cancelled();
+            futures::pin_mut!(cancelled);
+            match select(run, cancelled).await {
+                Either::Left((report, _)) => reports.push(report?),
+                Either::Right(_) => return Err(WorkflowError::Canceled),
             }
         }
-        Ok(reports)
+        progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if ctx.is_cancel_requested() {
+            return Err(WorkflowError::Canceled);
+        }
     }
+    Ok(reports)
 }
 
 /// A run of a chain that is not the last: waits, drains the signals it got
@@ -500,7 +514,9 @@ async fn race(
     spec: &ActivitySpec,
     timer_ms: u64,
 ) -> WorkflowResult<StepReport> {
-    let activity = schedule(ctx, spec);
+    // The activity runs in a scope of its own, cancelled if the timer wins.
+    let scope = ctx.cancellation_scope();
+    let activity = schedule(scope.ctx(), spec);
     let timer = ctx.sleep(Duration::from_millis(timer_ms));
     futures::pin_mut!(activity, timer);
     // The activity first: when both are ready in one activation it wins.
@@ -510,6 +526,7 @@ async fn race(
             report: Some(activity_report(result)),
         }),
         Either::Right((fired, _activity)) => {
+            scope.cancel();
             fired?;
             Ok(StepReport::Select {
                 activity_won: false,

@@ -292,6 +292,60 @@ impl<'a> RunCheck<'a> {
         }
     }
 
+    /// A run asked to cancel cleans up in a shielded scope: the cleanup is
+    /// scheduled after the cancel request, never canceled, and completed
+    /// before the run closed canceled; a run never asked schedules none.
+    fn check_cleanup(
+        &mut self,
+        history: &History,
+        cleanup: &ActivitySpec,
+        events: Option<&ActivityEvents<'a>>,
+    ) {
+        let requested = history.events().iter().find_map(|e| {
+            matches!(e.kind, EventKind::WorkflowExecutionCancelRequested(_)).then_some(e.event_id)
+        });
+        let Some(events) = events else {
+            if self.closed_canceled {
+                self.problem(format!(
+                    "closed canceled without its cleanup {}",
+                    cleanup.tag
+                ));
+            }
+            return;
+        };
+        let mut check = ActivityCheck {
+            run: self,
+            spec: cleanup,
+            events,
+            what: format!("cleanup {}", cleanup.tag),
+        };
+        check.options();
+        check.effects(history.run_id());
+        if let Some(EventKind::ActivityTaskCompleted(c)) = events.close.map(|e| &e.kind) {
+            check.completed(events.started.map(|s| s.attempt), &c.result);
+        }
+        let scheduled = events.scheduled.event_id;
+        if requested.is_none_or(|requested| scheduled < requested) {
+            self.problem(format!(
+                "cleanup {} was scheduled (event {scheduled}) before any cancel request ({requested:?})",
+                cleanup.tag
+            ));
+        }
+        if events.cancel_requested {
+            self.problem(format!(
+                "cleanup {} was canceled: its scope is shielded",
+                cleanup.tag
+            ));
+        }
+        let closed = events.close.map(|e| e.kind.name());
+        if self.closed_canceled && closed != Some("ActivityTaskCompleted") {
+            self.problem(format!(
+                "the run closed canceled, but its cleanup {} ended with {closed:?}",
+                cleanup.tag
+            ));
+        }
+    }
+
     /// The client or another run of the program asks this run to cancel.
     fn may_be_canceled(&self) -> bool {
         self.spec.client_does(|a| matches!(a, ClientAction::Cancel))
@@ -1072,7 +1126,14 @@ impl<'a> RunCheck<'a> {
             ));
         }
         let specs = self.spec.activities();
+        let cleanup = self.spec.cleanup.as_ref();
+        if let Some(cleanup) = cleanup {
+            self.check_cleanup(history, cleanup, activities.get(&cleanup.tag));
+        }
         for (tag, events) in &activities {
+            if cleanup.is_some_and(|c| c.tag == *tag) {
+                continue;
+            }
             let Some((spec, droppable)) = specs.iter().find(|(s, _)| s.tag == *tag) else {
                 self.problem(format!("activity {tag} is not in the program"));
                 continue;

@@ -392,6 +392,10 @@ pub struct RunSpec {
     /// this run's input by the interpreter.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carried: Vec<(String, u64)>,
+    /// An activity the workflow runs in a shielded cancellation scope once
+    /// the run is asked to cancel, before it ends canceled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<ActivitySpec>,
 }
 
 /// How long each run of a chain waits before it continues as new.
@@ -587,6 +591,8 @@ pub enum Feature {
     WaitConditionTimeout,
     SignalExternal,
     CancelExternal,
+    ShieldedCleanup,
+    ScopeCancel,
     ContinueAsNew,
     ContinueAsNewTwice,
     /// A signal the client sends while the chain is still continuing: it
@@ -595,7 +601,7 @@ pub enum Feature {
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 61] = [
+pub const FEATURES: [Feature; 63] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -657,6 +663,8 @@ pub const FEATURES: [Feature; 61] = [
     Feature::ContinueAsNewCarriesSignal,
     Feature::SignalExternal,
     Feature::CancelExternal,
+    Feature::ShieldedCleanup,
+    Feature::ScopeCancel,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -710,6 +718,7 @@ impl Program {
         add_signal_with_start(seed, &mut runs);
         add_conditions(seed, &mut runs);
         add_external_signals(seed, &mut runs);
+        add_cleanups(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
             .collect();
@@ -770,6 +779,13 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
         out.insert(Feature::ExecutionTimeout);
     }
     continue_features(run, out);
+    if run.cleanup.is_some() {
+        out.insert(Feature::ShieldedCleanup);
+    }
+    // A race's loser is canceled through the cancellation scope it ran in.
+    if run.steps.iter().any(|s| matches!(s, Step::Select { .. })) {
+        out.insert(Feature::ScopeCancel);
+    }
     for timed in &run.client {
         match &timed.action {
             ClientAction::Cancel => out.insert(Feature::WorkflowCancel),
@@ -1044,6 +1060,40 @@ fn add_external_signals(seed: u64, runs: &mut [RunSpec]) {
     }
 }
 
+/// Half the runs that may be canceled (by the client or another run) clean
+/// up after the cancel request: an activity in a shielded scope.
+fn add_cleanups(seed: u64, runs: &mut [RunSpec]) {
+    let mut draws = Draws(seed ^ 0x434c_4541_4e55_5021);
+    let cancelers: Vec<String> = runs
+        .iter()
+        .flat_map(|run| run.cancels().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    for (index, run) in runs.iter_mut().enumerate() {
+        let canceled = run.client_does(|a| matches!(a, ClientAction::Cancel))
+            || cancelers.contains(&run.workflow_id);
+        if canceled && draws.chance(50) {
+            run.cleanup = Some(cleanup_activity(&format!("r{index}-cleanup")));
+        }
+    }
+}
+
+/// A cleanup: succeeds, retried until it does.
+fn cleanup_activity(tag: &str) -> ActivitySpec {
+    let activity = ActivitySpec {
+        tag: tag.to_string(),
+        timeouts: Timeouts {
+            start_to_close_ms: Some(5_000),
+            ..Timeouts::default()
+        },
+        retry: RetryPolicy::default(),
+        script: vec![Behaviour::Succeed],
+        pad_bytes: 0,
+        cancellation: Cancellation::TryCancel,
+    };
+    assert!(terminates(&activity));
+    activity
+}
+
 /// An activity whose result is over the payload limit: its first attempt
 /// fails, not to be retried.
 fn oversize_activity(tag: &str) -> ActivitySpec {
@@ -1214,6 +1264,7 @@ fn run(draws: &mut Draws, index: usize) -> RunSpec {
         continue_as_new,
         continued: 0,
         carried: Vec::new(),
+        cleanup: None,
     }
 }
 
