@@ -80,19 +80,25 @@ fn registry() -> WorkflowRegistry {
     registry
 }
 
+/// An engine and two workers on queue "q" with the `compose` activity.
+async fn engine_with_workers() -> (TestEngine, common::engine::Workers) {
+    let engine = TestEngine::new(registry()).await;
+    let workers = engine
+        .engine
+        .worker("q")
+        .workflows(registry())
+        .activity(Compose)
+        .start_two();
+    (engine, workers)
+}
+
 fn names(history: &History) -> Vec<&'static str> {
     history.events().iter().map(|e| e.kind.name()).collect()
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_shielded_scope_runs_cleanup_after_the_run_is_asked_to_cancel() {
-    let engine = TestEngine::new(registry()).await;
-    let worker = engine
-        .engine
-        .worker("q")
-        .workflows(registry())
-        .activity(Compose)
-        .start_two();
+    let (engine, worker) = engine_with_workers().await;
     let handle = engine
         .client()
         .start::<CleansUp>(StartOptions::new("cleans-up", "q"), ())
@@ -123,13 +129,7 @@ async fn a_shielded_scope_runs_cleanup_after_the_run_is_asked_to_cancel() {
 
 #[tokio::test(start_paused = true)]
 async fn cancelling_a_scope_cancels_what_it_started_and_the_run_goes_on() {
-    let engine = TestEngine::new(registry()).await;
-    let worker = engine
-        .engine
-        .worker("q")
-        .workflows(registry())
-        .activity(Compose)
-        .start_two();
+    let (engine, worker) = engine_with_workers().await;
     let handle = engine
         .client()
         .start::<CancelsAScope>(StartOptions::new("scoped", "q"), ())

@@ -1079,24 +1079,18 @@ fn add_cleanups(seed: u64, runs: &mut [RunSpec]) {
 
 /// A cleanup: succeeds, retried until it does.
 fn cleanup_activity(tag: &str) -> ActivitySpec {
-    let activity = ActivitySpec {
-        tag: tag.to_string(),
-        timeouts: Timeouts {
-            start_to_close_ms: Some(5_000),
-            ..Timeouts::default()
-        },
-        retry: RetryPolicy::default(),
-        script: vec![Behaviour::Succeed],
-        pad_bytes: 0,
-        cancellation: Cancellation::TryCancel,
-    };
-    assert!(terminates(&activity));
-    activity
+    single_behaviour_activity(tag, Behaviour::Succeed)
 }
 
 /// An activity whose result is over the payload limit: its first attempt
 /// fails, not to be retried.
 fn oversize_activity(tag: &str) -> ActivitySpec {
+    single_behaviour_activity(tag, Behaviour::ReturnOversize)
+}
+
+/// An activity whose every attempt does `behaviour`, with a 5 s
+/// start-to-close and the default retry policy.
+fn single_behaviour_activity(tag: &str, behaviour: Behaviour) -> ActivitySpec {
     let activity = ActivitySpec {
         tag: tag.to_string(),
         timeouts: Timeouts {
@@ -1104,7 +1098,7 @@ fn oversize_activity(tag: &str) -> ActivitySpec {
             ..Timeouts::default()
         },
         retry: RetryPolicy::default(),
-        script: vec![Behaviour::ReturnOversize],
+        script: vec![behaviour],
         pad_bytes: 0,
         cancellation: Cancellation::TryCancel,
     };
