@@ -304,6 +304,7 @@ async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<
     let signals = Signals {
         ctx: ctx.clone(),
         carried: std::sync::Arc::new(std::sync::Mutex::new(spec.carried.clone())),
+        losers: Losers::default(),
     };
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = progress.clone();
@@ -373,7 +374,13 @@ async fn continue_chain(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowError 
 struct Signals {
     ctx: WorkflowContext,
     carried: std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>,
+    /// Races' losing activities, kept (not dropped) until the run ends: only
+    /// their scope's cancel may cancel them, so a broken one shows.
+    losers: Losers,
 }
+
+/// Activities that lost a race, held until the run ends.
+type Losers = std::sync::Arc<std::sync::Mutex<Vec<Pin<Box<ActivityFuture<ScriptOutput>>>>>>;
 
 impl Signals {
     async fn recv(&self, name: &str) -> WorkflowResult<u64> {
@@ -470,7 +477,9 @@ fn run_step<'a>(ctx: &'a WorkflowContext, signals: &'a Signals, step: &'a Step) 
                 }
                 StepReport::TransientBug { age_ms }
             }
-            Step::Select { activity, timer_ms } => race(ctx, activity, *timer_ms).await?,
+            Step::Select { activity, timer_ms } => {
+                race(ctx, activity, *timer_ms, &signals.losers).await?
+            }
             Step::SignalExternal {
                 target,
                 name,
@@ -513,20 +522,23 @@ async fn race(
     ctx: &WorkflowContext,
     spec: &ActivitySpec,
     timer_ms: u64,
+    losers: &Losers,
 ) -> WorkflowResult<StepReport> {
-    // The activity runs in a scope of its own, cancelled if the timer wins.
+    // The activity runs in a scope of its own, cancelled if the timer wins;
+    // the loser is kept, not dropped (a drop would cancel it as well).
     let scope = ctx.cancellation_scope();
-    let activity = schedule(scope.ctx(), spec);
+    let activity = Box::pin(schedule(scope.ctx(), spec));
     let timer = ctx.sleep(Duration::from_millis(timer_ms));
-    futures::pin_mut!(activity, timer);
+    futures::pin_mut!(timer);
     // The activity first: when both are ready in one activation it wins.
     match select(activity, timer).await {
         Either::Left((result, _timer)) => Ok(StepReport::Select {
             activity_won: true,
             report: Some(activity_report(result)),
         }),
-        Either::Right((fired, _activity)) => {
+        Either::Right((fired, activity)) => {
             scope.cancel();
+            losers.lock().expect("losers lock").push(activity);
             fired?;
             Ok(StepReport::Select {
                 activity_won: false,
