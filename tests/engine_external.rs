@@ -56,9 +56,41 @@ impl Workflow for Listener {
     }
 }
 
+/// Asks its target to cancel without waiting for the answer, and completes
+/// in the same workflow task.
+struct FireAndForget;
+impl Workflow for FireAndForget {
+    const NAME: &'static str = "fire_and_forget";
+    type Input = String;
+    type Output = ();
+    async fn run(ctx: WorkflowContext, target: String) -> WorkflowResult<()> {
+        let _not_awaited = ctx.cancel_external(&target, None);
+        Ok(())
+    }
+}
+
+/// Waits for "go"; the first run, asked to cancel, continues as new instead.
+struct Survivor;
+impl Workflow for Survivor {
+    const NAME: &'static str = "survivor";
+    type Input = bool;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, continued: bool) -> WorkflowResult<String> {
+        match ctx.signal::<()>("go").recv().await {
+            Ok(()) => Ok("went".to_string()),
+            Err(error) if error.is_cancellation() && !continued => Err(ctx.continue_as_new(&true)),
+            Err(error) => Err(error),
+        }
+    }
+}
+
 fn registry() -> WorkflowRegistry {
     let mut registry = WorkflowRegistry::new();
-    registry.register::<Notifier>().register::<Listener>();
+    registry
+        .register::<Notifier>()
+        .register::<Listener>()
+        .register::<FireAndForget>()
+        .register::<Survivor>();
     registry
 }
 
@@ -178,6 +210,56 @@ async fn a_cancel_request_from_a_workflow_cancels_the_other() {
     assert_eq!(
         notify(&engine, "canceler-2", "victim", true).await,
         "victim not found"
+    );
+    worker.shutdown().await;
+    assert_eq!(engine.check_histories().await, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_left_pending_by_a_closed_sender_is_delivered_once_not_again_when_it_is_reloaded()
+{
+    let engine = TestEngine::new(registry()).await;
+    let worker = engine.engine.worker("q").workflows(registry()).start_two();
+    let client = engine.client();
+    client
+        .start::<Survivor>(StartOptions::new("survivor", "q"), false)
+        .await
+        .unwrap();
+    let sender = client
+        .start::<FireAndForget>(StartOptions::new("sender", "q"), "survivor".to_string())
+        .await
+        .unwrap();
+    sender.result().await.unwrap();
+    engine.engine.env().sleep_ms(2_000).await;
+    assert_eq!(
+        client.list_all(None).await.unwrap().len(),
+        3,
+        "the survivor continued once"
+    );
+    // Anything that loads the closed sender again (here a refused signal)
+    // must not send its cancel request again, to the survivor's new run.
+    let refused = client.signal("sender", None, "poke", ()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(retrace::api::ErrorCode::RunClosed),
+        "{refused}"
+    );
+    engine.engine.env().sleep_ms(2_000).await;
+    let current = client.describe("survivor", None).await.unwrap();
+    assert_eq!(
+        current.status,
+        retrace::env::RunStatus::Running,
+        "{current:?}"
+    );
+    client.signal("survivor", None, "go", ()).await.unwrap();
+    let went: String = client.handle("survivor", None).result().await.unwrap();
+    assert_eq!(went, "went");
+    let history = client.history("sender", None).await.unwrap();
+    assert!(
+        !kinds(&history)
+            .iter()
+            .any(|k| matches!(k, EventKind::ExternalWorkflowExecutionCancelRequested(_))),
+        "a closed history takes no more events"
     );
     worker.shutdown().await;
     assert_eq!(engine.check_histories().await, 3);

@@ -22,6 +22,10 @@ use super::service::Inner;
 use crate::api::{ErrorCode, RunRef, ServiceError};
 use crate::history::ExternalFailedCause;
 
+/// Looks of a workflow id's current run for one delivery (a run that
+/// continues as new closes while a delivery finds it).
+const CURRENT_RUN_LOOKUPS_MAX: usize = 3;
+
 /// A pending request: its sender's run id and initiated event id.
 pub type ExternalKey = (String, u64);
 
@@ -107,13 +111,38 @@ impl Inner {
     }
 
     /// Signals or cancels the target; `Ok(Err(..))` if it does not take it.
+    /// A workflow id's current run that closed meanwhile (it continued as
+    /// new, say) is looked up again, a few times.
     async fn try_deliver(
         self: &Arc<Self>,
         run_id: &str,
         initiated: u64,
         request: &ExternalRequest,
     ) -> Result<Delivery, ServiceError> {
-        let not_found = Ok(Err(ExternalFailedCause::ExternalWorkflowExecutionNotFound));
+        let mut closed: Option<String> = None;
+        for _ in 0..CURRENT_RUN_LOOKUPS_MAX {
+            match self.try_deliver_once(run_id, initiated, request).await? {
+                Err(Some(target))
+                    if request.run_id.is_none() && closed.as_ref() != Some(&target) =>
+                {
+                    closed = Some(target);
+                }
+                Err(_) => break,
+                Ok(target) => return Ok(Ok(target)),
+            }
+        }
+        Ok(Err(ExternalFailedCause::ExternalWorkflowExecutionNotFound))
+    }
+
+    /// One try: `Ok(Err(Some(run)))` if `run` was found but is closed,
+    /// `Ok(Err(None))` if there is no such run.
+    async fn try_deliver_once(
+        self: &Arc<Self>,
+        run_id: &str,
+        initiated: u64,
+        request: &ExternalRequest,
+    ) -> Result<Result<String, Option<String>>, ServiceError> {
+        let not_found = Ok(Err(None));
         let target = RunRef {
             workflow_id: request.workflow_id.clone(),
             run_id: request.run_id.clone(),
@@ -152,9 +181,8 @@ impl Inner {
             .await;
         match outcome {
             Ok(()) => Ok(Ok(target_run_id)),
-            Err(error) if matches!(error.code, ErrorCode::RunClosed | ErrorCode::NotFound) => {
-                not_found
-            }
+            Err(error) if error.code == ErrorCode::RunClosed => Ok(Err(Some(target_run_id))),
+            Err(error) if error.code == ErrorCode::NotFound => not_found,
             Err(error) => Err(error),
         }
     }

@@ -6,7 +6,8 @@
 //! | -                    | RequestCancelExternal… command          | pending   | RequestCancelExternalWorkflowExecutionInitiated       |
 //! | pending              | delivered to run R                      | -         | ExternalWorkflowExecutionSignaled / …CancelRequested (delivered: a workflow task) |
 //! | pending              | no such run, or it is closed            | -         | SignalExternalWorkflowExecutionFailed / RequestCancel…Failed (delivered) |
-//! | none (done, or the sender closed) | a late delivery result     | -         | none                                                  |
+//! | pending, the sender closed | delivered or not             | -         | none (a closed history takes no events)               |
+//! | none (done)          | a late delivery result                  | -         | none                                                  |
 //!
 //! A pending request is in the run's state, so it survives a crash: the
 //! service delivers every pending request of every run it loads
@@ -124,15 +125,17 @@ pub fn on_cancel_command(
     Ok(())
 }
 
-/// Records how the delivery of the request initiated at `initiated` ended;
-/// nothing if it is no longer pending (recorded already, or the run closed).
+/// Records how the delivery of the request initiated at `initiated` ended:
+/// no longer pending, and its outcome in the history if the run is open
+/// (a closed run's history takes no more events). Nothing if it was not
+/// pending (recorded already).
 pub fn on_delivered(step: &mut Step<'_>, initiated: u64, delivery: Delivery) {
-    if step.state.status.is_closed() {
-        return;
-    }
     let Some(request) = step.state.externals.remove(&initiated) else {
         return;
     };
+    if step.state.status.is_closed() {
+        return;
+    }
     let (workflow_id, control) = (request.workflow_id, request.control);
     let kind = match (request.ask, delivery) {
         (ExternalAsk::Signal { .. }, Ok(run_id)) => {
