@@ -301,7 +301,7 @@ impl Workflow for Interpreter {
 
 /// Runs the program's steps, recording what each saw.
 async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<StepReport>> {
-    let signals = Signals {
+    let shared = Shared {
         ctx: ctx.clone(),
         carried: std::sync::Arc::new(std::sync::Mutex::new(spec.carried.clone())),
         losers: Losers::default(),
@@ -313,7 +313,7 @@ async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<
     });
     let mut reports = Vec::with_capacity(spec.steps.len());
     for step in &spec.steps {
-        let run = run_step(ctx, &signals, step);
+        let run = run_step(ctx, &shared, step);
         let waits_through_cancel =
             matches!(step, Step::Activity(a) if a.cancellation == Cancellation::WaitCompleted);
         let signal_wait = matches!(step, Step::Signal { .. } | Step::Condition { .. });
@@ -368,10 +368,11 @@ async fn continue_chain(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowError 
     ctx.continue_as_new(&spec.continued_as(spec.continued + 1, carried))
 }
 
-/// Where a step's signals come from: those carried from earlier runs of the
-/// chain first, then the run's own.
+/// What the steps of a run share: where their signals come from (those
+/// carried from earlier runs of the chain first, then the run's own), and
+/// the activities that lost a race.
 #[derive(Clone)]
-struct Signals {
+struct Shared {
     ctx: WorkflowContext,
     carried: std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>,
     /// Races' losing activities, kept (not dropped) until the run ends: only
@@ -382,7 +383,7 @@ struct Signals {
 /// Activities that lost a race, held until the run ends.
 type Losers = std::sync::Arc<std::sync::Mutex<Vec<Pin<Box<ActivityFuture<ScriptOutput>>>>>>;
 
-impl Signals {
+impl Shared {
     async fn recv(&self, name: &str) -> WorkflowResult<u64> {
         let carried = {
             let mut carried = self.carried.lock().expect("carried signals lock");
@@ -400,14 +401,14 @@ impl Signals {
 /// waiter is polled first, so only the executor's re-check wakes it.
 async fn condition(
     ctx: &WorkflowContext,
-    signals: &Signals,
+    shared: &Shared,
     name: &str,
     timeout_ms: Option<u64>,
 ) -> WorkflowResult<StepReport> {
     let came = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (set, seen) = (came.clone(), came);
     let listen = async move {
-        let value = signals.recv(name).await?;
+        let value = shared.recv(name).await?;
         set.store(true, std::sync::atomic::Ordering::SeqCst);
         Ok::<u64, WorkflowError>(value)
     };
@@ -431,7 +432,7 @@ async fn condition(
 
 type StepFuture<'a> = Pin<Box<dyn Future<Output = WorkflowResult<StepReport>> + Send + 'a>>;
 
-fn run_step<'a>(ctx: &'a WorkflowContext, signals: &'a Signals, step: &'a Step) -> StepFuture<'a> {
+fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) -> StepFuture<'a> {
     Box::pin(async move {
         Ok(match step {
             Step::Activity(spec) => StepReport::Activity {
@@ -443,10 +444,10 @@ fn run_step<'a>(ctx: &'a WorkflowContext, signals: &'a Signals, step: &'a Step) 
                 StepReport::Timer
             }
             Step::Signal { name } => StepReport::Signal {
-                value: signals.recv(name).await?,
+                value: shared.recv(name).await?,
             },
             Step::Condition { name, timeout_ms } => {
-                condition(ctx, signals, name, *timeout_ms).await?
+                condition(ctx, shared, name, *timeout_ms).await?
             }
             Step::SideEffect { value } => StepReport::SideEffect {
                 value: ctx.side_effect(|| *value)?,
@@ -478,7 +479,7 @@ fn run_step<'a>(ctx: &'a WorkflowContext, signals: &'a Signals, step: &'a Step) 
                 StepReport::TransientBug { age_ms }
             }
             Step::Select { activity, timer_ms } => {
-                race(ctx, activity, *timer_ms, &signals.losers).await?
+                race(ctx, activity, *timer_ms, &shared.losers).await?
             }
             Step::SignalExternal {
                 target,

@@ -405,7 +405,7 @@ impl<'a> RunCheck<'a> {
                 spec.client_does(|a| matches!(a, ClientAction::Terminate))
             }
             EventKind::WorkflowExecutionTimedOut(_) => {
-                self.check_execution_timeout(history, close);
+                self.check_execution_timeout(close);
                 spec.execution_timeout_ms.is_some()
             }
             _ => false,
@@ -466,7 +466,7 @@ impl<'a> RunCheck<'a> {
     }
 
     /// The chain shares one deadline, from its first run's start.
-    fn check_execution_timeout(&mut self, _history: &History, close: &Event) {
+    fn check_execution_timeout(&mut self, close: &Event) {
         let (Some(timeout_ms), Some(first)) = (
             self.spec.execution_timeout_ms,
             self.chain[0].events().first(),
