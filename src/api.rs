@@ -10,18 +10,7 @@ use crate::history::{Event, WorkflowTaskFailedCause};
 use crate::types::{Failure, Timestamp};
 use crate::workflow::Command;
 
-/// What a closed workflow id may be reused for (Temporal's id reuse policy).
-/// A running workflow id is always refused.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IdReusePolicy {
-    /// A new run may start once the previous one closed, however it closed.
-    #[default]
-    AllowDuplicate,
-    /// Only if the previous run did not complete successfully.
-    AllowDuplicateFailedOnly,
-    /// Never reuse the id.
-    RejectDuplicate,
-}
+pub use crate::types::IdReusePolicy;
 
 /// Start a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -229,6 +229,33 @@ pub fn payload_hash(value: &Value) -> u64 {
     hasher.finish()
 }
 
+/// What a closed workflow id may be reused for (Temporal's id reuse policy).
+/// A running workflow id is always refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdReusePolicy {
+    /// A new run may start once the previous one closed, however it closed.
+    #[default]
+    AllowDuplicate,
+    /// Only if the previous run did not complete successfully.
+    AllowDuplicateFailedOnly,
+    /// Never reuse the id.
+    RejectDuplicate,
+}
+
+/// What happens to a child workflow when its parent's run closes
+/// (Temporal's parent close policy), however it closes: continue-as-new
+/// included.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParentClosePolicy {
+    /// The child is terminated.
+    #[default]
+    Terminate,
+    /// The child is asked to cancel.
+    RequestCancel,
+    /// The child goes on alone.
+    Abandon,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

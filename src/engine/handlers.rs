@@ -125,7 +125,7 @@ impl Inner {
         })
     }
 
-    async fn snapshot(self: &Arc<Self>, run: &RunRef) -> Result<RunState, ServiceError> {
+    pub(super) async fn snapshot(self: &Arc<Self>, run: &RunRef) -> Result<RunState, ServiceError> {
         let run_id = self.resolve(run).await?;
         let guard = self.lock_run(&run_id).await?;
         let state = guard.loaded.as_ref().expect("loaded").state.clone();
@@ -192,20 +192,30 @@ impl Inner {
     ) -> Result<StartWorkflowResponse, ServiceError> {
         machine::run::check_start(&request)?;
         self.check_workflow_type(&request)?;
+        self.start_run(&request, None).await
+    }
+
+    /// Starts a run (a child of `parent` if named), or answers a retry of
+    /// the start that began the workflow id's current run with that run.
+    pub(super) async fn start_run(
+        self: &Arc<Self>,
+        request: &StartWorkflowRequest,
+        parent: Option<&crate::history::ParentExecution>,
+    ) -> Result<StartWorkflowResponse, ServiceError> {
         for _ in 0..3 {
             let current = self.current_state(&request.workflow_id).await?;
             if let Some((current, existing)) = &current {
                 if existing.start_request_id == request.request_id {
-                    self.check_same_start(&request, existing).await?;
+                    self.check_same_start(request, existing).await?;
                     return Ok(StartWorkflowResponse {
                         run_id: current.clone(),
                     });
                 }
-                check_reuse(&request, existing)?;
+                check_reuse(request, existing)?;
             }
             self.check_open_runs()?;
             let current = current.map(|(run_id, _)| run_id);
-            if let Some(started) = self.create_run(&request, current, None).await? {
+            if let Some(started) = self.create_run(request, current, None, parent).await? {
                 return Ok(started);
             }
         }
@@ -289,7 +299,7 @@ impl Inner {
             }
             self.check_open_runs()?;
             let current = current.map(|(run_id, _)| run_id);
-            if let Some(started) = self.create_run(start, current, Some(signal)).await? {
+            if let Some(started) = self.create_run(start, current, Some(signal), None).await? {
                 return Ok(SignalWithStartWorkflowResponse {
                     run_id: started.run_id,
                     started: true,
@@ -382,10 +392,14 @@ impl Inner {
         request: &StartWorkflowRequest,
         current: Option<String>,
         signal: Option<(&str, &serde_json::Value)>,
+        parent: Option<&crate::history::ParentExecution>,
     ) -> Result<Option<StartWorkflowResponse>, ServiceError> {
         let run_id = self.env.new_id();
         let now = self.env.now();
-        let (mut state, events) = machine::run::start(request, &run_id, now, self.limits())?;
+        let (mut state, mut events) = machine::run::start(request, &run_id, now, self.limits())?;
+        if let Some(parent) = parent {
+            machine::child::adopt(&mut state, &mut events, parent);
+        }
         // Sync match: a waiting poller gets the first workflow task from this same write.
         let mut step = machine::Step::new(&mut state, now, self.limits());
         step.events = events;

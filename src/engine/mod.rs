@@ -1,6 +1,8 @@
 //! The service: runs' state machines, task queues with long-poll matching,
-//! durable timers, signals, queries, cancellation and termination.
+//! durable timers, signals, queries, cancellation and termination, and
+//! workflows that start, signal and cancel other workflows.
 
+mod children;
 pub mod eager;
 pub mod edge;
 mod embedded;

@@ -168,6 +168,9 @@ pub(super) struct Inner {
     /// Signals and cancel requests to other workflows, to deliver.
     externals: Mutex<super::external::ExternalQueue>,
     externals_wake: Arc<Notify>,
+    /// Child workflows to start, report or apply close policies to.
+    children: Mutex<super::children::ChildQueue>,
+    pub children_wake: Arc<Notify>,
 }
 
 impl Drop for Inner {
@@ -254,6 +257,8 @@ impl Service {
             quarantined: Mutex::new(BTreeMap::new()),
             externals: Mutex::new(super::external::ExternalQueue::default()),
             externals_wake: Arc::new(Notify::new()),
+            children: Mutex::new(super::children::ChildQueue::default()),
+            children_wake: Arc::new(Notify::new()),
         });
         let weak = Arc::downgrade(&inner);
         let wake = inner.externals_wake.clone();
@@ -261,6 +266,11 @@ impl Service {
             "service-externals",
             super::external::external_loop(weak, wake),
         );
+        let weak = Arc::downgrade(&inner);
+        let wake = inner.children_wake.clone();
+        inner
+            .env
+            .spawn("service-children", super::children::child_loop(weak, wake));
         inner.recover().await?;
         let weak = Arc::downgrade(&inner);
         let wake = inner.timer_wake.clone();
@@ -352,6 +362,7 @@ impl Inner {
                     Err(error) => return Err(error),
                 };
                 self.sync(&state);
+                self.offer_children(super::children::recovery_offers(&state), false);
                 let loaded = Loaded::stored(state, record.version);
                 self.insert_slot(
                     record.run_id.clone(),
@@ -775,6 +786,7 @@ impl Inner {
     /// After a durable commit: publish tasks and timers, wake result waiters.
     pub fn after_commit(&self, state: &RunState) {
         self.sync(state);
+        self.offer_children(super::children::offers(state), true);
         if let Some(outcome) = &state.outcome {
             self.forget(&state.run_id);
             let waiters = lock(&self.result_waiters)
@@ -793,12 +805,34 @@ impl Inner {
         lock(&self.externals)
     }
 
-    /// Offers the run's pending tasks and queues its timers and its requests
-    /// to other workflows (idempotent).
+    /// The queue of child workflows to reconcile.
+    pub(super) fn lock_children(&self) -> std::sync::MutexGuard<'_, super::children::ChildQueue> {
+        lock(&self.children)
+    }
+
+    fn offer_children(&self, keys: Vec<super::children::ChildKey>, again: bool) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut wake = false;
+        {
+            let mut children = lock(&self.children);
+            for key in keys {
+                wake |= children.offer(key, again);
+            }
+        }
+        if wake {
+            self.children_wake.notify_one();
+        }
+    }
+
+    /// Offers the run's pending tasks and queues its timers, its requests
+    /// to other workflows and its children's work (idempotent).
     pub fn sync(&self, state: &RunState) {
         if !state.externals.is_empty() && lock(&self.externals).offer(state) {
             self.externals_wake.notify_one();
         }
+        self.offer_children(super::children::load_offers(state), false);
         let tasks = machine::pending_tasks(state);
         if !tasks.is_empty() {
             let mut matching = lock(&self.matching);

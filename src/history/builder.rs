@@ -62,6 +62,7 @@ impl HistoryBuilder {
                 identity: "client".to_string(),
                 request_id: "request-1".to_string(),
                 continued_execution_run_id: None,
+                parent: None,
             },
         ));
         builder

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::activity::RetryPolicy;
-use crate::types::{Failure, RetryState, TimeoutType, Timestamp};
+use crate::types::{Failure, IdReusePolicy, ParentClosePolicy, RetryState, TimeoutType, Timestamp};
 
 /// One event of a run's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -72,10 +72,18 @@ pub enum EventKind {
     ),
     ExternalWorkflowExecutionCancelRequested(ExternalWorkflowExecutionCancelRequested),
     RequestCancelExternalWorkflowExecutionFailed(RequestCancelExternalWorkflowExecutionFailed),
+    StartChildWorkflowExecutionInitiated(StartChildWorkflowExecutionInitiated),
+    StartChildWorkflowExecutionFailed(StartChildWorkflowExecutionFailed),
+    ChildWorkflowExecutionStarted(ChildWorkflowExecutionStarted),
+    ChildWorkflowExecutionCompleted(ChildWorkflowExecutionCompleted),
+    ChildWorkflowExecutionFailed(ChildWorkflowExecutionFailed),
+    ChildWorkflowExecutionCanceled(ChildWorkflowExecutionCanceled),
+    ChildWorkflowExecutionTimedOut(ChildWorkflowExecutionTimedOut),
+    ChildWorkflowExecutionTerminated(ChildWorkflowExecutionTerminated),
 }
 
 /// Every event type name, in declaration order (used for clear errors on unknown types).
-pub const EVENT_TYPE_NAMES: [&str; 31] = [
+pub const EVENT_TYPE_NAMES: [&str; 39] = [
     "WorkflowExecutionStarted",
     "WorkflowTaskScheduled",
     "WorkflowTaskStarted",
@@ -107,6 +115,14 @@ pub const EVENT_TYPE_NAMES: [&str; 31] = [
     "RequestCancelExternalWorkflowExecutionInitiated",
     "ExternalWorkflowExecutionCancelRequested",
     "RequestCancelExternalWorkflowExecutionFailed",
+    "StartChildWorkflowExecutionInitiated",
+    "StartChildWorkflowExecutionFailed",
+    "ChildWorkflowExecutionStarted",
+    "ChildWorkflowExecutionCompleted",
+    "ChildWorkflowExecutionFailed",
+    "ChildWorkflowExecutionCanceled",
+    "ChildWorkflowExecutionTimedOut",
+    "ChildWorkflowExecutionTerminated",
 ];
 
 impl EventKind {
@@ -145,6 +161,14 @@ impl EventKind {
             RequestCancelExternalWorkflowExecutionInitiated(_) => 28,
             ExternalWorkflowExecutionCancelRequested(_) => 29,
             RequestCancelExternalWorkflowExecutionFailed(_) => 30,
+            StartChildWorkflowExecutionInitiated(_) => 31,
+            StartChildWorkflowExecutionFailed(_) => 32,
+            ChildWorkflowExecutionStarted(_) => 33,
+            ChildWorkflowExecutionCompleted(_) => 34,
+            ChildWorkflowExecutionFailed(_) => 35,
+            ChildWorkflowExecutionCanceled(_) => 36,
+            ChildWorkflowExecutionTimedOut(_) => 37,
+            ChildWorkflowExecutionTerminated(_) => 38,
         };
         EVENT_TYPE_NAMES[index]
     }
@@ -180,6 +204,7 @@ impl EventKind {
             RequestCancelExternalWorkflowExecutionInitiated(a) => {
                 Some(a.workflow_task_completed_event_id)
             }
+            StartChildWorkflowExecutionInitiated(a) => Some(a.workflow_task_completed_event_id),
             _ => None,
         }
     }
@@ -209,6 +234,10 @@ impl EventKind {
             WorkflowExecutionTerminated(a) => out.extend(a.details.as_ref()),
             WorkflowExecutionContinuedAsNew(a) => out.push(&a.input),
             SignalExternalWorkflowExecutionInitiated(a) => out.push(&a.input),
+            StartChildWorkflowExecutionInitiated(a) => out.push(&a.input),
+            ChildWorkflowExecutionCompleted(a) => out.push(&a.result),
+            ChildWorkflowExecutionFailed(a) => out.extend(details(&a.failure)),
+            ChildWorkflowExecutionCanceled(a) => out.extend(a.details.as_ref()),
             _ => {}
         }
         out
@@ -232,6 +261,17 @@ pub struct WorkflowExecutionStarted {
     /// The run this one continues, when it was started by continue-as-new.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continued_execution_run_id: Option<String>,
+    /// The parent, when this run is a child workflow (or continues one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentExecution>,
+}
+
+/// A child's parent: its run, and the event that initiated the child.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentExecution {
+    pub workflow_id: String,
+    pub run_id: String,
+    pub initiated_event_id: u64,
 }
 
 /// A workflow task was put on the task queue.
@@ -554,4 +594,102 @@ pub struct RequestCancelExternalWorkflowExecutionFailed {
     pub run_id: Option<String>,
     pub cause: ExternalFailedCause,
     pub control: String,
+}
+
+/// Workflow code asked to start a child workflow (Temporal's
+/// `StartChildWorkflowExecutionInitiated`); `control` is the command's
+/// sequence number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartChildWorkflowExecutionInitiated {
+    pub workflow_id: String,
+    pub workflow_type: String,
+    pub task_queue: String,
+    pub input: Value,
+    pub execution_timeout_ms: Option<u64>,
+    pub workflow_task_timeout_ms: Option<u64>,
+    pub parent_close_policy: ParentClosePolicy,
+    pub workflow_id_reuse_policy: IdReusePolicy,
+    pub control: String,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// Why a child workflow was not started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StartChildFailedCause {
+    /// The workflow id is running, or its reuse policy refuses a new run.
+    WorkflowAlreadyExists,
+}
+
+/// The child was not started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartChildWorkflowExecutionFailed {
+    pub initiated_event_id: u64,
+    pub workflow_id: String,
+    pub workflow_type: String,
+    pub cause: StartChildFailedCause,
+    pub control: String,
+}
+
+/// The child's first run started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildWorkflowExecutionStarted {
+    pub initiated_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub workflow_type: String,
+}
+
+/// The child completed; `run_id` is the run that closed (the last of a
+/// continue-as-new chain).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildWorkflowExecutionCompleted {
+    pub initiated_event_id: u64,
+    pub started_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub result: Value,
+}
+
+/// The child failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildWorkflowExecutionFailed {
+    pub initiated_event_id: u64,
+    pub started_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub failure: Failure,
+}
+
+/// The child was canceled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildWorkflowExecutionCanceled {
+    pub initiated_event_id: u64,
+    pub started_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::some_value"
+    )]
+    pub details: Option<Value>,
+}
+
+/// The child's execution timeout fired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildWorkflowExecutionTimedOut {
+    pub initiated_event_id: u64,
+    pub started_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: String,
+}
+
+/// The child was terminated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildWorkflowExecutionTerminated {
+    pub initiated_event_id: u64,
+    pub started_event_id: u64,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub reason: String,
 }

@@ -173,6 +173,15 @@ pub struct Validator {
     /// Signals (true) and cancel requests (false) to other workflows by
     /// initiated event id, with the event that closed each.
     externals: BTreeMap<u64, (bool, Option<u64>)>,
+    /// Child workflows by initiated event id.
+    children: BTreeMap<u64, ChildEntry>,
+}
+
+/// A child workflow's events so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct ChildEntry {
+    started: Option<u64>,
+    closed: Option<u64>,
 }
 
 struct Ctx<'a> {
@@ -222,6 +231,7 @@ impl Validator {
             activity_ids: BTreeMap::new(),
             timers: BTreeMap::new(),
             externals: BTreeMap::new(),
+            children: BTreeMap::new(),
         }
     }
 
@@ -428,6 +438,31 @@ impl Validator {
             }
             RequestCancelExternalWorkflowExecutionFailed(a) => {
                 self.on_external_closed(ctx, a.initiated_event_id, false)
+            }
+            StartChildWorkflowExecutionInitiated(_) => {
+                self.children.insert(event_id, ChildEntry::default());
+                Ok(())
+            }
+            StartChildWorkflowExecutionFailed(a) => {
+                self.on_child_event(ctx, a.initiated_event_id, None)
+            }
+            ChildWorkflowExecutionStarted(a) => {
+                self.on_child_event(ctx, a.initiated_event_id, None)
+            }
+            ChildWorkflowExecutionCompleted(a) => {
+                self.on_child_event(ctx, a.initiated_event_id, Some(a.started_event_id))
+            }
+            ChildWorkflowExecutionFailed(a) => {
+                self.on_child_event(ctx, a.initiated_event_id, Some(a.started_event_id))
+            }
+            ChildWorkflowExecutionCanceled(a) => {
+                self.on_child_event(ctx, a.initiated_event_id, Some(a.started_event_id))
+            }
+            ChildWorkflowExecutionTimedOut(a) => {
+                self.on_child_event(ctx, a.initiated_event_id, Some(a.started_event_id))
+            }
+            ChildWorkflowExecutionTerminated(a) => {
+                self.on_child_event(ctx, a.initiated_event_id, Some(a.started_event_id))
             }
         }
     }
@@ -656,6 +691,53 @@ impl Validator {
             });
         }
         *closed = Some(ctx.event.event_id);
+        Ok(())
+    }
+
+    /// A child's start (`started_event_id` is `None`: its started or failed
+    /// start) or close (naming its started event) must follow the event
+    /// before it, once.
+    fn on_child_event(
+        &mut self,
+        ctx: &Ctx<'_>,
+        initiated: u64,
+        started_event_id: Option<u64>,
+    ) -> Result<(), HistoryError> {
+        let Some(child) = self.children.get_mut(&initiated) else {
+            let problem = "names no initiated child workflow";
+            return Err(ctx.bad_link("initiated_event_id", initiated, problem));
+        };
+        if let Some(closed_by) = child.closed {
+            return Err(HistoryError::AlreadyClosed {
+                event_id: ctx.event.event_id,
+                event_type: ctx.event_type(),
+                what: format!("child workflow (event {initiated})"),
+                closed_by,
+            });
+        }
+        let is_start_failure = matches!(
+            ctx.event.kind,
+            EventKind::StartChildWorkflowExecutionFailed(_)
+        );
+        match (started_event_id, child.started) {
+            (None, Some(_)) => {
+                return Err(ctx.out_of_order(format!(
+                    "the child workflow initiated at event {initiated} has started already"
+                )));
+            }
+            (None, None) if is_start_failure => child.closed = Some(ctx.event.event_id),
+            (None, None) => child.started = Some(ctx.event.event_id),
+            (Some(_), None) => {
+                return Err(ctx.out_of_order(format!(
+                    "the child workflow initiated at event {initiated} has not started"
+                )));
+            }
+            (Some(named), Some(started)) if named != started => {
+                let problem = format!("is not the child's started event ({started})");
+                return Err(ctx.bad_link("started_event_id", named, problem));
+            }
+            (Some(_), Some(_)) => child.closed = Some(ctx.event.event_id),
+        }
         Ok(())
     }
 

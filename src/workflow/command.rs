@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::activity::RetryPolicy;
 use crate::history::EventKind;
-use crate::types::{Failure, fnv1a64, payload_hash};
+use crate::types::{Failure, IdReusePolicy, ParentClosePolicy, fnv1a64, payload_hash};
 
 /// Schedule an activity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +69,25 @@ pub enum Command {
     SignalExternalWorkflowExecution(SignalExternalWorkflowExecution),
     /// Ask another workflow to cancel.
     RequestCancelExternalWorkflowExecution(RequestCancelExternalWorkflowExecution),
+    /// Start a child workflow.
+    StartChildWorkflowExecution(StartChildWorkflowExecution),
+}
+
+/// Start a child workflow: a run whose close is reported to this one, and
+/// which this run's close may terminate or cancel (its parent close policy).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartChildWorkflowExecution {
+    /// Stable id within the run (the SDK numbers them "1", "2", ...).
+    pub seq: String,
+    pub workflow_id: String,
+    pub workflow_type: String,
+    /// The child's task queue; the parent's if `None`.
+    pub task_queue: Option<String>,
+    pub input: Value,
+    pub execution_timeout_ms: Option<u64>,
+    pub workflow_task_timeout_ms: Option<u64>,
+    pub parent_close_policy: ParentClosePolicy,
+    pub workflow_id_reuse_policy: IdReusePolicy,
 }
 
 /// Signal another workflow (its current run, or the run named).
@@ -233,6 +252,12 @@ impl Command {
                 String::new(),
                 Some(fnv1a64(a.workflow_id.as_bytes())),
             ),
+            Command::StartChildWorkflowExecution(a) => (
+                "StartChildWorkflowExecution",
+                a.seq.clone(),
+                a.workflow_type.clone(),
+                Some(payload_hash(&a.input) ^ fnv1a64(a.workflow_id.as_bytes())),
+            ),
         };
         CommandKey {
             kind,
@@ -310,6 +335,19 @@ pub fn event_command_key(
                     run_id: a.run_id.clone(),
                 },
             )
+        }
+        EventKind::StartChildWorkflowExecutionInitiated(a) => {
+            Command::StartChildWorkflowExecution(StartChildWorkflowExecution {
+                seq: a.control.clone(),
+                workflow_id: a.workflow_id.clone(),
+                workflow_type: a.workflow_type.clone(),
+                task_queue: Some(a.task_queue.clone()),
+                input: a.input.clone(),
+                execution_timeout_ms: a.execution_timeout_ms,
+                workflow_task_timeout_ms: a.workflow_task_timeout_ms,
+                parent_close_policy: a.parent_close_policy,
+                workflow_id_reuse_policy: a.workflow_id_reuse_policy,
+            })
         }
         EventKind::WorkflowExecutionContinuedAsNew(a) => {
             Command::ContinueAsNewWorkflowExecution(ContinueAsNewWorkflowExecution {

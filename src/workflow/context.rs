@@ -17,12 +17,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::command::StartChildWorkflowExecution;
 use super::command::{
     Command, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
     RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
     SignalExternalWorkflowExecution, marker_id,
 };
-use super::error::{ActivityError, PayloadError, WorkflowError};
+use super::error::{ActivityError, ChildWorkflowError, PayloadError, WorkflowError};
 use crate::activity::{Activity, ActivityCancellationType, ActivityOptions};
 use crate::types::{Timestamp, fnv1a64};
 
@@ -128,6 +129,21 @@ pub(crate) struct RunCore {
     scopes: Vec<ScopeState>,
     /// The scope each timer was started in, by timer id.
     timer_scopes: BTreeMap<String, usize>,
+    /// Child workflows by sequence ("1", ...).
+    children: BTreeMap<String, ChildSlot>,
+    next_child_seq: u64,
+}
+
+/// A child workflow as its parent's code sees it.
+struct ChildSlot {
+    workflow_id: String,
+    /// Its first run's id, or why it did not start.
+    started: Slot<Result<String, WorkflowError>>,
+    result: Slot<Result<Value, WorkflowError>>,
+    /// The cancellation scope it was started in.
+    scope: usize,
+    /// A cancel request was sent to it (its scope was cancelled).
+    cancel_sent: bool,
 }
 
 /// A condition a workflow waits for (`WorkflowContext::wait_condition`).
@@ -191,6 +207,8 @@ impl RunCore {
                 cancelled: false,
             }],
             timer_scopes: BTreeMap::new(),
+            children: BTreeMap::new(),
+            next_child_seq: 1,
         }
     }
 
@@ -228,6 +246,103 @@ impl RunCore {
             .insert(seq.clone(), Slot::Pending { waker: None });
         self.commands.push(command(seq.clone()));
         seq
+    }
+
+    /// Issues a child workflow's start in `scope`: its command now (none if
+    /// the scope is cancelled: the child ends `Canceled` at once), its
+    /// start and result later (by its sequence number).
+    pub(crate) fn start_child(
+        &mut self,
+        scope: usize,
+        command: impl FnOnce(String) -> StartChildWorkflowExecution,
+    ) -> String {
+        let seq = self.next_child_seq.to_string();
+        self.next_child_seq += 1;
+        let command = command(seq.clone());
+        let mut slot = ChildSlot {
+            workflow_id: command.workflow_id.clone(),
+            started: Slot::Pending { waker: None },
+            result: Slot::Pending { waker: None },
+            scope,
+            cancel_sent: false,
+        };
+        if self.scope_cancelled(scope) {
+            let canceled = WorkflowError::from(ChildWorkflowError::Canceled {
+                workflow_id: command.workflow_id,
+            });
+            slot.started.resolve(Err(canceled.clone()));
+            slot.result.resolve(Err(canceled));
+        } else {
+            self.commands
+                .push(Command::StartChildWorkflowExecution(command));
+        }
+        self.children.insert(seq.clone(), slot);
+        seq
+    }
+
+    /// The child `seq` started as run `run_id`, or did not start. A child
+    /// whose scope was cancelled before it started is asked to cancel now.
+    pub(crate) fn resolve_child_started(
+        &mut self,
+        seq: &str,
+        started: Result<String, WorkflowError>,
+    ) {
+        let Some(slot) = self.children.get_mut(seq) else {
+            return;
+        };
+        if let Err(error) = &started {
+            slot.result.resolve(Err(error.clone()));
+        }
+        slot.started.resolve(started);
+        let scope = slot.scope;
+        if self.scope_cancelled(scope) {
+            self.cancel_child(seq);
+        }
+    }
+
+    pub(crate) fn resolve_child_result(&mut self, seq: &str, result: Result<Value, WorkflowError>) {
+        if let Some(slot) = self.children.get_mut(seq) {
+            slot.result.resolve(result);
+        }
+    }
+
+    /// Asks a started child whose result is pending to cancel, once.
+    fn cancel_child(&mut self, seq: &str) {
+        let Some(slot) = self.children.get_mut(seq) else {
+            return;
+        };
+        if slot.cancel_sent || slot.started.is_pending() || !slot.result.is_pending() {
+            return;
+        }
+        slot.cancel_sent = true;
+        let workflow_id = slot.workflow_id.clone();
+        self.start_external(|seq| {
+            Command::RequestCancelExternalWorkflowExecution(
+                RequestCancelExternalWorkflowExecution {
+                    seq,
+                    workflow_id,
+                    run_id: None,
+                },
+            )
+        });
+    }
+
+    pub(crate) fn poll_child_started(
+        &mut self,
+        seq: &str,
+        waker: &Waker,
+    ) -> Poll<Result<String, WorkflowError>> {
+        let slot = self.children.get_mut(seq).expect("issued");
+        slot.started.poll_take(waker)
+    }
+
+    pub(crate) fn poll_child_result(
+        &mut self,
+        seq: &str,
+        waker: &Waker,
+    ) -> Poll<Result<Value, WorkflowError>> {
+        let slot = self.children.get_mut(seq).expect("issued");
+        slot.result.poll_take(waker)
     }
 
     pub(crate) fn resolve_timer(&mut self, timer_id: &str) {
@@ -321,6 +436,15 @@ impl RunCore {
             if let Some(slot) = self.timers.get_mut(&timer_id) {
                 slot.resolve(Err(WorkflowError::Canceled));
             }
+        }
+        let children: Vec<String> = self
+            .children
+            .iter()
+            .filter(|(_, child)| reached.contains(&child.scope))
+            .map(|(seq, _)| seq.clone())
+            .collect();
+        for seq in children {
+            self.cancel_child(&seq);
         }
         for waker in self.cancel_wakers.drain(..) {
             waker.wake();
@@ -420,7 +544,12 @@ impl WorkflowContext {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, RunCore> {
+    /// The cancellation scope this context starts work in.
+    pub(super) fn scope(&self) -> usize {
+        self.scope
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, RunCore> {
         self.core
             .lock()
             .expect("the run core lock is never held across a panic")

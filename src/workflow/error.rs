@@ -107,6 +107,52 @@ pub enum WorkflowError {
         /// The workflow signaled or asked to cancel.
         workflow_id: String,
     },
+    /// A child workflow did not start, or did not complete.
+    #[error(transparent)]
+    Child(#[from] ChildWorkflowError),
+}
+
+/// How a child workflow did not complete, as its parent sees it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ChildWorkflowError {
+    /// Not started: its workflow id is running, or its id reuse policy
+    /// refuses a new run (Temporal's `WorkflowAlreadyExists`).
+    #[error("child workflow {workflow_id:?} was not started: its workflow id is taken")]
+    AlreadyStarted {
+        /// The child's workflow id.
+        workflow_id: String,
+    },
+    /// The child failed.
+    #[error("child workflow {workflow_id:?} failed: {failure}")]
+    Failed {
+        /// The child's workflow id.
+        workflow_id: String,
+        /// The child's failure.
+        failure: Failure,
+    },
+    /// The child was canceled.
+    #[error("child workflow {workflow_id:?} was canceled")]
+    Canceled {
+        /// The child's workflow id.
+        workflow_id: String,
+    },
+    /// The child's execution timeout fired.
+    #[error("child workflow {workflow_id:?} timed out")]
+    TimedOut {
+        /// The child's workflow id.
+        workflow_id: String,
+    },
+    /// The child was terminated.
+    #[error("child workflow {workflow_id:?} was terminated: {reason}")]
+    Terminated {
+        /// The child's workflow id.
+        workflow_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Its result did not fit the parent's type.
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
 }
 
 impl WorkflowError {
@@ -123,7 +169,9 @@ impl WorkflowError {
     pub fn is_cancellation(&self) -> bool {
         matches!(
             self,
-            WorkflowError::Canceled | WorkflowError::Activity(ActivityError::Canceled)
+            WorkflowError::Canceled
+                | WorkflowError::Activity(ActivityError::Canceled)
+                | WorkflowError::Child(ChildWorkflowError::Canceled { .. })
         )
     }
 
@@ -134,6 +182,15 @@ impl WorkflowError {
             WorkflowError::Activity(ActivityError::Failed { failure, .. }) => Failure {
                 message: format!("activity failed: {}", failure.message),
                 failure_type: "ActivityFailure".to_string(),
+                non_retryable: false,
+                details: Some(serde_json::json!({ "cause": failure })),
+            },
+            WorkflowError::Child(ChildWorkflowError::Failed {
+                workflow_id,
+                failure,
+            }) => Failure {
+                message: format!("child workflow {workflow_id:?} failed: {}", failure.message),
+                failure_type: "ChildWorkflowFailure".to_string(),
                 non_retryable: false,
                 details: Some(serde_json::json!({ "cause": failure })),
             },
@@ -154,5 +211,8 @@ fn error_type_name(error: &WorkflowError) -> &'static str {
         WorkflowError::Application(_) => "ApplicationError",
         WorkflowError::ContinueAsNew(_) => "ContinueAsNew",
         WorkflowError::ExternalWorkflowNotFound { .. } => "ExternalWorkflowExecutionNotFound",
+        WorkflowError::Child(ChildWorkflowError::AlreadyStarted { .. }) => "WorkflowAlreadyExists",
+        WorkflowError::Child(ChildWorkflowError::Payload(_)) => "PayloadError",
+        WorkflowError::Child(_) => "ChildWorkflowFailure",
     }
 }

@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use super::command::{Command, CommandKey, PATCH_MARKER_NAME, event_command_key};
 use super::context::{RunCore, WorkflowContext, WorkflowInfo};
-use super::error::{ActivityError, WorkflowError};
+use super::error::{ActivityError, ChildWorkflowError, WorkflowError};
 use super::registry::{WorkflowFuture, WorkflowRegistry};
 use super::replay::{NonDeterminism, ReplayError};
 use crate::history::{Event, EventKind};
@@ -99,6 +99,8 @@ pub struct WorkflowExecutor {
     last_activation_live: bool,
     last_started_event_id: u64,
     activity_ids: BTreeMap<u64, String>,
+    /// Child workflows' sequence numbers by initiated event id.
+    child_seqs: BTreeMap<u64, String>,
     result: Option<RunResult>,
     closed: bool,
     /// A cancel request read since the last activation, applied when the
@@ -135,6 +137,7 @@ impl WorkflowExecutor {
             last_activation_live: false,
             last_started_event_id: 0,
             activity_ids: BTreeMap::new(),
+            child_seqs: BTreeMap::new(),
             result: None,
             closed: false,
             cancel_requested_pending: false,
@@ -409,6 +412,9 @@ impl WorkflowExecutor {
                 self.activity_ids
                     .insert(event.event_id, a.activity_id.clone());
             }
+            EventKind::StartChildWorkflowExecutionInitiated(a) => {
+                self.child_seqs.insert(event.event_id, a.control.clone());
+            }
             kind if kind.is_terminal() => self.closed = true,
             _ => {}
         }
@@ -480,9 +486,86 @@ impl WorkflowExecutor {
                 let error = WorkflowError::ExternalWorkflowNotFound { workflow_id };
                 self.resolve_external(&a.control, Err(error));
             }
-            _ => {}
+            kind => self.on_child_event(kind),
         }
         Ok(())
+    }
+
+    /// A child workflow's start or close resolves what its parent awaits.
+    fn on_child_event(&mut self, kind: &EventKind) {
+        use EventKind::*;
+        let (initiated, started, result) = match kind {
+            ChildWorkflowExecutionStarted(a) => (a.initiated_event_id, Ok(a.run_id.clone()), None),
+            StartChildWorkflowExecutionFailed(a) => {
+                let workflow_id = a.workflow_id.clone();
+                let error = ChildWorkflowError::AlreadyStarted { workflow_id };
+                (a.initiated_event_id, Err(error.into()), None)
+            }
+            ChildWorkflowExecutionCompleted(a) => (
+                a.initiated_event_id,
+                Ok(String::new()),
+                Some(Ok(a.result.clone())),
+            ),
+            ChildWorkflowExecutionFailed(a) => {
+                let (workflow_id, failure) = (a.workflow_id.clone(), a.failure.clone());
+                let error = ChildWorkflowError::Failed {
+                    workflow_id,
+                    failure,
+                };
+                (
+                    a.initiated_event_id,
+                    Ok(String::new()),
+                    Some(Err(error.into())),
+                )
+            }
+            ChildWorkflowExecutionCanceled(a) => {
+                let workflow_id = a.workflow_id.clone();
+                let error = ChildWorkflowError::Canceled { workflow_id };
+                (
+                    a.initiated_event_id,
+                    Ok(String::new()),
+                    Some(Err(error.into())),
+                )
+            }
+            ChildWorkflowExecutionTimedOut(a) => {
+                let workflow_id = a.workflow_id.clone();
+                let error = ChildWorkflowError::TimedOut { workflow_id };
+                (
+                    a.initiated_event_id,
+                    Ok(String::new()),
+                    Some(Err(error.into())),
+                )
+            }
+            ChildWorkflowExecutionTerminated(a) => {
+                let (workflow_id, reason) = (a.workflow_id.clone(), a.reason.clone());
+                let error = ChildWorkflowError::Terminated {
+                    workflow_id,
+                    reason,
+                };
+                (
+                    a.initiated_event_id,
+                    Ok(String::new()),
+                    Some(Err(error.into())),
+                )
+            }
+            _ => return,
+        };
+        let Some(seq) = self.child_seqs.get(&initiated).cloned() else {
+            return;
+        };
+        match result {
+            None => {
+                self.mix(format_args!("Child|{seq}|started|{}", started.is_ok()));
+                let mut core = self.core.lock().expect("run core lock");
+                core.resolve_child_started(&seq, started);
+            }
+            Some(result) => {
+                let hash = result.as_ref().map_or(0, payload_hash);
+                self.mix(format_args!("Child|{seq}|closed|{}|{hash}", result.is_ok()));
+                let mut core = self.core.lock().expect("run core lock");
+                core.resolve_child_result(&seq, result);
+            }
+        }
     }
 
     fn resolve_external(&mut self, control: &str, result: Result<(), WorkflowError>) {

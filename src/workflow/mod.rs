@@ -24,6 +24,7 @@
 //! }
 //! ```
 
+mod child;
 mod command;
 mod context;
 mod error;
@@ -31,17 +32,20 @@ mod executor;
 mod registry;
 mod replay;
 
+pub use child::{
+    ChildResultFuture, ChildStartFuture, ChildWorkflow, ChildWorkflowHandle, ChildWorkflowOptions,
+};
 pub use command::{
     Command, CommandKey, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
     RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
-    SignalExternalWorkflowExecution, event_command_key,
+    SignalExternalWorkflowExecution, StartChildWorkflowExecution, event_command_key,
 };
 pub use context::{
     ActivityFuture, CancellationScope, CancelledFuture, ConditionFn, ConditionFuture,
     ContinueAsNewOptions, ExternalFuture, QueryFn, SignalChannel, SignalFuture, TimerFuture,
     WorkflowContext, WorkflowInfo,
 };
-pub use error::{ActivityError, PayloadError, WorkflowError};
+pub use error::{ActivityError, ChildWorkflowError, PayloadError, WorkflowError};
 pub use executor::{
     Activation, POLLS_PER_ACTIVATION_MAX, QueryError, RunResult, StateDigest, WorkflowExecutor,
 };

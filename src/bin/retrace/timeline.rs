@@ -33,10 +33,18 @@ fn duration(duration_ms: u64) -> String {
 
 fn started_attributes(a: &retrace::history::WorkflowExecutionStarted) -> String {
     let queue = &a.task_queue;
-    let continued = match &a.continued_execution_run_id {
+    let mut continued = match &a.continued_execution_run_id {
         Some(run_id) => format!(" continues={run_id}"),
         None => String::new(),
     };
+    if let Some(parent) = &a.parent {
+        let _ = write!(
+            continued,
+            " parent={} initiated={}",
+            target(&parent.workflow_id, Some(&parent.run_id)),
+            parent.initiated_event_id
+        );
+    }
     format!(
         "type={} queue={queue} input={}{continued}",
         a.workflow_type,
@@ -73,6 +81,65 @@ fn external_attributes(kind: &EventKind) -> String {
         RequestCancelExternalWorkflowExecutionFailed(a) => {
             format!("initiated={} cause={:?}", a.initiated_event_id, a.cause)
         }
+        _ => String::new(),
+    }
+}
+
+/// The attributes of a child workflow's event: where the child runs (its
+/// workflow id and run id, to look it up) and how it ended.
+fn child_attributes(kind: &EventKind) -> String {
+    use EventKind::*;
+    let closed = |initiated: u64, workflow_id: &str, run_id: &str, how: String| {
+        let run = target(workflow_id, Some(run_id));
+        format!("initiated={initiated} child={run} {how}")
+    };
+    match kind {
+        StartChildWorkflowExecutionInitiated(a) => format!(
+            "child={} type={} queue={} policy={:?} input={}",
+            a.workflow_id,
+            a.workflow_type,
+            a.task_queue,
+            a.parent_close_policy,
+            short(&a.input)
+        ),
+        StartChildWorkflowExecutionFailed(a) => {
+            format!("initiated={} cause={:?}", a.initiated_event_id, a.cause)
+        }
+        ChildWorkflowExecutionStarted(a) => format!(
+            "initiated={} child={}",
+            a.initiated_event_id,
+            target(&a.workflow_id, Some(&a.run_id))
+        ),
+        ChildWorkflowExecutionCompleted(a) => closed(
+            a.initiated_event_id,
+            &a.workflow_id,
+            &a.run_id,
+            format!("result={}", short(&a.result)),
+        ),
+        ChildWorkflowExecutionFailed(a) => closed(
+            a.initiated_event_id,
+            &a.workflow_id,
+            &a.run_id,
+            format!("failure={}", failure(&a.failure)),
+        ),
+        ChildWorkflowExecutionCanceled(a) => closed(
+            a.initiated_event_id,
+            &a.workflow_id,
+            &a.run_id,
+            String::new(),
+        ),
+        ChildWorkflowExecutionTimedOut(a) => closed(
+            a.initiated_event_id,
+            &a.workflow_id,
+            &a.run_id,
+            String::new(),
+        ),
+        ChildWorkflowExecutionTerminated(a) => closed(
+            a.initiated_event_id,
+            &a.workflow_id,
+            &a.run_id,
+            format!("reason={}", short(&a.reason.clone().into())),
+        ),
         _ => String::new(),
     }
 }
@@ -153,6 +220,14 @@ fn attributes(kind: &EventKind) -> String {
         | ExternalWorkflowExecutionCancelRequested(_)
         | SignalExternalWorkflowExecutionFailed(_)
         | RequestCancelExternalWorkflowExecutionFailed(_) => external_attributes(kind),
+        StartChildWorkflowExecutionInitiated(_)
+        | StartChildWorkflowExecutionFailed(_)
+        | ChildWorkflowExecutionStarted(_)
+        | ChildWorkflowExecutionCompleted(_)
+        | ChildWorkflowExecutionFailed(_)
+        | ChildWorkflowExecutionCanceled(_)
+        | ChildWorkflowExecutionTimedOut(_)
+        | ChildWorkflowExecutionTerminated(_) => child_attributes(kind),
         WorkflowExecutionContinuedAsNew(a) => format!(
             "new_run={} type={} input={}",
             a.new_execution_run_id,

@@ -10,7 +10,8 @@
 //! it gets what is left of the execution timeout (the chain shares one
 //! deadline, as under Temporal's workflow execution timeout) and the same
 //! workflow task timeout, and the request id of the start that began the
-//! chain (a retry of that start is answered with the chain's current run).
+//! chain (a retry of that start is answered with the chain's current run),
+//! and its parent if it is a child workflow.
 //! Its `WorkflowExecutionStarted` names the run it continues. A completion that closes the run while events are buffered is
 //! refused before any command is applied (see [`super::workflow_task`]), so a
 //! signal acknowledged to this run is never dropped by the new one.
@@ -123,5 +124,9 @@ fn start_next(
         unreachable!("a run starts with WorkflowExecutionStarted");
     };
     started.continued_execution_run_id = Some(previous.run_id.clone());
+    let mut state = state;
+    if let Some(parent) = &previous.parent {
+        super::child::adopt(&mut state, &mut events, parent);
+    }
     Ok(NextRun { state, events })
 }

@@ -10,6 +10,7 @@
 
 pub mod activity;
 pub mod buffered;
+pub mod child;
 pub mod continue_as_new;
 pub mod external;
 pub mod run;
@@ -79,6 +80,13 @@ pub struct RunState {
     /// their initiated event id.
     #[serde(default)]
     pub externals: BTreeMap<u64, external::ExternalRequest>,
+    /// Child workflows not yet closed (or whose parent close policy is not
+    /// yet applied), by their initiated event id.
+    #[serde(default)]
+    pub children: BTreeMap<u64, child::ChildState>,
+    /// The parent, if this run is a child workflow.
+    #[serde(default)]
+    pub parent: Option<crate::history::ParentExecution>,
 }
 
 /// An activity whose close is buffered: closed for the service, still open in
@@ -196,6 +204,7 @@ impl<'a> Step<'a> {
     pub fn emit(&mut self, kind: EventKind) -> u64 {
         let event_id = self.state.next_event_id;
         self.state.next_event_id += 1;
+        child::on_emitted(self.state, event_id, &kind);
         self.events.push(Event::new(event_id, self.now, kind));
         event_id
     }
@@ -248,18 +257,27 @@ impl<'a> Step<'a> {
     }
 
     /// Writes events in order; an outcome that follows an `ActivityTaskStarted`
-    /// gets that event's id as its `started_event_id`.
+    /// gets that event's id as its `started_event_id`, and a child's close
+    /// its start's, if written here too.
     pub fn emit_all(&mut self, kinds: Vec<EventKind>) {
         let mut started_event_id = None;
+        let mut child_starts: Vec<(u64, u64)> = Vec::new();
         for kind in kinds {
             let kind = match started_event_id.take() {
                 Some(id) => with_started_event_id(kind, id),
-                None => kind,
+                None => child::with_started_event_id(kind, &child_starts),
             };
             let is_started = matches!(kind, EventKind::ActivityTaskStarted(_));
+            let child_initiated = match &kind {
+                EventKind::ChildWorkflowExecutionStarted(a) => Some(a.initiated_event_id),
+                _ => None,
+            };
             let event_id = self.emit(kind);
             if is_started {
                 started_event_id = Some(event_id);
+            }
+            if let Some(initiated) = child_initiated {
+                child_starts.push((initiated, event_id));
             }
         }
     }

@@ -9,6 +9,7 @@
 //! | Running | Complete/Fail/CancelWorkflow command | closed | WorkflowExecutionCompleted / Failed / Canceled |
 //! | Running | ContinueAsNewWorkflowExecution command | ContinuedAsNew | see [`super::continue_as_new`] |
 //! | Running | Signal / RequestCancel external command | Running | see [`super::external`] |
+//! | Running | StartChildWorkflowExecution command | Running | see [`super::child`] |
 //! | Running | terminate                     | Terminated | [WorkflowTaskFailed (ForceCloseCommand), buffered], WorkflowExecutionTerminated |
 //! | Running | execution timeout timer       | TimedOut | [WorkflowTaskFailed (ForceCloseCommand), buffered], WorkflowExecutionTimedOut |
 //! | closed  | signal, cancel, terminate     | closed  | none: refused with `run_closed`                     |
@@ -96,6 +97,8 @@ pub fn start(
         history_payload_bytes: 0,
         buffered_payload_bytes: 0,
         externals: BTreeMap::new(),
+        children: BTreeMap::new(),
+        parent: None,
     };
     let mut step = Step::new(&mut state, now, limits);
     step.check_payload("workflow input", &request.input)?;
@@ -111,6 +114,7 @@ pub fn start(
             identity: request.identity.clone(),
             request_id: request.request_id.clone(),
             continued_execution_run_id: None,
+            parent: None,
         },
     ));
     step.schedule_workflow_task(1);
@@ -207,6 +211,9 @@ pub(super) fn apply_command(
         }
         Command::RequestCancelExternalWorkflowExecution(command) => {
             super::external::on_cancel_command(step, completed, command)
+        }
+        Command::StartChildWorkflowExecution(command) => {
+            super::child::on_start_command(step, completed, command)
         }
     }
 }
