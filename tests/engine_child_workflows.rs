@@ -283,7 +283,7 @@ async fn each_parent_close_policy_does_what_it_says_when_the_parent_completes() 
             if seen == expected {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            engine.engine.env().sleep_ms(100).await;
             seen = status(&engine, id).await;
         }
         assert_eq!(seen, expected, "child {id}");
@@ -354,7 +354,7 @@ async fn canceling_a_parent_cancels_the_child_it_awaits_and_both_close_canceled(
     let parent = client.start::<Parent>(StartOptions::new("parent", "q"), plan);
     let parent = parent.await.unwrap();
     while client.describe("awaited", None).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        engine.engine.env().sleep_ms(10).await;
     }
     parent.cancel("enough").await.unwrap();
     let outcome = parent.outcome().await.unwrap();
@@ -422,7 +422,7 @@ async fn a_child_not_started_when_the_service_stopped_is_started_once_after_a_re
     let parent = client.start::<Parent>(StartOptions::new("parent", "q"), plan);
     let parent_run = parent.await.unwrap().run_id;
     // The parent's command is written; every start of the child fails.
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    first.env().sleep_ms(30_000).await;
     assert_eq!(memory.current_run("blocked").await.unwrap(), None);
     worker.shutdown().await;
     drop(first);
@@ -463,7 +463,7 @@ async fn a_parent_close_policy_not_applied_when_the_service_stopped_is_applied_a
         .client()
         .handle::<String>("parent", Some(&parent.run_id));
     handle.result().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    first.env().sleep_ms(30_000).await;
     let child = first.client().describe("blocked", None).await.unwrap();
     assert_eq!(
         child.status,
@@ -475,10 +475,13 @@ async fn a_parent_close_policy_not_applied_when_the_service_stopped_is_applied_a
 
     on.store(false, std::sync::atomic::Ordering::SeqCst);
     let engine = TestEngine::over(memory.clone(), registry()).await;
-    let child = engine.client().handle::<String>("blocked", None);
-    let outcome = tokio::time::timeout(Duration::from_secs(60), child.outcome()).await;
+    let client = engine.client();
+    let outcome = client
+        .outcome_within("blocked", None, 60_000)
+        .await
+        .unwrap();
     assert!(
-        matches!(outcome, Ok(Ok(RunOutcome::Terminated { .. }))),
+        matches!(outcome, Some(RunOutcome::Terminated { .. })),
         "the child is not terminated: {outcome:?}"
     );
     assert_eq!(engine.check_histories().await, 2);

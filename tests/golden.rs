@@ -7,15 +7,26 @@ mod common;
 use std::path::PathBuf;
 
 use retrace::activity::RetryPolicy;
-use retrace::history::{ActivityTaskScheduled, EventKind, History, HistoryBuilder};
-use retrace::types::{Failure, RetryState};
-use retrace::workflow::{Replayer, RunResult};
+use retrace::history::{
+    ActivityTaskScheduled, ChildWorkflowExecutionCompleted, ChildWorkflowExecutionStarted,
+    EventKind, History, HistoryBuilder, ParentExecution, StartChildFailedCause,
+    StartChildWorkflowExecutionFailed, StartChildWorkflowExecutionInitiated,
+};
+use retrace::types::{Failure, IdReusePolicy, ParentClosePolicy, RetryState};
+use retrace::workflow::{ReplayError, Replayer, RunResult, WorkflowContext, WorkflowRegistry};
 use serde_json::json;
 
 fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/histories")
         .join(format!("{name}.json"))
+}
+
+/// The fixture workflows, and the child workflow fixtures'.
+fn registry() -> WorkflowRegistry {
+    let mut registry = common::registry();
+    common::register_child_workflows(&mut registry);
+    registry
 }
 
 fn one_activity() -> History {
@@ -131,6 +142,121 @@ fn shielded_cleanup() -> History {
     b.build()
 }
 
+/// The child workflow `double-21` of the `child_workflow` fixture: its
+/// first run, on task queue "children".
+const CHILD_ID: &str = "double-21";
+const CHILD_RUN: &str = "child-run";
+/// The `child_workflow` fixture's event that initiated the child.
+const CHILD_INITIATED: u64 = 5;
+
+/// `StartChildWorkflowExecutionInitiated` for `double_in_child`'s child (a
+/// command of the workflow task just completed), as the engine writes it.
+fn initiate_doubler(b: &mut HistoryBuilder, completed: u64) -> u64 {
+    b.add(EventKind::StartChildWorkflowExecutionInitiated(
+        StartChildWorkflowExecutionInitiated {
+            workflow_id: CHILD_ID.to_string(),
+            workflow_type: "doubler".to_string(),
+            task_queue: "children".to_string(),
+            input: json!(21),
+            execution_timeout_ms: None,
+            workflow_task_timeout_ms: None,
+            parent_close_policy: ParentClosePolicy::Terminate,
+            workflow_id_reuse_policy: IdReusePolicy::AllowDuplicate,
+            control: "1".to_string(),
+            workflow_task_completed_event_id: completed,
+        },
+    ))
+}
+
+/// A parent that starts a child on another task queue and awaits its
+/// result: the child's start and close are each delivered to the parent
+/// with a workflow task.
+fn child_workflow() -> History {
+    let mut b = HistoryBuilder::new("double_in_child", json!(21));
+    let completed = b.add_full_workflow_task();
+    let initiated = initiate_doubler(&mut b, completed);
+    assert_eq!(initiated, CHILD_INITIATED);
+    let started = b.add(EventKind::ChildWorkflowExecutionStarted(
+        ChildWorkflowExecutionStarted {
+            initiated_event_id: initiated,
+            workflow_id: CHILD_ID.to_string(),
+            run_id: CHILD_RUN.to_string(),
+            workflow_type: "doubler".to_string(),
+        },
+    ));
+    b.add_full_workflow_task();
+    b.advance_ms(1_000);
+    b.add(EventKind::ChildWorkflowExecutionCompleted(
+        ChildWorkflowExecutionCompleted {
+            initiated_event_id: initiated,
+            started_event_id: started,
+            workflow_id: CHILD_ID.to_string(),
+            run_id: CHILD_RUN.to_string(),
+            result: json!(42),
+        },
+    ));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("21 doubled is 42"));
+    b.build()
+}
+
+/// The child of `child_workflow`: its first event names its parent (and the
+/// parent's initiated event), and it runs on the parent's chosen queue.
+fn child_workflow_child() -> History {
+    let mut b = HistoryBuilder::for_run(CHILD_ID, CHILD_RUN, "doubler", json!(21));
+    b.add_full_workflow_task();
+    let timer = b.add_timer_started("1", 1_000);
+    b.advance_ms(1_000);
+    b.add_timer_fired("1", timer);
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!(42));
+    // The builder starts runs from a client on queue "default"; the engine
+    // starts a child from its parent, on the queue the parent asked for.
+    let mut events = b.build().events().to_vec();
+    for event in &mut events {
+        match &mut event.kind {
+            EventKind::WorkflowExecutionStarted(started) => {
+                started.task_queue = "children".to_string();
+                started.identity = "workflow run test-run".to_string();
+                started.request_id = format!("test-run/{CHILD_INITIATED}");
+                started.parent = Some(ParentExecution {
+                    workflow_id: "test-workflow".to_string(),
+                    run_id: "test-run".to_string(),
+                    initiated_event_id: CHILD_INITIATED,
+                });
+            }
+            EventKind::WorkflowTaskScheduled(scheduled) => {
+                scheduled.task_queue = "children".to_string();
+            }
+            _ => {}
+        }
+    }
+    History::from_events(CHILD_ID, CHILD_RUN, events).expect("a valid child history")
+}
+
+/// The child's workflow id is taken: its start fails, and the parent's code
+/// gets `ChildWorkflowError::AlreadyStarted` and completes saying so.
+fn child_workflow_already_started() -> History {
+    let mut b = HistoryBuilder::new("double_in_child", json!(21));
+    let completed = b.add_full_workflow_task();
+    let initiated = initiate_doubler(&mut b, completed);
+    b.add(EventKind::StartChildWorkflowExecutionFailed(
+        StartChildWorkflowExecutionFailed {
+            initiated_event_id: initiated,
+            workflow_id: CHILD_ID.to_string(),
+            workflow_type: "doubler".to_string(),
+            cause: StartChildFailedCause::WorkflowAlreadyExists,
+            control: "1".to_string(),
+        },
+    ));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!(ALREADY_STARTED));
+    b.build()
+}
+
+const ALREADY_STARTED: &str =
+    "child workflow \"double-21\" was not started: its workflow id is taken";
+
 fn attempt_failure(attempt: u32) -> Failure {
     Failure::new("ActivityError", format!("attempt {attempt} failed"))
 }
@@ -235,6 +361,21 @@ fn fixtures() -> Vec<(&'static str, History, RunResult)> {
             RunResult::Completed(json!("liftoff")),
         ),
         ("shielded_cleanup", shielded_cleanup(), RunResult::Canceled),
+        (
+            "child_workflow",
+            child_workflow(),
+            RunResult::Completed(json!("21 doubled is 42")),
+        ),
+        (
+            "child_workflow_child",
+            child_workflow_child(),
+            RunResult::Completed(json!(42)),
+        ),
+        (
+            "child_workflow_already_started",
+            child_workflow_already_started(),
+            RunResult::Completed(json!(ALREADY_STARTED)),
+        ),
     ]
 }
 
@@ -257,7 +398,7 @@ fn fixture_files_hold_the_recorded_histories() {
 
 #[test]
 fn golden_histories_replay_three_ways_to_their_results() {
-    let replayer = Replayer::new(common::registry());
+    let replayer = Replayer::new(registry());
     for (name, _, expected) in fixtures() {
         let history = History::from_file(fixture_path(name)).unwrap();
         let outcome = replayer
@@ -280,7 +421,7 @@ fn patched_workflow_replays_a_history_from_before_the_patch() {
     b.add_activity_completed(scheduled, json!("x!"));
     b.add_full_workflow_task();
     b.add_workflow_execution_completed(json!("x!"));
-    let outcome = Replayer::new(common::registry())
+    let outcome = Replayer::new(registry())
         .replay_three_ways(&b.build())
         .unwrap();
     assert_eq!(outcome.result, Some(RunResult::Completed(json!("x!"))));
@@ -288,7 +429,7 @@ fn patched_workflow_replays_a_history_from_before_the_patch() {
 
 #[test]
 fn digests_differ_between_runs_that_saw_different_results() {
-    let replayer = Replayer::new(common::registry());
+    let replayer = Replayer::new(registry());
     let a = replayer.replay(&one_activity()).unwrap();
     let mut b = HistoryBuilder::new("one_activity", json!("world"));
     b.add_full_workflow_task();
@@ -308,7 +449,7 @@ fn an_open_history_returns_the_commands_of_its_live_workflow_task() {
     b.add_activity_completed(scheduled, json!("a!"));
     b.add_workflow_task_scheduled();
     b.add_workflow_task_started();
-    let outcome = Replayer::new(common::registry())
+    let outcome = Replayer::new(registry())
         .replay_three_ways(&b.build())
         .unwrap();
     assert_eq!(outcome.result, None);
@@ -329,10 +470,43 @@ fn code_that_now_continues_as_new_where_the_history_completed_is_named_in_the_no
     b.add_timer_fired("1", timer);
     b.add_full_workflow_task();
     b.add_workflow_execution_completed(json!("liftoff"));
-    let error = Replayer::new(common::registry())
+    let error = Replayer::new(registry())
         .replay(&b.build())
         .unwrap_err()
         .to_string();
     assert!(error.contains("ContinueAsNewWorkflowExecution"), "{error}");
     assert!(error.contains("CompleteWorkflowExecution"), "{error}");
+}
+
+#[test]
+fn code_that_now_starts_another_child_type_is_named_in_the_non_determinism() {
+    let mut registry = WorkflowRegistry::new();
+    registry.register_fn(
+        "double_in_child",
+        |ctx: WorkflowContext, n: i64| async move {
+            let tripled = ctx
+                .child_workflow_by_name("tripler", json!(n))
+                .workflow_id(format!("double-{n}"))
+                .task_queue("children")
+                .await?;
+            Ok(format!("{n} doubled is {tripled}"))
+        },
+    );
+    let error = Replayer::new(registry)
+        .replay(&child_workflow())
+        .unwrap_err();
+    let ReplayError::NonDeterminism(nd) = &error else {
+        panic!("expected non-determinism, got {error:?}");
+    };
+    assert_eq!(nd.event_id, CHILD_INITIATED, "{error}");
+    assert_eq!(nd.compared, "type name", "{error}");
+    let error = error.to_string();
+    assert!(
+        error.contains("StartChildWorkflowExecution(id \"1\", type \"doubler\""),
+        "{error}"
+    );
+    assert!(
+        error.contains("StartChildWorkflowExecution(id \"1\", type \"tripler\""),
+        "{error}"
+    );
 }

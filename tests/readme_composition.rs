@@ -295,6 +295,82 @@ async fn the_readme_cancellation_scope_example_releases_the_stock_after_a_cancel
     worker.shutdown().await;
 }
 
+/// An order's items and where it ships.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Order {
+    id: u32,
+    items: Vec<String>,
+}
+
+/// Picks and packs an order's items, two to a box: the warehouse's own
+/// workflow, run by the warehouse's workers.
+struct Pick;
+impl Workflow for Pick {
+    const NAME: &'static str = "pick";
+    type Input = Vec<String>;
+    type Output = usize;
+    async fn run(ctx: WorkflowContext, items: Vec<String>) -> WorkflowResult<usize> {
+        ctx.sleep(Duration::from_secs(60)).await?;
+        Ok(items.len().div_ceil(2))
+    }
+}
+
+/// Fulfills an order: the warehouse picks it, in a child workflow.
+struct Fulfill;
+impl Workflow for Fulfill {
+    const NAME: &'static str = "fulfill";
+    type Input = Order;
+    type Output = String;
+    // README child-workflows begins
+    async fn run(ctx: WorkflowContext, order: Order) -> WorkflowResult<String> {
+        // Starts the child on the warehouse's task queue and awaits its result.
+        let boxes = ctx
+            .child_workflow::<Pick>(order.items)
+            .workflow_id(format!("pick-{}", order.id))
+            .task_queue("warehouse")
+            .await?;
+        Ok(format!("order {} packed in {boxes} boxes", order.id))
+    }
+    // README child-workflows ends
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_child_workflow_example_has_the_warehouse_pick_the_order() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut shop = retrace::workflow::WorkflowRegistry::new();
+    shop.register::<Fulfill>();
+    let mut warehouse = retrace::workflow::WorkflowRegistry::new();
+    warehouse.register::<Pick>();
+    let shop = engine.worker("shop").workflows(shop).start();
+    let warehouse = engine.worker("warehouse").workflows(warehouse).start();
+    let client = engine.client();
+    let order = Order {
+        id: 7,
+        items: vec!["socks".into(), "hat".into(), "scarf".into()],
+    };
+    let fulfill = client
+        .start::<Fulfill>(StartOptions::new("order-7", "shop"), order)
+        .await
+        .unwrap();
+    assert_eq!(fulfill.result().await.unwrap(), "order 7 packed in 2 boxes");
+    let pick = client.history("pick-7", None).await.unwrap();
+    let started = pick.started().expect("the child's first event");
+    assert_eq!(started.task_queue, "warehouse");
+    let parent = started.parent.as_ref().expect("the child names its parent");
+    assert_eq!(
+        (parent.workflow_id.as_str(), parent.run_id.as_str()),
+        ("order-7", fulfill.run_id.as_str())
+    );
+    let history = fulfill.history().await.unwrap();
+    let completed = history
+        .events()
+        .iter()
+        .any(|e| e.kind.name() == "ChildWorkflowExecutionCompleted");
+    assert!(completed, "the parent recorded the child's result");
+    shop.shutdown().await;
+    warehouse.shutdown().await;
+}
+
 /// The lines between `// README {name} begins` and `ends` in this file,
 /// without the indentation they share.
 fn example(name: &str) -> String {
@@ -328,6 +404,7 @@ fn the_readme_shows_these_examples_verbatim() {
         "continue-as-new",
         "signal-external",
         "cancellation-scopes",
+        "child-workflows",
     ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(

@@ -80,20 +80,10 @@ impl ChildQueue {
     }
 }
 
-/// The keys a run loaded has work for: its children not yet started, if
-/// it is open (a write that recorded them may have been ambiguous).
-pub fn load_offers(state: &RunState) -> Vec<ChildKey> {
-    if state.status.is_closed() {
-        return Vec::new();
-    }
-    let unstarted = state.children.iter().filter(|(_, c)| c.started.is_none());
-    unstarted
-        .map(|(initiated, _)| (state.run_id.clone(), *initiated))
-        .collect()
-}
-
-/// The keys a commit of a run's state has work for: children to start, a
-/// closed parent's policies, and a closed child chain's report to its parent.
+/// The keys a run's state has work for: children to start, a closed
+/// parent's policies, and a closed child chain's report to its parent.
+/// Offered after every commit, and whenever the run is loaded (a write
+/// whose outcome was unknown is found committed by the reload).
 pub fn offers(state: &RunState) -> Vec<ChildKey> {
     let closed = state.status.is_closed();
     let mut keys: Vec<ChildKey> = state

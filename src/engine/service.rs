@@ -832,7 +832,7 @@ impl Inner {
         if !state.externals.is_empty() && lock(&self.externals).offer(state) {
             self.externals_wake.notify_one();
         }
-        self.offer_children(super::children::load_offers(state), false);
+        self.offer_children(super::children::offers(state), false);
         let tasks = machine::pending_tasks(state);
         if !tasks.is_empty() {
             let mut matching = lock(&self.matching);

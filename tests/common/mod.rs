@@ -186,3 +186,42 @@ pub fn registry() -> WorkflowRegistry {
         .register::<CleanupOnCancel>();
     registry
 }
+
+/// Doubles its input after a second: the child of [`DoubleInChild`].
+pub struct Doubler;
+impl Workflow for Doubler {
+    const NAME: &'static str = "doubler";
+    type Input = i64;
+    type Output = i64;
+    async fn run(ctx: WorkflowContext, n: i64) -> WorkflowResult<i64> {
+        ctx.sleep(Duration::from_secs(1)).await?;
+        Ok(n * 2)
+    }
+}
+
+/// Awaits a [`Doubler`] child `double-{n}` on task queue "children"; says
+/// so if that workflow id is taken.
+pub struct DoubleInChild;
+impl Workflow for DoubleInChild {
+    const NAME: &'static str = "double_in_child";
+    type Input = i64;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, n: i64) -> WorkflowResult<String> {
+        let child = ctx
+            .child_workflow::<Doubler>(n)
+            .workflow_id(format!("double-{n}"))
+            .task_queue("children");
+        match child.await {
+            Ok(doubled) => Ok(format!("{n} doubled is {doubled}")),
+            Err(retrace::workflow::WorkflowError::Child(
+                error @ retrace::workflow::ChildWorkflowError::AlreadyStarted { .. },
+            )) => Ok(error.to_string()),
+            Err(other) => Err(other),
+        }
+    }
+}
+
+/// The child workflow fixtures' workflows (not in [`registry`]).
+pub fn register_child_workflows(registry: &mut WorkflowRegistry) {
+    registry.register::<DoubleInChild>().register::<Doubler>();
+}

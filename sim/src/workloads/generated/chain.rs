@@ -154,7 +154,9 @@ pub fn check_length(
     let ended_early = match last.close_event().map(|e| &e.kind) {
         Some(EventKind::WorkflowExecutionCanceled(_)) => cancelable,
         Some(EventKind::WorkflowExecutionTerminated(_)) => {
+            let close = last.close_event().expect("matched a close");
             spec.client_does(|a| matches!(a, ClientAction::Terminate))
+                || super::children::terminated_by_policy(spec, close)
         }
         Some(EventKind::WorkflowExecutionTimedOut(_)) => spec.execution_timeout_ms.is_some(),
         None => true, // never closed: the model says so

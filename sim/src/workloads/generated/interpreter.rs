@@ -21,14 +21,14 @@ use retrace::activity::{
 };
 use retrace::types::{RetryState, TimeoutType};
 use retrace::workflow::{
-    ActivityError, ActivityFuture, Workflow, WorkflowContext, WorkflowError, WorkflowResult,
-    join_all, select,
+    ActivityError, ActivityFuture, ChildWorkflowError, Workflow, WorkflowContext, WorkflowError,
+    WorkflowResult, join_all, select,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::program::{
-    ActivitySpec, Behaviour, Branch, Cancellation, LISTED_FAILURE_TYPE, RunSpec, Step,
+    ActivitySpec, Behaviour, Branch, CHILD_QUEUE, Cancellation, LISTED_FAILURE_TYPE, RunSpec, Step,
 };
 use crate::ServiceClient;
 
@@ -242,6 +242,12 @@ pub enum StepReport {
     /// Whether the signal to another workflow was delivered.
     External {
         delivered: bool,
+    },
+    /// How the child ended as its parent saw it ("Completed", "Failed",
+    /// "Canceled", "TimedOut", "Terminated"), or "Started" if the parent
+    /// did not wait.
+    Child {
+        outcome: String,
     },
     /// Which side won the race, and the activity's report if it won.
     Select {
@@ -492,6 +498,7 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
                 }
                 Err(error) => return Err(error),
             },
+            Step::Child(child) => run_child(ctx, child).await?,
             Step::CancelExternal { target } => match ctx.cancel_external(target, None).await {
                 Ok(()) => StepReport::External { delivered: true },
                 Err(WorkflowError::ExternalWorkflowNotFound { .. }) => {
@@ -500,6 +507,38 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
                 Err(error) => return Err(error),
             },
         })
+    })
+}
+
+/// Starts the child on the children's queue; awaits it if the parent waits.
+async fn run_child(ctx: &WorkflowContext, child: &RunSpec) -> WorkflowResult<StepReport> {
+    let of = child
+        .parent
+        .as_ref()
+        .expect("a child's spec names its parent");
+    let mut start = ctx
+        .child_workflow::<Interpreter>(child.clone())
+        .workflow_id(&child.workflow_id)
+        .task_queue(CHILD_QUEUE)
+        .parent_close_policy(of.policy);
+    if let Some(ms) = child.execution_timeout_ms {
+        start = start.execution_timeout(Duration::from_millis(ms));
+    }
+    let handle = start.start().await?;
+    if !of.wait {
+        let outcome = "Started".to_string();
+        return Ok(StepReport::Child { outcome });
+    }
+    let outcome = match handle.result().await {
+        Ok(_) => "Completed",
+        Err(WorkflowError::Child(ChildWorkflowError::Failed { .. })) => "Failed",
+        Err(WorkflowError::Child(ChildWorkflowError::Canceled { .. })) => "Canceled",
+        Err(WorkflowError::Child(ChildWorkflowError::TimedOut { .. })) => "TimedOut",
+        Err(WorkflowError::Child(ChildWorkflowError::Terminated { .. })) => "Terminated",
+        Err(error) => return Err(error),
+    };
+    Ok(StepReport::Child {
+        outcome: outcome.to_string(),
     })
 }
 

@@ -31,6 +31,7 @@
 //! only when one of its violations carries a known bug's signature.
 
 pub mod chain;
+pub mod children;
 pub mod externals;
 pub mod interpreter;
 pub mod model;
@@ -165,6 +166,10 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
             let index = worker_index(&options.identity);
             options.activities_max = program.activities_max[index];
             options.cache_runs_max = program.cache_runs_max[index];
+            // Parents and children on different workers and queues.
+            if program.has_children() && index == WORKERS - 1 {
+                options.task_queue = program::CHILD_QUEUE.to_string();
+            }
         })
         .scenario(move |client| {
             let (logs, rogue_logs) = (scenario_logs.clone(), scenario_rogue.clone());

@@ -31,6 +31,7 @@ use retrace::types::{RetryState, TimeoutType};
 use serde_json::Value;
 
 use super::chain;
+use super::children;
 use super::externals;
 use super::interpreter::{
     ActivityReport, GAVE_UP, ScriptInput, ScriptOutput, StepReport, TRANSIENT_BUG,
@@ -135,7 +136,7 @@ pub struct Observed<'a> {
 /// model expected.
 pub fn check(program: &Program, observed: &Observed<'_>) -> Result<(), String> {
     let mut problems = Vec::new();
-    for spec in &program.runs {
+    for spec in program.runs.iter().chain(program.children()) {
         let mut run = RunCheck {
             program,
             spec,
@@ -254,6 +255,12 @@ impl<'a> RunCheck<'a> {
     }
 
     fn check(&mut self) {
+        let (program, histories) = (self.program, self.observed.histories);
+        if self.spec.parent.is_some()
+            && !children::check_child(program, self.spec, histories, &mut self.problems)
+        {
+            return;
+        }
         let Some(chain) = self.chain() else { return };
         let cancelable = self.may_be_canceled();
         let whole = chain::check_length(self.spec, &chain, cancelable, &mut self.problems);
@@ -287,6 +294,7 @@ impl<'a> RunCheck<'a> {
         );
         let histories = self.observed.histories;
         externals::check_cancels_sent(self.spec, history, histories, &mut self.problems);
+        children::check_parent(self.spec, history, histories, &mut self.problems);
         if completed {
             self.check_reports(history, &activities);
         }
@@ -350,6 +358,7 @@ impl<'a> RunCheck<'a> {
     fn may_be_canceled(&self) -> bool {
         self.spec.client_does(|a| matches!(a, ClientAction::Cancel))
             || externals::canceler_of(self.program, &self.spec.workflow_id).is_some()
+            || children::may_be_canceled(self.program, self.spec)
     }
 
     /// A cancel request in the history: the client's, or one another run
@@ -360,6 +369,8 @@ impl<'a> RunCheck<'a> {
             || externals::canceler_of(self.program, id).is_some_and(|sender| {
                 externals::cancel_initiated_by(sender, id, self.observed.histories)
             })
+            // A child's cancel requests are held to its parent by `children`.
+            || self.spec.parent.is_some()
     }
 
     /// The workflow id's runs in chain order, their links and inputs checked.
@@ -403,6 +414,7 @@ impl<'a> RunCheck<'a> {
             EventKind::WorkflowExecutionCanceled(_) => self.may_be_canceled(),
             EventKind::WorkflowExecutionTerminated(_) => {
                 spec.client_does(|a| matches!(a, ClientAction::Terminate))
+                    || children::terminated_by_policy(spec, close)
             }
             EventKind::WorkflowExecutionTimedOut(_) => {
                 self.check_execution_timeout(close);
@@ -1629,6 +1641,10 @@ impl<'a> RunCheck<'a> {
                 _,
             ) => {
                 self.check_message_report(history, step, report);
+            }
+            (Step::Child(child), StepReport::Child { outcome }) => {
+                let histories = self.observed.histories;
+                children::check_report(child, outcome, histories, &mut self.problems);
             }
             (Step::SideEffect { value }, StepReport::SideEffect { value: got }) => {
                 let recorded = markers(history, SIDE_EFFECT_MARKER_NAME)

@@ -234,6 +234,23 @@ pub enum Step {
     CancelExternal {
         target: String,
     },
+    /// A child workflow running this spec (which names its parent, its
+    /// parent close policy and whether the parent awaits its result) on
+    /// [`CHILD_QUEUE`].
+    Child(Box<RunSpec>),
+}
+
+/// The task queue of child workflows (one worker polls it in a program with
+/// children).
+pub const CHILD_QUEUE: &str = "sim-children";
+
+/// A child's place: its parent's workflow id, what the parent's close does
+/// to it, and whether the parent awaits its result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildOf {
+    pub parent: String,
+    pub policy: retrace::types::ParentClosePolicy,
+    pub wait: bool,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -396,6 +413,9 @@ pub struct RunSpec {
     /// the run is asked to cancel, before it ends canceled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<ActivitySpec>,
+    /// Set on a child workflow's spec (`Step::Child`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ChildOf>,
 }
 
 /// How long each run of a chain waits before it continues as new.
@@ -492,6 +512,14 @@ impl RunSpec {
     pub fn cancels(&self) -> impl Iterator<Item = &str> {
         self.steps.iter().filter_map(|step| match step {
             Step::CancelExternal { target } => Some(target.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The children this run starts.
+    pub fn children(&self) -> impl Iterator<Item = &RunSpec> {
+        self.steps.iter().filter_map(|step| match step {
+            Step::Child(child) => Some(child.as_ref()),
             _ => None,
         })
     }
@@ -598,10 +626,23 @@ pub enum Feature {
     /// A signal the client sends while the chain is still continuing: it
     /// lands in an earlier run and must be carried.
     ContinueAsNewCarriesSignal,
+    /// A child workflow whose result the parent awaits.
+    ChildWorkflow,
+    /// A child the parent starts and leaves: its parent close policy decides.
+    ChildStartedAndLeft,
+    ChildTerminatedWithParent,
+    ChildCanceledWithParent,
+    ChildAbandoned,
+    /// A child that waits for a signal nobody sends: only its parent's close
+    /// (or cancel) ends it.
+    ChildWaitsForever,
+    /// A child that fails: the parent sees its failure.
+    ChildFails,
+    ChildContinuesAsNew,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 63] = [
+pub const FEATURES: [Feature; 71] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -665,6 +706,14 @@ pub const FEATURES: [Feature; 63] = [
     Feature::CancelExternal,
     Feature::ShieldedCleanup,
     Feature::ScopeCancel,
+    Feature::ChildWorkflow,
+    Feature::ChildStartedAndLeft,
+    Feature::ChildTerminatedWithParent,
+    Feature::ChildCanceledWithParent,
+    Feature::ChildAbandoned,
+    Feature::ChildWaitsForever,
+    Feature::ChildFails,
+    Feature::ChildContinuesAsNew,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -719,6 +768,7 @@ impl Program {
         add_conditions(seed, &mut runs);
         add_external_signals(seed, &mut runs);
         add_cleanups(seed, &mut runs);
+        add_children(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
             .collect();
@@ -736,9 +786,15 @@ impl Program {
         program
     }
 
-    /// The run of `workflow_id`.
+    /// The run of `workflow_id` (a child's too).
     pub fn run(&self, workflow_id: &str) -> Option<&RunSpec> {
-        self.runs.iter().find(|r| r.workflow_id == workflow_id)
+        let mut all = self.runs.iter().chain(self.children());
+        all.find(|r| r.workflow_id == workflow_id)
+    }
+
+    /// The children the runs start (`Step::Child`), in run order.
+    pub fn children(&self) -> impl Iterator<Item = &RunSpec> {
+        self.runs.iter().flat_map(|run| run.children())
     }
 
     /// True if a rogue worker plays beside the runs (every calm seed: there
@@ -770,7 +826,15 @@ impl Program {
         for run in &self.runs {
             run_features(run, &mut out);
         }
+        for child in self.children() {
+            child_features(child, &mut out);
+        }
         out
+    }
+
+    /// True if a run starts children (then the last worker polls [`CHILD_QUEUE`]).
+    pub fn has_children(&self) -> bool {
+        self.children().next().is_some()
     }
 }
 
@@ -830,7 +894,7 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             Step::Condition { .. } => Feature::WaitConditionTimeout,
             Step::SignalExternal { .. } => Feature::SignalExternal,
             Step::CancelExternal { .. } => Feature::CancelExternal,
-            Step::Signal { .. } | Step::Activity(_) => continue,
+            Step::Child(_) | Step::Signal { .. } | Step::Activity(_) => continue,
         };
         out.insert(feature);
     }
@@ -1077,6 +1141,94 @@ fn add_cleanups(seed: u64, runs: &mut [RunSpec]) {
     }
 }
 
+/// A child's features.
+fn child_features(child: &RunSpec, out: &mut BTreeSet<Feature>) {
+    use retrace::types::ParentClosePolicy;
+    let Some(of) = &child.parent else { return };
+    out.insert(if of.wait {
+        Feature::ChildWorkflow
+    } else {
+        Feature::ChildStartedAndLeft
+    });
+    out.insert(match of.policy {
+        ParentClosePolicy::Terminate => Feature::ChildTerminatedWithParent,
+        ParentClosePolicy::RequestCancel => Feature::ChildCanceledWithParent,
+        ParentClosePolicy::Abandon => Feature::ChildAbandoned,
+    });
+    if child.steps.iter().any(|s| matches!(s, Step::Signal { .. })) {
+        out.insert(Feature::ChildWaitsForever);
+    }
+    if child.gives_up() {
+        out.insert(Feature::ChildFails);
+    }
+    if child.continue_as_new > 0 {
+        out.insert(Feature::ChildContinuesAsNew);
+    }
+}
+
+/// One run in four starts a child workflow at a step drawn among its own:
+/// a short run of activities and timers (which may fail, time out or
+/// continue as new) on [`CHILD_QUEUE`], awaited or left to its parent close
+/// policy. A child left under a policy that closes it may wait for a signal
+/// nobody sends: only the policy ends it.
+fn add_children(seed: u64, runs: &mut [RunSpec]) {
+    use retrace::types::ParentClosePolicy;
+    let mut draws = Draws(seed ^ 0x4348_494c_4452_454e);
+    for (index, run) in runs.iter_mut().enumerate() {
+        if !draws.chance(25) {
+            continue;
+        }
+        let policy = draws.pick(&[
+            ParentClosePolicy::Terminate,
+            ParentClosePolicy::RequestCancel,
+            ParentClosePolicy::Abandon,
+        ]);
+        let wait = draws.chance(50);
+        let mut child = child_run(&mut draws, index);
+        if !wait && policy != ParentClosePolicy::Abandon && draws.chance(50) {
+            let name = format!("r{index}c-never");
+            child.steps.push(Step::Signal { name });
+        } else if draws.chance(20) {
+            child.steps.push(Step::Fail);
+        }
+        child.parent = Some(ChildOf {
+            parent: run.workflow_id.clone(),
+            policy,
+            wait,
+        });
+        let places = run.steps.len() + usize::from(!run.gives_up());
+        let at = draws.below(places as u64) as usize;
+        run.steps.insert(at, Step::Child(Box::new(child)));
+    }
+}
+
+/// A child's spec: one or two activities or timers, no client.
+fn child_run(draws: &mut Draws, index: usize) -> RunSpec {
+    let steps = (0..1 + draws.below(2))
+        .map(|s| {
+            let tag = format!("r{index}c{s}");
+            if draws.chance(60) {
+                Step::Activity(activity(draws, &tag))
+            } else {
+                Step::Timer {
+                    duration_ms: draws.pick(&[100, 1_000, 3_500]),
+                }
+            }
+        })
+        .collect();
+    RunSpec {
+        workflow_id: format!("gen-{index}-child"),
+        steps,
+        execution_timeout_ms: draws.chance(10).then_some(3_000),
+        client: Vec::new(),
+        continue_as_new: u8::from(draws.chance(20)),
+        continued: 0,
+        carried: Vec::new(),
+        cleanup: None,
+        parent: None,
+    }
+}
+
 /// A cleanup: succeeds, retried until it does.
 fn cleanup_activity(tag: &str) -> ActivitySpec {
     single_behaviour_activity(tag, Behaviour::Succeed)
@@ -1259,6 +1411,7 @@ fn run(draws: &mut Draws, index: usize) -> RunSpec {
         continued: 0,
         carried: Vec::new(),
         cleanup: None,
+        parent: None,
     }
 }
 
