@@ -12,14 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::engine::{HookedStorage, StartTwo, TestEngine, WriteHook};
-use retrace::api::RunOutcome;
+use retrace::api::{
+    CompleteWorkflowTaskRequest, ErrorCode, PollTaskRequest, Request, Response, RunOutcome,
+};
 use retrace::client::StartOptions;
 use retrace::engine::{EmbeddedEngine, ServiceConfig};
 use retrace::env::{MemoryStorage, RunStatus, Storage, StorageError};
 use retrace::history::{EventKind, History, StartChildFailedCause};
 use retrace::types::ParentClosePolicy;
 use retrace::workflow::{
-    ChildWorkflowError, Workflow, WorkflowContext, WorkflowError, WorkflowRegistry, WorkflowResult,
+    ChildWorkflowError, Command, StartChildWorkflowExecution, Workflow, WorkflowContext,
+    WorkflowError, WorkflowRegistry, WorkflowResult,
 };
 use serde::{Deserialize, Serialize};
 
@@ -485,4 +488,72 @@ async fn a_parent_close_policy_not_applied_when_the_service_stopped_is_applied_a
         "the child is not terminated: {outcome:?}"
     );
     assert_eq!(engine.check_histories().await, 2);
+}
+
+async fn complete_by_hand(
+    engine: &TestEngine,
+    command: StartChildWorkflowExecution,
+) -> retrace::api::ServiceError {
+    let poll = Request::PollWorkflowTask(PollTaskRequest {
+        task_queue: "q".into(),
+        identity: "by-hand".into(),
+        workflow_types: vec!["parent".into()],
+    });
+    let token = match engine.engine.service().handle(poll).await.unwrap() {
+        Response::PollWorkflowTask(response) => response.task.expect("a task").task_token,
+        other => panic!("{other:?}"),
+    };
+    let complete = Request::CompleteWorkflowTask(CompleteWorkflowTaskRequest {
+        task_token: token,
+        commands: vec![Command::StartChildWorkflowExecution(command)],
+        identity: "by-hand".into(),
+        eager_activities_max: 0,
+    });
+    let refused = engine.engine.service().handle(complete).await;
+    refused.expect_err("the command is refused")
+}
+
+fn start_child(workflow_id: &str, input: serde_json::Value) -> StartChildWorkflowExecution {
+    StartChildWorkflowExecution {
+        seq: "1".into(),
+        workflow_id: workflow_id.into(),
+        workflow_type: "doubler".into(),
+        task_queue: None,
+        input,
+        execution_timeout_ms: None,
+        workflow_task_timeout_ms: None,
+        parent_close_policy: ParentClosePolicy::Terminate,
+        workflow_id_reuse_policy: retrace::types::IdReusePolicy::AllowDuplicate,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_with_an_input_over_the_limit_or_a_blank_id_fails_the_task_and_starts_nothing() {
+    let engine = TestEngine::new(registry()).await;
+    let client = engine.client();
+    let plan = Plan::Await {
+        id: "unused".into(),
+    };
+    let options = StartOptions::new("parent", "q");
+    client.start::<Parent>(options, plan).await.unwrap();
+    let limit = ServiceConfig::default().limits.payload_bytes_max as usize;
+    let huge = serde_json::json!("x".repeat(limit + 1));
+    let refused = complete_by_hand(&engine, start_child("big", huge)).await;
+    assert_eq!(refused.code, ErrorCode::InvalidArgument, "{refused}");
+    assert!(
+        refused.message.contains("child workflow input is"),
+        "{refused}"
+    );
+    let refused = complete_by_hand(&engine, start_child("  ", serde_json::json!(1))).await;
+    assert!(
+        refused.message.contains("workflow_id must not be empty"),
+        "{refused}"
+    );
+    let runs = client.list_all(None).await.unwrap();
+    assert_eq!(runs.len(), 1, "no child was started: {runs:?}");
+    let history = client.history("parent", None).await.unwrap();
+    assert!(
+        !names(&history).contains(&"StartChildWorkflowExecutionInitiated"),
+        "nothing was initiated"
+    );
 }

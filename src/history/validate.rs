@@ -419,6 +419,29 @@ impl Validator {
             | WorkflowExecutionCanceled(_)
             | WorkflowExecutionTerminated(_)
             | WorkflowExecutionContinuedAsNew(_) => Ok(()),
+            SignalExternalWorkflowExecutionInitiated(_)
+            | RequestCancelExternalWorkflowExecutionInitiated(_)
+            | ExternalWorkflowExecutionSignaled(_)
+            | SignalExternalWorkflowExecutionFailed(_)
+            | ExternalWorkflowExecutionCancelRequested(_)
+            | RequestCancelExternalWorkflowExecutionFailed(_)
+            | StartChildWorkflowExecutionInitiated(_)
+            | StartChildWorkflowExecutionFailed(_)
+            | ChildWorkflowExecutionStarted(_)
+            | ChildWorkflowExecutionCompleted(_)
+            | ChildWorkflowExecutionFailed(_)
+            | ChildWorkflowExecutionCanceled(_)
+            | ChildWorkflowExecutionTimedOut(_)
+            | ChildWorkflowExecutionTerminated(_) => self.apply_link_kind(ctx),
+        }
+    }
+
+    /// Requests to other workflows and child workflows: their initiations,
+    /// and the outcomes that name them.
+    fn apply_link_kind(&mut self, ctx: &Ctx<'_>) -> Result<(), HistoryError> {
+        use EventKind::*;
+        let event_id = ctx.event.event_id;
+        match &ctx.event.kind {
             SignalExternalWorkflowExecutionInitiated(_) => {
                 self.externals.insert(event_id, (true, None));
                 Ok(())
@@ -464,6 +487,7 @@ impl Validator {
             ChildWorkflowExecutionTerminated(a) => {
                 self.on_child_event(ctx, a.initiated_event_id, Some(a.started_event_id))
             }
+            _ => unreachable!("apply_kind handles the other events"),
         }
     }
 

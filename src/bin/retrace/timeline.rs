@@ -52,6 +52,47 @@ fn started_attributes(a: &retrace::history::WorkflowExecutionStarted) -> String 
     )
 }
 
+/// The attributes of an activity's event.
+fn activity_attributes(kind: &EventKind) -> String {
+    use EventKind::*;
+    match kind {
+        ActivityTaskScheduled(a) => format!(
+            "activity={} type={} input={}",
+            a.activity_id,
+            a.activity_type,
+            short(&a.input)
+        ),
+        ActivityTaskStarted(a) => {
+            let mut text = format!("scheduled={} attempt={}", a.scheduled_event_id, a.attempt);
+            if let Some(last) = &a.last_failure {
+                let _ = write!(text, " last_failure={}", failure(last));
+            }
+            text
+        }
+        ActivityTaskCompleted(a) => {
+            format!(
+                "scheduled={} result={}",
+                a.scheduled_event_id,
+                short(&a.result)
+            )
+        }
+        ActivityTaskFailed(a) => {
+            format!(
+                "scheduled={} failure={}",
+                a.scheduled_event_id,
+                failure(&a.failure)
+            )
+        }
+        ActivityTaskTimedOut(a) => format!(
+            "scheduled={} timeout={:?} retry_state={:?}",
+            a.scheduled_event_id, a.timeout_type, a.retry_state
+        ),
+        ActivityTaskCancelRequested(a) => format!("scheduled={}", a.scheduled_event_id),
+        ActivityTaskCanceled(a) => format!("scheduled={}", a.scheduled_event_id),
+        _ => String::new(),
+    }
+}
+
 /// The attributes of a signal or cancel request to another workflow.
 fn external_attributes(kind: &EventKind) -> String {
     use EventKind::*;
@@ -162,39 +203,13 @@ fn attributes(kind: &EventKind) -> String {
         WorkflowTaskCompleted(a) => format!("started={}", a.started_event_id),
         WorkflowTaskTimedOut(a) => format!("started={} {:?}", a.started_event_id, a.timeout_type),
         WorkflowTaskFailed(a) => format!("cause={:?} failure={}", a.cause, failure(&a.failure)),
-        ActivityTaskScheduled(a) => format!(
-            "activity={} type={} input={}",
-            a.activity_id,
-            a.activity_type,
-            short(&a.input)
-        ),
-        ActivityTaskStarted(a) => {
-            let mut text = format!("scheduled={} attempt={}", a.scheduled_event_id, a.attempt);
-            if let Some(last) = &a.last_failure {
-                let _ = write!(text, " last_failure={}", failure(last));
-            }
-            text
-        }
-        ActivityTaskCompleted(a) => {
-            format!(
-                "scheduled={} result={}",
-                a.scheduled_event_id,
-                short(&a.result)
-            )
-        }
-        ActivityTaskFailed(a) => {
-            format!(
-                "scheduled={} failure={}",
-                a.scheduled_event_id,
-                failure(&a.failure)
-            )
-        }
-        ActivityTaskTimedOut(a) => format!(
-            "scheduled={} timeout={:?} retry_state={:?}",
-            a.scheduled_event_id, a.timeout_type, a.retry_state
-        ),
-        ActivityTaskCancelRequested(a) => format!("scheduled={}", a.scheduled_event_id),
-        ActivityTaskCanceled(a) => format!("scheduled={}", a.scheduled_event_id),
+        ActivityTaskScheduled(_)
+        | ActivityTaskStarted(_)
+        | ActivityTaskCompleted(_)
+        | ActivityTaskFailed(_)
+        | ActivityTaskTimedOut(_)
+        | ActivityTaskCancelRequested(_)
+        | ActivityTaskCanceled(_) => activity_attributes(kind),
         TimerStarted(a) => {
             format!(
                 "timer={} fires_after={}",

@@ -8,6 +8,7 @@
 //! | [`program`]      | the grammar: runs of steps, activity scripts, the client's actions    |
 //! | [`interpreter`]  | the workflow that runs a program, and the scripted activity           |
 //! | [`model`]        | which outcomes, event shapes, attempt counts and timings are allowed  |
+//! | [`chain`], [`externals`], [`children`] | the model's checks between runs: continue-as-new chains, signals and cancels between workflows, parents and children |
 //!
 //! One seed in four is calm (no faults at all: the swarm is replaced by the
 //! calm one), and the model is strict about nominal outcomes there. Workers
@@ -161,16 +162,7 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
                 };
             }
         })
-        .worker_options(|options| {
-            let program = Program::generate(current_seed());
-            let index = worker_index(&options.identity);
-            options.activities_max = program.activities_max[index];
-            options.cache_runs_max = program.cache_runs_max[index];
-            // Parents and children on different workers and queues.
-            if program.has_children() && index == WORKERS - 1 {
-                options.task_queue = program::CHILD_QUEUE.to_string();
-            }
-        })
+        .worker_options(program_worker_options)
         .scenario(move |client| {
             let (logs, rogue_logs) = (scenario_logs.clone(), scenario_rogue.clone());
             async move {
@@ -207,6 +199,19 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
 }
 
 /// Plays the rogue worker in calm seeds (see [`rogue`]) and keeps its log.
+/// A worker's options as the seed's program draws them: capacity, cache
+/// size, and (in a program with children) the children's queue for the
+/// last worker, so parents and children run on different workers and queues.
+fn program_worker_options(options: &mut retrace::worker::WorkerOptions) {
+    let program = Program::generate(current_seed());
+    let index = worker_index(&options.identity);
+    options.activities_max = program.activities_max[index];
+    options.cache_runs_max = program.cache_runs_max[index];
+    if program.has_children() && index == WORKERS - 1 {
+        options.task_queue = program::CHILD_QUEUE.to_string();
+    }
+}
+
 async fn play_rogue(client: &SimClient, logs: RogueLogs) {
     let program = Program::generate(current_seed());
     if !program.rogue() {

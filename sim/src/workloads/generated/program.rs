@@ -17,6 +17,8 @@
 //! | `Join`       | activities and timers in parallel (`join_all`)                        |
 //! | `Select`     | an activity raced against a timer; the loser is dropped (canceled)    |
 //! | `TransientBug` | workflow code that panics while the run is young: failed workflow tasks, backoff, retry |
+//! | `SignalExternal`, `CancelExternal` | signals and cancel requests to another run of the program |
+//! | `Child`      | a child workflow on its own queue and worker, awaited or left to its parent close policy |
 //!
 //! A run in five is a *chain*: one or two runs first wait 700 ms, drain the
 //! signals they received into the next run's input and continue as new
