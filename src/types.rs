@@ -139,6 +139,50 @@ pub struct Failure {
         deserialize_with = "crate::types::some_value"
     )]
     pub details: Option<Value>,
+    /// The failure that caused this one (Temporal's `cause`): an activity
+    /// failure's cause is the activity's own failure, a timeout's the last
+    /// attempt's. At most [`FAILURE_CAUSES_MAX`] deep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Box<Failure>>,
+    /// What failed, when the SDK or the service made the failure (Temporal's
+    /// `failure_info`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<FailureInfo>>,
+}
+
+/// A failure's chain of causes is this long at most (the service refuses
+/// longer ones from workers).
+pub const FAILURE_CAUSES_MAX: usize = 8;
+
+/// What a failure made by the SDK or the service is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FailureInfo {
+    /// An activity did not complete (Temporal's `ActivityFailureInfo`).
+    #[serde(rename = "activity_failure_info")]
+    Activity(ActivityFailureInfo),
+    /// A timeout fired (Temporal's `TimeoutFailureInfo`).
+    #[serde(rename = "timeout_failure_info")]
+    Timeout {
+        /// Which timeout.
+        timeout_type: TimeoutType,
+    },
+}
+
+/// The activity an activity failure is about, as Temporal records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityFailureInfo {
+    /// Its `ActivityTaskScheduled` event.
+    pub scheduled_event_id: u64,
+    /// Its `ActivityTaskStarted` event, 0 if no attempt started.
+    pub started_event_id: u64,
+    /// The worker of the last attempt, empty if none.
+    pub identity: String,
+    /// The activity type.
+    pub activity_type: String,
+    /// The activity id.
+    pub activity_id: String,
+    /// Why it was not retried.
+    pub retry_state: RetryState,
 }
 
 impl Failure {
@@ -149,12 +193,50 @@ impl Failure {
             failure_type: failure_type.into(),
             non_retryable: false,
             details: None,
+            cause: None,
+            info: None,
         }
     }
 
     /// A failure recording that a timeout fired.
     pub fn timeout(timeout_type: TimeoutType) -> Failure {
         Failure::new("Timeout", format!("activity {timeout_type} timeout"))
+    }
+
+    /// A non-retryable failure saying that a timeout of `timeout_type` fired.
+    pub fn timed_out(timeout_type: TimeoutType, message: impl Into<String>) -> Failure {
+        Failure {
+            non_retryable: true,
+            info: Some(Box::new(FailureInfo::Timeout { timeout_type })),
+            ..Failure::new("TimeoutFailure", message)
+        }
+    }
+
+    /// This failure with `cause` as its cause.
+    pub fn with_cause(mut self, cause: Option<Failure>) -> Failure {
+        self.cause = cause.map(Box::new);
+        self
+    }
+
+    /// This failure with its chain of causes cut to `causes_max` failures
+    /// (itself included), dropping the innermost.
+    pub fn with_causes_at_most(mut self, causes_max: usize) -> Failure {
+        assert!(causes_max >= 1, "a failure is its own first cause");
+        if self.chain().count() <= causes_max {
+            return self;
+        }
+        let mut link = &mut self;
+        for _ in 1..causes_max {
+            link = link.cause.as_deref_mut().expect("the chain is longer");
+        }
+        link.cause = None;
+        assert_eq!(self.chain().count(), causes_max);
+        self
+    }
+
+    /// This failure and its causes, outermost first.
+    pub fn chain(&self) -> impl Iterator<Item = &Failure> {
+        std::iter::successors(Some(self), |failure| failure.cause.as_deref())
     }
 }
 

@@ -12,7 +12,9 @@ use retrace::history::{
     EventKind, History, HistoryBuilder, ParentExecution, StartChildFailedCause,
     StartChildWorkflowExecutionFailed, StartChildWorkflowExecutionInitiated,
 };
-use retrace::types::{Failure, IdReusePolicy, ParentClosePolicy, RetryState};
+use retrace::types::{
+    ActivityFailureInfo, Failure, FailureInfo, IdReusePolicy, ParentClosePolicy, RetryState,
+};
 use retrace::workflow::{ReplayError, Replayer, RunResult, WorkflowContext, WorkflowRegistry};
 use serde_json::json;
 
@@ -293,13 +295,22 @@ fn retry_then_fail() -> History {
     b.build()
 }
 
+/// Temporal's shape: an `ActivityFailure` naming the activity, its events
+/// and retry state, caused by the last attempt's failure.
 fn expected_retry_failure() -> Failure {
-    Failure {
-        message: "activity failed: attempt 3 failed".to_string(),
-        failure_type: "ActivityFailure".to_string(),
-        non_retryable: false,
-        details: Some(json!({"cause": attempt_failure(3)})),
-    }
+    let activity = ActivityFailureInfo {
+        scheduled_event_id: 5,
+        started_event_id: 6,
+        identity: "worker".to_string(),
+        activity_type: "flaky".to_string(),
+        activity_id: "1".to_string(),
+        retry_state: RetryState::MaximumAttemptsReached,
+    };
+    let failure = Failure {
+        info: Some(Box::new(FailureInfo::Activity(activity))),
+        ..Failure::new("ActivityFailure", "activity failed: attempt 3 failed")
+    };
+    failure.with_cause(Some(attempt_failure(3)))
 }
 
 fn patched() -> History {

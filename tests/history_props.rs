@@ -484,6 +484,7 @@ impl Built {
                     retry_state: RetryState::Timeout,
                     last_failure: Some(Failure::timeout(TimeoutType::Heartbeat)),
                     last_heartbeat_details: heartbeat_details.clone(),
+                    failure: Some(Failure::timed_out(TimeoutType::Heartbeat, "no heartbeat")),
                 })
             }
             Outcome::Canceled { started, details } => {
@@ -609,6 +610,7 @@ fn activity_timed_out_kind(scheduled_event_id: u64, started_event_id: Option<u64
         retry_state: RetryState::Timeout,
         last_failure: None,
         last_heartbeat_details: None,
+        failure: None,
     })
 }
 

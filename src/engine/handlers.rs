@@ -885,6 +885,7 @@ impl Inner {
         let token = request.task_token;
         self.transition(&token.run_id, |step| {
             workflow_task::check_token(step.state, &token)?;
+            step.check_failure("workflow task failure", &request.failure)?;
             workflow_task::on_failed(
                 step,
                 &token,

@@ -239,6 +239,10 @@ impl HistoryBuilder {
             retry_state,
             last_failure: None,
             last_heartbeat_details: None,
+            failure: Some(Failure::timed_out(
+                timeout_type,
+                format!("activity timed out: its {timeout_type} timeout passed"),
+            )),
         }))
     }
 

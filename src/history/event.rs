@@ -213,18 +213,19 @@ impl EventKind {
     pub fn payloads<'a>(&'a self) -> Vec<&'a Value> {
         use EventKind::*;
         let mut out: Vec<&Value> = Vec::new();
-        let details = |failure: &'a Failure| failure.details.as_ref();
+        let details =
+            |failure: &'a Failure| failure.chain().filter_map(|cause| cause.details.as_ref());
         match self {
             ActivityTaskFailed(a) => out.extend(details(&a.failure)),
             WorkflowTaskFailed(a) => out.extend(details(&a.failure)),
             WorkflowExecutionFailed(a) => out.extend(details(&a.failure)),
-            ActivityTaskStarted(a) => out.extend(a.last_failure.as_ref().and_then(details)),
+            ActivityTaskStarted(a) => out.extend(a.last_failure.iter().flat_map(details)),
             WorkflowExecutionStarted(a) => out.push(&a.input),
             ActivityTaskScheduled(a) => out.push(&a.input),
             ActivityTaskCompleted(a) => out.push(&a.result),
             ActivityTaskTimedOut(a) => {
                 out.extend(a.last_heartbeat_details.as_ref());
-                out.extend(a.last_failure.as_ref().and_then(details));
+                out.extend(a.last_failure.iter().flat_map(details));
             }
             ActivityTaskCanceled(a) => out.extend(a.details.as_ref()),
             WorkflowExecutionSignaled(a) => out.push(&a.input),
@@ -395,6 +396,12 @@ pub struct ActivityTaskTimedOut {
         deserialize_with = "crate::types::some_value"
     )]
     pub last_heartbeat_details: Option<Value>,
+    /// The timeout as a failure (Temporal's `failure`, with its
+    /// `TimeoutFailureInfo`): its message says which limit ended the
+    /// activity, how long it was and at which attempt. Absent in histories
+    /// written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
 }
 
 /// The workflow asked for the activity to be canceled.

@@ -3,7 +3,9 @@
 use serde_json::Value;
 
 use super::command::ContinueAsNewWorkflowExecution;
-use crate::types::{Failure, RetryState, TimeoutType};
+use crate::types::{
+    ActivityFailureInfo, FAILURE_CAUSES_MAX, Failure, FailureInfo, RetryState, TimeoutType,
+};
 
 /// A payload that does not (de)serialize into the expected type.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -53,6 +55,8 @@ pub enum ActivityError {
         failure: Failure,
         /// Why it was not retried.
         retry_state: RetryState,
+        /// Which activity, and its events.
+        activity: Box<ActivityFailureInfo>,
     },
     /// A timeout fired and the activity will not be retried.
     #[error("activity timed out ({timeout_type} timeout, {retry_state:?})")]
@@ -62,7 +66,12 @@ pub enum ActivityError {
         /// Why it was not retried.
         retry_state: RetryState,
         /// The failure of the last attempt before the timeout, if any.
-        last_failure: Option<Failure>,
+        last_failure: Option<Box<Failure>>,
+        /// Which activity, and its events.
+        activity: Box<ActivityFailureInfo>,
+        /// The timeout as the history records it, its message naming the
+        /// limit (absent in histories written before it was recorded).
+        timeout: Option<Box<Failure>>,
     },
     /// The activity was canceled.
     #[error("activity canceled")]
@@ -79,6 +88,46 @@ pub enum ActivityError {
     /// The input or result did not fit its type.
     #[error(transparent)]
     Payload(#[from] PayloadError),
+}
+
+impl ActivityError {
+    /// The `ActivityFailure` of an activity that failed or timed out, whose
+    /// cause is the activity's failure or its timeout (itself caused by the
+    /// last attempt's failure, if any).
+    pub fn to_failure(&self) -> Option<Failure> {
+        let (activity, message, cause) = match self {
+            ActivityError::Failed {
+                failure, activity, ..
+            } => {
+                let message = format!("activity failed: {}", failure.message);
+                (activity, message, failure.clone())
+            }
+            ActivityError::TimedOut {
+                timeout_type,
+                last_failure,
+                activity,
+                timeout,
+                ..
+            } => {
+                let timeout = timeout.as_deref().cloned().unwrap_or_else(|| {
+                    let message = format!("activity timed out: its {timeout_type} timeout passed");
+                    Failure::timed_out(*timeout_type, message)
+                });
+                let message = timeout.message.clone();
+                (
+                    activity,
+                    message,
+                    timeout.with_cause(last_failure.as_deref().cloned()),
+                )
+            }
+            _ => return None,
+        };
+        let failure = Failure {
+            info: Some(Box::new(FailureInfo::Activity((**activity).clone()))),
+            ..Failure::new("ActivityFailure", message)
+        };
+        Some(failure.with_cause(Some(cause)))
+    }
 }
 
 /// The error a workflow returns. `?` converts activity errors and payload errors.
@@ -128,7 +177,7 @@ pub enum ChildWorkflowError {
         /// The child's workflow id.
         workflow_id: String,
         /// The child's failure.
-        failure: Failure,
+        failure: Box<Failure>,
     },
     /// The child was canceled.
     #[error("child workflow {workflow_id:?} was canceled")]
@@ -175,27 +224,29 @@ impl WorkflowError {
         )
     }
 
-    /// The failure recorded when the run fails with this error.
+    /// The failure recorded when the run fails with this error. An activity's
+    /// or child's failure is wrapped as Temporal wraps it: an
+    /// `ActivityFailure` (with the activity's type, id, events and retry
+    /// state) or `ChildWorkflowFailure` whose cause is what failed; at most
+    /// [`FAILURE_CAUSES_MAX`] deep.
     pub fn to_failure(&self) -> Failure {
-        match self {
+        let failure = match self {
             WorkflowError::Application(failure) => failure.clone(),
-            WorkflowError::Activity(ActivityError::Failed { failure, .. }) => Failure {
-                message: format!("activity failed: {}", failure.message),
-                failure_type: "ActivityFailure".to_string(),
-                non_retryable: false,
-                details: Some(serde_json::json!({ "cause": failure })),
+            WorkflowError::Activity(error) => match error.to_failure() {
+                Some(failure) => failure,
+                None => Failure::new(error_type_name(self), self.to_string()),
             },
             WorkflowError::Child(ChildWorkflowError::Failed {
                 workflow_id,
                 failure,
-            }) => Failure {
-                message: format!("child workflow {workflow_id:?} failed: {}", failure.message),
-                failure_type: "ChildWorkflowFailure".to_string(),
-                non_retryable: false,
-                details: Some(serde_json::json!({ "cause": failure })),
-            },
+            }) => Failure::new(
+                "ChildWorkflowFailure",
+                format!("child workflow {workflow_id:?} failed: {}", failure.message),
+            )
+            .with_cause(Some((**failure).clone())),
             other => Failure::new(error_type_name(other), other.to_string()),
-        }
+        };
+        failure.with_causes_at_most(FAILURE_CAUSES_MAX)
     }
 }
 

@@ -99,6 +99,8 @@ pub struct WorkflowExecutor {
     last_activation_live: bool,
     last_started_event_id: u64,
     activity_ids: BTreeMap<u64, String>,
+    /// Activity types by scheduled event id (for failures that name them).
+    activity_types: BTreeMap<u64, String>,
     /// Child workflows' sequence numbers by initiated event id.
     child_seqs: BTreeMap<u64, String>,
     result: Option<RunResult>,
@@ -137,6 +139,7 @@ impl WorkflowExecutor {
             last_activation_live: false,
             last_started_event_id: 0,
             activity_ids: BTreeMap::new(),
+            activity_types: BTreeMap::new(),
             child_seqs: BTreeMap::new(),
             result: None,
             closed: false,
@@ -411,6 +414,8 @@ impl WorkflowExecutor {
             EventKind::ActivityTaskScheduled(a) => {
                 self.activity_ids
                     .insert(event.event_id, a.activity_id.clone());
+                self.activity_types
+                    .insert(event.event_id, a.activity_type.clone());
             }
             EventKind::StartChildWorkflowExecutionInitiated(a) => {
                 self.child_seqs.insert(event.event_id, a.control.clone());
@@ -432,17 +437,32 @@ impl WorkflowExecutor {
                 payload_hash(&a.result),
             ),
             ActivityTaskFailed(a) => {
+                let (started, identity) = (a.started_event_id, a.identity.clone());
                 let error = ActivityError::Failed {
                     failure: a.failure.clone(),
                     retry_state: a.retry_state,
+                    activity: self.activity_info(
+                        a.scheduled_event_id,
+                        started,
+                        identity,
+                        a.retry_state,
+                    ),
                 };
                 self.resolve_activity(event, a.scheduled_event_id, Err(error), 0);
             }
             ActivityTaskTimedOut(a) => {
+                let started = a.started_event_id.unwrap_or_default();
                 let error = ActivityError::TimedOut {
                     timeout_type: a.timeout_type,
                     retry_state: a.retry_state,
-                    last_failure: a.last_failure.clone(),
+                    last_failure: a.last_failure.clone().map(Box::new),
+                    activity: self.activity_info(
+                        a.scheduled_event_id,
+                        started,
+                        String::new(),
+                        a.retry_state,
+                    ),
+                    timeout: a.failure.clone().map(Box::new),
                 };
                 self.resolve_activity(event, a.scheduled_event_id, Err(error), 0);
             }
@@ -507,7 +527,7 @@ impl WorkflowExecutor {
                 Some(Ok(a.result.clone())),
             ),
             ChildWorkflowExecutionFailed(a) => {
-                let (workflow_id, failure) = (a.workflow_id.clone(), a.failure.clone());
+                let (workflow_id, failure) = (a.workflow_id.clone(), Box::new(a.failure.clone()));
                 let error = ChildWorkflowError::Failed {
                     workflow_id,
                     failure,
@@ -603,6 +623,25 @@ impl WorkflowExecutor {
             payload_hash(&started.input)
         ));
         Ok(())
+    }
+
+    /// The activity scheduled at `scheduled_event_id`, for its failure.
+    fn activity_info(
+        &self,
+        scheduled_event_id: u64,
+        started_event_id: u64,
+        identity: String,
+        retry_state: crate::types::RetryState,
+    ) -> Box<crate::types::ActivityFailureInfo> {
+        let known = |map: &BTreeMap<u64, String>| map.get(&scheduled_event_id).cloned();
+        Box::new(crate::types::ActivityFailureInfo {
+            scheduled_event_id,
+            started_event_id,
+            identity,
+            activity_type: known(&self.activity_types).unwrap_or_default(),
+            activity_id: known(&self.activity_ids).unwrap_or_default(),
+            retry_state,
+        })
     }
 
     fn resolve_activity(

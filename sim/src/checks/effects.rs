@@ -119,8 +119,7 @@ fn sent_matches(sent: &ActivityTaskResult, close: &EventKind) -> bool {
     match (sent, close) {
         // A payload over the limit fails the attempt, naming its size.
         (sent, EventKind::ActivityTaskFailed(f)) if f.failure.failure_type == RESULT_OVER_LIMIT => {
-            sent_payload(sent).is_some_and(|payload| {
-                let bytes = retrace::history::payload_size_bytes(payload);
+            sent_size_bytes(sent).is_some_and(|bytes| {
                 f.failure
                     .message
                     .contains(&format!(" is {bytes} bytes, more than the limit"))
@@ -143,13 +142,19 @@ fn sent_matches(sent: &ActivityTaskResult, close: &EventKind) -> bool {
     }
 }
 
-/// The payload a result carries, if any.
-fn sent_payload(sent: &ActivityTaskResult) -> Option<&serde_json::Value> {
-    match sent {
-        ActivityTaskResult::Completed(value) => Some(value),
-        ActivityTaskResult::Failed(failure) => failure.details.as_ref(),
-        ActivityTaskResult::Canceled(details) => details.as_ref(),
-    }
+/// The size the service measures of a result: its payload's, or the whole
+/// failure's (message, causes and details).
+fn sent_size_bytes(sent: &ActivityTaskResult) -> Option<u64> {
+    let failure;
+    let payload = match sent {
+        ActivityTaskResult::Completed(value) => value,
+        ActivityTaskResult::Failed(sent) => {
+            failure = serde_json::to_value(sent).expect("failures encode");
+            &failure
+        }
+        ActivityTaskResult::Canceled(details) => details.as_ref()?,
+    };
+    Some(retrace::history::payload_size_bytes(payload))
 }
 
 /// The result a close carries came from the attempt its `ActivityTaskStarted`
@@ -178,8 +183,35 @@ pub fn check_attempts(
                     .at(history, Some(close.event_id)),
             );
         }
+        if let Some((started, message)) = started_at_other_time(&view, &ran) {
+            let message = format!("activity {:?}: {message}", view.attrs.activity_id);
+            violations.push(
+                Violation::new("started when its attempt started", message)
+                    .at(history, Some(started)),
+            );
+        }
     }
     violations
+}
+
+/// The `ActivityTaskStarted` event is stamped with the time the service
+/// started the attempt it names (as the attempt's task told its worker),
+/// not the time the attempt ended; if not, its event id and why.
+fn started_at_other_time(
+    view: &ActivityView<'_>,
+    ran: &[(u32, &AttemptSeen)],
+) -> Option<(u64, String)> {
+    let (event, started) = view.started?;
+    let (_, seen) = ran
+        .iter()
+        .find(|(attempt, _)| *attempt == started.attempt)?;
+    (event.event_time != seen.started_time).then(|| {
+        let message = format!(
+            "its ActivityTaskStarted (attempt {}) is stamped {}, but the service started that attempt at {}",
+            started.attempt, event.event_time, seen.started_time
+        );
+        (event.event_id, message)
+    })
 }
 
 /// Attempts after the last one the history names that ran all the same.
@@ -268,10 +300,14 @@ mod tests {
         builder.build()
     }
 
+    /// When `completed_by_attempt_2` stamps its `ActivityTaskStarted`:
+    /// 2024-01-01T00:00:03Z.
+    const STARTED: Timestamp = Timestamp(1_704_067_203_000);
+
     fn sent(node: &str, result: Option<Value>) -> AttemptSeen {
         AttemptSeen {
             node: node.into(),
-            started_time: Timestamp(0),
+            started_time: STARTED,
             heartbeats: 0,
             result: result.map(ActivityTaskResult::Completed),
         }
@@ -291,6 +327,17 @@ mod tests {
             (2, sent("worker-1", Some(json!("second")))),
         ]);
         assert!(check_attempts(&history, &ran).is_empty());
+    }
+
+    #[test]
+    fn an_activity_started_stamped_other_than_its_attempts_start_is_caught() {
+        let history = completed_by_attempt_2(json!("second"));
+        let mut seen = sent("worker-1", Some(json!("second")));
+        seen.started_time = Timestamp(STARTED.0 - 1_000);
+        let violations = check_attempts(&history, &attempts(vec![(2, seen)]));
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].invariant, "started when its attempt started");
+        assert_eq!(violations[0].event_id, Some(6));
     }
 
     #[test]

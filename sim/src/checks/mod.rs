@@ -9,6 +9,8 @@
 //! | `history.rs`  | determinism            | no workflow task failed with non-determinism while the run was live   |
 //! | `effects.rs`  | effects                | no effect applied twice; acknowledged effects of completed activities applied exactly once |
 //! | `effects.rs`  | result from its attempt | a close's result is the one the attempt its `ActivityTaskStarted` names sent; no later attempt ran or acted |
+//! | `effects.rs`  | started when its attempt started | an `ActivityTaskStarted` is stamped with the time the service started the attempt it names |
+//! | `failures.rs` | failures name their cause | a timeout's failure names its limit; a run failed by an activity names that activity, its events, retry state and cause |
 //! | `timers.rs`   | timers never fire early | no timer or timeout fires before its deadline                         |
 //! | `timers.rs`   | timers never fire late | every timer and timeout fires by its deadline plus a tolerance derived from the fault plan |
 //! | `state.rs`    | stored state           | each run's stored state is the state its history implies              |
@@ -22,6 +24,7 @@
 pub mod buffered;
 pub mod capacity;
 pub mod effects;
+pub mod failures;
 pub mod history;
 pub mod liveness;
 pub mod outcomes;
@@ -226,6 +229,7 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
         violations.extend(check_determinism(&history));
         violations.extend(check_timers(&history, checks.tolerance, checks.attempts));
         violations.extend(check_attempts(&history, checks.attempts));
+        violations.extend(failures::check_failures(&history));
         violations.extend(retries::check_retries(&history, checks.attempts));
         violations.extend(workflow_tasks::check_workflow_task_attempts(&history));
         let rows = storage.buffered(&record.run_id);

@@ -343,9 +343,13 @@ fn compare_activities(diff: &mut Diff, history: &History, state: &RunState) {
             activity.schedule_to_close_timeout_ms,
             attrs.schedule_to_close_timeout_ms,
         );
+        // The history records schedule-to-start filled from
+        // schedule-to-close, as Temporal does; the state keeps what was set.
         diff.same(
             &what("schedule-to-start"),
-            activity.schedule_to_start_timeout_ms,
+            activity
+                .schedule_to_start_timeout_ms
+                .or(activity.schedule_to_close_timeout_ms),
             attrs.schedule_to_start_timeout_ms,
         );
         diff.same(

@@ -656,6 +656,7 @@ mod tests {
             retry_state: RetryState::Timeout,
             last_failure: None,
             last_heartbeat_details: None,
+            failure: None,
         }));
         builder.build()
     }

@@ -57,6 +57,10 @@ pub struct LastStarted {
     pub identity: String,
     /// The failure of the attempt before it.
     pub previous_failure: Option<Failure>,
+    /// When it started: the `ActivityTaskStarted` event's time (none in
+    /// states stored before it was kept: the event then takes its write's).
+    #[serde(default)]
+    pub started_time: Option<Timestamp>,
 }
 
 /// An open activity.
@@ -104,6 +108,51 @@ impl ActivityState {
             attempt: last.attempt,
             last_failure: last.previous_failure.clone(),
         })
+    }
+
+    /// When the last attempt that started did.
+    fn last_started_time(&self) -> Option<Timestamp> {
+        self.last_started
+            .as_ref()
+            .and_then(|last| last.started_time)
+    }
+
+    /// The timeout that ends the activity, as a failure whose message says
+    /// which limit it was, how long, and at which attempt.
+    fn timeout_failure(&self, timeout_type: TimeoutType) -> Failure {
+        let limit_ms = match timeout_type {
+            TimeoutType::ScheduleToStart => self.schedule_to_start_timeout_ms,
+            TimeoutType::StartToClose => Some(self.start_to_close_timeout_ms),
+            TimeoutType::ScheduleToClose => self.schedule_to_close_timeout_ms,
+            TimeoutType::Heartbeat => self.heartbeat_timeout_ms,
+        };
+        let limit = humantime::format_duration(std::time::Duration::from_millis(
+            limit_ms.unwrap_or_default(),
+        ));
+        let (name, attempt) = (&self.activity_id, self.attempt);
+        let what = match timeout_type {
+            TimeoutType::ScheduleToStart => {
+                format!(
+                    "no worker took attempt {attempt} within its {limit} schedule-to-start timeout"
+                )
+            }
+            TimeoutType::StartToClose => {
+                format!("attempt {attempt} ran past its {limit} start-to-close timeout")
+            }
+            TimeoutType::ScheduleToClose => {
+                format!(
+                    "it did not complete within its {limit} schedule-to-close timeout ({attempt} attempts)"
+                )
+            }
+            TimeoutType::Heartbeat => {
+                format!("attempt {attempt} sent no heartbeat within its {limit} heartbeat timeout")
+            }
+        };
+        let message = format!(
+            "activity {name:?} ({}) timed out: {what}",
+            self.activity_type
+        );
+        Failure::timed_out(timeout_type, message)
     }
 }
 
@@ -214,7 +263,10 @@ pub(super) fn schedule(
         task_queue: task_queue.clone(),
         input: command.input.clone(),
         schedule_to_close_timeout_ms: command.schedule_to_close_timeout_ms,
-        schedule_to_start_timeout_ms: command.schedule_to_start_timeout_ms,
+        // Temporal fills both from schedule-to-close when they are not set.
+        schedule_to_start_timeout_ms: command
+            .schedule_to_start_timeout_ms
+            .or(command.schedule_to_close_timeout_ms),
         start_to_close_timeout_ms: Some(start_to_close_ms),
         heartbeat_timeout_ms: command.heartbeat_timeout_ms,
         retry_policy: retry_policy.clone(),
@@ -258,6 +310,7 @@ pub fn on_started(
         attempt,
         identity: identity.to_string(),
         previous_failure: activity.last_failure.clone(),
+        started_time: Some(now),
     });
     activity.phase = ActivityPhase::Started {
         started_time: now,
@@ -318,14 +371,11 @@ pub fn on_heartbeat(
 fn check_result_payloads(step: &Step<'_>, result: &ActivityTaskResult) -> Result<(), ServiceError> {
     match result {
         ActivityTaskResult::Completed(value) => step.check_payload("activity result", value),
-        ActivityTaskResult::Failed(Failure {
-            details: Some(details),
-            ..
-        }) => step.check_payload("failure details", details),
+        ActivityTaskResult::Failed(failure) => step.check_failure("activity failure", failure),
         ActivityTaskResult::Canceled(Some(details)) => {
             step.check_payload("cancel details", details)
         }
-        ActivityTaskResult::Failed(_) | ActivityTaskResult::Canceled(None) => Ok(()),
+        ActivityTaskResult::Canceled(None) => Ok(()),
     }
 }
 
@@ -340,10 +390,8 @@ fn within_limits(step: &Step<'_>, result: ActivityTaskResult) -> ActivityTaskRes
     match check_result_payloads(step, &result) {
         Ok(()) => result,
         Err(error) => ActivityTaskResult::Failed(Failure {
-            message: error.message,
-            failure_type: RESULT_OVER_LIMIT.to_string(),
             non_retryable: true,
-            details: None,
+            ..Failure::new(RESULT_OVER_LIMIT, error.message)
         }),
     }
 }
@@ -422,6 +470,7 @@ fn on_attempt_failed(
                     retry_state,
                     last_failure: activity.last_failure.clone(),
                     last_heartbeat_details: activity.heartbeat_details.clone(),
+                    failure: Some(activity.timeout_failure(timeout_type)),
                 }),
                 None => EventKind::ActivityTaskFailed(ActivityTaskFailed {
                     scheduled_event_id,
@@ -452,10 +501,14 @@ fn close(step: &mut Step<'_>, activity: &ActivityState, outcome: EventKind) {
         let closing = super::ClosingActivity {
             scheduled_event_id: activity.scheduled_event_id,
             cancel_requested: activity.cancel_requested_event_id.is_some(),
+            started_time: activity.last_started_time(),
         };
         step.state
             .closing_activities
             .insert(activity.activity_id.clone(), closing);
+    }
+    if let Some(started_time) = activity.last_started_time() {
+        step.activity_started_at(activity.scheduled_event_id, started_time);
     }
     step.deliver_activity_close(activity.started_event(), outcome);
 }
@@ -519,6 +572,7 @@ pub fn on_timer(step: &mut Step<'_>, key: &TimerKey) -> bool {
                 retry_state: RetryState::Timeout,
                 last_failure: activity.last_failure.clone(),
                 last_heartbeat_details: activity.heartbeat_details.clone(),
+                failure: Some(activity.timeout_failure(timeout_type)),
             });
             close(step, &activity, outcome);
         }
@@ -608,6 +662,9 @@ pub(super) fn request_cancel(
     }
     step.state.activities.remove(&scheduled_event_id);
     if let Some(started) = activity.started_event() {
+        if let Some(started_time) = activity.last_started_time() {
+            step.activity_started_at(scheduled_event_id, started_time);
+        }
         follow_ups.push(EventKind::ActivityTaskStarted(started));
     }
     follow_ups.push(EventKind::ActivityTaskCanceled(ActivityTaskCanceled {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{ErrorCode, RunOutcome, ServiceError};
 use crate::env::RunStatus;
 use crate::history::{ActivityTaskStarted, Event, EventKind, WorkflowTaskScheduled};
-use crate::types::{Failure, Timestamp};
+use crate::types::{FAILURE_CAUSES_MAX, Failure, Timestamp};
 
 pub use activity::{ActivityPhase, ActivityState, LastStarted};
 pub use buffered::Buffered;
@@ -96,6 +96,10 @@ pub struct ClosingActivity {
     pub scheduled_event_id: u64,
     /// Its cancel was requested (in the history): it may not be requested again.
     pub cancel_requested: bool,
+    /// When its last attempt started: the time of its buffered
+    /// `ActivityTaskStarted` once written.
+    #[serde(default)]
+    pub started_time: Option<Timestamp>,
 }
 
 /// An open durable timer.
@@ -182,6 +186,10 @@ pub struct Step<'a> {
     pub next_run_id: Option<String>,
     /// The run this step started by continue-as-new: written in the same batch.
     pub continued: Option<continue_as_new::NextRun>,
+    /// When the last attempt of each activity closing here started, by
+    /// scheduled event id: its `ActivityTaskStarted` is written with that
+    /// time, as Temporal writes it, not the attempt's end.
+    activity_started_times: BTreeMap<u64, Timestamp>,
 }
 
 pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> ServiceError {
@@ -197,7 +205,15 @@ impl<'a> Step<'a> {
             events: Vec::new(),
             next_run_id: None,
             continued: None,
+            activity_started_times: BTreeMap::new(),
         }
+    }
+
+    /// The activity scheduled at `scheduled_event_id` last started at
+    /// `started_time` (its Started event, written in this step, takes it).
+    pub fn activity_started_at(&mut self, scheduled_event_id: u64, started_time: Timestamp) {
+        self.activity_started_times
+            .insert(scheduled_event_id, started_time);
     }
 
     /// Writes an event now; returns its id.
@@ -205,7 +221,15 @@ impl<'a> Step<'a> {
         let event_id = self.state.next_event_id;
         self.state.next_event_id += 1;
         child::on_emitted(self.state, event_id, &kind);
-        self.events.push(Event::new(event_id, self.now, kind));
+        let event_time = match &kind {
+            EventKind::ActivityTaskStarted(a) => self
+                .activity_started_times
+                .get(&a.scheduled_event_id)
+                .copied()
+                .unwrap_or(self.now),
+            _ => self.now,
+        };
+        self.events.push(Event::new(event_id, event_time, kind));
         event_id
     }
 
@@ -250,7 +274,12 @@ impl<'a> Step<'a> {
     pub fn flush_buffered(&mut self) {
         let buffered = self.state.buffered.take();
         self.state.buffered_payload_bytes = 0;
-        self.state.closing_activities.clear();
+        let closing = std::mem::take(&mut self.state.closing_activities);
+        for closed in closing.into_values() {
+            if let Some(started_time) = closed.started_time {
+                self.activity_started_at(closed.scheduled_event_id, started_time);
+            }
+        }
         self.state.timers.retain(|_, timer| !timer.fired);
         self.emit_all(buffered);
         debug_assert!(self.state.buffered.is_empty());
@@ -325,6 +354,21 @@ impl<'a> Step<'a> {
             return Err(error(ErrorCode::PayloadTooLarge, message));
         }
         Ok(())
+    }
+
+    /// Checks a failure from a worker: its chain of causes is at most
+    /// [`FAILURE_CAUSES_MAX`] long, and the whole of it (messages and
+    /// details) fits the payload limits.
+    pub fn check_failure(&self, what: &str, failure: &Failure) -> Result<(), ServiceError> {
+        let causes = failure.chain().count();
+        if causes > FAILURE_CAUSES_MAX {
+            let message = format!(
+                "{what} has a chain of {causes} causes, more than the limit of {FAILURE_CAUSES_MAX}"
+            );
+            return Err(error(ErrorCode::InvalidArgument, message));
+        }
+        let value = serde_json::to_value(failure).expect("failures always encode");
+        self.check_payload(what, &value)
     }
 }
 

@@ -181,6 +181,8 @@ pub(super) fn apply_command(
             Ok(())
         }
         Command::FailWorkflowExecution { failure } => {
+            step.check_failure("workflow failure", failure)
+                .map_err(|e| e.message)?;
             let workflow_task_completed_event_id = completed;
             let kind = WorkflowExecutionFailed {
                 failure: failure.clone(),

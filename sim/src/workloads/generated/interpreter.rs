@@ -311,6 +311,7 @@ async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<
         ctx: ctx.clone(),
         carried: std::sync::Arc::new(std::sync::Mutex::new(spec.carried.clone())),
         losers: Losers::default(),
+        failed_activity: Default::default(),
     };
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = progress.clone();
@@ -336,6 +337,10 @@ async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<
                 Either::Left((report, _)) => reports.push(report?),
                 Either::Right(_) => return Err(WorkflowError::Canceled),
             }
+        }
+        if !matches!(step, Step::Activity(_)) {
+            // Only a top-level activity step right before `Fail` counts.
+            *shared.failed_activity.lock().expect("failed activity lock") = None;
         }
         progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if ctx.is_cancel_requested() {
@@ -384,6 +389,9 @@ struct Shared {
     /// Races' losing activities, kept (not dropped) until the run ends: only
     /// their scope's cancel may cancel them, so a broken one shows.
     losers: Losers,
+    /// How the step just run ended, if it was an activity that failed or
+    /// timed out: a `Step::Fail` right after it fails the run with it.
+    failed_activity: std::sync::Arc<std::sync::Mutex<Option<ActivityError>>>,
 }
 
 /// Activities that lost a race, held until the run ends.
@@ -441,10 +449,20 @@ type StepFuture<'a> = Pin<Box<dyn Future<Output = WorkflowResult<StepReport>> + 
 fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) -> StepFuture<'a> {
     Box::pin(async move {
         Ok(match step {
-            Step::Activity(spec) => StepReport::Activity {
-                tag: spec.tag.clone(),
-                report: activity_report(schedule(ctx, spec).await),
-            },
+            Step::Activity(spec) => {
+                let result = schedule(ctx, spec).await;
+                let failed = match &result {
+                    Err(
+                        error @ (ActivityError::Failed { .. } | ActivityError::TimedOut { .. }),
+                    ) => Some(error.clone()),
+                    _ => None,
+                };
+                *shared.failed_activity.lock().expect("failed activity lock") = failed;
+                StepReport::Activity {
+                    tag: spec.tag.clone(),
+                    report: activity_report(result),
+                }
+            }
             Step::Timer { duration_ms } => {
                 ctx.sleep(Duration::from_millis(*duration_ms)).await?;
                 StepReport::Timer
@@ -470,10 +488,17 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
             },
             Step::Join(branches) => StepReport::Join(run_join(ctx, branches).await?),
             Step::Fail => {
-                return Err(WorkflowError::application(
-                    GAVE_UP,
-                    "the program's last step gives up",
-                ));
+                // Right after a failed activity, the run fails with it, as
+                // `?` on the activity would (Temporal's ActivityFailure).
+                let failed = shared
+                    .failed_activity
+                    .lock()
+                    .expect("failed activity lock")
+                    .take();
+                return Err(match failed {
+                    Some(error) => WorkflowError::Activity(error),
+                    None => WorkflowError::application(GAVE_UP, "the program's last step gives up"),
+                });
             }
             Step::TransientBug { until_ms } => {
                 let age_ms = ctx.now().millis_since(ctx.info().start_time);
@@ -622,6 +647,7 @@ fn activity_report(result: Result<ScriptOutput, ActivityError>) -> ActivityRepor
         Err(ActivityError::Failed {
             failure,
             retry_state,
+            ..
         }) => ActivityReport::Failed {
             failure_type: failure.failure_type,
             retry_state,

@@ -27,7 +27,7 @@ use retrace::api::RunOutcome;
 use retrace::history::{
     ActivityTaskScheduled, ActivityTaskStarted, Event, EventKind, History, WorkflowTaskFailedCause,
 };
-use retrace::types::{RetryState, TimeoutType};
+use retrace::types::{Failure, FailureInfo, RetryState, TimeoutType};
 use serde_json::Value;
 
 use super::chain;
@@ -399,7 +399,9 @@ impl<'a> RunCheck<'a> {
         }
     }
 
-    /// Checks the run's close; returns true if it completed.
+    /// Checks the run's close; returns true if it completed (a run that gives
+    /// up right after an activity that failed or timed out fails with that
+    /// activity's failure; see [`gave_up_as_expected`]).
     fn check_outcome(&mut self, history: &History) -> bool {
         let Some(close) = history.close_event() else {
             self.problem("never closed".to_string());
@@ -409,7 +411,7 @@ impl<'a> RunCheck<'a> {
         let allowed = match &close.kind {
             EventKind::WorkflowExecutionCompleted(_) => !spec.gives_up(),
             EventKind::WorkflowExecutionFailed(f) => {
-                spec.gives_up() && f.failure.failure_type == GAVE_UP
+                spec.gives_up() && gave_up_as_expected(spec, history, &f.failure)
             }
             EventKind::WorkflowExecutionCanceled(_) => self.may_be_canceled(),
             EventKind::WorkflowExecutionTerminated(_) => {
@@ -1196,7 +1198,9 @@ impl ActivityCheck<'_, '_> {
             .retry
             .normalized()
             .expect("generated policies are valid");
-        let same = a.schedule_to_start_timeout_ms == t.schedule_to_start_ms
+        // The service records schedule-to-start filled from schedule-to-close.
+        let schedule_to_start_ms = t.schedule_to_start_ms.or(t.schedule_to_close_ms);
+        let same = a.schedule_to_start_timeout_ms == schedule_to_start_ms
             && a.schedule_to_close_timeout_ms == t.schedule_to_close_ms
             && a.start_to_close_timeout_ms == Some(t.effective_start_to_close_ms())
             && a.heartbeat_timeout_ms == t.heartbeat_ms
@@ -1881,6 +1885,38 @@ fn markers<'h>(history: &'h History, name: &'h str) -> impl Iterator<Item = &'h 
         EventKind::MarkerRecorded(m) if m.marker_name == name => Some(&m.details),
         _ => None,
     })
+}
+
+/// A run that gives up fails with `GaveUp`, unless the step before is an
+/// activity that failed or timed out: then with an `ActivityFailure` naming
+/// that activity (its events and cause are checked against the history by
+/// the `failures name their cause` invariant).
+fn gave_up_as_expected(spec: &RunSpec, history: &History, failure: &Failure) -> bool {
+    let before = spec.steps.len().checked_sub(2).map(|at| &spec.steps[at]);
+    let Some(Step::Activity(activity)) = before else {
+        return failure.failure_type == GAVE_UP;
+    };
+    let scheduled = history.events().iter().find(|e| match &e.kind {
+        EventKind::ActivityTaskScheduled(a) => {
+            serde_json::from_value::<ScriptInput>(a.input.clone())
+                .is_ok_and(|input| input.tag == activity.tag)
+        }
+        _ => false,
+    });
+    let failed = scheduled.is_some_and(|scheduled| {
+        history.events().iter().any(|e| match &e.kind {
+            EventKind::ActivityTaskFailed(a) => a.scheduled_event_id == scheduled.event_id,
+            EventKind::ActivityTaskTimedOut(a) => a.scheduled_event_id == scheduled.event_id,
+            _ => false,
+        })
+    });
+    match (failed, failure.info.as_deref()) {
+        (true, Some(FailureInfo::Activity(info))) => {
+            scheduled.is_some_and(|s| s.event_id == info.scheduled_event_id)
+        }
+        (true, _) => false,
+        (false, _) => failure.failure_type == GAVE_UP,
+    }
 }
 
 #[cfg(test)]
