@@ -234,7 +234,7 @@ async fn failure_details_over_the_payload_limit_fail_the_attempt_without_them_an
     assert!(failure.non_retryable);
     assert!(failure.details.is_none());
     assert!(
-        failure.message.contains("failure details is")
+        failure.message.contains("activity failure is")
             && failure.message.contains("more than the limit"),
         "{}",
         failure.message

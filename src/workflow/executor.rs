@@ -436,35 +436,9 @@ impl WorkflowExecutor {
                 Ok(a.result.clone()),
                 payload_hash(&a.result),
             ),
-            ActivityTaskFailed(a) => {
-                let (started, identity) = (a.started_event_id, a.identity.clone());
-                let error = ActivityError::Failed {
-                    failure: a.failure.clone(),
-                    retry_state: a.retry_state,
-                    activity: self.activity_info(
-                        a.scheduled_event_id,
-                        started,
-                        identity,
-                        a.retry_state,
-                    ),
-                };
-                self.resolve_activity(event, a.scheduled_event_id, Err(error), 0);
-            }
-            ActivityTaskTimedOut(a) => {
-                let started = a.started_event_id.unwrap_or_default();
-                let error = ActivityError::TimedOut {
-                    timeout_type: a.timeout_type,
-                    retry_state: a.retry_state,
-                    last_failure: a.last_failure.clone().map(Box::new),
-                    activity: self.activity_info(
-                        a.scheduled_event_id,
-                        started,
-                        String::new(),
-                        a.retry_state,
-                    ),
-                    timeout: a.failure.clone().map(Box::new),
-                };
-                self.resolve_activity(event, a.scheduled_event_id, Err(error), 0);
+            ActivityTaskFailed(_) | ActivityTaskTimedOut(_) => {
+                let (scheduled_event_id, error) = self.activity_error(&event.kind);
+                self.resolve_activity(event, scheduled_event_id, Err(error), 0);
             }
             ActivityTaskCanceled(a) => {
                 self.resolve_activity(event, a.scheduled_event_id, Err(ActivityError::Canceled), 0)
@@ -509,6 +483,38 @@ impl WorkflowExecutor {
             kind => self.on_child_event(kind),
         }
         Ok(())
+    }
+
+    /// The error an activity's failure or timeout resolves its future with,
+    /// and the activity's scheduled event id.
+    fn activity_error(&self, kind: &EventKind) -> (u64, ActivityError) {
+        match kind {
+            EventKind::ActivityTaskFailed(a) => {
+                let id = a.scheduled_event_id;
+                let info = |s: &Self| {
+                    s.activity_info(id, a.started_event_id, a.identity.clone(), a.retry_state)
+                };
+                let error = ActivityError::Failed {
+                    failure: a.failure.clone(),
+                    retry_state: a.retry_state,
+                    activity: info(self),
+                };
+                (id, error)
+            }
+            EventKind::ActivityTaskTimedOut(a) => {
+                let id = a.scheduled_event_id;
+                let started = a.started_event_id.unwrap_or_default();
+                let error = ActivityError::TimedOut {
+                    timeout_type: a.timeout_type,
+                    retry_state: a.retry_state,
+                    last_failure: a.last_failure.clone().map(Box::new),
+                    activity: self.activity_info(id, started, String::new(), a.retry_state),
+                    timeout: a.failure.clone().map(Box::new),
+                };
+                (id, error)
+            }
+            _ => unreachable!("only an activity's failure or timeout"),
+        }
     }
 
     /// A child workflow's start or close resolves what its parent awaits.

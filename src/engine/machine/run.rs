@@ -169,6 +169,31 @@ pub(super) fn apply_command(
             step.emit(EventKind::MarkerRecorded(marker));
             Ok(())
         }
+        Command::CompleteWorkflowExecution { .. }
+        | Command::FailWorkflowExecution { .. }
+        | Command::CancelWorkflowExecution { .. } => apply_close_command(step, completed, command),
+        Command::ContinueAsNewWorkflowExecution(command) => {
+            super::continue_as_new::on_command(step, completed, command)
+        }
+        Command::SignalExternalWorkflowExecution(command) => {
+            super::external::on_signal_command(step, completed, command)
+        }
+        Command::RequestCancelExternalWorkflowExecution(command) => {
+            super::external::on_cancel_command(step, completed, command)
+        }
+        Command::StartChildWorkflowExecution(command) => {
+            super::child::on_start_command(step, completed, command)
+        }
+    }
+}
+
+/// A command that closes the run: complete, fail or cancel.
+fn apply_close_command(
+    step: &mut Step<'_>,
+    completed: u64,
+    command: &Command,
+) -> Result<(), String> {
+    match command {
         Command::CompleteWorkflowExecution { result } => {
             step.check_payload("workflow result", result)
                 .map_err(|e| e.message)?;
@@ -205,18 +230,7 @@ pub(super) fn apply_command(
             close(step, EventKind::WorkflowExecutionCanceled(kind));
             Ok(())
         }
-        Command::ContinueAsNewWorkflowExecution(command) => {
-            super::continue_as_new::on_command(step, completed, command)
-        }
-        Command::SignalExternalWorkflowExecution(command) => {
-            super::external::on_signal_command(step, completed, command)
-        }
-        Command::RequestCancelExternalWorkflowExecution(command) => {
-            super::external::on_cancel_command(step, completed, command)
-        }
-        Command::StartChildWorkflowExecution(command) => {
-            super::child::on_start_command(step, completed, command)
-        }
+        _ => unreachable!("apply_command passes only close commands"),
     }
 }
 

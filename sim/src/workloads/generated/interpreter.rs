@@ -446,23 +446,42 @@ async fn condition(
 
 type StepFuture<'a> = Pin<Box<dyn Future<Output = WorkflowResult<StepReport>> + Send + 'a>>;
 
+/// Runs a top-level activity step, remembering its error if it failed or
+/// timed out (for a `Step::Fail` right after it).
+async fn run_activity(ctx: &WorkflowContext, shared: &Shared, spec: &ActivitySpec) -> StepReport {
+    let result = schedule(ctx, spec).await;
+    let failed = match &result {
+        Err(error @ (ActivityError::Failed { .. } | ActivityError::TimedOut { .. })) => {
+            Some(error.clone())
+        }
+        _ => None,
+    };
+    *shared.failed_activity.lock().expect("failed activity lock") = failed;
+    StepReport::Activity {
+        tag: spec.tag.clone(),
+        report: activity_report(result),
+    }
+}
+
+/// The error a `Step::Fail` ends the run with: right after a failed
+/// activity, that activity's, as `?` on it would (Temporal's
+/// ActivityFailure); otherwise an application failure.
+fn give_up(shared: &Shared) -> WorkflowError {
+    let failed = shared
+        .failed_activity
+        .lock()
+        .expect("failed activity lock")
+        .take();
+    match failed {
+        Some(error) => WorkflowError::Activity(error),
+        None => WorkflowError::application(GAVE_UP, "the program's last step gives up"),
+    }
+}
+
 fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) -> StepFuture<'a> {
     Box::pin(async move {
         Ok(match step {
-            Step::Activity(spec) => {
-                let result = schedule(ctx, spec).await;
-                let failed = match &result {
-                    Err(
-                        error @ (ActivityError::Failed { .. } | ActivityError::TimedOut { .. }),
-                    ) => Some(error.clone()),
-                    _ => None,
-                };
-                *shared.failed_activity.lock().expect("failed activity lock") = failed;
-                StepReport::Activity {
-                    tag: spec.tag.clone(),
-                    report: activity_report(result),
-                }
-            }
+            Step::Activity(spec) => run_activity(ctx, shared, spec).await,
             Step::Timer { duration_ms } => {
                 ctx.sleep(Duration::from_millis(*duration_ms)).await?;
                 StepReport::Timer
@@ -487,19 +506,7 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
                 taken: ctx.patched(patch_id),
             },
             Step::Join(branches) => StepReport::Join(run_join(ctx, branches).await?),
-            Step::Fail => {
-                // Right after a failed activity, the run fails with it, as
-                // `?` on the activity would (Temporal's ActivityFailure).
-                let failed = shared
-                    .failed_activity
-                    .lock()
-                    .expect("failed activity lock")
-                    .take();
-                return Err(match failed {
-                    Some(error) => WorkflowError::Activity(error),
-                    None => WorkflowError::application(GAVE_UP, "the program's last step gives up"),
-                });
-            }
+            Step::Fail => return Err(give_up(shared)),
             Step::TransientBug { until_ms } => {
                 let age_ms = ctx.now().millis_since(ctx.info().start_time);
                 if age_ms < *until_ms {
