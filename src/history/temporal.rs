@@ -56,6 +56,37 @@ pub(super) fn is_temporal_form(
     format_version.is_none() && workflow_id.is_none() && run_id.is_none()
 }
 
+/// The two forms `History::from_json` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryForm {
+    /// Retrace's canonical form (`format_version`, `workflow_id`, `run_id`, `events`).
+    Canonical,
+    /// Temporal's JSON export (`events` only).
+    Temporal,
+}
+
+impl HistoryForm {
+    /// Which form `text` is in, as `History::from_json` decides; `None` if
+    /// it is not a JSON object.
+    pub fn of(text: &str) -> Option<HistoryForm> {
+        #[derive(serde::Deserialize)]
+        struct Header {
+            format_version: Option<serde::de::IgnoredAny>,
+            workflow_id: Option<serde::de::IgnoredAny>,
+            run_id: Option<serde::de::IgnoredAny>,
+        }
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let header: Header = serde_json::from_str(text).ok()?;
+        let present = header.format_version.is_some()
+            || header.workflow_id.is_some()
+            || header.run_id.is_some();
+        Some(match present {
+            true => HistoryForm::Canonical,
+            false => HistoryForm::Temporal,
+        })
+    }
+}
+
 impl History {
     /// Reads Temporal's JSON history export (see the module documentation).
     pub fn from_temporal_json(text: &str) -> Result<History, DecodeError> {
