@@ -94,8 +94,8 @@ impl Importer {
         let (marker_name, details) = match name.as_str() {
             GO_SIDE_EFFECT_MARKER => {
                 let value = details.payloads("data")?;
-                let seq = next(&mut self.side_effects);
-                let seq: u64 = seq.parse().expect("a counter");
+                self.side_effects += 1;
+                let seq = self.side_effects;
                 (
                     SIDE_EFFECT_MARKER_NAME,
                     json!({ "seq": seq, "value": value }),
