@@ -205,3 +205,50 @@ fn same_without_ids(sent: &Event, read: &Event) -> bool {
     };
     without_ids(sent) == without_ids(read)
 }
+
+#[cfg(test)]
+mod temporal_round_trip_tests {
+    use retrace::history::HistoryBuilder;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_sdk_history_passes_and_what_does_not_read_back_is_a_violation() {
+        let mut b = HistoryBuilder::new("flow", json!({"n": 1}));
+        b.add_full_workflow_task();
+        let timer = b.add_timer_started("1", 1_000);
+        b.add_timer_fired("1", timer);
+        b.add_full_workflow_task();
+        b.add_marker("SideEffect", json!({"seq": 1, "value": "x"}));
+        b.add_workflow_execution_completed(json!("done"));
+        assert_eq!(check_temporal_round_trip(b.history(), true), None);
+
+        // A timer id Retrace's SDK would not give reads back renumbered.
+        let mut b = HistoryBuilder::new("flow", json!(null));
+        b.add_full_workflow_task();
+        let timer = b.add_timer_started("t-9", 1_000);
+        b.add_timer_fired("t-9", timer);
+        let violation = check_temporal_round_trip(b.history(), true).expect("renumbered");
+        assert_eq!(
+            (violation.invariant, violation.event_id),
+            ("temporal round trip", Some(5))
+        );
+        assert_eq!(
+            check_temporal_round_trip(b.history(), false),
+            None,
+            "raw: ids not compared"
+        );
+
+        // A marker no SDK of Retrace's records does not read back at all.
+        let mut b = HistoryBuilder::new("flow", json!(null));
+        b.add_full_workflow_task();
+        b.add_marker("Custom", json!({}));
+        let violation = check_temporal_round_trip(b.history(), true).expect("refused");
+        assert!(
+            violation.message.contains("marker \"Custom\""),
+            "{}",
+            violation.message
+        );
+    }
+}
