@@ -225,6 +225,10 @@ async fn assert_history_is_shown(url: &str, run_id: &str) -> History {
         "byte for byte canonical"
     );
     assert_eq!(history.run_id(), run_id);
+    let temporal = cli(url, "workflow history --id g1 --temporal").await.ok();
+    assert_eq!(temporal.stdout.trim_end(), history.to_temporal_json());
+    let imported = History::from_json(&temporal.stdout).expect("--temporal reads back");
+    assert_eq!(imported.events().last(), history.events().last());
     let timeline = cli(url, "workflow history --id g1").await.ok().stdout;
     let lines: Vec<&str> = timeline.lines().collect();
     assert_eq!(

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use retrace::history::History;
+use retrace::history::{History, HistoryForm};
 
 /// Exit status of `history diff` when the histories differ.
 const EXIT_DIFFERENT: u8 = 1;
@@ -90,10 +90,20 @@ enum HistoryCommand {
         /// The second (actual) history.
         right: PathBuf,
     },
-    /// Checks that a history file is well-formed (exit 0 if it is).
+    /// Checks that a history file is well-formed (exit 0 if it is). Reads
+    /// Retrace's canonical JSON or Temporal's export
+    /// (`temporal workflow show --output json`).
     Check {
         /// The history file.
         file: PathBuf,
+    },
+    /// Prints a history file (either form) in the form asked for.
+    Convert {
+        /// The history file.
+        file: PathBuf,
+        /// `retrace` (the canonical JSON) or `temporal` (Temporal's JSON export).
+        #[arg(long, value_parser = ["retrace", "temporal"])]
+        to: String,
     },
 }
 
@@ -147,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::History(HistoryCommand::Diff { left, right }) => Ok(diff_files(&left, &right)),
         Command::History(HistoryCommand::Check { file }) => Ok(check_file(&file)),
+        Command::History(HistoryCommand::Convert { file, to }) => Ok(convert_file(&file, &to)),
         Command::New(command) => scaffold::run(command).map(|()| ExitCode::SUCCESS),
         Command::Mcp => mcp::run(&cli.address, cli.token.as_deref())
             .await
@@ -192,8 +203,13 @@ fn check_file(path: &std::path::Path) -> ExitCode {
             } else {
                 "open"
             };
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let form = match HistoryForm::of(&text) {
+                Some(HistoryForm::Temporal) => ", converted from Temporal's export",
+                _ => "",
+            };
             println!(
-                "ok: {}: {} events, workflow {} run {} ({state})",
+                "ok: {}: {} events, workflow {} run {} ({state}{form})",
                 path.display(),
                 history.len(),
                 history.workflow_id(),
@@ -206,4 +222,16 @@ fn check_file(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn convert_file(path: &std::path::Path, to: &str) -> ExitCode {
+    match read_history(path) {
+        Ok(history) if to == "temporal" => println!("{}", history.to_temporal_json()),
+        Ok(history) => println!("{}", history.to_json()),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    }
+    ExitCode::SUCCESS
 }

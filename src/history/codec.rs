@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::event::{EVENT_TYPE_NAMES, Event};
+use super::temporal::{HISTORY_FILE_BYTES_MAX, from_temporal_events, is_temporal_form};
 use super::{History, HistoryError};
 
 /// The history file format this build writes and reads.
@@ -59,6 +60,32 @@ pub enum DecodeError {
     /// The events decode but do not form a valid history.
     #[error("history is not well-formed: {0}")]
     Invalid(#[from] HistoryError),
+    /// A canonical history without one of its header fields.
+    #[error(
+        "history has no `{0}` (a canonical history has format_version, workflow_id, run_id and events)"
+    )]
+    MissingField(&'static str),
+    /// The text is larger than `HISTORY_FILE_BYTES_MAX`.
+    #[error("history is {bytes} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The size found.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A Temporal export that cannot be read as a whole.
+    #[error("Temporal history: {0}")]
+    Temporal(String),
+    /// An event of a Temporal export that does not convert.
+    #[error("Temporal history, event {event_id} ({event_type}): {message}")]
+    TemporalEvent {
+        /// The event's `eventId`.
+        event_id: u64,
+        /// The event's `eventType`, as written.
+        event_type: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The file could not be read.
     #[error("cannot read history file {path}: {message}")]
     Io {
@@ -80,12 +107,12 @@ struct FileRef<'a> {
 #[derive(Deserialize)]
 struct FileHeader {
     format_version: Option<u64>,
-    workflow_id: String,
-    run_id: String,
+    workflow_id: Option<String>,
+    run_id: Option<String>,
     events: Vec<Value>,
 }
 
-fn malformed(error: &serde_json::Error) -> DecodeError {
+pub(super) fn malformed(error: &serde_json::Error) -> DecodeError {
     DecodeError::Malformed {
         line: error.line(),
         column: error.column(),
@@ -107,9 +134,18 @@ impl History {
 
     /// Reads the canonical JSON form, validating every event. A leading
     /// UTF-8 byte order mark (as some editors write) is skipped.
+    ///
+    /// A Temporal JSON export (no `format_version`, `workflow_id` or
+    /// `run_id`, an `events` list) is converted as
+    /// [`History::from_temporal_json`] does.
     pub fn from_json(text: &str) -> Result<History, DecodeError> {
+        check_size(text)?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let header: FileHeader = serde_json::from_str(text).map_err(|e| malformed(&e))?;
+        let (workflow_id, run_id) = (header.workflow_id.as_deref(), header.run_id.as_deref());
+        if is_temporal_form(header.format_version, workflow_id, run_id) {
+            return from_temporal_events(header.events);
+        }
         let found = header.format_version.unwrap_or(0);
         if found != u64::from(FORMAT_VERSION) {
             return Err(DecodeError::UnsupportedFormatVersion {
@@ -117,7 +153,11 @@ impl History {
                 supported: FORMAT_VERSION,
             });
         }
-        let mut history = History::new(header.workflow_id, header.run_id);
+        let workflow_id = header
+            .workflow_id
+            .ok_or(DecodeError::MissingField("workflow_id"))?;
+        let run_id = header.run_id.ok_or(DecodeError::MissingField("run_id"))?;
+        let mut history = History::new(workflow_id, run_id);
         for (index, raw) in header.events.into_iter().enumerate() {
             let event = decode_event(index, raw)?;
             history.append(event)?;
@@ -128,10 +168,16 @@ impl History {
     /// Reads a history file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<History, DecodeError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| DecodeError::Io {
+        let io_error = |e: std::io::Error| DecodeError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
-        })?;
+        };
+        let bytes = std::fs::metadata(path).map_err(io_error)?.len();
+        if bytes > HISTORY_FILE_BYTES_MAX {
+            let limit = HISTORY_FILE_BYTES_MAX;
+            return Err(DecodeError::TooLarge { bytes, limit });
+        }
+        let text = std::fs::read_to_string(path).map_err(io_error)?;
         History::from_json(&text)
     }
 
@@ -146,6 +192,16 @@ impl History {
             "events": events,
         })
     }
+}
+
+/// Refuses a text over `HISTORY_FILE_BYTES_MAX`.
+pub(super) fn check_size(text: &str) -> Result<(), DecodeError> {
+    let bytes = text.len() as u64;
+    if bytes > HISTORY_FILE_BYTES_MAX {
+        let limit = HISTORY_FILE_BYTES_MAX;
+        return Err(DecodeError::TooLarge { bytes, limit });
+    }
+    Ok(())
 }
 
 fn decode_event(index: usize, raw: Value) -> Result<Event, DecodeError> {

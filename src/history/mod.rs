@@ -19,12 +19,14 @@ mod builder;
 mod codec;
 mod diff;
 mod event;
+mod temporal;
 mod validate;
 
 pub use builder::HistoryBuilder;
 pub use codec::{DecodeError, FORMAT_VERSION};
 pub use diff::{HistoryDiff, diff};
 pub use event::*;
+pub use temporal::{HISTORY_FILE_BYTES_MAX, HistoryForm, IMPORTED_ID_PLACEHOLDER};
 pub use validate::{HistoryError, Validator};
 
 use serde_json::Value;

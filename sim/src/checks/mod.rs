@@ -48,7 +48,7 @@ use retrace::workflow::{Replayer, StateDigest};
 use crate::world::cluster::{AttemptKey, AttemptSeen};
 
 pub use effects::{check_attempts, check_effects, check_later_attempts_acted};
-pub use history::{check_determinism, check_replay, check_well_formed};
+pub use history::{check_determinism, check_replay, check_temporal_round_trip, check_well_formed};
 pub use liveness::check_closed;
 pub use timers::{ServiceClock, Tolerance, check_timers};
 
@@ -227,6 +227,8 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
         violations.extend(check_closed(&record));
         let Ok(history) = history else { continue };
         violations.extend(check_determinism(&history));
+        let sdk_ids = !checks.raw_types.contains(&record.workflow_type);
+        violations.extend(check_temporal_round_trip(&history, sdk_ids));
         violations.extend(check_timers(&history, checks.tolerance, checks.attempts));
         violations.extend(check_attempts(&history, checks.attempts));
         violations.extend(failures::check_failures(&history));

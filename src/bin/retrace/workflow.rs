@@ -146,13 +146,17 @@ pub enum WorkflowCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
     },
-    /// Shows a run's history: a timeline, or the canonical JSON with --json.
+    /// Shows a run's history: a timeline, the canonical JSON with --json, or
+    /// Temporal's JSON export form with --temporal.
     History {
         #[command(flatten)]
         run: RunArgs,
         /// Prints the canonical JSON form.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "temporal")]
         json: bool,
+        /// Prints Temporal's JSON export form (`temporal workflow show --output json`).
+        #[arg(long)]
+        temporal: bool,
     },
 }
 
@@ -297,14 +301,19 @@ async fn inspect(
             };
             return Ok(print_outcome(&run.id, outcome));
         }
-        WorkflowCommand::History { run, json } => {
+        WorkflowCommand::History {
+            run,
+            json,
+            temporal,
+        } => {
             let history = client
                 .history(&run.id, run.run_id.as_deref())
                 .await
                 .map_err(fail)?;
-            match json {
-                true => println!("{}", history.to_json()),
-                false => print!("{}", timeline::timeline(&history)),
+            match (json, temporal) {
+                (true, _) => println!("{}", history.to_json()),
+                (_, true) => println!("{}", history.to_temporal_json()),
+                _ => print!("{}", timeline::timeline(&history)),
             }
         }
         other => unreachable!("{other:?} is handled by run"),
