@@ -32,7 +32,7 @@ fn put(object: &mut Value, key: &str, value: Option<Value>) {
     }
 }
 
-fn timeout_type(timeout: TimeoutType) -> &'static str {
+pub(super) fn timeout_type(timeout: TimeoutType) -> &'static str {
     match timeout {
         TimeoutType::StartToClose => "TIMEOUT_TYPE_START_TO_CLOSE",
         TimeoutType::ScheduleToStart => "TIMEOUT_TYPE_SCHEDULE_TO_START",
@@ -41,7 +41,7 @@ fn timeout_type(timeout: TimeoutType) -> &'static str {
     }
 }
 
-fn retry_state(state: RetryState) -> &'static str {
+pub(super) fn retry_state(state: RetryState) -> &'static str {
     match state {
         RetryState::NonRetryableFailure => "RETRY_STATE_NON_RETRYABLE_FAILURE",
         RetryState::Timeout => "RETRY_STATE_TIMEOUT",
@@ -259,12 +259,14 @@ fn activity_timed_out(a: &ActivityTaskTimedOut) -> Value {
         "lastHeartbeatDetails",
         a.last_heartbeat_details.as_ref().map(payloads),
     );
-    let mut timeout = json!({
-        "message": format!("activity {} timeout", a.timeout_type),
-        "source": "Retrace",
-        "timeoutFailureInfo": info,
-    });
-    put(&mut timeout, "cause", a.last_failure.as_ref().map(failure));
+    // Temporal's failure is the timeout caused by the last attempt's failure.
+    let fallback = || {
+        let message = format!("activity {} timeout", a.timeout_type);
+        crate::types::Failure::timed_out(a.timeout_type, message)
+    };
+    let timeout = a.failure.clone().unwrap_or_else(fallback);
+    let mut timeout = failure(&timeout.with_cause(a.last_failure.clone()));
+    timeout["timeoutFailureInfo"] = info;
     let mut value = json!({
         "failure": timeout,
         "scheduledEventId": id(a.scheduled_event_id),

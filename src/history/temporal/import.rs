@@ -139,7 +139,7 @@ fn unsupported_marker(name: &str) -> Fault {
     format!("marker {name:?} does not map to Retrace: {why}")
 }
 
-fn timeout_type(text: Option<String>) -> Result<TimeoutType, Fault> {
+pub(super) fn timeout_type(text: Option<String>) -> Result<TimeoutType, Fault> {
     match text.as_deref() {
         Some("START_TO_CLOSE") => Ok(TimeoutType::StartToClose),
         Some("SCHEDULE_TO_START") => Ok(TimeoutType::ScheduleToStart),
@@ -150,7 +150,7 @@ fn timeout_type(text: Option<String>) -> Result<TimeoutType, Fault> {
     }
 }
 
-fn retry_state(a: Attrs<'_>) -> Result<RetryState, Fault> {
+pub(super) fn retry_state(a: Attrs<'_>) -> Result<RetryState, Fault> {
     match a.enumeration("retryState", "RETRY_STATE_")?.as_deref() {
         None | Some("RETRY_POLICY_NOT_SET") => Ok(RetryState::RetryPolicyNotSet),
         Some("NON_RETRYABLE_FAILURE") => Ok(RetryState::NonRetryableFailure),
@@ -318,13 +318,18 @@ fn activity_timed_out(a: Attrs<'_>) -> Result<EventKind, Fault> {
     let info = failure
         .message("timeoutFailureInfo")?
         .ok_or("missing attribute `failure.timeoutFailureInfo`")?;
+    // Temporal's failure is the timeout caused by the last attempt's
+    // failure; Retrace keeps the two apart.
+    let mut timeout = a.required_failure("failure")?;
+    let last_failure = timeout.cause.take().map(|cause| *cause);
     Ok(EventKind::ActivityTaskTimedOut(ActivityTaskTimedOut {
         scheduled_event_id: a.event_id("scheduledEventId")?,
         started_event_id: a.optional_int("startedEventId")?.filter(|id| *id > 0),
         timeout_type: timeout_type(info.enumeration("timeoutType", "TIMEOUT_TYPE_")?)?,
         retry_state: retry_state(a)?,
-        last_failure: failure.failure("cause")?,
+        last_failure,
         last_heartbeat_details: info.optional_payloads("lastHeartbeatDetails")?,
+        failure: Some(timeout),
     }))
 }
 

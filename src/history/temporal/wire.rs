@@ -9,7 +9,7 @@ use base64::engine::general_purpose::{
 use serde_json::{Map, Value, json};
 
 use crate::activity::{BACKOFF_COEFFICIENT_DEFAULT, RetryPolicy};
-use crate::types::Failure;
+use crate::types::{ActivityFailureInfo, FAILURE_CAUSES_MAX, Failure, FailureInfo};
 
 /// What went wrong in one event; the caller adds the event id and type.
 pub(super) type Fault = String;
@@ -314,7 +314,26 @@ pub(super) fn payloads(value: &Value) -> Value {
 /// A failure: an application failure's type, flags and details; other kinds
 /// (timeout, canceled, terminated, server) take their kind as type; a wrapper
 /// (activity or child workflow failure) is read through to its cause.
+/// A failure and its causes, at most [`FAILURE_CAUSES_MAX`] deep.
 fn decode_failure(message: Attrs<'_>) -> Result<Failure, Fault> {
+    decode_failure_within(message, FAILURE_CAUSES_MAX)
+}
+
+fn decode_failure_within(message: Attrs<'_>, causes_max: usize) -> Result<Failure, Fault> {
+    let cause = match message.message("cause")? {
+        Some(_) if causes_max <= 1 => {
+            return Err(format!(
+                "a failure with more than {FAILURE_CAUSES_MAX} causes"
+            ));
+        }
+        Some(cause) => Some(decode_failure_within(cause, causes_max - 1)?),
+        None => None,
+    };
+    Ok(decode_one_failure(message)?.with_cause(cause))
+}
+
+/// One failure of a chain, without its cause.
+fn decode_one_failure(message: Attrs<'_>) -> Result<Failure, Fault> {
     let text = message.string("message")?;
     if let Some(info) = message.message("applicationFailureInfo")? {
         let mut failure = Failure::new(info.string("type")?, text);
@@ -322,13 +341,20 @@ fn decode_failure(message: Attrs<'_>) -> Result<Failure, Fault> {
         failure.details = info.optional_payloads("details")?;
         return Ok(failure);
     }
-    let wrappers = ["activityFailureInfo", "childWorkflowExecutionFailureInfo"];
-    for wrapper in wrappers {
-        if message.message(wrapper)?.is_some()
-            && let Some(cause) = message.message("cause")?
-        {
-            return decode_failure(cause);
-        }
+    if let Some(info) = message.message("activityFailureInfo")? {
+        let activity = activity_failure_info(info)?;
+        return Ok(Failure {
+            info: Some(Box::new(FailureInfo::Activity(activity))),
+            ..Failure::new("ActivityFailure", text)
+        });
+    }
+    if let Some(info) = message.message("timeoutFailureInfo")? {
+        let timeout_type =
+            super::import::timeout_type(info.enumeration("timeoutType", "TIMEOUT_TYPE_")?)?;
+        return Ok(Failure::timed_out(timeout_type, text));
+    }
+    if message.message("childWorkflowExecutionFailureInfo")?.is_some() {
+        return Ok(Failure::new("ChildWorkflowFailure", text));
     }
     let kinds = [
         ("timeoutFailureInfo", "Timeout"),
@@ -344,20 +370,57 @@ fn decode_failure(message: Attrs<'_>) -> Result<Failure, Fault> {
     Ok(Failure::new(kind, text))
 }
 
-/// A failure as an application failure (its type, flags and details).
-pub(super) fn failure(failure: &Failure) -> Value {
-    let mut info = json!({ "type": failure.failure_type });
-    if failure.non_retryable {
-        info["nonRetryable"] = json!(true);
-    }
-    if let Some(details) = &failure.details {
-        info["details"] = payloads(details);
-    }
-    json!({
-        "message": failure.message,
-        "source": "Retrace",
-        "applicationFailureInfo": info,
+/// Temporal's `ActivityFailureInfo`.
+fn activity_failure_info(info: Attrs<'_>) -> Result<ActivityFailureInfo, Fault> {
+    let activity_type = info
+        .message("activityType")?
+        .ok_or("missing attribute `activityType`")?
+        .string("name")?;
+    Ok(ActivityFailureInfo {
+        scheduled_event_id: info.optional_int("scheduledEventId")?.unwrap_or_default(),
+        started_event_id: info.optional_int("startedEventId")?.unwrap_or_default(),
+        identity: info.optional_string("identity")?.unwrap_or_default(),
+        activity_type,
+        activity_id: info.string("activityId")?,
+        retry_state: super::import::retry_state(info)?,
     })
+}
+
+/// A failure and its causes: an activity or timeout failure with its
+/// Temporal failure info, anything else as an application failure (its
+/// type, flags and details).
+pub(super) fn failure(failure: &Failure) -> Value {
+    let mut value = json!({ "message": failure.message, "source": "Retrace" });
+    match failure.info.as_deref() {
+        Some(FailureInfo::Activity(a)) => {
+            value["activityFailureInfo"] = json!({
+                "scheduledEventId": a.scheduled_event_id.to_string(),
+                "startedEventId": a.started_event_id.to_string(),
+                "identity": a.identity,
+                "activityType": { "name": a.activity_type },
+                "activityId": a.activity_id,
+                "retryState": super::export::retry_state(a.retry_state),
+            });
+        }
+        Some(FailureInfo::Timeout { timeout_type }) => {
+            let timeout_type = super::export::timeout_type(*timeout_type);
+            value["timeoutFailureInfo"] = json!({ "timeoutType": timeout_type });
+        }
+        None => {
+            let mut info = json!({ "type": failure.failure_type });
+            if failure.non_retryable {
+                info["nonRetryable"] = json!(true);
+            }
+            if let Some(details) = &failure.details {
+                info["details"] = payloads(details);
+            }
+            value["applicationFailureInfo"] = info;
+        }
+    }
+    if let Some(cause) = &failure.cause {
+        value["cause"] = self::failure(cause);
+    }
+    value
 }
 
 /// A retry policy, every field written.
