@@ -5,8 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult};
+use retrace::api::RunOutcome;
 use retrace::client::{Client, ClientError, StartOptions};
 use retrace::engine::EmbeddedEngine;
+use retrace::types::FailureInfo;
 use retrace::workflow::{Workflow, WorkflowContext, WorkflowError, WorkflowResult, join};
 
 /// A cart: collects items signaled as "add" until one is "checkout".
@@ -371,6 +373,68 @@ async fn the_readme_child_workflow_example_has_the_warehouse_pick_the_order() {
     warehouse.shutdown().await;
 }
 
+/// Charges a card that is always declined.
+struct Decline;
+impl Activity for Decline {
+    const NAME: &'static str = "charge";
+    type Input = u64;
+    type Output = ();
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(10))
+    }
+    async fn run(&self, _ctx: ActivityContext, _cents: u64) -> ActivityResult<()> {
+        Err(retrace::activity::non_retryable("card declined"))
+    }
+}
+
+/// Pays with `?`: a failed charge fails the run with it.
+struct Pay;
+impl Workflow for Pay {
+    const NAME: &'static str = "pay";
+    type Input = u64;
+    type Output = ();
+    async fn run(ctx: WorkflowContext, cents: u64) -> WorkflowResult<()> {
+        ctx.activity::<Decline>(cents).await?;
+        Ok(())
+    }
+}
+
+// README activity-failure begins
+/// Which activity failed a run, and with what: the run's failure is an
+/// `ActivityFailure` naming the activity, caused by the activity's own failure.
+fn failed_activity(outcome: &RunOutcome) -> Option<(String, String)> {
+    let RunOutcome::Failed { failure } = outcome else {
+        return None;
+    };
+    let Some(FailureInfo::Activity(activity)) = failure.info.as_deref() else {
+        return None;
+    };
+    let cause = failure.cause.as_deref()?;
+    Some((activity.activity_type.clone(), cause.message.clone()))
+}
+// README activity-failure ends
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_activity_failure_example_names_the_activity_and_its_failure() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<Pay>();
+    let worker = engine
+        .worker("shop")
+        .workflows(registry)
+        .activity(Decline)
+        .start();
+    let client = engine.client();
+    let pay = client
+        .start::<Pay>(StartOptions::new("pay-1", "shop"), 1_999)
+        .await
+        .unwrap();
+    let outcome = pay.outcome().await.unwrap();
+    let expected = ("charge".to_string(), "card declined".to_string());
+    assert_eq!(failed_activity(&outcome), Some(expected));
+    worker.shutdown().await;
+}
+
 /// The lines between `// README {name} begins` and `ends` in this file,
 /// without the indentation they share.
 fn example(name: &str) -> String {
@@ -405,6 +469,7 @@ fn the_readme_shows_these_examples_verbatim() {
         "signal-external",
         "cancellation-scopes",
         "child-workflows",
+        "activity-failure",
     ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(

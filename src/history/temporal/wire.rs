@@ -353,7 +353,10 @@ fn decode_one_failure(message: Attrs<'_>) -> Result<Failure, Fault> {
             super::import::timeout_type(info.enumeration("timeoutType", "TIMEOUT_TYPE_")?)?;
         return Ok(Failure::timed_out(timeout_type, text));
     }
-    if message.message("childWorkflowExecutionFailureInfo")?.is_some() {
+    if message
+        .message("childWorkflowExecutionFailureInfo")?
+        .is_some()
+    {
         return Ok(Failure::new("ChildWorkflowFailure", text));
     }
     let kinds = [
