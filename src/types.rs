@@ -166,6 +166,29 @@ pub enum FailureInfo {
         /// Which timeout.
         timeout_type: TimeoutType,
     },
+    /// A child workflow did not complete (Temporal's
+    /// `ChildWorkflowExecutionFailureInfo`).
+    #[serde(rename = "child_workflow_execution_failure_info")]
+    ChildWorkflow(ChildWorkflowFailureInfo),
+}
+
+/// The child workflow a child workflow failure is about, as Temporal
+/// records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildWorkflowFailureInfo {
+    /// The child's workflow id.
+    pub workflow_id: String,
+    /// The child's run that closed its chain.
+    pub run_id: String,
+    /// The child's workflow type.
+    pub workflow_type: String,
+    /// The parent's `StartChildWorkflowExecutionInitiated` event.
+    pub initiated_event_id: u64,
+    /// The parent's `ChildWorkflowExecutionStarted` event.
+    pub started_event_id: u64,
+    /// Why it was not retried (Retrace has no workflow retries yet:
+    /// `RetryPolicyNotSet`).
+    pub retry_state: RetryState,
 }
 
 /// The activity an activity failure is about, as Temporal records it.

@@ -17,8 +17,10 @@ use retrace::api::RunOutcome;
 use retrace::client::StartOptions;
 use retrace::env::{BoxFuture, Env};
 use retrace::history::{Event, EventKind, History};
-use retrace::types::{FAILURE_CAUSES_MAX, Failure, FailureInfo, RetryState, TimeoutType};
-use retrace::workflow::{WorkflowContext, WorkflowError, WorkflowRegistry};
+use retrace::types::{
+    ChildWorkflowFailureInfo, FAILURE_CAUSES_MAX, Failure, FailureInfo, RetryState, TimeoutType,
+};
+use retrace::workflow::{ChildWorkflowError, WorkflowContext, WorkflowError, WorkflowRegistry};
 
 type Body =
     Arc<dyn Fn(ActivityContext, ()) -> BoxFuture<'static, ActivityResult<String>> + Send + Sync>;
@@ -315,4 +317,35 @@ fn a_workflow_failure_keeps_at_most_the_limit_of_causes_dropping_the_innermost()
     );
     let short = chain_of(2);
     assert_eq!(short.clone().with_causes_at_most(FAILURE_CAUSES_MAX), short);
+}
+
+#[test]
+fn a_run_failed_by_a_child_names_the_child_its_events_and_its_failure() {
+    let child = ChildWorkflowFailureInfo {
+        workflow_id: "pick-7".to_string(),
+        run_id: "run-2".to_string(),
+        workflow_type: "pick".to_string(),
+        initiated_event_id: 5,
+        started_event_id: 6,
+        retry_state: RetryState::RetryPolicyNotSet,
+    };
+    let error = WorkflowError::Child(ChildWorkflowError::Failed {
+        workflow_id: "pick-7".to_string(),
+        failure: Box::new(Failure::new("OutOfStock", "no socks")),
+        child: Box::new(child.clone()),
+    });
+    let failure = error.to_failure();
+    assert_eq!(failure.failure_type, "ChildWorkflowFailure");
+    assert_eq!(
+        failure.info.as_deref(),
+        Some(&FailureInfo::ChildWorkflow(child))
+    );
+    let cause = failure
+        .cause
+        .as_deref()
+        .expect("caused by the child's failure");
+    assert_eq!(
+        (cause.failure_type.as_str(), cause.message.as_str()),
+        ("OutOfStock", "no socks")
+    );
 }

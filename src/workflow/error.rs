@@ -4,7 +4,8 @@ use serde_json::Value;
 
 use super::command::ContinueAsNewWorkflowExecution;
 use crate::types::{
-    ActivityFailureInfo, FAILURE_CAUSES_MAX, Failure, FailureInfo, RetryState, TimeoutType,
+    ActivityFailureInfo, ChildWorkflowFailureInfo, FAILURE_CAUSES_MAX, Failure, FailureInfo,
+    RetryState, TimeoutType,
 };
 
 /// A payload that does not (de)serialize into the expected type.
@@ -178,6 +179,8 @@ pub enum ChildWorkflowError {
         workflow_id: String,
         /// The child's failure.
         failure: Box<Failure>,
+        /// Which child, and the parent's events for it.
+        child: Box<ChildWorkflowFailureInfo>,
     },
     /// The child was canceled.
     #[error("child workflow {workflow_id:?} was canceled")]
@@ -239,10 +242,14 @@ impl WorkflowError {
             WorkflowError::Child(ChildWorkflowError::Failed {
                 workflow_id,
                 failure,
-            }) => Failure::new(
-                "ChildWorkflowFailure",
-                format!("child workflow {workflow_id:?} failed: {}", failure.message),
-            )
+                child,
+            }) => Failure {
+                info: Some(Box::new(FailureInfo::ChildWorkflow((**child).clone()))),
+                ..Failure::new(
+                    "ChildWorkflowFailure",
+                    format!("child workflow {workflow_id:?} failed: {}", failure.message),
+                )
+            }
             .with_cause(Some((**failure).clone())),
             other => Failure::new(error_type_name(other), other.to_string()),
         };

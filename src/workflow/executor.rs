@@ -101,6 +101,8 @@ pub struct WorkflowExecutor {
     activity_ids: BTreeMap<u64, String>,
     /// Activity types by scheduled event id (for failures that name them).
     activity_types: BTreeMap<u64, String>,
+    /// Child workflow types by initiated event id (for failures that name them).
+    child_types: BTreeMap<u64, String>,
     /// Child workflows' sequence numbers by initiated event id.
     child_seqs: BTreeMap<u64, String>,
     result: Option<RunResult>,
@@ -140,6 +142,7 @@ impl WorkflowExecutor {
             last_started_event_id: 0,
             activity_ids: BTreeMap::new(),
             activity_types: BTreeMap::new(),
+            child_types: BTreeMap::new(),
             child_seqs: BTreeMap::new(),
             result: None,
             closed: false,
@@ -419,6 +422,8 @@ impl WorkflowExecutor {
             }
             EventKind::StartChildWorkflowExecutionInitiated(a) => {
                 self.child_seqs.insert(event.event_id, a.control.clone());
+                self.child_types
+                    .insert(event.event_id, a.workflow_type.clone());
             }
             kind if kind.is_terminal() => self.closed = true,
             _ => {}
@@ -517,6 +522,24 @@ impl WorkflowExecutor {
         }
     }
 
+    /// The error a failed child resolves its parent's await with.
+    fn child_failed(&self, a: &crate::history::ChildWorkflowExecutionFailed) -> ChildWorkflowError {
+        let workflow_type = self.child_types.get(&a.initiated_event_id).cloned();
+        let child = Box::new(crate::types::ChildWorkflowFailureInfo {
+            workflow_id: a.workflow_id.clone(),
+            run_id: a.run_id.clone(),
+            workflow_type: workflow_type.unwrap_or_default(),
+            initiated_event_id: a.initiated_event_id,
+            started_event_id: a.started_event_id,
+            retry_state: crate::types::RetryState::RetryPolicyNotSet,
+        });
+        ChildWorkflowError::Failed {
+            workflow_id: a.workflow_id.clone(),
+            failure: Box::new(a.failure.clone()),
+            child,
+        }
+    }
+
     /// A child workflow's start or close resolves what its parent awaits.
     fn on_child_event(&mut self, kind: &EventKind) {
         use EventKind::*;
@@ -533,11 +556,7 @@ impl WorkflowExecutor {
                 Some(Ok(a.result.clone())),
             ),
             ChildWorkflowExecutionFailed(a) => {
-                let (workflow_id, failure) = (a.workflow_id.clone(), Box::new(a.failure.clone()));
-                let error = ChildWorkflowError::Failed {
-                    workflow_id,
-                    failure,
-                };
+                let error = self.child_failed(a);
                 (
                     a.initiated_event_id,
                     Ok(String::new()),

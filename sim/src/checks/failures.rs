@@ -6,10 +6,15 @@
 //! - a run failed by an activity (`ActivityFailure`) names an activity the
 //!   history scheduled and closed unsuccessfully, with that close's started
 //!   event and retry state, and is caused by that close's failure (or, for a
-//!   timeout, by the timeout).
+//!   timeout, by the timeout);
+//! - a run failed by a child (`ChildWorkflowFailure`) names a child the
+//!   history initiated and recorded as failed, with that close's started
+//!   event and run, and is caused by the child's failure.
 
 use retrace::history::{Event, EventKind, History};
-use retrace::types::{ActivityFailureInfo, Failure, FailureInfo, TimeoutType};
+use retrace::types::{
+    ActivityFailureInfo, ChildWorkflowFailureInfo, Failure, FailureInfo, TimeoutType,
+};
 
 use super::Violation;
 
@@ -26,6 +31,7 @@ pub fn check_failures(history: &History) -> Vec<Violation> {
                 .and_then(|failure| timeout_mismatch(a.timeout_type, failure)),
             EventKind::WorkflowExecutionFailed(a) => match a.failure.info.as_deref() {
                 Some(FailureInfo::Activity(info)) => activity_mismatch(history, info, &a.failure),
+                Some(FailureInfo::ChildWorkflow(info)) => child_mismatch(history, info, &a.failure),
                 _ => None,
             },
             _ => None,
@@ -95,6 +101,59 @@ fn activity_mismatch(
         ));
     };
     close_mismatch(close, info, failure)
+}
+
+/// Why the run's `ChildWorkflowFailure` does not match the child it names.
+fn child_mismatch(
+    history: &History,
+    info: &ChildWorkflowFailureInfo,
+    failure: &Failure,
+) -> Option<String> {
+    let initiated = history
+        .events()
+        .get((info.initiated_event_id as usize).checked_sub(1)?)
+        .map(|e| &e.kind);
+    let Some(EventKind::StartChildWorkflowExecutionInitiated(initiated)) = initiated else {
+        return Some(format!(
+            "the run's failure names child event {}, which is not a StartChildWorkflowExecutionInitiated",
+            info.initiated_event_id
+        ));
+    };
+    let same_child = (
+        initiated.workflow_id.as_str(),
+        initiated.workflow_type.as_str(),
+    ) == (info.workflow_id.as_str(), info.workflow_type.as_str());
+    let failed = history.events().iter().find_map(|e| match &e.kind {
+        EventKind::ChildWorkflowExecutionFailed(a)
+            if a.initiated_event_id == info.initiated_event_id =>
+        {
+            Some(a)
+        }
+        _ => None,
+    });
+    let Some(failed) = failed.filter(|_| same_child) else {
+        return Some(format!(
+            "the run's failure names child {:?} ({}) initiated at event {}, which the history does not record as that child failing",
+            info.workflow_id, info.workflow_type, info.initiated_event_id
+        ));
+    };
+    let recorded = (failed.started_event_id, failed.run_id.as_str());
+    let cause_matches = failure
+        .cause
+        .as_deref()
+        .is_some_and(|c| c.message == failed.failure.message);
+    if recorded != (info.started_event_id, info.run_id.as_str()) || !cause_matches {
+        return Some(format!(
+            "the run's failure says child run {} started at event {}, caused by {:?}; the history says {} at {}, caused by {:?}",
+            info.run_id,
+            info.started_event_id,
+            failure.cause,
+            failed.run_id,
+            failed.started_event_id,
+            failed.failure
+        ));
+    }
+    None
 }
 
 fn closes(event: &Event, scheduled_event_id: u64) -> bool {

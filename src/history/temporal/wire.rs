@@ -9,7 +9,9 @@ use base64::engine::general_purpose::{
 use serde_json::{Map, Value, json};
 
 use crate::activity::{BACKOFF_COEFFICIENT_DEFAULT, RetryPolicy};
-use crate::types::{ActivityFailureInfo, FAILURE_CAUSES_MAX, Failure, FailureInfo};
+use crate::types::{
+    ActivityFailureInfo, ChildWorkflowFailureInfo, FAILURE_CAUSES_MAX, Failure, FailureInfo,
+};
 
 /// What went wrong in one event; the caller adds the event id and type.
 pub(super) type Fault = String;
@@ -353,11 +355,12 @@ fn decode_one_failure(message: Attrs<'_>) -> Result<Failure, Fault> {
             super::import::timeout_type(info.enumeration("timeoutType", "TIMEOUT_TYPE_")?)?;
         return Ok(Failure::timed_out(timeout_type, text));
     }
-    if message
-        .message("childWorkflowExecutionFailureInfo")?
-        .is_some()
-    {
-        return Ok(Failure::new("ChildWorkflowFailure", text));
+    if let Some(info) = message.message("childWorkflowExecutionFailureInfo")? {
+        let child = child_failure_info(info)?;
+        return Ok(Failure {
+            info: Some(Box::new(FailureInfo::ChildWorkflow(child))),
+            ..Failure::new("ChildWorkflowFailure", text)
+        });
     }
     let kinds = [
         ("timeoutFailureInfo", "Timeout"),
@@ -371,6 +374,25 @@ fn decode_one_failure(message: Attrs<'_>) -> Result<Failure, Fault> {
         .find(|(key, _)| message.0.contains_key(*key))
         .map_or("Failure", |(_, kind)| kind);
     Ok(Failure::new(kind, text))
+}
+
+/// Temporal's `ChildWorkflowExecutionFailureInfo`.
+fn child_failure_info(info: Attrs<'_>) -> Result<ChildWorkflowFailureInfo, Fault> {
+    let execution = info
+        .message("workflowExecution")?
+        .ok_or("missing attribute `workflowExecution`")?;
+    let workflow_type = info
+        .message("workflowType")?
+        .ok_or("missing attribute `workflowType`")?
+        .string("name")?;
+    Ok(ChildWorkflowFailureInfo {
+        workflow_id: execution.string("workflowId")?,
+        run_id: execution.optional_string("runId")?.unwrap_or_default(),
+        workflow_type,
+        initiated_event_id: info.optional_int("initiatedEventId")?.unwrap_or_default(),
+        started_event_id: info.optional_int("startedEventId")?.unwrap_or_default(),
+        retry_state: super::import::retry_state(info)?,
+    })
 }
 
 /// Temporal's `ActivityFailureInfo`.
@@ -408,6 +430,15 @@ pub(super) fn failure(failure: &Failure) -> Value {
         Some(FailureInfo::Timeout { timeout_type }) => {
             let timeout_type = super::export::timeout_type(*timeout_type);
             value["timeoutFailureInfo"] = json!({ "timeoutType": timeout_type });
+        }
+        Some(FailureInfo::ChildWorkflow(c)) => {
+            value["childWorkflowExecutionFailureInfo"] = json!({
+                "workflowExecution": { "workflowId": c.workflow_id, "runId": c.run_id },
+                "workflowType": { "name": c.workflow_type },
+                "initiatedEventId": c.initiated_event_id.to_string(),
+                "startedEventId": c.started_event_id.to_string(),
+                "retryState": super::export::retry_state(c.retry_state),
+            });
         }
         None => {
             let mut info = json!({ "type": failure.failure_type });

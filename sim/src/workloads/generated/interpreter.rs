@@ -311,7 +311,7 @@ async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<
         ctx: ctx.clone(),
         carried: std::sync::Arc::new(std::sync::Mutex::new(spec.carried.clone())),
         losers: Losers::default(),
-        failed_activity: Default::default(),
+        failed_step: Default::default(),
     };
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = progress.clone();
@@ -338,9 +338,9 @@ async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<
                 Either::Right(_) => return Err(WorkflowError::Canceled),
             }
         }
-        if !matches!(step, Step::Activity(_)) {
+        if !matches!(step, Step::Activity(_) | Step::Child(_)) {
             // Only a top-level activity step right before `Fail` counts.
-            *shared.failed_activity.lock().expect("failed activity lock") = None;
+            *shared.failed_step.lock().expect("failed step lock") = None;
         }
         progress.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if ctx.is_cancel_requested() {
@@ -390,8 +390,9 @@ struct Shared {
     /// their scope's cancel may cancel them, so a broken one shows.
     losers: Losers,
     /// How the step just run ended, if it was an activity that failed or
-    /// timed out: a `Step::Fail` right after it fails the run with it.
-    failed_activity: std::sync::Arc<std::sync::Mutex<Option<ActivityError>>>,
+    /// timed out, or a child awaited that failed: a `Step::Fail` right after
+    /// it fails the run with it.
+    failed_step: std::sync::Arc<std::sync::Mutex<Option<WorkflowError>>>,
 }
 
 /// Activities that lost a race, held until the run ends.
@@ -452,11 +453,11 @@ async fn run_activity(ctx: &WorkflowContext, shared: &Shared, spec: &ActivitySpe
     let result = schedule(ctx, spec).await;
     let failed = match &result {
         Err(error @ (ActivityError::Failed { .. } | ActivityError::TimedOut { .. })) => {
-            Some(error.clone())
+            Some(WorkflowError::Activity(error.clone()))
         }
         _ => None,
     };
-    *shared.failed_activity.lock().expect("failed activity lock") = failed;
+    *shared.failed_step.lock().expect("failed step lock") = failed;
     StepReport::Activity {
         tag: spec.tag.clone(),
         report: activity_report(result),
@@ -464,18 +465,13 @@ async fn run_activity(ctx: &WorkflowContext, shared: &Shared, spec: &ActivitySpe
 }
 
 /// The error a `Step::Fail` ends the run with: right after a failed
-/// activity, that activity's, as `?` on it would (Temporal's
-/// ActivityFailure); otherwise an application failure.
+/// activity or child, its error, as `?` on it would (Temporal's
+/// ActivityFailure or ChildWorkflowFailure); otherwise an application
+/// failure.
 fn give_up(shared: &Shared) -> WorkflowError {
-    let failed = shared
-        .failed_activity
-        .lock()
-        .expect("failed activity lock")
-        .take();
-    match failed {
-        Some(error) => WorkflowError::Activity(error),
-        None => WorkflowError::application(GAVE_UP, "the program's last step gives up"),
-    }
+    let failed = shared.failed_step.lock().expect("failed step lock").take();
+    failed
+        .unwrap_or_else(|| WorkflowError::application(GAVE_UP, "the program's last step gives up"))
 }
 
 fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) -> StepFuture<'a> {
@@ -530,7 +526,7 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
                 }
                 Err(error) => return Err(error),
             },
-            Step::Child(child) => run_child(ctx, child).await?,
+            Step::Child(child) => run_child(ctx, shared, child).await?,
             Step::CancelExternal { target } => match ctx.cancel_external(target, None).await {
                 Ok(()) => StepReport::External { delivered: true },
                 Err(WorkflowError::ExternalWorkflowNotFound { .. }) => {
@@ -543,7 +539,12 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
 }
 
 /// Starts the child on the children's queue; awaits it if the parent waits.
-async fn run_child(ctx: &WorkflowContext, child: &RunSpec) -> WorkflowResult<StepReport> {
+async fn run_child(
+    ctx: &WorkflowContext,
+    shared: &Shared,
+    child: &RunSpec,
+) -> WorkflowResult<StepReport> {
+    *shared.failed_step.lock().expect("failed step lock") = None;
     let of = child
         .parent
         .as_ref()
@@ -561,7 +562,11 @@ async fn run_child(ctx: &WorkflowContext, child: &RunSpec) -> WorkflowResult<Ste
         let outcome = "Started".to_string();
         return Ok(StepReport::Child { outcome });
     }
-    let outcome = match handle.result().await {
+    let result = handle.result().await;
+    if let Err(failed @ WorkflowError::Child(ChildWorkflowError::Failed { .. })) = &result {
+        *shared.failed_step.lock().expect("failed step lock") = Some(failed.clone());
+    }
+    let outcome = match result {
         Ok(_) => "Completed",
         Err(WorkflowError::Child(ChildWorkflowError::Failed { .. })) => "Failed",
         Err(WorkflowError::Child(ChildWorkflowError::Canceled { .. })) => "Canceled",

@@ -1888,35 +1888,57 @@ fn markers<'h>(history: &'h History, name: &'h str) -> impl Iterator<Item = &'h 
 }
 
 /// A run that gives up fails with `GaveUp`, unless the step before is an
-/// activity that failed or timed out: then with an `ActivityFailure` naming
-/// that activity (its events and cause are checked against the history by
-/// the `failures name their cause` invariant).
+/// activity that failed or timed out, or an awaited child that failed: then
+/// with an `ActivityFailure` or `ChildWorkflowFailure` naming it (its events
+/// and cause are checked against the history by the `failures name their
+/// cause` invariant).
 fn gave_up_as_expected(spec: &RunSpec, history: &History, failure: &Failure) -> bool {
     let before = spec.steps.len().checked_sub(2).map(|at| &spec.steps[at]);
-    let Some(Step::Activity(activity)) = before else {
-        return failure.failure_type == GAVE_UP;
+    let named = match before {
+        Some(Step::Activity(activity)) => failed_activity(history, &activity.tag).map(Ok),
+        Some(Step::Child(child)) if child.parent.as_ref().is_some_and(|of| of.wait) => {
+            failed_child(history, &child.workflow_id).map(Err)
+        }
+        _ => None,
     };
+    match (named, failure.info.as_deref()) {
+        (None, _) => failure.failure_type == GAVE_UP,
+        (Some(Ok(scheduled)), Some(FailureInfo::Activity(info))) => {
+            info.scheduled_event_id == scheduled
+        }
+        (Some(Err(initiated)), Some(FailureInfo::ChildWorkflow(info))) => {
+            info.initiated_event_id == initiated
+        }
+        _ => false,
+    }
+}
+
+/// The scheduled event id of the activity tagged `tag`, if it failed or timed out.
+fn failed_activity(history: &History, tag: &str) -> Option<u64> {
     let scheduled = history.events().iter().find(|e| match &e.kind {
         EventKind::ActivityTaskScheduled(a) => {
             serde_json::from_value::<ScriptInput>(a.input.clone())
-                .is_ok_and(|input| input.tag == activity.tag)
+                .is_ok_and(|input| input.tag == tag)
         }
         _ => false,
+    })?;
+    let failed = history.events().iter().any(|e| match &e.kind {
+        EventKind::ActivityTaskFailed(a) => a.scheduled_event_id == scheduled.event_id,
+        EventKind::ActivityTaskTimedOut(a) => a.scheduled_event_id == scheduled.event_id,
+        _ => false,
     });
-    let failed = scheduled.is_some_and(|scheduled| {
-        history.events().iter().any(|e| match &e.kind {
-            EventKind::ActivityTaskFailed(a) => a.scheduled_event_id == scheduled.event_id,
-            EventKind::ActivityTaskTimedOut(a) => a.scheduled_event_id == scheduled.event_id,
-            _ => false,
-        })
+    failed.then_some(scheduled.event_id)
+}
+
+/// The initiated event id of the child `workflow_id`, if it failed.
+fn failed_child(history: &History, workflow_id: &str) -> Option<u64> {
+    let initiated = history.events().iter().find(|e| {
+        matches!(&e.kind, EventKind::StartChildWorkflowExecutionInitiated(a) if a.workflow_id == workflow_id)
+    })?;
+    let failed = history.events().iter().any(|e| {
+        matches!(&e.kind, EventKind::ChildWorkflowExecutionFailed(a) if a.initiated_event_id == initiated.event_id)
     });
-    match (failed, failure.info.as_deref()) {
-        (true, Some(FailureInfo::Activity(info))) => {
-            scheduled.is_some_and(|s| s.event_id == info.scheduled_event_id)
-        }
-        (true, _) => false,
-        (false, _) => failure.failure_type == GAVE_UP,
-    }
+    failed.then_some(initiated.event_id)
 }
 
 #[cfg(test)]
