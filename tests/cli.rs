@@ -277,6 +277,48 @@ async fn assert_describe_and_list_show(url: &str, history: &History) {
     );
     let running = cli(url, "workflow list --status Running").await.ok().stdout;
     assert_eq!(running.lines().count(), 1, "only the header: {running}");
+    assert_list_filters(url, history).await;
+}
+
+/// The ids `workflow list --json <filters>` prints.
+async fn listed_ids(url: &str, filters: &str) -> Vec<String> {
+    let listed = cli(url, &format!("workflow list --json {filters}"))
+        .await
+        .ok();
+    let runs: Vec<retrace::api::RunSummary> = serde_json::from_str(&listed.stdout)
+        .unwrap_or_else(|e| panic!("list --json prints runs ({e}): {listed:?}"));
+    runs.into_iter().map(|r| r.workflow_id).collect()
+}
+
+/// Filters by status (in any case), type and start time, newest first, and
+/// refuses what it cannot read.
+async fn assert_list_filters(url: &str, history: &History) {
+    let g1 = vec!["g1".to_string()];
+    assert_eq!(listed_ids(url, "--status completed --type greet").await, g1);
+    assert_eq!(listed_ids(url, "--status COMPLETED --since 1h").await, g1);
+    assert!(listed_ids(url, "--type countdown").await.is_empty());
+    assert!(
+        listed_ids(url, "--since 2999-01-01T00:00:00Z")
+            .await
+            .is_empty()
+    );
+    let since = history.events()[0].event_time.to_string();
+    assert_eq!(listed_ids(url, &format!("--since {since}")).await, g1);
+    let start = "workflow start --type greet --id g2 --task-queue greetings --input \"bo\"";
+    cli(url, start).await.ok();
+    assert_eq!(listed_ids(url, "").await, ["g2", "g1"], "newest first");
+    assert_eq!(listed_ids(url, "--limit 1").await, ["g2"]);
+    for (filters, says) in [
+        ("--status done", ["Running, Completed", "any case"]),
+        ("--since yesterday", ["RFC 3339", "\"yesterday\""]),
+    ] {
+        let refused = cli(url, &format!("workflow list {filters}")).await;
+        assert_eq!(refused.code, 2, "{refused:?}");
+        assert!(
+            says.iter().all(|part| refused.stderr.contains(part)),
+            "{refused:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

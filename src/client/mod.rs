@@ -118,6 +118,11 @@ impl Client {
         }
     }
 
+    /// The environment the client runs on (its clock, network and ids).
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
     /// Sets the identity shown in histories.
     pub fn with_identity(mut self, identity: impl Into<String>) -> Client {
         self.identity = identity.into();

@@ -9,6 +9,7 @@ use retrace::api::{IdReusePolicy, RunOutcome};
 use retrace::client::{Client, ClientError, StartOptions};
 use retrace::env::{Env, RunStatus};
 use retrace::http::HttpNetwork;
+use retrace::types::Timestamp;
 use serde_json::Value;
 
 use crate::timeline;
@@ -131,11 +132,13 @@ pub enum WorkflowCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Lists runs.
+    /// Lists runs, newest first.
     List {
-        /// Only runs with this status (Running, Completed, Failed, Canceled, Terminated, TimedOut).
-        #[arg(long, value_parser = parse_status)]
-        status: Option<RunStatus>,
+        #[command(flatten)]
+        filter: ListFilter,
+        /// Prints a JSON array instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Waits for the run to close, following continue-as-new to the last run;
     /// prints its result (non-zero exit if it did not complete).
@@ -160,10 +163,104 @@ pub enum WorkflowCommand {
     },
 }
 
+/// Which runs `workflow list` shows.
+#[derive(Args, Debug)]
+pub struct ListFilter {
+    /// Only runs with this status, in any case (running, Completed, FAILED, ...).
+    #[arg(long, value_parser = parse_status)]
+    status: Option<RunStatus>,
+    /// Only runs of this workflow type.
+    #[arg(long = "type")]
+    workflow_type: Option<String>,
+    /// Only runs started since: a duration back from now (90s, 5m, 2h, 1day)
+    /// or an RFC 3339 time (2026-12-01T00:00:00Z).
+    #[arg(long, value_parser = parse_since)]
+    since: Option<Since>,
+    /// Shows at most this many runs (the newest).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
 fn parse_status(text: &str) -> Result<RunStatus, String> {
-    RunStatus::parse(text).ok_or_else(|| {
-        "expected one of Running, Completed, Failed, Canceled, Terminated, TimedOut".to_string()
+    let statuses = [
+        RunStatus::Running,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Canceled,
+        RunStatus::Terminated,
+        RunStatus::TimedOut,
+        RunStatus::ContinuedAsNew,
+    ];
+    let found = statuses
+        .into_iter()
+        .find(|status| status.as_str().eq_ignore_ascii_case(text));
+    found.ok_or_else(|| {
+        let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        format!("expected one of {} (in any case)", names.join(", "))
     })
+}
+
+/// `--since`: a duration back from now, or a time.
+#[derive(Clone, Copy, Debug)]
+enum Since {
+    Ago(std::time::Duration),
+    At(std::time::SystemTime),
+}
+
+impl Since {
+    /// The earliest start time it lets through, `now` being the clock's.
+    fn earliest(self, now: Timestamp) -> Timestamp {
+        match self {
+            Since::Ago(ago) => {
+                let ago_ms = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX);
+                Timestamp(now.0.saturating_sub(ago_ms))
+            }
+            Since::At(time) => Timestamp::from_system_time(time),
+        }
+    }
+}
+
+fn parse_since(text: &str) -> Result<Since, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(Since::Ago(ago));
+    }
+    humantime::parse_rfc3339_weak(text)
+        .map(Since::At)
+        .map_err(|_| {
+            format!(
+                "expected a duration back from now (90s, 5m, 2h) or an RFC 3339 time, not {text:?}"
+            )
+        })
+}
+
+/// Every run the filter selects, newest first.
+async fn list_runs(
+    client: &Client,
+    filter: &ListFilter,
+) -> Result<Vec<retrace::api::RunSummary>, ClientError> {
+    let mut runs = Vec::new();
+    let mut page_token = None;
+    loop {
+        let request = retrace::api::ListWorkflowsRequest {
+            status: filter.status,
+            workflow_type: filter.workflow_type.clone(),
+            page_token,
+            page_size: 1_000,
+        };
+        let page = client.list(request).await?;
+        runs.extend(page.runs);
+        page_token = page.next_page_token;
+        if page_token.is_none() {
+            break;
+        }
+    }
+    if let Some(since) = filter.since {
+        let earliest = since.earliest(client.env().now());
+        runs.retain(|run| run.start_time >= earliest);
+    }
+    runs.sort_by(|a, b| (b.start_time, &b.run_id).cmp(&(a.start_time, &a.run_id)));
+    runs.truncate(filter.limit.unwrap_or(usize::MAX));
+    Ok(runs)
 }
 
 fn parse_json(flag: &str, text: Option<&str>) -> anyhow::Result<Value> {
@@ -282,9 +379,12 @@ async fn inspect(
                 false => print!("{}", timeline::describe(&description)),
             }
         }
-        WorkflowCommand::List { status } => {
-            let runs = client.list_all(status).await.map_err(fail)?;
-            print!("{}", timeline::run_table(&runs));
+        WorkflowCommand::List { filter, json } => {
+            let runs = list_runs(client, &filter).await.map_err(fail)?;
+            match json {
+                true => println!("{}", pretty(&runs)),
+                false => print!("{}", timeline::run_table(&runs)),
+            }
         }
         WorkflowCommand::Result { run, timeout } => {
             let timeout_ms = timeout.map_or(u64::MAX, |t| {
