@@ -169,7 +169,7 @@ async fn the_cli_signals_with_start_starting_the_run_once_then_signaling_it() {
     let bad = sws.replace("--signal-input \"dee\"", "--signal-input {");
     cli(&url, &bad)
         .await
-        .failed(1, &["--signal-input is not valid JSON"]);
+        .failed(2, &["--signal-input is not valid JSON"]);
     let worker = worker(&url);
     let result = cli(&url, "workflow result --id g2").await.ok();
     assert_eq!(result.stdout, "\"hello cy! approved by dee\"\n");
@@ -322,15 +322,15 @@ async fn assert_list_filters(url: &str, history: &History) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_errors_are_one_clear_line_and_a_non_zero_exit() {
+async fn cli_errors_are_one_clear_line_and_an_exit_status_that_says_which_kind() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path()).await;
     let url = server.url();
     let start = "workflow start --type greet --id g2 --task-queue nobody";
     let bad_input = cli(&url, &format!("{start} --input {{bad")).await;
-    bad_input.failed(1, &["--input is not valid JSON", "line 1"]);
+    bad_input.failed(2, &["--input is not valid JSON", "line 1"]);
     let nobody = cli(&url, "workflow describe --id nobody").await;
-    nobody.failed(1, &["\"nobody\"", "[not_found]"]);
+    nobody.failed(3, &["\"nobody\"", "[not_found]"]);
     cli(&url, start).await.ok();
     let open = cli(&url, "workflow result --id g2 --timeout 300ms").await;
     open.failed(124, &["g2", "still open after 300ms"]);
@@ -340,15 +340,27 @@ async fn cli_errors_are_one_clear_line_and_a_non_zero_exit() {
     let result = cli(&url, "workflow result --id g2").await;
     result.failed(1, &["g2", "was terminated: testing"]);
     let late = cli(&url, "workflow signal --id g2 --name late").await;
-    late.failed(1, &["closed", "[run_closed]"]);
+    late.failed(4, &["closed", "[run_closed]"]);
     let dead = format!("http://127.0.0.1:{}", free_port());
     let unreachable = cli(&dead, "workflow list").await;
     unreachable.failed(
-        1,
+        5,
         &["cannot connect", "refused", "is `retrace server` running"],
     );
     let no_scheme = cli(&url, "--address localhost:7233 workflow list").await;
-    no_scheme.failed(1, &["http://host:port"]);
+    no_scheme.failed(2, &["http://host:port"]);
+    let help = cli_offline(&["--help"]).ok().stdout;
+    for status in [
+        "2 bad input",
+        "3 no such workflow",
+        "4 refused",
+        "5 service unreachable",
+    ] {
+        assert!(
+            help.contains(status),
+            "--help documents exit status {status:?}: {help}"
+        );
+    }
 }
 
 #[test]

@@ -40,13 +40,18 @@ use retrace::history::{History, HistoryForm};
 /// Exit status of `history diff` when the histories differ.
 const EXIT_DIFFERENT: u8 = 1;
 /// Exit status for bad input (a file that cannot be read or is not a history).
-const EXIT_BAD_INPUT: u8 = 2;
+use workflow::EXIT_BAD_INPUT;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "retrace",
     version,
-    about = "A durable workflow engine: server, workflows, histories"
+    about = "A durable workflow engine: server, workflows, histories",
+    after_help = "Exit status: 0 success; 1 failure (a run that did not complete, a history that \
+does not check, histories that differ); 2 bad input (flags, JSON values, the address; for \
+`history diff`, a file that is not a history); 3 no such workflow or run; 4 refused by the service \
+(closed run, taken id, a limit); 5 service unreachable; 124 `workflow result --timeout` passed \
+with the run still open."
 )]
 struct Cli {
     /// URL of the Retrace service.
@@ -142,7 +147,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<workflow::Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -268,33 +268,64 @@ fn parse_json(flag: &str, text: Option<&str>) -> anyhow::Result<Value> {
         return Ok(Value::Null);
     };
     serde_json::from_str(text).map_err(|error| {
-        anyhow!("{flag} is not valid JSON ({error}); pass a JSON value such as '\"ana\"' or '{{\"n\": 1}}'")
+        let message = format!("{flag} is not valid JSON ({error}); pass a JSON value such as '\"ana\"' or '{{\"n\": 1}}'");
+        exit(EXIT_BAD_INPUT, message)
     })
 }
 
 /// One line for a failed call: what the service said and its code, or why it
 /// could not be reached.
+/// A failure the CLI exits with a status of its own for (see `retrace --help`).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    /// The process's exit status.
+    pub code: u8,
+    message: String,
+}
+
+/// Exit status: the input (a flag, a JSON value, the address) is bad.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit status: no such workflow or run.
+pub const EXIT_NOT_FOUND: u8 = 3;
+/// Exit status: the service refused the request (closed run, taken id, a limit).
+pub const EXIT_REFUSED: u8 = 4;
+/// Exit status: the service could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 5;
+
+fn exit(code: u8, message: String) -> anyhow::Error {
+    anyhow::Error::new(Exit { code, message })
+}
+
 fn explain(error: ClientError, address: &str) -> anyhow::Error {
     match error {
         ClientError::Service(error) => {
             let code = serde_json::to_value(error.code).unwrap_or(Value::Null);
             let code = code.as_str().unwrap_or("unknown").to_string();
-            anyhow!("{} [{code}]", error.message)
+            let status = match error.code {
+                retrace::api::ErrorCode::NotFound => EXIT_NOT_FOUND,
+                _ => EXIT_REFUSED,
+            };
+            exit(status, format!("{} [{code}]", error.message))
         }
-        ClientError::Network(error) => {
-            anyhow!("{error} (is `retrace server` running at {address}?)")
-        }
+        ClientError::Network(error) => unreachable(&error, address),
         other => anyhow!("{other}"),
     }
 }
 
+fn unreachable(error: &dyn std::fmt::Display, address: &str) -> anyhow::Error {
+    let message = format!("{error} (is `retrace server` running at {address}?)");
+    exit(EXIT_UNREACHABLE, message)
+}
+
 async fn connect(address: &str, token: Option<&str>) -> anyhow::Result<Client> {
-    let network = HttpNetwork::new(address, token)?;
+    let network =
+        HttpNetwork::new(address, token).map_err(|e| exit(EXIT_BAD_INPUT, e.to_string()))?;
     // Fail fast with a clear message rather than after the client's retries.
     network
         .health()
         .await
-        .map_err(|error| anyhow!("{error} (is `retrace server` running at {address}?)"))?;
+        .map_err(|error| unreachable(&error, address))?;
     Ok(Client::new(Env::tokio(Arc::new(network))).with_identity("retrace-cli"))
 }
 
