@@ -261,6 +261,16 @@ async fn assert_describe_and_list_show(url: &str, history: &History) {
     );
     let length = format!("history:        {} events", history.len());
     assert!(described.contains(&length), "{described}");
+    assert!(
+        described.contains("input:          \"ana\"\n"),
+        "{described}"
+    );
+    let result = "result:         \"hello ana! approved by bob\"\n";
+    assert!(described.contains(result), "{described}");
+    let (first, last) = (&history.events()[0], history.events().last().unwrap());
+    let ran = std::time::Duration::from_millis(last.event_time.millis_since(first.event_time));
+    let ran = format!("duration:       {}\n", humantime::format_duration(ran));
+    assert!(described.contains(&ran), "{described}");
     let described = cli(url, "workflow describe --id g1 --json")
         .await
         .ok()

@@ -27,6 +27,41 @@ fn failure(failure: &Failure) -> String {
     )))
 }
 
+/// A failure and its causes, outermost first: `A: a <- B: b`.
+fn failure_chain(failure: &Failure) -> String {
+    let links: Vec<String> = failure
+        .chain()
+        .map(|f| format!("{}: {}", f.failure_type, f.message))
+        .collect();
+    short(&Value::String(links.join(" <- ")))
+}
+
+/// What `describe` adds from the run's history: its input, how it closed,
+/// and how long it ran (until `now` if it is open).
+pub fn describe_history(history: &History, now: retrace::types::Timestamp) -> String {
+    let mut out = String::new();
+    if let Some(started) = history.started() {
+        let _ = writeln!(out, "input:          {}", short(&started.input));
+    }
+    let close = history.close_event();
+    match close.map(|e| &e.kind) {
+        Some(EventKind::WorkflowExecutionCompleted(a)) => {
+            let _ = writeln!(out, "result:         {}", short(&a.result));
+        }
+        Some(EventKind::WorkflowExecutionFailed(a)) => {
+            let _ = writeln!(out, "failure:        {}", failure_chain(&a.failure));
+        }
+        _ => {}
+    }
+    if let Some(first) = history.events().first() {
+        let end = close.map_or(now, |e| e.event_time);
+        let ran = duration(end.millis_since(first.event_time));
+        let open = if close.is_none() { " so far" } else { "" };
+        let _ = writeln!(out, "duration:       {ran}{open}");
+    }
+    out
+}
+
 fn duration(duration_ms: u64) -> String {
     humantime::format_duration(std::time::Duration::from_millis(duration_ms)).to_string()
 }
@@ -358,4 +393,39 @@ pub fn run_table(runs: &[RunSummary]) -> String {
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     out
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use retrace::history::HistoryBuilder;
+    use retrace::types::{Failure, Timestamp};
+    use serde_json::json;
+
+    use super::describe_history;
+
+    #[test]
+    fn describe_shows_a_failed_runs_input_failure_chain_and_duration() {
+        let mut b = HistoryBuilder::new("pay", json!(1999));
+        b.add_full_workflow_task();
+        b.advance_ms(90_000);
+        let declined = Failure::new("Declined", "card declined");
+        let failure = Failure::new("ActivityFailure", "activity failed: card declined");
+        b.add_workflow_execution_failed(failure.with_cause(Some(declined)));
+        let shown = describe_history(&b.build(), Timestamp(0));
+        let expected = concat!(
+            "input:          1999\n",
+            "failure:        \"ActivityFailure: activity failed: card declined <- Declined: card declined\"\n",
+            "duration:       1m 30s\n",
+        );
+        assert_eq!(shown, expected);
+    }
+
+    #[test]
+    fn describe_counts_an_open_runs_duration_until_now() {
+        let mut b = HistoryBuilder::new("wait", json!(null));
+        b.add_full_workflow_task();
+        let history = b.build();
+        let now = history.events()[0].event_time.plus_ms(5_000);
+        assert!(describe_history(&history, now).ends_with("duration:       5s so far\n"));
+    }
 }

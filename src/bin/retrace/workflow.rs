@@ -405,10 +405,19 @@ async fn inspect(
                 .describe(&run.id, run.run_id.as_deref())
                 .await
                 .map_err(fail)?;
-            match json {
-                true => println!("{}", pretty(&description)),
-                false => print!("{}", timeline::describe(&description)),
+            if json {
+                println!("{}", pretty(&description));
+                return Ok(ExitCode::SUCCESS);
             }
+            let history = client
+                .history(&run.id, Some(&description.run_id))
+                .await
+                .map_err(fail)?;
+            print!("{}", timeline::describe(&description));
+            print!(
+                "{}",
+                timeline::describe_history(&history, client.env().now())
+            );
         }
         WorkflowCommand::List { filter, json } => {
             let runs = list_runs(client, &filter).await.map_err(fail)?;
