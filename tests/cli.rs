@@ -341,7 +341,20 @@ async fn cli_errors_are_one_clear_line_and_an_exit_status_that_says_which_kind()
     bad_input.failed(2, &["--input is not valid JSON", "line 1"]);
     let nobody = cli(&url, "workflow describe --id nobody").await;
     nobody.failed(3, &["\"nobody\"", "[not_found]"]);
-    cli(&url, start).await.ok();
+    cli(&url, &format!("{start} --execution-timeout 1h"))
+        .await
+        .ok();
+    let history = cli(&url, "workflow history --id g2 --json")
+        .await
+        .ok()
+        .stdout;
+    let history = History::from_json(&history).unwrap();
+    let started = history.started().expect("a start event");
+    assert_eq!(
+        started.execution_timeout_ms,
+        Some(3_600_000),
+        "--execution-timeout 1h"
+    );
     let open = cli(&url, "workflow result --id g2 --timeout 300ms").await;
     open.failed(124, &["g2", "still open after 300ms"]);
     cli(&url, "workflow terminate --id g2 --reason testing")

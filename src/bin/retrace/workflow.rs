@@ -47,8 +47,11 @@ pub struct StartArgs {
     /// Input, as JSON (`'"ana"'`, `'{"n": 1}'`).
     #[arg(long)]
     input: Option<String>,
-    /// Whole-run deadline in milliseconds.
-    #[arg(long)]
+    /// Whole-run deadline, across continue-as-new (90s, 5m, 2h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    execution_timeout: Option<std::time::Duration>,
+    /// The same in milliseconds (kept for scripts written before `--execution-timeout`).
+    #[arg(long, hide = true, conflicts_with = "execution_timeout")]
     execution_timeout_ms: Option<u64>,
     /// What a closed workflow id may be reused for.
     #[arg(long, value_enum, default_value = "allow-duplicate")]
@@ -60,7 +63,10 @@ impl StartArgs {
     fn options(self) -> anyhow::Result<(StartOptions, String, Value)> {
         let input = parse_json("--input", self.input.as_deref())?;
         let mut options = StartOptions::new(self.id, self.task_queue);
-        options.execution_timeout_ms = self.execution_timeout_ms;
+        let timeout_ms = self
+            .execution_timeout
+            .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        options.execution_timeout_ms = timeout_ms.or(self.execution_timeout_ms);
         options.id_reuse_policy = match self.id_reuse_policy {
             ReusePolicy::AllowDuplicate => IdReusePolicy::AllowDuplicate,
             ReusePolicy::AllowDuplicateFailedOnly => IdReusePolicy::AllowDuplicateFailedOnly,
