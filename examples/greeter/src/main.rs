@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! terminal 1: cargo run --release -- server
-//! terminal 2: cargo run --release --example greeter_worker
+//! terminal 2: cargo run --release -p retrace-greeter
 //! terminal 3: cargo run --release -- workflow start --type greet --id g1 --task-queue greetings --input '"ana"'
 //!             cargo run --release -- workflow signal --id g1 --name approve
 //!             cargo run --release -- workflow result --id g1
