@@ -55,19 +55,22 @@ impl RunStatus {
         }
     }
 
+    /// Every status, open first.
+    pub const ALL: [RunStatus; 7] = [
+        RunStatus::Running,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Canceled,
+        RunStatus::Terminated,
+        RunStatus::TimedOut,
+        RunStatus::ContinuedAsNew,
+    ];
+
     /// Parses [`RunStatus::as_str`]'s output.
     pub fn parse(text: &str) -> Option<RunStatus> {
-        [
-            RunStatus::Running,
-            RunStatus::Completed,
-            RunStatus::Failed,
-            RunStatus::Canceled,
-            RunStatus::Terminated,
-            RunStatus::TimedOut,
-            RunStatus::ContinuedAsNew,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
+        RunStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == text)
     }
 }
 

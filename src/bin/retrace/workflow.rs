@@ -188,20 +188,11 @@ pub struct ListFilter {
 }
 
 fn parse_status(text: &str) -> Result<RunStatus, String> {
-    let statuses = [
-        RunStatus::Running,
-        RunStatus::Completed,
-        RunStatus::Failed,
-        RunStatus::Canceled,
-        RunStatus::Terminated,
-        RunStatus::TimedOut,
-        RunStatus::ContinuedAsNew,
-    ];
-    let found = statuses
+    let found = RunStatus::ALL
         .into_iter()
         .find(|status| status.as_str().eq_ignore_ascii_case(text));
     found.ok_or_else(|| {
-        let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        let names: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
         format!("expected one of {} (in any case)", names.join(", "))
     })
 }
