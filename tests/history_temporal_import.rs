@@ -28,35 +28,7 @@ fn greeting_text() -> String {
     std::fs::read_to_string(fixture("temporal/greeting.json")).unwrap()
 }
 
-/// The Retrace port of the Go workflow the fixture recorded.
-struct Greeting;
-
-impl Workflow for Greeting {
-    const NAME: &'static str = "greeting";
-    type Input = String;
-    type Output = String;
-
-    async fn run(ctx: WorkflowContext, name: String) -> WorkflowResult<String> {
-        let ten_seconds = Duration::from_secs(10);
-        // The Go workflow passed two arguments: they arrive as one array.
-        let greeting = ctx
-            .activity_by_name("compose_greeting", json!(["Hello", name]))
-            .start_to_close(ten_seconds)
-            .await?;
-        let greeting = greeting.as_str().unwrap_or_default().to_string();
-        ctx.sleep(Duration::from_secs(60)).await?;
-        let approval: Value = ctx.signal("approve").recv().await?;
-        let sent = ctx
-            .activity_by_name("send_email", json!({"to": name, "body": greeting}))
-            .start_to_close(ten_seconds)
-            .await?;
-        let by = approval["by"].as_str().unwrap_or_default();
-        Ok(format!(
-            "{greeting} (approved by {by}, {})",
-            sent.as_str().unwrap_or_default()
-        ))
-    }
-}
+include!("temporal_port/greeting.rs");
 
 /// The port with the timer moved before the first activity.
 struct GreetingChanged;

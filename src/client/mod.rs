@@ -379,14 +379,26 @@ impl Client {
         &self,
         status: Option<RunStatus>,
     ) -> Result<Vec<RunSummary>, ClientError> {
+        let filter = ListWorkflowsRequest {
+            status,
+            ..Default::default()
+        };
+        self.list_matching(&filter).await
+    }
+
+    /// Every run `filter`'s status and type select (all pages; its page
+    /// token and size are the client's).
+    pub async fn list_matching(
+        &self,
+        filter: &ListWorkflowsRequest,
+    ) -> Result<Vec<RunSummary>, ClientError> {
         let mut runs = Vec::new();
         let mut page_token = None;
         loop {
             let request = ListWorkflowsRequest {
-                status,
                 page_token,
                 page_size: 1_000,
-                ..Default::default()
+                ..filter.clone()
             };
             let page = self.list(request).await?;
             runs.extend(page.runs);

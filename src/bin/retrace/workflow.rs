@@ -235,22 +235,12 @@ async fn list_runs(
     client: &Client,
     filter: &ListFilter,
 ) -> Result<Vec<retrace::api::RunSummary>, ClientError> {
-    let mut runs = Vec::new();
-    let mut page_token = None;
-    loop {
-        let request = retrace::api::ListWorkflowsRequest {
-            status: filter.status,
-            workflow_type: filter.workflow_type.clone(),
-            page_token,
-            page_size: 1_000,
-        };
-        let page = client.list(request).await?;
-        runs.extend(page.runs);
-        page_token = page.next_page_token;
-        if page_token.is_none() {
-            break;
-        }
-    }
+    let request = retrace::api::ListWorkflowsRequest {
+        status: filter.status,
+        workflow_type: filter.workflow_type.clone(),
+        ..Default::default()
+    };
+    let mut runs = client.list_matching(&request).await?;
     if let Some(since) = filter.since {
         let earliest = since.earliest(client.env().now());
         runs.retain(|run| run.start_time >= earliest);
