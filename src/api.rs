@@ -37,6 +37,14 @@ pub struct StartWorkflowRequest {
     /// Who asks (shown in history).
     #[serde(default)]
     pub identity: String,
+    /// Wait this long before the first workflow task (Temporal's start
+    /// delay); the execution timeout counts from its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_delay_ms: Option<u64>,
+    /// Retry the workflow as a new run of the same workflow id when it fails
+    /// (Temporal's workflow retry policy); `None`: a failed run stays failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<crate::activity::RetryPolicy>,
 }
 
 /// The run started (or the one an earlier identical request started).
@@ -335,6 +343,11 @@ pub struct GetResultResponse {
     pub run_id: String,
     /// `None` if the run was still open when the wait ended.
     pub outcome: Option<RunOutcome>,
+    /// The run that carries the workflow on after this one closed: the one
+    /// it continued as, or the one that retries it (Temporal's
+    /// `newExecutionRunId`). Clients that follow runs go there next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_id: Option<String>,
 }
 
 /// Identifies a started task; completions must present it.

@@ -120,6 +120,8 @@ pub enum RetryState {
     CancelRequested,
     /// Nothing retries this kind of outcome (for example a run's timeout).
     RetryPolicyNotSet,
+    /// The run failed and its retry policy started the next attempt.
+    InProgress,
 }
 
 /// A failure, as recorded in histories and carried between workers and the service.

@@ -368,6 +368,8 @@ async fn start_once(engine: &TestEngine) -> String {
         id_reuse_policy: retrace::api::IdReusePolicy::AllowDuplicate,
         request_id: "the-one-start".into(),
         identity: "client".into(),
+        start_delay_ms: None,
+        retry_policy: None,
     });
     match engine.engine.service().handle(start).await.unwrap() {
         Response::StartWorkflow(started) => started.run_id,

@@ -57,6 +57,8 @@ fn request(workflow_id: &str, request_id: &str, item: &str) -> SignalWithStartWo
             id_reuse_policy: IdReusePolicy::AllowDuplicate,
             request_id: request_id.to_string(),
             identity: "test".to_string(),
+            start_delay_ms: None,
+            retry_policy: None,
         },
         signal_name: "item".to_string(),
         signal_input: json!(item),

@@ -618,6 +618,8 @@ fn start_request(
         id_reuse_policy: IdReusePolicy::default(),
         request_id: request_id.to_string(),
         identity: "test".to_string(),
+        start_delay_ms: None,
+        retry_policy: None,
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult};
+use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy};
 use retrace::api::RunOutcome;
 use retrace::client::{Client, ClientError, StartOptions};
 use retrace::engine::EmbeddedEngine;
@@ -459,6 +459,63 @@ fn example(name: &str) -> String {
         .collect()
 }
 
+/// A nightly report that fails while the warehouse's export is not ready
+/// (here: its first two attempts).
+struct NightlyReport;
+impl Workflow for NightlyReport {
+    const NAME: &'static str = "nightly-report";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, day: String) -> WorkflowResult<String> {
+        if ctx.info().attempt < 3 {
+            return Err(WorkflowError::application(
+                "NotReady",
+                "the export is not ready",
+            ));
+        }
+        Ok(format!("report of {day}, attempt {}", ctx.info().attempt))
+    }
+}
+
+// README workflow-retries begins
+/// Starts tonight's report in an hour, retried as a new run (after 1 min,
+/// then 2, 4, ...) up to five attempts in all if it fails.
+async fn schedule_report(client: &Client, day: &str) -> Result<String, ClientError> {
+    let options = StartOptions::new(format!("report-{day}"), "reports")
+        .start_delay_ms(60 * 60 * 1_000)
+        .retry(
+            RetryPolicy::default()
+                .initial_interval_ms(60_000)
+                .maximum_attempts(5),
+        );
+    let report = client
+        .start::<NightlyReport>(options, day.to_string())
+        .await?;
+    report.result().await // follows the retries to the last attempt
+}
+// README workflow-retries ends
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_retry_example_waits_an_hour_then_retries_until_the_report_is_ready() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<NightlyReport>();
+    let worker = engine.worker("reports").workflows(registry).start();
+    let client = engine.client();
+    let began = engine.env().now();
+    let report = schedule_report(&client, "2026-12-01").await.unwrap();
+    assert_eq!(report, "report of 2026-12-01, attempt 3");
+    // An hour of delay, then backoffs of 1 and 2 minutes.
+    let elapsed_ms = engine.env().now().millis_since(began);
+    assert!(
+        (63 * 60_000..64 * 60_000).contains(&elapsed_ms),
+        "took {elapsed_ms} ms"
+    );
+    let runs = client.list_all(None).await.unwrap();
+    assert_eq!(runs.len(), 3, "one run per attempt");
+    worker.shutdown().await;
+}
+
 #[test]
 fn the_readme_shows_these_examples_verbatim() {
     let readme = include_str!("../README.md");
@@ -470,6 +527,7 @@ fn the_readme_shows_these_examples_verbatim() {
         "cancellation-scopes",
         "child-workflows",
         "activity-failure",
+        "workflow-retries",
     ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(

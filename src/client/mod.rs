@@ -68,6 +68,10 @@ pub struct StartOptions {
     pub workflow_task_timeout_ms: Option<u64>,
     /// What a closed id may be reused for.
     pub id_reuse_policy: IdReusePolicy,
+    /// Wait this long before the first workflow task (Temporal's start delay).
+    pub start_delay_ms: Option<u64>,
+    /// Retry the workflow as a new run when it fails.
+    pub retry_policy: Option<crate::activity::RetryPolicy>,
 }
 
 impl StartOptions {
@@ -79,7 +83,23 @@ impl StartOptions {
             execution_timeout_ms: None,
             workflow_task_timeout_ms: None,
             id_reuse_policy: IdReusePolicy::default(),
+            start_delay_ms: None,
+            retry_policy: None,
         }
+    }
+
+    /// The same options with a start delay: the run exists at once, its
+    /// first workflow task waits `delay_ms`.
+    pub fn start_delay_ms(mut self, delay_ms: u64) -> StartOptions {
+        self.start_delay_ms = Some(delay_ms);
+        self
+    }
+
+    /// The same options with a workflow retry policy: a failed run is
+    /// retried as a new run of the workflow id, as the policy allows.
+    pub fn retry(mut self, policy: crate::activity::RetryPolicy) -> StartOptions {
+        self.retry_policy = Some(policy);
+        self
     }
 }
 
@@ -247,6 +267,8 @@ impl Client {
             id_reuse_policy: options.id_reuse_policy,
             request_id: self.env.new_id(),
             identity: self.identity.clone(),
+            start_delay_ms: options.start_delay_ms,
+            retry_policy: options.retry_policy,
         }
     }
 
@@ -441,8 +463,8 @@ impl Client {
     }
 
     /// Waits (long-polling) at most `timeout_ms` for the run to close; `None`
-    /// if it was still open then. Follows continue-as-new to the chain's last
-    /// run, as [`Client::outcome`] does.
+    /// if it was still open then. Follows the workflow to the chain's last
+    /// run (continue-as-new, retries), as [`Client::outcome`] does.
     pub async fn outcome_within(
         &self,
         workflow_id: &str,
@@ -458,26 +480,24 @@ impl Client {
                 run,
                 wait_ms: left_ms.min(RESULT_WAIT_MS_MAX),
             };
-            match self.call(Request::GetResult(request)).await? {
-                Response::GetResult(GetResultResponse {
-                    outcome: Some(RunOutcome::ContinuedAsNew { new_run_id }),
-                    ..
-                }) => run_id = Some(new_run_id),
-                Response::GetResult(GetResultResponse {
-                    outcome: Some(outcome),
-                    ..
-                }) => return Ok(Some(outcome)),
-                Response::GetResult(_) if left_ms == 0 => return Ok(None),
-                Response::GetResult(_) => continue,
+            let response = match self.call(Request::GetResult(request)).await? {
+                Response::GetResult(response) => response,
                 other => return Err(unexpected(other)),
+            };
+            match (successor(&response), response.outcome) {
+                (Some(next_run_id), _) => run_id = Some(next_run_id),
+                (None, Some(outcome)) => return Ok(Some(outcome)),
+                (None, None) if left_ms == 0 => return Ok(None),
+                (None, None) => continue,
             }
         }
     }
 
     /// Waits (long-polling) until the run closes; returns how it closed. A
-    /// run that continued as new is followed to the next run, and so on to
-    /// the chain's last (as Temporal's SDKs follow runs): the outcome is
-    /// never `ContinuedAsNew`. [`Client::run_outcome`] stops at the run.
+    /// run that continued as new, or failed and was retried, is followed to
+    /// the next run, and so on to the chain's last (as Temporal's SDKs follow
+    /// runs): the outcome is never `ContinuedAsNew`, and a failure is the
+    /// last attempt's. [`Client::run_outcome`] stops at the run.
     pub async fn outcome(
         &self,
         workflow_id: &str,
@@ -485,9 +505,9 @@ impl Client {
     ) -> Result<RunOutcome, ClientError> {
         let mut run_id = run_id.map(str::to_string);
         loop {
-            match self.run_outcome(workflow_id, run_id.as_deref()).await? {
-                RunOutcome::ContinuedAsNew { new_run_id } => run_id = Some(new_run_id),
-                outcome => return Ok(outcome),
+            match self.run_closed(workflow_id, run_id.as_deref()).await? {
+                (_, Some(next_run_id)) => run_id = Some(next_run_id),
+                (outcome, None) => return Ok(outcome),
             }
         }
     }
@@ -499,21 +519,40 @@ impl Client {
         workflow_id: &str,
         run_id: Option<&str>,
     ) -> Result<RunOutcome, ClientError> {
+        Ok(self.run_closed(workflow_id, run_id).await?.0)
+    }
+
+    /// How the run closed, and the run that carries its workflow on.
+    async fn run_closed(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+    ) -> Result<(RunOutcome, Option<String>), ClientError> {
         loop {
             let run = Self::run_ref(workflow_id, run_id.unwrap_or_default());
             let request = GetResultRequest {
                 run,
                 wait_ms: RESULT_WAIT_MS_MAX,
             };
-            match self.call(Request::GetResult(request)).await? {
-                Response::GetResult(GetResultResponse {
-                    outcome: Some(outcome),
-                    ..
-                }) => return Ok(outcome),
-                Response::GetResult(_) => continue,
+            let response = match self.call(Request::GetResult(request)).await? {
+                Response::GetResult(response) => response,
                 other => return Err(unexpected(other)),
+            };
+            let next_run_id = successor(&response);
+            if let Some(outcome) = response.outcome {
+                return Ok((outcome, next_run_id));
             }
         }
+    }
+}
+
+/// The run a closed run's workflow goes on in (servers that predate
+/// `next_run_id` name only a continue-as-new's, in its outcome).
+fn successor(response: &GetResultResponse) -> Option<String> {
+    match (&response.next_run_id, &response.outcome) {
+        (Some(next_run_id), Some(_)) => Some(next_run_id.clone()),
+        (_, Some(RunOutcome::ContinuedAsNew { new_run_id })) => Some(new_run_id.clone()),
+        _ => None,
     }
 }
 

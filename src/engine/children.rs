@@ -92,7 +92,7 @@ pub fn offers(state: &RunState) -> Vec<ChildKey> {
         .filter(|(_, child)| closed || child.started.is_none())
         .map(|(initiated, _)| (state.run_id.clone(), *initiated))
         .collect();
-    let chain_closed = closed && !matches!(state.outcome, Some(RunOutcome::ContinuedAsNew { .. }));
+    let chain_closed = closed && state.successor().is_none();
     if let (true, Some(parent)) = (chain_closed, &state.parent) {
         keys.push((parent.run_id.clone(), parent.initiated_event_id));
     }
@@ -238,12 +238,12 @@ impl Inner {
             None => self.run_snapshot(first_run_id).await?,
         };
         for _ in 0..CHAIN_RUNS_MAX {
-            match &state.outcome {
-                None => return Ok(None),
-                Some(RunOutcome::ContinuedAsNew { new_run_id }) => {
-                    state = self.run_snapshot(new_run_id).await?;
+            match (&state.outcome, state.successor()) {
+                (None, _) => return Ok(None),
+                (Some(_), Some(next_run_id)) => {
+                    state = self.run_snapshot(next_run_id).await?;
                 }
-                Some(outcome) => return Ok(Some((state.run_id.clone(), outcome.clone()))),
+                (Some(outcome), None) => return Ok(Some((state.run_id.clone(), outcome.clone()))),
             }
         }
         let message = format!("child {workflow_id:?}: a chain longer than {CHAIN_RUNS_MAX} runs");

@@ -10,7 +10,8 @@
 //! | `task_queue` (polls), `signal_name`, `query_name`                | not empty, ≤ `ID_BYTES_MAX` |
 //! | `workflow_id`, `run_id` of a run reference; `identity`           | ≤ `ID_BYTES_MAX`           |
 //! | `reason` (cancel, terminate)                                     | ≤ `REASON_BYTES_MAX`       |
-//! | `execution_timeout_ms`, `workflow_task_timeout_ms` (start)       | ≤ `RUN_TIMEOUT_MS_MAX`     |
+//! | `execution_timeout_ms`, `workflow_task_timeout_ms`, `start_delay_ms` (start) | ≤ `RUN_TIMEOUT_MS_MAX` |
+//! | `retry_policy.non_retryable_error_types` (start)                 | ≤ `RETRY_TYPES_COUNT_MAX`, each ≤ `ID_BYTES_MAX` |
 //! | query `args` (never stored, still bounded)                       | ≤ `PAYLOAD_DEPTH_MAX` deep |
 //!
 //! Stored payloads (inputs, signals, results, details) are checked by the run
@@ -28,6 +29,9 @@ pub const REASON_BYTES_MAX: usize = 4_096;
 /// activity timeouts in workflow code are not refused: their deadlines
 /// saturate at the end of year 9999 (`Timestamp::plus_ms`), i.e. never.
 pub const RUN_TIMEOUT_MS_MAX: u64 = 100 * 365 * 24 * 3_600 * 1_000;
+
+/// Failure types a workflow retry policy may list as non-retryable.
+pub const RETRY_TYPES_COUNT_MAX: usize = 64;
 
 fn invalid(message: String) -> ServiceError {
     ServiceError::new(ErrorCode::InvalidArgument, message)
@@ -81,6 +85,19 @@ fn check_start(r: &crate::api::StartWorkflowRequest) -> Result<(), ServiceError>
     check_text("request_id", &r.request_id, true, REQUEST_ID_BYTES_MAX)?;
     check_timeout("execution_timeout_ms", r.execution_timeout_ms)?;
     check_timeout("workflow_task_timeout_ms", r.workflow_task_timeout_ms)?;
+    check_timeout("start_delay_ms", r.start_delay_ms)?;
+    if let Some(policy) = &r.retry_policy {
+        let types = &policy.non_retryable_error_types;
+        if types.len() > RETRY_TYPES_COUNT_MAX {
+            return Err(invalid(format!(
+                "retry_policy.non_retryable_error_types lists {} types, more than the limit of {RETRY_TYPES_COUNT_MAX}",
+                types.len()
+            )));
+        }
+        for failure_type in types {
+            check_id("retry_policy.non_retryable_error_types[]", failure_type)?;
+        }
+    }
     check_identity(&r.identity)
 }
 

@@ -13,7 +13,6 @@ use super::speculation;
 use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
 use crate::types::Failure;
-use crate::workflow::Command;
 
 fn invalid(message: impl Into<String>) -> ServiceError {
     ServiceError::new(ErrorCode::InvalidArgument, message)
@@ -586,6 +585,7 @@ impl Inner {
             let state = &guard.loaded.as_ref().expect("loaded").state;
             if let Some(outcome) = &state.outcome {
                 return Ok(GetResultResponse {
+                    next_run_id: state.successor().map(str::to_string),
                     run_id,
                     outcome: Some(outcome.clone()),
                 });
@@ -598,13 +598,18 @@ impl Inner {
             receiver
         };
         let wait_ms = request.wait_ms.min(self.config.result_wait_ms_max);
-        let outcome = self
+        let closed = self
             .env
             .timeout(wait_ms, receiver)
             .await
             .ok()
             .and_then(Result::ok);
-        Ok(GetResultResponse { run_id, outcome })
+        let (outcome, next_run_id) = closed.map_or((None, None), |(o, next)| (Some(o), next));
+        Ok(GetResultResponse {
+            run_id,
+            outcome,
+            next_run_id,
+        })
     }
 
     async fn query_workflow(
@@ -798,14 +803,14 @@ impl Inner {
         request: CompleteWorkflowTaskRequest,
     ) -> Result<CompleteWorkflowTaskResponse, ServiceError> {
         let token = request.task_token;
-        let continues = request
-            .commands
-            .iter()
-            .any(|command| matches!(command, Command::ContinueAsNewWorkflowExecution(_)));
-        let next_run_id = continues.then(|| self.env.new_id());
         let (rejection, eager, events) = self
             .transition(&token.run_id, |step| {
-                step.next_run_id = next_run_id;
+                // A completion that may start a run (continue-as-new, a
+                // retry) gets the new run's id drawn first.
+                step.next_run_id = step
+                    .state
+                    .may_start_next_run(&request.commands)
+                    .then(|| self.env.new_id());
                 workflow_task::check_token(step.state, &token)?;
                 let before = step.state.clone();
                 match workflow_task::on_completed(

@@ -26,6 +26,10 @@ use crate::env::{
 };
 use crate::history::{Event, HistoryLimits};
 
+/// How a run closed, and the run that carries its workflow on (sent to
+/// the requests that wait for its result).
+pub type RunClosed = (RunOutcome, Option<String>);
+
 /// Tunables of the service. Every bound is named `_max`, every duration `_ms`.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -156,7 +160,7 @@ pub(super) struct Inner {
     timers: Mutex<TimerQueue>,
     timer_wake: Arc<Notify>,
     timer_permits: Arc<Semaphore>,
-    pub result_waiters: Mutex<BTreeMap<String, Vec<oneshot::Sender<RunOutcome>>>>,
+    pub result_waiters: Mutex<BTreeMap<String, Vec<oneshot::Sender<RunClosed>>>>,
     pub queries: Mutex<BTreeMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
     /// Workflow tasks started by sync match (for tests and metrics).
     pub sync_matches: std::sync::atomic::AtomicU64,
@@ -676,7 +680,7 @@ impl Inner {
         events: Vec<Event>,
         run: machine::continue_as_new::NextRun,
     ) -> Result<(), ServiceError> {
-        assert_eq!(next.status, crate::env::RunStatus::ContinuedAsNew);
+        assert_eq!(next.successor(), Some(run.state.run_id.as_str()));
         let new_run_id = run.state.run_id.clone();
         let batch = WriteBatch {
             run: record_of(&run.state, 1),
@@ -792,8 +796,9 @@ impl Inner {
             let waiters = lock(&self.result_waiters)
                 .remove(&state.run_id)
                 .unwrap_or_default();
+            let successor = state.successor().map(str::to_string);
             for waiter in waiters {
-                let _ = waiter.send(outcome.clone());
+                let _ = waiter.send((outcome.clone(), successor.clone()));
             }
         }
     }

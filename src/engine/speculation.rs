@@ -23,7 +23,7 @@
 //! | nothing is buffered and the run is open                       | `TaskPending`     |
 //! | attempt start ≤ `started_time` ≤ the service's now            | `ClockSkew`       |
 //! | the commands are accepted as a completion would accept them   | `Commands`        |
-//! | the commands do not continue as new (a new run is the plain task's) | `Commands` |
+//! | the commands start no new run (continue-as-new, a retry: the plain task's) | `Commands` |
 //!
 //! `started_time` is what the code saw as now (`WorkflowTaskStarted`'s time),
 //! so the service writes the result and the task's start at that time: the
@@ -123,15 +123,9 @@ fn check(
     speculation: &SpeculativeWorkflowTask,
 ) -> Result<(), Refused> {
     let state = &*step.state;
-    let continues = speculation.commands.iter().any(|command| {
-        matches!(
-            command,
-            crate::workflow::Command::ContinueAsNewWorkflowExecution(_)
-        )
-    });
-    if continues {
+    if state.may_start_next_run(&speculation.commands) {
         return Err(Refused::Commands(
-            "continue-as-new is left to the plain workflow task".to_string(),
+            "a new run (continue-as-new, a retry) is left to the plain workflow task".to_string(),
         ));
     }
     let ActivityTaskResult::Completed(value) = result else {
@@ -208,6 +202,8 @@ mod tests {
             id_reuse_policy: Default::default(),
             request_id: "r".into(),
             identity: "client".into(),
+            start_delay_ms: None,
+            retry_policy: None,
         };
         let (mut state, _) = run::start(&request, "run", Timestamp(1_000), LIMITS).expect("valid");
         let mut step = Step::new(&mut state, Timestamp(1_000), LIMITS);

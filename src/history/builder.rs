@@ -63,6 +63,10 @@ impl HistoryBuilder {
                 request_id: "request-1".to_string(),
                 continued_execution_run_id: None,
                 parent: None,
+                first_workflow_task_backoff_ms: None,
+                retry_policy: None,
+                initiator: None,
+                continued_failure: None,
             },
         ));
         builder
@@ -344,6 +348,8 @@ impl HistoryBuilder {
             WorkflowExecutionFailed {
                 failure,
                 workflow_task_completed_event_id: self.workflow_task_completed,
+                retry_state: None,
+                new_execution_run_id: None,
             },
         ))
     }

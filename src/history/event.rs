@@ -265,6 +265,30 @@ pub struct WorkflowExecutionStarted {
     /// The parent, when this run is a child workflow (or continues one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentExecution>,
+    /// How long the first workflow task waits: the start delay, or a
+    /// retry's backoff (Temporal's `firstWorkflowTaskBackoff`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_workflow_task_backoff_ms: Option<u64>,
+    /// The workflow's retry policy: a failed run is retried as a new run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+    /// What started this run in place of `continued_execution_run_id`:
+    /// `None` for a first run (and for continue-as-new in histories written
+    /// before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<ContinueAsNewInitiator>,
+    /// The failure of the run this one retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continued_failure: Option<Failure>,
+}
+
+/// Why a run started in place of another (Temporal's `ContinueAsNewInitiator`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContinueAsNewInitiator {
+    /// The workflow continued as new.
+    Workflow,
+    /// The workflow failed and its retry policy started it again.
+    Retry,
 }
 
 /// A child's parent: its run, and the event that initiated the child.
@@ -485,6 +509,13 @@ pub struct WorkflowExecutionCompleted {
 pub struct WorkflowExecutionFailed {
     pub failure: Failure,
     pub workflow_task_completed_event_id: u64,
+    /// Whether the workflow's retry policy retries it, and if not why; `None`
+    /// when the run has no retry policy (Temporal's `RetryPolicyNotSet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_state: Option<RetryState>,
+    /// The run that retries this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_execution_run_id: Option<String>,
 }
 
 /// The run's execution timeout fired.

@@ -283,6 +283,8 @@ mod tests {
                     id_reuse_policy: IdReusePolicy::RejectDuplicate,
                     request_id: "r".into(),
                     identity: "i".into(),
+                    start_delay_ms: None,
+                    retry_policy: None,
                 },
                 signal_name: "s".into(),
                 signal_input: serde_json::json!([1, 2]),

@@ -40,6 +40,11 @@ pub struct WorkflowInfo {
     pub task_queue: String,
     /// When the run started.
     pub start_time: Timestamp,
+    /// The run's attempt: 1, or one more than the failed run it retries
+    /// (under the workflow's retry policy).
+    pub attempt: u32,
+    /// The failure of the run this one retries, if it retries one.
+    pub continued_failure: Option<crate::types::Failure>,
 }
 
 /// A query handler: arguments in, answer out.

@@ -638,6 +638,8 @@ impl WorkflowExecutor {
             workflow_type: started.workflow_type.clone(),
             task_queue: started.task_queue.clone(),
             start_time: event.event_time,
+            attempt: started.attempt,
+            continued_failure: started.continued_failure.clone(),
         };
         let ctx = WorkflowContext::new(self.core.clone(), info.clone());
         self.future = Some(factory(ctx, started.input.clone())?);

@@ -56,6 +56,12 @@ fn implied_task(history: &History) -> (Task, u64) {
     let mut attempts = BTreeMap::new();
     for e in history.events() {
         task = match &e.kind {
+            // A start delay or a retry's backoff: no task until it ends.
+            EventKind::WorkflowExecutionStarted(s)
+                if s.first_workflow_task_backoff_ms.is_some() =>
+            {
+                Task::Idle { failed: true }
+            }
             EventKind::WorkflowTaskScheduled(a) => {
                 attempts.insert(e.event_id, a.attempt);
                 Task::Scheduled {
@@ -248,10 +254,13 @@ fn compare_start(diff: &mut Diff, history: &History, state: &RunState) {
     );
     diff.same("task queue", &state.task_queue, &started.task_queue);
     diff.same("start time", state.start_time, first.event_time);
+    // The execution timeout counts from the end of the start delay.
+    let delay_ms = started.first_workflow_task_backoff_ms.unwrap_or(0);
     let deadline = started
         .execution_timeout_ms
-        .map(|ms| first.event_time.plus_ms(ms));
+        .map(|ms| first.event_time.plus_ms(delay_ms).plus_ms(ms));
     diff.same("execution deadline", state.execution_deadline, deadline);
+    compare_retry(diff, history, state, started);
     diff.same(
         "workflow task timeout",
         state.workflow_task_timeout_ms,
@@ -262,6 +271,25 @@ fn compare_start(diff: &mut Diff, history: &History, state: &RunState) {
         &state.start_request_id,
         &started.request_id,
     );
+}
+
+/// The workflow retry policy, attempt, kept input and retrying run are the
+/// ones the history names.
+fn compare_retry(
+    diff: &mut Diff,
+    history: &History,
+    state: &RunState,
+    started: &retrace::history::WorkflowExecutionStarted,
+) {
+    diff.same("retry policy", &state.retry_policy, &started.retry_policy);
+    diff.same("attempt", state.attempt, started.attempt);
+    let kept = started.retry_policy.as_ref().map(|_| &started.input);
+    diff.same("input kept for a retry", state.retry_input.as_ref(), kept);
+    let retried_by = match history.close_event().map(|e| &e.kind) {
+        Some(EventKind::WorkflowExecutionFailed(f)) => f.new_execution_run_id.clone(),
+        _ => None,
+    };
+    diff.same("retried by", &state.retried_by, &retried_by);
 }
 
 fn compare_progress(diff: &mut Diff, history: &History, state: &RunState) {
@@ -499,6 +527,8 @@ mod tests {
             id_reuse_policy: Default::default(),
             request_id: "request-1".into(),
             identity: "client".into(),
+            start_delay_ms: None,
+            retry_policy: None,
         };
         let (mut state, mut events) =
             run::start(&request, "run-1", Timestamp(1_000_000), LIMITS).unwrap();

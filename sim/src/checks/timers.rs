@@ -339,7 +339,12 @@ fn check_execution_timeout(timing: &mut Timing<'_>) {
     ) else {
         return;
     };
-    let deadline = first.event_time.plus_ms(timeout_ms);
+    // The execution timeout counts from the end of the start delay.
+    let delay_ms = history
+        .started()
+        .and_then(|s| s.first_workflow_task_backoff_ms)
+        .unwrap_or(0);
+    let deadline = first.event_time.plus_ms(delay_ms).plus_ms(timeout_ms);
     let Some(close) = history.close_event() else {
         return;
     };

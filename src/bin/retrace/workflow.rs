@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
+use retrace::activity::RetryPolicy;
 use retrace::api::{IdReusePolicy, RunOutcome};
 use retrace::client::{Client, ClientError, StartOptions};
 use retrace::env::{Env, RunStatus};
@@ -56,6 +57,19 @@ pub struct StartArgs {
     /// What a closed workflow id may be reused for.
     #[arg(long, value_enum, default_value = "allow-duplicate")]
     id_reuse_policy: ReusePolicy,
+    /// Wait this long before the first workflow task (30s, 5m, 2h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    start_delay: Option<std::time::Duration>,
+    /// Retry a failed run as a new run, this many attempts in all (0: unlimited).
+    #[arg(long)]
+    retry_attempts: Option<u32>,
+    /// The first retry's backoff (doubling after it; 1s by default).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "retry_attempts")]
+    retry_interval: Option<std::time::Duration>,
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl StartArgs {
@@ -63,10 +77,16 @@ impl StartArgs {
     fn options(self) -> anyhow::Result<(StartOptions, String, Value)> {
         let input = parse_json("--input", self.input.as_deref())?;
         let mut options = StartOptions::new(self.id, self.task_queue);
-        let timeout_ms = self
-            .execution_timeout
-            .map(|timeout| u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let timeout_ms = self.execution_timeout.map(millis);
         options.execution_timeout_ms = timeout_ms.or(self.execution_timeout_ms);
+        options.start_delay_ms = self.start_delay.map(millis);
+        options.retry_policy = self.retry_attempts.map(|attempts| {
+            let policy = RetryPolicy::default().maximum_attempts(attempts);
+            match self.retry_interval {
+                Some(interval) => policy.initial_interval_ms(millis(interval)),
+                None => policy,
+            }
+        });
         options.id_reuse_policy = match self.id_reuse_policy {
             ReusePolicy::AllowDuplicate => IdReusePolicy::AllowDuplicate,
             ReusePolicy::AllowDuplicateFailedOnly => IdReusePolicy::AllowDuplicateFailedOnly,

@@ -70,6 +70,8 @@ impl ChildState {
             id_reuse_policy: self.id_reuse_policy,
             request_id: format!("{}/{initiated}", parent.run_id),
             identity: format!("workflow run {}", parent.run_id),
+            start_delay_ms: None,
+            retry_policy: None,
         }
     }
 }

@@ -108,10 +108,16 @@ fn next_request(
         workflow_task_timeout_ms: Some(state.workflow_task_timeout_ms),
         id_reuse_policy: crate::api::IdReusePolicy::default(),
         identity: identity.to_string(),
+        start_delay_ms: None,
+        // A new chain of attempts: the retry policy goes on, its count
+        // starts over (as Temporal's continue-as-new keeps the policy).
+        retry_policy: state.retry_policy.clone(),
     }
 }
 
-fn start_next(
+/// Starts the run that takes `previous`'s place, linked back to it (and
+/// adopted by its parent).
+pub(super) fn start_next(
     request: &StartWorkflowRequest,
     previous: &RunState,
     run_id: &str,
@@ -124,6 +130,7 @@ fn start_next(
         unreachable!("a run starts with WorkflowExecutionStarted");
     };
     started.continued_execution_run_id = Some(previous.run_id.clone());
+    started.initiator = Some(crate::history::ContinueAsNewInitiator::Workflow);
     let mut state = state;
     if let Some(parent) = &previous.parent {
         super::child::adopt(&mut state, &mut events, parent);

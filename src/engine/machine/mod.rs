@@ -13,6 +13,7 @@ pub mod buffered;
 pub mod child;
 pub mod continue_as_new;
 pub mod external;
+pub mod retry;
 pub mod run;
 pub mod timer;
 pub mod workflow_task;
@@ -87,6 +88,47 @@ pub struct RunState {
     /// The parent, if this run is a child workflow.
     #[serde(default)]
     pub parent: Option<crate::history::ParentExecution>,
+    /// The workflow's retry policy (normalized), if it has one.
+    #[serde(default)]
+    pub retry_policy: Option<crate::activity::RetryPolicy>,
+    /// This run's attempt: 1, or one more than the run it retries.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// The run's input, kept for the next attempt by runs with a retry
+    /// policy only (others never need it, and the state is rewritten on
+    /// every transition).
+    #[serde(default)]
+    pub retry_input: Option<serde_json::Value>,
+    /// The run that retries this one, once it failed under its retry policy.
+    #[serde(default)]
+    pub retried_by: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+impl RunState {
+    /// The run that carries this one's workflow on after it closed: the
+    /// run it continued as, or the run that retries it.
+    pub fn successor(&self) -> Option<&str> {
+        match &self.outcome {
+            Some(RunOutcome::ContinuedAsNew { new_run_id }) => Some(new_run_id),
+            _ => self.retried_by.as_deref(),
+        }
+    }
+
+    /// Whether completing a workflow task with `commands` may start a new
+    /// run (the service draws its id first): a continue-as-new, or a
+    /// failure under a retry policy.
+    pub fn may_start_next_run(&self, commands: &[crate::workflow::Command]) -> bool {
+        use crate::workflow::Command;
+        commands.iter().any(|command| match command {
+            Command::ContinueAsNewWorkflowExecution(_) => true,
+            Command::FailWorkflowExecution { .. } => self.retry_policy.is_some(),
+            _ => false,
+        })
+    }
 }
 
 /// An activity whose close is buffered: closed for the service, still open in

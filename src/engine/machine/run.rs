@@ -3,10 +3,12 @@
 //! | status  | input                         | next    | events written                                     |
 //! |---------|-------------------------------|---------|----------------------------------------------------|
 //! | -       | start                         | Running | WorkflowExecutionStarted, WorkflowTaskScheduled     |
+//! | -       | start with a start delay      | Running | WorkflowExecutionStarted (the workflow task backs off until the delay ends) |
 //! | Running | signal (new request id)       | Running | WorkflowExecutionSignaled (delivered)               |
 //! | any     | signal (seen request id)      | same    | none: answered as delivered                         |
 //! | Running | cancel request (first)        | Running | WorkflowExecutionCancelRequested (delivered)        |
 //! | Running | Complete/Fail/CancelWorkflow command | closed | WorkflowExecutionCompleted / Failed / Canceled |
+//! | Running | FailWorkflowExecution under a retry policy | Failed | see [`super::retry`] |
 //! | Running | ContinueAsNewWorkflowExecution command | ContinuedAsNew | see [`super::continue_as_new`] |
 //! | Running | Signal / RequestCancel external command | Running | see [`super::external`] |
 //! | Running | StartChildWorkflowExecution command | Running | see [`super::child`] |
@@ -28,9 +30,9 @@ use crate::api::{ErrorCode, ServiceError, StartWorkflowRequest};
 use crate::env::RunStatus;
 use crate::history::{
     Event, EventKind, MarkerRecorded, WorkflowExecutionCancelRequested, WorkflowExecutionCanceled,
-    WorkflowExecutionCompleted, WorkflowExecutionFailed, WorkflowExecutionSignaled,
-    WorkflowExecutionStarted, WorkflowExecutionTerminated, WorkflowExecutionTimedOut,
-    WorkflowTaskFailed, WorkflowTaskFailedCause,
+    WorkflowExecutionCompleted, WorkflowExecutionSignaled, WorkflowExecutionStarted,
+    WorkflowExecutionTerminated, WorkflowExecutionTimedOut, WorkflowTaskFailed,
+    WorkflowTaskFailedCause,
 };
 use crate::types::{RetryState, Timestamp};
 use crate::workflow::Command;
@@ -58,6 +60,11 @@ pub fn check_start(request: &StartWorkflowRequest) -> Result<(), ServiceError> {
     if request.execution_timeout_ms == Some(0) || request.workflow_task_timeout_ms == Some(0) {
         return Err(invalid("timeouts must be at least 1 ms"));
     }
+    if let Some(policy) = &request.retry_policy {
+        policy
+            .normalized()
+            .map_err(|e| invalid(format!("workflow {e}")))?;
+    }
     Ok(())
 }
 
@@ -69,10 +76,54 @@ pub fn start(
     limits: Limits,
 ) -> Result<(RunState, Vec<Event>), ServiceError> {
     check_start(request)?;
-    let workflow_task_timeout_ms = request
-        .workflow_task_timeout_ms
-        .unwrap_or(WORKFLOW_TASK_TIMEOUT_MS_DEFAULT);
-    let mut state = RunState {
+    let delay_ms = request.start_delay_ms.filter(|ms| *ms > 0);
+    let mut state = initial_state(request, run_id, now, delay_ms);
+    let workflow_task_timeout_ms = state.workflow_task_timeout_ms;
+    let mut step = Step::new(&mut state, now, limits);
+    step.check_payload("workflow input", &request.input)?;
+    step.emit(EventKind::WorkflowExecutionStarted(
+        WorkflowExecutionStarted {
+            workflow_type: request.workflow_type.clone(),
+            workflow_id: request.workflow_id.clone(),
+            task_queue: request.task_queue.clone(),
+            input: request.input.clone(),
+            execution_timeout_ms: request.execution_timeout_ms,
+            workflow_task_timeout_ms,
+            attempt: 1,
+            identity: request.identity.clone(),
+            request_id: request.request_id.clone(),
+            continued_execution_run_id: None,
+            parent: None,
+            first_workflow_task_backoff_ms: delay_ms,
+            retry_policy: step.state.retry_policy.clone(),
+            initiator: None,
+            continued_failure: None,
+        },
+    ));
+    match delay_ms {
+        // The first workflow task waits out the delay as a failed task waits
+        // out its backoff: events that arrive meanwhile schedule no task.
+        Some(delay_ms) => {
+            let until = now.plus_ms(delay_ms);
+            step.state.workflow_task = WorkflowTaskState::Backoff { attempt: 1, until }
+        }
+        None => step.schedule_workflow_task(1),
+    }
+    let events = std::mem::take(&mut step.events);
+    debug_assert_eq!(events.len(), if delay_ms.is_some() { 1 } else { 2 });
+    Ok((state, events))
+}
+
+/// The state of a run `request` starts at `now`, before its first events.
+fn initial_state(
+    request: &StartWorkflowRequest,
+    run_id: &str,
+    now: Timestamp,
+    delay_ms: Option<u64>,
+) -> RunState {
+    // The execution timeout counts from the end of the start delay.
+    let execution_start = now.plus_ms(delay_ms.unwrap_or(0));
+    RunState {
         workflow_id: request.workflow_id.clone(),
         run_id: run_id.to_string(),
         workflow_type: request.workflow_type.clone(),
@@ -80,8 +131,12 @@ pub fn start(
         status: RunStatus::Running,
         start_time: now,
         close_time: None,
-        execution_deadline: request.execution_timeout_ms.map(|ms| now.plus_ms(ms)),
-        workflow_task_timeout_ms,
+        execution_deadline: request
+            .execution_timeout_ms
+            .map(|ms| execution_start.plus_ms(ms)),
+        workflow_task_timeout_ms: request
+            .workflow_task_timeout_ms
+            .unwrap_or(WORKFLOW_TASK_TIMEOUT_MS_DEFAULT),
         start_request_id: request.request_id.clone(),
         next_event_id: 1,
         workflow_task: WorkflowTaskState::None,
@@ -99,28 +154,14 @@ pub fn start(
         externals: BTreeMap::new(),
         children: BTreeMap::new(),
         parent: None,
-    };
-    let mut step = Step::new(&mut state, now, limits);
-    step.check_payload("workflow input", &request.input)?;
-    step.emit(EventKind::WorkflowExecutionStarted(
-        WorkflowExecutionStarted {
-            workflow_type: request.workflow_type.clone(),
-            workflow_id: request.workflow_id.clone(),
-            task_queue: request.task_queue.clone(),
-            input: request.input.clone(),
-            execution_timeout_ms: request.execution_timeout_ms,
-            workflow_task_timeout_ms,
-            attempt: 1,
-            identity: request.identity.clone(),
-            request_id: request.request_id.clone(),
-            continued_execution_run_id: None,
-            parent: None,
-        },
-    ));
-    step.schedule_workflow_task(1);
-    let events = std::mem::take(&mut step.events);
-    debug_assert_eq!(events.len(), 2);
-    Ok((state, events))
+        retry_policy: request
+            .retry_policy
+            .as_ref()
+            .map(|policy| policy.normalized().expect("checked by check_start")),
+        attempt: 1,
+        retry_input: request.retry_policy.as_ref().map(|_| request.input.clone()),
+        retried_by: None,
+    }
 }
 
 fn refuse_closed(state: &RunState) -> Result<(), ServiceError> {
@@ -208,13 +249,7 @@ fn apply_close_command(
         Command::FailWorkflowExecution { failure } => {
             step.check_failure("workflow failure", failure)
                 .map_err(|e| e.message)?;
-            let workflow_task_completed_event_id = completed;
-            let kind = WorkflowExecutionFailed {
-                failure: failure.clone(),
-                workflow_task_completed_event_id,
-            };
-            close(step, EventKind::WorkflowExecutionFailed(kind));
-            Ok(())
+            super::retry::on_fail_command(step, completed, failure)
         }
         Command::CancelWorkflowExecution { details } => {
             if !step.state.cancel_requested {
@@ -429,6 +464,8 @@ mod tests {
             id_reuse_policy: Default::default(),
             request_id: "r".into(),
             identity: "client".into(),
+            start_delay_ms: None,
+            retry_policy: None,
         };
         let (mut state, mut events) = start(&request, "run", Timestamp(1_000), LIMITS).unwrap();
         let mut step = Step::new(&mut state, Timestamp(1_000), LIMITS);

@@ -48,6 +48,7 @@ pub(super) fn retry_state(state: RetryState) -> &'static str {
         RetryState::MaximumAttemptsReached => "RETRY_STATE_MAXIMUM_ATTEMPTS_REACHED",
         RetryState::CancelRequested => "RETRY_STATE_CANCEL_REQUESTED",
         RetryState::RetryPolicyNotSet => "RETRY_STATE_RETRY_POLICY_NOT_SET",
+        RetryState::InProgress => "RETRY_STATE_IN_PROGRESS",
     }
 }
 
@@ -132,6 +133,29 @@ fn started(a: &WorkflowExecutionStarted) -> Value {
         &mut value,
         "continuedExecutionRunId",
         a.continued_execution_run_id.as_ref().map(|r| json!(r)),
+    );
+    put(
+        &mut value,
+        "firstWorkflowTaskBackoff",
+        a.first_workflow_task_backoff_ms.map(duration),
+    );
+    put(
+        &mut value,
+        "retryPolicy",
+        a.retry_policy.as_ref().map(retry_policy),
+    );
+    put(
+        &mut value,
+        "initiator",
+        a.initiator.map(|initiator| match initiator {
+            ContinueAsNewInitiator::Workflow => json!("CONTINUE_AS_NEW_INITIATOR_WORKFLOW"),
+            ContinueAsNewInitiator::Retry => json!("CONTINUE_AS_NEW_INITIATOR_RETRY"),
+        }),
+    );
+    put(
+        &mut value,
+        "continuedFailure",
+        a.continued_failure.as_ref().map(failure),
     );
     if let Some(parent) = &a.parent {
         value["parentWorkflowExecution"] = execution(&parent.workflow_id, Some(&parent.run_id));
@@ -341,11 +365,19 @@ fn run(kind: &EventKind) -> Value {
             "result": payloads(&a.result),
             "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
         }),
-        EventKind::WorkflowExecutionFailed(a) => json!({
-            "failure": failure(&a.failure),
-            "retryState": retry_state(RetryState::RetryPolicyNotSet),
-            "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
-        }),
+        EventKind::WorkflowExecutionFailed(a) => {
+            let mut value = json!({
+                "failure": failure(&a.failure),
+                "retryState": retry_state(a.retry_state.unwrap_or(RetryState::RetryPolicyNotSet)),
+                "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
+            });
+            put(
+                &mut value,
+                "newExecutionRunId",
+                a.new_execution_run_id.as_ref().map(|r| json!(r)),
+            );
+            value
+        }
         EventKind::WorkflowExecutionTimedOut(a) => {
             json!({ "retryState": retry_state(a.retry_state) })
         }

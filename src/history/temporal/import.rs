@@ -84,6 +84,15 @@ impl Importer {
             request_id: String::new(),
             continued_execution_run_id: a.optional_string("continuedExecutionRunId")?,
             parent,
+            first_workflow_task_backoff_ms: a
+                .duration_ms("firstWorkflowTaskBackoff")?
+                .filter(|ms| *ms > 0),
+            retry_policy: match a.message("retryPolicy")? {
+                None => None,
+                Some(_) => Some(a.retry_policy("retryPolicy")?),
+            },
+            initiator: initiator(a)?,
+            continued_failure: a.failure("continuedFailure")?,
         })
     }
 
@@ -150,6 +159,22 @@ pub(super) fn timeout_type(text: Option<String>) -> Result<TimeoutType, Fault> {
     }
 }
 
+/// Why a run started in place of another; a cron start has no Retrace
+/// equivalent yet.
+fn initiator(a: Attrs<'_>) -> Result<Option<ContinueAsNewInitiator>, Fault> {
+    match a
+        .enumeration("initiator", "CONTINUE_AS_NEW_INITIATOR_")?
+        .as_deref()
+    {
+        None | Some("UNSPECIFIED") => Ok(None),
+        Some("WORKFLOW") => Ok(Some(ContinueAsNewInitiator::Workflow)),
+        Some("RETRY") => Ok(Some(ContinueAsNewInitiator::Retry)),
+        Some(other) => Err(format!(
+            "initiator CONTINUE_AS_NEW_INITIATOR_{other} has no Retrace equivalent"
+        )),
+    }
+}
+
 pub(super) fn retry_state(a: Attrs<'_>) -> Result<RetryState, Fault> {
     match a.enumeration("retryState", "RETRY_STATE_")?.as_deref() {
         None | Some("RETRY_POLICY_NOT_SET") => Ok(RetryState::RetryPolicyNotSet),
@@ -157,6 +182,7 @@ pub(super) fn retry_state(a: Attrs<'_>) -> Result<RetryState, Fault> {
         Some("TIMEOUT") => Ok(RetryState::Timeout),
         Some("MAXIMUM_ATTEMPTS_REACHED") => Ok(RetryState::MaximumAttemptsReached),
         Some("CANCEL_REQUESTED") => Ok(RetryState::CancelRequested),
+        Some("IN_PROGRESS") => Ok(RetryState::InProgress),
         Some(other) => Err(format!(
             "retry state RETRY_STATE_{other} has no Retrace equivalent"
         )),
@@ -358,6 +384,8 @@ fn run_event(name: &str, a: Attrs<'_>) -> Result<EventKind, Fault> {
         "WorkflowExecutionFailed" => EventKind::WorkflowExecutionFailed(WorkflowExecutionFailed {
             failure: a.required_failure("failure")?,
             workflow_task_completed_event_id: completed_by()?,
+            retry_state: Some(retry_state(a)?).filter(|s| *s != RetryState::RetryPolicyNotSet),
+            new_execution_run_id: a.optional_string("newExecutionRunId")?,
         }),
         "WorkflowExecutionTimedOut" => {
             EventKind::WorkflowExecutionTimedOut(WorkflowExecutionTimedOut {

@@ -23,12 +23,17 @@ use super::program::{ClientAction, RunSpec};
 /// The runs of `spec`'s workflow id in chain order, or what is wrong.
 pub fn chain_of<'h>(spec: &RunSpec, histories: &[&'h History]) -> Result<Vec<&'h History>, String> {
     let by_run: BTreeMap<&str, &History> = histories.iter().map(|h| (h.run_id(), *h)).collect();
+    // The first run continues none of these (a retried attempt it
+    // continues is checked by `attempts`).
     let firsts: Vec<&History> = histories
         .iter()
         .copied()
         .filter(|h| {
-            h.started()
-                .is_some_and(|s| s.continued_execution_run_id.is_none())
+            h.started().is_some_and(|s| {
+                s.continued_execution_run_id
+                    .as_deref()
+                    .is_none_or(|previous| !by_run.contains_key(previous))
+            })
         })
         .collect();
     let [first] = firsts[..] else {

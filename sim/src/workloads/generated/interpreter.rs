@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::program::{
-    ActivitySpec, Behaviour, Branch, CHILD_QUEUE, Cancellation, LISTED_FAILURE_TYPE, RunSpec, Step,
+    ActivitySpec, Behaviour, Branch, CHILD_QUEUE, Cancellation, FLAKY_ATTEMPT_FAILURE,
+    LISTED_FAILURE_TYPE, RunSpec, Step,
 };
 use crate::ServiceClient;
 
@@ -257,7 +258,7 @@ pub enum StepReport {
 }
 
 /// The failure type of a run that gives up (`Step::Fail`).
-pub const GAVE_UP: &str = "GaveUp";
+pub const GAVE_UP: &str = super::program::GIVES_UP_FAILURE;
 
 /// What a transient bug's panic says (the panic hook keeps it quiet).
 pub const TRANSIENT_BUG: &str = "generated transient workflow bug";
@@ -289,6 +290,14 @@ impl Workflow for Interpreter {
     type Input = RunSpec;
     type Output = Vec<StepReport>;
     async fn run(ctx: WorkflowContext, spec: RunSpec) -> WorkflowResult<Vec<StepReport>> {
+        let attempt = ctx.info().attempt;
+        if let Some(retry) = spec.retry
+            && spec.continued == 0
+            && attempt <= retry.failing_attempts
+        {
+            let message = format!("attempt {attempt} fails on purpose");
+            return Err(WorkflowError::application(FLAKY_ATTEMPT_FAILURE, message));
+        }
         if spec.continued < spec.continue_as_new {
             return Err(continue_chain(&ctx, &spec).await);
         }

@@ -31,6 +31,7 @@
 //! [`KNOWN_ENGINE_BUGS`] with a seed that shows each; the tests excuse a seed
 //! only when one of its violations carries a known bug's signature.
 
+pub mod attempts;
 pub mod chain;
 pub mod children;
 pub mod externals;
@@ -143,12 +144,18 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
         .safety_ms(SAFETY_MS)
         // Programs cancel, terminate, time runs out and give up on purpose;
         // the model checks each run's outcome against its program.
-        // A run fails only by its program's `Fail` step.
+        // A run fails only by its program's `Fail` step, or in an attempt
+        // its retry policy fails on purpose (the model counts those).
         .expect_outcomes(|workflow_id, outcome| {
-            !matches!(outcome, retrace::api::RunOutcome::Failed { .. })
-                || Program::generate(current_seed())
-                    .run(workflow_id)
-                    .is_some_and(program::RunSpec::gives_up)
+            let retrace::api::RunOutcome::Failed { failure } = outcome else {
+                return true;
+            };
+            let program = Program::generate(current_seed());
+            let Some(spec) = program.run(workflow_id) else {
+                return false;
+            };
+            let flaky = failure.failure_type == program::FLAKY_ATTEMPT_FAILURE;
+            spec.gives_up() || (spec.retry.is_some() && flaky)
         })
         .service_config(|config| {
             config.limits.payload_bytes_max = PAYLOAD_BYTES_MAX;
@@ -277,6 +284,8 @@ async fn scenario(client: SimClient, logs: Logs) -> anyhow::Result<()> {
 async fn start(client: &SimClient, run: &program::RunSpec) -> anyhow::Result<Option<ClientRecord>> {
     let mut options = StartOptions::new(&run.workflow_id, "sim");
     options.execution_timeout_ms = run.execution_timeout_ms;
+    options.start_delay_ms = run.start_delay_ms;
+    options.retry_policy = run.retry.map(|retry| retry.policy());
     let input = serde_json::to_value(run)?;
     let Some((name, value)) = run.start_signal() else {
         client.start_by_name(options, "interpreter", input).await?;
@@ -329,6 +338,8 @@ fn signal_with_start_request(
             id_reuse_policy: options.id_reuse_policy,
             request_id: format!("{workflow_id}/{name}"),
             identity: "generated-client".to_string(),
+            start_delay_ms: options.start_delay_ms,
+            retry_policy: options.retry_policy,
         },
         signal_name: name.to_string(),
         signal_input: serde_json::json!(value),

@@ -30,6 +30,7 @@ use retrace::history::{
 use retrace::types::{Failure, FailureInfo, RetryState, TimeoutType};
 use serde_json::Value;
 
+use super::attempts;
 use super::chain;
 use super::children;
 use super::externals;
@@ -96,6 +97,12 @@ fn workflow_task_after(prefix: &[Event]) -> Option<&'static str> {
     let mut task = None;
     for event in prefix {
         task = match &event.kind {
+            // A start delay or a retry's backoff: no task until it ends.
+            EventKind::WorkflowExecutionStarted(s)
+                if s.first_workflow_task_backoff_ms.is_some() =>
+            {
+                Some("Backoff")
+            }
             EventKind::WorkflowTaskScheduled(_) => Some("Scheduled"),
             EventKind::WorkflowTaskStarted(_) => Some("Started"),
             EventKind::WorkflowTaskFailed(f)
@@ -145,6 +152,7 @@ pub fn check(program: &Program, observed: &Observed<'_>) -> Result<(), String> {
             closed_canceled: false,
             chain: Vec::new(),
             carried: Vec::new(),
+            attempts: Vec::new(),
         };
         run.check();
         problems.extend(
@@ -239,6 +247,8 @@ struct RunCheck<'a> {
     chain: Vec<&'a History>,
     /// Names of the signals the chain's earlier runs received and carried.
     carried: Vec<String>,
+    /// The failed attempts a workflow retry policy retried, before the chain.
+    attempts: Vec<&'a History>,
 }
 
 impl<'a> RunCheck<'a> {
@@ -386,9 +396,14 @@ impl<'a> RunCheck<'a> {
             self.problem("expected a run, found none".to_string());
             return None;
         }
-        match chain::chain_of(self.spec, &histories) {
+        let calm = self.program.calm;
+        attempts::check_first_tasks(self.spec, &histories, calm, &mut self.problems);
+        let attempts = attempts::split(self.spec, &histories, &mut self.problems)?;
+        self.attempts = attempts.failed;
+        match chain::chain_of(self.spec, &attempts.rest) {
             Ok(chain) => {
                 chain::check_links(&chain, &mut self.problems);
+                attempts::check_last(self.spec, chain[chain.len() - 1], &mut self.problems);
                 chain::check_inputs(self.spec, &chain, &mut self.problems);
                 Some(chain)
             }
@@ -487,7 +502,12 @@ impl<'a> RunCheck<'a> {
         ) else {
             return;
         };
-        let elapsed_ms = close.event_time.millis_since(first.event_time);
+        // The deadline counts from the end of the start delay.
+        let delay_ms = self.spec.start_delay_ms.unwrap_or(0);
+        let elapsed_ms = close
+            .event_time
+            .millis_since(first.event_time)
+            .saturating_sub(delay_ms);
         let late_ms = self.tolerance_ms(timeout_ms);
         if elapsed_ms < timeout_ms || elapsed_ms > timeout_ms + late_ms {
             self.problem(format!(
@@ -610,16 +630,26 @@ impl<'a> RunCheck<'a> {
         let Some((name, value)) = self.spec.start_signal() else {
             return;
         };
-        let first_write: Vec<&EventKind> =
-            history.events().iter().take(3).map(|e| &e.kind).collect();
-        let holds = matches!(
-            first_write[..],
+        let delayed = self.spec.start_delay_ms.is_some();
+        let first_write: Vec<&EventKind> = history
+            .events()
+            .iter()
+            .take(if delayed { 2 } else { 3 })
+            .map(|e| &e.kind)
+            .collect();
+        // A delayed start schedules no workflow task until the delay ends.
+        let holds = match first_write[..] {
             [
                 EventKind::WorkflowExecutionStarted(_),
                 EventKind::WorkflowTaskScheduled(_),
                 EventKind::WorkflowExecutionSignaled(s),
-            ] if s.signal_name == name && s.input == value
-        );
+            ] if !delayed => s.signal_name == name && s.input == value,
+            [
+                EventKind::WorkflowExecutionStarted(_),
+                EventKind::WorkflowExecutionSignaled(s),
+            ] if delayed => s.signal_name == name && s.input == value,
+            _ => false,
+        };
         if !holds {
             let names: Vec<&str> = first_write.iter().map(|k| k.name()).collect();
             self.problem(format!(
@@ -735,7 +765,8 @@ impl<'a> RunCheck<'a> {
             .filter_map(|r| r.described.clone())
             .collect();
         for d in described {
-            let Some(history) = self.chain.iter().find(|h| h.run_id() == d.run_id).copied() else {
+            let mut runs = self.attempts.iter().chain(&self.chain);
+            let Some(history) = runs.find(|h| h.run_id() == d.run_id).copied() else {
                 self.problem(format!(
                     "describe showed run {}, not of the chain",
                     d.run_id

@@ -418,6 +418,52 @@ pub struct RunSpec {
     /// Set on a child workflow's spec (`Step::Child`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ChildOf>,
+    /// The run is started with this start delay: its first workflow task
+    /// waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_delay_ms: Option<u64>,
+    /// The run is started with a workflow retry policy, and its first
+    /// attempts fail on purpose (see [`WorkflowRetry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<WorkflowRetry>,
+}
+
+/// A workflow retry policy, and how many attempts fail before one runs the
+/// steps: an attempt up to `failing_attempts` fails at once, in its first
+/// workflow task, with [`FLAKY_ATTEMPT_FAILURE`] (so it does nothing the
+/// model would count). With `failing_attempts >= maximum_attempts` (not 0)
+/// the policy gives up and the workflow fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowRetry {
+    /// The policy's `maximum_attempts` (0: unlimited).
+    pub maximum_attempts: u32,
+    pub failing_attempts: u32,
+}
+
+/// The failure type of an attempt that fails on purpose.
+pub const FLAKY_ATTEMPT_FAILURE: &str = "FlakyAttempt";
+/// The failure type of a run that gives up by itself: the workflow retry
+/// policy lists it as non-retryable.
+pub const GIVES_UP_FAILURE: &str = "GaveUp";
+/// The first backoff of a workflow retry policy (doubling after it).
+pub const WORKFLOW_RETRY_INTERVAL_MS: u64 = 250;
+/// Start delays a run may be drawn with.
+pub const START_DELAYS_MS: [u64; 3] = [300, 1_500, 4_000];
+
+impl WorkflowRetry {
+    /// The retry policy the run is started with.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy::default()
+            .initial_interval_ms(WORKFLOW_RETRY_INTERVAL_MS)
+            .backoff_coefficient(2.0)
+            .maximum_attempts(self.maximum_attempts)
+            .non_retryable(GIVES_UP_FAILURE)
+    }
+
+    /// True if the policy gives up before an attempt runs the steps.
+    pub fn exhausted(&self) -> bool {
+        self.maximum_attempts != 0 && self.failing_attempts >= self.maximum_attempts
+    }
 }
 
 /// How long each run of a chain waits before it continues as new.
@@ -508,6 +554,13 @@ impl RunSpec {
     /// True if the run's last step gives up (the run must close Failed).
     pub fn gives_up(&self) -> bool {
         self.steps.last() == Some(&Step::Fail)
+    }
+
+    /// True if the run gives up with its own failure (type
+    /// [`GIVES_UP_FAILURE`]), not an activity's or a child's it propagates.
+    pub fn gives_up_plainly(&self) -> bool {
+        let before = self.steps.len().checked_sub(2).map(|at| &self.steps[at]);
+        self.gives_up() && !matches!(before, Some(Step::Activity(_) | Step::Child(_)))
     }
 
     /// The runs this run asks to cancel (`Step::CancelExternal`).
@@ -641,10 +694,17 @@ pub enum Feature {
     /// A child that fails: the parent sees its failure.
     ChildFails,
     ChildContinuesAsNew,
+    /// A run started with a start delay.
+    StartDelay,
+    /// A run whose first attempts fail and are retried by its workflow
+    /// retry policy, until one runs the steps.
+    WorkflowRetry,
+    /// A run whose retry policy gives up: every attempt fails.
+    WorkflowRetryExhausted,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 71] = [
+pub const FEATURES: [Feature; 74] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -716,6 +776,9 @@ pub const FEATURES: [Feature; 71] = [
     Feature::ChildWaitsForever,
     Feature::ChildFails,
     Feature::ChildContinuesAsNew,
+    Feature::StartDelay,
+    Feature::WorkflowRetry,
+    Feature::WorkflowRetryExhausted,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -771,6 +834,7 @@ impl Program {
         add_external_signals(seed, &mut runs);
         add_cleanups(seed, &mut runs);
         add_children(seed, &mut runs);
+        add_start_options(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
             .collect();
@@ -844,6 +908,14 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
     if run.execution_timeout_ms.is_some() {
         out.insert(Feature::ExecutionTimeout);
     }
+    if run.start_delay_ms.is_some() {
+        out.insert(Feature::StartDelay);
+    }
+    match run.retry {
+        Some(retry) if retry.exhausted() => out.insert(Feature::WorkflowRetryExhausted),
+        Some(_) => out.insert(Feature::WorkflowRetry),
+        None => false,
+    };
     continue_features(run, out);
     if run.cleanup.is_some() {
         out.insert(Feature::ShieldedCleanup);
@@ -1126,6 +1198,52 @@ fn add_external_signals(seed: u64, runs: &mut [RunSpec]) {
     }
 }
 
+/// Start delays and workflow retry policies, drawn from their own stream:
+/// a run in six waits before its first workflow task; a run in three that
+/// nothing sends messages to (no signals, cancels or terminations: they
+/// would land in an attempt that fails) and that has no execution timeout
+/// and no children is retried, its first one to three attempts failing.
+fn add_start_options(seed: u64, runs: &mut [RunSpec]) {
+    let mut draws = Draws(seed ^ 0x5354_4152_5444_4c59);
+    let targets: BTreeSet<String> = runs
+        .iter()
+        .flat_map(|run| run.steps.iter())
+        .filter_map(|step| match step {
+            Step::SignalExternal { target, .. } | Step::CancelExternal { target } => {
+                Some(target.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    for run in runs.iter_mut() {
+        if draws.chance(17) {
+            run.start_delay_ms = Some(draws.pick(&START_DELAYS_MS));
+        }
+        let quiet = run.client.iter().all(|t| {
+            matches!(
+                t.action,
+                ClientAction::Query
+                    | ClientAction::Describe
+                    | ClientAction::ShapedStart { .. }
+                    | ClientAction::InvalidStart { .. }
+            )
+        });
+        // A run that gives up is not retried: its failure type is listed
+        // as non-retryable (one that fails with an activity's failure
+        // would be retried, and run its steps again).
+        let plain = run.execution_timeout_ms.is_none()
+            && (!run.gives_up() || run.gives_up_plainly())
+            && run.children().next().is_none()
+            && !targets.contains(&run.workflow_id);
+        if quiet && plain && draws.chance(33) {
+            run.retry = Some(WorkflowRetry {
+                maximum_attempts: draws.pick(&[0, 2, 3, 4]),
+                failing_attempts: 1 + draws.below(3) as u32,
+            });
+        }
+    }
+}
+
 /// Half the runs that may be canceled (by the client or another run) clean
 /// up after the cancel request: an activity in a shielded scope.
 fn add_cleanups(seed: u64, runs: &mut [RunSpec]) {
@@ -1228,6 +1346,8 @@ fn child_run(draws: &mut Draws, index: usize) -> RunSpec {
         carried: Vec::new(),
         cleanup: None,
         parent: None,
+        start_delay_ms: None,
+        retry: None,
     }
 }
 
@@ -1414,6 +1534,8 @@ fn run(draws: &mut Draws, index: usize) -> RunSpec {
         carried: Vec::new(),
         cleanup: None,
         parent: None,
+        start_delay_ms: None,
+        retry: None,
     }
 }
 
