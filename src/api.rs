@@ -45,6 +45,11 @@ pub struct StartWorkflowRequest {
     /// (Temporal's workflow retry policy); `None`: a failed run stays failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<crate::activity::RetryPolicy>,
+    /// Start the workflow's runs on this cron schedule (Temporal's cron
+    /// workflows; see [`crate::workflow::CronSchedule`]): the first at the
+    /// first slot, each next at the first slot after the previous closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_schedule: Option<String>,
 }
 
 /// The run started (or the one an earlier identical request started).

@@ -370,6 +370,7 @@ async fn start_once(engine: &TestEngine) -> String {
         identity: "client".into(),
         start_delay_ms: None,
         retry_policy: None,
+        cron_schedule: None,
     });
     match engine.engine.service().handle(start).await.unwrap() {
         Response::StartWorkflow(started) => started.run_id,

@@ -59,6 +59,7 @@ fn request(workflow_id: &str, request_id: &str, item: &str) -> SignalWithStartWo
             identity: "test".to_string(),
             start_delay_ms: None,
             retry_policy: None,
+            cron_schedule: None,
         },
         signal_name: "item".to_string(),
         signal_input: json!(item),

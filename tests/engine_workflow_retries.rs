@@ -174,7 +174,7 @@ async fn a_failed_run_is_retried_as_a_new_run_after_the_backoff_until_an_attempt
             started.continued_execution_run_id.as_deref(),
             Some(earlier.run_id())
         );
-        assert_eq!(started.continued_failure.as_ref(), Some(&failed.failure));
+        assert_eq!(started.continued_failure.as_deref(), Some(&failed.failure));
         assert_eq!(started.input, started_of(earlier).input, "the same input");
         let waited = later.events()[1]
             .event_time
@@ -291,6 +291,137 @@ async fn bad_retry_policies_and_start_delays_are_refused_with_what_is_wrong() {
         .unwrap_err();
     assert!(
         error.to_string().contains("non_retryable_error_types"),
+        "{error}"
+    );
+    assert!(
+        client.list_all(None).await.unwrap().is_empty(),
+        "nothing was started"
+    );
+}
+
+/// Counts its runs through the cron schedule: returns one more than the
+/// last run that completed, after `input` ms of work (a timer).
+struct Tick;
+
+impl Workflow for Tick {
+    const NAME: &'static str = "tick";
+    type Input = u64;
+    type Output = u64;
+    async fn run(ctx: WorkflowContext, work_ms: u64) -> WorkflowResult<u64> {
+        ctx.sleep(std::time::Duration::from_millis(work_ms)).await?;
+        let last = ctx.info().last_completion_result.clone();
+        let count = last.and_then(|v| v.as_u64()).unwrap_or(0);
+        Ok(count + 1)
+    }
+}
+
+fn cron_registry() -> WorkflowRegistry {
+    let mut registry = registry();
+    registry.register::<Tick>();
+    registry
+}
+
+/// The runs of a cron workflow id, first to last, read by following each
+/// close's `new_execution_run_id`.
+async fn cron_runs(engine: &TestEngine, workflow_id: &str, first_run_id: &str) -> Vec<History> {
+    let client = engine.client();
+    let mut histories = Vec::new();
+    let mut run_id = Some(first_run_id.to_string());
+    while let Some(id) = run_id {
+        let history = client.history(workflow_id, Some(&id)).await.unwrap();
+        run_id = match history.events().last().map(|e| &e.kind) {
+            Some(EventKind::WorkflowExecutionCompleted(a)) => a.new_execution_run_id.clone(),
+            Some(EventKind::WorkflowExecutionFailed(a)) => a.new_execution_run_id.clone(),
+            _ => None,
+        };
+        histories.push(history);
+    }
+    histories
+}
+
+/// When a run's first workflow task was due: its start plus its wait.
+fn slot_of(history: &History) -> u64 {
+    let wait_ms = started_of(history)
+        .first_workflow_task_backoff_ms
+        .unwrap_or(0);
+    history.events()[0].event_time.as_millis() + wait_ms
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cron_workflow_runs_once_per_slot_and_skips_the_slots_a_long_run_overlaps() {
+    let engine = TestEngine::new(cron_registry()).await;
+    let worker = engine
+        .engine
+        .worker("q")
+        .workflows(cron_registry())
+        .start_two();
+    let options = StartOptions::new("ticker", "q").cron("@every 10s");
+    // Each run works 15 s: it overlaps the next slot, which is skipped.
+    let handle = engine
+        .client()
+        .start::<Tick>(options, 15_000)
+        .await
+        .unwrap();
+    engine.engine.env().sleep_ms(75_000).await;
+    engine
+        .client()
+        .cancel("ticker", None, "enough")
+        .await
+        .unwrap();
+    engine.engine.env().sleep_ms(30_000).await;
+    let runs = cron_runs(&engine, "ticker", &handle.run_id).await;
+    assert!(runs.len() >= 3, "{} runs", runs.len());
+    let slots: Vec<u64> = runs.iter().map(slot_of).collect();
+    for (number, (run, slot)) in runs.iter().zip(&slots).enumerate() {
+        assert_eq!(slot % 10_000, 0, "run {number} starts on a slot");
+        let started = started_of(run);
+        assert_eq!(started.cron_schedule.as_deref(), Some("@every 10s"));
+        if number > 0 {
+            assert_eq!(
+                started.initiator,
+                Some(ContinueAsNewInitiator::CronSchedule)
+            );
+            assert_eq!(
+                started.last_completion_result,
+                Some(serde_json::json!(number as u64)),
+                "run {number} is told what the run before it returned"
+            );
+        }
+    }
+    for (pair, window) in runs.windows(2).zip(slots.windows(2)) {
+        let closed = pair[0].events().last().unwrap().event_time.as_millis();
+        // The first slot after the close: never one the run overlapped.
+        assert_eq!(window[1], (closed / 10_000 + 1) * 10_000);
+        assert_eq!(window[1] - window[0], 20_000, "15 s of work skips one slot");
+    }
+    let last = runs.last().unwrap().events().last().unwrap();
+    assert_eq!(
+        last.kind.name(),
+        "WorkflowExecutionCanceled",
+        "cancel ends the cron"
+    );
+    worker.shutdown().await;
+    engine.check_histories().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_cron_schedule_is_refused_with_what_is_wrong() {
+    let engine = TestEngine::new(cron_registry()).await;
+    let client = engine.client();
+    let bad = StartOptions::new("bad", "q").cron("61 * * * *");
+    let error = client.start::<Tick>(bad, 0).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("minute field: 61 is outside 0-59"),
+        "{error}"
+    );
+    let delayed = StartOptions::new("bad", "q")
+        .cron("@hourly")
+        .start_delay_ms(5);
+    let error = client.start::<Tick>(delayed, 0).await.unwrap_err();
+    assert!(
+        error.to_string().contains("cannot have a start delay"),
         "{error}"
     );
     assert!(

@@ -620,6 +620,7 @@ fn start_request(
         identity: "test".to_string(),
         start_delay_ms: None,
         retry_policy: None,
+        cron_schedule: None,
     }
 }
 

@@ -666,6 +666,7 @@ fn some_command(built: &Built, which: usize) -> EventKind {
         5 => EventKind::WorkflowExecutionCompleted(WorkflowExecutionCompleted {
             result: json!("done"),
             workflow_task_completed_event_id: wtc,
+            new_execution_run_id: None,
         }),
         _ => marker_kind(wtc),
     }

@@ -516,6 +516,71 @@ async fn the_readme_retry_example_waits_an_hour_then_retries_until_the_report_is
     worker.shutdown().await;
 }
 
+/// A cleanup that counts its runs.
+struct Cleanup;
+impl Workflow for Cleanup {
+    const NAME: &'static str = "cleanup";
+    type Input = ();
+    type Output = u64;
+    async fn run(ctx: WorkflowContext, (): ()) -> WorkflowResult<u64> {
+        let last = ctx.info().last_completion_result.clone();
+        Ok(last.and_then(|v| v.as_u64()).unwrap_or(0) + 1)
+    }
+}
+
+// README cron begins
+/// Starts the nightly cleanup at 02:00 UTC every day, until canceled.
+async fn schedule_cleanup(client: &Client) -> Result<String, ClientError> {
+    let options = StartOptions::new("cleanup", "maintenance").cron("0 2 * * *");
+    let first = client.start::<Cleanup>(options, ()).await?;
+    Ok(first.run_id)
+}
+// README cron ends
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_cron_example_runs_the_cleanup_at_two_every_night() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<Cleanup>();
+    let worker = engine.worker("maintenance").workflows(registry).start();
+    let client = engine.client();
+    let first = schedule_cleanup(&client).await.unwrap();
+    engine.env().sleep_ms(3 * 24 * 3_600 * 1_000).await;
+    let runs = client.list_all(None).await.unwrap();
+    assert_eq!(
+        runs.len(),
+        4,
+        "three nights done, the fourth waiting: {runs:?}"
+    );
+    for run in &runs {
+        let history = client.history("cleanup", Some(&run.run_id)).await.unwrap();
+        let retrace::history::EventKind::WorkflowExecutionStarted(started) =
+            &history.events()[0].kind
+        else {
+            panic!("a run starts with WorkflowExecutionStarted");
+        };
+        let due_ms = history.events()[0].event_time.as_millis()
+            + started.first_workflow_task_backoff_ms.unwrap_or(0);
+        assert_eq!(
+            due_ms % (24 * 3_600 * 1_000),
+            2 * 3_600 * 1_000,
+            "02:00 UTC"
+        );
+    }
+    // The cancel reaches the waiting fourth run: this workflow has nothing
+    // to cancel, so it completes, and the cron stops there.
+    client.cancel("cleanup", None, "done").await.unwrap();
+    let outcome = client.outcome("cleanup", Some(&first)).await.unwrap();
+    assert_eq!(outcome, RunOutcome::Completed { result: 4.into() });
+    engine.env().sleep_ms(2 * 24 * 3_600 * 1_000).await;
+    assert_eq!(
+        client.list_all(None).await.unwrap().len(),
+        4,
+        "no run after the cancel"
+    );
+    worker.shutdown().await;
+}
+
 #[test]
 fn the_readme_shows_these_examples_verbatim() {
     let readme = include_str!("../README.md");
@@ -528,6 +593,7 @@ fn the_readme_shows_these_examples_verbatim() {
         "child-workflows",
         "activity-failure",
         "workflow-retries",
+        "cron",
     ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(

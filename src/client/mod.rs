@@ -72,6 +72,9 @@ pub struct StartOptions {
     pub start_delay_ms: Option<u64>,
     /// Retry the workflow as a new run when it fails.
     pub retry_policy: Option<crate::activity::RetryPolicy>,
+    /// Start the workflow's runs on this cron schedule (see
+    /// [`crate::workflow::CronSchedule`]).
+    pub cron_schedule: Option<String>,
 }
 
 impl StartOptions {
@@ -85,6 +88,7 @@ impl StartOptions {
             id_reuse_policy: IdReusePolicy::default(),
             start_delay_ms: None,
             retry_policy: None,
+            cron_schedule: None,
         }
     }
 
@@ -92,6 +96,15 @@ impl StartOptions {
     /// first workflow task waits `delay_ms`.
     pub fn start_delay_ms(mut self, delay_ms: u64) -> StartOptions {
         self.start_delay_ms = Some(delay_ms);
+        self
+    }
+
+    /// The same options with a cron schedule (`"0 2 * * *"`, `"@hourly"`,
+    /// `"@every 10m"`; UTC): the first run starts at the schedule's first
+    /// slot, each next one at the first slot after the previous closed,
+    /// until the workflow is canceled or terminated.
+    pub fn cron(mut self, schedule: impl Into<String>) -> StartOptions {
+        self.cron_schedule = Some(schedule.into());
         self
     }
 
@@ -269,6 +282,7 @@ impl Client {
             identity: self.identity.clone(),
             start_delay_ms: options.start_delay_ms,
             retry_policy: options.retry_policy,
+            cron_schedule: options.cron_schedule,
         }
     }
 

@@ -11,6 +11,7 @@
 //! | `workflow_id`, `run_id` of a run reference; `identity`           | ≤ `ID_BYTES_MAX`           |
 //! | `reason` (cancel, terminate)                                     | ≤ `REASON_BYTES_MAX`       |
 //! | `execution_timeout_ms`, `workflow_task_timeout_ms`, `start_delay_ms` (start) | ≤ `RUN_TIMEOUT_MS_MAX` |
+//! | `cron_schedule` (start)                                          | ≤ `CRON_SCHEDULE_BYTES_MAX` |
 //! | `retry_policy.non_retryable_error_types` (start)                 | ≤ `RETRY_TYPES_COUNT_MAX`, each ≤ `ID_BYTES_MAX` |
 //! | query `args` (never stored, still bounded)                       | ≤ `PAYLOAD_DEPTH_MAX` deep |
 //!
@@ -86,6 +87,13 @@ fn check_start(r: &crate::api::StartWorkflowRequest) -> Result<(), ServiceError>
     check_timeout("execution_timeout_ms", r.execution_timeout_ms)?;
     check_timeout("workflow_task_timeout_ms", r.workflow_task_timeout_ms)?;
     check_timeout("start_delay_ms", r.start_delay_ms)?;
+    let cron = r.cron_schedule.as_deref().unwrap_or_default();
+    check_text(
+        "cron_schedule",
+        cron,
+        false,
+        crate::workflow::CRON_SCHEDULE_BYTES_MAX,
+    )?;
     if let Some(policy) = &r.retry_policy {
         let types = &policy.non_retryable_error_types;
         if types.len() > RETRY_TYPES_COUNT_MAX {

@@ -204,6 +204,7 @@ mod tests {
             identity: "client".into(),
             start_delay_ms: None,
             retry_policy: None,
+            cron_schedule: None,
         };
         let (mut state, _) = run::start(&request, "run", Timestamp(1_000), LIMITS).expect("valid");
         let mut step = Step::new(&mut state, Timestamp(1_000), LIMITS);

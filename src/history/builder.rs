@@ -67,6 +67,8 @@ impl HistoryBuilder {
                 retry_policy: None,
                 initiator: None,
                 continued_failure: None,
+                cron_schedule: None,
+                last_completion_result: None,
             },
         ));
         builder
@@ -338,6 +340,7 @@ impl HistoryBuilder {
             WorkflowExecutionCompleted {
                 result,
                 workflow_task_completed_event_id: self.workflow_task_completed,
+                new_execution_run_id: None,
             },
         ))
     }

@@ -271,15 +271,25 @@ pub struct WorkflowExecutionStarted {
     pub first_workflow_task_backoff_ms: Option<u64>,
     /// The workflow's retry policy: a failed run is retried as a new run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_policy: Option<RetryPolicy>,
+    pub retry_policy: Option<Box<RetryPolicy>>,
     /// What started this run in place of `continued_execution_run_id`:
     /// `None` for a first run (and for continue-as-new in histories written
     /// before this field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initiator: Option<ContinueAsNewInitiator>,
-    /// The failure of the run this one retries.
+    /// The failure of the run this one retries (or of the cron run before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub continued_failure: Option<Failure>,
+    pub continued_failure: Option<Box<Failure>>,
+    /// The cron schedule the workflow's runs start on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_schedule: Option<String>,
+    /// The result of the cron workflow's last run that completed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::some_value"
+    )]
+    pub last_completion_result: Option<Value>,
 }
 
 /// Why a run started in place of another (Temporal's `ContinueAsNewInitiator`).
@@ -289,6 +299,8 @@ pub enum ContinueAsNewInitiator {
     Workflow,
     /// The workflow failed and its retry policy started it again.
     Retry,
+    /// The cron schedule started the next run.
+    CronSchedule,
 }
 
 /// A child's parent: its run, and the event that initiated the child.
@@ -502,6 +514,9 @@ pub struct WorkflowExecutionCancelRequested {
 pub struct WorkflowExecutionCompleted {
     pub result: Value,
     pub workflow_task_completed_event_id: u64,
+    /// The cron workflow's next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_execution_run_id: Option<String>,
 }
 
 /// The workflow returned an error.
@@ -513,7 +528,7 @@ pub struct WorkflowExecutionFailed {
     /// when the run has no retry policy (Temporal's `RetryPolicyNotSet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_state: Option<RetryState>,
-    /// The run that retries this one.
+    /// The run that retries this one (or the cron workflow's next run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_execution_run_id: Option<String>,
 }

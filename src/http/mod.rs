@@ -285,6 +285,7 @@ mod tests {
                     identity: "i".into(),
                     start_delay_ms: None,
                     retry_policy: None,
+                    cron_schedule: None,
                 },
                 signal_name: "s".into(),
                 signal_input: serde_json::json!([1, 2]),

@@ -43,8 +43,11 @@ pub struct WorkflowInfo {
     /// The run's attempt: 1, or one more than the failed run it retries
     /// (under the workflow's retry policy).
     pub attempt: u32,
-    /// The failure of the run this one retries, if it retries one.
+    /// The failure of the run this one retries, if it retries one (or of
+    /// the cron workflow's run before this one, if that failed).
     pub continued_failure: Option<crate::types::Failure>,
+    /// The result of the cron workflow's last run that completed.
+    pub last_completion_result: Option<serde_json::Value>,
 }
 
 /// A query handler: arguments in, answer out.

@@ -639,7 +639,8 @@ impl WorkflowExecutor {
             task_queue: started.task_queue.clone(),
             start_time: event.event_time,
             attempt: started.attempt,
-            continued_failure: started.continued_failure.clone(),
+            continued_failure: started.continued_failure.as_deref().cloned(),
+            last_completion_result: started.last_completion_result.clone(),
         };
         let ctx = WorkflowContext::new(self.core.clone(), info.clone());
         self.future = Some(factory(ctx, started.input.clone())?);

@@ -27,6 +27,7 @@
 mod child;
 mod command;
 mod context;
+mod cron;
 mod error;
 mod executor;
 mod registry;
@@ -45,6 +46,7 @@ pub use context::{
     ContinueAsNewOptions, ExternalFuture, QueryFn, SignalChannel, SignalFuture, TimerFuture,
     WorkflowContext, WorkflowInfo,
 };
+pub use cron::{CRON_HORIZON_DAYS_MAX, CRON_SCHEDULE_BYTES_MAX, CronError, CronSchedule};
 pub use error::{ActivityError, ChildWorkflowError, PayloadError, WorkflowError};
 pub use executor::{
     Activation, POLLS_PER_ACTIVATION_MAX, QueryError, RunResult, StateDigest, WorkflowExecutor,

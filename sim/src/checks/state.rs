@@ -273,23 +273,40 @@ fn compare_start(diff: &mut Diff, history: &History, state: &RunState) {
     );
 }
 
-/// The workflow retry policy, attempt, kept input and retrying run are the
-/// ones the history names.
+/// The workflow retry policy, cron schedule, attempt, kept input and next
+/// run are the ones the history names.
 fn compare_retry(
     diff: &mut Diff,
     history: &History,
     state: &RunState,
     started: &retrace::history::WorkflowExecutionStarted,
 ) {
-    diff.same("retry policy", &state.retry_policy, &started.retry_policy);
+    diff.same(
+        "retry policy",
+        state.retry_policy.as_ref(),
+        started.retry_policy.as_deref(),
+    );
     diff.same("attempt", state.attempt, started.attempt);
-    let kept = started.retry_policy.as_ref().map(|_| &started.input);
-    diff.same("input kept for a retry", state.retry_input.as_ref(), kept);
-    let retried_by = match history.close_event().map(|e| &e.kind) {
+    let keeps = started.retry_policy.is_some() || started.cron_schedule.is_some();
+    let kept = keeps.then_some(&started.input);
+    diff.same("kept input", state.kept_input.as_ref(), kept);
+    let successor = match history.close_event().map(|e| &e.kind) {
         Some(EventKind::WorkflowExecutionFailed(f)) => f.new_execution_run_id.clone(),
+        Some(EventKind::WorkflowExecutionCompleted(c)) => c.new_execution_run_id.clone(),
         _ => None,
     };
-    diff.same("retried by", &state.retried_by, &retried_by);
+    diff.same("successor run", &state.successor_run_id, &successor);
+    let cron = state.cron.as_ref();
+    diff.same(
+        "cron schedule",
+        cron.map(|c| &c.schedule),
+        started.cron_schedule.as_ref(),
+    );
+    diff.same(
+        "last completion result",
+        cron.and_then(|c| c.last_completion_result.as_ref()),
+        started.last_completion_result.as_ref(),
+    );
 }
 
 fn compare_progress(diff: &mut Diff, history: &History, state: &RunState) {
@@ -529,6 +546,7 @@ mod tests {
             identity: "client".into(),
             start_delay_ms: None,
             retry_policy: None,
+            cron_schedule: None,
         };
         let (mut state, mut events) =
             run::start(&request, "run-1", Timestamp(1_000_000), LIMITS).unwrap();

@@ -66,6 +66,10 @@ pub struct StartArgs {
     /// The first retry's backoff (doubling after it; 1s by default).
     #[arg(long, value_parser = humantime::parse_duration, requires = "retry_attempts")]
     retry_interval: Option<std::time::Duration>,
+    /// Start the workflow's runs on a cron schedule, in UTC ("0 2 * * *",
+    /// "@hourly", "@every 10m"), until it is canceled or terminated.
+    #[arg(long, conflicts_with = "start_delay")]
+    cron: Option<String>,
 }
 
 fn millis(duration: std::time::Duration) -> u64 {
@@ -80,6 +84,7 @@ impl StartArgs {
         let timeout_ms = self.execution_timeout.map(millis);
         options.execution_timeout_ms = timeout_ms.or(self.execution_timeout_ms);
         options.start_delay_ms = self.start_delay.map(millis);
+        options.cron_schedule = self.cron;
         options.retry_policy = self.retry_attempts.map(|attempts| {
             let policy = RetryPolicy::default().maximum_attempts(attempts);
             match self.retry_interval {

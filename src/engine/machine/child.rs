@@ -72,6 +72,7 @@ impl ChildState {
             identity: format!("workflow run {}", parent.run_id),
             start_delay_ms: None,
             retry_policy: None,
+            cron_schedule: None,
         }
     }
 }

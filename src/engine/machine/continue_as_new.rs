@@ -112,6 +112,7 @@ fn next_request(
         // A new chain of attempts: the retry policy goes on, its count
         // starts over (as Temporal's continue-as-new keeps the policy).
         retry_policy: state.retry_policy.clone(),
+        cron_schedule: state.cron.as_ref().map(|cron| cron.schedule.clone()),
     }
 }
 

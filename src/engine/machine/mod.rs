@@ -12,6 +12,7 @@ pub mod activity;
 pub mod buffered;
 pub mod child;
 pub mod continue_as_new;
+pub mod cron;
 pub mod external;
 pub mod retry;
 pub mod run;
@@ -94,14 +95,28 @@ pub struct RunState {
     /// This run's attempt: 1, or one more than the run it retries.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
-    /// The run's input, kept for the next attempt by runs with a retry
-    /// policy only (others never need it, and the state is rewritten on
-    /// every transition).
+    /// The run's input, kept for the next run by runs with a retry policy
+    /// or a cron schedule only (others never need it, and the state is
+    /// rewritten on every transition).
     #[serde(default)]
-    pub retry_input: Option<serde_json::Value>,
-    /// The run that retries this one, once it failed under its retry policy.
+    pub kept_input: Option<serde_json::Value>,
+    /// The run that retries this one, or the cron workflow's next run.
     #[serde(default)]
-    pub retried_by: Option<String>,
+    pub successor_run_id: Option<String>,
+    /// The cron schedule the workflow's runs start on, with the execution
+    /// timeout each run gets.
+    #[serde(default)]
+    pub cron: Option<CronRuns>,
+}
+
+/// A cron workflow's schedule, carried from run to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronRuns {
+    pub schedule: String,
+    /// Each run's own execution timeout (a cron run's deadline is its own).
+    pub execution_timeout_ms: Option<u64>,
+    /// The result of the last run that completed.
+    pub last_completion_result: Option<serde_json::Value>,
 }
 
 fn first_attempt() -> u32 {
@@ -114,7 +129,7 @@ impl RunState {
     pub fn successor(&self) -> Option<&str> {
         match &self.outcome {
             Some(RunOutcome::ContinuedAsNew { new_run_id }) => Some(new_run_id),
-            _ => self.retried_by.as_deref(),
+            _ => self.successor_run_id.as_deref(),
         }
     }
 
@@ -125,7 +140,10 @@ impl RunState {
         use crate::workflow::Command;
         commands.iter().any(|command| match command {
             Command::ContinueAsNewWorkflowExecution(_) => true,
-            Command::FailWorkflowExecution { .. } => self.retry_policy.is_some(),
+            Command::FailWorkflowExecution { .. } => {
+                self.retry_policy.is_some() || self.cron.is_some()
+            }
+            Command::CompleteWorkflowExecution { .. } => self.cron.is_some(),
             _ => false,
         })
     }

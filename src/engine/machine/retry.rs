@@ -40,17 +40,24 @@ pub fn on_fail_command(
         retry_state: None,
         new_execution_run_id: None,
     };
+    let mut next = None;
     if step.state.retry_policy.is_some() {
         match decide(step.state, step.now, failure) {
             RetryDecision::Stop(retry_state) => kind.retry_state = Some(retry_state),
             RetryDecision::Retry { backoff_ms } => {
-                let next = start_next(step, failure, backoff_ms)?;
+                next = Some(start_next(step, failure, backoff_ms)?);
                 kind.retry_state = Some(RetryState::InProgress);
-                kind.new_execution_run_id = Some(next.state.run_id.clone());
-                step.state.retried_by = Some(next.state.run_id.clone());
-                step.continued = Some(next);
             }
         }
+    }
+    // Retries done, a cron workflow's next run starts at its next slot.
+    if next.is_none() && step.state.cron.is_some() {
+        next = super::cron::start_next(step, Err(failure))?;
+    }
+    if let Some(next) = next {
+        kind.new_execution_run_id = Some(next.state.run_id.clone());
+        step.state.successor_run_id = Some(next.state.run_id.clone());
+        step.continued = Some(next);
     }
     super::run::close(step, EventKind::WorkflowExecutionFailed(kind));
     assert!(step.state.status.is_closed());
@@ -76,7 +83,7 @@ fn start_next(step: &Step<'_>, failure: &Failure, backoff_ms: u64) -> Result<Nex
         return Err("FailWorkflowExecution: no run id was drawn for the retry".into());
     };
     let input = state
-        .retry_input
+        .kept_input
         .clone()
         .expect("a run with a retry policy keeps its input");
     let request = StartWorkflowRequest {
@@ -98,6 +105,7 @@ fn start_next(step: &Step<'_>, failure: &Failure, backoff_ms: u64) -> Result<Nex
         identity: String::new(),
         start_delay_ms: Some(backoff_ms),
         retry_policy: state.retry_policy.clone(),
+        cron_schedule: None,
     };
     let mut next =
         super::continue_as_new::start_next(&request, state, &run_id, step.now, step.limits)?;
@@ -107,7 +115,14 @@ fn start_next(step: &Step<'_>, failure: &Failure, backoff_ms: u64) -> Result<Nex
     };
     started.attempt = state.attempt + 1;
     started.initiator = Some(ContinueAsNewInitiator::Retry);
-    started.continued_failure = Some(failure.clone());
+    started.continued_failure = Some(Box::new(failure.clone()));
+    // A cron workflow's retries keep its schedule.
+    if let Some(cron) = &state.cron {
+        started.cron_schedule = Some(cron.schedule.clone());
+        started.last_completion_result = cron.last_completion_result.clone();
+        next.state.cron = Some(cron.clone());
+        next.state.kept_input = state.kept_input.clone();
+    }
     assert!(next.state.workflow_task.name() == Some("Backoff"));
     Ok(next)
 }

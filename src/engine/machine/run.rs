@@ -35,7 +35,7 @@ use crate::history::{
     WorkflowTaskFailedCause,
 };
 use crate::types::{RetryState, Timestamp};
-use crate::workflow::Command;
+use crate::workflow::{Command, CronSchedule};
 
 /// Default start-to-close timeout of workflow tasks.
 pub const WORKFLOW_TASK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
@@ -65,6 +65,14 @@ pub fn check_start(request: &StartWorkflowRequest) -> Result<(), ServiceError> {
             .normalized()
             .map_err(|e| invalid(format!("workflow {e}")))?;
     }
+    if let Some(schedule) = &request.cron_schedule {
+        CronSchedule::parse(schedule).map_err(|e| invalid(e.to_string()))?;
+        if request.start_delay_ms.is_some_and(|ms| ms > 0) {
+            return Err(invalid(
+                "a cron workflow cannot have a start delay: its schedule says when runs start",
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -76,7 +84,11 @@ pub fn start(
     limits: Limits,
 ) -> Result<(RunState, Vec<Event>), ServiceError> {
     check_start(request)?;
-    let delay_ms = request.start_delay_ms.filter(|ms| *ms > 0);
+    let delay_ms = match &request.cron_schedule {
+        // A cron workflow's first run waits for the first slot.
+        Some(schedule) => super::cron::wait_ms(schedule, now),
+        None => request.start_delay_ms.filter(|ms| *ms > 0),
+    };
     let mut state = initial_state(request, run_id, now, delay_ms);
     let workflow_task_timeout_ms = state.workflow_task_timeout_ms;
     let mut step = Step::new(&mut state, now, limits);
@@ -95,9 +107,11 @@ pub fn start(
             continued_execution_run_id: None,
             parent: None,
             first_workflow_task_backoff_ms: delay_ms,
-            retry_policy: step.state.retry_policy.clone(),
+            retry_policy: step.state.retry_policy.clone().map(Box::new),
             initiator: None,
             continued_failure: None,
+            cron_schedule: request.cron_schedule.clone(),
+            last_completion_result: None,
         },
     ));
     match delay_ms {
@@ -159,8 +173,17 @@ fn initial_state(
             .as_ref()
             .map(|policy| policy.normalized().expect("checked by check_start")),
         attempt: 1,
-        retry_input: request.retry_policy.as_ref().map(|_| request.input.clone()),
-        retried_by: None,
+        kept_input: (request.retry_policy.is_some() || request.cron_schedule.is_some())
+            .then(|| request.input.clone()),
+        successor_run_id: None,
+        cron: request
+            .cron_schedule
+            .as_ref()
+            .map(|schedule| super::CronRuns {
+                schedule: schedule.clone(),
+                execution_timeout_ms: request.execution_timeout_ms,
+                last_completion_result: None,
+            }),
     }
 }
 
@@ -239,10 +262,20 @@ fn apply_close_command(
             step.check_payload("workflow result", result)
                 .map_err(|e| e.message)?;
             let workflow_task_completed_event_id = completed;
-            let kind = WorkflowExecutionCompleted {
+            let mut kind = WorkflowExecutionCompleted {
                 result: result.clone(),
                 workflow_task_completed_event_id,
+                new_execution_run_id: None,
             };
+            let next = match step.state.cron {
+                Some(_) => super::cron::start_next(step, Ok(result))?,
+                None => None,
+            };
+            if let Some(next) = next {
+                kind.new_execution_run_id = Some(next.state.run_id.clone());
+                step.state.successor_run_id = Some(next.state.run_id.clone());
+                step.continued = Some(next);
+            }
             close(step, EventKind::WorkflowExecutionCompleted(kind));
             Ok(())
         }
@@ -466,6 +499,7 @@ mod tests {
             identity: "client".into(),
             start_delay_ms: None,
             retry_policy: None,
+            cron_schedule: None,
         };
         let (mut state, mut events) = start(&request, "run", Timestamp(1_000), LIMITS).unwrap();
         let mut step = Step::new(&mut state, Timestamp(1_000), LIMITS);

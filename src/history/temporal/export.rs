@@ -142,7 +142,7 @@ fn started(a: &WorkflowExecutionStarted) -> Value {
     put(
         &mut value,
         "retryPolicy",
-        a.retry_policy.as_ref().map(retry_policy),
+        a.retry_policy.as_deref().map(retry_policy),
     );
     put(
         &mut value,
@@ -150,12 +150,25 @@ fn started(a: &WorkflowExecutionStarted) -> Value {
         a.initiator.map(|initiator| match initiator {
             ContinueAsNewInitiator::Workflow => json!("CONTINUE_AS_NEW_INITIATOR_WORKFLOW"),
             ContinueAsNewInitiator::Retry => json!("CONTINUE_AS_NEW_INITIATOR_RETRY"),
+            ContinueAsNewInitiator::CronSchedule => {
+                json!("CONTINUE_AS_NEW_INITIATOR_CRON_SCHEDULE")
+            }
         }),
     );
     put(
         &mut value,
         "continuedFailure",
-        a.continued_failure.as_ref().map(failure),
+        a.continued_failure.as_deref().map(failure),
+    );
+    put(
+        &mut value,
+        "cronSchedule",
+        a.cron_schedule.as_ref().map(|s| json!(s)),
+    );
+    put(
+        &mut value,
+        "lastCompletionResult",
+        a.last_completion_result.as_ref().map(payloads),
     );
     if let Some(parent) = &a.parent {
         value["parentWorkflowExecution"] = execution(&parent.workflow_id, Some(&parent.run_id));
@@ -361,10 +374,18 @@ fn run(kind: &EventKind) -> Value {
             "cause": a.cause,
             "identity": a.identity,
         }),
-        EventKind::WorkflowExecutionCompleted(a) => json!({
-            "result": payloads(&a.result),
-            "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
-        }),
+        EventKind::WorkflowExecutionCompleted(a) => {
+            let mut value = json!({
+                "result": payloads(&a.result),
+                "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
+            });
+            put(
+                &mut value,
+                "newExecutionRunId",
+                a.new_execution_run_id.as_ref().map(|r| json!(r)),
+            );
+            value
+        }
         EventKind::WorkflowExecutionFailed(a) => {
             let mut value = json!({
                 "failure": failure(&a.failure),

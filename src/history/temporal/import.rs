@@ -89,10 +89,12 @@ impl Importer {
                 .filter(|ms| *ms > 0),
             retry_policy: match a.message("retryPolicy")? {
                 None => None,
-                Some(_) => Some(a.retry_policy("retryPolicy")?),
+                Some(_) => Some(Box::new(a.retry_policy("retryPolicy")?)),
             },
             initiator: initiator(a)?,
-            continued_failure: a.failure("continuedFailure")?,
+            continued_failure: a.failure("continuedFailure")?.map(Box::new),
+            cron_schedule: a.optional_string("cronSchedule")?.filter(|s| !s.is_empty()),
+            last_completion_result: a.optional_payloads("lastCompletionResult")?,
         })
     }
 
@@ -159,8 +161,7 @@ pub(super) fn timeout_type(text: Option<String>) -> Result<TimeoutType, Fault> {
     }
 }
 
-/// Why a run started in place of another; a cron start has no Retrace
-/// equivalent yet.
+/// Why a run started in place of another.
 fn initiator(a: Attrs<'_>) -> Result<Option<ContinueAsNewInitiator>, Fault> {
     match a
         .enumeration("initiator", "CONTINUE_AS_NEW_INITIATOR_")?
@@ -169,6 +170,7 @@ fn initiator(a: Attrs<'_>) -> Result<Option<ContinueAsNewInitiator>, Fault> {
         None | Some("UNSPECIFIED") => Ok(None),
         Some("WORKFLOW") => Ok(Some(ContinueAsNewInitiator::Workflow)),
         Some("RETRY") => Ok(Some(ContinueAsNewInitiator::Retry)),
+        Some("CRON_SCHEDULE") => Ok(Some(ContinueAsNewInitiator::CronSchedule)),
         Some(other) => Err(format!(
             "initiator CONTINUE_AS_NEW_INITIATOR_{other} has no Retrace equivalent"
         )),
@@ -379,6 +381,7 @@ fn run_event(name: &str, a: Attrs<'_>) -> Result<EventKind, Fault> {
             EventKind::WorkflowExecutionCompleted(WorkflowExecutionCompleted {
                 result: a.payloads("result")?,
                 workflow_task_completed_event_id: completed_by()?,
+                new_execution_run_id: a.optional_string("newExecutionRunId")?,
             })
         }
         "WorkflowExecutionFailed" => EventKind::WorkflowExecutionFailed(WorkflowExecutionFailed {

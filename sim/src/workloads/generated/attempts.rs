@@ -149,12 +149,12 @@ fn check_retry_link(
             "the run the next one continues",
         ),
         (
-            next_started.continued_failure.as_ref() == Some(&failure.failure),
+            next_started.continued_failure.as_deref() == Some(&failure.failure),
             "the failure the next run carries",
         ),
         (next_started.input == started.input, "the next run's input"),
         (
-            next_started.retry_policy.as_ref() == Some(&policy),
+            next_started.retry_policy.as_deref() == Some(&policy),
             "the next run's retry policy",
         ),
         (

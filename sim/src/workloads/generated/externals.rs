@@ -289,6 +289,18 @@ pub fn canceler_of<'p>(program: &'p Program, workflow_id: &str) -> Option<&'p Ru
         .find(|run| run.cancels().any(|target| target == workflow_id))
 }
 
+/// Every run of the program that asks `workflow_id` to cancel (several
+/// runs may).
+pub fn cancelers_of<'p>(
+    program: &'p Program,
+    workflow_id: &'p str,
+) -> impl Iterator<Item = &'p RunSpec> + 'p {
+    program
+        .runs
+        .iter()
+        .filter(move |run| run.cancels().any(|target| target == workflow_id))
+}
+
 /// The sender's runs initiated a cancel request of `target`.
 pub fn cancel_initiated_by(
     sender: &RunSpec,

@@ -34,6 +34,7 @@
 pub mod attempts;
 pub mod chain;
 pub mod children;
+pub mod cron;
 pub mod externals;
 pub mod interpreter;
 pub mod model;
@@ -133,6 +134,7 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
     let (scenario_rogue, check_rogue) = (rogue_logs.clone(), rogue_logs);
     Simulation::new(name)
         .workflow::<Interpreter>()
+        .workflow::<cron::CronTick>()
         .raw_workflow_type(rogue::ROGUE_TYPE)
         .activity(move |node| Scripted {
             kv: node.service("kv"),
@@ -228,9 +230,22 @@ async fn play_rogue(client: &SimClient, logs: RogueLogs) {
     logs.lock().expect("logs lock").insert(program.seed, log);
 }
 
-/// Starts every run, then plays the client's actions at their times.
+/// Plays the program: its runs and, beside them, its cron workflow.
 async fn scenario(client: SimClient, logs: Logs) -> anyhow::Result<()> {
     let program = Program::generate(current_seed());
+    let cron = async {
+        match program.cron {
+            Some(spec) => cron::play(&client, spec).await,
+            None => Ok(()),
+        }
+    };
+    let (runs, cron) = futures::join!(play_runs(&client, &program, logs), cron);
+    runs.and(cron)
+}
+
+/// Starts every run, then plays the client's actions at their times.
+async fn play_runs(client: &SimClient, program: &Program, logs: Logs) -> anyhow::Result<()> {
+    let client = client.clone();
     logs.lock()
         .expect("logs lock")
         .insert(program.seed, ClientLog::new());
@@ -340,6 +355,7 @@ fn signal_with_start_request(
             identity: "generated-client".to_string(),
             start_delay_ms: options.start_delay_ms,
             retry_policy: options.retry_policy,
+            cron_schedule: options.cron_schedule,
         },
         signal_name: name.to_string(),
         signal_input: serde_json::json!(value),

@@ -161,6 +161,9 @@ pub fn check(program: &Program, observed: &Observed<'_>) -> Result<(), String> {
                 .map(|p| format!("run {}: {p}", spec.workflow_id)),
         );
     }
+    if let Some(spec) = program.cron {
+        super::cron::check(spec, observed.histories, &mut problems);
+    }
     if problems.is_empty() {
         return Ok(());
     }
@@ -376,7 +379,7 @@ impl<'a> RunCheck<'a> {
     fn cancel_request_is_explained(&self) -> bool {
         let id = &self.spec.workflow_id;
         self.spec.client_does(|a| matches!(a, ClientAction::Cancel))
-            || externals::canceler_of(self.program, id).is_some_and(|sender| {
+            || externals::cancelers_of(self.program, id).any(|sender| {
                 externals::cancel_initiated_by(sender, id, self.observed.histories)
             })
             // A child's cancel requests are held to its parent by `children`.

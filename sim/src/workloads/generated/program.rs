@@ -44,6 +44,7 @@ use std::collections::BTreeSet;
 use retrace::activity::RetryPolicy;
 use serde::{Deserialize, Serialize};
 
+use super::cron::CronSpec;
 use crate::Swarm;
 
 /// Runs a program starts, at most.
@@ -608,6 +609,8 @@ pub struct Program {
     pub activities_max: Vec<usize>,
     /// Cache size of each worker (by worker index).
     pub cache_runs_max: Vec<usize>,
+    /// A cron workflow the client starts beside the runs, and cancels.
+    pub cron: Option<CronSpec>,
 }
 
 /// Workers of the `generated` workload.
@@ -701,10 +704,12 @@ pub enum Feature {
     WorkflowRetry,
     /// A run whose retry policy gives up: every attempt fails.
     WorkflowRetryExhausted,
+    /// A cron workflow, canceled by the client.
+    CronWorkflow,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 74] = [
+pub const FEATURES: [Feature; 75] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -779,6 +784,7 @@ pub const FEATURES: [Feature; 74] = [
     Feature::StartDelay,
     Feature::WorkflowRetry,
     Feature::WorkflowRetryExhausted,
+    Feature::CronWorkflow,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -847,6 +853,7 @@ impl Program {
             runs,
             activities_max,
             cache_runs_max,
+            cron: cron_spec(seed),
         };
         assert!((1..=RUNS_MAX).contains(&program.runs.len()));
         program
@@ -894,6 +901,9 @@ impl Program {
         }
         for child in self.children() {
             child_features(child, &mut out);
+        }
+        if self.cron.is_some() {
+            out.insert(Feature::CronWorkflow);
         }
         out
     }
@@ -1196,6 +1206,18 @@ fn add_external_signals(seed: u64, runs: &mut [RunSpec]) {
         };
         run.steps.insert(at, step);
     }
+}
+
+/// A cron workflow in one program in five, drawn from its own stream: every
+/// 1 to 3 s, each run working 0.2 to 2.5 s (so some overlap their next
+/// slot), canceled by the client between 5 and 12 s.
+fn cron_spec(seed: u64) -> Option<CronSpec> {
+    let mut draws = Draws(seed ^ 0x4352_4f4e_5449_434b);
+    draws.chance(20).then(|| CronSpec {
+        every_s: 1 + draws.below(3),
+        work_ms: draws.pick(&[200, 1_500, 2_500]),
+        cancel_at_ms: 5_000 + draws.below(7_000),
+    })
 }
 
 /// Start delays and workflow retry policies, drawn from their own stream:
