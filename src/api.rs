@@ -165,6 +165,12 @@ pub struct PendingActivity {
     pub heartbeat_details: Option<Value>,
     /// When the last heartbeat arrived.
     pub last_heartbeat_time: Option<Timestamp>,
+    /// When the next attempt is due (while backing off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Timestamp>,
+    /// The worker running the current attempt (while started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_identity: Option<String>,
 }
 
 /// A pending timer.
@@ -233,6 +239,9 @@ pub struct RunSummary {
     pub run_id: String,
     /// Workflow type.
     pub workflow_type: String,
+    /// Task queue (empty from servers that did not send it).
+    #[serde(default)]
+    pub task_queue: String,
     /// Status.
     pub status: RunStatus,
     /// Start time.

@@ -539,6 +539,7 @@ impl Inner {
                 workflow_id: r.workflow_id,
                 run_id: r.run_id,
                 workflow_type: r.workflow_type,
+                task_queue: r.task_queue,
                 status: r.status,
                 start_time: r.start_time,
                 close_time: r.close_time,
@@ -1087,6 +1088,14 @@ fn describe(state: &RunState) -> RunDescription {
                     last_heartbeat_time,
                     ..
                 } => *last_heartbeat_time,
+                _ => None,
+            },
+            next_attempt_time: match &a.phase {
+                machine::ActivityPhase::BackingOff { until } => Some(*until),
+                _ => None,
+            },
+            worker_identity: match &a.phase {
+                machine::ActivityPhase::Started { identity, .. } => Some(identity.clone()),
                 _ => None,
             },
         })

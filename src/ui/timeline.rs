@@ -1,0 +1,563 @@
+//! The timeline: lanes of bars and points over time, drawn as inline SVG.
+//!
+//! [`history_lanes`] turns one run's history into lanes (workflow tasks on
+//! their own lane, one lane per activity, timer and child, signals and markers
+//! as points); callers may add lanes of their own (the simulator's failure
+//! pages add faults as bands and marks) before [`render`] draws them all on
+//! one time axis. Every bar and point carries a `<title>` (hover shows the
+//! event) and, where it stands for an event, a link to it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::history::{Event, EventKind};
+use crate::types::Timestamp;
+
+use super::html::{cut, duration_ms, escape};
+
+/// Width of the lane labels' column.
+pub const LABEL_WIDTH_PX: u64 = 230;
+/// Width of the plot at zoom 1.
+pub const PLOT_WIDTH_PX: u64 = 760;
+/// Height of one lane.
+pub const LANE_HEIGHT_PX: u64 = 24;
+/// Height of a bar inside its lane.
+pub const BAR_HEIGHT_PX: u64 = 14;
+/// Height of the time axis above the lanes.
+pub const AXIS_HEIGHT_PX: u64 = 22;
+/// Time axis ticks at zoom 1.
+pub const TICKS: u64 = 5;
+/// Narrowest bar drawn, so that instant bars stay visible.
+pub const BAR_WIDTH_MIN_PX: f64 = 3.0;
+/// Largest zoom factor.
+pub const ZOOM_MAX: u32 = 32;
+/// Characters of a lane label before it is cut.
+pub const LABEL_CHARS_MAX: usize = 30;
+/// Lanes drawn from one history; the rest are summed up in one last lane.
+pub const HISTORY_LANES_MAX: usize = 300;
+
+/// A part of a bar: a waiting time, earlier attempts and their backoffs, the
+/// last attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    /// Where it starts.
+    pub start: Timestamp,
+    /// Where it ends.
+    pub end: Timestamp,
+    /// CSS class (`queued`, `retrying`, `running`, …).
+    pub class: &'static str,
+    /// What hover shows.
+    pub title: String,
+}
+
+/// A bar (with an end, or open to the timeline's end) or a point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    /// Where it starts (or the point's time).
+    pub start: Timestamp,
+    /// Where it ends; `None` with `open == false` is a point.
+    pub end: Option<Timestamp>,
+    /// Still going: the bar runs to the timeline's end.
+    pub open: bool,
+    /// CSS class (`completed`, `failed`, `signal`, `fault`, …).
+    pub class: &'static str,
+    /// What hover shows.
+    pub title: String,
+    /// Where a click goes (an event's anchor).
+    pub href: Option<String>,
+    /// Parts drawn inside the bar.
+    pub segments: Vec<Segment>,
+}
+
+impl Item {
+    /// A point at `at`.
+    pub fn point(at: Timestamp, class: &'static str, title: String) -> Item {
+        Item {
+            start: at,
+            end: None,
+            open: false,
+            class,
+            title,
+            href: None,
+            segments: Vec::new(),
+        }
+    }
+
+    /// A bar from `start` to `end`.
+    pub fn bar(start: Timestamp, end: Timestamp, class: &'static str, title: String) -> Item {
+        Item {
+            end: Some(end),
+            ..Item::point(start, class, title)
+        }
+    }
+
+    fn last_time(&self) -> Timestamp {
+        let segments = self.segments.iter().map(|s| s.end);
+        segments.chain(self.end).fold(self.start, Timestamp::max)
+    }
+}
+
+/// One row of the timeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lane {
+    /// The row's name (cut to [`LABEL_CHARS_MAX`] when drawn).
+    pub label: String,
+    /// CSS class of the row (`workflow-task`, `activity`, `timer`, `fault`, …).
+    pub class: &'static str,
+    /// What it shows.
+    pub items: Vec<Item>,
+}
+
+/// Lanes over one time span.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timeline {
+    /// Left edge.
+    pub start: Timestamp,
+    /// Right edge (open bars run to it).
+    pub end: Timestamp,
+    /// Rows, top to bottom.
+    pub lanes: Vec<Lane>,
+}
+
+impl Timeline {
+    /// The lanes on the span from their first to their last time, or to `now`
+    /// when some bar is still open.
+    pub fn new(lanes: Vec<Lane>, now: Option<Timestamp>) -> Timeline {
+        let items = || lanes.iter().flat_map(|lane| &lane.items);
+        let start = items().map(|i| i.start).min().unwrap_or(Timestamp(0));
+        let mut end = items().map(Item::last_time).max().unwrap_or(start);
+        if let Some(now) = now.filter(|_| items().any(|i| i.open)) {
+            end = end.max(now);
+        }
+        Timeline { start, end, lanes }
+    }
+
+    /// Number of bars (items with an extent) whose lane has `class`.
+    pub fn bars_in(&self, class: &str) -> usize {
+        let lanes = self.lanes.iter().filter(|lane| lane.class == class);
+        lanes
+            .flat_map(|lane| &lane.items)
+            .filter(|item| item.end.is_some() || item.open)
+            .count()
+    }
+}
+
+/// What one history's bars are being built from.
+#[derive(Default)]
+struct Lanes {
+    workflow_tasks: Vec<Item>,
+    /// Activities and children by the event that scheduled them.
+    by_schedule: BTreeMap<u64, Lane>,
+    points: Vec<Item>,
+}
+
+/// The lanes of one run's `events`. Each item links to `#{anchor_prefix}e{id}`
+/// (the event that closed it, or its first).
+pub fn history_lanes(events: &[Event], anchor_prefix: &str) -> Vec<Lane> {
+    let mut lanes = Lanes::default();
+    let times: BTreeMap<u64, &Event> = events.iter().map(|e| (e.event_id, e)).collect();
+    for event in events {
+        let href = Some(format!("#{anchor_prefix}e{}", event.event_id));
+        if let Some(mut item) = workflow_task_item(event, &times) {
+            item.href = href;
+            lanes.workflow_tasks.push(item);
+        } else if let Some((scheduled, lane)) = scheduled_lane(event, href.clone()) {
+            lanes.by_schedule.insert(scheduled, lane);
+        } else if let Some(scheduled) = closes(&event.kind) {
+            if let Some(lane) = lanes.by_schedule.get_mut(&scheduled) {
+                close_item(lane, event, &times, href);
+            }
+        } else if let Some(mut point) = point_item(event) {
+            point.href = href;
+            lanes.points.push(point);
+        }
+    }
+    lanes.into_vec()
+}
+
+impl Lanes {
+    fn into_vec(self) -> Vec<Lane> {
+        let mut out = vec![Lane {
+            label: "workflow tasks".to_string(),
+            class: "workflow-task",
+            items: self.workflow_tasks,
+        }];
+        let scheduled = self.by_schedule.into_values();
+        out.extend(scheduled.take(HISTORY_LANES_MAX));
+        out.push(Lane {
+            label: "signals, markers, run".to_string(),
+            class: "points",
+            items: self.points,
+        });
+        out
+    }
+}
+
+/// A workflow task's bar, drawn when it closes (scheduled, started, closed).
+fn workflow_task_item(event: &Event, times: &BTreeMap<u64, &Event>) -> Option<Item> {
+    let (scheduled, started, class, how) = match &event.kind {
+        EventKind::WorkflowTaskCompleted(a) => {
+            (a.scheduled_event_id, a.started_event_id, "completed", "completed")
+        }
+        EventKind::WorkflowTaskFailed(a) => {
+            (a.scheduled_event_id, a.started_event_id, "failed", "failed")
+        }
+        EventKind::WorkflowTaskTimedOut(a) => {
+            (a.scheduled_event_id, a.started_event_id, "timed-out", "timed out")
+        }
+        _ => return None,
+    };
+    let scheduled_at = times.get(&scheduled).map_or(event.event_time, |e| e.event_time);
+    let started_at = times.get(&started).map_or(scheduled_at, |e| e.event_time);
+    let identity = match times.get(&started).map(|e| &e.kind) {
+        Some(EventKind::WorkflowTaskStarted(s)) => s.identity.as_str(),
+        _ => "",
+    };
+    let ran = duration_ms(event.event_time.millis_since(started_at));
+    let title = format!(
+        "workflow task {how} (events {scheduled}-{}), ran {ran} on {identity}",
+        event.event_id
+    );
+    let mut item = Item::bar(scheduled_at, event.event_time, class, title);
+    item.segments = vec![
+        Segment {
+            start: scheduled_at,
+            end: started_at,
+            class: "queued",
+            title: format!("waited {}", duration_ms(started_at.millis_since(scheduled_at))),
+        },
+        Segment {
+            start: started_at,
+            end: event.event_time,
+            class: "running",
+            title: format!("ran {ran} on {identity}"),
+        },
+    ];
+    Some(item)
+}
+
+/// The lane an activity, timer or child starts, open until it closes.
+fn scheduled_lane(event: &Event, href: Option<String>) -> Option<(u64, Lane)> {
+    let (label, class, title) = match &event.kind {
+        EventKind::ActivityTaskScheduled(a) => (
+            format!("{} · {}", a.activity_type, a.activity_id),
+            "activity",
+            format!("activity {} ({}) scheduled", a.activity_id, a.activity_type),
+        ),
+        EventKind::TimerStarted(a) => (
+            format!("timer {}", a.timer_id),
+            "timer",
+            format!(
+                "timer {} started for {}",
+                a.timer_id,
+                duration_ms(a.start_to_fire_timeout_ms)
+            ),
+        ),
+        EventKind::StartChildWorkflowExecutionInitiated(a) => (
+            format!("child {}", a.workflow_id),
+            "child",
+            format!("child {} ({}) initiated", a.workflow_id, a.workflow_type),
+        ),
+        _ => return None,
+    };
+    let mut item = Item::point(event.event_time, "open", title);
+    item.open = true;
+    item.href = href;
+    let lane = Lane {
+        label,
+        class,
+        items: vec![item],
+    };
+    Some((event.event_id, lane))
+}
+
+/// The event that scheduled what `kind` closes (an activity, a timer, a child).
+fn closes(kind: &EventKind) -> Option<u64> {
+    use EventKind::*;
+    match kind {
+        ActivityTaskCompleted(a) => Some(a.scheduled_event_id),
+        ActivityTaskFailed(a) => Some(a.scheduled_event_id),
+        ActivityTaskTimedOut(a) => Some(a.scheduled_event_id),
+        ActivityTaskCanceled(a) => Some(a.scheduled_event_id),
+        TimerFired(a) => Some(a.started_event_id),
+        TimerCanceled(a) => Some(a.started_event_id),
+        StartChildWorkflowExecutionFailed(a) => Some(a.initiated_event_id),
+        ChildWorkflowExecutionCompleted(a) => Some(a.initiated_event_id),
+        ChildWorkflowExecutionFailed(a) => Some(a.initiated_event_id),
+        ChildWorkflowExecutionCanceled(a) => Some(a.initiated_event_id),
+        ChildWorkflowExecutionTimedOut(a) => Some(a.initiated_event_id),
+        ChildWorkflowExecutionTerminated(a) => Some(a.initiated_event_id),
+        _ => None,
+    }
+}
+
+/// The CSS class of a closing event: how the bar ended.
+fn outcome_class(kind: &EventKind) -> &'static str {
+    use EventKind::*;
+    match kind {
+        ActivityTaskCompleted(_) | TimerFired(_) | ChildWorkflowExecutionCompleted(_) => {
+            "completed"
+        }
+        ActivityTaskTimedOut(_) | ChildWorkflowExecutionTimedOut(_) => "timed-out",
+        ActivityTaskCanceled(_) | TimerCanceled(_) | ChildWorkflowExecutionCanceled(_) => {
+            "canceled"
+        }
+        _ => "failed",
+    }
+}
+
+/// Closes the open bar of `lane` with `event`; an activity's bar gets its
+/// waiting or retrying part (up to the last attempt's start) and its last attempt.
+fn close_item(lane: &mut Lane, event: &Event, times: &BTreeMap<u64, &Event>, href: Option<String>) {
+    let Some(item) = lane.items.first_mut() else {
+        return;
+    };
+    item.open = false;
+    item.end = Some(event.event_time);
+    item.class = outcome_class(&event.kind);
+    item.href = href;
+    let took = duration_ms(event.event_time.millis_since(item.start));
+    let _ = write!(item.title, "; {} after {took}", event.kind.name());
+    let started = started_of(&event.kind).and_then(|id| times.get(&id));
+    if let Some(Event {
+        event_time,
+        kind: EventKind::ActivityTaskStarted(s),
+        ..
+    }) = started.copied()
+    {
+        item.segments = attempt_segments(item.start, *event_time, event.event_time, s);
+        let _ = write!(item.title, "; {} attempt(s)", s.attempt);
+    }
+}
+
+/// The `ActivityTaskStarted` an activity's closing event names.
+fn started_of(kind: &EventKind) -> Option<u64> {
+    match kind {
+        EventKind::ActivityTaskCompleted(a) => Some(a.started_event_id),
+        EventKind::ActivityTaskFailed(a) => Some(a.started_event_id),
+        EventKind::ActivityTaskTimedOut(a) => a.started_event_id,
+        EventKind::ActivityTaskCanceled(a) => a.started_event_id,
+        _ => None,
+    }
+}
+
+/// An activity's bar inside: before the last attempt (waiting for a worker,
+/// or the earlier attempts with their backoffs), then the last attempt.
+fn attempt_segments(
+    scheduled: Timestamp,
+    last_started: Timestamp,
+    closed: Timestamp,
+    started: &crate::history::ActivityTaskStarted,
+) -> Vec<Segment> {
+    let before = if started.attempt > 1 {
+        let last = started
+            .last_failure
+            .as_ref()
+            .map(|f| format!("; last failure {}: {}", f.failure_type, f.message))
+            .unwrap_or_default();
+        Segment {
+            start: scheduled,
+            end: last_started,
+            class: "retrying",
+            title: format!(
+                "attempts 1-{} and their backoffs, {}{last}",
+                started.attempt - 1,
+                duration_ms(last_started.millis_since(scheduled))
+            ),
+        }
+    } else {
+        Segment {
+            start: scheduled,
+            end: last_started,
+            class: "queued",
+            title: format!(
+                "waited {} for a worker",
+                duration_ms(last_started.millis_since(scheduled))
+            ),
+        }
+    };
+    let last = Segment {
+        start: last_started,
+        end: closed,
+        class: "running",
+        title: format!(
+            "attempt {} on {}, ran {}",
+            started.attempt,
+            started.identity,
+            duration_ms(closed.millis_since(last_started))
+        ),
+    };
+    vec![before, last]
+}
+
+/// Signals, markers, cancel requests and the run's own start and close as points.
+fn point_item(event: &Event) -> Option<Item> {
+    use EventKind::*;
+    let (class, title) = match &event.kind {
+        WorkflowExecutionSignaled(a) => ("signal", format!("signal {}", a.signal_name)),
+        MarkerRecorded(a) => ("marker", format!("marker {}", a.marker_name)),
+        WorkflowExecutionCancelRequested(_) => ("cancel", "cancel requested".to_string()),
+        WorkflowExecutionStarted(a) => ("start", format!("started {}", a.workflow_type)),
+        kind if kind.is_terminal() => ("close", kind.name().to_string()),
+        _ => return None,
+    };
+    let title = format!("{title} (event {}, {})", event.event_id, event.event_time);
+    Some(Item::point(event.event_time, class, title))
+}
+
+/// Maps times to x positions.
+struct Scale {
+    start: Timestamp,
+    span_ms: f64,
+    width_px: f64,
+}
+
+impl Scale {
+    fn x(&self, at: Timestamp) -> f64 {
+        let offset_ms = at.millis_since(self.start) as f64;
+        LABEL_WIDTH_PX as f64 + offset_ms / self.span_ms * self.width_px
+    }
+}
+
+/// The timeline as an `<svg>` element, `zoom` times wider than at zoom 1
+/// (clamped to 1..=[`ZOOM_MAX`]).
+pub fn render(timeline: &Timeline, zoom: u32) -> String {
+    let zoom = zoom.clamp(1, ZOOM_MAX);
+    let width_px = PLOT_WIDTH_PX * u64::from(zoom);
+    let scale = Scale {
+        start: timeline.start,
+        span_ms: timeline.end.millis_since(timeline.start).max(1) as f64,
+        width_px: width_px as f64,
+    };
+    let lanes = timeline.lanes.len() as u64;
+    let height_px = AXIS_HEIGHT_PX + lanes * LANE_HEIGHT_PX + 4;
+    let total_px = LABEL_WIDTH_PX + width_px + 10;
+    let mut out = format!(
+        "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{total_px}\" \
+         height=\"{height_px}\" viewBox=\"0 0 {total_px} {height_px}\" role=\"group\" \
+         aria-label=\"timeline\">"
+    );
+    axis(&mut out, &scale, zoom, height_px);
+    for (index, lane) in timeline.lanes.iter().enumerate() {
+        let top = AXIS_HEIGHT_PX + index as u64 * LANE_HEIGHT_PX;
+        draw_lane(&mut out, lane, top, &scale, timeline.end);
+    }
+    out.push_str("</svg>");
+    out
+}
+
+fn axis(out: &mut String, scale: &Scale, zoom: u32, height_px: u64) {
+    let ticks = TICKS * u64::from(zoom);
+    for tick in 0..=ticks {
+        let offset_ms = (scale.span_ms * tick as f64 / ticks as f64) as u64;
+        let x = scale.x(Timestamp(scale.start.0 + offset_ms));
+        let _ = write!(
+            out,
+            "<line class=\"tick\" x1=\"{x:.1}\" y1=\"{AXIS_HEIGHT_PX}\" x2=\"{x:.1}\" \
+             y2=\"{height_px}\"/><text class=\"tick-label\" x=\"{x:.1}\" y=\"14\">+{}</text>",
+            duration_ms(offset_ms)
+        );
+    }
+}
+
+fn draw_lane(out: &mut String, lane: &Lane, top: u64, scale: &Scale, end: Timestamp) {
+    let label = escape(&cut(&lane.label, LABEL_CHARS_MAX));
+    let full = escape(&lane.label);
+    let mid = top + LANE_HEIGHT_PX / 2;
+    let _ = write!(
+        out,
+        "<g class=\"lane {}\"><text class=\"lane-label\" x=\"4\" y=\"{}\"><title>{full}</title>\
+         {label}</text><line class=\"lane-rule\" x1=\"0\" y1=\"{}\" x2=\"{:.1}\" y2=\"{}\"/>",
+        lane.class,
+        mid + 4,
+        top + LANE_HEIGHT_PX,
+        scale.x(end) + 10.0,
+        top + LANE_HEIGHT_PX,
+    );
+    for item in &lane.items {
+        draw_item(out, item, top, scale, end);
+    }
+    out.push_str("</g>");
+}
+
+fn draw_item(out: &mut String, item: &Item, top: u64, scale: &Scale, end: Timestamp) {
+    let title = escape(&item.title);
+    match &item.href {
+        Some(href) => {
+            let _ = write!(out, "<a href=\"{}\">", escape(href));
+        }
+        None => out.push_str("<g tabindex=\"0\">"),
+    }
+    let x = scale.x(item.start);
+    let y = top + (LANE_HEIGHT_PX - BAR_HEIGHT_PX) / 2;
+    let bar_end = if item.open { Some(end) } else { item.end };
+    match bar_end {
+        Some(bar_end) => {
+            let width = (scale.x(bar_end) - x).max(BAR_WIDTH_MIN_PX);
+            let open = if item.open { " open" } else { "" };
+            let _ = write!(
+                out,
+                "<rect class=\"bar {}{open}\" data-bar=\"1\" x=\"{x:.1}\" y=\"{y}\" \
+                 width=\"{width:.1}\" height=\"{BAR_HEIGHT_PX}\" rx=\"2\"><title>{title}</title></rect>",
+                item.class
+            );
+            for segment in &item.segments {
+                draw_segment(out, segment, y, scale);
+            }
+        }
+        None => {
+            let mid = top + LANE_HEIGHT_PX / 2;
+            let _ = write!(
+                out,
+                "<circle class=\"point {}\" data-point=\"1\" cx=\"{x:.1}\" cy=\"{mid}\" r=\"5\">\
+                 <title>{title}</title></circle>",
+                item.class
+            );
+        }
+    }
+    out.push_str(if item.href.is_some() { "</a>" } else { "</g>" });
+}
+
+fn draw_segment(out: &mut String, segment: &Segment, y: u64, scale: &Scale) {
+    let x = scale.x(segment.start);
+    let width = scale.x(segment.end) - x;
+    if width < 1.0 {
+        return;
+    }
+    let _ = write!(
+        out,
+        "<rect class=\"segment {}\" x=\"{x:.1}\" y=\"{}\" width=\"{width:.1}\" height=\"{}\">\
+         <title>{}</title></rect>",
+        segment.class,
+        y + 2,
+        BAR_HEIGHT_PX - 4,
+        escape(&segment.title)
+    );
+}
+
+/// The timeline's styles (shared by the UI's pages and the simulator's
+/// self-contained failure pages).
+pub const TIMELINE_CSS: &str = r#"
+.timeline-wrap{overflow-x:auto;border:1px solid #d0d7de;border-radius:6px;background:#fff}
+svg.timeline{display:block;font:12px system-ui,sans-serif}
+svg.timeline .tick{stroke:#eef1f4}
+svg.timeline .tick-label{fill:#57606a;font-size:11px}
+svg.timeline .lane-rule{stroke:#f0f2f4}
+svg.timeline .lane-label{fill:#24292f}
+svg.timeline .bar{stroke:none}
+svg.timeline .bar.completed{fill:#2da44e}
+svg.timeline .bar.failed{fill:#cf222e}
+svg.timeline .bar.timed-out{fill:#bc4c00}
+svg.timeline .bar.canceled{fill:#8c959f}
+svg.timeline .bar.open{fill:#0969da;fill-opacity:.55}
+svg.timeline .bar.fault{fill:#cf222e;fill-opacity:.28}
+svg.timeline .segment.queued{fill:#fff;fill-opacity:.55}
+svg.timeline .segment.retrying{fill:url(#none);fill:#fff;fill-opacity:.35;stroke:#fff;stroke-dasharray:3 2}
+svg.timeline .segment.running{fill:none}
+svg.timeline .point{stroke:#fff;stroke-width:1.5}
+svg.timeline .point.signal{fill:#8250df}
+svg.timeline .point.marker{fill:#bf8700}
+svg.timeline .point.cancel,svg.timeline .point.fault{fill:#cf222e}
+svg.timeline .point.start,svg.timeline .point.close{fill:#24292f}
+svg.timeline a:focus rect,svg.timeline a:focus circle,svg.timeline a:hover rect,svg.timeline a:hover circle{stroke:#0969da;stroke-width:2}
+"#;
