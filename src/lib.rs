@@ -105,7 +105,7 @@ pub mod engine;
 pub mod env;
 pub mod history;
 pub mod http;
-pub mod ui;
 pub mod types;
+pub mod ui;
 pub mod worker;
 pub mod workflow;

@@ -56,7 +56,10 @@ impl Activity for FlakyTwice {
     }
     async fn run(&self, ctx: ActivityContext, input: String) -> ActivityResult<String> {
         if ctx.attempt() < 3 {
-            return Err(retryable(format!("mail server busy (attempt {})", ctx.attempt())));
+            return Err(retryable(format!(
+                "mail server busy (attempt {})",
+                ctx.attempt()
+            )));
         }
         Ok(format!("sent {input}"))
     }
@@ -72,7 +75,9 @@ impl Workflow for Greet {
         let status = Arc::new(Mutex::new("composing"));
         let shown = status.clone();
         ctx.query_handler("status", move |(): ()| *shown.lock().unwrap());
-        let greeting = ctx.activity::<common::Compose>(format!("hello {name}")).await?;
+        let greeting = ctx
+            .activity::<common::Compose>(format!("hello {name}"))
+            .await?;
         let sent = ctx.activity::<FlakyTwice>(greeting).await?;
         ctx.sleep(Duration::from_millis(100)).await?;
         *status.lock().unwrap() = "waiting";
@@ -99,7 +104,8 @@ impl App {
         let service = Service::start(env, Arc::new(storage), config)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
-        let http = HttpConfig::new("127.0.0.1:0".parse()?, &limits).with_token(token.map(str::to_string));
+        let http =
+            HttpConfig::new("127.0.0.1:0".parse()?, &limits).with_token(token.map(str::to_string));
         let server = HttpServer::start(service.handler(), http).await?;
         let env = Env::tokio(Arc::new(HttpNetwork::new(&server.url(), token)?));
         let mut registry = WorkflowRegistry::new();
@@ -110,18 +116,28 @@ impl App {
             .activity(common::Compose)
             .activity(FlakyTwice)
             .start();
-        Ok(App { server, _service: service, _worker: worker, _dir: dir })
+        Ok(App {
+            server,
+            _service: service,
+            _worker: worker,
+            _dir: dir,
+        })
     }
 
     fn client(&self, token: Option<&str>) -> anyhow::Result<Client> {
-        Ok(Client::new(Env::tokio(Arc::new(HttpNetwork::new(&self.server.url(), token)?))))
+        Ok(Client::new(Env::tokio(Arc::new(HttpNetwork::new(
+            &self.server.url(),
+            token,
+        )?))))
     }
 
     /// Starts `greeter-1` and waits until it waits for its signal; starts
     /// the hostile id on a queue nobody polls.
     async fn seed(&self, token: Option<&str>) -> anyhow::Result<()> {
         let client = self.client(token)?;
-        let handle = client.start::<Greet>(StartOptions::new("greeter-1", "greetings"), "ana".into()).await?;
+        let handle = client
+            .start::<Greet>(StartOptions::new("greeter-1", "greetings"), "ana".into())
+            .await?;
         let mut status = String::new();
         for _ in 0..WAIT_TRIES_MAX {
             status = handle.query("status", ()).await?;
@@ -131,7 +147,13 @@ impl App {
             tokio::time::sleep(Duration::from_millis(WAIT_STEP_MS)).await;
         }
         anyhow::ensure!(status == "waiting", "greeter-1 never reached its signal");
-        client.start_by_name(StartOptions::new(HOSTILE_ID, "nobody-polls"), "greet", serde_json::json!("x")).await?;
+        client
+            .start_by_name(
+                StartOptions::new(HOSTILE_ID, "nobody-polls"),
+                "greet",
+                serde_json::json!("x"),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -164,7 +186,11 @@ async fn count(page: &Session, css: &str) -> anyhow::Result<usize> {
 }
 
 /// The list shows both runs (the hostile id as text) and leads to greeter-1.
-async fn open_the_list_and_the_run(page: &Session, url: &str, shots: &std::path::Path) -> anyhow::Result<()> {
+async fn open_the_list_and_the_run(
+    page: &Session,
+    url: &str,
+    shots: &std::path::Path,
+) -> anyhow::Result<()> {
     page.goto(&format!("{url}/")).await?;
     let links = page.find_all("table.runs td.id a").await?;
     let mut ids = Vec::new();
@@ -172,34 +198,66 @@ async fn open_the_list_and_the_run(page: &Session, url: &str, shots: &std::path:
         ids.push(page.text(link).await?);
     }
     assert_eq!(ids.len(), 2, "both runs are listed: {ids:?}");
-    assert!(ids.contains(&HOSTILE_ID.to_string()), "the hostile id shows as text: {ids:?}");
-    let alerted = page.execute("return document.querySelectorAll('td script').length").await?;
+    assert!(
+        ids.contains(&HOSTILE_ID.to_string()),
+        "the hostile id shows as text: {ids:?}"
+    );
+    let alerted = page
+        .execute("return document.querySelectorAll('td script').length")
+        .await?;
     assert_eq!(alerted, 0, "no script element came from a workflow id");
-    let running = page.text(&page.find("nav.counts a[data-status=Running] b").await?).await?;
+    let running = page
+        .text(&page.find("nav.counts a[data-status=Running] b").await?)
+        .await?;
     assert_eq!(running, "2", "both runs count as running");
     page.screenshot(WIDE_PX, &shots.join("runs.png")).await?;
     page.resize(NARROW_PX, 800).await?;
-    page.screenshot(NARROW_PX, &shots.join("runs-390.png")).await?;
+    page.screenshot(NARROW_PX, &shots.join("runs-390.png"))
+        .await?;
     page.resize(WIDE_PX, 900).await?;
     let greeter = page.find("tr td.id a[href*='id=greeter-1']").await?;
     page.click(&greeter).await?;
     let title = page.text(&page.find("h1").await?).await?;
-    assert!(title.contains("greeter-1") && title.contains("Running"), "{title}");
+    assert!(
+        title.contains("greeter-1") && title.contains("Running"),
+        "{title}"
+    );
     Ok(())
 }
 
 /// The timeline: two activities (the second with its retries inside its
 /// bar), one timer, a workflow task per step.
 async fn check_the_timeline(page: &Session) -> anyhow::Result<()> {
-    assert_eq!(count(page, "svg.timeline .lane.activity rect.bar").await?, 2, "activity bars");
-    assert_eq!(count(page, "svg.timeline .lane.timer rect.bar").await?, 1, "timer bars");
-    assert_eq!(count(page, "svg.timeline .lane.workflow-task rect.bar").await?, 4, "workflow task bars");
-    assert_eq!(count(page, "svg.timeline .lane.activity rect.segment.retrying").await?, 1, "the retries drawn");
-    let retry = page.execute(
-        "return document.querySelector('svg.timeline rect.segment.retrying title').textContent",
-    ).await?;
+    assert_eq!(
+        count(page, "svg.timeline .lane.activity rect.bar").await?,
+        2,
+        "activity bars"
+    );
+    assert_eq!(
+        count(page, "svg.timeline .lane.timer rect.bar").await?,
+        1,
+        "timer bars"
+    );
+    assert_eq!(
+        count(page, "svg.timeline .lane.workflow-task rect.bar").await?,
+        4,
+        "workflow task bars"
+    );
+    assert_eq!(
+        count(page, "svg.timeline .lane.activity rect.segment.retrying").await?,
+        1,
+        "the retries drawn"
+    );
+    let retry = page
+        .execute(
+            "return document.querySelector('svg.timeline rect.segment.retrying title').textContent",
+        )
+        .await?;
     let retry = retry.as_str().unwrap_or_default();
-    assert!(retry.contains("attempts 1-2") && retry.contains("mail server busy (attempt 2)"), "{retry}");
+    assert!(
+        retry.contains("attempts 1-2") && retry.contains("mail server busy (attempt 2)"),
+        "{retry}"
+    );
     Ok(())
 }
 
@@ -211,59 +269,91 @@ async fn signal_from_the_page(page: &Session) -> anyhow::Result<()> {
     let input = page.find("#signal-input").await?;
     page.clear(&input).await?;
     page.type_into(&input, "\"ana's boss\"").await?;
-    page.click(&page.find("#signal-form button[type=submit]").await?).await?;
+    page.click(&page.find("#signal-form button[type=submit]").await?)
+        .await?;
     wait_for_text(page, ".flash", "Signal sent.").await?;
     wait_for_text(page, "#live-region dl.summary", "Completed").await?;
     let result = wait_for_text(page, "#result", "approved by").await?;
-    assert!(result.contains("sent hello ana!, approved by ana's boss"), "{result}");
+    assert!(
+        result.contains("sent hello ana!, approved by ana's boss"),
+        "{result}"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_a_browser_the_list_leads_to_the_run_whose_timeline_and_signal_form_complete_it() -> anyhow::Result<()> {
-    let Some(browser) = Browser::installed() else { return Ok(()) };
+async fn in_a_browser_the_list_leads_to_the_run_whose_timeline_and_signal_form_complete_it()
+-> anyhow::Result<()> {
+    let Some(browser) = Browser::installed() else {
+        return Ok(());
+    };
     let app = App::start(None).await?;
     app.seed(None).await?;
     let temp = tempfile::tempdir()?;
     let shots = screenshot_dir(&temp);
     let driver = Driver::start(&browser).await?;
-    let page = driver.session(&browser, &temp.path().join("profile"), true).await?;
+    let page = driver
+        .session(&browser, &temp.path().join("profile"), true)
+        .await?;
     page.resize(WIDE_PX, 900).await?;
     let url = app.server.url();
     open_the_list_and_the_run(&page, &url, &shots).await?;
     check_the_timeline(&page).await?;
-    page.screenshot(WIDE_PX, &shots.join("run-waiting.png")).await?;
+    page.screenshot(WIDE_PX, &shots.join("run-waiting.png"))
+        .await?;
     signal_from_the_page(&page).await?;
-    page.screenshot(WIDE_PX, &shots.join("run-completed.png")).await?;
+    page.screenshot(WIDE_PX, &shots.join("run-completed.png"))
+        .await?;
     page.resize(NARROW_PX, 800).await?;
-    page.screenshot(NARROW_PX, &shots.join("run-390.png")).await?;
+    page.screenshot(NARROW_PX, &shots.join("run-390.png"))
+        .await?;
     page.resize(WIDE_PX, 900).await?;
     page.goto(&format!("{url}/task-queues")).await?;
     let queue = wait_for_text(&page, "section[data-queue=greetings]", "worker-1@ui-test").await?;
-    assert!(queue.contains("greet"), "the poller's workflow types: {queue}");
-    page.screenshot(WIDE_PX, &shots.join("task-queues.png")).await?;
+    assert!(
+        queue.contains("greet"),
+        "the poller's workflow types: {queue}"
+    );
+    page.screenshot(WIDE_PX, &shots.join("task-queues.png"))
+        .await?;
     page.close().await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_javascript_the_list_the_run_and_its_history_still_read() -> anyhow::Result<()> {
-    let Some(browser) = Browser::installed() else { return Ok(()) };
+    let Some(browser) = Browser::installed() else {
+        return Ok(());
+    };
     let app = App::start(None).await?;
     app.seed(None).await?;
     let temp = tempfile::tempdir()?;
     let driver = Driver::start(&browser).await?;
-    let page = driver.session(&browser, &temp.path().join("profile"), false).await?;
+    let page = driver
+        .session(&browser, &temp.path().join("profile"), false)
+        .await?;
     page.resize(WIDE_PX, 900).await?;
     let url = app.server.url();
     page.goto(&format!("{url}/")).await?;
     assert_eq!(count(&page, "table.runs tbody tr").await?, 2);
-    page.click(&page.find("tr td.id a[href*='id=greeter-1']").await?).await?;
+    page.click(&page.find("tr td.id a[href*='id=greeter-1']").await?)
+        .await?;
     let history = app.client(None)?.history("greeter-1", None).await?;
-    assert_eq!(count(&page, "table.history tbody tr").await?, history.len(), "every event is a row");
-    assert_eq!(count(&page, "svg.timeline .lane.activity rect.bar").await?, 2);
+    assert_eq!(
+        count(&page, "table.history tbody tr").await?,
+        history.len(),
+        "every event is a row"
+    );
+    assert_eq!(
+        count(&page, "svg.timeline .lane.activity rect.bar").await?,
+        2
+    );
     let hidden = page.find_all(".live-toggle[hidden]").await?;
-    assert_eq!(hidden.len(), 1, "the live switch stays hidden without scripts");
+    assert_eq!(
+        hidden.len(),
+        1,
+        "the live switch stays hidden without scripts"
+    );
     page.click(&page.find("#history .toolbar a").await?).await?;
     assert!(page.current_url().await?.contains("view=full"));
     let open = count(&page, "table.history details[open]").await?;
@@ -274,27 +364,40 @@ async fn without_javascript_the_list_the_run_and_its_history_still_read() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_browser_a_token_server_asks_for_the_token_once() -> anyhow::Result<()> {
-    let Some(browser) = Browser::installed() else { return Ok(()) };
+    let Some(browser) = Browser::installed() else {
+        return Ok(());
+    };
     let app = App::start(Some(TOKEN)).await?;
     app.seed(Some(TOKEN)).await?;
     let temp = tempfile::tempdir()?;
     let driver = Driver::start(&browser).await?;
-    let page = driver.session(&browser, &temp.path().join("profile"), true).await?;
+    let page = driver
+        .session(&browser, &temp.path().join("profile"), true)
+        .await?;
     let url = app.server.url();
     page.goto(&format!("{url}/")).await?;
     page.type_into(&page.find("#token").await?, TOKEN).await?;
-    page.click(&page.find("form button[type=submit]").await?).await?;
+    page.click(&page.find("form button[type=submit]").await?)
+        .await?;
     wait_for_text(&page, "h1", "Workflow runs").await?;
     page.goto(&format!("{url}/run?id=greeter-1")).await?;
     wait_for_text(&page, "h1", "greeter-1").await?;
     let cookie = page.execute("return document.cookie").await?;
-    assert_eq!(cookie, "", "the token cookie is HttpOnly: scripts cannot read it");
+    assert_eq!(
+        cookie, "",
+        "the token cookie is HttpOnly: scripts cannot read it"
+    );
     page.close().await?;
     Ok(())
 }
 
-async fn get(url: &str, cookie: Option<&str>) -> anyhow::Result<(u16, String, reqwest::header::HeaderMap)> {
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+async fn get(
+    url: &str,
+    cookie: Option<&str>,
+) -> anyhow::Result<(u16, String, reqwest::header::HeaderMap)> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let mut request = http.get(url);
     if let Some(cookie) = cookie {
         request = request.header("cookie", cookie);
@@ -305,9 +408,18 @@ async fn get(url: &str, cookie: Option<&str>) -> anyhow::Result<(u16, String, re
     Ok((status, reply.text().await?, headers))
 }
 
-async fn post_form(url: &str, body: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String, reqwest::header::HeaderMap)> {
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
-    let mut request = http.post(url).header("content-type", "application/x-www-form-urlencoded").body(body.to_string());
+async fn post_form(
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String, reqwest::header::HeaderMap)> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut request = http
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_string());
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -318,18 +430,30 @@ async fn post_form(url: &str, body: &str, headers: &[(&str, &str)]) -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_token_pages_need_the_cookie_and_the_api_still_needs_the_bearer_header() -> anyhow::Result<()> {
+async fn with_a_token_pages_need_the_cookie_and_the_api_still_needs_the_bearer_header()
+-> anyhow::Result<()> {
     let app = App::start(Some(TOKEN)).await?;
     let url = app.server.url();
     let (status, body, _) = get(&format!("{url}/"), None).await?;
     assert_eq!(status, 401);
-    assert!(body.contains("name=\"token\""), "the page asks for the token: {body}");
+    assert!(
+        body.contains("name=\"token\""),
+        "the page asks for the token: {body}"
+    );
     let (status, _, _) = post_form(&format!("{url}/login"), "token=wrong", &[]).await?;
     assert_eq!(status, 401);
-    let (status, _, headers) = post_form(&format!("{url}/login"), &format!("token={TOKEN}"), &[]).await?;
+    let (status, _, headers) =
+        post_form(&format!("{url}/login"), &format!("token={TOKEN}"), &[]).await?;
     assert_eq!(status, 303);
-    let cookie = headers.get("set-cookie").context("a cookie")?.to_str()?.to_string();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let cookie = headers
+        .get("set-cookie")
+        .context("a cookie")?
+        .to_str()?
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let pair = cookie.split(';').next().context("cookie pair")?;
     let (status, body, _) = get(&format!("{url}/"), Some(pair)).await?;
     assert_eq!(status, 200, "{body}");
@@ -340,7 +464,11 @@ async fn with_a_token_pages_need_the_cookie_and_the_api_still_needs_the_bearer_h
         .body("{}")
         .send()
         .await?;
-    assert_eq!(api.status().as_u16(), 401, "the API wants the bearer header, not the cookie");
+    assert_eq!(
+        api.status().as_u16(),
+        401,
+        "the API wants the bearer header, not the cookie"
+    );
     Ok(())
 }
 
@@ -351,7 +479,10 @@ async fn actions_from_another_site_or_host_are_refused_and_change_nothing() -> a
     let url = app.server.url();
     let form = "id=greeter-1&name=approve&input=%22mallory%22";
     let signal = format!("{url}/run/signal");
-    let cross_site = [("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")];
+    let cross_site = [
+        ("sec-fetch-site", "cross-site"),
+        ("origin", "https://evil.example"),
+    ];
     let (status, _, _) = post_form(&signal, form, &cross_site).await?;
     assert_eq!(status, 403, "a cross-site form post");
     let (status, _, _) = post_form(&signal, form, &[("origin", "http://evil.example")]).await?;
@@ -361,10 +492,19 @@ async fn actions_from_another_site_or_host_are_refused_and_change_nothing() -> a
     let (status, _, _) = get(&format!("{url}/"), None).await?;
     assert_eq!(status, 200);
     let history = app.client(None)?.history("greeter-1", None).await?;
-    let signaled = history.events().iter().filter(|e| e.kind.name() == "WorkflowExecutionSignaled").count();
+    let signaled = history
+        .events()
+        .iter()
+        .filter(|e| e.kind.name() == "WorkflowExecutionSignaled")
+        .count();
     assert_eq!(signaled, 0, "no refused signal reached the run");
     let origin = url.clone();
-    let (status, _, headers) = post_form(&signal, form, &[("sec-fetch-site", "same-origin"), ("origin", &origin)]).await?;
+    let (status, _, headers) = post_form(
+        &signal,
+        form,
+        &[("sec-fetch-site", "same-origin"), ("origin", &origin)],
+    )
+    .await?;
     assert_eq!(status, 303, "the page's own form is accepted");
     assert!(headers.get("location").is_some());
     Ok(())
@@ -375,9 +515,16 @@ async fn the_history_download_is_the_canonical_json() -> anyhow::Result<()> {
     let app = App::start(None).await?;
     app.seed(None).await?;
     let url = app.server.url();
-    let (status, body, headers) = get(&format!("{url}/run/history.json?id=greeter-1"), None).await?;
+    let (status, body, headers) =
+        get(&format!("{url}/run/history.json?id=greeter-1"), None).await?;
     assert_eq!(status, 200);
-    assert!(headers.get("content-disposition").context("a file name")?.to_str()?.starts_with("attachment"));
+    assert!(
+        headers
+            .get("content-disposition")
+            .context("a file name")?
+            .to_str()?
+            .starts_with("attachment")
+    );
     let history = app.client(None)?.history("greeter-1", None).await?;
     assert_eq!(body, history.to_json());
     assert_eq!(History::from_json(&body)?.len(), history.len());

@@ -113,6 +113,10 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{report}");
             if let Some(dir) = dir {
                 eprintln!("written to {}", dir.display());
+                eprintln!(
+                    "failure page: {}",
+                    dir.join(retrace_sim::FAILURE_PAGE).display()
+                );
             }
         }),
     });

@@ -22,8 +22,8 @@ use axum::serve::ListenerExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{API_PREFIX, DecodeRequestError, HttpError, METHODS, decode_request, encode_response};
 use super::ui::{self, PollerLog};
+use super::{API_PREFIX, DecodeRequestError, HttpError, METHODS, decode_request, encode_response};
 use super::{response_fits, to_json};
 use crate::api::{ErrorCode, ServiceError};
 use crate::env::RequestHandler;
@@ -255,7 +255,9 @@ fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
     }
     // Merged after the token layer, so they are outside it: the UI checks
     // the token in its cookie, health needs none.
-    router.merge(pages).route("/healthz", get(move || health(Arc::clone(&health_handler))))
+    router
+        .merge(pages)
+        .route("/healthz", get(move || health(Arc::clone(&health_handler))))
 }
 
 /// `GET /healthz`: 200 `{"status":"ok"}`, or 503

@@ -72,7 +72,10 @@ impl PollerLog {
         let key = (poll.task_queue.clone(), kind, poll.identity.clone());
         seen.insert(key, (now(), poll.workflow_types.clone()));
         while seen.len() > POLLERS_MAX {
-            let oldest = seen.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone());
+            let oldest = seen
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
             oldest.map(|k| seen.remove(&k));
         }
     }
@@ -160,19 +163,21 @@ fn host_name(host: &str) -> &str {
 
 fn is_loopback_name(name: &str) -> bool {
     name.eq_ignore_ascii_case("localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Refuses rebinding hosts (loopback servers) and cross-site POSTs.
-async fn same_site(
-    State(state): State<UiState>,
-    request: HttpRequest,
-    next: Next,
-) -> HttpResponse {
+async fn same_site(State(state): State<UiState>, request: HttpRequest, next: Next) -> HttpResponse {
     let headers = request.headers();
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     if state.loopback && !is_loopback_name(host_name(host)) {
-        let message = "this server listens on a loopback address: open it as 127.0.0.1 or localhost";
+        let message =
+            "this server listens on a loopback address: open it as 127.0.0.1 or localhost";
         return refused(StatusCode::MISDIRECTED_REQUEST, "Wrong host", message);
     }
     if request.method() == axum::http::Method::POST && !same_origin(headers, host) {
@@ -208,7 +213,10 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
     pairs.map(str::trim).find_map(|pair| {
         let value = pair.strip_prefix(TOKEN_COOKIE)?.strip_prefix('=')?;
         let pair = format!("t={value}");
-        let decoded = form_urlencoded::parse(pair.as_bytes()).next()?.1.into_owned();
+        let decoded = form_urlencoded::parse(pair.as_bytes())
+            .next()?
+            .1
+            .into_owned();
         Some(decoded)
     })
 }
@@ -260,7 +268,10 @@ async fn call(state: &UiState, request: Request) -> Result<Response, ServiceErro
 }
 
 /// Every run the store lists, up to [`LIST_SCAN_RUNS_MAX`]; true if there were more.
-async fn all_runs(state: &UiState, status: Option<RunStatus>) -> Result<(Vec<RunSummary>, bool), ServiceError> {
+async fn all_runs(
+    state: &UiState,
+    status: Option<RunStatus>,
+) -> Result<(Vec<RunSummary>, bool), ServiceError> {
     let mut runs = Vec::new();
     let mut page_token = None;
     loop {
@@ -270,8 +281,12 @@ async fn all_runs(state: &UiState, status: Option<RunStatus>) -> Result<(Vec<Run
             page_token,
             page_size: LIST_READ_PAGE_SIZE,
         };
-        let Response::ListWorkflows(page) = call(state, Request::ListWorkflows(request)).await? else {
-            return Err(ServiceError::new(crate::api::ErrorCode::Internal, "ListWorkflows answered with another reply"));
+        let Response::ListWorkflows(page) = call(state, Request::ListWorkflows(request)).await?
+        else {
+            return Err(ServiceError::new(
+                crate::api::ErrorCode::Internal,
+                "ListWorkflows answered with another reply",
+            ));
         };
         runs.extend(page.runs);
         page_token = page.next_page_token;
@@ -285,7 +300,8 @@ async fn all_runs(state: &UiState, status: Option<RunStatus>) -> Result<(Vec<Run
 }
 
 fn service_error_page(error: &ServiceError) -> HttpResponse {
-    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     refused(status, "The service refused", &error.message)
 }
 
@@ -306,24 +322,41 @@ async fn runs_list(State(state): State<UiState>, uri: Uri) -> HttpResponse {
 fn run_ref(fields: &BTreeMap<String, String>) -> Option<RunRef> {
     let workflow_id = fields.get("id").filter(|id| !id.is_empty())?.clone();
     let run_id = fields.get("run").filter(|run| !run.is_empty()).cloned();
-    Some(RunRef { workflow_id, run_id })
+    Some(RunRef {
+        workflow_id,
+        run_id,
+    })
 }
 
 async fn describe(state: &UiState, run: RunRef) -> Result<RunDescription, ServiceError> {
     match call(state, Request::DescribeWorkflow(run)).await? {
         Response::DescribeWorkflow(description) => Ok(description),
-        _ => Err(ServiceError::new(crate::api::ErrorCode::Internal, "DescribeWorkflow answered with another reply")),
+        _ => Err(ServiceError::new(
+            crate::api::ErrorCode::Internal,
+            "DescribeWorkflow answered with another reply",
+        )),
     }
 }
 
 /// The run's events from the first, up to `events_max`; true if there were more.
-async fn events(state: &UiState, run: &RunRef, events_max: usize) -> Result<(Vec<Event>, bool), ServiceError> {
+async fn events(
+    state: &UiState,
+    run: &RunRef,
+    events_max: usize,
+) -> Result<(Vec<Event>, bool), ServiceError> {
     let mut events = Vec::new();
     let mut from_event_id = 1;
     loop {
-        let request = GetHistoryRequest { run: run.clone(), from_event_id, page_size: 0 };
+        let request = GetHistoryRequest {
+            run: run.clone(),
+            from_event_id,
+            page_size: 0,
+        };
         let Response::GetHistory(page) = call(state, Request::GetHistory(request)).await? else {
-            return Err(ServiceError::new(crate::api::ErrorCode::Internal, "GetHistory answered with another reply"));
+            return Err(ServiceError::new(
+                crate::api::ErrorCode::Internal,
+                "GetHistory answered with another reply",
+            ));
         };
         events.extend(page.events);
         match page.next_event_id {
@@ -343,14 +376,21 @@ async fn render_run(
     flash: Option<(String, bool)>,
 ) -> HttpResponse {
     let Some(run) = run_ref(fields) else {
-        return refused(StatusCode::BAD_REQUEST, "No run", "the address names no workflow id (?id=…)");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "No run",
+            "the address names no workflow id (?id=…)",
+        );
     };
     let description = match describe(state, run.clone()).await {
         Ok(description) => description,
         Err(error) => return service_error_page(&error),
     };
     // The history of the run described, even if a newer run took the id meanwhile.
-    let run = RunRef { workflow_id: run.workflow_id, run_id: Some(description.run_id.clone()) };
+    let run = RunRef {
+        workflow_id: run.workflow_id,
+        run_id: Some(description.run_id.clone()),
+    };
     let (events, history_cut) = match events(state, &run, RUN_PAGE_EVENTS_MAX).await {
         Ok(read) => read,
         Err(error) => return service_error_page(&error),
@@ -359,7 +399,11 @@ async fn render_run(
         description,
         events,
         history_cut,
-        view: if fields.get("view").is_some_and(|v| v == "full") { HistoryView::Full } else { HistoryView::Compact },
+        view: if fields.get("view").is_some_and(|v| v == "full") {
+            HistoryView::Full
+        } else {
+            HistoryView::Compact
+        },
         zoom: fields.get("zoom").and_then(|z| z.parse().ok()).unwrap_or(1),
         now: now(),
         flash: flash.or_else(|| done_message(fields)),
@@ -386,22 +430,40 @@ async fn run_page(State(state): State<UiState>, uri: Uri) -> HttpResponse {
 async fn history_json(State(state): State<UiState>, uri: Uri) -> HttpResponse {
     let fields = pairs(uri.query().unwrap_or("").as_bytes());
     let Some(run) = run_ref(&fields) else {
-        return refused(StatusCode::BAD_REQUEST, "No run", "the address names no workflow id (?id=…)");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "No run",
+            "the address names no workflow id (?id=…)",
+        );
     };
     let description = match describe(&state, run.clone()).await {
         Ok(description) => description,
         Err(error) => return service_error_page(&error),
     };
-    let run = RunRef { workflow_id: run.workflow_id, run_id: Some(description.run_id.clone()) };
+    let run = RunRef {
+        workflow_id: run.workflow_id,
+        run_id: Some(description.run_id.clone()),
+    };
     let events = match events(&state, &run, usize::MAX).await {
         Ok((events, _)) => events,
         Err(error) => return service_error_page(&error),
     };
-    let history = match History::from_events(&description.workflow_id, &description.run_id, events) {
+    let history = match History::from_events(&description.workflow_id, &description.run_id, events)
+    {
         Ok(history) => history,
-        Err(error) => return refused(StatusCode::INTERNAL_SERVER_ERROR, "Bad history", &error.to_string()),
+        Err(error) => {
+            return refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Bad history",
+                &error.to_string(),
+            );
+        }
     };
-    let name: String = description.run_id.chars().filter(char::is_ascii_alphanumeric).collect();
+    let name: String = description
+        .run_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
     let disposition = format!("attachment; filename=\"history-{name}.json\"");
     let headers = [
         (header::CONTENT_TYPE, "application/json".to_string()),
@@ -422,7 +484,8 @@ fn json_field(fields: &BTreeMap<String, String>, name: &str) -> Result<Value, St
     if text.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(text).map_err(|e| format!("the {name} is not JSON ({e}); a string needs quotes: \"text\""))
+    serde_json::from_str(text)
+        .map_err(|e| format!("the {name} is not JSON ({e}); a string needs quotes: \"text\""))
 }
 
 /// Runs an action and answers with a redirect to the run page, or the page with the error.
@@ -433,7 +496,11 @@ async fn act(
     make: impl FnOnce(RunRef) -> Result<Request, String>,
 ) -> HttpResponse {
     let Some(run) = run_ref(fields) else {
-        return refused(StatusCode::BAD_REQUEST, "No run", "the form names no workflow id");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "No run",
+            "the form names no workflow id",
+        );
     };
     let outcome = match make(run.clone()) {
         Ok(request) => call(state, request).await.map_err(|e| e.message),
@@ -442,7 +509,10 @@ async fn act(
     match outcome {
         Ok(_) => {
             let run_id = run.run_id.unwrap_or_default();
-            let to = format!("/run{}", ui::html::query(&[("id", &run.workflow_id), ("run", &run_id), ("done", done)]));
+            let to = format!(
+                "/run{}",
+                ui::html::query(&[("id", &run.workflow_id), ("run", &run_id), ("done", done)])
+            );
             redirect(&to, None)
         }
         Err(message) => render_run(state, fields, Some((message, true))).await,
@@ -470,8 +540,14 @@ async fn cancel(State(state): State<UiState>, body: Bytes) -> HttpResponse {
     let reason = fields.get("reason").cloned().unwrap_or_default();
     let confirmed = fields.get("confirm").is_some_and(|c| c == "yes");
     act(&state, &fields, "cancel", |run| {
-        confirmed.then_some(()).ok_or("tick the box to confirm the cancellation")?;
-        Ok(Request::CancelWorkflow(CancelWorkflowRequest { run, reason, identity: UI_IDENTITY.to_string() }))
+        confirmed
+            .then_some(())
+            .ok_or("tick the box to confirm the cancellation")?;
+        Ok(Request::CancelWorkflow(CancelWorkflowRequest {
+            run,
+            reason,
+            identity: UI_IDENTITY.to_string(),
+        }))
     })
     .await
 }
@@ -481,7 +557,9 @@ async fn terminate(State(state): State<UiState>, body: Bytes) -> HttpResponse {
     let reason = fields.get("reason").cloned().unwrap_or_default();
     let confirmed = fields.get("confirm").is_some_and(|c| c == "yes");
     act(&state, &fields, "terminate", |run| {
-        confirmed.then_some(()).ok_or("tick the box to confirm the termination")?;
+        confirmed
+            .then_some(())
+            .ok_or("tick the box to confirm the termination")?;
         Ok(Request::TerminateWorkflow(TerminateWorkflowRequest {
             run,
             reason,
@@ -495,12 +573,20 @@ async fn terminate(State(state): State<UiState>, body: Bytes) -> HttpResponse {
 async fn query(State(state): State<UiState>, body: Bytes) -> HttpResponse {
     let fields = pairs(&body);
     let Some(run) = run_ref(&fields) else {
-        return refused(StatusCode::BAD_REQUEST, "No run", "the form names no workflow id");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "No run",
+            "the form names no workflow id",
+        );
     };
     let name = fields.get("name").cloned().unwrap_or_default();
     let answer = match json_field(&fields, "args") {
         Ok(args) => {
-            let request = QueryWorkflowRequest { run, query_name: name.clone(), args };
+            let request = QueryWorkflowRequest {
+                run,
+                query_name: name.clone(),
+                args,
+            };
             match call(&state, Request::QueryWorkflow(request)).await {
                 Ok(Response::QueryWorkflow(reply)) => Ok(reply.answer),
                 Ok(_) => Err("QueryWorkflow answered with another reply".to_string()),
@@ -523,17 +609,36 @@ async fn task_queues(State(state): State<UiState>) -> HttpResponse {
     };
     let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
     for (name, pollers) in state.pollers.by_queue() {
-        queues.entry(name.clone()).or_insert_with(|| QueueView { name, ..QueueView::default() }).pollers = pollers;
+        queues
+            .entry(name.clone())
+            .or_insert_with(|| QueueView {
+                name,
+                ..QueueView::default()
+            })
+            .pollers = pollers;
     }
     for run in open.iter().take(QUEUE_SCAN_RUNS_MAX) {
         let queue = queues
             .entry(run.task_queue.clone())
-            .or_insert_with(|| QueueView { name: run.task_queue.clone(), ..QueueView::default() });
+            .or_insert_with(|| QueueView {
+                name: run.task_queue.clone(),
+                ..QueueView::default()
+            });
         queue.open_runs += 1;
-        let run = RunRef { workflow_id: run.workflow_id.clone(), run_id: Some(run.run_id.clone()) };
-        let Ok(description) = describe(&state, run).await else { continue };
-        queue.workflow_backlog += usize::from(description.workflow_task.as_deref() == Some("Scheduled"));
-        queue.activity_backlog += description.pending_activities.iter().filter(|a| a.state == "Scheduled").count();
+        let run = RunRef {
+            workflow_id: run.workflow_id.clone(),
+            run_id: Some(run.run_id.clone()),
+        };
+        let Ok(description) = describe(&state, run).await else {
+            continue;
+        };
+        queue.workflow_backlog +=
+            usize::from(description.workflow_task.as_deref() == Some("Scheduled"));
+        queue.activity_backlog += description
+            .pending_activities
+            .iter()
+            .filter(|a| a.state == "Scheduled")
+            .count();
     }
     let queues: Vec<QueueView> = queues.into_values().collect();
     html(StatusCode::OK, ui::task_queues_page(&queues, now()))

@@ -15,7 +15,7 @@ mod runs;
 pub mod timeline;
 
 pub use queues::{Poller, QueueView, task_queues_page};
-pub use run::{HistoryView, RunView, run_page};
+pub use run::{HistoryView, RunView, history_table, run_page};
 pub use runs::{RunFilter, RunsView, runs_page};
 
 use html::escape;
@@ -30,11 +30,12 @@ body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color
 header{background:#24292f;color:#fff;padding:0 16px}
 header nav{display:flex;gap:16px;align-items:center;min-height:44px;flex-wrap:wrap}
 header a{color:#fff;text-decoration:none}
-header a.brand{font-weight:700;margin-right:8px}
+header .brand{font-weight:700;margin-right:8px}
 header a:hover,header a:focus{text-decoration:underline}
 main{padding:16px;max-width:1400px;margin:0 auto}
 h1{font-size:20px;margin:4px 0 12px;word-break:break-all}
 h2{font-size:16px;margin:20px 0 8px}
+.card>h2:first-child,section.card>h2:first-of-type{margin-top:0}
 a{color:#0969da}
 a:focus-visible,button:focus-visible,input:focus-visible,select:focus-visible,summary:focus-visible{outline:3px solid #0969da;outline-offset:2px}
 .skip{position:absolute;left:-999px}
@@ -74,10 +75,12 @@ dl.summary dd{margin:0;word-break:break-all}
 .flash.error{background:#ffebe9;border-color:#ff8182}
 .muted{color:#57606a}
 details.event summary{cursor:pointer}
+table.history summary code{word-break:break-all}
+table.history td:first-child,table.history td:nth-child(2){white-space:nowrap}
 ol.chain{margin:4px 0;padding-left:20px}
 .toolbar{display:flex;gap:12px;flex-wrap:wrap;align-items:center;margin:8px 0}
 @media (max-width:600px){main{padding:8px}dl.summary{grid-template-columns:1fr}dl.summary dd{margin-bottom:6px}
- th.wide,td.wide{display:none}}
+ th.wide,td.wide,table.history th:nth-child(2),table.history td:nth-child(2){display:none}}
 "#;
 
 /// Live refresh: while `#live` is checked, reloads `#live-region` in place
@@ -120,6 +123,20 @@ pub fn page(title: &str, body: &str) -> String {
     )
 }
 
+/// A self-contained page (no links to a server, no script): the simulator's
+/// failure pages.
+pub fn standalone_page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><style>{PAGE_CSS}{}</style></head><body>\
+         <header><nav aria-label=\"main\"><span class=\"brand\">Retrace</span></nav></header>\
+         <main id=\"main\">{body}</main></body></html>",
+        escape(title),
+        timeline::TIMELINE_CSS
+    )
+}
+
 /// The live refresh switch (hidden until the script shows it: without
 /// JavaScript there is nothing to switch).
 fn live_toggle() -> &'static str {
@@ -136,7 +153,10 @@ fn status_badge(status: crate::env::RunStatus) -> String {
 /// A message above a page's content (`error` styles it as one).
 pub fn flash(message: &str, error: bool) -> String {
     let class = if error { "flash error" } else { "flash" };
-    format!("<div class=\"{class}\" role=\"status\">{}</div>", escape(message))
+    format!(
+        "<div class=\"{class}\" role=\"status\">{}</div>",
+        escape(message)
+    )
 }
 
 /// The page that asks for the server's token once (it is then kept in a cookie).

@@ -77,7 +77,11 @@ fn pollers_table(pollers: &[Poller], now: Timestamp) -> String {
             poller.kind,
             poller.last_poll,
             duration_ms(now.millis_since(poller.last_poll)),
-            if types.is_empty() { "—".to_string() } else { types.join(", ") }
+            if types.is_empty() {
+                "—".to_string()
+            } else {
+                types.join(", ")
+            }
         );
     }
     out.push_str("</tbody></table></div>");

@@ -44,9 +44,22 @@ pub struct RunView {
 impl RunView {
     fn href(&self, view: HistoryView, zoom: u32) -> String {
         let d = &self.description;
-        let zoom = if zoom > 1 { zoom.to_string() } else { String::new() };
-        let view = if view == HistoryView::Full { "full" } else { "" };
-        let pairs = [("id", d.workflow_id.as_str()), ("run", d.run_id.as_str()), ("view", view), ("zoom", zoom.as_str())];
+        let zoom = if zoom > 1 {
+            zoom.to_string()
+        } else {
+            String::new()
+        };
+        let view = if view == HistoryView::Full {
+            "full"
+        } else {
+            ""
+        };
+        let pairs = [
+            ("id", d.workflow_id.as_str()),
+            ("run", d.run_id.as_str()),
+            ("view", view),
+            ("zoom", zoom.as_str()),
+        ];
         format!("/run{}", query(&pairs))
     }
 
@@ -105,20 +118,44 @@ fn workers(events: &[Event]) -> Vec<&str> {
 fn summary(view: &RunView) -> String {
     let d = &view.description;
     let end = d.close_time.unwrap_or(view.now);
-    let so_far = if d.close_time.is_none() { " so far" } else { "" };
+    let so_far = if d.close_time.is_none() {
+        " so far"
+    } else {
+        ""
+    };
     let close = d.close_time.map_or("—".to_string(), |t| t.to_string());
-    let workers = workers(&view.events).iter().map(|w| escape(w)).collect::<Vec<_>>().join(", ");
+    let workers = workers(&view.events)
+        .iter()
+        .map(|w| escape(w))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut rows = vec![
-        ("Workflow id", format!("<code>{}</code>", escape(&d.workflow_id))),
+        (
+            "Workflow id",
+            format!("<code>{}</code>", escape(&d.workflow_id)),
+        ),
         ("Run id", format!("<code>{}</code>", escape(&d.run_id))),
         ("Workflow type", escape(&d.workflow_type)),
-        ("Task queue", format!("<a href=\"/task-queues\">{}</a>", escape(&d.task_queue))),
+        (
+            "Task queue",
+            format!("<a href=\"/task-queues\">{}</a>", escape(&d.task_queue)),
+        ),
         ("Status", status_badge(d.status)),
         ("Started", d.start_time.to_string()),
         ("Closed", close),
-        ("Duration", format!("{}{so_far}", duration_ms(end.millis_since(d.start_time)))),
+        (
+            "Duration",
+            format!("{}{so_far}", duration_ms(end.millis_since(d.start_time))),
+        ),
         ("History", format!("{} events", d.history_length)),
-        ("Workers", if workers.is_empty() { "—".to_string() } else { workers }),
+        (
+            "Workers",
+            if workers.is_empty() {
+                "—".to_string()
+            } else {
+                workers
+            },
+        ),
     ];
     if let Some(task) = &d.workflow_task {
         rows.push(("Workflow task", escape(task)));
@@ -126,7 +163,8 @@ fn summary(view: &RunView) -> String {
     if d.cancel_requested {
         rows.push(("Cancel", "requested".to_string()));
     }
-    let mut out = String::from("<section class=\"card\" aria-label=\"summary\"><dl class=\"summary\">");
+    let mut out =
+        String::from("<section class=\"card\" aria-label=\"summary\"><dl class=\"summary\">");
     for (name, value) in rows {
         let _ = write!(out, "<dt>{name}</dt><dd>{value}</dd>");
     }
@@ -143,7 +181,10 @@ fn failure_chain(failure: &Failure) -> String {
             "<li><b>{}</b>: {}{}</li>",
             escape(&link.failure_type),
             escape(&link.message),
-            link.details.as_ref().map(|d| format!(" <code>{}</code>", short_json(d))).unwrap_or_default()
+            link.details
+                .as_ref()
+                .map(|d| format!(" <code>{}</code>", short_json(d)))
+                .unwrap_or_default()
         );
     }
     out.push_str("</ol>");
@@ -157,12 +198,20 @@ fn outcome(view: &RunView) -> String {
         _ => None,
     });
     if let Some(started) = started {
-        let _ = write!(out, "<h2>Input</h2><pre>{}</pre>", pretty_json(&started.input));
+        let _ = write!(
+            out,
+            "<h2>Input</h2><pre>{}</pre>",
+            pretty_json(&started.input)
+        );
     }
     let close = view.events.iter().rev().find(|e| e.kind.is_terminal());
     match close.map(|e| &e.kind) {
         Some(EventKind::WorkflowExecutionCompleted(a)) => {
-            let _ = write!(out, "<h2>Result</h2><pre id=\"result\">{}</pre>", pretty_json(&a.result));
+            let _ = write!(
+                out,
+                "<h2>Result</h2><pre id=\"result\">{}</pre>",
+                pretty_json(&a.result)
+            );
         }
         Some(EventKind::WorkflowExecutionFailed(a)) => {
             let _ = write!(out, "<h2>Failure</h2>{}", failure_chain(&a.failure));
@@ -176,23 +225,36 @@ fn outcome(view: &RunView) -> String {
         None => {}
     }
     if let Some(failure) = &view.description.last_workflow_task_failure {
-        let _ = write!(out, "<h2>Last workflow task failure</h2>{}", failure_chain(failure));
+        let _ = write!(
+            out,
+            "<h2>Last workflow task failure</h2>{}",
+            failure_chain(failure)
+        );
     }
     out.push_str("</section>");
     out
 }
 
 fn pending_activity_row(a: &PendingActivity, now: Timestamp) -> String {
-    let failure = a.last_failure.as_ref().map(failure_chain).unwrap_or_else(|| "—".to_string());
+    let failure = a
+        .last_failure
+        .as_ref()
+        .map(failure_chain)
+        .unwrap_or_else(|| "—".to_string());
     let heartbeat = match (&a.last_heartbeat_time, &a.heartbeat_details) {
         (Some(at), details) => format!(
             "{} ago{}",
             duration_ms(now.millis_since(*at)),
-            details.as_ref().map(|d| format!(" <code>{}</code>", short_json(d))).unwrap_or_default()
+            details
+                .as_ref()
+                .map(|d| format!(" <code>{}</code>", short_json(d)))
+                .unwrap_or_default()
         ),
         (None, _) => "—".to_string(),
     };
-    let next = a.next_attempt_time.map_or("—".to_string(), |t| format!("{t} (in {})", duration_ms(t.millis_since(now))));
+    let next = a.next_attempt_time.map_or("—".to_string(), |t| {
+        format!("{t} (in {})", duration_ms(t.millis_since(now)))
+    });
     format!(
         "<tr><td class=\"id\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{failure}</td>\
          <td>{heartbeat}</td><td>{next}</td></tr>",
@@ -200,7 +262,10 @@ fn pending_activity_row(a: &PendingActivity, now: Timestamp) -> String {
         escape(&a.activity_type),
         escape(&a.state),
         a.attempt,
-        a.worker_identity.as_deref().map(escape).unwrap_or_else(|| "—".to_string()),
+        a.worker_identity
+            .as_deref()
+            .map(escape)
+            .unwrap_or_else(|| "—".to_string()),
     )
 }
 
@@ -239,8 +304,16 @@ fn timeline_section(view: &RunView) -> String {
     let timeline = Timeline::new(lanes, open.then_some(view.now));
     let mut zooms = String::new();
     for zoom in [1, 2, 4, 8, 16] {
-        let current = if zoom == view.zoom.max(1) { " aria-current=\"true\"" } else { "" };
-        let _ = write!(zooms, " <a{current} href=\"{}#timeline\">{zoom}×</a>", escape(&view.href(view.view, zoom)));
+        let current = if zoom == view.zoom.max(1) {
+            " aria-current=\"true\""
+        } else {
+            ""
+        };
+        let _ = write!(
+            zooms,
+            " <a{current} href=\"{}#timeline\">{zoom}×</a>",
+            escape(&view.href(view.view, zoom))
+        );
     }
     format!(
         "<section id=\"timeline\" aria-label=\"timeline\"><h2>Timeline</h2><div class=\"toolbar\">\
@@ -286,7 +359,11 @@ fn event_attributes(event: &Event) -> Value {
 
 fn history_section(view: &RunView) -> String {
     let full = view.view == HistoryView::Full;
-    let other = if full { HistoryView::Compact } else { HistoryView::Full };
+    let other = if full {
+        HistoryView::Compact
+    } else {
+        HistoryView::Full
+    };
     let mut out = format!(
         "<section id=\"history\" aria-label=\"event history\"><h2>Event history</h2><div class=\"toolbar\">\
          <a href=\"{}#history\">{} view</a><a href=\"/run/history.json{}\" download>Download JSON</a>\
@@ -297,20 +374,32 @@ fn history_section(view: &RunView) -> String {
         view.events.len()
     );
     if view.history_cut {
-        out.push_str(&flash("Only the first events are shown; download the JSON for all of them.", false));
+        out.push_str(&flash(
+            "Only the first events are shown; download the JSON for all of them.",
+            false,
+        ));
     }
-    out.push_str(
+    out.push_str(&history_table(&view.events, "", full));
+    out.push_str("</section>");
+    out
+}
+
+/// A history as a table, one row per event (`id="{anchor_prefix}e{id}"`, the
+/// timeline's links), its attributes unfolded when `full`.
+pub fn history_table(events: &[Event], anchor_prefix: &str, full: bool) -> String {
+    let mut out = String::from(
         "<div class=\"scroll\"><table class=\"history\"><thead><tr><th>Id</th><th>Time</th>\
          <th>Type</th><th>Attributes</th></tr></thead><tbody>",
     );
-    let first = view.events.first().map_or(Timestamp(0), |e| e.event_time);
-    for event in &view.events {
+    let first = events.first().map_or(Timestamp(0), |e| e.event_time);
+    let open = if full { " open" } else { "" };
+    let prefix = escape(anchor_prefix);
+    for event in events {
         let attributes = event_attributes(event);
-        let open = if full { " open" } else { "" };
         let _ = write!(
             out,
-            "<tr id=\"e{id}\"><td>{id}</td><td title=\"{time}\">+{}</td><td>{}</td><td>\
-             <details class=\"event\" id=\"d{id}\"{open}><summary><code>{}</code></summary>\
+            "<tr id=\"{prefix}e{id}\"><td>{id}</td><td title=\"{time}\">+{}</td><td>{}</td><td>\
+             <details class=\"event\" id=\"{prefix}d{id}\"{open}><summary><code>{}</code></summary>\
              <pre>{}</pre></details></td></tr>",
             duration_ms(event.event_time.millis_since(first)),
             event.kind.name(),
@@ -320,6 +409,6 @@ fn history_section(view: &RunView) -> String {
             time = event.event_time,
         );
     }
-    out.push_str("</tbody></table></div></section>");
+    out.push_str("</tbody></table></div>");
     out
 }

@@ -58,7 +58,11 @@ impl RunFilter {
 
     /// The query string of this filter with `status` and `page` replaced.
     fn href(&self, status: Option<RunStatus>, page: usize) -> String {
-        let page = if page > 1 { page.to_string() } else { String::new() };
+        let page = if page > 1 {
+            page.to_string()
+        } else {
+            String::new()
+        };
         let status = status.map_or("", RunStatus::as_str);
         let pairs = [
             ("status", status),
@@ -195,7 +199,11 @@ pub fn runs_page(view: &RunsView) -> String {
 fn counts(view: &RunsView) -> String {
     let all: usize = view.counts.iter().map(|(_, n)| n).sum();
     let chip = |label: &str, n: usize, status: Option<RunStatus>| {
-        let active = if view.filter.status == status { " class=\"active\" aria-current=\"true\"" } else { "" };
+        let active = if view.filter.status == status {
+            " class=\"active\" aria-current=\"true\""
+        } else {
+            ""
+        };
         format!(
             "<a{active} href=\"{}\" data-status=\"{label}\"><b>{n}</b>{label}</a>",
             escape(&view.filter.href(status, 1))
@@ -222,7 +230,10 @@ fn options(selected: &str, names: &[String], any: &str) -> String {
 
 fn filters_form(view: &RunsView) -> String {
     let f = &view.filter;
-    let statuses: Vec<String> = RunStatus::ALL.iter().map(|s| s.as_str().to_string()).collect();
+    let statuses: Vec<String> = RunStatus::ALL
+        .iter()
+        .map(|s| s.as_str().to_string())
+        .collect();
     let status = f.status.map_or("", RunStatus::as_str);
     let field = |id: &str, label: &str, value: &str, hint: &str| {
         format!(
@@ -241,7 +252,12 @@ fn filters_form(view: &RunsView) -> String {
         options(status, &statuses, "any"),
         options(&f.workflow_type, &view.types, "any"),
         options(&f.task_queue, &view.queues, "any"),
-        field("since", "Started since", &f.since, "15m or 2026-01-31T12:00:00Z"),
+        field(
+            "since",
+            "Started since",
+            &f.since,
+            "15m or 2026-01-31T12:00:00Z"
+        ),
         field("until", "Started before", &f.until, "time or duration ago"),
     )
 }
@@ -261,9 +277,16 @@ fn runs_table(view: &RunsView) -> String {
             query(&[("id", &run.workflow_id), ("run", &run.run_id)])
         );
         let end = run.close_time.unwrap_or(view.now);
-        let open = if run.close_time.is_none() { " so far" } else { "" };
+        let open = if run.close_time.is_none() {
+            " so far"
+        } else {
+            ""
+        };
         let damaged = match &run.damaged {
-            Some(why) => format!(" <span class=\"status Failed\" title=\"{}\">DAMAGED</span>", escape(why)),
+            Some(why) => format!(
+                " <span class=\"status Failed\" title=\"{}\">DAMAGED</span>",
+                escape(why)
+            ),
             None => String::new(),
         };
         let _ = write!(
@@ -291,7 +314,11 @@ fn pager(view: &RunsView) -> String {
     let current = f.page.min(view.pages);
     let mut out = String::from("<nav class=\"pager\" aria-label=\"pages\">");
     if current > 1 {
-        let _ = write!(out, "<a rel=\"prev\" href=\"{}\">← Newer</a>", escape(&f.href(f.status, current - 1)));
+        let _ = write!(
+            out,
+            "<a rel=\"prev\" href=\"{}\">← Newer</a>",
+            escape(&f.href(f.status, current - 1))
+        );
     }
     let _ = write!(
         out,
@@ -299,7 +326,11 @@ fn pager(view: &RunsView) -> String {
         view.pages, view.matching
     );
     if current < view.pages {
-        let _ = write!(out, "<a rel=\"next\" href=\"{}\">Older →</a>", escape(&f.href(f.status, current + 1)));
+        let _ = write!(
+            out,
+            "<a rel=\"next\" href=\"{}\">Older →</a>",
+            escape(&f.href(f.status, current + 1))
+        );
     }
     out.push_str("</nav>");
     out
@@ -325,9 +356,23 @@ mod tests {
     #[test]
     fn the_list_is_newest_first_counts_by_status_and_pages() {
         let runs: Vec<RunSummary> = (0..(RUNS_PAGE_SIZE as u64 + 3))
-            .map(|i| run(&format!("w{i}"), if i % 2 == 0 { RunStatus::Running } else { RunStatus::Completed }, i))
+            .map(|i| {
+                run(
+                    &format!("w{i}"),
+                    if i % 2 == 0 {
+                        RunStatus::Running
+                    } else {
+                        RunStatus::Completed
+                    },
+                    i,
+                )
+            })
             .collect();
-        let view = RunsView::select(runs, RunFilter::from_pairs([("page", "2")]), Timestamp(1_000));
+        let view = RunsView::select(
+            runs,
+            RunFilter::from_pairs([("page", "2")]),
+            Timestamp(1_000),
+        );
         assert_eq!(view.pages, 2);
         assert_eq!(view.rows.len(), 3);
         assert_eq!(view.rows[0].workflow_id, "w2", "page 2 holds the oldest");
@@ -349,20 +394,35 @@ mod tests {
         let filter = RunFilter::from_pairs([("since", "25s")]);
         let view = RunsView::select(runs, filter, Timestamp(40_000));
         let ids: Vec<&str> = view.rows.iter().map(|r| r.workflow_id.as_str()).collect();
-        assert_eq!(ids, ["order-2", "other"].iter().rev().copied().collect::<Vec<_>>());
+        assert_eq!(
+            ids,
+            ["order-2", "other"]
+                .iter()
+                .rev()
+                .copied()
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]
     fn a_hostile_workflow_id_is_shown_as_text() {
         let runs = vec![run("<script>alert(1)</script>", RunStatus::Running, 1)];
-        let html = runs_page(&RunsView::select(runs, RunFilter::from_pairs([]), Timestamp(2)));
+        let html = runs_page(&RunsView::select(
+            runs,
+            RunFilter::from_pairs([]),
+            Timestamp(2),
+        ));
         assert!(!html.contains("<script>alert(1)"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     }
 
     #[test]
     fn a_bad_time_filter_is_reported_not_ignored() {
-        let view = RunsView::select(vec![], RunFilter::from_pairs([("since", "yesterday-ish")]), Timestamp(0));
+        let view = RunsView::select(
+            vec![],
+            RunFilter::from_pairs([("since", "yesterday-ish")]),
+            Timestamp(0),
+        );
         assert!(view.error.unwrap().contains("yesterday-ish"));
     }
 }

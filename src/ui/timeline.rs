@@ -18,7 +18,9 @@ use super::html::{cut, duration_ms, escape};
 /// Width of the lane labels' column.
 pub const LABEL_WIDTH_PX: u64 = 230;
 /// Width of the plot at zoom 1.
-pub const PLOT_WIDTH_PX: u64 = 760;
+pub const PLOT_WIDTH_PX: u64 = 940;
+/// Room right of the plot for the last tick's label.
+pub const RIGHT_MARGIN_PX: u64 = 50;
 /// Height of one lane.
 pub const LANE_HEIGHT_PX: u64 = 24;
 /// Height of a bar inside its lane.
@@ -196,18 +198,26 @@ impl Lanes {
 /// A workflow task's bar, drawn when it closes (scheduled, started, closed).
 fn workflow_task_item(event: &Event, times: &BTreeMap<u64, &Event>) -> Option<Item> {
     let (scheduled, started, class, how) = match &event.kind {
-        EventKind::WorkflowTaskCompleted(a) => {
-            (a.scheduled_event_id, a.started_event_id, "completed", "completed")
-        }
+        EventKind::WorkflowTaskCompleted(a) => (
+            a.scheduled_event_id,
+            a.started_event_id,
+            "completed",
+            "completed",
+        ),
         EventKind::WorkflowTaskFailed(a) => {
             (a.scheduled_event_id, a.started_event_id, "failed", "failed")
         }
-        EventKind::WorkflowTaskTimedOut(a) => {
-            (a.scheduled_event_id, a.started_event_id, "timed-out", "timed out")
-        }
+        EventKind::WorkflowTaskTimedOut(a) => (
+            a.scheduled_event_id,
+            a.started_event_id,
+            "timed-out",
+            "timed out",
+        ),
         _ => return None,
     };
-    let scheduled_at = times.get(&scheduled).map_or(event.event_time, |e| e.event_time);
+    let scheduled_at = times
+        .get(&scheduled)
+        .map_or(event.event_time, |e| e.event_time);
     let started_at = times.get(&started).map_or(scheduled_at, |e| e.event_time);
     let identity = match times.get(&started).map(|e| &e.kind) {
         Some(EventKind::WorkflowTaskStarted(s)) => s.identity.as_str(),
@@ -224,7 +234,10 @@ fn workflow_task_item(event: &Event, times: &BTreeMap<u64, &Event>) -> Option<It
             start: scheduled_at,
             end: started_at,
             class: "queued",
-            title: format!("waited {}", duration_ms(started_at.millis_since(scheduled_at))),
+            title: format!(
+                "waited {}",
+                duration_ms(started_at.millis_since(scheduled_at))
+            ),
         },
         Segment {
             start: started_at,
@@ -431,7 +444,7 @@ pub fn render(timeline: &Timeline, zoom: u32) -> String {
     };
     let lanes = timeline.lanes.len() as u64;
     let height_px = AXIS_HEIGHT_PX + lanes * LANE_HEIGHT_PX + 4;
-    let total_px = LABEL_WIDTH_PX + width_px + 10;
+    let total_px = LABEL_WIDTH_PX + width_px + RIGHT_MARGIN_PX;
     let mut out = format!(
         "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{total_px}\" \
          height=\"{height_px}\" viewBox=\"0 0 {total_px} {height_px}\" role=\"group\" \
