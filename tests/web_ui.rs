@@ -6,6 +6,9 @@
 //! are skipped; with RETRACE_REQUIRE_BROWSER=1 (as CI sets) that is a failure.
 //! RETRACE_UI_SCREENSHOTS=DIR keeps the pages' screenshots in DIR (the ones
 //! in docs/ui/ come from `RETRACE_UI_SCREENSHOTS=docs/ui`).
+// A real browser runs on the wall clock: waiting for it (bounded tries, no
+// timing asserted) needs tokio's timer, not the Env's.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 #[path = "web_ui/webdriver.rs"]

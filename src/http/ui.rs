@@ -54,10 +54,13 @@ pub const TOKEN_COOKIE: &str = "retrace_token";
 /// Who the UI's actions are signed by in histories.
 pub const UI_IDENTITY: &str = "retrace-ui";
 
-/// Pollers the server has seen, by (queue, kind, identity).
+/// A poller's key: (task queue, `workflow` or `activity`, identity).
+type PollerKey = (String, &'static str, String);
+
+/// Pollers the server has seen: when each last polled, the types it serves.
 #[derive(Debug, Default)]
 pub(super) struct PollerLog {
-    seen: Mutex<BTreeMap<(String, &'static str, String), (Timestamp, Vec<String>)>>,
+    seen: Mutex<BTreeMap<PollerKey, (Timestamp, Vec<String>)>>,
 }
 
 impl PollerLog {
@@ -92,7 +95,7 @@ impl PollerLog {
             });
         }
         for pollers in out.values_mut() {
-            pollers.sort_by(|a, b| b.last_poll.cmp(&a.last_poll));
+            pollers.sort_by_key(|p| std::cmp::Reverse(p.last_poll));
         }
         out
     }

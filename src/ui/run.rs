@@ -412,3 +412,101 @@ pub fn history_table(events: &[Event], anchor_prefix: &str, full: bool) -> Strin
     out.push_str("</tbody></table></div>");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::env::RunStatus;
+    use crate::history::HistoryBuilder;
+
+    fn view(workflow_id: &str, events: Vec<Event>, status: RunStatus) -> RunView {
+        RunView {
+            description: RunDescription {
+                workflow_id: workflow_id.to_string(),
+                run_id: "r1".to_string(),
+                workflow_type: "greet".to_string(),
+                task_queue: "q".to_string(),
+                status,
+                start_time: Timestamp(1_000),
+                close_time: None,
+                history_length: events.len() as u64,
+                pending_activities: Vec::new(),
+                pending_timers: Vec::new(),
+                workflow_task: None,
+                last_workflow_task_failure: None,
+                cancel_requested: false,
+            },
+            events,
+            history_cut: false,
+            view: HistoryView::Compact,
+            zoom: 1,
+            now: Timestamp(5_000),
+            flash: None,
+        }
+    }
+
+    #[test]
+    fn hostile_ids_payloads_and_failures_are_shown_as_text() {
+        let hostile = "<script>alert(1)</script>";
+        let mut b = HistoryBuilder::for_run(hostile, "r1", "greet", json!({"x": hostile}));
+        b.add_full_workflow_task();
+        let failure = Failure::new("<b>Type</b>", hostile);
+        b.add_workflow_execution_failed(failure);
+        let html = run_page(&view(
+            hostile,
+            b.build().events().to_vec(),
+            RunStatus::Failed,
+        ));
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(!html.contains("<b>Type</b>"));
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(
+            html.contains("<h2>Failure</h2><ol class=\"chain\"><li><b>&lt;b&gt;Type&lt;/b&gt;</b>")
+        );
+    }
+
+    #[test]
+    fn a_closed_run_has_no_action_forms_and_an_open_one_has_all_four() {
+        let mut b = HistoryBuilder::new("greet", json!(null));
+        b.add_full_workflow_task();
+        let open = run_page(&view(
+            "w",
+            b.history().events().to_vec(),
+            RunStatus::Running,
+        ));
+        for form in ["signal", "query", "cancel", "terminate"] {
+            assert!(open.contains(&format!("action=\"/run/{form}\"")), "{form}");
+        }
+        b.add_workflow_execution_completed(json!("done"));
+        let closed = run_page(&view(
+            "w",
+            b.build().events().to_vec(),
+            RunStatus::Completed,
+        ));
+        assert!(!closed.contains("method=\"post\""));
+        assert!(closed.contains("<pre id=\"result\">&quot;done&quot;</pre>"));
+    }
+
+    #[test]
+    fn the_full_view_unfolds_every_event_and_the_compact_view_none() {
+        let mut b = HistoryBuilder::new("greet", json!(null));
+        b.add_full_workflow_task();
+        let events = b.build().events().to_vec();
+        assert_eq!(
+            history_table(&events, "", true)
+                .matches("<details class=\"event\" id=\"d")
+                .count(),
+            4
+        );
+        assert_eq!(
+            history_table(&events, "", true).matches(" open>").count(),
+            4
+        );
+        assert_eq!(
+            history_table(&events, "", false).matches(" open>").count(),
+            0
+        );
+    }
+}

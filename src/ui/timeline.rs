@@ -574,3 +574,121 @@ svg.timeline .point.cancel,svg.timeline .point.fault{fill:#cf222e}
 svg.timeline .point.start,svg.timeline .point.close{fill:#24292f}
 svg.timeline a:focus rect,svg.timeline a:focus circle,svg.timeline a:hover rect,svg.timeline a:hover circle{stroke:#0969da;stroke-width:2}
 "#;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::history::{ActivityTaskCompleted, HistoryBuilder};
+    use crate::types::Failure;
+
+    /// A run: a workflow task, an activity that succeeded on its third
+    /// attempt, a timer still running, a signal.
+    fn history() -> Vec<Event> {
+        let mut b = HistoryBuilder::new("greet", json!("ana"));
+        b.add_full_workflow_task();
+        let scheduled = b.add_activity_scheduled("1", "<send>", json!(null));
+        b.advance_ms(900);
+        let failure = Failure::new("Busy", "mail server busy");
+        let started = b.add_activity_started(scheduled, 3, Some(failure));
+        b.advance_ms(100);
+        b.add(EventKind::ActivityTaskCompleted(ActivityTaskCompleted {
+            scheduled_event_id: scheduled,
+            started_event_id: started,
+            result: json!("sent"),
+            identity: "worker".to_string(),
+        }));
+        b.add_full_workflow_task();
+        b.add_timer_started("t1", 60_000);
+        b.add_signal("approve", json!(null));
+        b.build().events().to_vec()
+    }
+
+    #[test]
+    fn an_activity_bar_holds_its_earlier_attempts_and_backoffs_then_its_last_attempt() {
+        let lanes = history_lanes(&history(), "");
+        let activity = lanes
+            .iter()
+            .find(|l| l.class == "activity")
+            .expect("an activity lane");
+        let bar = &activity.items[0];
+        assert_eq!(bar.class, "completed");
+        let classes: Vec<&str> = bar.segments.iter().map(|s| s.class).collect();
+        assert_eq!(classes, ["retrying", "running"]);
+        assert!(
+            bar.segments[0].title.contains("attempts 1-2"),
+            "{}",
+            bar.segments[0].title
+        );
+        assert!(bar.segments[0].title.contains("mail server busy"));
+        assert_eq!(bar.segments[1].end.millis_since(bar.segments[1].start), 100);
+    }
+
+    #[test]
+    fn an_open_timer_runs_to_now_and_signals_are_points() {
+        let events = history();
+        let last = events.last().expect("events").event_time;
+        let now = last.plus_ms(5_000);
+        let timeline = Timeline::new(history_lanes(&events, ""), Some(now));
+        assert_eq!(
+            timeline.end, now,
+            "the open timer stretches the span to now"
+        );
+        assert_eq!(timeline.bars_in("timer"), 1);
+        assert_eq!(timeline.bars_in("activity"), 1);
+        assert_eq!(timeline.bars_in("workflow-task"), 2);
+        let points = timeline
+            .lanes
+            .iter()
+            .find(|l| l.class == "points")
+            .expect("points");
+        assert!(
+            points
+                .items
+                .iter()
+                .any(|i| i.class == "signal" && i.end.is_none())
+        );
+    }
+
+    #[test]
+    fn the_svg_escapes_labels_and_links_every_bar_to_its_event() {
+        let events = history();
+        let svg = render(&Timeline::new(history_lanes(&events, "r0-"), None), 1);
+        assert!(
+            svg.contains("&lt;send&gt;") && !svg.contains("<send>"),
+            "{svg}"
+        );
+        let closing = events
+            .iter()
+            .find(|e| e.kind.name() == "ActivityTaskCompleted")
+            .expect("closed");
+        assert!(svg.contains(&format!("href=\"#r0-e{}\"", closing.event_id)));
+        assert_eq!(
+            svg.matches("data-bar=\"1\"").count(),
+            4,
+            "2 workflow tasks, 1 activity, 1 timer"
+        );
+    }
+
+    #[test]
+    fn zoom_widens_the_plot_and_is_bounded() {
+        let timeline = Timeline::new(history_lanes(&history(), ""), None);
+        let width = |zoom| {
+            let svg = render(&timeline, zoom);
+            let start = svg.find("width=\"").expect("a width") + 7;
+            svg[start..]
+                .split('"')
+                .next()
+                .expect("a number")
+                .parse::<u64>()
+                .expect("digits")
+        };
+        assert_eq!(width(1), LABEL_WIDTH_PX + PLOT_WIDTH_PX + RIGHT_MARGIN_PX);
+        assert_eq!(
+            width(4),
+            LABEL_WIDTH_PX + 4 * PLOT_WIDTH_PX + RIGHT_MARGIN_PX
+        );
+        assert_eq!(width(1_000), width(ZOOM_MAX));
+    }
+}
