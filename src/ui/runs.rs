@@ -394,14 +394,7 @@ mod tests {
         let filter = RunFilter::from_pairs([("since", "25s")]);
         let view = RunsView::select(runs, filter, Timestamp(40_000));
         let ids: Vec<&str> = view.rows.iter().map(|r| r.workflow_id.as_str()).collect();
-        assert_eq!(
-            ids,
-            ["order-2", "other"]
-                .iter()
-                .rev()
-                .copied()
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(ids, ["other", "order-2"], "newest first");
     }
 
     #[test]

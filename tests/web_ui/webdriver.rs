@@ -1,6 +1,7 @@
 //! A small W3C WebDriver client over reqwest, driving headless Chromium
 //! through chromedriver: just what the UI tests use.
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -54,10 +55,12 @@ impl Browser {
                 )
             }
             _ => {
-                eprintln!(
-                    "\n\n*** SKIPPED: the Web UI browser tests need chromium and chromedriver \
-                           (apt-get install -y chromium chromium-driver); set RETRACE_REQUIRE_BROWSER=1 \
-                           to make their absence a failure ***\n"
+                // Written to the process's stderr, past the test harness's capture.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** SKIPPED: the Web UI browser tests need chromium and chromedriver \
+                     (apt-get install -y chromium chromium-driver); set RETRACE_REQUIRE_BROWSER=1 \
+                     to make their absence a failure ***\n"
                 );
                 None
             }
