@@ -211,6 +211,21 @@ pub struct RunDescription {
     pub last_workflow_task_failure: Option<Failure>,
     /// A cancel was requested.
     pub cancel_requested: bool,
+    /// Signals received while a workflow task ran, not yet in the history
+    /// (written after the task closes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buffered_signals: Vec<BufferedSignal>,
+}
+
+/// A signal waiting to be written to a run's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BufferedSignal {
+    /// Signal name.
+    pub signal_name: String,
+    /// Payload.
+    pub input: Value,
+    /// Who sent it.
+    pub identity: String,
 }
 
 /// List runs.

@@ -533,3 +533,88 @@ async fn the_history_download_is_the_canonical_json() -> anyhow::Result<()> {
     assert_eq!(History::from_json(&body)?.len(), history.len());
     Ok(())
 }
+
+/// `POST /api/v1/{method}` with a JSON body: the reply.
+async fn api(
+    url: &str,
+    method: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let reply = reqwest::Client::new()
+        .post(format!("{url}/api/v1/{method}"))
+        .body(body.to_string())
+        .send()
+        .await?;
+    anyhow::ensure!(reply.status().is_success(), "{method}: {}", reply.status());
+    Ok(serde_json::from_slice(&reply.bytes().await?)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_received_while_a_workflow_task_runs_shows_as_buffered() -> anyhow::Result<()> {
+    let app = App::start(None).await?;
+    let url = app.server.url();
+    let start = serde_json::json!({"workflow_id": "by-hand-1", "workflow_type": "greet",
+        "task_queue": "by-hand", "input": "x", "request_id": "start-1"});
+    api(&url, "StartWorkflow", start).await?;
+    let poll = serde_json::json!({"task_queue": "by-hand", "identity": "a hand"});
+    let task = api(&url, "PollWorkflowTask", poll).await?;
+    assert!(
+        task.to_string().contains("task_token"),
+        "the task is taken: {task}"
+    );
+    let signal = serde_json::json!({"workflow_id": "by-hand-1", "signal_name": "approve",
+        "input": "<b>early</b>", "request_id": "signal-1", "identity": "ops"});
+    api(&url, "SignalWorkflow", signal).await?;
+    let (status, page, _) = get(&format!("{url}/run?id=by-hand-1"), None).await?;
+    assert_eq!(status, 200);
+    assert!(page.contains("<h2>Buffered signals</h2>"), "{page}");
+    assert!(
+        page.contains("&quot;&lt;b&gt;early&lt;/b&gt;&quot;"),
+        "the input, escaped"
+    );
+    let signaled = app.client(None)?.history("by-hand-1", None).await?;
+    let in_history = signaled
+        .events()
+        .iter()
+        .any(|e| e.kind.name() == "WorkflowExecutionSignaled");
+    assert!(!in_history, "not in the history yet");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_answers_on_the_page_and_terminate_needs_its_confirmation() -> anyhow::Result<()> {
+    let app = App::start(None).await?;
+    app.seed(None).await?;
+    let url = app.server.url();
+    let own = [("sec-fetch-site", "same-origin"), ("origin", url.as_str())];
+    let (status, page, _) = post_form(
+        &format!("{url}/run/query"),
+        "id=greeter-1&name=status&args=",
+        &own,
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Query status answered: &quot;waiting&quot;"),
+        "{page}"
+    );
+    let terminate = format!("{url}/run/terminate");
+    let (_, page, _) = post_form(&terminate, "id=greeter-1&reason=tests", &own).await?;
+    assert!(
+        page.contains("tick the box to confirm the termination"),
+        "{page}"
+    );
+    let client = app.client(None)?;
+    let running = client.describe("greeter-1", None).await?.status;
+    assert_eq!(
+        running,
+        retrace::env::RunStatus::Running,
+        "not terminated unconfirmed"
+    );
+    let (status, _, _) =
+        post_form(&terminate, "id=greeter-1&reason=tests&confirm=yes", &own).await?;
+    assert_eq!(status, 303);
+    let status = client.describe("greeter-1", None).await?.status;
+    assert_eq!(status, retrace::env::RunStatus::Terminated);
+    Ok(())
+}

@@ -1122,5 +1122,17 @@ fn describe(state: &RunState) -> RunDescription {
         workflow_task: state.workflow_task.name().map(str::to_string),
         last_workflow_task_failure: state.last_workflow_task_failure.clone(),
         cancel_requested: state.cancel_requested,
+        buffered_signals: state
+            .buffered
+            .iter()
+            .filter_map(|kind| match kind {
+                crate::history::EventKind::WorkflowExecutionSignaled(a) => Some(BufferedSignal {
+                    signal_name: a.signal_name.clone(),
+                    input: a.input.clone(),
+                    identity: a.identity.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
     }
 }

@@ -282,6 +282,23 @@ fn pending(d: &RunDescription, now: Timestamp) -> String {
         }
         out.push_str("</tbody></table></div>");
     }
+    if !d.buffered_signals.is_empty() {
+        out.push_str(
+            "<h2>Buffered signals</h2><p class=\"muted\">Received while a workflow task ran; \
+             written to the history when it closes.</p><div class=\"scroll\"><table><thead><tr>\
+             <th>Name</th><th>Input</th><th>Sent by</th></tr></thead><tbody>",
+        );
+        for signal in &d.buffered_signals {
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                escape(&signal.signal_name),
+                short_json(&signal.input),
+                escape(&signal.identity)
+            );
+        }
+        out.push_str("</tbody></table></div>");
+    }
     if !d.pending_timers.is_empty() {
         out.push_str("<h2>Pending timers</h2><div class=\"scroll\"><table><thead><tr><th>Id</th><th>Fires at</th><th>In</th></tr></thead><tbody>");
         for t in &d.pending_timers {
@@ -437,6 +454,7 @@ mod tests {
                 workflow_task: None,
                 last_workflow_task_failure: None,
                 cancel_requested: false,
+                buffered_signals: Vec::new(),
             },
             events,
             history_cut: false,

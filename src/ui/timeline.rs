@@ -178,6 +178,10 @@ pub fn history_lanes(events: &[Event], anchor_prefix: &str) -> Vec<Lane> {
 }
 
 impl Lanes {
+    /// Workflow tasks first, then activities, timers and children in the
+    /// order they were scheduled, then the points: signals, markers, and the
+    /// run's own start, cancel request and close (each on its own lane, so
+    /// a signal just before the close stays visible).
     fn into_vec(self) -> Vec<Lane> {
         let mut out = vec![Lane {
             label: "workflow tasks".to_string(),
@@ -186,11 +190,25 @@ impl Lanes {
         }];
         let scheduled = self.by_schedule.into_values();
         out.extend(scheduled.take(HISTORY_LANES_MAX));
-        out.push(Lane {
-            label: "signals, markers, run".to_string(),
-            class: "points",
-            items: self.points,
-        });
+        let point_lanes = [("signals", "signal"), ("markers", "marker"), ("run", "")];
+        for (label, class) in point_lanes {
+            let items: Vec<Item> = self
+                .points
+                .iter()
+                .filter(|p| {
+                    p.class == class
+                        || (class.is_empty() && !["signal", "marker"].contains(&p.class))
+                })
+                .cloned()
+                .collect();
+            if !items.is_empty() || label == "run" {
+                out.push(Lane {
+                    label: label.to_string(),
+                    class: "points",
+                    items,
+                });
+            }
+        }
         out
     }
 }
@@ -641,8 +659,8 @@ mod tests {
         let points = timeline
             .lanes
             .iter()
-            .find(|l| l.class == "points")
-            .expect("points");
+            .find(|l| l.label == "signals")
+            .expect("a signals lane");
         assert!(
             points
                 .items
