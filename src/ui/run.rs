@@ -316,7 +316,8 @@ fn pending(d: &RunDescription, now: Timestamp) -> String {
 }
 
 fn timeline_section(view: &RunView) -> String {
-    let lanes = timeline::history_lanes(&view.events, "");
+    let mut lanes = timeline::history_lanes(&view.events, "");
+    show_pending_activities(&mut lanes, &view.description, view.now);
     let open = !view.description.status.is_closed();
     let timeline = Timeline::new(lanes, open.then_some(view.now));
     let mut zooms = String::new();
@@ -339,6 +340,44 @@ fn timeline_section(view: &RunView) -> String {
          then the last attempt.</span></div><div class=\"timeline-wrap\" tabindex=\"0\">{}</div></section>",
         timeline::render(&timeline, view.zoom)
     )
+}
+
+/// What `describe` knows of an open activity, on its open bar: the attempt,
+/// the last failure and the next retry (an activity retrying draws its
+/// attempts so far as a dashed part).
+fn show_pending_activities(lanes: &mut [timeline::Lane], d: &RunDescription, now: Timestamp) {
+    for pending in &d.pending_activities {
+        let label = format!("{} · {}", pending.activity_type, pending.activity_id);
+        let lane = lanes
+            .iter_mut()
+            .find(|l| l.class == "activity" && l.label == label);
+        let Some(item) = lane.and_then(|l| l.items.first_mut()).filter(|i| i.open) else {
+            continue;
+        };
+        let _ = write!(
+            item.title,
+            "; {} attempt {}",
+            pending.state, pending.attempt
+        );
+        if let Some(failure) = &pending.last_failure {
+            let _ = write!(
+                item.title,
+                "; last failure {}: {}",
+                failure.failure_type, failure.message
+            );
+        }
+        if let Some(next) = pending.next_attempt_time {
+            let _ = write!(item.title, "; next attempt at {next}");
+        }
+        if pending.attempt > 1 {
+            item.segments.push(timeline::Segment {
+                start: item.start,
+                end: now,
+                class: "retrying",
+                title: item.title.clone(),
+            });
+        }
+    }
 }
 
 fn actions(view: &RunView) -> String {
@@ -526,5 +565,50 @@ mod tests {
             history_table(&events, "", false).matches(" open>").count(),
             0
         );
+    }
+
+    #[test]
+    fn an_activity_still_retrying_shows_its_attempt_last_failure_and_next_retry_on_its_bar() {
+        let mut b = HistoryBuilder::new("greet", json!(null));
+        b.add_full_workflow_task();
+        b.add_activity_scheduled("1", "send", json!(null));
+        let events = b.build().events().to_vec();
+        let last = events.last().expect("events").event_time;
+        let mut run = view("w", events, RunStatus::Running);
+        run.now = last.plus_ms(5_000);
+        run.description.pending_activities.push(PendingActivity {
+            activity_id: "1".to_string(),
+            activity_type: "send".to_string(),
+            state: "BackingOff".to_string(),
+            attempt: 3,
+            last_failure: Some(Failure::new("Busy", "mail server busy")),
+            heartbeat_details: None,
+            last_heartbeat_time: None,
+            next_attempt_time: Some(last.plus_ms(9_000)),
+            worker_identity: None,
+        });
+        let html = run_page(&run);
+        let svg = &html[html.find("<svg").expect("a timeline")..];
+        assert!(
+            svg.contains("BackingOff attempt 3; last failure Busy: mail server busy"),
+            "{svg}"
+        );
+        assert!(svg.contains("class=\"segment retrying\""), "{svg}");
+        assert!(
+            html.contains("(in 4.0s)"),
+            "the next retry in the pending table"
+        );
+    }
+
+    #[test]
+    fn a_workflow_task_not_closed_yet_is_an_open_bar() {
+        let mut b = HistoryBuilder::new("greet", json!(null));
+        b.add_workflow_task_scheduled();
+        let events = b.build().events().to_vec();
+        let timeline = Timeline::new(
+            timeline::history_lanes(&events, ""),
+            Some(Timestamp(u64::MAX / 2)),
+        );
+        assert_eq!(timeline.bars_in("workflow-task"), 1);
     }
 }

@@ -158,9 +158,13 @@ struct Lanes {
 pub fn history_lanes(events: &[Event], anchor_prefix: &str) -> Vec<Lane> {
     let mut lanes = Lanes::default();
     let times: BTreeMap<u64, &Event> = events.iter().map(|e| (e.event_id, e)).collect();
+    let mut open_task: Option<&Event> = None;
     for event in events {
         let href = Some(format!("#{anchor_prefix}e{}", event.event_id));
-        if let Some(mut item) = workflow_task_item(event, &times) {
+        if let EventKind::WorkflowTaskScheduled(_) = &event.kind {
+            open_task = Some(event);
+        } else if let Some(mut item) = workflow_task_item(event, &times) {
+            open_task = None;
             item.href = href;
             lanes.workflow_tasks.push(item);
         } else if let Some((scheduled, lane)) = scheduled_lane(event, href.clone()) {
@@ -173,6 +177,17 @@ pub fn history_lanes(events: &[Event], anchor_prefix: &str) -> Vec<Lane> {
             point.href = href;
             lanes.points.push(point);
         }
+    }
+    let closed = events.last().is_some_and(|e| e.kind.is_terminal());
+    if let Some(scheduled) = open_task.filter(|_| !closed) {
+        let title = format!(
+            "workflow task (event {}) not closed yet",
+            scheduled.event_id
+        );
+        let mut item = Item::point(scheduled.event_time, "pending", title);
+        item.open = true;
+        item.href = Some(format!("#{anchor_prefix}e{}", scheduled.event_id));
+        lanes.workflow_tasks.push(item);
     }
     lanes.into_vec()
 }
@@ -291,7 +306,7 @@ fn scheduled_lane(event: &Event, href: Option<String>) -> Option<(u64, Lane)> {
         ),
         _ => return None,
     };
-    let mut item = Item::point(event.event_time, "open", title);
+    let mut item = Item::point(event.event_time, "pending", title);
     item.open = true;
     item.href = href;
     let lane = Lane {
