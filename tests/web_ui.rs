@@ -281,6 +281,13 @@ async fn signal_from_the_page(page: &Session) -> anyhow::Result<()> {
         result.contains("sent hello ana!, approved by ana's boss"),
         "{result}"
     );
+    wait_for_text(page, "h1", "Completed").await?;
+    wait_for_text(page, "table.history", "WorkflowExecutionCompleted").await?;
+    assert_eq!(
+        count(page, "#actions").await?,
+        0,
+        "a closed run offers no actions"
+    );
     Ok(())
 }
 
@@ -616,5 +623,40 @@ async fn a_query_answers_on_the_page_and_terminate_needs_its_confirmation() -> a
     assert_eq!(status, 303);
     let status = client.describe("greeter-1", None).await?.status;
     assert_eq!(status, retrace::env::RunStatus::Terminated);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_live_refresh_shows_the_run_completing_without_a_reload() -> anyhow::Result<()>
+{
+    let Some(browser) = Browser::installed() else {
+        return Ok(());
+    };
+    let app = App::start(None).await?;
+    app.seed(None).await?;
+    let temp = tempfile::tempdir()?;
+    let driver = Driver::start(&browser).await?;
+    let page = driver
+        .session(&browser, &temp.path().join("profile"), true)
+        .await?;
+    page.goto(&format!("{}/run?id=greeter-1", app.server.url()))
+        .await?;
+    wait_for_text(&page, "h1", "Running").await?;
+    page.execute("window.notReloaded = true; return null")
+        .await?;
+    let client = app.client(None)?;
+    client
+        .signal("greeter-1", None, "approve", "from the API")
+        .await?;
+    wait_for_text(&page, "h1", "Completed").await?;
+    wait_for_text(&page, "#result", "approved by from the API").await?;
+    let same_page = page.execute("return window.notReloaded === true").await?;
+    assert_eq!(same_page, true, "the page updated in place");
+    assert_eq!(
+        count(&page, "#actions").await?,
+        0,
+        "the actions went with the run"
+    );
+    page.close().await?;
     Ok(())
 }

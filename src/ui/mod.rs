@@ -83,25 +83,29 @@ ol.chain{margin:4px 0;padding-left:20px}
  th.wide,td.wide,table.history th:nth-child(2),table.history td:nth-child(2){display:none}}
 "#;
 
-/// Live refresh: while `#live` is checked, reloads `#live-region` in place
-/// (the forms outside it keep what is typed in them).
+/// Live refresh: while `#live` is checked, re-fetches the page and swaps
+/// each element marked `data-live` for its fresh copy (by id) when it
+/// changed, or removes it when the fresh page has none (a closed run's
+/// actions). Forms are swapped only when their markup changed, so what is
+/// typed in them survives.
 const PAGE_JS: &str = r#"
 (function(){
   var box=document.getElementById('live');
-  var region=document.getElementById('live-region');
-  if(!box||!region)return;
+  if(!box)return;
   box.closest('.live-toggle').hidden=false;
   setInterval(function(){
     if(!box.checked||document.hidden)return;
     fetch(location.href,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null}).then(function(t){
       if(!t)return;
       var doc=new DOMParser().parseFromString(t,'text/html');
-      var fresh=doc.getElementById('live-region');
-      if(fresh&&fresh.innerHTML!==region.innerHTML){
-        var open=[].map.call(region.querySelectorAll('details[open]'),function(d){return d.id});
-        region.innerHTML=fresh.innerHTML;
+      [].forEach.call(document.querySelectorAll('[data-live]'),function(el){
+        var fresh=doc.getElementById(el.id);
+        if(!fresh){el.remove();return}
+        if(fresh.innerHTML===el.innerHTML)return;
+        var open=[].map.call(el.querySelectorAll('details[open]'),function(d){return d.id});
+        el.innerHTML=fresh.innerHTML;
         open.forEach(function(id){var d=id&&document.getElementById(id);if(d)d.open=true});
-      }
+      });
     }).catch(function(){});
   },REFRESH_MS);
 })();

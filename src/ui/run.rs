@@ -73,7 +73,7 @@ impl RunView {
 pub fn run_page(view: &RunView) -> String {
     let d = &view.description;
     let mut body = format!(
-        "<p class=\"muted\"><a href=\"/\">Runs</a> / {}</p><h1>{} {}</h1>",
+        "<p class=\"muted\"><a href=\"/\">Runs</a> / {}</p><h1 id=\"live-head\" data-live>{} {}</h1>",
         escape(&d.workflow_type),
         escape(&d.workflow_id),
         status_badge(d.status)
@@ -83,7 +83,7 @@ pub fn run_page(view: &RunView) -> String {
     }
     let _ = write!(
         body,
-        "<div class=\"toolbar\">{}<a href=\"{}\">Refresh</a></div><div id=\"live-region\">",
+        "<div class=\"toolbar\">{}<a href=\"{}\">Refresh</a></div><div id=\"live-region\" data-live>",
         live_toggle(),
         escape(&view.href(view.view, view.zoom))
     );
@@ -387,7 +387,7 @@ fn actions(view: &RunView) -> String {
         escape(&view.description.run_id)
     );
     format!(
-        "<section aria-label=\"actions\"><h2>Actions</h2><div class=\"actions\">\
+        "<section id=\"actions\" data-live aria-label=\"actions\"><h2>Actions</h2><div class=\"actions\">\
          <form method=\"post\" action=\"/run/signal\" id=\"signal-form\"><h3>Signal</h3>{hidden}\
          <label for=\"signal-name\">Name</label><input id=\"signal-name\" name=\"name\" required>\
          <label for=\"signal-input\">Input (JSON)</label><textarea id=\"signal-input\" name=\"input\" rows=\"2\">null</textarea>\
@@ -421,7 +421,7 @@ fn history_section(view: &RunView) -> String {
         HistoryView::Full
     };
     let mut out = format!(
-        "<section id=\"history\" aria-label=\"event history\"><h2>Event history</h2><div class=\"toolbar\">\
+        "<section id=\"history\" data-live aria-label=\"event history\"><h2>Event history</h2><div class=\"toolbar\">\
          <a href=\"{}#history\">{} view</a><a href=\"/run/history.json{}\" download>Download JSON</a>\
          <span class=\"muted\">{} events</span></div>",
         escape(&view.href(other, view.zoom)),

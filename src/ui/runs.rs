@@ -185,7 +185,7 @@ pub fn runs_page(view: &RunsView) -> String {
     body.push_str(&filters_form(view));
     let _ = write!(
         body,
-        "<div class=\"toolbar\">{}<a href=\"{}\">Refresh</a></div><div id=\"live-region\">",
+        "<div class=\"toolbar\">{}<a href=\"{}\">Refresh</a></div><div id=\"live-region\" data-live>",
         live_toggle(),
         escape(&view.filter.href(view.filter.status, view.filter.page))
     );
