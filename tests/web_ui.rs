@@ -660,3 +660,52 @@ async fn in_a_browser_live_refresh_shows_the_run_completing_without_a_reload() -
     page.close().await?;
     Ok(())
 }
+
+/// WebDriver's key codes.
+const TAB: char = '\u{E004}';
+const ENTER: char = '\u{E007}';
+/// Tab presses a test allows to reach an element.
+const TABS_MAX: usize = 60;
+
+/// Presses Tab until the focused element matches `css`.
+async fn tab_to(page: &Session, css: &str) -> anyhow::Result<()> {
+    let script = format!("return document.activeElement.matches({css:?})");
+    for _ in 0..TABS_MAX {
+        page.press(TAB).await?;
+        if page.execute(&script).await? == true {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("{TABS_MAX} Tab presses never reached {css}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_the_keyboard_alone_opens_a_run_and_reaches_its_timeline_and_forms()
+-> anyhow::Result<()> {
+    let Some(browser) = Browser::installed() else {
+        return Ok(());
+    };
+    let app = App::start(None).await?;
+    app.seed(None).await?;
+    let temp = tempfile::tempdir()?;
+    let driver = Driver::start(&browser).await?;
+    let page = driver
+        .session(&browser, &temp.path().join("profile"), true)
+        .await?;
+    page.goto(&format!("{}/", app.server.url())).await?;
+    tab_to(&page, "a.skip").await?;
+    tab_to(&page, "td.id a[href*='id=greeter-1']").await?;
+    page.press(ENTER).await?;
+    wait_for_text(&page, "h1", "greeter-1").await?;
+    tab_to(&page, "svg.timeline a").await?;
+    let focused = page
+        .execute("return document.activeElement.querySelector('title').textContent")
+        .await?;
+    assert!(
+        focused.as_str().is_some_and(|t| !t.is_empty()),
+        "a focused bar says what it is: {focused}"
+    );
+    tab_to(&page, "#signal-name").await?;
+    page.close().await?;
+    Ok(())
+}

@@ -289,6 +289,15 @@ impl Session {
             .to_string())
     }
 
+    /// Presses and releases one key (a WebDriver key code: Tab is `\u{E004}`).
+    pub async fn press(&self, key: char) -> anyhow::Result<()> {
+        let key = key.to_string();
+        let actions = json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+            {"type": "keyDown", "value": key}, {"type": "keyUp", "value": key}]}]});
+        self.post("/actions", actions).await?;
+        Ok(())
+    }
+
     /// Runs `script` in the page and returns what it returns.
     pub async fn execute(&self, script: &str) -> anyhow::Result<Value> {
         self.post("/execute/sync", json!({"script": script, "args": []}))
