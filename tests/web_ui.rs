@@ -709,3 +709,30 @@ async fn in_a_browser_the_keyboard_alone_opens_a_run_and_reaches_its_timeline_an
     page.close().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_carry_a_policy_that_runs_only_the_uis_own_script_and_style() -> anyhow::Result<()> {
+    let app = App::start(None).await?;
+    let url = app.server.url();
+    let (status, body, headers) = get(&format!("{url}/"), None).await?;
+    assert_eq!(status, 200);
+    let policy = headers
+        .get("content-security-policy")
+        .context("a policy")?
+        .to_str()?;
+    assert!(
+        policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"),
+        "{policy}"
+    );
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    assert!(
+        !body.contains("<script>") && !body.contains("<style>"),
+        "no inline code: {body}"
+    );
+    for asset in ["/assets/retrace.css", "/assets/retrace.js"] {
+        let (status, text, _) = get(&format!("{url}{asset}"), None).await?;
+        assert_eq!(status, 200, "{asset}");
+        assert!(!text.is_empty());
+    }
+    Ok(())
+}

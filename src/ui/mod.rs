@@ -111,19 +111,34 @@ const PAGE_JS: &str = r#"
 })();
 "#;
 
+/// Where the server serves [`stylesheet`] and [`script`] (pages load them
+/// from there, so the Content-Security-Policy can forbid inline code).
+pub const STYLESHEET_PATH: &str = "/assets/retrace.css";
+/// Where the server serves [`script`].
+pub const SCRIPT_PATH: &str = "/assets/retrace.js";
+
+/// The pages' stylesheet.
+pub fn stylesheet() -> String {
+    format!("{PAGE_CSS}{}", timeline::TIMELINE_CSS)
+}
+
+/// The pages' script (live refresh).
+pub fn script() -> String {
+    PAGE_JS.replace("REFRESH_MS", &LIVE_REFRESH_MS.to_string())
+}
+
 /// A whole page around `body`.
 pub fn page(title: &str, body: &str) -> String {
-    let script = PAGE_JS.replace("REFRESH_MS", &LIVE_REFRESH_MS.to_string());
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{} · Retrace</title><style>{PAGE_CSS}{}</style></head><body>\
+         <title>{} · Retrace</title><link rel=\"stylesheet\" href=\"{STYLESHEET_PATH}\">\
+         <script src=\"{SCRIPT_PATH}\" defer></script></head><body>\
          <a class=\"skip\" href=\"#main\">Skip to content</a>\
          <header><nav aria-label=\"main\"><a class=\"brand\" href=\"/\">Retrace</a>\
          <a href=\"/\">Runs</a><a href=\"/task-queues\">Task queues</a></nav></header>\
-         <main id=\"main\">{body}</main><script>{script}</script></body></html>",
+         <main id=\"main\">{body}</main></body></html>",
         escape(title),
-        timeline::TIMELINE_CSS
     )
 }
 
