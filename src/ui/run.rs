@@ -157,6 +157,7 @@ fn summary(view: &RunView) -> String {
             },
         ),
     ];
+    rows.extend(related_runs(&d.workflow_id, &view.events));
     if let Some(task) = &d.workflow_task {
         rows.push(("Workflow task", escape(task)));
     }
@@ -170,6 +171,49 @@ fn summary(view: &RunView) -> String {
     }
     out.push_str("</dl></section>");
     out
+}
+
+fn run_link(workflow_id: &str, run_id: &str) -> String {
+    let href = format!("/run{}", query(&[("id", workflow_id), ("run", run_id)]));
+    format!(
+        "<a href=\"{}\"><code>{}</code> <code>{}</code></a>",
+        escape(&href),
+        escape(workflow_id),
+        escape(run_id)
+    )
+}
+
+/// Links to the runs this one is tied to: its parent, the run it continues,
+/// the run that continues it, its children.
+fn related_runs(workflow_id: &str, events: &[Event]) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    let mut children = Vec::new();
+    for event in events {
+        match &event.kind {
+            EventKind::WorkflowExecutionStarted(a) => {
+                if let Some(parent) = &a.parent {
+                    rows.push(("Parent", run_link(&parent.workflow_id, &parent.run_id)));
+                }
+                if let Some(run_id) = &a.continued_execution_run_id {
+                    rows.push(("Continues", run_link(workflow_id, run_id)));
+                }
+            }
+            EventKind::WorkflowExecutionContinuedAsNew(a) => {
+                rows.push((
+                    "Continued as",
+                    run_link(workflow_id, &a.new_execution_run_id),
+                ));
+            }
+            EventKind::ChildWorkflowExecutionStarted(a) => {
+                children.push(run_link(&a.workflow_id, &a.run_id));
+            }
+            _ => {}
+        }
+    }
+    if !children.is_empty() {
+        rows.push(("Children", children.join("<br>")));
+    }
+    rows
 }
 
 /// A failure and its causes, outermost first.
@@ -597,6 +641,21 @@ mod tests {
         assert!(
             html.contains("(in 4.0s)"),
             "the next retry in the pending table"
+        );
+    }
+
+    #[test]
+    fn a_continued_run_links_the_run_it_continues_and_a_child_its_parent() {
+        let mut b = HistoryBuilder::for_run("w&1", "r2", "greet", json!(null));
+        b.continues("r1");
+        let html = run_page(&view(
+            "w&1",
+            b.build().events().to_vec(),
+            RunStatus::Running,
+        ));
+        assert!(
+            html.contains("<dt>Continues</dt><dd><a href=\"/run?id=w%261&amp;run=r1\">"),
+            "{html}"
         );
     }
 
