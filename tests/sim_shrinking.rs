@@ -87,4 +87,8 @@ fn a_planted_failure_in_a_20_fault_plan_shrinks_to_the_two_faults_that_matter() 
     let worker_lane = format!("faults: {}", Target::Worker(worker).name());
     assert!(page.contains("faults: service"), "the service's lane");
     assert!(page.contains(&worker_lane), "the crashed worker's lane");
+    if let Some(dir) = std::env::var_os("RETRACE_UI_SCREENSHOTS") {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        std::fs::write(dir.join("failure-crashes.html"), &page).expect("written");
+    }
 }

@@ -596,7 +596,7 @@ svg.timeline .bar.failed{fill:#cf222e}
 svg.timeline .bar.timed-out{fill:#bc4c00}
 svg.timeline .bar.canceled{fill:#8c959f}
 svg.timeline .bar.open{fill:#0969da;fill-opacity:.55}
-svg.timeline .bar.fault{fill:#cf222e;fill-opacity:.28}
+svg.timeline .bar.fault{fill:#cf222e;fill-opacity:.45;stroke:#cf222e;stroke-width:1}
 svg.timeline .segment.queued{fill:#fff;fill-opacity:.55}
 svg.timeline .segment.retrying{fill:url(#none);fill:#fff;fill-opacity:.35;stroke:#fff;stroke-dasharray:3 2}
 svg.timeline .segment.running{fill:none}
