@@ -38,8 +38,8 @@ use crate::history::{Event, History};
 use crate::types::Timestamp;
 use crate::ui::{self, HistoryView, Poller, QueueView, RunFilter, RunView, RunsView};
 
-/// Runs the list reads at most (newest pages are not known to the store's
-/// order, so past this the list says it shows only part).
+/// Runs the list reads at most (the store lists by run id and the API has
+/// no newest-first order, so past this the list says it covers only part).
 pub const LIST_SCAN_RUNS_MAX: usize = 10_000;
 /// Page size of the list's reads.
 pub const LIST_READ_PAGE_SIZE: u32 = 1_000;

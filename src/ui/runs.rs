@@ -124,7 +124,7 @@ pub struct RunsView {
     pub types: Vec<String>,
     /// Task queues seen.
     pub queues: Vec<String>,
-    /// Set when only the newest runs were read (the store holds more).
+    /// Set when only the first runs the store lists were read (it holds more).
     pub scan_limit: Option<usize>,
     /// A filter that could not be understood.
     pub error: Option<String>,
@@ -179,7 +179,10 @@ pub fn runs_page(view: &RunsView) -> String {
         body.push_str(&super::flash(error, true));
     }
     if let Some(limit) = view.scan_limit {
-        let note = format!("Showing the newest {limit} runs only.");
+        let note = format!(
+            "The store holds more than {limit} runs: this list, its counts and filters cover \
+             the first {limit} it lists (by run id) only."
+        );
         body.push_str(&super::flash(&note, false));
     }
     body.push_str(&filters_form(view));
