@@ -701,9 +701,12 @@ async fn in_a_browser_the_keyboard_alone_opens_a_run_and_reaches_its_timeline_an
     let focused = page
         .execute("return document.activeElement.querySelector('title').textContent")
         .await?;
-    assert!(
-        focused.as_str().is_some_and(|t| !t.is_empty()),
-        "a focused bar says what it is: {focused}"
+    let focused = focused.as_str().unwrap_or_default().to_string();
+    assert!(!focused.is_empty(), "a focused bar says what it is");
+    let detail = page.text(&page.find("#timeline-detail").await?).await?;
+    assert_eq!(
+        detail, focused,
+        "the detail line shows the focused bar's event"
     );
     tab_to(&page, "#signal-name").await?;
     page.close().await?;

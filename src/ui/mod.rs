@@ -83,12 +83,25 @@ ol.chain{margin:4px 0;padding-left:20px}
  th.wide,td.wide,table.history th:nth-child(2),table.history td:nth-child(2){display:none}}
 "#;
 
+/// The timeline's detail line: the hovered or focused bar's title, in
+/// `#timeline-detail` (native tooltips show on hover only).
 /// Live refresh: while `#live` is checked, re-fetches the page and swaps
 /// each element marked `data-live` for its fresh copy (by id) when it
 /// changed, or removes it when the fresh page has none (a closed run's
 /// actions). Forms are swapped only when their markup changed, so what is
 /// typed in them survives.
 const PAGE_JS: &str = r#"
+(function(){
+  function show(e){
+    var mark=e.target.closest&&e.target.closest('svg.timeline a, svg.timeline g[tabindex]');
+    var box=document.getElementById('timeline-detail');
+    if(!mark||!box)return;
+    var title=mark.querySelector('title');
+    box.textContent=title?title.textContent:'';
+  }
+  document.addEventListener('mouseover',show);
+  document.addEventListener('focusin',show);
+})();
 (function(){
   var box=document.getElementById('live');
   if(!box)return;

@@ -381,7 +381,8 @@ fn timeline_section(view: &RunView) -> String {
         "<section id=\"timeline\" aria-label=\"timeline\"><h2>Timeline</h2><div class=\"toolbar\">\
          <span class=\"muted\">Zoom:</span>{zooms}<span class=\"muted\">Hover a bar to see its event; \
          bars link to it. Activity bars: waiting or earlier attempts with their backoffs (light), \
-         then the last attempt.</span></div><div class=\"timeline-wrap\" tabindex=\"0\">{}</div></section>",
+         then the last attempt.</span></div><div class=\"timeline-wrap\" tabindex=\"0\">{}</div>\
+         <p id=\"timeline-detail\" class=\"muted\" aria-live=\"polite\"></p></section>",
         timeline::render(&timeline, view.zoom)
     )
 }
