@@ -80,7 +80,11 @@ table.history td:first-child,table.history td:nth-child(2){white-space:nowrap}
 ol.chain{margin:4px 0;padding-left:20px}
 .toolbar{display:flex;gap:12px;flex-wrap:wrap;align-items:center;margin:8px 0}
 @media (max-width:600px){main{padding:8px}dl.summary{grid-template-columns:1fr}dl.summary dd{margin-bottom:6px}
- th.wide,td.wide,table.history th:nth-child(2),table.history td:nth-child(2){display:none}}
+ th.wide,td.wide,table.history th:nth-child(2),table.history td:nth-child(2){display:none}
+ table.history thead{display:none}
+ table.history tr{display:block;border-bottom:1px solid #eaeef2;padding:4px 0}
+ table.history td{display:inline;border:none;padding:2px 4px}
+ table.history td:last-child{display:block}}
 "#;
 
 /// The timeline's detail line: the hovered or focused bar's title, in
