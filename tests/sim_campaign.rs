@@ -273,6 +273,16 @@ fn a_failure_report_lists_its_faults_and_keeps_only_the_background_faults_it_nee
         !page.contains("<script"),
         "the page is self-contained and runs no script"
     );
+    let linked = report
+        .result
+        .histories
+        .keys()
+        .filter(|run_id| page.contains(&format!("href=\"histories/{run_id}.json\"")))
+        .count();
+    assert!(
+        linked >= 1,
+        "the page links its runs' history files beside it"
+    );
     for history in report.result.histories.values().take(1) {
         let events = history
             .events()

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use retrace::history::{Event, History};
 use retrace::types::Timestamp;
+use retrace::ui;
 use retrace::ui::html::escape;
 use retrace::ui::timeline::{self, Item, Lane, Timeline};
 
@@ -58,9 +59,11 @@ pub fn failure_page(report: &Report) -> String {
         let history = &result.histories[*run_id];
         let _ = write!(
             body,
-            "<section><h2>Run {} <code>{}</code></h2><details open><summary>{} events</summary>{}</details></section>",
+            "<section><h2>Run {} <code>{}</code></h2><p><a href=\"histories/{}.json\">History as \
+             JSON</a> (beside this page)</p><details open><summary>{} events</summary>{}</details></section>",
             escape(history.workflow_id()),
             escape(run_id),
+            escape(&ui::html::url_param(&run_id.replace(['/', '\\'], "_"))),
             events.len(),
             retrace::ui::history_table(events, &format!("r{index}-"), false)
         );
