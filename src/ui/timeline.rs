@@ -15,8 +15,12 @@ use crate::types::Timestamp;
 
 use super::html::{cut, duration_ms, escape};
 
-/// Width of the lane labels' column.
+/// Widest the lane labels' column gets (it fits the longest label).
 pub const LABEL_WIDTH_PX: u64 = 230;
+/// Narrowest the lane labels' column gets.
+pub const LABEL_WIDTH_MIN_PX: u64 = 90;
+/// Width a label character takes (12 px system sans-serif, generously).
+pub const LABEL_CHAR_WIDTH_PX: u64 = 7;
 /// Width of the plot at zoom 1.
 pub const PLOT_WIDTH_PX: u64 = 940;
 /// Room right of the plot for the last tick's label.
@@ -456,13 +460,26 @@ struct Scale {
     start: Timestamp,
     span_ms: f64,
     width_px: f64,
+    label_px: f64,
 }
 
 impl Scale {
     fn x(&self, at: Timestamp) -> f64 {
         let offset_ms = at.millis_since(self.start) as f64;
-        LABEL_WIDTH_PX as f64 + offset_ms / self.span_ms * self.width_px
+        self.label_px + offset_ms / self.span_ms * self.width_px
     }
+}
+
+/// The labels' column: as wide as the longest (cut) label, within bounds,
+/// so that a phone's width shows more of the plot.
+pub fn label_width_px(timeline: &Timeline) -> u64 {
+    let longest = timeline
+        .lanes
+        .iter()
+        .map(|lane| lane.label.chars().count().min(LABEL_CHARS_MAX + 1))
+        .max()
+        .unwrap_or(0) as u64;
+    (longest * LABEL_CHAR_WIDTH_PX + 12).clamp(LABEL_WIDTH_MIN_PX, LABEL_WIDTH_PX)
 }
 
 /// The timeline as an `<svg>` element, `zoom` times wider than at zoom 1
@@ -470,14 +487,16 @@ impl Scale {
 pub fn render(timeline: &Timeline, zoom: u32) -> String {
     let zoom = zoom.clamp(1, ZOOM_MAX);
     let width_px = PLOT_WIDTH_PX * u64::from(zoom);
+    let label_px = label_width_px(timeline);
     let scale = Scale {
         start: timeline.start,
         span_ms: timeline.end.millis_since(timeline.start).max(1) as f64,
         width_px: width_px as f64,
+        label_px: label_px as f64,
     };
     let lanes = timeline.lanes.len() as u64;
     let height_px = AXIS_HEIGHT_PX + lanes * LANE_HEIGHT_PX + 4;
-    let total_px = LABEL_WIDTH_PX + width_px + RIGHT_MARGIN_PX;
+    let total_px = label_px + width_px + RIGHT_MARGIN_PX;
     let mut out = format!(
         "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{total_px}\" \
          height=\"{height_px}\" viewBox=\"0 0 {total_px} {height_px}\" role=\"group\" \
@@ -717,11 +736,13 @@ mod tests {
                 .parse::<u64>()
                 .expect("digits")
         };
-        assert_eq!(width(1), LABEL_WIDTH_PX + PLOT_WIDTH_PX + RIGHT_MARGIN_PX);
-        assert_eq!(
-            width(4),
-            LABEL_WIDTH_PX + 4 * PLOT_WIDTH_PX + RIGHT_MARGIN_PX
+        let label = label_width_px(&timeline);
+        assert!(
+            (LABEL_WIDTH_MIN_PX..LABEL_WIDTH_PX).contains(&label),
+            "{label}"
         );
+        assert_eq!(width(1), label + PLOT_WIDTH_PX + RIGHT_MARGIN_PX);
+        assert_eq!(width(4), label + 4 * PLOT_WIDTH_PX + RIGHT_MARGIN_PX);
         assert_eq!(width(1_000), width(ZOOM_MAX));
     }
 }
