@@ -261,6 +261,22 @@ async fn check_the_timeline(page: &Session) -> anyhow::Result<()> {
         retry.contains("attempts 1-2") && retry.contains("mail server busy (attempt 2)"),
         "{retry}"
     );
+    let backoffs = page
+        .execute(
+            "return [].map.call(document.querySelectorAll('svg.timeline rect.segment.backoff title'), \
+             function(t){return t.textContent})",
+        )
+        .await?;
+    let expected = serde_json::json!([
+        "backoff after attempt 1: 150ms (retry policy)",
+        "backoff after attempt 2: 300ms (retry policy)"
+    ]);
+    assert_eq!(backoffs, expected, "each backoff inside the bar");
+    assert_eq!(
+        count(page, "svg.timeline rect.segment.attempt").await?,
+        2,
+        "attempts 1 and 2"
+    );
     Ok(())
 }
 

@@ -380,8 +380,8 @@ fn timeline_section(view: &RunView) -> String {
     format!(
         "<section id=\"timeline\" aria-label=\"timeline\"><h2>Timeline</h2><div class=\"toolbar\">\
          <span class=\"muted\">Zoom:</span>{zooms}<span class=\"muted\">Hover a bar to see its event; \
-         bars link to it. Activity bars: waiting or earlier attempts with their backoffs (light), \
-         then the last attempt.</span></div><div class=\"timeline-wrap\" tabindex=\"0\">{}</div>\
+         bars link to it. Activity bars: the wait for a worker (light) or each earlier attempt \
+         (red) and its backoff (light), then the last attempt.</span></div><div class=\"timeline-wrap\" tabindex=\"0\">{}</div>\
          <p id=\"timeline-detail\" class=\"muted\" aria-live=\"polite\"></p></section>",
         timeline::render(&timeline, view.zoom)
     )

@@ -376,6 +376,17 @@ fn close_item(lane: &mut Lane, event: &Event, times: &BTreeMap<u64, &Event>, hre
     }) = started.copied()
     {
         item.segments = attempt_segments(item.start, *event_time, event.event_time, s);
+        let policy = times
+            .get(&s.scheduled_event_id)
+            .and_then(|e| match &e.kind {
+                EventKind::ActivityTaskScheduled(a) => Some(&a.retry_policy),
+                _ => None,
+            });
+        if let Some(policy) = policy {
+            let (start, end) = (item.start, *event_time);
+            item.segments
+                .extend(earlier_attempts(start, end, s.attempt, policy));
+        }
         let _ = write!(item.title, "; {} attempt(s)", s.attempt);
     }
 }
@@ -438,6 +449,61 @@ fn attempt_segments(
         ),
     };
     vec![before, last]
+}
+
+/// Narrowest an earlier attempt is drawn.
+pub const ATTEMPT_WIDTH_MIN_PX: f64 = 2.0;
+/// Earlier attempts a bar draws one by one, at most.
+pub const ATTEMPTS_DRAWN_MAX: u32 = 50;
+
+/// The earlier attempts of an activity between its scheduling and its last
+/// attempt's start, each followed by its backoff. The backoffs' lengths are
+/// exact (the policy has no jitter); the history records no earlier
+/// attempt's start, so the time left is shared evenly among the attempts,
+/// and their titles say so. Nothing when the backoffs do not fit (or there
+/// are too many attempts to draw).
+fn earlier_attempts(
+    scheduled: Timestamp,
+    last_started: Timestamp,
+    attempt: u32,
+    policy: &crate::activity::RetryPolicy,
+) -> Vec<Segment> {
+    if attempt < 2 || attempt > ATTEMPTS_DRAWN_MAX {
+        return Vec::new();
+    }
+    let earlier = attempt - 1;
+    let backoffs: Vec<u64> = (1..=earlier).map(|k| policy.backoff_ms(k)).collect();
+    let total_ms = last_started.millis_since(scheduled);
+    let backoff_ms: u64 = backoffs.iter().sum();
+    let Some(running_ms) = total_ms.checked_sub(backoff_ms) else {
+        return Vec::new();
+    };
+    let share_ms = running_ms / u64::from(earlier);
+    let mut at = scheduled;
+    let mut out = Vec::new();
+    for (k, backoff) in (1..=earlier).zip(backoffs) {
+        let title =
+            format!("attempt {k}: failed (its own start and end are not recorded: placed evenly)");
+        out.push(Segment {
+            start: at,
+            end: at.plus_ms(share_ms),
+            class: "attempt",
+            title,
+        });
+        at = at.plus_ms(share_ms);
+        let title = format!(
+            "backoff after attempt {k}: {} (retry policy)",
+            duration_ms(backoff)
+        );
+        out.push(Segment {
+            start: at,
+            end: at.plus_ms(backoff),
+            class: "backoff",
+            title,
+        });
+        at = at.plus_ms(backoff);
+    }
+    out
 }
 
 /// Signals, markers, cancel requests and the run's own start and close as points.
@@ -585,7 +651,11 @@ fn draw_item(out: &mut String, item: &Item, top: u64, scale: &Scale, end: Timest
 
 fn draw_segment(out: &mut String, segment: &Segment, y: u64, scale: &Scale) {
     let x = scale.x(segment.start);
-    let width = scale.x(segment.end) - x;
+    let mut width = scale.x(segment.end) - x;
+    if segment.class == "attempt" {
+        // An attempt that failed at once still shows as a sliver.
+        width = width.max(ATTEMPT_WIDTH_MIN_PX);
+    }
     if width < 1.0 {
         return;
     }
@@ -619,6 +689,8 @@ svg.timeline .bar.fault{fill:#cf222e;fill-opacity:.45;stroke:#cf222e;stroke-widt
 svg.timeline .segment.queued{fill:#fff;fill-opacity:.55}
 svg.timeline .segment.retrying{fill:url(#none);fill:#fff;fill-opacity:.35;stroke:#fff;stroke-dasharray:3 2}
 svg.timeline .segment.running{fill:none}
+svg.timeline .segment.attempt{fill:#cf222e;fill-opacity:.55}
+svg.timeline .segment.backoff{fill:#fff;fill-opacity:.8}
 svg.timeline .point{stroke:#fff;stroke-width:1.5}
 svg.timeline .point.signal{fill:#8250df}
 svg.timeline .point.marker{fill:#bf8700}
@@ -675,6 +747,54 @@ mod tests {
         );
         assert!(bar.segments[0].title.contains("mail server busy"));
         assert_eq!(bar.segments[1].end.millis_since(bar.segments[1].start), 100);
+    }
+
+    #[test]
+    fn earlier_attempts_and_their_policy_backoffs_are_drawn_one_by_one_inside_the_bar() {
+        let mut b = HistoryBuilder::new("greet", json!(null));
+        b.add_full_workflow_task();
+        let scheduled = b.add_activity_scheduled("1", "send", json!(null));
+        let scheduled_at = b.now();
+        b.advance_ms(5_000);
+        let failure = Failure::new("Busy", "busy");
+        let started = b.add_activity_started(scheduled, 3, Some(failure));
+        b.add(EventKind::ActivityTaskCompleted(ActivityTaskCompleted {
+            scheduled_event_id: scheduled,
+            started_event_id: started,
+            result: json!(null),
+            identity: "worker".to_string(),
+        }));
+        let lanes = history_lanes(b.build().events(), "");
+        let bar = &lanes
+            .iter()
+            .find(|l| l.class == "activity")
+            .expect("activity")
+            .items[0];
+        let parts: Vec<(&str, u64, u64)> = bar
+            .segments
+            .iter()
+            .filter(|s| s.class == "attempt" || s.class == "backoff")
+            .map(|s| {
+                (
+                    s.class,
+                    s.start.millis_since(scheduled_at),
+                    s.end.millis_since(scheduled_at),
+                )
+            })
+            .collect();
+        // The default policy backs off 1 s then 2 s; the 2 s left are shared by attempts 1 and 2.
+        let expected = [
+            ("attempt", 0, 1_000),
+            ("backoff", 1_000, 2_000),
+            ("attempt", 2_000, 3_000),
+            ("backoff", 3_000, 5_000),
+        ];
+        assert_eq!(parts, expected);
+        assert!(
+            bar.segments
+                .iter()
+                .any(|s| s.title == "backoff after attempt 2: 2.0s (retry policy)")
+        );
     }
 
     #[test]
