@@ -468,7 +468,7 @@ fn earlier_attempts(
     attempt: u32,
     policy: &crate::activity::RetryPolicy,
 ) -> Vec<Segment> {
-    if attempt < 2 || attempt > ATTEMPTS_DRAWN_MAX {
+    if !(2..=ATTEMPTS_DRAWN_MAX).contains(&attempt) {
         return Vec::new();
     }
     let earlier = attempt - 1;
