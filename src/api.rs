@@ -178,6 +178,12 @@ pub struct PendingActivity {
     pub heartbeat_details: Option<Value>,
     /// When the last heartbeat arrived.
     pub last_heartbeat_time: Option<Timestamp>,
+    /// When the next attempt is due (while backing off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Timestamp>,
+    /// The worker running the current attempt (while started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_identity: Option<String>,
 }
 
 /// A pending timer.
@@ -218,6 +224,21 @@ pub struct RunDescription {
     pub last_workflow_task_failure: Option<Failure>,
     /// A cancel was requested.
     pub cancel_requested: bool,
+    /// Signals received while a workflow task ran, not yet in the history
+    /// (written after the task closes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buffered_signals: Vec<BufferedSignal>,
+}
+
+/// A signal waiting to be written to a run's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BufferedSignal {
+    /// Signal name.
+    pub signal_name: String,
+    /// Payload.
+    pub input: Value,
+    /// Who sent it.
+    pub identity: String,
 }
 
 /// List runs.
@@ -246,6 +267,9 @@ pub struct RunSummary {
     pub run_id: String,
     /// Workflow type.
     pub workflow_type: String,
+    /// Task queue (empty from servers that did not send it).
+    #[serde(default)]
+    pub task_queue: String,
     /// Status.
     pub status: RunStatus,
     /// Start time.

@@ -106,5 +106,6 @@ pub mod env;
 pub mod history;
 pub mod http;
 pub mod types;
+pub mod ui;
 pub mod worker;
 pub mod workflow;

@@ -249,4 +249,55 @@ fn a_failure_report_lists_its_faults_and_keeps_only_the_background_faults_it_nee
         History::from_json(&text).expect("a written history reads back");
     }
     assert!(std::fs::read_to_string(dir.join("report.txt")).unwrap() == text);
+    let page =
+        std::fs::read_to_string(dir.join(retrace_sim::FAILURE_PAGE)).expect("a failure page");
+    assert!(
+        page.contains("<svg class=\"timeline\""),
+        "the page draws the timeline"
+    );
+    let lost_marks = page.matches("net:loss").count() as u64;
+    assert!(
+        lost_marks >= traced.min(1),
+        "the lost messages are marked on the network lane"
+    );
+    assert!(page.contains("faults: network"), "a network fault lane");
+    assert!(
+        page.contains("scenario check"),
+        "the broken invariant is named"
+    );
+    assert!(
+        page.contains(&retrace::ui::html::escape(&report.repro)),
+        "the reproduction line"
+    );
+    assert!(
+        !page.contains("<script"),
+        "the page is self-contained and runs no script"
+    );
+    let linked = report
+        .result
+        .histories
+        .keys()
+        .filter(|run_id| page.contains(&format!("href=\"histories/{run_id}.json\"")))
+        .count();
+    assert!(
+        linked >= 1,
+        "the page links its runs' history files beside it"
+    );
+    for history in report.result.histories.values().take(1) {
+        let events = history
+            .events()
+            .iter()
+            .filter(|e| page.contains(&format!("id=\"r0-e{}\"", e.event_id)));
+        assert_eq!(
+            events.count(),
+            history.len(),
+            "every event of the first run has its row"
+        );
+    }
+    if let Some(dir) = std::env::var_os("RETRACE_UI_SCREENSHOTS") {
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(dir)
+            .join("failure.html");
+        std::fs::write(target, &page).unwrap();
+    }
 }

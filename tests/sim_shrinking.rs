@@ -2,7 +2,7 @@
 
 use retrace::client::StartOptions;
 use retrace::workflow::{WorkflowContext, WorkflowRegistry};
-use retrace_sim::{FaultKind, Simulation};
+use retrace_sim::{FaultKind, Simulation, Target};
 use serde_json::json;
 
 /// A planted failure: the check fails whenever the run saw both a service
@@ -68,4 +68,27 @@ fn a_planted_failure_in_a_20_fault_plan_shrinks_to_the_two_faults_that_matter() 
         "{report}"
     );
     assert_eq!(report.result.violations[0].invariant, "scenario check");
+    let page = retrace_sim::failure_page(&report);
+    assert_eq!(
+        page.matches("class=\"bar fault\"").count(),
+        2,
+        "both crashes are drawn as bands"
+    );
+    let worker = report
+        .result
+        .plan
+        .faults
+        .iter()
+        .find_map(|f| match f.kind {
+            FaultKind::CrashWorker { worker, .. } => Some(worker),
+            _ => None,
+        })
+        .expect("a worker crash");
+    let worker_lane = format!("faults: {}", Target::Worker(worker).name());
+    assert!(page.contains("faults: service"), "the service's lane");
+    assert!(page.contains(&worker_lane), "the crashed worker's lane");
+    if let Some(dir) = std::env::var_os("RETRACE_UI_SCREENSHOTS") {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        std::fs::write(dir.join("failure-crashes.html"), &page).expect("written");
+    }
 }

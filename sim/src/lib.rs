@@ -178,7 +178,7 @@ mod world;
 pub use checks::Violation;
 pub use faults::swarm::{PartitionMode, Swarm};
 pub use faults::{Fault, FaultKind, FaultPlan, Target};
-pub use report::{Report, SeedResult, repro_line, write_failure_dir};
+pub use report::{FAILURE_PAGE, Report, SeedResult, failure_page, repro_line, write_failure_dir};
 pub use simulation::{Finished, SeedRunner, SimClient, Simulation};
 pub use world::FaultCounts;
 pub use world::cluster::{NodeCtx, Speculations};

@@ -104,6 +104,8 @@ fn main() -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} seeds  {per_sec}  eta {eta}  {msg}");
     bar.set_style(style.expect("template is valid"));
     bar.enable_steady_tick(std::time::Duration::from_millis(500));
+    // The failure pages written, listed again under the summary.
+    let pages = std::sync::Mutex::new(Vec::new());
     let summary = campaign.run(|progress| match progress {
         Progress::Done(line) => {
             bar.set_message(format!("last: {} seed {}", line.scenario, line.seed));
@@ -112,12 +114,18 @@ fn main() -> anyhow::Result<()> {
         Progress::Failed(report, dir) => bar.suspend(|| {
             eprintln!("{report}");
             if let Some(dir) = dir {
+                let page = dir.join(retrace_sim::FAILURE_PAGE);
                 eprintln!("written to {}", dir.display());
+                eprintln!("failure page: {}", page.display());
+                pages.lock().expect("pages lock").push(page);
             }
         }),
     });
     bar.finish_and_clear();
     print!("{summary}");
+    for page in pages.into_inner().expect("pages lock") {
+        println!("failure page: {}", page.display());
+    }
     if args.json {
         println!("{}", summary.to_json());
     }

@@ -350,7 +350,11 @@ impl Simulation {
             if let Err(report) = run_and_shrink(&setup, seed) {
                 let written = std::env::var_os("RETRACE_FAILURES_DIR").map(|root| {
                     match crate::report::write_failure_dir(std::path::Path::new(&root), &report) {
-                        Ok(dir) => format!("written to {}\n", dir.display()),
+                        Ok(dir) => format!(
+                            "written to {}\nfailure page: {}\n",
+                            dir.display(),
+                            dir.join(crate::report::FAILURE_PAGE).display()
+                        ),
                         Err(e) => format!("could not write the failure directory: {e}\n"),
                     }
                 });

@@ -538,6 +538,7 @@ impl Inner {
                 workflow_id: r.workflow_id,
                 run_id: r.run_id,
                 workflow_type: r.workflow_type,
+                task_queue: r.task_queue,
                 status: r.status,
                 start_time: r.start_time,
                 close_time: r.close_time,
@@ -1094,6 +1095,14 @@ fn describe(state: &RunState) -> RunDescription {
                 } => *last_heartbeat_time,
                 _ => None,
             },
+            next_attempt_time: match &a.phase {
+                machine::ActivityPhase::BackingOff { until } => Some(*until),
+                _ => None,
+            },
+            worker_identity: match &a.phase {
+                machine::ActivityPhase::Started { identity, .. } => Some(identity.clone()),
+                _ => None,
+            },
         })
         .collect();
     let pending_timers = state
@@ -1118,5 +1127,17 @@ fn describe(state: &RunState) -> RunDescription {
         workflow_task: state.workflow_task.name().map(str::to_string),
         last_workflow_task_failure: state.last_workflow_task_failure.clone(),
         cancel_requested: state.cancel_requested,
+        buffered_signals: state
+            .buffered
+            .iter()
+            .filter_map(|kind| match kind {
+                crate::history::EventKind::WorkflowExecutionSignaled(a) => Some(BufferedSignal {
+                    signal_name: a.signal_name.clone(),
+                    input: a.input.clone(),
+                    identity: a.identity.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
     }
 }

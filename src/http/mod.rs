@@ -33,6 +33,7 @@
 
 mod client;
 mod server;
+mod ui;
 
 pub use client::HttpNetwork;
 pub use server::{

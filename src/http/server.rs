@@ -22,6 +22,7 @@ use axum::serve::ListenerExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::ui::{self, PollerLog};
 use super::{API_PREFIX, DecodeRequestError, HttpError, METHODS, decode_request, encode_response};
 use super::{response_fits, to_json};
 use crate::api::{ErrorCode, ServiceError};
@@ -97,6 +98,7 @@ pub fn body_bytes_max_for(limits: &HistoryLimits) -> usize {
 struct AppState {
     handler: Arc<dyn RequestHandler>,
     body_bytes_max: usize,
+    pollers: Arc<PollerLog>,
 }
 
 /// A running HTTP server. Dropping it stops the server at once.
@@ -228,9 +230,18 @@ impl Drop for HttpServer {
 
 fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
     let health_handler = Arc::clone(&handler);
+    let pollers = Arc::new(PollerLog::default());
+    let loopback = config.listen.ip().is_loopback();
+    let pages = ui::router(
+        Arc::clone(&handler),
+        Arc::clone(&pollers),
+        config.token.as_deref(),
+        loopback,
+    );
     let state = AppState {
         handler,
         body_bytes_max: config.body_bytes_max,
+        pollers,
     };
     let api_path = format!("{API_PREFIX}{{method}}");
     let mut router = Router::new()
@@ -242,8 +253,11 @@ fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
         let expected: Arc<str> = Arc::from(token.as_str());
         router = router.layer(middleware::from_fn_with_state(expected, authenticate));
     }
-    // Added after the token layer, so it is outside it: health needs no token.
-    router.route("/healthz", get(move || health(Arc::clone(&health_handler))))
+    // Merged after the token layer, so they are outside it: the UI checks
+    // the token in its cookie, health needs none.
+    router
+        .merge(pages)
+        .route("/healthz", get(move || health(Arc::clone(&health_handler))))
 }
 
 /// `GET /healthz`: 200 `{"status":"ok"}`, or 503
@@ -276,7 +290,7 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> HttpResponse {
 }
 
 /// Equal-time comparison, so the token cannot be guessed byte by byte.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -335,6 +349,7 @@ async fn call(
         }
     };
     let method = request.method();
+    state.pollers.note(&request);
     match state.handler.handle(request).await {
         Ok(response) => {
             assert!(

@@ -54,6 +54,9 @@ struct Args {
     #[arg(long, default_value_t = SLEEP_MS_DEFAULT,
           value_parser = clap::value_parser!(u64).range(0..=SLEEP_MS_MAX))]
     sleep_ms: u64,
+    /// Also serve Retrace's Web UI for the embedded engine here (e.g. 127.0.0.1:7233).
+    #[arg(long)]
+    ui_listen: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -75,6 +78,7 @@ async fn main() -> ExitCode {
         pokemon_url: args.pokemon_url,
         joke_url: args.joke_url,
         sleep_ms: args.sleep_ms,
+        ui_listen: args.ui_listen,
     };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,6 +108,9 @@ async fn run(config: AppConfig) -> anyhow::Result<()> {
     let app = App::start(config).await?;
     // stdout carries only this line, so scripts and tests can read the address.
     println!("retrace-messages listening on {}", app.url());
+    if let Some(url) = app.ui_url() {
+        tracing::info!("Retrace's Web UI: {url}/");
+    }
     stop_requested().await?;
     tracing::info!("shutting down");
     app.shutdown().await;

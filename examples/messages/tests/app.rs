@@ -630,3 +630,39 @@ fn last_attempt(
     }
     found.with_context(|| format!("no ActivityTaskStarted of {activity_type}"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ui_listen_the_embedded_engine_serves_the_web_ui_with_the_run_and_its_timeline()
+-> anyhow::Result<()> {
+    let app = TestApp::start_with(|config| {
+        config.ui_listen = Some("127.0.0.1:0".parse().expect("an address"))
+    })
+    .await?;
+    let ui = app.app.ui_url().context("the UI is served")?;
+    let workflow_id = app
+        .start_run(r#"{"workflow_id": "ui-1", "message_id": 1}"#)
+        .await?;
+    app.proceed_to_completion(&workflow_id).await?;
+    let list = app.http.get(format!("{ui}/")).send().await?.text().await?;
+    ensure!(
+        list.contains("href=\"/run?id=ui-1"),
+        "the list links the run: {list}"
+    );
+    let page = app
+        .http
+        .get(format!("{ui}/run?id=ui-1"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        page.contains("<svg class=\"timeline\""),
+        "the run page draws its timeline"
+    );
+    ensure!(
+        page.contains("fetch_pokemon") && page.contains("Completed"),
+        "{page}"
+    );
+    app.shutdown().await;
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! | `seed.json`              | scenario, seed, swarm, plan, violations, reproduction line, trace hash |
 //! | `faults.json`            | the fault trace: every fault injected, with its simulated time |
 //! | `histories/RUN_ID.json`  | each run's history, canonical JSON (`retrace history check` reads it) |
+//! | `failure.html`           | the failure as one self-contained page: timelines with the faults drawn on them |
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,8 @@ use serde_json::json;
 
 use super::Report;
 
+/// The failure page's file name in a failure directory.
+pub const FAILURE_PAGE: &str = "failure.html";
 /// Histories a failure directory holds, at most.
 pub const FAILURE_DIR_HISTORIES_MAX: usize = 1_000;
 
@@ -46,6 +49,10 @@ pub fn write_failure_dir(root: &Path, report: &Report) -> std::io::Result<PathBu
         "not_kept": result.fault_events_dropped,
     });
     write_json(&dir.join("faults.json"), &faults)?;
+    std::fs::write(
+        dir.join(FAILURE_PAGE),
+        super::failure_page::failure_page(report),
+    )?;
     for (run_id, history) in result.histories.iter().take(FAILURE_DIR_HISTORIES_MAX) {
         let name = run_id.replace(['/', '\\'], "_");
         std::fs::write(

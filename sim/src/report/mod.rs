@@ -4,8 +4,10 @@
 //! that other tools can read.
 
 mod failure_dir;
+mod failure_page;
 
-pub use failure_dir::write_failure_dir;
+pub use failure_dir::{FAILURE_PAGE, write_failure_dir};
+pub use failure_page::failure_page;
 
 use std::fmt;
 

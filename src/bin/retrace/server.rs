@@ -47,6 +47,7 @@ pub async fn run(args: ServerArgs, token: Option<String>) -> anyhow::Result<()> 
         .map_err(|error| anyhow::anyhow!("the service did not start: {}", error.message))?;
     let server = listener.serve(service.handler());
     tracing::info!(url = %server.url(), db = %args.db.display(), "retrace server ready");
+    tracing::info!("web UI: {}/", server.url());
     shutdown_signal().await?;
     tracing::info!(grace_ms = SHUTDOWN_GRACE_MS, "shutting down");
     server

@@ -31,7 +31,7 @@ use retrace::api::ServiceError;
 use retrace::client::Client;
 use retrace::engine::{EmbeddedEngine, ServiceConfig};
 use retrace::env::{Env, SqliteStorage, StorageError, Watch};
-use retrace::http::{HttpError, HttpNetwork};
+use retrace::http::{HttpConfig, HttpError, HttpNetwork, HttpServer};
 use retrace::worker::{Worker, WorkerBuilder};
 use tokio::sync::oneshot;
 
@@ -62,6 +62,9 @@ pub enum AppError {
     /// `--server` is not usable.
     #[error("--server: {0}")]
     Server(#[from] HttpError),
+    /// `--ui-listen` is not usable.
+    #[error("--ui-listen: {0}")]
+    Ui(HttpError),
     /// A fetch URL is not usable.
     #[error("--{flag} {url:?}: {reason}")]
     BadUrl {
@@ -104,6 +107,9 @@ pub struct AppConfig {
     pub joke_url: Option<String>,
     /// The durable timer of each new run.
     pub sleep_ms: u64,
+    /// Where to serve Retrace's Web UI (and API) for the embedded engine
+    /// (loopback only); none if `None` or with `server`.
+    pub ui_listen: Option<SocketAddr>,
 }
 
 impl Default for AppConfig {
@@ -117,6 +123,7 @@ impl Default for AppConfig {
             pokemon_url: None,
             joke_url: None,
             sleep_ms: crate::SLEEP_MS_DEFAULT,
+            ui_listen: None,
         }
     }
 }
@@ -128,6 +135,8 @@ pub struct App {
     worker: Worker,
     stop: Option<oneshot::Sender<()>>,
     stopped: Arc<Watch<bool>>,
+    /// Retrace's Web UI for the embedded engine, if asked for.
+    ui: Option<HttpServer>,
     // Held so the embedded service (and its SQLite file) lives as long as the app.
     _engine: Option<EmbeddedEngine>,
 }
@@ -145,6 +154,10 @@ impl App {
             .local_addr()
             .map_err(|error| listen_error(config.listen, &error))?;
         let (engine, env) = connect(&config).await?;
+        let ui = match (&engine, config.ui_listen) {
+            (Some(engine), Some(listen)) => Some(serve_ui(engine, listen).await?),
+            _ => None,
+        };
         let base = format!("http://{address}");
         let pokemon_url = config
             .pokemon_url
@@ -168,8 +181,14 @@ impl App {
             worker,
             stop: Some(stop),
             stopped,
+            ui,
             _engine: engine,
         })
+    }
+
+    /// The Web UI's URL, if it is served.
+    pub fn ui_url(&self) -> Option<String> {
+        self.ui.as_ref().map(HttpServer::url)
     }
 
     /// The address the page is served on.
@@ -253,6 +272,16 @@ fn check_config(config: &AppConfig) -> Result<(), AppError> {
         }
     }
     Ok(())
+}
+
+/// Serves the embedded engine's Web UI and API on `listen` (loopback: no token).
+async fn serve_ui(engine: &EmbeddedEngine, listen: SocketAddr) -> Result<HttpServer, AppError> {
+    let limits = ServiceConfig::default().limits;
+    let server = HttpServer::start(engine.service().handler(), HttpConfig::new(listen, &limits))
+        .await
+        .map_err(AppError::Ui)?;
+    tracing::info!(url = %server.url(), "serving Retrace's Web UI for the embedded engine");
+    Ok(server)
 }
 
 /// The engine to talk to: embedded over `config.db`, or `config.server`.
