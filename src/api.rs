@@ -646,6 +646,7 @@ pub enum Request {
     PollActivityTask(PollTaskRequest),
     RespondActivityTask(RespondActivityTaskRequest),
     HeartbeatActivityTask(HeartbeatRequest),
+    DescribeTaskQueue(DescribeTaskQueueRequest),
 }
 
 impl Request {
@@ -669,8 +670,49 @@ impl Request {
             Request::PollActivityTask(_) => "PollActivityTask",
             Request::RespondActivityTask(_) => "RespondActivityTask",
             Request::HeartbeatActivityTask(_) => "HeartbeatActivityTask",
+            Request::DescribeTaskQueue(_) => "DescribeTaskQueue",
         }
     }
+}
+
+/// The pollers of a task queue (of every queue if `task_queue` is `None`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DescribeTaskQueueRequest {
+    /// The queue; every queue the service has seen polled if `None`.
+    #[serde(default)]
+    pub task_queue: Option<String>,
+}
+
+/// The pollers a task queue has seen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskQueueDescription {
+    /// By queue, the latest poll first within one.
+    pub pollers: Vec<PollerInfo>,
+}
+
+/// Which tasks a poller asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollerKind {
+    /// Workflow tasks.
+    Workflow,
+    /// Activity tasks.
+    Activity,
+}
+
+/// A worker that polled a task queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PollerInfo {
+    /// The queue it polled.
+    pub task_queue: String,
+    /// For which tasks.
+    pub kind: PollerKind,
+    /// Who it is.
+    pub identity: String,
+    /// When it last polled.
+    pub last_poll_time: Timestamp,
+    /// The workflow types it serves (workflow pollers).
+    pub workflow_types: Vec<String>,
 }
 
 /// A successful reply.
@@ -690,6 +732,7 @@ pub enum Response {
     HeartbeatActivityTask(HeartbeatResponse),
     CompleteWorkflowTask(CompleteWorkflowTaskResponse),
     RespondActivityTask(RespondActivityTaskResponse),
+    DescribeTaskQueue(TaskQueueDescription),
 }
 
 /// Stable error codes (part of the HTTP API).

@@ -143,6 +143,73 @@ async fn the_cli_starts_signals_and_inspects_a_run_that_a_worker_executes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_warns_when_no_worker_polls_an_open_runs_task_queue_and_start_takes_retry_and_cron()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let url = server.url();
+    let worker = worker(&url);
+    let polled = "workflow start --type greet --id polled --task-queue greetings --input \"ana\" \
+                  --retry-attempts 3 --retry-interval 2s";
+    cli(&url, polled).await.ok();
+    let orphan = "workflow start --type greet --id orphan --task-queue nobody --input \"ana\" \
+                  --start-delay 1m";
+    cli(&url, orphan).await.ok();
+    let cron = "workflow start --type greet --id nightly --task-queue nobody --input \"x\" \
+                --cron @daily";
+    cli(&url, cron).await.ok();
+    let client =
+        retrace::client::Client::new(Env::tokio(Arc::new(HttpNetwork::new(&url, None).unwrap())));
+    // The worker's first poll may still be on its way.
+    let mut described = cli(&url, "workflow describe --id polled").await;
+    for _ in 0..50 {
+        if described.stderr.is_empty() {
+            break;
+        }
+        client.env().sleep_ms(100).await;
+        described = cli(&url, "workflow describe --id polled").await;
+    }
+    assert_eq!(described.code, 0, "{described:?}");
+    assert!(
+        described.stderr.is_empty(),
+        "a worker polls greetings: {described:?}"
+    );
+    let orphan = cli(&url, "workflow describe --id orphan").await;
+    assert_eq!(orphan.code, 0, "{orphan:?}");
+    assert!(
+        orphan
+            .stderr
+            .contains("no worker has polled task queue \"nobody\""),
+        "{orphan:?}"
+    );
+    let started = |id: &'static str| {
+        let client = client.clone();
+        async move {
+            let history = client.history(id, None).await.unwrap();
+            match &history.events()[0].kind {
+                retrace::history::EventKind::WorkflowExecutionStarted(s) => s.clone(),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let polled = started("polled").await;
+    let policy = polled.retry_policy.expect("--retry-attempts sets a policy");
+    assert_eq!(
+        (policy.maximum_attempts, policy.initial_interval_ms),
+        (3, 2_000)
+    );
+    assert_eq!(
+        started("orphan").await.first_workflow_task_backoff_ms,
+        Some(60_000)
+    );
+    assert_eq!(
+        started("nightly").await.cron_schedule.as_deref(),
+        Some("@daily")
+    );
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_signals_with_start_starting_the_run_once_then_signaling_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path()).await;

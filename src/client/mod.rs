@@ -399,6 +399,21 @@ impl Client {
         }
     }
 
+    /// The workers that polled `task_queue` (every queue if `None`), when
+    /// each last polled, and what it serves.
+    pub async fn describe_task_queue(
+        &self,
+        task_queue: Option<&str>,
+    ) -> Result<Vec<crate::api::PollerInfo>, ClientError> {
+        let request = crate::api::DescribeTaskQueueRequest {
+            task_queue: task_queue.map(str::to_string),
+        };
+        match self.call(Request::DescribeTaskQueue(request)).await? {
+            Response::DescribeTaskQueue(description) => Ok(description.pollers),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// One page of runs.
     pub async fn list(
         &self,

@@ -145,6 +145,12 @@ pub fn check_request(request: &Request) -> Result<(), ServiceError> {
             check_id("task_queue", &r.task_queue)?;
             check_identity(&r.identity)
         }
+        Request::DescribeTaskQueue(r) => check_text(
+            "task_queue",
+            r.task_queue.as_deref().unwrap_or_default(),
+            false,
+            ID_BYTES_MAX,
+        ),
         Request::ListWorkflows(_)
         | Request::CompleteWorkflowTask(_)
         | Request::FailWorkflowTask(_)

@@ -90,6 +90,12 @@ impl Inner {
             Request::HeartbeatActivityTask(r) => {
                 self.heartbeat(r).await.map(Response::HeartbeatActivityTask)
             }
+            Request::DescribeTaskQueue(r) => {
+                let pollers = self.lock_pollers().describe(r.task_queue.as_deref());
+                Ok(Response::DescribeTaskQueue(TaskQueueDescription {
+                    pollers,
+                }))
+            }
         };
         if let Err(error) = &reply {
             tracing::debug!(method, code = ?error.code, message = %error.message, "request refused");
@@ -139,6 +145,13 @@ impl Inner {
     }
 
     /// Records the workflow types a poller serves.
+    fn note_poller(&self, request: &PollTaskRequest, kind: PollerKind) {
+        let now = self.env.now();
+        let types = &request.workflow_types;
+        self.lock_pollers()
+            .note(&request.task_queue, kind, &request.identity, types, now);
+    }
+
     fn note_workflow_types(&self, request: &PollTaskRequest) {
         if request.workflow_types.is_empty() {
             return;
@@ -711,6 +724,7 @@ impl Inner {
         request: PollTaskRequest,
     ) -> Result<PollWorkflowTaskResponse, ServiceError> {
         self.note_workflow_types(&request);
+        self.note_poller(&request, PollerKind::Workflow);
         let deadline = self.env.now().plus_ms(self.config.poll_timeout_ms);
         let empty = PollWorkflowTaskResponse {
             task: None,
@@ -908,6 +922,7 @@ impl Inner {
         self: &Arc<Self>,
         request: PollTaskRequest,
     ) -> Result<PollActivityTaskResponse, ServiceError> {
+        self.note_poller(&request, PollerKind::Activity);
         let deadline = self.env.now().plus_ms(self.config.poll_timeout_ms);
         loop {
             let wait_ms = deadline.millis_since(self.env.now());

@@ -10,6 +10,7 @@ mod external;
 mod handlers;
 pub mod machine;
 mod matching;
+pub mod pollers;
 mod service;
 mod speculation;
 mod timer_queue;

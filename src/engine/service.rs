@@ -164,6 +164,8 @@ pub(super) struct Inner {
     pub queries: Mutex<BTreeMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
     /// Workflow tasks started by sync match (for tests and metrics).
     pub sync_matches: std::sync::atomic::AtomicU64,
+    /// Who polled which task queue, and when last.
+    pollers: Mutex<super::pollers::PollerLog>,
     /// Workflow types advertised by pollers, per task queue, with when last seen.
     pub workflow_types: Mutex<BTreeMap<String, BTreeMap<String, crate::types::Timestamp>>>,
     /// Runs whose stored state cannot be read, with why: set aside so the
@@ -257,6 +259,7 @@ impl Service {
             result_waiters: Mutex::new(BTreeMap::new()),
             queries: Mutex::new(BTreeMap::new()),
             workflow_types: Mutex::new(BTreeMap::new()),
+            pollers: Mutex::new(super::pollers::PollerLog::default()),
             sync_matches: std::sync::atomic::AtomicU64::new(0),
             quarantined: Mutex::new(BTreeMap::new()),
             externals: Mutex::new(super::external::ExternalQueue::default()),
@@ -801,6 +804,11 @@ impl Inner {
                 let _ = waiter.send((outcome.clone(), successor.clone()));
             }
         }
+    }
+
+    /// The log of pollers by task queue.
+    pub(super) fn lock_pollers(&self) -> std::sync::MutexGuard<'_, super::pollers::PollerLog> {
+        lock(&self.pollers)
     }
 
     /// The queue of signals and cancel requests to other workflows.

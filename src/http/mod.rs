@@ -162,6 +162,7 @@ methods!(
     (PollActivityTask, PollTaskRequest),
     (RespondActivityTask, RespondActivityTaskRequest),
     (HeartbeatActivityTask, HeartbeatRequest),
+    (DescribeTaskQueue, DescribeTaskQueueRequest),
 );
 
 /// The method a response answers, or `None` for [`Response::Empty`].
@@ -180,6 +181,7 @@ fn response_method(response: &Response) -> Option<&'static str> {
         Response::HeartbeatActivityTask(_) => "HeartbeatActivityTask",
         Response::CompleteWorkflowTask(_) => "CompleteWorkflowTask",
         Response::RespondActivityTask(_) => "RespondActivityTask",
+        Response::DescribeTaskQueue(_) => "DescribeTaskQueue",
     })
 }
 
@@ -192,7 +194,7 @@ pub fn response_fits(method: &str, response: &Response) -> bool {
 }
 
 /// Methods whose success is never [`Response::Empty`].
-const METHODS_WITH_RESPONSE_BODY: [&str; 12] = [
+const METHODS_WITH_RESPONSE_BODY: [&str; 13] = [
     "CompleteWorkflowTask",
     "RespondActivityTask",
     "StartWorkflow",
@@ -205,6 +207,7 @@ const METHODS_WITH_RESPONSE_BODY: [&str; 12] = [
     "PollWorkflowTask",
     "PollActivityTask",
     "HeartbeatActivityTask",
+    "DescribeTaskQueue",
 ];
 
 /// The body of a success: the response's inner struct as JSON (`{}` for `Empty`).
@@ -223,6 +226,7 @@ pub fn encode_response(response: &Response) -> Vec<u8> {
         Response::HeartbeatActivityTask(inner) => to_json(inner),
         Response::CompleteWorkflowTask(inner) => to_json(inner),
         Response::RespondActivityTask(inner) => to_json(inner),
+        Response::DescribeTaskQueue(inner) => to_json(inner),
     }
 }
 
@@ -242,6 +246,7 @@ pub fn decode_response(method: &str, body: &[u8]) -> Result<Response, serde_json
         "HeartbeatActivityTask" => Response::HeartbeatActivityTask(from_slice(body)?),
         "CompleteWorkflowTask" => Response::CompleteWorkflowTask(from_slice(body)?),
         "RespondActivityTask" => Response::RespondActivityTask(from_slice(body)?),
+        "DescribeTaskQueue" => Response::DescribeTaskQueue(from_slice(body)?),
         _ => {
             from_slice::<serde_json::Map<String, serde_json::Value>>(body)?;
             Response::Empty

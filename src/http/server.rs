@@ -22,7 +22,7 @@ use axum::serve::ListenerExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::ui::{self, PollerLog};
+use super::ui;
 use super::{API_PREFIX, DecodeRequestError, HttpError, METHODS, decode_request, encode_response};
 use super::{response_fits, to_json};
 use crate::api::{ErrorCode, ServiceError};
@@ -98,7 +98,6 @@ pub fn body_bytes_max_for(limits: &HistoryLimits) -> usize {
 struct AppState {
     handler: Arc<dyn RequestHandler>,
     body_bytes_max: usize,
-    pollers: Arc<PollerLog>,
 }
 
 /// A running HTTP server. Dropping it stops the server at once.
@@ -230,18 +229,11 @@ impl Drop for HttpServer {
 
 fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
     let health_handler = Arc::clone(&handler);
-    let pollers = Arc::new(PollerLog::default());
     let loopback = config.listen.ip().is_loopback();
-    let pages = ui::router(
-        Arc::clone(&handler),
-        Arc::clone(&pollers),
-        config.token.as_deref(),
-        loopback,
-    );
+    let pages = ui::router(Arc::clone(&handler), config.token.as_deref(), loopback);
     let state = AppState {
         handler,
         body_bytes_max: config.body_bytes_max,
-        pollers,
     };
     let api_path = format!("{API_PREFIX}{{method}}");
     let mut router = Router::new()
@@ -349,7 +341,6 @@ async fn call(
         }
     };
     let method = request.method();
-    state.pollers.note(&request);
     match state.handler.handle(request).await {
         Ok(response) => {
             assert!(

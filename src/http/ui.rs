@@ -15,8 +15,8 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use axum::Router;
@@ -29,9 +29,9 @@ use axum::routing::{get, post};
 use serde_json::Value;
 
 use crate::api::{
-    CancelWorkflowRequest, GetHistoryRequest, ListWorkflowsRequest, QueryWorkflowRequest, Request,
-    Response, RunDescription, RunRef, RunSummary, ServiceError, SignalWorkflowRequest,
-    TerminateWorkflowRequest,
+    CancelWorkflowRequest, DescribeTaskQueueRequest, ErrorCode, GetHistoryRequest,
+    ListWorkflowsRequest, PollerKind, QueryWorkflowRequest, Request, Response, RunDescription,
+    RunRef, RunSummary, ServiceError, SignalWorkflowRequest, TerminateWorkflowRequest,
 };
 use crate::env::{RequestHandler, RunStatus};
 use crate::history::{Event, History};
@@ -47,64 +47,13 @@ pub const LIST_READ_PAGE_SIZE: u32 = 1_000;
 pub const RUN_PAGE_EVENTS_MAX: usize = 5_000;
 /// Open runs the task queue page describes for its backlog.
 pub const QUEUE_SCAN_RUNS_MAX: usize = 500;
-/// Pollers remembered (the oldest are forgotten past it).
-pub const POLLERS_MAX: usize = 1_000;
 /// The cookie that keeps the token.
 pub const TOKEN_COOKIE: &str = "retrace_token";
 /// Who the UI's actions are signed by in histories.
 pub const UI_IDENTITY: &str = "retrace-ui";
-
-/// A poller's key: (task queue, `workflow` or `activity`, identity).
-type PollerKey = (String, &'static str, String);
-
-/// Pollers the server has seen: when each last polled, the types it serves.
-#[derive(Debug, Default)]
-pub(super) struct PollerLog {
-    seen: Mutex<BTreeMap<PollerKey, (Timestamp, Vec<String>)>>,
-}
-
-impl PollerLog {
-    /// Notes a poll request.
-    pub(super) fn note(&self, request: &Request) {
-        let (poll, kind) = match request {
-            Request::PollWorkflowTask(poll) => (poll, "workflow"),
-            Request::PollActivityTask(poll) => (poll, "activity"),
-            _ => return,
-        };
-        let mut seen = self.seen.lock().expect("poller log lock");
-        let key = (poll.task_queue.clone(), kind, poll.identity.clone());
-        seen.insert(key, (now(), poll.workflow_types.clone()));
-        while seen.len() > POLLERS_MAX {
-            let oldest = seen
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone());
-            oldest.map(|k| seen.remove(&k));
-        }
-    }
-
-    fn by_queue(&self) -> BTreeMap<String, Vec<Poller>> {
-        let seen = self.seen.lock().expect("poller log lock");
-        let mut out: BTreeMap<String, Vec<Poller>> = BTreeMap::new();
-        for ((queue, kind, identity), (at, types)) in seen.iter() {
-            out.entry(queue.clone()).or_default().push(Poller {
-                identity: identity.clone(),
-                kind,
-                last_poll: *at,
-                workflow_types: types.clone(),
-            });
-        }
-        for pollers in out.values_mut() {
-            pollers.sort_by_key(|p| std::cmp::Reverse(p.last_poll));
-        }
-        out
-    }
-}
-
 #[derive(Clone)]
 struct UiState {
     handler: Arc<dyn RequestHandler>,
-    pollers: Arc<PollerLog>,
     token: Option<Arc<str>>,
     loopback: bool,
 }
@@ -116,13 +65,11 @@ fn now() -> Timestamp {
 /// The UI's routes, with their own token and origin checks.
 pub(super) fn router(
     handler: Arc<dyn RequestHandler>,
-    pollers: Arc<PollerLog>,
     token: Option<&str>,
     loopback: bool,
 ) -> Router {
     let state = UiState {
         handler,
-        pollers,
         token: token.map(Arc::from),
         loopback,
     };
@@ -630,15 +577,32 @@ async fn task_queues(State(state): State<UiState>) -> HttpResponse {
         Ok(read) => read,
         Err(error) => return service_error_page(&error),
     };
+    let request = Request::DescribeTaskQueue(DescribeTaskQueueRequest::default());
+    let pollers = match call(&state, request).await {
+        Ok(Response::DescribeTaskQueue(description)) => description.pollers,
+        Ok(other) => {
+            let message = format!("DescribeTaskQueue answered {other:?}");
+            return service_error_page(&ServiceError::new(ErrorCode::Internal, message));
+        }
+        Err(error) => return service_error_page(&error),
+    };
     let mut queues: BTreeMap<String, QueueView> = BTreeMap::new();
-    for (name, pollers) in state.pollers.by_queue() {
-        queues
-            .entry(name.clone())
+    for poller in pollers {
+        let queue = queues
+            .entry(poller.task_queue.clone())
             .or_insert_with(|| QueueView {
-                name,
+                name: poller.task_queue.clone(),
                 ..QueueView::default()
-            })
-            .pollers = pollers;
+            });
+        queue.pollers.push(Poller {
+            identity: poller.identity,
+            kind: match poller.kind {
+                PollerKind::Workflow => "workflow",
+                PollerKind::Activity => "activity",
+            },
+            last_poll: poller.last_poll_time,
+            workflow_types: poller.workflow_types,
+        });
     }
     for run in open.iter().take(QUEUE_SCAN_RUNS_MAX) {
         let queue = queues

@@ -404,6 +404,30 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// How recent a workflow poll must be for `describe` not to warn.
+const POLL_RECENT_MS: u64 = 60_000;
+
+/// Warns on stderr when no worker polled the run's task queue for workflow
+/// tasks lately: the run cannot progress until one does (Temporal's UI
+/// shows the same warning). Silent if the service cannot say.
+async fn warn_without_pollers(client: &Client, task_queue: &str) {
+    let Ok(pollers) = client.describe_task_queue(Some(task_queue)).await else {
+        return;
+    };
+    let now = client.env().now();
+    let recent = pollers.iter().any(|p| {
+        p.kind == retrace::api::PollerKind::Workflow
+            && now.millis_since(p.last_poll_time) <= POLL_RECENT_MS
+    });
+    if !recent {
+        eprintln!(
+            "warning: no worker has polled task queue {task_queue:?} for workflow tasks in the \
+             last {}s: the run makes no progress until one does",
+            POLL_RECENT_MS / 1_000
+        );
+    }
+}
+
 /// The read-only commands.
 async fn inspect(
     client: &Client,
@@ -430,6 +454,9 @@ async fn inspect(
                 "{}",
                 timeline::describe_history(&history, client.env().now())
             );
+            if !description.status.is_closed() {
+                warn_without_pollers(client, &description.task_queue).await;
+            }
         }
         WorkflowCommand::List { filter, json } => {
             let runs = list_runs(client, &filter).await.map_err(fail)?;

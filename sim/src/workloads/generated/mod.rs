@@ -370,7 +370,16 @@ fn is_burst(action: &ClientAction) -> bool {
 async fn play(client: &SimClient, workflow_id: &str, action: &ClientAction) -> ClientRecord {
     let (result, described) = match action {
         ClientAction::Describe => match client.describe(workflow_id, None).await {
-            Ok(description) => (Ok(None), Some(Described::of(&description))),
+            Ok(description) => {
+                let mut described = Described::of(&description);
+                let queue = Some(description.task_queue.as_str());
+                described.pollers = client
+                    .describe_task_queue(queue)
+                    .await
+                    .ok()
+                    .map(|pollers| pollers.into_iter().map(|p| (p.identity, p.kind)).collect());
+                (Ok(None), Some(described))
+            }
             Err(error) => (Err(error.to_string()), None),
         },
         _ => (act(client, workflow_id, action).await, None),

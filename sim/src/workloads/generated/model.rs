@@ -71,6 +71,9 @@ pub struct Described {
     pub workflow_task: Option<String>,
     /// Each pending activity's id and state.
     pub activities: Vec<(String, String)>,
+    /// The workers `DescribeTaskQueue` listed for the run's queue, asked
+    /// right after (`None`: that call failed).
+    pub pollers: Option<Vec<(String, retrace::api::PollerKind)>>,
 }
 
 impl Described {
@@ -84,6 +87,7 @@ impl Described {
                 .iter()
                 .map(|a| (a.activity_id.clone(), a.state.clone()))
                 .collect(),
+            pollers: None,
         }
     }
 }
@@ -796,6 +800,28 @@ impl<'a> RunCheck<'a> {
                     self.problem(format!("describe showed activity {id} in state {state:?}"));
                 }
             }
+            self.check_pollers(d.pollers.as_deref());
+        }
+    }
+
+    /// The task queue's pollers are the program's workers (or its rogue
+    /// worker); in a calm seed, where no service restart empties the log,
+    /// at least one of them has polled for workflow tasks by then.
+    fn check_pollers(&mut self, pollers: Option<&[(String, retrace::api::PollerKind)]>) {
+        let Some(pollers) = pollers else { return };
+        for (identity, _) in pollers {
+            let known = identity.starts_with("worker-") || identity == super::rogue::IDENTITY;
+            if !known {
+                self.problem(format!(
+                    "DescribeTaskQueue listed a poller {identity:?} that does not exist"
+                ));
+            }
+        }
+        let polled = pollers
+            .iter()
+            .any(|(_, kind)| *kind == retrace::api::PollerKind::Workflow);
+        if self.program.calm && !polled {
+            self.problem("DescribeTaskQueue listed no workflow poller in a calm seed".to_string());
         }
     }
 

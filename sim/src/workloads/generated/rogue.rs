@@ -41,7 +41,7 @@ pub const ROGUE_RESULT: &str = "rogue done";
 const POLLS_MAX: u32 = 3;
 const WORKFLOW_QUEUE: &str = "rogue";
 const ACTIVITY_QUEUE: &str = "rogue-activities";
-const IDENTITY: &str = "rogue-worker";
+pub const IDENTITY: &str = "rogue-worker";
 
 /// One step of the protocol and what the service answered.
 #[derive(Clone, Debug, PartialEq)]
