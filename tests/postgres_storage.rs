@@ -151,18 +151,41 @@ fn a_schema_of_another_program_is_refused_untouched() {
 }
 
 #[test]
-fn two_servers_opening_a_fresh_schema_at_once_migrate_it_once() {
+fn a_second_server_on_the_same_schema_is_refused_until_the_first_is_gone() {
     let Some(cluster) = postgres_cluster::shared() else {
         return;
     };
     let url = cluster.fresh_schema_url();
+    let impatient = PostgresOptions {
+        server_lock_wait_ms_max: 200,
+        ..PostgresOptions::default()
+    };
     block_on(async {
         let (first, second) = tokio::join!(
-            PostgresStorage::connect(&url),
-            PostgresStorage::connect(&url)
+            PostgresStorage::connect_with(&url, impatient),
+            PostgresStorage::connect_with(&url, impatient)
         );
-        let (first, second) = (first.expect("first opens"), second.expect("second opens"));
+        let (first, refused) = match (first, second) {
+            (Ok(first), Err(refused)) | (Err(refused), Ok(first)) => (first, refused),
+            other => panic!("exactly one of two servers opens a schema: {other:?}"),
+        };
+        let StorageError::Io(message) = refused else {
+            panic!("expected Io, got {refused:?}")
+        };
+        assert!(
+            message.contains("another retrace server holds this database"),
+            "{message}"
+        );
         first.write(create("run-a")).await.expect("the write lands");
+        // Another schema of the same database is another instance: it opens.
+        let other = PostgresStorage::connect(&cluster.fresh_schema_url()).await;
+        other.expect("another schema opens beside it");
+        drop(first);
+        // Once the first is gone the lock is released (when Postgres sees its
+        // connection close); the default wait covers that.
+        let second = PostgresStorage::connect(&url)
+            .await
+            .expect("the schema opens again");
         let read = second.read_run("run-a").await.expect("the read works");
         assert_eq!(read.map(|run| run.version), Some(1));
     });

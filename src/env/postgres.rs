@@ -128,6 +128,16 @@ const APPLICATION: &str = "retrace";
 /// Key of the advisory lock that serializes migrations ("RTRC").
 const MIGRATION_LOCK_KEY: i64 = 0x5254_5243;
 
+/// First key of the advisory lock a server holds on its schema while it
+/// runs ("RTRD"); the second is the schema's name hashed.
+const SERVER_LOCK_KEY: i32 = 0x5254_5244;
+/// Takes the server lock if it is free; never waits.
+const SERVER_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))";
+/// Between two tries at the server lock.
+const SERVER_LOCK_RETRY_MS: u64 = 100;
+/// The longest wait between two reconnects of the lock's connection.
+const SERVER_LOCK_BACKOFF_MS_MAX: u64 = 2_000;
+
 /// The columns of `runs`, in the order [`run_from_row`] reads them.
 const RUN_COLUMNS: &str = "run_id, workflow_id, workflow_type, task_queue, status, \
     start_time_ms, close_time_ms, next_event_id, version, state";
@@ -147,6 +157,9 @@ pub struct PostgresOptions {
     /// How long one call (a read, or a write's whole transaction) may take;
     /// also each statement's `statement_timeout` on the server.
     pub operation_ms_max: u64,
+    /// How long opening waits for the server lock another server holds
+    /// (one just killed holds it until Postgres notices), then refuses.
+    pub server_lock_wait_ms_max: u64,
 }
 
 impl Default for PostgresOptions {
@@ -156,6 +169,7 @@ impl Default for PostgresOptions {
             pool_wait_ms_max: 5_000,
             connect_ms_max: 5_000,
             operation_ms_max: 10_000,
+            server_lock_wait_ms_max: 5_000,
         }
     }
 }
@@ -203,6 +217,18 @@ struct Inner {
     writes_ambiguous: AtomicU64,
     /// The last connection failure, until a call succeeds again.
     trouble: Mutex<Option<String>>,
+    /// Set for good if another server took the server lock while this one
+    /// had lost it (Postgres restarted): every write is refused.
+    lock_lost: Arc<Mutex<Option<String>>>,
+    /// The task holding the server lock; aborted on drop, which closes its
+    /// connection and so releases the lock.
+    lock_task: tokio::task::AbortHandle,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.lock_task.abort();
+    }
 }
 
 impl fmt::Debug for PostgresStorage {
@@ -277,6 +303,8 @@ impl PostgresStorage {
             .options(&server_options)
             .application_name("retrace")
             .connect_timeout(Duration::from_millis(options.connect_ms_max));
+        let lock_lost = Arc::new(Mutex::new(None));
+        let lock_task = take_server_lock(&config, &target, &options, &lock_lost).await?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -284,13 +312,19 @@ impl PostgresStorage {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(manager)
+        let built = Pool::builder(manager)
             .max_size(options.pool_size_max)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_millis(options.pool_wait_ms_max)))
             .create_timeout(Some(Duration::from_millis(options.connect_ms_max)))
-            .build()
-            .map_err(|error| io_error(&target, "cannot build the connection pool", error))?;
+            .build();
+        let pool = match built {
+            Ok(pool) => pool,
+            Err(error) => {
+                lock_task.abort();
+                return Err(io_error(&target, "cannot build the connection pool", error));
+            }
+        };
         let storage = PostgresStorage {
             inner: Arc::new(Inner {
                 pool,
@@ -299,6 +333,8 @@ impl PostgresStorage {
                 batches_written: AtomicU64::new(0),
                 writes_ambiguous: AtomicU64::new(0),
                 trouble: Mutex::new(None),
+                lock_lost,
+                lock_task,
             }),
         };
         storage.migrate().await?;
@@ -378,6 +414,114 @@ impl PostgresStorage {
         let version = schema_version(&connection, &target).await?;
         assert_eq!(version, PostgresStorage::SCHEMA_VERSION as i32);
         Ok(())
+    }
+}
+
+/// Takes the server lock on a connection of its own (waiting up to
+/// `server_lock_wait_ms_max` for a server that just died to let go of it),
+/// and spawns the task that holds it: when Postgres restarts, the task
+/// reconnects and takes it again; if another server took it meanwhile,
+/// `lock_lost` says so and every write is refused from then on.
+async fn take_server_lock(
+    config: &tokio_postgres::Config,
+    target: &str,
+    options: &PostgresOptions,
+    lock_lost: &Arc<Mutex<Option<String>>>,
+) -> Result<tokio::task::AbortHandle, StorageError> {
+    let mut waited_ms = 0;
+    let (client, connection) = loop {
+        let (client, connection) = connect_for_lock(config, target).await?;
+        match try_server_lock(&client).await {
+            Ok(true) => break (client, connection),
+            Ok(false) if waited_ms < options.server_lock_wait_ms_max => {}
+            Ok(false) => {
+                let reason = "another retrace server holds this database (schema) open; stop \
+                              that server, or give this one another database or schema";
+                return Err(io_error(target, "cannot open", reason));
+            }
+            Err(error) => return Err(io_error(target, "cannot take the server lock", error)),
+        }
+        drop(client);
+        connection.abort();
+        tokio::time::sleep(Duration::from_millis(SERVER_LOCK_RETRY_MS)).await;
+        waited_ms += SERVER_LOCK_RETRY_MS;
+    };
+    let holder = hold_server_lock(
+        config.clone(),
+        target.to_string(),
+        client,
+        connection,
+        lock_lost.clone(),
+    );
+    Ok(tokio::spawn(holder).abort_handle())
+}
+
+type LockConnection = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
+
+async fn connect_for_lock(
+    config: &tokio_postgres::Config,
+    target: &str,
+) -> Result<LockConnection, StorageError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|error| io_error(target, "cannot connect", describe_error(&error)))?;
+    let connection = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "postgres storage: the server lock's connection ended");
+        }
+    });
+    Ok((client, connection))
+}
+
+async fn try_server_lock(client: &tokio_postgres::Client) -> Result<bool, String> {
+    let row = client
+        .query_one(SERVER_LOCK_SQL, &[&SERVER_LOCK_KEY])
+        .await
+        .map_err(|error| describe_error(&error))?;
+    Ok(row.get(0))
+}
+
+/// Holds the server lock for as long as the storage lives (see
+/// [`take_server_lock`]).
+async fn hold_server_lock(
+    config: tokio_postgres::Config,
+    target: String,
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+    lock_lost: Arc<Mutex<Option<String>>>,
+) {
+    let (mut _client, mut connection) = (client, connection);
+    loop {
+        let _ = (&mut connection).await; // Ends when Postgres closes it.
+        tracing::warn!(%target, "postgres storage: the server lock's connection was lost; taking the lock again");
+        let mut backoff_ms = SERVER_LOCK_RETRY_MS;
+        loop {
+            tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+            backoff_ms = (backoff_ms * 2).min(SERVER_LOCK_BACKOFF_MS_MAX);
+            let Ok((client, reconnected)) = connect_for_lock(&config, &target).await else {
+                continue;
+            };
+            match try_server_lock(&client).await {
+                Ok(true) => {
+                    (_client, connection) = (client, reconnected);
+                    break;
+                }
+                Ok(false) => {
+                    let reason = format!(
+                        "database {target}: another retrace server took this database over \
+                         while Postgres restarted; every write is refused: restart this server"
+                    );
+                    tracing::error!(%reason, "postgres storage: server lock lost");
+                    *lock(&lock_lost) = Some(reason);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "postgres storage: cannot take the server lock yet");
+                    reconnected.abort();
+                }
+            }
+        }
     }
 }
 
@@ -781,6 +925,9 @@ fn from_stored(run_id: &str, column: &str, value: i64) -> Result<u64, StorageErr
 impl PostgresStorage {
     /// One batch, one transaction: see the module's documentation.
     async fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        if let Some(reason) = lock(&self.inner.lock_lost).clone() {
+            return Err(StorageError::Io(reason));
+        }
         let encoded = Encoded::of(&batch)?;
         let object = self.connection().await?;
         let mut transaction = InTransaction {
@@ -1239,6 +1386,9 @@ impl Storage for PostgresStorage {
 
     /// The last connection failure, until a call succeeds again.
     fn health(&self) -> Result<(), String> {
+        if let Some(reason) = lock(&self.inner.lock_lost).clone() {
+            return Err(reason);
+        }
         match lock(&self.inner.trouble).clone() {
             Some(reason) => Err(format!("cannot reach Postgres: {reason}")),
             None => Ok(()),
