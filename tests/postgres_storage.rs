@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use postgres_cluster::PgCluster;
 use retrace::env::{
-    PostgresOptions, PostgresStorage, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim,
-    WriteBatch,
+    PostgresOptions, PostgresStats, PostgresStorage, RunRecord, RunStatus, Storage, StorageError,
+    WorkflowIdClaim, WriteBatch,
 };
 use retrace::history::{Event, EventKind, WorkflowExecutionSignaled};
 use retrace::types::Timestamp;
@@ -446,6 +446,7 @@ fn an_exhausted_pool_gives_a_clear_retryable_error() {
     let url = cluster.fresh_schema_url();
     let options = PostgresOptions {
         pool_size_max: 1,
+        writer_count: 1,
         pool_wait_ms_max: 100,
         ..PostgresOptions::default()
     };
@@ -533,4 +534,43 @@ fn the_storage_rides_through_a_postgres_restart() {
         );
         assert_eq!(storage.health(), Ok(()));
     });
+}
+
+/// Writes `count` runs at once; returns the counters.
+fn write_concurrently(url: &str, options: PostgresOptions, count: usize) -> PostgresStats {
+    block_on(async {
+        let storage = PostgresStorage::connect_with(url, options)
+            .await
+            .expect("it opens");
+        let batches: Vec<WriteBatch> = (0..count).map(|i| create(&format!("run-{i}"))).collect();
+        let writes = batches.iter().map(|batch| storage.write(batch.clone()));
+        for result in futures::future::join_all(writes).await {
+            result.expect("every write lands");
+        }
+        assert_eq!(storage.list_runs(all_runs()).await.unwrap().len(), count);
+        storage.stats()
+    })
+}
+
+fn all_runs() -> retrace::env::ListQuery {
+    retrace::env::ListQuery {
+        limit: 10_000,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn concurrent_writes_are_committed_in_groups_bounded_by_group_commit_batches_max() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let grouped = write_concurrently(&cluster.fresh_schema_url(), PostgresOptions::default(), 50);
+    assert_eq!(grouped.batches_written, 50);
+    assert!(grouped.commits < 50, "nothing was grouped: {grouped:?}");
+    let one_batch = PostgresOptions {
+        group_commit_batches_max: 1,
+        ..PostgresOptions::default()
+    };
+    let alone = write_concurrently(&cluster.fresh_schema_url(), one_batch, 50);
+    assert_eq!((alone.commits, alone.batches_written), (50, 50));
 }

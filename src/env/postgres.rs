@@ -56,15 +56,17 @@
 //! it. A schema from a newer build is refused untouched, and so is a schema
 //! that holds tables but no `retrace_schema` (another program's).
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use deadpool_postgres::{
     ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod,
 };
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -157,6 +159,12 @@ pub struct PostgresOptions {
     /// How long one call (a read, or a write's whole transaction) may take;
     /// also each statement's `statement_timeout` on the server.
     pub operation_ms_max: u64,
+    /// Batches queued for the writers; `write` waits for room beyond this.
+    pub write_queue_max: usize,
+    /// Batches a writer commits together in one transaction (one WAL flush).
+    pub group_commit_batches_max: usize,
+    /// Writer tasks, each committing one group at a time on its own connection.
+    pub writer_count: usize,
     /// How long opening waits for the server lock another server holds
     /// (one just killed holds it until Postgres notices), then refuses.
     pub server_lock_wait_ms_max: u64,
@@ -170,6 +178,9 @@ impl Default for PostgresOptions {
             connect_ms_max: 5_000,
             operation_ms_max: 10_000,
             server_lock_wait_ms_max: 5_000,
+            write_queue_max: 1024,
+            group_commit_batches_max: 128,
+            writer_count: 2,
         }
     }
 }
@@ -196,6 +207,8 @@ impl PostgresOptions {
 /// Counters, for monitoring (and for tests).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PostgresStats {
+    /// Transactions committed that wrote at least one batch.
+    pub commits: u64,
     /// Batches committed.
     pub batches_written: u64,
     /// Writes answered `Timeout` (outcome unknown).
@@ -209,10 +222,13 @@ pub struct PostgresStorage {
 }
 
 struct Inner {
+    /// To the writer tasks; they end once every handle is gone.
+    write_sender: mpsc::Sender<WriteJob>,
     pool: Pool,
     /// `postgres://user@host:port/db`, without the password: for messages.
     target: String,
     options: PostgresOptions,
+    commits: AtomicU64,
     batches_written: AtomicU64,
     writes_ambiguous: AtomicU64,
     /// The last connection failure, until a call succeeds again.
@@ -325,11 +341,14 @@ impl PostgresStorage {
                 return Err(io_error(&target, "cannot build the connection pool", error));
             }
         };
+        let (write_sender, write_receiver) = mpsc::channel(options.write_queue_max);
         let storage = PostgresStorage {
             inner: Arc::new(Inner {
+                write_sender,
                 pool,
                 target,
                 options,
+                commits: AtomicU64::new(0),
                 batches_written: AtomicU64::new(0),
                 writes_ambiguous: AtomicU64::new(0),
                 trouble: Mutex::new(None),
@@ -338,6 +357,11 @@ impl PostgresStorage {
             }),
         };
         storage.migrate().await?;
+        let write_receiver = Arc::new(tokio::sync::Mutex::new(write_receiver));
+        for _ in 0..options.writer_count {
+            let weak = Arc::downgrade(&storage.inner);
+            tokio::spawn(writer_loop(weak, write_receiver.clone()));
+        }
         assert_eq!(storage.inner.pool.status().max_size, options.pool_size_max);
         Ok(storage)
     }
@@ -350,6 +374,7 @@ impl PostgresStorage {
     /// The counters so far.
     pub fn stats(&self) -> PostgresStats {
         PostgresStats {
+            commits: self.inner.commits.load(Ordering::Relaxed),
             batches_written: self.inner.batches_written.load(Ordering::Relaxed),
             writes_ambiguous: self.inner.writes_ambiguous.load(Ordering::Relaxed),
         }
@@ -757,43 +782,81 @@ async fn write_run(
     events: Option<&str>,
     buffered: Option<&str>,
 ) -> Result<(), Failure> {
+    let values = RunValues::of(batch).map_err(Failure::Refused)?;
+    let statements = prepare_writes(client).await?;
+    let executions = run_writes(client, &statements, batch, &values, events, buffered);
+    let results = futures::future::join_all(executions).await;
+    check_writes(batch, events.is_some(), results)
+}
+
+/// A run's numbers as Postgres stores them (BIGINT), converted before any
+/// statement is sent.
+struct RunValues {
+    start_time_ms: i64,
+    close_time_ms: Option<i64>,
+    next_event_id: i64,
+    version: i64,
+    expected: Option<i64>,
+    first_event_id: i64,
+    last_event_id: i64,
+}
+
+impl RunValues {
+    /// `BadBatch` if a number is over `i64::MAX`.
+    fn of(batch: &WriteBatch) -> Result<RunValues, StorageError> {
+        let run = &batch.run;
+        let stored = |field: &str, value: u64| to_stored(&run.run_id, field, value);
+        let (first_event_id, last_event_id) = match (batch.events.first(), batch.events.last()) {
+            (Some(first), Some(last)) => (
+                stored("event_id", first.event_id)?,
+                stored("event_id", last.event_id)?,
+            ),
+            _ => (0, 0),
+        };
+        Ok(RunValues {
+            start_time_ms: stored("start_time", run.start_time.as_millis())?,
+            close_time_ms: match run.close_time {
+                Some(time) => Some(stored("close_time", time.as_millis())?),
+                None => None,
+            },
+            next_event_id: stored("next_event_id", run.next_event_id)?,
+            version: stored("version", run.version)?,
+            expected: match batch.expected_version {
+                Some(expected) => Some(stored("version", expected)?),
+                None => None,
+            },
+            first_event_id,
+            last_event_id,
+        })
+    }
+}
+
+/// The statements that write one checked run, in the order
+/// [`check_writes`] reads their row counts; not yet sent.
+fn run_writes<'a>(
+    client: &'a ClientWrapper,
+    statements: &'a WriteStatements,
+    batch: &'a WriteBatch,
+    values: &'a RunValues,
+    events: Option<&'a str>,
+    buffered: Option<&'a str>,
+) -> Vec<Execution<'a>> {
     let run = &batch.run;
     let id = run.run_id.as_str();
-    let stored = |field: &str, value: u64| to_stored(id, field, value).map_err(Failure::Refused);
-    let start_time_ms = stored("start_time", run.start_time.as_millis())?;
-    let close_time_ms = match run.close_time {
-        Some(time) => Some(stored("close_time", time.as_millis())?),
-        None => None,
-    };
-    let next_event_id = stored("next_event_id", run.next_event_id)?;
-    let version = stored("version", run.version)?;
-    let expected = match batch.expected_version {
-        Some(expected) => Some(stored("version", expected)?),
-        None => None,
-    };
-    let (first_event_id, last_event_id) = match (batch.events.first(), batch.events.last()) {
-        (Some(first), Some(last)) => (
-            stored("event_id", first.event_id)?,
-            stored("event_id", last.event_id)?,
-        ),
-        _ => (0, 0),
-    };
     let status = run.status.as_str();
-    let statements = prepare_writes(client).await?;
-    let statements = &statements;
-    let mut executions: Vec<Execution<'_>> = Vec::with_capacity(5);
-    executions.push(match &expected {
-        None => Box::pin(async {
+    let mut executions: Vec<Execution<'a>> = Vec::with_capacity(5);
+    executions.push(match &values.expected {
+        None => Box::pin(async move {
             let params: [&(dyn ToSql + Sync); 10] = [
                 &id,
                 &run.workflow_id,
                 &run.workflow_type,
                 &run.task_queue,
                 &status,
-                &start_time_ms,
-                &close_time_ms,
-                &next_event_id,
-                &version,
+                &values.start_time_ms,
+                &values.close_time_ms,
+                &values.next_event_id,
+                &values.version,
                 &run.state,
             ];
             client.execute(&statements.insert_run, &params).await
@@ -802,18 +865,19 @@ async fn write_run(
             let params: [&(dyn ToSql + Sync); 7] = [
                 &id,
                 &status,
-                &close_time_ms,
-                &next_event_id,
-                &version,
+                &values.close_time_ms,
+                &values.next_event_id,
+                &values.version,
                 &run.state,
                 expected,
             ];
             client.execute(&statements.update_run, &params).await
         }),
     });
-    if let Some(events) = &events {
+    if let Some(events) = events {
         executions.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 4] = [&id, &first_event_id, &last_event_id, events];
+            let params: [&(dyn ToSql + Sync); 4] =
+                [&id, &values.first_event_id, &values.last_event_id, &events];
             client.execute(&statements.insert_events, &params).await
         }));
     }
@@ -829,14 +893,13 @@ async fn write_run(
             client.execute(&statements.delete_buffered, &[&id]).await
         }));
     }
-    if let Some(buffered) = &buffered {
+    if let Some(buffered) = buffered {
         executions.push(Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 2] = [&id, buffered];
+            let params: [&(dyn ToSql + Sync); 2] = [&id, &buffered];
             client.execute(&statements.insert_buffered, &params).await
         }));
     }
-    let results = futures::future::join_all(executions).await;
-    check_writes(batch, events.is_some(), results)
+    executions
 }
 
 /// The row counts of [`write_run`]'s pipeline: a conditional write that
@@ -923,12 +986,30 @@ fn from_stored(run_id: &str, column: &str, value: i64) -> Result<u64, StorageErr
 }
 
 impl PostgresStorage {
-    /// One batch, one transaction: see the module's documentation.
+    /// Queues `batch` for a writer task and awaits its answer.
     async fn write_batch(&self, batch: WriteBatch) -> Result<(), StorageError> {
         if let Some(reason) = lock(&self.inner.lock_lost).clone() {
             return Err(StorageError::Io(reason));
         }
         let encoded = Encoded::of(&batch)?;
+        let (reply, answer) = oneshot::channel();
+        let job = WriteJob {
+            batch,
+            encoded,
+            reply,
+        };
+        let stopped = || StorageError::Io("storage stopped".to_string());
+        self.inner
+            .write_sender
+            .send(job)
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// One batch, one transaction (the path of a group of one, and of each
+    /// batch of a group that failed as a whole).
+    async fn write_alone(&self, batch: &WriteBatch, encoded: &Encoded) -> Result<(), StorageError> {
         let object = self.connection().await?;
         let mut transaction = InTransaction {
             object: Some(object),
@@ -937,7 +1018,7 @@ impl PostgresStorage {
         };
         let duration = Duration::from_millis(self.inner.options.operation_ms_max);
         let outcome =
-            tokio::time::timeout(duration, transact(&mut transaction, &batch, &encoded)).await;
+            tokio::time::timeout(duration, transact(&mut transaction, batch, encoded)).await;
         let target = &self.inner.target;
         let run_id = &batch.run.run_id;
         let result = match outcome {
@@ -957,6 +1038,7 @@ impl PostgresStorage {
             Ok(()) => {
                 assert!(!transaction.open);
                 self.inner.batches_written.fetch_add(1, Ordering::Relaxed);
+                self.inner.commits.fetch_add(1, Ordering::Relaxed);
                 self.untroubled();
             }
             Err(StorageError::Timeout) => {
@@ -1394,4 +1476,350 @@ impl Storage for PostgresStorage {
             None => Ok(()),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Group commit.
+
+/// A batch queued for a writer task, its JSON encoded by the caller.
+struct WriteJob {
+    batch: WriteBatch,
+    encoded: Encoded,
+    reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+impl WriteJob {
+    /// The run ids and workflow ids the batch touches.
+    fn keys(&self) -> (Vec<&str>, Vec<&str>) {
+        let mut runs = vec![self.batch.run.run_id.as_str()];
+        let mut workflow_ids: Vec<&str> = self
+            .batch
+            .claim
+            .iter()
+            .map(|claim| claim.workflow_id.as_str())
+            .collect();
+        if let Some(next) = &self.batch.next_run {
+            runs.push(next.run.run_id.as_str());
+            workflow_ids.extend(next.claim.iter().map(|claim| claim.workflow_id.as_str()));
+        }
+        (runs, workflow_ids)
+    }
+
+    fn answer(self, result: Result<(), StorageError>) {
+        // A caller that stopped waiting does not need its answer.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The keys a group holds: a batch touching one of them waits for the next
+/// group, so a group's batches are independent of each other.
+#[derive(Default)]
+struct GroupKeys {
+    runs: BTreeSet<String>,
+    workflow_ids: BTreeSet<String>,
+}
+
+impl GroupKeys {
+    /// Adds `job`'s keys if none is taken yet; false (and nothing added) if one is.
+    fn take(&mut self, job: &WriteJob) -> bool {
+        let (runs, workflow_ids) = job.keys();
+        let free = runs.iter().all(|run| !self.runs.contains(*run))
+            && workflow_ids
+                .iter()
+                .all(|id| !self.workflow_ids.contains(*id));
+        if free {
+            self.runs.extend(runs.into_iter().map(str::to_string));
+            self.workflow_ids
+                .extend(workflow_ids.into_iter().map(str::to_string));
+        }
+        free
+    }
+}
+
+type SharedReceiver = Arc<tokio::sync::Mutex<mpsc::Receiver<WriteJob>>>;
+
+/// A writer task: takes every batch waiting (up to `group_commit_batches_max`,
+/// each run and workflow id once) and commits them in one transaction. Ends
+/// once every handle is gone and the queue is drained.
+async fn writer_loop(weak: Weak<Inner>, receiver: SharedReceiver) {
+    let mut carried: VecDeque<WriteJob> = VecDeque::new();
+    loop {
+        // With batches carried over, never wait for the queue: another writer
+        // may be waiting on it, and the carried batches' callers wait on us.
+        let mut queue = match carried.is_empty() {
+            true => Some(receiver.lock().await),
+            false => receiver.try_lock().ok(),
+        };
+        let first = match carried.pop_front() {
+            Some(job) => job,
+            None => {
+                let queue = queue.as_mut().expect("locked when nothing is carried");
+                match queue.recv().await {
+                    Some(job) => job,
+                    None => return, // Every handle is gone and the queue is drained.
+                }
+            }
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        let group_max = inner.options.group_commit_batches_max;
+        let mut keys = GroupKeys::default();
+        assert!(keys.take(&first));
+        let mut group = vec![first];
+        let mut waiting = std::mem::take(&mut carried);
+        while group.len() < group_max {
+            let job = match waiting.pop_front() {
+                Some(job) => job,
+                None => match queue.as_mut().map(|queue| queue.try_recv()) {
+                    Some(Ok(job)) => job,
+                    _ => break, // Empty, closed (write this group first), or not ours.
+                },
+            };
+            if keys.take(&job) {
+                group.push(job);
+            } else {
+                carried.push_back(job); // Touches a key of this group: the next one.
+            }
+        }
+        drop(queue);
+        carried.extend(waiting);
+        assert!(!group.is_empty() && group.len() <= group_max);
+        PostgresStorage { inner }.write_group(group).await;
+    }
+}
+
+/// Why a group's transaction did not commit.
+enum GroupFailure {
+    /// Something in it failed in a way that names no one batch (a statement
+    /// refused, a conditional write that matched nothing): it rolled back,
+    /// and each batch is written alone, which gives each its own answer.
+    WriteAlone,
+    /// The connection failed: nothing committed unless `COMMIT` was sent.
+    Connection(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for GroupFailure {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if error.as_db_error().is_some() {
+            GroupFailure::WriteAlone
+        } else {
+            GroupFailure::Connection(error)
+        }
+    }
+}
+
+impl PostgresStorage {
+    /// Writes `group` in one transaction and answers each batch.
+    async fn write_group(&self, mut group: Vec<WriteJob>) {
+        if group.len() == 1 {
+            let job = group.pop().expect("one job");
+            let result = self.write_alone(&job.batch, &job.encoded).await;
+            return job.answer(result);
+        }
+        // Rows are locked in run id order, so two groups never deadlock on runs.
+        group.sort_by(|a, b| a.batch.run.run_id.cmp(&b.batch.run.run_id));
+        let object = match self.connection().await {
+            Ok(object) => object,
+            Err(error) => {
+                return group
+                    .into_iter()
+                    .for_each(|job| job.answer(Err(error.clone())));
+            }
+        };
+        let mut transaction = InTransaction {
+            object: Some(object),
+            open: true,
+            commit_sent: false,
+        };
+        let duration = Duration::from_millis(self.inner.options.operation_ms_max);
+        let jobs = &group;
+        let outcome = tokio::time::timeout(duration, transact_group(&mut transaction, jobs)).await;
+        let refusals = match outcome {
+            Ok(Ok(refusals)) => refusals,
+            Ok(Err(GroupFailure::WriteAlone)) => {
+                let _ = rollback(&mut transaction).await;
+                drop(transaction);
+                let writes = group
+                    .iter()
+                    .map(|job| self.write_alone(&job.batch, &job.encoded));
+                let results = futures::future::join_all(writes).await;
+                return group
+                    .into_iter()
+                    .zip(results)
+                    .for_each(|(job, r)| job.answer(r));
+            }
+            Ok(Err(GroupFailure::Connection(error))) => {
+                let error = self.group_error(&transaction, &describe_error(&error));
+                return group
+                    .into_iter()
+                    .for_each(|job| job.answer(Err(error.clone())));
+            }
+            Err(_elapsed) => {
+                let reason = format!(
+                    "no answer within {} ms",
+                    self.inner.options.operation_ms_max
+                );
+                let error = self.group_error(&transaction, &reason);
+                return group
+                    .into_iter()
+                    .for_each(|job| job.answer(Err(error.clone())));
+            }
+        };
+        assert_eq!(refusals.len(), group.len());
+        let written = refusals.iter().filter(|refusal| refusal.is_none()).count();
+        self.inner
+            .batches_written
+            .fetch_add(written as u64, Ordering::Relaxed);
+        if written > 0 {
+            self.inner.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.untroubled();
+        for (job, refusal) in group.into_iter().zip(refusals) {
+            job.answer(refusal.map_or(Ok(()), Err));
+        }
+    }
+
+    /// What every batch of a group gets when its connection failed or its
+    /// transaction took too long: `Timeout` once `COMMIT` may have been sent,
+    /// `Io` before (the transaction is rolled back when the connection closes).
+    fn group_error(&self, transaction: &InTransaction, reason: &str) -> StorageError {
+        if transaction.commit_sent {
+            self.inner.writes_ambiguous.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target = %self.inner.target, reason, "postgres storage: a group commit's outcome is unknown");
+            return StorageError::Timeout;
+        }
+        let error = io_error(&self.inner.target, "cannot write", reason);
+        self.troubled(&error);
+        error
+    }
+}
+
+/// The group's transaction: `BEGIN` and every row it reads locked (one round
+/// trip), every batch checked, the writes of those that pass (one round
+/// trip), `COMMIT`. Returns each batch's refusal (`None`: written).
+async fn transact_group(
+    transaction: &mut InTransaction,
+    group: &[WriteJob],
+) -> Result<Vec<Option<StorageError>>, GroupFailure> {
+    assert!(transaction.open && !transaction.commit_sent);
+    let client = transaction.client();
+    let (runs, claims) = read_group(client, group).await?;
+    let mut refusals: Vec<Option<StorageError>> = Vec::with_capacity(group.len());
+    let mut values: Vec<(RunValues, Option<RunValues>)> = Vec::with_capacity(group.len());
+    for job in group {
+        match check_job(&job.batch, &runs, &claims) {
+            Ok(checked) => {
+                refusals.push(None);
+                values.push(checked);
+            }
+            Err(error) => refusals.push(Some(error)),
+        }
+    }
+    let statements = prepare_writes(client).await?;
+    let accepted = group.iter().zip(&refusals).filter(|(_, r)| r.is_none());
+    let mut executions = Vec::new();
+    let mut shapes = Vec::new();
+    for ((job, _), (run_values, next_values)) in accepted.zip(&values) {
+        let (batch, encoded) = (&job.batch, &job.encoded);
+        let events = encoded.events.as_deref();
+        let writes = run_writes(
+            client,
+            &statements,
+            batch,
+            run_values,
+            events,
+            encoded.buffered.as_deref(),
+        );
+        shapes.push((batch, events.is_some(), writes.len()));
+        executions.extend(writes);
+        if let (Some(next), Some(next_values)) = (&batch.next_run, next_values) {
+            let events = encoded.next_events.as_deref();
+            let writes = run_writes(client, &statements, next, next_values, events, None);
+            shapes.push((&**next, events.is_some(), writes.len()));
+            executions.extend(writes);
+        }
+    }
+    let mut results = futures::future::join_all(executions).await.into_iter();
+    for (batch, has_events, count) in shapes {
+        let results: Vec<_> = results.by_ref().take(count).collect();
+        if let Err(failure) = check_writes(batch, has_events, results) {
+            return Err(match failure {
+                Failure::Statement(error) => GroupFailure::from(error),
+                _ => GroupFailure::WriteAlone,
+            });
+        }
+    }
+    transaction.commit_sent = true;
+    transaction.client().batch_execute("COMMIT").await?;
+    transaction.open = false;
+    Ok(refusals)
+}
+
+type StoredRuns = BTreeMap<String, Option<RunRecord>>;
+type StoredClaims = BTreeMap<String, Option<String>>;
+
+/// `BEGIN`, then every run row and workflow id row the group touches,
+/// locked (`FOR UPDATE`), runs first and each kind in key order.
+async fn read_group(
+    client: &ClientWrapper,
+    group: &[WriteJob],
+) -> Result<(StoredRuns, StoredClaims), GroupFailure> {
+    let header = client.prepare_cached(SELECT_HEADER_FOR_UPDATE);
+    let claim = client.prepare_cached(SELECT_CLAIM_FOR_UPDATE);
+    let (header, claim) = futures::try_join!(header, claim)?;
+    let mut run_ids: BTreeSet<&str> = BTreeSet::new();
+    let mut workflow_ids: BTreeSet<&str> = BTreeSet::new();
+    for job in group {
+        let (runs, ids) = job.keys();
+        run_ids.extend(runs);
+        workflow_ids.extend(ids);
+    }
+    let (header, claim) = (&header, &claim);
+    let runs = run_ids.iter().map(|run_id| async move {
+        let row = client.query_opt(header, &[run_id]).await?;
+        let run = row.map(|row| run_from_row(&row)).transpose();
+        Ok::<_, tokio_postgres::Error>((run_id.to_string(), run))
+    });
+    let claims = workflow_ids.iter().map(|workflow_id| async move {
+        let row = client.query_opt(claim, &[workflow_id]).await?;
+        Ok::<_, tokio_postgres::Error>((workflow_id.to_string(), row.map(|row| row.get(0))))
+    });
+    let begun = client.batch_execute("BEGIN");
+    let (begun, runs, claims) = futures::join!(
+        begun,
+        futures::future::join_all(runs),
+        futures::future::join_all(claims)
+    );
+    begun?;
+    let mut stored = StoredRuns::new();
+    for read in runs {
+        let (run_id, run) = read?;
+        // A corrupt row names no batch alone: each batch, written alone, says so.
+        let run = run.map_err(|_| GroupFailure::WriteAlone)?;
+        stored.insert(run_id, run);
+    }
+    let claims = claims.into_iter().collect::<Result<StoredClaims, _>>()?;
+    Ok((stored, claims))
+}
+
+/// Checks a batch of a group (and its next run) against the rows read.
+fn check_job(
+    batch: &WriteBatch,
+    runs: &StoredRuns,
+    claims: &StoredClaims,
+) -> Result<(RunValues, Option<RunValues>), StorageError> {
+    let check = |batch: &WriteBatch| {
+        let stored = runs.get(&batch.run.run_id).and_then(Option::as_ref);
+        let current = batch
+            .claim
+            .as_ref()
+            .and_then(|claim| claims.get(&claim.workflow_id).cloned().flatten());
+        check_batch(batch, stored, current.as_deref())?;
+        RunValues::of(batch)
+    };
+    let values = check(batch)?;
+    let next_values = match &batch.next_run {
+        Some(next) => Some(check(next)?),
+        None => None,
+    };
+    Ok((values, next_values))
 }
