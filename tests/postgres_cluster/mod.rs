@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// More server settings for the benchmarks' clusters (`-c name=value …`).
+pub const SETTINGS_VARIABLE: &str = "RETRACE_BENCH_PG_SETTINGS";
 /// Set to make a missing or broken Postgres a failure, not a skip.
 pub const REQUIRE_VARIABLE: &str = "RETRACE_REQUIRE_POSTGRES";
 /// Tries at a free port (another process may take the one picked).
@@ -185,9 +187,10 @@ impl PgCluster {
     fn pg_ctl_start(&self) -> Result<(), String> {
         let settings = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-             -c shared_buffers=64MB",
+             -c shared_buffers=64MB {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            std::env::var(SETTINGS_VARIABLE).unwrap_or_default()
         );
         let mut command = self.pg_ctl();
         command
