@@ -226,10 +226,7 @@ impl CommitCutter {
 /// is dropped and both sides are cut: the client hears nothing of it.
 fn relay_answers(mut server: TcpStream, mut client: TcpStream, muted: &AtomicBool) {
     let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let Ok(read) = server.read(&mut buffer) else {
-            break;
-        };
+    while let Ok(read) = server.read(&mut buffer) {
         if read == 0 || muted.load(Ordering::SeqCst) {
             break;
         }
@@ -253,10 +250,7 @@ fn relay_cutting(
     forward: bool,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let Ok(read) = client.read(&mut buffer) else {
-            break;
-        };
+    while let Ok(read) = client.read(&mut buffer) {
         if read == 0 {
             break;
         }
@@ -471,19 +465,15 @@ fn an_exhausted_pool_gives_a_clear_retryable_error() {
             wait_for_a_lock_waiter(cluster).await;
             storage.read_run("run-a").await
         };
-        let (read, lock) = {
-            let mut blocked = Box::pin(blocked);
-            let read = tokio::select! {
-                read = read => read,
-                _ = &mut blocked => panic!("the write finished while the row was locked"),
-            };
-            lock.release();
-            blocked
-                .await
-                .expect("the write lands once the lock is gone");
-            (read, ())
+        let mut blocked = Box::pin(blocked);
+        let read = tokio::select! {
+            read = read => read,
+            _ = &mut blocked => panic!("the write finished while the row was locked"),
         };
-        let _ = lock;
+        lock.release();
+        blocked
+            .await
+            .expect("the write lands once the lock is gone");
         match read {
             Err(StorageError::Io(message)) => {
                 assert!(
@@ -573,4 +563,31 @@ fn concurrent_writes_are_committed_in_groups_bounded_by_group_commit_batches_max
     };
     let alone = write_concurrently(&cluster.fresh_schema_url(), one_batch, 50);
     assert_eq!((alone.commits, alone.batches_written), (50, 50));
+}
+
+#[test]
+fn a_search_path_naming_no_schema_is_refused_with_a_clear_error() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = format!("{}?options=-csearch_path%3Dnowhere", cluster.url());
+    let message = block_on(refused(&url));
+    assert!(
+        message.contains("no schema on the search_path (nowhere) exists"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_url_that_requires_tls_is_refused_with_a_clear_error() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", cluster.url());
+    let message = block_on(refused(&url));
+    assert!(message.to_lowercase().contains("tls"), "{message}");
+    assert!(
+        message.contains("127.0.0.1"),
+        "names the database: {message}"
+    );
 }

@@ -56,6 +56,12 @@
 //! it. A schema from a newer build is refused untouched, and so is a schema
 //! that holds tables but no `retrace_schema` (another program's).
 
+// A production-only storage (like SQLite's, never in the simulator): its
+// connections, writer tasks and deadlines run on tokio directly, as the
+// driver does. clippy.toml bans tokio's clock and spawner in core code;
+// src/env's production implementations opt out.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
@@ -134,7 +140,8 @@ const MIGRATION_LOCK_KEY: i64 = 0x5254_5243;
 /// runs ("RTRD"); the second is the schema's name hashed.
 const SERVER_LOCK_KEY: i32 = 0x5254_5244;
 /// Takes the server lock if it is free; never waits.
-const SERVER_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))";
+const SERVER_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext(current_schema())), \
+    current_setting('search_path')";
 /// Between two tries at the server lock.
 const SERVER_LOCK_RETRY_MS: u64 = 100;
 /// The longest wait between two reconnects of the lock's connection.
@@ -504,7 +511,11 @@ async fn try_server_lock(client: &tokio_postgres::Client) -> Result<bool, String
         .query_one(SERVER_LOCK_SQL, &[&SERVER_LOCK_KEY])
         .await
         .map_err(|error| describe_error(&error))?;
-    Ok(row.get(0))
+    // NULL when no schema on the search_path exists (nothing to lock).
+    row.get::<_, Option<bool>>(0).ok_or_else(|| {
+        let search_path: String = row.get(1);
+        format!("no schema on the search_path ({search_path}) exists; create one or fix it")
+    })
 }
 
 /// Holds the server lock for as long as the storage lives (see

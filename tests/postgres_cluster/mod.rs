@@ -288,6 +288,8 @@ impl PgCluster {
             dir = self.dir.path().display(),
         );
         use std::os::unix::process::CommandExt;
+        // Never waited for: it outlives this process, which is its purpose.
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
