@@ -18,6 +18,7 @@
 pub mod conformance;
 mod memory;
 mod network;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sqlite;
 mod storage;
@@ -26,6 +27,7 @@ mod watch;
 
 pub use memory::MemoryStorage;
 pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
+#[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStats, PostgresStorage, is_postgres_url};
 pub use sqlite::{SqliteOptions, SqliteStats, SqliteStorage};
 pub use storage::{

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use retrace::engine::{Service, ServiceConfig};
-use retrace::env::{
-    Env, PostgresStorage, SqliteStorage, Storage, StorageError, Unconnected, is_postgres_url,
-};
+use retrace::env::{Env, SqliteStorage, Storage, StorageError, Unconnected};
+#[cfg(feature = "postgres")]
+use retrace::env::{PostgresStorage, is_postgres_url};
 use retrace::http::{HttpConfig, HttpServer};
 
 /// How long requests in flight may finish after Ctrl-C (long polls are cut).
@@ -66,10 +66,15 @@ async fn open_storage(db: &str) -> anyhow::Result<(Arc<dyn Storage>, String)> {
         StorageError::Io(message) => anyhow::anyhow!(message),
         other => anyhow::anyhow!("database {db}: {other}"),
     };
+    #[cfg(feature = "postgres")]
     if is_postgres_url(db) {
         let storage = PostgresStorage::connect(db).await.map_err(named)?;
         let name = storage.target().to_string();
         return Ok((Arc::new(storage), name));
+    }
+    #[cfg(not(feature = "postgres"))]
+    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+        anyhow::bail!("this retrace was built without the `postgres` feature: it cannot use {db}");
     }
     let path = std::path::PathBuf::from(db);
     let opened = tokio::task::spawn_blocking(move || SqliteStorage::open(&path)).await;
