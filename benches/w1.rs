@@ -60,7 +60,7 @@ pub async fn run(smoke: bool) -> serde_json::Value {
         "W1: {} workflows (after {warmup} warm-up): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
         samples.len()
     );
-    json!({"bench": "w1", "smoke": smoke, "workflows": samples.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max})
+    json!({"bench": "w1", "db": common::db_kind(), "smoke": smoke, "workflows": samples.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max})
 }
 
 /// The benchmark (`benches/targets/NAME.rs` calls this).

@@ -77,7 +77,7 @@ pub async fn run(smoke: bool) -> serde_json::Value {
     println!(
         "W10: {workflows} workflows in {wall_s:.1} s: {workflows_per_s:.0} workflows/s, {activities_per_s:.0} activities/s, p50 {p50:.1} ms, p99 {p99:.1} ms"
     );
-    json!({"bench": "w10", "smoke": smoke, "workflows": samples.len(), "workflows_per_s": workflows_per_s,
+    json!({"bench": "w10", "db": common::db_kind(), "smoke": smoke, "workflows": samples.len(), "workflows_per_s": workflows_per_s,
            "activities_per_s": activities_per_s, "p50_ms": p50, "p99_ms": p99})
 }
 

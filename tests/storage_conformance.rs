@@ -6,7 +6,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use retrace::env::{MemoryStorage, SqliteStorage, Storage, conformance};
+use retrace::env::{MemoryStorage, PostgresStorage, SqliteStorage, Storage, conformance};
+
+mod postgres_cluster;
 
 /// Drives `future` to completion on a fresh tokio runtime.
 fn block_on<F: Future>(future: F) -> F::Output {
@@ -23,6 +25,24 @@ fn sqlite_storage() -> (tempfile::TempDir, SqliteStorage) {
     let storage =
         SqliteStorage::open(dir.path().join("retrace.db")).expect("a fresh database opens");
     (dir, storage)
+}
+
+/// A fresh Postgres storage: a new, empty schema on this process's private
+/// cluster. `None` where Postgres is not installed (the tests skip, loudly).
+async fn postgres_storage() -> Option<PostgresStorage> {
+    let cluster = postgres_cluster::shared()?;
+    let url = cluster.fresh_schema_url();
+    let storage = PostgresStorage::connect(&url).await;
+    Some(storage.unwrap_or_else(|e| panic!("a fresh Postgres schema opens: {e}")))
+}
+
+/// A multi-thread runtime: `run_all`'s `make` opens storages from inside it.
+fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
 }
 
 macro_rules! conformance_tests {
@@ -66,6 +86,39 @@ macro_rules! conformance_tests {
                     Arc::new(storage) as Arc<dyn Storage>
                 };
                 block_on(conformance::run_all(&make));
+                let opened = opened.load(Ordering::Relaxed);
+                assert!(opened > 1, "run_all gives each check a fresh storage");
+            }
+        }
+
+        mod postgres_storage {
+            use super::*;
+
+            $(
+                #[test]
+                fn $property() {
+                    block_on(async {
+                        if let Some(storage) = postgres_storage().await {
+                            conformance::$property(&storage).await;
+                        }
+                    });
+                }
+            )*
+
+            #[test]
+            fn run_all_passes() {
+                if postgres_cluster::shared().is_none() {
+                    return; // Skipped, loudly.
+                }
+                let opened = AtomicUsize::new(0);
+                let make = || {
+                    opened.fetch_add(1, Ordering::Relaxed);
+                    let opening = postgres_storage();
+                    let handle = tokio::runtime::Handle::current();
+                    let storage = tokio::task::block_in_place(|| handle.block_on(opening));
+                    Arc::new(storage.expect("the cluster runs")) as Arc<dyn Storage>
+                };
+                multi_thread_runtime().block_on(conformance::run_all(&make));
                 let opened = opened.load(Ordering::Relaxed);
                 assert!(opened > 1, "run_all gives each check a fresh storage");
             }

@@ -1,10 +1,14 @@
 //! What the HTTP benchmarks share: the real `retrace server` as a child
-//! process over SQLite (durable, no relaxed sync), a worker in a separate
+//! process over SQLite (durable, no relaxed sync) or, with
+//! `RETRACE_BENCH_DB=postgres`, over Postgres (a private cluster started for
+//! the run, fsync on, default settings otherwise), a worker in a separate
 //! process (this same benchmark binary, re-run in worker mode), clients over
 //! HTTP, percentiles and RSS.
 // Benchmarks drive real processes and measure real time.
 #![allow(clippy::disallowed_methods, dead_code)]
 
+#[path = "../../tests/postgres_cluster/mod.rs"]
+mod postgres_cluster;
 #[path = "../../tests/server_process/mod.rs"]
 mod server_process;
 
@@ -167,11 +171,48 @@ pub fn spawn_worker(url: &str, cache_runs_max: usize) -> WorkerProcess {
     WorkerProcess::Separate(child)
 }
 
-/// A server on a fresh SQLite file in `dir`, ready.
-pub async fn server(dir: &std::path::Path) -> ServerProcess {
+/// Set to `postgres` to run the server on Postgres instead of SQLite.
+pub const DB_VARIABLE: &str = "RETRACE_BENCH_DB";
+
+/// The benchmark's server and, on Postgres, its private cluster (stopped
+/// after the server, when this drops).
+pub struct BenchServer {
+    server: ServerProcess,
+    _cluster: Option<postgres_cluster::PgCluster>,
+}
+
+impl std::ops::Deref for BenchServer {
+    type Target = ServerProcess;
+    fn deref(&self) -> &ServerProcess {
+        &self.server
+    }
+}
+
+/// The storage the benchmarks run on: `"sqlite"` or `"postgres"`.
+pub fn db_kind() -> &'static str {
+    match std::env::var(DB_VARIABLE).as_deref() {
+        Ok("postgres") => "postgres",
+        Ok("sqlite") | Err(_) => "sqlite",
+        Ok(other) => panic!("{DB_VARIABLE}={other}: expected sqlite or postgres"),
+    }
+}
+
+/// A server on a fresh SQLite file in `dir` (or a fresh Postgres cluster), ready.
+pub async fn server(dir: &std::path::Path) -> BenchServer {
     let threads = THREADS_PER_PROCESS.to_string();
-    let (db, log) = (dir.join("bench.db"), dir.join("server.log"));
-    ServerProcess::start_with(&db, free_port(), &log, &["--threads", &threads]).await
+    let log = dir.join("server.log");
+    let (db, cluster) = if db_kind() == "postgres" {
+        let cluster = postgres_cluster::PgCluster::start()
+            .expect("Postgres (initdb, pg_ctl) is installed for RETRACE_BENCH_DB=postgres");
+        (std::path::PathBuf::from(cluster.url()), Some(cluster))
+    } else {
+        (dir.join("bench.db"), None)
+    };
+    let server = ServerProcess::start_with(&db, free_port(), &log, &["--threads", &threads]).await;
+    BenchServer {
+        server,
+        _cluster: cluster,
+    }
 }
 
 /// The `p`-th percentile (0..=100) of sorted samples, in ms.

@@ -7,7 +7,7 @@
 //! | [`Entropy`] | seeded once from the OS            | seeded from the simulation seed     |
 //! | [`Spawner`] | `tokio::spawn`                     | madsim tasks on the node            |
 //! | [`Network`] | in-process, or HTTP/JSON           | simulated links with faults         |
-//! | [`Storage`] | memory, SQLite                     | memory with crash semantics         |
+//! | [`Storage`] | memory, SQLite, Postgres           | memory with crash semantics         |
 //! | [`Faults`]  | never fires                        | BUGGIFY: seed-chosen sites fire     |
 //!
 //! Engine code outside this module uses only these traits: no tokio::time, no
@@ -18,6 +18,8 @@
 pub mod conformance;
 mod memory;
 mod network;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 mod storage;
 mod tokio_env;
@@ -25,6 +27,8 @@ mod watch;
 
 pub use memory::MemoryStorage;
 pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStats, PostgresStorage, is_postgres_url};
 pub use sqlite::{SqliteOptions, SqliteStats, SqliteStorage};
 pub use storage::{
     BufferedRead, BufferedWrite, ListQuery, RunRecord, RunStatus, Storage, StorageError,

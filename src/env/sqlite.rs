@@ -1607,7 +1607,7 @@ fn select_runs(connection: &Connection, query: &ListQuery) -> Result<Vec<RunReco
 
 /// The batch's events as one JSON array, in order (`None` if it has none);
 /// done by the caller so the writer only writes.
-fn encode_events(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
+pub(super) fn encode_events(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
     if batch.events.is_empty() {
         return Ok(None);
     }
@@ -1629,7 +1629,7 @@ fn encode_events(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
 }
 
 /// The buffered events the batch appends as one JSON array (`None` if none).
-fn encode_buffered(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
+pub(super) fn encode_buffered(batch: &WriteBatch) -> Result<Option<String>, StorageError> {
     let append = &batch.buffered.append;
     if append.is_empty() {
         return Ok(None);

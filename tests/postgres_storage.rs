@@ -1,0 +1,593 @@
+//! What only `PostgresStorage` must do, beyond the conformance suite: refuse
+//! schemas it must not touch (and leave them untouched), migrate once when
+//! two servers open a fresh schema, answer a connection dropped mid-commit as
+//! an ambiguous write (`Timeout`), give clear retryable errors when the pool
+//! is exhausted or a call takes too long, and ride through a restart of
+//! Postgres. Each test uses the private cluster of `tests/postgres_cluster/`
+//! (skipped, loudly, where Postgres is not installed).
+// Tests drive real processes and sockets.
+#![allow(clippy::disallowed_methods)]
+
+mod postgres_cluster;
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use postgres_cluster::PgCluster;
+use retrace::env::{
+    PostgresOptions, PostgresStats, PostgresStorage, RunRecord, RunStatus, Storage, StorageError,
+    WorkflowIdClaim, WriteBatch,
+};
+use retrace::history::{Event, EventKind, WorkflowExecutionSignaled};
+use retrace::types::Timestamp;
+use serde_json::json;
+
+fn block_on<F: Future>(future: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    runtime.block_on(future)
+}
+
+/// Creates `run_id` with one event and claims `wf-{run_id}`.
+fn create(run_id: &str) -> WriteBatch {
+    let kind = EventKind::WorkflowExecutionSignaled(WorkflowExecutionSignaled {
+        signal_name: "poke".to_string(),
+        input: json!({ "run_id": run_id }),
+        identity: "test".to_string(),
+    });
+    let run = RunRecord {
+        run_id: run_id.to_string(),
+        workflow_id: format!("wf-{run_id}"),
+        workflow_type: "postgres-test".to_string(),
+        task_queue: "default".to_string(),
+        status: RunStatus::Running,
+        start_time: Timestamp(1_704_067_200_000),
+        close_time: None,
+        next_event_id: 2,
+        version: 1,
+        state: format!("state of {run_id}").into_bytes(),
+    };
+    let claim = WorkflowIdClaim {
+        workflow_id: run.workflow_id.clone(),
+        previous_run_id: None,
+    };
+    WriteBatch {
+        run,
+        expected_version: None,
+        events: vec![Event::new(1, Timestamp(1_704_067_200_001), kind)],
+        claim: Some(claim),
+        buffered: Default::default(),
+        next_run: None,
+    }
+}
+
+/// The error text of a refused connect.
+async fn refused(url: &str) -> String {
+    match PostgresStorage::connect(url).await {
+        Ok(_) => panic!("{url} opened, but must be refused"),
+        Err(StorageError::Io(message)) => message,
+        Err(other) => panic!("expected an Io error, got {other:?}"),
+    }
+}
+
+/// The schema's URL from a `fresh_schema_url`.
+fn schema_of(url: &str) -> &str {
+    url.rsplit("%3D").next().expect("the URL names a schema")
+}
+
+#[test]
+fn a_schema_from_a_newer_build_is_refused_untouched() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    let schema = schema_of(&url);
+    block_on(async {
+        let storage = PostgresStorage::connect(&url)
+            .await
+            .expect("a fresh schema opens");
+        storage
+            .write(create("run-a"))
+            .await
+            .expect("the write lands");
+    });
+    let newer = PostgresStorage::SCHEMA_VERSION + 1;
+    cluster.execute(&format!(
+        "UPDATE {schema}.retrace_schema SET version = {newer}"
+    ));
+    let message = block_on(refused(&url));
+    assert!(
+        message.contains(&format!(
+            "schema version {newer}, newer than this build supports"
+        )),
+        "{message}"
+    );
+    assert!(message.contains("upgrade retrace"), "{message}");
+    // Untouched: still the newer version, the run still there.
+    cluster.execute(&format!(
+        "DO $$ BEGIN IF (SELECT version FROM {schema}.retrace_schema) <> {newer} \
+         OR (SELECT count(*) FROM {schema}.runs) <> 1 THEN RAISE 'touched'; END IF; END $$"
+    ));
+}
+
+#[test]
+fn a_schema_of_another_program_is_refused_untouched() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    let schema = schema_of(&url);
+    cluster.execute(&format!(
+        "CREATE TABLE {schema}.orders (id INT PRIMARY KEY)"
+    ));
+    let message = block_on(refused(&url));
+    assert!(
+        message.contains("has tables but no retrace schema version"),
+        "{message}"
+    );
+    assert!(
+        message.contains("127.0.0.1"),
+        "names the database: {message}"
+    );
+    assert!(!message.contains("password"), "{message}");
+    let marked = cluster.fresh_schema_url();
+    let schema = schema_of(&marked);
+    cluster.execute(&format!(
+        "CREATE TABLE {schema}.retrace_schema (application TEXT, version INT); \
+         INSERT INTO {schema}.retrace_schema VALUES ('billing', 1)"
+    ));
+    let message = block_on(refused(&marked));
+    assert!(message.contains("belongs to \"billing\""), "{message}");
+    cluster.execute(&format!(
+        "DO $$ BEGIN IF to_regclass('{schema}.runs') IS NOT NULL THEN RAISE 'touched'; \
+         END IF; END $$"
+    ));
+}
+
+#[test]
+fn a_second_server_on_the_same_schema_is_refused_until_the_first_is_gone() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    let impatient = PostgresOptions {
+        server_lock_wait_ms_max: 200,
+        ..PostgresOptions::default()
+    };
+    block_on(async {
+        let (first, second) = tokio::join!(
+            PostgresStorage::connect_with(&url, impatient),
+            PostgresStorage::connect_with(&url, impatient)
+        );
+        let (first, refused) = match (first, second) {
+            (Ok(first), Err(refused)) | (Err(refused), Ok(first)) => (first, refused),
+            other => panic!("exactly one of two servers opens a schema: {other:?}"),
+        };
+        let StorageError::Io(message) = refused else {
+            panic!("expected Io, got {refused:?}")
+        };
+        assert!(
+            message.contains("another retrace server holds this database"),
+            "{message}"
+        );
+        first.write(create("run-a")).await.expect("the write lands");
+        // Another schema of the same database is another instance: it opens.
+        let other = PostgresStorage::connect(&cluster.fresh_schema_url()).await;
+        other.expect("another schema opens beside it");
+        drop(first);
+        // Once the first is gone the lock is released (when Postgres sees its
+        // connection close); the default wait covers that.
+        let second = PostgresStorage::connect(&url)
+            .await
+            .expect("the schema opens again");
+        let read = second.read_run("run-a").await.expect("the read works");
+        assert_eq!(read.map(|run| run.version), Some(1));
+    });
+}
+
+/// A TCP proxy in front of Postgres that, once armed, cuts the connection
+/// that sends `COMMIT`: after passing it on (`forward`: the server commits)
+/// or before (it does not). Either way the client never hears the answer.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+}
+
+impl CommitCutter {
+    fn start(postgres_port: u16, forward: bool) -> CommitCutter {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a port");
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let armed_in = armed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = TcpStream::connect(("127.0.0.1", postgres_port)).expect("Postgres");
+                let muted = Arc::new(AtomicBool::new(false));
+                let (client_out, server_in) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let muted_in = muted.clone();
+                std::thread::spawn(move || relay_answers(server_in, client_out, &muted_in));
+                let armed = armed_in.clone();
+                std::thread::spawn(move || relay_cutting(client, server, &armed, &muted, forward));
+            }
+        });
+        CommitCutter { port, armed }
+    }
+}
+
+/// Copies server to client; once `muted`, the next answer (the commit's)
+/// is dropped and both sides are cut: the client hears nothing of it.
+fn relay_answers(mut server: TcpStream, mut client: TcpStream, muted: &AtomicBool) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(read) = server.read(&mut buffer) {
+        if read == 0 || muted.load(Ordering::SeqCst) {
+            break;
+        }
+        if client.write_all(&buffer[..read]).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+}
+
+/// Copies client to server until an armed proxy sees `COMMIT`: then it
+/// passes the `COMMIT` on (`forward`) and mutes the answers, so the client
+/// is cut off only once the server has committed; or it cuts both sides at
+/// once, and the server rolls back.
+fn relay_cutting(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    armed: &AtomicBool,
+    muted: &AtomicBool,
+    forward: bool,
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(read) = client.read(&mut buffer) {
+        if read == 0 {
+            break;
+        }
+        let chunk = &buffer[..read];
+        let commits = chunk.windows(7).any(|window| window == b"COMMIT\0");
+        if commits && armed.swap(false, Ordering::SeqCst) {
+            if forward {
+                muted.store(true, Ordering::SeqCst);
+                server.write_all(chunk).expect("the COMMIT is passed on");
+                return; // `relay_answers` cuts both sides after the answer.
+            }
+            break;
+        }
+        if server.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
+}
+
+/// A write whose connection drops once `COMMIT` is sent (or about to be) is
+/// answered `Timeout`; the storage then works on, and a read tells whether it
+/// committed.
+fn dropped_commit_is_ambiguous(forward: bool) {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let direct = cluster.fresh_schema_url();
+    let cutter = CommitCutter::start(cluster.port, forward);
+    let url = direct.replace(
+        &format!(":{}/", cluster.port),
+        &format!(":{}/", cutter.port),
+    );
+    block_on(async {
+        let storage = PostgresStorage::connect(&url)
+            .await
+            .expect("it opens through the proxy");
+        cutter.armed.store(true, Ordering::SeqCst);
+        let outcome = storage.write(create("run-a")).await;
+        assert_eq!(
+            outcome,
+            Err(StorageError::Timeout),
+            "a commit cut off is ambiguous"
+        );
+        assert_eq!(storage.stats().writes_ambiguous, 1);
+        let stored = storage
+            .read_run("run-a")
+            .await
+            .expect("the storage works on");
+        assert_eq!(
+            stored.is_some(),
+            forward,
+            "committed exactly when COMMIT reached the server"
+        );
+        storage
+            .write(create("run-b"))
+            .await
+            .expect("later writes land");
+    });
+}
+
+#[test]
+fn a_connection_dropped_after_commit_was_sent_is_a_timeout_and_the_write_landed() {
+    dropped_commit_is_ambiguous(true);
+}
+
+#[test]
+fn a_connection_dropped_before_commit_arrived_is_a_timeout_and_nothing_landed() {
+    dropped_commit_is_ambiguous(false);
+}
+
+/// Holds the row of `run_id` locked from another session until dropped.
+struct RowLock {
+    release: std::sync::mpsc::Sender<()>,
+    done: std::thread::JoinHandle<()>,
+}
+
+fn lock_row(cluster: &PgCluster, url: &str, run_id: &str) -> RowLock {
+    let (url, run_id) = (url.to_string(), run_id.to_string());
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let _ = cluster;
+    let done = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connects");
+            tokio::spawn(connection);
+            client.batch_execute("BEGIN").await.unwrap();
+            client
+                .execute(
+                    "SELECT 1 FROM runs WHERE run_id = $1 FOR UPDATE",
+                    &[&run_id],
+                )
+                .await
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || release_rx.recv()).await;
+            client.batch_execute("ROLLBACK").await.unwrap();
+        });
+    });
+    locked_rx.recv().expect("the row is locked");
+    RowLock { release, done }
+}
+
+impl RowLock {
+    fn release(self) {
+        let _ = self.release.send(());
+        self.done.join().expect("the lock holder ends");
+    }
+}
+
+#[test]
+fn a_write_that_takes_too_long_is_refused_as_retryable_and_writes_nothing() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    let options = PostgresOptions {
+        operation_ms_max: 300,
+        ..PostgresOptions::default()
+    };
+    block_on(async {
+        let storage = PostgresStorage::connect_with(&url, options)
+            .await
+            .expect("it opens");
+        storage
+            .write(create("run-a"))
+            .await
+            .expect("the write lands");
+        let stored = storage.read_run("run-a").await.unwrap().unwrap();
+        let lock = lock_row(cluster, &url, "run-a");
+        let mut update = create("run-a");
+        update.run.version = 2;
+        update.expected_version = Some(1);
+        update.events.clear();
+        update.run.next_event_id = 2;
+        update.claim = None;
+        // Blocked on the row lock, before COMMIT: nothing committed, so Io.
+        match storage.write(update.clone()).await {
+            Err(StorageError::Io(message)) => {
+                assert!(
+                    message.contains("nothing was committed")
+                        || message.contains("statement timeout"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected Io, got {other:?}"),
+        }
+        lock.release();
+        assert_eq!(storage.read_run("run-a").await.unwrap(), Some(stored));
+        storage
+            .write(update)
+            .await
+            .expect("the same write lands once the lock is gone");
+    });
+}
+
+/// Returns once some session waits for a lock.
+async fn wait_for_a_lock_waiter(cluster: &PgCluster) {
+    let (client, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    loop {
+        let row = client
+            .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+            .await
+            .expect("pg_locks reads");
+        if row.get::<_, i64>(0) > 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[test]
+fn an_exhausted_pool_gives_a_clear_retryable_error() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    let options = PostgresOptions {
+        pool_size_max: 1,
+        writer_count: 1,
+        pool_wait_ms_max: 100,
+        ..PostgresOptions::default()
+    };
+    block_on(async {
+        let storage = PostgresStorage::connect_with(&url, options)
+            .await
+            .expect("it opens");
+        storage
+            .write(create("run-a"))
+            .await
+            .expect("the write lands");
+        let lock = lock_row(cluster, &url, "run-a");
+        let mut update = create("run-a");
+        update.run.version = 2;
+        update.expected_version = Some(1);
+        update.events.clear();
+        update.claim = None;
+        // Takes the only connection and waits on the lock.
+        let blocked = storage.write(update);
+        let read = async {
+            // Once the blocked write waits on the lock, it holds the connection.
+            wait_for_a_lock_waiter(cluster).await;
+            storage.read_run("run-a").await
+        };
+        let mut blocked = Box::pin(blocked);
+        let read = tokio::select! {
+            read = read => read,
+            _ = &mut blocked => panic!("the write finished while the row was locked"),
+        };
+        lock.release();
+        blocked
+            .await
+            .expect("the write lands once the lock is gone");
+        match read {
+            Err(StorageError::Io(message)) => {
+                assert!(
+                    message.contains("all 1 connections of the pool are busy"),
+                    "{message}"
+                );
+                assert!(message.contains("retry"), "{message}");
+            }
+            other => panic!("expected Io for an exhausted pool, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn the_storage_rides_through_a_postgres_restart() {
+    // A cluster of its own: this test restarts it.
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    block_on(async {
+        let storage = PostgresStorage::connect(&url).await.expect("it opens");
+        storage
+            .write(create("run-a"))
+            .await
+            .expect("the write lands");
+        tokio::task::block_in_place(|| cluster.stop_immediately());
+        match storage.write(create("run-b")).await {
+            Err(StorageError::Io(_) | StorageError::Timeout) => {}
+            other => panic!("a write while Postgres is down must fail retryably: {other:?}"),
+        }
+        let health = storage.health().expect_err("health says Postgres is down");
+        assert!(health.contains("cannot reach Postgres"), "{health}");
+        tokio::task::block_in_place(|| cluster.start_again());
+        // The pooled connections died with the server; new ones are opened.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match storage.write(create("run-b")).await {
+                Ok(()) => break,
+                Err(error) if attempts < 3 => eprintln!("retrying after: {error}"),
+                Err(error) => panic!("writes work again after the restart: {error}"),
+            }
+        }
+        assert!(
+            storage.read_run("run-a").await.unwrap().is_some(),
+            "nothing lost"
+        );
+        assert_eq!(storage.health(), Ok(()));
+    });
+}
+
+/// Writes `count` runs at once; returns the counters.
+fn write_concurrently(url: &str, options: PostgresOptions, count: usize) -> PostgresStats {
+    block_on(async {
+        let storage = PostgresStorage::connect_with(url, options)
+            .await
+            .expect("it opens");
+        let batches: Vec<WriteBatch> = (0..count).map(|i| create(&format!("run-{i}"))).collect();
+        let writes = batches.iter().map(|batch| storage.write(batch.clone()));
+        for result in futures::future::join_all(writes).await {
+            result.expect("every write lands");
+        }
+        assert_eq!(storage.list_runs(all_runs()).await.unwrap().len(), count);
+        storage.stats()
+    })
+}
+
+fn all_runs() -> retrace::env::ListQuery {
+    retrace::env::ListQuery {
+        limit: 10_000,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn concurrent_writes_are_committed_in_groups_bounded_by_group_commit_batches_max() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let grouped = write_concurrently(&cluster.fresh_schema_url(), PostgresOptions::default(), 50);
+    assert_eq!(grouped.batches_written, 50);
+    assert!(grouped.commits < 50, "nothing was grouped: {grouped:?}");
+    let one_batch = PostgresOptions {
+        group_commit_batches_max: 1,
+        ..PostgresOptions::default()
+    };
+    let alone = write_concurrently(&cluster.fresh_schema_url(), one_batch, 50);
+    assert_eq!((alone.commits, alone.batches_written), (50, 50));
+}
+
+#[test]
+fn a_search_path_naming_no_schema_is_refused_with_a_clear_error() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = format!("{}?options=-csearch_path%3Dnowhere", cluster.url());
+    let message = block_on(refused(&url));
+    assert!(
+        message.contains("no schema on the search_path (nowhere) exists"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_url_that_requires_tls_is_refused_with_a_clear_error() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", cluster.url());
+    let message = block_on(refused(&url));
+    assert!(message.to_lowercase().contains("tls"), "{message}");
+    assert!(
+        message.contains("127.0.0.1"),
+        "names the database: {message}"
+    );
+}
