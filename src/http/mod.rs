@@ -296,6 +296,9 @@ mod tests {
                 signal_name: "s".into(),
                 signal_input: serde_json::json!([1, 2]),
             }),
+            Request::DescribeTaskQueue(DescribeTaskQueueRequest {
+                task_queue: Some("q".into()),
+            }),
         ];
         for request in requests {
             let method = request.method();
@@ -303,7 +306,7 @@ mod tests {
             let body = encode_request(&request);
             assert_eq!(decode_request(method, &body).unwrap(), request);
         }
-        assert_eq!(METHODS.len(), 17);
+        assert_eq!(METHODS.len(), 18);
     }
 
     #[test]
