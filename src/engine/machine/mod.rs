@@ -89,23 +89,25 @@ pub struct RunState {
     /// The parent, if this run is a child workflow.
     #[serde(default)]
     pub parent: Option<crate::history::ParentExecution>,
-    /// The workflow's retry policy (normalized), if it has one.
-    #[serde(default)]
+    /// The workflow's retry policy (normalized), if it has one. (These
+    /// fields are left out of the stored state when unset: it is written on
+    /// every transition.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<crate::activity::RetryPolicy>,
     /// This run's attempt: 1, or one more than the run it retries.
-    #[serde(default = "first_attempt")]
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
     /// The run's input, kept for the next run by runs with a retry policy
     /// or a cron schedule only (others never need it, and the state is
     /// rewritten on every transition).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_input: Option<serde_json::Value>,
     /// The run that retries this one, or the cron workflow's next run.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub successor_run_id: Option<String>,
     /// The cron schedule the workflow's runs start on, with the execution
     /// timeout each run gets.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<CronRuns>,
 }
 
@@ -121,6 +123,10 @@ pub struct CronRuns {
 
 fn first_attempt() -> u32 {
     1
+}
+
+fn is_first_attempt(attempt: &u32) -> bool {
+    *attempt == 1
 }
 
 impl RunState {
