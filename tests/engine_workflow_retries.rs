@@ -13,7 +13,9 @@ use retrace::activity::RetryPolicy;
 use retrace::api::{ErrorCode, RunOutcome};
 use retrace::client::{ClientError, StartOptions};
 use retrace::env::RunStatus;
-use retrace::history::{ContinueAsNewInitiator, EventKind, History, WorkflowExecutionStarted};
+use retrace::history::{
+    ContinueAsNewInitiator, EventKind, History, WorkflowExecutionFailed, WorkflowExecutionStarted,
+};
 use retrace::types::RetryState;
 use retrace::workflow::{
     Workflow, WorkflowContext, WorkflowError, WorkflowRegistry, WorkflowResult,
@@ -72,6 +74,18 @@ fn started_of(history: &History) -> &WorkflowExecutionStarted {
     match &history.events()[0].kind {
         EventKind::WorkflowExecutionStarted(started) => started,
         other => panic!("a history starts with WorkflowExecutionStarted, not {other:?}"),
+    }
+}
+
+/// The run's close, which must be `WorkflowExecutionFailed`.
+fn failed_close(history: &History) -> &WorkflowExecutionFailed {
+    match &history.events().last().expect("a history has events").kind {
+        EventKind::WorkflowExecutionFailed(failed) => failed,
+        other => panic!(
+            "run {} closed with {}, not failed",
+            history.run_id(),
+            other.name()
+        ),
     }
 }
 
@@ -162,10 +176,7 @@ async fn a_failed_run_is_retried_as_a_new_run_after_the_backoff_until_an_attempt
         "1 s, then doubled"
     );
     for (number, (earlier, later)) in histories.iter().zip(&histories[1..]).enumerate() {
-        let EventKind::WorkflowExecutionFailed(failed) = &earlier.events().last().unwrap().kind
-        else {
-            panic!("every attempt but the last failed");
-        };
+        let failed = failed_close(earlier);
         assert_eq!(failed.retry_state, Some(RetryState::InProgress));
         let started = started_of(later);
         assert_eq!(started.attempt, number as u32 + 2);
@@ -210,10 +221,7 @@ async fn a_retry_policy_stops_at_maximum_attempts_and_the_last_failure_is_the_ou
     assert_eq!(failure.message, "attempt 3 fails");
     let histories = attempts(&engine, "doomed", &handle.run_id).await;
     assert_eq!(histories.len(), 3);
-    let EventKind::WorkflowExecutionFailed(last) = &histories[2].events().last().unwrap().kind
-    else {
-        panic!("the last attempt failed");
-    };
+    let last = failed_close(&histories[2]);
     assert_eq!(last.retry_state, Some(RetryState::MaximumAttemptsReached));
     assert_eq!(last.new_execution_run_id, None);
     worker.shutdown().await;
@@ -229,10 +237,7 @@ async fn a_non_retryable_failure_type_is_not_retried() {
     assert!(handle.result().await.is_err());
     let histories = attempts(&engine, "fatal", &handle.run_id).await;
     assert_eq!(histories.len(), 1);
-    let EventKind::WorkflowExecutionFailed(failed) = &histories[0].events().last().unwrap().kind
-    else {
-        panic!("the run failed");
-    };
+    let failed = failed_close(&histories[0]);
     assert_eq!(failed.retry_state, Some(RetryState::NonRetryableFailure));
     worker.shutdown().await;
     engine.check_histories().await;
@@ -253,10 +258,7 @@ async fn retries_share_the_execution_timeout_and_stop_when_a_backoff_would_outli
         3,
         "attempts at 0, 1 and 3 s; a 4 s backoff does not fit"
     );
-    let EventKind::WorkflowExecutionFailed(last) = &histories[2].events().last().unwrap().kind
-    else {
-        panic!("the last attempt failed");
-    };
+    let last = failed_close(&histories[2]);
     assert_eq!(last.retry_state, Some(RetryState::Timeout));
     worker.shutdown().await;
     engine.check_histories().await;
