@@ -89,15 +89,16 @@ fn failed_close(history: &History) -> &WorkflowExecutionFailed {
     }
 }
 
-/// The attempts of `workflow_id`, first to last, read by following each
-/// failed run's `new_execution_run_id`.
-async fn attempts(engine: &TestEngine, workflow_id: &str, first_run_id: &str) -> Vec<History> {
+/// The runs of `workflow_id`, first to last, read by following each
+/// close's `new_execution_run_id` (a retry's, or a cron workflow's next run).
+async fn runs_of(engine: &TestEngine, workflow_id: &str, first_run_id: &str) -> Vec<History> {
     let client = engine.client();
     let mut histories = Vec::new();
     let mut run_id = Some(first_run_id.to_string());
     while let Some(id) = run_id {
         let history = client.history(workflow_id, Some(&id)).await.unwrap();
         run_id = match history.events().last().map(|e| &e.kind) {
+            Some(EventKind::WorkflowExecutionCompleted(a)) => a.new_execution_run_id.clone(),
             Some(EventKind::WorkflowExecutionFailed(a)) => a.new_execution_run_id.clone(),
             _ => None,
         };
@@ -164,7 +165,7 @@ async fn a_failed_run_is_retried_as_a_new_run_after_the_backoff_until_an_attempt
     assert_eq!(attempt, 3, "the client followed the attempts to the last");
     assert_eq!(previous.as_deref(), Some("attempt 2 fails"));
 
-    let histories = attempts(&engine, "flaky", &handle.run_id).await;
+    let histories = runs_of(&engine, "flaky", &handle.run_id).await;
     assert_eq!(histories.len(), 3);
     let backoffs: Vec<Option<u64>> = histories
         .iter()
@@ -219,7 +220,7 @@ async fn a_retry_policy_stops_at_maximum_attempts_and_the_last_failure_is_the_ou
         panic!("the last attempt's failure is the outcome, not {error:?}");
     };
     assert_eq!(failure.message, "attempt 3 fails");
-    let histories = attempts(&engine, "doomed", &handle.run_id).await;
+    let histories = runs_of(&engine, "doomed", &handle.run_id).await;
     assert_eq!(histories.len(), 3);
     let last = failed_close(&histories[2]);
     assert_eq!(last.retry_state, Some(RetryState::MaximumAttemptsReached));
@@ -235,7 +236,7 @@ async fn a_non_retryable_failure_type_is_not_retried() {
     let options = StartOptions::new("fatal", "q").retry(policy(0).non_retryable("Flaky"));
     let handle = engine.client().start::<Flaky>(options, 1).await.unwrap();
     assert!(handle.result().await.is_err());
-    let histories = attempts(&engine, "fatal", &handle.run_id).await;
+    let histories = runs_of(&engine, "fatal", &handle.run_id).await;
     assert_eq!(histories.len(), 1);
     let failed = failed_close(&histories[0]);
     assert_eq!(failed.retry_state, Some(RetryState::NonRetryableFailure));
@@ -252,7 +253,7 @@ async fn retries_share_the_execution_timeout_and_stop_when_a_backoff_would_outli
     options.execution_timeout_ms = Some(5_000);
     let handle = engine.client().start::<Flaky>(options, 100).await.unwrap();
     assert!(handle.result().await.is_err());
-    let histories = attempts(&engine, "bounded", &handle.run_id).await;
+    let histories = runs_of(&engine, "bounded", &handle.run_id).await;
     assert_eq!(
         histories.len(),
         3,
@@ -323,24 +324,6 @@ fn cron_registry() -> WorkflowRegistry {
     registry
 }
 
-/// The runs of a cron workflow id, first to last, read by following each
-/// close's `new_execution_run_id`.
-async fn cron_runs(engine: &TestEngine, workflow_id: &str, first_run_id: &str) -> Vec<History> {
-    let client = engine.client();
-    let mut histories = Vec::new();
-    let mut run_id = Some(first_run_id.to_string());
-    while let Some(id) = run_id {
-        let history = client.history(workflow_id, Some(&id)).await.unwrap();
-        run_id = match history.events().last().map(|e| &e.kind) {
-            Some(EventKind::WorkflowExecutionCompleted(a)) => a.new_execution_run_id.clone(),
-            Some(EventKind::WorkflowExecutionFailed(a)) => a.new_execution_run_id.clone(),
-            _ => None,
-        };
-        histories.push(history);
-    }
-    histories
-}
-
 /// When a run's first workflow task was due: its start plus its wait.
 fn slot_of(history: &History) -> u64 {
     let wait_ms = started_of(history)
@@ -371,7 +354,7 @@ async fn a_cron_workflow_runs_once_per_slot_and_skips_the_slots_a_long_run_overl
         .await
         .unwrap();
     engine.engine.env().sleep_ms(30_000).await;
-    let runs = cron_runs(&engine, "ticker", &handle.run_id).await;
+    let runs = runs_of(&engine, "ticker", &handle.run_id).await;
     assert!(runs.len() >= 3, "{} runs", runs.len());
     let slots: Vec<u64> = runs.iter().map(slot_of).collect();
     for (number, (run, slot)) in runs.iter().zip(&slots).enumerate() {

@@ -87,30 +87,43 @@ fn next_request(
 ) -> StartWorkflowRequest {
     // What is left of the chain's deadline; at least 1 ms (a deadline that
     // passed has its timer firing right behind this write).
-    let execution_timeout_ms = state
+    let mut request = successor_request(state, command.input.clone());
+    request.execution_timeout_ms = state
         .execution_deadline
         .map(|deadline| deadline.millis_since(now).max(1));
+    if let Some(workflow_type) = &command.workflow_type {
+        request.workflow_type = workflow_type.clone();
+    }
+    if let Some(task_queue) = &command.task_queue {
+        request.task_queue = task_queue.clone();
+    }
+    request.identity = identity.to_string();
+    request
+}
+
+/// The start request of a run that takes `state`'s place (continue-as-new,
+/// a retry, a cron workflow's next run), with `input`: the same workflow id,
+/// type, queue, workflow task timeout, retry policy and cron schedule, and
+/// the request id of the start that began the chain, so a retry of that
+/// start finds the chain's current run, never starts another. Callers set
+/// the execution timeout and delay their way.
+pub(super) fn successor_request(
+    state: &RunState,
+    input: serde_json::Value,
+) -> StartWorkflowRequest {
     StartWorkflowRequest {
         workflow_id: state.workflow_id.clone(),
-        workflow_type: command
-            .workflow_type
-            .clone()
-            .unwrap_or_else(|| state.workflow_type.clone()),
-        task_queue: command
-            .task_queue
-            .clone()
-            .unwrap_or_else(|| state.task_queue.clone()),
-        input: command.input.clone(),
-        // The chain keeps the request id of the start that began it: a retry
-        // of that start finds the chain's current run, never starts another.
+        workflow_type: state.workflow_type.clone(),
+        task_queue: state.task_queue.clone(),
+        input,
         request_id: state.start_request_id.clone(),
-        execution_timeout_ms,
+        execution_timeout_ms: None,
         workflow_task_timeout_ms: Some(state.workflow_task_timeout_ms),
         id_reuse_policy: crate::api::IdReusePolicy::default(),
-        identity: identity.to_string(),
+        identity: String::new(),
         start_delay_ms: None,
-        // A new chain of attempts: the retry policy goes on, its count
-        // starts over (as Temporal's continue-as-new keeps the policy).
+        // Continue-as-new keeps the policy (its count starts over), as
+        // Temporal's does.
         retry_policy: state.retry_policy.clone(),
         cron_schedule: state.cron.as_ref().map(|cron| cron.schedule.clone()),
     }

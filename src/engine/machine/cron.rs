@@ -21,7 +21,6 @@ use serde_json::Value;
 
 use super::Step;
 use super::continue_as_new::NextRun;
-use crate::api::StartWorkflowRequest;
 use crate::history::{ContinueAsNewInitiator, EventKind};
 use crate::types::{Failure, Timestamp};
 use crate::workflow::CronSchedule;
@@ -57,23 +56,11 @@ pub fn start_next(
         .kept_input
         .clone()
         .expect("a cron run keeps its input");
-    let request = StartWorkflowRequest {
-        workflow_id: state.workflow_id.clone(),
-        workflow_type: state.workflow_type.clone(),
-        task_queue: state.task_queue.clone(),
-        input,
-        execution_timeout_ms: cron.execution_timeout_ms,
-        workflow_task_timeout_ms: Some(state.workflow_task_timeout_ms),
-        id_reuse_policy: crate::api::IdReusePolicy::default(),
-        request_id: state.start_request_id.clone(),
-        identity: String::new(),
-        start_delay_ms: None,
-        retry_policy: state.retry_policy.clone(),
-        cron_schedule: Some(cron.schedule.clone()),
-    };
-    let previous =
+    // Each run gets the whole execution timeout; the schedule sets its wait.
+    let mut request = super::continue_as_new::successor_request(state, input);
+    request.execution_timeout_ms = cron.execution_timeout_ms;
+    let mut next =
         super::continue_as_new::start_next(&request, state, &run_id, step.now, step.limits)?;
-    let mut next = previous;
     let last_completion_result = match outcome {
         Ok(result) => Some(result.clone()),
         Err(_) => cron.last_completion_result.clone(),

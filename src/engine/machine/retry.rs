@@ -21,7 +21,6 @@
 use super::continue_as_new::NextRun;
 use super::{RunState, Step};
 use crate::activity::RetryDecision;
-use crate::api::StartWorkflowRequest;
 use crate::history::{ContinueAsNewInitiator, EventKind, WorkflowExecutionFailed};
 use crate::types::{Failure, RetryState, Timestamp};
 
@@ -86,27 +85,19 @@ fn start_next(step: &Step<'_>, failure: &Failure, backoff_ms: u64) -> Result<Nex
         .kept_input
         .clone()
         .expect("a run with a retry policy keeps its input");
-    let request = StartWorkflowRequest {
-        workflow_id: state.workflow_id.clone(),
-        workflow_type: state.workflow_type.clone(),
-        task_queue: state.task_queue.clone(),
-        input,
-        // What is left of the chain's deadline once the backoff ends (the
-        // policy retries only if some is left).
-        execution_timeout_ms: state.execution_deadline.map(|deadline| {
-            deadline
-                .millis_since(step.now)
-                .saturating_sub(backoff_ms)
-                .max(1)
-        }),
-        workflow_task_timeout_ms: Some(state.workflow_task_timeout_ms),
-        id_reuse_policy: crate::api::IdReusePolicy::default(),
-        request_id: state.start_request_id.clone(),
-        identity: String::new(),
-        start_delay_ms: Some(backoff_ms),
-        retry_policy: state.retry_policy.clone(),
-        cron_schedule: None,
-    };
+    let mut request = super::continue_as_new::successor_request(state, input);
+    // What is left of the chain's deadline once the backoff ends (the
+    // policy retries only if some is left).
+    request.execution_timeout_ms = state.execution_deadline.map(|deadline| {
+        deadline
+            .millis_since(step.now)
+            .saturating_sub(backoff_ms)
+            .max(1)
+    });
+    request.start_delay_ms = Some(backoff_ms);
+    // A cron workflow's retry waits its backoff, not the next slot: its
+    // schedule is carried below.
+    request.cron_schedule = None;
     let mut next =
         super::continue_as_new::start_next(&request, state, &run_id, step.now, step.limits)?;
     next.state.attempt = state.attempt + 1;
