@@ -730,3 +730,74 @@ async fn signal_with_start_over_http_starts_and_signals_once_and_refuses_a_blank
     assert_eq!(signals, 1, "signaled once");
     worker.shutdown().await;
 }
+
+/// The value of sample `series` (name and labels, as written) in a scrape.
+fn sample(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in\n{scrape}"))
+}
+
+async fn scrape(api: &Api, token: Option<&str>) -> (u16, String, String) {
+    let mut request = reqwest::Client::new().get(format!("{}/metrics", api.server.url()));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = request.send().await.expect("the server answers");
+    let status = response.status().as_u16();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (status, content_type, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_runs_tasks_and_writes_a_workflow_made() {
+    let api = Api::start(Some(TOKEN)).await;
+    let (status, _, body) = scrape(&api, None).await;
+    assert_eq!(
+        status, 401,
+        "metrics are behind the token like the API: {body}"
+    );
+    let worker = api.seed(Some(TOKEN)).await;
+    let (status, content_type, text) = scrape(&api, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    // `seed` started "done" (completed, one activity) and "idle" (open).
+    assert_eq!(sample(&text, "retrace_runs_started_total"), 2.0);
+    assert_eq!(
+        sample(&text, "retrace_runs_closed_total{status=\"completed\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "retrace_runs_closed_total{status=\"failed\"}"),
+        0.0
+    );
+    assert_eq!(sample(&text, "retrace_runs_open"), 1.0);
+    let activities = "retrace_tasks_dispatched_total{kind=\"activity\"}";
+    assert_eq!(sample(&text, activities), 1.0);
+    // The first workflow task is dispatched; the one after the activity may
+    // be run by the worker with the activity's result (speculatively).
+    assert!(sample(&text, "retrace_tasks_dispatched_total{kind=\"workflow\"}") >= 1.0);
+    assert_eq!(
+        sample(&text, "retrace_activity_schedule_to_start_seconds_count"),
+        1.0
+    );
+    let writes = sample(&text, "retrace_storage_writes_total{outcome=\"ok\"}");
+    assert!(writes >= 4.0, "start, task, activity, close: {writes}");
+    assert_eq!(sample(&text, "retrace_storage_write_seconds_count"), writes);
+    assert_eq!(
+        sample(&text, "retrace_storage_write_seconds_bucket{le=\"+Inf\"}"),
+        writes
+    );
+    assert_eq!(
+        sample(&text, "retrace_storage_writes_total{outcome=\"failed\"}"),
+        0.0
+    );
+    worker.shutdown().await;
+}

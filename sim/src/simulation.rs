@@ -13,7 +13,7 @@ use std::time::Duration;
 use retrace::activity::Activity;
 use retrace::api::RunOutcome;
 use retrace::client::Client;
-use retrace::env::{BoxFuture, Env, RunStatus, Storage};
+use retrace::env::{BoxFuture, Env, RunRecord, RunStatus, Storage};
 use retrace::history::History;
 use retrace::worker::WorkerOptions;
 use retrace::workflow::{Replayer, Workflow, WorkflowRegistry};
@@ -788,6 +788,60 @@ async fn histories_of(world: &World) -> BTreeMap<String, History> {
         .collect()
 }
 
+/// What the service's metrics say against storage and the workers (see
+/// `checks/metrics.rs`). The gauges are read once every run closed, after
+/// the service had a moment to forget the last ones.
+async fn check_metrics(world: &World, attempts_run: usize) -> Vec<Violation> {
+    let counted = world.service_metrics();
+    let query = retrace::env::ListQuery {
+        limit: usize::MAX,
+        ..Default::default()
+    };
+    let records: Vec<RunRecord> = world
+        .storage
+        .durable()
+        .list_runs(query)
+        .await
+        .expect("memory storage reads never fail")
+        .into_iter()
+        .filter(|record| !crate::nodes::is_torn_run(&record.run_id))
+        .collect();
+    let ambiguous = world.storage.ambiguous_runs();
+    let mut violations = check::metrics::check_run_counters(&counted, &ambiguous, &records);
+    violations.extend(check::metrics::check_task_and_write_counters(
+        &counted,
+        attempts_run,
+    ));
+    if records.iter().all(|record| record.status.is_closed()) {
+        violations.extend(check::metrics::check_gauges_when_all_closed(
+            settled_scrape(world).await.as_deref(),
+        ));
+    }
+    violations
+}
+
+/// How long the service may take to forget runs whose close just committed.
+const GAUGES_SETTLE_MS: u64 = 2_000;
+
+/// The service's scrape once its open-run and timer gauges read zero, or
+/// the last one after `GAUGES_SETTLE_MS`.
+async fn settled_scrape(world: &World) -> Option<String> {
+    let settled = |text: &str| {
+        ["retrace_runs_open", "retrace_timers_queued"]
+            .iter()
+            .all(|name| check::metrics::gauge(text, name) == Some(0))
+    };
+    let mut waited_ms = 0;
+    loop {
+        let scrape = world.net.handler(crate::nodes::SERVICE)?.metrics();
+        if scrape.as_deref().is_none_or(settled) || waited_ms >= GAUGES_SETTLE_MS {
+            return scrape;
+        }
+        madsim::time::sleep(Duration::from_millis(100)).await;
+        waited_ms += 100;
+    }
+}
+
 /// The built-in and the scenario's checks of a seed that finished, and every
 /// valid history the checks read (by run id; torn rows left out).
 async fn check_run(
@@ -824,6 +878,7 @@ async fn check_run(
         &world.storage.buffered_signal_bytes(),
         setup.nodes.service_config.buffered_payload_bytes_max,
     ));
+    violations.extend(check_metrics(world, attempts.len()).await);
     let ledger = world.services.ledger();
     violations.extend(check::check_effects(&ledger, &stored.histories));
     violations.extend(check::check_later_attempts_acted(

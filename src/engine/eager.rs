@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::machine::{ActivityState, Step, activity, workflow_task};
 use std::sync::Arc;
 
+use super::metrics::TaskKindLabel;
 use super::service::{Inner, unavailable};
 use crate::api::{ActivityTask, ServiceError, TaskToken, WorkflowTask};
 use crate::history::EventKind;
@@ -59,6 +60,8 @@ pub(super) struct StartedActivity {
     workflow_id: String,
     run_id: String,
     started_time: Timestamp,
+    /// How long the attempt waited on the queue.
+    queued_ms: u64,
     /// The input, when the transition wrote it (else read from storage).
     input: Option<Value>,
 }
@@ -70,8 +73,13 @@ pub(super) fn start_activity(
     attempt: u32,
     identity: &str,
 ) -> Option<StartedActivity> {
+    let since = match step.state.activities.get(&scheduled_event_id)?.phase {
+        activity::ActivityPhase::Scheduled { since } => since,
+        _ => return None,
+    };
     activity::on_started(step, scheduled_event_id, attempt, identity)?;
     Some(StartedActivity {
+        queued_ms: step.now.millis_since(since),
         activity: step.state.activities[&scheduled_event_id].clone(),
         workflow_id: step.state.workflow_id.clone(),
         run_id: step.state.run_id.clone(),
@@ -177,6 +185,7 @@ impl Inner {
                 }
             },
         };
+        self.metrics.on_dispatched(TaskKindLabel::Workflow);
         Some(started.into_task(events))
     }
 
@@ -207,6 +216,8 @@ impl Inner {
                     .await?
             }
         };
+        self.metrics.on_dispatched(TaskKindLabel::Activity);
+        self.metrics.on_activity_started(started.queued_ms);
         Ok(ActivityTask {
             task_token: TaskToken {
                 run_id: started.run_id.clone(),

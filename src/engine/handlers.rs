@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 use super::eager;
 use super::machine::{self, RunState, TaskKey, TaskKind, activity, workflow_task};
 use super::matching::{Dispatch, QueueKind};
+use super::metrics::{PollOutcome, TaskKindLabel};
 use super::service::{Inner, Loaded, record_of, unavailable};
 use super::speculation;
 use crate::api::*;
@@ -456,6 +457,7 @@ impl Inner {
                 if let (Some((poller, started)), Some(events)) = (matched, task_events) {
                     self.sync_matches
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.on_dispatched(TaskKindLabel::Workflow);
                     self.hand_over(poller, Box::new(started.into_task(events)));
                 }
                 Ok(Some(StartWorkflowResponse { run_id }))
@@ -723,6 +725,25 @@ impl Inner {
         self: &Arc<Self>,
         request: PollTaskRequest,
     ) -> Result<PollWorkflowTaskResponse, ServiceError> {
+        let began = self.env.now();
+        let answer = self.poll_workflow_task_inner(request).await;
+        if let Ok(response) = &answer {
+            let outcome = match (&response.task, &response.query) {
+                (Some(_), _) => PollOutcome::Task,
+                (None, Some(_)) => PollOutcome::Query,
+                (None, None) => PollOutcome::Empty,
+            };
+            let waited_ms = self.env.now().millis_since(began);
+            self.metrics
+                .on_poll(TaskKindLabel::Workflow, outcome, waited_ms);
+        }
+        answer
+    }
+
+    async fn poll_workflow_task_inner(
+        self: &Arc<Self>,
+        request: PollTaskRequest,
+    ) -> Result<PollWorkflowTaskResponse, ServiceError> {
         self.note_workflow_types(&request);
         self.note_poller(&request, PollerKind::Workflow);
         let deadline = self.env.now().plus_ms(self.config.poll_timeout_ms);
@@ -919,6 +940,24 @@ impl Inner {
     }
 
     async fn poll_activity_task(
+        self: &Arc<Self>,
+        request: PollTaskRequest,
+    ) -> Result<PollActivityTaskResponse, ServiceError> {
+        let began = self.env.now();
+        let answer = self.poll_activity_task_inner(request).await;
+        if let Ok(response) = &answer {
+            let outcome = match response.task {
+                Some(_) => PollOutcome::Task,
+                None => PollOutcome::Empty,
+            };
+            let waited_ms = self.env.now().millis_since(began);
+            self.metrics
+                .on_poll(TaskKindLabel::Activity, outcome, waited_ms);
+        }
+        answer
+    }
+
+    async fn poll_activity_task_inner(
         self: &Arc<Self>,
         request: PollTaskRequest,
     ) -> Result<PollActivityTaskResponse, ServiceError> {

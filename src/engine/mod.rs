@@ -10,6 +10,7 @@ mod external;
 mod handlers;
 pub mod machine;
 mod matching;
+pub mod metrics;
 pub mod pollers;
 mod service;
 mod speculation;

@@ -18,6 +18,7 @@ use super::eager::{StartedWorkflowTask, start_workflow_task};
 use super::machine::WorkflowTaskState;
 use super::machine::{self, Limits, RunState, Step, TaskKind};
 use super::matching::{Dispatch, Matching, Poller, QueueKind};
+use super::metrics::RunTally;
 use super::timer_queue::TimerQueue;
 use crate::api::{ErrorCode, Reply, Request, RunOutcome, ServiceError};
 use crate::env::{
@@ -142,6 +143,11 @@ fn advance_recent(
     (recent.len() <= RECENT_EVENTS_MAX).then_some(recent)
 }
 
+/// Events a batch writes, with those of the run it creates.
+fn batch_events(batch: &WriteBatch) -> usize {
+    batch.events.len() + batch.next_run.as_ref().map_or(0, |next| next.events.len())
+}
+
 /// How long a timer that could not fire (storage failing) waits to try again.
 const TIMER_RETRY_MS: u64 = 1_000;
 
@@ -177,6 +183,8 @@ pub(super) struct Inner {
     /// Child workflows to start, report or apply close policies to.
     children: Mutex<super::children::ChildQueue>,
     pub children_wake: Arc<Notify>,
+    /// Counters and histograms for `GET /metrics`.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 impl Drop for Inner {
@@ -247,7 +255,20 @@ impl Service {
         storage: Arc<dyn Storage>,
         config: ServiceConfig,
     ) -> Result<Service, ServiceError> {
+        let metrics = Arc::new(super::metrics::Metrics::default());
+        Service::start_with_metrics(env, storage, config, metrics).await
+    }
+
+    /// [`Service::start`], counting into `metrics` (which the caller may
+    /// keep reading after the service is gone).
+    pub async fn start_with_metrics(
+        env: Env,
+        storage: Arc<dyn Storage>,
+        config: ServiceConfig,
+        metrics: Arc<super::metrics::Metrics>,
+    ) -> Result<Service, ServiceError> {
         let inner = Arc::new(Inner {
+            metrics,
             timer_permits: Arc::new(Semaphore::new(config.timers_firing_max)),
             env,
             storage,
@@ -317,6 +338,21 @@ impl Service {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Every metric in Prometheus's text format (see [`super::metrics`]).
+    pub fn metrics_text(&self) -> String {
+        let gauges = super::metrics::Gauges {
+            runs_open: self.open_runs() as u64,
+            runs_quarantined: lock(&self.inner.quarantined).len() as u64,
+            timers_queued: self.queued_timers() as u64,
+        };
+        self.inner.metrics.render(gauges)
+    }
+
+    /// The service's counters (for checks).
+    pub fn metrics(&self) -> Arc<super::metrics::Metrics> {
+        self.inner.metrics.clone()
+    }
+
     /// Tasks waiting in a workflow (or activity) queue.
     pub fn backlog(&self, task_queue: &str, activities: bool) -> usize {
         let kind = if activities {
@@ -336,6 +372,10 @@ impl RequestHandler for Service {
     /// The storage's health: the service works while its storage writes.
     fn health(&self) -> Result<(), String> {
         self.inner.storage.health()
+    }
+
+    fn metrics(&self) -> Option<String> {
+        Some(self.metrics_text())
     }
 }
 
@@ -776,7 +816,19 @@ impl Inner {
         let (inner, run_id) = (self.clone(), batch.run.run_id.clone());
         let next_run_id = batch.next_run.as_ref().map(|next| next.run.run_id.clone());
         self.env.spawn("service-write", async move {
+            let (tally, events) = (RunTally::of_batch(&batch), batch_events(&batch));
+            let began_us = inner.env.clock.monotonic_us();
             let outcome = inner.storage.write(batch).await;
+            // Counted in the same step as the write's answer, so a crash
+            // cannot fall between a commit and its count.
+            let micros = inner.env.clock.monotonic_us().saturating_sub(began_us);
+            match &outcome {
+                Ok(()) => inner.metrics.on_write_committed(&tally, events, micros),
+                Err(error) => {
+                    let ambiguous = matches!(error, StorageError::Timeout);
+                    inner.metrics.on_write_failed(ambiguous, events, micros);
+                }
+            }
             if sender.send(outcome).is_err() {
                 tracing::debug!(run_id, "a write's caller went away; reloading the run");
                 inner.spawn_resync(run_id);

@@ -52,6 +52,11 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> Timestamp;
     /// Resolves once `now() >= deadline`.
     fn sleep_until(&self, deadline: Timestamp) -> BoxFuture<'static, ()>;
+    /// Microseconds from an arbitrary origin, never going back: for
+    /// measuring durations (metrics). By default `now()` in microseconds.
+    fn monotonic_us(&self) -> u64 {
+        self.now().as_millis().saturating_mul(1_000)
+    }
 }
 
 /// Seeded randomness: ids, jitter.

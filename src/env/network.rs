@@ -39,6 +39,11 @@ pub trait RequestHandler: Send + Sync {
     fn health(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Its metrics in Prometheus's text format (`GET /metrics`); `None` if
+    /// it keeps none.
+    fn metrics(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Calls the service directly in the same process.

@@ -39,6 +39,11 @@ impl Clock for TokioClock {
             .plus_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
     }
 
+    fn monotonic_us(&self) -> u64 {
+        let elapsed = self.base_instant.elapsed();
+        u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+    }
+
     fn sleep_until(&self, deadline: Timestamp) -> BoxFuture<'static, ()> {
         let offset = Duration::from_millis(deadline.millis_since(self.base_time));
         let instant = self.base_instant + offset;

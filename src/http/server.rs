@@ -229,6 +229,7 @@ impl Drop for HttpServer {
 
 fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
     let health_handler = Arc::clone(&handler);
+    let metrics_handler = Arc::clone(&handler);
     let loopback = config.listen.ip().is_loopback();
     let pages = ui::router(Arc::clone(&handler), config.token.as_deref(), loopback);
     let state = AppState {
@@ -238,6 +239,10 @@ fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
     let api_path = format!("{API_PREFIX}{{method}}");
     let mut router = Router::new()
         .route(&api_path, post(call).fallback(method_not_allowed))
+        .route(
+            "/metrics",
+            get(move || metrics(Arc::clone(&metrics_handler))),
+        )
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(config.body_bytes_max))
         .with_state(state);
@@ -264,6 +269,23 @@ async fn health(handler: Arc<dyn RequestHandler>) -> HttpResponse {
                 body.to_string().into_bytes(),
             )
         }
+    }
+}
+
+/// `GET /metrics`: every metric in Prometheus's text format (behind the
+/// token, like the API: Prometheus sends it as a bearer token).
+async fn metrics(handler: Arc<dyn RequestHandler>) -> HttpResponse {
+    match handler.metrics() {
+        Some(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        None => refuse(ErrorCode::NotFound, "this server keeps no metrics"),
     }
 }
 

@@ -550,8 +550,15 @@ fn start_service_node(handle: &Handle, world: &Arc<World>, config: ServiceConfig
             async move {
                 let env = world.env(SERVICE);
                 let storage = Arc::new(world.storage.clone());
+                let metrics = world.new_service_metrics();
                 let service = loop {
-                    match Service::start(env.clone(), storage.clone(), config.clone()).await {
+                    let started = Service::start_with_metrics(
+                        env.clone(),
+                        storage.clone(),
+                        config.clone(),
+                        metrics.clone(),
+                    );
+                    match started.await {
                         Ok(service) => break service,
                         Err(error) => {
                             tracing::debug!(%error, "service start failed; retrying");

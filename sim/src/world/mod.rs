@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use madsim::rand::Rng;
+use retrace::engine::metrics::{Metrics, MetricsSnapshot};
 use retrace::env::{BoxFuture, Clock, Entropy, Env, Faults, Spawner};
 use retrace::types::{Fnv1a64, Timestamp, fnv1a64};
 
@@ -99,6 +100,8 @@ pub struct World {
     /// The runs the service's incarnation that is up set aside when it
     /// recovered (`None` while it is down or recovering).
     quarantined: Mutex<Option<BTreeMap<String, String>>>,
+    /// The metrics of every incarnation of the service, oldest first.
+    service_metrics: Mutex<Vec<Arc<Metrics>>>,
     /// Clock waits begun and tasks spawned by any node (steps of the budget).
     waits_and_spawns: AtomicU64,
     /// The seed's step budget (see `set_steps_max`).
@@ -176,6 +179,7 @@ impl World {
             streams: Mutex::new(BTreeMap::new()),
             node_handles: Mutex::new(BTreeMap::new()),
             quarantined: Mutex::new(None),
+            service_metrics: Mutex::new(Vec::new()),
             waits_and_spawns: AtomicU64::new(0),
             steps_max: AtomicU64::new(u64::MAX),
             start: time.now_instant(),
@@ -195,6 +199,22 @@ impl World {
     /// lifetime is its node's).
     pub fn service_recovered(&self, quarantined: BTreeMap<String, String>) {
         *lock(&self.quarantined) = Some(quarantined);
+    }
+
+    /// The metrics a new incarnation of the service counts into (kept
+    /// after it dies: the checks add every incarnation's counts up).
+    pub fn new_service_metrics(&self) -> Arc<Metrics> {
+        let metrics = Arc::new(Metrics::default());
+        lock(&self.service_metrics).push(metrics.clone());
+        metrics
+    }
+
+    /// What every incarnation of the service counted, oldest first.
+    pub fn service_metrics(&self) -> Vec<MetricsSnapshot> {
+        lock(&self.service_metrics)
+            .iter()
+            .map(|metrics| metrics.snapshot())
+            .collect()
     }
 
     /// Notes that the service's node died.

@@ -103,6 +103,12 @@ impl SimNet {
             .insert(name.to_string(), Endpoint { handler, node });
     }
 
+    /// The handler `name` serves with now (`None` while it is down).
+    pub fn handler(&self, name: &str) -> Option<Arc<dyn RequestHandler>> {
+        let state = lock(&self.state);
+        state.endpoints.get(name).map(|e| e.handler.clone())
+    }
+
     /// `name` is down: calls to it are refused.
     pub fn unregister(&self, name: &str) {
         lock(&self.state).endpoints.remove(name);

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use madsim::rand::Rng;
+use retrace::engine::metrics::RunTally;
 use retrace::env::{
     BoxFuture, BufferedRead, BufferedWrite, ListQuery, MemoryStorage, RunRecord, Storage,
     StorageError, WriteBatch,
@@ -22,6 +23,7 @@ use retrace::env::{
 use retrace::history::{Event, EventKind};
 
 use crate::faults::trace::FaultTrace;
+use crate::world::lock;
 
 /// Fault rates of the storage (set from the swarm, cleared when healed).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -54,6 +56,9 @@ pub struct SimStorage {
     /// Signal payload bytes each run's buffered rows hold now, and the most
     /// they ever held (for the buffered-limit check).
     buffered_signal_bytes: Arc<Mutex<BTreeMap<String, BufferedBytes>>>,
+    /// Runs started and closed by writes that committed but reported a
+    /// timeout (the service cannot count them; the metrics check adds them).
+    ambiguous_runs: Arc<Mutex<RunTally>>,
 }
 
 /// Signal payload bytes in a run's buffered rows: now, and at most.
@@ -93,6 +98,7 @@ impl SimStorage {
             torn_rows: Arc::new(AtomicU64::new(0)),
             fault_trace: Arc::new(Mutex::new(None)),
             buffered_signal_bytes: Arc::new(Mutex::new(BTreeMap::new())),
+            ambiguous_runs: Arc::new(Mutex::new(RunTally::default())),
         }
     }
 
@@ -196,6 +202,11 @@ impl SimStorage {
         run_id
     }
 
+    /// Runs started and closed by writes that committed but answered a timeout.
+    pub fn ambiguous_runs(&self) -> RunTally {
+        lock(&self.ambiguous_runs).clone()
+    }
+
     /// Rows torn on purpose so far.
     pub fn torn_rows(&self) -> u64 {
         self.torn_rows.load(Ordering::Relaxed)
@@ -245,6 +256,8 @@ impl SimStorage {
         }
         let run_id = batch.run.run_id.clone();
         let (clear, added) = (batch.buffered.clear, signal_bytes(&batch.buffered.append));
+        let may_be_ambiguous = on && faults.ambiguous_rate > 0.0;
+        let tally = may_be_ambiguous.then(|| RunTally::of_batch(&batch));
         self.durable.apply(batch)?;
         self.count_buffered(&run_id, clear, added);
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -254,6 +267,8 @@ impl SimStorage {
         {
             let detail = "write commits, reports a timeout".to_string();
             self.record_fault("storage:ambiguous", &run_id, detail);
+            let tally = tally.expect("counted whenever the write may be ambiguous");
+            lock(&self.ambiguous_runs).add(&tally);
             return Err(StorageError::Timeout);
         }
         Ok(())
