@@ -12,12 +12,42 @@ use std::time::{Duration, Instant};
 use retrace::client::StartOptions;
 use serde_json::json;
 
-/// Runs the benchmark; `smoke` makes it short. Returns the result line.
+/// Runs the benchmark; `smoke` makes it short. Returns the result line:
+/// `p50_ms`.. for a workflow of one activity, `local_p50_ms`.. for one
+/// local activity (run in the workflow task).
 pub async fn run(smoke: bool) -> serde_json::Value {
     let dir = tempfile::tempdir().expect("a temp dir");
     let server = common::server(dir.path()).await;
     let worker = common::spawn_worker(&server.url(), 1_000);
     let client = common::client(&server.url());
+    let plain = measure(&client, "chain", smoke).await;
+    let local = measure(&client, "local_chain", smoke).await;
+    drop(worker);
+    let figures = |samples: &[Duration]| {
+        (
+            common::percentile_ms(samples, 50.0),
+            common::percentile_ms(samples, 99.0),
+            common::percentile_ms(samples, 100.0),
+        )
+    };
+    let (p50, p99, max) = figures(&plain);
+    let (local_p50, local_p99, local_max) = figures(&local);
+    println!(
+        "W1: {} workflows: p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms; with a local activity, {} workflows: p50 {local_p50:.2} ms, p99 {local_p99:.2} ms, max {local_max:.2} ms",
+        plain.len(),
+        local.len()
+    );
+    json!({"bench": "w1", "db": common::db_kind(), "smoke": smoke, "workflows": plain.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max,
+        "local_workflows": local.len(), "local_p50_ms": local_p50, "local_p99_ms": local_p99, "local_max_ms": local_max})
+}
+
+/// Start-to-result times of `workflow_type`(1) run one after another, sorted
+/// (after a warm-up).
+async fn measure(
+    client: &retrace::client::Client,
+    workflow_type: &str,
+    smoke: bool,
+) -> Vec<Duration> {
     let budget = if smoke {
         Duration::from_millis(500)
     } else {
@@ -29,11 +59,11 @@ pub async fn run(smoke: bool) -> serde_json::Value {
     let mut n = 0u64;
     while (started.elapsed() < budget || samples.is_empty()) && samples.len() < 100_000 {
         let begin = Instant::now();
-        let id = format!("w1-{n}");
+        let id = format!("w1-{workflow_type}-{n}");
         let run_id = client
             .start_by_name(
                 StartOptions::new(&id, common::TASK_QUEUE),
-                "chain",
+                workflow_type,
                 json!(1),
             )
             .await
@@ -49,18 +79,8 @@ pub async fn run(smoke: bool) -> serde_json::Value {
         }
         n += 1;
     }
-    drop(worker);
     samples.sort();
-    let (p50, p99, max) = (
-        common::percentile_ms(&samples, 50.0),
-        common::percentile_ms(&samples, 99.0),
-        common::percentile_ms(&samples, 100.0),
-    );
-    println!(
-        "W1: {} workflows (after {warmup} warm-up): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
-        samples.len()
-    );
-    json!({"bench": "w1", "db": common::db_kind(), "smoke": smoke, "workflows": samples.len(), "p50_ms": p50, "p99_ms": p99, "max_ms": max})
+    samples
 }
 
 /// The benchmark (`benches/targets/NAME.rs` calls this).

@@ -57,6 +57,12 @@ async fn the_w1_benchmark_runs_and_reports_sane_latencies() {
         positive(&line, "max_ms"),
     );
     assert!(p50 <= p99 && p99 <= max, "{line}");
+    let (p50, p99, max) = (
+        positive(&line, "local_p50_ms"),
+        positive(&line, "local_p99_ms"),
+        positive(&line, "local_max_ms"),
+    );
+    assert!(p50 <= p99 && p99 <= max, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,6 +327,18 @@ fn patched() -> History {
     b.build()
 }
 
+fn local_activity() -> History {
+    let mut b = HistoryBuilder::new("local_then_remote", json!("x"));
+    b.add_full_workflow_task();
+    let details = json!({"seq": 1, "activity_type": "compose", "attempt": 1, "result": "x!"});
+    b.add_marker("LocalActivity", details);
+    let scheduled = b.add_activity_scheduled("1", "compose", json!("x!"));
+    b.add_activity_completed(scheduled, json!("x!!"));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("x!!"));
+    b.build()
+}
+
 /// (fixture name, how it was built, the result its replay must give)
 fn fixtures() -> Vec<(&'static str, History, RunResult)> {
     vec![
@@ -356,6 +368,11 @@ fn fixtures() -> Vec<(&'static str, History, RunResult)> {
             RunResult::Failed(expected_retry_failure()),
         ),
         ("patched", patched(), RunResult::Completed(json!("v2 x!!"))),
+        (
+            "local_activity",
+            local_activity(),
+            RunResult::Completed(json!("x!!")),
+        ),
         (
             "signal_with_start",
             signal_with_start(),

@@ -581,6 +581,85 @@ async fn the_readme_cron_example_runs_the_cleanup_at_two_every_night() {
     worker.shutdown().await;
 }
 
+/// Checks a card's number with the issuer: quick, so it runs as a local
+/// activity, inside the workflow task, with no task queue in between.
+struct CheckCard;
+impl Activity for CheckCard {
+    const NAME: &'static str = "check_card";
+    type Input = String;
+    type Output = bool;
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(2))
+    }
+    async fn run(&self, _ctx: ActivityContext, card: String) -> ActivityResult<bool> {
+        Ok(card.starts_with('4'))
+    }
+}
+
+// README local-activities begins
+/// Checks the card locally (recorded as a marker, replayed, never run again),
+/// then charges it with an ordinary activity.
+struct CardPayment;
+impl Workflow for CardPayment {
+    const NAME: &'static str = "card_payment";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, card: String) -> WorkflowResult<String> {
+        let valid = ctx
+            .local_activity::<CheckCard>(card.clone())
+            .retry(RetryPolicy::default().maximum_attempts(3))
+            .await?;
+        if !valid {
+            return Ok("declined".to_string());
+        }
+        Ok(ctx.activity::<Charge>(card).await?)
+    }
+}
+// README local-activities ends
+
+/// Charges a card.
+struct Charge;
+impl Activity for Charge {
+    const NAME: &'static str = "charge";
+    type Input = String;
+    type Output = String;
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(10))
+    }
+    async fn run(&self, _ctx: ActivityContext, card: String) -> ActivityResult<String> {
+        Ok(format!("charged {card}"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_local_activity_example_checks_locally_then_charges() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<CardPayment>();
+    let worker = engine
+        .worker("pay")
+        .workflows(registry)
+        .activity(CheckCard)
+        .activity(Charge)
+        .start();
+    let client = engine.client();
+    let paid = client
+        .start::<CardPayment>(StartOptions::new("pay-1", "pay"), "4242".to_string())
+        .await
+        .unwrap();
+    assert_eq!(paid.result().await.unwrap(), "charged 4242");
+    let declined = client
+        .start::<CardPayment>(StartOptions::new("pay-2", "pay"), "9999".to_string())
+        .await
+        .unwrap();
+    assert_eq!(declined.result().await.unwrap(), "declined");
+    let history = declined.history().await.unwrap();
+    let kinds: Vec<&str> = history.events().iter().map(|e| e.kind.name()).collect();
+    assert!(kinds.contains(&"MarkerRecorded"), "{kinds:?}");
+    assert!(!kinds.contains(&"ActivityTaskScheduled"), "{kinds:?}");
+    worker.shutdown().await;
+}
+
 #[test]
 fn the_readme_shows_these_examples_verbatim() {
     let readme = include_str!("../README.md");
@@ -594,6 +673,7 @@ fn the_readme_shows_these_examples_verbatim() {
         "activity-failure",
         "workflow-retries",
         "cron",
+        "local-activities",
     ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(

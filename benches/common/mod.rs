@@ -46,7 +46,8 @@ impl Activity for Noop {
     }
 }
 
-/// `chain`(n): n sequential `noop` activities; `wait`(ms): one durable timer.
+/// `chain`(n): n sequential `noop` activities; `local_chain`(n): the same as
+/// local activities; `wait`(ms): one durable timer.
 pub fn registry() -> WorkflowRegistry {
     let mut registry = WorkflowRegistry::new();
     registry.register_fn("chain", |ctx: WorkflowContext, steps: u64| async move {
@@ -56,6 +57,16 @@ pub fn registry() -> WorkflowRegistry {
         }
         Ok(value)
     });
+    registry.register_fn(
+        "local_chain",
+        |ctx: WorkflowContext, steps: u64| async move {
+            let mut value = 0;
+            for _ in 0..steps {
+                value = ctx.local_activity::<Noop>(value).await?;
+            }
+            Ok(value)
+        },
+    );
     registry.register_fn("wait", |ctx: WorkflowContext, wait_ms: u64| async move {
         ctx.sleep(Duration::from_millis(wait_ms)).await?;
         Ok(())

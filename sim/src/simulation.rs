@@ -879,6 +879,11 @@ async fn check_run(
         setup.nodes.service_config.buffered_payload_bytes_max,
     ));
     violations.extend(check_metrics(world, attempts.len()).await);
+    let local_attempts = crate::world::lock(&cluster.observed.local_attempts).clone();
+    violations.extend(check::local_activities::check_local_activities(
+        &stored.histories,
+        &local_attempts,
+    ));
     let ledger = world.services.ledger();
     violations.extend(check::check_effects(&ledger, &stored.histories));
     violations.extend(check::check_later_attempts_acted(

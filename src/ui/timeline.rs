@@ -506,12 +506,33 @@ fn earlier_attempts(
     out
 }
 
+/// A marker's title: a local activity's names its type, attempt and outcome.
+fn marker_title(marker: &crate::history::MarkerRecorded) -> String {
+    use crate::workflow::{LOCAL_ACTIVITY_MARKER_NAME, LocalActivityOutcome};
+    if marker.marker_name != LOCAL_ACTIVITY_MARKER_NAME {
+        return format!("marker {}", marker.marker_name);
+    }
+    match LocalActivityOutcome::from_details(&marker.details) {
+        Ok(o) if o.result.is_some() => {
+            format!(
+                "local activity {} completed (attempt {})",
+                o.activity_type, o.attempt
+            )
+        }
+        Ok(o) => format!(
+            "local activity {} failed (attempt {})",
+            o.activity_type, o.attempt
+        ),
+        Err(_) => format!("marker {}", marker.marker_name),
+    }
+}
+
 /// Signals, markers, cancel requests and the run's own start and close as points.
 fn point_item(event: &Event) -> Option<Item> {
     use EventKind::*;
     let (class, title) = match &event.kind {
         WorkflowExecutionSignaled(a) => ("signal", format!("signal {}", a.signal_name)),
-        MarkerRecorded(a) => ("marker", format!("marker {}", a.marker_name)),
+        MarkerRecorded(a) => ("marker", marker_title(a)),
         WorkflowExecutionCancelRequested(_) => ("cancel", "cancel requested".to_string()),
         WorkflowExecutionStarted(a) => ("start", format!("started {}", a.workflow_type)),
         kind if kind.is_terminal() => ("close", kind.name().to_string()),
@@ -795,6 +816,28 @@ mod tests {
                 .iter()
                 .any(|s| s.title == "backoff after attempt 2: 2.0s (retry policy)")
         );
+    }
+
+    #[test]
+    fn a_local_activity_marker_is_a_point_naming_its_type_attempt_and_outcome() {
+        let mut b = HistoryBuilder::new("pay", json!(null));
+        b.add_full_workflow_task();
+        let details =
+            json!({"seq": 1, "activity_type": "check_card", "attempt": 2, "result": true});
+        b.add_marker("LocalActivity", details);
+        b.add_marker("Patch", json!({"id": "v2"}));
+        let titles: Vec<String> = b
+            .build()
+            .events()
+            .iter()
+            .filter_map(point_item)
+            .map(|item| item.title)
+            .collect();
+        assert!(
+            titles[1].starts_with("local activity check_card completed (attempt 2)"),
+            "{titles:?}"
+        );
+        assert!(titles[2].starts_with("marker Patch"), "{titles:?}");
     }
 
     #[test]

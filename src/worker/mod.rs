@@ -22,6 +22,7 @@
 
 mod activities;
 mod cache;
+mod local_activities;
 mod speculation;
 mod workflows;
 
@@ -79,6 +80,15 @@ pub trait WorkerObserver: Send + Sync {
     /// A correct service never hands more than the room offered; the worker
     /// drops the extra ones, so only this hook shows them.
     fn tasks_handed(&self, _run_id: &str, _kind: &'static str, _room: usize, _handed: usize) {}
+    /// An attempt of a local activity starts, inside the workflow task
+    /// `task` (its `started_event_id` says how much history the worker had).
+    fn local_activity_started(
+        &self,
+        _task: &crate::api::TaskToken,
+        _request: &crate::workflow::LocalActivityRequest,
+        _attempt: u32,
+    ) {
+    }
 }
 
 /// Limits and timings of a worker. Every bound is `_max`, every duration `_ms`.
@@ -108,6 +118,10 @@ pub struct WorkerOptions {
     /// result, when the run is cached here, and send both in one request
     /// (see [`crate::api::SpeculativeWorkflowTask`]).
     pub speculative_workflow_tasks: bool,
+    /// How long a workflow task may run its local activities (attempts and
+    /// the backoffs between them); a retry whose backoff ends later waits on
+    /// a durable timer instead. Below the workflow task timeout (10 s).
+    pub local_activity_window_ms: u64,
 }
 
 impl WorkerOptions {
@@ -125,6 +139,7 @@ impl WorkerOptions {
             shutdown_grace_ms: 10_000,
             heartbeat_throttle_ms_max: 30_000,
             speculative_workflow_tasks: true,
+            local_activity_window_ms: 5_000,
         }
     }
 }

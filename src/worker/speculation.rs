@@ -47,6 +47,11 @@ pub(super) async fn respond(
     let started_time = shared.env.now();
     let events = result_events(shared, task, value, next_event_id, started_time);
     let commands = match executor.apply(&events) {
+        // Local activities run in a plain workflow task, not a speculative one.
+        Ok(_) if !executor.take_local_activity_requests().is_empty() => {
+            *slot = None;
+            return Some(permit);
+        }
         Ok(activation) => activation
             .commands
             .expect("the events end at a WorkflowTaskStarted"),

@@ -119,13 +119,17 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
             return;
         }
     };
-    let Some(commands) = commands else {
+    let Some(mut commands) = commands else {
         tracing::error!(
             run_id,
             "a workflow task's events must end at its WorkflowTaskStarted"
         );
         return;
     };
+    if let Err(error) = run_local_activities(shared, &task, &mut executor, &mut commands).await {
+        fail_task(shared, &task, &error).await;
+        return;
+    }
     let closed = commands.iter().any(crate::workflow::Command::is_terminal);
     let written = complete_task(shared, &task, commands, executor.digest(), closed).await;
     // The executor stays cached whatever the answer: if the completion did not
@@ -138,6 +142,38 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
         *slot = keep_with(executor, &written);
     }
 }
+
+/// Runs the local activities the activation asks for, round after round,
+/// adding each round's commands (its markers first) to `commands`.
+async fn run_local_activities(
+    shared: &Arc<Shared>,
+    task: &WorkflowTask,
+    executor: &mut WorkflowExecutor,
+    commands: &mut Vec<crate::workflow::Command>,
+) -> Result<(), ReplayError> {
+    let window_ends = shared
+        .env
+        .now()
+        .plus_ms(shared.options.local_activity_window_ms);
+    for _ in 0..LOCAL_ACTIVITY_ROUNDS_MAX {
+        let requests = executor.take_local_activity_requests();
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let outcomes =
+            super::local_activities::run_round(shared, task, window_ends, requests).await;
+        commands.extend(executor.resolve_local_activities(outcomes)?);
+    }
+    Err(ReplayError::Panicked {
+        event_id: task.task_token.started_event_id,
+        message: format!(
+            "the workflow asked for more than {LOCAL_ACTIVITY_ROUNDS_MAX} rounds of local activities in one task"
+        ),
+    })
+}
+
+/// Rounds of local activities one workflow task may run.
+pub const LOCAL_ACTIVITY_ROUNDS_MAX: usize = 1_000;
 
 /// The executor to keep after a completion: with the events the completion
 /// wrote applied (so it knows the whole history), or none if they do not fit

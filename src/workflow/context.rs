@@ -24,6 +24,7 @@ use super::command::{
     SignalExternalWorkflowExecution, marker_id,
 };
 use super::error::{ActivityError, ChildWorkflowError, PayloadError, WorkflowError};
+use super::local_activity::{LocalActivityFuture, LocalActivityOptions};
 use crate::activity::{Activity, ActivityCancellationType, ActivityOptions};
 use crate::types::{Timestamp, fnv1a64};
 
@@ -53,14 +54,14 @@ pub struct WorkflowInfo {
 /// A query handler: arguments in, answer out.
 pub type QueryFn = dyn Fn(Value) -> Result<Value, String> + Send + Sync;
 
-enum Slot<T> {
+pub(crate) enum Slot<T> {
     Pending { waker: Option<Waker> },
     Resolved(T),
     Taken,
 }
 
 impl<T> Slot<T> {
-    fn resolve(&mut self, value: T) {
+    pub(crate) fn resolve(&mut self, value: T) {
         if let Slot::Pending { waker } = self {
             if let Some(waker) = waker.take() {
                 waker.wake();
@@ -69,11 +70,11 @@ impl<T> Slot<T> {
         }
     }
 
-    fn is_pending(&self) -> bool {
+    pub(crate) fn is_pending(&self) -> bool {
         matches!(self, Slot::Pending { .. })
     }
 
-    fn poll_take(&mut self, waker: &Waker) -> Poll<T> {
+    pub(crate) fn poll_take(&mut self, waker: &Waker) -> Poll<T> {
         match std::mem::replace(self, Slot::Taken) {
             Slot::Resolved(value) => Poll::Ready(value),
             Slot::Pending { .. } => {
@@ -140,6 +141,8 @@ pub(crate) struct RunCore {
     /// Child workflows by sequence ("1", ...).
     children: BTreeMap<String, ChildSlot>,
     next_child_seq: u64,
+    /// Local activities: asked for, and resolved by the worker or replay.
+    pub(crate) local_activities: super::local_activity::LocalActivities,
 }
 
 /// A child workflow as its parent's code sees it.
@@ -217,6 +220,7 @@ impl RunCore {
             timer_scopes: BTreeMap::new(),
             children: BTreeMap::new(),
             next_child_seq: 1,
+            local_activities: Default::default(),
         }
     }
 
@@ -395,7 +399,7 @@ impl RunCore {
     }
 
     /// True if `scope` was cancelled (the root: the run was asked to cancel).
-    fn scope_cancelled(&self, scope: usize) -> bool {
+    pub(crate) fn scope_cancelled(&self, scope: usize) -> bool {
         self.scopes[scope].cancelled
     }
 
@@ -499,7 +503,7 @@ impl RunCore {
         self.query_handlers.keys().cloned().collect()
     }
 
-    fn expected_marker(&self, marker_name: &str, id: &str) -> Option<&Value> {
+    pub(crate) fn expected_marker(&self, marker_name: &str, id: &str) -> Option<&Value> {
         self.expected_markers
             .iter()
             .find(|(name, details)| name == marker_name && marker_id(name, details) == id)
@@ -617,6 +621,33 @@ impl WorkflowContext {
             Ok(input),
             ActivityOptions::default(),
         )
+    }
+
+    /// Runs activity `A` as a local activity: in the worker, inside this
+    /// workflow task, with no task queue in between; its outcome is
+    /// recorded as a marker and replayed, never run again once recorded.
+    /// Its timeouts and retry policy start from `A::options()`. For short
+    /// work: an attempt is also bounded by the worker's window per task.
+    pub fn local_activity<A: Activity>(&self, input: A::Input) -> LocalActivityFuture<A::Output> {
+        let what = || format!("input of local activity {}", A::NAME);
+        let input = PayloadError::encode(what, &input);
+        let defaults = A::options();
+        LocalActivityFuture::new(self.clone(), A::NAME.to_string(), input).options(
+            LocalActivityOptions {
+                start_to_close_timeout_ms: defaults.start_to_close_timeout_ms,
+                schedule_to_close_timeout_ms: defaults.schedule_to_close_timeout_ms,
+                retry_policy: defaults.retry_policy,
+            },
+        )
+    }
+
+    /// Runs a local activity by name with a JSON input.
+    pub fn local_activity_by_name(
+        &self,
+        activity_type: &str,
+        input: Value,
+    ) -> LocalActivityFuture<Value> {
+        LocalActivityFuture::new(self.clone(), activity_type.to_string(), Ok(input))
     }
 
     /// A durable timer: resolves after `duration` of service time, even across

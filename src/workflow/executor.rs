@@ -32,6 +32,9 @@ use serde_json::Value;
 use super::command::{Command, CommandKey, PATCH_MARKER_NAME, event_command_key};
 use super::context::{RunCore, WorkflowContext, WorkflowInfo};
 use super::error::{ActivityError, ChildWorkflowError, WorkflowError};
+use super::local_activity::{
+    LOCAL_ACTIVITY_MARKER_NAME, LocalActivityOutcome, LocalActivityRequest,
+};
 use super::registry::{WorkflowFuture, WorkflowRegistry};
 use super::replay::{NonDeterminism, ReplayError};
 use crate::history::{Event, EventKind};
@@ -312,11 +315,92 @@ impl WorkflowExecutor {
             }
         }
         self.poll_workflow(event.event_id)?;
+        if replaying {
+            self.replay_local_activity_rounds(event.event_id)?;
+        }
         let commands = std::mem::take(&mut self.core.lock().expect("run core lock").commands);
         for command in &commands {
             self.mix_key(&command.key());
         }
         self.unmatched = commands.iter().cloned().collect();
+        Ok(commands)
+    }
+
+    /// Resolves each round of local activities from the task's markers, as
+    /// the worker did live (see `local_activity`): a request without a
+    /// marker stays unresolved, as it was when the task completed.
+    fn replay_local_activity_rounds(&mut self, event_id: u64) -> Result<(), ReplayError> {
+        loop {
+            let outcomes: Vec<LocalActivityOutcome> = {
+                let mut core = self.core.lock().expect("run core lock");
+                let requests = core.local_activities.take_requests();
+                requests
+                    .iter()
+                    .filter_map(|request| {
+                        let seq = request.seq.to_string();
+                        let details = core.expected_marker(LOCAL_ACTIVITY_MARKER_NAME, &seq)?;
+                        LocalActivityOutcome::from_details(details).ok()
+                    })
+                    .collect()
+            };
+            if outcomes.is_empty() {
+                return Ok(());
+            }
+            self.resolve_round(outcomes, event_id)?;
+        }
+    }
+
+    /// Resolves a round's local activities (each recording its marker, in
+    /// sequence order) and polls the workflow on.
+    fn resolve_round(
+        &mut self,
+        mut outcomes: Vec<LocalActivityOutcome>,
+        event_id: u64,
+    ) -> Result<(), ReplayError> {
+        outcomes.sort_by_key(|outcome| outcome.seq);
+        {
+            let mut core = self.core.lock().expect("run core lock");
+            for outcome in outcomes {
+                let details = outcome.to_details();
+                if core.local_activities.resolve(outcome) {
+                    core.commands.push(Command::RecordMarker {
+                        marker_name: LOCAL_ACTIVITY_MARKER_NAME.to_string(),
+                        details,
+                    });
+                }
+            }
+        }
+        self.poll_workflow(event_id)
+    }
+
+    /// The local activities the live activation (or its last round) asked
+    /// for, each handed out once, in sequence order.
+    pub fn take_local_activity_requests(&mut self) -> Vec<LocalActivityRequest> {
+        if !self.last_activation_live {
+            return Vec::new();
+        }
+        let mut core = self.core.lock().expect("run core lock");
+        core.local_activities.take_requests()
+    }
+
+    /// Resolves a round of the live activation's local activities with the
+    /// worker's outcomes and lets the workflow go on. Returns the commands
+    /// that adds, the round's markers first; the task completes with the
+    /// activation's commands followed by every round's.
+    pub fn resolve_local_activities(
+        &mut self,
+        outcomes: Vec<LocalActivityOutcome>,
+    ) -> Result<Vec<Command>, ReplayError> {
+        assert!(
+            self.last_activation_live,
+            "local activities are run in a live activation"
+        );
+        self.resolve_round(outcomes, self.last_started_event_id)?;
+        let commands = std::mem::take(&mut self.core.lock().expect("run core lock").commands);
+        for command in &commands {
+            self.mix_key(&command.key());
+        }
+        self.unmatched.extend(commands.iter().cloned());
         Ok(commands)
     }
 

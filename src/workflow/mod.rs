@@ -30,6 +30,7 @@ mod context;
 mod cron;
 mod error;
 mod executor;
+mod local_activity;
 mod registry;
 mod replay;
 
@@ -50,6 +51,10 @@ pub use cron::{CRON_HORIZON_DAYS_MAX, CRON_SCHEDULE_BYTES_MAX, CronError, CronSc
 pub use error::{ActivityError, ChildWorkflowError, PayloadError, WorkflowError};
 pub use executor::{
     Activation, POLLS_PER_ACTIVATION_MAX, QueryError, RunResult, StateDigest, WorkflowExecutor,
+};
+pub use local_activity::{
+    LOCAL_ACTIVITY_MARKER_NAME, LOCAL_ACTIVITY_TIMEOUT_MS_MAX, LocalActivityFuture,
+    LocalActivityOptions, LocalActivityOutcome, LocalActivityRequest,
 };
 pub use registry::{WorkflowFactory, WorkflowFuture, WorkflowRegistry};
 pub use replay::{NonDeterminism, ReplayError, ReplayOutcome, Replayer, workflow_task_boundaries};

@@ -172,6 +172,18 @@ impl Workflow for Patched {
     }
 }
 
+/// Composes locally (a local activity), then with an ordinary activity.
+pub struct LocalThenRemote;
+impl Workflow for LocalThenRemote {
+    const NAME: &'static str = "local_then_remote";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, name: String) -> WorkflowResult<String> {
+        let local = ctx.local_activity::<Compose>(name).await?;
+        Ok(ctx.activity::<Compose>(local).await?)
+    }
+}
+
 /// Every fixture workflow.
 pub fn registry() -> WorkflowRegistry {
     let mut registry = WorkflowRegistry::new();
@@ -183,7 +195,8 @@ pub fn registry() -> WorkflowRegistry {
         .register::<RetryThenFail>()
         .register::<Patched>()
         .register::<Countdown>()
-        .register::<CleanupOnCancel>();
+        .register::<CleanupOnCancel>()
+        .register::<LocalThenRemote>();
     registry
 }
 

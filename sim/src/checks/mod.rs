@@ -19,6 +19,7 @@
 //! | `liveness.rs` | liveness               | every run closed once faults healed (a stuck run names its pending work) |
 //! | `liveness.rs` | no task lost           | no run is left with a task on the queue that no worker ever started |
 //! | `buffered.rs` | buffered limit         | no run ever buffered more signal bytes during a workflow task than the service's limit |
+//! | `local_activities.rs` | local activities | no local activity attempt ran in a task that began after its marker was written; every marker records an attempt a worker ran |
 //! | `metrics.rs`  | metrics                | the runs `/metrics` counted started and closed (by status), through crashes and ambiguous writes, are the runs storage holds; dispatches and writes are all counted; once every run closed, no run is open and no timer queued |
 //! | `capacity.rs` | capacity               | no worker ran more activities than its limit; the service never handed a worker more tasks than it offered room for |
 
@@ -28,6 +29,7 @@ pub mod effects;
 pub mod failures;
 pub mod history;
 pub mod liveness;
+pub mod local_activities;
 pub mod metrics;
 pub mod outcomes;
 pub mod quarantine;

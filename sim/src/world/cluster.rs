@@ -142,6 +142,21 @@ pub struct Observed {
     pub capacity_violations: Mutex<Vec<String>>,
     /// Speculative workflow tasks the service took and refused.
     pub speculations: Mutex<Speculations>,
+    /// Every local activity attempt a worker started.
+    pub local_attempts: Mutex<Vec<LocalAttemptSeen>>,
+}
+
+/// A local activity attempt as a worker started it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalAttemptSeen {
+    pub run_id: String,
+    /// The local activity's sequence number in its run (its marker's `seq`).
+    pub seq: u64,
+    pub attempt: u32,
+    /// The `WorkflowTaskStarted` of the task that ran it: the worker knew
+    /// the history up to there.
+    pub task_started_event_id: u64,
+    pub node: String,
 }
 
 /// One worker incarnation's observer.
@@ -217,6 +232,21 @@ impl WorkerObserver for NodeObserver {
             );
             lock(&self.observed.handed_violations).push(message);
         }
+    }
+
+    fn local_activity_started(
+        &self,
+        task: &retrace::api::TaskToken,
+        request: &retrace::workflow::LocalActivityRequest,
+        attempt: u32,
+    ) {
+        lock(&self.observed.local_attempts).push(LocalAttemptSeen {
+            run_id: task.run_id.clone(),
+            seq: request.seq,
+            attempt,
+            task_started_event_id: task.started_event_id,
+            node: self.node.clone(),
+        });
     }
 
     fn speculative_workflow_task(&self, _run_id: &str, taken: bool) {

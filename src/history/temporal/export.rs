@@ -4,11 +4,13 @@
 
 use serde_json::{Value, json};
 
-use super::import::{CORE_PATCH_MARKER, GO_SIDE_EFFECT_MARKER};
+use super::import::{CORE_LOCAL_ACTIVITY_MARKER, CORE_PATCH_MARKER, GO_SIDE_EFFECT_MARKER};
 use super::wire::{duration, failure, payloads, retry_policy, task_queue};
 use crate::history::event::*;
 use crate::types::{IdReusePolicy, ParentClosePolicy, RetryState, TimeoutType};
-use crate::workflow::{PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME};
+use crate::workflow::{
+    LOCAL_ACTIVITY_MARKER_NAME, LocalActivityOutcome, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME,
+};
 
 fn id(event_id: u64) -> Value {
     json!(event_id.to_string())
@@ -349,6 +351,8 @@ fn marker(a: &MarkerRecorded) -> Value {
             "deprecated": payloads(&field("deprecated")),
         });
         (CORE_PATCH_MARKER, details)
+    } else if a.marker_name == LOCAL_ACTIVITY_MARKER_NAME {
+        return local_activity_marker(a);
     } else {
         // No SDK of Retrace's records other markers; kept whole, not read back.
         (
@@ -361,6 +365,40 @@ fn marker(a: &MarkerRecorded) -> Value {
         "details": details,
         "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
     })
+}
+
+/// A local activity's marker as the Core-based SDKs write it: `data` with
+/// its sequence number, attempt and type, `result` or the event's `failure`.
+fn local_activity_marker(a: &MarkerRecorded) -> Value {
+    let Ok(outcome) = LocalActivityOutcome::from_details(&a.details) else {
+        let details = json!({ "data": payloads(&a.details) });
+        return json!({
+            "markerName": LOCAL_ACTIVITY_MARKER_NAME,
+            "details": details,
+            "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
+        });
+    };
+    let data = json!({
+        "seq": outcome.seq,
+        "attempt": outcome.attempt,
+        "activity_id": outcome.seq.to_string(),
+        "activity_type": outcome.activity_type,
+        "backoff_ms": outcome.backoff_ms,
+        "retry_state": outcome.retry_state,
+    });
+    let mut details = json!({ "data": payloads(&data) });
+    if let Some(result) = &outcome.result {
+        details["result"] = payloads(result);
+    }
+    let mut value = json!({
+        "markerName": CORE_LOCAL_ACTIVITY_MARKER,
+        "details": details,
+        "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
+    });
+    if let Some(failed) = &outcome.failure {
+        value["failure"] = failure(failed);
+    }
+    value
 }
 
 fn run(kind: &EventKind) -> Value {

@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use super::wire::{Attrs, Fault};
 use crate::history::event::*;
 use crate::types::{IdReusePolicy, ParentClosePolicy, RetryState, TimeoutType};
-use crate::workflow::{PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME};
+use crate::workflow::{
+    LOCAL_ACTIVITY_MARKER_NAME, LocalActivityOutcome, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME,
+};
 
 /// Workflow task timeout Temporal applies when none was set.
 const WORKFLOW_TASK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
@@ -20,6 +22,7 @@ const WORKFLOW_TASK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Marker names of Temporal's SDKs that map to Retrace's markers.
 pub(super) const GO_SIDE_EFFECT_MARKER: &str = "SideEffect";
 pub(super) const CORE_PATCH_MARKER: &str = "core_patch";
+pub(super) const CORE_LOCAL_ACTIVITY_MARKER: &str = "core_local_activity";
 
 /// The conversion's state: the sequences Retrace's SDK would have used.
 #[derive(Default)]
@@ -123,6 +126,10 @@ impl Importer {
                     json!({ "id": id, "deprecated": deprecated }),
                 )
             }
+            CORE_LOCAL_ACTIVITY_MARKER => (
+                LOCAL_ACTIVITY_MARKER_NAME,
+                local_activity(a, details)?.to_details(),
+            ),
             other => return Err(unsupported_marker(other)),
         };
         Ok(MarkerRecorded {
@@ -133,18 +140,49 @@ impl Importer {
     }
 }
 
+/// A `core_local_activity` marker (Temporal's Core-based SDKs): its `data`
+/// names the sequence number, attempt and type; `result` or the event's
+/// `failure` says how it ended.
+fn local_activity(a: Attrs<'_>, details: Attrs<'_>) -> Result<LocalActivityOutcome, Fault> {
+    let data = details.payloads("data")?;
+    let field = |key: &str| data.get(key).filter(|v| !v.is_null());
+    let seq = field("seq")
+        .and_then(Value::as_u64)
+        .ok_or("local activity marker: `data.seq` is not a number")?;
+    let activity_type = field("activity_type")
+        .and_then(Value::as_str)
+        .ok_or("local activity marker: `data.activity_type` is not a string")?;
+    let attempt = field("attempt").and_then(Value::as_u64).unwrap_or(1);
+    let retry_state = match field("retry_state") {
+        None => None,
+        Some(state) => Some(
+            serde_json::from_value(state.clone())
+                .map_err(|e| format!("local activity marker: `data.retry_state`: {e}"))?,
+        ),
+    };
+    Ok(LocalActivityOutcome {
+        seq,
+        activity_type: activity_type.to_string(),
+        attempt: u32::try_from(attempt).map_err(|_| "local activity marker: attempt too large")?,
+        result: details.optional_payloads("result")?,
+        failure: a.failure("failure")?,
+        retry_state,
+        backoff_ms: field("backoff_ms").and_then(Value::as_u64),
+    })
+}
+
 fn unsupported_marker(name: &str) -> Fault {
     let why = match name {
         "Version" => "the Go SDK's GetVersion records integer versions; Retrace's patches \
                       are boolean (`ctx.patched`): port the change to a patch and record \
                       a new history"
             .to_string(),
-        "LocalActivity" | "core_local_activity" => {
-            "Retrace has no local activities: port it to an activity".to_string()
-        }
+        "LocalActivity" => "the Go SDK's local activity markers are not read (those of \
+                            the Core-based SDKs, `core_local_activity`, are)"
+            .to_string(),
         _ => format!(
-            "Retrace reads only {GO_SIDE_EFFECT_MARKER:?} (side effects) and \
-             {CORE_PATCH_MARKER:?} (patches) markers"
+            "Retrace reads only {GO_SIDE_EFFECT_MARKER:?} (side effects), \
+             {CORE_PATCH_MARKER:?} (patches) and {CORE_LOCAL_ACTIVITY_MARKER:?} markers"
         ),
     };
     format!("marker {name:?} does not map to Retrace: {why}")

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use futures::future::Either;
 use retrace::activity::{
-    Activity, ActivityContext, ActivityOptions, ActivityResult, ActivityRunError, non_retryable,
-    retryable,
+    Activity, ActivityContext, ActivityOptions, ActivityResult, ActivityRunError, RetryPolicy,
+    non_retryable, retryable,
 };
 use retrace::types::{RetryState, TimeoutType};
 use retrace::workflow::{
@@ -74,6 +74,45 @@ pub enum PlantedBug {
 }
 
 /// The scripted activity.
+/// The local activity of `Step::LocalActivity`: fails (retryably) every
+/// attempt before its input, then returns the attempt that succeeded.
+pub struct LocalScript;
+
+impl Activity for LocalScript {
+    const NAME: &'static str = "local_script";
+    type Input = u32;
+    type Output = u32;
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(2))
+    }
+    async fn run(&self, ctx: ActivityContext, succeed_at: u32) -> ActivityResult<u32> {
+        let attempt = ctx.attempt();
+        if attempt < succeed_at {
+            return Err(retryable(format!("local attempt {attempt} fails")));
+        }
+        Ok(attempt)
+    }
+}
+
+/// Runs `Step::LocalActivity`: the attempt that succeeded, or how it failed.
+async fn local_activity(
+    ctx: &WorkflowContext,
+    succeed_at: u32,
+    backoff_ms: u64,
+) -> Result<StepReport, WorkflowError> {
+    let policy = RetryPolicy::default()
+        .initial_interval_ms(backoff_ms)
+        .backoff_coefficient(1.0)
+        .maximum_attempts(5);
+    let attempt = ctx
+        .local_activity::<LocalScript>(succeed_at)
+        .retry(policy)
+        .await;
+    Ok(StepReport::LocalActivity {
+        attempt: attempt.map_err(|error| error.to_string()),
+    })
+}
+
 pub struct Scripted {
     pub kv: ServiceClient,
     pub env: retrace::env::Env,
@@ -222,6 +261,10 @@ pub enum StepReport {
     },
     SideEffect {
         value: u64,
+    },
+    /// The attempt that succeeded, or why it failed.
+    LocalActivity {
+        attempt: Result<u32, String>,
     },
     Random {
         value: u64,
@@ -500,6 +543,10 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
             Step::SideEffect { value } => StepReport::SideEffect {
                 value: ctx.side_effect(|| *value)?,
             },
+            Step::LocalActivity {
+                succeed_at,
+                backoff_ms,
+            } => local_activity(ctx, *succeed_at, *backoff_ms).await?,
             Step::Random => StepReport::Random {
                 value: ctx.random(),
             },

@@ -141,6 +141,7 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
             env: node.env(),
             bug,
         })
+        .activity(|_node| interpreter::LocalScript)
         .service("kv", KvStore::default)
         .workers(WORKERS)
         .safety_ms(SAFETY_MS)
@@ -159,10 +160,7 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
             let flaky = failure.failure_type == program::FLAKY_ATTEMPT_FAILURE;
             spec.gives_up() || (spec.retry.is_some() && flaky)
         })
-        .service_config(|config| {
-            config.limits.payload_bytes_max = PAYLOAD_BYTES_MAX;
-            config.buffered_payload_bytes_max = program::BUFFERED_PAYLOAD_BYTES_MAX;
-        })
+        .service_config(service_config)
         .swarm(|swarm| {
             if calm_from_salt(swarm.clock_salt) {
                 *swarm = Swarm {
@@ -211,11 +209,17 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
 /// A worker's options as the seed's program draws them: capacity, cache
 /// size, and (in a program with children) the children's queue for the
 /// last worker, so parents and children run on different workers and queues.
+fn service_config(config: &mut retrace::engine::ServiceConfig) {
+    config.limits.payload_bytes_max = PAYLOAD_BYTES_MAX;
+    config.buffered_payload_bytes_max = program::BUFFERED_PAYLOAD_BYTES_MAX;
+}
+
 fn program_worker_options(options: &mut retrace::worker::WorkerOptions) {
     let program = Program::generate(current_seed());
     let index = worker_index(&options.identity);
     options.activities_max = program.activities_max[index];
     options.cache_runs_max = program.cache_runs_max[index];
+    options.local_activity_window_ms = program::LOCAL_WINDOW_MS;
     if program.has_children() && index == WORKERS - 1 {
         options.task_queue = program::CHILD_QUEUE.to_string();
     }

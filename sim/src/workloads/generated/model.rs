@@ -41,7 +41,9 @@ use super::program::{
     ActivitySpec, Behaviour, Branch, CONTINUE_AFTER_MS, Cancellation, ClientAction, Program,
     RunSpec, Shape, Step,
 };
-use retrace::workflow::{PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME};
+use retrace::workflow::{
+    LOCAL_ACTIVITY_MARKER_NAME, LocalActivityOutcome, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME,
+};
 
 use crate::EffectLedger;
 
@@ -1711,13 +1713,16 @@ impl<'a> RunCheck<'a> {
                 children::check_report(child, outcome, histories, &mut self.problems);
             }
             (Step::SideEffect { value }, StepReport::SideEffect { value: got }) => {
-                let recorded = markers(history, SIDE_EFFECT_MARKER_NAME)
-                    .any(|d| d.get("value") == Some(&Value::from(*value)));
-                if got != value || !recorded {
-                    self.problem(format!(
-                        "side effect {value} reported {got}, recorded: {recorded}"
-                    ));
-                }
+                self.check_side_effect(history, *value, *got);
+            }
+            (
+                Step::LocalActivity {
+                    succeed_at,
+                    backoff_ms,
+                },
+                StepReport::LocalActivity { attempt },
+            ) => {
+                self.check_local_activity(history, *succeed_at, *backoff_ms, attempt);
             }
             (Step::TransientBug { until_ms }, StepReport::TransientBug { age_ms }) => {
                 self.check_transient_bug(*until_ms, *age_ms);
@@ -1727,17 +1732,7 @@ impl<'a> RunCheck<'a> {
                 self.problem(format!("uuid {value} is not a version 4 uuid"));
             }
             (Step::Uuid, StepReport::Uuid { .. }) => {}
-            (Step::Now, StepReport::Now { ms }) => {
-                let closed_ms = history
-                    .close_event()
-                    .map_or(u64::MAX, |e| e.event_time.as_millis());
-                if *ms < *last_now_ms || *ms > closed_ms {
-                    self.problem(format!(
-                        "now {ms} went back (last {last_now_ms}) or past the close ({closed_ms})"
-                    ));
-                }
-                *last_now_ms = (*ms).max(*last_now_ms);
-            }
+            (Step::Now, StepReport::Now { ms }) => self.check_now(history, *ms, last_now_ms),
             (Step::Patched { patch_id }, StepReport::Patched { taken }) => {
                 let recorded = markers(history, PATCH_MARKER_NAME)
                     .any(|d| d.get("id") == Some(&Value::from(patch_id.as_str())));
@@ -1938,6 +1933,67 @@ impl<'a> RunCheck<'a> {
 fn is_uuid_v4(value: &str) -> bool {
     let bytes = value.as_bytes();
     bytes.len() == 36 && bytes[14] == b'4' && bytes.iter().filter(|b| **b == b'-').count() == 4
+}
+
+impl RunCheck<'_> {
+    /// `ctx.now()` never goes back, nor past the run's close.
+    fn check_now(&mut self, history: &History, ms: u64, last_now_ms: &mut u64) {
+        let closed_ms = history
+            .close_event()
+            .map_or(u64::MAX, |e| e.event_time.as_millis());
+        if ms < *last_now_ms || ms > closed_ms {
+            self.problem(format!(
+                "now {ms} went back (last {last_now_ms}) or past the close ({closed_ms})"
+            ));
+        }
+        *last_now_ms = ms.max(*last_now_ms);
+    }
+
+    fn check_side_effect(&mut self, history: &History, value: u64, got: u64) {
+        let recorded = markers(history, SIDE_EFFECT_MARKER_NAME)
+            .any(|d| d.get("value") == Some(&Value::from(value)));
+        if got != value || !recorded {
+            self.problem(format!(
+                "side effect {value} reported {got}, recorded: {recorded}"
+            ));
+        }
+    }
+
+    /// A local activity succeeds at the attempt its script says, whatever
+    /// the faults (a rerun of an unrecorded attempt ends the same way); its
+    /// success is recorded, and a backoff past the window was waited out on
+    /// a durable timer (a marker holding it).
+    fn check_local_activity(
+        &mut self,
+        history: &History,
+        succeed_at: u32,
+        backoff_ms: u64,
+        attempt: &Result<u32, String>,
+    ) {
+        if attempt.as_ref() != Ok(&succeed_at) {
+            self.problem(format!(
+                "local activity scripted to succeed at attempt {succeed_at} reported {attempt:?}"
+            ));
+        }
+        let outcomes: Vec<LocalActivityOutcome> = markers(history, LOCAL_ACTIVITY_MARKER_NAME)
+            .filter_map(|details| LocalActivityOutcome::from_details(details).ok())
+            .collect();
+        let succeeded = outcomes
+            .iter()
+            .any(|o| o.attempt == succeed_at && o.result == Some(Value::from(succeed_at)));
+        if !succeeded {
+            self.problem(format!(
+                "no marker records local attempt {succeed_at} succeeding: {outcomes:?}"
+            ));
+        }
+        let past_window = backoff_ms >= super::program::LOCAL_WINDOW_MS;
+        let durable = outcomes.iter().any(|o| o.backoff_ms == Some(backoff_ms));
+        if succeed_at > 1 && past_window && !durable {
+            self.problem(format!(
+                "a local backoff of {backoff_ms} ms outlasts the window, yet no marker waits for it: {outcomes:?}"
+            ));
+        }
+    }
 }
 
 fn markers<'h>(history: &'h History, name: &'h str) -> impl Iterator<Item = &'h Value> + 'h {

@@ -14,6 +14,7 @@
 //! | `Timer`      | durable timers                                                        |
 //! | `Signal`     | a signal the client sends before or after the workflow listens        |
 //! | `SideEffect`, `Random`, `Uuid`, `Now`, `Patched` | recorded / replayed values  |
+//! | `LocalActivity` | a local activity retried in its task or after a durable timer        |
 //! | `Join`       | activities and timers in parallel (`join_all`)                        |
 //! | `Select`     | an activity raced against a timer; the loser is dropped (canceled)    |
 //! | `TransientBug` | workflow code that panics while the run is young: failed workflow tasks, backoff, retry |
@@ -53,6 +54,8 @@ pub const RUNS_MAX: usize = 3;
 pub const STEPS_MAX: usize = 5;
 /// Branches of a join, at most.
 pub const JOIN_WIDTH_MAX: usize = 3;
+/// The workers' window for local activities in one workflow task.
+pub const LOCAL_WINDOW_MS: u64 = 5_000;
 /// Scripted attempts of one activity, at most (the last one repeats).
 pub const SCRIPT_LEN_MAX: usize = 4;
 /// The service's payload limit in the `generated` workload (small, so that
@@ -236,6 +239,14 @@ pub enum Step {
     /// canceled although its client never asks.
     CancelExternal {
         target: String,
+    },
+    /// A local activity (`local_script`) that fails its attempts before
+    /// `succeed_at`, retried after `backoff_ms`: inside the workflow task
+    /// while the backoff ends within the worker's window, else after a
+    /// durable timer.
+    LocalActivity {
+        succeed_at: u32,
+        backoff_ms: u64,
     },
     /// A child workflow running this spec (which names its parent, its
     /// parent close policy and whether the parent awaits its result) on
@@ -537,6 +548,11 @@ impl RunSpec {
                 } => {
                     out.insert(*timeout_ms);
                 }
+                // Retries whose backoff outlasts the task's window wait on
+                // a durable timer of the backoff.
+                Step::LocalActivity { backoff_ms, .. } => {
+                    out.insert(*backoff_ms);
+                }
                 _ => {}
             }
         }
@@ -706,10 +722,17 @@ pub enum Feature {
     WorkflowRetryExhausted,
     /// A cron workflow, canceled by the client.
     CronWorkflow,
+    /// A local activity that succeeds at its first attempt.
+    LocalActivity,
+    /// A local activity retried inside its workflow task.
+    LocalActivityRetried,
+    /// A local activity whose backoff outlasts the task's window: retried
+    /// after a durable timer.
+    LocalActivityDurableBackoff,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 75] = [
+pub const FEATURES: [Feature; 78] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -785,6 +808,9 @@ pub const FEATURES: [Feature; 75] = [
     Feature::WorkflowRetry,
     Feature::WorkflowRetryExhausted,
     Feature::CronWorkflow,
+    Feature::LocalActivity,
+    Feature::LocalActivityRetried,
+    Feature::LocalActivityDurableBackoff,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -960,10 +986,36 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             ClientAction::Describe => out.insert(Feature::Describe),
         };
     }
+    step_features(run, out);
+    let canceled = run.client_does(|a| matches!(a, ClientAction::Cancel));
+    if canceled && run.steps.iter().any(|s| matches!(s, Step::Signal { .. })) {
+        out.insert(Feature::CancelEndsSignalWait);
+    }
+    for (activity, dropped) in run.activities() {
+        activity_features(activity, dropped, out);
+        if canceled && run.waits_through_cancel(&activity.tag) {
+            out.insert(Feature::ActivityCancelWait);
+        }
+    }
+}
+
+fn local_activity_feature(succeed_at: u32, backoff_ms: u64) -> Feature {
+    match (succeed_at, backoff_ms) {
+        (1, _) => Feature::LocalActivity,
+        (_, backoff_ms) if backoff_ms < LOCAL_WINDOW_MS / 2 => Feature::LocalActivityRetried,
+        _ => Feature::LocalActivityDurableBackoff,
+    }
+}
+
+fn step_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
     for step in &run.steps {
         let feature = match step {
             Step::Timer { .. } => Feature::Timer,
             Step::SideEffect { .. } => Feature::SideEffect,
+            Step::LocalActivity {
+                succeed_at,
+                backoff_ms,
+            } => local_activity_feature(*succeed_at, *backoff_ms),
             Step::Random => Feature::Random,
             Step::Uuid => Feature::Uuid,
             Step::Now => Feature::Now,
@@ -981,16 +1033,6 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             Step::Child(_) | Step::Signal { .. } | Step::Activity(_) => continue,
         };
         out.insert(feature);
-    }
-    let canceled = run.client_does(|a| matches!(a, ClientAction::Cancel));
-    if canceled && run.steps.iter().any(|s| matches!(s, Step::Signal { .. })) {
-        out.insert(Feature::CancelEndsSignalWait);
-    }
-    for (activity, dropped) in run.activities() {
-        activity_features(activity, dropped, out);
-        if canceled && run.waits_through_cancel(&activity.tag) {
-            out.insert(Feature::ActivityCancelWait);
-        }
     }
 }
 
@@ -1566,7 +1608,7 @@ fn encoded_bytes(steps: &[Step]) -> usize {
 }
 
 fn step(draws: &mut Draws, tag: &str, client: &mut Vec<Timed>) -> Step {
-    match draws.below(20) {
+    match draws.below(21) {
         0..=6 => Step::Activity(activity(draws, tag)),
         7..=8 => Step::Timer {
             duration_ms: draws.pick(&[100, 1_000, 3_500]),
@@ -1595,6 +1637,10 @@ fn step(draws: &mut Draws, tag: &str, client: &mut Vec<Timed>) -> Step {
             patch_id: format!("{tag}-patch"),
         },
         14..=16 => join(draws, tag),
+        20 => Step::LocalActivity {
+            succeed_at: draws.pick(&[1, 1, 2, 3]) as u32,
+            backoff_ms: draws.pick(&[50, LOCAL_WINDOW_MS / 2, LOCAL_WINDOW_MS + 1_000]),
+        },
         _ => Step::Select {
             activity: activity(draws, tag),
             timer_ms: draws.pick(&[300, 1_500, 5_000]),
