@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::engine::{StartTwo, TestEngine};
+use common::engine::{StartTwo, TestEngine, Workers};
 use retrace::activity::{
     Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy, non_retryable,
     retryable,
@@ -112,11 +112,9 @@ fn names(history: &History) -> Vec<&'static str> {
     history.events().iter().map(|e| e.kind.name()).collect()
 }
 
-async fn run_two_local(
-    succeed_at: u32,
-    window_ms: u64,
-) -> (TestEngine, History, (u32, u32), Arc<AtomicU32>) {
-    let engine = TestEngine::new(registry()).await;
+/// Two workers with a local activity window of `window_ms`, and the count
+/// of `Counted`'s attempts they run.
+fn start_workers(engine: &TestEngine, window_ms: u64) -> (Workers, Arc<AtomicU32>) {
     let counted = Counted::default();
     let runs = counted.runs.clone();
     let workers = engine
@@ -126,6 +124,15 @@ async fn run_two_local(
         .activity(counted)
         .options(|o| o.local_activity_window_ms = window_ms)
         .start_two();
+    (workers, runs)
+}
+
+async fn run_two_local(
+    succeed_at: u32,
+    window_ms: u64,
+) -> (TestEngine, History, (u32, u32), Arc<AtomicU32>) {
+    let engine = TestEngine::new(registry()).await;
+    let (workers, runs) = start_workers(&engine, window_ms);
     let options = StartOptions::new("local", "q");
     let handle = engine
         .client()
@@ -212,14 +219,7 @@ async fn a_backoff_past_the_window_waits_on_a_durable_timer_and_the_next_attempt
 #[tokio::test(start_paused = true)]
 async fn a_non_retryable_failure_reaches_the_workflow_at_once() {
     let engine = TestEngine::new(registry()).await;
-    let counted = Counted::default();
-    let runs = counted.runs.clone();
-    let workers = engine
-        .engine
-        .worker("q")
-        .workflows(registry())
-        .activity(counted)
-        .start_two();
+    let (workers, runs) = start_workers(&engine, 5_000);
     let handle = engine
         .client()
         .start::<Failing>(StartOptions::new("failing", "q"), ())
