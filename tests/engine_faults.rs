@@ -15,7 +15,7 @@ use retrace::activity::{
 use retrace::api::{Request, RunOutcome, RunRef, SignalWorkflowRequest};
 use retrace::client::StartOptions;
 use retrace::engine::{EmbeddedEngine, ServiceConfig};
-use retrace::env::{MemoryStorage, RunStatus, Storage};
+use retrace::env::{BoxFuture, MemoryStorage, RunStatus, Storage};
 use retrace::history::HistoryLimits;
 use retrace::types::Failure;
 use retrace::workflow::{WorkflowContext, WorkflowRegistry};
@@ -278,4 +278,116 @@ async fn a_run_that_would_exceed_its_event_limit_is_terminated_with_a_valid_hist
     assert!(history.len() <= 40, "{} events", history.len());
     worker.shutdown().await;
     engine.check_histories().await;
+}
+
+/// Holds a continue-as-new write (a batch that creates the next run) until
+/// the gate opens; `held` says one is waiting.
+fn held_continue_as_new(
+    memory: Arc<MemoryStorage>,
+    gate: Arc<tokio::sync::Semaphore>,
+    held: Arc<AtomicBool>,
+) -> Arc<HookedStorage> {
+    let write: WriteHook = Box::new(move |inner, batch| {
+        let (inner, gate, held) = (inner.clone(), gate.clone(), held.clone());
+        Box::pin(async move {
+            if batch.next_run.is_some() {
+                held.store(true, Ordering::SeqCst);
+                gate.acquire().await.expect("the gate stays open").forget();
+            }
+            inner.apply(batch)
+        })
+    });
+    HookedStorage::new(memory, write)
+}
+
+/// Starts "w", whose first run continues as new at once; while that write
+/// is held, `send` signals "w" by workflow id ("go" = "hello"), and must
+/// succeed once the write lands; the next run gets the signal.
+#[allow(clippy::disallowed_methods)] // the test's own concurrent signaler, joined below
+async fn signal_while_continuing_as_new(
+    send: impl FnOnce(retrace::client::Client) -> BoxFuture<'static, Result<(), String>>,
+) {
+    common::init_logs();
+    let (gate, held) = (
+        Arc::new(tokio::sync::Semaphore::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let memory = Arc::new(MemoryStorage::new());
+    let storage = held_continue_as_new(memory, gate.clone(), held.clone());
+    let engine = EmbeddedEngine::start(storage, ServiceConfig::default())
+        .await
+        .unwrap();
+    let mut registry = WorkflowRegistry::new();
+    registry.register_fn(
+        "continue_then_wait",
+        |ctx: WorkflowContext, left: u32| async move {
+            if left > 0 {
+                return Err(ctx.continue_as_new(&0u32));
+            }
+            ctx.signal::<String>("go").recv().await
+        },
+    );
+    let worker = engine.worker("q").workflows(registry).start();
+    let (client, env) = (engine.client(), engine.env().clone());
+    let options = StartOptions::new("w", "q");
+    let first = client
+        .start_by_name(options, "continue_then_wait", json!(1))
+        .await
+        .unwrap();
+    while !held.load(Ordering::SeqCst) {
+        env.sleep_ms(1).await;
+    }
+    let signal = tokio::spawn(send(client.clone()));
+    env.sleep_ms(50).await; // the signal reads the first run and waits for its lock
+    gate.add_permits(1);
+    signal
+        .await
+        .unwrap()
+        .expect("the signal follows the run's successor");
+    let handle = client.handle::<String>("w", None);
+    assert_eq!(handle.result().await.unwrap(), "hello");
+    let current = client.describe("w", None).await.unwrap();
+    assert_ne!(current.run_id, first, "the signal landed in the next run");
+    worker.shutdown().await;
+}
+
+// Both found by the simulator (generated seeds 12233 and 18652 at the time):
+// a signal addressed by workflow id read the run, which then continued as
+// new before the signal's write: the signal was refused as RunClosed, and
+// a signal-with-start under RejectDuplicate as AlreadyStarted.
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_to_a_workflow_whose_run_continues_as_new_meanwhile_lands_in_the_next_run() {
+    signal_while_continuing_as_new(|client| {
+        Box::pin(async move {
+            let sent = client.signal("w", None, "go", "hello").await;
+            sent.map_err(|e| e.to_string())
+        })
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_with_start_whose_run_continues_as_new_meanwhile_signals_the_next_run() {
+    signal_while_continuing_as_new(|client| {
+        Box::pin(async move {
+            let mut options = StartOptions::new("w", "q");
+            options.id_reuse_policy = retrace::api::IdReusePolicy::RejectDuplicate;
+            let sent = client
+                .signal_with_start_by_name(
+                    options,
+                    "continue_then_wait",
+                    json!(0),
+                    "go",
+                    json!("hello"),
+                )
+                .await;
+            match sent {
+                Ok(response) if !response.started => Ok(()),
+                Ok(response) => Err(format!("started a new run {}", response.run_id)),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    })
+    .await;
 }

@@ -15,6 +15,10 @@ use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
 use crate::types::Failure;
 
+/// Successor runs a request addressed by workflow id follows, at most
+/// (each is a run that closed between the request's read and its write).
+const FOLLOW_RUNS_MAX: u32 = 8;
+
 fn invalid(message: impl Into<String>) -> ServiceError {
     ServiceError::new(ErrorCode::InvalidArgument, message)
 }
@@ -129,6 +133,31 @@ impl Inner {
                 format!("no workflow with id {:?}", run.workflow_id),
             )
         })
+    }
+
+    /// Applies `f` to the run `run` names. Addressed by workflow id alone,
+    /// a run that closed into a successor meanwhile (continue-as-new, a
+    /// retry, cron) is followed to the workflow id's current run, as
+    /// Temporal does: a signal sent to a workflow is never refused because
+    /// its run just continued as new.
+    pub(super) async fn transition_current<T>(
+        self: &Arc<Self>,
+        run: &RunRef,
+        f: impl Fn(&mut machine::Step<'_>) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let mut run_id = self.resolve(run).await?;
+        let mut followed = 0;
+        loop {
+            let error = match self.transition(&run_id, &f).await {
+                Err(error) if error.code == ErrorCode::RunClosed && run.run_id.is_none() => error,
+                other => return other,
+            };
+            let current = self.resolve(run).await?;
+            if current == run_id || followed == FOLLOW_RUNS_MAX {
+                return Err(error);
+            }
+            (run_id, followed) = (current, followed + 1);
+        }
     }
 
     pub(super) async fn snapshot(self: &Arc<Self>, run: &RunRef) -> Result<RunState, ServiceError> {
@@ -302,8 +331,12 @@ impl Inner {
                 // The signal transition answers a retry whose first try
                 // signaled this run as delivered, even once it has closed.
                 match self.signal_with_start_to(run_id, &request).await {
-                    // Closed since it was read: read again.
-                    Err(e) if e.code == ErrorCode::RunClosed && !existing.status.is_closed() => {
+                    // Closed since it was read, or closed into a successor
+                    // (the workflow id's current run now): read again.
+                    Err(e)
+                        if e.code == ErrorCode::RunClosed
+                            && (!existing.status.is_closed() || existing.successor().is_some()) =>
+                    {
                         continue;
                     }
                     Err(e) if e.code == ErrorCode::RunClosed => check_reuse(start, existing)?,
@@ -481,12 +514,11 @@ impl Inner {
         self: &Arc<Self>,
         request: SignalWorkflowRequest,
     ) -> Result<(), ServiceError> {
-        let run_id = self.resolve(&request.run).await?;
-        self.transition(&run_id, |step| {
+        self.transition_current(&request.run, |step| {
             machine::run::on_signal(
                 step,
                 &request.signal_name,
-                request.input,
+                request.input.clone(),
                 &request.identity,
                 &request.request_id,
             )
@@ -499,8 +531,7 @@ impl Inner {
         self: &Arc<Self>,
         request: CancelWorkflowRequest,
     ) -> Result<(), ServiceError> {
-        let run_id = self.resolve(&request.run).await?;
-        self.transition(&run_id, |step| {
+        self.transition_current(&request.run, |step| {
             machine::run::on_cancel_requested(step, &request.reason, &request.identity)
         })
         .await
@@ -510,9 +541,9 @@ impl Inner {
         self: &Arc<Self>,
         request: TerminateWorkflowRequest,
     ) -> Result<(), ServiceError> {
-        let run_id = self.resolve(&request.run).await?;
-        self.transition(&run_id, |step| {
-            machine::run::on_terminate(step, &request.reason, request.details, &request.identity)
+        self.transition_current(&request.run, |step| {
+            let details = request.details.clone();
+            machine::run::on_terminate(step, &request.reason, details, &request.identity)
         })
         .await
     }

@@ -27,7 +27,7 @@ use retrace::api::RunOutcome;
 use retrace::history::{
     ActivityTaskScheduled, ActivityTaskStarted, Event, EventKind, History, WorkflowTaskFailedCause,
 };
-use retrace::types::{Failure, FailureInfo, RetryState, TimeoutType};
+use retrace::types::{Failure, FailureInfo, RetryState, TimeoutType, Timestamp};
 use serde_json::Value;
 
 use super::attempts;
@@ -271,6 +271,15 @@ impl<'a> RunCheck<'a> {
         } else {
             deadline_ms.max(self.observed.safety_ms) - deadline_ms + FAULTY_TOLERANCE_MS
         }
+    }
+
+    /// How late an event due at `due` may be written: the tolerance, from
+    /// the end of the workflow task running at `due` if one was (what
+    /// happens during a task is written when it ends, and local activities
+    /// may keep a task running for up to the worker's window).
+    fn late_ms_at(&self, history: &History, due: Timestamp, deadline_ms: u64) -> u64 {
+        let tolerance_ms = self.tolerance_ms(deadline_ms);
+        busy_until(history, due).map_or(tolerance_ms, |end| end.millis_since(due) + tolerance_ms)
     }
 
     fn check(&mut self) {
@@ -558,7 +567,8 @@ impl<'a> RunCheck<'a> {
                     };
                     let duration_ms = s.start_to_fire_timeout_ms;
                     let elapsed_ms = event.event_time.millis_since(started.event_time);
-                    let late_ms = self.tolerance_ms(duration_ms);
+                    let due = started.event_time.plus_ms(duration_ms);
+                    let late_ms = self.late_ms_at(history, due, duration_ms);
                     if elapsed_ms < duration_ms || elapsed_ms > duration_ms + late_ms {
                         self.problem(format!(
                             "timer {} of {duration_ms} ms fired after {elapsed_ms} ms (allowed {duration_ms}..={} ms)",
@@ -1573,10 +1583,13 @@ impl ActivityCheck<'_, '_> {
         let Some(timeout_ms) = self.spec.timeouts.schedule_to_close_ms else {
             return;
         };
-        let elapsed_ms = close
-            .event_time
-            .millis_since(self.events.scheduled.event_time);
-        let late_ms = self.run.tolerance_ms(timeout_ms);
+        let scheduled = self.events.scheduled.event_time;
+        let elapsed_ms = close.event_time.millis_since(scheduled);
+        let due = scheduled.plus_ms(timeout_ms);
+        let late_ms = match self.run.chain.last() {
+            Some(history) => self.run.late_ms_at(history, due, timeout_ms),
+            None => self.run.tolerance_ms(timeout_ms),
+        };
         if elapsed_ms < timeout_ms || elapsed_ms > timeout_ms + late_ms {
             self.problem(format!(
                 "its schedule-to-close timeout of {timeout_ms} ms fired after {elapsed_ms} ms (allowed {timeout_ms}..={} ms)",
@@ -1994,6 +2007,26 @@ impl RunCheck<'_> {
             ));
         }
     }
+}
+
+/// When the workflow task running at `at` ended, if one was.
+fn busy_until(history: &History, at: Timestamp) -> Option<Timestamp> {
+    let mut started = None;
+    for event in history.events() {
+        match &event.kind {
+            EventKind::WorkflowTaskStarted(_) => started = Some(event.event_time),
+            EventKind::WorkflowTaskCompleted(_)
+            | EventKind::WorkflowTaskFailed(_)
+            | EventKind::WorkflowTaskTimedOut(_) => {
+                if started.is_some_and(|s| s <= at) && event.event_time >= at {
+                    return Some(event.event_time);
+                }
+                started = None;
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn markers<'h>(history: &'h History, name: &'h str) -> impl Iterator<Item = &'h Value> + 'h {
