@@ -13,6 +13,17 @@
 //! rides through a database restart: calls fail while it is down, and work
 //! again once it is back, with no restart of retrace.
 //!
+//! TLS is rustls, as the URL's `sslmode` (`disable`, `prefer` (the
+//! default), `require`, `verify-ca`, `verify-full`) and `sslrootcert` say;
+//! see [`tls`].
+//!
+//! # Health
+//!
+//! `health` (and so `/healthz`) says what the database did last: every
+//! `health_probe_ms` (1 s) a task checks it answers (`SELECT 1` within that
+//! time, on a connection of its own), and every call's connection failure
+//! or success counts too. It never waits on the database itself.
+//!
 //! # Writes
 //!
 //! Each batch is one transaction on one connection, in three round trips
@@ -73,9 +84,10 @@ use deadpool_postgres::{
     ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Row;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::BoxFuture;
 use super::storage::{
@@ -84,6 +96,9 @@ use super::storage::{
 };
 use crate::history::{Event, EventKind};
 use crate::types::Timestamp;
+
+mod tls;
+use tls::TlsSettings;
 
 /// The schema, one migration per version: `MIGRATIONS[i]` takes the schema
 /// from version `i` to `i + 1`. Append only; never edit a released migration.
@@ -175,6 +190,10 @@ pub struct PostgresOptions {
     /// How long opening waits for the server lock another server holds
     /// (one just killed holds it until Postgres notices), then refuses.
     pub server_lock_wait_ms_max: u64,
+    /// How often `health` is checked against the database (`SELECT 1` on a
+    /// connection of its own), and how long one check may take: `health`
+    /// is never older than about twice this.
+    pub health_probe_ms: u64,
 }
 
 impl Default for PostgresOptions {
@@ -185,6 +204,7 @@ impl Default for PostgresOptions {
             connect_ms_max: 5_000,
             operation_ms_max: 10_000,
             server_lock_wait_ms_max: 5_000,
+            health_probe_ms: 1_000,
             write_queue_max: 1024,
             group_commit_batches_max: 128,
             writer_count: 2,
@@ -208,6 +228,7 @@ impl PostgresOptions {
             self.operation_ms_max > 0,
             "operation_ms_max must be positive"
         );
+        assert!(self.health_probe_ms > 0, "health_probe_ms must be positive");
     }
 }
 
@@ -234,11 +255,13 @@ struct Inner {
     pool: Pool,
     /// `postgres://user@host:port/db`, without the password: for messages.
     target: String,
+    /// How connections use TLS (to explain their failures).
+    tls: Tls,
     options: PostgresOptions,
     commits: AtomicU64,
     batches_written: AtomicU64,
     writes_ambiguous: AtomicU64,
-    /// The last connection failure, until a call succeeds again.
+    /// The last connection failure, until a call or health check succeeds.
     trouble: Mutex<Option<String>>,
     /// Set for good if another server took the server lock while this one
     /// had lost it (Postgres restarted): every write is refused.
@@ -314,9 +337,19 @@ impl PostgresStorage {
         options: PostgresOptions,
     ) -> Result<PostgresStorage, StorageError> {
         options.assert_valid();
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|error| StorageError::Io(format!("cannot parse the Postgres URL: {error}")))?;
+        let parse_error =
+            |error: String| StorageError::Io(format!("cannot parse the Postgres URL: {error}"));
+        let (rest, tls_settings) = TlsSettings::split(url).map_err(parse_error)?;
+        let mut config = tokio_postgres::Config::from_str(&rest)
+            .map_err(|error| parse_error(error.to_string()))?;
+        config.ssl_mode(tls_settings.driver_mode());
         let target = describe(&config);
+        let tls = Tls {
+            connector: tls_settings
+                .connector()
+                .map_err(|error| io_error(&target, "cannot set up TLS", error))?,
+            settings: tls_settings,
+        };
         let extra = format!("-c statement_timeout={}", options.operation_ms_max);
         let server_options = match config.get_options() {
             Some(given) => format!("{given} {extra}"),
@@ -327,10 +360,11 @@ impl PostgresStorage {
             .application_name("retrace")
             .connect_timeout(Duration::from_millis(options.connect_ms_max));
         let lock_lost = Arc::new(Mutex::new(None));
-        let lock_task = take_server_lock(&config, &target, &options, &lock_lost).await?;
+        let lock_task = take_server_lock(&config, &tls, &target, &options, &lock_lost).await?;
+        let probe_config = config.clone();
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -354,6 +388,7 @@ impl PostgresStorage {
                 write_sender,
                 pool,
                 target,
+                tls,
                 options,
                 commits: AtomicU64::new(0),
                 batches_written: AtomicU64::new(0),
@@ -364,6 +399,7 @@ impl PostgresStorage {
             }),
         };
         storage.migrate().await?;
+        tokio::spawn(probe_health(Arc::downgrade(&storage.inner), probe_config));
         let write_receiver = Arc::new(tokio::sync::Mutex::new(write_receiver));
         for _ in 0..options.writer_count {
             let weak = Arc::downgrade(&storage.inner);
@@ -398,6 +434,11 @@ impl PostgresStorage {
                     self.inner.options.pool_size_max, self.inner.options.pool_wait_ms_max
                 );
                 Err(io_error(target, "no free connection", reason))
+            }
+            Err(PoolError::Backend(error)) => {
+                let error = io_error(target, "cannot connect", self.inner.tls.describe(&error));
+                self.troubled(&error);
+                Err(error)
             }
             Err(error) => {
                 let error = io_error(target, "cannot connect", error);
@@ -456,13 +497,14 @@ impl PostgresStorage {
 /// `lock_lost` says so and every write is refused from then on.
 async fn take_server_lock(
     config: &tokio_postgres::Config,
+    tls: &Tls,
     target: &str,
     options: &PostgresOptions,
     lock_lost: &Arc<Mutex<Option<String>>>,
 ) -> Result<tokio::task::AbortHandle, StorageError> {
     let mut waited_ms = 0;
     let (client, connection) = loop {
-        let (client, connection) = connect_for_lock(config, target).await?;
+        let (client, connection) = connect_for_lock(config, tls, target).await?;
         match try_server_lock(&client).await {
             Ok(true) => break (client, connection),
             Ok(false) if waited_ms < options.server_lock_wait_ms_max => {}
@@ -480,6 +522,7 @@ async fn take_server_lock(
     };
     let holder = hold_server_lock(
         config.clone(),
+        tls.clone(),
         target.to_string(),
         client,
         connection,
@@ -492,12 +535,13 @@ type LockConnection = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
 
 async fn connect_for_lock(
     config: &tokio_postgres::Config,
+    tls: &Tls,
     target: &str,
 ) -> Result<LockConnection, StorageError> {
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls.connector.clone())
         .await
-        .map_err(|error| io_error(target, "cannot connect", describe_error(&error)))?;
+        .map_err(|error| io_error(target, "cannot connect", tls.describe(&error)))?;
     let connection = tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "postgres storage: the server lock's connection ended");
@@ -522,6 +566,7 @@ async fn try_server_lock(client: &tokio_postgres::Client) -> Result<bool, String
 /// [`take_server_lock`]).
 async fn hold_server_lock(
     config: tokio_postgres::Config,
+    tls: Tls,
     target: String,
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<()>,
@@ -535,7 +580,7 @@ async fn hold_server_lock(
         loop {
             tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(SERVER_LOCK_BACKOFF_MS_MAX);
-            let Ok((client, reconnected)) = connect_for_lock(&config, &target).await else {
+            let Ok((client, reconnected)) = connect_for_lock(&config, &tls, &target).await else {
                 continue;
             };
             match try_server_lock(&client).await {
@@ -558,6 +603,83 @@ async fn hold_server_lock(
                 }
             }
         }
+    }
+}
+
+/// Every `health_probe_ms`, checks the database answers (`SELECT 1`, within
+/// `health_probe_ms`, on a connection of its own so a busy pool cannot hold
+/// it up) and records the outcome where `health` reads it. Ends with the
+/// storage.
+async fn probe_health(weak: Weak<Inner>, config: tokio_postgres::Config) {
+    let mut connection: Option<LockConnection> = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let (tls, every_ms) = (inner.tls.clone(), inner.options.health_probe_ms);
+        drop(inner); // The storage may go while this sleeps.
+        let every = Duration::from_millis(every_ms);
+        tokio::time::sleep(every).await;
+        let probe = probe_once(&mut connection, &config, &tls);
+        let outcome = match tokio::time::timeout(every, probe).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Err(format!("no answer within {every_ms} ms")),
+        };
+        if outcome.is_err()
+            && let Some((_, task)) = connection.take()
+        {
+            task.abort(); // Closes it; the next probe connects anew.
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let storage = PostgresStorage { inner };
+        match outcome {
+            Ok(()) => storage.untroubled(),
+            Err(reason) => {
+                let error = io_error(&storage.inner.target, "health check", reason);
+                storage.troubled(&error);
+            }
+        }
+    }
+}
+
+/// One health check: connects if need be, then `SELECT 1`.
+async fn probe_once(
+    connection: &mut Option<LockConnection>,
+    config: &tokio_postgres::Config,
+    tls: &Tls,
+) -> Result<(), String> {
+    if connection
+        .as_ref()
+        .is_none_or(|(client, _)| client.is_closed())
+    {
+        let (client, driver) = config
+            .connect(tls.connector.clone())
+            .await
+            .map_err(|error| tls.describe(&error))?;
+        let task = tokio::spawn(async move {
+            let _ = driver.await; // Its failure shows in the next query.
+        });
+        *connection = Some((client, task));
+    }
+    let (client, _) = connection.as_ref().expect("connected above");
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|error| describe_error(&error))?;
+    Ok(())
+}
+
+/// How connections use TLS, and the connector that does it.
+#[derive(Clone)]
+struct Tls {
+    settings: TlsSettings,
+    connector: MakeRustlsConnect,
+}
+
+impl Tls {
+    /// A connection's failure, a TLS one explained.
+    fn describe(&self, error: &tokio_postgres::Error) -> String {
+        self.settings
+            .explain(error)
+            .unwrap_or_else(|| describe_error(error))
     }
 }
 
@@ -1477,7 +1599,8 @@ impl Storage for PostgresStorage {
         })
     }
 
-    /// The last connection failure, until a call succeeds again.
+    /// What the last call or health check (at most `health_probe_ms` ago)
+    /// found: a connection failure, until a call or check succeeds again.
     fn health(&self) -> Result<(), String> {
         if let Some(reason) = lock(&self.inner.lock_lost).clone() {
             return Err(reason);
