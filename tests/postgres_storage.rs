@@ -554,6 +554,70 @@ fn all_runs() -> retrace::env::ListQuery {
     }
 }
 
+/// `run_id` from `expected` to the next version, with one event, `event_id`.
+fn update(run_id: &str, expected: u64, event_id: u64) -> WriteBatch {
+    let mut batch = create(run_id);
+    let kind = batch.events[0].kind.clone();
+    batch.expected_version = Some(expected);
+    batch.run.version = expected + 1;
+    batch.events = vec![Event::new(event_id, Timestamp(1_704_067_200_002), kind)];
+    batch.run.next_event_id = event_id + 1;
+    batch.claim = None;
+    batch
+}
+
+#[test]
+fn writes_as_expected_take_the_fast_path_and_the_others_get_the_careful_paths_answers() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    block_on(async {
+        let storage = PostgresStorage::connect(&url).await.expect("it opens");
+        storage.write(create("run-a")).await.expect("created");
+        storage.write(update("run-a", 1, 2)).await.expect("updated");
+        let stats = storage.stats();
+        assert_eq!((stats.batches_written, stats.batches_alone), (2, 0));
+        // Stale: Postgres finds version 2, not 1.
+        let stale = storage.write(update("run-a", 1, 2)).await;
+        let conflict = StorageError::VersionConflict {
+            run_id: "run-a".to_string(),
+            expected: Some(1),
+            found: Some(2),
+        };
+        assert_eq!(stale, Err(conflict));
+        // Consistent in itself, but the stored run's next event is 3, not 4.
+        match storage.write(update("run-a", 2, 4)).await {
+            Err(StorageError::BadBatch { reason, .. }) => {
+                assert_eq!(reason, "event 4 should have id 3")
+            }
+            other => panic!("expected BadBatch, got {other:?}"),
+        }
+        // A creation of a stored run, and a claim of a held workflow id.
+        let created_again = storage.write(create("run-a")).await;
+        let conflict = StorageError::VersionConflict {
+            run_id: "run-a".to_string(),
+            expected: None,
+            found: Some(2),
+        };
+        assert_eq!(created_again, Err(conflict));
+        let mut taker = create("run-b");
+        taker.claim.as_mut().unwrap().workflow_id = "wf-run-a".to_string();
+        taker.run.workflow_id = "wf-run-a".to_string();
+        match storage.write(taker).await {
+            Err(StorageError::WorkflowIdConflict { current, .. }) => {
+                assert_eq!(current.as_deref(), Some("run-a"))
+            }
+            other => panic!("expected WorkflowIdConflict, got {other:?}"),
+        }
+        assert_eq!(storage.stats().batches_alone, 4, "each refused, then alone");
+        assert_eq!(storage.stats().batches_written, 2, "nothing more landed");
+        let stored = storage.read_run("run-a").await.unwrap().unwrap();
+        assert_eq!(stored.version, 2);
+        assert_eq!(storage.read_run("run-b").await.unwrap(), None);
+    });
+}
+
 #[test]
 fn concurrent_writes_are_committed_in_groups_bounded_by_group_commit_batches_max() {
     let Some(cluster) = postgres_cluster::shared() else {
