@@ -776,13 +776,17 @@ fn over_verify_full_every_connection_is_encrypted_and_writes_and_reads_work() {
 }
 
 #[test]
-fn prefer_the_default_encrypts_without_checking_the_certificate_and_disable_does_not() {
+fn prefer_the_default_and_require_encrypt_without_checking_the_certificate_and_disable_does_not() {
     let Some((cluster, _dir, _ca)) = tls_cluster(&["localhost", "127.0.0.1"]) else {
         return;
     };
     // No sslmode: prefer. The CA is in no root store, and that is not checked.
     let url = role_url(&cluster, "preferring");
     let (all, encrypted) = block_on(write_and_read(&cluster, &url, "preferring"));
+    assert!(all >= 2 && encrypted == all, "{encrypted} of {all} use TLS");
+    let url = role_url(&cluster, "requiring");
+    let url = format!("{url}&sslmode=require");
+    let (all, encrypted) = block_on(write_and_read(&cluster, &url, "requiring"));
     assert!(all >= 2 && encrypted == all, "{encrypted} of {all} use TLS");
     let url = role_url(&cluster, "plain");
     let url = format!("{url}&sslmode=disable");
