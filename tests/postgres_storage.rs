@@ -2,9 +2,12 @@
 //! schemas it must not touch (and leave them untouched), migrate once when
 //! two servers open a fresh schema, answer a connection dropped mid-commit as
 //! an ambiguous write (`Timeout`), give clear retryable errors when the pool
-//! is exhausted or a call takes too long, and ride through a restart of
-//! Postgres. Each test uses the private cluster of `tests/postgres_cluster/`
-//! (skipped, loudly, where Postgres is not installed).
+//! is exhausted or a call takes too long, ride through a restart of
+//! Postgres, and have `/healthz` follow Postgres down and up again with no
+//! other request; and use TLS as the URL's `sslmode` says, against a cluster
+//! started with `ssl=on` and certificates made here (`rcgen`). Each test uses
+//! a private cluster of `tests/postgres_cluster/` (skipped, loudly, where
+//! Postgres is not installed).
 // Tests drive real processes and sockets.
 #![allow(clippy::disallowed_methods)]
 
@@ -17,11 +20,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use postgres_cluster::PgCluster;
+use retrace::engine::{Service, ServiceConfig};
 use retrace::env::{
-    PostgresOptions, PostgresStats, PostgresStorage, RunRecord, RunStatus, Storage, StorageError,
-    WorkflowIdClaim, WriteBatch,
+    Env, PostgresOptions, PostgresStats, PostgresStorage, RunRecord, RunStatus, Storage,
+    StorageError, Unconnected, WorkflowIdClaim, WriteBatch,
 };
 use retrace::history::{Event, EventKind, WorkflowExecutionSignaled};
+use retrace::http::{HttpConfig, HttpServer};
 use retrace::types::Timestamp;
 use serde_json::json;
 
@@ -549,6 +554,70 @@ fn all_runs() -> retrace::env::ListQuery {
     }
 }
 
+/// `run_id` from `expected` to the next version, with one event, `event_id`.
+fn update(run_id: &str, expected: u64, event_id: u64) -> WriteBatch {
+    let mut batch = create(run_id);
+    let kind = batch.events[0].kind.clone();
+    batch.expected_version = Some(expected);
+    batch.run.version = expected + 1;
+    batch.events = vec![Event::new(event_id, Timestamp(1_704_067_200_002), kind)];
+    batch.run.next_event_id = event_id + 1;
+    batch.claim = None;
+    batch
+}
+
+#[test]
+fn writes_as_expected_take_the_fast_path_and_the_others_get_the_careful_paths_answers() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    block_on(async {
+        let storage = PostgresStorage::connect(&url).await.expect("it opens");
+        storage.write(create("run-a")).await.expect("created");
+        storage.write(update("run-a", 1, 2)).await.expect("updated");
+        let stats = storage.stats();
+        assert_eq!((stats.batches_written, stats.batches_alone), (2, 0));
+        // Stale: Postgres finds version 2, not 1.
+        let stale = storage.write(update("run-a", 1, 2)).await;
+        let conflict = StorageError::VersionConflict {
+            run_id: "run-a".to_string(),
+            expected: Some(1),
+            found: Some(2),
+        };
+        assert_eq!(stale, Err(conflict));
+        // Consistent in itself, but the stored run's next event is 3, not 4.
+        match storage.write(update("run-a", 2, 4)).await {
+            Err(StorageError::BadBatch { reason, .. }) => {
+                assert_eq!(reason, "event 4 should have id 3")
+            }
+            other => panic!("expected BadBatch, got {other:?}"),
+        }
+        // A creation of a stored run, and a claim of a held workflow id.
+        let created_again = storage.write(create("run-a")).await;
+        let conflict = StorageError::VersionConflict {
+            run_id: "run-a".to_string(),
+            expected: None,
+            found: Some(2),
+        };
+        assert_eq!(created_again, Err(conflict));
+        let mut taker = create("run-b");
+        taker.claim.as_mut().unwrap().workflow_id = "wf-run-a".to_string();
+        taker.run.workflow_id = "wf-run-a".to_string();
+        match storage.write(taker).await {
+            Err(StorageError::WorkflowIdConflict { current, .. }) => {
+                assert_eq!(current.as_deref(), Some("run-a"))
+            }
+            other => panic!("expected WorkflowIdConflict, got {other:?}"),
+        }
+        assert_eq!(storage.stats().batches_alone, 4, "each refused, then alone");
+        assert_eq!(storage.stats().batches_written, 2, "nothing more landed");
+        let stored = storage.read_run("run-a").await.unwrap().unwrap();
+        assert_eq!(stored.version, 2);
+        assert_eq!(storage.read_run("run-b").await.unwrap(), None);
+    });
+}
+
 #[test]
 fn concurrent_writes_are_committed_in_groups_bounded_by_group_commit_batches_max() {
     let Some(cluster) = postgres_cluster::shared() else {
@@ -579,15 +648,254 @@ fn a_search_path_naming_no_schema_is_refused_with_a_clear_error() {
 }
 
 #[test]
-fn a_url_that_requires_tls_is_refused_with_a_clear_error() {
+fn require_against_a_server_without_tls_is_refused_saying_the_server_does_not_offer_it() {
     let Some(cluster) = postgres_cluster::shared() else {
         return;
     };
-    let url = format!("{}?sslmode=require", cluster.url());
-    let message = block_on(refused(&url));
-    assert!(message.to_lowercase().contains("tls"), "{message}");
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let url = format!("{}?sslmode={mode}", cluster.url());
+        let message = block_on(refused(&url));
+        assert!(
+            message.contains(&format!(
+                "the server does not offer TLS, and sslmode={mode} requires it"
+            )),
+            "{message}"
+        );
+        assert!(
+            message.contains("127.0.0.1"),
+            "names the database: {message}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_sslmode_is_refused_naming_the_modes() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let message = block_on(refused(&format!("{}?sslmode=allow", cluster.url())));
     assert!(
-        message.contains("127.0.0.1"),
-        "names the database: {message}"
+        message.contains(
+            "sslmode=\"allow\" is not one of disable, prefer, require, verify-ca, verify-full"
+        ),
+        "{message}"
     );
+}
+
+/// A CA named `ca_name`, and a server certificate it signed for `names`
+/// (PEM: the CA's certificate, the server's certificate and key).
+fn certificates(ca_name: &str, names: &[&str]) -> (String, String, String) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_certificate = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+    let server = rcgen::CertificateParams::new(names).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_certificate = server.signed_by(&server_key, &issuer).unwrap();
+    (
+        ca_certificate.pem(),
+        server_certificate.pem(),
+        server_key.serialize_pem(),
+    )
+}
+
+/// A cluster offering TLS with a certificate for `names`, and the file
+/// holding its CA's certificate.
+fn tls_cluster(names: &[&str]) -> Option<(PgCluster, tempfile::TempDir, String)> {
+    let (ca, certificate, key) = certificates("retrace test CA", names);
+    let cluster = PgCluster::start_with_tls(&certificate, &key)?;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca).unwrap();
+    let ca_path = ca_path.display().to_string();
+    Some((cluster, dir, ca_path))
+}
+
+/// A role of its own with a schema of its own on `cluster`, so its
+/// connections can be told apart; the URL connects as it.
+fn role_url(cluster: &PgCluster, role: &str) -> String {
+    cluster.execute(&format!(
+        "CREATE ROLE {role} LOGIN SUPERUSER; CREATE SCHEMA {role} AUTHORIZATION {role}"
+    ));
+    format!(
+        "postgres://{role}@127.0.0.1:{}/postgres?options=-csearch_path%3D{role}",
+        cluster.port
+    )
+}
+
+/// The open connections of `role`: how many, and how many use TLS
+/// (`pg_stat_ssl`, as the server sees them).
+async fn connections_of(cluster: &PgCluster, role: &str) -> (i64, i64) {
+    let (client, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1",
+            &[&role],
+        )
+        .await
+        .expect("pg_stat_ssl reads");
+    (row.get(0), row.get(1))
+}
+
+/// Opens `url`, writes a run and reads it back; returns the role's
+/// connections (all, over TLS) while the storage is open.
+async fn write_and_read(cluster: &PgCluster, url: &str, role: &str) -> (i64, i64) {
+    let storage = PostgresStorage::connect(url).await.expect("it opens");
+    storage
+        .write(create("run-a"))
+        .await
+        .expect("the write lands");
+    let run = storage
+        .read_run("run-a")
+        .await
+        .unwrap()
+        .expect("it reads back");
+    assert_eq!(run, create("run-a").run);
+    connections_of(cluster, role).await
+}
+
+#[test]
+fn over_verify_full_every_connection_is_encrypted_and_writes_and_reads_work() {
+    let Some((cluster, _dir, ca)) = tls_cluster(&["localhost", "127.0.0.1"]) else {
+        return;
+    };
+    let url = role_url(&cluster, "verified");
+    let url = format!("{url}&sslmode=verify-full&sslrootcert={ca}");
+    let (all, encrypted) = block_on(write_and_read(&cluster, &url, "verified"));
+    // The server lock's and the pool's (and the health check's, once it ran).
+    assert!(all >= 2, "{all} connections");
+    assert_eq!(encrypted, all, "every connection uses TLS");
+}
+
+#[test]
+fn prefer_the_default_and_require_encrypt_without_checking_the_certificate_and_disable_does_not() {
+    let Some((cluster, _dir, _ca)) = tls_cluster(&["localhost", "127.0.0.1"]) else {
+        return;
+    };
+    // No sslmode: prefer. The CA is in no root store, and that is not checked.
+    let url = role_url(&cluster, "preferring");
+    let (all, encrypted) = block_on(write_and_read(&cluster, &url, "preferring"));
+    assert!(all >= 2 && encrypted == all, "{encrypted} of {all} use TLS");
+    let url = role_url(&cluster, "requiring");
+    let url = format!("{url}&sslmode=require");
+    let (all, encrypted) = block_on(write_and_read(&cluster, &url, "requiring"));
+    assert!(all >= 2 && encrypted == all, "{encrypted} of {all} use TLS");
+    let url = role_url(&cluster, "plain");
+    let url = format!("{url}&sslmode=disable");
+    let (all, encrypted) = block_on(write_and_read(&cluster, &url, "plain"));
+    assert!(all >= 2 && encrypted == 0, "{encrypted} of {all} use TLS");
+}
+
+#[test]
+fn a_server_certificate_from_another_ca_is_refused_as_not_trusted() {
+    let Some((cluster, dir, _ca)) = tls_cluster(&["localhost", "127.0.0.1"]) else {
+        return;
+    };
+    // Another CA, named otherwise or (an impostor) the same.
+    for (index, ca_name) in ["another CA", "retrace test CA"].iter().enumerate() {
+        let (other_ca, _, _) = certificates(ca_name, &["127.0.0.1"]);
+        let other_path = dir.path().join(format!("other-ca-{index}.pem"));
+        std::fs::write(&other_path, other_ca).unwrap();
+        refused_as_not_trusted(&cluster, &other_path);
+    }
+}
+
+/// Every mode that checks certificates refuses `cluster` with `ca_path`'s CA.
+fn refused_as_not_trusted(cluster: &PgCluster, other_path: &std::path::Path) {
+    for mode in ["verify-full", "verify-ca", "require"] {
+        let url = format!(
+            "{}?sslmode={mode}&sslrootcert={}",
+            cluster.url(),
+            other_path.display()
+        );
+        let message = block_on(refused(&url));
+        assert!(
+            message.contains(&format!(
+                "the server's certificate is not trusted (sslmode={mode}): no certificate in \
+                 sslrootcert {} signed it",
+                other_path.display()
+            )),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn verify_full_refuses_a_certificate_for_another_host_and_verify_ca_accepts_it() {
+    let Some((cluster, _dir, ca)) = tls_cluster(&["db.example"]) else {
+        return;
+    };
+    let url = format!("{}?sslmode=verify-full&sslrootcert={ca}", cluster.url());
+    let message = block_on(refused(&url));
+    assert!(
+        message.contains("the server's certificate does not name the host the URL connects to"),
+        "{message}"
+    );
+    let url = role_url(&cluster, "chain_only");
+    let url = format!("{url}&sslmode=verify-ca&sslrootcert={ca}");
+    let (all, encrypted) = block_on(write_and_read(&cluster, &url, "chain_only"));
+    assert!(all >= 2 && encrypted == all, "{encrypted} of {all} use TLS");
+}
+
+/// `GET /healthz` on `url`: the status and the JSON body.
+async fn healthz(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// Asks `/healthz` until it answers `status`, for at most 20 s; the last body.
+async fn healthz_until(url: &str, status: u16) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (now, body) = healthz(url).await;
+        if now == status {
+            return body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "/healthz still answers {now} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn healthz_answers_503_while_postgres_is_down_and_200_once_it_is_back_with_no_other_request() {
+    // A cluster of its own: this test stops it.
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    block_on(async {
+        let storage = PostgresStorage::connect(&cluster.url())
+            .await
+            .expect("it opens");
+        let env = Env::tokio(Arc::new(Unconnected));
+        let config = ServiceConfig::default();
+        let http = HttpConfig::new("127.0.0.1:0".parse().unwrap(), &config.limits);
+        let service = Service::start(env, Arc::new(storage), config)
+            .await
+            .unwrap();
+        let server = HttpServer::start(service.handler(), http).await.unwrap();
+        let url = server.url();
+        assert_eq!(healthz(&url).await, (200, json!({ "status": "ok" })));
+        tokio::task::block_in_place(|| cluster.stop_immediately());
+        let body = healthz_until(&url, 503).await;
+        assert_eq!(body["status"], "unhealthy");
+        let reason = body["reason"].as_str().unwrap();
+        assert!(reason.contains("cannot reach Postgres"), "{reason}");
+        assert!(reason.contains("127.0.0.1"), "{reason}");
+        tokio::task::block_in_place(|| cluster.start_again());
+        let body = healthz_until(&url, 200).await;
+        assert_eq!(body, json!({ "status": "ok" }));
+    });
 }

@@ -5,7 +5,8 @@
 //! # Connections
 //!
 //! A pool (`deadpool-postgres` over `tokio-postgres`) of at most
-//! `pool_size_max` connections serves reads and writes alike. A caller waits
+//! `pool_size_max` connections serves reads and writes alike, handing out
+//! the connection used last (LIFO: warm backends). A caller waits
 //! at most `pool_wait_ms_max` for a free connection, then gets a retryable
 //! `StorageError::Io` that says the pool is exhausted. A connection the
 //! server closed (a restart, `pg_terminate_backend`) is dropped from the pool
@@ -13,26 +14,42 @@
 //! rides through a database restart: calls fail while it is down, and work
 //! again once it is back, with no restart of retrace.
 //!
+//! TLS is rustls, as the URL's `sslmode` (`disable`, `prefer` (the
+//! default), `require`, `verify-ca`, `verify-full`) and `sslrootcert` say;
+//! see [`tls`].
+//!
+//! # Health
+//!
+//! `health` (and so `/healthz`) says what the database did last: every
+//! `health_probe_ms` (1 s) a task checks it answers (`SELECT 1` within that
+//! time, on a connection of its own), and every call's connection failure
+//! or success counts too. It never waits on the database itself.
+//!
 //! # Writes
 //!
-//! Each batch is one transaction on one connection, in three round trips
-//! (the statements of each are pipelined):
+//! Writer tasks (`writer_count`) each take every batch queued (up to
+//! `group_commit_batches_max`, each run and workflow id once) and commit
+//! them in one transaction, so one WAL flush covers the group (group commit
+//! by hand, as SQLite's writer thread does). Two paths:
 //!
-//! 1. `BEGIN`, and the run's row and its workflow id's row `SELECT … FOR
-//!    UPDATE`: a concurrent writer of the same run waits here until this one
-//!    commits, then reads what it wrote;
-//! 2. [`check_batch`] on those rows (so every storage refuses the same writes
-//!    with the same errors), then the writes: the run's row by a conditional
-//!    `UPDATE … WHERE version = expected` (or `INSERT … ON CONFLICT DO
-//!    NOTHING` when creating), the events, the workflow id claim (a
-//!    conditional upsert too), the buffered events. Postgres enforces the
-//!    version: a write that matched no row is refused as a
-//!    `VersionConflict`, whatever the read said;
-//! 3. `COMMIT`.
+//! - **Fast**: the batches that pass [`check_batch`] against the stored run
+//!   and workflow id holder they *expect* ([`check_as_expected`]) are
+//!   written by one call of `retrace_write_runs` (a PL/pgSQL function,
+//!   migration 2), pipelined behind `BEGIN`, then `COMMIT`: two round trips
+//!   for the whole group. The function's conditional writes (`UPDATE …
+//!   WHERE version = expected AND next_event_id = … AND` the fixed fields; a
+//!   plain `INSERT` to create; the claim `UPDATE … WHERE run_id = previous`
+//!   or a plain `INSERT`) have Postgres check the rows are what the batches
+//!   expect; if one is not, it raises and the group rolls back.
+//! - **Careful**: a batch whose checks fail against what it expects, and
+//!   every batch of a group Postgres refused, is written alone ([`transact`]):
+//!   `BEGIN` and its rows `SELECT … FOR UPDATE`, [`check_batch`] on what is
+//!   stored (so every storage refuses the same writes with the same errors),
+//!   the conditional writes, `COMMIT`. A conditional write that matched no
+//!   row (a creation raced by another transaction) is answered
+//!   `VersionConflict` or `WorkflowIdConflict` with what is stored.
 //!
-//! Group commit is Postgres's own: concurrent transactions on the pool's
-//! connections share WAL flushes (one fsync covers every commit record
-//! written meanwhile), which is what SQLite's writer thread does by hand.
+//! Either way Postgres enforces the version, and only `COMMIT` commits.
 //!
 //! # Faults
 //!
@@ -62,7 +79,7 @@
 // src/env's production implementations opt out.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,9 +90,10 @@ use deadpool_postgres::{
     ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Row;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::BoxFuture;
 use super::storage::{
@@ -85,11 +103,15 @@ use super::storage::{
 use crate::history::{Event, EventKind};
 use crate::types::Timestamp;
 
+mod tls;
+use tls::TlsSettings;
+
 /// The schema, one migration per version: `MIGRATIONS[i]` takes the schema
 /// from version `i` to `i + 1`. Append only; never edit a released migration.
 /// Text keys compare bytewise (`COLLATE "C"`), as SQLite's and Rust's do, so
 /// `list_runs` orders and pages the same on every storage.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE retrace_schema (
         singleton BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (singleton),
         application TEXT NOT NULL,
@@ -128,7 +150,65 @@ const MIGRATIONS: &[&str] = &["
     CREATE INDEX runs_by_status ON runs (status, run_id);
     CREATE INDEX runs_by_workflow_type ON runs (workflow_type, run_id);
     CREATE INDEX runs_by_status_and_workflow_type ON runs (status, workflow_type, run_id);
-"];
+",
+    "
+    -- A run's row is rewritten at every step of the run: room on its page
+    -- lets Postgres update it in place of its index entries (HOT updates).
+    ALTER TABLE runs SET (fillfactor = 50);
+    CREATE FUNCTION retrace_write_runs(
+        run_ids TEXT[], workflow_ids TEXT[], workflow_types TEXT[], task_queues TEXT[],
+        statuses TEXT[], start_times BIGINT[], close_times BIGINT[], next_event_ids BIGINT[],
+        versions BIGINT[], states BYTEA[], expected BIGINT[], stored_next BIGINT[],
+        first_event_ids BIGINT[], last_event_ids BIGINT[], events TEXT[],
+        claim_ids TEXT[], claim_previous TEXT[], clear_buffered BOOLEAN[], buffered TEXT[]
+    ) RETURNS VOID LANGUAGE plpgsql AS $body$
+    BEGIN
+        FOR i IN 1 .. coalesce(cardinality(run_ids), 0) LOOP
+            IF expected[i] IS NULL THEN
+                INSERT INTO runs (run_id, workflow_id, workflow_type, task_queue, status,
+                    start_time_ms, close_time_ms, next_event_id, version, state)
+                VALUES (run_ids[i], workflow_ids[i], workflow_types[i], task_queues[i],
+                    statuses[i], start_times[i], close_times[i], next_event_ids[i], versions[i],
+                    states[i]);
+            ELSE
+                UPDATE runs SET status = statuses[i], close_time_ms = close_times[i],
+                    next_event_id = next_event_ids[i], version = versions[i], state = states[i]
+                WHERE run_id = run_ids[i] AND version = expected[i]
+                    AND next_event_id = stored_next[i] AND workflow_id = workflow_ids[i]
+                    AND workflow_type = workflow_types[i] AND task_queue = task_queues[i]
+                    AND start_time_ms = start_times[i];
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'run % is not stored as the write expects', run_ids[i]
+                        USING ERRCODE = 'RT409';
+                END IF;
+            END IF;
+            IF events[i] IS NOT NULL THEN
+                INSERT INTO event_batches (run_id, first_event_id, last_event_id, events)
+                VALUES (run_ids[i], first_event_ids[i], last_event_ids[i], events[i]);
+            END IF;
+            IF claim_ids[i] IS NOT NULL AND claim_previous[i] IS NULL THEN
+                INSERT INTO workflow_ids (workflow_id, run_id) VALUES (claim_ids[i], run_ids[i]);
+            ELSIF claim_ids[i] IS NOT NULL THEN
+                UPDATE workflow_ids SET run_id = run_ids[i]
+                WHERE workflow_id = claim_ids[i] AND run_id = claim_previous[i];
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'workflow id % is not held as the write expects',
+                        claim_ids[i] USING ERRCODE = 'RT409';
+                END IF;
+            END IF;
+            IF clear_buffered[i] THEN
+                DELETE FROM buffered_events WHERE run_id = run_ids[i];
+            END IF;
+            IF buffered[i] IS NOT NULL THEN
+                INSERT INTO buffered_events (run_id, seq, events) VALUES (run_ids[i],
+                    (SELECT coalesce(max(seq), 0) + 1 FROM buffered_events
+                     WHERE run_id = run_ids[i]), buffered[i]);
+            END IF;
+        END LOOP;
+    END
+    $body$;
+",
+];
 
 /// What `retrace_schema.application` holds in retrace's schemas.
 const APPLICATION: &str = "retrace";
@@ -175,6 +255,10 @@ pub struct PostgresOptions {
     /// How long opening waits for the server lock another server holds
     /// (one just killed holds it until Postgres notices), then refuses.
     pub server_lock_wait_ms_max: u64,
+    /// How often `health` is checked against the database (`SELECT 1` on a
+    /// connection of its own), and how long one check may take: `health`
+    /// is never older than about twice this.
+    pub health_probe_ms: u64,
 }
 
 impl Default for PostgresOptions {
@@ -185,6 +269,7 @@ impl Default for PostgresOptions {
             connect_ms_max: 5_000,
             operation_ms_max: 10_000,
             server_lock_wait_ms_max: 5_000,
+            health_probe_ms: 1_000,
             write_queue_max: 1024,
             group_commit_batches_max: 128,
             writer_count: 2,
@@ -208,6 +293,7 @@ impl PostgresOptions {
             self.operation_ms_max > 0,
             "operation_ms_max must be positive"
         );
+        assert!(self.health_probe_ms > 0, "health_probe_ms must be positive");
     }
 }
 
@@ -220,6 +306,10 @@ pub struct PostgresStats {
     pub batches_written: u64,
     /// Writes answered `Timeout` (outcome unknown).
     pub writes_ambiguous: u64,
+    /// Batches written alone, on the careful path: the fast path refused
+    /// them (a run or workflow id not stored as they expect) or could not
+    /// take them (their checks fail against what they expect).
+    pub batches_alone: u64,
 }
 
 /// PostgreSQL-backed storage. Clones share the same pool.
@@ -234,11 +324,14 @@ struct Inner {
     pool: Pool,
     /// `postgres://user@host:port/db`, without the password: for messages.
     target: String,
+    /// How connections use TLS (to explain their failures).
+    tls: Tls,
     options: PostgresOptions,
     commits: AtomicU64,
     batches_written: AtomicU64,
     writes_ambiguous: AtomicU64,
-    /// The last connection failure, until a call succeeds again.
+    batches_alone: AtomicU64,
+    /// The last connection failure, until a call or health check succeeds.
     trouble: Mutex<Option<String>>,
     /// Set for good if another server took the server lock while this one
     /// had lost it (Postgres restarted): every write is refused.
@@ -314,9 +407,19 @@ impl PostgresStorage {
         options: PostgresOptions,
     ) -> Result<PostgresStorage, StorageError> {
         options.assert_valid();
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|error| StorageError::Io(format!("cannot parse the Postgres URL: {error}")))?;
+        let parse_error =
+            |error: String| StorageError::Io(format!("cannot parse the Postgres URL: {error}"));
+        let (rest, tls_settings) = TlsSettings::split(url).map_err(parse_error)?;
+        let mut config = tokio_postgres::Config::from_str(&rest)
+            .map_err(|error| parse_error(error.to_string()))?;
+        config.ssl_mode(tls_settings.driver_mode());
         let target = describe(&config);
+        let tls = Tls {
+            connector: tls_settings
+                .connector()
+                .map_err(|error| io_error(&target, "cannot set up TLS", error))?,
+            settings: tls_settings,
+        };
         let extra = format!("-c statement_timeout={}", options.operation_ms_max);
         let server_options = match config.get_options() {
             Some(given) => format!("{given} {extra}"),
@@ -327,16 +430,20 @@ impl PostgresStorage {
             .application_name("retrace")
             .connect_timeout(Duration::from_millis(options.connect_ms_max));
         let lock_lost = Arc::new(Mutex::new(None));
-        let lock_task = take_server_lock(&config, &target, &options, &lock_lost).await?;
+        let lock_task = take_server_lock(&config, &tls, &target, &options, &lock_lost).await?;
+        let probe_config = config.clone();
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
         let built = Pool::builder(manager)
             .max_size(options.pool_size_max)
+            // The connection used last: its backend is warm, and under a
+            // light load the others stay idle rather than take turns.
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_millis(options.pool_wait_ms_max)))
             .create_timeout(Some(Duration::from_millis(options.connect_ms_max)))
@@ -354,16 +461,19 @@ impl PostgresStorage {
                 write_sender,
                 pool,
                 target,
+                tls,
                 options,
                 commits: AtomicU64::new(0),
                 batches_written: AtomicU64::new(0),
                 writes_ambiguous: AtomicU64::new(0),
+                batches_alone: AtomicU64::new(0),
                 trouble: Mutex::new(None),
                 lock_lost,
                 lock_task,
             }),
         };
         storage.migrate().await?;
+        tokio::spawn(probe_health(Arc::downgrade(&storage.inner), probe_config));
         let write_receiver = Arc::new(tokio::sync::Mutex::new(write_receiver));
         for _ in 0..options.writer_count {
             let weak = Arc::downgrade(&storage.inner);
@@ -384,6 +494,7 @@ impl PostgresStorage {
             commits: self.inner.commits.load(Ordering::Relaxed),
             batches_written: self.inner.batches_written.load(Ordering::Relaxed),
             writes_ambiguous: self.inner.writes_ambiguous.load(Ordering::Relaxed),
+            batches_alone: self.inner.batches_alone.load(Ordering::Relaxed),
         }
     }
 
@@ -398,6 +509,11 @@ impl PostgresStorage {
                     self.inner.options.pool_size_max, self.inner.options.pool_wait_ms_max
                 );
                 Err(io_error(target, "no free connection", reason))
+            }
+            Err(PoolError::Backend(error)) => {
+                let error = io_error(target, "cannot connect", self.inner.tls.describe(&error));
+                self.troubled(&error);
+                Err(error)
             }
             Err(error) => {
                 let error = io_error(target, "cannot connect", error);
@@ -456,13 +572,14 @@ impl PostgresStorage {
 /// `lock_lost` says so and every write is refused from then on.
 async fn take_server_lock(
     config: &tokio_postgres::Config,
+    tls: &Tls,
     target: &str,
     options: &PostgresOptions,
     lock_lost: &Arc<Mutex<Option<String>>>,
 ) -> Result<tokio::task::AbortHandle, StorageError> {
     let mut waited_ms = 0;
     let (client, connection) = loop {
-        let (client, connection) = connect_for_lock(config, target).await?;
+        let (client, connection) = connect_for_lock(config, tls, target).await?;
         match try_server_lock(&client).await {
             Ok(true) => break (client, connection),
             Ok(false) if waited_ms < options.server_lock_wait_ms_max => {}
@@ -480,6 +597,7 @@ async fn take_server_lock(
     };
     let holder = hold_server_lock(
         config.clone(),
+        tls.clone(),
         target.to_string(),
         client,
         connection,
@@ -492,12 +610,13 @@ type LockConnection = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
 
 async fn connect_for_lock(
     config: &tokio_postgres::Config,
+    tls: &Tls,
     target: &str,
 ) -> Result<LockConnection, StorageError> {
     let (client, connection) = config
-        .connect(NoTls)
+        .connect(tls.connector.clone())
         .await
-        .map_err(|error| io_error(target, "cannot connect", describe_error(&error)))?;
+        .map_err(|error| io_error(target, "cannot connect", tls.describe(&error)))?;
     let connection = tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "postgres storage: the server lock's connection ended");
@@ -522,6 +641,7 @@ async fn try_server_lock(client: &tokio_postgres::Client) -> Result<bool, String
 /// [`take_server_lock`]).
 async fn hold_server_lock(
     config: tokio_postgres::Config,
+    tls: Tls,
     target: String,
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<()>,
@@ -535,7 +655,7 @@ async fn hold_server_lock(
         loop {
             tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(SERVER_LOCK_BACKOFF_MS_MAX);
-            let Ok((client, reconnected)) = connect_for_lock(&config, &target).await else {
+            let Ok((client, reconnected)) = connect_for_lock(&config, &tls, &target).await else {
                 continue;
             };
             match try_server_lock(&client).await {
@@ -558,6 +678,83 @@ async fn hold_server_lock(
                 }
             }
         }
+    }
+}
+
+/// Every `health_probe_ms`, checks the database answers (`SELECT 1`, within
+/// `health_probe_ms`, on a connection of its own so a busy pool cannot hold
+/// it up) and records the outcome where `health` reads it. Ends with the
+/// storage.
+async fn probe_health(weak: Weak<Inner>, config: tokio_postgres::Config) {
+    let mut connection: Option<LockConnection> = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let (tls, every_ms) = (inner.tls.clone(), inner.options.health_probe_ms);
+        drop(inner); // The storage may go while this sleeps.
+        let every = Duration::from_millis(every_ms);
+        tokio::time::sleep(every).await;
+        let probe = probe_once(&mut connection, &config, &tls);
+        let outcome = match tokio::time::timeout(every, probe).await {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Err(format!("no answer within {every_ms} ms")),
+        };
+        if outcome.is_err()
+            && let Some((_, task)) = connection.take()
+        {
+            task.abort(); // Closes it; the next probe connects anew.
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let storage = PostgresStorage { inner };
+        match outcome {
+            Ok(()) => storage.untroubled(),
+            Err(reason) => {
+                let error = io_error(&storage.inner.target, "health check", reason);
+                storage.troubled(&error);
+            }
+        }
+    }
+}
+
+/// One health check: connects if need be, then `SELECT 1`.
+async fn probe_once(
+    connection: &mut Option<LockConnection>,
+    config: &tokio_postgres::Config,
+    tls: &Tls,
+) -> Result<(), String> {
+    if connection
+        .as_ref()
+        .is_none_or(|(client, _)| client.is_closed())
+    {
+        let (client, driver) = config
+            .connect(tls.connector.clone())
+            .await
+            .map_err(|error| tls.describe(&error))?;
+        let task = tokio::spawn(async move {
+            let _ = driver.await; // Its failure shows in the next query.
+        });
+        *connection = Some((client, task));
+    }
+    let (client, _) = connection.as_ref().expect("connected above");
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|error| describe_error(&error))?;
+    Ok(())
+}
+
+/// How connections use TLS, and the connector that does it.
+#[derive(Clone)]
+struct Tls {
+    settings: TlsSettings,
+    connector: MakeRustlsConnect,
+}
+
+impl Tls {
+    /// A connection's failure, a TLS one explained.
+    fn describe(&self, error: &tokio_postgres::Error) -> String {
+        self.settings
+            .explain(error)
+            .unwrap_or_else(|| describe_error(error))
     }
 }
 
@@ -1477,7 +1674,8 @@ impl Storage for PostgresStorage {
         })
     }
 
-    /// The last connection failure, until a call succeeds again.
+    /// What the last call or health check (at most `health_probe_ms` ago)
+    /// found: a connection failure, until a call or check succeeds again.
     fn health(&self) -> Result<(), String> {
         if let Some(reason) = lock(&self.inner.lock_lost).clone() {
             return Err(reason);
@@ -1598,11 +1796,113 @@ async fn writer_loop(weak: Weak<Inner>, receiver: SharedReceiver) {
     }
 }
 
+impl PostgresStorage {
+    /// Writes `group` and answers each batch. The batches whose checks pass
+    /// against the rows they expect to find go in one transaction that has
+    /// Postgres check those rows are what is stored (see [`WRITE_RUNS`]);
+    /// the others, and all of them if that transaction is refused, are
+    /// written alone, each finding its own answer.
+    async fn write_group(&self, mut group: Vec<WriteJob>) {
+        // Rows are locked in run id order, so two groups never deadlock on runs.
+        group.sort_by(|a, b| a.batch.run.run_id.cmp(&b.batch.run.run_id));
+        let mut fast: Vec<(WriteJob, RunValues, Option<RunValues>)> = Vec::new();
+        let mut alone: Vec<WriteJob> = Vec::new();
+        for job in group {
+            match check_as_expected(&job.batch) {
+                Ok((values, next_values)) => fast.push((job, values, next_values)),
+                Err(_) => alone.push(job),
+            }
+        }
+        futures::join!(self.write_each_alone(alone), self.write_fast(fast));
+    }
+
+    /// Each batch in a transaction of its own, at once.
+    async fn write_each_alone(&self, jobs: Vec<WriteJob>) {
+        let count = jobs.len() as u64;
+        self.inner.batches_alone.fetch_add(count, Ordering::Relaxed);
+        let writes = jobs
+            .iter()
+            .map(|job| self.write_alone(&job.batch, &job.encoded));
+        let results = futures::future::join_all(writes).await;
+        for (job, result) in jobs.into_iter().zip(results) {
+            job.answer(result);
+        }
+    }
+
+    /// The fast path: the whole group in one transaction of two round trips.
+    async fn write_fast(&self, group: Vec<(WriteJob, RunValues, Option<RunValues>)>) {
+        if group.is_empty() {
+            return;
+        }
+        let object = match self.connection().await {
+            Ok(object) => object,
+            Err(error) => return answer_all(group, &error),
+        };
+        let mut transaction = InTransaction {
+            object: Some(object),
+            open: true,
+            commit_sent: false,
+        };
+        let duration = Duration::from_millis(self.inner.options.operation_ms_max);
+        let outcome = tokio::time::timeout(duration, transact_fast(&mut transaction, &group)).await;
+        match outcome {
+            Ok(Ok(())) => {
+                let batches = group.len() as u64;
+                self.inner
+                    .batches_written
+                    .fetch_add(batches, Ordering::Relaxed);
+                self.inner.commits.fetch_add(1, Ordering::Relaxed);
+                self.untroubled();
+                group.into_iter().for_each(|(job, ..)| job.answer(Ok(())));
+            }
+            Ok(Err(GroupFailure::WriteAlone)) => {
+                let _ = rollback(&mut transaction).await;
+                drop(transaction);
+                let jobs = group.into_iter().map(|(job, ..)| job).collect();
+                self.write_each_alone(jobs).await;
+            }
+            Ok(Err(GroupFailure::Connection(error))) => {
+                let error = self.group_error(&transaction, &describe_error(&error));
+                answer_all(group, &error);
+            }
+            Err(_elapsed) => {
+                let reason = format!(
+                    "no answer within {} ms",
+                    self.inner.options.operation_ms_max
+                );
+                let error = self.group_error(&transaction, &reason);
+                answer_all(group, &error);
+            }
+        }
+    }
+
+    /// What every batch of a group gets when its connection failed or its
+    /// transaction took too long: `Timeout` once `COMMIT` may have been sent,
+    /// `Io` before (the transaction is rolled back when the connection closes).
+    fn group_error(&self, transaction: &InTransaction, reason: &str) -> StorageError {
+        if transaction.commit_sent {
+            self.inner.writes_ambiguous.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target = %self.inner.target, reason, "postgres storage: a group commit's outcome is unknown");
+            return StorageError::Timeout;
+        }
+        let reason = format!("{reason}; nothing was committed");
+        let error = io_error(&self.inner.target, "cannot write", reason);
+        self.troubled(&error);
+        error
+    }
+}
+
+fn answer_all(group: Vec<(WriteJob, RunValues, Option<RunValues>)>, error: &StorageError) {
+    for (job, ..) in group {
+        job.answer(Err(error.clone()));
+    }
+}
+
 /// Why a group's transaction did not commit.
 enum GroupFailure {
-    /// Something in it failed in a way that names no one batch (a statement
-    /// refused, a conditional write that matched nothing): it rolled back,
-    /// and each batch is written alone, which gives each its own answer.
+    /// Postgres refused it (a run or workflow id not stored as a batch
+    /// expects, or any other statement error): it rolled back, and each
+    /// batch is written alone, which gives each its own answer.
     WriteAlone,
     /// The connection failed: nothing committed unless `COMMIT` was sent.
     Connection(tokio_postgres::Error),
@@ -1618,213 +1918,34 @@ impl From<tokio_postgres::Error> for GroupFailure {
     }
 }
 
-impl PostgresStorage {
-    /// Writes `group` in one transaction and answers each batch.
-    async fn write_group(&self, mut group: Vec<WriteJob>) {
-        if group.len() == 1 {
-            let job = group.pop().expect("one job");
-            let result = self.write_alone(&job.batch, &job.encoded).await;
-            return job.answer(result);
-        }
-        // Rows are locked in run id order, so two groups never deadlock on runs.
-        group.sort_by(|a, b| a.batch.run.run_id.cmp(&b.batch.run.run_id));
-        let object = match self.connection().await {
-            Ok(object) => object,
-            Err(error) => {
-                return group
-                    .into_iter()
-                    .for_each(|job| job.answer(Err(error.clone())));
-            }
-        };
-        let mut transaction = InTransaction {
-            object: Some(object),
-            open: true,
-            commit_sent: false,
-        };
-        let duration = Duration::from_millis(self.inner.options.operation_ms_max);
-        let jobs = &group;
-        let outcome = tokio::time::timeout(duration, transact_group(&mut transaction, jobs)).await;
-        let refusals = match outcome {
-            Ok(Ok(refusals)) => refusals,
-            Ok(Err(GroupFailure::WriteAlone)) => {
-                let _ = rollback(&mut transaction).await;
-                drop(transaction);
-                let writes = group
-                    .iter()
-                    .map(|job| self.write_alone(&job.batch, &job.encoded));
-                let results = futures::future::join_all(writes).await;
-                return group
-                    .into_iter()
-                    .zip(results)
-                    .for_each(|(job, r)| job.answer(r));
-            }
-            Ok(Err(GroupFailure::Connection(error))) => {
-                let error = self.group_error(&transaction, &describe_error(&error));
-                return group
-                    .into_iter()
-                    .for_each(|job| job.answer(Err(error.clone())));
-            }
-            Err(_elapsed) => {
-                let reason = format!(
-                    "no answer within {} ms",
-                    self.inner.options.operation_ms_max
-                );
-                let error = self.group_error(&transaction, &reason);
-                return group
-                    .into_iter()
-                    .for_each(|job| job.answer(Err(error.clone())));
-            }
-        };
-        assert_eq!(refusals.len(), group.len());
-        let written = refusals.iter().filter(|refusal| refusal.is_none()).count();
-        self.inner
-            .batches_written
-            .fetch_add(written as u64, Ordering::Relaxed);
-        if written > 0 {
-            self.inner.commits.fetch_add(1, Ordering::Relaxed);
-        }
-        self.untroubled();
-        for (job, refusal) in group.into_iter().zip(refusals) {
-            job.answer(refusal.map_or(Ok(()), Err));
-        }
-    }
-
-    /// What every batch of a group gets when its connection failed or its
-    /// transaction took too long: `Timeout` once `COMMIT` may have been sent,
-    /// `Io` before (the transaction is rolled back when the connection closes).
-    fn group_error(&self, transaction: &InTransaction, reason: &str) -> StorageError {
-        if transaction.commit_sent {
-            self.inner.writes_ambiguous.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target = %self.inner.target, reason, "postgres storage: a group commit's outcome is unknown");
-            return StorageError::Timeout;
-        }
-        let error = io_error(&self.inner.target, "cannot write", reason);
-        self.troubled(&error);
-        error
-    }
-}
-
-/// The group's transaction: `BEGIN` and every row it reads locked (one round
-/// trip), every batch checked, the writes of those that pass (one round
-/// trip), `COMMIT`. Returns each batch's refusal (`None`: written).
-async fn transact_group(
-    transaction: &mut InTransaction,
-    group: &[WriteJob],
-) -> Result<Vec<Option<StorageError>>, GroupFailure> {
-    assert!(transaction.open && !transaction.commit_sent);
-    let client = transaction.client();
-    let (runs, claims) = read_group(client, group).await?;
-    let mut refusals: Vec<Option<StorageError>> = Vec::with_capacity(group.len());
-    let mut values: Vec<(RunValues, Option<RunValues>)> = Vec::with_capacity(group.len());
-    for job in group {
-        match check_job(&job.batch, &runs, &claims) {
-            Ok(checked) => {
-                refusals.push(None);
-                values.push(checked);
-            }
-            Err(error) => refusals.push(Some(error)),
-        }
-    }
-    let statements = prepare_writes(client).await?;
-    let accepted = group.iter().zip(&refusals).filter(|(_, r)| r.is_none());
-    let mut executions = Vec::new();
-    let mut shapes = Vec::new();
-    for ((job, _), (run_values, next_values)) in accepted.zip(&values) {
-        let (batch, encoded) = (&job.batch, &job.encoded);
-        let events = encoded.events.as_deref();
-        let writes = run_writes(
-            client,
-            &statements,
-            batch,
-            run_values,
-            events,
-            encoded.buffered.as_deref(),
-        );
-        shapes.push((batch, events.is_some(), writes.len()));
-        executions.extend(writes);
-        if let (Some(next), Some(next_values)) = (&batch.next_run, next_values) {
-            let events = encoded.next_events.as_deref();
-            let writes = run_writes(client, &statements, next, next_values, events, None);
-            shapes.push((&**next, events.is_some(), writes.len()));
-            executions.extend(writes);
-        }
-    }
-    let mut results = futures::future::join_all(executions).await.into_iter();
-    for (batch, has_events, count) in shapes {
-        let results: Vec<_> = results.by_ref().take(count).collect();
-        if let Err(failure) = check_writes(batch, has_events, results) {
-            return Err(match failure {
-                Failure::Statement(error) => GroupFailure::from(error),
-                _ => GroupFailure::WriteAlone,
-            });
-        }
-    }
-    transaction.commit_sent = true;
-    transaction.client().batch_execute("COMMIT").await?;
-    transaction.open = false;
-    Ok(refusals)
-}
-
-type StoredRuns = BTreeMap<String, Option<RunRecord>>;
-type StoredClaims = BTreeMap<String, Option<String>>;
-
-/// `BEGIN`, then every run row and workflow id row the group touches,
-/// locked (`FOR UPDATE`), runs first and each kind in key order.
-async fn read_group(
-    client: &ClientWrapper,
-    group: &[WriteJob],
-) -> Result<(StoredRuns, StoredClaims), GroupFailure> {
-    let header = client.prepare_cached(SELECT_HEADER_FOR_UPDATE);
-    let claim = client.prepare_cached(SELECT_CLAIM_FOR_UPDATE);
-    let (header, claim) = futures::try_join!(header, claim)?;
-    let mut run_ids: BTreeSet<&str> = BTreeSet::new();
-    let mut workflow_ids: BTreeSet<&str> = BTreeSet::new();
-    for job in group {
-        let (runs, ids) = job.keys();
-        run_ids.extend(runs);
-        workflow_ids.extend(ids);
-    }
-    let (header, claim) = (&header, &claim);
-    let runs = run_ids.iter().map(|run_id| async move {
-        let row = client.query_opt(header, &[run_id]).await?;
-        let run = row.map(|row| run_from_row(&row)).transpose();
-        Ok::<_, tokio_postgres::Error>((run_id.to_string(), run))
-    });
-    let claims = workflow_ids.iter().map(|workflow_id| async move {
-        let row = client.query_opt(claim, &[workflow_id]).await?;
-        Ok::<_, tokio_postgres::Error>((workflow_id.to_string(), row.map(|row| row.get(0))))
-    });
-    let begun = client.batch_execute("BEGIN");
-    let (begun, runs, claims) = futures::join!(
-        begun,
-        futures::future::join_all(runs),
-        futures::future::join_all(claims)
-    );
-    begun?;
-    let mut stored = StoredRuns::new();
-    for read in runs {
-        let (run_id, run) = read?;
-        // A corrupt row names no batch alone: each batch, written alone, says so.
-        let run = run.map_err(|_| GroupFailure::WriteAlone)?;
-        stored.insert(run_id, run);
-    }
-    let claims = claims.into_iter().collect::<Result<StoredClaims, _>>()?;
-    Ok((stored, claims))
-}
-
-/// Checks a batch of a group (and its next run) against the rows read.
-fn check_job(
-    batch: &WriteBatch,
-    runs: &StoredRuns,
-    claims: &StoredClaims,
-) -> Result<(RunValues, Option<RunValues>), StorageError> {
+/// `check_batch` against the run and the workflow id's holder the batch
+/// expects to find, and the batch's numbers as BIGINTs. `check_batch` reads
+/// of the stored run only its version, next event id and fixed fields, and
+/// of the holder only its run id: [`WRITE_RUNS`] writes nothing unless
+/// Postgres finds exactly those stored, so a batch it writes passes
+/// `check_batch` against what is stored, as on the careful path.
+fn check_as_expected(batch: &WriteBatch) -> Result<(RunValues, Option<RunValues>), StorageError> {
     let check = |batch: &WriteBatch| {
-        let stored = runs.get(&batch.run.run_id).and_then(Option::as_ref);
-        let current = batch
+        let stored = batch.expected_version.map(|version| {
+            let run = &batch.run;
+            RunRecord {
+                run_id: run.run_id.clone(),
+                workflow_id: run.workflow_id.clone(),
+                workflow_type: run.workflow_type.clone(),
+                task_queue: run.task_queue.clone(),
+                status: run.status,
+                start_time: run.start_time,
+                close_time: None,
+                next_event_id: stored_next_event_id(batch),
+                version,
+                state: Vec::new(),
+            }
+        });
+        let holder = batch
             .claim
             .as_ref()
-            .and_then(|claim| claims.get(&claim.workflow_id).cloned().flatten());
-        check_batch(batch, stored, current.as_deref())?;
+            .and_then(|c| c.previous_run_id.as_deref());
+        check_batch(batch, stored.as_ref(), holder)?;
         RunValues::of(batch)
     };
     let values = check(batch)?;
@@ -1833,4 +1954,135 @@ fn check_job(
         None => None,
     };
     Ok((values, next_values))
+}
+
+/// The `next_event_id` the stored run must have for `batch` to follow it.
+fn stored_next_event_id(batch: &WriteBatch) -> u64 {
+    match batch.events.first() {
+        Some(first) => first.event_id,
+        None => batch.run.next_event_id,
+    }
+}
+
+/// Writes every run of a group (one element of each array per run, in
+/// order), or raises (SQLSTATE `RT409`) if one is not stored as its batch
+/// expects; installed by migration 2.
+const WRITE_RUNS: &str = "SELECT retrace_write_runs($1::text[], $2::text[], $3::text[], \
+    $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], \
+    $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::text[], \
+    $16::text[], $17::text[], $18::boolean[], $19::text[])";
+
+/// The arguments of [`WRITE_RUNS`]: a column per array.
+#[derive(Default)]
+struct RunArrays<'a> {
+    run_ids: Vec<&'a str>,
+    workflow_ids: Vec<&'a str>,
+    workflow_types: Vec<&'a str>,
+    task_queues: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    start_times: Vec<i64>,
+    close_times: Vec<Option<i64>>,
+    next_event_ids: Vec<i64>,
+    versions: Vec<i64>,
+    states: Vec<&'a [u8]>,
+    expected: Vec<Option<i64>>,
+    stored_next: Vec<i64>,
+    first_event_ids: Vec<i64>,
+    last_event_ids: Vec<i64>,
+    events: Vec<Option<&'a str>>,
+    claim_ids: Vec<Option<&'a str>>,
+    claim_previous: Vec<Option<&'a str>>,
+    clear_buffered: Vec<bool>,
+    buffered: Vec<Option<&'a str>>,
+}
+
+impl<'a> RunArrays<'a> {
+    fn push(
+        &mut self,
+        batch: &'a WriteBatch,
+        values: &RunValues,
+        events: Option<&'a str>,
+        buffered: Option<&'a str>,
+    ) {
+        let run = &batch.run;
+        self.run_ids.push(&run.run_id);
+        self.workflow_ids.push(&run.workflow_id);
+        self.workflow_types.push(&run.workflow_type);
+        self.task_queues.push(&run.task_queue);
+        self.statuses.push(run.status.as_str());
+        self.start_times.push(values.start_time_ms);
+        self.close_times.push(values.close_time_ms);
+        self.next_event_ids.push(values.next_event_id);
+        self.versions.push(values.version);
+        self.states.push(&run.state);
+        self.expected.push(values.expected);
+        self.stored_next.push(match events {
+            Some(_) => values.first_event_id,
+            None => values.next_event_id,
+        });
+        self.first_event_ids.push(values.first_event_id);
+        self.last_event_ids.push(values.last_event_id);
+        self.events.push(events);
+        let claim = batch.claim.as_ref();
+        self.claim_ids.push(claim.map(|c| c.workflow_id.as_str()));
+        self.claim_previous
+            .push(claim.and_then(|c| c.previous_run_id.as_deref()));
+        self.clear_buffered.push(batch.buffered.clear);
+        self.buffered.push(buffered);
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
+        [
+            &self.run_ids,
+            &self.workflow_ids,
+            &self.workflow_types,
+            &self.task_queues,
+            &self.statuses,
+            &self.start_times,
+            &self.close_times,
+            &self.next_event_ids,
+            &self.versions,
+            &self.states,
+            &self.expected,
+            &self.stored_next,
+            &self.first_event_ids,
+            &self.last_event_ids,
+            &self.events,
+            &self.claim_ids,
+            &self.claim_previous,
+            &self.clear_buffered,
+            &self.buffered,
+        ]
+    }
+}
+
+/// The fast path's transaction: `BEGIN` and [`WRITE_RUNS`] with every run of
+/// the group (one round trip), then `COMMIT`.
+async fn transact_fast(
+    transaction: &mut InTransaction,
+    group: &[(WriteJob, RunValues, Option<RunValues>)],
+) -> Result<(), GroupFailure> {
+    assert!(transaction.open && !transaction.commit_sent);
+    let client = transaction.client();
+    let statement = client.prepare_cached(WRITE_RUNS).await?;
+    let mut arrays = RunArrays::default();
+    for (job, values, next_values) in group {
+        let (batch, encoded) = (&job.batch, &job.encoded);
+        let events = encoded.events.as_deref();
+        arrays.push(batch, values, events, encoded.buffered.as_deref());
+        if let (Some(next), Some(next_values)) = (&batch.next_run, next_values) {
+            arrays.push(next, next_values, encoded.next_events.as_deref(), None);
+        }
+    }
+    let params = arrays.params();
+    let (begun, written) = futures::join!(
+        client.batch_execute("BEGIN"),
+        client.execute(&statement, &params)
+    );
+    begun?;
+    written?;
+    transaction.commit_sent = true;
+    transaction.client().batch_execute("COMMIT").await?;
+    transaction.open = false;
+    Ok(())
 }

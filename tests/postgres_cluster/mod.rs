@@ -1,6 +1,8 @@
 //! A private PostgreSQL cluster for the tests (and the Postgres benchmarks):
 //! `initdb` into a temporary directory, `pg_ctl start` on 127.0.0.1 at a free
 //! port, `pg_ctl stop` when dropped. Nothing else on the machine is touched.
+//! [`PgCluster::start_with_tls`] starts one with `ssl=on` and a certificate
+//! the caller made.
 //!
 //! `initdb` refuses to run as root, so as root every Postgres command runs as
 //! the machine's `postgres` user (`runuser -u postgres --`), in a directory
@@ -31,6 +33,8 @@ pub struct PgCluster {
     /// The port it listens on, on 127.0.0.1.
     pub port: u16,
     schemas: AtomicUsize,
+    /// Server settings of this cluster's own (`-c name=value …`).
+    settings: String,
 }
 
 /// The shared cluster of this test process, started on first use; `None`
@@ -122,6 +126,30 @@ fn postgres_ids() -> Result<(u32, u32), String> {
         .ok_or_else(|| format!("bad /etc/passwd line {line:?}"))
 }
 
+/// Writes the server's certificate and key into `dir` (the key readable by
+/// the server's user alone, as Postgres insists) and returns the settings
+/// that turn TLS on with them.
+fn tls_settings(dir: &Path, certificate_pem: &str, key_pem: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let (certificate, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&certificate, certificate_pem).expect("the certificate is written");
+    std::fs::write(&key, key_pem).expect("the key is written");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+        .expect("the key's mode is set");
+    if running_as_root() {
+        let (uid, gid) = postgres_ids().expect("a postgres user (checked by the caller)");
+        for file in [&certificate, &key] {
+            std::os::unix::fs::chown(file, Some(uid), Some(gid))
+                .expect("the certificate files can be given to postgres");
+        }
+    }
+    format!(
+        "-c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        certificate.display(),
+        key.display()
+    )
+}
+
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("an ephemeral port");
     listener.local_addr().unwrap().port()
@@ -131,6 +159,16 @@ impl PgCluster {
     /// `initdb` and start a cluster; `None` (after a loud message) if
     /// Postgres is not installed. Panics if it is but does not work.
     pub fn start() -> Option<PgCluster> {
+        PgCluster::start_with(None)
+    }
+
+    /// As [`PgCluster::start`], with `ssl=on` and this certificate and key
+    /// (PEM): it offers TLS, and still accepts connections in the clear.
+    pub fn start_with_tls(certificate_pem: &str, key_pem: &str) -> Option<PgCluster> {
+        PgCluster::start_with(Some((certificate_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Option<PgCluster> {
         let (Some(initdb), Some(_)) = (on_path("initdb"), on_path("pg_ctl")) else {
             return unavailable("initdb and pg_ctl are not on PATH");
         };
@@ -154,10 +192,15 @@ impl PgCluster {
         if let Err(reason) = run(command) {
             panic!("initdb failed: {reason}");
         }
+        let settings = match tls {
+            Some((certificate, key)) => tls_settings(dir.path(), certificate, key),
+            None => String::new(),
+        };
         let mut cluster = PgCluster {
             dir,
             port: 0,
             schemas: AtomicUsize::new(0),
+            settings,
         };
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS_MAX {
@@ -187,9 +230,10 @@ impl PgCluster {
     fn pg_ctl_start(&self) -> Result<(), String> {
         let settings = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=300 \
-             -c shared_buffers=64MB {}",
+             -c shared_buffers=64MB {} {}",
             self.port,
             self.dir.path().display(),
+            self.settings,
             std::env::var(SETTINGS_VARIABLE).unwrap_or_default()
         );
         let mut command = self.pg_ctl();
