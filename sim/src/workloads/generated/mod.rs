@@ -104,8 +104,19 @@ pub struct KnownBug {
 /// it had closed the run, so the worker took its state as final (156, 292, 310);
 /// a query asked before the first workflow task completed, answered later by
 /// a replay, ran the workflow over every event stored by then (signals no
-/// completed task had seen), so a later query's answer went back (1260).
-pub const KNOWN_ENGINE_BUGS: [KnownBug; 0] = [];
+/// completed task had seen), so a later query's answer went back (1260); a
+/// signal, cancel or terminate addressed by workflow id was refused RunClosed
+/// when the run continued as new between its read and its write, and a
+/// signal-with-start refused AlreadyStarted (12233, 18652).
+pub const KNOWN_ENGINE_BUGS: [KnownBug; 1] = [KnownBug {
+    name: "query answered from a first workflow task that never completed",
+    signature: "query progress went back",
+    description: "a query made before a run's first workflow task completed is answered by \
+                  replaying through that task's WorkflowTaskStarted; if that task then times out \
+                  and the history goes another way (a cancel request arrives first), a later \
+                  query goes back. Temporal refuses such queries (WorkflowNotReady) until the \
+                  first task completes; Retrace should too (seed 15688)",
+}];
 
 /// The known bug that explains a failing seed, if one does.
 pub fn known_engine_bug(result: &crate::SeedResult) -> Option<&'static KnownBug> {
