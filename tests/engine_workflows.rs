@@ -1408,6 +1408,53 @@ async fn a_poll_dropped_while_its_workflow_task_start_is_written_does_not_strand
 // ---------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
+async fn a_query_before_the_first_workflow_task_completed_is_not_ready_then_answered() {
+    // Found by the simulator (generated seed 15688): a query answered from
+    // a first workflow task still running showed a state the run never
+    // reached once that task timed out and a cancel request came first.
+    let engine = TestEngine::new(registry()).await;
+    let client = engine.client();
+    let handle = client
+        .start::<StatusQuery>(StartOptions::new("early", "q"), ())
+        .await
+        .unwrap();
+    let once = engine.client().with_call_attempts_max(1);
+    let error = once
+        .query::<String>("early", None, "status", ())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("has not completed its first workflow task"),
+        "{error}"
+    );
+    let worker = worker(&engine, "q").start_two();
+    // The client retries a run that is not ready yet.
+    let status: String = handle.query("status", ()).await.unwrap();
+    assert!(
+        ["sleeping", "waiting for finish"].contains(&status.as_str()),
+        "{status}"
+    );
+    worker.shutdown().await;
+
+    let never = client
+        .start::<StatusQuery>(StartOptions::new("never", "nobody-polls"), ())
+        .await
+        .unwrap();
+    never.terminate("before its first task").await.unwrap();
+    let error = never.query::<String>("status", ()).await.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::QueryFailed), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("closed before its first workflow task"),
+        "{error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_query_is_answered_from_the_state_of_the_waiting_run() {
     let engine = TestEngine::new(registry()).await;
     let worker = worker(&engine, "q").start_two();

@@ -15,6 +15,28 @@ use crate::api::*;
 use crate::env::{ListQuery, StorageError, WorkflowIdClaim, WriteBatch};
 use crate::types::Failure;
 
+/// A run answers queries once its first workflow task completed: before,
+/// no state of it is in history (a replay through a task still running may
+/// show what a retry of that task, seeing other events, never does). As
+/// Temporal's `WorkflowNotReady`: retryable while the run waits for it; a
+/// run that closed first never has state to query.
+fn check_queryable(state: &RunState) -> Result<(), ServiceError> {
+    if state.previous_started_event_id > 0 {
+        return Ok(());
+    }
+    let run_id = &state.run_id;
+    if state.status.is_closed() {
+        let message = format!(
+            "run {run_id} closed before its first workflow task completed: it has no state to query"
+        );
+        return Err(ServiceError::new(ErrorCode::QueryFailed, message));
+    }
+    let message = format!(
+        "run {run_id} has not completed its first workflow task: it has no state to query yet; retry"
+    );
+    Err(ServiceError::new(ErrorCode::Unavailable, message))
+}
+
 /// Successor runs a request addressed by workflow id follows, at most
 /// (each is a run that closed between the request's read and its write).
 const FOLLOW_RUNS_MAX: u32 = 8;
@@ -664,6 +686,7 @@ impl Inner {
         request: QueryWorkflowRequest,
     ) -> Result<QueryWorkflowResponse, ServiceError> {
         let state = self.snapshot(&request.run).await?;
+        check_queryable(&state)?;
         let query_id = self.env.new_id();
         let (sender, receiver) = oneshot::channel();
         self.queries

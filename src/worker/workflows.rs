@@ -399,8 +399,9 @@ async fn replay_and_query(shared: &Shared, query: &QueryTask) -> Result<serde_js
 /// `started_event_id` and the commands it recorded: a replay of them ends
 /// where the completing worker was, its markers (`side_effect`, `patched`)
 /// read back rather than run again. With 0 (no task had completed when the
-/// query was asked), the events through the first `WorkflowTaskStarted`:
-/// what the first task sees. All events would let a replay made later run
+/// query was asked; the service now refuses such queries as not ready, so
+/// only an older service sends one), the events through the first
+/// `WorkflowTaskStarted`: what the first task sees. All events would let a replay made later run
 /// the workflow over events no completed task has seen (signals that came
 /// after), answering from a state that a later query, made after the first
 /// task completed, goes back from.

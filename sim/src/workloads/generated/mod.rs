@@ -107,16 +107,11 @@ pub struct KnownBug {
 /// completed task had seen), so a later query's answer went back (1260); a
 /// signal, cancel or terminate addressed by workflow id was refused RunClosed
 /// when the run continued as new between its read and its write, and a
-/// signal-with-start refused AlreadyStarted (12233, 18652).
-pub const KNOWN_ENGINE_BUGS: [KnownBug; 1] = [KnownBug {
-    name: "query answered from a first workflow task that never completed",
-    signature: "query progress went back",
-    description: "a query made before a run's first workflow task completed is answered by \
-                  replaying through that task's WorkflowTaskStarted; if that task then times out \
-                  and the history goes another way (a cancel request arrives first), a later \
-                  query goes back. Temporal refuses such queries (WorkflowNotReady) until the \
-                  first task completes; Retrace should too (seed 15688)",
-}];
+/// signal-with-start refused AlreadyStarted (12233, 18652); a query made
+/// before the first workflow task completed was answered from that task,
+/// which then timed out while a cancel request came first, so a later
+/// query went back (15688): such queries are now refused as not ready.
+pub const KNOWN_ENGINE_BUGS: [KnownBug; 0] = [];
 
 /// The known bug that explains a failing seed, if one does.
 pub fn known_engine_bug(result: &crate::SeedResult) -> Option<&'static KnownBug> {
