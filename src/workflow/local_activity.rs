@@ -31,6 +31,7 @@
 //! | `BackingOff` | timer fired | `Unrequested` with the next attempt |
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -371,8 +372,6 @@ impl<T> LocalActivityFuture<T> {
         }
     }
 }
-
-use std::future::Future;
 
 impl<T: DeserializeOwned> Future for LocalActivityFuture<T> {
     type Output = Result<T, ActivityError>;

@@ -351,8 +351,8 @@ fn marker(a: &MarkerRecorded) -> Value {
             "deprecated": payloads(&field("deprecated")),
         });
         (CORE_PATCH_MARKER, details)
-    } else if a.marker_name == LOCAL_ACTIVITY_MARKER_NAME {
-        return local_activity_marker(a);
+    } else if let Some(exported) = local_activity_marker(a) {
+        return exported;
     } else {
         // No SDK of Retrace's records other markers; kept whole, not read back.
         (
@@ -369,15 +369,13 @@ fn marker(a: &MarkerRecorded) -> Value {
 
 /// A local activity's marker as the Core-based SDKs write it: `data` with
 /// its sequence number, attempt and type, `result` or the event's `failure`.
-fn local_activity_marker(a: &MarkerRecorded) -> Value {
-    let Ok(outcome) = LocalActivityOutcome::from_details(&a.details) else {
-        let details = json!({ "data": payloads(&a.details) });
-        return json!({
-            "markerName": LOCAL_ACTIVITY_MARKER_NAME,
-            "details": details,
-            "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
-        });
-    };
+/// `None` for another marker, or one whose details do not decode (it is
+/// then kept whole, as unknown markers are).
+fn local_activity_marker(a: &MarkerRecorded) -> Option<Value> {
+    if a.marker_name != LOCAL_ACTIVITY_MARKER_NAME {
+        return None;
+    }
+    let outcome = LocalActivityOutcome::from_details(&a.details).ok()?;
     let data = json!({
         "seq": outcome.seq,
         "attempt": outcome.attempt,
@@ -398,7 +396,7 @@ fn local_activity_marker(a: &MarkerRecorded) -> Value {
     if let Some(failed) = &outcome.failure {
         value["failure"] = failure(failed);
     }
-    value
+    Some(value)
 }
 
 fn run(kind: &EventKind) -> Value {
