@@ -110,6 +110,62 @@ pub struct SignalWithStartWorkflowResponse {
     pub started: bool,
 }
 
+/// Send an update: a request the workflow validates (a rejection writes
+/// nothing) and then handles, answering with its handler's result
+/// (Temporal's UpdateWorkflowExecution, waiting for the Completed stage).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateWorkflowRequest {
+    /// The run (a workflow id alone follows its successor runs).
+    #[serde(flatten)]
+    pub run: RunRef,
+    /// The update handler's name.
+    pub update_name: String,
+    /// Its argument.
+    #[serde(default)]
+    pub input: Value,
+    /// Unique within the run: a retry with the same id waits for (or
+    /// returns) the first one's outcome; the handler runs once.
+    pub update_id: String,
+    /// Who asks (shown in history).
+    #[serde(default)]
+    pub identity: String,
+}
+
+/// How an update ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateWorkflowResponse {
+    /// The run that took the update.
+    pub run_id: String,
+    /// The handler's result or error (the validator's error if rejected).
+    pub outcome: crate::history::UpdateOutcome,
+    /// True if the validator refused it: nothing was written, the handler
+    /// never ran, and the same id may be sent again.
+    #[serde(default)]
+    pub rejected: bool,
+}
+
+/// An update a workflow task carries to the worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    /// Its id.
+    pub update_id: String,
+    /// The handler's name.
+    pub update_name: String,
+    /// The handler's argument.
+    pub input: Value,
+    /// Who sent it.
+    pub identity: String,
+}
+
+/// An update the workflow's validator refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRejection {
+    /// Its id.
+    pub update_id: String,
+    /// Why.
+    pub failure: Failure,
+}
+
 /// Ask a question of the run's state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueryWorkflowRequest {
@@ -420,6 +476,11 @@ pub struct WorkflowTask {
     pub previous_started_event_id: u64,
     /// Events after `previous_started_event_id`, through this task's `WorkflowTaskStarted`.
     pub events: Vec<Event>,
+    /// Updates waiting for the workflow to accept or reject them, in the
+    /// order they arrived: the completion answers each (an accept command,
+    /// or a rejection in `update_rejections`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<UpdateRequest>,
 }
 
 /// A query to answer from a run's state.
@@ -468,6 +529,10 @@ pub struct CompleteWorkflowTaskRequest {
     /// these commands schedule and returns them, saving a poll and a write each.
     #[serde(default)]
     pub eager_activities_max: u32,
+    /// The task's updates the workflow's validators refused: not written
+    /// to history (as Temporal), only answered to their callers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub update_rejections: Vec<UpdateRejection>,
 }
 
 /// The answer to a workflow task completion.
@@ -647,6 +712,7 @@ pub enum Request {
     RespondActivityTask(RespondActivityTaskRequest),
     HeartbeatActivityTask(HeartbeatRequest),
     DescribeTaskQueue(DescribeTaskQueueRequest),
+    UpdateWorkflow(UpdateWorkflowRequest),
 }
 
 impl Request {
@@ -671,6 +737,7 @@ impl Request {
             Request::RespondActivityTask(_) => "RespondActivityTask",
             Request::HeartbeatActivityTask(_) => "HeartbeatActivityTask",
             Request::DescribeTaskQueue(_) => "DescribeTaskQueue",
+            Request::UpdateWorkflow(_) => "UpdateWorkflow",
         }
     }
 }
@@ -733,6 +800,7 @@ pub enum Response {
     CompleteWorkflowTask(CompleteWorkflowTaskResponse),
     RespondActivityTask(RespondActivityTaskResponse),
     DescribeTaskQueue(TaskQueueDescription),
+    UpdateWorkflow(UpdateWorkflowResponse),
 }
 
 /// Stable error codes (part of the HTTP API).

@@ -508,6 +508,7 @@ async fn complete_by_hand(
         commands: vec![Command::StartChildWorkflowExecution(command)],
         identity: "by-hand".into(),
         eager_activities_max: 0,
+        update_rejections: Vec::new(),
     });
     let refused = engine.engine.service().handle(complete).await;
     refused.expect_err("the command is refused")

@@ -270,6 +270,7 @@ async fn complete_by_hand(
         commands,
         identity: "by-hand".into(),
         eager_activities_max: 0,
+        update_rejections: Vec::new(),
     });
     engine.engine.service().handle(complete).await
 }

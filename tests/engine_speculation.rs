@@ -171,6 +171,7 @@ async fn run_with_started_activity(engine: &TestEngine, workflow_id: &str) -> (A
         commands: vec![schedule],
         identity: "raw".into(),
         eager_activities_max: 1,
+        update_rejections: Vec::new(),
     });
     let Response::CompleteWorkflowTask(answer) = call(engine, complete).await else {
         panic!("a completion answers as one");
@@ -200,6 +201,7 @@ async fn respond_speculatively(
                 result: json!("done"),
             }],
             eager_activities_max: 0,
+            update_rejections: Vec::new(),
         }),
     });
     let Response::RespondActivityTask(answer) = call(engine, request).await else {

@@ -1067,6 +1067,7 @@ async fn complete_workflow_task(
 ) -> Reply {
     let request = Request::CompleteWorkflowTask(CompleteWorkflowTaskRequest {
         eager_activities_max: 0,
+        update_rejections: Vec::new(),
         task_token: task.task_token.clone(),
         commands,
         identity: "raw".to_string(),

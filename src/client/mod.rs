@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::api::*;
 use crate::env::{Env, NetError, RunStatus};
-use crate::history::{History, HistoryError};
+use crate::history::{History, HistoryError, UpdateOutcome};
 use crate::workflow::{PayloadError, Workflow};
 
 /// Attempts of one call when the network or storage fails.
@@ -43,6 +43,17 @@ pub enum ClientError {
     /// The service answered with the wrong kind of response.
     #[error("unexpected response: {0}")]
     Unexpected(String),
+    /// The update's validator refused it (`rejected`: nothing was recorded)
+    /// or its handler returned an error.
+    #[error("update {update_id:?} {}: {}", if *rejected { "was rejected" } else { "failed" }, failure.message)]
+    Update {
+        /// The update.
+        update_id: String,
+        /// Why.
+        failure: crate::types::Failure,
+        /// True if refused by the validator.
+        rejected: bool,
+    },
 }
 
 impl ClientError {
@@ -323,6 +334,57 @@ impl Client {
         self.call(Request::SignalWorkflow(request))
             .await
             .map(|_| ())
+    }
+
+    /// Sends update `update_name` with a fresh update id and waits for its
+    /// handler's result (see [`Client::update_with_id`]).
+    pub async fn update<R: DeserializeOwned>(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        update_name: &str,
+        input: impl Serialize,
+    ) -> Result<R, ClientError> {
+        let update_id = self.env.new_id();
+        self.update_with_id(workflow_id, run_id, update_name, &update_id, input)
+            .await
+    }
+
+    /// Sends update `update_name` as `update_id` and waits for its handler's
+    /// result. Sent again with the same id (by this call's retries, or by
+    /// the caller after a crash), the handler still runs once: the second
+    /// call waits for, or reads back, the first one's outcome.
+    pub async fn update_with_id<R: DeserializeOwned>(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        update_name: &str,
+        update_id: &str,
+        input: impl Serialize,
+    ) -> Result<R, ClientError> {
+        let input = PayloadError::encode(|| format!("input of update {update_name}"), &input)?;
+        let request = UpdateWorkflowRequest {
+            run: Self::run_ref(workflow_id, run_id.unwrap_or_default()),
+            update_name: update_name.to_string(),
+            input,
+            update_id: update_id.to_string(),
+            identity: self.identity.clone(),
+        };
+        let answer = match self.call(Request::UpdateWorkflow(request)).await? {
+            Response::UpdateWorkflow(answer) => answer,
+            other => return Err(unexpected(other)),
+        };
+        match answer.outcome {
+            UpdateOutcome::Success(result) => Ok(PayloadError::decode(
+                || format!("result of update {update_name}"),
+                result,
+            )?),
+            UpdateOutcome::Failure(failure) => Err(ClientError::Update {
+                update_id: update_id.to_string(),
+                failure,
+                rejected: answer.rejected,
+            }),
+        }
     }
 
     /// Asks the run's query handler `query_name`.
@@ -619,6 +681,17 @@ impl<O: DeserializeOwned> WorkflowHandle<O> {
     ) -> Result<(), ClientError> {
         self.client
             .signal(&self.workflow_id, self.run_id(), signal_name, input)
+            .await
+    }
+
+    /// Sends an update and waits for its handler's result.
+    pub async fn update<R: DeserializeOwned>(
+        &self,
+        update_name: &str,
+        input: impl Serialize,
+    ) -> Result<R, ClientError> {
+        self.client
+            .update(&self.workflow_id, self.run_id(), update_name, input)
             .await
     }
 

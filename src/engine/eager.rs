@@ -150,6 +150,7 @@ impl StartedWorkflowTask {
             workflow_type: self.workflow_type,
             previous_started_event_id: self.previous_started_event_id,
             events,
+            updates: Vec::new(),
         }
     }
 }
@@ -186,7 +187,10 @@ impl Inner {
             },
         };
         self.metrics.on_dispatched(TaskKindLabel::Workflow);
-        Some(started.into_task(events))
+        let mut task = started.into_task(events);
+        task.updates =
+            super::service::lock(&self.updates).pending_for_task(&task.task_token.run_id);
+        Some(task)
     }
 
     /// Events `from..=to` from storage.

@@ -138,6 +138,14 @@ pub fn check_request(request: &Request) -> Result<(), ServiceError> {
             check_text("reason", &r.reason, false, REASON_BYTES_MAX)?;
             check_identity(&r.identity)
         }
+        Request::UpdateWorkflow(r) => {
+            check_run(&r.run)?;
+            check_id("update_name", &r.update_name)?;
+            let id_bytes_max = super::machine::update::UPDATE_ID_BYTES_MAX;
+            check_text("update_id", &r.update_id, true, id_bytes_max)?;
+            check_identity(&r.identity)?;
+            super::machine::check_depth("update input", &r.input)
+        }
         Request::DescribeWorkflow(run) => check_run(run),
         Request::GetHistory(r) => check_run(&r.run),
         Request::GetResult(r) => check_run(&r.run),

@@ -117,6 +117,9 @@ impl Inner {
             Request::HeartbeatActivityTask(r) => {
                 self.heartbeat(r).await.map(Response::HeartbeatActivityTask)
             }
+            Request::UpdateWorkflow(r) => {
+                self.update_workflow(r).await.map(Response::UpdateWorkflow)
+            }
             Request::DescribeTaskQueue(r) => {
                 let pollers = self.lock_pollers().describe(r.task_queue.as_deref());
                 Ok(Response::DescribeTaskQueue(TaskQueueDescription {
@@ -910,6 +913,11 @@ impl Inner {
                     &request.identity,
                 ) {
                     Ok(()) => {
+                        let mut updates = super::service::lock(&self.updates);
+                        for rejection in &request.update_rejections {
+                            updates.on_rejected(&token.run_id, rejection.clone());
+                        }
+                        drop(updates);
                         let eager = eager::start_new_activities(
                             step,
                             request.eager_activities_max,

@@ -15,6 +15,7 @@ pub mod pollers;
 mod service;
 mod speculation;
 mod timer_queue;
+mod updates;
 
 pub use embedded::EmbeddedEngine;
 pub use service::{Service, ServiceConfig};

@@ -168,6 +168,8 @@ pub(super) struct Inner {
     timer_permits: Arc<Semaphore>,
     pub result_waiters: Mutex<BTreeMap<String, Vec<oneshot::Sender<RunClosed>>>>,
     pub queries: Mutex<BTreeMap<String, oneshot::Sender<Result<serde_json::Value, String>>>>,
+    /// Updates admitted and not yet accepted, and their waiting callers.
+    pub updates: Mutex<super::updates::UpdateRegistry>,
     /// Workflow tasks started by sync match (for tests and metrics).
     pub sync_matches: std::sync::atomic::AtomicU64,
     /// Who polled which task queue, and when last.
@@ -210,7 +212,7 @@ pub(super) fn unavailable(error: &StorageError) -> ServiceError {
     ServiceError::new(code, format!("storage: {error}"))
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .expect("service locks are never held across a panic")
@@ -279,6 +281,7 @@ impl Service {
             timer_wake: Arc::new(Notify::new()),
             result_waiters: Mutex::new(BTreeMap::new()),
             queries: Mutex::new(BTreeMap::new()),
+            updates: Mutex::new(super::updates::UpdateRegistry::default()),
             workflow_types: Mutex::new(BTreeMap::new()),
             pollers: Mutex::new(super::pollers::PollerLog::default()),
             sync_matches: std::sync::atomic::AtomicU64::new(0),
@@ -582,6 +585,7 @@ impl Inner {
         let mut next = loaded.state.clone();
         let mut step = Step::new(&mut next, self.env.now(), self.limits());
         let value = f(&mut step)?;
+        self.schedule_for_updates(&mut step);
         let payload_bytes = machine::check_event_payloads(&step.events, self.limits())?;
         step.state.history_payload_bytes += payload_bytes;
         if step.state.next_event_id > self.config.limits.events_per_run_max
@@ -787,6 +791,7 @@ impl Inner {
         match outcome {
             Ok(()) => {
                 next.buffered.written();
+                self.after_commit_updates(&next, &written);
                 self.after_commit(&next);
                 if !self.env.buggify("service.commit.drop_cache") {
                     let recent =
@@ -840,6 +845,38 @@ impl Inner {
         receiver
             .await
             .unwrap_or_else(|_| Err(StorageError::Io("the write's task stopped".to_string())))
+    }
+
+    /// A run with updates admitted and not yet accepted needs a workflow
+    /// task to carry them (whatever else the step did).
+    fn schedule_for_updates(&self, step: &mut Step<'_>) {
+        if step.state.status.is_closed() {
+            return;
+        }
+        let pending = lock(&self.updates).pending(&step.state.run_id, &step.state.updates);
+        if !pending.is_empty() {
+            step.ensure_workflow_task();
+        }
+    }
+
+    /// After a durable commit: tell the callers of the updates it accepted,
+    /// completed or ended by closing the run.
+    fn after_commit_updates(&self, state: &RunState, written: &[Event]) {
+        let mut updates = lock(&self.updates);
+        for event in written {
+            match &event.kind {
+                crate::history::EventKind::WorkflowExecutionUpdateAccepted(a) => {
+                    updates.on_accepted(&state.run_id, &a.update_id);
+                }
+                crate::history::EventKind::WorkflowExecutionUpdateCompleted(a) => {
+                    updates.on_completed(&state.run_id, &a.update_id, &a.outcome);
+                }
+                _ => {}
+            }
+        }
+        if state.status.is_closed() {
+            updates.on_closed(&state.run_id, state.status.as_str());
+        }
     }
 
     /// After a durable commit: publish tasks and timers, wake result waiters.

@@ -80,10 +80,12 @@ pub enum EventKind {
     ChildWorkflowExecutionCanceled(ChildWorkflowExecutionCanceled),
     ChildWorkflowExecutionTimedOut(ChildWorkflowExecutionTimedOut),
     ChildWorkflowExecutionTerminated(ChildWorkflowExecutionTerminated),
+    WorkflowExecutionUpdateAccepted(WorkflowExecutionUpdateAccepted),
+    WorkflowExecutionUpdateCompleted(WorkflowExecutionUpdateCompleted),
 }
 
 /// Every event type name, in declaration order (used for clear errors on unknown types).
-pub const EVENT_TYPE_NAMES: [&str; 39] = [
+pub const EVENT_TYPE_NAMES: [&str; 41] = [
     "WorkflowExecutionStarted",
     "WorkflowTaskScheduled",
     "WorkflowTaskStarted",
@@ -123,6 +125,8 @@ pub const EVENT_TYPE_NAMES: [&str; 39] = [
     "ChildWorkflowExecutionCanceled",
     "ChildWorkflowExecutionTimedOut",
     "ChildWorkflowExecutionTerminated",
+    "WorkflowExecutionUpdateAccepted",
+    "WorkflowExecutionUpdateCompleted",
 ];
 
 impl EventKind {
@@ -169,6 +173,8 @@ impl EventKind {
             ChildWorkflowExecutionCanceled(_) => 36,
             ChildWorkflowExecutionTimedOut(_) => 37,
             ChildWorkflowExecutionTerminated(_) => 38,
+            WorkflowExecutionUpdateAccepted(_) => 39,
+            WorkflowExecutionUpdateCompleted(_) => 40,
         };
         EVENT_TYPE_NAMES[index]
     }
@@ -205,6 +211,8 @@ impl EventKind {
                 Some(a.workflow_task_completed_event_id)
             }
             StartChildWorkflowExecutionInitiated(a) => Some(a.workflow_task_completed_event_id),
+            WorkflowExecutionUpdateAccepted(a) => Some(a.workflow_task_completed_event_id),
+            WorkflowExecutionUpdateCompleted(a) => Some(a.workflow_task_completed_event_id),
             _ => None,
         }
     }
@@ -239,6 +247,11 @@ impl EventKind {
             ChildWorkflowExecutionCompleted(a) => out.push(&a.result),
             ChildWorkflowExecutionFailed(a) => out.extend(details(&a.failure)),
             ChildWorkflowExecutionCanceled(a) => out.extend(a.details.as_ref()),
+            WorkflowExecutionUpdateAccepted(a) => out.push(&a.input),
+            WorkflowExecutionUpdateCompleted(a) => match &a.outcome {
+                UpdateOutcome::Success(result) => out.push(result),
+                UpdateOutcome::Failure(failure) => out.extend(details(failure)),
+            },
             _ => {}
         }
         out
@@ -745,4 +758,42 @@ pub struct ChildWorkflowExecutionTerminated {
     pub workflow_id: String,
     pub run_id: String,
     pub reason: String,
+}
+
+/// The workflow accepted an update: its validator let it in, and its handler
+/// runs (Temporal's `WorkflowExecutionUpdateAccepted`; a rejected update
+/// writes nothing). Written by the completion of the workflow task that
+/// accepted it, with the request as the worker received it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionUpdateAccepted {
+    /// The update's id, unique within the run (Temporal's `protocolInstanceId`).
+    pub update_id: String,
+    /// The update handler's name.
+    pub update_name: String,
+    /// The handler's argument.
+    pub input: Value,
+    /// Who sent the update.
+    pub identity: String,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// An accepted update's handler returned (Temporal's
+/// `WorkflowExecutionUpdateCompleted`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowExecutionUpdateCompleted {
+    pub update_id: String,
+    /// Its `WorkflowExecutionUpdateAccepted`.
+    pub accepted_event_id: u64,
+    pub outcome: UpdateOutcome,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// What an update's handler returned.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateOutcome {
+    /// The handler's result.
+    Success(Value),
+    /// The handler's error.
+    Failure(Failure),
 }

@@ -175,6 +175,8 @@ pub struct Validator {
     externals: BTreeMap<u64, (bool, Option<u64>)>,
     /// Child workflows by initiated event id.
     children: BTreeMap<u64, ChildEntry>,
+    /// Updates by update id: their accepted event and completed event.
+    updates: BTreeMap<String, (u64, Option<u64>)>,
 }
 
 /// A child workflow's events so far.
@@ -232,6 +234,7 @@ impl Validator {
             timers: BTreeMap::new(),
             externals: BTreeMap::new(),
             children: BTreeMap::new(),
+            updates: BTreeMap::new(),
         }
     }
 
@@ -433,7 +436,48 @@ impl Validator {
             | ChildWorkflowExecutionCanceled(_)
             | ChildWorkflowExecutionTimedOut(_)
             | ChildWorkflowExecutionTerminated(_) => self.apply_link_kind(ctx),
+            WorkflowExecutionUpdateAccepted(a) => self.on_update_accepted(ctx, &a.update_id),
+            WorkflowExecutionUpdateCompleted(a) => {
+                self.on_update_completed(ctx, &a.update_id, a.accepted_event_id)
+            }
         }
+    }
+
+    /// An update id is accepted once per run.
+    fn on_update_accepted(&mut self, ctx: &Ctx<'_>, update_id: &str) -> Result<(), HistoryError> {
+        if let Some((accepted, _)) = self.updates.get(update_id) {
+            return Err(ctx.out_of_order(format!(
+                "update {update_id:?} was already accepted at event {accepted}"
+            )));
+        }
+        let entry = (ctx.event.event_id, None);
+        self.updates.insert(update_id.to_string(), entry);
+        Ok(())
+    }
+
+    /// An update completes once, after its acceptance (which it names).
+    fn on_update_completed(
+        &mut self,
+        ctx: &Ctx<'_>,
+        update_id: &str,
+        accepted_event_id: u64,
+    ) -> Result<(), HistoryError> {
+        let field = "accepted_event_id";
+        let Some((accepted, completed)) = self.updates.get_mut(update_id) else {
+            let problem = format!("no update {update_id:?} was accepted before");
+            return Err(ctx.bad_link(field, accepted_event_id, problem));
+        };
+        if *accepted != accepted_event_id {
+            let problem = format!("update {update_id:?} was accepted at event {accepted}");
+            return Err(ctx.bad_link(field, accepted_event_id, problem));
+        }
+        if let Some(completed) = completed {
+            return Err(ctx.out_of_order(format!(
+                "update {update_id:?} already completed at event {completed}"
+            )));
+        }
+        *completed = Some(ctx.event.event_id);
+        Ok(())
     }
 
     /// Requests to other workflows and child workflows: their initiations,

@@ -163,6 +163,7 @@ methods!(
     (RespondActivityTask, RespondActivityTaskRequest),
     (HeartbeatActivityTask, HeartbeatRequest),
     (DescribeTaskQueue, DescribeTaskQueueRequest),
+    (UpdateWorkflow, UpdateWorkflowRequest),
 );
 
 /// The method a response answers, or `None` for [`Response::Empty`].
@@ -182,6 +183,7 @@ fn response_method(response: &Response) -> Option<&'static str> {
         Response::CompleteWorkflowTask(_) => "CompleteWorkflowTask",
         Response::RespondActivityTask(_) => "RespondActivityTask",
         Response::DescribeTaskQueue(_) => "DescribeTaskQueue",
+        Response::UpdateWorkflow(_) => "UpdateWorkflow",
     })
 }
 
@@ -194,7 +196,8 @@ pub fn response_fits(method: &str, response: &Response) -> bool {
 }
 
 /// Methods whose success is never [`Response::Empty`].
-const METHODS_WITH_RESPONSE_BODY: [&str; 13] = [
+const METHODS_WITH_RESPONSE_BODY: [&str; 14] = [
+    "UpdateWorkflow",
     "CompleteWorkflowTask",
     "RespondActivityTask",
     "StartWorkflow",
@@ -227,6 +230,7 @@ pub fn encode_response(response: &Response) -> Vec<u8> {
         Response::CompleteWorkflowTask(inner) => to_json(inner),
         Response::RespondActivityTask(inner) => to_json(inner),
         Response::DescribeTaskQueue(inner) => to_json(inner),
+        Response::UpdateWorkflow(inner) => to_json(inner),
     }
 }
 
@@ -237,6 +241,7 @@ pub fn decode_response(method: &str, body: &[u8]) -> Result<Response, serde_json
         "StartWorkflow" => Response::StartWorkflow(from_slice(body)?),
         "SignalWithStartWorkflow" => Response::SignalWithStartWorkflow(from_slice(body)?),
         "QueryWorkflow" => Response::QueryWorkflow(from_slice(body)?),
+        "UpdateWorkflow" => Response::UpdateWorkflow(from_slice(body)?),
         "DescribeWorkflow" => Response::DescribeWorkflow(from_slice(body)?),
         "ListWorkflows" => Response::ListWorkflows(from_slice(body)?),
         "GetHistory" => Response::GetHistory(from_slice(body)?),

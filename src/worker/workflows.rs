@@ -112,6 +112,7 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
     let Some((mut executor, events)) = executor_for(shared, &task, slot.take()).await else {
         return;
     };
+    executor.offer_updates(task.updates.iter().map(accept_of).collect());
     let commands = match executor.apply(&events) {
         Ok(activation) => activation.commands,
         Err(error) => {
@@ -131,7 +132,13 @@ async fn handle_task(shared: &Arc<Shared>, task: WorkflowTask) {
         return;
     }
     let closed = commands.iter().any(crate::workflow::Command::is_terminal);
-    let written = complete_task(shared, &task, commands, executor.digest(), closed).await;
+    let completion = Completion {
+        commands,
+        update_rejections: rejections_of(executor.take_update_rejections()),
+        digest: executor.digest(),
+        closed,
+    };
+    let written = complete_task(shared, &task, completion).await;
     // The executor stays cached whatever the answer: if the completion did not
     // land, the next task's `previous_started_event_id` will not match it and
     // it is replaced by a replay from history.
@@ -273,22 +280,54 @@ pub(super) fn run_eager_activities(
     }
 }
 
+/// What a workflow task's completion carries.
+struct Completion {
+    commands: Vec<crate::workflow::Command>,
+    update_rejections: Vec<crate::api::UpdateRejection>,
+    digest: crate::workflow::StateDigest,
+    closed: bool,
+}
+
+/// An update as the executor takes it.
+fn accept_of(update: &crate::api::UpdateRequest) -> crate::workflow::AcceptUpdate {
+    crate::workflow::AcceptUpdate {
+        update_id: update.update_id.clone(),
+        update_name: update.update_name.clone(),
+        input: update.input.clone(),
+        identity: update.identity.clone(),
+    }
+}
+
+fn rejections_of(
+    rejections: Vec<(String, crate::types::Failure)>,
+) -> Vec<crate::api::UpdateRejection> {
+    rejections
+        .into_iter()
+        .map(|(update_id, failure)| crate::api::UpdateRejection { update_id, failure })
+        .collect()
+}
+
 /// Completes the task with `commands`, offering room for the activities they
 /// schedule on our queue (the service starts them and hands them back).
 /// Returns the events the completion wrote (none if it did not land).
 async fn complete_task(
     shared: &Arc<Shared>,
     task: &WorkflowTask,
-    commands: Vec<crate::workflow::Command>,
-    digest: crate::workflow::StateDigest,
-    closed: bool,
+    completion: Completion,
 ) -> Vec<Event> {
+    let Completion {
+        commands,
+        update_rejections,
+        digest,
+        closed,
+    } = completion;
     let permits = eager_permits(shared, &commands);
     let request = Request::CompleteWorkflowTask(CompleteWorkflowTaskRequest {
         task_token: task.task_token.clone(),
         commands,
         identity: shared.options.identity.clone(),
         eager_activities_max: permits.len() as u32,
+        update_rejections,
     });
     let run_id = &task.task_token.run_id;
     match shared.call_idempotent(request).await {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::activity::RetryPolicy;
-use crate::history::EventKind;
+use crate::history::{EventKind, UpdateOutcome};
 use crate::types::{Failure, IdReusePolicy, ParentClosePolicy, fnv1a64, payload_hash};
 
 /// Schedule an activity.
@@ -71,6 +71,22 @@ pub enum Command {
     RequestCancelExternalWorkflowExecution(RequestCancelExternalWorkflowExecution),
     /// Start a child workflow.
     StartChildWorkflowExecution(StartChildWorkflowExecution),
+    /// Accept an update the workflow task carried: its validator let it in.
+    AcceptUpdate(AcceptUpdate),
+    /// Record what an accepted update's handler returned.
+    CompleteUpdate {
+        update_id: String,
+        outcome: UpdateOutcome,
+    },
+}
+
+/// Accept an update: the request as the workflow task carried it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AcceptUpdate {
+    pub update_id: String,
+    pub update_name: String,
+    pub input: Value,
+    pub identity: String,
 }
 
 /// Start a child workflow: a run whose close is reported to this one, and
@@ -258,6 +274,21 @@ impl Command {
                 a.workflow_type.clone(),
                 Some(payload_hash(&a.input) ^ fnv1a64(a.workflow_id.as_bytes())),
             ),
+            Command::AcceptUpdate(a) => (
+                "AcceptUpdate",
+                a.update_id.clone(),
+                a.update_name.clone(),
+                Some(payload_hash(&a.input)),
+            ),
+            Command::CompleteUpdate { update_id, outcome } => (
+                "CompleteUpdate",
+                update_id.clone(),
+                String::new(),
+                match outcome {
+                    UpdateOutcome::Success(result) => Some(payload_hash(result)),
+                    UpdateOutcome::Failure(_) => None,
+                },
+            ),
         };
         CommandKey {
             kind,
@@ -356,6 +387,16 @@ pub fn event_command_key(
                 task_queue: Some(a.task_queue.clone()),
             })
         }
+        EventKind::WorkflowExecutionUpdateAccepted(a) => Command::AcceptUpdate(AcceptUpdate {
+            update_id: a.update_id.clone(),
+            update_name: a.update_name.clone(),
+            input: a.input.clone(),
+            identity: a.identity.clone(),
+        }),
+        EventKind::WorkflowExecutionUpdateCompleted(a) => Command::CompleteUpdate {
+            update_id: a.update_id.clone(),
+            outcome: a.outcome.clone(),
+        },
         _ => return None,
     };
     Some(command.key())

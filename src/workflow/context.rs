@@ -143,6 +143,8 @@ pub(crate) struct RunCore {
     next_child_seq: u64,
     /// Local activities: asked for, and resolved by the worker or replay.
     pub(crate) local_activities: super::local_activity::LocalActivities,
+    /// Update handlers by update name.
+    pub(crate) update_handlers: BTreeMap<String, Arc<super::update::UpdateHandler>>,
 }
 
 /// A child workflow as its parent's code sees it.
@@ -221,6 +223,7 @@ impl RunCore {
             children: BTreeMap::new(),
             next_child_seq: 1,
             local_activities: Default::default(),
+            update_handlers: BTreeMap::new(),
         }
     }
 

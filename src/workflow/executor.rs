@@ -20,7 +20,7 @@
 //! Every matched command, applied outcome and the result feed a digest of the
 //! run's state, so two executions can be compared with one number.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use serde_json::Value;
 
-use super::command::{Command, CommandKey, PATCH_MARKER_NAME, event_command_key};
+use super::command::{AcceptUpdate, Command, CommandKey, PATCH_MARKER_NAME, event_command_key};
 use super::context::{RunCore, WorkflowContext, WorkflowInfo};
 use super::error::{ActivityError, ChildWorkflowError, WorkflowError};
 use super::local_activity::{
@@ -37,7 +37,8 @@ use super::local_activity::{
 };
 use super::registry::{WorkflowFuture, WorkflowRegistry};
 use super::replay::{NonDeterminism, ReplayError};
-use crate::history::{Event, EventKind};
+use super::update::UpdateFuture;
+use crate::history::{Event, EventKind, UpdateOutcome};
 use crate::types::{Fnv1a64, Timestamp, fnv1a64, payload_hash};
 
 /// Polls of the root future per activation before the executor stops: a
@@ -117,6 +118,14 @@ pub struct WorkflowExecutor {
     cancel_requested_pending: bool,
     digest: u64,
     waker_flag: Arc<FlagWaker>,
+    /// Updates handed over for the next live activation.
+    updates_offered: Vec<AcceptUpdate>,
+    /// Update ids this run accepted (in history, or in the live activation).
+    accepted_updates: BTreeSet<String>,
+    /// Updates the live activation's validators refused: (update id, why).
+    update_rejections: Vec<(String, crate::types::Failure)>,
+    /// Accepted updates whose handlers run, in acceptance order.
+    update_futures: Vec<(String, UpdateFuture)>,
 }
 
 impl std::fmt::Debug for WorkflowExecutor {
@@ -152,7 +161,22 @@ impl WorkflowExecutor {
             cancel_requested_pending: false,
             digest: fnv1a64(run_id.as_bytes()),
             waker_flag: Arc::new(FlagWaker(AtomicBool::new(false))),
+            updates_offered: Vec::new(),
+            accepted_updates: BTreeSet::new(),
+            update_rejections: Vec::new(),
+            update_futures: Vec::new(),
         }
+    }
+
+    /// Hands over the updates of the live workflow task the next `apply`
+    /// ends at: each is validated there, then accepted or refused.
+    pub fn offer_updates(&mut self, updates: Vec<AcceptUpdate>) {
+        self.updates_offered = updates;
+    }
+
+    /// The updates the last live activation refused: (update id, why).
+    pub fn take_update_rejections(&mut self) -> Vec<(String, crate::types::Failure)> {
+        std::mem::take(&mut self.update_rejections)
     }
 
     /// The id of the next event the executor expects.
@@ -268,23 +292,32 @@ impl WorkflowExecutor {
     ) -> Result<Option<Vec<Command>>, ReplayError> {
         match rest.first().map(|e| &e.kind) {
             None => {
-                let commands = self.activate(event, false, Vec::new())?;
+                let offered = std::mem::take(&mut self.updates_offered);
+                let commands = self.activate(event, false, Vec::new(), offered)?;
                 self.last_activation_live = true;
                 Ok(Some(commands))
             }
             Some(EventKind::WorkflowTaskCompleted(_)) => {
-                let markers = rest[1..]
-                    .iter()
-                    .map_while(|e| match &e.kind {
+                let commands = || {
+                    rest[1..]
+                        .iter()
+                        .take_while(|e| e.kind.command_of().is_some())
+                };
+                let markers = commands()
+                    .filter_map(|e| match &e.kind {
                         EventKind::MarkerRecorded(m) => {
-                            Some(Some((m.marker_name.clone(), m.details.clone())))
+                            Some((m.marker_name.clone(), m.details.clone()))
                         }
-                        kind if kind.command_of().is_some() => Some(None),
                         _ => None,
                     })
-                    .flatten()
                     .collect();
-                self.activate(event, true, markers)?;
+                let accepted = commands()
+                    .filter_map(|e| match event_command_key_accept(&e.kind) {
+                        Some(Command::AcceptUpdate(accept)) => Some(accept),
+                        _ => None,
+                    })
+                    .collect();
+                self.activate(event, true, markers, accepted)?;
                 self.last_activation_live = false;
                 Ok(None)
             }
@@ -299,6 +332,7 @@ impl WorkflowExecutor {
         event: &Event,
         replaying: bool,
         markers: Vec<(String, Value)>,
+        updates: Vec<AcceptUpdate>,
     ) -> Result<Vec<Command>, ReplayError> {
         assert!(
             self.unmatched.is_empty(),
@@ -315,6 +349,9 @@ impl WorkflowExecutor {
             }
         }
         self.poll_workflow(event.event_id)?;
+        if self.deliver_updates(event.event_id, replaying, updates)? {
+            self.poll_workflow(event.event_id)?;
+        }
         if replaying {
             self.replay_local_activity_rounds(event.event_id)?;
         }
@@ -405,13 +442,14 @@ impl WorkflowExecutor {
     }
 
     fn poll_workflow(&mut self, event_id: u64) -> Result<(), ReplayError> {
-        let Some(future) = self.future.as_mut() else {
+        if self.future.is_none() {
             return Ok(());
-        };
+        }
         let waker = Waker::from(self.waker_flag.clone());
         let mut cx = Context::from_waker(&waker);
         for _ in 0..POLLS_PER_ACTIVATION_MAX {
             self.waker_flag.0.store(false, Ordering::Relaxed);
+            let future = self.future.as_mut().expect("polled while open");
             let polled =
                 std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
             match polled {
@@ -424,17 +462,116 @@ impl WorkflowExecutor {
                 }
                 Ok(Poll::Ready(output)) => {
                     self.future = None;
+                    // Handlers still running end with the run: nothing may
+                    // follow its close.
+                    self.update_futures.clear();
                     self.finish(output);
                     return Ok(());
                 }
-                Ok(Poll::Pending) if self.waker_flag.0.load(Ordering::Relaxed) => continue,
+                Ok(Poll::Pending) => self.poll_update_handlers(&mut cx, event_id)?,
+            }
+            if self.waker_flag.0.load(Ordering::Relaxed)
                 // The code ran as far as it can: a condition it waits on may
                 // hold now (another branch changed what it reads).
-                Ok(Poll::Pending) if RunCore::wake_a_true_condition(&self.core) => continue,
-                Ok(Poll::Pending) => return Ok(()),
+                || RunCore::wake_a_true_condition(&self.core)
+            {
+                continue;
             }
+            return Ok(());
         }
         Ok(())
+    }
+
+    /// Polls each running update handler once; one that returned records
+    /// its `CompleteUpdate`.
+    fn poll_update_handlers(
+        &mut self,
+        cx: &mut Context<'_>,
+        event_id: u64,
+    ) -> Result<(), ReplayError> {
+        let mut index = 0;
+        while index < self.update_futures.len() {
+            let (update_id, future) = &mut self.update_futures[index];
+            let polled = std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+            let output = match polled {
+                Err(panic) => {
+                    let message = format!("update {update_id:?}: {}", panic_message(&panic));
+                    return Err(ReplayError::Panicked { event_id, message });
+                }
+                Ok(Poll::Pending) => {
+                    index += 1;
+                    continue;
+                }
+                Ok(Poll::Ready(output)) => output,
+            };
+            let (update_id, _) = self.update_futures.remove(index);
+            let outcome = match output {
+                Ok(result) => UpdateOutcome::Success(result),
+                Err(error) => UpdateOutcome::Failure(error.to_failure()),
+            };
+            let command = Command::CompleteUpdate { update_id, outcome };
+            self.core
+                .lock()
+                .expect("run core lock")
+                .commands
+                .push(command);
+        }
+        Ok(())
+    }
+
+    /// Delivers the offered updates once the code ran as far as it can:
+    /// live, each passes its validator or is refused; in replay, each is one
+    /// the history accepted here. Returns true if any was accepted.
+    fn deliver_updates(
+        &mut self,
+        event_id: u64,
+        replaying: bool,
+        offered: Vec<AcceptUpdate>,
+    ) -> Result<bool, ReplayError> {
+        let mut accepted_any = false;
+        for update in offered {
+            if self.accepted_updates.contains(&update.update_id) && !replaying {
+                continue; // Accepted by an earlier task; its handler runs.
+            }
+            let handler = self
+                .core
+                .lock()
+                .expect("run core lock")
+                .update_handlers
+                .get(&update.update_name)
+                .cloned();
+            let refusal = match (&handler, self.future.is_some()) {
+                (_, false) => Some("the workflow closed before accepting it".to_string()),
+                (None, _) => Some(format!("no handler for update {:?}", update.update_name)),
+                (Some(_), _) if replaying => None,
+                (Some(handler), _) => run_validator(handler, &update.input).err(),
+            };
+            if let Some(message) = refusal {
+                if replaying {
+                    return Err(ReplayError::NonDeterminism(NonDeterminism {
+                        event_id,
+                        history: format!("AcceptUpdate(id {:?})", update.update_id),
+                        code: message,
+                        compared: "update handler",
+                    }));
+                }
+                let failure = crate::types::Failure::new("UpdateRejected", message);
+                self.update_rejections.push((update.update_id, failure));
+                continue;
+            }
+            let handler = handler.expect("refused without one");
+            let future = (handler.handle)(update.input.clone());
+            self.accepted_updates.insert(update.update_id.clone());
+            self.update_futures.push((update.update_id.clone(), future));
+            let command = Command::AcceptUpdate(update);
+            self.core
+                .lock()
+                .expect("run core lock")
+                .commands
+                .push(command);
+            accepted_any = true;
+        }
+        Ok(accepted_any)
     }
 
     fn finish(&mut self, output: Result<Value, WorkflowError>) {
@@ -508,6 +645,9 @@ impl WorkflowExecutor {
                 self.child_seqs.insert(event.event_id, a.control.clone());
                 self.child_types
                     .insert(event.event_id, a.workflow_type.clone());
+            }
+            EventKind::WorkflowExecutionUpdateAccepted(a) => {
+                self.accepted_updates.insert(a.update_id.clone());
             }
             kind if kind.is_terminal() => self.closed = true,
             _ => {}
@@ -825,6 +965,28 @@ fn is_deprecated_patch(kind: &EventKind) -> bool {
             .and_then(Value::as_bool)
             .unwrap_or(false),
         _ => false,
+    }
+}
+
+/// Runs a validator, a panic in it refusing the update.
+fn run_validator(handler: &super::update::UpdateHandler, input: &Value) -> Result<(), String> {
+    let validated = std::panic::catch_unwind(AssertUnwindSafe(|| (handler.validate)(input)));
+    validated
+        .unwrap_or_else(|panic| Err(format!("the validator panicked: {}", panic_message(&panic))))
+}
+
+/// The `AcceptUpdate` an `…UpdateAccepted` event records.
+fn event_command_key_accept(kind: &EventKind) -> Option<Command> {
+    match kind {
+        EventKind::WorkflowExecutionUpdateAccepted(a) => {
+            Some(Command::AcceptUpdate(AcceptUpdate {
+                update_id: a.update_id.clone(),
+                update_name: a.update_name.clone(),
+                input: a.input.clone(),
+                identity: a.identity.clone(),
+            }))
+        }
+        _ => None,
     }
 }
 

@@ -33,12 +33,13 @@ mod executor;
 mod local_activity;
 mod registry;
 mod replay;
+mod update;
 
 pub use child::{
     ChildResultFuture, ChildStartFuture, ChildWorkflow, ChildWorkflowHandle, ChildWorkflowOptions,
 };
 pub use command::{
-    Command, CommandKey, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
+    AcceptUpdate, Command, CommandKey, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
     RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
     SignalExternalWorkflowExecution, StartChildWorkflowExecution, event_command_key,
 };

@@ -284,6 +284,20 @@ fn attributes(kind: &EventKind) -> String {
             a.workflow_type,
             short(&a.input)
         ),
+        WorkflowExecutionUpdateAccepted(a) => format!(
+            "update={} name={} input={}",
+            a.update_id,
+            a.update_name,
+            short(&a.input)
+        ),
+        WorkflowExecutionUpdateCompleted(a) => match &a.outcome {
+            retrace::history::UpdateOutcome::Success(result) => {
+                format!("update={} result={}", a.update_id, short(result))
+            }
+            retrace::history::UpdateOutcome::Failure(f) => {
+                format!("update={} failure={}", a.update_id, failure(f))
+            }
+        },
     }
 }
 

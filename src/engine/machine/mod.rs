@@ -17,6 +17,7 @@ pub mod external;
 pub mod retry;
 pub mod run;
 pub mod timer;
+pub mod update;
 pub mod workflow_task;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -109,6 +110,10 @@ pub struct RunState {
     /// timeout each run gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<CronRuns>,
+    /// Updates the workflow accepted, by update id (bounded by
+    /// `update::UPDATES_PER_RUN_MAX`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub updates: BTreeMap<String, update::UpdateState>,
 }
 
 /// A cron workflow's schedule, carried from run to run.

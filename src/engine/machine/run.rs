@@ -184,10 +184,11 @@ fn initial_state(
                 execution_timeout_ms: request.execution_timeout_ms,
                 last_completion_result: None,
             }),
+        updates: BTreeMap::new(),
     }
 }
 
-fn refuse_closed(state: &RunState) -> Result<(), ServiceError> {
+pub(crate) fn refuse_closed(state: &RunState) -> Result<(), ServiceError> {
     if state.status.is_closed() {
         let message = format!(
             "run {} of workflow {:?} is closed ({})",
@@ -247,6 +248,12 @@ pub(super) fn apply_command(
         }
         Command::StartChildWorkflowExecution(command) => {
             super::child::on_start_command(step, completed, command)
+        }
+        Command::AcceptUpdate(command) => {
+            super::update::on_accept_command(step, completed, command)
+        }
+        Command::CompleteUpdate { update_id, outcome } => {
+            super::update::on_complete_command(step, completed, update_id, outcome)
         }
     }
 }

@@ -154,6 +154,7 @@ async fn complete(
         commands,
         identity: IDENTITY.to_string(),
         eager_activities_max: 0,
+        update_rejections: Vec::new(),
     });
     let answer = client
         .call(request)
