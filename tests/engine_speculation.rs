@@ -201,7 +201,6 @@ async fn respond_speculatively(
                 result: json!("done"),
             }],
             eager_activities_max: 0,
-            update_rejections: Vec::new(),
         }),
     });
     let Response::RespondActivityTask(answer) = call(engine, request).await else {

@@ -10,7 +10,8 @@ use retrace::activity::RetryPolicy;
 use retrace::history::{
     ActivityTaskScheduled, ChildWorkflowExecutionCompleted, ChildWorkflowExecutionStarted,
     EventKind, History, HistoryBuilder, ParentExecution, StartChildFailedCause,
-    StartChildWorkflowExecutionFailed, StartChildWorkflowExecutionInitiated,
+    StartChildWorkflowExecutionFailed, StartChildWorkflowExecutionInitiated, UpdateOutcome,
+    WorkflowExecutionUpdateAccepted, WorkflowExecutionUpdateCompleted,
 };
 use retrace::types::{
     ActivityFailureInfo, Failure, FailureInfo, IdReusePolicy, ParentClosePolicy, RetryState,
@@ -339,6 +340,38 @@ fn local_activity() -> History {
     b.build()
 }
 
+/// An update accepted in the second task (its handler schedules an
+/// activity), completed in the third; then the signal that closes the run.
+fn update() -> History {
+    let mut b = HistoryBuilder::new("compose_on_update", json!(null));
+    b.add_full_workflow_task();
+    let completed = b.add_full_workflow_task();
+    let accepted = b.add(EventKind::WorkflowExecutionUpdateAccepted(
+        WorkflowExecutionUpdateAccepted {
+            update_id: "u-1".to_string(),
+            update_name: "compose".to_string(),
+            input: json!("x"),
+            identity: "client".to_string(),
+            workflow_task_completed_event_id: completed,
+        },
+    ));
+    let scheduled = b.add_activity_scheduled("1", "compose", json!("x"));
+    b.add_activity_completed(scheduled, json!("x!"));
+    let completed = b.add_full_workflow_task();
+    b.add(EventKind::WorkflowExecutionUpdateCompleted(
+        WorkflowExecutionUpdateCompleted {
+            update_id: "u-1".to_string(),
+            accepted_event_id: accepted,
+            outcome: UpdateOutcome::Success(json!("x!")),
+            workflow_task_completed_event_id: completed,
+        },
+    ));
+    b.add_signal("done", json!(null));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!(["x!"]));
+    b.build()
+}
+
 /// (fixture name, how it was built, the result its replay must give)
 fn fixtures() -> Vec<(&'static str, History, RunResult)> {
     vec![
@@ -373,6 +406,7 @@ fn fixtures() -> Vec<(&'static str, History, RunResult)> {
             local_activity(),
             RunResult::Completed(json!("x!!")),
         ),
+        ("update", update(), RunResult::Completed(json!(["x!"]))),
         (
             "signal_with_start",
             signal_with_start(),

@@ -169,11 +169,11 @@ fn refusal(text: &str) -> String {
 #[test]
 fn an_unknown_event_type_is_refused_naming_the_event() {
     let text = edited(16, |event| {
-        event["eventType"] = json!("EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED");
+        event["eventType"] = json!("EVENT_TYPE_NEXUS_OPERATION_SCHEDULED");
     });
     let message = refusal(&text);
     assert!(
-        message.contains("event 16 (EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)"),
+        message.contains("event 16 (EVENT_TYPE_NEXUS_OPERATION_SCHEDULED)"),
         "{message}"
     );
     assert!(message.contains("no Retrace equivalent"), "{message}");

@@ -196,8 +196,41 @@ pub fn registry() -> WorkflowRegistry {
         .register::<Patched>()
         .register::<Countdown>()
         .register::<CleanupOnCancel>()
-        .register::<LocalThenRemote>();
+        .register::<LocalThenRemote>()
+        .register::<ComposeOnUpdate>();
     registry
+}
+
+/// Update `compose` (refused for an empty input) runs `Compose` on its
+/// input and returns the result; signal `done` closes the run with every
+/// result so far.
+pub struct ComposeOnUpdate;
+impl Workflow for ComposeOnUpdate {
+    const NAME: &'static str = "compose_on_update";
+    type Input = ();
+    type Output = Vec<String>;
+    async fn run(ctx: WorkflowContext, (): ()) -> WorkflowResult<Vec<String>> {
+        let composed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (results, handler_ctx) = (composed.clone(), ctx.clone());
+        ctx.update_handler_validated(
+            "compose",
+            |input: &String| match input.is_empty() {
+                true => Err("nothing to compose".to_string()),
+                false => Ok(()),
+            },
+            move |input: String| {
+                let (results, ctx) = (results.clone(), handler_ctx.clone());
+                async move {
+                    let out = ctx.activity::<Compose>(input).await?;
+                    results.lock().unwrap().push(out.clone());
+                    Ok(out)
+                }
+            },
+        );
+        ctx.signal::<()>("done").recv().await?;
+        let all = composed.lock().unwrap().clone();
+        Ok(all)
+    }
 }
 
 /// Doubles its input after a second: the child of [`DoubleInChild`].

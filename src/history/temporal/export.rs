@@ -103,7 +103,37 @@ pub(super) fn attributes(kind: &EventKind) -> Value {
         | ChildWorkflowExecutionCanceled(_)
         | ChildWorkflowExecutionTimedOut(_)
         | ChildWorkflowExecutionTerminated(_) => child(kind),
+        WorkflowExecutionUpdateAccepted(_) | WorkflowExecutionUpdateCompleted(_) => update(kind),
         _ => run(kind),
+    }
+}
+
+/// An update's events in Temporal's layout: the accepted request nested as
+/// its protocol message, the outcome as `success` or `failure`.
+fn update(kind: &EventKind) -> Value {
+    match kind {
+        EventKind::WorkflowExecutionUpdateAccepted(a) => json!({
+            "protocolInstanceId": a.update_id,
+            "acceptedRequestMessageId": format!("{}/request", a.update_id),
+            // The task's WorkflowTaskStarted: what the request was sequenced after.
+            "acceptedRequestSequencingEventId": id(a.workflow_task_completed_event_id - 1),
+            "acceptedRequest": {
+                "meta": { "updateId": a.update_id, "identity": a.identity },
+                "input": { "name": a.update_name, "args": payloads(&a.input) },
+            },
+        }),
+        EventKind::WorkflowExecutionUpdateCompleted(a) => {
+            let outcome = match &a.outcome {
+                UpdateOutcome::Success(result) => json!({ "success": payloads(result) }),
+                UpdateOutcome::Failure(f) => json!({ "failure": failure(f) }),
+            };
+            json!({
+                "meta": { "updateId": a.update_id },
+                "acceptedEventId": id(a.accepted_event_id),
+                "outcome": outcome,
+            })
+        }
+        _ => unreachable!("only update events are passed"),
     }
 }
 

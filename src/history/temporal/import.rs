@@ -38,6 +38,9 @@ pub(super) struct Importer {
     externals: BTreeMap<u64, String>,
     /// Retrace `control` by `StartChildWorkflowExecutionInitiated` event id.
     children: BTreeMap<u64, String>,
+    /// The last `WorkflowTaskCompleted`: the task an update event belongs
+    /// to (Temporal's update events do not name it).
+    last_completed: u64,
 }
 
 fn next(counter: &mut u64) -> String {
@@ -51,12 +54,60 @@ impl Importer {
         match name {
             "WorkflowExecutionStarted" => self.started(a).map(EventKind::WorkflowExecutionStarted),
             "MarkerRecorded" => self.marker(a).map(EventKind::MarkerRecorded),
-            _ if name.starts_with("WorkflowTask") => workflow_task_event(name, a),
+            _ if name.starts_with("WorkflowTask") => {
+                if name == "WorkflowTaskCompleted" {
+                    self.last_completed = event_id;
+                }
+                workflow_task_event(name, a)
+            }
+            _ if name.starts_with("WorkflowExecutionUpdate") => self.update_event(name, a),
             _ if name.starts_with("ActivityTask") => self.activity_event(name, a),
             _ if name.starts_with("Timer") => self.timer_event(event_id, name, a),
             _ if name.contains("External") => self.external_event(event_id, name, a),
             _ if name.contains("Child") => self.child_event(event_id, name, a),
             _ => run_event(name, a),
+        }
+    }
+
+    /// `WorkflowExecutionUpdateAccepted` and `…Completed`.
+    fn update_event<'a>(&self, name: &str, a: Attrs<'a>) -> Result<EventKind, Fault> {
+        let workflow_task_completed_event_id = self.last_completed;
+        if workflow_task_completed_event_id == 0 {
+            return Err("an update event comes before any WorkflowTaskCompleted".to_string());
+        }
+        let required = |message: Option<Attrs<'a>>, key: &str| -> Result<Attrs<'a>, Fault> {
+            message.ok_or_else(|| format!("missing attribute `{key}`"))
+        };
+        match name {
+            "WorkflowExecutionUpdateAccepted" => {
+                let request = required(a.message("acceptedRequest")?, "acceptedRequest")?;
+                let meta = required(request.message("meta")?, "acceptedRequest.meta")?;
+                let input = required(request.message("input")?, "acceptedRequest.input")?;
+                let accepted = WorkflowExecutionUpdateAccepted {
+                    update_id: meta.required_string("updateId")?,
+                    update_name: input.required_string("name")?,
+                    input: input.payloads("args")?,
+                    identity: meta.string("identity")?,
+                    workflow_task_completed_event_id,
+                };
+                Ok(EventKind::WorkflowExecutionUpdateAccepted(accepted))
+            }
+            "WorkflowExecutionUpdateCompleted" => {
+                let meta = required(a.message("meta")?, "meta")?;
+                let outcome = required(a.message("outcome")?, "outcome")?;
+                let outcome = match outcome.failure("failure")? {
+                    Some(failure) => UpdateOutcome::Failure(failure),
+                    None => UpdateOutcome::Success(outcome.payloads("success")?),
+                };
+                let completed = WorkflowExecutionUpdateCompleted {
+                    update_id: meta.required_string("updateId")?,
+                    accepted_event_id: a.event_id("acceptedEventId")?,
+                    outcome,
+                    workflow_task_completed_event_id,
+                };
+                Ok(EventKind::WorkflowExecutionUpdateCompleted(completed))
+            }
+            _ => Err(format!("unknown event type {name}")),
         }
     }
 
