@@ -252,6 +252,10 @@ pub enum StepReport {
     Signal {
         value: u64,
     },
+    /// The value update's handler ran with.
+    Update {
+        value: u64,
+    },
     /// A condition wait: the signal's value, whether the condition held
     /// before its timeout, and the workflow's time when the wait ended.
     Condition {
@@ -364,7 +368,9 @@ async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<
         carried: std::sync::Arc::new(std::sync::Mutex::new(spec.carried.clone())),
         losers: Losers::default(),
         failed_step: Default::default(),
+        updates_done: Default::default(),
     };
+    register_updates(ctx, spec, &shared.updates_done);
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = progress.clone();
     ctx.query_handler(QUERY_PROGRESS, move |(): ()| {
@@ -375,7 +381,10 @@ async fn run_steps(ctx: &WorkflowContext, spec: &RunSpec) -> WorkflowResult<Vec<
         let run = run_step(ctx, &shared, step);
         let waits_through_cancel =
             matches!(step, Step::Activity(a) if a.cancellation == Cancellation::WaitCompleted);
-        let signal_wait = matches!(step, Step::Signal { .. } | Step::Condition { .. });
+        let signal_wait = matches!(
+            step,
+            Step::Signal { .. } | Step::Condition { .. } | Step::Update { .. }
+        );
         if waits_through_cancel || signal_wait {
             // An activity that waits for its cancellation to complete; a
             // signal wait, which the SDK itself must end with Canceled
@@ -445,6 +454,36 @@ struct Shared {
     /// timed out, or a child awaited that failed: a `Step::Fail` right after
     /// it fails the run with it.
     failed_step: std::sync::Arc<std::sync::Mutex<Option<WorkflowError>>>,
+    /// The values the update handlers ran with, by update name.
+    updates_done: UpdatesDone,
+}
+
+type UpdatesDone = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>;
+
+/// Registers the handler of every update step: refuses values from
+/// [`UPDATE_REFUSED_FROM`] on; sleeps on a durable timer, records the value
+/// and answers `value + 1`.
+fn register_updates(ctx: &WorkflowContext, spec: &RunSpec, done: &UpdatesDone) {
+    use super::program::{UPDATE_HANDLER_SLEEP_MS, UPDATE_REFUSED_FROM};
+    for step in &spec.steps {
+        let Step::Update { name } = step else { continue };
+        let (ctx_handler, done, name_handler) = (ctx.clone(), done.clone(), name.clone());
+        ctx.update_handler_validated(
+            name,
+            |value: &u64| match *value >= UPDATE_REFUSED_FROM {
+                true => Err(format!("{value} is too large")),
+                false => Ok(()),
+            },
+            move |value: u64| {
+                let (ctx, done, name) = (ctx_handler.clone(), done.clone(), name_handler.clone());
+                async move {
+                    ctx.sleep(Duration::from_millis(UPDATE_HANDLER_SLEEP_MS)).await?;
+                    done.lock().expect("updates lock").insert(name, value);
+                    Ok(value + 1)
+                }
+            },
+        );
+    }
 }
 
 /// Activities that lost a race, held until the run ends.
@@ -537,6 +576,13 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
             Step::Signal { name } => StepReport::Signal {
                 value: shared.recv(name).await?,
             },
+            Step::Update { name } => {
+                let (done, wanted) = (shared.updates_done.clone(), name.clone());
+                let ran = move || done.lock().expect("updates lock").contains_key(&wanted);
+                ctx.wait_condition(ran).await?;
+                let done = shared.updates_done.lock().expect("updates lock");
+                StepReport::Update { value: done[name] }
+            }
             Step::Condition { name, timeout_ms } => {
                 condition(ctx, shared, name, *timeout_ms).await?
             }

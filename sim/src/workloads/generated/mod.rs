@@ -40,6 +40,7 @@ pub mod interpreter;
 pub mod model;
 pub mod program;
 pub mod rogue;
+pub mod updates;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -429,6 +430,37 @@ async fn signal_once(
         .map(drop)
 }
 
+/// Sends update `name` as `update_id`, again while the run is not there yet
+/// (its start is still being retried) or the run's updates are at their
+/// limit; returns the handler's answer.
+async fn update_once(
+    client: &SimClient,
+    workflow_id: &str,
+    name: &str,
+    value: u64,
+    update_id: &str,
+) -> Result<u64, retrace::client::ClientError> {
+    use retrace::api::ErrorCode;
+    let mut tries = 1;
+    loop {
+        let sent = client
+            .update_with_id::<u64>(workflow_id, None, name, update_id, value)
+            .await;
+        match sent {
+            Err(error)
+                if matches!(
+                    error.code(),
+                    Some(ErrorCode::NotFound | ErrorCode::ResourceExhausted)
+                ) && tries < SIGNAL_TRIES_MAX =>
+            {
+                tries += 1;
+                client.sleep_ms(100).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Sends `request`, again while the service's buffered limit refuses it.
 async fn call_until_room(
     client: &SimClient,
@@ -510,6 +542,13 @@ async fn act(
                 .await
                 .map(|_| None)
         }
+        ClientAction::Update {
+            name,
+            value,
+            update_id,
+        } => update_once(client, workflow_id, name, *value, update_id)
+            .await
+            .map(Some),
         ClientAction::ShapedStart { workflow_id, shape } => {
             let options = StartOptions::new(workflow_id, "sim");
             client

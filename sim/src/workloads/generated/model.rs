@@ -727,6 +727,21 @@ impl<'a> RunCheck<'a> {
         self.check_accepted_calls(history, &signals);
         self.check_shaped_refusals();
         self.check_describes();
+        self.check_updates(history);
+    }
+
+    fn check_updates(&mut self, history: &History) {
+        let records = self.observed.client.get(&self.spec.workflow_id);
+        let answers: Vec<(ClientAction, Result<Option<u64>, String>)> = records
+            .into_iter()
+            .flatten()
+            .map(|r| (r.action.clone(), r.result.clone()))
+            .collect();
+        let mut problems = Vec::new();
+        super::updates::check(self.spec, history, &answers, &mut problems);
+        for problem in problems {
+            self.problem(problem);
+        }
     }
 
     /// The client events of one run; returns how often each signal came.
@@ -980,6 +995,7 @@ impl<'a> RunCheck<'a> {
                 }
                 ClientAction::ShapedStart { .. } | ClientAction::InvalidStart { .. } => false,
                 ClientAction::Describe => true,
+                ClientAction::Update { update_id, .. } => super::updates::completed(history, update_id),
             };
             if !took_effect {
                 missing.push(record.action.clone());
@@ -1687,6 +1703,17 @@ impl<'a> RunCheck<'a> {
                     ));
                 }
             }
+            (Step::Update { name }, StepReport::Update { value }) => {
+                let sent = self.spec.client.iter().any(|t| {
+                    matches!(&t.action,
+                    ClientAction::Update { name: n, value: v, .. } if n == name && v == value)
+                });
+                if !sent || *value >= super::program::UPDATE_REFUSED_FROM {
+                    self.problem(format!(
+                        "update {name}'s handler ran with {value}, which the client never sent or the validator refuses"
+                    ));
+                }
+            }
             (Step::Signal { name }, StepReport::Signal { value }) => {
                 let sent = self.spec.client.iter().any(|t| {
                     matches!(&t.action,
@@ -1716,7 +1743,10 @@ impl<'a> RunCheck<'a> {
             }
             (Step::Timer { .. }, StepReport::Timer) => {}
             (
-                Step::SignalExternal { .. } | Step::Signal { .. } | Step::CancelExternal { .. },
+                Step::SignalExternal { .. }
+                | Step::Signal { .. }
+                | Step::CancelExternal { .. }
+                | Step::Update { .. },
                 _,
             ) => {
                 self.check_message_report(history, step, report);

@@ -20,6 +20,7 @@
 //! | `TransientBug` | workflow code that panics while the run is young: failed workflow tasks, backoff, retry |
 //! | `SignalExternal`, `CancelExternal` | signals and cancel requests to another run of the program |
 //! | `Child`      | a child workflow on its own queue and worker, awaited or left to its parent close policy |
+//! | `Update`     | waits until the client's update has run its handler (a durable timer); the client also sends updates the validator refuses, and repeats |
 //!
 //! A run in five is a *chain*: one or two runs first wait 700 ms, drain the
 //! signals they received into the next run's input and continue as new
@@ -252,7 +253,19 @@ pub enum Step {
     /// parent close policy and whether the parent awaits its result) on
     /// [`CHILD_QUEUE`].
     Child(Box<RunSpec>),
+    /// Waits until update `name`'s handler ran (the client sends it once
+    /// with a value under [`UPDATE_REFUSED_FROM`], maybe again with the
+    /// same id, and maybe a refused one with another id).
+    Update {
+        name: String,
+    },
 }
+
+/// Update values from this one on are refused by the validator.
+pub const UPDATE_REFUSED_FROM: u64 = 1_000_000;
+/// The durable timer each update handler sleeps on before it returns
+/// (a duration no other step uses, so its timers can be counted).
+pub const UPDATE_HANDLER_SLEEP_MS: u64 = 450;
 
 /// The task queue of child workflows (one worker polls it in a program with
 /// children).
@@ -314,6 +327,13 @@ pub enum ClientAction {
     InvalidStart {
         workflow_id: String,
         flaw: StartFlaw,
+    },
+    /// Update `name` with `value` as `update_id`: accepted and answered
+    /// with `value + 1` if under [`UPDATE_REFUSED_FROM`], else refused.
+    Update {
+        name: String,
+        value: u64,
+        update_id: String,
     },
 }
 
@@ -529,6 +549,9 @@ impl RunSpec {
         let mut out = BTreeSet::new();
         for step in &self.steps {
             match step {
+                Step::Update { .. } => {
+                    out.insert(UPDATE_HANDLER_SLEEP_MS);
+                }
                 Step::Timer { duration_ms } => {
                     out.insert(*duration_ms);
                 }
@@ -729,10 +752,14 @@ pub enum Feature {
     /// A local activity whose backoff outlasts the task's window: retried
     /// after a durable timer.
     LocalActivityDurableBackoff,
+    /// An update accepted, its handler run once, its result answered.
+    Update,
+    /// An update the workflow's validator refuses: nothing recorded.
+    UpdateRefused,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 78] = [
+pub const FEATURES: [Feature; 80] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -811,6 +838,8 @@ pub const FEATURES: [Feature; 78] = [
     Feature::LocalActivity,
     Feature::LocalActivityRetried,
     Feature::LocalActivityDurableBackoff,
+    Feature::Update,
+    Feature::UpdateRefused,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -866,6 +895,7 @@ impl Program {
         add_external_signals(seed, &mut runs);
         add_cleanups(seed, &mut runs);
         add_children(seed, &mut runs);
+        add_updates(seed, &mut runs);
         add_start_options(seed, &mut runs);
         let activities_max = (0..WORKERS)
             .map(|_| 1 + draws.below(ACTIVITIES_MAX_MAX as u64) as usize)
@@ -984,6 +1014,10 @@ fn run_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             ClientAction::ShapedStart { .. } => out.insert(Feature::RefusedStart),
             ClientAction::InvalidStart { .. } => out.insert(Feature::InvalidStart),
             ClientAction::Describe => out.insert(Feature::Describe),
+            ClientAction::Update { value, .. } if *value >= UPDATE_REFUSED_FROM => {
+                out.insert(Feature::UpdateRefused)
+            }
+            ClientAction::Update { .. } => out.insert(Feature::Update),
         };
     }
     step_features(run, out);
@@ -1030,7 +1064,9 @@ fn step_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             Step::Condition { .. } => Feature::WaitConditionTimeout,
             Step::SignalExternal { .. } => Feature::SignalExternal,
             Step::CancelExternal { .. } => Feature::CancelExternal,
-            Step::Child(_) | Step::Signal { .. } | Step::Activity(_) => continue,
+            Step::Child(_) | Step::Signal { .. } | Step::Activity(_) | Step::Update { .. } => {
+                continue;
+            }
         };
         out.insert(feature);
     }
@@ -1305,6 +1341,38 @@ fn add_start_options(seed: u64, runs: &mut [RunSpec]) {
                 failing_attempts: 1 + draws.below(3) as u32,
             });
         }
+    }
+}
+
+/// A run in four (not a chain, which would drop an update its earlier run
+/// accepted) waits for an update at a step drawn among its own; the
+/// client sends it, maybe repeats it with the same id, and maybe first
+/// sends one the validator refuses.
+fn add_updates(seed: u64, runs: &mut [RunSpec]) {
+    let mut draws = Draws(seed ^ 0x5550_4441_5445_5321);
+    for (index, run) in runs.iter_mut().enumerate() {
+        if run.continue_as_new > 0 || !draws.chance(25) {
+            continue;
+        }
+        let name = format!("r{index}-update");
+        let last = run.steps.len() - usize::from(run.gives_up());
+        let at = draws.below(last as u64 + 1) as usize;
+        run.steps.insert(at, Step::Update { name: name.clone() });
+        let value = draws.below(1_000);
+        let update_id = format!("{}/{name}", run.workflow_id);
+        let at_ms = draws.pick(&[200, 1_500, 5_000]);
+        let action = ClientAction::Update { name: name.clone(), value, update_id: update_id.clone() };
+        run.client.push(Timed { at_ms, action: action.clone() });
+        if draws.chance(30) {
+            run.client.push(Timed { at_ms: at_ms + 2_000, action });
+        }
+        if draws.chance(40) {
+            let value = UPDATE_REFUSED_FROM + draws.below(1_000);
+            let update_id = format!("{update_id}/refused");
+            let at_ms = draws.pick(&[200, 1_000, 3_000]);
+            run.client.push(Timed { at_ms, action: ClientAction::Update { name, value, update_id } });
+        }
+        run.client.sort_by_key(|t| t.at_ms);
     }
 }
 
