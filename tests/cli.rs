@@ -101,7 +101,10 @@ fn fixture(name: &str) -> PathBuf {
 fn worker(url: &str) -> Worker {
     let env = Env::tokio(Arc::new(HttpNetwork::new(url, None).unwrap()));
     let mut registry = WorkflowRegistry::new();
-    registry.register::<Greet>().register::<common::Countdown>();
+    registry
+        .register::<Greet>()
+        .register::<common::Countdown>()
+        .register::<common::ComposeOnUpdate>();
     Worker::builder(env, "greetings")
         .workflows(registry)
         .activity(common::Compose)
@@ -206,6 +209,30 @@ async fn describe_warns_when_no_worker_polls_an_open_runs_task_queue_and_start_t
         started("nightly").await.cron_schedule.as_deref(),
         Some("@daily")
     );
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_an_update_prints_its_result_and_runs_one_update_id_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let url = server.url();
+    let worker = worker(&url);
+    let start = "workflow start --type compose_on_update --id u1 --task-queue greetings";
+    cli(&url, start).await.ok();
+    let update = "workflow update --id u1 --name compose --input \"x\" --update-id first";
+    assert_eq!(cli(&url, update).await.ok().stdout, "\"x!\"\n");
+    // The same id again: answered from the first, the handler not run again.
+    assert_eq!(cli(&url, update).await.ok().stdout, "\"x!\"\n");
+    let refused = cli(&url, "workflow update --id u1 --name compose --input \"\"").await;
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains("was rejected: nothing to compose"),
+        "{refused:?}"
+    );
+    cli(&url, "workflow signal --id u1 --name done").await.ok();
+    let result = cli(&url, "workflow result --id u1").await.ok();
+    assert_eq!(result.stdout, "[\n  \"x!\"\n]\n");
     worker.shutdown().await;
 }
 

@@ -128,6 +128,21 @@ pub enum WorkflowCommand {
         #[arg(long)]
         input: Option<String>,
     },
+    /// Sends an update and waits for its handler; prints its result. Sent
+    /// again with the same `--update-id`, the handler still runs once.
+    Update {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Update name.
+        #[arg(long)]
+        name: String,
+        /// Its argument, as JSON.
+        #[arg(long)]
+        input: Option<String>,
+        /// Its id (a fresh one if not given).
+        #[arg(long)]
+        update_id: Option<String>,
+    },
     /// Asks a query of the run's state; prints the answer.
     Query {
         #[command(flatten)]
@@ -379,6 +394,18 @@ pub async fn run(
                 .await;
             sent.map_err(fail)?;
             println!("signal {name} sent to {}", run.id);
+        }
+        WorkflowCommand::Update {
+            run,
+            name,
+            input,
+            update_id,
+        } => {
+            let input = parse_json("--input", input.as_deref())?;
+            let update_id = update_id.unwrap_or_else(|| client.env().new_id());
+            let run_id = run.run_id.as_deref();
+            let update = client.update_with_id::<Value>(&run.id, run_id, &name, &update_id, input);
+            println!("{}", pretty(&update.await.map_err(fail)?));
         }
         WorkflowCommand::Query { run, name, args } => {
             let args = parse_json("--args", args.as_deref())?;
