@@ -660,6 +660,84 @@ async fn the_readme_local_activity_example_checks_locally_then_charges() {
     worker.shutdown().await;
 }
 
+// README updates begins
+/// An account: update `withdraw` is refused (nothing recorded) when the
+/// balance cannot cover it, else charges it and answers the new balance.
+struct Account;
+impl Workflow for Account {
+    const NAME: &'static str = "account";
+    type Input = u64;
+    type Output = u64;
+    async fn run(ctx: WorkflowContext, opening: u64) -> WorkflowResult<u64> {
+        let balance = Arc::new(Mutex::new(opening));
+        let (seen, held, charging) = (balance.clone(), balance.clone(), ctx.clone());
+        ctx.update_handler_validated(
+            "withdraw",
+            move |amount: &u64| match *amount <= *seen.lock().unwrap() {
+                true => Ok(()),
+                false => Err(format!("cannot withdraw {amount}")),
+            },
+            move |amount: u64| {
+                let (balance, ctx) = (held.clone(), charging.clone());
+                async move {
+                    ctx.activity::<Ledger>(amount).await?;
+                    let mut left = balance.lock().unwrap();
+                    *left -= amount;
+                    Ok(*left)
+                }
+            },
+        );
+        ctx.signal::<()>("close").recv().await?;
+        let left = *balance.lock().unwrap();
+        Ok(left)
+    }
+}
+// README updates ends
+
+/// Records a withdrawal.
+struct Ledger;
+impl Activity for Ledger {
+    const NAME: &'static str = "ledger";
+    type Input = u64;
+    type Output = ();
+    fn options() -> ActivityOptions {
+        ActivityOptions::default().start_to_close(Duration::from_secs(10))
+    }
+    async fn run(&self, _ctx: ActivityContext, _amount: u64) -> ActivityResult<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_update_example_withdraws_what_the_balance_covers_and_refuses_the_rest() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<Account>();
+    let worker = engine
+        .worker("bank")
+        .workflows(registry)
+        .activity(Ledger)
+        .start();
+    let client = engine.client();
+    let account = client
+        .start::<Account>(StartOptions::new("acct-1", "bank"), 100)
+        .await
+        .unwrap();
+    assert_eq!(account.update::<u64>("withdraw", 30).await.unwrap(), 70);
+    let refused = account.update::<u64>("withdraw", 500).await.unwrap_err();
+    assert!(
+        matches!(&refused, ClientError::Update { rejected: true, .. }),
+        "{refused:?}"
+    );
+    let again = client.update_with_id::<u64>("acct-1", None, "withdraw", "w-2", 20);
+    assert_eq!(again.await.unwrap(), 50);
+    let same = client.update_with_id::<u64>("acct-1", None, "withdraw", "w-2", 20);
+    assert_eq!(same.await.unwrap(), 50, "one update id withdraws once");
+    account.signal("close", ()).await.unwrap();
+    assert_eq!(account.result().await.unwrap(), 50);
+    worker.shutdown().await;
+}
+
 #[test]
 fn the_readme_shows_these_examples_verbatim() {
     let readme = include_str!("../README.md");
@@ -674,6 +752,7 @@ fn the_readme_shows_these_examples_verbatim() {
         "workflow-retries",
         "cron",
         "local-activities",
+        "updates",
     ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(

@@ -466,7 +466,9 @@ type UpdatesDone = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<St
 fn register_updates(ctx: &WorkflowContext, spec: &RunSpec, done: &UpdatesDone) {
     use super::program::{UPDATE_HANDLER_SLEEP_MS, UPDATE_REFUSED_FROM};
     for step in &spec.steps {
-        let Step::Update { name } = step else { continue };
+        let Step::Update { name } = step else {
+            continue;
+        };
         let (ctx_handler, done, name_handler) = (ctx.clone(), done.clone(), name.clone());
         ctx.update_handler_validated(
             name,
@@ -477,7 +479,8 @@ fn register_updates(ctx: &WorkflowContext, spec: &RunSpec, done: &UpdatesDone) {
             move |value: u64| {
                 let (ctx, done, name) = (ctx_handler.clone(), done.clone(), name_handler.clone());
                 async move {
-                    ctx.sleep(Duration::from_millis(UPDATE_HANDLER_SLEEP_MS)).await?;
+                    ctx.sleep(Duration::from_millis(UPDATE_HANDLER_SLEEP_MS))
+                        .await?;
                     done.lock().expect("updates lock").insert(name, value);
                     Ok(value + 1)
                 }

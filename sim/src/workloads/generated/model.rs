@@ -995,7 +995,9 @@ impl<'a> RunCheck<'a> {
                 }
                 ClientAction::ShapedStart { .. } | ClientAction::InvalidStart { .. } => false,
                 ClientAction::Describe => true,
-                ClientAction::Update { update_id, .. } => super::updates::completed(history, update_id),
+                ClientAction::Update { update_id, .. } => {
+                    super::updates::completed(history, update_id)
+                }
             };
             if !took_effect {
                 missing.push(record.action.clone());

@@ -1361,16 +1361,33 @@ fn add_updates(seed: u64, runs: &mut [RunSpec]) {
         let value = draws.below(1_000);
         let update_id = format!("{}/{name}", run.workflow_id);
         let at_ms = draws.pick(&[200, 1_500, 5_000]);
-        let action = ClientAction::Update { name: name.clone(), value, update_id: update_id.clone() };
-        run.client.push(Timed { at_ms, action: action.clone() });
+        let action = ClientAction::Update {
+            name: name.clone(),
+            value,
+            update_id: update_id.clone(),
+        };
+        run.client.push(Timed {
+            at_ms,
+            action: action.clone(),
+        });
         if draws.chance(30) {
-            run.client.push(Timed { at_ms: at_ms + 2_000, action });
+            run.client.push(Timed {
+                at_ms: at_ms + 2_000,
+                action,
+            });
         }
         if draws.chance(40) {
             let value = UPDATE_REFUSED_FROM + draws.below(1_000);
             let update_id = format!("{update_id}/refused");
             let at_ms = draws.pick(&[200, 1_000, 3_000]);
-            run.client.push(Timed { at_ms, action: ClientAction::Update { name, value, update_id } });
+            run.client.push(Timed {
+                at_ms,
+                action: ClientAction::Update {
+                    name,
+                    value,
+                    update_id,
+                },
+            });
         }
         run.client.sort_by_key(|t| t.at_ms);
     }

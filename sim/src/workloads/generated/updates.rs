@@ -48,7 +48,12 @@ pub fn check(
     let sent = sent(spec);
     let accepted = check_history(history, &sent, problems);
     for (action, answer) in answers {
-        let ClientAction::Update { value, update_id, .. } = action else { continue };
+        let ClientAction::Update {
+            value, update_id, ..
+        } = action
+        else {
+            continue;
+        };
         match answer {
             Ok(Some(got)) if *value >= UPDATE_REFUSED_FROM => problems.push(format!(
                 "update {update_id} with {value}, which the validator refuses, was answered {got}"
@@ -68,7 +73,9 @@ pub fn check(
         return;
     }
     for step in &spec.steps {
-        let Step::Update { name } = step else { continue };
+        let Step::Update { name } = step else {
+            continue;
+        };
         let valid = sent
             .iter()
             .find(|(_, (n, value))| n == name && *value < UPDATE_REFUSED_FROM);
@@ -124,7 +131,10 @@ fn check_history(
                     ));
                 }
                 if accepted.insert(a.update_id.clone(), true) != Some(false) {
-                    problems.push(format!("update {} completed without one acceptance", a.update_id));
+                    problems.push(format!(
+                        "update {} completed without one acceptance",
+                        a.update_id
+                    ));
                 }
             }
             _ => {}
