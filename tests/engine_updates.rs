@@ -281,32 +281,30 @@ async fn an_accepted_update_completes_on_new_workers_after_its_workers_stop() {
         .start::<Cart>(StartOptions::new("cart-5", "q"), ())
         .await
         .unwrap();
-    // No worker prices yet: the handler waits on its activity.
-    let caller = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .update_with_id::<u64>("cart-5", None, "add", "u-1", "plum")
-                .await
-        })
+    // No worker prices yet: the handler waits on its activity. Meanwhile
+    // the run's workers stop and new ones (and a pricing worker) start.
+    let update = client.update_with_id::<u64>("cart-5", None, "add", "u-1", "plum");
+    let replace_workers = async {
+        let accepted = loop {
+            let history = cart.history().await.unwrap();
+            if !update_events(&history).is_empty() {
+                break update_events(&history);
+            }
+            engine.engine.env().sleep_ms(50).await;
+        };
+        assert_eq!(
+            accepted,
+            [("WorkflowExecutionUpdateAccepted", "u-1".to_string())]
+        );
+        two.shutdown().await;
+        let price = Price::default();
+        let price_runs = price.runs.clone();
+        let pricing = engine.engine.worker("prices").activity(price).start();
+        let fresh = engine.engine.worker("q").workflows(registry()).start_two();
+        (price_runs, pricing, fresh)
     };
-    let accepted = loop {
-        let history = cart.history().await.unwrap();
-        if !update_events(&history).is_empty() {
-            break update_events(&history);
-        }
-        engine.engine.env().sleep_ms(50).await;
-    };
-    assert_eq!(
-        accepted,
-        [("WorkflowExecutionUpdateAccepted", "u-1".to_string())]
-    );
-    two.shutdown().await;
-    let price = Price::default();
-    let price_runs = price.runs.clone();
-    let pricing = engine.engine.worker("prices").activity(price).start();
-    let fresh = engine.engine.worker("q").workflows(registry()).start_two();
-    assert_eq!(caller.await.unwrap().unwrap(), 4);
+    let (answer, (price_runs, pricing, fresh)) = tokio::join!(update, replace_workers);
+    assert_eq!(answer.unwrap(), 4);
     cart.signal("checkout", ()).await.unwrap();
     assert_eq!(cart.result().await.unwrap(), ["plum"]);
     assert_eq!(price_runs.load(Ordering::SeqCst), 1);

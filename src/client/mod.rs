@@ -50,7 +50,7 @@ pub enum ClientError {
         /// The update.
         update_id: String,
         /// Why.
-        failure: crate::types::Failure,
+        failure: Box<crate::types::Failure>,
         /// True if refused by the validator.
         rejected: bool,
     },
@@ -381,7 +381,7 @@ impl Client {
             )?),
             UpdateOutcome::Failure(failure) => Err(ClientError::Update {
                 update_id: update_id.to_string(),
-                failure,
+                failure: Box::new(failure),
                 rejected: answer.rejected,
             }),
         }

@@ -251,8 +251,8 @@ impl super::service::Inner {
     ) -> Result<Admitted, ServiceError> {
         let run_id = step.state.run_id.clone();
         let mut registry = super::service::lock(&self.updates);
-        match step.state.updates.get(&update.update_id) {
-            Some(state) => match state.completed_event_id {
+        if let Some(state) = step.state.updates.get(&update.update_id) {
+            match state.completed_event_id {
                 Some(event_id) => return Ok(Admitted::Completed(event_id)),
                 None if step.state.status.is_closed() => {
                     let message = format!(
@@ -268,8 +268,7 @@ impl super::service::Inner {
                         .wait(&run_id, &update.update_id)
                         .map(Admitted::Waiting);
                 }
-            },
-            None => {}
+            }
         }
         super::machine::run::refuse_closed(step.state)?;
         step.check_payload("update input", &update.input)?;

@@ -274,27 +274,38 @@ impl Command {
                 a.workflow_type.clone(),
                 Some(payload_hash(&a.input) ^ fnv1a64(a.workflow_id.as_bytes())),
             ),
-            Command::AcceptUpdate(a) => (
-                "AcceptUpdate",
-                a.update_id.clone(),
-                a.update_name.clone(),
-                Some(payload_hash(&a.input)),
-            ),
-            Command::CompleteUpdate { update_id, outcome } => (
-                "CompleteUpdate",
-                update_id.clone(),
-                String::new(),
-                match outcome {
-                    UpdateOutcome::Success(result) => Some(payload_hash(result)),
-                    UpdateOutcome::Failure(_) => None,
-                },
-            ),
+            Command::AcceptUpdate(_) | Command::CompleteUpdate { .. } => self.update_key(),
         };
         CommandKey {
             kind,
             id,
             type_name,
             input_hash,
+        }
+    }
+
+    /// The key parts of an update's command.
+    fn update_key(&self) -> (&'static str, String, String, Option<u64>) {
+        match self {
+            Command::AcceptUpdate(a) => (
+                "AcceptUpdate",
+                a.update_id.clone(),
+                a.update_name.clone(),
+                Some(payload_hash(&a.input)),
+            ),
+            Command::CompleteUpdate { update_id, outcome } => {
+                let result_hash = match outcome {
+                    UpdateOutcome::Success(result) => Some(payload_hash(result)),
+                    UpdateOutcome::Failure(_) => None,
+                };
+                (
+                    "CompleteUpdate",
+                    update_id.clone(),
+                    String::new(),
+                    result_hash,
+                )
+            }
+            _ => unreachable!("only update commands"),
         }
     }
 
@@ -387,17 +398,28 @@ pub fn event_command_key(
                 task_queue: Some(a.task_queue.clone()),
             })
         }
-        EventKind::WorkflowExecutionUpdateAccepted(a) => Command::AcceptUpdate(AcceptUpdate {
-            update_id: a.update_id.clone(),
-            update_name: a.update_name.clone(),
-            input: a.input.clone(),
-            identity: a.identity.clone(),
-        }),
-        EventKind::WorkflowExecutionUpdateCompleted(a) => Command::CompleteUpdate {
-            update_id: a.update_id.clone(),
-            outcome: a.outcome.clone(),
-        },
+        EventKind::WorkflowExecutionUpdateAccepted(_)
+        | EventKind::WorkflowExecutionUpdateCompleted(_) => update_command(kind)?,
         _ => return None,
     };
     Some(command.key())
+}
+
+/// The command an update's event records (`None` for other events).
+pub fn update_command(kind: &EventKind) -> Option<Command> {
+    match kind {
+        EventKind::WorkflowExecutionUpdateAccepted(a) => {
+            Some(Command::AcceptUpdate(AcceptUpdate {
+                update_id: a.update_id.clone(),
+                update_name: a.update_name.clone(),
+                input: a.input.clone(),
+                identity: a.identity.clone(),
+            }))
+        }
+        EventKind::WorkflowExecutionUpdateCompleted(a) => Some(Command::CompleteUpdate {
+            update_id: a.update_id.clone(),
+            outcome: a.outcome.clone(),
+        }),
+        _ => None,
+    }
 }

@@ -312,7 +312,7 @@ impl WorkflowExecutor {
                     })
                     .collect();
                 let accepted = commands()
-                    .filter_map(|e| match event_command_key_accept(&e.kind) {
+                    .filter_map(|e| match super::command::update_command(&e.kind) {
                         Some(Command::AcceptUpdate(accept)) => Some(accept),
                         _ => None,
                     })
@@ -973,21 +973,6 @@ fn run_validator(handler: &super::update::UpdateHandler, input: &Value) -> Resul
     let validated = std::panic::catch_unwind(AssertUnwindSafe(|| (handler.validate)(input)));
     validated
         .unwrap_or_else(|panic| Err(format!("the validator panicked: {}", panic_message(&panic))))
-}
-
-/// The `AcceptUpdate` an `…UpdateAccepted` event records.
-fn event_command_key_accept(kind: &EventKind) -> Option<Command> {
-    match kind {
-        EventKind::WorkflowExecutionUpdateAccepted(a) => {
-            Some(Command::AcceptUpdate(AcceptUpdate {
-                update_id: a.update_id.clone(),
-                update_name: a.update_name.clone(),
-                input: a.input.clone(),
-                identity: a.identity.clone(),
-            }))
-        }
-        _ => None,
-    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -29,9 +29,12 @@ use super::error::WorkflowError;
 /// A running update handler.
 pub(crate) type UpdateFuture = Pin<Box<dyn Future<Output = Result<Value, WorkflowError>> + Send>>;
 
+/// A type-erased validator: `Err` says why the update is refused.
+type ValidateFn = dyn Fn(&Value) -> Result<(), String> + Send + Sync;
+
 /// A type-erased update handler and its validator.
 pub(crate) struct UpdateHandler {
-    pub(crate) validate: Box<dyn Fn(&Value) -> Result<(), String> + Send + Sync>,
+    pub(crate) validate: Box<ValidateFn>,
     pub(crate) handle: Box<dyn Fn(Value) -> UpdateFuture + Send + Sync>,
 }
 
