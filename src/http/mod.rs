@@ -304,6 +304,16 @@ mod tests {
             Request::DescribeTaskQueue(DescribeTaskQueueRequest {
                 task_queue: Some("q".into()),
             }),
+            Request::UpdateWorkflow(UpdateWorkflowRequest {
+                run: RunRef {
+                    workflow_id: "w".into(),
+                    run_id: None,
+                },
+                update_name: "u".into(),
+                input: serde_json::json!([3]),
+                update_id: "id".into(),
+                identity: "i".into(),
+            }),
         ];
         for request in requests {
             let method = request.method();
@@ -311,7 +321,7 @@ mod tests {
             let body = encode_request(&request);
             assert_eq!(decode_request(method, &body).unwrap(), request);
         }
-        assert_eq!(METHODS.len(), 18);
+        assert_eq!(METHODS.len(), 19);
     }
 
     #[test]
