@@ -864,6 +864,7 @@ async fn check_run(
         replayer: &Replayer::new(setup.nodes.registry_last().clone()),
         digests: &digests,
         attempts: &attempts,
+        service_starts: &world.storage.service_starts(),
         tolerance: &tolerance,
         expected: setup.expected_outcomes.as_ref(),
         raw_types: &setup.raw_workflow_types,

@@ -202,6 +202,9 @@ pub struct RunChecks<'a> {
     pub digests: &'a BTreeMap<String, StateDigest>,
     /// The activity attempts the workers ran.
     pub attempts: &'a BTreeMap<AttemptKey, AttemptSeen>,
+    /// The activity attempts the service started (by its committed writes),
+    /// with when: some no worker ever saw.
+    pub service_starts: &'a crate::world::storage::ServiceStarts,
     /// How late a timer may fire in this run.
     pub tolerance: &'a Tolerance,
     /// The outcomes the scenario expects (`None`: completed or canceled).
@@ -233,7 +236,8 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
         violations.extend(check_determinism(&history));
         let sdk_ids = !checks.raw_types.contains(&record.workflow_type);
         violations.extend(check_temporal_round_trip(&history, sdk_ids));
-        violations.extend(check_timers(&history, checks.tolerance, checks.attempts));
+        let attempts = (checks.attempts, checks.service_starts);
+        violations.extend(check_timers(&history, checks.tolerance, attempts));
         violations.extend(check_attempts(&history, checks.attempts));
         violations.extend(failures::check_failures(&history));
         violations.extend(retries::check_retries(&history, checks.attempts));

@@ -42,7 +42,7 @@ use super::{ActivityView, Violation, activities, event};
 use crate::faults::swarm::Swarm;
 use crate::faults::{FaultKind, FaultPlan};
 use crate::world::cluster::{AttemptKey, AttemptSeen};
-use crate::world::storage::STALL_MS_MAX;
+use crate::world::storage::{STALL_MS_MAX, ServiceStarts};
 
 /// Slack of every timer: the timer loop's wake-up, the run's lock, one write.
 pub const TOLERANCE_MS_BASE: u64 = 1_000;
@@ -243,7 +243,7 @@ impl Timing<'_> {
 pub fn check_timers(
     history: &History,
     tolerance: &Tolerance,
-    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+    (attempts, service_starts): (&BTreeMap<AttemptKey, AttemptSeen>, &ServiceStarts),
 ) -> Vec<Violation> {
     let mut timing = Timing {
         history,
@@ -255,7 +255,7 @@ pub fn check_timers(
     check_execution_timeout(&mut timing);
     check_workflow_task_backoff(&mut timing);
     for view in activities(history) {
-        check_schedule_timeouts(&mut timing, &view, attempts);
+        check_schedule_timeouts(&mut timing, &view, (attempts, service_starts));
         check_attempt_timeouts(&mut timing, &view, attempts);
     }
     timing.violations
@@ -419,25 +419,32 @@ fn timed_out(view: &ActivityView<'_>) -> Option<TimeoutType> {
     }
 }
 
-/// Whether a worker started an attempt of the activity by `latest` (an
-/// attempt still running when the run closes leaves no `ActivityTaskStarted`).
+/// Whether an attempt of the activity started by `latest` (an attempt still
+/// running when the run closes leaves no `ActivityTaskStarted`): one a
+/// worker ran, or one the service started that no worker saw (its task lost
+/// on the way, or its start committed by a write that reported a timeout).
 fn attempt_started_by(
     timing: &Timing<'_>,
     view: &ActivityView<'_>,
-    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+    (attempts, service_starts): (&BTreeMap<AttemptKey, AttemptSeen>, &ServiceStarts),
     latest: Timestamp,
 ) -> bool {
     let run_id = timing.history.run_id().to_string();
     let scheduled_id = view.scheduled.event_id;
-    attempts
-        .range((run_id.clone(), scheduled_id, 0)..=(run_id, scheduled_id, u32::MAX))
-        .any(|(_, seen)| seen.started_time <= latest)
+    let range = (run_id.clone(), scheduled_id, 0)..=(run_id, scheduled_id, u32::MAX);
+    let seen_by_worker = attempts
+        .range(range.clone())
+        .any(|(_, seen)| seen.started_time <= latest);
+    seen_by_worker
+        || service_starts
+            .range(range)
+            .any(|(_, started)| *started <= latest)
 }
 
 fn check_schedule_timeouts(
     timing: &mut Timing<'_>,
     view: &ActivityView<'_>,
-    attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+    attempts: (&BTreeMap<AttemptKey, AttemptSeen>, &ServiceStarts),
 ) {
     let scheduled_time = view.scheduled.event_time;
     let close_id = view.close.map(|e| e.event_id);
@@ -575,12 +582,27 @@ mod tests {
     #[test]
     fn a_timer_firing_within_its_tolerance_passes_and_one_firing_later_is_caught() {
         let on_time = timer_history(1_000 + TOLERANCE_MS_BASE);
-        assert!(check_timers(&on_time, &Tolerance::calm(), &no_attempts()).is_empty());
+        assert!(
+            check_timers(
+                &on_time,
+                &Tolerance::calm(),
+                (&no_attempts(), &ServiceStarts::new())
+            )
+            .is_empty()
+        );
         let late = timer_history(1_000 + TOLERANCE_MS_BASE + 1);
-        let violations = check_timers(&late, &Tolerance::calm(), &no_attempts());
+        let violations = check_timers(
+            &late,
+            &Tolerance::calm(),
+            (&no_attempts(), &ServiceStarts::new()),
+        );
         assert_eq!(invariants(&violations), ["timers never fire late"]);
         let early = timer_history(999);
-        let violations = check_timers(&early, &Tolerance::calm(), &no_attempts());
+        let violations = check_timers(
+            &early,
+            &Tolerance::calm(),
+            (&no_attempts(), &ServiceStarts::new()),
+        );
         assert_eq!(invariants(&violations), ["timers never fire early"]);
     }
 
@@ -604,7 +626,14 @@ mod tests {
         builder.add_workflow_task_completed();
         builder.add_timer_fired("t", started);
         let history = builder.build();
-        assert!(check_timers(&history, &Tolerance::calm(), &no_attempts()).is_empty());
+        assert!(
+            check_timers(
+                &history,
+                &Tolerance::calm(),
+                (&no_attempts(), &ServiceStarts::new())
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -688,7 +717,11 @@ mod tests {
     fn an_attempt_that_never_heartbeats_must_end_by_its_heartbeat_timeout_not_start_to_close() {
         let history = heartbeat_history(TimeoutType::StartToClose, 30_000);
         let silent = attempt_started_at_schedule(&history, 0);
-        let violations = check_timers(&history, &Tolerance::calm(), &silent);
+        let violations = check_timers(
+            &history,
+            &Tolerance::calm(),
+            (&silent, &ServiceStarts::new()),
+        );
         assert_eq!(invariants(&violations), ["timers never fire late"]);
         assert!(
             violations[0].message.contains("heartbeat timeout"),
@@ -697,19 +730,40 @@ mod tests {
         );
         // An attempt that heartbeated may run to its start-to-close timeout.
         let beating = attempt_started_at_schedule(&history, 20);
-        assert!(check_timers(&history, &Tolerance::calm(), &beating).is_empty());
+        assert!(
+            check_timers(
+                &history,
+                &Tolerance::calm(),
+                (&beating, &ServiceStarts::new())
+            )
+            .is_empty()
+        );
         // Without the worker's record of the attempt the start is unknown.
-        assert!(check_timers(&history, &Tolerance::calm(), &no_attempts()).is_empty());
+        assert!(
+            check_timers(
+                &history,
+                &Tolerance::calm(),
+                (&no_attempts(), &ServiceStarts::new())
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn a_heartbeat_timeout_is_bounded_on_both_sides() {
         let on_time = heartbeat_history(TimeoutType::Heartbeat, 1_200);
         let silent = attempt_started_at_schedule(&on_time, 0);
-        assert!(check_timers(&on_time, &Tolerance::calm(), &silent).is_empty());
+        assert!(
+            check_timers(
+                &on_time,
+                &Tolerance::calm(),
+                (&silent, &ServiceStarts::new())
+            )
+            .is_empty()
+        );
         let early = heartbeat_history(TimeoutType::Heartbeat, 400);
         let silent = attempt_started_at_schedule(&early, 0);
-        let violations = check_timers(&early, &Tolerance::calm(), &silent);
+        let violations = check_timers(&early, &Tolerance::calm(), (&silent, &ServiceStarts::new()));
         assert_eq!(invariants(&violations), ["timers never fire early"]);
     }
 
@@ -717,7 +771,11 @@ mod tests {
     fn a_start_to_close_timeout_that_fires_late_is_caught() {
         let history = heartbeat_history(TimeoutType::StartToClose, 30_000 + 5_000);
         let beating = attempt_started_at_schedule(&history, 20);
-        let violations = check_timers(&history, &Tolerance::calm(), &beating);
+        let violations = check_timers(
+            &history,
+            &Tolerance::calm(),
+            (&beating, &ServiceStarts::new()),
+        );
         assert_eq!(invariants(&violations), ["timers never fire late"]);
         assert!(
             violations[0].message.contains("start-to-close"),
@@ -754,12 +812,12 @@ mod tests {
             [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
         );
         let kept = backoff_history(1_000);
-        assert!(check_timers(&kept, &Tolerance::calm(), &no_attempts()).is_empty());
+        assert!(check_timers(&kept, &Tolerance::calm(), (&no_attempts(), &ServiceStarts::new())).is_empty());
         let hurried = backoff_history(999);
-        let violations = check_timers(&hurried, &Tolerance::calm(), &no_attempts());
+        let violations = check_timers(&hurried, &Tolerance::calm(), (&no_attempts(), &ServiceStarts::new()));
         assert_eq!(invariants(&violations), ["timers never fire early"]);
         let forgotten = backoff_history(1_000 + TOLERANCE_MS_BASE + 1);
-        let violations = check_timers(&forgotten, &Tolerance::calm(), &no_attempts());
+        let violations = check_timers(&forgotten, &Tolerance::calm(), (&no_attempts(), &ServiceStarts::new()));
         assert_eq!(invariants(&violations), ["timers never fire late"]);
     }
 
@@ -809,8 +867,55 @@ mod tests {
         };
         started.execution_timeout_ms = Some(2_000);
         history = History::from_events(history.workflow_id(), history.run_id(), events).unwrap();
-        let violations = check_timers(&history, &Tolerance::calm(), &no_attempts());
+        let violations = check_timers(
+            &history,
+            &Tolerance::calm(),
+            (&no_attempts(), &ServiceStarts::new()),
+        );
         assert_eq!(invariants(&violations), ["timers never fire late"]);
         assert!(violations[0].message.contains("execution timeout"));
+    }
+
+    /// An activity with a 1 s schedule-to-start timeout, scheduled and left
+    /// open until the run is terminated 5 s later.
+    fn unstarted_history() -> History {
+        let mut builder = HistoryBuilder::new("waits", json!(null));
+        let completed = builder.add_full_workflow_task();
+        builder.add(EventKind::ActivityTaskScheduled(ActivityTaskScheduled {
+            activity_id: "1".into(),
+            activity_type: "slow".into(),
+            task_queue: "default".into(),
+            input: json!(null),
+            schedule_to_close_timeout_ms: None,
+            schedule_to_start_timeout_ms: Some(1_000),
+            start_to_close_timeout_ms: Some(30_000),
+            heartbeat_timeout_ms: None,
+            retry_policy: retrace::activity::RetryPolicy::default()
+                .normalized()
+                .unwrap(),
+            workflow_task_completed_event_id: completed,
+        }));
+        builder.advance_ms(5_000);
+        builder.add_workflow_execution_terminated("test");
+        builder.build()
+    }
+
+    #[test]
+    fn schedule_to_start_is_late_unless_an_attempt_started_even_one_no_worker_saw() {
+        let history = unstarted_history();
+        let none = check_timers(
+            &history,
+            &Tolerance::calm(),
+            (&no_attempts(), &ServiceStarts::new()),
+        );
+        assert_eq!(invariants(&none), ["timers never fire late"]);
+        let scheduled = &history.events()[4];
+        let key = (history.run_id().to_string(), scheduled.event_id, 1);
+        let started = ServiceStarts::from([(key, scheduled.event_time.plus_ms(10))]);
+        let lost = check_timers(&history, &Tolerance::calm(), (&no_attempts(), &started));
+        assert!(
+            lost.is_empty(),
+            "the service started it; its task never reached a worker"
+        );
     }
 }

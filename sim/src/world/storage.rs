@@ -59,6 +59,36 @@ pub struct SimStorage {
     /// Runs started and closed by writes that committed but reported a
     /// timeout (the service cannot count them; the metrics check adds them).
     ambiguous_runs: Arc<Mutex<RunTally>>,
+    /// Activity attempts the service started, as its committed writes
+    /// record them: when each started (first seen), by attempt.
+    service_starts: Arc<Mutex<ServiceStarts>>,
+}
+
+/// Activity attempts by (run id, scheduled event id, attempt): when the
+/// service started each, on its clock.
+pub type ServiceStarts = BTreeMap<(String, u64, u32), retrace::types::Timestamp>;
+
+/// The attempts a run's state holds as started.
+fn started_attempts(state: &[u8]) -> Vec<(u64, u32, retrace::types::Timestamp)> {
+    use retrace::engine::machine::{ActivityPhase, RunState};
+    // Most writes start no attempt: skip decoding those (a started phase
+    // is encoded as `{"Started":{...}}`).
+    if !state.windows(10).any(|w| w == b"\"Started\":") {
+        return Vec::new();
+    }
+    let Ok(state) = serde_json::from_slice::<RunState>(state) else {
+        return Vec::new(); // A torn or foreign row: nothing to learn.
+    };
+    state
+        .activities
+        .values()
+        .filter_map(|a| match a.phase {
+            ActivityPhase::Started { started_time, .. } => {
+                Some((a.scheduled_event_id, a.attempt, started_time))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Signal payload bytes in a run's buffered rows: now, and at most.
@@ -99,6 +129,7 @@ impl SimStorage {
             fault_trace: Arc::new(Mutex::new(None)),
             buffered_signal_bytes: Arc::new(Mutex::new(BTreeMap::new())),
             ambiguous_runs: Arc::new(Mutex::new(RunTally::default())),
+            service_starts: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
@@ -207,6 +238,13 @@ impl SimStorage {
         lock(&self.ambiguous_runs).clone()
     }
 
+    /// The activity attempts the service's committed writes started (an
+    /// attempt no worker saw, its task lost in transit or its start
+    /// committed by a write that reported a timeout, is here).
+    pub fn service_starts(&self) -> ServiceStarts {
+        lock(&self.service_starts).clone()
+    }
+
     /// Rows torn on purpose so far.
     pub fn torn_rows(&self) -> u64 {
         self.torn_rows.load(Ordering::Relaxed)
@@ -258,7 +296,14 @@ impl SimStorage {
         let (clear, added) = (batch.buffered.clear, signal_bytes(&batch.buffered.append));
         let may_be_ambiguous = on && faults.ambiguous_rate > 0.0;
         let tally = may_be_ambiguous.then(|| RunTally::of_batch(&batch));
+        let started = started_attempts(&batch.run.state);
         self.durable.apply(batch)?;
+        let mut starts = lock(&self.service_starts);
+        for (scheduled_event_id, attempt, started_time) in started {
+            let key = (run_id.clone(), scheduled_event_id, attempt);
+            starts.entry(key).or_insert(started_time);
+        }
+        drop(starts);
         self.count_buffered(&run_id, clear, added);
         self.writes.fetch_add(1, Ordering::Relaxed);
         if on
