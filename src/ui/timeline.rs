@@ -308,6 +308,11 @@ fn scheduled_lane(event: &Event, href: Option<String>) -> Option<(u64, Lane)> {
             "child",
             format!("child {} ({}) initiated", a.workflow_id, a.workflow_type),
         ),
+        EventKind::WorkflowExecutionUpdateAccepted(a) => (
+            format!("update {} · {}", a.update_name, a.update_id),
+            "update",
+            format!("update {} ({}) accepted", a.update_id, a.update_name),
+        ),
         _ => return None,
     };
     let mut item = Item::point(event.event_time, "pending", title);
@@ -337,6 +342,7 @@ fn closes(kind: &EventKind) -> Option<u64> {
         ChildWorkflowExecutionCanceled(a) => Some(a.initiated_event_id),
         ChildWorkflowExecutionTimedOut(a) => Some(a.initiated_event_id),
         ChildWorkflowExecutionTerminated(a) => Some(a.initiated_event_id),
+        WorkflowExecutionUpdateCompleted(a) => Some(a.accepted_event_id),
         _ => None,
     }
 }
@@ -352,6 +358,10 @@ fn outcome_class(kind: &EventKind) -> &'static str {
         ActivityTaskCanceled(_) | TimerCanceled(_) | ChildWorkflowExecutionCanceled(_) => {
             "canceled"
         }
+        WorkflowExecutionUpdateCompleted(a) => match a.outcome {
+            crate::history::UpdateOutcome::Success(_) => "completed",
+            crate::history::UpdateOutcome::Failure(_) => "failed",
+        },
         _ => "failed",
     }
 }
@@ -815,6 +825,48 @@ mod tests {
             bar.segments
                 .iter()
                 .any(|s| s.title == "backoff after attempt 2: 2.0s (retry policy)")
+        );
+    }
+
+    #[test]
+    fn an_update_is_a_lane_from_its_acceptance_to_its_completion() {
+        use crate::history::{
+            UpdateOutcome, WorkflowExecutionUpdateAccepted, WorkflowExecutionUpdateCompleted,
+        };
+        let mut b = HistoryBuilder::new("cart", json!(null));
+        let completed = b.add_full_workflow_task();
+        let accepted = b.add(EventKind::WorkflowExecutionUpdateAccepted(
+            WorkflowExecutionUpdateAccepted {
+                update_id: "u-1".into(),
+                update_name: "add".into(),
+                input: json!("apple"),
+                identity: "client".into(),
+                workflow_task_completed_event_id: completed,
+            },
+        ));
+        b.advance_ms(1_500);
+        let completed = b.add_full_workflow_task();
+        b.add(EventKind::WorkflowExecutionUpdateCompleted(
+            WorkflowExecutionUpdateCompleted {
+                update_id: "u-1".into(),
+                accepted_event_id: accepted,
+                outcome: UpdateOutcome::Failure(Failure::new("Full", "the cart is full")),
+                workflow_task_completed_event_id: completed,
+            },
+        ));
+        let lanes = history_lanes(b.build().events(), "");
+        let update = lanes
+            .iter()
+            .find(|l| l.class == "update")
+            .expect("an update lane");
+        assert_eq!(update.label, "update add · u-1");
+        let bar = &update.items[0];
+        assert_eq!(bar.class, "failed");
+        assert_eq!(bar.end.map(|end| end.millis_since(bar.start)), Some(1_500));
+        assert!(
+            bar.title.contains("WorkflowExecutionUpdateCompleted"),
+            "{}",
+            bar.title
         );
     }
 

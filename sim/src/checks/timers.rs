@@ -812,12 +812,27 @@ mod tests {
             [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
         );
         let kept = backoff_history(1_000);
-        assert!(check_timers(&kept, &Tolerance::calm(), (&no_attempts(), &ServiceStarts::new())).is_empty());
+        assert!(
+            check_timers(
+                &kept,
+                &Tolerance::calm(),
+                (&no_attempts(), &ServiceStarts::new())
+            )
+            .is_empty()
+        );
         let hurried = backoff_history(999);
-        let violations = check_timers(&hurried, &Tolerance::calm(), (&no_attempts(), &ServiceStarts::new()));
+        let violations = check_timers(
+            &hurried,
+            &Tolerance::calm(),
+            (&no_attempts(), &ServiceStarts::new()),
+        );
         assert_eq!(invariants(&violations), ["timers never fire early"]);
         let forgotten = backoff_history(1_000 + TOLERANCE_MS_BASE + 1);
-        let violations = check_timers(&forgotten, &Tolerance::calm(), (&no_attempts(), &ServiceStarts::new()));
+        let violations = check_timers(
+            &forgotten,
+            &Tolerance::calm(),
+            (&no_attempts(), &ServiceStarts::new()),
+        );
         assert_eq!(invariants(&violations), ["timers never fire late"]);
     }
 
