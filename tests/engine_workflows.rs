@@ -621,6 +621,8 @@ fn start_request(
         start_delay_ms: None,
         retry_policy: None,
         cron_schedule: None,
+        search_attributes: Default::default(),
+        memo: Default::default(),
     }
 }
 

@@ -46,6 +46,7 @@ fn create(run_id: &str, count: u64) -> WriteBatch {
         next_event_id: count + 1,
         version: 1,
         state: format!("state of {run_id}").into_bytes(),
+        search_attributes: Default::default(),
     };
     let claim = WorkflowIdClaim {
         workflow_id: run.workflow_id.clone(),

@@ -90,6 +90,7 @@ fn record(run_id: &str, workflow_id: &str) -> RunRecord {
         next_event_id: 1,
         version: 1,
         state: format!("{run_id} at version 1").into_bytes(),
+        search_attributes: Default::default(),
     }
 }
 
@@ -1022,6 +1023,7 @@ pub async fn list_runs_filters_by_status_and_workflow_type(storage: &dyn Storage
                 workflow_type: workflow_type.map(str::to_string),
                 after_run_id: None,
                 limit: RUNS_LIST_MAX,
+                ..ListQuery::default()
             };
             let expected: Vec<RunRecord> = runs
                 .values()
@@ -1078,6 +1080,7 @@ pub async fn list_runs_orders_by_run_id_and_pages_after_run_id(storage: &dyn Sto
             workflow_type: workflow_type.clone(),
             after_run_id: None,
             limit: 4,
+            ..ListQuery::default()
         };
         let paged = list_in_pages(storage, query, property).await;
         let expected: Vec<RunRecord> = runs

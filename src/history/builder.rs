@@ -69,6 +69,8 @@ impl HistoryBuilder {
                 continued_failure: None,
                 cron_schedule: None,
                 last_completion_result: None,
+                search_attributes: Default::default(),
+                memo: Default::default(),
             },
         ));
         builder

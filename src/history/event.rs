@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::activity::RetryPolicy;
 use crate::types::{Failure, IdReusePolicy, ParentClosePolicy, RetryState, TimeoutType, Timestamp};
+use crate::visibility::{Memo, SearchAttributes};
 
 /// One event of a run's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,10 +81,12 @@ pub enum EventKind {
     ChildWorkflowExecutionCanceled(ChildWorkflowExecutionCanceled),
     ChildWorkflowExecutionTimedOut(ChildWorkflowExecutionTimedOut),
     ChildWorkflowExecutionTerminated(ChildWorkflowExecutionTerminated),
+    UpsertWorkflowSearchAttributes(UpsertWorkflowSearchAttributes),
+    WorkflowPropertiesModified(WorkflowPropertiesModified),
 }
 
 /// Every event type name, in declaration order (used for clear errors on unknown types).
-pub const EVENT_TYPE_NAMES: [&str; 39] = [
+pub const EVENT_TYPE_NAMES: [&str; 41] = [
     "WorkflowExecutionStarted",
     "WorkflowTaskScheduled",
     "WorkflowTaskStarted",
@@ -123,6 +126,8 @@ pub const EVENT_TYPE_NAMES: [&str; 39] = [
     "ChildWorkflowExecutionCanceled",
     "ChildWorkflowExecutionTimedOut",
     "ChildWorkflowExecutionTerminated",
+    "UpsertWorkflowSearchAttributes",
+    "WorkflowPropertiesModified",
 ];
 
 impl EventKind {
@@ -169,6 +174,8 @@ impl EventKind {
             ChildWorkflowExecutionCanceled(_) => 36,
             ChildWorkflowExecutionTimedOut(_) => 37,
             ChildWorkflowExecutionTerminated(_) => 38,
+            UpsertWorkflowSearchAttributes(_) => 39,
+            WorkflowPropertiesModified(_) => 40,
         };
         EVENT_TYPE_NAMES[index]
     }
@@ -205,6 +212,8 @@ impl EventKind {
                 Some(a.workflow_task_completed_event_id)
             }
             StartChildWorkflowExecutionInitiated(a) => Some(a.workflow_task_completed_event_id),
+            UpsertWorkflowSearchAttributes(a) => Some(a.workflow_task_completed_event_id),
+            WorkflowPropertiesModified(a) => Some(a.workflow_task_completed_event_id),
             _ => None,
         }
     }
@@ -290,6 +299,12 @@ pub struct WorkflowExecutionStarted {
         deserialize_with = "crate::types::some_value"
     )]
     pub last_completion_result: Option<Value>,
+    /// The search attributes the run starts with.
+    #[serde(default, skip_serializing_if = "SearchAttributes::is_empty")]
+    pub search_attributes: SearchAttributes,
+    /// The memo the run starts with (Temporal carries it here too).
+    #[serde(default, skip_serializing_if = "Memo::is_empty")]
+    pub memo: Memo,
 }
 
 /// Why a run started in place of another (Temporal's `ContinueAsNewInitiator`).
@@ -745,4 +760,20 @@ pub struct ChildWorkflowExecutionTerminated {
     pub workflow_id: String,
     pub run_id: String,
     pub reason: String,
+}
+
+/// The workflow upserted search attributes (a command; Temporal's name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpsertWorkflowSearchAttributes {
+    /// The attributes set; others keep their values.
+    pub search_attributes: SearchAttributes,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The workflow modified its memo (a command; Temporal's name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowPropertiesModified {
+    /// The memo keys set (a `null` value removes its key).
+    pub upserted_memo: Memo,
+    pub workflow_task_completed_event_id: u64,
 }

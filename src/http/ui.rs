@@ -250,6 +250,7 @@ async fn all_runs(
             workflow_type: None,
             page_token,
             page_size: LIST_READ_PAGE_SIZE,
+            query: None,
         };
         let Response::ListWorkflows(page) = call(state, Request::ListWorkflows(request)).await?
         else {

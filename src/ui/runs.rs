@@ -353,6 +353,7 @@ mod tests {
             start_time: Timestamp(start_ms),
             close_time: None,
             damaged: None,
+            search_attributes: Default::default(),
         }
     }
 

@@ -71,6 +71,14 @@ pub enum Command {
     RequestCancelExternalWorkflowExecution(RequestCancelExternalWorkflowExecution),
     /// Start a child workflow.
     StartChildWorkflowExecution(StartChildWorkflowExecution),
+    /// Set search attributes of this run (Temporal's command name).
+    UpsertWorkflowSearchAttributes {
+        search_attributes: crate::visibility::SearchAttributes,
+    },
+    /// Set memo keys of this run (Temporal's `ModifyWorkflowProperties`).
+    ModifyWorkflowProperties {
+        upserted_memo: crate::visibility::Memo,
+    },
 }
 
 /// Start a child workflow: a run whose close is reported to this one, and
@@ -124,7 +132,10 @@ pub struct ContinueAsNewWorkflowExecution {
 }
 
 /// Marker name of `patched` markers.
-pub const PATCH_MARKER_NAME: &str = "Patch";
+pub const PATCH_MARKER_NAME: &str = "core_patch";
+/// The patch marker's name in histories recorded before Retrace wrote
+/// Temporal's (details `{"id", "deprecated"}`); replayed as recorded.
+pub const LEGACY_PATCH_MARKER_NAME: &str = "Patch";
 /// Marker name of `side_effect` markers.
 pub const SIDE_EFFECT_MARKER_NAME: &str = "SideEffect";
 
@@ -175,6 +186,8 @@ impl fmt::Display for CommandKey {
 /// The id a marker is matched on: a patch's id, or a side effect's sequence number.
 pub fn marker_id(marker_name: &str, details: &Value) -> String {
     let key = if marker_name == PATCH_MARKER_NAME {
+        "patch_id"
+    } else if marker_name == LEGACY_PATCH_MARKER_NAME {
         "id"
     } else {
         "seq"
@@ -257,6 +270,23 @@ impl Command {
                 a.seq.clone(),
                 a.workflow_type.clone(),
                 Some(payload_hash(&a.input) ^ fnv1a64(a.workflow_id.as_bytes())),
+            ),
+            // Matched on what they set: a different value is a different decision.
+            Command::UpsertWorkflowSearchAttributes { search_attributes } => (
+                "UpsertWorkflowSearchAttributes",
+                String::new(),
+                String::new(),
+                Some(payload_hash(
+                    &serde_json::to_value(search_attributes).unwrap_or_default(),
+                )),
+            ),
+            Command::ModifyWorkflowProperties { upserted_memo } => (
+                "ModifyWorkflowProperties",
+                String::new(),
+                String::new(),
+                Some(payload_hash(
+                    &serde_json::to_value(upserted_memo).unwrap_or_default(),
+                )),
             ),
         };
         CommandKey {
@@ -356,6 +386,12 @@ pub fn event_command_key(
                 task_queue: Some(a.task_queue.clone()),
             })
         }
+        EventKind::UpsertWorkflowSearchAttributes(a) => Command::UpsertWorkflowSearchAttributes {
+            search_attributes: a.search_attributes.clone(),
+        },
+        EventKind::WorkflowPropertiesModified(a) => Command::ModifyWorkflowProperties {
+            upserted_memo: a.upserted_memo.clone(),
+        },
         _ => return None,
     };
     Some(command.key())

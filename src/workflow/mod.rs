@@ -33,14 +33,16 @@ mod executor;
 mod local_activity;
 mod registry;
 mod replay;
+mod visibility;
 
 pub use child::{
     ChildResultFuture, ChildStartFuture, ChildWorkflow, ChildWorkflowHandle, ChildWorkflowOptions,
 };
 pub use command::{
-    Command, CommandKey, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
-    RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
-    SignalExternalWorkflowExecution, StartChildWorkflowExecution, event_command_key,
+    Command, CommandKey, ContinueAsNewWorkflowExecution, LEGACY_PATCH_MARKER_NAME,
+    PATCH_MARKER_NAME, RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME,
+    ScheduleActivityTask, SignalExternalWorkflowExecution, StartChildWorkflowExecution,
+    event_command_key,
 };
 pub use context::{
     ActivityFuture, CancellationScope, CancelledFuture, ConditionFn, ConditionFuture,

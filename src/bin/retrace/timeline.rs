@@ -258,6 +258,14 @@ fn attributes(kind: &EventKind) -> String {
             format!("signal={} input={}", a.signal_name, short(&a.input))
         }
         MarkerRecorded(a) => format!("marker={} details={}", a.marker_name, short(&a.details)),
+        UpsertWorkflowSearchAttributes(a) => format!(
+            "search_attributes={}",
+            short(&serde_json::to_value(&a.search_attributes).unwrap_or_default())
+        ),
+        WorkflowPropertiesModified(a) => format!(
+            "memo={}",
+            short(&serde_json::to_value(&a.upserted_memo).unwrap_or_default())
+        ),
         WorkflowExecutionCancelRequested(a) => format!("cause={}", short(&a.cause.clone().into())),
         WorkflowExecutionCompleted(a) => format!("result={}", short(&a.result)),
         WorkflowExecutionFailed(a) => format!("failure={}", failure(&a.failure)),

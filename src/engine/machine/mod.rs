@@ -109,6 +109,12 @@ pub struct RunState {
     /// timeout each run gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<CronRuns>,
+    /// The run's search attributes: the start's, with every upsert merged in.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub search_attributes: crate::visibility::SearchAttributes,
+    /// The run's memo: the start's, with every modification applied.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub memo: crate::visibility::Memo,
 }
 
 /// A cron workflow's schedule, carried from run to run.

@@ -98,6 +98,8 @@ impl Importer {
             continued_failure: a.failure("continuedFailure")?.map(Box::new),
             cron_schedule: a.optional_string("cronSchedule")?.filter(|s| !s.is_empty()),
             last_completion_result: a.optional_payloads("lastCompletionResult")?,
+            search_attributes: Default::default(),
+            memo: Default::default(),
         })
     }
 

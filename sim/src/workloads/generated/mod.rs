@@ -366,6 +366,8 @@ fn signal_with_start_request(
             start_delay_ms: options.start_delay_ms,
             retry_policy: options.retry_policy,
             cron_schedule: options.cron_schedule,
+            search_attributes: Default::default(),
+            memo: Default::default(),
         },
         signal_name: name.to_string(),
         signal_input: serde_json::json!(value),
