@@ -211,9 +211,6 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(hits(&runs, "C = 'c-1' OR T = 'x'"), ["a", "c"]);
-        assert_eq!(
-            hits(&runs, "ExecutionStatus = 'Running' AND N < 3.1"),
-            ["a"]
-        );
+        assert_eq!(hits(&runs, "ExecutionStatus = 'Running' AND N <= 3"), ["a"]);
     }
 }
