@@ -99,3 +99,11 @@ impl WorkflowContext {
         self.lock().visibility.memo.clone()
     }
 }
+
+/// A refused upsert fails the workflow with an application failure of type
+/// `SearchAttributeError` (so workflow code can use `?`).
+impl From<SearchAttributeError> for super::WorkflowError {
+    fn from(error: SearchAttributeError) -> Self {
+        super::WorkflowError::application("SearchAttributeError", error.to_string())
+    }
+}
