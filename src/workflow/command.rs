@@ -230,21 +230,9 @@ impl Command {
                 marker_name.clone(),
                 None,
             ),
-            Command::CompleteWorkflowExecution { result } => (
-                "CompleteWorkflowExecution",
-                String::new(),
-                String::new(),
-                Some(payload_hash(result)),
-            ),
-            Command::FailWorkflowExecution { .. } => {
-                ("FailWorkflowExecution", String::new(), String::new(), None)
-            }
-            Command::CancelWorkflowExecution { .. } => (
-                "CancelWorkflowExecution",
-                String::new(),
-                String::new(),
-                None,
-            ),
+            Command::CompleteWorkflowExecution { .. }
+            | Command::FailWorkflowExecution { .. }
+            | Command::CancelWorkflowExecution { .. } => return self.close_key(),
             // Input only: the type and queue default to this run's, which a
             // history records but the code need not name.
             Command::ContinueAsNewWorkflowExecution(a) => (
@@ -271,29 +259,54 @@ impl Command {
                 a.workflow_type.clone(),
                 Some(payload_hash(&a.input) ^ fnv1a64(a.workflow_id.as_bytes())),
             ),
-            // Matched on what they set: a different value is a different decision.
-            Command::UpsertWorkflowSearchAttributes { search_attributes } => (
-                "UpsertWorkflowSearchAttributes",
-                String::new(),
-                String::new(),
-                Some(payload_hash(
-                    &serde_json::to_value(search_attributes).unwrap_or_default(),
-                )),
-            ),
-            Command::ModifyWorkflowProperties { upserted_memo } => (
-                "ModifyWorkflowProperties",
-                String::new(),
-                String::new(),
-                Some(payload_hash(
-                    &serde_json::to_value(upserted_memo).unwrap_or_default(),
-                )),
-            ),
+            Command::UpsertWorkflowSearchAttributes { .. }
+            | Command::ModifyWorkflowProperties { .. } => return self.visibility_key(),
         };
         CommandKey {
             kind,
             id,
             type_name,
             input_hash,
+        }
+    }
+
+    /// The key of a close command (complete, fail, cancel).
+    fn close_key(&self) -> CommandKey {
+        let (kind, input_hash) = match self {
+            Command::CompleteWorkflowExecution { result } => {
+                ("CompleteWorkflowExecution", Some(payload_hash(result)))
+            }
+            Command::FailWorkflowExecution { .. } => ("FailWorkflowExecution", None),
+            Command::CancelWorkflowExecution { .. } => ("CancelWorkflowExecution", None),
+            _ => unreachable!("close_key is asked of close commands"),
+        };
+        CommandKey {
+            kind,
+            id: String::new(),
+            type_name: String::new(),
+            input_hash,
+        }
+    }
+
+    /// The key of a search attribute or memo upsert: matched on what it
+    /// sets, so a different value is a different decision.
+    fn visibility_key(&self) -> CommandKey {
+        let (kind, set) = match self {
+            Command::UpsertWorkflowSearchAttributes { search_attributes } => (
+                "UpsertWorkflowSearchAttributes",
+                serde_json::to_value(search_attributes),
+            ),
+            Command::ModifyWorkflowProperties { upserted_memo } => (
+                "ModifyWorkflowProperties",
+                serde_json::to_value(upserted_memo),
+            ),
+            _ => unreachable!("visibility_key is asked of upserts"),
+        };
+        CommandKey {
+            kind,
+            id: String::new(),
+            type_name: String::new(),
+            input_hash: Some(payload_hash(&set.unwrap_or_default())),
         }
     }
 
@@ -316,15 +329,10 @@ pub fn event_command_key(
     kind: &EventKind,
     activity_id_of: impl Fn(u64) -> String,
 ) -> Option<CommandKey> {
+    if let Some(key) = direct_event_key(kind) {
+        return Some(key);
+    }
     let command = match kind {
-        EventKind::ActivityTaskScheduled(a) => {
-            return Some(CommandKey {
-                kind: "ScheduleActivityTask",
-                id: a.activity_id.clone(),
-                type_name: a.activity_type.clone(),
-                input_hash: Some(payload_hash(&a.input)),
-            });
-        }
         EventKind::ActivityTaskCancelRequested(a) => Command::RequestCancelActivityTask {
             activity_id: activity_id_of(a.scheduled_event_id),
         },
@@ -385,6 +393,22 @@ pub fn event_command_key(
                 workflow_type: Some(a.workflow_type.clone()),
                 task_queue: Some(a.task_queue.clone()),
             })
+        }
+        _ => return None,
+    };
+    Some(command.key())
+}
+
+/// The keys of command events not rebuilt as their command first.
+fn direct_event_key(kind: &EventKind) -> Option<CommandKey> {
+    let command = match kind {
+        EventKind::ActivityTaskScheduled(a) => {
+            return Some(CommandKey {
+                kind: "ScheduleActivityTask",
+                id: a.activity_id.clone(),
+                type_name: a.activity_type.clone(),
+                input_hash: Some(payload_hash(&a.input)),
+            });
         }
         EventKind::UpsertWorkflowSearchAttributes(a) => Command::UpsertWorkflowSearchAttributes {
             search_attributes: a.search_attributes.clone(),

@@ -1309,7 +1309,7 @@ fn add_start_options(seed: u64, runs: &mut [RunSpec]) {
             && (!run.gives_up() || run.gives_up_plainly())
             && run.children().next().is_none()
             && !targets.contains(&run.workflow_id);
-        if quiet && plain && draws.chance(33) {
+        if quiet && plain && draws.chance(45) {
             run.retry = Some(WorkflowRetry {
                 maximum_attempts: draws.pick(&[0, 2, 3, 4]),
                 failing_attempts: 1 + draws.below(3) as u32,
