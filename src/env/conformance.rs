@@ -1473,13 +1473,13 @@ fn listed_attributes(index: usize) -> crate::visibility::SearchAttributes {
     if index % 5 != 4 {
         set("CustomerId", V::Keyword(format!("c-{}", index % 4)));
     }
-    if index % 3 != 0 {
+    if !index.is_multiple_of(3) {
         set("Amount", V::Int(index as i64 * 3 - 8));
     } else {
         set("Amount", V::Double(index as f64 + 0.5));
     }
     set("Score", V::Double(index as f64 / 16.0));
-    set("Vip", V::Bool(index % 2 == 0));
+    set("Vip", V::Bool(index.is_multiple_of(2)));
     let colors = ["red", "green", "blue"];
     set(
         "Tags",
