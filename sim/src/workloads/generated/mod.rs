@@ -113,15 +113,19 @@ pub struct KnownBug {
 /// which then timed out while a cancel request came first, so a later
 /// query went back (15688): such queries are now refused as not ready.
 pub const KNOWN_ENGINE_BUGS: [KnownBug; 1] = [KnownBug {
-    name: "activity stuck after a workflow task with a local activity",
+    name: "activity attempts handed to long polls of crashed workers",
     signature: "activity \"1\" schedule-to-start timeout was due at 2022-10-27T00:10:35.799Z",
-    description: "seed 2136 (found when the search attribute steps changed the program \
-        mix; it fails the same with no search attribute in its run): a workflow task \
-        that ran a local activity, completed just after both workers restarted, \
-        schedules an activity (schedule-to-start 2 s, start-to-close 4 s) that no \
-        worker runs and no timeout closes for 12 s, until the run is canceled. \
-        Not diagnosed yet (eager dispatch to a worker that had just restarted is the \
-        first suspect).",
+    description: "seed 2136 (surfaced when the search attribute steps changed the program \
+        mix; no search attribute is involved): both workers crash while their activity \
+        long polls wait in the service; the service hands attempts 1, 2 and 3 of an \
+        activity (schedule-to-start 2 s, start-to-close 4 s) to those dead polls, one \
+        after another, so each attempt counts as started (schedule-to-start no longer \
+        applies) and start-to-close retries it; the run is canceled (TryCancel) while \
+        attempt 3 runs, so its history holds no ActivityTaskStarted and the timers \
+        check expects the schedule-to-start timeout. Diagnosed with the service's \
+        dispatch and timer trace; not fixed: the service cannot tell a dead poll from \
+        a live one (Temporal loses such tasks until start-to-close too), and the \
+        history does not record a start the run's close cut short.",
 }];
 
 /// The known bug that explains a failing seed, if one does.
