@@ -50,6 +50,12 @@ pub struct StartWorkflowRequest {
     /// first slot, each next at the first slot after the previous closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron_schedule: Option<String>,
+    /// The run's search attributes at start (indexed for list queries).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub search_attributes: crate::visibility::SearchAttributes,
+    /// The run's memo at start (shown, not indexed).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub memo: crate::visibility::Memo,
 }
 
 /// The run started (or the one an earlier identical request started).
@@ -284,6 +290,12 @@ pub struct RunDescription {
     /// (written after the task closes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub buffered_signals: Vec<BufferedSignal>,
+    /// The run's search attributes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub search_attributes: crate::visibility::SearchAttributes,
+    /// The run's memo.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub memo: crate::visibility::Memo,
 }
 
 /// A signal waiting to be written to a run's history.
@@ -312,6 +324,10 @@ pub struct ListWorkflowsRequest {
     /// Page size (capped by the service).
     #[serde(default)]
     pub page_size: u32,
+    /// A list query (see [`crate::visibility::query`]): a filter over system
+    /// and search attributes, and an order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// A run in a listing.
@@ -335,6 +351,9 @@ pub struct RunSummary {
     /// Why the run is set aside, if its stored state cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damaged: Option<String>,
+    /// The run's search attributes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub search_attributes: crate::visibility::SearchAttributes,
 }
 
 /// A page of runs.

@@ -107,5 +107,6 @@ pub mod history;
 pub mod http;
 pub mod types;
 pub mod ui;
+pub mod visibility;
 pub mod worker;
 pub mod workflow;

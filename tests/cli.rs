@@ -603,3 +603,98 @@ fn the_server_refuses_zero_threads_before_opening_its_database() {
     assert!(run.stderr.contains("not in 1..=1024"), "{run:?}");
     assert!(!db.exists(), "no database is created for a refused start");
 }
+
+/// Runs `retrace <args>` against `address` (arguments as given, spaces kept).
+async fn cli_args(address: &str, args: &[&str]) -> Run {
+    let mut command = retrace_command();
+    command.env("RETRACE_ADDRESS", address).args(args);
+    Run::of(
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_starts_with_search_attributes_and_lists_by_a_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(dir.path()).await;
+    let url = server.url();
+    for (id, customer) in [("o1", "c-1"), ("o2", "c-2")] {
+        let attr = format!("CustomerId={customer}");
+        let args = [
+            "workflow",
+            "start",
+            "--type",
+            "greet",
+            "--id",
+            id,
+            "--task-queue",
+            "nobody",
+            "--search-attr",
+            &attr,
+            "--search-attr",
+            "Due:Datetime=2026-12-01T00:00:00Z",
+            "--search-attr",
+            "Tags=[\"a\",\"b\"]",
+            "--memo",
+            "note={\"n\":1}",
+        ];
+        let started = cli_args(&url, &args).await;
+        assert_eq!(started.code, 0, "{started:?}");
+    }
+    let query = "CustomerId = \"c-1\" AND Due >= \"2026-12-01T00:00:00Z\" AND Tags = \"b\"";
+    let listed = cli_args(&url, &["workflow", "list", "--json", "--query", query])
+        .await
+        .ok();
+    let runs: Vec<retrace::api::RunSummary> = serde_json::from_str(&listed.stdout).unwrap();
+    let ids: Vec<&str> = runs.iter().map(|r| r.workflow_id.as_str()).collect();
+    assert_eq!(ids, ["o1"]);
+    let table = cli_args(
+        &url,
+        &["workflow", "list", "--query", "ORDER BY WorkflowId DESC"],
+    )
+    .await
+    .ok();
+    assert!(table.stdout.contains("SEARCH ATTRIBUTES"), "{table:?}");
+    assert!(table.stdout.contains("CustomerId=c-2"), "{table:?}");
+    // (Nobody polls the runs' queue: describe warns of it on stderr.)
+    let described = cli_args(&url, &["workflow", "describe", "--id", "o1"]).await;
+    assert_eq!(described.code, 0, "{described:?}");
+    assert!(
+        described
+            .stdout
+            .contains("search attr:    CustomerId=c-1 (Keyword)"),
+        "{described:?}"
+    );
+    assert!(
+        described
+            .stdout
+            .contains("memo:           {\"note\":{\"n\":1}}"),
+        "{described:?}"
+    );
+    let bad = cli_args(&url, &["workflow", "list", "--query", "CustomerId = "]).await;
+    assert_ne!(bad.code, 0, "{bad:?}");
+    assert!(
+        bad.stderr.contains("at byte 12: expected a value"),
+        "{bad:?}"
+    );
+    let bad = [
+        "workflow",
+        "start",
+        "--type",
+        "greet",
+        "--id",
+        "o3",
+        "--task-queue",
+        "q",
+        "--search-attr",
+        "Amount:Int=many",
+    ];
+    let bad = cli_args(&url, &bad).await;
+    assert!(
+        bad.stderr.contains("\"many\" is not a Int value"),
+        "{bad:?}"
+    );
+    server.interrupt();
+}

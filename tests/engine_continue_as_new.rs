@@ -372,6 +372,8 @@ async fn start_once(engine: &TestEngine) -> String {
         start_delay_ms: None,
         retry_policy: None,
         cron_schedule: None,
+        search_attributes: Default::default(),
+        memo: Default::default(),
     });
     match engine.engine.service().handle(start).await.unwrap() {
         Response::StartWorkflow(started) => started.run_id,

@@ -60,6 +60,8 @@ fn request(workflow_id: &str, request_id: &str, item: &str) -> SignalWithStartWo
             start_delay_ms: None,
             retry_policy: None,
             cron_schedule: None,
+            search_attributes: Default::default(),
+            memo: Default::default(),
         },
         signal_name: "item".to_string(),
         signal_input: json!(item),

@@ -621,6 +621,8 @@ fn start_request(
         start_delay_ms: None,
         retry_policy: None,
         cron_schedule: None,
+        search_attributes: Default::default(),
+        memo: Default::default(),
     }
 }
 
@@ -2228,6 +2230,7 @@ async fn a_new_run_takes_the_patched_path_and_records_a_patch_marker() {
         &WORKFLOW_TASK,
         &[
             "MarkerRecorded",
+            "UpsertWorkflowSearchAttributes",
             "ActivityTaskScheduled",
             "ActivityTaskStarted",
             "ActivityTaskCompleted",
@@ -2240,8 +2243,18 @@ async fn a_new_run_takes_the_patched_path_and_records_a_patch_marker() {
         unreachable!()
     };
     assert_eq!(marker.marker_name, PATCH_MARKER_NAME);
-    assert_eq!(marker.details, json!({"id": "v2", "deprecated": false}));
+    assert_eq!(marker.marker_name, "core_patch", "Temporal's name");
+    assert_eq!(
+        marker.details,
+        json!({"patch_id": "v2", "deprecated": false})
+    );
     assert_eq!(marker.workflow_task_completed_event_id, 4);
+    let EventKind::UpsertWorkflowSearchAttributes(upsert) = &history.events()[5].kind else {
+        unreachable!()
+    };
+    let versions = retrace::visibility::SearchValue::KeywordList(vec!["v2".to_string()]);
+    let expected = [("TemporalChangeVersion".to_string(), versions)].into();
+    assert_eq!(upsert.search_attributes, expected);
     worker.shutdown().await;
     engine.check_histories().await;
 }

@@ -16,6 +16,7 @@ use retrace::history::{
 use retrace::types::{
     ActivityFailureInfo, Failure, FailureInfo, IdReusePolicy, ParentClosePolicy, RetryState,
 };
+use retrace::visibility::SearchValue;
 use retrace::workflow::{ReplayError, Replayer, RunResult, WorkflowContext, WorkflowRegistry};
 use serde_json::json;
 
@@ -328,6 +329,46 @@ fn patched() -> History {
     b.build()
 }
 
+/// The same run recorded as Retrace records `patched` now (Temporal's way):
+/// a `core_patch` marker and the `TemporalChangeVersion` upsert. (The
+/// `patched` fixture, recorded before, has a `Patch` marker and no upsert:
+/// both replay.)
+fn patched_core() -> History {
+    let mut b = HistoryBuilder::new("patched", json!("x"));
+    b.add_full_workflow_task();
+    b.add_marker("core_patch", json!({"patch_id": "v2", "deprecated": false}));
+    let versions = SearchValue::KeywordList(vec!["v2".to_string()]);
+    b.add_search_attributes_upserted([("TemporalChangeVersion".to_string(), versions)].into());
+    let first = b.add_activity_scheduled("1", "compose", json!("v2 x"));
+    b.add_activity_completed(first, json!("v2 x!"));
+    b.add_full_workflow_task();
+    let second = b.add_activity_scheduled("2", "compose", json!("v2 x!"));
+    b.add_activity_completed(second, json!("v2 x!!"));
+    b.add_full_workflow_task();
+    b.add_workflow_execution_completed(json!("v2 x!!"));
+    b.build()
+}
+
+/// Search attributes and memo at start, upserted by the workflow.
+fn search_attributes() -> History {
+    let keyword = |s: &str| SearchValue::Keyword(s.to_string());
+    let mut b = HistoryBuilder::new("indexed", json!("x"));
+    b.with_start_visibility(
+        [("CustomerId".to_string(), keyword("c-1"))].into(),
+        [("origin".to_string(), json!("golden"))].into(),
+    );
+    b.add_full_workflow_task();
+    b.add_search_attributes_upserted([("Stage".to_string(), keyword("started"))].into());
+    b.add_properties_modified([("input".to_string(), json!("x"))].into());
+    let scheduled = b.add_activity_scheduled("1", "compose", json!("x"));
+    b.add_activity_completed(scheduled, json!("x!"));
+    b.add_full_workflow_task();
+    let count = ("Count".to_string(), SearchValue::Int(1));
+    b.add_search_attributes_upserted([("Stage".to_string(), keyword("done")), count].into());
+    b.add_workflow_execution_completed(json!("x!"));
+    b.build()
+}
+
 fn local_activity() -> History {
     let mut b = HistoryBuilder::new("local_then_remote", json!("x"));
     b.add_full_workflow_task();
@@ -401,6 +442,16 @@ fn fixtures() -> Vec<(&'static str, History, RunResult)> {
             RunResult::Failed(expected_retry_failure()),
         ),
         ("patched", patched(), RunResult::Completed(json!("v2 x!!"))),
+        (
+            "patched_core",
+            patched_core(),
+            RunResult::Completed(json!("v2 x!!")),
+        ),
+        (
+            "search_attributes",
+            search_attributes(),
+            RunResult::Completed(json!("x!")),
+        ),
         (
             "local_activity",
             local_activity(),

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use retrace::history::{DecodeError, EventKind, History, HistoryBuilder};
 use retrace::types::{Failure, RetryState};
+use retrace::visibility::SearchValue;
 use retrace::workflow::{
     Replayer, RunResult, Workflow, WorkflowContext, WorkflowRegistry, WorkflowResult,
 };
@@ -271,12 +272,18 @@ fn not_an_export_at_all_is_an_error_not_a_panic() {
 }
 
 /// What Temporal's events cannot carry: the start's request id and a
-/// terminated child's reason.
+/// terminated child's reason; and a patch marker recorded before Retrace
+/// wrote Temporal's (`Patch`, `id`) comes back as Temporal's (`core_patch`).
 fn without_what_temporal_drops(history: &History) -> History {
     let events = history.events().iter().cloned().map(|mut event| {
         match &mut event.kind {
             EventKind::WorkflowExecutionStarted(a) => a.request_id.clear(),
             EventKind::ChildWorkflowExecutionTerminated(a) => a.reason.clear(),
+            EventKind::MarkerRecorded(m) if m.marker_name == "Patch" => {
+                m.marker_name = "core_patch".to_string();
+                m.details =
+                    json!({"patch_id": m.details["id"], "deprecated": m.details["deprecated"]});
+            }
             _ => {}
         }
         event
@@ -309,6 +316,21 @@ fn side_effects_patches_and_failures_round_trip() {
     b.add_full_workflow_task();
     b.add_marker("SideEffect", json!({"seq": 1, "value": {"coin": "heads"}}));
     b.add_marker("Patch", json!({"id": "v2", "deprecated": false}));
+    b.add_marker("core_patch", json!({"patch_id": "v3", "deprecated": true}));
+    let versions = SearchValue::KeywordList(vec!["v2".to_string()]);
+    b.add_search_attributes_upserted([("TemporalChangeVersion".to_string(), versions)].into());
+    let attributes = [
+        (
+            "Due",
+            SearchValue::Datetime(retrace::types::Timestamp(1_796_083_200_123)),
+        ),
+        ("Score", SearchValue::Double(0.1)),
+        ("Big", SearchValue::Int(-7)),
+        ("Vip", SearchValue::Bool(true)),
+        ("Note", SearchValue::Text("hi".to_string())),
+    ];
+    b.add_search_attributes_upserted(attributes.map(|(k, v)| (k.to_string(), v)).into());
+    b.add_properties_modified([("note".to_string(), json!({"a": [1]}))].into());
     let scheduled = b.add_activity_scheduled("1", "charge", Value::Null);
     let mut failure = Failure::new("CardDeclined", "no funds");
     failure.non_retryable = true;
@@ -324,6 +346,16 @@ fn side_effects_patches_and_failures_round_trip() {
         text.contains("EVENT_TYPE_MARKER_RECORDED") && text.contains("core_patch"),
         "{text}"
     );
+    for layout in [
+        "EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES",
+        "upsertWorkflowSearchAttributesEventAttributes",
+        "indexedFields",
+        "EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED",
+        "workflowPropertiesModifiedEventAttributes",
+        "upsertedMemo",
+    ] {
+        assert!(text.contains(layout), "{layout}: {text}");
+    }
     let back = History::from_temporal_json(&text).unwrap();
     assert_eq!(back, without_what_temporal_drops(&history));
 }

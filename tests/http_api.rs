@@ -801,3 +801,57 @@ async fn metrics_count_the_runs_tasks_and_writes_a_workflow_made() {
     );
     worker.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_attributes_set_at_start_are_listed_by_a_query_over_sqlite() {
+    let api = Api::start(None).await;
+    for (id, customer, amount) in [("o1", "c-1", 12), ("o2", "c-2", 5), ("o3", "c-1", 3)] {
+        let mut body: Value = serde_json::from_str(&start_body(id, "greet", json!("x"))).unwrap();
+        body["search_attributes"] =
+            json!({"CustomerId": {"Keyword": customer}, "Amount": {"Int": amount}});
+        body["memo"] = json!({"note": id});
+        let (status, reply) = api.post("StartWorkflow", body.to_string(), None).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    let list = |query: &str| json!({ "query": query }).to_string();
+    let query =
+        "CustomerId = 'c-1' AND Amount > 4 OR WorkflowId IN ('o2') ORDER BY WorkflowId DESC";
+    let (status, reply) = api.post("ListWorkflows", list(query), None).await;
+    assert_eq!(status, 200, "{reply}");
+    let ids: Vec<&str> = reply["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["workflow_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["o2", "o1"]);
+    assert_eq!(
+        reply["runs"][1]["search_attributes"]["Amount"],
+        json!({"Int": 12})
+    );
+    let (status, described) = api
+        .post(
+            "DescribeWorkflow",
+            json!({"workflow_id": "o3"}).to_string(),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{described}");
+    assert_eq!(described["memo"], json!({"note": "o3"}));
+    let refused = api.post("ListWorkflows", list("Amount > "), None).await;
+    assert_refused(
+        &refused,
+        400,
+        "invalid_argument",
+        &["at byte 8", "expected a value"],
+    );
+    let mut body: Value = serde_json::from_str(&start_body("o4", "greet", json!("x"))).unwrap();
+    body["search_attributes"] = json!({"ExecutionStatus": {"Keyword": "x"}});
+    let refused = api.post("StartWorkflow", body.to_string(), None).await;
+    assert_refused(
+        &refused,
+        400,
+        "invalid_argument",
+        &["\"ExecutionStatus\" is reserved"],
+    );
+}

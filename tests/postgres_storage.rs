@@ -57,6 +57,7 @@ fn create(run_id: &str) -> WriteBatch {
         next_event_id: 2,
         version: 1,
         state: format!("state of {run_id}").into_bytes(),
+        search_attributes: Default::default(),
     };
     let claim = WorkflowIdClaim {
         workflow_id: run.workflow_id.clone(),

@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy};
-use retrace::api::RunOutcome;
+use retrace::api::{ListWorkflowsRequest, RunOutcome, RunSummary};
 use retrace::client::{Client, ClientError, StartOptions};
 use retrace::engine::EmbeddedEngine;
 use retrace::types::FailureInfo;
+use retrace::visibility::SearchValue;
 use retrace::workflow::{Workflow, WorkflowContext, WorkflowError, WorkflowResult, join};
 
 /// A cart: collects items signaled as "add" until one is "checkout".
@@ -708,6 +709,23 @@ impl Activity for Ledger {
     }
 }
 
+// README search-attributes begins
+/// Marks its progress in a search attribute: list queries find the orders
+/// at each stage.
+struct Checkout;
+impl Workflow for Checkout {
+    const NAME: &'static str = "checkout";
+    type Input = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext, (): ()) -> WorkflowResult<()> {
+        let stage = |s: &str| ("Stage".to_string(), SearchValue::Keyword(s.to_string()));
+        ctx.upsert_search_attributes([stage("paying")].into())?;
+        ctx.sleep(Duration::from_secs(60)).await?;
+        ctx.upsert_search_attributes([stage("shipped")].into())?;
+        Ok(())
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_readme_update_example_withdraws_what_the_balance_covers_and_refuses_the_rest() {
     let engine = EmbeddedEngine::in_memory().await.unwrap();
@@ -738,6 +756,67 @@ async fn the_readme_update_example_withdraws_what_the_balance_covers_and_refuses
     worker.shutdown().await;
 }
 
+/// Starts a checkout for a customer, then lists that customer's running ones.
+async fn checkouts_of(client: &Client, customer: &str) -> Result<Vec<RunSummary>, ClientError> {
+    let options = StartOptions::new(format!("checkout-{customer}"), "shop")
+        .search_attribute("CustomerId", SearchValue::Keyword(customer.to_string()))
+        .memo("channel", serde_json::json!("web"));
+    client.start::<Checkout>(options, ()).await?;
+    let query = format!(
+        "WorkflowType = 'checkout' AND ExecutionStatus = 'Running' \
+         AND CustomerId = '{customer}' ORDER BY StartTime DESC"
+    );
+    let request = ListWorkflowsRequest {
+        query: Some(query),
+        ..Default::default()
+    };
+    Ok(client.list(request).await?.runs)
+}
+// README search-attributes ends
+
+#[tokio::test(start_paused = true)]
+async fn the_readme_search_attributes_example_finds_a_customers_checkouts() {
+    let engine = EmbeddedEngine::in_memory().await.unwrap();
+    let mut registry = retrace::workflow::WorkflowRegistry::new();
+    registry.register::<Checkout>();
+    let worker = engine.worker("shop").workflows(registry).start();
+    let client = engine.client();
+    let runs = checkouts_of(&client, "c-1").await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].workflow_id, "checkout-c-1");
+    assert_eq!(
+        runs[0].search_attributes.get("CustomerId"),
+        Some(&SearchValue::Keyword("c-1".to_string()))
+    );
+    assert!(
+        checkouts_of(&client, "c-2")
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.workflow_id == "checkout-c-2")
+    );
+    // The workflow marks its stage: once they shipped, a query finds them there.
+    for id in ["checkout-c-1", "checkout-c-2"] {
+        client.handle::<()>(id, None).result().await.unwrap();
+    }
+    let shipped = ListWorkflowsRequest {
+        query: Some("Stage = 'shipped'".to_string()),
+        ..Default::default()
+    };
+    let ids: Vec<String> = client
+        .list(shipped)
+        .await
+        .unwrap()
+        .runs
+        .into_iter()
+        .map(|r| r.workflow_id)
+        .collect();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(ids, ["checkout-c-1", "checkout-c-2"]);
+    worker.shutdown().await;
+}
+
 #[test]
 fn the_readme_shows_these_examples_verbatim() {
     let readme = include_str!("../README.md");
@@ -753,6 +832,7 @@ fn the_readme_shows_these_examples_verbatim() {
         "cron",
         "local-activities",
         "updates",
+        "search-attributes",
     ] {
         let block = format!("```rust\n{}```\n", example(name));
         assert!(

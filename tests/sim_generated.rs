@@ -87,7 +87,7 @@ const SHAPES: [&str; 20] = [
     "activity failed Timeout",
     "activity retried",
     "marker SideEffect",
-    "marker Patch",
+    "marker core_patch",
     "ActivityTaskCanceled",
     "ActivityTaskCompleted",
     "ActivityTaskCancelRequested",

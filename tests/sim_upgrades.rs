@@ -119,7 +119,7 @@ fn runs_started_after_the_deploy_take_the_new_branch_and_runs_before_it_keep_the
             });
             let marked = history.events().iter().any(|e| {
                 matches!(&e.kind, EventKind::MarkerRecorded(m)
-                    if m.marker_name == "Patch" && m.details["id"] == "audit")
+                    if m.marker_name == "core_patch" && m.details["patch_id"] == "audit")
             });
             assert_eq!(
                 audited,

@@ -74,6 +74,7 @@ fn create(run_id: &str) -> WriteBatch {
         next_event_id: 2,
         version: 1,
         state: format!("state of {run_id}").into_bytes(),
+        search_attributes: Default::default(),
     };
     let events = vec![Event::new(1, Timestamp(1_704_067_200_000), kind)];
     WriteBatch {

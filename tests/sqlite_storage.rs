@@ -46,6 +46,7 @@ fn create(run_id: &str, count: u64) -> WriteBatch {
         next_event_id: count + 1,
         version: 1,
         state: format!("state of {run_id}").into_bytes(),
+        search_attributes: Default::default(),
     };
     let claim = WorkflowIdClaim {
         workflow_id: run.workflow_id.clone(),
@@ -204,11 +205,16 @@ fn fresh_database_has_the_documented_schema_in_wal_mode() {
         .collect::<Result<_, _>>()
         .expect("schema rows decode");
     let expected = [
+        ("index", "runs_by_start_time"),
         ("index", "runs_by_status"),
         ("index", "runs_by_workflow_type"),
+        ("index", "search_attributes_by_double"),
+        ("index", "search_attributes_by_integer"),
+        ("index", "search_attributes_by_text"),
         ("table", "buffered_events"),
         ("table", "event_batches"),
         ("table", "runs"),
+        ("table", "search_attributes"),
         ("table", "workflow_ids"),
     ];
     let expected: Vec<(String, String)> = expected

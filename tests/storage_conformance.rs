@@ -150,4 +150,5 @@ conformance_tests!(
     concurrent_updates_of_one_run_admit_exactly_one,
     refused_writes_among_concurrent_ones_fail_alone,
     payload_near_one_mebibyte_round_trips,
+    list_queries_answer_as_the_evaluation_does,
 );

@@ -885,6 +885,9 @@ async fn check_run(
         &stored.histories,
         &local_attempts,
     ));
+    violations.extend(
+        check::visibility::check_visibility(world.storage.durable(), &stored.histories).await,
+    );
     let ledger = world.services.ledger();
     violations.extend(check::check_effects(&ledger, &stored.histories));
     violations.extend(check::check_later_attempts_acted(

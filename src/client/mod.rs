@@ -86,6 +86,10 @@ pub struct StartOptions {
     /// Start the workflow's runs on this cron schedule (see
     /// [`crate::workflow::CronSchedule`]).
     pub cron_schedule: Option<String>,
+    /// Search attributes the run starts with (indexed for list queries).
+    pub search_attributes: crate::visibility::SearchAttributes,
+    /// The run's memo at start.
+    pub memo: crate::visibility::Memo,
 }
 
 impl StartOptions {
@@ -100,7 +104,26 @@ impl StartOptions {
             start_delay_ms: None,
             retry_policy: None,
             cron_schedule: None,
+            search_attributes: Default::default(),
+            memo: Default::default(),
         }
+    }
+
+    /// The same options with a search attribute set at start (checked by the
+    /// service: name, kind, count and size).
+    pub fn search_attribute(
+        mut self,
+        name: impl Into<String>,
+        value: crate::visibility::SearchValue,
+    ) -> StartOptions {
+        self.search_attributes.insert(name.into(), value);
+        self
+    }
+
+    /// The same options with a memo key set at start.
+    pub fn memo(mut self, key: impl Into<String>, value: serde_json::Value) -> StartOptions {
+        self.memo.insert(key.into(), value);
+        self
     }
 
     /// The same options with a start delay: the run exists at once, its
@@ -294,6 +317,8 @@ impl Client {
             start_delay_ms: options.start_delay_ms,
             retry_policy: options.retry_policy,
             cron_schedule: options.cron_schedule,
+            search_attributes: options.search_attributes,
+            memo: options.memo,
         }
     }
 

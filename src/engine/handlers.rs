@@ -588,20 +588,28 @@ impl Inner {
             0 => 100,
             size => size.min(self.config.list_page_size_max),
         } as usize;
+        let (query, offset) = list_query(&request)?;
+        let ordered = query.as_ref().is_some_and(|q| q.order_by.is_some());
         let query = ListQuery {
             status: request.status,
             workflow_type: request.workflow_type,
-            after_run_id: request.page_token,
+            after_run_id: if ordered { None } else { request.page_token },
             limit,
+            query,
+            offset,
         };
         let records = self
             .storage
             .list_runs(query)
             .await
             .map_err(|e| unavailable(&e))?;
-        let next_page_token = (records.len() == limit)
-            .then(|| records.last().map(|r| r.run_id.clone()))
-            .flatten();
+        let next_page_token = match ordered {
+            // A page of an ordered query goes on from its offset.
+            true => (records.len() == limit).then(|| (offset + limit).to_string()),
+            false => (records.len() == limit)
+                .then(|| records.last().map(|r| r.run_id.clone()))
+                .flatten(),
+        };
         let runs = records
             .into_iter()
             .map(|r| RunSummary {
@@ -613,6 +621,7 @@ impl Inner {
                 status: r.status,
                 start_time: r.start_time,
                 close_time: r.close_time,
+                search_attributes: r.search_attributes,
             })
             .collect();
         Ok(ListWorkflowsResponse {
@@ -1193,6 +1202,30 @@ fn check_reuse(request: &StartWorkflowRequest, existing: &RunState) -> Result<()
     Ok(())
 }
 
+/// The request's parsed list query, and the offset its page token names
+/// (pages of an `ORDER BY` query are offsets; others run ids).
+fn list_query(
+    request: &ListWorkflowsRequest,
+) -> Result<(Option<crate::visibility::Query>, usize), ServiceError> {
+    let query = match request.query.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(crate::visibility::parse_query(text).map_err(|e| {
+            ServiceError::new(ErrorCode::InvalidArgument, format!("bad list query: {e}"))
+        })?),
+    };
+    let ordered = query.as_ref().is_some_and(|q| q.order_by.is_some());
+    let offset = match (&request.page_token, ordered) {
+        (Some(token), true) => token.parse().map_err(|_| {
+            ServiceError::new(
+                ErrorCode::InvalidArgument,
+                format!("page token {token:?} is not one of this ordered query's"),
+            )
+        })?,
+        _ => 0,
+    };
+    Ok((query, offset))
+}
+
 fn describe(state: &RunState) -> RunDescription {
     let pending_activities = state
         .activities
@@ -1255,5 +1288,7 @@ fn describe(state: &RunState) -> RunDescription {
                 _ => None,
             })
             .collect(),
+        search_attributes: state.search_attributes.clone(),
+        memo: state.memo.clone(),
     }
 }

@@ -246,6 +246,7 @@ pub(super) fn record_of(state: &RunState, version: u64) -> RunRecord {
         next_event_id: state.next_event_id,
         version,
         state: serde_json::to_vec(state).expect("run state always encodes"),
+        search_attributes: state.search_attributes.clone(),
     }
 }
 

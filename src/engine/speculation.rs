@@ -205,6 +205,8 @@ mod tests {
             start_delay_ms: None,
             retry_policy: None,
             cron_schedule: None,
+            search_attributes: Default::default(),
+            memo: Default::default(),
         };
         let (mut state, _) = run::start(&request, "run", Timestamp(1_000), LIMITS).expect("valid");
         let mut step = Step::new(&mut state, Timestamp(1_000), LIMITS);

@@ -72,6 +72,7 @@ pub async fn run_all(make: &dyn Fn() -> Arc<dyn Storage>) {
     refused_writes_among_concurrent_ones_fail_alone(&*make()).await;
     payload_near_one_mebibyte_round_trips(&*make()).await;
     buffered_events_append_in_order_and_clear(&*make()).await;
+    list_queries_answer_as_the_evaluation_does(&*make()).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -90,6 +91,7 @@ fn record(run_id: &str, workflow_id: &str) -> RunRecord {
         next_event_id: 1,
         version: 1,
         state: format!("{run_id} at version 1").into_bytes(),
+        search_attributes: Default::default(),
     }
 }
 
@@ -1022,6 +1024,7 @@ pub async fn list_runs_filters_by_status_and_workflow_type(storage: &dyn Storage
                 workflow_type: workflow_type.map(str::to_string),
                 after_run_id: None,
                 limit: RUNS_LIST_MAX,
+                ..ListQuery::default()
             };
             let expected: Vec<RunRecord> = runs
                 .values()
@@ -1078,6 +1081,7 @@ pub async fn list_runs_orders_by_run_id_and_pages_after_run_id(storage: &dyn Sto
             workflow_type: workflow_type.clone(),
             after_run_id: None,
             limit: 4,
+            ..ListQuery::default()
         };
         let paged = list_in_pages(storage, query, property).await;
         let expected: Vec<RunRecord> = runs
@@ -1428,4 +1432,154 @@ pub async fn buffered_events_append_in_order_and_clear(storage: &dyn Storage) {
         [buffered_signal("other")],
         "{property}: another run's"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Search attributes and list queries.
+
+/// Queries every storage must answer as [`crate::visibility::eval`] does.
+const LIST_QUERIES: [&str; 24] = [
+    "CustomerId = 'c-1'",
+    "CustomerId != 'c-1'",
+    "CustomerId > 'c-1' AND CustomerId <= 'c-3'",
+    "CustomerId IN ('c-0', 'c-2', 'nobody')",
+    "Amount > 10",
+    "Amount >= 10.5 OR Amount < -1",
+    "Amount BETWEEN 5 AND 20",
+    "Amount != 12",
+    "Score < 0.3",
+    "Score BETWEEN 0.25 AND 1",
+    "Vip = true",
+    "Vip != true",
+    "Tags = 'blue'",
+    "Tags != 'blue'",
+    "Tags IN ('red', 'green')",
+    "Due > '2024-01-01T00:00:10Z'",
+    "Due BETWEEN '2024-01-01T00:00:05Z' AND '2024-01-01T00:00:20Z'",
+    "Note = 'hello world' OR Note < 'b'",
+    "WorkflowType = 'alpha' AND (ExecutionStatus = 'Running' OR CustomerId = 'c-2')",
+    "ExecutionStatus != 'Running' AND CloseTime > '2024-01-01T00:00:03Z'",
+    "StartTime >= '2024-01-01T00:00:06Z' ORDER BY StartTime DESC",
+    "Amount > 0 ORDER BY CloseTime",
+    "TaskQueue = 'q-1' OR RunId IN ('run-03', 'run-07') ORDER BY WorkflowId DESC",
+    "ORDER BY ExecutionStatus",
+];
+
+/// The search attributes of listed run `index`: every kind, some missing.
+fn listed_attributes(index: usize) -> crate::visibility::SearchAttributes {
+    use crate::visibility::SearchValue as V;
+    let mut attributes = crate::visibility::SearchAttributes::new();
+    let mut set = |name: &str, value: V| attributes.insert(name.to_string(), value);
+    if index % 5 != 4 {
+        set("CustomerId", V::Keyword(format!("c-{}", index % 4)));
+    }
+    if !index.is_multiple_of(3) {
+        set("Amount", V::Int(index as i64 * 3 - 8));
+    } else {
+        set("Amount", V::Double(index as f64 + 0.5));
+    }
+    set("Score", V::Double(index as f64 / 16.0));
+    set("Vip", V::Bool(index.is_multiple_of(2)));
+    let colors = ["red", "green", "blue"];
+    set(
+        "Tags",
+        V::KeywordList(vec![
+            colors[index % 3].into(),
+            colors[(index / 3) % 3].into(),
+        ]),
+    );
+    set("Due", V::Datetime(START_TIME.plus_ms(index as u64 * 1_000)));
+    if index % 4 == 1 {
+        set("Note", V::Text(["hello world", "again"][index % 2].into()));
+    }
+    attributes
+}
+
+/// Writes `count` runs with search attributes, then rewrites some (an
+/// upsert changes values, a run closes): the index follows the last write.
+async fn write_attributed_runs(
+    storage: &dyn Storage,
+    count: usize,
+    property: &str,
+) -> Vec<RunRecord> {
+    let mut runs = Vec::new();
+    for index in 0..count {
+        let scrambled = (index * 7 + 3) % count;
+        let run_id = format!("run-{scrambled:02}");
+        let mut batch = create(&run_id, 1);
+        batch.run.workflow_type = ["alpha", "beta"][scrambled % 2].to_string();
+        batch.run.task_queue = format!("q-{}", scrambled % 3);
+        batch.run.start_time = START_TIME.plus_ms(scrambled as u64 * 1_000);
+        batch.run.search_attributes = listed_attributes(scrambled);
+        write_ok(storage, batch.clone(), property).await;
+        let mut run = batch.run;
+        if scrambled % 3 != 1 {
+            let mut next = append(&run, 1);
+            next.run.search_attributes = listed_attributes(scrambled + 7);
+            if scrambled % 2 == 1 {
+                next.run.status = RunStatus::Completed;
+                next.run.close_time = Some(START_TIME.plus_ms(scrambled as u64 * 700));
+            }
+            write_ok(storage, next.clone(), property).await;
+            run = next.run;
+        }
+        assert_eq!(
+            read_run(storage, &run_id, property).await.as_ref(),
+            Some(&run)
+        );
+        runs.push(run);
+    }
+    runs
+}
+
+/// Every storage answers a list query as [`crate::visibility::eval`] does:
+/// the same runs, in the same order, paged by offset the same; search
+/// attributes of every kind read back equal after upserts.
+pub async fn list_queries_answer_as_the_evaluation_does(storage: &dyn Storage) {
+    use crate::visibility::{eval, parse_query};
+    let property = "list_queries_answer_as_the_evaluation_does";
+    let runs = write_attributed_runs(storage, 24, property).await;
+    for text in LIST_QUERIES {
+        let query = parse_query(text).unwrap_or_else(|e| panic!("{property}: {text}: {e}"));
+        let mut expected: Vec<RunRecord> = runs
+            .iter()
+            .filter(|run| eval::matches_query(run, &query))
+            .cloned()
+            .collect();
+        eval::order(&mut expected, query.order_by);
+        let all = ListQuery {
+            query: Some(query.clone()),
+            limit: RUNS_LIST_MAX,
+            ..ListQuery::default()
+        };
+        let listed = list_runs(storage, all, property).await;
+        let ids = |runs: &[RunRecord]| runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&listed), ids(&expected), "{property}: {text}");
+        assert_eq!(listed, expected, "{property}: {text}: records");
+        for offset in (0..expected.len() + 1).step_by(5) {
+            let page = ListQuery {
+                query: Some(query.clone()),
+                limit: 5,
+                offset,
+                ..ListQuery::default()
+            };
+            let page = list_runs(storage, page, property).await;
+            let end = (offset + 5).min(expected.len());
+            assert_eq!(
+                ids(&page),
+                ids(&expected[offset..end]),
+                "{property}: {text} @{offset}"
+            );
+        }
+    }
+    // The evaluation itself is not vacuous: a few answers by hand.
+    let hits = |text: &str| {
+        let query = parse_query(text).expect("parses");
+        runs.iter()
+            .filter(|run| eval::matches_query(run, &query))
+            .count()
+    };
+    assert_eq!(hits("Vip = true OR Vip = false"), runs.len());
+    assert_eq!(hits("Note = 'hello world'"), 0);
+    assert!(hits("Tags = 'blue'") > 0 && hits("Tags = 'blue'") < runs.len());
 }

@@ -10,6 +10,7 @@ use super::storage::{
     BufferedRead, ListQuery, RunRecord, Storage, StorageError, WriteBatch, check_batch,
 };
 use crate::history::{Event, EventKind};
+use crate::visibility::eval;
 
 #[derive(Clone, Debug, Default)]
 struct Tables {
@@ -110,6 +111,8 @@ impl MemoryStorage {
         self.lock().runs.len()
     }
 
+    /// Runs matching the query's filters, in its order, from its offset; the
+    /// list query is evaluated directly ([`crate::visibility::eval`]).
     fn list(&self, query: &ListQuery) -> Vec<RunRecord> {
         use std::ops::Bound::{Excluded, Unbounded};
         let tables = self.lock();
@@ -117,7 +120,7 @@ impl MemoryStorage {
             Some(after) => Excluded(after.clone()),
             None => Unbounded,
         };
-        tables
+        let mut runs: Vec<RunRecord> = tables
             .runs
             .range((start, Unbounded))
             .map(|(_, run)| run)
@@ -128,9 +131,22 @@ impl MemoryStorage {
                     .as_ref()
                     .is_none_or(|t| *t == run.workflow_type)
             })
-            .take(query.limit)
+            .filter(|run| {
+                query
+                    .query
+                    .as_ref()
+                    .is_none_or(|q| eval::matches_query(run, q))
+            })
             .cloned()
-            .collect()
+            .collect();
+        eval::order(&mut runs, query.query.as_ref().and_then(|q| q.order_by));
+        let page: Vec<RunRecord> = runs
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit)
+            .collect();
+        assert!(page.len() <= query.limit);
+        page
     }
 }
 

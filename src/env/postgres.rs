@@ -208,6 +208,101 @@ const MIGRATIONS: &[&str] = &[
     END
     $body$;
 ",
+    "
+    -- Search attributes: the run's row holds them (JSON rows of
+    -- crate::visibility::index_rows); a trigger keeps one row per value in
+    -- search_attributes, typed per kind, for list queries.
+    ALTER TABLE runs ADD COLUMN search_attributes TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE search_attributes (
+        run_id TEXT COLLATE \"C\" NOT NULL REFERENCES runs (run_id),
+        ord INTEGER NOT NULL,
+        name TEXT COLLATE \"C\" NOT NULL,
+        kind TEXT COLLATE \"C\" NOT NULL,
+        s_value TEXT COLLATE \"C\",
+        i_value BIGINT,
+        d_value DOUBLE PRECISION,
+        PRIMARY KEY (run_id, ord)
+    );
+    CREATE INDEX search_attributes_by_text ON search_attributes (name, s_value);
+    CREATE INDEX search_attributes_by_integer ON search_attributes (name, i_value);
+    CREATE INDEX search_attributes_by_double ON search_attributes (name, d_value);
+    CREATE INDEX runs_by_start_time ON runs (start_time_ms, run_id);
+    CREATE FUNCTION retrace_index_search_attributes() RETURNS trigger LANGUAGE plpgsql AS $body$
+    BEGIN
+        DELETE FROM search_attributes WHERE run_id = NEW.run_id;
+        INSERT INTO search_attributes (run_id, ord, name, kind, s_value, i_value, d_value)
+        SELECT NEW.run_id, t.ord - 1, t.e->>0, t.e->>1, t.e->>2, (t.e->>3)::bigint,
+            (t.e->>4)::double precision
+        FROM jsonb_array_elements(NEW.search_attributes::jsonb) WITH ORDINALITY AS t(e, ord);
+        RETURN NULL;
+    END
+    $body$;
+    CREATE TRIGGER runs_index_search_attributes_on_insert AFTER INSERT ON runs
+        FOR EACH ROW WHEN (NEW.search_attributes <> '[]')
+        EXECUTE FUNCTION retrace_index_search_attributes();
+    CREATE TRIGGER runs_index_search_attributes_on_update
+        AFTER UPDATE OF search_attributes ON runs
+        FOR EACH ROW WHEN (OLD.search_attributes IS DISTINCT FROM NEW.search_attributes)
+        EXECUTE FUNCTION retrace_index_search_attributes();
+    DROP FUNCTION retrace_write_runs(TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], BIGINT[],
+        BIGINT[], BIGINT[], BIGINT[], BYTEA[], BIGINT[], BIGINT[], BIGINT[], BIGINT[], TEXT[],
+        TEXT[], TEXT[], BOOLEAN[], TEXT[]);
+    CREATE FUNCTION retrace_write_runs(
+        run_ids TEXT[], workflow_ids TEXT[], workflow_types TEXT[], task_queues TEXT[],
+        statuses TEXT[], start_times BIGINT[], close_times BIGINT[], next_event_ids BIGINT[],
+        versions BIGINT[], states BYTEA[], expected BIGINT[], stored_next BIGINT[],
+        first_event_ids BIGINT[], last_event_ids BIGINT[], events TEXT[],
+        claim_ids TEXT[], claim_previous TEXT[], clear_buffered BOOLEAN[], buffered TEXT[],
+        search_attribute_rows TEXT[]
+    ) RETURNS VOID LANGUAGE plpgsql AS $body$
+    BEGIN
+        FOR i IN 1 .. coalesce(cardinality(run_ids), 0) LOOP
+            IF expected[i] IS NULL THEN
+                INSERT INTO runs (run_id, workflow_id, workflow_type, task_queue, status,
+                    start_time_ms, close_time_ms, next_event_id, version, state,
+                    search_attributes)
+                VALUES (run_ids[i], workflow_ids[i], workflow_types[i], task_queues[i],
+                    statuses[i], start_times[i], close_times[i], next_event_ids[i], versions[i],
+                    states[i], search_attribute_rows[i]);
+            ELSE
+                UPDATE runs SET status = statuses[i], close_time_ms = close_times[i],
+                    next_event_id = next_event_ids[i], version = versions[i], state = states[i],
+                    search_attributes = search_attribute_rows[i]
+                WHERE run_id = run_ids[i] AND version = expected[i]
+                    AND next_event_id = stored_next[i] AND workflow_id = workflow_ids[i]
+                    AND workflow_type = workflow_types[i] AND task_queue = task_queues[i]
+                    AND start_time_ms = start_times[i];
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'run % is not stored as the write expects', run_ids[i]
+                        USING ERRCODE = 'RT409';
+                END IF;
+            END IF;
+            IF events[i] IS NOT NULL THEN
+                INSERT INTO event_batches (run_id, first_event_id, last_event_id, events)
+                VALUES (run_ids[i], first_event_ids[i], last_event_ids[i], events[i]);
+            END IF;
+            IF claim_ids[i] IS NOT NULL AND claim_previous[i] IS NULL THEN
+                INSERT INTO workflow_ids (workflow_id, run_id) VALUES (claim_ids[i], run_ids[i]);
+            ELSIF claim_ids[i] IS NOT NULL THEN
+                UPDATE workflow_ids SET run_id = run_ids[i]
+                WHERE workflow_id = claim_ids[i] AND run_id = claim_previous[i];
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'workflow id % is not held as the write expects',
+                        claim_ids[i] USING ERRCODE = 'RT409';
+                END IF;
+            END IF;
+            IF clear_buffered[i] THEN
+                DELETE FROM buffered_events WHERE run_id = run_ids[i];
+            END IF;
+            IF buffered[i] IS NOT NULL THEN
+                INSERT INTO buffered_events (run_id, seq, events) VALUES (run_ids[i],
+                    (SELECT coalesce(max(seq), 0) + 1 FROM buffered_events
+                     WHERE run_id = run_ids[i]), buffered[i]);
+            END IF;
+        END LOOP;
+    END
+    $body$;
+",
 ];
 
 /// What `retrace_schema.application` holds in retrace's schemas.
@@ -229,7 +324,7 @@ const SERVER_LOCK_BACKOFF_MS_MAX: u64 = 2_000;
 
 /// The columns of `runs`, in the order [`run_from_row`] reads them.
 const RUN_COLUMNS: &str = "run_id, workflow_id, workflow_type, task_queue, status, \
-    start_time_ms, close_time_ms, next_event_id, version, state";
+    start_time_ms, close_time_ms, next_event_id, version, state, search_attributes";
 
 /// Upper bound of [`PostgresOptions::pool_size_max`].
 const POOL_SIZE_MAX: usize = 256;
@@ -849,17 +944,17 @@ fn check_schema_version(target: &str, version: i32) -> Result<(), StorageError> 
 /// The run's row as [`check_batch`] compares it (no state), locked until the
 /// transaction ends.
 const SELECT_HEADER_FOR_UPDATE: &str = "SELECT run_id, workflow_id, workflow_type, task_queue, \
-    status, start_time_ms, close_time_ms, next_event_id, version, ''::bytea FROM runs \
-    WHERE run_id = $1 FOR UPDATE";
+    status, start_time_ms, close_time_ms, next_event_id, version, ''::bytea, search_attributes \
+    FROM runs WHERE run_id = $1 FOR UPDATE";
 const SELECT_CLAIM_FOR_UPDATE: &str =
     "SELECT run_id FROM workflow_ids WHERE workflow_id = $1 FOR UPDATE";
 const INSERT_RUN: &str = "INSERT INTO runs (run_id, workflow_id, workflow_type, task_queue, \
-    status, start_time_ms, close_time_ms, next_event_id, version, state) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (run_id) DO NOTHING";
+    status, start_time_ms, close_time_ms, next_event_id, version, state, search_attributes) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (run_id) DO NOTHING";
 /// The conditional update: it matches no row unless the stored version is
 /// the one the batch expects.
 const UPDATE_RUN: &str = "UPDATE runs SET status = $2, close_time_ms = $3, next_event_id = $4, \
-    version = $5, state = $6 WHERE run_id = $1 AND version = $7";
+    version = $5, state = $6, search_attributes = $8 WHERE run_id = $1 AND version = $7";
 const INSERT_EVENTS: &str = "INSERT INTO event_batches (run_id, first_event_id, last_event_id, \
     events) VALUES ($1, $2, $3, $4)";
 /// The claim, conditional too: it takes the workflow id only from the run
@@ -1007,6 +1102,8 @@ struct RunValues {
     expected: Option<i64>,
     first_event_id: i64,
     last_event_id: i64,
+    /// The search attributes as the row holds them (index rows as JSON).
+    search_attributes: String,
 }
 
 impl RunValues {
@@ -1035,6 +1132,7 @@ impl RunValues {
             },
             first_event_id,
             last_event_id,
+            search_attributes: crate::visibility::encode_index(&run.search_attributes),
         })
     }
 }
@@ -1055,7 +1153,7 @@ fn run_writes<'a>(
     let mut executions: Vec<Execution<'a>> = Vec::with_capacity(5);
     executions.push(match &values.expected {
         None => Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 10] = [
+            let params: [&(dyn ToSql + Sync); 11] = [
                 &id,
                 &run.workflow_id,
                 &run.workflow_type,
@@ -1066,11 +1164,12 @@ fn run_writes<'a>(
                 &values.next_event_id,
                 &values.version,
                 &run.state,
+                &values.search_attributes,
             ];
             client.execute(&statements.insert_run, &params).await
         }),
         Some(expected) => Box::pin(async move {
-            let params: [&(dyn ToSql + Sync); 7] = [
+            let params: [&(dyn ToSql + Sync); 8] = [
                 &id,
                 &status,
                 &values.close_time_ms,
@@ -1078,6 +1177,7 @@ fn run_writes<'a>(
                 &values.version,
                 &run.state,
                 expected,
+                &values.search_attributes,
             ];
             client.execute(&statements.update_run, &params).await
         }),
@@ -1510,41 +1610,43 @@ fn decode_batch(
     Ok(batch)
 }
 
-/// Runs matching `query`, by run id. Only the filters present go in the SQL,
-/// so Postgres can use the status and workflow type indexes.
+/// Runs matching `query`, in its order. Only the filters present go in the
+/// SQL, so Postgres can use the status and workflow type indexes; a list
+/// query is translated to parameterized SQL ([`crate::visibility::sql`]),
+/// its statement not cached (its shapes are the users').
 async fn select_runs(
     client: &ClientWrapper,
     query: &ListQuery,
 ) -> Result<Vec<RunRecord>, ReadError> {
-    let status = query.status.map(RunStatus::as_str);
-    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-    let mut conditions: Vec<String> = Vec::with_capacity(3);
-    let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(4);
-    if let Some(status) = &status {
-        values.push(status);
-        conditions.push(format!("status = ${}", values.len()));
-    }
-    if let Some(workflow_type) = &query.workflow_type {
-        values.push(workflow_type);
-        conditions.push(format!("workflow_type = ${}", values.len()));
-    }
-    if let Some(after_run_id) = &query.after_run_id {
-        values.push(after_run_id);
-        conditions.push(format!("run_id > ${}", values.len()));
-    }
-    let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs");
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    values.push(&limit);
-    sql.push_str(&format!(" ORDER BY run_id LIMIT ${}", values.len()));
-    let statement = client.prepare_cached(&sql).await?;
-    let rows = client.query(&statement, &values).await?;
+    use crate::visibility::sql::{Dialect, SqlParam, list_statement};
+    let statement = list_statement(Dialect::Postgres, RUN_COLUMNS, query);
+    let boxed: Vec<Box<dyn ToSql + Sync + Send>> = statement
+        .params
+        .into_iter()
+        .map(|param| -> Box<dyn ToSql + Sync + Send> {
+            match param {
+                SqlParam::Text(text) => Box::new(text),
+                SqlParam::Int(int) => Box::new(int),
+                SqlParam::Double(double) => Box::new(double),
+            }
+        })
+        .collect();
+    let values: Vec<&(dyn ToSql + Sync)> = boxed
+        .iter()
+        .map(|value| value.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = match query.query {
+        None => {
+            let prepared = client.prepare_cached(&statement.sql).await?;
+            client.query(&prepared, &values).await?
+        }
+        Some(_) => client.query(statement.sql.as_str(), &values).await?,
+    };
     let mut runs: Vec<RunRecord> = Vec::with_capacity(rows.len());
+    let ordered_by_id = query.query.as_ref().is_none_or(|q| q.order_by.is_none());
     for row in rows {
         let run = run_from_row(&row)?;
-        assert!(runs.last().is_none_or(|last| last.run_id < run.run_id));
+        assert!(!ordered_by_id || runs.last().is_none_or(|last| last.run_id < run.run_id));
         assert!(query.status.is_none_or(|status| status == run.status));
         runs.push(run);
     }
@@ -1601,7 +1703,10 @@ fn run_from_row(row: &Row) -> Result<RunRecord, StorageError> {
             "run {run_id}: next_event_id and version start at 1"
         )));
     }
+    let search_attributes = crate::visibility::decode_index(row.get(10))
+        .map_err(|reason| StorageError::Corrupt(format!("run {run_id}: {reason}")))?;
     Ok(RunRecord {
+        search_attributes,
         workflow_id: row.get(1),
         workflow_type: row.get(2),
         task_queue: row.get(3),
@@ -1939,6 +2044,7 @@ fn check_as_expected(batch: &WriteBatch) -> Result<(RunValues, Option<RunValues>
                 next_event_id: stored_next_event_id(batch),
                 version,
                 state: Vec::new(),
+                search_attributes: Default::default(),
             }
         });
         let holder = batch
@@ -1970,7 +2076,7 @@ fn stored_next_event_id(batch: &WriteBatch) -> u64 {
 const WRITE_RUNS: &str = "SELECT retrace_write_runs($1::text[], $2::text[], $3::text[], \
     $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], \
     $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::text[], \
-    $16::text[], $17::text[], $18::boolean[], $19::text[])";
+    $16::text[], $17::text[], $18::boolean[], $19::text[], $20::text[])";
 
 /// The arguments of [`WRITE_RUNS`]: a column per array.
 #[derive(Default)]
@@ -1994,6 +2100,7 @@ struct RunArrays<'a> {
     claim_previous: Vec<Option<&'a str>>,
     clear_buffered: Vec<bool>,
     buffered: Vec<Option<&'a str>>,
+    search_attributes: Vec<String>,
 }
 
 impl<'a> RunArrays<'a> {
@@ -2029,9 +2136,11 @@ impl<'a> RunArrays<'a> {
             .push(claim.and_then(|c| c.previous_run_id.as_deref()));
         self.clear_buffered.push(batch.buffered.clear);
         self.buffered.push(buffered);
+        self.search_attributes
+            .push(values.search_attributes.clone());
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
         [
             &self.run_ids,
             &self.workflow_ids,
@@ -2052,6 +2161,7 @@ impl<'a> RunArrays<'a> {
             &self.claim_previous,
             &self.clear_buffered,
             &self.buffered,
+            &self.search_attributes,
         ]
     }
 }

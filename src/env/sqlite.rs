@@ -121,6 +121,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, seq)
     ) STRICT;
 ",
+    "
+    ALTER TABLE runs ADD COLUMN search_attributes TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE search_attributes (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        ord INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        s_value TEXT,
+        i_value INTEGER,
+        d_value REAL,
+        PRIMARY KEY (run_id, ord)
+    ) STRICT;
+    CREATE INDEX search_attributes_by_text ON search_attributes (name, s_value);
+    CREATE INDEX search_attributes_by_integer ON search_attributes (name, i_value);
+    CREATE INDEX search_attributes_by_double ON search_attributes (name, d_value);
+    CREATE INDEX runs_by_start_time ON runs (start_time_ms, run_id);
+",
 ];
 
 /// `PRAGMA application_id` of retrace databases: "RTRC".
@@ -128,7 +145,7 @@ const APPLICATION_ID: i64 = 0x5254_5243;
 
 /// The columns of `runs`, in the order [`run_from_row`] reads them.
 const RUN_COLUMNS: &str = "run_id, workflow_id, workflow_type, task_queue, status, \
-    start_time_ms, close_time_ms, next_event_id, version, state";
+    start_time_ms, close_time_ms, next_event_id, version, state, search_attributes";
 
 /// Upper bound of [`SqliteOptions::reader_count`].
 const READER_COUNT_MAX: usize = 16;
@@ -1263,6 +1280,10 @@ fn apply_run(
     };
     check_batch(batch, stored.as_ref(), current.as_deref()).map_err(DbError::Storage)?;
     upsert_run(connection, &batch.run)?;
+    let indexed = stored.as_ref().map(|run| &run.search_attributes);
+    if indexed.unwrap_or(&Default::default()) != &batch.run.search_attributes {
+        index_search_attributes(connection, &batch.run)?;
+    }
     if let Some(events) = events {
         insert_events(connection, batch, events)?;
     }
@@ -1359,13 +1380,14 @@ fn upsert_run(connection: &Connection, run: &RunRecord) -> Result<(), DbError> {
     let version = to_stored(id, "version", run.version)?;
     let mut statement = connection.prepare_cached(
         "INSERT INTO runs (run_id, workflow_id, workflow_type, task_queue, status, \
-             start_time_ms, close_time_ms, next_event_id, version, state) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             start_time_ms, close_time_ms, next_event_id, version, state, search_attributes) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
          ON CONFLICT (run_id) DO UPDATE SET workflow_id = excluded.workflow_id, \
              workflow_type = excluded.workflow_type, task_queue = excluded.task_queue, \
              status = excluded.status, start_time_ms = excluded.start_time_ms, \
              close_time_ms = excluded.close_time_ms, next_event_id = excluded.next_event_id, \
-             version = excluded.version, state = excluded.state",
+             version = excluded.version, state = excluded.state, \
+             search_attributes = excluded.search_attributes",
     )?;
     let changed = statement.execute(rusqlite::params![
         id,
@@ -1378,8 +1400,30 @@ fn upsert_run(connection: &Connection, run: &RunRecord) -> Result<(), DbError> {
         next_event_id,
         version,
         run.state,
+        crate::visibility::encode_index(&run.search_attributes),
     ])?;
     assert_eq!(changed, 1);
+    Ok(())
+}
+
+/// Rewrites the run's indexed search attributes (one row per value).
+fn index_search_attributes(connection: &Connection, run: &RunRecord) -> Result<(), DbError> {
+    run_cached_with(
+        connection,
+        "DELETE FROM search_attributes WHERE run_id = ?1",
+        &run.run_id,
+    )?;
+    let mut statement = connection.prepare_cached(
+        "INSERT INTO search_attributes (run_id, ord, name, kind, s_value, i_value, d_value) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for (ord, (name, kind, s, i, d)) in crate::visibility::index_rows(&run.search_attributes)
+        .into_iter()
+        .enumerate()
+    {
+        let ord = i64::try_from(ord).expect("a run's rows are few");
+        statement.execute(rusqlite::params![run.run_id, ord, name, kind, s, i, d])?;
+    }
     Ok(())
 }
 
@@ -1435,7 +1479,8 @@ fn select_run(connection: &Connection, run_id: &str) -> Result<Option<RunRecord>
 fn select_run_header(connection: &Connection, run_id: &str) -> Result<Option<RunRecord>, DbError> {
     let mut statement = connection.prepare_cached(
         "SELECT run_id, workflow_id, workflow_type, task_queue, status, start_time_ms, \
-             close_time_ms, next_event_id, version, X'' FROM runs WHERE run_id = ?1",
+             close_time_ms, next_event_id, version, X'', search_attributes FROM runs \
+         WHERE run_id = ?1",
     )?;
     let mut rows = statement.query([run_id])?;
     let run = match rows.next()? {
@@ -1481,7 +1526,11 @@ fn run_from_row(row: &Row<'_>) -> Result<RunRecord, DbError> {
             "run {run_id}: next_event_id and version start at 1"
         )));
     }
+    let search_attributes: String = row.get(10)?;
+    let search_attributes = crate::visibility::decode_index(&search_attributes)
+        .map_err(|reason| corrupt(format!("run {run_id}: {reason}")))?;
     Ok(RunRecord {
+        search_attributes,
         workflow_id: row.get(1)?,
         workflow_type: row.get(2)?,
         task_queue: row.get(3)?,
@@ -1560,45 +1609,44 @@ fn decode_batch(run_id: &str, first: u64, last: u64, json: &str) -> Result<Vec<E
     Ok(batch)
 }
 
-/// Runs matching `query`, by run id. Only the filters present go in the SQL, so
-/// SQLite can use the status and workflow type indexes.
+/// Runs matching `query`, in its order. Only the filters present go in the
+/// SQL, so SQLite can use the status and workflow type indexes; a list query
+/// is translated to parameterized SQL ([`crate::visibility::sql`]),.
 fn select_runs(connection: &Connection, query: &ListQuery) -> Result<Vec<RunRecord>, DbError> {
-    let mut conditions: Vec<&str> = Vec::with_capacity(3);
-    let mut values: Vec<SqlValue> = Vec::with_capacity(4);
-    if let Some(status) = query.status {
-        conditions.push("status = ?");
-        values.push(SqlValue::Text(status.as_str().to_string()));
+    use crate::visibility::sql::{Dialect, SqlParam, list_statement};
+    let statement = list_statement(Dialect::Sqlite, RUN_COLUMNS, query);
+    let values: Vec<SqlValue> = statement
+        .params
+        .into_iter()
+        .map(|param| match param {
+            SqlParam::Text(text) => SqlValue::Text(text),
+            SqlParam::Int(int) => SqlValue::Integer(int),
+            SqlParam::Double(double) => SqlValue::Real(double),
+        })
+        .collect();
+    // A list query's statement is prepared uncached: its shapes are the users'.
+    match query.query {
+        None => read_runs(
+            &mut *connection.prepare_cached(&statement.sql)?,
+            values,
+            query,
+        ),
+        Some(_) => read_runs(&mut connection.prepare(&statement.sql)?, values, query),
     }
-    if let Some(workflow_type) = &query.workflow_type {
-        conditions.push("workflow_type = ?");
-        values.push(SqlValue::Text(workflow_type.clone()));
-    }
-    if let Some(after_run_id) = &query.after_run_id {
-        conditions.push("run_id > ?");
-        values.push(SqlValue::Text(after_run_id.clone()));
-    }
-    let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs");
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    sql.push_str(" ORDER BY run_id LIMIT ?");
-    values.push(SqlValue::Integer(
-        i64::try_from(query.limit).unwrap_or(i64::MAX),
-    ));
-    let mut statement = connection.prepare_cached(&sql)?;
+}
+
+fn read_runs(
+    statement: &mut rusqlite::Statement<'_>,
+    values: Vec<SqlValue>,
+    query: &ListQuery,
+) -> Result<Vec<RunRecord>, DbError> {
     let mut rows = statement.query(rusqlite::params_from_iter(values))?;
     let mut runs: Vec<RunRecord> = Vec::new();
     while let Some(row) = rows.next()? {
         let run = run_from_row(row)?;
-        assert!(runs.last().is_none_or(|last| last.run_id < run.run_id));
+        let ordered_by_id = query.query.as_ref().is_none_or(|q| q.order_by.is_none());
+        assert!(!ordered_by_id || runs.last().is_none_or(|last| last.run_id < run.run_id));
         assert!(query.status.is_none_or(|status| status == run.status));
-        assert!(
-            query
-                .after_run_id
-                .as_ref()
-                .is_none_or(|after| *after < run.run_id)
-        );
         runs.push(run);
     }
     assert!(runs.len() <= query.limit);
@@ -1775,6 +1823,7 @@ mod tests {
             next_event_id: 2,
             version: 1,
             state: Vec::new(),
+            search_attributes: Default::default(),
         };
         let events = vec![Event::new(1, Timestamp(0), kind)];
         WriteBatch {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::BoxFuture;
 use crate::history::{Event, EventKind};
 use crate::types::Timestamp;
+use crate::visibility::{Query, SearchAttributes};
 
 /// Where a run is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -75,7 +76,7 @@ impl RunStatus {
 }
 
 /// A run as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     /// Primary key.
     pub run_id: String,
@@ -97,6 +98,9 @@ pub struct RunRecord {
     pub version: u64,
     /// The engine's mutable state, opaque to storage.
     pub state: Vec<u8>,
+    /// The run's search attributes (indexed for list queries).
+    #[serde(default, skip_serializing_if = "SearchAttributes::is_empty")]
+    pub search_attributes: SearchAttributes,
 }
 
 /// Make `run_id` the current run of `workflow_id`, if the current run is still
@@ -155,7 +159,7 @@ pub struct BufferedRead {
 }
 
 /// Which runs to list, and the page.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ListQuery {
     /// Only runs with this status.
     pub status: Option<RunStatus>,
@@ -165,6 +169,13 @@ pub struct ListQuery {
     pub after_run_id: Option<String>,
     /// Page size.
     pub limit: usize,
+    /// A parsed list query: its filter, and its order (by run id if it has
+    /// none). Every storage answers it with the semantics of
+    /// [`crate::visibility::eval`].
+    pub query: Option<Query>,
+    /// Runs skipped, in the query's order, before the page (how pages of an
+    /// `ORDER BY` query go on).
+    pub offset: usize,
 }
 
 /// A storage failure. Every variant leaves stored data unchanged, except
@@ -228,7 +239,7 @@ pub trait Storage: Send + Sync {
         from_event_id: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>>;
-    /// Runs matching `query`, ordered by run id.
+    /// Runs matching `query`, ordered by its `ORDER BY` then run id.
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>>;
     /// The run's buffered events with its record version, in one snapshot.
     fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>>;

@@ -69,6 +69,8 @@ impl HistoryBuilder {
                 continued_failure: None,
                 cron_schedule: None,
                 last_completion_result: None,
+                search_attributes: Default::default(),
+                memo: Default::default(),
             },
         ));
         builder
@@ -322,6 +324,45 @@ impl HistoryBuilder {
             details,
             workflow_task_completed_event_id: self.workflow_task_completed,
         }))
+    }
+
+    /// Sets the search attributes and memo of the start event.
+    pub fn with_start_visibility(
+        &mut self,
+        search_attributes: crate::visibility::SearchAttributes,
+        memo: crate::visibility::Memo,
+    ) -> &mut Self {
+        let Some(EventKind::WorkflowExecutionStarted(started)) =
+            self.history.events.first_mut().map(|e| &mut e.kind)
+        else {
+            unreachable!("a builder's history starts with WorkflowExecutionStarted")
+        };
+        started.search_attributes = search_attributes;
+        started.memo = memo;
+        self
+    }
+
+    /// `UpsertWorkflowSearchAttributes` (a command of the last completed workflow task).
+    pub fn add_search_attributes_upserted(
+        &mut self,
+        search_attributes: crate::visibility::SearchAttributes,
+    ) -> u64 {
+        self.add(EventKind::UpsertWorkflowSearchAttributes(
+            super::event::UpsertWorkflowSearchAttributes {
+                search_attributes,
+                workflow_task_completed_event_id: self.workflow_task_completed,
+            },
+        ))
+    }
+
+    /// `WorkflowPropertiesModified` (a command of the last completed workflow task).
+    pub fn add_properties_modified(&mut self, upserted_memo: crate::visibility::Memo) -> u64 {
+        self.add(EventKind::WorkflowPropertiesModified(
+            super::event::WorkflowPropertiesModified {
+                upserted_memo,
+                workflow_task_completed_event_id: self.workflow_task_completed,
+            },
+        ))
     }
 
     /// `WorkflowExecutionCancelRequested`.

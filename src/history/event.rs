@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::activity::RetryPolicy;
 use crate::types::{Failure, IdReusePolicy, ParentClosePolicy, RetryState, TimeoutType, Timestamp};
+use crate::visibility::{Memo, SearchAttributes};
 
 /// One event of a run's history.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,10 +83,12 @@ pub enum EventKind {
     ChildWorkflowExecutionTerminated(ChildWorkflowExecutionTerminated),
     WorkflowExecutionUpdateAccepted(WorkflowExecutionUpdateAccepted),
     WorkflowExecutionUpdateCompleted(WorkflowExecutionUpdateCompleted),
+    UpsertWorkflowSearchAttributes(UpsertWorkflowSearchAttributes),
+    WorkflowPropertiesModified(WorkflowPropertiesModified),
 }
 
 /// Every event type name, in declaration order (used for clear errors on unknown types).
-pub const EVENT_TYPE_NAMES: [&str; 41] = [
+pub const EVENT_TYPE_NAMES: [&str; 43] = [
     "WorkflowExecutionStarted",
     "WorkflowTaskScheduled",
     "WorkflowTaskStarted",
@@ -127,6 +130,8 @@ pub const EVENT_TYPE_NAMES: [&str; 41] = [
     "ChildWorkflowExecutionTerminated",
     "WorkflowExecutionUpdateAccepted",
     "WorkflowExecutionUpdateCompleted",
+    "UpsertWorkflowSearchAttributes",
+    "WorkflowPropertiesModified",
 ];
 
 impl EventKind {
@@ -175,6 +180,8 @@ impl EventKind {
             ChildWorkflowExecutionTerminated(_) => 38,
             WorkflowExecutionUpdateAccepted(_) => 39,
             WorkflowExecutionUpdateCompleted(_) => 40,
+            UpsertWorkflowSearchAttributes(_) => 41,
+            WorkflowPropertiesModified(_) => 42,
         };
         EVENT_TYPE_NAMES[index]
     }
@@ -213,6 +220,8 @@ impl EventKind {
             StartChildWorkflowExecutionInitiated(a) => Some(a.workflow_task_completed_event_id),
             WorkflowExecutionUpdateAccepted(a) => Some(a.workflow_task_completed_event_id),
             WorkflowExecutionUpdateCompleted(a) => Some(a.workflow_task_completed_event_id),
+            UpsertWorkflowSearchAttributes(a) => Some(a.workflow_task_completed_event_id),
+            WorkflowPropertiesModified(a) => Some(a.workflow_task_completed_event_id),
             _ => None,
         }
     }
@@ -303,6 +312,12 @@ pub struct WorkflowExecutionStarted {
         deserialize_with = "crate::types::some_value"
     )]
     pub last_completion_result: Option<Value>,
+    /// The search attributes the run starts with.
+    #[serde(default, skip_serializing_if = "SearchAttributes::is_empty")]
+    pub search_attributes: SearchAttributes,
+    /// The memo the run starts with (Temporal carries it here too).
+    #[serde(default, skip_serializing_if = "Memo::is_empty")]
+    pub memo: Memo,
 }
 
 /// Why a run started in place of another (Temporal's `ContinueAsNewInitiator`).
@@ -796,4 +811,20 @@ pub enum UpdateOutcome {
     Success(Value),
     /// The handler's error.
     Failure(Failure),
+}
+
+/// The workflow upserted search attributes (a command; Temporal's name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpsertWorkflowSearchAttributes {
+    /// The attributes set; others keep their values.
+    pub search_attributes: SearchAttributes,
+    pub workflow_task_completed_event_id: u64,
+}
+
+/// The workflow modified its memo (a command; Temporal's name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowPropertiesModified {
+    /// The memo keys set (a `null` value removes its key).
+    pub upserted_memo: Memo,
+    pub workflow_task_completed_event_id: u64,
 }

@@ -29,6 +29,7 @@
 
 mod export;
 mod import;
+mod visibility;
 mod wire;
 
 use serde_json::{Map, Value, json};

@@ -416,6 +416,8 @@ impl Validator {
             }
             WorkflowExecutionSignaled(_)
             | MarkerRecorded(_)
+            | UpsertWorkflowSearchAttributes(_)
+            | WorkflowPropertiesModified(_)
             | WorkflowExecutionCompleted(_)
             | WorkflowExecutionFailed(_)
             | WorkflowExecutionTimedOut(_)

@@ -297,6 +297,8 @@ mod tests {
                     start_delay_ms: None,
                     retry_policy: None,
                     cron_schedule: None,
+                    search_attributes: Default::default(),
+                    memo: Default::default(),
                 },
                 signal_name: "s".into(),
                 signal_input: serde_json::json!([1, 2]),

@@ -241,6 +241,7 @@ async fn call(state: &UiState, request: Request) -> Result<Response, ServiceErro
 async fn all_runs(
     state: &UiState,
     status: Option<RunStatus>,
+    query: Option<String>,
 ) -> Result<(Vec<RunSummary>, bool), ServiceError> {
     let mut runs = Vec::new();
     let mut page_token = None;
@@ -250,6 +251,7 @@ async fn all_runs(
             workflow_type: None,
             page_token,
             page_size: LIST_READ_PAGE_SIZE,
+            query: query.clone(),
         };
         let Response::ListWorkflows(page) = call(state, Request::ListWorkflows(request)).await?
         else {
@@ -278,11 +280,18 @@ fn service_error_page(error: &ServiceError) -> HttpResponse {
 async fn runs_list(State(state): State<UiState>, uri: Uri) -> HttpResponse {
     let query = pairs(uri.query().unwrap_or("").as_bytes());
     let filter = RunFilter::from_pairs(query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    match all_runs(&state, None).await {
+    let list_query = Some(filter.query.clone()).filter(|q| !q.is_empty());
+    match all_runs(&state, None, list_query).await {
         Ok((runs, capped)) => {
             let mut view = RunsView::select(runs, filter, now());
             view.scan_limit = capped.then_some(LIST_SCAN_RUNS_MAX);
             html(StatusCode::OK, ui::runs_page(&view))
+        }
+        // A query the service cannot parse: the page says where and why.
+        Err(error) if error.code == crate::api::ErrorCode::InvalidArgument => {
+            let mut view = RunsView::select(Vec::new(), filter, now());
+            view.error = Some(error.message);
+            html(StatusCode::BAD_REQUEST, ui::runs_page(&view))
         }
         Err(error) => service_error_page(&error),
     }
@@ -573,7 +582,7 @@ async fn query(State(state): State<UiState>, body: Bytes) -> HttpResponse {
 }
 
 async fn task_queues(State(state): State<UiState>) -> HttpResponse {
-    let (open, _) = match all_runs(&state, Some(RunStatus::Running)).await {
+    let (open, _) = match all_runs(&state, Some(RunStatus::Running), None).await {
         Ok(read) => read,
         Err(error) => return service_error_page(&error),
     };

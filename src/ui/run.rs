@@ -164,12 +164,35 @@ fn summary(view: &RunView) -> String {
     if d.cancel_requested {
         rows.push(("Cancel", "requested".to_string()));
     }
+    if !d.search_attributes.is_empty() {
+        rows.push(("Search attributes", search_attributes(d)));
+    }
+    if !d.memo.is_empty() {
+        let memo = serde_json::to_string(&d.memo).unwrap_or_default();
+        rows.push(("Memo", format!("<code>{}</code>", escape(&memo))));
+    }
     let mut out =
         String::from("<section class=\"card\" aria-label=\"summary\"><dl class=\"summary\">");
     for (name, value) in rows {
         let _ = write!(out, "<dt>{name}</dt><dd>{value}</dd>");
     }
     out.push_str("</dl></section>");
+    out
+}
+
+/// The run's search attributes, one per line: name, value and kind.
+fn search_attributes(d: &RunDescription) -> String {
+    let mut out = String::from("<ul class=\"search-attributes\">");
+    for (name, value) in &d.search_attributes {
+        let _ = write!(
+            out,
+            "<li><code>{}</code> = <code>{}</code> <small>{}</small></li>",
+            escape(name),
+            escape(&crate::visibility::display_value(value)),
+            value.kind()
+        );
+    }
+    out.push_str("</ul>");
     out
 }
 
@@ -539,6 +562,8 @@ mod tests {
                 last_workflow_task_failure: None,
                 cancel_requested: false,
                 buffered_signals: Vec::new(),
+                search_attributes: Default::default(),
+                memo: Default::default(),
             },
             events,
             history_cut: false,

@@ -29,6 +29,8 @@ pub struct RunFilter {
     pub until: String,
     /// Workflow ids containing this.
     pub search: String,
+    /// A list query the service answers (see [`crate::visibility::query`]).
+    pub query: String,
     /// Page, from 1.
     pub page: usize,
 }
@@ -49,6 +51,7 @@ impl RunFilter {
                 "since" => filter.since = value,
                 "until" => filter.until = value,
                 "q" => filter.search = value,
+                "query" => filter.query = value,
                 "page" => filter.page = value.parse().unwrap_or(1).max(1),
                 _ => {}
             }
@@ -71,6 +74,7 @@ impl RunFilter {
             ("since", self.since.as_str()),
             ("until", self.until.as_str()),
             ("q", self.search.as_str()),
+            ("query", self.query.as_str()),
             ("page", page.as_str()),
         ];
         format!("/{}", query(&pairs))
@@ -250,7 +254,10 @@ fn filters_form(view: &RunsView) -> String {
          {}<div><label for=\"f-status\">Status</label><select id=\"f-status\" name=\"status\">{}</select></div>\
          <div><label for=\"f-type\">Workflow type</label><select id=\"f-type\" name=\"type\">{}</select></div>\
          <div><label for=\"f-queue\">Task queue</label><select id=\"f-queue\" name=\"queue\">{}</select></div>\
-         {}{}<div><button type=\"submit\" class=\"primary\">Apply</button> <a href=\"/\">Clear</a></div></form>",
+         {}{}<div class=\"query\"><label for=\"f-query\">List query</label><input id=\"f-query\" \
+         name=\"query\" value=\"{}\" placeholder=\"CustomerId = &quot;c-1&quot; AND ExecutionStatus = &quot;Running&quot;\" \
+         size=\"60\"></div>\
+         <div><button type=\"submit\" class=\"primary\">Apply</button> <a href=\"/\">Clear</a></div></form>",
         field("q", "Workflow id contains", &f.search, "order-42"),
         options(status, &statuses, "any"),
         options(&f.workflow_type, &view.types, "any"),
@@ -262,6 +269,7 @@ fn filters_form(view: &RunsView) -> String {
             "15m or 2026-01-31T12:00:00Z"
         ),
         field("until", "Started before", &f.until, "time or duration ago"),
+        escape(&f.query),
     )
 }
 
@@ -353,6 +361,7 @@ mod tests {
             start_time: Timestamp(start_ms),
             close_time: None,
             damaged: None,
+            search_attributes: Default::default(),
         }
     }
 
@@ -420,5 +429,30 @@ mod tests {
             Timestamp(0),
         );
         assert!(view.error.unwrap().contains("yesterday-ish"));
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn the_query_box_keeps_its_query_and_shows_its_error() {
+        let query = "CustomerId = \"c-1\" AND";
+        let filter = RunFilter::from_pairs([("query", query)]);
+        assert_eq!(filter.query, query);
+        assert!(filter.href(None, 2).contains("query=CustomerId"));
+        let mut view = RunsView::select(Vec::new(), filter, Timestamp(0));
+        view.error =
+            Some("bad list query: query error at byte 22: expected an attribute name".into());
+        let html = runs_page(&view);
+        assert!(
+            html.contains("name=\"query\" value=\"CustomerId = &quot;c-1&quot; AND\""),
+            "{html}"
+        );
+        assert!(
+            html.contains("at byte 22: expected an attribute name"),
+            "{html}"
+        );
     }
 }

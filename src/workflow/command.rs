@@ -71,6 +71,14 @@ pub enum Command {
     RequestCancelExternalWorkflowExecution(RequestCancelExternalWorkflowExecution),
     /// Start a child workflow.
     StartChildWorkflowExecution(StartChildWorkflowExecution),
+    /// Set search attributes of this run (Temporal's command name).
+    UpsertWorkflowSearchAttributes {
+        search_attributes: crate::visibility::SearchAttributes,
+    },
+    /// Set memo keys of this run (Temporal's `ModifyWorkflowProperties`).
+    ModifyWorkflowProperties {
+        upserted_memo: crate::visibility::Memo,
+    },
     /// Accept an update the workflow task carried: its validator let it in.
     AcceptUpdate(AcceptUpdate),
     /// Record what an accepted update's handler returned.
@@ -140,7 +148,10 @@ pub struct ContinueAsNewWorkflowExecution {
 }
 
 /// Marker name of `patched` markers.
-pub const PATCH_MARKER_NAME: &str = "Patch";
+pub const PATCH_MARKER_NAME: &str = "core_patch";
+/// The patch marker's name in histories recorded before Retrace wrote
+/// Temporal's (details `{"id", "deprecated"}`); replayed as recorded.
+pub const LEGACY_PATCH_MARKER_NAME: &str = "Patch";
 /// Marker name of `side_effect` markers.
 pub const SIDE_EFFECT_MARKER_NAME: &str = "SideEffect";
 
@@ -191,6 +202,8 @@ impl fmt::Display for CommandKey {
 /// The id a marker is matched on: a patch's id, or a side effect's sequence number.
 pub fn marker_id(marker_name: &str, details: &Value) -> String {
     let key = if marker_name == PATCH_MARKER_NAME {
+        "patch_id"
+    } else if marker_name == LEGACY_PATCH_MARKER_NAME {
         "id"
     } else {
         "seq"
@@ -233,21 +246,9 @@ impl Command {
                 marker_name.clone(),
                 None,
             ),
-            Command::CompleteWorkflowExecution { result } => (
-                "CompleteWorkflowExecution",
-                String::new(),
-                String::new(),
-                Some(payload_hash(result)),
-            ),
-            Command::FailWorkflowExecution { .. } => {
-                ("FailWorkflowExecution", String::new(), String::new(), None)
-            }
-            Command::CancelWorkflowExecution { .. } => (
-                "CancelWorkflowExecution",
-                String::new(),
-                String::new(),
-                None,
-            ),
+            Command::CompleteWorkflowExecution { .. }
+            | Command::FailWorkflowExecution { .. }
+            | Command::CancelWorkflowExecution { .. } => return self.close_key(),
             // Input only: the type and queue default to this run's, which a
             // history records but the code need not name.
             Command::ContinueAsNewWorkflowExecution(a) => (
@@ -275,6 +276,8 @@ impl Command {
                 Some(payload_hash(&a.input) ^ fnv1a64(a.workflow_id.as_bytes())),
             ),
             Command::AcceptUpdate(_) | Command::CompleteUpdate { .. } => self.update_key(),
+            Command::UpsertWorkflowSearchAttributes { .. }
+            | Command::ModifyWorkflowProperties { .. } => return self.visibility_key(),
         };
         CommandKey {
             kind,
@@ -309,6 +312,46 @@ impl Command {
         }
     }
 
+    /// The key of a close command (complete, fail, cancel).
+    fn close_key(&self) -> CommandKey {
+        let (kind, input_hash) = match self {
+            Command::CompleteWorkflowExecution { result } => {
+                ("CompleteWorkflowExecution", Some(payload_hash(result)))
+            }
+            Command::FailWorkflowExecution { .. } => ("FailWorkflowExecution", None),
+            Command::CancelWorkflowExecution { .. } => ("CancelWorkflowExecution", None),
+            _ => unreachable!("close_key is asked of close commands"),
+        };
+        CommandKey {
+            kind,
+            id: String::new(),
+            type_name: String::new(),
+            input_hash,
+        }
+    }
+
+    /// The key of a search attribute or memo upsert: matched on what it
+    /// sets, so a different value is a different decision.
+    fn visibility_key(&self) -> CommandKey {
+        let (kind, set) = match self {
+            Command::UpsertWorkflowSearchAttributes { search_attributes } => (
+                "UpsertWorkflowSearchAttributes",
+                serde_json::to_value(search_attributes),
+            ),
+            Command::ModifyWorkflowProperties { upserted_memo } => (
+                "ModifyWorkflowProperties",
+                serde_json::to_value(upserted_memo),
+            ),
+            _ => unreachable!("visibility_key is asked of upserts"),
+        };
+        CommandKey {
+            kind,
+            id: String::new(),
+            type_name: String::new(),
+            input_hash: Some(payload_hash(&set.unwrap_or_default())),
+        }
+    }
+
     /// True for the commands that close the run.
     pub fn is_terminal(&self) -> bool {
         matches!(
@@ -328,15 +371,10 @@ pub fn event_command_key(
     kind: &EventKind,
     activity_id_of: impl Fn(u64) -> String,
 ) -> Option<CommandKey> {
+    if let Some(key) = direct_event_key(kind) {
+        return Some(key);
+    }
     let command = match kind {
-        EventKind::ActivityTaskScheduled(a) => {
-            return Some(CommandKey {
-                kind: "ScheduleActivityTask",
-                id: a.activity_id.clone(),
-                type_name: a.activity_type.clone(),
-                input_hash: Some(payload_hash(&a.input)),
-            });
-        }
         EventKind::ActivityTaskCancelRequested(a) => Command::RequestCancelActivityTask {
             activity_id: activity_id_of(a.scheduled_event_id),
         },
@@ -422,4 +460,26 @@ pub fn update_command(kind: &EventKind) -> Option<Command> {
         }),
         _ => None,
     }
+}
+
+/// The keys of command events not rebuilt as their command first.
+fn direct_event_key(kind: &EventKind) -> Option<CommandKey> {
+    let command = match kind {
+        EventKind::ActivityTaskScheduled(a) => {
+            return Some(CommandKey {
+                kind: "ScheduleActivityTask",
+                id: a.activity_id.clone(),
+                type_name: a.activity_type.clone(),
+                input_hash: Some(payload_hash(&a.input)),
+            });
+        }
+        EventKind::UpsertWorkflowSearchAttributes(a) => Command::UpsertWorkflowSearchAttributes {
+            search_attributes: a.search_attributes.clone(),
+        },
+        EventKind::WorkflowPropertiesModified(a) => Command::ModifyWorkflowProperties {
+            upserted_memo: a.upserted_memo.clone(),
+        },
+        _ => return None,
+    };
+    Some(command.key())
 }

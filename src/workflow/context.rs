@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use super::command::StartChildWorkflowExecution;
 use super::command::{
-    Command, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
+    Command, ContinueAsNewWorkflowExecution, LEGACY_PATCH_MARKER_NAME, PATCH_MARKER_NAME,
     RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
     SignalExternalWorkflowExecution, marker_id,
 };
@@ -49,6 +49,10 @@ pub struct WorkflowInfo {
     pub continued_failure: Option<crate::types::Failure>,
     /// The result of the cron workflow's last run that completed.
     pub last_completion_result: Option<serde_json::Value>,
+    /// The search attributes the run started with.
+    pub search_attributes: crate::visibility::SearchAttributes,
+    /// The memo the run started with.
+    pub memo: crate::visibility::Memo,
 }
 
 /// A query handler: arguments in, answer out.
@@ -145,6 +149,8 @@ pub(crate) struct RunCore {
     pub(crate) local_activities: super::local_activity::LocalActivities,
     /// Update handlers by update name.
     pub(crate) update_handlers: BTreeMap<String, Arc<super::update::UpdateHandler>>,
+    /// Search attributes and memo as the code set them.
+    pub(crate) visibility: super::visibility::VisibilityCore,
 }
 
 /// A child workflow as its parent's code sees it.
@@ -224,6 +230,7 @@ impl RunCore {
             next_child_seq: 1,
             local_activities: Default::default(),
             update_handlers: BTreeMap::new(),
+            visibility: Default::default(),
         }
     }
 
@@ -854,22 +861,50 @@ impl WorkflowContext {
         self.patch_marker(patch_id, true);
     }
 
+    /// Records patch `patch_id` as Temporal does: a `core_patch` marker and,
+    /// the first time a run takes a patch, an upsert of the
+    /// `TemporalChangeVersion` search attribute. Histories recorded before
+    /// (a `Patch` marker, no upsert) replay as recorded.
     fn patch_marker(&self, patch_id: &str, deprecated: bool) -> bool {
         let mut core = self.lock();
         if let Some(answer) = core.patches.get(patch_id) {
             return *answer;
         }
-        let answer = !core.replaying || core.expected_marker(PATCH_MARKER_NAME, patch_id).is_some();
+        let legacy = core.replaying
+            && core.expected_marker(PATCH_MARKER_NAME, patch_id).is_none()
+            && core
+                .expected_marker(LEGACY_PATCH_MARKER_NAME, patch_id)
+                .is_some();
+        let answer = !core.replaying
+            || legacy
+            || core.expected_marker(PATCH_MARKER_NAME, patch_id).is_some();
         core.patches.insert(patch_id.to_string(), answer);
-        if answer {
+        if !answer {
+            return false;
+        }
+        if legacy {
             let details = serde_json::json!({ "id": patch_id, "deprecated": deprecated });
-            let marker_name = PATCH_MARKER_NAME.to_string();
+            let marker_name = LEGACY_PATCH_MARKER_NAME.to_string();
             core.commands.push(Command::RecordMarker {
                 marker_name,
                 details,
             });
+            return true;
         }
-        answer
+        let details = serde_json::json!({ "patch_id": patch_id, "deprecated": deprecated });
+        let marker_name = PATCH_MARKER_NAME.to_string();
+        core.commands.push(Command::RecordMarker {
+            marker_name,
+            details,
+        });
+        if !deprecated {
+            let lookahead = core.replaying.then(|| core.expected_markers.clone());
+            let upsert = core
+                .visibility
+                .change_version_upsert(patch_id, lookahead.as_deref());
+            core.commands.extend(upsert);
+        }
+        true
     }
 
     /// Registers a query handler. Queries are answered from the run's replayed

@@ -29,7 +29,10 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use serde_json::Value;
 
-use super::command::{AcceptUpdate, Command, CommandKey, PATCH_MARKER_NAME, event_command_key};
+use super::command::{
+    AcceptUpdate, Command, CommandKey, LEGACY_PATCH_MARKER_NAME, PATCH_MARKER_NAME,
+    event_command_key,
+};
 use super::context::{RunCore, WorkflowContext, WorkflowInfo};
 use super::error::{ActivityError, ChildWorkflowError, WorkflowError};
 use super::local_activity::{
@@ -308,6 +311,10 @@ impl WorkflowExecutor {
                         EventKind::MarkerRecorded(m) => {
                             Some((m.marker_name.clone(), m.details.clone()))
                         }
+                        EventKind::UpsertWorkflowSearchAttributes(u) => Some((
+                            super::visibility::UPSERT_LOOKAHEAD.to_string(),
+                            serde_json::to_value(&u.search_attributes).unwrap_or_default(),
+                        )),
                         _ => None,
                     })
                     .collect();
@@ -865,7 +872,14 @@ impl WorkflowExecutor {
             attempt: started.attempt,
             continued_failure: started.continued_failure.as_deref().cloned(),
             last_completion_result: started.last_completion_result.clone(),
+            search_attributes: started.search_attributes.clone(),
+            memo: started.memo.clone(),
         };
+        {
+            let mut core = self.core.lock().expect("run core lock");
+            core.visibility.search_attributes = started.search_attributes.clone();
+            core.visibility.memo = started.memo.clone();
+        }
         let ctx = WorkflowContext::new(self.core.clone(), info.clone());
         self.future = Some(factory(ctx, started.input.clone())?);
         self.info = Some(info);
@@ -959,11 +973,14 @@ pub enum QueryError {
 
 fn is_deprecated_patch(kind: &EventKind) -> bool {
     match kind {
-        EventKind::MarkerRecorded(m) if m.marker_name == PATCH_MARKER_NAME => m
-            .details
-            .get("deprecated")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        EventKind::MarkerRecorded(m)
+            if m.marker_name == PATCH_MARKER_NAME || m.marker_name == LEGACY_PATCH_MARKER_NAME =>
+        {
+            m.details
+                .get("deprecated")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        }
         _ => false,
     }
 }

@@ -34,14 +34,16 @@ mod local_activity;
 mod registry;
 mod replay;
 mod update;
+mod visibility;
 
 pub use child::{
     ChildResultFuture, ChildStartFuture, ChildWorkflow, ChildWorkflowHandle, ChildWorkflowOptions,
 };
 pub use command::{
-    AcceptUpdate, Command, CommandKey, ContinueAsNewWorkflowExecution, PATCH_MARKER_NAME,
-    RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME, ScheduleActivityTask,
-    SignalExternalWorkflowExecution, StartChildWorkflowExecution, event_command_key,
+    AcceptUpdate, Command, CommandKey, ContinueAsNewWorkflowExecution, LEGACY_PATCH_MARKER_NAME,
+    PATCH_MARKER_NAME, RequestCancelExternalWorkflowExecution, SIDE_EFFECT_MARKER_NAME,
+    ScheduleActivityTask, SignalExternalWorkflowExecution, StartChildWorkflowExecution,
+    event_command_key,
 };
 pub use context::{
     ActivityFuture, CancellationScope, CancelledFuture, ConditionFn, ConditionFuture,

@@ -197,7 +197,8 @@ pub fn registry() -> WorkflowRegistry {
         .register::<Countdown>()
         .register::<CleanupOnCancel>()
         .register::<LocalThenRemote>()
-        .register::<ComposeOnUpdate>();
+        .register::<ComposeOnUpdate>()
+        .register::<Indexed>();
     registry
 }
 
@@ -230,6 +231,25 @@ impl Workflow for ComposeOnUpdate {
         ctx.signal::<()>("done").recv().await?;
         let all = composed.lock().unwrap().clone();
         Ok(all)
+    }
+}
+
+/// Marks its progress in search attributes and its memo: stage "started"
+/// (and the input in the memo), composes, then stage "done" and a count.
+pub struct Indexed;
+impl Workflow for Indexed {
+    const NAME: &'static str = "indexed";
+    type Input = String;
+    type Output = String;
+    async fn run(ctx: WorkflowContext, input: String) -> WorkflowResult<String> {
+        use retrace::visibility::SearchValue;
+        let stage = |s: &str| ("Stage".to_string(), SearchValue::Keyword(s.to_string()));
+        ctx.upsert_search_attributes([stage("started")].into())?;
+        ctx.upsert_memo([("input".to_string(), serde_json::json!(input))].into())?;
+        let composed = ctx.activity::<Compose>(input).await?;
+        let count = ("Count".to_string(), SearchValue::Int(1));
+        ctx.upsert_search_attributes([stage("done"), count].into())?;
+        Ok(composed)
     }
 }
 

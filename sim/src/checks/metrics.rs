@@ -145,6 +145,7 @@ mod tests {
             next_event_id: 2,
             version: 1,
             state: Vec::new(),
+            search_attributes: Default::default(),
         }
     }
 

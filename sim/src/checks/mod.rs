@@ -21,6 +21,7 @@
 //! | `buffered.rs` | buffered limit         | no run ever buffered more signal bytes during a workflow task than the service's limit |
 //! | `local_activities.rs` | local activities | no local activity attempt ran in a task that began after its marker was written; every marker records an attempt a worker ran |
 //! | `metrics.rs`  | metrics                | the runs `/metrics` counted started and closed (by status), through crashes and ambiguous writes, are the runs storage holds; dispatches and writes are all counted; once every run closed, no run is open and no timer queued |
+//! | `visibility.rs` | search attributes, list queries | stored search attributes are the history's (last write wins), carried to continued runs, each patch upserted once; list queries answer as a filter by hand |
 //! | `capacity.rs` | capacity               | no worker ran more activities than its limit; the service never handed a worker more tasks than it offered room for |
 
 pub mod buffered;
@@ -36,6 +37,7 @@ pub mod quarantine;
 pub mod retries;
 pub mod state;
 pub mod timers;
+pub mod visibility;
 pub mod workflow_tasks;
 
 use std::collections::BTreeMap;

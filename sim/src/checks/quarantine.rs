@@ -91,6 +91,7 @@ mod tests {
             next_event_id: 1,
             version: 1,
             state: b"{".to_vec(),
+            search_attributes: Default::default(),
         };
         let batch = WriteBatch {
             run,

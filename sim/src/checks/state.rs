@@ -547,6 +547,8 @@ mod tests {
             start_delay_ms: None,
             retry_policy: None,
             cron_schedule: None,
+            search_attributes: Default::default(),
+            memo: Default::default(),
         };
         let (mut state, mut events) =
             run::start(&request, "run-1", Timestamp(1_000_000), LIMITS).unwrap();
@@ -607,6 +609,7 @@ mod tests {
             next_event_id: state.next_event_id,
             version: 1,
             state: serde_json::to_vec(state).unwrap(),
+            search_attributes: Default::default(),
         };
         let history = History::from_events("wf", "run-1", events.to_vec()).unwrap();
         let rows = BufferedRead {

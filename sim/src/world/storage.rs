@@ -219,6 +219,7 @@ impl SimStorage {
             next_event_id: 1,
             version: 1,
             state: torn,
+            search_attributes: Default::default(),
         };
         let batch = WriteBatch {
             run,

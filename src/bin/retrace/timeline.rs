@@ -258,6 +258,14 @@ fn attributes(kind: &EventKind) -> String {
             format!("signal={} input={}", a.signal_name, short(&a.input))
         }
         MarkerRecorded(a) => format!("marker={} details={}", a.marker_name, short(&a.details)),
+        UpsertWorkflowSearchAttributes(a) => format!(
+            "search_attributes={}",
+            short(&serde_json::to_value(&a.search_attributes).unwrap_or_default())
+        ),
+        WorkflowPropertiesModified(a) => format!(
+            "memo={}",
+            short(&serde_json::to_value(&a.upserted_memo).unwrap_or_default())
+        ),
         WorkflowExecutionCancelRequested(a) => format!("cause={}", short(&a.cause.clone().into())),
         WorkflowExecutionCompleted(a) => format!("result={}", short(&a.result)),
         WorkflowExecutionFailed(a) => format!("failure={}", failure(&a.failure)),
@@ -361,12 +369,30 @@ pub fn describe(run: &RunDescription) -> String {
             t.timer_id, t.fire_time
         );
     }
+    for (name, value) in &run.search_attributes {
+        let shown = retrace::visibility::display_value(value);
+        let _ = writeln!(out, "search attr:    {name}={shown} ({})", value.kind());
+    }
+    if !run.memo.is_empty() {
+        let memo = serde_json::to_string(&run.memo).unwrap_or_default();
+        let _ = writeln!(out, "memo:           {memo}");
+    }
     out
+}
+
+/// A run's search attributes on one line (`Key=value, ...`).
+fn attributes_cell(run: &RunSummary) -> String {
+    let shown: Vec<String> = run
+        .search_attributes
+        .iter()
+        .map(|(name, value)| format!("{name}={}", retrace::visibility::display_value(value)))
+        .collect();
+    shown.join(", ")
 }
 
 /// Runs as an aligned table.
 pub fn run_table(runs: &[RunSummary]) -> String {
-    let header = [
+    let mut header = vec![
         "WORKFLOW ID",
         "RUN ID",
         "TYPE",
@@ -374,10 +400,15 @@ pub fn run_table(runs: &[RunSummary]) -> String {
         "STARTED",
         "CLOSED",
     ];
-    let rows: Vec<[String; 6]> = runs
+    // A column of search attributes when a run has some.
+    let attributes = runs.iter().any(|r| !r.search_attributes.is_empty());
+    if attributes {
+        header.push("SEARCH ATTRIBUTES");
+    }
+    let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {
-            [
+            let mut row = vec![
                 r.workflow_id.clone(),
                 r.run_id.clone(),
                 r.workflow_type.clone(),
@@ -387,21 +418,25 @@ pub fn run_table(runs: &[RunSummary]) -> String {
                 },
                 r.start_time.to_string(),
                 r.close_time.map_or("-".to_string(), |t| t.to_string()),
-            ]
+            ];
+            if attributes {
+                row.push(attributes_cell(r));
+            }
+            row
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header = header.map(str::to_string);
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
     for row in std::iter::once(&header).chain(&rows) {
         let cells: Vec<String> = row
             .iter()
-            .zip(widths)
+            .zip(widths.iter().copied())
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());

@@ -11,6 +11,7 @@ use retrace::client::{Client, ClientError, StartOptions};
 use retrace::env::{Env, RunStatus};
 use retrace::http::HttpNetwork;
 use retrace::types::Timestamp;
+use retrace::visibility::SearchValue;
 use serde_json::Value;
 
 use crate::timeline;
@@ -70,6 +71,53 @@ pub struct StartArgs {
     /// "@hourly", "@every 10m"), until it is canceled or terminated.
     #[arg(long, conflicts_with = "start_delay")]
     cron: Option<String>,
+    /// A search attribute the run starts with, `Key=Value` (repeatable): the
+    /// value's kind from its JSON (`"x"` or bare text Keyword, `3` Int,
+    /// `2.5` Double, `true` Bool, `["a","b"]` KeywordList), or named,
+    /// `Key:Kind=Value` (Text, Datetime as RFC 3339, ...).
+    #[arg(long = "search-attr", value_name = "KEY=VALUE")]
+    search_attrs: Vec<String>,
+    /// A memo key the run starts with, `Key=JSON` (repeatable; bare text is a string).
+    #[arg(long = "memo", value_name = "KEY=JSON")]
+    memos: Vec<String>,
+}
+
+/// `--search-attr Key=Value` or `Key:Kind=Value`.
+fn parse_search_attr(text: &str) -> anyhow::Result<(String, SearchValue)> {
+    let Some((key, value)) = text.split_once('=') else {
+        anyhow::bail!("--search-attr {text:?}: expected Key=Value or Key:Kind=Value");
+    };
+    if let Some((name, kind)) = key.split_once(':') {
+        let value = SearchValue::parse(kind, value)
+            .map_err(|e| anyhow::anyhow!("--search-attr {name}: {e}"))?;
+        return Ok((name.to_string(), value));
+    }
+    let value = match serde_json::from_str::<Value>(value) {
+        Ok(Value::Bool(b)) => SearchValue::Bool(b),
+        Ok(Value::Number(n)) if n.is_i64() => SearchValue::Int(n.as_i64().unwrap_or_default()),
+        Ok(Value::Number(n)) => SearchValue::Double(n.as_f64().unwrap_or_default()),
+        Ok(Value::String(s)) => SearchValue::Keyword(s),
+        Ok(Value::Array(items)) => {
+            let keywords = items.iter().map(|i| i.as_str().map(str::to_string));
+            let keywords: Option<Vec<String>> = keywords.collect();
+            let Some(keywords) = keywords else {
+                anyhow::bail!("--search-attr {key}: a KeywordList holds strings only");
+            };
+            SearchValue::KeywordList(keywords)
+        }
+        Ok(_) => anyhow::bail!("--search-attr {key}: {value} is no search attribute value"),
+        Err(_) => SearchValue::Keyword(value.to_string()),
+    };
+    Ok((key.to_string(), value))
+}
+
+/// `--memo Key=JSON` (bare text is a string).
+fn parse_memo(text: &str) -> anyhow::Result<(String, Value)> {
+    let Some((key, value)) = text.split_once('=') else {
+        anyhow::bail!("--memo {text:?}: expected Key=JSON");
+    };
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::from(value));
+    Ok((key.to_string(), value))
 }
 
 fn millis(duration: std::time::Duration) -> u64 {
@@ -85,6 +133,14 @@ impl StartArgs {
         options.execution_timeout_ms = timeout_ms.or(self.execution_timeout_ms);
         options.start_delay_ms = self.start_delay.map(millis);
         options.cron_schedule = self.cron;
+        for text in &self.search_attrs {
+            let (name, value) = parse_search_attr(text)?;
+            options.search_attributes.insert(name, value);
+        }
+        for text in &self.memos {
+            let (key, value) = parse_memo(text)?;
+            options.memo.insert(key, value);
+        }
         options.retry_policy = self.retry_attempts.map(|attempts| {
             let policy = RetryPolicy::default().maximum_attempts(attempts);
             match self.retry_interval {
@@ -225,6 +281,12 @@ pub struct ListFilter {
     /// Shows at most this many runs (the newest).
     #[arg(long)]
     limit: Option<usize>,
+    /// A list query over system attributes (WorkflowId, WorkflowType, RunId,
+    /// ExecutionStatus, StartTime, CloseTime, TaskQueue) and search
+    /// attributes: `WorkflowType = "checkout" AND StartTime > "2026-12-01T00:00:00Z"`
+    /// (=, !=, <, >, <=, >=, IN, BETWEEN, AND, OR, parentheses, ORDER BY).
+    #[arg(long)]
+    query: Option<String>,
 }
 
 fn parse_status(text: &str) -> Result<RunStatus, String> {
@@ -278,6 +340,7 @@ async fn list_runs(
     let request = retrace::api::ListWorkflowsRequest {
         status: filter.status,
         workflow_type: filter.workflow_type.clone(),
+        query: filter.query.clone(),
         ..Default::default()
     };
     let mut runs = client.list_matching(&request).await?;
@@ -285,7 +348,14 @@ async fn list_runs(
         let earliest = since.earliest(client.env().now());
         runs.retain(|run| run.start_time >= earliest);
     }
-    runs.sort_by(|a, b| (b.start_time, &b.run_id).cmp(&(a.start_time, &a.run_id)));
+    // A query's ORDER BY orders the runs; newest first otherwise.
+    let ordered = filter
+        .query
+        .as_deref()
+        .is_some_and(|q| q.to_ascii_uppercase().contains("ORDER BY"));
+    if !ordered {
+        runs.sort_by(|a, b| (b.start_time, &b.run_id).cmp(&(a.start_time, &a.run_id)));
+    }
     runs.truncate(filter.limit.unwrap_or(usize::MAX));
     Ok(runs)
 }

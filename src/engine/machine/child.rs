@@ -73,6 +73,8 @@ impl ChildState {
             start_delay_ms: None,
             retry_policy: None,
             cron_schedule: None,
+            search_attributes: Default::default(),
+            memo: Default::default(),
         }
     }
 }

@@ -126,6 +126,16 @@ pub(super) fn successor_request(
         // Temporal's does.
         retry_policy: state.retry_policy.clone(),
         cron_schedule: state.cron.as_ref().map(|cron| cron.schedule.clone()),
+        // The next run keeps the search attributes and memo, as Temporal's
+        // does, but for the patches this run took: the next run's code
+        // records its own.
+        search_attributes: state
+            .search_attributes
+            .iter()
+            .filter(|(name, _)| *name != crate::visibility::CHANGE_VERSION)
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect(),
+        memo: state.memo.clone(),
     }
 }
 

@@ -114,6 +114,12 @@ pub struct RunState {
     /// `update::UPDATES_PER_RUN_MAX`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub updates: BTreeMap<String, update::UpdateState>,
+    /// The run's search attributes: the start's, with every upsert merged in.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub search_attributes: crate::visibility::SearchAttributes,
+    /// The run's memo: the start's, with every modification applied.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub memo: crate::visibility::Memo,
 }
 
 /// A cron workflow's schedule, carried from run to run.

@@ -73,6 +73,12 @@ pub fn check_start(request: &StartWorkflowRequest) -> Result<(), ServiceError> {
             ));
         }
     }
+    let none = crate::visibility::SearchAttributes::new();
+    let setter = crate::visibility::Setter::User;
+    crate::visibility::validate_merge(&none, &request.search_attributes, setter)
+        .map_err(|e| invalid(e.to_string()))?;
+    crate::visibility::merge_memo(&Default::default(), &request.memo)
+        .map_err(|e| invalid(e.to_string()))?;
     Ok(())
 }
 
@@ -112,6 +118,8 @@ pub fn start(
             continued_failure: None,
             cron_schedule: request.cron_schedule.clone(),
             last_completion_result: None,
+            search_attributes: request.search_attributes.clone(),
+            memo: request.memo.clone(),
         },
     ));
     match delay_ms {
@@ -185,6 +193,8 @@ fn initial_state(
                 last_completion_result: None,
             }),
         updates: BTreeMap::new(),
+        search_attributes: request.search_attributes.clone(),
+        memo: request.memo.clone(),
     }
 }
 
@@ -255,7 +265,50 @@ pub(super) fn apply_command(
         Command::CompleteUpdate { update_id, outcome } => {
             super::update::on_complete_command(step, completed, update_id, outcome)
         }
+        Command::UpsertWorkflowSearchAttributes { search_attributes } => {
+            upsert_search_attributes(step, completed, search_attributes)
+        }
+        Command::ModifyWorkflowProperties { upserted_memo } => {
+            modify_properties(step, completed, upserted_memo)
+        }
     }
+}
+
+/// Merges the workflow's upsert into the run's search attributes (checked:
+/// names, kinds, count and size), recording it.
+fn upsert_search_attributes(
+    step: &mut Step<'_>,
+    completed: u64,
+    search_attributes: &crate::visibility::SearchAttributes,
+) -> Result<(), String> {
+    let setter = crate::visibility::Setter::Command;
+    let current = &step.state.search_attributes;
+    let merged = crate::visibility::validate_merge(current, search_attributes, setter)
+        .map_err(|e| e.to_string())?;
+    step.state.search_attributes = merged;
+    let event = crate::history::UpsertWorkflowSearchAttributes {
+        search_attributes: search_attributes.clone(),
+        workflow_task_completed_event_id: completed,
+    };
+    step.emit(EventKind::UpsertWorkflowSearchAttributes(event));
+    Ok(())
+}
+
+/// Applies the workflow's memo modification (checked: size), recording it.
+fn modify_properties(
+    step: &mut Step<'_>,
+    completed: u64,
+    upserted_memo: &crate::visibility::Memo,
+) -> Result<(), String> {
+    let merged = crate::visibility::merge_memo(&step.state.memo, upserted_memo)
+        .map_err(|e| e.to_string())?;
+    step.state.memo = merged;
+    let event = crate::history::WorkflowPropertiesModified {
+        upserted_memo: upserted_memo.clone(),
+        workflow_task_completed_event_id: completed,
+    };
+    step.emit(EventKind::WorkflowPropertiesModified(event));
+    Ok(())
 }
 
 /// A command that closes the run: complete, fail or cancel.
@@ -507,6 +560,8 @@ mod tests {
             start_delay_ms: None,
             retry_policy: None,
             cron_schedule: None,
+            search_attributes: Default::default(),
+            memo: Default::default(),
         };
         let (mut state, mut events) = start(&request, "run", Timestamp(1_000), LIMITS).unwrap();
         let mut step = Step::new(&mut state, Timestamp(1_000), LIMITS);

@@ -9,7 +9,8 @@ use super::wire::{duration, failure, payloads, retry_policy, task_queue};
 use crate::history::event::*;
 use crate::types::{IdReusePolicy, ParentClosePolicy, RetryState, TimeoutType};
 use crate::workflow::{
-    LOCAL_ACTIVITY_MARKER_NAME, LocalActivityOutcome, PATCH_MARKER_NAME, SIDE_EFFECT_MARKER_NAME,
+    LEGACY_PATCH_MARKER_NAME, LOCAL_ACTIVITY_MARKER_NAME, LocalActivityOutcome, PATCH_MARKER_NAME,
+    SIDE_EFFECT_MARKER_NAME,
 };
 
 fn id(event_id: u64) -> Value {
@@ -104,6 +105,14 @@ pub(super) fn attributes(kind: &EventKind) -> Value {
         | ChildWorkflowExecutionTimedOut(_)
         | ChildWorkflowExecutionTerminated(_) => child(kind),
         WorkflowExecutionUpdateAccepted(_) | WorkflowExecutionUpdateCompleted(_) => update(kind),
+        UpsertWorkflowSearchAttributes(a) => json!({
+            "searchAttributes": super::visibility::search_attributes(&a.search_attributes),
+            "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
+        }),
+        WorkflowPropertiesModified(a) => json!({
+            "upsertedMemo": super::visibility::memo(&a.upserted_memo),
+            "workflowTaskCompletedEventId": id(a.workflow_task_completed_event_id),
+        }),
         _ => run(kind),
     }
 }
@@ -156,6 +165,15 @@ fn started(a: &WorkflowExecutionStarted) -> Value {
         "attempt": a.attempt,
         "identity": a.identity,
     });
+    let attributes = &a.search_attributes;
+    let search_attributes = super::visibility::search_attributes(attributes);
+    put(
+        &mut value,
+        "searchAttributes",
+        (!attributes.is_empty()).then_some(search_attributes),
+    );
+    let memo = (!a.memo.is_empty()).then(|| super::visibility::memo(&a.memo));
+    put(&mut value, "memo", memo);
     put(
         &mut value,
         "workflowExecutionTimeout",
@@ -375,9 +393,15 @@ fn marker(a: &MarkerRecorded) -> Value {
             "data": payloads(&field("value")),
         });
         (GO_SIDE_EFFECT_MARKER, details)
-    } else if a.marker_name == PATCH_MARKER_NAME {
+    } else if a.marker_name == PATCH_MARKER_NAME || a.marker_name == LEGACY_PATCH_MARKER_NAME {
+        // Retrace's patch marker is Temporal's; an older history's names the
+        // patch `id`.
+        let id = match a.marker_name == PATCH_MARKER_NAME {
+            true => field("patch_id"),
+            false => field("id"),
+        };
         let details = json!({
-            "patch_id": payloads(&field("id")),
+            "patch_id": payloads(&id),
             "deprecated": payloads(&field("deprecated")),
         });
         (CORE_PATCH_MARKER, details)

@@ -54,6 +54,21 @@ impl Importer {
         match name {
             "WorkflowExecutionStarted" => self.started(a).map(EventKind::WorkflowExecutionStarted),
             "MarkerRecorded" => self.marker(a).map(EventKind::MarkerRecorded),
+            "UpsertWorkflowSearchAttributes" => Ok(EventKind::UpsertWorkflowSearchAttributes(
+                UpsertWorkflowSearchAttributes {
+                    search_attributes: super::visibility::decode_search_attributes(
+                        a,
+                        "searchAttributes",
+                    )?,
+                    workflow_task_completed_event_id: a.event_id("workflowTaskCompletedEventId")?,
+                },
+            )),
+            "WorkflowPropertiesModified" => Ok(EventKind::WorkflowPropertiesModified(
+                WorkflowPropertiesModified {
+                    upserted_memo: super::visibility::decode_memo(a, "upsertedMemo")?,
+                    workflow_task_completed_event_id: a.event_id("workflowTaskCompletedEventId")?,
+                },
+            )),
             _ if name.starts_with("WorkflowTask") => {
                 if name == "WorkflowTaskCompleted" {
                     self.last_completed = event_id;
@@ -149,6 +164,8 @@ impl Importer {
             continued_failure: a.failure("continuedFailure")?.map(Box::new),
             cron_schedule: a.optional_string("cronSchedule")?.filter(|s| !s.is_empty()),
             last_completion_result: a.optional_payloads("lastCompletionResult")?,
+            search_attributes: super::visibility::decode_search_attributes(a, "searchAttributes")?,
+            memo: super::visibility::decode_memo(a, "memo")?,
         })
     }
 
@@ -174,7 +191,7 @@ impl Importer {
                 let deprecated = details.payloads("deprecated")?.as_bool().unwrap_or(false);
                 (
                     PATCH_MARKER_NAME,
-                    json!({ "id": id, "deprecated": deprecated }),
+                    json!({ "patch_id": id, "deprecated": deprecated }),
                 )
             }
             CORE_LOCAL_ACTIVITY_MARKER => (

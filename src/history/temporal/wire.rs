@@ -237,7 +237,7 @@ pub(super) fn duration(ms: u64) -> Value {
 const JSON_PLAIN: &str = "json/plain";
 const BINARY_NULL: &str = "binary/null";
 
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub(super) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     STANDARD_PAD_INDIFFERENT
         .decode(text)
         .or_else(|_| URL_SAFE_PAD_INDIFFERENT.decode(text))

@@ -282,6 +282,7 @@ pub enum StepReport {
     Patched {
         taken: bool,
     },
+    Upsert,
     Join(Vec<StepReport>),
     /// The run's age when the bug had passed.
     TransientBug {
@@ -606,6 +607,11 @@ fn run_step<'a>(ctx: &'a WorkflowContext, shared: &'a Shared, step: &'a Step) ->
             Step::Patched { patch_id } => StepReport::Patched {
                 taken: ctx.patched(patch_id),
             },
+            Step::Upsert { name, value } => {
+                let value = super::program::upsert_value(name, *value);
+                ctx.upsert_search_attributes([(name.clone(), value)].into())?;
+                StepReport::Upsert
+            }
             Step::Join(branches) => StepReport::Join(run_join(ctx, branches).await?),
             Step::Fail => return Err(give_up(shared)),
             Step::TransientBug { until_ms } => {

@@ -1686,6 +1686,7 @@ impl<'a> RunCheck<'a> {
         for (step, report) in self.spec.steps.iter().zip(&reports) {
             self.check_report(history, activities, step, report, &mut last_now_ms);
         }
+        super::search::check_completed(self.spec, history, &mut self.problems);
     }
 
     /// A signal the workflow received, or one it sent to another workflow.
@@ -1773,6 +1774,7 @@ impl<'a> RunCheck<'a> {
                 self.check_transient_bug(*until_ms, *age_ms);
             }
             (Step::Random, StepReport::Random { .. }) => {}
+            (Step::Upsert { .. }, StepReport::Upsert) => {}
             (Step::Uuid, StepReport::Uuid { value }) if !is_uuid_v4(value) => {
                 self.problem(format!("uuid {value} is not a version 4 uuid"));
             }
@@ -1780,7 +1782,7 @@ impl<'a> RunCheck<'a> {
             (Step::Now, StepReport::Now { ms }) => self.check_now(history, *ms, last_now_ms),
             (Step::Patched { patch_id }, StepReport::Patched { taken }) => {
                 let recorded = markers(history, PATCH_MARKER_NAME)
-                    .any(|d| d.get("id") == Some(&Value::from(patch_id.as_str())));
+                    .any(|d| d.get("patch_id") == Some(&Value::from(patch_id.as_str())));
                 if !taken || !recorded {
                     self.problem(format!("a new run must take patch {patch_id} and record it (taken {taken}, recorded {recorded})"));
                 }

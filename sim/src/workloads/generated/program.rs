@@ -206,6 +206,12 @@ pub enum Step {
     Patched {
         patch_id: String,
     },
+    /// `ctx.upsert_search_attributes` of one attribute ([`UPSERT_NAMES`]),
+    /// its value made by [`upsert_value`] from `value`.
+    Upsert {
+        name: String,
+        value: i64,
+    },
     Join(Vec<Branch>),
     /// Workflow code with a transient bug: it panics while the run is younger
     /// than `until_ms`, so its workflow tasks fail and come back after the
@@ -756,10 +762,12 @@ pub enum Feature {
     Update,
     /// An update the workflow's validator refuses: nothing recorded.
     UpdateRefused,
+    /// The workflow upserts a search attribute.
+    SearchAttributeUpsert,
 }
 
 /// Every feature, for coverage tests.
-pub const FEATURES: [Feature; 80] = [
+pub const FEATURES: [Feature; 81] = [
     Feature::ScheduleToStartTimeout,
     Feature::StartToCloseTimeout,
     Feature::ScheduleToCloseAlone,
@@ -840,6 +848,7 @@ pub const FEATURES: [Feature; 80] = [
     Feature::LocalActivityDurableBackoff,
     Feature::Update,
     Feature::UpdateRefused,
+    Feature::SearchAttributeUpsert,
 ];
 
 /// splitmix64 over the seed: the program's own stream.
@@ -1056,6 +1065,7 @@ fn step_features(run: &RunSpec, out: &mut BTreeSet<Feature>) {
             Step::TransientBug { .. } => Feature::TransientWorkflowBug,
             Step::Fail => Feature::WorkflowFails,
             Step::Patched { .. } => Feature::Patched,
+            Step::Upsert { .. } => Feature::SearchAttributeUpsert,
             Step::Join(_) => Feature::Join,
             Step::Select { .. } => Feature::Select,
             Step::Condition {
@@ -1335,7 +1345,7 @@ fn add_start_options(seed: u64, runs: &mut [RunSpec]) {
             && (!run.gives_up() || run.gives_up_plainly())
             && run.children().next().is_none()
             && !targets.contains(&run.workflow_id);
-        if quiet && plain && draws.chance(33) {
+        if quiet && plain && draws.chance(45) {
             run.retry = Some(WorkflowRetry {
                 maximum_attempts: draws.pick(&[0, 2, 3, 4]),
                 failing_attempts: 1 + draws.below(3) as u32,
@@ -1688,12 +1698,28 @@ fn run(draws: &mut Draws, index: usize) -> RunSpec {
     }
 }
 
+/// The search attributes the generated workflows upsert (and start with:
+/// every root run starts with `Tier`, the number of its steps).
+pub const UPSERT_NAMES: [&str; 4] = ["Stage", "Tier", "Score", "Flag"];
+
+/// The value an `Upsert` step sets: `Stage` a keyword, `Tier` an integer,
+/// `Score` a double, `Flag` a boolean.
+pub fn upsert_value(name: &str, value: i64) -> retrace::visibility::SearchValue {
+    use retrace::visibility::SearchValue;
+    match name {
+        "Stage" => SearchValue::Keyword(format!("s{value}")),
+        "Tier" => SearchValue::Int(value),
+        "Score" => SearchValue::Double(value as f64 / 4.0),
+        _ => SearchValue::Bool(value % 2 == 0),
+    }
+}
+
 fn encoded_bytes(steps: &[Step]) -> usize {
     serde_json::to_vec(steps).map_or(usize::MAX, |bytes| bytes.len())
 }
 
 fn step(draws: &mut Draws, tag: &str, client: &mut Vec<Timed>) -> Step {
-    match draws.below(21) {
+    match draws.below(23) {
         0..=6 => Step::Activity(activity(draws, tag)),
         7..=8 => Step::Timer {
             duration_ms: draws.pick(&[100, 1_000, 3_500]),
@@ -1722,6 +1748,10 @@ fn step(draws: &mut Draws, tag: &str, client: &mut Vec<Timed>) -> Step {
             patch_id: format!("{tag}-patch"),
         },
         14..=16 => join(draws, tag),
+        21..=22 => Step::Upsert {
+            name: UPSERT_NAMES[draws.below(UPSERT_NAMES.len() as u64) as usize].to_string(),
+            value: draws.below(4) as i64,
+        },
         20 => Step::LocalActivity {
             succeed_at: draws.pick(&[1, 1, 2, 3]) as u32,
             backoff_ms: draws.pick(&[50, LOCAL_WINDOW_MS / 2, LOCAL_WINDOW_MS + 1_000]),

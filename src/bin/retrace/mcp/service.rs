@@ -316,6 +316,7 @@ impl Service {
             workflow_type: args.workflow_type,
             page_token: None,
             page_size: u32::try_from(limit.min(LIST_PAGE_SIZE)).expect("at most 1000"),
+            query: None,
         };
         let mut runs = Vec::new();
         loop {
