@@ -113,21 +113,13 @@ pub struct KnownBug {
 /// before the first workflow task completed was answered from that task,
 /// which then timed out while a cancel request came first, so a later
 /// query went back (15688): such queries are now refused as not ready.
-pub const KNOWN_ENGINE_BUGS: [KnownBug; 1] = [KnownBug {
-    name: "activity attempts handed to long polls of crashed workers",
-    signature: "activity \"1\" schedule-to-start timeout was due at 2022-10-27T00:10:35.799Z",
-    description: "seed 2136 (surfaced when the search attribute steps changed the program \
-        mix; no search attribute is involved): both workers crash while their activity \
-        long polls wait in the service; the service hands attempts 1, 2 and 3 of an \
-        activity (schedule-to-start 2 s, start-to-close 4 s) to those dead polls, one \
-        after another, so each attempt counts as started (schedule-to-start no longer \
-        applies) and start-to-close retries it; the run is canceled (TryCancel) while \
-        attempt 3 runs, so its history holds no ActivityTaskStarted and the timers \
-        check expects the schedule-to-start timeout. Diagnosed with the service's \
-        dispatch and timer trace; not fixed: the service cannot tell a dead poll from \
-        a live one (Temporal loses such tasks until start-to-close too), and the \
-        history does not record a start the run's close cut short.",
-}];
+///
+/// Found and blamed on the oracle, not the engine: an activity attempt the
+/// service started that no worker ran (handed to the long poll of a crashed
+/// worker, or started by a write that committed while reporting a timeout)
+/// leaves no schedule-to-start deadline; the timers check now reads the
+/// service's starts from storage (seeds 2136, 17955).
+pub const KNOWN_ENGINE_BUGS: [KnownBug; 0] = [];
 
 /// The known bug that explains a failing seed, if one does.
 pub fn known_engine_bug(result: &crate::SeedResult) -> Option<&'static KnownBug> {
