@@ -709,23 +709,6 @@ impl Activity for Ledger {
     }
 }
 
-// README search-attributes begins
-/// Marks its progress in a search attribute: list queries find the orders
-/// at each stage.
-struct Checkout;
-impl Workflow for Checkout {
-    const NAME: &'static str = "checkout";
-    type Input = ();
-    type Output = ();
-    async fn run(ctx: WorkflowContext, (): ()) -> WorkflowResult<()> {
-        let stage = |s: &str| ("Stage".to_string(), SearchValue::Keyword(s.to_string()));
-        ctx.upsert_search_attributes([stage("paying")].into())?;
-        ctx.sleep(Duration::from_secs(60)).await?;
-        ctx.upsert_search_attributes([stage("shipped")].into())?;
-        Ok(())
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn the_readme_update_example_withdraws_what_the_balance_covers_and_refuses_the_rest() {
     let engine = EmbeddedEngine::in_memory().await.unwrap();
@@ -754,6 +737,23 @@ async fn the_readme_update_example_withdraws_what_the_balance_covers_and_refuses
     account.signal("close", ()).await.unwrap();
     assert_eq!(account.result().await.unwrap(), 50);
     worker.shutdown().await;
+}
+
+// README search-attributes begins
+/// Marks its progress in a search attribute: list queries find the orders
+/// at each stage.
+struct Checkout;
+impl Workflow for Checkout {
+    const NAME: &'static str = "checkout";
+    type Input = ();
+    type Output = ();
+    async fn run(ctx: WorkflowContext, (): ()) -> WorkflowResult<()> {
+        let stage = |s: &str| ("Stage".to_string(), SearchValue::Keyword(s.to_string()));
+        ctx.upsert_search_attributes([stage("paying")].into())?;
+        ctx.sleep(Duration::from_secs(60)).await?;
+        ctx.upsert_search_attributes([stage("shipped")].into())?;
+        Ok(())
+    }
 }
 
 /// Starts a checkout for a customer, then lists that customer's running ones.
