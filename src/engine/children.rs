@@ -30,8 +30,11 @@ use super::machine::child::{self, ChildState};
 use super::machine::{self, RunState};
 use super::service::Inner;
 use crate::api::{ErrorCode, RunOutcome, RunRef, ServiceError};
-use crate::history::ParentExecution;
+use crate::history::{EventKind, ParentExecution};
 use crate::types::ParentClosePolicy;
+
+/// Runs a child's chain is followed back to find the run its start began.
+const CHAIN_RUNS_BACK_MAX: usize = 64;
 
 /// A child: its parent's run id and initiated event id.
 pub type ChildKey = (String, u64);
@@ -204,12 +207,14 @@ impl Inner {
         let parent_ref = child::parent_of(parent, initiated);
         match self.start_run(&request, Some(&parent_ref)).await {
             Ok(started) => {
+                // A retry finds the chain's current run: record its first.
+                let first_run_id = self.first_run_of(&started.run_id).await?;
                 self.transition(&parent.run_id, |step| {
-                    child::on_started(step, initiated, &started.run_id);
+                    child::on_started(step, initiated, &first_run_id);
                     Ok(())
                 })
                 .await?;
-                Ok(Some(started.run_id))
+                Ok(Some(first_run_id))
             }
             Err(error) if error.code == ErrorCode::AlreadyStarted => {
                 tracing::debug!(%error, "child workflow not started");
@@ -222,6 +227,36 @@ impl Inner {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The first run of the chain `run_id` belongs to: its start's
+    /// `continued_execution_run_id` followed back (continue-as-new, a retry,
+    /// a cron run), at most `CHAIN_RUNS_BACK_MAX` runs.
+    async fn first_run_of(&self, run_id: &str) -> Result<String, ServiceError> {
+        let mut first = run_id.to_string();
+        for _ in 0..CHAIN_RUNS_BACK_MAX {
+            let events = self
+                .storage
+                .read_events(&first, 1, 1)
+                .await
+                .map_err(|e| super::service::unavailable(&e))?;
+            let previous = match events.first().map(|e| &e.kind) {
+                Some(EventKind::WorkflowExecutionStarted(started)) => {
+                    started.continued_execution_run_id.clone()
+                }
+                _ => None,
+            };
+            match previous {
+                Some(previous) => first = previous,
+                None => return Ok(first),
+            }
+        }
+        tracing::warn!(
+            run_id,
+            first,
+            "a child's chain is longer than we follow back"
+        );
+        Ok(first)
     }
 
     /// How the child's chain closed (the run that closed it, and how), if

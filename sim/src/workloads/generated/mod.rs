@@ -112,7 +112,10 @@ pub struct KnownBug {
 /// signal-with-start refused AlreadyStarted (12233, 18652); a query made
 /// before the first workflow task completed was answered from that task,
 /// which then timed out while a cancel request came first, so a later
-/// query went back (15688): such queries are now refused as not ready.
+/// query went back (15688): such queries are now refused as not ready; a
+/// child whose start was retried after its first run continued as new was
+/// recorded started as the chain's current run, not the run its start
+/// began (43459).
 ///
 /// Found and blamed on the oracle, not the engine: an activity attempt the
 /// service started that no worker ran (handed to the long poll of a crashed
