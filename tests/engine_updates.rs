@@ -333,3 +333,59 @@ async fn an_update_to_a_closed_run_is_refused_as_closed() {
     );
     shop.close().await.check_histories().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_takes_ten_updates_in_flight_and_refuses_the_eleventh_until_one_completes() {
+    use retrace::engine::machine::update::UPDATES_IN_FLIGHT_MAX;
+    let engine = TestEngine::new(registry()).await;
+    let two = engine.engine.worker("q").workflows(registry()).start_two();
+    let client = engine.client();
+    let cart = client
+        .start::<Cart>(StartOptions::new("cart-7", "q"), ())
+        .await
+        .unwrap();
+    // No worker prices yet: every accepted handler waits on its activity.
+    let send = |n: usize| {
+        let client = client.clone();
+        async move {
+            let update_id = format!("u-{n}");
+            client
+                .update_with_id::<u64>("cart-7", None, "add", &update_id, "fig")
+                .await
+        }
+    };
+    let in_flight = futures::future::join_all((0..UPDATES_IN_FLIGHT_MAX).map(send));
+    let over_then_price = async {
+        loop {
+            let history = cart.history().await.unwrap();
+            if update_events(&history).len() == UPDATES_IN_FLIGHT_MAX {
+                break;
+            }
+            engine.engine.env().sleep_ms(50).await;
+        }
+        let over = send(UPDATES_IN_FLIGHT_MAX).await.unwrap_err();
+        let price = Price::default();
+        let pricing = engine.engine.worker("prices").activity(price).start();
+        (over, pricing)
+    };
+    let (answers, (over, pricing)) = tokio::join!(in_flight, over_then_price);
+    assert_eq!(
+        over.code(),
+        Some(retrace::api::ErrorCode::ResourceExhausted),
+        "{over:?}"
+    );
+    let mut totals: Vec<u64> = answers.into_iter().map(Result::unwrap).collect();
+    totals.sort();
+    let expected: Vec<u64> = (1..=UPDATES_IN_FLIGHT_MAX as u64).map(|n| 3 * n).collect();
+    assert_eq!(totals, expected, "the ten in flight each added a fig");
+    // With room again, the eleventh is taken.
+    assert_eq!(send(UPDATES_IN_FLIGHT_MAX).await.unwrap(), 33);
+    cart.signal("checkout", ()).await.unwrap();
+    assert_eq!(
+        cart.result().await.unwrap().len(),
+        UPDATES_IN_FLIGHT_MAX + 1
+    );
+    two.shutdown().await;
+    pricing.shutdown().await;
+    engine.check_histories().await;
+}

@@ -71,9 +71,14 @@ pub type ServiceStarts = BTreeMap<(String, u64, u32), retrace::types::Timestamp>
 /// The attempts a run's state holds as started.
 fn started_attempts(state: &[u8]) -> Vec<(u64, u32, retrace::types::Timestamp)> {
     use retrace::engine::machine::{ActivityPhase, RunState};
-    // Most writes start no attempt: skip decoding those (a started phase
-    // is encoded as `{"Started":{...}}`).
-    if !state.windows(10).any(|w| w == b"\"Started\":") {
+    // Most writes hold no started attempt: skip decoding those (an
+    // activity's started phase is encoded as `{"Started":{"started_time"`;
+    // a started workflow task's, which most writes hold, differs).
+    const STARTED_ACTIVITY: &[u8] = b"\"Started\":{\"started_time\"";
+    if !state
+        .windows(STARTED_ACTIVITY.len())
+        .any(|w| w == STARTED_ACTIVITY)
+    {
         return Vec::new();
     }
     let Ok(state) = serde_json::from_slice::<RunState>(state) else {
