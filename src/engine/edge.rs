@@ -203,6 +203,35 @@ mod tests {
     }
 
     #[test]
+    fn an_update_needs_a_name_and_an_id_of_bounded_length() {
+        use crate::engine::machine::update::UPDATE_ID_BYTES_MAX;
+        let update = |name: &str, update_id: &str| {
+            Request::UpdateWorkflow(crate::api::UpdateWorkflowRequest {
+                run: RunRef {
+                    workflow_id: "w".into(),
+                    run_id: None,
+                },
+                update_name: name.into(),
+                input: json!(1),
+                update_id: update_id.into(),
+                identity: String::new(),
+            })
+        };
+        let longest = "u".repeat(UPDATE_ID_BYTES_MAX);
+        assert!(check_request(&update("add", &longest)).is_ok());
+        let too_long = "u".repeat(UPDATE_ID_BYTES_MAX + 1);
+        let refused = check_request(&update("add", &too_long)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidArgument);
+        assert!(refused.message.contains("update_id"), "{}", refused.message);
+        let nameless = check_request(&update("", "u-1")).unwrap_err();
+        assert!(
+            nameless.message.contains("update_name must not be empty"),
+            "{}",
+            nameless.message
+        );
+    }
+
+    #[test]
     fn a_poll_needs_a_task_queue() {
         let poll = |task_queue: &str| {
             Request::PollActivityTask(PollTaskRequest {
