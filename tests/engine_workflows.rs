@@ -1170,6 +1170,7 @@ fn move_buffered_rows_into_the_blob(storage: &MemoryStorage, run_id: &str) {
     run.version += 1;
     run.state = serde_json::to_vec(&state).unwrap();
     let batch = WriteBatch {
+        fence: None,
         run,
         expected_version: Some(record.version),
         events: Vec::new(),

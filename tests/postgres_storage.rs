@@ -64,6 +64,7 @@ fn create(run_id: &str) -> WriteBatch {
         previous_run_id: None,
     };
     WriteBatch {
+        fence: None,
         run,
         expected_version: None,
         events: vec![Event::new(1, Timestamp(1_704_067_200_001), kind)],

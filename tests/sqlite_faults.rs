@@ -78,6 +78,7 @@ fn create(run_id: &str) -> WriteBatch {
     };
     let events = vec![Event::new(1, Timestamp(1_704_067_200_000), kind)];
     WriteBatch {
+        fence: None,
         run,
         expected_version: None,
         events,

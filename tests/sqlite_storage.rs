@@ -56,6 +56,7 @@ fn create(run_id: &str, count: u64) -> WriteBatch {
         .map(|event_id| signal(run_id, event_id))
         .collect();
     WriteBatch {
+        fence: None,
         run,
         expected_version: None,
         events,
@@ -74,6 +75,7 @@ fn append(stored: &RunRecord, count: u64) -> WriteBatch {
         .map(|offset| signal(&run.run_id, stored.next_event_id + offset))
         .collect();
     WriteBatch {
+        fence: None,
         run,
         expected_version: Some(stored.version),
         events,

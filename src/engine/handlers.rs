@@ -485,6 +485,7 @@ impl Inner {
         };
         let written = events.clone();
         let batch = WriteBatch {
+            fence: None,
             run: record_of(&state, 1),
             expected_version: None,
             events,

@@ -731,6 +731,7 @@ impl Inner {
         assert_eq!(next.successor(), Some(run.state.run_id.as_str()));
         let new_run_id = run.state.run_id.clone();
         let batch = WriteBatch {
+            fence: None,
             run: record_of(&run.state, 1),
             expected_version: None,
             events: run.events.clone(),
@@ -780,6 +781,7 @@ impl Inner {
         let version = loaded.version + 1;
         let written = events.clone();
         let batch = WriteBatch {
+            fence: None,
             run: record_of(&next, version),
             expected_version: Some(loaded.version),
             events,

@@ -125,6 +125,7 @@ fn create_with(mut run: RunRecord, count: usize, previous_run_id: Option<&str>) 
         previous_run_id: previous_run_id.map(str::to_string),
     };
     WriteBatch {
+        fence: None,
         run,
         expected_version: None,
         events,
@@ -142,6 +143,7 @@ fn append(stored: &RunRecord, count: usize) -> WriteBatch {
     run.state = format!("{} at version {}", run.run_id, run.version).into_bytes();
     let events = signals(&run.run_id, stored.next_event_id, count);
     WriteBatch {
+        fence: None,
         run,
         expected_version: Some(stored.version),
         events,
@@ -379,6 +381,7 @@ pub async fn created_run_reads_back_equal(storage: &dyn Storage) {
         previous_run_id: None,
     };
     let batch = WriteBatch {
+        fence: None,
         run: run.clone(),
         expected_version: None,
         events: events.clone(),

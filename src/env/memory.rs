@@ -5,10 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use super::BoxFuture;
+use super::lease::{
+    self, ClusterView, LeaseAnswer, LeaseRequest, Member, MemberBeat, SHARD_COUNT_MAX, ShardLease,
+    check_fence, check_lease_request,
+};
 use super::storage::{
     BufferedRead, ListQuery, RunRecord, Storage, StorageError, WriteBatch, check_batch,
 };
+use super::{BoxFuture, Clock};
 use crate::history::{Event, EventKind};
 use crate::visibility::eval;
 
@@ -18,12 +22,26 @@ struct Tables {
     events: BTreeMap<String, Vec<Event>>,
     workflow_ids: BTreeMap<String, String>,
     buffered: BTreeMap<String, Vec<EventKind>>,
+    /// Every shard's lease, by shard (empty: a single-server store).
+    shards: Vec<ShardLease>,
+    members: BTreeMap<String, Member>,
+}
+
+/// The clock a store judges leases by.
+#[derive(Clone)]
+struct LeaseClock(Arc<dyn Clock>);
+
+impl std::fmt::Debug for LeaseClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseClock")
+    }
 }
 
 /// In-memory storage. Clones share the same data.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStorage {
     tables: Arc<Mutex<Tables>>,
+    clock: Option<LeaseClock>,
 }
 
 impl MemoryStorage {
@@ -32,12 +50,85 @@ impl MemoryStorage {
         MemoryStorage::default()
     }
 
+    /// An empty store of `count` shards for a cluster, judging leases by
+    /// `clock` (the storage's clock, not any server's).
+    pub fn with_shards(count: u32, clock: Arc<dyn Clock>) -> MemoryStorage {
+        assert!(count > 0 && count <= SHARD_COUNT_MAX);
+        let store = MemoryStorage {
+            tables: Arc::default(),
+            clock: Some(LeaseClock(clock)),
+        };
+        store.lock().shards = (0..count).map(ShardLease::free).collect();
+        store
+    }
+
     /// A deep copy of the data (the simulator snapshots durable state with it).
     pub fn deep_clone(&self) -> MemoryStorage {
         let tables = self.lock().clone();
         MemoryStorage {
             tables: Arc::new(Mutex::new(tables)),
+            clock: self.clock.clone(),
         }
+    }
+
+    fn now_ms(&self) -> Result<u64, StorageError> {
+        match &self.clock {
+            Some(clock) => Ok(clock.0.now().as_millis()),
+            None => Err(StorageError::Io(
+                "this store has no shards; create it with MemoryStorage::with_shards".into(),
+            )),
+        }
+    }
+
+    /// [`Storage::cluster_view`] at storage time `now_ms`.
+    pub fn cluster_view_at(&self, now_ms: u64) -> ClusterView {
+        let tables = self.lock();
+        let members = tables.members.values().map(|m| Member {
+            alive: m.expires_ms > now_ms,
+            ..m.clone()
+        });
+        ClusterView {
+            now_ms,
+            shards: tables.shards.clone(),
+            members: members.collect(),
+        }
+    }
+
+    /// [`Storage::acquire_shard`] at storage time `now_ms`.
+    pub fn acquire_shard_at(
+        &self,
+        now_ms: u64,
+        request: &LeaseRequest,
+    ) -> Result<LeaseAnswer, StorageError> {
+        let mut tables = self.lock();
+        check_lease_request(request, tables.shards.len() as u32)?;
+        let stored = &mut tables.shards[request.shard as usize];
+        let answer = lease::decide_acquire(stored, request, now_ms);
+        *stored = answer.lease.clone();
+        Ok(answer)
+    }
+
+    /// [`Storage::release_shard`].
+    pub fn release_shard_now(&self, request: &LeaseRequest) -> Result<bool, StorageError> {
+        let mut tables = self.lock();
+        check_lease_request(request, tables.shards.len() as u32)?;
+        let stored = &mut tables.shards[request.shard as usize];
+        let released = lease::decide_release(stored, &request.owner, request.incarnation);
+        Ok(released.map(|free| *stored = free).is_some())
+    }
+
+    /// [`Storage::beat`] at storage time `now_ms`.
+    pub fn beat_at(&self, now_ms: u64, beat: &MemberBeat) -> Result<Vec<Member>, StorageError> {
+        lease::check_beat(beat)?;
+        let member = Member {
+            node: beat.node.clone(),
+            incarnation: beat.incarnation,
+            address: beat.address.clone(),
+            expires_ms: now_ms + beat.ttl_ms,
+            alive: true,
+        };
+        self.lock().members.insert(beat.node.clone(), member);
+        Ok(self.cluster_view_at(now_ms).members)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
@@ -49,6 +140,11 @@ impl MemoryStorage {
     /// Applies a batch at once (the synchronous core of `write`).
     pub fn apply(&self, mut batch: WriteBatch) -> Result<(), StorageError> {
         let mut tables = self.lock();
+        let epoch = batch
+            .fence
+            .and_then(|fence| tables.shards.get(fence.shard as usize))
+            .map(|lease| lease.epoch);
+        check_fence(&batch, tables.shards.len() as u32, epoch)?;
         Self::check(&tables, &batch)?;
         if let Some(next) = batch.next_run.take() {
             // The first batch claims nothing: the next run's claim, checked
@@ -196,5 +292,30 @@ impl Storage for MemoryStorage {
     fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>> {
         let read = self.buffered(run_id);
         Box::pin(async move { Ok(read) })
+    }
+
+    fn cluster_view(&self) -> BoxFuture<'_, Result<ClusterView, StorageError>> {
+        let view = self.now_ms().map(|now_ms| self.cluster_view_at(now_ms));
+        Box::pin(async move { view })
+    }
+
+    fn acquire_shard(
+        &self,
+        request: LeaseRequest,
+    ) -> BoxFuture<'_, Result<LeaseAnswer, StorageError>> {
+        let answer = self
+            .now_ms()
+            .and_then(|now_ms| self.acquire_shard_at(now_ms, &request));
+        Box::pin(async move { answer })
+    }
+
+    fn release_shard(&self, request: LeaseRequest) -> BoxFuture<'_, Result<bool, StorageError>> {
+        let released = self.release_shard_now(&request);
+        Box::pin(async move { released })
+    }
+
+    fn beat(&self, beat: MemberBeat) -> BoxFuture<'_, Result<Vec<Member>, StorageError>> {
+        let members = self.now_ms().and_then(|now_ms| self.beat_at(now_ms, &beat));
+        Box::pin(async move { members })
     }
 }

@@ -16,6 +16,7 @@
 //! than carried in every node's `Env`.
 
 pub mod conformance;
+pub mod lease;
 mod memory;
 mod network;
 #[cfg(feature = "postgres")]

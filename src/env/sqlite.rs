@@ -1827,6 +1827,7 @@ mod tests {
         };
         let events = vec![Event::new(1, Timestamp(0), kind)];
         WriteBatch {
+            fence: None,
             run,
             expected_version: None,
             events,

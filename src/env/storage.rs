@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::BoxFuture;
+use super::lease::{ClusterView, Fence, LeaseAnswer, LeaseRequest, Member, MemberBeat};
 use crate::history::{Event, EventKind};
 use crate::types::Timestamp;
 use crate::visibility::{Query, SearchAttributes};
@@ -130,6 +131,10 @@ pub struct WriteBatch {
     /// A run created in the same transaction (continue-as-new): its creating
     /// batch, whose claim takes the workflow id over from this run.
     pub next_run: Option<Box<WriteBatch>>,
+    /// The shard and epoch a cluster server writes under (`None`: a single
+    /// server). Refused unless the epoch is still the shard's (see
+    /// [`super::lease`]); a next run is in the same shard.
+    pub fence: Option<Fence>,
 }
 
 /// What a batch does to the run's buffered events: clear them, then append.
@@ -221,6 +226,26 @@ pub enum StorageError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The writer's lease on the shard is gone: another server holds the
+    /// shard at a newer epoch. Nothing was written.
+    #[error("shard {shard} is fenced: the write holds epoch {epoch}, the shard is at {stored}")]
+    Fenced {
+        /// The shard.
+        shard: u32,
+        /// The epoch the write carried.
+        epoch: u64,
+        /// The epoch stored.
+        stored: u64,
+    },
+}
+
+/// The answer of a storage that serves one server only.
+fn single_server<T>() -> BoxFuture<'static, Result<T, StorageError>> {
+    Box::pin(async {
+        Err(StorageError::Io(
+            "this storage serves one server; a cluster needs Postgres".to_string(),
+        ))
+    })
 }
 
 /// The service's persistence.
@@ -247,6 +272,25 @@ pub trait Storage: Send + Sync {
     /// write (recovering from a failed commit, its file lost); `Ok` otherwise.
     fn health(&self) -> Result<(), String> {
         Ok(())
+    }
+    /// The shards' leases and the members, with the storage's clock.
+    fn cluster_view(&self) -> BoxFuture<'_, Result<ClusterView, StorageError>> {
+        single_server()
+    }
+    /// Takes or renews a shard's lease ([`super::lease::decide_acquire`]).
+    fn acquire_shard(
+        &self,
+        _request: LeaseRequest,
+    ) -> BoxFuture<'_, Result<LeaseAnswer, StorageError>> {
+        single_server()
+    }
+    /// Gives a held shard up at once; false if the asker did not hold it.
+    fn release_shard(&self, _request: LeaseRequest) -> BoxFuture<'_, Result<bool, StorageError>> {
+        single_server()
+    }
+    /// Records a member's heartbeat and answers every member.
+    fn beat(&self, _beat: MemberBeat) -> BoxFuture<'_, Result<Vec<Member>, StorageError>> {
+        single_server()
     }
 }
 

@@ -94,6 +94,7 @@ mod tests {
             search_attributes: Default::default(),
         };
         let batch = WriteBatch {
+            fence: None,
             run,
             expected_version: None,
             events: Vec::new(),

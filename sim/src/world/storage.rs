@@ -227,6 +227,7 @@ impl SimStorage {
             search_attributes: Default::default(),
         };
         let batch = WriteBatch {
+            fence: None,
             run,
             expected_version: None,
             events: Vec::new(),
