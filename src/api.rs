@@ -735,6 +735,25 @@ pub enum Request {
 }
 
 impl Request {
+    /// The workflow id whose run the request acts on, if it names one: in
+    /// a cluster, the owner of its shard serves it.
+    pub fn workflow_id(&self) -> Option<&str> {
+        let run = match self {
+            Request::StartWorkflow(r) => return Some(&r.workflow_id),
+            Request::SignalWithStartWorkflow(r) => return Some(&r.start.workflow_id),
+            Request::SignalWorkflow(r) => &r.run,
+            Request::QueryWorkflow(r) => &r.run,
+            Request::CancelWorkflow(r) => &r.run,
+            Request::TerminateWorkflow(r) => &r.run,
+            Request::DescribeWorkflow(r) => r,
+            Request::GetHistory(r) => &r.run,
+            Request::GetResult(r) => &r.run,
+            Request::UpdateWorkflow(r) => &r.run,
+            _ => return None,
+        };
+        Some(&run.workflow_id)
+    }
+
     /// The request's method name (the HTTP route's last segment).
     pub fn method(&self) -> &'static str {
         match self {
@@ -858,9 +877,19 @@ pub enum ErrorCode {
     DataCorrupt,
     /// A bug.
     Internal,
+    /// Another server of the cluster owns the run's shard (or none does
+    /// yet): retry at `ServiceError::owner` if it names one, else at
+    /// another server.
+    NotOwner,
 }
 
 impl ErrorCode {
+    /// True for failures a retry may cure: storage unavailable, or the
+    /// cluster's shard owner elsewhere or not settled yet.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::NotOwner)
+    }
+
     /// The HTTP status the code maps to.
     pub fn http_status(self) -> u16 {
         match self {
@@ -876,6 +905,7 @@ impl ErrorCode {
             ErrorCode::Internal | ErrorCode::DataCorrupt => 500,
             ErrorCode::Unavailable => 503,
             ErrorCode::QueryTimeout => 504,
+            ErrorCode::NotOwner => 421,
         }
     }
 }
@@ -889,6 +919,9 @@ pub struct ServiceError {
     pub code: ErrorCode,
     /// What was wrong, for people.
     pub message: String,
+    /// `NotOwner`: the address of the server that owns the shard, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl ServiceError {
@@ -897,6 +930,7 @@ impl ServiceError {
         ServiceError {
             code,
             message: message.into(),
+            owner: None,
         }
     }
 }

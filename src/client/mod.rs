@@ -214,7 +214,7 @@ impl Client {
                 .await;
             let error = match sent {
                 Ok(Ok(Ok(response))) => return Ok(response),
-                Ok(Ok(Err(error))) if error.code != ErrorCode::Unavailable => {
+                Ok(Ok(Err(error))) if !error.code.is_transient() => {
                     return Err(error.into());
                 }
                 Ok(Ok(Err(error))) => ClientError::Service(error),

@@ -75,6 +75,9 @@ impl Inner {
             tracing::debug!(method, code = ?error.code, message = %error.message, "request refused at the edge");
             return Err(error);
         }
+        if let Some(workflow_id) = request.workflow_id() {
+            self.check_owner(workflow_id)?;
+        }
         let reply = match request {
             Request::StartWorkflow(r) => self.start_workflow(r).await.map(Response::StartWorkflow),
             Request::SignalWorkflow(r) => self.signal_workflow(r).await.map(|()| Response::Empty),

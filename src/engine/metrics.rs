@@ -18,6 +18,8 @@
 //! | `retrace_storage_writes_total` | counter | `outcome` | storage writes: `ok`, `failed` (nothing written), `ambiguous` (may have committed) |
 //! | `retrace_storage_write_seconds` | histogram | | one storage write, from asking to its answer |
 //! | `retrace_storage_write_events` | histogram | | events in one storage write (its batch size) |
+//! | `retrace_cluster_shard_moves_total` | counter | `direction` | shards this server `gained` and `lost` (cluster mode) |
+//! | `retrace_cluster_fenced_writes_total` | counter | | writes refused because the shard's lease had moved on (cluster mode) |
 //!
 //! A write's runs are counted when it commits, from the events it carried;
 //! an ambiguous write's are not (they may or may not have happened), so the
@@ -156,6 +158,9 @@ pub struct Metrics {
     storage_writes: [AtomicU64; WRITE_OUTCOMES.len()],
     storage_write: Histogram,
     storage_write_events: Histogram,
+    /// Shards gained, lost.
+    shard_moves: [AtomicU64; 2],
+    fenced_writes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -173,6 +178,8 @@ impl Default for Metrics {
             storage_writes: counters(),
             storage_write: Histogram::new(&SECONDS_BUCKETS),
             storage_write_events: Histogram::new(&EVENTS_BUCKETS),
+            shard_moves: counters(),
+            fenced_writes: AtomicU64::new(0),
         }
     }
 }
@@ -291,6 +298,21 @@ impl Metrics {
         self.storage_write.observe_micros(micros);
         self.storage_write_events
             .observe_micros(events as u64 * 1_000_000);
+    }
+
+    /// This server gained (or lost) a shard.
+    pub fn on_shard_moved(&self, gained: bool) {
+        self.shard_moves[usize::from(!gained)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A write was refused by its shard's fence.
+    pub fn on_write_fenced(&self) {
+        self.fenced_writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes refused by fences so far.
+    pub fn fenced_writes(&self) -> u64 {
+        self.fenced_writes.load(Ordering::Relaxed)
     }
 
     /// A task was handed to a worker.
@@ -447,6 +469,20 @@ impl Metrics {
         let name = "retrace_storage_write_events";
         header(out, name, "histogram", "Events in one storage write.");
         self.storage_write_events.render(out, name, "");
+        self.render_cluster(out);
+    }
+
+    fn render_cluster(&self, out: &mut String) {
+        let name = "retrace_cluster_shard_moves_total";
+        header(out, name, "counter", "Shards this server gained and lost.");
+        for (direction, counter) in ["gained", "lost"].iter().zip(&self.shard_moves) {
+            let count = counter.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{direction=\"{direction}\"}} {count}");
+        }
+        let name = "retrace_cluster_fenced_writes_total";
+        let help = "Writes refused because the shard's lease had moved on.";
+        header(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", self.fenced_writes());
     }
 }
 

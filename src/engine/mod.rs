@@ -3,6 +3,7 @@
 //! workflows that start, signal and cancel other workflows.
 
 mod children;
+mod cluster;
 pub mod eager;
 pub mod edge;
 mod embedded;
@@ -13,9 +14,11 @@ mod matching;
 pub mod metrics;
 pub mod pollers;
 mod service;
+pub mod shards;
 mod speculation;
 mod timer_queue;
 mod updates;
 
 pub use embedded::EmbeddedEngine;
 pub use service::{Service, ServiceConfig};
+pub use shards::ClusterConfig;

@@ -62,6 +62,9 @@ pub struct ServiceConfig {
     pub buffered_payload_bytes_max: u64,
     /// Payload bytes of one history page (at least one event is returned).
     pub history_page_bytes_max: u64,
+    /// Set for a member of a cluster over one shared storage: the server
+    /// serves only the shards it holds leases on (see `shards.rs`).
+    pub cluster: Option<super::shards::ClusterConfig>,
 }
 
 impl Default for ServiceConfig {
@@ -80,6 +83,7 @@ impl Default for ServiceConfig {
             history_payload_bytes_max: 50 * 1024 * 1024,
             buffered_payload_bytes_max: 8 * 1024 * 1024,
             history_page_bytes_max: 4 * 1024 * 1024,
+            cluster: None,
         }
     }
 }
@@ -187,6 +191,10 @@ pub(super) struct Inner {
     pub children_wake: Arc<Notify>,
     /// Counters and histograms for `GET /metrics`.
     pub metrics: Arc<super::metrics::Metrics>,
+    /// The shards this server holds (cluster mode).
+    pub shards: Mutex<super::shards::Shards>,
+    /// This start of the server, random: a restarted server is a new holder.
+    pub incarnation: u64,
 }
 
 impl Drop for Inner {
@@ -207,6 +215,7 @@ pub struct Service {
 pub(super) fn unavailable(error: &StorageError) -> ServiceError {
     let code = match error {
         StorageError::Corrupt(_) => ErrorCode::DataCorrupt,
+        StorageError::Fenced { .. } => ErrorCode::NotOwner,
         _ => ErrorCode::Unavailable,
     };
     ServiceError::new(code, format!("storage: {error}"))
@@ -270,6 +279,11 @@ impl Service {
         config: ServiceConfig,
         metrics: Arc<super::metrics::Metrics>,
     ) -> Result<Service, ServiceError> {
+        // Drawn only in a cluster, so a single server's ids stay as they were.
+        let incarnation = match config.cluster {
+            Some(_) => env.entropy.next_u64(),
+            None => 0,
+        };
         let inner = Arc::new(Inner {
             metrics,
             timer_permits: Arc::new(Semaphore::new(config.timers_firing_max)),
@@ -291,6 +305,8 @@ impl Service {
             externals_wake: Arc::new(Notify::new()),
             children: Mutex::new(super::children::ChildQueue::default()),
             children_wake: Arc::new(Notify::new()),
+            shards: Mutex::new(super::shards::Shards::default()),
+            incarnation,
         });
         let weak = Arc::downgrade(&inner);
         let wake = inner.externals_wake.clone();
@@ -303,7 +319,15 @@ impl Service {
         inner
             .env
             .spawn("service-children", super::children::child_loop(weak, wake));
-        inner.recover().await?;
+        match inner.config.cluster.clone() {
+            None => inner.recover_where(&|_| true).await?,
+            Some(config) => {
+                inner.cluster_tick(&config, inner.incarnation).await;
+                let weak = Arc::downgrade(&inner);
+                let leases = super::cluster::lease_loop(weak, inner.incarnation);
+                inner.env.spawn("service-leases", leases);
+            }
+        }
         let weak = Arc::downgrade(&inner);
         let wake = inner.timer_wake.clone();
         inner.env.spawn("service-timers", timer_loop(weak, wake));
@@ -318,6 +342,19 @@ impl Service {
     /// Handles one request.
     pub async fn handle(&self, request: Request) -> Reply {
         self.inner.clone().handle(request).await
+    }
+
+    /// Gives up every shard this cluster member holds, at once, so others
+    /// take them without waiting for the leases to run out (a graceful
+    /// stop). Nothing outside a cluster.
+    pub async fn leave(&self) {
+        self.inner.leave_cluster(self.inner.incarnation).await;
+    }
+
+    /// The shards this cluster member holds now, with their epochs.
+    pub fn held_shards(&self) -> BTreeMap<u32, u64> {
+        let shards = lock(&self.inner.shards);
+        shards.held.iter().map(|(s, h)| (*s, h.epoch)).collect()
     }
 
     /// Open runs held in memory.
@@ -391,7 +428,12 @@ impl Inner {
         }
     }
 
-    async fn recover(self: &Arc<Self>) -> Result<(), ServiceError> {
+    /// Loads every open run whose workflow id `wanted` accepts, and
+    /// rebuilds its tasks, timers and children's work.
+    pub(super) async fn recover_where(
+        self: &Arc<Self>,
+        wanted: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(), ServiceError> {
         let mut after_run_id = None;
         loop {
             let query = ListQuery {
@@ -405,7 +447,7 @@ impl Inner {
                 .list_runs(query)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            for record in &page {
+            for record in page.iter().filter(|r| wanted(&r.workflow_id)) {
                 let state = match self.state_of(record).await {
                     Ok(Some(state)) => state,
                     Ok(None) => return Err(changed_while_loading(&record.run_id)),
@@ -457,8 +499,14 @@ impl Inner {
             .or_default()
             .clone();
         let mut guard = slot.lock_owned().await;
-        if guard.loaded.is_none() {
+        if let Some(loaded) = &guard.loaded {
+            self.check_owner(&loaded.state.workflow_id)?;
+        } else {
             let (state, version) = self.read_state(run_id).await?;
+            if let Err(error) = self.check_owner(&state.workflow_id) {
+                self.forget(run_id);
+                return Err(error);
+            }
             self.sync(&state);
             guard.loaded = Some(Loaded::stored(state, version));
         }
@@ -554,6 +602,51 @@ impl Inner {
         lock(&self.runs)
             .entry(run_id)
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(slot)));
+    }
+
+    /// `Ok` unless this server is a cluster member that does not hold the
+    /// shard of `workflow_id` now (`NotOwner`, naming the owner if known).
+    pub fn check_owner(&self, workflow_id: &str) -> Result<(), ServiceError> {
+        self.fence_for(workflow_id).map(drop)
+    }
+
+    /// The fence a write of `workflow_id`'s run carries (`None` outside a
+    /// cluster), or `NotOwner`.
+    pub fn fence_for(
+        &self,
+        workflow_id: &str,
+    ) -> Result<Option<crate::env::lease::Fence>, ServiceError> {
+        if self.config.cluster.is_none() {
+            return Ok(None);
+        }
+        let now_us = self.env.clock.monotonic_us();
+        lock(&self.shards).fence(workflow_id, now_us).map(Some)
+    }
+
+    /// Forgets every cached run of `shard` (a shard this server lost), with
+    /// their timers; their result waiters are dropped, so they retry.
+    pub(super) fn forget_shard(&self, shard: u32) {
+        let count = lock(&self.shards).count;
+        let in_shard = |workflow_id: &str| crate::env::lease::shard_of(workflow_id, count) == shard;
+        let slots: Vec<(String, Arc<tokio::sync::Mutex<RunSlot>>)> = lock(&self.runs)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (run_id, slot) in slots {
+            let Ok(guard) = slot.try_lock() else {
+                // In use: its write is fenced, and the next lock refuses it.
+                continue;
+            };
+            if guard
+                .loaded
+                .as_ref()
+                .is_some_and(|l| in_shard(&l.state.workflow_id))
+            {
+                drop(guard);
+                self.forget(&run_id);
+                lock(&self.result_waiters).remove(&run_id);
+            }
+        }
     }
 
     /// Drops a closed (or missing) run from memory, with its timers: a closed
@@ -819,7 +912,20 @@ impl Inner {
     /// if its caller goes away (an HTTP client hangs up), as SQLite's does; only
     /// a crash of the service stops it. If the caller is gone when it finishes,
     /// the task reloads the run, so what it committed is published.
-    pub async fn write(self: &Arc<Self>, batch: WriteBatch) -> Result<(), StorageError> {
+    pub async fn write(self: &Arc<Self>, mut batch: WriteBatch) -> Result<(), StorageError> {
+        batch.fence = match self.fence_for(&batch.run.workflow_id) {
+            Ok(fence) => fence,
+            Err(error) => {
+                tracing::debug!(%error, "write refused: this server does not own the run's shard");
+                return Err(StorageError::Fenced {
+                    shard: lock(&self.shards)
+                        .shard_of(&batch.run.workflow_id)
+                        .unwrap_or(0),
+                    epoch: 0,
+                    stored: 0,
+                });
+            }
+        };
         let (sender, receiver) = oneshot::channel();
         let (inner, run_id) = (self.clone(), batch.run.run_id.clone());
         let next_run_id = batch.next_run.as_ref().map(|next| next.run.run_id.clone());
@@ -832,6 +938,10 @@ impl Inner {
             let micros = inner.env.clock.monotonic_us().saturating_sub(began_us);
             match &outcome {
                 Ok(()) => inner.metrics.on_write_committed(&tally, events, micros),
+                Err(StorageError::Fenced { .. }) => {
+                    inner.metrics.on_write_fenced();
+                    inner.metrics.on_write_failed(false, events, micros);
+                }
                 Err(error) => {
                     let ambiguous = matches!(error, StorageError::Timeout);
                     inner.metrics.on_write_failed(ambiguous, events, micros);
@@ -985,6 +1095,7 @@ impl Inner {
                 match inner.reload_run(&run_id).await {
                     Ok(()) => return,
                     Err(error) if error.code == ErrorCode::NotFound => return,
+                    Err(error) if error.code == ErrorCode::NotOwner => return,
                     Err(error) => {
                         tracing::warn!(run_id, %error, attempt, "resync failed; retrying")
                     }

@@ -21,6 +21,7 @@ mod memory;
 mod network;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod routing;
 mod sqlite;
 mod storage;
 mod tokio_env;
@@ -30,6 +31,7 @@ pub use memory::MemoryStorage;
 pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStats, PostgresStorage, is_postgres_url};
+pub use routing::ClusterNetwork;
 pub use sqlite::{SqliteOptions, SqliteStats, SqliteStorage};
 pub use storage::{
     BufferedRead, BufferedWrite, ListQuery, RunRecord, RunStatus, Storage, StorageError,

@@ -38,7 +38,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::activity::{Activity, ActivityContext, ActivityRunError};
-use crate::api::{ActivityTask, ActivityTaskResult, ErrorCode, Request, Response};
+use crate::api::{ActivityTask, ActivityTaskResult, Request, Response};
 use crate::client::ClientError;
 use crate::env::Env;
 use crate::workflow::{PayloadError, StateDigest, Workflow, WorkflowRegistry};
@@ -443,7 +443,7 @@ impl Shared {
                 .await
             {
                 Ok(response) => return Ok(response),
-                Err(error) if error.code().is_some_and(|c| c != ErrorCode::Unavailable) => {
+                Err(error) if error.code().is_some_and(|c| !c.is_transient()) => {
                     return Err(error);
                 }
                 Err(error) if attempt >= RESPOND_ATTEMPTS_MAX => return Err(error),
