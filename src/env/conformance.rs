@@ -1858,8 +1858,9 @@ pub async fn a_restarted_node_takes_its_shard_at_once_with_a_new_epoch(
     assert_eq!(lost_to, restarted, "{property}: another node");
 }
 
-/// Only the holder releases; a released shard is free at once, its epoch
-/// kept, and its next holder gets the next epoch.
+/// Only the holder releases; a released shard is free at once with its
+/// epoch bumped (a write the old holder still has in flight is refused),
+/// and its next holder gets the epoch after that.
 pub async fn a_release_frees_the_shard_and_the_next_holder_bumps_the_epoch(
     storage: &dyn Storage,
     _advance: &Advance,
@@ -1890,7 +1891,7 @@ pub async fn a_release_frees_the_shard_and_the_next_holder_bumps_the_epoch(
         "{property}: the holder"
     );
     let free = ShardLease {
-        epoch: held.epoch,
+        epoch: held.epoch + 1,
         ..ShardLease::free(4)
     };
     assert_eq!(
@@ -1905,7 +1906,7 @@ pub async fn a_release_frees_the_shard_and_the_next_holder_bumps_the_epoch(
     let next = granted(storage, ask(4, "node-b", 1, LEASE_LONG_MS), property).await;
     assert_eq!(
         next.epoch,
-        held.epoch + 1,
+        held.epoch + 2,
         "{property}: the next holder's epoch"
     );
 }

@@ -51,8 +51,9 @@ const ACQUIRE: &str = concat!(
 const SELECT_SHARD: &str =
     "SELECT shard, owner, incarnation, epoch, expires_ms FROM shards WHERE shard = $1::int";
 /// [`decide_release`](crate::env::lease::decide_release): the holder frees
-/// it, the epoch kept.
-const RELEASE: &str = "UPDATE shards SET owner = '', incarnation = 0, expires_ms = 0 \
+/// it and bumps the epoch; the update waits for writes holding the shard
+/// row `FOR SHARE`, so none of the old holder's lands after it.
+const RELEASE: &str = "UPDATE shards SET owner = '', incarnation = 0, expires_ms = 0, epoch = epoch + 1 \
     WHERE shard = $1::int AND owner = $2::text AND incarnation = $3::bigint";
 /// The heartbeat's upsert and every member, judged by Postgres's clock, in
 /// one statement: the others as the statement's snapshot has them, the
