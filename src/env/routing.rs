@@ -56,11 +56,19 @@ struct State {
     turn: usize,
 }
 
+/// Opens a network to a server's advertised address (`None`: cannot).
+pub type Connector = Arc<dyn Fn(&str) -> Option<Arc<dyn Network>> + Send + Sync>;
+
+/// Servers a growing network learns, at most.
+const SERVERS_MAX: usize = 256;
+
 /// A `Network` over a cluster's servers (see the module's table).
 #[derive(Clone)]
 pub struct ClusterNetwork {
-    servers: Arc<Vec<(String, Arc<dyn Network>)>>,
+    servers: Arc<Mutex<Vec<(String, Arc<dyn Network>)>>>,
     state: Arc<Mutex<State>>,
+    /// Set for a network that connects to owners it is told of.
+    connector: Option<Connector>,
 }
 
 impl ClusterNetwork {
@@ -69,9 +77,33 @@ impl ClusterNetwork {
     pub fn new(servers: Vec<(String, Arc<dyn Network>)>) -> ClusterNetwork {
         assert!(!servers.is_empty(), "a cluster has at least one server");
         ClusterNetwork {
-            servers: Arc::new(servers),
+            servers: Arc::new(Mutex::new(servers)),
             state: Arc::default(),
+            connector: None,
         }
+    }
+
+    /// A network that starts with `servers` and connects, with `connector`,
+    /// to any owner a `NotOwner` names that it does not know yet (how a
+    /// cluster member reaches the others: it starts knowing only itself).
+    pub fn growing(
+        servers: Vec<(String, Arc<dyn Network>)>,
+        connector: Connector,
+    ) -> ClusterNetwork {
+        ClusterNetwork {
+            connector: Some(connector),
+            ..ClusterNetwork::new(servers)
+        }
+    }
+
+    fn list(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<dyn Network>)>> {
+        self.servers
+            .lock()
+            .expect("routing lock is never held across a panic")
+    }
+
+    fn count(&self) -> usize {
+        self.list().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -82,7 +114,7 @@ impl ClusterNetwork {
 
     /// The server to try first for `request`, and the key its answer teaches.
     fn first(&self, request: &Request) -> (usize, Option<String>) {
-        let count = self.servers.len();
+        let count = self.count();
         let mut state = self.lock();
         let key = route_key(request);
         if let Some(server) = key.as_deref().and_then(|k| state.routes.get(k)) {
@@ -136,14 +168,16 @@ impl ClusterNetwork {
 
     async fn call_routed(self, request: Request) -> Result<Reply, NetError> {
         let (mut server, key) = self.first(&request);
-        let mut tried = vec![false; self.servers.len()];
+        let mut tried = vec![false; self.count()];
         let mut last = None;
-        for _ in 0..self.servers.len() + 1 {
+        for _ in 0..tried.len() + 2 {
+            tried.resize(self.count(), false);
             tried[server] = true;
             let answer = self.call_one(server, &request).await;
             let next = match &answer {
                 Ok(Err(error)) if error.code == ErrorCode::NotOwner => {
                     let named = error.owner.as_deref().and_then(|a| self.index_of(a));
+                    tried.resize(self.count(), false);
                     named
                         .filter(|s| !tried[*s])
                         .or_else(|| untried(&tried, server))
@@ -174,11 +208,23 @@ impl ClusterNetwork {
         // lost on a lossy link left counted forever, so their server was
         // never polled again and its tasks waited).
         let _waiting = poll.then(|| Waiting::start(self.state.clone(), request.method(), server));
-        self.servers[server].1.call(request.clone()).await
+        let network = self.list()[server].1.clone();
+        network.call(request.clone()).await
     }
 
+    /// The server at `address`, connected now if the network grows.
     fn index_of(&self, address: &str) -> Option<usize> {
-        self.servers.iter().position(|(a, _)| a == address)
+        let known = self.list().iter().position(|(a, _)| a == address);
+        if known.is_some() {
+            return known;
+        }
+        let network = (self.connector.as_ref()?)(address)?;
+        let mut servers = self.list();
+        if servers.len() >= SERVERS_MAX {
+            return None;
+        }
+        servers.push((address.to_string(), network));
+        Some(servers.len() - 1)
     }
 }
 
@@ -236,6 +282,57 @@ impl Network for ClusterNetwork {
     }
 
     fn servers(&self) -> usize {
-        self.servers.len()
+        self.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ListWorkflowsRequest, ServiceError};
+    use crate::env::{InProcessNetwork, RequestHandler};
+
+    /// A server that owns nothing and names `owner`, or answers everything.
+    struct Server {
+        owner: Option<&'static str>,
+    }
+
+    impl RequestHandler for Server {
+        fn handle(&self, _request: Request) -> BoxFuture<'static, Reply> {
+            let reply = match self.owner {
+                Some(owner) => Err(ServiceError {
+                    owner: Some(owner.to_string()),
+                    ..ServiceError::new(ErrorCode::NotOwner, "elsewhere")
+                }),
+                None => Ok(Response::Empty),
+            };
+            Box::pin(async move { reply })
+        }
+    }
+
+    fn to(owner: Option<&'static str>) -> Arc<dyn Network> {
+        Arc::new(InProcessNetwork::new(Arc::new(Server { owner })))
+    }
+
+    fn start(workflow_id: &str) -> Request {
+        Request::DescribeWorkflow(crate::api::RunRef {
+            workflow_id: workflow_id.to_string(),
+            run_id: None,
+        })
+    }
+
+    #[test]
+    fn a_growing_network_connects_to_the_owner_a_server_names() {
+        let connector: Connector = Arc::new(|address| (address == "b").then(|| to(None)));
+        let network = ClusterNetwork::growing(vec![("a".into(), to(Some("b")))], connector);
+        let reply = futures::executor::block_on(network.call(start("order-1")));
+        assert_eq!(reply, Ok(Ok(Response::Empty)));
+        assert_eq!(network.servers(), 2, "b joined the list");
+        let fixed = ClusterNetwork::new(vec![("a".into(), to(Some("b")))]);
+        let reply = futures::executor::block_on(fixed.call(start("order-1")));
+        let error = reply.expect("answered").expect_err("nobody else to ask");
+        assert_eq!(error.code, ErrorCode::NotOwner);
+        let list = Request::ListWorkflows(ListWorkflowsRequest::default());
+        assert!(futures::executor::block_on(network.call(list)).is_ok());
     }
 }

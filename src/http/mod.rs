@@ -322,13 +322,31 @@ mod tests {
                 identity: "i".into(),
             }),
         ];
+        let Request::SignalWithStartWorkflow(with_start) = &requests[5] else {
+            unreachable!("the sixth is a signal-with-start")
+        };
+        let start = with_start.start.clone();
         for request in requests {
             let method = request.method();
             assert!(METHODS.contains(&method), "{method} is routed");
             let body = encode_request(&request);
             assert_eq!(decode_request(method, &body).unwrap(), request);
         }
-        assert_eq!(METHODS.len(), 19);
+        let child = Request::StartChildWorkflow(crate::api::StartChildWorkflowRequest {
+            start,
+            parent: crate::history::ParentExecution {
+                workflow_id: "p".into(),
+                run_id: "r".into(),
+                initiated_event_id: 5,
+            },
+        });
+        let body = encode_request(&child);
+        assert_eq!(decode_request("StartChildWorkflow", &body).unwrap(), child);
+        assert!(response_fits(
+            "StartChildWorkflow",
+            &Response::StartWorkflow(crate::api::StartWorkflowResponse { run_id: "r".into() })
+        ));
+        assert_eq!(METHODS.len(), 20);
     }
 
     #[test]
@@ -339,7 +357,9 @@ mod tests {
         assert!(message.contains("line 2 column"), "{message}");
         let error = decode_request("Nope", b"{}").unwrap_err();
         assert!(
-            error.to_string().contains("StartWorkflow, SignalWorkflow"),
+            error
+                .to_string()
+                .contains("StartWorkflow, StartChildWorkflow, SignalWorkflow"),
             "{error}"
         );
     }

@@ -152,7 +152,9 @@ impl SimStorage {
     /// An empty store of `count` shards for a cluster of services, judging
     /// leases by simulated time.
     pub fn with_shards(count: u32) -> SimStorage {
-        let clock = Arc::new(StorageClock(madsim::time::TimeHandle::current().now_instant()));
+        let clock = Arc::new(StorageClock(
+            madsim::time::TimeHandle::current().now_instant(),
+        ));
         SimStorage::over(MemoryStorage::with_shards(count, clock))
     }
 
