@@ -59,13 +59,16 @@ struct State {
 /// Opens a network to a server's advertised address (`None`: cannot).
 pub type Connector = Arc<dyn Fn(&str) -> Option<Arc<dyn Network>> + Send + Sync>;
 
+/// The servers: each one's address and a network to it.
+type Servers = Vec<(String, Arc<dyn Network>)>;
+
 /// Servers a growing network learns, at most.
 const SERVERS_MAX: usize = 256;
 
 /// A `Network` over a cluster's servers (see the module's table).
 #[derive(Clone)]
 pub struct ClusterNetwork {
-    servers: Arc<Mutex<Vec<(String, Arc<dyn Network>)>>>,
+    servers: Arc<Mutex<Servers>>,
     state: Arc<Mutex<State>>,
     /// Set for a network that connects to owners it is told of.
     connector: Option<Connector>,
@@ -96,7 +99,7 @@ impl ClusterNetwork {
         }
     }
 
-    fn list(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<dyn Network>)>> {
+    fn list(&self) -> std::sync::MutexGuard<'_, Servers> {
         self.servers
             .lock()
             .expect("routing lock is never held across a panic")
