@@ -185,30 +185,17 @@ impl fmt::Display for FaultKind {
                     seconds(*duration_ms)
                 )
             }
-            FaultKind::CrashServiceNode { service, down_ms } => write!(
-                f,
-                "crash {} for {}",
-                nodes::service_name(*service),
-                seconds(*down_ms)
-            ),
+            FaultKind::CrashServiceNode { service, down_ms } => {
+                cluster_fault(f, "crash", *service, "", *down_ms)
+            }
             FaultKind::PauseService {
                 service,
                 duration_ms,
-            } => write!(
-                f,
-                "pause {} for {}",
-                nodes::service_name(*service),
-                seconds(*duration_ms)
-            ),
+            } => cluster_fault(f, "pause", *service, "", *duration_ms),
             FaultKind::CutFromStorage {
                 service,
                 duration_ms,
-            } => write!(
-                f,
-                "cut {} off from storage for {}",
-                nodes::service_name(*service),
-                seconds(*duration_ms)
-            ),
+            } => cluster_fault(f, "cut", *service, " off from storage", *duration_ms),
             FaultKind::TornRow { down_ms } => write!(
                 f,
                 "crash service, tear a run's row, restart after {}",
@@ -225,6 +212,18 @@ impl fmt::Display for FaultKind {
             ),
         }
     }
+}
+
+/// A cluster member's fault: `crash service-2 for 1.500s`.
+fn cluster_fault(
+    f: &mut fmt::Formatter<'_>,
+    verb: &str,
+    service: usize,
+    what: &str,
+    duration_ms: u64,
+) -> fmt::Result {
+    let node = nodes::service_name(service);
+    write!(f, "{verb} {node}{what} for {}", seconds(duration_ms))
 }
 
 impl fmt::Display for FaultPlan {
