@@ -901,3 +901,465 @@ fn healthz_answers_503_while_postgres_is_down_and_200_once_it_is_back_with_no_ot
         assert_eq!(body, json!({ "status": "ok" }));
     });
 }
+
+// ---------------------------------------------------------------------------
+// Cluster mode: shards, leases, fences, and the shared server lock.
+
+use retrace::env::lease::{Fence, LeaseAnswer, LeaseRequest, shard_of};
+
+/// A lease that outlives the test.
+const LEASE_LONG_MS: u64 = 60_000;
+
+fn lease(shard: u32, owner: &str, incarnation: u64, lease_ms: u64) -> LeaseRequest {
+    LeaseRequest {
+        shard,
+        owner: owner.to_string(),
+        incarnation,
+        lease_ms,
+    }
+}
+
+fn fenced(mut batch: WriteBatch, shard: u32, epoch: u64) -> WriteBatch {
+    batch.fence = Some(Fence { shard, epoch });
+    batch
+}
+
+async fn acquire(storage: &PostgresStorage, request: LeaseRequest) -> LeaseAnswer {
+    let asked = format!("{request:?}");
+    let answer = storage.acquire_shard(request).await;
+    answer.unwrap_or_else(|error| panic!("acquiring {asked} failed: {error}"))
+}
+
+/// The shard of `run_id`'s workflow id (`wf-{run_id}`, as `create` claims).
+fn shard_of_run(storage: &PostgresStorage, run_id: &str) -> u32 {
+    shard_of(&format!("wf-{run_id}"), storage.shard_count())
+}
+
+fn cluster_options() -> PostgresOptions {
+    PostgresOptions {
+        cluster: true,
+        ..PostgresOptions::default()
+    }
+}
+
+#[test]
+fn a_server_that_lost_its_shard_to_another_writes_nothing_more() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    block_on(async {
+        let a = PostgresStorage::connect_cluster(&url)
+            .await
+            .expect("A opens");
+        let b = PostgresStorage::connect_cluster(&url)
+            .await
+            .expect("B opens the same schema beside A");
+        let shard = shard_of_run(&a, "run-a");
+        let held = acquire(&a, lease(shard, "node-a", 1, 300)).await;
+        assert!(held.granted && held.lease.epoch == 1, "{held:?}");
+        let refused = acquire(&b, lease(shard, "node-b", 1, LEASE_LONG_MS)).await;
+        assert!(!refused.granted, "B took a held shard: {refused:?}");
+        let epoch_a = held.lease.epoch;
+        a.write(fenced(create("run-a"), shard, epoch_a))
+            .await
+            .expect("A's write fenced with its epoch lands");
+        tokio::time::sleep(std::time::Duration::from_millis(320)).await;
+        let taken = acquire(&b, lease(shard, "node-b", 1, LEASE_LONG_MS)).await;
+        assert!(
+            taken.granted,
+            "B could not take the expired lease: {taken:?}"
+        );
+        assert_eq!(taken.lease.epoch, epoch_a + 1);
+        let late = a.write(fenced(update("run-a", 1, 2), shard, epoch_a)).await;
+        let fenced_out = StorageError::Fenced {
+            shard,
+            epoch: epoch_a,
+            stored: epoch_a + 1,
+        };
+        assert_eq!(late, Err(fenced_out));
+        let stored = b.read_run("run-a").await.unwrap().expect("run-a is stored");
+        assert_eq!(
+            (stored.version, stored.next_event_id),
+            (1, 2),
+            "A's write landed"
+        );
+        assert_eq!(b.read_events("run-a", 1, 100).await.unwrap().len(), 1);
+        let renewal = acquire(&a, lease(shard, "node-a", 1, 300)).await;
+        assert!(!renewal.granted, "A renewed a lease it lost: {renewal:?}");
+        b.write(fenced(update("run-a", 1, 2), shard, taken.lease.epoch))
+            .await
+            .expect("B's write, fenced with the new epoch, lands");
+    });
+}
+
+/// Holds a transaction open on another session after running `sql` in it,
+/// until told to end it (with `COMMIT`).
+struct OpenTransaction {
+    /// The session's backend.
+    pid: i32,
+    end: std::sync::mpsc::Sender<()>,
+    done: std::thread::JoinHandle<()>,
+}
+
+fn open_transaction(url: &str, sql: &str) -> OpenTransaction {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+    let (end, end_rx) = std::sync::mpsc::channel::<()>();
+    let done = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connects");
+            tokio::spawn(connection);
+            let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
+            let pid: i32 = row.unwrap().get(0);
+            client.batch_execute("BEGIN").await.unwrap();
+            client.batch_execute(&sql).await.unwrap();
+            ran_tx.send(pid).unwrap();
+            let _ = tokio::task::spawn_blocking(move || end_rx.recv()).await;
+            client.batch_execute("COMMIT").await.unwrap();
+        });
+    });
+    let pid = ran_rx.recv().expect("the statement ran");
+    OpenTransaction { pid, end, done }
+}
+
+impl OpenTransaction {
+    fn commit(self) {
+        let _ = self.end.send(());
+        self.done.join().expect("the transaction ends");
+    }
+}
+
+/// Returns once at least `count` sessions wait, directly or through each
+/// other, on the transaction `holder` holds open (other tests' lock waits
+/// on the shared cluster do not count); panics if they do not within 10 s.
+async fn wait_for_waiters_behind(cluster: &PgCluster, holder: &OpenTransaction, count: i64) {
+    let (client, connection) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(connection);
+    let started = std::time::Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{count} sessions never waited behind session {} at once",
+            holder.pid
+        );
+        let row = client
+            .query_one(
+                "WITH RECURSIVE behind AS (SELECT $1::int AS pid UNION SELECT a.pid \
+                 FROM pg_stat_activity a JOIN behind b ON b.pid = ANY(pg_blocking_pids(a.pid))) \
+                 SELECT count(*) - 1 FROM behind",
+                &[&holder.pid],
+            )
+            .await
+            .expect("pg_stat_activity reads");
+        if row.get::<_, i64>(0) >= count {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Locks run-a's row (until the transaction ends).
+const LOCK_RUN_A: &str = "SELECT 1 FROM runs WHERE run_id = 'run-a' FOR UPDATE";
+
+/// `count` run ids whose workflow ids fall in distinct shards.
+fn runs_in_distinct_shards(storage: &PostgresStorage, prefix: &str, count: usize) -> Vec<String> {
+    let mut used = std::collections::BTreeSet::new();
+    let runs: Vec<String> = (0..)
+        .map(|index| format!("{prefix}-{index}"))
+        .filter(|run_id| used.insert(shard_of_run(storage, run_id)))
+        .take(count)
+        .collect();
+    assert_eq!(runs.len(), count);
+    runs
+}
+
+#[test]
+fn a_write_holding_its_shard_makes_a_takeover_wait_and_lands_before_it() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    block_on(async {
+        let a = PostgresStorage::connect_cluster(&url)
+            .await
+            .expect("A opens");
+        let b = PostgresStorage::connect_cluster(&url)
+            .await
+            .expect("B opens");
+        let shard = shard_of_run(&a, "run-a");
+        let held = acquire(&a, lease(shard, "node-a", 1, 200)).await.lease;
+        a.write(fenced(create("run-a"), shard, held.epoch))
+            .await
+            .expect("created");
+        tokio::time::sleep(std::time::Duration::from_millis(220)).await;
+        // A's write checks its fence (the shard's row locked FOR SHARE),
+        // then waits on the run's row, locked here.
+        let lock = open_transaction(&url, LOCK_RUN_A);
+        let a_write = a.clone();
+        let write = tokio::spawn(async move {
+            let batch = fenced(update("run-a", 1, 2), shard, held.epoch);
+            a_write.write(batch).await
+        });
+        wait_for_waiters_behind(cluster, &lock, 1).await;
+        let b_take = b.clone();
+        let takeover = tokio::spawn(async move {
+            let answer = acquire(&b_take, lease(shard, "node-b", 1, LEASE_LONG_MS)).await;
+            let seen = b_take.read_run("run-a").await.unwrap();
+            (answer, seen)
+        });
+        wait_for_waiters_behind(cluster, &lock, 2).await;
+        assert!(
+            !takeover.is_finished(),
+            "the takeover did not wait for the write"
+        );
+        lock.commit();
+        write
+            .await
+            .unwrap()
+            .expect("the write lands before the takeover");
+        let (answer, seen) = takeover.await.unwrap();
+        assert!(
+            answer.granted && answer.lease.epoch == held.epoch + 1,
+            "{answer:?}"
+        );
+        assert_eq!(
+            seen.map(|run| run.version),
+            Some(2),
+            "the new holder sees the write"
+        );
+    });
+}
+
+#[test]
+fn a_write_behind_an_uncommitted_takeover_is_refused_once_it_commits() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    block_on(async {
+        let a = PostgresStorage::connect_cluster(&url)
+            .await
+            .expect("A opens");
+        let shard = shard_of_run(&a, "run-a");
+        let held = acquire(&a, lease(shard, "node-a", 1, LEASE_LONG_MS))
+            .await
+            .lease;
+        a.write(fenced(create("run-a"), shard, held.epoch))
+            .await
+            .expect("created");
+        let takeover = open_transaction(
+            &url,
+            &format!(
+                "UPDATE shards SET owner = 'node-b', incarnation = 1, epoch = epoch + 1 \
+                 WHERE shard = {shard}"
+            ),
+        );
+        let a_write = a.clone();
+        let write = tokio::spawn(async move {
+            let batch = fenced(update("run-a", 1, 2), shard, held.epoch);
+            a_write.write(batch).await
+        });
+        wait_for_waiters_behind(cluster, &takeover, 1).await;
+        assert!(
+            !write.is_finished(),
+            "the write did not wait for the takeover"
+        );
+        takeover.commit();
+        let refused = StorageError::Fenced {
+            shard,
+            epoch: held.epoch,
+            stored: held.epoch + 1,
+        };
+        assert_eq!(write.await.unwrap(), Err(refused));
+        let stored = a.read_run("run-a").await.unwrap().map(|run| run.version);
+        assert_eq!(stored, Some(1), "the refused write changed the run");
+    });
+}
+
+#[test]
+fn writes_racing_takeovers_land_before_them_or_are_refused_never_after() {
+    const ROUNDS: usize = 24;
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    block_on(async {
+        let a = PostgresStorage::connect_cluster(&url)
+            .await
+            .expect("A opens");
+        let b = PostgresStorage::connect_cluster(&url)
+            .await
+            .expect("B opens");
+        let runs = runs_in_distinct_shards(&a, "race", ROUNDS);
+        let mut epochs = Vec::new();
+        for run_id in &runs {
+            let shard = shard_of_run(&a, run_id);
+            let held = acquire(&a, lease(shard, "node-a", 1, 100)).await.lease;
+            a.write(fenced(create(run_id), shard, held.epoch))
+                .await
+                .expect("created");
+            epochs.push((shard, held.epoch));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        let (mut landed, mut refused) = (0, 0);
+        for (round, (run_id, (shard, epoch))) in runs.iter().zip(epochs).enumerate() {
+            // The write starts after 0 to 920 yields, the takeover at once
+            // or after 1 ms: some writes land first, some are refused, and
+            // some race the takeover in Postgres.
+            let write = async {
+                for _ in 0..round * 40 {
+                    tokio::task::yield_now().await;
+                }
+                a.write(fenced(update(run_id, 1, 2), shard, epoch)).await
+            };
+            let takeover = async {
+                if round % 2 == 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                let answer = acquire(&b, lease(shard, "node-b", 1, LEASE_LONG_MS)).await;
+                let seen = b.read_run(run_id).await.unwrap().expect("stored");
+                (answer, seen.version)
+            };
+            let (written, (answer, seen)) = tokio::join!(write, takeover);
+            assert!(
+                answer.granted && answer.lease.epoch == epoch + 1,
+                "{answer:?}"
+            );
+            let stored = b.read_run(run_id).await.unwrap().expect("stored").version;
+            match written {
+                Ok(()) => {
+                    assert_eq!(seen, 2, "{run_id}: the write landed after the takeover");
+                    landed += 1;
+                }
+                Err(error) => {
+                    let expected = StorageError::Fenced {
+                        shard,
+                        epoch,
+                        stored: epoch + 1,
+                    };
+                    assert_eq!(error, expected, "{run_id}");
+                    assert_eq!((seen, stored), (1, 1), "{run_id}: a refused write landed");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!(landed + refused, ROUNDS);
+        eprintln!("writes racing takeovers: {landed} landed before, {refused} refused");
+    });
+}
+
+#[test]
+fn a_fenced_batch_refused_with_its_group_lands_alone_on_the_careful_path() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    let options = PostgresOptions {
+        writer_count: 1,
+        ..cluster_options()
+    };
+    block_on(async {
+        let storage = PostgresStorage::connect_with(&url, options)
+            .await
+            .expect("it opens");
+        let shard = shard_of_run(&storage, "run-b");
+        let held = acquire(&storage, lease(shard, "node-a", 1, LEASE_LONG_MS)).await;
+        let epoch = held.lease.epoch;
+        for run_id in ["run-a", "run-c"] {
+            storage.write(create(run_id)).await.expect("created");
+        }
+        storage
+            .write(fenced(create("run-b"), shard, epoch))
+            .await
+            .expect("created, fenced");
+        // The only writer waits on run-a's row while the next two queue.
+        let lock = open_transaction(&url, LOCK_RUN_A);
+        let writer = storage.clone();
+        let first = tokio::spawn(async move { writer.write(update("run-a", 1, 2)).await });
+        wait_for_waiters_behind(cluster, &lock, 1).await;
+        let good = storage.write(fenced(update("run-b", 1, 2), shard, epoch));
+        let stale = storage.write(update("run-c", 5, 2));
+        let release = async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            lock.commit();
+        };
+        let (good, stale, ()) = tokio::join!(good, stale, release);
+        let first = first.await.unwrap();
+        first.expect("the first write lands once the lock is gone");
+        good.expect("the fenced write lands on the careful path");
+        assert!(
+            matches!(stale, Err(StorageError::VersionConflict { .. })),
+            "{stale:?}"
+        );
+        let stats = storage.stats();
+        assert_eq!(stats.batches_alone, 2, "the group fell back: {stats:?}");
+        let run_b = storage.read_run("run-b").await.unwrap().unwrap();
+        assert_eq!(run_b.version, 2);
+    });
+}
+
+#[test]
+fn a_single_server_and_cluster_servers_never_share_a_schema() {
+    let Some(cluster) = postgres_cluster::shared() else {
+        return;
+    };
+    let url = cluster.fresh_schema_url();
+    let impatient_single = PostgresOptions {
+        server_lock_wait_ms_max: 200,
+        ..PostgresOptions::default()
+    };
+    let impatient_cluster = PostgresOptions {
+        server_lock_wait_ms_max: 200,
+        ..cluster_options()
+    };
+    let refusal = |opened: Result<PostgresStorage, StorageError>| match opened {
+        Ok(_) => panic!("the schema opened, but must be refused"),
+        Err(StorageError::Io(message)) => message,
+        Err(other) => panic!("expected Io, got {other:?}"),
+    };
+    block_on(async {
+        let single = PostgresStorage::connect_with(&url, impatient_single)
+            .await
+            .expect("a single server opens a fresh schema");
+        let message = refusal(PostgresStorage::connect_with(&url, impatient_cluster).await);
+        assert!(
+            message.contains("holds this database (schema) open as a single server")
+                && message.contains("a cluster server cannot share it"),
+            "{message}"
+        );
+        drop(single);
+        let a = PostgresStorage::connect_with(&url, cluster_options())
+            .await
+            .expect("a cluster server opens once the single server is gone");
+        let b = PostgresStorage::connect_cluster(&url)
+            .await
+            .expect("a second cluster server opens beside it");
+        let message = refusal(PostgresStorage::connect_with(&url, impatient_single).await);
+        assert!(
+            message.contains("retrace servers in cluster mode hold this database")
+                && message.contains("a single server cannot share it"),
+            "{message}"
+        );
+        drop(a);
+        let message = refusal(PostgresStorage::connect_with(&url, impatient_single).await);
+        assert!(message.contains("cluster mode"), "{message}");
+        b.write(create("run-b")).await.expect("B still writes");
+        drop(b);
+        let single = PostgresStorage::connect(&url)
+            .await
+            .expect("a single server opens once every cluster server is gone");
+        assert_eq!(
+            single.read_run("run-b").await.unwrap().map(|r| r.version),
+            Some(1)
+        );
+    });
+}

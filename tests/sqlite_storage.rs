@@ -725,3 +725,62 @@ fn statement_that_rolls_back_the_transaction_fails_its_group_and_writing_goes_on
             .expect("writes go on after a lost group");
     });
 }
+
+#[test]
+fn sqlite_serves_one_server_refusing_cluster_calls_and_fenced_writes_but_writing_unfenced_ones() {
+    use retrace::env::lease::{Fence, LeaseRequest, MemberBeat};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let storage = open(&dir.path().join("retrace.db"));
+    let request = LeaseRequest {
+        shard: 0,
+        owner: "node-a".to_string(),
+        incarnation: 1,
+        lease_ms: 1_000,
+    };
+    let beat = MemberBeat {
+        node: "node-a".to_string(),
+        incarnation: 1,
+        address: "node-a:7233".to_string(),
+        ttl_ms: 1_000,
+    };
+    let errors = block_on(async {
+        [
+            storage.cluster_view().await.map(|_| ()).unwrap_err(),
+            storage
+                .acquire_shard(request.clone())
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            storage
+                .release_shard(request)
+                .await
+                .map(|_| ())
+                .unwrap_err(),
+            storage.beat(beat).await.map(|_| ()).unwrap_err(),
+        ]
+    });
+    for error in errors {
+        let StorageError::Io(message) = &error else {
+            panic!("expected Io, got {error:?}")
+        };
+        assert!(message.contains("serves one server"), "{message}");
+        assert!(message.contains("a cluster needs Postgres"), "{message}");
+    }
+    let mut fenced = create("run-fenced", 1);
+    fenced.fence = Some(Fence { shard: 0, epoch: 1 });
+    match block_on(storage.write(fenced)) {
+        Err(StorageError::BadBatch { run_id, reason }) => {
+            assert_eq!(run_id, "run-fenced");
+            assert!(reason.contains("a cluster needs Postgres"), "{reason}");
+        }
+        other => panic!("expected BadBatch, got {other:?}"),
+    }
+    assert_eq!(block_on(storage.read_run("run-fenced")).unwrap(), None);
+    let created = create("run-a", 2);
+    let run = created.run.clone();
+    block_on(storage.write(created)).expect("an unfenced creation lands");
+    let appended = append(&run, 1);
+    let run = appended.run.clone();
+    block_on(storage.write(appended)).expect("an unfenced append lands");
+    assert_eq!(block_on(storage.read_run("run-a")).unwrap(), Some(run));
+}

@@ -4,9 +4,12 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use retrace::env::{MemoryStorage, PostgresStorage, SqliteStorage, Storage, conformance};
+use retrace::env::{
+    BoxFuture, Clock, MemoryStorage, PostgresStorage, SqliteStorage, Storage, conformance,
+};
+use retrace::types::Timestamp;
 
 mod postgres_cluster;
 
@@ -151,4 +154,119 @@ conformance_tests!(
     refused_writes_among_concurrent_ones_fail_alone,
     payload_near_one_mebibyte_round_trips,
     list_queries_answer_as_the_evaluation_does,
+);
+
+/// The clock a memory storage with shards judges leases by, moved by hand.
+struct ManualClock {
+    now_ms: AtomicU64,
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.now_ms.load(Ordering::SeqCst))
+    }
+
+    /// The storage never sleeps on its lease clock: ready at once.
+    fn sleep_until(&self, _deadline: Timestamp) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Shards a memory storage is made with, as a Postgres schema has.
+const SHARD_COUNT: u32 = 64;
+
+/// A fresh memory storage with shards, and its manual clock's step.
+fn memory_with_shards() -> conformance::LeaseSetup {
+    let clock = Arc::new(ManualClock {
+        now_ms: AtomicU64::new(1_704_067_200_000),
+    });
+    let storage = MemoryStorage::with_shards(SHARD_COUNT, clock.clone());
+    let advance = move |ms: u64| -> BoxFuture<'static, ()> {
+        clock.now_ms.fetch_add(ms, Ordering::SeqCst);
+        Box::pin(std::future::ready(()))
+    };
+    (Arc::new(storage), Box::new(advance))
+}
+
+/// A real sleep: Postgres judges leases by its own clock. A little over
+/// `ms`, as Postgres's clock is the wall clock and tokio's is monotonic.
+#[allow(clippy::disallowed_methods)] // The test waits on real time.
+fn sleep_ms(ms: u64) -> BoxFuture<'static, ()> {
+    Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms + 2)))
+}
+
+/// A fresh Postgres schema opened in cluster mode, and a real sleep.
+async fn postgres_with_shards() -> Option<conformance::LeaseSetup> {
+    let cluster = postgres_cluster::shared()?;
+    let url = cluster.fresh_schema_url();
+    let storage = PostgresStorage::connect_cluster(&url).await;
+    let storage = storage.unwrap_or_else(|e| panic!("a fresh Postgres schema opens: {e}"));
+    assert_eq!(storage.shard_count(), SHARD_COUNT);
+    Some((Arc::new(storage), Box::new(sleep_ms)))
+}
+
+macro_rules! lease_tests {
+    ($($property:ident),* $(,)?) => {
+        mod memory_storage_leases {
+            use super::*;
+
+            $(
+                #[test]
+                fn $property() {
+                    let (storage, advance) = memory_with_shards();
+                    block_on(conformance::$property(&*storage, &*advance));
+                }
+            )*
+
+            #[test]
+            fn run_leases_passes() {
+                block_on(conformance::run_leases(&memory_with_shards));
+            }
+        }
+
+        mod postgres_storage_leases {
+            use super::*;
+
+            $(
+                #[test]
+                fn $property() {
+                    multi_thread_runtime().block_on(async {
+                        if let Some((storage, advance)) = postgres_with_shards().await {
+                            conformance::$property(&*storage, &*advance).await;
+                        }
+                    });
+                }
+            )*
+
+            #[test]
+            fn run_leases_passes() {
+                if postgres_cluster::shared().is_none() {
+                    return; // Skipped, loudly.
+                }
+                let make = || {
+                    let opening = postgres_with_shards();
+                    let handle = tokio::runtime::Handle::current();
+                    let setup = tokio::task::block_in_place(|| handle.block_on(opening));
+                    setup.expect("the cluster runs")
+                };
+                multi_thread_runtime().block_on(conformance::run_leases(&make));
+            }
+        }
+    };
+}
+
+lease_tests!(
+    a_free_shard_is_granted_at_epoch_1,
+    the_holder_renews_and_keeps_the_epoch,
+    another_node_is_refused_while_the_lease_is_held,
+    an_expired_lease_is_taken_with_the_next_epoch_and_the_old_holder_cannot_renew,
+    a_restarted_node_takes_its_shard_at_once_with_a_new_epoch,
+    a_release_frees_the_shard_and_the_next_holder_bumps_the_epoch,
+    a_fenced_write_with_the_current_epoch_lands,
+    a_fenced_write_with_an_old_epoch_is_refused_and_changes_nothing,
+    a_fence_naming_another_shard_than_the_workflow_ids_is_a_bad_batch,
+    racing_acquisitions_of_a_free_shard_grant_exactly_one,
+    members_beat_alive_and_are_dead_after_their_ttl,
+    bad_lease_requests_are_refused_and_change_nothing,
+    an_unfenced_write_keeps_working_on_a_sharded_store,
 );

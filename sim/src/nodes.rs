@@ -6,8 +6,21 @@ pub fn worker_name(index: usize) -> String {
     format!("worker-{index}")
 }
 
-/// The service node's name.
+/// The service node's name (the first service's, in a cluster).
 pub const SERVICE: &str = "service";
+
+/// Service node `index` of a cluster: `service`, `service-1`, `service-2`…
+pub fn service_name(index: usize) -> String {
+    match index {
+        0 => SERVICE.to_string(),
+        _ => format!("service-{index}"),
+    }
+}
+
+/// True for a service node's name.
+pub fn is_service(name: &str) -> bool {
+    name == SERVICE || name.starts_with("service-")
+}
 /// The client node's name.
 pub const CLIENT: &str = "client";
 

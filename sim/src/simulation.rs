@@ -61,6 +61,9 @@ pub struct Setup {
     pub expected_outcomes: Option<check::outcomes::ExpectedOutcomes>,
     /// Workflow types the scenario drives by hand (no code: not replayed).
     pub raw_workflow_types: BTreeSet<String>,
+    /// A planted bug, for the simulator's own tests: the storage of a
+    /// cluster does not fence writes.
+    pub plant_no_fencing: bool,
 }
 
 /// The scenario's client: the engine's `Client` on the client node, retrying
@@ -145,6 +148,7 @@ impl Simulation {
                 history_events_max: HISTORY_EVENTS_MAX_DEFAULT,
                 expected_outcomes: None,
                 raw_workflow_types: BTreeSet::new(),
+                plant_no_fencing: false,
             },
             seeds: 0..100,
         }
@@ -315,6 +319,26 @@ impl Simulation {
         self
     }
 
+    /// Runs every seed on a cluster of 2 to 5 service nodes (drawn from the
+    /// seed) over one sharded storage, with the faults only a cluster has:
+    /// a service node crashed, paused past its leases, cut off from storage.
+    pub fn cluster(self) -> Self {
+        let adjust = self.setup.swarm.clone();
+        self.swarm(move |swarm| {
+            if let Some(adjust) = &adjust {
+                adjust(swarm);
+            }
+            swarm.services = 2 + (swarm.clock_salt % 4) as usize;
+        })
+    }
+
+    /// Plants a bug to prove the checks catch it: the cluster's storage
+    /// accepts writes without checking their fence.
+    pub fn plant_storage_without_fencing(mut self) -> Self {
+        self.setup.plant_no_fencing = true;
+        self
+    }
+
     /// The scenario's name.
     pub fn name(&self) -> &str {
         &self.setup.name
@@ -435,6 +459,7 @@ fn plan_setup(setup: &Setup, seed: u64) -> (Swarm, proptest::strategy::BoxedStra
             .map(|(name, _)| name.clone())
             .collect(),
         safety_ms: setup.safety_ms,
+        services: swarm.services,
     };
     let faults_max = setup.faults_max.unwrap_or(swarm.faults_max);
     let strategy = plan_strategy(&topology, &swarm, faults_max);
@@ -574,6 +599,9 @@ async fn simulate(setup: Arc<Setup>, seed: u64, swarm: Swarm, plan: FaultPlan) -
     let world = World::new(seed, swarm.clone());
     world.set_steps_max(setup.steps_max);
     world.storage.set_faults(world.swarm_storage_faults(), true);
+    if setup.plant_no_fencing {
+        world.storage.plant_no_fencing();
+    }
     for (name, factory) in &setup.services {
         factory(&world.services, name);
     }
@@ -888,6 +916,11 @@ async fn check_run(
     violations.extend(
         check::visibility::check_visibility(world.storage.durable(), &stored.histories).await,
     );
+    violations.extend(check::fencing::check_fencing(
+        swarm.services,
+        &world.storage.foreign_writes(),
+        &world.storage.fenced_writes(),
+    ));
     let ledger = world.services.ledger();
     violations.extend(check::check_effects(&ledger, &stored.histories));
     violations.extend(check::check_later_attempts_acted(

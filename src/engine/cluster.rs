@@ -45,6 +45,10 @@ impl Inner {
         if lock(&self.shards).left {
             return;
         }
+        // A shard whose trust ran out since the last round is lost first,
+        // even if the lease is renewed below: meanwhile its queued tasks
+        // were refused and dropped, so it must be rebuilt as newly gained.
+        self.drop_expired();
         let sent_us = self.env.clock.monotonic_us();
         let view = match self.cluster_read(config, incarnation).await {
             Ok(view) => view,

@@ -159,6 +159,10 @@ const TIMER_RETRY_MS: u64 = 1_000;
 #[derive(Default)]
 pub(super) struct RunSlot {
     pub loaded: Option<Loaded>,
+    /// Cluster mode: the shard epoch the state was loaded under. A state
+    /// cached under another epoch is stale (the shard moved away and back,
+    /// and others wrote meanwhile): it is read again.
+    pub epoch: u64,
 }
 
 pub(super) struct Inner {
@@ -472,6 +476,11 @@ impl Inner {
                     record.run_id.clone(),
                     RunSlot {
                         loaded: Some(loaded),
+                        epoch: self
+                            .fence_for(&record.workflow_id)
+                            .ok()
+                            .flatten()
+                            .map_or(0, |f| f.epoch),
                     },
                 );
             }
@@ -511,12 +520,19 @@ impl Inner {
             .clone();
         let mut guard = slot.lock_owned().await;
         if let Some(loaded) = &guard.loaded {
-            self.check_owner(&loaded.state.workflow_id)?;
-        } else {
+            let fence = self.fence_for(&loaded.state.workflow_id)?;
+            if fence.is_some_and(|f| f.epoch != guard.epoch) {
+                guard.loaded = None;
+            }
+        }
+        if guard.loaded.is_none() {
             let (state, version) = self.read_state(run_id).await?;
-            if let Err(error) = self.check_owner(&state.workflow_id) {
-                self.forget(run_id);
-                return Err(error);
+            match self.fence_for(&state.workflow_id) {
+                Ok(fence) => guard.epoch = fence.map_or(0, |f| f.epoch),
+                Err(error) => {
+                    self.forget(run_id);
+                    return Err(error);
+                }
             }
             self.sync(&state);
             guard.loaded = Some(Loaded::stored(state, version));

@@ -24,6 +24,11 @@ use std::sync::Arc;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
+use super::BoxFuture;
+use super::lease::{
+    ADDRESS_BYTES_MAX, ClusterView, Fence, LEASE_MS_MAX, LeaseAnswer, LeaseRequest, Member,
+    MemberBeat, NODE_NAME_BYTES_MAX, ShardLease, shard_of,
+};
 use super::storage::{
     BufferedRead, BufferedWrite, ListQuery, RunRecord, RunStatus, Storage, StorageError,
     WorkflowIdClaim, WriteBatch,
@@ -1585,4 +1590,610 @@ pub async fn list_queries_answer_as_the_evaluation_does(storage: &dyn Storage) {
     assert_eq!(hits("Vip = true OR Vip = false"), runs.len());
     assert_eq!(hits("Note = 'hello world'"), 0);
     assert!(hits("Tags = 'blue'") > 0 && hits("Tags = 'blue'") < runs.len());
+}
+
+// ---------------------------------------------------------------------------
+// Shards, leases and fences: what a storage serving a cluster must do (see
+// [`crate::env::lease`]). Each check takes a fresh storage with shards and
+// `advance`, which moves the storage's clock on by at least that many
+// milliseconds (a manual clock's step, or a real sleep for a database that
+// judges leases by its own clock).
+
+/// Moves the storage's clock on by at least this many milliseconds.
+pub type Advance = dyn Fn(u64) -> BoxFuture<'static, ()>;
+
+/// A fresh storage with shards, and how to advance its clock.
+pub type LeaseSetup = (Arc<dyn Storage>, Box<Advance>);
+
+/// A lease no check outlives.
+const LEASE_LONG_MS: u64 = 60_000;
+/// A lease the checks wait out: short, so a real clock is waited on briefly.
+const LEASE_SHORT_MS: u64 = 300;
+/// Nodes racing for one free shard.
+const RACING_NODES_COUNT: u64 = 8;
+/// The incarnation of a restarted node: past `i64::MAX`, as random ones are.
+const INCARNATION_LARGE: u64 = u64::MAX - 7;
+
+/// Runs every lease check, each on a fresh storage from `make`.
+pub async fn run_leases(make: &dyn Fn() -> LeaseSetup) {
+    let (storage, advance) = make();
+    a_free_shard_is_granted_at_epoch_1(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    the_holder_renews_and_keeps_the_epoch(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    another_node_is_refused_while_the_lease_is_held(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    an_expired_lease_is_taken_with_the_next_epoch_and_the_old_holder_cannot_renew(
+        &*storage, &*advance,
+    )
+    .await;
+    let (storage, advance) = make();
+    a_restarted_node_takes_its_shard_at_once_with_a_new_epoch(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    a_release_frees_the_shard_and_the_next_holder_bumps_the_epoch(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    a_fenced_write_with_the_current_epoch_lands(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    a_fenced_write_with_an_old_epoch_is_refused_and_changes_nothing(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    a_fence_naming_another_shard_than_the_workflow_ids_is_a_bad_batch(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    racing_acquisitions_of_a_free_shard_grant_exactly_one(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    members_beat_alive_and_are_dead_after_their_ttl(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    bad_lease_requests_are_refused_and_change_nothing(&*storage, &*advance).await;
+    let (storage, advance) = make();
+    an_unfenced_write_keeps_working_on_a_sharded_store(&*storage, &*advance).await;
+}
+
+fn ask(shard: u32, owner: &str, incarnation: u64, lease_ms: u64) -> LeaseRequest {
+    LeaseRequest {
+        shard,
+        owner: owner.to_string(),
+        incarnation,
+        lease_ms,
+    }
+}
+
+async fn cluster_view(storage: &dyn Storage, property: &str) -> ClusterView {
+    match storage.cluster_view().await {
+        Ok(view) => view,
+        Err(error) => panic!("{property}: reading the cluster failed: {error}"),
+    }
+}
+
+/// The storage's shard count (at least two: the checks use two shards).
+async fn shard_count(storage: &dyn Storage, property: &str) -> u32 {
+    let count = cluster_view(storage, property).await.shards.len();
+    assert!(count >= 2, "{property}: the storage has {count} shards");
+    u32::try_from(count).expect("at most SHARD_COUNT_MAX shards")
+}
+
+async fn lease_of(storage: &dyn Storage, shard: u32, property: &str) -> ShardLease {
+    let view = cluster_view(storage, property).await;
+    view.shards[shard as usize].clone()
+}
+
+async fn acquire(storage: &dyn Storage, request: LeaseRequest, property: &str) -> LeaseAnswer {
+    let asked = format!("{request:?}");
+    match storage.acquire_shard(request).await {
+        Ok(answer) => answer,
+        Err(error) => panic!("{property}: acquiring {asked} failed: {error}"),
+    }
+}
+
+/// Acquires a lease that must be granted; returns it.
+async fn granted(storage: &dyn Storage, request: LeaseRequest, property: &str) -> ShardLease {
+    let asked = format!("{request:?}");
+    let answer = acquire(storage, request, property).await;
+    assert!(
+        answer.granted,
+        "{property}: {asked} was refused: {answer:?}"
+    );
+    answer.lease
+}
+
+/// Acquires a lease that must be refused; returns the lease it lost to.
+async fn refused(storage: &dyn Storage, request: LeaseRequest, property: &str) -> ShardLease {
+    let asked = format!("{request:?}");
+    let answer = acquire(storage, request, property).await;
+    assert!(
+        !answer.granted,
+        "{property}: {asked} was granted: {answer:?}"
+    );
+    answer.lease
+}
+
+/// A run id whose workflow id (`wf-{run id}`) is in `shard` of `count`.
+fn run_in_shard(prefix: &str, shard: u32, count: u32) -> String {
+    let run_id = (0..)
+        .map(|index| format!("{prefix}-{index}"))
+        .find(|run_id| shard_of(&format!("wf-{run_id}"), count) == shard)
+        .expect("some id falls in every shard");
+    assert_eq!(shard_of(&format!("wf-{run_id}"), count), shard);
+    run_id
+}
+
+fn fenced(mut batch: WriteBatch, shard: u32, epoch: u64) -> WriteBatch {
+    batch.fence = Some(Fence { shard, epoch });
+    batch
+}
+
+/// A shard nobody has held is granted at epoch 1, until storage time plus
+/// the lease, and the cluster view shows it so.
+pub async fn a_free_shard_is_granted_at_epoch_1(storage: &dyn Storage, _advance: &Advance) {
+    let property = "a_free_shard_is_granted_at_epoch_1";
+    let count = shard_count(storage, property).await;
+    let before = cluster_view(storage, property).await;
+    assert!(
+        before
+            .shards
+            .iter()
+            .zip(0..)
+            .all(|(lease, shard)| *lease == ShardLease::free(shard)),
+        "{property}: a fresh storage's shards are not all free: {:?}",
+        before.shards
+    );
+    let lease = granted(
+        storage,
+        ask(count - 1, "node-a", 1, LEASE_LONG_MS),
+        property,
+    )
+    .await;
+    assert_eq!(
+        (
+            lease.shard,
+            lease.owner.as_str(),
+            lease.incarnation,
+            lease.epoch
+        ),
+        (count - 1, "node-a", 1, 1),
+        "{property}: the lease granted"
+    );
+    let after = cluster_view(storage, property).await;
+    assert!(
+        lease.expires_ms >= before.now_ms + LEASE_LONG_MS
+            && lease.expires_ms <= after.now_ms + LEASE_LONG_MS,
+        "{property}: expires at {} (storage time {}..={})",
+        lease.expires_ms,
+        before.now_ms,
+        after.now_ms
+    );
+    assert_eq!(
+        after.shards[(count - 1) as usize],
+        lease,
+        "{property}: the view"
+    );
+    assert!(
+        after.shards[..(count - 1) as usize]
+            .iter()
+            .all(|l| l.epoch == 0),
+        "{property}: another shard changed"
+    );
+}
+
+/// The holder renews its lease: granted, the epoch kept, the expiry later.
+pub async fn the_holder_renews_and_keeps_the_epoch(storage: &dyn Storage, advance: &Advance) {
+    let property = "the_holder_renews_and_keeps_the_epoch";
+    let first = granted(storage, ask(0, "node-a", 1, LEASE_LONG_MS), property).await;
+    advance(10).await;
+    let renewed = granted(storage, ask(0, "node-a", 1, LEASE_LONG_MS), property).await;
+    assert_eq!(renewed.epoch, first.epoch, "{property}: the epoch moved");
+    assert!(
+        renewed.expires_ms >= first.expires_ms + 10,
+        "{property}: renewed until {}, first until {}",
+        renewed.expires_ms,
+        first.expires_ms
+    );
+    assert_eq!(
+        lease_of(storage, 0, property).await,
+        renewed,
+        "{property}: the view"
+    );
+}
+
+/// Another node (even with the holder's incarnation number) is refused
+/// while the lease is held, and is answered the holder's lease unchanged.
+pub async fn another_node_is_refused_while_the_lease_is_held(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "another_node_is_refused_while_the_lease_is_held";
+    let held = granted(storage, ask(1, "node-a", 1, LEASE_LONG_MS), property).await;
+    for (node, incarnation) in [("node-b", 2), ("node-b", 1), ("node-a-2", 1)] {
+        let lost_to = refused(storage, ask(1, node, incarnation, LEASE_LONG_MS), property).await;
+        assert_eq!(
+            lost_to, held,
+            "{property}: {node} was answered another lease"
+        );
+    }
+    assert_eq!(
+        lease_of(storage, 1, property).await,
+        held,
+        "{property}: the view"
+    );
+}
+
+/// Once its lease has run out, a shard is taken by another node at the next
+/// epoch, and the old holder cannot renew it.
+pub async fn an_expired_lease_is_taken_with_the_next_epoch_and_the_old_holder_cannot_renew(
+    storage: &dyn Storage,
+    advance: &Advance,
+) {
+    let property = "an_expired_lease_is_taken_with_the_next_epoch_and_the_old_holder_cannot_renew";
+    let old = granted(storage, ask(2, "node-a", 1, LEASE_SHORT_MS), property).await;
+    advance(LEASE_SHORT_MS).await;
+    let taken = granted(storage, ask(2, "node-b", 2, LEASE_LONG_MS), property).await;
+    assert_eq!(
+        (taken.owner.as_str(), taken.epoch),
+        ("node-b", old.epoch + 1),
+        "{property}: the lease taken"
+    );
+    let lost_to = refused(storage, ask(2, "node-a", 1, LEASE_LONG_MS), property).await;
+    assert_eq!(lost_to, taken, "{property}: the old holder renewed");
+}
+
+/// A node restarted (same name, new incarnation) takes the shard its
+/// earlier incarnation held at once, with a new epoch.
+pub async fn a_restarted_node_takes_its_shard_at_once_with_a_new_epoch(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "a_restarted_node_takes_its_shard_at_once_with_a_new_epoch";
+    let old = granted(storage, ask(3, "node-a", 1, LEASE_LONG_MS), property).await;
+    let request = ask(3, "node-a", INCARNATION_LARGE, LEASE_LONG_MS);
+    let restarted = granted(storage, request, property).await;
+    assert_eq!(
+        (restarted.incarnation, restarted.epoch),
+        (INCARNATION_LARGE, old.epoch + 1),
+        "{property}: the lease taken"
+    );
+    assert_eq!(
+        lease_of(storage, 3, property).await,
+        restarted,
+        "{property}: the view"
+    );
+    let lost_to = refused(storage, ask(3, "node-b", 1, LEASE_LONG_MS), property).await;
+    assert_eq!(lost_to, restarted, "{property}: another node");
+}
+
+/// Only the holder releases; a released shard is free at once with its
+/// epoch bumped (a write the old holder still has in flight is refused),
+/// and its next holder gets the epoch after that.
+pub async fn a_release_frees_the_shard_and_the_next_holder_bumps_the_epoch(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "a_release_frees_the_shard_and_the_next_holder_bumps_the_epoch";
+    let release = |request: LeaseRequest| async move {
+        let asked = format!("{request:?}");
+        match storage.release_shard(request).await {
+            Ok(released) => released,
+            Err(error) => panic!("{property}: releasing {asked} failed: {error}"),
+        }
+    };
+    let held = granted(storage, ask(4, "node-a", 1, LEASE_LONG_MS), property).await;
+    for (node, incarnation) in [("node-b", 1), ("node-a", 2)] {
+        let released = release(ask(4, node, incarnation, LEASE_LONG_MS)).await;
+        assert!(
+            !released,
+            "{property}: {node}/{incarnation} released a lease it does not hold"
+        );
+        assert_eq!(
+            lease_of(storage, 4, property).await,
+            held,
+            "{property}: the view"
+        );
+    }
+    assert!(
+        release(ask(4, "node-a", 1, LEASE_LONG_MS)).await,
+        "{property}: the holder"
+    );
+    let free = ShardLease {
+        epoch: held.epoch + 1,
+        ..ShardLease::free(4)
+    };
+    assert_eq!(
+        lease_of(storage, 4, property).await,
+        free,
+        "{property}: released"
+    );
+    assert!(
+        !release(ask(4, "node-a", 1, LEASE_LONG_MS)).await,
+        "{property}: twice"
+    );
+    let next = granted(storage, ask(4, "node-b", 1, LEASE_LONG_MS), property).await;
+    assert_eq!(
+        next.epoch,
+        held.epoch + 2,
+        "{property}: the next holder's epoch"
+    );
+}
+
+/// Writes fenced with the epoch the shard is at land (a creation, an
+/// append, and a continue-as-new pair), as unfenced ones would.
+pub async fn a_fenced_write_with_the_current_epoch_lands(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "a_fenced_write_with_the_current_epoch_lands";
+    let count = shard_count(storage, property).await;
+    let run_id = run_in_shard("run-fenced", 5 % count, count);
+    let lease = granted(
+        storage,
+        ask(5 % count, "node-a", 1, LEASE_LONG_MS),
+        property,
+    )
+    .await;
+    let created = create(&run_id, 2);
+    let version_1 = created.run.clone();
+    write_ok(storage, fenced(created, lease.shard, lease.epoch), property).await;
+    let appended = append(&version_1, 1);
+    let version_2 = appended.run.clone();
+    write_ok(
+        storage,
+        fenced(appended, lease.shard, lease.epoch),
+        property,
+    )
+    .await;
+    assert_eq!(
+        read_run(storage, &run_id, property).await,
+        Some(version_2.clone())
+    );
+    let events = read_events(storage, &run_id, 1, EVENTS_READ_MAX, property).await;
+    assert_eq!(events.len(), 3, "{property}: the events");
+    let next_run_id = format!("{run_id}-next");
+    let pair = continue_pair(&version_2, &next_run_id, &run_id);
+    write_ok(storage, fenced(pair, lease.shard, lease.epoch), property).await;
+    let current = current_run(storage, &version_2.workflow_id, property).await;
+    assert_eq!(current, Some(next_run_id), "{property}: the continued run");
+}
+
+/// A write fenced with an epoch the shard is no longer at (or not yet at) is
+/// refused `Fenced` with the stored epoch, and changes nothing: no update,
+/// no creation, no continue-as-new.
+pub async fn a_fenced_write_with_an_old_epoch_is_refused_and_changes_nothing(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "a_fenced_write_with_an_old_epoch_is_refused_and_changes_nothing";
+    let count = shard_count(storage, property).await;
+    let shard = 6 % count;
+    let run_id = run_in_shard("run-old", shard, count);
+    let old = granted(storage, ask(shard, "node-a", 1, LEASE_LONG_MS), property).await;
+    let created = create(&run_id, 2);
+    let stored = created.run.clone();
+    write_ok(storage, fenced(created, shard, old.epoch), property).await;
+    let new = granted(storage, ask(shard, "node-a", 2, LEASE_LONG_MS), property).await;
+    let other_run_id = run_in_shard(&format!("{run_id}-other"), shard, count);
+    let batches = [
+        (append(&stored, 1), old.epoch),
+        (append(&stored, 1), new.epoch + 1),
+        (create(&other_run_id, 1), old.epoch),
+        (continue_pair(&stored, "run-old-next", &run_id), old.epoch),
+    ];
+    for (batch, epoch) in batches {
+        let error = refuse(storage, fenced(batch, shard, epoch), property).await;
+        let expected = StorageError::Fenced {
+            shard,
+            epoch,
+            stored: new.epoch,
+        };
+        assert_eq!(error, expected, "{property}: fenced at epoch {epoch}");
+    }
+    assert_eq!(read_run(storage, "run-old-next", property).await, None);
+    assert_eq!(
+        read_run(storage, &run_id, property).await,
+        Some(stored.clone())
+    );
+    write_ok(
+        storage,
+        fenced(append(&stored, 1), shard, new.epoch),
+        property,
+    )
+    .await;
+}
+
+/// A fence naming a shard that is not its workflow id's (another one, or
+/// one that does not exist) is a `BadBatch`, whatever its epoch.
+pub async fn a_fence_naming_another_shard_than_the_workflow_ids_is_a_bad_batch(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "a_fence_naming_another_shard_than_the_workflow_ids_is_a_bad_batch";
+    let count = shard_count(storage, property).await;
+    let run_id = "run-misfenced";
+    let own = shard_of(&format!("wf-{run_id}"), count);
+    let other = (own + 1) % count;
+    let lease = granted(storage, ask(other, "node-a", 1, LEASE_LONG_MS), property).await;
+    for (shard, epoch) in [(other, lease.epoch), (count, 1), (u32::MAX, 0)] {
+        let error = refuse(storage, fenced(create(run_id, 1), shard, epoch), property).await;
+        assert_bad_batch(&error, run_id, property);
+    }
+}
+
+/// Nodes racing to acquire one free shard: exactly one is granted (epoch
+/// 1), and every other is answered the winner's lease.
+pub async fn racing_acquisitions_of_a_free_shard_grant_exactly_one(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "racing_acquisitions_of_a_free_shard_grant_exactly_one";
+    let requests = (0..RACING_NODES_COUNT)
+        .map(|index| ask(7, &format!("racer-{index}"), index + 1, LEASE_LONG_MS));
+    let answers = join_all(requests.map(|request| acquire(storage, request, property))).await;
+    let winners: Vec<&LeaseAnswer> = answers.iter().filter(|answer| answer.granted).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "{property}: {} granted, not 1",
+        winners.len()
+    );
+    let winner = winners[0].lease.clone();
+    assert_eq!(winner.epoch, 1, "{property}: the winner's epoch");
+    for answer in answers.iter().filter(|answer| !answer.granted) {
+        assert_eq!(answer.lease, winner, "{property}: a loser's answer");
+    }
+    assert_eq!(
+        lease_of(storage, 7, property).await,
+        winner,
+        "{property}: the view"
+    );
+}
+
+async fn beat(storage: &dyn Storage, beat: MemberBeat, property: &str) -> Vec<Member> {
+    let node = beat.node.clone();
+    match storage.beat(beat).await {
+        Ok(members) => members,
+        Err(error) => panic!("{property}: the heartbeat of {node} failed: {error}"),
+    }
+}
+
+fn member_beat(node: &str, incarnation: u64, ttl_ms: u64) -> MemberBeat {
+    MemberBeat {
+        node: node.to_string(),
+        incarnation,
+        address: format!("{node}:7233"),
+        ttl_ms,
+    }
+}
+
+/// `(node, incarnation, alive)` of each member, in the order answered.
+fn liveness(members: &[Member]) -> Vec<(&str, u64, bool)> {
+    let seen = members
+        .iter()
+        .map(|m| (m.node.as_str(), m.incarnation, m.alive));
+    seen.collect()
+}
+
+/// Members beat and read back alive, by name, with their address and
+/// latest incarnation; one whose time to live ran out reads back dead,
+/// until it beats again.
+pub async fn members_beat_alive_and_are_dead_after_their_ttl(
+    storage: &dyn Storage,
+    advance: &Advance,
+) {
+    let property = "members_beat_alive_and_are_dead_after_their_ttl";
+    beat(storage, member_beat("node-a", 1, LEASE_LONG_MS), property).await;
+    let members = beat(storage, member_beat("node-c", 3, LEASE_SHORT_MS), property).await;
+    assert_eq!(
+        liveness(&members),
+        [("node-a", 1, true), ("node-c", 3, true)],
+        "{property}"
+    );
+    assert_eq!(members[1].address, "node-c:7233", "{property}: the address");
+    advance(LEASE_SHORT_MS).await;
+    let members = beat(storage, member_beat("node-b", 2, LEASE_LONG_MS), property).await;
+    let expected = [
+        ("node-a", 1, true),
+        ("node-b", 2, true),
+        ("node-c", 3, false),
+    ];
+    assert_eq!(
+        liveness(&members),
+        expected,
+        "{property}: after node-c's ttl"
+    );
+    let view = cluster_view(storage, property).await;
+    assert_eq!(liveness(&view.members), expected, "{property}: the view");
+    let node_c = &view.members[2];
+    assert!(
+        node_c.expires_ms <= view.now_ms,
+        "{property}: node-c {node_c:?} at {}",
+        view.now_ms
+    );
+    let members = beat(
+        storage,
+        member_beat("node-c", INCARNATION_LARGE, LEASE_LONG_MS),
+        property,
+    )
+    .await;
+    let expected = [
+        ("node-a", 1, true),
+        ("node-b", 2, true),
+        ("node-c", INCARNATION_LARGE, true),
+    ];
+    assert_eq!(liveness(&members), expected, "{property}: node-c restarted");
+}
+
+/// Lease requests and heartbeats out of bounds (an empty node name, a shard
+/// that does not exist, a lease or time to live of 0 or over the maximum,
+/// an address too long) are refused, and change nothing.
+pub async fn bad_lease_requests_are_refused_and_change_nothing(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "bad_lease_requests_are_refused_and_change_nothing";
+    let count = shard_count(storage, property).await;
+    let before = cluster_view(storage, property).await;
+    let requests = [
+        ask(0, "", 1, LEASE_LONG_MS),
+        ask(count, "node-a", 1, LEASE_LONG_MS),
+        ask(u32::MAX, "node-a", 1, LEASE_LONG_MS),
+        ask(0, "node-a", 1, 0),
+        ask(0, "node-a", 1, LEASE_MS_MAX + 1),
+        ask(0, &"n".repeat(NODE_NAME_BYTES_MAX + 1), 1, LEASE_LONG_MS),
+    ];
+    for request in requests {
+        let asked = format!("{request:?}");
+        let acquired = storage.acquire_shard(request.clone()).await;
+        assert!(
+            acquired.is_err(),
+            "{property}: {asked} was answered {acquired:?}"
+        );
+        let released = storage.release_shard(request).await;
+        assert!(
+            released.is_err(),
+            "{property}: releasing {asked}: {released:?}"
+        );
+    }
+    let beats = [
+        member_beat("", 1, LEASE_LONG_MS),
+        member_beat("node-a", 1, 0),
+        member_beat("node-a", 1, LEASE_MS_MAX + 1),
+        MemberBeat {
+            address: "a".repeat(ADDRESS_BYTES_MAX + 1),
+            ..member_beat("node-a", 1, LEASE_LONG_MS)
+        },
+    ];
+    for bad in beats {
+        let asked = format!("{bad:?}");
+        let answered = storage.beat(bad).await;
+        assert!(
+            answered.is_err(),
+            "{property}: {asked} was answered {answered:?}"
+        );
+    }
+    let after = cluster_view(storage, property).await;
+    assert_eq!(
+        after.shards, before.shards,
+        "{property}: the shards changed"
+    );
+    assert_eq!(
+        after.members, before.members,
+        "{property}: the members changed"
+    );
+}
+
+/// Unfenced writes (a single server's) land on a storage with shards as on
+/// any other, whoever holds their shard.
+pub async fn an_unfenced_write_keeps_working_on_a_sharded_store(
+    storage: &dyn Storage,
+    _advance: &Advance,
+) {
+    let property = "an_unfenced_write_keeps_working_on_a_sharded_store";
+    let count = shard_count(storage, property).await;
+    let run_id = "run-unfenced";
+    let shard = shard_of(&format!("wf-{run_id}"), count);
+    granted(storage, ask(shard, "node-a", 1, LEASE_LONG_MS), property).await;
+    let created = create(run_id, 2);
+    let version_1 = created.run.clone();
+    write_ok(storage, created, property).await;
+    let appended = append(&version_1, 3);
+    let version_2 = appended.run.clone();
+    write_ok(storage, appended, property).await;
+    assert_eq!(read_run(storage, run_id, property).await, Some(version_2));
+    let events = read_events(storage, run_id, 1, EVENTS_READ_MAX, property).await;
+    assert_eq!(events.len(), 5, "{property}: the events");
 }

@@ -185,13 +185,16 @@ pub fn decide_acquire(stored: &ShardLease, request: &LeaseRequest, now_ms: u64) 
 }
 
 /// The lease after its holder releases it (nothing if `request` is not the
-/// holder): free at once, the epoch kept (the next holder bumps it).
+/// holder): free at once, and the epoch bumped, so a write the holder still
+/// has in flight is refused (the simulator found this: a write sent just
+/// before a release landed after it, under the old epoch).
 pub fn decide_release(stored: &ShardLease, owner: &str, incarnation: u64) -> Option<ShardLease> {
     let holder = stored.owner == owner && stored.incarnation == incarnation;
     holder.then(|| ShardLease {
         owner: String::new(),
         incarnation: 0,
         expires_ms: 0,
+        epoch: stored.epoch + 1,
         ..stored.clone()
     })
 }
@@ -322,12 +325,13 @@ mod tests {
     }
 
     #[test]
-    fn a_release_frees_the_shard_and_keeps_its_epoch() {
+    fn a_release_frees_the_shard_and_fences_the_old_holder_at_once() {
         let held = decide_acquire(&ShardLease::free(3), &ask("a", 1), 0).lease;
         assert_eq!(decide_release(&held, "b", 7), None);
         let free = decide_release(&held, "a", 1).expect("the holder releases");
         assert!(!free.held_at(1));
-        assert_eq!(decide_acquire(&free, &ask("b", 7), 1).lease.epoch, 2);
+        assert_eq!(free.epoch, 2, "a write a still has in flight is refused");
+        assert_eq!(decide_acquire(&free, &ask("b", 7), 1).lease.epoch, 3);
     }
 
     #[test]

@@ -80,6 +80,16 @@ impl MemoryStorage {
         }
     }
 
+    /// Shards the store has (0: a single-server store).
+    pub fn shard_count(&self) -> u32 {
+        self.lock().shards.len() as u32
+    }
+
+    /// Shard `shard`'s lease as stored.
+    pub fn shard_lease(&self, shard: u32) -> Option<ShardLease> {
+        self.lock().shards.get(shard as usize).cloned()
+    }
+
     /// [`Storage::cluster_view`] at storage time `now_ms`.
     pub fn cluster_view_at(&self, now_ms: u64) -> ClusterView {
         let tables = self.lock();

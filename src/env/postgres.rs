@@ -34,13 +34,14 @@
 //!
 //! - **Fast**: the batches that pass [`check_batch`] against the stored run
 //!   and workflow id holder they *expect* ([`check_as_expected`]) are
-//!   written by one call of `retrace_write_runs` (a PL/pgSQL function,
-//!   migration 2), pipelined behind `BEGIN`, then `COMMIT`: two round trips
-//!   for the whole group. The function's conditional writes (`UPDATE …
-//!   WHERE version = expected AND next_event_id = … AND` the fixed fields; a
-//!   plain `INSERT` to create; the claim `UPDATE … WHERE run_id = previous`
-//!   or a plain `INSERT`) have Postgres check the rows are what the batches
-//!   expect; if one is not, it raises and the group rolls back.
+//!   written by one call of `retrace_write_runs` (a PL/pgSQL function of
+//!   migration 2, replaced by 3 and 4), pipelined behind `BEGIN`, then
+//!   `COMMIT`: two round trips for the whole group. The function's
+//!   conditional writes (`UPDATE … WHERE version = expected AND
+//!   next_event_id = … AND` the fixed fields; a plain `INSERT` to create;
+//!   the claim `UPDATE … WHERE run_id = previous` or a plain `INSERT`) have
+//!   Postgres check the rows are what the batches expect; if one is not, it
+//!   raises and the group rolls back.
 //! - **Careful**: a batch whose checks fail against what it expects, and
 //!   every batch of a group Postgres refused, is written alone ([`transact`]):
 //!   `BEGIN` and its rows `SELECT … FOR UPDATE`, [`check_batch`] on what is
@@ -50,6 +51,22 @@
 //!   `VersionConflict` or `WorkflowIdConflict` with what is stored.
 //!
 //! Either way Postgres enforces the version, and only `COMMIT` commits.
+//!
+//! A batch with a [`Fence`](super::lease::Fence) is refused unless its shard
+//! is its workflow id's (checked in Rust before it is queued) and the
+//! shard's stored epoch is the fence's, checked in the write's transaction
+//! with the shard's row locked `FOR SHARE` until `COMMIT`: a takeover (an
+//! `UPDATE` that bumps the epoch) waits for the write to commit, or the
+//! write waits for the takeover and sees the new epoch. On the fast path
+//! the function raises `RT412` (the group is written alone); on the careful
+//! path the answer is `Fenced`. Unfenced batches read no shard.
+//!
+//! # Cluster
+//!
+//! In cluster mode ([`PostgresOptions::cluster`]) any number of servers
+//! share a schema, each leasing shards (table `shards`, 64 rows made by
+//! migration 4) and beating in `members`, with the rules of
+//! [`super::lease`] and Postgres's clock (see `cluster.rs`).
 //!
 //! # Faults
 //!
@@ -72,6 +89,10 @@
 //! advisory lock, so two servers opening a fresh database do not both apply
 //! it. A schema from a newer build is refused untouched, and so is a schema
 //! that holds tables but no `retrace_schema` (another program's).
+//!
+//! A server holds a session advisory lock on its schema while it runs:
+//! exclusive for a single server, shared in cluster mode, so cluster servers
+//! share a schema with each other and never with a single server.
 
 // A production-only storage (like SQLite's, never in the simulator): its
 // connections, writer tasks and deadlines run on tokio directly, as the
@@ -96,6 +117,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::BoxFuture;
+use super::lease::{ClusterView, LeaseAnswer, LeaseRequest, Member, MemberBeat, check_fence};
 use super::storage::{
     BufferedRead, ListQuery, RunRecord, RunStatus, Storage, StorageError, WorkflowIdClaim,
     WriteBatch, check_batch,
@@ -103,6 +125,7 @@ use super::storage::{
 use crate::history::{Event, EventKind};
 use crate::types::Timestamp;
 
+mod cluster;
 mod tls;
 use tls::TlsSettings;
 
@@ -303,6 +326,94 @@ const MIGRATIONS: &[&str] = &[
     END
     $body$;
 ",
+    "
+    -- Cluster (src/env/lease.rs): a lease per shard, the shard count being
+    -- the number of rows (fixed here), and the members' heartbeats. Times
+    -- are milliseconds on Postgres's clock. A write may carry a fence: the
+    -- function checks its shard's epoch, the row locked FOR SHARE until
+    -- COMMIT, and raises RT412 if it moved.
+    CREATE TABLE shards (
+        shard INTEGER PRIMARY KEY,
+        owner TEXT COLLATE \"C\" NOT NULL DEFAULT '',
+        incarnation BIGINT NOT NULL DEFAULT 0,
+        epoch BIGINT NOT NULL DEFAULT 0,
+        expires_ms BIGINT NOT NULL DEFAULT 0
+    );
+    INSERT INTO shards (shard) SELECT generate_series(0, 63);
+    CREATE TABLE members (
+        node TEXT COLLATE \"C\" PRIMARY KEY,
+        incarnation BIGINT NOT NULL,
+        address TEXT NOT NULL,
+        expires_ms BIGINT NOT NULL
+    );
+    DROP FUNCTION retrace_write_runs(TEXT[], TEXT[], TEXT[], TEXT[], TEXT[], BIGINT[],
+        BIGINT[], BIGINT[], BIGINT[], BYTEA[], BIGINT[], BIGINT[], BIGINT[], BIGINT[], TEXT[],
+        TEXT[], TEXT[], BOOLEAN[], TEXT[], TEXT[]);
+    CREATE FUNCTION retrace_write_runs(
+        run_ids TEXT[], workflow_ids TEXT[], workflow_types TEXT[], task_queues TEXT[],
+        statuses TEXT[], start_times BIGINT[], close_times BIGINT[], next_event_ids BIGINT[],
+        versions BIGINT[], states BYTEA[], expected BIGINT[], stored_next BIGINT[],
+        first_event_ids BIGINT[], last_event_ids BIGINT[], events TEXT[],
+        claim_ids TEXT[], claim_previous TEXT[], clear_buffered BOOLEAN[], buffered TEXT[],
+        search_attribute_rows TEXT[], fence_shards INTEGER[], fence_epochs BIGINT[]
+    ) RETURNS VOID LANGUAGE plpgsql AS $body$
+    BEGIN
+        FOR i IN 1 .. coalesce(cardinality(run_ids), 0) LOOP
+            IF fence_shards[i] IS NOT NULL THEN
+                -- Held until COMMIT: a takeover (epoch + 1) waits for it.
+                PERFORM 1 FROM shards WHERE shard = fence_shards[i]
+                    AND epoch = fence_epochs[i] FOR SHARE;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'shard % is no longer at epoch %', fence_shards[i],
+                        fence_epochs[i] USING ERRCODE = 'RT412';
+                END IF;
+            END IF;
+            IF expected[i] IS NULL THEN
+                INSERT INTO runs (run_id, workflow_id, workflow_type, task_queue, status,
+                    start_time_ms, close_time_ms, next_event_id, version, state,
+                    search_attributes)
+                VALUES (run_ids[i], workflow_ids[i], workflow_types[i], task_queues[i],
+                    statuses[i], start_times[i], close_times[i], next_event_ids[i], versions[i],
+                    states[i], search_attribute_rows[i]);
+            ELSE
+                UPDATE runs SET status = statuses[i], close_time_ms = close_times[i],
+                    next_event_id = next_event_ids[i], version = versions[i], state = states[i],
+                    search_attributes = search_attribute_rows[i]
+                WHERE run_id = run_ids[i] AND version = expected[i]
+                    AND next_event_id = stored_next[i] AND workflow_id = workflow_ids[i]
+                    AND workflow_type = workflow_types[i] AND task_queue = task_queues[i]
+                    AND start_time_ms = start_times[i];
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'run % is not stored as the write expects', run_ids[i]
+                        USING ERRCODE = 'RT409';
+                END IF;
+            END IF;
+            IF events[i] IS NOT NULL THEN
+                INSERT INTO event_batches (run_id, first_event_id, last_event_id, events)
+                VALUES (run_ids[i], first_event_ids[i], last_event_ids[i], events[i]);
+            END IF;
+            IF claim_ids[i] IS NOT NULL AND claim_previous[i] IS NULL THEN
+                INSERT INTO workflow_ids (workflow_id, run_id) VALUES (claim_ids[i], run_ids[i]);
+            ELSIF claim_ids[i] IS NOT NULL THEN
+                UPDATE workflow_ids SET run_id = run_ids[i]
+                WHERE workflow_id = claim_ids[i] AND run_id = claim_previous[i];
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'workflow id % is not held as the write expects',
+                        claim_ids[i] USING ERRCODE = 'RT409';
+                END IF;
+            END IF;
+            IF clear_buffered[i] THEN
+                DELETE FROM buffered_events WHERE run_id = run_ids[i];
+            END IF;
+            IF buffered[i] IS NOT NULL THEN
+                INSERT INTO buffered_events (run_id, seq, events) VALUES (run_ids[i],
+                    (SELECT coalesce(max(seq), 0) + 1 FROM buffered_events
+                     WHERE run_id = run_ids[i]), buffered[i]);
+            END IF;
+        END LOOP;
+    END
+    $body$;
+",
 ];
 
 /// What `retrace_schema.application` holds in retrace's schemas.
@@ -317,6 +428,17 @@ const SERVER_LOCK_KEY: i32 = 0x5254_5244;
 /// Takes the server lock if it is free; never waits.
 const SERVER_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext(current_schema())), \
     current_setting('search_path')";
+/// Takes the server lock shared, as a server in cluster mode does: any
+/// number of them hold it together, and none while a single server holds
+/// it exclusively (nor it while they do). Never waits.
+const SERVER_LOCK_SHARED_SQL: &str = "SELECT \
+    pg_try_advisory_lock_shared($1, hashtext(current_schema())), current_setting('search_path')";
+/// Whether the server lock's holders hold it shared (cluster servers):
+/// true, false, or NULL when nobody holds it (any more).
+const SERVER_LOCK_HOLDERS_SQL: &str = "SELECT bool_and(mode = 'ShareLock') FROM pg_locks \
+    WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database \
+    WHERE datname = current_database()) AND classid = $1::int4::oid \
+    AND objid = hashtext(current_schema())::oid AND objsubid = 2";
 /// Between two tries at the server lock.
 const SERVER_LOCK_RETRY_MS: u64 = 100;
 /// The longest wait between two reconnects of the lock's connection.
@@ -354,6 +476,11 @@ pub struct PostgresOptions {
     /// connection of its own), and how long one check may take: `health`
     /// is never older than about twice this.
     pub health_probe_ms: u64,
+    /// Cluster mode: share the schema with other cluster servers (each
+    /// writing the shards it leases, its writes fenced), holding the server
+    /// lock shared. A single server (false) holds it alone, so the two
+    /// kinds never share a schema.
+    pub cluster: bool,
 }
 
 impl Default for PostgresOptions {
@@ -368,6 +495,7 @@ impl Default for PostgresOptions {
             write_queue_max: 1024,
             group_commit_batches_max: 128,
             writer_count: 2,
+            cluster: false,
         }
     }
 }
@@ -434,6 +562,8 @@ struct Inner {
     /// The task holding the server lock; aborted on drop, which closes its
     /// connection and so releases the lock.
     lock_task: tokio::task::AbortHandle,
+    /// The schema's shard count (rows of `shards`), read once migrated.
+    shard_count: std::sync::OnceLock<u32>,
 }
 
 impl Drop for Inner {
@@ -490,6 +620,17 @@ impl PostgresStorage {
         PostgresStorage::connect_with(url, PostgresOptions::default()).await
     }
 
+    /// Connects as a server of a cluster (`cluster: true`, the other
+    /// options their defaults): it shares the schema with the cluster's
+    /// other servers, never with a single server.
+    pub async fn connect_cluster(url: &str) -> Result<PostgresStorage, StorageError> {
+        let options = PostgresOptions {
+            cluster: true,
+            ..PostgresOptions::default()
+        };
+        PostgresStorage::connect_with(url, options).await
+    }
+
     /// Connects to the database at `url` (a `postgres://` URL, or libpq's
     /// `key=value` form), checks it is retrace's (or empty) and not from a
     /// newer build, and migrates it. Errors name the database (never its
@@ -527,23 +668,7 @@ impl PostgresStorage {
         let lock_lost = Arc::new(Mutex::new(None));
         let lock_task = take_server_lock(&config, &tls, &target, &options, &lock_lost).await?;
         let probe_config = config.clone();
-        let manager = Manager::from_config(
-            config,
-            tls.connector.clone(),
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let built = Pool::builder(manager)
-            .max_size(options.pool_size_max)
-            // The connection used last: its backend is warm, and under a
-            // light load the others stay idle rather than take turns.
-            .queue_mode(deadpool::managed::QueueMode::Lifo)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_millis(options.pool_wait_ms_max)))
-            .create_timeout(Some(Duration::from_millis(options.connect_ms_max)))
-            .build();
-        let pool = match built {
+        let pool = match build_pool(config, &tls, &options) {
             Ok(pool) => pool,
             Err(error) => {
                 lock_task.abort();
@@ -565,9 +690,12 @@ impl PostgresStorage {
                 trouble: Mutex::new(None),
                 lock_lost,
                 lock_task,
+                shard_count: std::sync::OnceLock::new(),
             }),
         };
         storage.migrate().await?;
+        let shard_count = storage.read_shard_count().await?;
+        assert!(storage.inner.shard_count.set(shard_count).is_ok());
         tokio::spawn(probe_health(Arc::downgrade(&storage.inner), probe_config));
         let write_receiver = Arc::new(tokio::sync::Mutex::new(write_receiver));
         for _ in 0..options.writer_count {
@@ -660,6 +788,30 @@ impl PostgresStorage {
     }
 }
 
+/// The connection pool (not yet connected).
+fn build_pool(
+    config: tokio_postgres::Config,
+    tls: &Tls,
+    options: &PostgresOptions,
+) -> Result<Pool, deadpool::managed::BuildError> {
+    let manager = Manager::from_config(
+        config,
+        tls.connector.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(options.pool_size_max)
+        // The connection used last: its backend is warm, and under a
+        // light load the others stay idle rather than take turns.
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_millis(options.pool_wait_ms_max)))
+        .create_timeout(Some(Duration::from_millis(options.connect_ms_max)))
+        .build()
+}
+
 /// Takes the server lock on a connection of its own (waiting up to
 /// `server_lock_wait_ms_max` for a server that just died to let go of it),
 /// and spawns the task that holds it: when Postgres restarts, the task
@@ -673,14 +825,14 @@ async fn take_server_lock(
     lock_lost: &Arc<Mutex<Option<String>>>,
 ) -> Result<tokio::task::AbortHandle, StorageError> {
     let mut waited_ms = 0;
+    let cluster = options.cluster;
     let (client, connection) = loop {
         let (client, connection) = connect_for_lock(config, tls, target).await?;
-        match try_server_lock(&client).await {
+        match try_server_lock(&client, cluster).await {
             Ok(true) => break (client, connection),
             Ok(false) if waited_ms < options.server_lock_wait_ms_max => {}
             Ok(false) => {
-                let reason = "another retrace server holds this database (schema) open; stop \
-                              that server, or give this one another database or schema";
+                let reason = lock_refusal(&client, cluster).await;
                 return Err(io_error(target, "cannot open", reason));
             }
             Err(error) => return Err(io_error(target, "cannot take the server lock", error)),
@@ -691,9 +843,12 @@ async fn take_server_lock(
         waited_ms += SERVER_LOCK_RETRY_MS;
     };
     let holder = hold_server_lock(
-        config.clone(),
-        tls.clone(),
-        target.to_string(),
+        LockSite {
+            config: config.clone(),
+            tls: tls.clone(),
+            target: target.to_string(),
+            cluster,
+        },
         client,
         connection,
         lock_lost.clone(),
@@ -720,9 +875,40 @@ async fn connect_for_lock(
     Ok((client, connection))
 }
 
-async fn try_server_lock(client: &tokio_postgres::Client) -> Result<bool, String> {
+/// Why the server lock was refused: who holds it, and what to do.
+async fn lock_refusal(client: &tokio_postgres::Client, cluster: bool) -> String {
+    let shared = client
+        .query_one(SERVER_LOCK_HOLDERS_SQL, &[&SERVER_LOCK_KEY])
+        .await
+        .ok()
+        .and_then(|row| row.get::<_, Option<bool>>(0));
+    let reason = match (shared, cluster) {
+        (Some(true), false) => {
+            "retrace servers in cluster mode hold this database (schema) open; a single server \
+             cannot share it with them: open this one in cluster mode, or stop them"
+        }
+        (Some(false), true) => {
+            "another retrace server holds this database (schema) open as a single server; a \
+             cluster server cannot share it: stop that server, or give the cluster another \
+             database or schema"
+        }
+        _ => {
+            "another retrace server holds this database (schema) open; stop that server, or \
+             give this one another database or schema"
+        }
+    };
+    assert!(!reason.is_empty());
+    reason.to_string()
+}
+
+/// Tries the server lock, shared in cluster mode; never waits.
+async fn try_server_lock(client: &tokio_postgres::Client, cluster: bool) -> Result<bool, String> {
+    let sql = match cluster {
+        true => SERVER_LOCK_SHARED_SQL,
+        false => SERVER_LOCK_SQL,
+    };
     let row = client
-        .query_one(SERVER_LOCK_SQL, &[&SERVER_LOCK_KEY])
+        .query_one(sql, &[&SERVER_LOCK_KEY])
         .await
         .map_err(|error| describe_error(&error))?;
     // NULL when no schema on the search_path exists (nothing to lock).
@@ -732,16 +918,28 @@ async fn try_server_lock(client: &tokio_postgres::Client) -> Result<bool, String
     })
 }
 
-/// Holds the server lock for as long as the storage lives (see
-/// [`take_server_lock`]).
-async fn hold_server_lock(
+/// Where the server lock is taken, and how (shared in cluster mode).
+struct LockSite {
     config: tokio_postgres::Config,
     tls: Tls,
     target: String,
+    cluster: bool,
+}
+
+/// Holds the server lock for as long as the storage lives (see
+/// [`take_server_lock`]).
+async fn hold_server_lock(
+    site: LockSite,
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<()>,
     lock_lost: Arc<Mutex<Option<String>>>,
 ) {
+    let LockSite {
+        config,
+        tls,
+        target,
+        cluster,
+    } = site;
     let (mut _client, mut connection) = (client, connection);
     loop {
         let _ = (&mut connection).await; // Ends when Postgres closes it.
@@ -753,7 +951,7 @@ async fn hold_server_lock(
             let Ok((client, reconnected)) = connect_for_lock(&config, &tls, &target).await else {
                 continue;
             };
-            match try_server_lock(&client).await {
+            match try_server_lock(&client, cluster).await {
                 Ok(true) => {
                     (_client, connection) = (client, reconnected);
                     break;
@@ -948,6 +1146,9 @@ const SELECT_HEADER_FOR_UPDATE: &str = "SELECT run_id, workflow_id, workflow_typ
     FROM runs WHERE run_id = $1 FOR UPDATE";
 const SELECT_CLAIM_FOR_UPDATE: &str =
     "SELECT run_id FROM workflow_ids WHERE workflow_id = $1 FOR UPDATE";
+/// A fenced batch's shard: its epoch, the row locked so that a takeover
+/// (`UPDATE … epoch + 1`) waits for the write's transaction to end.
+const SELECT_EPOCH_FOR_SHARE: &str = "SELECT epoch FROM shards WHERE shard = $1 FOR SHARE";
 const INSERT_RUN: &str = "INSERT INTO runs (run_id, workflow_id, workflow_type, task_queue, \
     status, start_time_ms, close_time_ms, next_event_id, version, state, search_attributes) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (run_id) DO NOTHING";
@@ -1039,27 +1240,47 @@ impl Drop for InTransaction {
 
 type Execution<'a> = BoxFuture<'a, Result<u64, tokio_postgres::Error>>;
 
-/// Checks one run's part of a batch against the locked rows, then writes it
-/// with its statements pipelined. `begin`: send `BEGIN` first, in the same
-/// round trip as the reads.
+/// How [`apply_run`] writes one run of a batch.
+struct RunWrite<'a> {
+    /// The run's events, encoded.
+    events: Option<&'a str>,
+    /// Its buffered events to append, encoded.
+    buffered: Option<&'a str>,
+    /// Send `BEGIN` first, in the same round trip as the reads.
+    begin: bool,
+    /// The storage's shard count, to check the batch's fence (`None`: the
+    /// next run of a batch, under its predecessor's fence).
+    shard_count: Option<u32>,
+}
+
+/// Checks one run's part of a batch against the locked rows (its shard's
+/// row locked `FOR SHARE` if it is fenced, so a takeover waits for this
+/// transaction), then writes it with its statements pipelined.
 async fn apply_run(
     client: &ClientWrapper,
     batch: &WriteBatch,
-    events: Option<&str>,
-    buffered: Option<&str>,
-    begin: bool,
+    how: RunWrite<'_>,
 ) -> Result<(), Failure> {
-    assert_eq!(events.is_some(), !batch.events.is_empty());
+    assert_eq!(how.events.is_some(), !batch.events.is_empty());
     let run_id = batch.run.run_id.as_str();
     let header = client.prepare_cached(SELECT_HEADER_FOR_UPDATE);
     let claim = client.prepare_cached(SELECT_CLAIM_FOR_UPDATE);
     let (header, claim) = futures::try_join!(header, claim)?;
+    let fenced = how.shard_count.zip(batch.fence);
+    let shard_read = match fenced {
+        Some((_, fence)) => {
+            let statement = client.prepare_cached(SELECT_EPOCH_FOR_SHARE).await?;
+            Some((statement, fence.shard))
+        }
+        None => None,
+    };
     let begun = async {
-        if begin {
+        if how.begin {
             client.batch_execute("BEGIN").await?;
         }
         Ok::<(), tokio_postgres::Error>(())
     };
+    let epoch = select_epoch_for_share(client, shard_read.as_ref());
     let stored = async { client.query_opt(&header, &[&run_id]).await };
     let current = async {
         match &batch.claim {
@@ -1067,14 +1288,45 @@ async fn apply_run(
             None => Ok(None),
         }
     };
-    let ((), stored, current) = futures::try_join!(begun, stored, current)?;
+    let ((), epoch, stored, current) = futures::try_join!(begun, epoch, stored, current)?;
+    if let Some((shard_count, fence)) = fenced {
+        let epoch = match epoch {
+            Some(epoch) => Some(stored_epoch(fence.shard, epoch).map_err(Failure::Refused)?),
+            None => None,
+        };
+        check_fence(batch, shard_count, epoch).map_err(Failure::Refused)?;
+    }
     let stored = match stored {
         Some(row) => Some(run_from_row(&row).map_err(Failure::Refused)?),
         None => None,
     };
     let current: Option<String> = current.map(|row| row.get(0));
     check_batch(batch, stored.as_ref(), current.as_deref()).map_err(Failure::Refused)?;
-    write_run(client, batch, events, buffered).await
+    write_run(client, batch, how.events, how.buffered).await
+}
+
+/// The shard's stored epoch, its row locked `FOR SHARE` until the
+/// transaction ends (nothing read for an unfenced batch).
+async fn select_epoch_for_share(
+    client: &ClientWrapper,
+    shard_read: Option<&(tokio_postgres::Statement, u32)>,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let Some((statement, shard)) = shard_read else {
+        return Ok(None);
+    };
+    // The fence was checked to name the workflow id's shard, below the count.
+    let shard = i32::try_from(*shard).expect("a shard is below SHARD_COUNT_MAX");
+    let row = client.query_opt(statement, &[&shard]).await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// A shard's epoch read back, or `Corrupt` if negative.
+fn stored_epoch(shard: u32, epoch: i64) -> Result<u64, StorageError> {
+    u64::try_from(epoch).map_err(|_| {
+        StorageError::Corrupt(format!(
+            "shard {shard}: column epoch holds negative {epoch}"
+        ))
+    })
 }
 
 /// The writes of one checked run, pipelined; refuses the run if a
@@ -1104,6 +1356,8 @@ struct RunValues {
     last_event_id: i64,
     /// The search attributes as the row holds them (index rows as JSON).
     search_attributes: String,
+    /// The batch's fence: its shard and epoch (`None`: unfenced).
+    fence: Option<(i32, i64)>,
 }
 
 impl RunValues {
@@ -1133,6 +1387,18 @@ impl RunValues {
             first_event_id,
             last_event_id,
             search_attributes: crate::visibility::encode_index(&run.search_attributes),
+            fence: match batch.fence {
+                Some(fence) => Some((
+                    i32::try_from(stored("fence shard", u64::from(fence.shard))?).map_err(
+                        |_| StorageError::BadBatch {
+                            run_id: run.run_id.clone(),
+                            reason: format!("fence shard {} does not exist", fence.shard),
+                        },
+                    )?,
+                    stored("fence epoch", fence.epoch)?,
+                )),
+                None => None,
+            },
         })
     }
 }
@@ -1299,6 +1565,11 @@ impl PostgresStorage {
         if let Some(reason) = lock(&self.inner.lock_lost).clone() {
             return Err(StorageError::Io(reason));
         }
+        if let Some(fence) = batch.fence {
+            // Its shard must be its workflow id's; the epoch is checked by
+            // Postgres, in the write's transaction.
+            check_fence(&batch, self.shard_count(), Some(fence.epoch))?;
+        }
         let encoded = Encoded::of(&batch)?;
         let (reply, answer) = oneshot::channel();
         let job = WriteJob {
@@ -1325,8 +1596,9 @@ impl PostgresStorage {
             commit_sent: false,
         };
         let duration = Duration::from_millis(self.inner.options.operation_ms_max);
-        let outcome =
-            tokio::time::timeout(duration, transact(&mut transaction, batch, encoded)).await;
+        let shard_count = self.shard_count();
+        let transacting = transact(&mut transaction, batch, encoded, shard_count);
+        let outcome = tokio::time::timeout(duration, transacting).await;
         let target = &self.inner.target;
         let run_id = &batch.run.run_id;
         let result = match outcome {
@@ -1435,19 +1707,34 @@ async fn rollback(transaction: &mut InTransaction) -> Result<(), tokio_postgres:
     Ok(())
 }
 
-/// The batch's transaction: `BEGIN`, the run (and its next run), `COMMIT`.
+/// The batch's transaction: `BEGIN`, the run (and its next run, in the same
+/// shard, under the same fence), `COMMIT`.
 async fn transact(
     transaction: &mut InTransaction,
     batch: &WriteBatch,
     encoded: &Encoded,
+    shard_count: u32,
 ) -> Result<(), Failure> {
     assert!(transaction.open && !transaction.commit_sent);
     let client = transaction.client();
-    let events = encoded.events.as_deref();
-    apply_run(client, batch, events, encoded.buffered.as_deref(), true).await?;
+    let (events, buffered) = (encoded.events.as_deref(), encoded.buffered.as_deref());
+    let first = RunWrite {
+        events,
+        buffered,
+        begin: true,
+        shard_count: Some(shard_count),
+    };
+    apply_run(client, batch, first).await?;
     if let Some(next) = &batch.next_run {
         // Checked after the first: the workflow id is still the first run's.
-        apply_run(client, next, encoded.next_events.as_deref(), None, false).await?;
+        let events = encoded.next_events.as_deref();
+        let then = RunWrite {
+            events,
+            buffered: None,
+            begin: false,
+            shard_count: None,
+        };
+        apply_run(client, next, then).await?;
     }
     transaction.commit_sent = true;
     transaction.client().batch_execute("COMMIT").await?;
@@ -1779,6 +2066,25 @@ impl Storage for PostgresStorage {
         })
     }
 
+    fn cluster_view(&self) -> BoxFuture<'_, Result<ClusterView, StorageError>> {
+        Box::pin(self.view())
+    }
+
+    fn acquire_shard(
+        &self,
+        request: LeaseRequest,
+    ) -> BoxFuture<'_, Result<LeaseAnswer, StorageError>> {
+        Box::pin(self.acquire(request))
+    }
+
+    fn release_shard(&self, request: LeaseRequest) -> BoxFuture<'_, Result<bool, StorageError>> {
+        Box::pin(self.release(request))
+    }
+
+    fn beat(&self, beat: MemberBeat) -> BoxFuture<'_, Result<Vec<Member>, StorageError>> {
+        Box::pin(self.beat_now(beat))
+    }
+
     /// What the last call or health check (at most `health_probe_ms` ago)
     /// found: a connection failure, until a call or check succeeds again.
     fn health(&self) -> Result<(), String> {
@@ -2071,12 +2377,14 @@ fn stored_next_event_id(batch: &WriteBatch) -> u64 {
 }
 
 /// Writes every run of a group (one element of each array per run, in
-/// order), or raises (SQLSTATE `RT409`) if one is not stored as its batch
-/// expects; installed by migration 2.
+/// order), or raises if one is not stored as its batch expects (SQLSTATE
+/// `RT409`) or a fenced one's shard is not at its epoch (`RT412`, the shard's
+/// row locked `FOR SHARE` otherwise); installed by migration 4.
 const WRITE_RUNS: &str = "SELECT retrace_write_runs($1::text[], $2::text[], $3::text[], \
     $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], \
     $10::bytea[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::text[], \
-    $16::text[], $17::text[], $18::boolean[], $19::text[], $20::text[])";
+    $16::text[], $17::text[], $18::boolean[], $19::text[], $20::text[], $21::integer[], \
+    $22::bigint[])";
 
 /// The arguments of [`WRITE_RUNS`]: a column per array.
 #[derive(Default)]
@@ -2101,6 +2409,8 @@ struct RunArrays<'a> {
     clear_buffered: Vec<bool>,
     buffered: Vec<Option<&'a str>>,
     search_attributes: Vec<String>,
+    fence_shards: Vec<Option<i32>>,
+    fence_epochs: Vec<Option<i64>>,
 }
 
 impl<'a> RunArrays<'a> {
@@ -2138,9 +2448,11 @@ impl<'a> RunArrays<'a> {
         self.buffered.push(buffered);
         self.search_attributes
             .push(values.search_attributes.clone());
+        self.fence_shards.push(values.fence.map(|(shard, _)| shard));
+        self.fence_epochs.push(values.fence.map(|(_, epoch)| epoch));
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 22] {
         [
             &self.run_ids,
             &self.workflow_ids,
@@ -2162,6 +2474,8 @@ impl<'a> RunArrays<'a> {
             &self.clear_buffered,
             &self.buffered,
             &self.search_attributes,
+            &self.fence_shards,
+            &self.fence_epochs,
         ]
     }
 }

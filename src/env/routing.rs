@@ -165,26 +165,50 @@ impl ClusterNetwork {
     }
 
     async fn call_one(&self, server: usize, request: &Request) -> Result<Reply, NetError> {
-        let method = request.method();
         let poll = matches!(
             request,
             Request::PollWorkflowTask(_) | Request::PollActivityTask(_)
         );
-        if poll {
-            *self.lock().polls.entry((method, server)).or_default() += 1;
-        }
-        let answer = self.servers[server].1.call(request.clone()).await;
-        if poll {
-            let mut state = self.lock();
-            let waiting = state.polls.entry((method, server)).or_default();
-            *waiting = waiting.saturating_sub(1);
-        }
-        answer
+        // Counted out when the call ends however it ends: a caller that
+        // gives up drops this future mid-call (the simulator found polls
+        // lost on a lossy link left counted forever, so their server was
+        // never polled again and its tasks waited).
+        let _waiting = poll.then(|| Waiting::start(self.state.clone(), request.method(), server));
+        self.servers[server].1.call(request.clone()).await
     }
 
     fn index_of(&self, address: &str) -> Option<usize> {
         self.servers.iter().position(|(a, _)| a == address)
     }
+}
+
+/// A poll waiting at a server, counted until dropped.
+struct Waiting {
+    state: Arc<Mutex<State>>,
+    key: (&'static str, usize),
+}
+
+impl Waiting {
+    fn start(state: Arc<Mutex<State>>, method: &'static str, server: usize) -> Waiting {
+        let key = (method, server);
+        *lock_state(&state).polls.entry(key).or_default() += 1;
+        Waiting { state, key }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut state = lock_state(&self.state);
+        let waiting = state.polls.entry(self.key).or_default();
+        assert!(*waiting > 0, "a poll is counted before it ends");
+        *waiting -= 1;
+    }
+}
+
+fn lock_state(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    state
+        .lock()
+        .expect("routing lock is never held across a panic")
 }
 
 /// The next server after `from` not tried yet.

@@ -1696,6 +1696,14 @@ impl Storage for SqliteStorage {
             if let Some(error) = self.inner.health.refusal() {
                 return Err(error); // The writer is down: answer now, do not queue.
             }
+            if batch.fence.is_some() {
+                return Err(StorageError::BadBatch {
+                    run_id: batch.run.run_id.clone(),
+                    reason: "fenced for a cluster, but SQLite serves one server and has no \
+                             shards; a cluster needs Postgres"
+                        .to_string(),
+                });
+            }
             let events = encode_events(&batch)?;
             let buffered = encode_buffered(&batch)?;
             let next_events = match &batch.next_run {

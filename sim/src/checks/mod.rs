@@ -28,6 +28,7 @@ pub mod buffered;
 pub mod capacity;
 pub mod effects;
 pub mod failures;
+pub mod fencing;
 pub mod history;
 pub mod liveness;
 pub mod local_activities;

@@ -44,6 +44,9 @@ use crate::faults::{FaultKind, FaultPlan};
 use crate::world::cluster::{AttemptKey, AttemptSeen};
 use crate::world::storage::{STALL_MS_MAX, ServiceStarts};
 
+/// Longest a simulated cluster's shard waits for a new owner after its
+/// owner fails: its lease, plus a renewal round of the taker.
+const CLUSTER_HANDOFF_MS: u64 = crate::world::cluster::CLUSTER_LEASE_MS * 7 / 5;
 /// Slack of every timer: the timer loop's wake-up, the run's lock, one write.
 pub const TOLERANCE_MS_BASE: u64 = 1_000;
 /// How long the service takes to come back once its node restarts (it reloads
@@ -122,6 +125,17 @@ impl Tolerance {
                 FaultKind::StorageTrouble { duration_ms, .. } => {
                     (duration_ms, FAILED_FIRE_RETRY_MS + STALL_MS_MAX)
                 }
+                // A cluster member's shards wait for its leases to end (or
+                // for it to come back), then for a member to take them.
+                FaultKind::CrashServiceNode {
+                    down_ms: duration_ms,
+                    ..
+                }
+                | FaultKind::PauseService { duration_ms, .. }
+                | FaultKind::CutFromStorage { duration_ms, .. } => (
+                    duration_ms.min(CLUSTER_HANDOFF_MS),
+                    RESTART_MS_MAX + CLUSTER_HANDOFF_MS,
+                ),
                 _ => continue,
             };
             let from_ms = fault.at_ms.min(safety_ms);

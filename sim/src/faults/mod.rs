@@ -24,6 +24,8 @@ pub enum Target {
     Client,
     /// A simulated external service.
     External(String),
+    /// Service node `index` (1 and up) of a cluster; `Service` is node 0.
+    ServiceNode(usize),
 }
 
 impl Target {
@@ -34,6 +36,7 @@ impl Target {
             Target::Worker(index) => nodes::worker_name(*index),
             Target::Client => nodes::CLIENT.to_string(),
             Target::External(name) => name.clone(),
+            Target::ServiceNode(index) => nodes::service_name(*index),
         }
     }
 }
@@ -72,6 +75,14 @@ pub enum FaultKind {
         io_error_percent: u32,
         ambiguous_percent: u32,
     },
+    /// Service node `service` of a cluster dies; it restarts after
+    /// `down_ms` and asks for its shards again.
+    CrashServiceNode { service: usize, down_ms: u64 },
+    /// Service node `service` freezes (a GC pause) for longer than its
+    /// leases: it must not act on shards others took meanwhile.
+    PauseService { service: usize, duration_ms: u64 },
+    /// Service node `service` cannot reach storage (its leases lapse).
+    CutFromStorage { service: usize, duration_ms: u64 },
 }
 
 impl FaultKind {
@@ -85,6 +96,9 @@ impl FaultKind {
             FaultKind::PauseWorker { .. } => "pause_worker",
             FaultKind::StorageTrouble { .. } => "storage_trouble",
             FaultKind::TornRow { .. } => "torn_row",
+            FaultKind::CrashServiceNode { .. } => "crash_service_node",
+            FaultKind::PauseService { .. } => "pause_service",
+            FaultKind::CutFromStorage { .. } => "cut_from_storage",
         }
     }
 }
@@ -171,6 +185,30 @@ impl fmt::Display for FaultKind {
                     seconds(*duration_ms)
                 )
             }
+            FaultKind::CrashServiceNode { service, down_ms } => write!(
+                f,
+                "crash {} for {}",
+                nodes::service_name(*service),
+                seconds(*down_ms)
+            ),
+            FaultKind::PauseService {
+                service,
+                duration_ms,
+            } => write!(
+                f,
+                "pause {} for {}",
+                nodes::service_name(*service),
+                seconds(*duration_ms)
+            ),
+            FaultKind::CutFromStorage {
+                service,
+                duration_ms,
+            } => write!(
+                f,
+                "cut {} off from storage for {}",
+                nodes::service_name(*service),
+                seconds(*duration_ms)
+            ),
             FaultKind::TornRow { down_ms } => write!(
                 f,
                 "crash service, tear a run's row, restart after {}",
@@ -208,12 +246,15 @@ pub struct Topology {
     pub externals: Vec<String>,
     /// Faults happen in `0..safety_ms`.
     pub safety_ms: u64,
+    /// Service nodes (1: no cluster).
+    pub services: usize,
 }
 
 fn target_strategy(topology: &Topology) -> BoxedStrategy<Target> {
     let mut targets = vec![Target::Service, Target::Client];
     targets.extend((0..topology.workers).map(Target::Worker));
     targets.extend(topology.externals.iter().cloned().map(Target::External));
+    targets.extend((1..topology.services).map(Target::ServiceNode));
     proptest::sample::select(targets).boxed()
 }
 
@@ -258,6 +299,13 @@ fn kind_strategy(topology: &Topology, swarm: &Swarm) -> BoxedStrategy<FaultKind>
             })
             .boxed(),
     ];
+    if topology.services > 1 {
+        // A torn row is checked against the quarantine of the one service
+        // that recovered last; in a cluster each member quarantines what its
+        // shards hold, so the cluster goes without torn rows (see ARCHITECTURE).
+        drop(kinds.remove(2));
+        kinds.extend(cluster_kinds(topology.services));
+    }
     let link = link_strategy(topology);
     match swarm.partition_mode {
         PartitionMode::None => {}
@@ -281,6 +329,28 @@ fn kind_strategy(topology: &Topology, swarm: &Swarm) -> BoxedStrategy<FaultKind>
         ),
     }
     proptest::strategy::Union::new(kinds).boxed()
+}
+
+/// The faults only a cluster of `services` service nodes has.
+fn cluster_kinds(services: usize) -> Vec<BoxedStrategy<FaultKind>> {
+    vec![
+        (0..services, 100..8_000u64)
+            .prop_map(|(service, down_ms)| FaultKind::CrashServiceNode { service, down_ms })
+            .boxed(),
+        // Mostly past the leases (2 s), sometimes within them.
+        (0..services, 500..8_000u64)
+            .prop_map(|(service, duration_ms)| FaultKind::PauseService {
+                service,
+                duration_ms,
+            })
+            .boxed(),
+        (0..services, 500..8_000u64)
+            .prop_map(|(service, duration_ms)| FaultKind::CutFromStorage {
+                service,
+                duration_ms,
+            })
+            .boxed(),
+    ]
 }
 
 /// Plans of up to `faults_max` faults during the safety phase.
@@ -321,6 +391,7 @@ mod tests {
             workers: 2,
             externals: vec!["bank".to_string()],
             safety_ms: 30_000,
+            services: 1,
         }
     }
 

@@ -50,6 +50,8 @@ pub struct Swarm {
     pub buggify: bool,
     /// Mixed into each node's clock draw, so seeds with equal bounds still differ.
     pub clock_salt: u64,
+    /// Service nodes: 1, or a cluster of several over shared, sharded storage.
+    pub services: usize,
 }
 
 /// splitmix64 over the seed: the swarm's own stream, independent of madsim's.
@@ -94,6 +96,7 @@ impl Swarm {
             clock_drift_ppm_max: draws.pick(&[0, 100, 2_000]),
             buggify: draws.pick(&[false, true]),
             clock_salt: draws.next(),
+            services: 1,
         }
     }
 
@@ -114,6 +117,7 @@ impl Swarm {
             clock_drift_ppm_max: 0,
             buggify: false,
             clock_salt: 0,
+            services: 1,
         }
     }
 
@@ -192,7 +196,7 @@ impl fmt::Display for Swarm {
         write!(
             f,
             "latency={}..{}ms loss={:.1}% duplicate={:.1}% partitions={:?} faults_max={} \
-             storage(io_error={:.1}% ambiguous={:.1}% latency<={}ms stalls={:.1}%) clock(skew<=±{}ms drift<=±{}ppm) buggify={}",
+             storage(io_error={:.1}% ambiguous={:.1}% latency<={}ms stalls={:.1}%) clock(skew<=±{}ms drift<=±{}ppm) buggify={} services={}",
             self.latency_ms_min,
             self.latency_ms_max,
             self.loss_rate * 100.0,
@@ -205,7 +209,8 @@ impl fmt::Display for Swarm {
             self.storage_stall_rate * 100.0,
             self.clock_skew_ms_max,
             self.clock_drift_ppm_max,
-            if self.buggify { "on" } else { "off" }
+            if self.buggify { "on" } else { "off" },
+            self.services
         )
     }
 }

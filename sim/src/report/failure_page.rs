@@ -179,6 +179,17 @@ fn plan_band(fault: &Fault) -> (String, u64) {
             ("network".to_string(), *duration_ms)
         }
         FaultKind::StorageTrouble { duration_ms, .. } => ("storage".to_string(), *duration_ms),
+        FaultKind::CrashServiceNode { service, down_ms } => {
+            (crate::nodes::service_name(*service), *down_ms)
+        }
+        FaultKind::PauseService {
+            service,
+            duration_ms,
+        }
+        | FaultKind::CutFromStorage {
+            service,
+            duration_ms,
+        } => (crate::nodes::service_name(*service), *duration_ms),
     }
 }
 

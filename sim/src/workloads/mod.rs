@@ -6,6 +6,7 @@
 //! | `transfers` | money transfers with timers, signals, parallel activities, many faults |
 //! | `messages`  | the order-of-messages example: timer, database, verification, signal, two parallel HTTP fetches, queries |
 //! | `generated` | a program drawn from the seed over every engine feature, checked against a reference model |
+//! | `cluster`   | transfers on 2 to 5 services over one sharded storage, with service crashes, stalls past the lease and storage cut-offs |
 
 pub mod generated;
 mod messages;
@@ -15,13 +16,13 @@ mod transfers;
 pub use generated::generated;
 pub use messages::messages;
 pub use small::small;
-pub use transfers::transfers;
+pub use transfers::{cluster, transfers};
 
 use crate::Simulation;
 
 /// Every bundled scenario.
 pub fn all() -> Vec<Simulation> {
-    vec![small(), transfers(), messages(), generated()]
+    vec![small(), transfers(), messages(), generated(), cluster()]
 }
 
 /// The bundled scenario called `name`.

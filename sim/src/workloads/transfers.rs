@@ -126,7 +126,17 @@ fn account(index: usize) -> &'static str {
 
 /// The transfers reference scenario.
 pub fn transfers() -> Simulation {
-    Simulation::new("transfers")
+    transfers_of("transfers", TRANSFERS)
+}
+
+/// `cluster`: transfers, more of them, on a cluster of 2 to 5 services over
+/// one sharded storage: shards move while money does.
+pub fn cluster() -> Simulation {
+    transfers_of("cluster", 12).cluster()
+}
+
+fn transfers_of(name: &str, transfers: usize) -> Simulation {
+    Simulation::new(name)
         // Every run of the scenario must complete: a failed, timed out,
         // terminated or canceled run is a violation.
         .expect_outcomes(|_, outcome| matches!(outcome, RunOutcome::Completed { .. }))
@@ -137,26 +147,26 @@ pub fn transfers() -> Simulation {
         .service("api", HttpApi::default)
         .workers(3)
         .safety_ms(30_000)
-        .scenario(|client| async move {
-            for i in 0..TRANSFERS {
+        .scenario(move |client| async move {
+            for i in 0..transfers {
                 let movement = Movement { from: account(i).to_string(), to: account(i + 1).to_string(), amount: 10 * (i as i64 + 1) };
                 client.start_by_name(StartOptions::new(format!("transfer-{i}"), "sim"), "transfer", serde_json::to_value(movement)?).await?;
             }
             client.sleep_ms(5_000).await;
-            for i in 0..TRANSFERS {
+            for i in 0..transfers {
                 client.signal(&format!("transfer-{i}"), None, "approve", i % 3 != 0).await?;
             }
             Ok(())
         })
-        .check(|finished| {
-            for i in 0..TRANSFERS {
+        .check(move |finished| {
+            for i in 0..transfers {
                 match finished.outcomes.get(&format!("transfer-{i}")) {
                     Some(RunOutcome::Completed { .. }) => {}
                     other => return Err(format!("transfer-{i} should complete, got {other:?}")),
                 }
             }
             let applied: u64 = finished.ledger.applied.values().sum();
-            let expected = TRANSFERS as u64 * 4;
+            let expected = transfers as u64 * 4;
             if applied != expected {
                 return Err(format!("{applied} effects applied, expected {expected} (2 moves and 2 posts per transfer)"));
             }

@@ -16,7 +16,7 @@ use retrace::workflow::StateDigest;
 use retrace::workflow::WorkflowRegistry;
 
 use crate::faults::{Fault, FaultKind, FaultPlan};
-use crate::nodes::{CLIENT, SERVICE, worker_name};
+use crate::nodes::{CLIENT, SERVICE, is_service, service_name, worker_name};
 use crate::world::storage::StorageFaults;
 use crate::world::{World, lock};
 
@@ -297,8 +297,12 @@ impl Cluster {
         world.net.set_net_node(net.clone());
         let observed = Arc::new(Observed::default());
         let mut nodes = BTreeMap::new();
-        let service = start_service_node(&handle, &world, setup.service_config.clone());
-        nodes.insert(SERVICE.to_string(), service);
+        for index in 0..world.swarm.services {
+            let name = service_name(index);
+            let config = service_config(&world, &setup.service_config, &name);
+            let service = start_service_node(&handle, &world, config, &name);
+            nodes.insert(name, service);
+        }
         for index in 0..setup.workers {
             let node = start_worker_node(&handle, &world, &setup, &observed, index);
             nodes.insert(worker_name(index), node);
@@ -347,8 +351,8 @@ impl Cluster {
         }
         states.insert(name.to_string(), NodeState::Down(fault));
         drop(states);
-        if name == SERVICE {
-            self.world.net.unregister(SERVICE);
+        if is_service(name) {
+            self.world.net.unregister(name);
             self.world.service_down();
         }
         Handle::current().kill(self.node(name).id());
@@ -501,6 +505,22 @@ impl Cluster {
                 worker,
                 duration_ms,
             } => (self.pause(&worker_name(*worker), number), *duration_ms),
+            FaultKind::CrashServiceNode { service, down_ms } => {
+                (self.crash(&service_name(*service), number), *down_ms)
+            }
+            FaultKind::PauseService {
+                service,
+                duration_ms,
+            } => (self.pause(&service_name(*service), number), *duration_ms),
+            FaultKind::CutFromStorage {
+                service,
+                duration_ms,
+            } => {
+                self.world
+                    .storage
+                    .set_cut_off(&service_name(*service), true);
+                (true, *duration_ms)
+            }
             FaultKind::StorageTrouble {
                 duration_ms,
                 io_error_percent,
@@ -545,6 +565,16 @@ impl Cluster {
             FaultKind::PauseWorker { worker, .. } => {
                 self.resume(&worker_name(*worker), Some(number))
             }
+            FaultKind::CrashServiceNode { service, .. } => {
+                self.restart(&service_name(*service), Some(number))
+            }
+            FaultKind::PauseService { service, .. } => {
+                self.resume(&service_name(*service), Some(number))
+            }
+            FaultKind::CutFromStorage { service, .. } => self
+                .world
+                .storage
+                .set_cut_off(&service_name(*service), false),
             FaultKind::StorageTrouble { .. } => {
                 let on = self.world.faults_enabled();
                 self.world
@@ -561,6 +591,7 @@ impl Cluster {
         self.world
             .storage
             .set_faults(StorageFaults::default(), false);
+        self.world.storage.join_all();
         let names: Vec<String> = self.nodes.keys().cloned().collect();
         for name in &names {
             self.resume(name, None);
@@ -569,17 +600,44 @@ impl Cluster {
     }
 }
 
-fn start_service_node(handle: &Handle, world: &Arc<World>, config: ServiceConfig) -> NodeHandle {
+/// Service node `name`'s configuration: a cluster member's when the world
+/// has several, with leases short enough to move during a seed.
+fn service_config(world: &World, base: &ServiceConfig, name: &str) -> ServiceConfig {
+    let mut config = base.clone();
+    if world.swarm.services > 1 {
+        config.cluster = Some(retrace::engine::ClusterConfig {
+            lease_ms: CLUSTER_LEASE_MS,
+            renew_ms: CLUSTER_LEASE_MS / 5,
+            margin_ms: CLUSTER_LEASE_MS / 5,
+            ..retrace::engine::ClusterConfig::new(name, name)
+        });
+    }
+    config
+}
+
+/// Lease length of a simulated cluster's services.
+pub const CLUSTER_LEASE_MS: u64 = 2_000;
+
+fn start_service_node(
+    handle: &Handle,
+    world: &Arc<World>,
+    config: ServiceConfig,
+    name: &str,
+) -> NodeHandle {
     let registry = world.clone();
     let world = world.clone();
+    let node_name = name.to_string();
     let node = handle
         .create_node()
-        .name(SERVICE)
+        .name(name)
         .init(move || {
-            let (world, config) = (world.clone(), config.clone());
+            let (world, config, name) = (world.clone(), config.clone(), node_name.clone());
             async move {
-                let env = world.env(SERVICE);
-                let storage = Arc::new(world.storage.clone());
+                let env = world.env(&name);
+                let storage: Arc<dyn retrace::env::Storage> = match world.swarm.services {
+                    1 => Arc::new(world.storage.clone()),
+                    _ => Arc::new(world.storage.for_node(&name)),
+                };
                 let metrics = world.new_service_metrics();
                 let service = loop {
                     let started = Service::start_with_metrics(
@@ -599,19 +657,19 @@ fn start_service_node(handle: &Handle, world: &Arc<World>, config: ServiceConfig
                 // The node's current handle: a handle taken before a restart
                 // spawns onto the dead incarnation.
                 let id = world
-                    .node_handle(SERVICE)
+                    .node_handle(&name)
                     .expect("the service node is registered before it runs")
                     .id();
                 let node = Handle::current()
                     .get_node(id)
                     .expect("the service node exists");
-                world.net.register(SERVICE, service.handler(), node);
+                world.net.register(&name, service.handler(), node);
                 world.service_recovered(service.quarantined());
                 futures::future::pending::<()>().await;
             }
         })
         .build();
-    registry.set_node_handle(SERVICE, node.clone());
+    registry.set_node_handle(name, node.clone());
     node
 }
 

@@ -78,6 +78,9 @@ fn words_hash(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// Shards of a simulated cluster's storage (few, so they move often).
+pub const CLUSTER_SHARDS: u32 = 8;
+
 /// Counts of faults injected, by kind.
 pub type FaultCounts = BTreeMap<String, u64>;
 
@@ -164,7 +167,10 @@ impl World {
         WORLDS_LIVE.with(|live| live.set(live.get() + 1));
         let time = madsim::time::TimeHandle::current();
         let fault_trace = Arc::new(FaultTrace::default());
-        let storage = SimStorage::new();
+        let storage = match swarm.services {
+            1 => SimStorage::new(),
+            _ => SimStorage::with_shards(CLUSTER_SHARDS),
+        };
         storage.attach_fault_trace(fault_trace.clone(), time.now_instant());
         Arc::new(World {
             seed,
@@ -398,12 +404,28 @@ impl World {
             spawner: Arc::new(SimSpawner {
                 world: self.clone(),
             }),
-            network: Arc::new(SimNetwork::new(self.clone(), name)),
+            network: self.network_of(name),
             faults: Arc::new(SimFaults {
                 world: self.clone(),
                 node: name.to_string(),
             }),
         }
+    }
+
+    /// Node `name`'s network: to the service, or over every service of a
+    /// cluster (a service node itself reaches no one).
+    fn network_of(self: &Arc<World>, name: &str) -> Arc<dyn retrace::env::Network> {
+        if self.swarm.services == 1 || crate::nodes::is_service(name) {
+            return Arc::new(SimNetwork::new(self.clone(), name));
+        }
+        let servers = (0..self.swarm.services)
+            .map(|index| {
+                let to = crate::nodes::service_name(index);
+                let network = SimNetwork::to(self.clone(), name, &to);
+                (to, Arc::new(network) as Arc<dyn retrace::env::Network>)
+            })
+            .collect();
+        Arc::new(retrace::env::ClusterNetwork::new(servers))
     }
 
     fn start_ms(&self) -> i128 {

@@ -317,13 +317,21 @@ async fn serve_copy<T: Send + 'static>(
 pub struct SimNetwork {
     world: Arc<World>,
     name: String,
+    to: String,
 }
 
 impl SimNetwork {
+    /// Node `name`'s connection to the service.
     pub fn new(world: Arc<World>, name: &str) -> SimNetwork {
+        SimNetwork::to(world, name, SERVICE)
+    }
+
+    /// Node `name`'s connection to service node `to` (of a cluster).
+    pub fn to(world: Arc<World>, name: &str, to: &str) -> SimNetwork {
         SimNetwork {
             world,
             name: name.to_string(),
+            to: to.to_string(),
         }
     }
 }
@@ -331,14 +339,15 @@ impl SimNetwork {
 impl Network for SimNetwork {
     fn call(&self, request: Request) -> BoxFuture<'static, Result<Reply, NetError>> {
         let world = self.world.clone();
-        let from = self.name.clone();
+        let (from, to) = (self.name.clone(), self.to.clone());
+        let target = to.clone();
         let serve: Serve<Reply> = Arc::new(move |world: Arc<World>| {
-            let endpoint = world.net.endpoint(SERVICE)?;
+            let endpoint = world.net.endpoint(&target)?;
             let request = request.clone();
             // BUGGIFY: the caller hangs up mid-request (an HTTP disconnect), so
             // the service drops the handler's future wherever it is.
             let abandon_ms = world
-                .buggify_site("net.abandon_request", SERVICE)
+                .buggify_site("net.abandon_request", &target)
                 .then(|| madsim::rand::thread_rng().gen_range(0..20u64));
             Some(Box::pin(async move {
                 let (sender, receiver) = oneshot::channel();
@@ -359,6 +368,6 @@ impl Network for SimNetwork {
                 receiver.await.ok()
             }) as BoxFuture<'static, Option<Reply>>)
         });
-        Box::pin(async move { rpc(&world, &from, SERVICE, serve).await })
+        Box::pin(async move { rpc(&world, &from, &to, serve).await })
     }
 }

@@ -8,7 +8,7 @@
 //! timeout (an ambiguous commit the engine must tolerate). Reads see only
 //! durable data, as SQLite's readers do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use madsim::rand::Rng;
 use retrace::engine::metrics::RunTally;
+use retrace::env::lease::{ClusterView, LeaseAnswer, LeaseRequest, Member, MemberBeat};
 use retrace::env::{
     BoxFuture, BufferedRead, BufferedWrite, ListQuery, MemoryStorage, RunRecord, Storage,
     StorageError, WriteBatch,
@@ -62,6 +63,30 @@ pub struct SimStorage {
     /// Activity attempts the service started, as its committed writes
     /// record them: when each started (first seen), by attempt.
     service_starts: Arc<Mutex<ServiceStarts>>,
+    /// Cluster mode: the service nodes cut off from storage now.
+    cut_off: Arc<Mutex<BTreeSet<String>>>,
+    /// Writes a node got accepted for a shard it did not hold (the fencing
+    /// oracle; empty unless the storage forgot to fence).
+    foreign_writes: Arc<Mutex<Vec<String>>>,
+    /// Fenced writes accepted, by node.
+    fenced_writes: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// A planted bug for the simulator's own tests: writes are not fenced.
+    fencing_off: Arc<AtomicBool>,
+}
+
+/// The storage's own clock for leases: simulated time, unskewed (as a
+/// database server's clock is one clock for every service).
+struct StorageClock(madsim::time::Instant);
+
+impl retrace::env::Clock for StorageClock {
+    fn now(&self) -> retrace::types::Timestamp {
+        retrace::types::Timestamp(1 + self.0.elapsed().as_millis() as u64)
+    }
+
+    fn sleep_until(&self, deadline: retrace::types::Timestamp) -> BoxFuture<'static, ()> {
+        let at = self.0 + Duration::from_millis(deadline.as_millis().saturating_sub(1));
+        Box::pin(madsim::time::sleep_until(at))
+    }
 }
 
 /// Activity attempts by (run id, scheduled event id, attempt): when the
@@ -121,8 +146,19 @@ impl Default for SimStorage {
 impl SimStorage {
     /// An empty store without faults.
     pub fn new() -> SimStorage {
+        SimStorage::over(MemoryStorage::new())
+    }
+
+    /// An empty store of `count` shards for a cluster of services, judging
+    /// leases by simulated time.
+    pub fn with_shards(count: u32) -> SimStorage {
+        let clock = Arc::new(StorageClock(madsim::time::Instant::now()));
+        SimStorage::over(MemoryStorage::with_shards(count, clock))
+    }
+
+    fn over(durable: MemoryStorage) -> SimStorage {
         SimStorage {
-            durable: MemoryStorage::new(),
+            durable,
             faults: Arc::new(Mutex::new(StorageFaults {
                 latency_ms_max: 1,
                 ..StorageFaults::default()
@@ -135,6 +171,79 @@ impl SimStorage {
             buffered_signal_bytes: Arc::new(Mutex::new(BTreeMap::new())),
             ambiguous_runs: Arc::new(Mutex::new(RunTally::default())),
             service_starts: Arc::new(Mutex::new(BTreeMap::new())),
+            cut_off: Arc::default(),
+            foreign_writes: Arc::default(),
+            fenced_writes: Arc::default(),
+            fencing_off: Arc::default(),
+        }
+    }
+
+    /// The storage as service node `node` reaches it (cut off or not).
+    pub fn for_node(&self, node: &str) -> NodeStorage {
+        NodeStorage {
+            storage: self.clone(),
+            node: node.to_string(),
+        }
+    }
+
+    /// Cuts service node `node` off from storage, or joins it again.
+    pub fn set_cut_off(&self, node: &str, cut: bool) {
+        let mut cut_off = lock(&self.cut_off);
+        if cut {
+            cut_off.insert(node.to_string());
+        } else {
+            cut_off.remove(node);
+        }
+    }
+
+    /// Joins every node to storage again.
+    pub fn join_all(&self) {
+        lock(&self.cut_off).clear();
+    }
+
+    fn is_cut_off(&self, node: &str) -> bool {
+        lock(&self.cut_off).contains(node)
+    }
+
+    /// Plants a bug for the simulator's tests: the storage stops fencing.
+    pub fn plant_no_fencing(&self) {
+        self.fencing_off.store(true, Ordering::SeqCst);
+    }
+
+    /// Writes accepted from a node that did not hold their shard.
+    pub fn foreign_writes(&self) -> Vec<String> {
+        lock(&self.foreign_writes).clone()
+    }
+
+    /// Fenced writes accepted, by node.
+    pub fn fenced_writes(&self) -> BTreeMap<String, u64> {
+        lock(&self.fenced_writes).clone()
+    }
+
+    /// The fencing oracle, before a write by `node` is applied: who holds
+    /// the batch's shard now. After it is accepted, `judge_write` compares.
+    fn holder_of(&self, batch: &WriteBatch) -> Option<(u32, String, u64)> {
+        let shards = self.durable.shard_count();
+        if shards == 0 {
+            return None;
+        }
+        let shard = retrace::env::lease::shard_of(&batch.run.workflow_id, shards);
+        let lease = self.durable.shard_lease(shard)?;
+        Some((shard, lease.owner, lease.epoch))
+    }
+
+    fn judge_write(&self, node: &str, holder: Option<(u32, String, u64)>, fenced: bool) {
+        let Some((shard, owner, epoch)) = holder else {
+            return;
+        };
+        *lock(&self.fenced_writes)
+            .entry(node.to_string())
+            .or_default() += u64::from(fenced);
+        if owner != node || !fenced {
+            let message = format!(
+                "{node} wrote to shard {shard} (fenced: {fenced}) while {owner:?} held it at epoch {epoch}"
+            );
+            lock(&self.foreign_writes).push(message);
         }
     }
 
@@ -274,7 +383,7 @@ impl SimStorage {
         )
     }
 
-    async fn write_inner(&self, batch: WriteBatch) -> Result<(), StorageError> {
+    async fn write_inner(&self, mut batch: WriteBatch, node: &str) -> Result<(), StorageError> {
         self.write_attempts.fetch_add(1, Ordering::Relaxed);
         let (faults, on) = self.faults();
         let mut latency_ms = madsim::rand::thread_rng().gen_range(0..=faults.latency_ms_max.max(1));
@@ -304,7 +413,16 @@ impl SimStorage {
         let may_be_ambiguous = on && faults.ambiguous_rate > 0.0;
         let tally = may_be_ambiguous.then(|| RunTally::of_batch(&batch));
         let started = started_attempts(&batch.run.state);
+        if self.is_cut_off(node) {
+            return Err(StorageError::Io(format!("{node} is cut off from storage")));
+        }
+        let holder = self.holder_of(&batch);
+        let fenced = batch.fence.is_some();
+        if self.fencing_off.load(Ordering::Relaxed) {
+            batch.fence = None;
+        }
         self.durable.apply(batch)?;
+        self.judge_write(node, holder, fenced);
         let mut starts = lock(&self.service_starts);
         for (scheduled_event_id, attempt, started_time) in started {
             let key = (run_id.clone(), scheduled_event_id, attempt);
@@ -329,7 +447,7 @@ impl SimStorage {
 
 impl Storage for SimStorage {
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
-        Box::pin(self.write_inner(batch))
+        Box::pin(self.write_inner(batch, crate::nodes::SERVICE))
     }
 
     fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
@@ -358,5 +476,84 @@ impl Storage for SimStorage {
 
     fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>> {
         self.durable.read_buffered(run_id)
+    }
+}
+
+/// The storage as one service node reaches it: every call fails while the
+/// node is cut off from it (a partition between service and database).
+pub struct NodeStorage {
+    storage: SimStorage,
+    node: String,
+}
+
+impl NodeStorage {
+    fn reach(&self) -> Result<(), StorageError> {
+        match self.storage.is_cut_off(&self.node) {
+            true => Err(StorageError::Io(format!(
+                "{} is cut off from storage",
+                self.node
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    fn then<'a, T: Send + 'a>(
+        &'a self,
+        call: impl FnOnce(&'a SimStorage) -> BoxFuture<'a, Result<T, StorageError>>,
+    ) -> BoxFuture<'a, Result<T, StorageError>> {
+        match self.reach() {
+            Ok(()) => call(&self.storage),
+            Err(error) => Box::pin(async move { Err(error) }),
+        }
+    }
+}
+
+impl Storage for NodeStorage {
+    fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
+        self.then(move |s| Box::pin(s.write_inner(batch, &self.node)))
+    }
+
+    fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
+        self.then(|s| s.read_run(run_id))
+    }
+
+    fn current_run(&self, id: &str) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
+        self.then(|s| s.current_run(id))
+    }
+
+    fn read_events(
+        &self,
+        run_id: &str,
+        from_event_id: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
+        self.then(|s| s.read_events(run_id, from_event_id, limit))
+    }
+
+    fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
+        self.then(|s| s.list_runs(query))
+    }
+
+    fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>> {
+        self.then(|s| s.read_buffered(run_id))
+    }
+
+    fn cluster_view(&self) -> BoxFuture<'_, Result<ClusterView, StorageError>> {
+        self.then(|s| s.durable.cluster_view())
+    }
+
+    fn acquire_shard(
+        &self,
+        request: LeaseRequest,
+    ) -> BoxFuture<'_, Result<LeaseAnswer, StorageError>> {
+        self.then(|s| s.durable.acquire_shard(request))
+    }
+
+    fn release_shard(&self, request: LeaseRequest) -> BoxFuture<'_, Result<bool, StorageError>> {
+        self.then(|s| s.durable.release_shard(request))
+    }
+
+    fn beat(&self, beat: MemberBeat) -> BoxFuture<'_, Result<Vec<Member>, StorageError>> {
+        self.then(|s| s.durable.beat(beat))
     }
 }
