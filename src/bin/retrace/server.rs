@@ -192,11 +192,11 @@ async fn open_storage(db: &str, cluster: bool) -> anyhow::Result<(Arc<dyn Storag
     };
     #[cfg(feature = "postgres")]
     if is_postgres_url(db) {
-        if cluster {
-            // Until the Postgres storage's cluster mode lands (branch pg-lease).
-            anyhow::bail!("this build's Postgres storage has no cluster mode yet");
-        }
-        let storage = PostgresStorage::connect(db).await.map_err(named)?;
+        let connected = match cluster {
+            true => PostgresStorage::connect_cluster(db).await,
+            false => PostgresStorage::connect(db).await,
+        };
+        let storage = connected.map_err(named)?;
         let name = storage.target().to_string();
         return Ok((Arc::new(storage), name));
     }
