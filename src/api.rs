@@ -75,6 +75,17 @@ pub struct RunRef {
     pub run_id: Option<String>,
 }
 
+/// Start a parent's child workflow on the cluster member that owns the
+/// child's shard (servers send it to each other; answered as
+/// `StartWorkflow`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartChildWorkflowRequest {
+    /// The child's start.
+    pub start: StartWorkflowRequest,
+    /// Its parent's run and the event that initiated it.
+    pub parent: crate::history::ParentExecution,
+}
+
 /// Deliver a signal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SignalWorkflowRequest {
@@ -714,6 +725,7 @@ pub struct HeartbeatResponse {
 #[allow(missing_docs)]
 pub enum Request {
     StartWorkflow(StartWorkflowRequest),
+    StartChildWorkflow(StartChildWorkflowRequest),
     SignalWorkflow(SignalWorkflowRequest),
     SignalWithStartWorkflow(SignalWithStartWorkflowRequest),
     QueryWorkflow(QueryWorkflowRequest),
@@ -740,6 +752,7 @@ impl Request {
     pub fn workflow_id(&self) -> Option<&str> {
         let run = match self {
             Request::StartWorkflow(r) => return Some(&r.workflow_id),
+            Request::StartChildWorkflow(r) => return Some(&r.start.workflow_id),
             Request::SignalWithStartWorkflow(r) => return Some(&r.start.workflow_id),
             Request::SignalWorkflow(r) => &r.run,
             Request::QueryWorkflow(r) => &r.run,
@@ -758,6 +771,7 @@ impl Request {
     pub fn method(&self) -> &'static str {
         match self {
             Request::StartWorkflow(_) => "StartWorkflow",
+            Request::StartChildWorkflow(_) => "StartChildWorkflow",
             Request::SignalWorkflow(_) => "SignalWorkflow",
             Request::SignalWithStartWorkflow(_) => "SignalWithStartWorkflow",
             Request::QueryWorkflow(_) => "QueryWorkflow",

@@ -55,7 +55,15 @@ fn every_bundled_workload_keeps_every_invariant_over_the_mutants_seed_range() {
     let seeds = seed_range();
     let runners: Vec<_> = workloads::all()
         .into_iter()
-        .map(|simulation| simulation.steps_max(MUTANTS_STEPS_MAX).into_runner())
+        .map(|simulation| {
+            // A cluster runs up to five services, each with pollers from
+            // every worker and a lease loop: three times the steps.
+            let steps_max = match simulation.name() {
+                "cluster" => 3 * MUTANTS_STEPS_MAX,
+                _ => MUTANTS_STEPS_MAX,
+            };
+            simulation.steps_max(steps_max).into_runner()
+        })
         .collect();
     assert!(!runners.is_empty(), "no bundled workload");
     let mut runs = 0_u64;

@@ -840,7 +840,11 @@ async fn check_metrics(world: &World, attempts_run: usize) -> Vec<Violation> {
         &counted,
         attempts_run,
     ));
-    if records.iter().all(|record| record.status.is_closed()) {
+    // The gauges are one service's; in a cluster a member may still hold
+    // timer entries of runs whose shard moved away (they fire and are
+    // dropped), so only a single service's gauges must read zero.
+    let single = world.swarm.services == 1;
+    if single && records.iter().all(|record| record.status.is_closed()) {
         violations.extend(check::metrics::check_gauges_when_all_closed(
             settled_scrape(world).await.as_deref(),
         ));

@@ -163,6 +163,10 @@ impl Inner {
         initiated: u64,
     ) -> Result<(), ServiceError> {
         let parent = self.run_snapshot(parent_run_id).await?;
+        if self.check_owner(&parent.workflow_id).is_err() {
+            // Another member's parent: its own sweep reconciles the child.
+            return Ok(());
+        }
         let Some(child) = parent.children.get(&initiated).cloned() else {
             return Ok(());
         };
@@ -191,8 +195,7 @@ impl Inner {
     }
 
     async fn run_snapshot(self: &Arc<Self>, run_id: &str) -> Result<RunState, ServiceError> {
-        let guard = self.lock_run(run_id).await?;
-        Ok(guard.loaded.as_ref().expect("loaded").state.clone())
+        self.peek_run(run_id).await
     }
 
     /// Starts the child (or finds the run an earlier try started) and
@@ -205,7 +208,11 @@ impl Inner {
     ) -> Result<Option<String>, ServiceError> {
         let request = child.start_request(parent, initiated);
         let parent_ref = child::parent_of(parent, initiated);
-        match self.start_run(&request, Some(&parent_ref)).await {
+        let started = match self.check_owner(&request.workflow_id) {
+            Ok(()) => self.start_run(&request, Some(&parent_ref)).await,
+            Err(_) => self.forward_child_start(request, parent_ref).await,
+        };
+        match started {
             Ok(started) => {
                 // A retry finds the chain's current run: record its first.
                 let first_run_id = self.first_run_of(&started.run_id).await?;
@@ -348,6 +355,11 @@ impl Inner {
             parent.status.as_str()
         );
         tracing::debug!(run_id, %reason, "applying a parent close policy");
+        if self.check_owner(&child.workflow_id).is_err() {
+            return self
+                .forward_close_policy(child, run_id, reason, identity)
+                .await;
+        }
         self.transition(run_id, |step| match child.parent_close_policy {
             ParentClosePolicy::Terminate => {
                 machine::run::on_terminate(step, &reason, None, &identity)
@@ -358,5 +370,60 @@ impl Inner {
             ParentClosePolicy::Abandon => Ok(()),
         })
         .await
+    }
+}
+
+impl Inner {
+    /// Starts a child on the member that owns its shard.
+    async fn forward_child_start(
+        &self,
+        start: crate::api::StartWorkflowRequest,
+        parent: ParentExecution,
+    ) -> Result<crate::api::StartWorkflowResponse, ServiceError> {
+        let request =
+            crate::api::Request::StartChildWorkflow(crate::api::StartChildWorkflowRequest {
+                start,
+                parent,
+            });
+        match self.forward(request).await? {
+            crate::api::Response::StartWorkflow(started) => Ok(started),
+            other => Err(ServiceError::new(
+                ErrorCode::Internal,
+                format!("a child's start was answered {other:?}"),
+            )),
+        }
+    }
+
+    /// Applies a close policy to a child's run on the member that owns it.
+    async fn forward_close_policy(
+        &self,
+        child: &ChildState,
+        run_id: &str,
+        reason: String,
+        identity: String,
+    ) -> Result<(), ServiceError> {
+        let run = RunRef {
+            workflow_id: child.workflow_id.clone(),
+            run_id: Some(run_id.to_string()),
+        };
+        let request = match child.parent_close_policy {
+            ParentClosePolicy::Terminate => {
+                crate::api::Request::TerminateWorkflow(crate::api::TerminateWorkflowRequest {
+                    run,
+                    reason,
+                    details: None,
+                    identity,
+                })
+            }
+            ParentClosePolicy::RequestCancel => {
+                crate::api::Request::CancelWorkflow(crate::api::CancelWorkflowRequest {
+                    run,
+                    reason,
+                    identity,
+                })
+            }
+            ParentClosePolicy::Abandon => return Ok(()),
+        };
+        self.forward(request).await.map(drop)
     }
 }

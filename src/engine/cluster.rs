@@ -22,6 +22,7 @@ use futures::future::join_all;
 
 use super::service::{Inner, lock};
 use super::shards::{ClusterConfig, Held, desired_owner};
+use crate::api::{ErrorCode, Request, Response, ServiceError};
 use crate::env::StorageError;
 use crate::env::lease::{ClusterView, LeaseRequest, Member, MemberBeat};
 
@@ -68,6 +69,7 @@ impl Inner {
             self.rebuild(&gained).await;
         }
         self.drop_expired();
+        self.offer_open_children();
     }
 
     async fn cluster_read(
@@ -232,6 +234,31 @@ impl Inner {
         };
         if let Err(error) = self.storage.beat(beat).await {
             tracing::warn!(%error, "cluster: could not end the membership; it lapses instead");
+        }
+    }
+}
+
+/// How long a request forwarded to another member may take.
+const FORWARD_TIMEOUT_MS: u64 = 10_000;
+
+impl Inner {
+    /// Sends `request` to the member that owns its run, through the
+    /// service's network (a `ClusterNetwork` over the members, which follows
+    /// `NotOwner`). A request that got no answer may have been acted on:
+    /// every request forwarded carries what makes it idempotent.
+    pub(super) async fn forward(&self, request: Request) -> Result<Response, ServiceError> {
+        let method = request.method();
+        let call = self.env.network.call(request);
+        match self.env.timeout(FORWARD_TIMEOUT_MS, call).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(error)) => Err(ServiceError::new(
+                ErrorCode::Unavailable,
+                format!("{method} forwarded to the owner's member failed: {error}"),
+            )),
+            Err(_) => Err(ServiceError::new(
+                ErrorCode::Unavailable,
+                format!("{method} forwarded to the owner's member got no answer in time"),
+            )),
         }
     }
 }

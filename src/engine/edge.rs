@@ -113,6 +113,11 @@ fn check_start(r: &crate::api::StartWorkflowRequest) -> Result<(), ServiceError>
 pub fn check_request(request: &Request) -> Result<(), ServiceError> {
     match request {
         Request::StartWorkflow(r) => check_start(r),
+        Request::StartChildWorkflow(r) => {
+            check_start(&r.start)?;
+            check_id("parent.workflow_id", &r.parent.workflow_id)?;
+            check_id("parent.run_id", &r.parent.run_id)
+        }
         Request::SignalWithStartWorkflow(r) => {
             check_start(&r.start)?;
             check_id("signal_name", &r.signal_name)

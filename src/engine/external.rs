@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use super::machine::external::{Delivery, ExternalAsk, ExternalRequest};
 use super::machine::{self, RunState};
 use super::service::Inner;
-use crate::api::{ErrorCode, RunRef, ServiceError};
+use crate::api::{ErrorCode, Request, RunRef, ServiceError};
 use crate::history::ExternalFailedCause;
 
 /// Looks of a workflow id's current run for one delivery (a run that
@@ -134,6 +134,39 @@ impl Inner {
         Ok(Err(ExternalFailedCause::ExternalWorkflowExecutionNotFound))
     }
 
+    /// Sends a signal or cancel request to the cluster member that owns the
+    /// target's shard (through the service's network, which follows
+    /// `NotOwner` to it). The request id makes a repeated signal land once.
+    async fn forward_external(
+        &self,
+        target_run_id: &str,
+        request: &ExternalRequest,
+        request_id: String,
+        identity: String,
+    ) -> Result<(), ServiceError> {
+        let run = RunRef {
+            workflow_id: request.workflow_id.clone(),
+            run_id: Some(target_run_id.to_string()),
+        };
+        let forwarded = match &request.ask {
+            ExternalAsk::Signal { signal_name, input } => {
+                Request::SignalWorkflow(crate::api::SignalWorkflowRequest {
+                    run,
+                    signal_name: signal_name.clone(),
+                    input: input.clone(),
+                    request_id,
+                    identity,
+                })
+            }
+            ExternalAsk::Cancel => Request::CancelWorkflow(crate::api::CancelWorkflowRequest {
+                run,
+                reason: "requested by a workflow".to_string(),
+                identity,
+            }),
+        };
+        self.forward(forwarded).await.map(drop)
+    }
+
     /// One try: `Ok(Err(Some(run)))` if `run` was found but is closed,
     /// `Ok(Err(None))` if there is no such run.
     async fn try_deliver_once(
@@ -154,6 +187,17 @@ impl Inner {
         };
         let request_id = ExternalRequest::request_id(run_id, initiated);
         let identity = format!("workflow run {run_id}");
+        if self.check_owner(&request.workflow_id).is_err() {
+            let forwarded = self
+                .forward_external(&target_run_id, request, request_id, identity)
+                .await;
+            return match forwarded {
+                Ok(()) => Ok(Ok(target_run_id)),
+                Err(error) if error.code == ErrorCode::RunClosed => Ok(Err(Some(target_run_id))),
+                Err(error) if error.code == ErrorCode::NotFound => not_found,
+                Err(error) => Err(error),
+            };
+        }
         let outcome = self
             .transition(&target_run_id, |step| {
                 if step.state.workflow_id != request.workflow_id {

@@ -80,6 +80,10 @@ impl Inner {
         }
         let reply = match request {
             Request::StartWorkflow(r) => self.start_workflow(r).await.map(Response::StartWorkflow),
+            Request::StartChildWorkflow(r) => self
+                .start_run(&r.start, Some(&r.parent))
+                .await
+                .map(Response::StartWorkflow),
             Request::SignalWorkflow(r) => self.signal_workflow(r).await.map(|()| Response::Empty),
             Request::SignalWithStartWorkflow(r) => self
                 .signal_with_start(r)
@@ -190,8 +194,7 @@ impl Inner {
 
     pub(super) async fn snapshot(self: &Arc<Self>, run: &RunRef) -> Result<RunState, ServiceError> {
         let run_id = self.resolve(run).await?;
-        let guard = self.lock_run(&run_id).await?;
-        let state = guard.loaded.as_ref().expect("loaded").state.clone();
+        let state = self.peek_run(&run_id).await?;
         if state.workflow_id != run.workflow_id && !run.workflow_id.is_empty() {
             let message = format!(
                 "run {run_id} belongs to workflow {:?}, not {:?}",

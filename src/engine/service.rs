@@ -547,6 +547,35 @@ impl Inner {
         Ok(guard)
     }
 
+    /// The run's state: this member's if it owns the run's shard, else as
+    /// stored (a cluster member reads other shards' runs, never writes them).
+    pub(super) async fn peek_run(self: &Arc<Self>, run_id: &str) -> Result<RunState, ServiceError> {
+        match self.lock_run(run_id).await {
+            Ok(guard) => Ok(guard.loaded.as_ref().expect("loaded").state.clone()),
+            Err(error) if error.code == ErrorCode::NotOwner => {
+                self.read_state(run_id).await.map(|(state, _)| state)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Offers the children's work of every open run held (cluster mode):
+    /// a child on another member's shard closes there, and this sweep is
+    /// how the parent's member learns it.
+    pub(super) fn offer_open_children(&self) {
+        let slots: Vec<Arc<tokio::sync::Mutex<RunSlot>>> =
+            lock(&self.runs).values().cloned().collect();
+        let mut keys = Vec::new();
+        for slot in slots {
+            let Ok(guard) = slot.try_lock() else { continue };
+            if let Some(loaded) = &guard.loaded {
+                let children = loaded.state.children.keys();
+                keys.extend(children.map(|initiated| (loaded.state.run_id.clone(), *initiated)));
+            }
+        }
+        self.offer_children(keys, false);
+    }
+
     /// Reads run `run_id`'s record and buffered events from storage. A run
     /// that cannot be decoded is quarantined.
     async fn read_state(self: &Arc<Self>, run_id: &str) -> Result<(RunState, u64), ServiceError> {

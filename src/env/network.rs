@@ -28,6 +28,12 @@ pub trait Network: Send + Sync {
     /// Sends `request` and waits for the reply. Long polls wait as long as the
     /// service holds them; callers bound the wait with their clock.
     fn call(&self, request: Request) -> BoxFuture<'static, Result<Reply, NetError>>;
+
+    /// How many servers the network reaches (a worker polls each with at
+    /// least one poller of each kind).
+    fn servers(&self) -> usize {
+        1
+    }
 }
 
 /// What serves requests (the service).

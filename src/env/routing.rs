@@ -234,4 +234,8 @@ impl Network for ClusterNetwork {
     fn call(&self, request: Request) -> BoxFuture<'static, Result<Reply, NetError>> {
         Box::pin(self.clone().call_routed(request))
     }
+
+    fn servers(&self) -> usize {
+        self.servers.len()
+    }
 }

@@ -150,6 +150,7 @@ macro_rules! methods {
 
 methods!(
     (StartWorkflow, StartWorkflowRequest),
+    (StartChildWorkflow, StartChildWorkflowRequest),
     (SignalWorkflow, SignalWorkflowRequest),
     (SignalWithStartWorkflow, SignalWithStartWorkflowRequest),
     (QueryWorkflow, QueryWorkflowRequest),
@@ -193,6 +194,10 @@ fn response_method(response: &Response) -> Option<&'static str> {
 
 /// True if `response` is the kind of response `method` gets.
 pub fn response_fits(method: &str, response: &Response) -> bool {
+    let method = match method {
+        "StartChildWorkflow" => "StartWorkflow",
+        other => other,
+    };
     match response_method(response) {
         Some(answered) => answered == method,
         None => !METHODS_WITH_RESPONSE_BODY.contains(&method),
@@ -242,7 +247,7 @@ pub fn encode_response(response: &Response) -> Vec<u8> {
 pub fn decode_response(method: &str, body: &[u8]) -> Result<Response, serde_json::Error> {
     use serde_json::from_slice;
     let response = match method {
-        "StartWorkflow" => Response::StartWorkflow(from_slice(body)?),
+        "StartWorkflow" | "StartChildWorkflow" => Response::StartWorkflow(from_slice(body)?),
         "SignalWithStartWorkflow" => Response::SignalWithStartWorkflow(from_slice(body)?),
         "QueryWorkflow" => Response::QueryWorkflow(from_slice(body)?),
         "UpdateWorkflow" => Response::UpdateWorkflow(from_slice(body)?),

@@ -386,7 +386,12 @@ impl WorkerBuilder {
             speculations_taken: AtomicU64::new(0),
             speculations_refused: AtomicU64::new(0),
         });
-        for _ in 0..shared.options.pollers_max {
+        // At least one poller of each kind per server: each server matches
+        // only its own shards' tasks, and a server nobody polls would hold
+        // them until a poller came by (the simulator found tasks waiting
+        // for minutes behind two pollers and four servers).
+        let pollers = shared.options.pollers_max.max(shared.env.network.servers());
+        for _ in 0..pollers {
             if !shared.workflows.names().is_empty() {
                 shared.spawn(
                     "worker-workflow-poller",

@@ -143,8 +143,15 @@ impl Tolerance {
             windows.push((clock.at(from_ms), clock.at(to_ms) + after_ms));
         }
         windows.sort_unstable();
+        // In a cluster a renewal that fails (a storage error) can drop a
+        // shard for a round, and its timers wait for the rebuild.
+        let cluster_ms = if swarm.services > 1 {
+            CLUSTER_HANDOFF_MS
+        } else {
+            0
+        };
         Tolerance {
-            base_ms: TOLERANCE_MS_BASE,
+            base_ms: TOLERANCE_MS_BASE + cluster_ms,
             safety_extra_ms,
             safety_end: Timestamp(clock.at(safety_ms)),
             windows,

@@ -415,7 +415,7 @@ impl World {
     /// Node `name`'s network: to the service, or over every service of a
     /// cluster (a service node itself reaches no one).
     fn network_of(self: &Arc<World>, name: &str) -> Arc<dyn retrace::env::Network> {
-        if self.swarm.services == 1 || crate::nodes::is_service(name) {
+        if self.swarm.services == 1 {
             return Arc::new(SimNetwork::new(self.clone(), name));
         }
         let servers = (0..self.swarm.services)

@@ -152,7 +152,7 @@ impl SimStorage {
     /// An empty store of `count` shards for a cluster of services, judging
     /// leases by simulated time.
     pub fn with_shards(count: u32) -> SimStorage {
-        let clock = Arc::new(StorageClock(madsim::time::Instant::now()));
+        let clock = Arc::new(StorageClock(madsim::time::TimeHandle::current().now_instant()));
         SimStorage::over(MemoryStorage::with_shards(count, clock))
     }
 

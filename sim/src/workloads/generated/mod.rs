@@ -67,6 +67,12 @@ pub fn generated() -> Simulation {
     build("generated", None)
 }
 
+/// `generated` on a cluster of 2 to 5 services over one sharded storage:
+/// every feature, with runs (children, signal targets) on other shards.
+pub fn generated_cluster() -> Simulation {
+    build("generated-cluster", None).cluster()
+}
+
 /// The `generated` scenario with a deliberately wrong activity, for the
 /// workload's own tests (the model must reject it).
 pub fn generated_with_bug(bug: PlantedBug) -> Simulation {

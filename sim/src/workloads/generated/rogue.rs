@@ -37,8 +37,10 @@ pub const ROGUE_TYPE: &str = "rogue";
 pub const ROGUE_WORKFLOW_ID: &str = "rogue";
 /// What the run returns.
 pub const ROGUE_RESULT: &str = "rogue done";
-/// Polls for one task before the rogue gives up.
-const POLLS_MAX: u32 = 3;
+/// Polls for one task before the rogue gives up: three a server of a
+/// cluster of five (a poll reaches one server, which holds only its own
+/// shards' tasks).
+const POLLS_MAX: u32 = 15;
 const WORKFLOW_QUEUE: &str = "rogue";
 const ACTIVITY_QUEUE: &str = "rogue-activities";
 pub const IDENTITY: &str = "rogue-worker";
