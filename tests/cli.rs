@@ -698,3 +698,47 @@ async fn the_cli_starts_with_search_attributes_and_lists_by_a_query() {
     );
     server.interrupt();
 }
+
+#[test]
+fn the_server_refuses_cluster_mode_over_sqlite_and_cluster_flags_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let db_arg = db.to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let sqlite = cli_offline(&["server", "--cluster", "--db", db_arg, "--listen", &listen]);
+    sqlite.failed(2, &["--cluster needs a Postgres database", "never.db"]);
+    for flags in [
+        &["--node", "a"][..],
+        &["--advertise", "http://a:1"],
+        &["--lease-ms", "2000"],
+    ] {
+        let run = cli_offline(&[&["server", "--db", db_arg][..], flags].concat());
+        assert_eq!(run.code, 2, "a usage error: {run:?}");
+        assert!(run.stderr.contains("--cluster"), "{run:?}");
+    }
+    let short = cli_offline(&["server", "--cluster", "--lease-ms", "50", "--db", db_arg]);
+    assert_eq!(short.code, 2, "a usage error: {short:?}");
+    assert!(short.stderr.contains("not in 100..=600000"), "{short:?}");
+    assert!(!db.exists(), "no database is created for a refused start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_of_a_single_server_says_it_is_no_cluster_and_lists_pass_over_dead_servers()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path()).await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let single = cli(&server.url(), "cluster status").await;
+    single.failed(4, &["not a member of a cluster", "[invalid_argument]"]);
+    let both = format!("{dead},{}", server.url());
+    let status = cli(&both, "cluster status --json").await;
+    status.failed(4, &["not a member of a cluster"]);
+    let nobody = cli(&dead, "cluster status").await;
+    nobody.failed(5, &["no server gave the cluster's view", "refused"]);
+    let listed = cli(&both, "workflow list").await;
+    assert_eq!(listed.code, 0, "one server of the list answers: {listed:?}");
+    assert!(listed.stdout.starts_with("WORKFLOW ID"), "{listed:?}");
+    assert!(listed.stderr.contains("warning:"), "{listed:?}");
+    let twice = cli(&format!("{0},{0}", server.url()), "workflow list").await;
+    twice.failed(2, &["listed twice"]);
+}

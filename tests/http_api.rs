@@ -855,3 +855,61 @@ async fn search_attributes_set_at_start_are_listed_by_a_query_over_sqlite() {
         &["\"ExecutionStatus\" is reserved"],
     );
 }
+
+/// `GET /api/v1/cluster`: a cluster member answers its storage's view (every
+/// member, every shard's lease, behind the token); a single server, and an
+/// HTTP server given no cluster, answer `invalid_argument`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_route_answers_members_and_leases_and_refuses_outside_a_cluster() {
+    use retrace::engine::ClusterConfig;
+    use retrace::env::MemoryStorage;
+    common::init_logs();
+    let env = Env::tokio(Arc::new(Unconnected));
+    let storage = MemoryStorage::with_shards(8, env.clock.clone());
+    let mut members = Vec::new();
+    for node in ["a", "b"] {
+        let config = ServiceConfig {
+            cluster: Some(ClusterConfig::new(node, &format!("http://{node}:7233"))),
+            ..ServiceConfig::default()
+        };
+        let started = Service::start(env.clone(), Arc::new(storage.clone()), config).await;
+        members.push(started.unwrap());
+    }
+    let limits = ServiceConfig::default().limits;
+    let http = HttpConfig::new("127.0.0.1:0".parse().unwrap(), &limits)
+        .with_token(Some(TOKEN.to_string()));
+    let listener = HttpServer::bind(http).await.unwrap();
+    let source = Arc::new(members[0].clone());
+    let server = listener.serve_with_cluster(members[0].handler(), Some(source));
+    let with_token = HttpNetwork::new(&server.url(), Some(TOKEN)).unwrap();
+    let view = with_token.cluster_view().await.unwrap().unwrap();
+    let nodes: Vec<(&str, &str, bool)> = view
+        .members
+        .iter()
+        .map(|m| (m.node.as_str(), m.address.as_str(), m.alive))
+        .collect();
+    assert_eq!(
+        nodes,
+        [("a", "http://a:7233", true), ("b", "http://b:7233", true)]
+    );
+    assert_eq!(view.shards.len(), 8);
+    assert!(
+        view.shards
+            .iter()
+            .all(|lease| lease.owner.is_empty() || lease.held_at(view.now_ms))
+    );
+    let without = HttpNetwork::new(&server.url(), None).unwrap();
+    let refused = without.cluster_view().await.unwrap().unwrap_err();
+    assert_eq!(refused.code, ErrorCode::Unauthenticated);
+
+    let single = Api::start(None).await;
+    let network = HttpNetwork::new(&single.server.url(), None).unwrap();
+    let refused = network.cluster_view().await.unwrap().unwrap_err();
+    assert_eq!(refused.code, ErrorCode::InvalidArgument);
+    assert!(
+        refused.message.contains("not a member of a cluster"),
+        "{refused:?}"
+    );
+    let served = single._service.cluster_view().await.unwrap_err();
+    assert_eq!(served.code, ErrorCode::InvalidArgument);
+}

@@ -7,19 +7,20 @@
 // Benchmarks drive real processes and measure real time.
 #![allow(clippy::disallowed_methods, dead_code)]
 
+#[path = "../../tests/cluster_members/mod.rs"]
+pub mod cluster_members;
 #[path = "../../tests/postgres_cluster/mod.rs"]
-mod postgres_cluster;
+pub mod postgres_cluster;
 #[path = "../../tests/server_process/mod.rs"]
 mod server_process;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult};
 use retrace::client::Client;
 use retrace::env::Env;
-use retrace::http::HttpNetwork;
+use retrace::http::{HttpNetwork, network_over};
 use retrace::worker::Worker;
 use retrace::workflow::{WorkflowContext, WorkflowRegistry};
 pub use server_process::{ServerProcess, free_port};
@@ -74,10 +75,11 @@ pub fn registry() -> WorkflowRegistry {
     registry
 }
 
-/// An env whose network is HTTP to `url`.
+/// An env whose network is HTTP to `url`, or to every server of a
+/// comma-separated list (a `ClusterNetwork`).
 pub fn env(url: &str) -> Env {
-    let network = HttpNetwork::new(url, None).expect("a valid URL");
-    Env::tokio(Arc::new(network))
+    let servers = HttpNetwork::list(url, None).expect("valid URLs");
+    Env::tokio(network_over(&servers))
 }
 
 /// A client over HTTP.

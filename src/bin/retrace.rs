@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! retrace server [--db ./retrace.db] [--listen 127.0.0.1:7233] [--token T]
+//! retrace server --cluster --db postgres://… [--node N] [--advertise URL] [--lease-ms 10000]
+//! retrace --address http://a:7233,http://b:7233 cluster status [--json]
 //! retrace workflow start --type greet --id g1 --task-queue greetings --input '"ana"'
 //! retrace workflow signal --id g1 --name approve
 //! retrace workflow result --id g1
@@ -19,6 +21,8 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "retrace/cluster.rs"]
+mod cluster;
 #[path = "retrace/mcp/mod.rs"]
 mod mcp;
 #[path = "retrace/scaffold/mod.rs"]
@@ -54,7 +58,8 @@ does not check, histories that differ); 2 bad input (flags, JSON values, the add
 with the run still open."
 )]
 struct Cli {
-    /// URL of the Retrace service.
+    /// URL of the Retrace service; for a cluster, its servers' URLs
+    /// separated by commas, as the servers advertise them.
     #[arg(
         long,
         global = true,
@@ -76,6 +81,9 @@ enum Command {
     /// Starts, signals, queries and inspects workflow runs.
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
+    /// Shows a cluster of servers: its members and who holds each shard.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Works on history files (no service needed).
     #[command(subcommand)]
     History(HistoryCommand),
@@ -162,6 +170,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Workflow(command) => {
             workflow::run(command, &cli.address, cli.token.as_deref()).await
+        }
+        Command::Cluster(command) => {
+            cluster::run(command, &cli.address, cli.token.as_deref()).await
         }
         Command::History(HistoryCommand::Diff { left, right }) => Ok(diff_files(&left, &right)),
         Command::History(HistoryCommand::Check { file }) => Ok(check_file(&file)),

@@ -355,6 +355,17 @@ impl Service {
         self.inner.leave_cluster(self.inner.incarnation).await;
     }
 
+    /// Every member and shard lease as the storage has them (cluster mode;
+    /// `InvalidArgument` on a single server).
+    pub async fn cluster_view(&self) -> Result<crate::env::lease::ClusterView, ServiceError> {
+        if self.inner.config.cluster.is_none() {
+            let message = "this server is not a member of a cluster (`retrace server --cluster`)";
+            return Err(ServiceError::new(ErrorCode::InvalidArgument, message));
+        }
+        let view = self.inner.storage.cluster_view().await;
+        view.map_err(|error| unavailable(&error))
+    }
+
     /// The shards this cluster member holds now, with their epochs.
     pub fn held_shards(&self) -> BTreeMap<u32, u64> {
         let shards = lock(&self.inner.shards);

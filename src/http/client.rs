@@ -9,9 +9,10 @@ use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 
 use super::server::token_is_valid;
-use super::{API_PREFIX, HttpError, METHODS, decode_response, encode_request};
+use super::{API_PREFIX, CLUSTER_PATH, HttpError, METHODS, decode_response, encode_request};
 use crate::api::{ErrorCode, Reply, Request, ServiceError};
-use crate::env::{BoxFuture, NetError, Network};
+use crate::env::lease::ClusterView;
+use crate::env::{BoxFuture, ClusterNetwork, NetError, Network};
 
 /// How long opening a connection may take. Only the connect: requests have no
 /// client-side deadline (long polls last up to the service's poll timeout;
@@ -100,6 +101,63 @@ impl HttpNetwork {
         Err(NetError::Unreachable(format!(
             "{url} answered {status}: is it a Retrace service?"
         )))
+    }
+
+    /// One network per URL of `addresses`, a comma-separated list (one URL
+    /// for a single server; every server of a cluster, as they advertise
+    /// themselves, for a cluster). Refuses an empty item and a URL listed twice.
+    pub fn list(addresses: &str, token: Option<&str>) -> Result<Vec<HttpNetwork>, HttpError> {
+        let mut networks: Vec<HttpNetwork> = Vec::new();
+        for url in addresses.split(',').map(str::trim) {
+            let network = HttpNetwork::new(url, token)?;
+            if networks.iter().any(|n| n.base_url == network.base_url) {
+                return Err(HttpError::BadUrl {
+                    url: url.to_string(),
+                    reason: "listed twice".to_string(),
+                });
+            }
+            networks.push(network);
+        }
+        assert!(!networks.is_empty(), "split yields at least one item");
+        Ok(networks)
+    }
+
+    /// Asks `GET /api/v1/cluster`: the cluster's members and every shard's
+    /// lease, as the server's storage has them; the service's error on a
+    /// server that is not a cluster member.
+    pub async fn cluster_view(&self) -> Result<Result<ClusterView, ServiceError>, NetError> {
+        let url = format!("{}{API_PREFIX}{CLUSTER_PATH}", self.base_url);
+        let mut builder = self.client.get(&url);
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(AUTHORIZATION, authorization.clone());
+        }
+        let response = builder.send().await.map_err(|e| net_error(&url, &e))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| net_error(&url, &e))?;
+        if !status.is_success() {
+            return Ok(Err(error_of(&url, status, &body)));
+        }
+        Ok(serde_json::from_slice(&body).map_err(|e| {
+            let message = format!("the cluster view from {url} does not decode: {e}");
+            ServiceError::new(ErrorCode::Internal, message)
+        }))
+    }
+}
+
+/// The network clients and workers use over `servers`: the one server's
+/// own, or a [`ClusterNetwork`] over several (each keyed by its URL, which
+/// must be the address the server advertises, so `NotOwner` redirects match).
+pub fn network_over(servers: &[HttpNetwork]) -> Arc<dyn Network> {
+    match servers {
+        [] => panic!("a network needs at least one server"),
+        [one] => Arc::new(one.clone()),
+        several => {
+            let members = several
+                .iter()
+                .map(|n| (n.base_url.clone(), Arc::new(n.clone()) as Arc<dyn Network>))
+                .collect();
+            Arc::new(ClusterNetwork::new(members))
+        }
     }
 }
 
@@ -208,8 +266,13 @@ fn reply_of(method: &str, url: &str, status: StatusCode, body: &[u8]) -> Reply {
             ServiceError::new(ErrorCode::Internal, message)
         });
     }
+    Err(error_of(url, status, body))
+}
+
+/// The service's error in a refusal, or one made of its status and body.
+fn error_of(url: &str, status: StatusCode, body: &[u8]) -> ServiceError {
     if let Ok(error) = serde_json::from_slice::<ServiceError>(body) {
-        return Err(error);
+        return error;
     }
     // Not the service's error JSON: a proxy, or another program on the port.
     let quoted: String = String::from_utf8_lossy(body)
@@ -217,7 +280,7 @@ fn reply_of(method: &str, url: &str, status: StatusCode, body: &[u8]) -> Reply {
         .take(QUOTED_BODY_BYTES_MAX)
         .collect();
     let message = format!("{url} answered {status}: {quoted}");
-    Err(ServiceError::new(code_of_status(status), message))
+    ServiceError::new(code_of_status(status), message)
 }
 
 fn code_of_status(status: StatusCode) -> ErrorCode {

@@ -12,7 +12,9 @@
 //! "message": "..."}` with [`ErrorCode::http_status`](crate::api::ErrorCode::http_status).
 //! Long polls (`PollWorkflowTask`, `PollActivityTask`, `GetResult`,
 //! `QueryWorkflow`) are ordinary requests the service holds. `GET /healthz`
-//! answers `{"status": "ok"}` without a token.
+//! answers `{"status": "ok"}` without a token. `GET /api/v1/cluster`
+//! answers a cluster server's [`ClusterView`](crate::env::lease::ClusterView)
+//! (members and shard leases), `invalid_argument` on a single server.
 //!
 //! ```
 //! use retrace::api::{Request, RunRef};
@@ -35,9 +37,9 @@ mod client;
 mod server;
 mod ui;
 
-pub use client::HttpNetwork;
+pub use client::{HttpNetwork, network_over};
 pub use server::{
-    BODY_ENVELOPE_BYTES, BODY_PAYLOADS_MAX, HttpConfig, HttpListener, HttpServer,
+    BODY_ENVELOPE_BYTES, BODY_PAYLOADS_MAX, ClusterSource, HttpConfig, HttpListener, HttpServer,
     body_bytes_max_for,
 };
 
@@ -49,6 +51,8 @@ use crate::api::{Request, Response};
 
 /// Path prefix of the API routes.
 pub const API_PREFIX: &str = "/api/v1/";
+/// `GET /api/v1/cluster`: a cluster server's members and shard leases.
+pub const CLUSTER_PATH: &str = "cluster";
 
 /// Why the HTTP server or client could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -23,10 +23,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::ui;
-use super::{API_PREFIX, DecodeRequestError, HttpError, METHODS, decode_request, encode_response};
+use super::{
+    API_PREFIX, CLUSTER_PATH, DecodeRequestError, HttpError, METHODS, decode_request,
+    encode_response,
+};
 use super::{response_fits, to_json};
 use crate::api::{ErrorCode, ServiceError};
-use crate::env::RequestHandler;
+use crate::env::lease::ClusterView;
+use crate::env::{BoxFuture, RequestHandler};
 use crate::history::HistoryLimits;
 
 /// Payloads a request body may carry at full size (a workflow task completion
@@ -100,6 +104,21 @@ struct AppState {
     body_bytes_max: usize,
 }
 
+/// What `GET /api/v1/cluster` answers from: the cluster's members and
+/// shard leases as the storage has them, or why there are none.
+pub trait ClusterSource: Send + Sync {
+    /// The view, or the service's refusal (`invalid_argument` outside a
+    /// cluster, `unavailable` when the storage cannot say).
+    fn cluster_view(&self) -> BoxFuture<'static, Result<ClusterView, ServiceError>>;
+}
+
+impl ClusterSource for crate::engine::Service {
+    fn cluster_view(&self) -> BoxFuture<'static, Result<ClusterView, ServiceError>> {
+        let service = self.clone();
+        Box::pin(async move { crate::engine::Service::cluster_view(&service).await })
+    }
+}
+
 /// A running HTTP server. Dropping it stops the server at once.
 #[derive(Debug)]
 pub struct HttpServer {
@@ -125,6 +144,16 @@ impl HttpListener {
 
     /// Serves `handler` in the background.
     pub fn serve(self, handler: Arc<dyn RequestHandler>) -> HttpServer {
+        self.serve_with_cluster(handler, None)
+    }
+
+    /// Serves `handler` in the background, and `GET /api/v1/cluster` from
+    /// `cluster` (without one, that route answers `invalid_argument`).
+    pub fn serve_with_cluster(
+        self,
+        handler: Arc<dyn RequestHandler>,
+        cluster: Option<Arc<dyn ClusterSource>>,
+    ) -> HttpServer {
         let HttpListener {
             listener,
             local_addr,
@@ -135,7 +164,7 @@ impl HttpListener {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        let app = router(handler, &config);
+        let app = router(handler, cluster, &config);
         let (stop, stopped) = oneshot::channel::<()>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stopped.await;
@@ -227,7 +256,11 @@ impl Drop for HttpServer {
     }
 }
 
-fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
+fn router(
+    handler: Arc<dyn RequestHandler>,
+    cluster: Option<Arc<dyn ClusterSource>>,
+    config: &HttpConfig,
+) -> Router {
     let health_handler = Arc::clone(&handler);
     let metrics_handler = Arc::clone(&handler);
     let loopback = config.listen.ip().is_loopback();
@@ -242,6 +275,10 @@ fn router(handler: Arc<dyn RequestHandler>, config: &HttpConfig) -> Router {
         .route(
             "/metrics",
             get(move || metrics(Arc::clone(&metrics_handler))),
+        )
+        .route(
+            &format!("{API_PREFIX}{CLUSTER_PATH}"),
+            get(move || cluster_view(cluster.clone())),
         )
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(config.body_bytes_max))
@@ -286,6 +323,19 @@ async fn metrics(handler: Arc<dyn RequestHandler>) -> HttpResponse {
         )
             .into_response(),
         None => refuse(ErrorCode::NotFound, "this server keeps no metrics"),
+    }
+}
+
+/// `GET /api/v1/cluster`: the cluster's members and shard leases (behind
+/// the token, like the API).
+async fn cluster_view(cluster: Option<Arc<dyn ClusterSource>>) -> HttpResponse {
+    let Some(cluster) = cluster else {
+        let message = "this server is not a member of a cluster (`retrace server --cluster`)";
+        return refuse(ErrorCode::InvalidArgument, message);
+    };
+    match cluster.cluster_view().await {
+        Ok(view) => json_reply(StatusCode::OK, to_json(&view)),
+        Err(error) => error_reply(&error),
     }
 }
 

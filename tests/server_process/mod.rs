@@ -134,12 +134,21 @@ impl ServerProcess {
 
     /// SIGINT (Ctrl-C); waits for the exit.
     pub fn interrupt(&mut self) -> ExitStatus {
+        self.signal("-INT")
+    }
+
+    /// SIGTERM (as a service manager stops it); waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("-TERM")
+    }
+
+    fn signal(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().expect("the server is running");
         let sent = Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()
             .unwrap();
-        assert!(sent.success(), "kill -INT works");
+        assert!(sent.success(), "kill {signal} works");
         child.wait().unwrap()
     }
 }

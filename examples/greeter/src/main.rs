@@ -20,7 +20,7 @@ use std::time::Duration;
 use clap::Parser;
 use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult};
 use retrace::env::Env;
-use retrace::http::HttpNetwork;
+use retrace::http::{HttpNetwork, network_over};
 use retrace::worker::Worker;
 use retrace::workflow::{Workflow, WorkflowContext, WorkflowRegistry, WorkflowResult};
 
@@ -30,7 +30,8 @@ const GREETING_SLEEP_MS: u64 = 3_000;
 #[derive(Parser, Debug)]
 #[command(about = "Runs the `greet` workflow and its activity for a Retrace server")]
 struct Args {
-    /// URL of the Retrace service.
+    /// URL of the Retrace service; for a cluster, its servers' URLs
+    /// separated by commas.
     #[arg(long, env = "RETRACE_ADDRESS", default_value = "http://127.0.0.1:7233")]
     address: String,
     /// Bearer token, if the server requires one.
@@ -95,13 +96,15 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let network = HttpNetwork::new(&args.address, args.token.as_deref())?;
-    if let Err(error) = network.health().await {
-        tracing::warn!(%error, "the service is not reachable yet; the worker keeps trying");
+    let servers = HttpNetwork::list(&args.address, args.token.as_deref())?;
+    for server in &servers {
+        if let Err(error) = server.health().await {
+            tracing::warn!(%error, "the service is not reachable yet; the worker keeps trying");
+        }
     }
     let mut registry = WorkflowRegistry::new();
     registry.register::<Greet>();
-    let worker = Worker::builder(Env::tokio(Arc::new(network)), &args.task_queue)
+    let worker = Worker::builder(Env::tokio(network_over(&servers)), &args.task_queue)
         .workflows(registry)
         .activity(ComposeGreeting)
         .start();

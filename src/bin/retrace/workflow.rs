@@ -1,7 +1,6 @@
 //! `retrace workflow ...`: the client commands, over HTTP.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand, ValueEnum};
@@ -9,7 +8,7 @@ use retrace::activity::RetryPolicy;
 use retrace::api::{IdReusePolicy, RunOutcome};
 use retrace::client::{Client, ClientError, StartOptions};
 use retrace::env::{Env, RunStatus};
-use retrace::http::HttpNetwork;
+use retrace::http::{HttpNetwork, network_over};
 use retrace::types::Timestamp;
 use retrace::visibility::SearchValue;
 use serde_json::Value;
@@ -381,6 +380,13 @@ pub struct Exit {
     message: String,
 }
 
+impl Exit {
+    /// A failure exiting with `code`.
+    pub fn new(code: u8, message: String) -> Exit {
+        Exit { code, message }
+    }
+}
+
 /// Exit status: the input (a flag, a JSON value, the address) is bad.
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// Exit status: no such workflow or run.
@@ -390,7 +396,7 @@ pub const EXIT_REFUSED: u8 = 4;
 /// Exit status: the service could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 5;
 
-fn exit(code: u8, message: String) -> anyhow::Error {
+pub fn exit(code: u8, message: String) -> anyhow::Error {
     anyhow::Error::new(Exit { code, message })
 }
 
@@ -415,15 +421,33 @@ fn unreachable(error: &dyn std::fmt::Display, address: &str) -> anyhow::Error {
     exit(EXIT_UNREACHABLE, message)
 }
 
+/// A client of the server at `address`, or of a cluster's servers (a
+/// comma-separated list): over one of them, or over all with
+/// [`network_over`], once at least one answers.
 async fn connect(address: &str, token: Option<&str>) -> anyhow::Result<Client> {
-    let network =
-        HttpNetwork::new(address, token).map_err(|e| exit(EXIT_BAD_INPUT, e.to_string()))?;
-    // Fail fast with a clear message rather than after the client's retries.
-    network
-        .health()
-        .await
-        .map_err(|error| unreachable(&error, address))?;
-    Ok(Client::new(Env::tokio(Arc::new(network))).with_identity("retrace-cli"))
+    let servers = servers(address, token).await?;
+    Ok(Client::new(Env::tokio(network_over(&servers))).with_identity("retrace-cli"))
+}
+
+/// The servers `address` lists, checked to answer: fails fast with a clear
+/// message rather than after the client's retries. A cluster's server that
+/// does not answer is passed over with a warning while another does.
+pub async fn servers(address: &str, token: Option<&str>) -> anyhow::Result<Vec<HttpNetwork>> {
+    let servers =
+        HttpNetwork::list(address, token).map_err(|e| exit(EXIT_BAD_INPUT, e.to_string()))?;
+    let mut failures = Vec::new();
+    for server in &servers {
+        if let Err(error) = server.health().await {
+            failures.push(error);
+        }
+    }
+    if failures.len() == servers.len() {
+        return Err(unreachable(&failures[0], address));
+    }
+    for failure in &failures {
+        eprintln!("warning: {failure}; using the other servers");
+    }
+    Ok(servers)
 }
 
 pub async fn run(

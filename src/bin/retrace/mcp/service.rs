@@ -1,11 +1,9 @@
 //! The tools that drive a Retrace service over HTTP, as `retrace workflow` does.
 
-use std::sync::Arc;
-
 use retrace::api::ListWorkflowsRequest;
 use retrace::client::{Client, ClientError, RESULT_WAIT_MS_MAX, StartOptions};
 use retrace::env::{Env, RunStatus};
-use retrace::http::HttpNetwork;
+use retrace::http::{HttpNetwork, network_over};
 use rmcp::schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -142,7 +140,8 @@ pub struct Service {
 
 #[derive(Clone)]
 struct Connection {
-    network: HttpNetwork,
+    /// The server, or a cluster's servers.
+    servers: Vec<HttpNetwork>,
     env: Env,
     client: Client,
 }
@@ -152,15 +151,16 @@ fn pretty(value: &impl serde::Serialize) -> String {
 }
 
 impl Service {
-    /// The service at `address`, with `token` as bearer token if given. A bad
-    /// address or token is reported by each call.
+    /// The service at `address` (a cluster's servers: comma-separated),
+    /// with `token` as bearer token if given. A bad address or token is
+    /// reported by each call.
     pub fn new(address: &str, token: Option<&str>) -> Service {
-        let connection = HttpNetwork::new(address, token)
-            .map(|network| {
-                let env = Env::tokio(Arc::new(network.clone()));
+        let connection = HttpNetwork::list(address, token)
+            .map(|servers| {
+                let env = Env::tokio(network_over(&servers));
                 let client = Client::new(env.clone()).with_identity("retrace-mcp");
                 Connection {
-                    network,
+                    servers,
                     env,
                     client,
                 }
@@ -176,14 +176,19 @@ impl Service {
     /// with the address rather than after the client's retries.
     async fn connect(&self) -> Result<&Connection, String> {
         let connection = self.connection.as_ref().map_err(Clone::clone)?;
-        connection.network.health().await.map_err(|error| {
-            format!(
-                "cannot reach the Retrace server at {}: {error} (is `retrace server` running there? \
-                 `retrace mcp` takes --address or RETRACE_ADDRESS)",
-                self.address
-            )
-        })?;
-        Ok(connection)
+        let mut failure = None;
+        for server in &connection.servers {
+            match server.health().await {
+                Ok(()) => return Ok(connection),
+                Err(error) => failure = Some(error),
+            }
+        }
+        let error = failure.expect("a connection has at least one server");
+        Err(format!(
+            "cannot reach the Retrace server at {}: {error} (is `retrace server` running there? \
+             `retrace mcp` takes --address or RETRACE_ADDRESS)",
+            self.address
+        ))
     }
 
     /// One line for a failed call: what the service said and its code, or
