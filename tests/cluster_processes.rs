@@ -116,7 +116,9 @@ impl Activity for Record {
     }
 }
 
-/// The activity, then a durable timer, so runs span the kills.
+/// The activity, then a durable timer, so runs span the kills, then a
+/// child (its workflow id is most likely on another member's shard: its
+/// start and its close cross members).
 struct Deliver;
 impl Workflow for Deliver {
     const NAME: &'static str = "deliver";
@@ -126,8 +128,27 @@ impl Workflow for Deliver {
         let id = ctx.info().workflow_id.clone();
         let recorded = ctx.activity::<Record>((id, n)).await?;
         ctx.sleep(Duration::from_millis(300)).await?;
-        Ok(recorded + 1_000)
+        let echoed = ctx
+            .child_workflow::<Echo>(n)
+            .workflow_id(echo_id(n))
+            .await?;
+        Ok(recorded + 1_000 + echoed - n)
     }
+}
+
+/// The child: gives its input back.
+struct Echo;
+impl Workflow for Echo {
+    const NAME: &'static str = "echo";
+    type Input = u64;
+    type Output = u64;
+    async fn run(_ctx: WorkflowContext, n: u64) -> WorkflowResult<u64> {
+        Ok(n)
+    }
+}
+
+fn echo_id(n: u64) -> String {
+    format!("echo-{n}")
 }
 
 fn expected_result(n: u64) -> u64 {
@@ -142,6 +163,7 @@ fn start_workers(members: &Members, ledger: &Arc<Mutex<Ledger>>) -> Vec<Worker> 
     let worker = |i: usize| {
         let mut registry = WorkflowRegistry::new();
         registry.register::<Deliver>();
+        registry.register::<Echo>();
         Worker::builder(Env::tokio(members.network()), TASK_QUEUE)
             .identity(&format!("worker-{i}"))
             .workflows(registry)
@@ -218,7 +240,8 @@ async fn histories(client: &Client) -> anyhow::Result<Vec<History>> {
         *runs_per_id.entry(run.workflow_id.as_str()).or_default() += 1;
         ensure!(run.status == RunStatus::Completed, "{run:?}");
     }
-    let started: BTreeSet<String> = (0..WORKFLOWS_COUNT).map(workflow_id).collect();
+    let parents = (0..WORKFLOWS_COUNT).map(workflow_id);
+    let started: BTreeSet<String> = parents.chain((0..WORKFLOWS_COUNT).map(echo_id)).collect();
     let stored: BTreeSet<String> = runs_per_id.keys().map(|id| id.to_string()).collect();
     ensure!(
         stored == started,
@@ -243,6 +266,17 @@ fn check_effects(histories: &[History], ledger: &Ledger) -> anyhow::Result<()> {
             named.count()
         };
         let id = history.workflow_id().to_string();
+        if id.starts_with("echo-") {
+            ensure!(
+                count("ActivityTaskScheduled") == 0,
+                "{id}: a child runs none"
+            );
+            continue;
+        }
+        ensure!(
+            count("ChildWorkflowExecutionCompleted") == 1,
+            "{id}: its child once"
+        );
         ensure!(count("ActivityTaskScheduled") == 1, "{id}: one activity");
         ensure!(count("ActivityTaskCompleted") == 1, "{id}: completed once");
         for event in history.events() {

@@ -31,7 +31,7 @@ pub use memory::MemoryStorage;
 pub use network::{InProcessNetwork, NetError, Network, RequestHandler, Unconnected};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStats, PostgresStorage, is_postgres_url};
-pub use routing::ClusterNetwork;
+pub use routing::{ClusterNetwork, Connector};
 pub use sqlite::{SqliteOptions, SqliteStats, SqliteStorage};
 pub use storage::{
     BufferedRead, BufferedWrite, ListQuery, RunRecord, RunStatus, Storage, StorageError,

@@ -68,6 +68,7 @@ const LEASE_FRACTION: u64 = 5;
 pub async fn run(args: ServerArgs, token: Option<String>) -> anyhow::Result<()> {
     check_cluster_db(&args)?;
     let mut config = ServiceConfig::default();
+    let peer_token = token.clone();
     let http_config = HttpConfig::new(args.listen, &config.limits).with_token(token);
     // Refuse a bad listen/token combination or a taken port before touching
     // the database.
@@ -77,7 +78,7 @@ pub async fn run(args: ServerArgs, token: Option<String>) -> anyhow::Result<()> 
         false => None,
     };
     let (storage, db_name) = open_storage(&args.db, args.cluster).await?;
-    let env = Env::tokio(Arc::new(Unconnected));
+    let env = Env::tokio(peers(config.cluster.as_ref(), peer_token)?);
     let cluster = config.cluster.clone();
     let service = Service::start(env, storage, config)
         .await
@@ -128,6 +129,29 @@ fn bad_input(message: String) -> anyhow::Error {
 }
 
 /// This member's place in the cluster, from the flags and the bound address.
+/// The service's own network: none for a single server; for a cluster
+/// member, the other members, reached as `NotOwner` answers name them (it
+/// forwards signals, cancels and child starts to their shards' owners).
+fn peers(
+    cluster: Option<&ClusterConfig>,
+    token: Option<String>,
+) -> anyhow::Result<Arc<dyn retrace::env::Network>> {
+    let Some(cluster) = cluster else {
+        return Ok(Arc::new(Unconnected));
+    };
+    let own = retrace::http::HttpNetwork::new(&cluster.address, token.as_deref())?;
+    let connector: retrace::env::Connector = Arc::new(move |address| {
+        let network = retrace::http::HttpNetwork::new(address, token.as_deref());
+        network
+            .ok()
+            .map(|n| Arc::new(n) as Arc<dyn retrace::env::Network>)
+    });
+    let servers = vec![(cluster.address.clone(), Arc::new(own) as _)];
+    Ok(Arc::new(retrace::env::ClusterNetwork::growing(
+        servers, connector,
+    )))
+}
+
 fn cluster_config(args: &ServerArgs, bound: SocketAddr) -> anyhow::Result<ClusterConfig> {
     let node = match &args.node {
         Some(node) => node.clone(),
