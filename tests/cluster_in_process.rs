@@ -49,28 +49,28 @@ impl Cuttable {
     }
 }
 
-fn failed<T: Send + 'static>(error: StorageError) -> BoxFuture<'static, Result<T, StorageError>> {
-    Box::pin(async move { Err(error) })
+impl Cuttable {
+    /// `call` on the store, or `Io` while cut off.
+    fn gate<'a, T: Send + 'a>(
+        &'a self,
+        call: impl FnOnce(&'a MemoryStorage) -> BoxFuture<'a, Result<T, StorageError>>,
+    ) -> BoxFuture<'a, Result<T, StorageError>> {
+        match self.check() {
+            Ok(()) => call(&self.inner),
+            Err(error) => Box::pin(async move { Err(error) }),
+        }
+    }
 }
 
 impl Storage for Cuttable {
     fn write(&self, batch: WriteBatch) -> BoxFuture<'_, Result<(), StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.write(batch),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.write(batch))
     }
     fn read_run(&self, run_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.read_run(run_id),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.read_run(run_id))
     }
     fn current_run(&self, id: &str) -> BoxFuture<'_, Result<Option<String>, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.current_run(id),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.current_run(id))
     }
     fn read_events(
         &self,
@@ -78,46 +78,25 @@ impl Storage for Cuttable {
         from: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Event>, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.read_events(run_id, from, limit),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.read_events(run_id, from, limit))
     }
     fn list_runs(&self, query: ListQuery) -> BoxFuture<'_, Result<Vec<RunRecord>, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.list_runs(query),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.list_runs(query))
     }
     fn read_buffered(&self, run_id: &str) -> BoxFuture<'_, Result<BufferedRead, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.read_buffered(run_id),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.read_buffered(run_id))
     }
     fn cluster_view(&self) -> BoxFuture<'_, Result<ClusterView, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.cluster_view(),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.cluster_view())
     }
     fn acquire_shard(&self, r: LeaseRequest) -> BoxFuture<'_, Result<LeaseAnswer, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.acquire_shard(r),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.acquire_shard(r))
     }
     fn release_shard(&self, r: LeaseRequest) -> BoxFuture<'_, Result<bool, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.release_shard(r),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.release_shard(r))
     }
     fn beat(&self, beat: MemberBeat) -> BoxFuture<'_, Result<Vec<Member>, StorageError>> {
-        match self.check() {
-            Ok(()) => self.inner.beat(beat),
-            Err(error) => failed(error),
-        }
+        self.gate(|inner| inner.beat(beat))
     }
 }
 

@@ -24,7 +24,7 @@ use super::service::{Inner, lock};
 use super::shards::{ClusterConfig, Held, desired_owner};
 use crate::api::{ErrorCode, Request, Response, ServiceError};
 use crate::env::StorageError;
-use crate::env::lease::{ClusterView, LeaseRequest, Member, MemberBeat};
+use crate::env::lease::{ClusterView, LeaseRequest, MemberBeat};
 
 /// Runs the loop until the service is gone.
 pub async fn lease_loop(weak: Weak<Inner>, incarnation: u64) {
@@ -83,12 +83,9 @@ impl Inner {
             address: config.address.clone(),
             ttl_ms: config.lease_ms,
         };
-        let members: Vec<Member> = self.storage.beat(beat).await?;
-        let mut view = self.storage.cluster_view().await?;
-        if view.members.len() < members.len() {
-            view.members = members;
-        }
-        Ok(view)
+        // The view is read after the beat, so it holds this member alive.
+        self.storage.beat(beat).await?;
+        self.storage.cluster_view().await
     }
 
     /// Remembers who holds what and where members are (for redirects).
@@ -155,7 +152,6 @@ impl Inner {
                     }
                     let before = shards.held.insert(*shard, held);
                     if before.is_none_or(|b| b.epoch != held.epoch) {
-                        shards.gained_total += 1;
                         gained.insert(*shard);
                     }
                 }
@@ -190,7 +186,6 @@ impl Inner {
         if held.is_none() {
             return;
         }
-        lock(&self.shards).lost_total += 1;
         self.metrics.on_shard_moved(false);
         tracing::info!(shard, why, "cluster: shard lost");
         self.forget_shard(shard);

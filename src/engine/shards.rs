@@ -68,9 +68,6 @@ pub struct Shards {
     pub owners: BTreeMap<u32, String>,
     /// Live members' addresses by node.
     pub addresses: BTreeMap<String, String>,
-    /// Shards gained and lost since the server started (metrics).
-    pub gained_total: u64,
-    pub lost_total: u64,
     /// The server left the cluster: it holds nothing and takes nothing.
     pub left: bool,
 }
