@@ -468,6 +468,11 @@ pub struct GetResultResponse {
 /// Identifies a started task; completions must present it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct TaskToken {
+    /// The run's workflow id: in a cluster, a server that does not own the
+    /// run's shard says so without reading storage (empty in tokens handed
+    /// out before it was carried).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub workflow_id: String,
     /// The run.
     pub run_id: String,
     /// The task's scheduled event (workflow task) or the activity's scheduled event.
@@ -762,9 +767,25 @@ impl Request {
             Request::GetHistory(r) => &r.run,
             Request::GetResult(r) => &r.run,
             Request::UpdateWorkflow(r) => &r.run,
-            _ => return None,
+            _ => {
+                return self
+                    .task_token()
+                    .map(|t| t.workflow_id.as_str())
+                    .filter(|id| !id.is_empty());
+            }
         };
         Some(&run.workflow_id)
+    }
+
+    /// The task token the request presents, if it completes or reports on a task.
+    fn task_token(&self) -> Option<&TaskToken> {
+        match self {
+            Request::CompleteWorkflowTask(r) => Some(&r.task_token),
+            Request::FailWorkflowTask(r) => Some(&r.task_token),
+            Request::RespondActivityTask(r) => Some(&r.task_token),
+            Request::HeartbeatActivityTask(r) => Some(&r.task_token),
+            _ => None,
+        }
     }
 
     /// The request's method name (the HTTP route's last segment).

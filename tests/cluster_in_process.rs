@@ -7,16 +7,20 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use retrace::activity::{Activity, ActivityContext, ActivityOptions, ActivityResult, RetryPolicy};
 use retrace::client::{Client, StartOptions};
 use retrace::engine::{ClusterConfig, Service, ServiceConfig};
-use retrace::env::lease::{ClusterView, LeaseAnswer, LeaseRequest, Member, MemberBeat};
+use retrace::env::lease::{ClusterView, LeaseAnswer, LeaseRequest, Member, MemberBeat, shard_of};
 use retrace::env::{
     BoxFuture, BufferedRead, ClusterNetwork, Env, InProcessNetwork, ListQuery, MemoryStorage,
     Network, RunRecord, Storage, StorageError, Unconnected, WriteBatch,
 };
 use retrace::history::Event;
 use retrace::worker::Worker;
+use retrace::workflow::{WorkflowContext, WorkflowRegistry};
+use serde_json::json;
 
 const SHARDS: u32 = 16;
 
@@ -231,5 +235,76 @@ async fn a_member_cut_off_from_storage_stops_serving_and_the_other_takes_over() 
     cluster.env.sleep_ms(2_000).await;
     assert_eq!(cluster.held(), [8, 8], "b takes its share back once it can");
     run_workflows(&env, "after", 12).await;
+    worker.shutdown().await;
+}
+
+/// Heartbeats every 250 ms for 8 s.
+struct Heartbeating(Env);
+impl Activity for Heartbeating {
+    const NAME: &'static str = "heartbeating";
+    type Input = ();
+    type Output = u32;
+    async fn run(&self, ctx: ActivityContext, _input: ()) -> ActivityResult<u32> {
+        for beat in 0..32_u32 {
+            ctx.heartbeat(&beat);
+            self.0.sleep_ms(250).await;
+        }
+        Ok(32)
+    }
+}
+
+fn heartbeating_registry() -> WorkflowRegistry {
+    let mut registry = WorkflowRegistry::new();
+    registry.register_fn("heartbeating", |ctx: WorkflowContext, (): ()| async move {
+        let options = ActivityOptions::default()
+            .start_to_close(Duration::from_secs(60))
+            .heartbeat_timeout(Duration::from_secs(3))
+            .retry(RetryPolicy::default().maximum_attempts(1));
+        Ok(ctx.activity::<Heartbeating>(()).options(options).await?)
+    });
+    registry
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_activity_heartbeating_through_a_failover_longer_than_its_heartbeat_timeout_is_not_timed_out()
+ {
+    common::init_logs();
+    let nodes = ["a", "b"];
+    let cluster = Cluster::start(&nodes).await;
+    cluster.env.sleep_ms(2_000).await;
+    let env = cluster.member_env(&nodes);
+    let worker = Worker::builder(env.clone(), "cluster")
+        .workflows(heartbeating_registry())
+        .activity(Heartbeating(env.clone()))
+        .start();
+    let workflow_id = "beats";
+    let shard = shard_of(workflow_id, SHARDS);
+    let owner = (0..2)
+        .find(|i| cluster.services[*i].held_shards().contains_key(&shard))
+        .expect("one member holds the run's shard");
+    let client = Client::new(env.clone());
+    let options = StartOptions::new(workflow_id, "cluster");
+    let run_id = client
+        .start_by_name(options, "heartbeating", json!(null))
+        .await
+        .expect("started");
+    let handle = client.handle::<u32>(workflow_id, Some(&run_id));
+    // The owner is cut off from storage: the heartbeats it gets are not
+    // stored from now on, and its shards stay unserved until its leases
+    // end, longer than the heartbeat timeout. The member that takes the
+    // shard over cannot know when the worker last heartbeated.
+    cluster.env.sleep_ms(1_000).await;
+    cluster.cuts[owner].store(true, Ordering::SeqCst);
+    let result = handle.result().await.expect("the workflow completes");
+    assert_eq!(result, 32, "the one attempt ran to its end");
+    let other = 1 - owner;
+    assert!(cluster.services[other].held_shards().contains_key(&shard));
+    let history = handle.history().await.expect("history");
+    let timed_out = history
+        .events()
+        .iter()
+        .filter(|e| e.kind.name() == "ActivityTaskTimedOut")
+        .count();
+    assert_eq!(timed_out, 0, "no timeout across the failover");
     worker.shutdown().await;
 }

@@ -58,9 +58,10 @@ fn every_bundled_workload_keeps_every_invariant_over_the_mutants_seed_range() {
         .map(|simulation| {
             // A cluster runs up to five services, each with pollers from
             // every worker and a lease loop: three times the steps.
-            let steps_max = match simulation.name() {
-                "cluster" => 3 * MUTANTS_STEPS_MAX,
-                _ => MUTANTS_STEPS_MAX,
+            let steps_max = if simulation.is_cluster() {
+                3 * MUTANTS_STEPS_MAX
+            } else {
+                MUTANTS_STEPS_MAX
             };
             simulation.steps_max(steps_max).into_runner()
         })

@@ -64,6 +64,8 @@ pub struct Setup {
     /// A planted bug, for the simulator's own tests: the storage of a
     /// cluster does not fence writes.
     pub plant_no_fencing: bool,
+    /// Every seed runs on a cluster of service nodes.
+    pub cluster: bool,
 }
 
 /// The scenario's client: the engine's `Client` on the client node, retrying
@@ -103,6 +105,10 @@ pub struct Finished {
     pub ledger: EffectLedger,
     /// Faults injected, by kind.
     pub faults: FaultCounts,
+    /// At most how far apart two service nodes' clocks read during the run
+    /// (0 with one service): in a cluster, events of different runs are
+    /// stamped by different members.
+    pub service_clock_spread_ms: u64,
     services: BTreeMap<String, ServiceState>,
 }
 
@@ -149,6 +155,7 @@ impl Simulation {
                 expected_outcomes: None,
                 raw_workflow_types: BTreeSet::new(),
                 plant_no_fencing: false,
+                cluster: false,
             },
             seeds: 0..100,
         }
@@ -322,7 +329,8 @@ impl Simulation {
     /// Runs every seed on a cluster of 2 to 5 service nodes (drawn from the
     /// seed) over one sharded storage, with the faults only a cluster has:
     /// a service node crashed, paused past its leases, cut off from storage.
-    pub fn cluster(self) -> Self {
+    pub fn cluster(mut self) -> Self {
+        self.setup.cluster = true;
         let adjust = self.setup.swarm.clone();
         self.swarm(move |swarm| {
             if let Some(adjust) = &adjust {
@@ -342,6 +350,11 @@ impl Simulation {
     /// The scenario's name.
     pub fn name(&self) -> &str {
         &self.setup.name
+    }
+
+    /// True if every seed runs on a cluster (see [`Simulation::cluster`]).
+    pub fn is_cluster(&self) -> bool {
+        self.setup.cluster
     }
 
     /// The seeds to run, honouring `RETRACE_SEED` and `RETRACE_SEEDS`.
@@ -936,6 +949,7 @@ async fn check_run(
         outcomes: stored.outcomes,
         ledger,
         faults: world.fault_counts(),
+        service_clock_spread_ms: swarm.service_clock_spread_ms(world.elapsed_ms()),
         services: world.services.states(),
     };
     for check in &setup.checks {

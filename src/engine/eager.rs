@@ -41,6 +41,7 @@ pub(super) fn start_workflow_task(
         "a task starts after the previous one"
     );
     let token = TaskToken {
+        workflow_id: step.state.workflow_id.clone(),
         run_id: step.state.run_id.clone(),
         scheduled_event_id: started.scheduled_event_id,
         attempt: started.attempt,
@@ -224,6 +225,7 @@ impl Inner {
         self.metrics.on_activity_started(started.queued_ms);
         Ok(ActivityTask {
             task_token: TaskToken {
+                workflow_id: started.workflow_id.clone(),
                 run_id: started.run_id.clone(),
                 scheduled_event_id: activity.scheduled_event_id,
                 attempt: activity.attempt,

@@ -163,6 +163,21 @@ pub(super) struct RunSlot {
     /// cached under another epoch is stale (the shard moved away and back,
     /// and others wrote meanwhile): it is read again.
     pub epoch: u64,
+    /// The run's workflow id once any state of it was loaded here, kept
+    /// while the state is dropped to be read again: a cluster member that
+    /// lost the run's shard says so without reading storage (which may be
+    /// what it lost the shard to).
+    pub workflow_id: Option<String>,
+}
+
+impl RunSlot {
+    /// The run's workflow id, if this member has loaded the run.
+    fn known_workflow_id(&self) -> Option<String> {
+        match &self.loaded {
+            Some(loaded) => Some(loaded.state.workflow_id.clone()),
+            None => self.workflow_id.clone(),
+        }
+    }
 }
 
 pub(super) struct Inner {
@@ -463,18 +478,19 @@ impl Inner {
                 .await
                 .map_err(|e| unavailable(&e))?;
             for record in page.iter().filter(|r| wanted(&r.workflow_id)) {
-                let state = match self.state_of(record).await {
+                let mut state = match self.state_of(record).await {
                     Ok(Some(state)) => state,
                     Ok(None) => return Err(changed_while_loading(&record.run_id)),
                     Err(error) if error.code == ErrorCode::DataCorrupt => continue,
                     Err(error) => return Err(error),
                 };
-                self.sync(&state);
+                self.take_loaded(&mut state);
                 self.offer_children(super::children::recovery_offers(&state), false);
                 let loaded = Loaded::stored(state, record.version);
                 self.insert_slot(
                     record.run_id.clone(),
                     RunSlot {
+                        workflow_id: Some(record.workflow_id.clone()),
                         loaded: Some(loaded),
                         epoch: self
                             .fence_for(&record.workflow_id)
@@ -495,6 +511,13 @@ impl Inner {
             "service recovered open runs"
         );
         Ok(())
+    }
+
+    /// Makes a run just loaded from storage this member's: its attempts'
+    /// heartbeats restart from now, and its tasks and timers are installed.
+    fn take_loaded(&self, state: &mut RunState) {
+        super::machine::activity::count_load_as_heartbeat(state, self.env.now());
+        self.sync(state);
     }
 
     /// Sets run `run_id` aside: its stored state cannot be read. It stays in
@@ -519,14 +542,18 @@ impl Inner {
             .or_default()
             .clone();
         let mut guard = slot.lock_owned().await;
-        if let Some(loaded) = &guard.loaded {
-            let fence = self.fence_for(&loaded.state.workflow_id)?;
-            if fence.is_some_and(|f| f.epoch != guard.epoch) {
-                guard.loaded = None;
+        if let Some(workflow_id) = guard.known_workflow_id() {
+            match self.fence_for(&workflow_id) {
+                Ok(fence) if fence.is_some_and(|f| f.epoch != guard.epoch) => guard.loaded = None,
+                Ok(_) => {}
+                Err(error) => {
+                    self.forget(run_id);
+                    return Err(error);
+                }
             }
         }
         if guard.loaded.is_none() {
-            let (state, version) = self.read_state(run_id).await?;
+            let (mut state, version) = self.read_state(run_id).await?;
             match self.fence_for(&state.workflow_id) {
                 Ok(fence) => guard.epoch = fence.map_or(0, |f| f.epoch),
                 Err(error) => {
@@ -534,7 +561,8 @@ impl Inner {
                     return Err(error);
                 }
             }
-            self.sync(&state);
+            self.take_loaded(&mut state);
+            guard.workflow_id = Some(state.workflow_id.clone());
             guard.loaded = Some(Loaded::stored(state, version));
         }
         if guard
@@ -693,11 +721,7 @@ impl Inner {
                 // In use: its write is fenced, and the next lock refuses it.
                 continue;
             };
-            if guard
-                .loaded
-                .as_ref()
-                .is_some_and(|l| in_shard(&l.state.workflow_id))
-            {
+            if guard.known_workflow_id().is_some_and(|id| in_shard(&id)) {
                 drop(guard);
                 self.forget(&run_id);
                 lock(&self.result_waiters).remove(&run_id);
@@ -923,6 +947,7 @@ impl Inner {
         next_run: Option<WriteBatch>,
     ) -> Result<(), ServiceError> {
         let loaded = slot.loaded.take().expect("commit follows a load");
+        slot.workflow_id = Some(loaded.state.workflow_id.clone());
         assert_eq!(
             events.first().map_or(next.next_event_id, |e| e.event_id),
             loaded.state.next_event_id
@@ -1135,7 +1160,11 @@ impl Inner {
             .entry(run_id.to_string())
             .or_default()
             .clone();
-        slot.lock().await.loaded = None;
+        let mut slot = slot.lock().await;
+        if let Some(loaded) = slot.loaded.take() {
+            slot.workflow_id = Some(loaded.state.workflow_id);
+        }
+        drop(slot);
         self.lock_run(run_id).await.map(drop)
     }
 

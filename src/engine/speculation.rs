@@ -217,6 +217,7 @@ mod tests {
         let started = eager::start_new_activities(&mut step, 1, "worker");
         assert_eq!(started.len(), 1);
         let activity_token = TaskToken {
+            workflow_id: step.state.workflow_id.clone(),
             run_id: "run".into(),
             scheduled_event_id: 5,
             attempt: 1,

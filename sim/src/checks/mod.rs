@@ -243,7 +243,11 @@ pub async fn check_stored_runs(storage: &MemoryStorage, checks: &RunChecks<'_>) 
         violations.extend(check_timers(&history, checks.tolerance, attempts));
         violations.extend(check_attempts(&history, checks.attempts));
         violations.extend(failures::check_failures(&history));
-        violations.extend(retries::check_retries(&history, checks.attempts));
+        violations.extend(retries::check_retries(
+            &history,
+            checks.attempts,
+            checks.tolerance.early_ms,
+        ));
         violations.extend(workflow_tasks::check_workflow_task_attempts(&history));
         let rows = storage.buffered(&record.run_id);
         let state = serde_json::from_slice::<RunState>(&record.state);

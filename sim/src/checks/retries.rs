@@ -51,6 +51,7 @@ fn non_retryable(policy: &RetryPolicy, failure: &Failure) -> bool {
 pub fn check_retries(
     history: &History,
     attempts: &BTreeMap<AttemptKey, AttemptSeen>,
+    early_ms: u64,
 ) -> Vec<Violation> {
     let mut violations = Vec::new();
     let run_id = history.run_id().to_string();
@@ -64,7 +65,7 @@ pub fn check_retries(
             attempt_count(&view, &ran),
             retried_non_retryable(&view),
             retry_state(&view),
-            backoff(&view, &ran),
+            backoff(&view, &ran, early_ms),
         ];
         for (message, at) in found.into_iter().flatten() {
             let message = format!("activity {:?} {message}", view.attrs.activity_id);
@@ -131,11 +132,14 @@ fn retry_state(view: &ActivityView<'_>) -> Found {
     })
 }
 
-fn backoff(view: &ActivityView<'_>, ran: &[(u32, &AttemptSeen)]) -> Found {
+/// Attempt k+1 starts a backoff after attempt k; in a cluster the two may
+/// be started by members whose clocks read up to `early_ms` apart.
+fn backoff(view: &ActivityView<'_>, ran: &[(u32, &AttemptSeen)], early_ms: u64) -> Found {
     ran.windows(2).find_map(|pair| {
         let ((attempt, first), (next, second)) = (pair[0], pair[1]);
         let backoff_ms = expected_backoff_ms(&view.attrs.retry_policy, attempt);
-        let hurried = second.started_time < first.started_time.plus_ms(backoff_ms);
+        let hurried =
+            second.started_time.plus_ms(early_ms) < first.started_time.plus_ms(backoff_ms);
         (next == attempt + 1 && hurried).then(|| {
             let gap_ms = second.started_time.millis_since(first.started_time);
             let message = format!(
@@ -216,7 +220,7 @@ mod tests {
             flaky,
             RetryState::MaximumAttemptsReached,
         );
-        assert!(check_retries(&history, &BTreeMap::new()).is_empty());
+        assert!(check_retries(&history, &BTreeMap::new(), 0).is_empty());
     }
 
     #[test]
@@ -228,7 +232,7 @@ mod tests {
             flaky,
             RetryState::MaximumAttemptsReached,
         );
-        let violations = check_retries(&history, &BTreeMap::new());
+        let violations = check_retries(&history, &BTreeMap::new(), 0);
         assert_eq!(invariants(&violations), ["retries"]);
         assert!(violations[0].message.contains("more than its maximum of 3"));
     }
@@ -241,7 +245,7 @@ mod tests {
             Failure::new("Flaky", "again"),
             RetryState::Timeout,
         );
-        let violations = check_retries(&history, &BTreeMap::new());
+        let violations = check_retries(&history, &BTreeMap::new(), 0);
         assert_eq!(invariants(&violations), ["retries"], "{violations:?}");
         assert!(violations[0].message.contains("non-retryable"));
     }
@@ -255,7 +259,7 @@ mod tests {
             RetryState::MaximumAttemptsReached,
         );
         assert_eq!(
-            invariants(&check_retries(&early_stop, &BTreeMap::new())),
+            invariants(&check_retries(&early_stop, &BTreeMap::new(), 0)),
             ["retries"]
         );
         let fatal_as_max = failed_at(
@@ -265,7 +269,7 @@ mod tests {
             RetryState::MaximumAttemptsReached,
         );
         assert_eq!(
-            invariants(&check_retries(&fatal_as_max, &BTreeMap::new())),
+            invariants(&check_retries(&fatal_as_max, &BTreeMap::new(), 0)),
             ["retries"]
         );
         let fatal_while_canceling = failed_at(
@@ -274,7 +278,7 @@ mod tests {
             Failure::new("Fatal", "no"),
             RetryState::CancelRequested,
         );
-        assert!(check_retries(&fatal_while_canceling, &BTreeMap::new()).is_empty());
+        assert!(check_retries(&fatal_while_canceling, &BTreeMap::new(), 0).is_empty());
     }
 
     #[test]
@@ -289,10 +293,19 @@ mod tests {
         };
         let key = |attempt| ("run-1".to_string(), 5, attempt);
         let kept = BTreeMap::from([(key(1), seen(10_000)), (key(2), seen(11_000))]);
-        assert!(check_retries(&history, &kept).is_empty());
+        assert!(check_retries(&history, &kept, 0).is_empty());
         let hurried = BTreeMap::from([(key(1), seen(10_000)), (key(2), seen(10_999))]);
-        let violations = check_retries(&history, &hurried);
+        let violations = check_retries(&history, &hurried, 0);
         assert_eq!(invariants(&violations), ["retries"]);
         assert!(violations[0].message.contains("within the 1000 ms backoff"));
+        // Started by two members whose clocks read up to 300 ms apart: a gap
+        // of 700 ms may be the whole backoff, one of 699 ms may not.
+        let skewed = BTreeMap::from([(key(1), seen(10_000)), (key(2), seen(10_700))]);
+        assert!(check_retries(&history, &skewed, 300).is_empty());
+        let hurried = BTreeMap::from([(key(1), seen(10_000)), (key(2), seen(10_699))]);
+        assert_eq!(
+            invariants(&check_retries(&history, &hurried, 300)),
+            ["retries"]
+        );
     }
 }

@@ -557,6 +557,7 @@ mod tests {
         step(&mut state, &mut events, 5, |step| {
             let started = workflow_task::on_started(step, None, "worker-0", "poll-1").unwrap();
             token = Some(TaskToken {
+                workflow_id: step.state.workflow_id.clone(),
                 run_id: "run-1".into(),
                 scheduled_event_id: started.scheduled_event_id,
                 attempt: started.attempt,

@@ -88,6 +88,10 @@ pub struct Tolerance {
     pub safety_end: Timestamp,
     /// Windows (service clock, ms) in which the service could not fire timers.
     pub windows: Vec<(u64, u64)>,
+    /// How early a timer may seem to fire: in a cluster, a deadline set on
+    /// one member's clock may be fired by another's, which reads up to the
+    /// services' clock spread ahead (0 with one service).
+    pub early_ms: u64,
 }
 
 impl Tolerance {
@@ -99,6 +103,7 @@ impl Tolerance {
             safety_extra_ms: 0,
             safety_end: Timestamp(0),
             windows: Vec::new(),
+            early_ms: 0,
         }
     }
 
@@ -145,8 +150,10 @@ impl Tolerance {
         windows.sort_unstable();
         // In a cluster a renewal that fails (a storage error) can drop a
         // shard for a round, and its timers wait for the rebuild.
+        // A member whose clock reads behind fires late by as much.
+        let spread_ms = swarm.service_clock_spread_ms(clock.now_elapsed_ms);
         let cluster_ms = if swarm.services > 1 {
-            CLUSTER_HANDOFF_MS
+            CLUSTER_HANDOFF_MS + spread_ms
         } else {
             0
         };
@@ -155,6 +162,7 @@ impl Tolerance {
             safety_extra_ms,
             safety_end: Timestamp(clock.at(safety_ms)),
             windows,
+            early_ms: spread_ms,
         }
     }
 
@@ -222,7 +230,7 @@ struct Timing<'a> {
 impl Timing<'_> {
     fn early(&mut self, what: &str, fired_id: u64, deadline: Timestamp) {
         let fired = event(self.history, fired_id).expect("an event of the history");
-        if fired.event_time < deadline {
+        if fired.event_time.plus_ms(self.tolerance.early_ms) < deadline {
             let message = format!(
                 "{what} fired at {}, {} ms before its deadline {deadline}",
                 fired.event_time,

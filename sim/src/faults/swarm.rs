@@ -136,6 +136,24 @@ impl Swarm {
             spread(self.clock_drift_ppm_max, draw >> 32),
         )
     }
+
+    /// At most how far apart two service nodes' clocks read within
+    /// `elapsed_ms` of the start: their skews' difference, plus their
+    /// drifts' over the time (both grow apart linearly).
+    pub fn service_clock_spread_ms(&self, elapsed_ms: u64) -> u64 {
+        let clocks: Vec<(i64, i64)> = (0..self.services)
+            .map(|index| self.clock_of(&crate::nodes::service_name(index)))
+            .collect();
+        let mut spread_ms = 0;
+        for (skew_a, drift_a) in &clocks {
+            for (skew_b, drift_b) in &clocks {
+                let drifted_ms =
+                    ((drift_a - drift_b).unsigned_abs() * elapsed_ms).div_ceil(1_000_000);
+                spread_ms = spread_ms.max((skew_a - skew_b).unsigned_abs() + drifted_ms);
+            }
+        }
+        spread_ms
+    }
 }
 
 /// A background fault of the swarm that shrinking can turn off.
@@ -264,5 +282,34 @@ mod tests {
                 "{name}: {skew} {drift}"
             );
         }
+    }
+
+    #[test]
+    fn the_services_clock_spread_bounds_every_pair_and_is_zero_for_one_service() {
+        let swarm = Swarm {
+            clock_skew_ms_max: 2_000,
+            clock_drift_ppm_max: 2_000,
+            services: 4,
+            ..Swarm::calm()
+        };
+        let elapsed_ms = 600_000;
+        let spread_ms = swarm.service_clock_spread_ms(elapsed_ms);
+        let reads = |index: usize| {
+            let (skew_ms, drift_ppm) = swarm.clock_of(&crate::nodes::service_name(index));
+            skew_ms + drift_ppm * elapsed_ms as i64 / 1_000_000
+        };
+        let widest = (0..4)
+            .flat_map(|a| (0..4).map(move |b| (a, b)))
+            .map(|(a, b)| (reads(a) - reads(b)).unsigned_abs())
+            .max()
+            .expect("pairs");
+        assert!(widest > 0, "four drawn clocks differ");
+        assert!(spread_ms >= widest, "{spread_ms} < {widest}");
+        assert!(spread_ms <= 4_000 + 2 * 4_000 * 600 / 1_000 + 1);
+        let one = Swarm {
+            services: 1,
+            ..swarm
+        };
+        assert_eq!(one.service_clock_spread_ms(elapsed_ms), 0);
     }
 }

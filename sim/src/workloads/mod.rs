@@ -7,9 +7,7 @@
 //! | `messages`  | the order-of-messages example: timer, database, verification, signal, two parallel HTTP fetches, queries |
 //! | `generated` | a program drawn from the seed over every engine feature, checked against a reference model |
 //! | `cluster`   | transfers on 2 to 5 services over one sharded storage, with service crashes, stalls past the lease and storage cut-offs |
-//!
-//! Open (by name only, not in the campaign): `generated-cluster`, the
-//! generated program on a cluster.
+//! | `generated-cluster` | the generated program on 2 to 5 services over one sharded storage, with the cluster's faults |
 
 pub mod generated;
 mod messages;
@@ -25,16 +23,17 @@ use crate::Simulation;
 
 /// Every bundled scenario.
 pub fn all() -> Vec<Simulation> {
-    vec![small(), transfers(), messages(), generated(), cluster()]
+    vec![
+        small(),
+        transfers(),
+        messages(),
+        generated(),
+        cluster(),
+        generated_cluster(),
+    ]
 }
 
-/// Scenarios run by name only, not in the campaign: what they find is
-/// still open (see ARCHITECTURE.md, "Several servers").
-pub fn open() -> Vec<Simulation> {
-    vec![generated_cluster()]
-}
-
-/// The bundled (or open) scenario called `name`.
+/// The bundled scenario called `name`.
 pub fn by_name(name: &str) -> Option<Simulation> {
-    all().into_iter().chain(open()).find(|s| s.name() == name)
+    all().into_iter().find(|s| s.name() == name)
 }

@@ -338,6 +338,29 @@ pub fn check_token<'s>(
     })
 }
 
+/// Counts loading a run from storage as a heartbeat of each attempt that
+/// runs with a heartbeat timeout. Heartbeats are held in the memory of the
+/// member that received them, not written, so whoever loads the run (a
+/// member that gained its shard, a restarted server, a cache refill) cannot
+/// know the last one; timing the attempt out at once would fail a worker
+/// that is heartbeating. A worker that is gone still times out, one
+/// heartbeat timeout after the load.
+pub fn count_load_as_heartbeat(state: &mut RunState, now: Timestamp) {
+    for activity in state.activities.values_mut() {
+        if activity.heartbeat_timeout_ms.is_none() {
+            continue;
+        }
+        if let ActivityPhase::Started {
+            last_heartbeat_time,
+            ..
+        } = &mut activity.phase
+        {
+            let last = last_heartbeat_time.map_or(now, |last| last.max(now));
+            *last_heartbeat_time = Some(last);
+        }
+    }
+}
+
 /// Records a heartbeat; returns whether cancellation was requested.
 pub fn on_heartbeat(
     step: &mut Step<'_>,

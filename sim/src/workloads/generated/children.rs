@@ -273,6 +273,7 @@ pub fn check_child(
     program: &Program,
     child: &RunSpec,
     histories: &BTreeMap<String, History>,
+    clock_spread_ms: u64,
     problems: &mut Vec<String>,
 ) -> bool {
     let of = child.parent.as_ref().expect("a child names its parent");
@@ -306,25 +307,31 @@ pub fn check_child(
             ));
         }
     }
+    let parent = (parent, clock_spread_ms);
     check_policy(program, of, parent, &runs, problems);
     true
 }
 
 /// What the parent's close did to the child, and that nothing else did it.
+/// In a cluster the parent's and the child's events may be stamped by
+/// different members, whose clocks read up to `clock_spread_ms` apart: an
+/// act of the policy may then seem to come that much before the close.
 fn check_policy(
     program: &Program,
     of: &ChildOf,
-    parent: &History,
+    (parent, clock_spread_ms): (&History, u64),
     runs: &[&History],
     problems: &mut Vec<String>,
 ) {
     let parent_closed = parent.close_event().map(|e| e.event_time);
+    let after_close = |event: &Event| {
+        parent_closed.is_some_and(|t| t <= event.event_time.plus_ms(clock_spread_ms))
+    };
     for run in runs {
         for event in run.events() {
             match &event.kind {
                 EventKind::WorkflowExecutionTerminated(a) if a.reason.contains(POLICY_REASON) => {
-                    let after_close = parent_closed.is_some_and(|t| t <= event.event_time);
-                    if of.policy != ParentClosePolicy::Terminate || !after_close {
+                    if of.policy != ParentClosePolicy::Terminate || !after_close(event) {
                         problems.push(format!(
                             "terminated by a parent close policy (its policy: {:?}; parent closed at {parent_closed:?}, terminated at {})",
                             of.policy, event.event_time
@@ -332,8 +339,8 @@ fn check_policy(
                     }
                 }
                 EventKind::WorkflowExecutionCancelRequested(_) => {
-                    let by_policy = of.policy == ParentClosePolicy::RequestCancel
-                        && parent_closed.is_some_and(|t| t <= event.event_time);
+                    let by_policy =
+                        of.policy == ParentClosePolicy::RequestCancel && after_close(event);
                     if !by_policy && !parent_asked_to_cancel(program, of) {
                         problems.push(format!(
                             "asked to cancel at {}, though neither its policy ({:?}, parent closed at {parent_closed:?}) nor its parent's cancel explains it",

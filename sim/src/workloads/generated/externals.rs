@@ -83,6 +83,7 @@ pub fn check_sent(
     spec: &RunSpec,
     history: &History,
     histories: &BTreeMap<String, History>,
+    clock_spread_ms: u64,
     problems: &mut Vec<String>,
 ) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -120,9 +121,9 @@ pub fn check_sent(
                 check_not_found(
                     &initiated.workflow_id,
                     &what,
-                    event,
-                    failed,
+                    (event, failed),
                     histories,
+                    clock_spread_ms,
                     problems,
                 );
             }
@@ -147,13 +148,15 @@ pub fn check_sent(
 /// A run is visible once its creation committed, which an event's time does
 /// not show (a start is stamped before its write lands): its first completed
 /// workflow task is a later write, so it was visible by then. Same-instant
-/// events are not ordered.
+/// events are not ordered. In a cluster the sender's and the target's
+/// events are stamped by different members' clocks, which read up to
+/// `clock_spread_ms` apart: the target's times count only beyond that.
 fn check_not_found(
     target: &str,
     what: &str,
-    sent: &Event,
-    failed: &Event,
+    (sent, failed): (&Event, &Event),
     histories: &BTreeMap<String, History>,
+    clock_spread_ms: u64,
     problems: &mut Vec<String>,
 ) {
     for history in histories.values().filter(|h| h.workflow_id() == target) {
@@ -162,8 +165,8 @@ fn check_not_found(
         });
         let Some(visible) = visible else { continue };
         let open_until = history.close_event().map(|e| e.event_time);
-        let open_throughout =
-            visible < sent.event_time && open_until.is_none_or(|close| close > failed.event_time);
+        let open_throughout = visible.plus_ms(clock_spread_ms) < sent.event_time
+            && open_until.is_none_or(|close| close > failed.event_time.plus_ms(clock_spread_ms));
         if open_throughout {
             problems.push(format!(
                 "{what} failed as not found, but run {} of {target} was open from before it was sent ({}) until after it failed ({})",
@@ -233,6 +236,7 @@ pub fn check_cancels_sent(
     spec: &RunSpec,
     history: &History,
     histories: &BTreeMap<String, History>,
+    clock_spread_ms: u64,
     problems: &mut Vec<String>,
 ) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
@@ -264,7 +268,8 @@ pub fn check_cancels_sent(
             }
             Some((failed, _)) => {
                 let what = format!("the cancel of {target}");
-                check_not_found(target, &what, event, failed, histories, problems);
+                let sent = (event, failed);
+                check_not_found(target, &what, sent, histories, clock_spread_ms, problems);
             }
             None if history.close_event().is_none() => problems.push(format!(
                 "the cancel of {target} was never delivered nor failed"

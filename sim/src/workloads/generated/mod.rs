@@ -223,6 +223,7 @@ fn build(name: &str, bug: Option<PlantedBug>) -> Simulation {
                 client: &client,
                 ledger: &finished.ledger,
                 safety_ms: SAFETY_MS,
+                clock_spread_ms: finished.service_clock_spread_ms,
             };
             model::check(&program, &observed)
         })

@@ -143,6 +143,8 @@ pub struct Observed<'a> {
     pub ledger: &'a EffectLedger,
     /// Length of the safety phase (faults happen only in it).
     pub safety_ms: u64,
+    /// How far apart the services' clocks read (0 with one service).
+    pub clock_spread_ms: u64,
 }
 
 /// Checks every run of `program`; the error names each run and what the
@@ -285,7 +287,13 @@ impl<'a> RunCheck<'a> {
     fn check(&mut self) {
         let (program, histories) = (self.program, self.observed.histories);
         if self.spec.parent.is_some()
-            && !children::check_child(program, self.spec, histories, &mut self.problems)
+            && !children::check_child(
+                program,
+                self.spec,
+                histories,
+                self.observed.clock_spread_ms,
+                &mut self.problems,
+            )
         {
             return;
         }
@@ -314,14 +322,9 @@ impl<'a> RunCheck<'a> {
         self.check_client_events(history);
         self.check_start_signal(self.chain[0]);
         self.check_queries();
-        externals::check_sent(
-            self.spec,
-            history,
-            self.observed.histories,
-            &mut self.problems,
-        );
-        let histories = self.observed.histories;
-        externals::check_cancels_sent(self.spec, history, histories, &mut self.problems);
+        let (histories, spread_ms) = (self.observed.histories, self.observed.clock_spread_ms);
+        externals::check_sent(self.spec, history, histories, spread_ms, &mut self.problems);
+        externals::check_cancels_sent(self.spec, history, histories, spread_ms, &mut self.problems);
         children::check_parent(self.spec, history, histories, &mut self.problems);
         if completed {
             self.check_reports(history, &activities);
@@ -1445,7 +1448,9 @@ impl ActivityCheck<'_, '_> {
         let elapsed_ms = close
             .event_time
             .millis_since(self.events.scheduled.event_time);
-        if elapsed_ms < minimum_ms {
+        // Scheduled and closed on different members: their clocks differ.
+        let spread_ms = self.run.observed.clock_spread_ms;
+        if elapsed_ms + spread_ms < minimum_ms {
             self.problem(format!(
                 "attempt {attempt} closed {elapsed_ms} ms after scheduling, before its {backoffs_ms} ms of backoffs and {ran_ms} ms of its own timeout"
             ));

@@ -19,6 +19,11 @@
 //!
 //! The run has no workflow code (its type is raw: it is not replayed).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use retrace::activity::RetryPolicy;
 use retrace::api::{
     ActivityTask, ActivityTaskResult, CompleteWorkflowTaskRequest, PollTaskRequest, Request,
@@ -37,11 +42,14 @@ pub const ROGUE_TYPE: &str = "rogue";
 pub const ROGUE_WORKFLOW_ID: &str = "rogue";
 /// What the run returns.
 pub const ROGUE_RESULT: &str = "rogue done";
-/// Polls for one task before the rogue gives up: three a server of a
-/// cluster of five (a poll reaches one server, which holds only its own
-/// shards' tasks).
-const POLLS_MAX: u32 = 15;
+/// How long the rogue waits for its run's next task before it gives up
+/// (several long polls of each server).
+const TASK_WAIT_MS_MAX: u64 = 300_000;
+/// How long a poller waits after a poll that failed before the next.
+const POLL_RETRY_MS: u64 = 1_000;
 const WORKFLOW_QUEUE: &str = "rogue";
+/// Longer than `TASK_WAIT_MS_MAX` for each of the protocol's steps.
+const START_TO_CLOSE_MS: u64 = 3_600_000;
 const ACTIVITY_QUEUE: &str = "rogue-activities";
 pub const IDENTITY: &str = "rogue-worker";
 
@@ -65,12 +73,18 @@ pub struct RogueLog {
 /// as it must ends it (the log says where).
 pub async fn play(client: &SimClient) -> RogueLog {
     let mut log = RogueLog::default();
-    let ended = protocol(client, &mut log).await;
+    let mut pollers = Pollers::start(client);
+    let ended = protocol(client, &mut pollers, &mut log).await;
+    pollers.stop();
     log.finished = ended.is_ok();
     log
 }
 
-async fn protocol(client: &SimClient, log: &mut RogueLog) -> Result<(), String> {
+async fn protocol(
+    client: &SimClient,
+    pollers: &mut Pollers,
+    log: &mut RogueLog,
+) -> Result<(), String> {
     let options = StartOptions::new(ROGUE_WORKFLOW_ID, WORKFLOW_QUEUE);
     client
         .start_by_name(options, ROGUE_TYPE, json!(null))
@@ -94,13 +108,21 @@ async fn protocol(client: &SimClient, log: &mut RogueLog) -> Result<(), String> 
         ),
     ];
     for (step, marker, commands) in refusals {
-        complete(client, log, step, Some(marker), commands).await?;
+        complete(client, pollers, log, step, Some(marker), commands).await?;
     }
-    complete(client, log, "schedule", None, vec![schedule("work")]).await?;
-    let first = poll_activity(client).await?;
+    complete(
+        client,
+        pollers,
+        log,
+        "schedule",
+        None,
+        vec![schedule("work")],
+    )
+    .await?;
+    let first = pollers.activity_task(client).await?;
     let unasked = ActivityTaskResult::Canceled(None);
     respond(client, log, "canceled unasked", &first.task_token, unasked).await?;
-    let second = poll_activity(client).await?;
+    let second = pollers.activity_task(client).await?;
     client
         .signal(ROGUE_WORKFLOW_ID, None, "go", json!(null))
         .await
@@ -109,16 +131,29 @@ async fn protocol(client: &SimClient, log: &mut RogueLog) -> Result<(), String> 
         activity_id: "a".to_string(),
     };
     let twice = vec![cancel(), cancel()];
-    complete(client, log, "cancel twice", Some("already asked"), twice).await?;
-    complete(client, log, "cancel", None, vec![cancel()]).await?;
+    complete(
+        client,
+        pollers,
+        log,
+        "cancel twice",
+        Some("already asked"),
+        twice,
+    )
+    .await?;
+    complete(client, pollers, log, "cancel", None, vec![cancel()]).await?;
     let asked = ActivityTaskResult::Canceled(None);
     respond(client, log, "canceled as asked", &second.task_token, asked).await?;
     let result = json!(ROGUE_RESULT);
     let close = vec![Command::CompleteWorkflowExecution { result }];
-    complete(client, log, "complete", None, close).await
+    complete(client, pollers, log, "complete", None, close).await
 }
 
 /// A valid schedule of activity "a" of type `activity_type`, retried soon.
+/// Its start-to-close outlasts the whole protocol: in a cluster each poll
+/// reaches one server and waits its long poll out when the task is held
+/// elsewhere, so a step can take minutes, and an attempt that timed out
+/// meanwhile would change what the next steps must be answered (a cancel
+/// of an attempt waiting to retry closes it at once).
 fn schedule(activity_type: &str) -> Command {
     Command::ScheduleActivityTask(ScheduleActivityTask {
         activity_id: "a".to_string(),
@@ -127,7 +162,7 @@ fn schedule(activity_type: &str) -> Command {
         input: json!(null),
         schedule_to_close_timeout_ms: None,
         schedule_to_start_timeout_ms: None,
-        start_to_close_timeout_ms: Some(60_000),
+        start_to_close_timeout_ms: Some(START_TO_CLOSE_MS),
         heartbeat_timeout_ms: None,
         retry_policy: Some(RetryPolicy::default().initial_interval_ms(100)),
     })
@@ -145,12 +180,13 @@ fn no_close_timeout() -> Command {
 /// logs the answer, and fails if it is not the one the step must get.
 async fn complete(
     client: &SimClient,
+    pollers: &mut Pollers,
     log: &mut RogueLog,
     step: &'static str,
     refusal: Option<&'static str>,
     commands: Vec<Command>,
 ) -> Result<(), String> {
-    let task = poll_workflow(client).await?;
+    let task = pollers.workflow_task(client).await?;
     let request = Request::CompleteWorkflowTask(CompleteWorkflowTaskRequest {
         task_token: task.task_token,
         commands,
@@ -209,54 +245,112 @@ fn record(
         .ok_or_else(|| format!("step {step:?} was not answered as it must be"))
 }
 
-async fn poll_workflow(client: &SimClient) -> Result<WorkflowTask, String> {
-    poll(
-        client,
-        Request::PollWorkflowTask,
-        WORKFLOW_QUEUE,
-        |answer| match answer {
-            Response::PollWorkflowTask(answer) => Some(answer.task),
-            _ => None,
-        },
-    )
-    .await
+/// The rogue's pollers: one for each server and queue, as a worker runs
+/// them (in a cluster a poll reaches one server, which hands out only its
+/// own shards' tasks, so polling one server after another would wait out a
+/// long poll at each). Tasks wait in channels until the protocol takes them.
+struct Pollers {
+    workflow_tasks: UnboundedReceiver<WorkflowTask>,
+    activity_tasks: UnboundedReceiver<ActivityTask>,
+    stopped: Arc<AtomicBool>,
 }
 
-async fn poll_activity(client: &SimClient) -> Result<ActivityTask, String> {
-    poll(
-        client,
-        Request::PollActivityTask,
-        ACTIVITY_QUEUE,
-        |answer| match answer {
-            Response::PollActivityTask(answer) => Some(answer.task),
-            _ => None,
-        },
-    )
-    .await
+impl Pollers {
+    fn start(client: &SimClient) -> Pollers {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (workflow_sender, workflow_tasks) = unbounded();
+        let (activity_sender, activity_tasks) = unbounded();
+        for _ in 0..client.env().network.servers() {
+            let workflow = poller(
+                client.clone(),
+                stopped.clone(),
+                Request::PollWorkflowTask,
+                WORKFLOW_QUEUE,
+                |answer| match answer {
+                    Response::PollWorkflowTask(answer) => answer.task,
+                    _ => None,
+                },
+                workflow_sender.clone(),
+            );
+            client.env().spawn("rogue workflow poller", workflow);
+            let activity = poller(
+                client.clone(),
+                stopped.clone(),
+                Request::PollActivityTask,
+                ACTIVITY_QUEUE,
+                |answer| match answer {
+                    Response::PollActivityTask(answer) => answer.task,
+                    _ => None,
+                },
+                activity_sender.clone(),
+            );
+            client.env().spawn("rogue activity poller", activity);
+        }
+        Pollers {
+            workflow_tasks,
+            activity_tasks,
+            stopped,
+        }
+    }
+
+    async fn workflow_task(&mut self, client: &SimClient) -> Result<WorkflowTask, String> {
+        next_task(client, &mut self.workflow_tasks, WORKFLOW_QUEUE).await
+    }
+
+    async fn activity_task(&mut self, client: &SimClient) -> Result<ActivityTask, String> {
+        next_task(client, &mut self.activity_tasks, ACTIVITY_QUEUE).await
+    }
+
+    /// The pollers poll no more (each ends when its poll in flight returns).
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
 }
 
-/// Polls `task_queue` (at most `POLLS_MAX` times) until a task comes;
-/// `task_of` takes it out of an answer (`None`: not an answer to this poll).
-async fn poll<T>(
-    client: &SimClient,
+/// Polls `task_queue` until stopped, sending each task polled;
+/// `task_of` takes it out of an answer.
+async fn poller<T>(
+    client: SimClient,
+    stopped: Arc<AtomicBool>,
     request: fn(PollTaskRequest) -> Request,
-    task_queue: &str,
-    task_of: fn(Response) -> Option<Option<T>>,
-) -> Result<T, String> {
-    for _ in 0..POLLS_MAX {
+    task_queue: &'static str,
+    task_of: fn(Response) -> Option<T>,
+    tasks: UnboundedSender<T>,
+) {
+    while !stopped.load(Ordering::Relaxed) {
         let asked = request(PollTaskRequest {
             task_queue: task_queue.to_string(),
             identity: IDENTITY.to_string(),
             workflow_types: Vec::new(),
         });
-        let answer = client.call(asked).await.map_err(|e| e.to_string())?;
-        match task_of(answer) {
-            Some(Some(task)) => return Ok(task),
-            Some(None) => {}
-            None => return Err(format!("unexpected answer to a poll of {task_queue}")),
+        match client.call(asked).await {
+            Ok(answer) => {
+                if let Some(task) = task_of(answer) {
+                    // The protocol gone (it gave up): nobody takes the task.
+                    let _ = tasks.unbounded_send(task);
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, task_queue, "rogue: a poll failed");
+                client.sleep_ms(POLL_RETRY_MS).await;
+            }
         }
     }
-    Err(format!("no task on {task_queue} after {POLLS_MAX} polls"))
+}
+
+/// The next task of `task_queue`, waited for at most `TASK_WAIT_MS_MAX`.
+async fn next_task<T>(
+    client: &SimClient,
+    tasks: &mut UnboundedReceiver<T>,
+    task_queue: &str,
+) -> Result<T, String> {
+    match client.env().timeout(TASK_WAIT_MS_MAX, tasks.next()).await {
+        Ok(Some(task)) => Ok(task),
+        Ok(None) => Err(format!("the pollers of {task_queue} ended")),
+        Err(_) => Err(format!(
+            "no task on {task_queue} within {TASK_WAIT_MS_MAX} ms"
+        )),
+    }
 }
 
 /// The rogue's log and its run's history say the service kept the protocol.
