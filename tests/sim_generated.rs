@@ -284,6 +284,7 @@ fn the_model_rejects_tampered_histories_and_ledgers() {
                     client: &client,
                     ledger: &finished.ledger,
                     safety_ms: SAFETY_MS,
+                    clock_spread_ms: finished.service_clock_spread_ms,
                 };
                 if model::check(&program, &observed).is_err() {
                     record.lock().expect("caught lock").insert(name);
@@ -299,6 +300,7 @@ fn the_model_rejects_tampered_histories_and_ledgers() {
                 client: &client,
                 ledger: &doubled,
                 safety_ms: SAFETY_MS,
+                clock_spread_ms: finished.service_clock_spread_ms,
             };
             if model::check(&program, &observed).is_ok() {
                 return Err("the model accepted an effect applied twice".to_string());
@@ -506,6 +508,7 @@ fn the_model_rejects_payloads_refused_within_the_limits_or_accepted_over_them_an
                     client: &client,
                     ledger: &finished.ledger,
                     safety_ms: SAFETY_MS,
+                    clock_spread_ms: finished.service_clock_spread_ms,
                 };
                 if model::check(&program, &observed).is_ok() {
                     return Err(format!("the model accepted a run where {name}"));

@@ -26,17 +26,22 @@ use crate::api::{ErrorCode, Request, Response, ServiceError};
 use crate::env::StorageError;
 use crate::env::lease::{ClusterView, LeaseRequest, MemberBeat};
 
-/// Runs the loop until the service is gone.
+/// Runs the loop until the service is gone, a round every `renew_ms`. The
+/// first round comes a round after the member joined (see
+/// [`Inner::join_cluster`]): members that start together then see each
+/// other and split the shards at once, rather than the first taking them
+/// all and handing most over a round later.
 pub async fn lease_loop(weak: Weak<Inner>, incarnation: u64) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let Some(config) = inner.config.cluster.clone() else {
             return;
         };
-        inner.cluster_tick(&config, incarnation).await;
         let env = inner.env.clone();
         drop(inner);
         env.sleep_ms(config.renew_ms).await;
+        let Some(inner) = weak.upgrade() else { return };
+        inner.cluster_tick(&config, incarnation).await;
     }
 }
 
@@ -72,19 +77,21 @@ impl Inner {
         self.offer_open_children();
     }
 
+    /// Beats the membership once, so others count this member when they
+    /// next balance (a failure is retried by the first round).
+    pub(super) async fn join_cluster(&self, config: &ClusterConfig, incarnation: u64) {
+        if let Err(error) = self.storage.beat(member_beat(config, incarnation)).await {
+            tracing::warn!(%error, "cluster: cannot join yet; the first round retries");
+        }
+    }
+
     async fn cluster_read(
         &self,
         config: &ClusterConfig,
         incarnation: u64,
     ) -> Result<ClusterView, StorageError> {
-        let beat = MemberBeat {
-            node: config.node.clone(),
-            incarnation,
-            address: config.address.clone(),
-            ttl_ms: config.lease_ms,
-        };
         // The view is read after the beat, so it holds this member alive.
-        self.storage.beat(beat).await?;
+        self.storage.beat(member_beat(config, incarnation)).await?;
         self.storage.cluster_view().await
     }
 
@@ -230,6 +237,15 @@ impl Inner {
         if let Err(error) = self.storage.beat(beat).await {
             tracing::warn!(%error, "cluster: could not end the membership; it lapses instead");
         }
+    }
+}
+
+fn member_beat(config: &ClusterConfig, incarnation: u64) -> MemberBeat {
+    MemberBeat {
+        node: config.node.clone(),
+        incarnation,
+        address: config.address.clone(),
+        ttl_ms: config.lease_ms,
     }
 }
 

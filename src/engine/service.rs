@@ -341,7 +341,7 @@ impl Service {
         match inner.config.cluster.clone() {
             None => inner.recover_where(&|_| true).await?,
             Some(config) => {
-                inner.cluster_tick(&config, inner.incarnation).await;
+                inner.join_cluster(&config, inner.incarnation).await;
                 let weak = Arc::downgrade(&inner);
                 let leases = super::cluster::lease_loop(weak, inner.incarnation);
                 inner.env.spawn("service-leases", leases);
@@ -947,7 +947,9 @@ impl Inner {
         next_run: Option<WriteBatch>,
     ) -> Result<(), ServiceError> {
         let loaded = slot.loaded.take().expect("commit follows a load");
-        slot.workflow_id = Some(loaded.state.workflow_id.clone());
+        if slot.workflow_id.is_none() {
+            slot.workflow_id = Some(loaded.state.workflow_id.clone());
+        }
         assert_eq!(
             events.first().map_or(next.next_event_id, |e| e.event_id),
             loaded.state.next_event_id

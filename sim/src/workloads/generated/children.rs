@@ -330,13 +330,14 @@ fn check_policy(
     for run in runs {
         for event in run.events() {
             match &event.kind {
-                EventKind::WorkflowExecutionTerminated(a) if a.reason.contains(POLICY_REASON) => {
-                    if of.policy != ParentClosePolicy::Terminate || !after_close(event) {
-                        problems.push(format!(
-                            "terminated by a parent close policy (its policy: {:?}; parent closed at {parent_closed:?}, terminated at {})",
-                            of.policy, event.event_time
-                        ));
-                    }
+                EventKind::WorkflowExecutionTerminated(a)
+                    if a.reason.contains(POLICY_REASON)
+                        && (of.policy != ParentClosePolicy::Terminate || !after_close(event)) =>
+                {
+                    problems.push(format!(
+                        "terminated by a parent close policy (its policy: {:?}; parent closed at {parent_closed:?}, terminated at {})",
+                        of.policy, event.event_time
+                    ));
                 }
                 EventKind::WorkflowExecutionCancelRequested(_) => {
                     let by_policy =

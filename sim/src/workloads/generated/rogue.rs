@@ -149,11 +149,11 @@ async fn protocol(
 }
 
 /// A valid schedule of activity "a" of type `activity_type`, retried soon.
-/// Its start-to-close outlasts the whole protocol: in a cluster each poll
-/// reaches one server and waits its long poll out when the task is held
-/// elsewhere, so a step can take minutes, and an attempt that timed out
-/// meanwhile would change what the next steps must be answered (a cancel
-/// of an attempt waiting to retry closes it at once).
+/// Its start-to-close outlasts the whole protocol even if every step waits
+/// its longest for a task: an attempt that timed out meanwhile would change
+/// what the next steps must be answered (a cancel of an attempt waiting to
+/// retry closes it at once; the simulator found this when the rogue polled
+/// one server of a cluster at a time).
 fn schedule(activity_type: &str) -> Command {
     Command::ScheduleActivityTask(ScheduleActivityTask {
         activity_id: "a".to_string(),
