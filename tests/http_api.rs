@@ -913,3 +913,75 @@ async fn the_cluster_route_answers_members_and_leases_and_refuses_outside_a_clus
     let served = single._service.cluster_view().await.unwrap_err();
     assert_eq!(served.code, ErrorCode::InvalidArgument);
 }
+
+/// The Web UI's cluster page shows what `retrace cluster status` does: every
+/// member with the shards it holds, and every shard's owner and epoch; a
+/// single server's page says it is not a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_page_shows_each_member_its_shards_and_every_shards_owner() {
+    use retrace::engine::ClusterConfig;
+    use retrace::env::MemoryStorage;
+    common::init_logs();
+    let env = Env::tokio(Arc::new(Unconnected));
+    let storage = MemoryStorage::with_shards(8, env.clock.clone());
+    let mut members = Vec::new();
+    for node in ["a", "b"] {
+        let cluster = ClusterConfig {
+            lease_ms: 2_000,
+            renew_ms: 50,
+            margin_ms: 500,
+            ..ClusterConfig::new(node, &format!("http://{node}:7233"))
+        };
+        let config = ServiceConfig {
+            cluster: Some(cluster),
+            ..ServiceConfig::default()
+        };
+        let started = Service::start(env.clone(), Arc::new(storage.clone()), config).await;
+        members.push(started.unwrap());
+    }
+    let held = || {
+        members
+            .iter()
+            .map(|m| m.held_shards().len())
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..100 {
+        if held() == [4, 4] {
+            break;
+        }
+        env.sleep_ms(20).await;
+    }
+    assert_eq!(held(), [4, 4], "the shards split");
+    let limits = ServiceConfig::default().limits;
+    let http = HttpConfig::new("127.0.0.1:0".parse().unwrap(), &limits);
+    let listener = HttpServer::bind(http).await.unwrap();
+    let source = Arc::new(members[1].clone());
+    let server = listener.serve_with_cluster(members[1].handler(), Some(source));
+    let page = reqwest::get(format!("{}/cluster", server.url()))
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    for node in ["a", "b"] {
+        let row = format!(
+            "<tr data-member=\"{node}\"><td class=\"id\">{node}</td><td>http://{node}:7233</td><td>alive</td><td>4</td>"
+        );
+        assert!(html.contains(&row), "{node}'s row in {html}");
+    }
+    assert!(html.contains("Shards (8)"), "{html}");
+    for (member, owner) in members.iter().zip(["a", "b"]) {
+        for (shard, epoch) in member.held_shards() {
+            let row = format!(
+                "<tr data-shard=\"{shard}\"><td>{shard}</td><td class=\"id\">{owner}</td><td>{epoch}</td>"
+            );
+            assert!(html.contains(&row), "shard {shard} in {html}");
+        }
+    }
+
+    let single = Api::start(None).await;
+    let page = reqwest::get(format!("{}/cluster", single.server.url()))
+        .await
+        .unwrap();
+    let html = page.text().await.unwrap();
+    assert!(html.contains("not a member of a cluster"), "{html}");
+}

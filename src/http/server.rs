@@ -264,7 +264,12 @@ fn router(
     let health_handler = Arc::clone(&handler);
     let metrics_handler = Arc::clone(&handler);
     let loopback = config.listen.ip().is_loopback();
-    let pages = ui::router(Arc::clone(&handler), config.token.as_deref(), loopback);
+    let pages = ui::router(
+        Arc::clone(&handler),
+        cluster.clone(),
+        config.token.as_deref(),
+        loopback,
+    );
     let state = AppState {
         handler,
         body_bytes_max: config.body_bytes_max,

@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use serde_json::Value;
 
+use super::server::ClusterSource;
 use crate::api::{
     CancelWorkflowRequest, DescribeTaskQueueRequest, ErrorCode, GetHistoryRequest,
     ListWorkflowsRequest, PollerKind, QueryWorkflowRequest, Request, Response, RunDescription,
@@ -54,6 +55,8 @@ pub const UI_IDENTITY: &str = "retrace-ui";
 #[derive(Clone)]
 struct UiState {
     handler: Arc<dyn RequestHandler>,
+    /// Where the cluster page reads from (none outside a cluster).
+    cluster: Option<Arc<dyn ClusterSource>>,
     token: Option<Arc<str>>,
     loopback: bool,
 }
@@ -65,11 +68,13 @@ fn now() -> Timestamp {
 /// The UI's routes, with their own token and origin checks.
 pub(super) fn router(
     handler: Arc<dyn RequestHandler>,
+    cluster: Option<Arc<dyn ClusterSource>>,
     token: Option<&str>,
     loopback: bool,
 ) -> Router {
     let state = UiState {
         handler,
+        cluster,
         token: token.map(Arc::from),
         loopback,
     };
@@ -78,6 +83,7 @@ pub(super) fn router(
         .route("/run", get(run_page))
         .route("/run/history.json", get(history_json))
         .route("/task-queues", get(task_queues))
+        .route("/cluster", get(cluster_page))
         .route("/run/signal", post(signal))
         .route("/run/query", post(query))
         .route("/run/cancel", post(cancel))
@@ -579,6 +585,18 @@ async fn query(State(state): State<UiState>, body: Bytes) -> HttpResponse {
         Err(message) => (format!("Query {name} failed: {message}"), true),
     };
     render_run(&state, &fields, Some(flash)).await
+}
+
+/// The cluster page: members and shard leases (or why there are none).
+async fn cluster_page(State(state): State<UiState>) -> HttpResponse {
+    let Some(cluster) = &state.cluster else {
+        let why = "This server is not a member of a cluster (`retrace server --cluster`).";
+        return html(StatusCode::OK, ui::cluster_page(Err(why)));
+    };
+    match cluster.cluster_view().await {
+        Ok(view) => html(StatusCode::OK, ui::cluster_page(Ok(&view))),
+        Err(error) => service_error_page(&error),
+    }
 }
 
 async fn task_queues(State(state): State<UiState>) -> HttpResponse {

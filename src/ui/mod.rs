@@ -8,12 +8,14 @@
 //! Every piece of user-provided text (workflow ids, types, payloads, failure
 //! messages) goes through [`html::escape`].
 
+mod cluster;
 pub mod html;
 mod queues;
 mod run;
 mod runs;
 pub mod timeline;
 
+pub use cluster::cluster_page;
 pub use queues::{Poller, QueueView, task_queues_page};
 pub use run::{HistoryView, RunView, history_table, run_page};
 pub use runs::{RunFilter, RunsView, runs_page};
@@ -153,7 +155,7 @@ pub fn page(title: &str, body: &str) -> String {
          <script src=\"{SCRIPT_PATH}\" defer></script></head><body>\
          <a class=\"skip\" href=\"#main\">Skip to content</a>\
          <header><nav aria-label=\"main\"><a class=\"brand\" href=\"/\">Retrace</a>\
-         <a href=\"/\">Runs</a><a href=\"/task-queues\">Task queues</a></nav></header>\
+         <a href=\"/\">Runs</a><a href=\"/task-queues\">Task queues</a><a href=\"/cluster\">Cluster</a></nav></header>\
          <main id=\"main\">{body}</main></body></html>",
         escape(title),
     )
