@@ -856,25 +856,33 @@ async fn search_attributes_set_at_start_are_listed_by_a_query_over_sqlite() {
     );
 }
 
-/// `GET /api/v1/cluster`: a cluster member answers its storage's view (every
-/// member, every shard's lease, behind the token); a single server, and an
-/// HTTP server given no cluster, answer `invalid_argument`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cluster_route_answers_members_and_leases_and_refuses_outside_a_cluster() {
-    use retrace::engine::ClusterConfig;
-    use retrace::env::MemoryStorage;
-    common::init_logs();
+/// Members "a" and "b" of a cluster over one memory storage of 8 shards,
+/// each configured by `adjust`.
+async fn two_members(
+    adjust: impl Fn(retrace::engine::ClusterConfig) -> retrace::engine::ClusterConfig,
+) -> (Env, Vec<Service>) {
     let env = Env::tokio(Arc::new(Unconnected));
-    let storage = MemoryStorage::with_shards(8, env.clock.clone());
+    let storage = retrace::env::MemoryStorage::with_shards(8, env.clock.clone());
     let mut members = Vec::new();
     for node in ["a", "b"] {
+        let cluster = retrace::engine::ClusterConfig::new(node, &format!("http://{node}:7233"));
         let config = ServiceConfig {
-            cluster: Some(ClusterConfig::new(node, &format!("http://{node}:7233"))),
+            cluster: Some(adjust(cluster)),
             ..ServiceConfig::default()
         };
         let started = Service::start(env.clone(), Arc::new(storage.clone()), config).await;
         members.push(started.unwrap());
     }
+    (env, members)
+}
+
+/// `GET /api/v1/cluster`: a cluster member answers its storage's view (every
+/// member, every shard's lease, behind the token); a single server, and an
+/// HTTP server given no cluster, answer `invalid_argument`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_route_answers_members_and_leases_and_refuses_outside_a_cluster() {
+    common::init_logs();
+    let (_env, members) = two_members(|config| config).await;
     let limits = ServiceConfig::default().limits;
     let http = HttpConfig::new("127.0.0.1:0".parse().unwrap(), &limits)
         .with_token(Some(TOKEN.to_string()));
@@ -920,25 +928,14 @@ async fn the_cluster_route_answers_members_and_leases_and_refuses_outside_a_clus
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_page_shows_each_member_its_shards_and_every_shards_owner() {
     use retrace::engine::ClusterConfig;
-    use retrace::env::MemoryStorage;
     common::init_logs();
-    let env = Env::tokio(Arc::new(Unconnected));
-    let storage = MemoryStorage::with_shards(8, env.clock.clone());
-    let mut members = Vec::new();
-    for node in ["a", "b"] {
-        let cluster = ClusterConfig {
-            lease_ms: 2_000,
-            renew_ms: 50,
-            margin_ms: 500,
-            ..ClusterConfig::new(node, &format!("http://{node}:7233"))
-        };
-        let config = ServiceConfig {
-            cluster: Some(cluster),
-            ..ServiceConfig::default()
-        };
-        let started = Service::start(env.clone(), Arc::new(storage.clone()), config).await;
-        members.push(started.unwrap());
-    }
+    let (env, members) = two_members(|config| ClusterConfig {
+        lease_ms: 2_000,
+        renew_ms: 50,
+        margin_ms: 500,
+        ..config
+    })
+    .await;
     let held = || {
         members
             .iter()
